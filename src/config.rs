@@ -223,10 +223,16 @@ mod tests {
     fn rejects_zero_limits_and_bad_shutdown_order() {
         let mut c = Cli::parse_from(["zerobatch"]).serve;
         c.max_batch_size = 0;
-        assert!(matches!(c.validate(), Err(ConfigError::Zero("max-batch-size"))));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Zero("max-batch-size"))
+        ));
         let mut c = Cli::parse_from(["zerobatch"]).serve;
         c.shutdown_delay_ms = 30_000;
-        assert!(matches!(c.validate(), Err(ConfigError::DelayNotUnderTimeout { .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::DelayNotUnderTimeout { .. })
+        ));
         let c = Cli::parse_from(["zerobatch", "--api-key", ""]).serve;
         assert!(matches!(c.validate(), Err(ConfigError::EmptyApiKey)));
     }

@@ -1,2 +1,22 @@
+//! # zerobatch
+//!
+//! An inference worker for serverless containers. The path of one request, one module each:
+//!
+//! ```text
+//! client ─HTTP─▶ http (hyper/tokio: parse, validate, auth, tokenize) ─▶ queue (bounded)
+//!        ─▶ batcher (dynamic micro-batches) ─▶ worker (fixed pool of inference threads)
+//!        ─▶ model (candle forward pass) ─▶ reply through the entry's oneshot ─▶ http
+//! ```
+//!
+//! `metrics` is recorded at every stage; `lifecycle` covers the bind-first cold start, the
+//! readiness state and the drain; `config` holds every option; `server` wires them together.
+
+pub mod batcher;
 pub mod config;
+pub mod http;
+pub mod lifecycle;
+pub mod metrics;
 pub mod model;
+pub mod queue;
+pub mod server;
+pub mod worker;

@@ -1,1 +1,93 @@
-fn main() {}
+//! The `zerobatch` binary: parse the configuration, bind the port at once, serve until
+//! SIGTERM/SIGINT, drain, exit (non-zero if the model could not be loaded).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use zerobatch::config::{Cli, Command};
+use zerobatch::server::{self, Outcome};
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let process_start = Instant::now();
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Some(Command::Download { model, revision }) => {
+            match zerobatch::model::files::resolve(&model, &revision) {
+                Ok(files) => {
+                    let dir = files
+                        .weights
+                        .parent()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default();
+                    println!("{dir}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        None => serve(cli.serve, process_start),
+    }
+}
+
+fn serve(config: zerobatch::config::ServeConfig, process_start: Instant) -> ExitCode {
+    if let Err(e) = config.validate() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let threads = zerobatch::config::available_cores().min(2);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let addr = SocketAddr::new(config.host, config.port);
+        let listener = match server::bind(addr) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("cannot listen on {addr}: {e}");
+                return None;
+            }
+        };
+        Some(
+            server::run(
+                config,
+                listener,
+                zerobatch::lifecycle::termination_signal(),
+                process_start,
+            )
+            .await,
+        )
+    });
+    // Workers may still be blocked in the queue; they end with the process.
+    runtime.shutdown_background();
+    match outcome {
+        Some(Outcome::Drained) => ExitCode::SUCCESS,
+        Some(Outcome::LoadFailed) | None => ExitCode::FAILURE,
+    }
+}

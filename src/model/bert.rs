@@ -52,8 +52,8 @@ fn default_eps() -> f64 {
 impl BertConfig {
     /// Parses `config.json` and refuses what this encoder does not implement, with the reason.
     pub fn from_json(text: &str) -> Result<Self, ModelError> {
-        let c: BertConfig =
-            serde_json::from_str(text).map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
+        let c: BertConfig = serde_json::from_str(text)
+            .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
         if let Some(t) = &c.model_type {
             if t != "bert" {
                 return Err(ModelError::Unsupported(format!(
@@ -69,10 +69,15 @@ impl BertConfig {
         }
         if let Some(p) = &c.position_embedding_type {
             if p != "absolute" {
-                return Err(ModelError::Unsupported(format!("position_embedding_type {p:?}")));
+                return Err(ModelError::Unsupported(format!(
+                    "position_embedding_type {p:?}"
+                )));
             }
         }
-        if c.hidden_size == 0 || c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+        if c.hidden_size == 0
+            || c.num_attention_heads == 0
+            || c.hidden_size % c.num_attention_heads != 0
+        {
             return Err(ModelError::Config(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 c.hidden_size, c.num_attention_heads
@@ -122,15 +127,22 @@ impl Weights {
 
     /// LayerNorm weights under either naming (`weight`/`bias` or the old `gamma`/`beta`), stacked.
     fn norm(&self, name: &str) -> Result<Tensor, ModelError> {
-        let gamma = self.get(&format!("{name}.weight")).or_else(|_| self.get(&format!("{name}.gamma")))?;
-        let beta = self.get(&format!("{name}.bias")).or_else(|_| self.get(&format!("{name}.beta")))?;
+        let gamma = self
+            .get(&format!("{name}.weight"))
+            .or_else(|_| self.get(&format!("{name}.gamma")))?;
+        let beta = self
+            .get(&format!("{name}.bias"))
+            .or_else(|_| self.get(&format!("{name}.beta")))?;
         Tensor::stack(&[gamma, beta], 0).map_err(|e| ModelError::Weights(format!("{name}: {e}")))
     }
 }
 
 fn shape_check(t: &Tensor, dims: &[usize], name: &str) -> Result<(), ModelError> {
     if t.dims() != dims {
-        return Err(ModelError::Weights(format!("{name} has shape {:?}, config.json implies {dims:?}", t.dims())));
+        return Err(ModelError::Weights(format!(
+            "{name} has shape {:?}, config.json implies {dims:?}",
+            t.dims()
+        )));
     }
     Ok(())
 }
@@ -142,7 +154,11 @@ impl Bert {
         // is modified while it is served is outside what any server can support.
         let st = unsafe { MmapedSafetensors::new(weights) }
             .map_err(|e| ModelError::Weights(format!("{}: {e}", weights.display())))?;
-        let prefix = if st.get("bert.embeddings.word_embeddings.weight").is_ok() { "bert." } else { "" };
+        let prefix = if st.get("bert.embeddings.word_embeddings.weight").is_ok() {
+            "bert."
+        } else {
+            ""
+        };
         let w = Weights { st, prefix };
         let h = config.hidden_size;
         let err = |e: candle_core::Error| ModelError::Weights(e.to_string());
@@ -150,7 +166,11 @@ impl Bert {
         let word = w.get("embeddings.word_embeddings.weight")?;
         shape_check(&word, &[config.vocab_size, h], "word_embeddings")?;
         let positions = w.get("embeddings.position_embeddings.weight")?;
-        shape_check(&positions, &[config.max_position_embeddings, h], "position_embeddings")?;
+        shape_check(
+            &positions,
+            &[config.max_position_embeddings, h],
+            "position_embeddings",
+        )?;
         let types = w.get("embeddings.token_type_embeddings.weight")?;
         let type0 = types.narrow(0, 0, 1).map_err(err)?;
         let position_and_type = positions.broadcast_add(&type0).map_err(err)?;
@@ -188,11 +208,25 @@ impl Bert {
                 ffn_norm: w.norm(&format!("{p}.output.LayerNorm"))?,
             };
             shape_check(&layer.out_w, &[h, h], &format!("{p} attention output"))?;
-            shape_check(&layer.up_w, &[config.intermediate_size, h], &format!("{p} intermediate"))?;
-            shape_check(&layer.down_w, &[h, config.intermediate_size], &format!("{p} output"))?;
+            shape_check(
+                &layer.up_w,
+                &[config.intermediate_size, h],
+                &format!("{p} intermediate"),
+            )?;
+            shape_check(
+                &layer.down_w,
+                &[h, config.intermediate_size],
+                &format!("{p} output"),
+            )?;
             layers.push(layer);
         }
-        Ok(Self { config, word, position_and_type, embed_norm, layers })
+        Ok(Self {
+            config,
+            word,
+            position_and_type,
+            embed_norm,
+            layers,
+        })
     }
 
     pub fn config(&self) -> &BertConfig {
@@ -203,7 +237,11 @@ impl Bert {
     /// `max_position_embeddings` long) and returns the last hidden state, `[batch·seq_len,
     /// hidden]`, padded to the longest sequence; `threads` is the intra-op parallelism of the
     /// matmuls.
-    pub fn forward(&self, sequences: &[&[u32]], threads: usize) -> Result<(Tensor, usize), ModelError> {
+    pub fn forward(
+        &self,
+        sequences: &[&[u32]],
+        threads: usize,
+    ) -> Result<(Tensor, usize), ModelError> {
         let c = &self.config;
         let seq_len = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
         if sequences.is_empty() || seq_len == 0 || sequences.iter().any(|s| s.is_empty()) {
@@ -219,7 +257,10 @@ impl Bert {
         let mut ids = Vec::with_capacity(sequences.len() * seq_len);
         for s in sequences {
             if let Some(bad) = s.iter().find(|&&id| id as usize >= c.vocab_size) {
-                return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
+                return Err(ModelError::Input(format!(
+                    "token id {bad} is outside the vocabulary of {}",
+                    c.vocab_size
+                )));
             }
             ids.extend_from_slice(s);
             ids.extend(std::iter::repeat_n(pad, seq_len - s.len()));
@@ -246,7 +287,8 @@ impl Bert {
                 let qkv = x.apply_op3_no_bwd(&layer.qkv_w, &layer.qkv_b, &linear)?;
                 let context = qkv.apply_op1_no_bwd(&attention)?;
                 let projected = context.apply_op3_no_bwd(&layer.out_w, &layer.out_b, &linear)?;
-                let attended = projected.apply_op3_no_bwd(&x, &layer.attn_norm, &AddLayerNorm { eps })?;
+                let attended =
+                    projected.apply_op3_no_bwd(&x, &layer.attn_norm, &AddLayerNorm { eps })?;
                 let up = attended.apply_op3_no_bwd(&layer.up_w, &layer.up_b, &linear)?;
                 up.inplace_op1(&Gelu)?;
                 let down = up.apply_op3_no_bwd(&layer.down_w, &layer.down_b, &linear)?;

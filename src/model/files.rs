@@ -28,7 +28,11 @@ pub struct ModelFiles {
 }
 
 const REQUIRED: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
-const OPTIONAL: [&str; 3] = ["modules.json", "1_Pooling/config.json", "sentence_bert_config.json"];
+const OPTIONAL: [&str; 3] = [
+    "modules.json",
+    "1_Pooling/config.json",
+    "sentence_bert_config.json",
+];
 
 /// Resolves `model` (a directory, or else a hub id) to its files, downloading what is missing
 /// unless `HF_HUB_OFFLINE` is set.
@@ -59,9 +63,7 @@ pub fn from_directory(dir: &Path) -> Result<ModelFiles, ModelError> {
         p.is_file().then_some(p)
     };
     let need = |name: &str| {
-        get(name).ok_or_else(|| {
-            ModelError::Files(format!("{} has no {name}", dir.display()))
-        })
+        get(name).ok_or_else(|| ModelError::Files(format!("{} has no {name}", dir.display())))
     };
     Ok(ModelFiles {
         source: dir.display().to_string(),
@@ -75,7 +77,8 @@ pub fn from_directory(dir: &Path) -> Result<ModelFiles, ModelError> {
 }
 
 fn offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes"))
+    std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes"))
 }
 
 fn from_hub(model_id: &str, revision: &str) -> Result<ModelFiles, ModelError> {
@@ -85,7 +88,10 @@ fn from_hub(model_id: &str, revision: &str) -> Result<ModelFiles, ModelError> {
         let cached = cache.repo(repo.clone());
         Box::new(move |name: &str| Ok(cached.get(name)))
     } else {
-        let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()).or_else(|| cache.token());
+        let token = std::env::var("HF_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .or_else(|| cache.token());
         let api = ApiBuilder::from_cache(cache.clone())
             .with_token(token)
             .with_progress(false)
@@ -105,8 +111,12 @@ fn from_hub(model_id: &str, revision: &str) -> Result<ModelFiles, ModelError> {
             Ok(None) if offline() => Err(ModelError::Files(format!(
                 "{model_id}: {name} is not in the Hugging Face cache and HF_HUB_OFFLINE is set"
             ))),
-            Ok(None) => Err(ModelError::Files(format!("{model_id} has no {name} on the hub"))),
-            Err(e) => Err(ModelError::Files(format!("{model_id}: downloading {name} failed: {e}"))),
+            Ok(None) => Err(ModelError::Files(format!(
+                "{model_id} has no {name} on the hub"
+            ))),
+            Err(e) => Err(ModelError::Files(format!(
+                "{model_id}: downloading {name} failed: {e}"
+            ))),
         }
     };
     let maybe = |name: &str| fetch(name).ok().flatten();

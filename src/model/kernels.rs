@@ -54,7 +54,15 @@ macro_rules! call {
 // ---------------------------------------------------------------------------------------------
 
 /// `out[m×n] = bias + x[m×k] · wᵀ` where `w` is `n×k` row-major (a PyTorch `Linear` weight).
-pub fn linear(x: &[f32], w: &[f32], bias: &[f32], out: &mut [f32], m: usize, k: usize, threads: usize) {
+pub fn linear(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+    m: usize,
+    k: usize,
+    threads: usize,
+) {
     let n = bias.len();
     assert_eq!(x.len(), m * k, "linear: input size");
     assert_eq!(w.len(), n * k, "linear: weight size");
@@ -123,7 +131,15 @@ pub fn add_layer_norm(x: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f3
     assert_eq!(gamma.len(), beta.len());
     assert!(!gamma.is_empty() && x.len() % gamma.len() == 0 && residual.len() % gamma.len() == 0);
     assert!(!residual.is_empty());
-    call!(add_layer_norm_generic, add_layer_norm_avx2, x, residual, gamma, beta, eps)
+    call!(
+        add_layer_norm_generic,
+        add_layer_norm_avx2,
+        x,
+        residual,
+        gamma,
+        beta,
+        eps
+    )
 }
 
 /// exp(x) for x ≤ 0 (as softmax and erf need), written to vectorise: Cephes' expf (Cody-Waite
@@ -150,7 +166,8 @@ fn erf(x: f32) -> f32 {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let poly = t
-        * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
     let y = 1.0 - poly * exp_neg(-a * a);
     y.copysign(x)
 }
@@ -227,7 +244,10 @@ pub fn attention(qkv: &[f32], out: &mut [f32], s: &AttentionShape) {
     let rows = s.lengths.len() * s.seq_len;
     assert_eq!(qkv.len(), rows * 3 * h, "attention: qkv size");
     assert_eq!(out.len(), rows * h, "attention: output size");
-    assert!(s.lengths.iter().all(|&l| l >= 1 && l <= s.seq_len), "attention: lengths");
+    assert!(
+        s.lengths.iter().all(|&l| l >= 1 && l <= s.seq_len),
+        "attention: lengths"
+    );
     call!(attention_generic, attention_avx2, qkv, out, s)
 }
 
@@ -266,7 +286,12 @@ impl CustomOp3 for Linear {
         let (m, k) = xl.shape().dims2()?;
         let (n, wk) = wl.shape().dims2()?;
         if wk != k || bl.shape().elem_count() != n {
-            candle_core::bail!("linear: shapes {:?} {:?} {:?}", xl.shape(), wl.shape(), bl.shape());
+            candle_core::bail!(
+                "linear: shapes {:?} {:?} {:?}",
+                xl.shape(),
+                wl.shape(),
+                bl.shape()
+            );
         }
         let x = contiguous(xs, xl, "linear input")?;
         let w = contiguous(ws, wl, "linear weight")?;
@@ -301,7 +326,12 @@ impl CustomOp3 for AddLayerNorm {
         let gb = contiguous(gs, gl, "layer norm weights")?;
         let h = gb.len() / 2;
         if h == 0 || x.len() % h != 0 || r.len() % h != 0 || r.is_empty() {
-            candle_core::bail!("layer norm: shapes {:?} {:?} {:?}", xl.shape(), rl.shape(), gl.shape());
+            candle_core::bail!(
+                "layer norm: shapes {:?} {:?} {:?}",
+                xl.shape(),
+                rl.shape(),
+                gl.shape()
+            );
         }
         add_layer_norm(&mut x, r, &gb[..h], &gb[h..], self.eps);
         Ok((CpuStorage::F32(x), xl.shape().clone()))
@@ -360,7 +390,9 @@ mod tests {
         let mut s = seed;
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect()
@@ -369,8 +401,18 @@ mod tests {
     #[test]
     fn erf_and_gelu_match_the_reference_values() {
         // erf from a high-precision table.
-        for (x, want) in [(0.0f32, 0.0f32), (0.5, 0.520_499_9), (1.0, 0.842_700_8), (-2.0, -0.995_322_3), (3.5, 0.999_999_26)] {
-            assert!((erf(x) - want).abs() < 3e-7, "erf({x}) = {} want {want}", erf(x));
+        for (x, want) in [
+            (0.0f32, 0.0f32),
+            (0.5, 0.520_499_9),
+            (1.0, 0.842_700_8),
+            (-2.0, -0.995_322_3),
+            (3.5, 0.999_999_26),
+        ] {
+            assert!(
+                (erf(x) - want).abs() < 3e-7,
+                "erf({x}) = {} want {want}",
+                erf(x)
+            );
         }
         let mut xs: Vec<f32> = (-500..500).map(|i| i as f32 / 100.0).collect();
         let want: Vec<f32> = xs
@@ -383,7 +425,10 @@ mod tests {
         let inputs = xs.clone();
         gelu(&mut xs);
         for ((got, want), x) in xs.iter().zip(&want).zip(&inputs) {
-            assert!((got - want).abs() < 1e-6 * want.abs().max(1.0), "gelu({x}) = {got} vs {want}");
+            assert!(
+                (got - want).abs() < 1e-6 * want.abs().max(1.0),
+                "gelu({x}) = {got} vs {want}"
+            );
         }
     }
 
@@ -410,7 +455,10 @@ mod tests {
             let x = -(i as f32) / 100.0;
             let got = exp_neg(x);
             let want = (x as f64).exp() as f32;
-            assert!((got - want).abs() <= 4e-7 * want.max(f32::MIN_POSITIVE), "exp({x}) = {got} want {want}");
+            assert!(
+                (got - want).abs() <= 4e-7 * want.max(f32::MIN_POSITIVE),
+                "exp({x}) = {got} want {want}"
+            );
         }
     }
 
@@ -460,15 +508,27 @@ mod tests {
         let h = heads * d;
         let lengths = vec![5, 2];
         let qkv = lcg(8, 2 * seq * 3 * h);
-        let shape = AttentionShape { seq_len: seq, heads, head_dim: d, lengths: lengths.clone() };
+        let shape = AttentionShape {
+            seq_len: seq,
+            heads,
+            head_dim: d,
+            lengths: lengths.clone(),
+        };
         let mut out = vec![f32::NAN; 2 * seq * h];
         attention(&qkv, &mut out, &shape);
         for (b, &len) in lengths.iter().enumerate() {
             for head in 0..heads {
                 for i in 0..len {
-                    let at = |t: usize, part: usize, c: usize| qkv[(b * seq + t) * 3 * h + part * h + head * d + c];
+                    let at = |t: usize, part: usize, c: usize| {
+                        qkv[(b * seq + t) * 3 * h + part * h + head * d + c]
+                    };
                     let s: Vec<f64> = (0..len)
-                        .map(|j| (0..d).map(|c| (at(i, 0, c) * at(j, 1, c)) as f64).sum::<f64>() / (d as f64).sqrt())
+                        .map(|j| {
+                            (0..d)
+                                .map(|c| (at(i, 0, c) * at(j, 1, c)) as f64)
+                                .sum::<f64>()
+                                / (d as f64).sqrt()
+                        })
                         .collect();
                     let max = s.iter().cloned().fold(f64::MIN, f64::max);
                     let e: Vec<f64> = s.iter().map(|v| (v - max).exp()).collect();
@@ -476,12 +536,17 @@ mod tests {
                     for c in 0..d {
                         let want: f64 = (0..len).map(|j| e[j] / z * at(j, 2, c) as f64).sum();
                         let got = out[(b * seq + i) * h + head * d + c] as f64;
-                        assert!((got - want).abs() < 1e-5, "b{b} h{head} i{i} c{c}: {got} vs {want}");
+                        assert!(
+                            (got - want).abs() < 1e-5,
+                            "b{b} h{head} i{i} c{c}: {got} vs {want}"
+                        );
                     }
                 }
             }
             for i in len..seq {
-                assert!(out[(b * seq + i) * h..(b * seq + i + 1) * h].iter().all(|v| *v == 0.0));
+                assert!(out[(b * seq + i) * h..(b * seq + i + 1) * h]
+                    .iter()
+                    .all(|v| *v == 0.0));
             }
         }
     }

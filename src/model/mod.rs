@@ -77,7 +77,9 @@ impl Model for SentenceEncoder {
         let h = self.bert.config().hidden_size;
         let (storage, layout) = hidden_state.storage_and_layout();
         let data = match &*storage {
-            candle_core::Storage::Cpu(cpu) => cpu.as_slice::<f32>().map_err(|e| ModelError::Forward(e.to_string()))?,
+            candle_core::Storage::Cpu(cpu) => cpu
+                .as_slice::<f32>()
+                .map_err(|e| ModelError::Forward(e.to_string()))?,
             _ => return Err(ModelError::Forward("hidden state is not on the CPU".into())),
         };
         let data = &data[layout.start_offset()..];
@@ -86,7 +88,8 @@ impl Model for SentenceEncoder {
             .enumerate()
             .map(|(b, s)| {
                 let mut out = Vec::with_capacity(h);
-                self.pooling.pool(&data[b * seq_len * h..][..s.len() * h], h, &mut out);
+                self.pooling
+                    .pool(&data[b * seq_len * h..][..s.len() * h], h, &mut out);
                 out
             })
             .collect())
@@ -117,7 +120,11 @@ fn read(path: &std::path::Path) -> Result<String, ModelError> {
 }
 
 /// Loads `model` (directory or hub id), calling `phase(name, duration)` after each step.
-pub fn load(model: &str, revision: &str, mut phase: impl FnMut(&'static str, Duration)) -> Result<LoadedModel, ModelError> {
+pub fn load(
+    model: &str,
+    revision: &str,
+    mut phase: impl FnMut(&'static str, Duration),
+) -> Result<LoadedModel, ModelError> {
     let t = Instant::now();
     let files = files::resolve(model, revision)?;
     phase("resolve", t.elapsed());
@@ -126,8 +133,8 @@ pub fn load(model: &str, revision: &str, mut phase: impl FnMut(&'static str, Dur
     let config = bert::BertConfig::from_json(&read(&files.config)?)?;
     let mut normalized_by_model = false;
     if let Some(path) = &files.modules {
-        let modules: Vec<ModuleEntry> =
-            serde_json::from_str(&read(path)?).map_err(|e| ModelError::Config(format!("modules.json: {e}")))?;
+        let modules: Vec<ModuleEntry> = serde_json::from_str(&read(path)?)
+            .map_err(|e| ModelError::Config(format!("modules.json: {e}")))?;
         for m in &modules {
             match m.kind.rsplit('.').next().unwrap_or_default() {
                 "Transformer" | "Pooling" => {}
@@ -145,9 +152,11 @@ pub fn load(model: &str, revision: &str, mut phase: impl FnMut(&'static str, Dur
         None => Pooling::Mean,
     };
     let max_seq_length = match &files.sentence_bert {
-        Some(path) => serde_json::from_str::<SentenceBertConfig>(&read(path)?)
-            .map_err(|e| ModelError::Config(format!("sentence_bert_config.json: {e}")))?
-            .max_seq_length,
+        Some(path) => {
+            serde_json::from_str::<SentenceBertConfig>(&read(path)?)
+                .map_err(|e| ModelError::Config(format!("sentence_bert_config.json: {e}")))?
+                .max_seq_length
+        }
         None => None,
     };
     let max_input_length = max_seq_length

@@ -48,7 +48,11 @@ impl Pooling {
             (c.pooling_mode_mean_sqrt_len_tokens, Pooling::MeanSqrtLen),
             (c.pooling_mode_lasttoken, Pooling::LastToken),
         ];
-        let on: Vec<Pooling> = modes.iter().filter(|(on, _)| *on).map(|(_, p)| *p).collect();
+        let on: Vec<Pooling> = modes
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, p)| *p)
+            .collect();
         match on.as_slice() {
             [one] => Ok(*one),
             [] => Err(ModelError::Config("1_Pooling/config.json enables no pooling mode".into())),
@@ -73,7 +77,11 @@ impl Pooling {
                         *o += v;
                     }
                 }
-                let div = if self == Pooling::Mean { len as f32 } else { (len as f32).sqrt() };
+                let div = if self == Pooling::Mean {
+                    len as f32
+                } else {
+                    (len as f32).sqrt()
+                };
                 out.iter_mut().for_each(|o| *o /= div);
             }
             Pooling::Max => {

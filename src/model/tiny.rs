@@ -24,7 +24,15 @@ pub struct TinySpec {
 
 impl Default for TinySpec {
     fn default() -> Self {
-        Self { hidden: 32, layers: 2, heads: 4, intermediate: 64, max_positions: 64, max_seq_length: 48, seed: 42 }
+        Self {
+            hidden: 32,
+            layers: 2,
+            heads: 4,
+            intermediate: 64,
+            max_positions: 64,
+            max_seq_length: 48,
+            seed: 42,
+        }
     }
 }
 
@@ -74,7 +82,10 @@ pub fn write_tiny_bert(dir: &Path, spec: &TinySpec) -> anyhow::Result<()> {
         "type_vocab_size": 2, "vocab_size": vocab.len(), "layer_norm_eps": 1e-12,
         "pad_token_id": 0, "position_embedding_type": "absolute"
     });
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
     std::fs::write(
         dir.join("modules.json"),
         r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},
@@ -83,11 +94,16 @@ pub fn write_tiny_bert(dir: &Path, spec: &TinySpec) -> anyhow::Result<()> {
     )?;
     std::fs::write(
         dir.join("1_Pooling/config.json"),
-        format!(r#"{{"word_embedding_dimension":{h},"pooling_mode_cls_token":false,"pooling_mode_mean_tokens":true}}"#),
+        format!(
+            r#"{{"word_embedding_dimension":{h},"pooling_mode_cls_token":false,"pooling_mode_mean_tokens":true}}"#
+        ),
     )?;
     std::fs::write(
         dir.join("sentence_bert_config.json"),
-        format!(r#"{{"max_seq_length":{},"do_lower_case":false}}"#, spec.max_seq_length),
+        format!(
+            r#"{{"max_seq_length":{},"do_lower_case":false}}"#,
+            spec.max_seq_length
+        ),
     )?;
 
     let mut rng = SplitMix(spec.seed);
@@ -98,21 +114,56 @@ pub fn write_tiny_bert(dir: &Path, spec: &TinySpec) -> anyhow::Result<()> {
         tensors.push((name, Tensor::from_vec(data, dims, &Device::Cpu)?));
         Ok(())
     };
-    add("embeddings.word_embeddings.weight".into(), &[vocab.len(), h], 0.5, 0.0)?;
-    add("embeddings.position_embeddings.weight".into(), &[spec.max_positions, h], 0.1, 0.0)?;
-    add("embeddings.token_type_embeddings.weight".into(), &[2, h], 0.1, 0.0)?;
+    add(
+        "embeddings.word_embeddings.weight".into(),
+        &[vocab.len(), h],
+        0.5,
+        0.0,
+    )?;
+    add(
+        "embeddings.position_embeddings.weight".into(),
+        &[spec.max_positions, h],
+        0.1,
+        0.0,
+    )?;
+    add(
+        "embeddings.token_type_embeddings.weight".into(),
+        &[2, h],
+        0.1,
+        0.0,
+    )?;
     add("embeddings.LayerNorm.weight".into(), &[h], 0.1, 1.0)?;
     add("embeddings.LayerNorm.bias".into(), &[h], 0.1, 0.0)?;
     for l in 0..spec.layers {
         let p = format!("encoder.layer.{l}");
         for part in ["query", "key", "value"] {
-            add(format!("{p}.attention.self.{part}.weight"), &[h, h], 0.3, 0.0)?;
+            add(
+                format!("{p}.attention.self.{part}.weight"),
+                &[h, h],
+                0.3,
+                0.0,
+            )?;
             add(format!("{p}.attention.self.{part}.bias"), &[h], 0.1, 0.0)?;
         }
-        add(format!("{p}.attention.output.dense.weight"), &[h, h], 0.3, 0.0)?;
+        add(
+            format!("{p}.attention.output.dense.weight"),
+            &[h, h],
+            0.3,
+            0.0,
+        )?;
         add(format!("{p}.attention.output.dense.bias"), &[h], 0.1, 0.0)?;
-        add(format!("{p}.attention.output.LayerNorm.weight"), &[h], 0.1, 1.0)?;
-        add(format!("{p}.attention.output.LayerNorm.bias"), &[h], 0.1, 0.0)?;
+        add(
+            format!("{p}.attention.output.LayerNorm.weight"),
+            &[h],
+            0.1,
+            1.0,
+        )?;
+        add(
+            format!("{p}.attention.output.LayerNorm.bias"),
+            &[h],
+            0.1,
+            0.0,
+        )?;
         add(format!("{p}.intermediate.dense.weight"), &[i, h], 0.3, 0.0)?;
         add(format!("{p}.intermediate.dense.bias"), &[i], 0.1, 0.0)?;
         add(format!("{p}.output.dense.weight"), &[h, i], 0.3, 0.0)?;
@@ -133,7 +184,11 @@ fn write_tokenizer(vocab: &[String], path: &Path) -> anyhow::Result<()> {
     use tokenizers::processors::bert::BertProcessing;
     use tokenizers::{AddedToken, Tokenizer};
 
-    let ids: tokenizers::models::bpe::Vocab = vocab.iter().enumerate().map(|(i, w)| (w.clone(), i as u32)).collect();
+    let ids: tokenizers::models::bpe::Vocab = vocab
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.clone(), i as u32))
+        .collect();
     let model = WordPiece::builder()
         .vocab(ids)
         .unk_token("[UNK]".into())
@@ -143,10 +198,15 @@ fn write_tokenizer(vocab: &[String], path: &Path) -> anyhow::Result<()> {
     tokenizer
         .with_normalizer(Some(BertNormalizer::new(true, true, None, true)))
         .with_pre_tokenizer(Some(BertPreTokenizer))
-        .with_post_processor(Some(BertProcessing::new(("[SEP]".into(), 3), ("[CLS]".into(), 2))));
+        .with_post_processor(Some(BertProcessing::new(
+            ("[SEP]".into(), 3),
+            ("[CLS]".into(), 2),
+        )));
     let special: Vec<AddedToken> = SPECIAL.iter().map(|s| AddedToken::from(*s, true)).collect();
     tokenizer.add_special_tokens(&special);
-    tokenizer.save(path, false).map_err(|e| anyhow::anyhow!("saving tokenizer: {e}"))?;
+    tokenizer
+        .save(path, false)
+        .map_err(|e| anyhow::anyhow!("saving tokenizer: {e}"))?;
     Ok(())
 }
 
@@ -162,7 +222,10 @@ mod tests {
         assert_eq!(loaded.info.dimensions, 32);
         assert_eq!(loaded.info.max_input_length, 48);
         assert!(loaded.info.normalized_by_model);
-        let ids = loaded.tokenizer.encode(0, "A man is eating food.", true).unwrap();
+        let ids = loaded
+            .tokenizer
+            .encode(0, "A man is eating food.", true)
+            .unwrap();
         // [CLS] a man is eating food . [SEP]
         assert_eq!(ids.len(), 8);
         assert_eq!((ids[0], ids[7]), (2, 3));

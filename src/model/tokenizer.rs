@@ -14,7 +14,11 @@ use super::ModelError;
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizeError {
     #[error("input {index} has {tokens} tokens, more than the model's maximum of {max}; send \"truncate\": true to cut it")]
-    TooLong { index: usize, tokens: usize, max: usize },
+    TooLong {
+        index: usize,
+        tokens: usize,
+        max: usize,
+    },
     #[error("input {index} could not be tokenized: {reason}")]
     Failed { index: usize, reason: String },
 }
@@ -55,7 +59,11 @@ impl TextTokenizer {
                 direction: TruncationDirection::Right,
             }))
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        Ok(Self { truncating, whole, max_len })
+        Ok(Self {
+            truncating,
+            whole,
+            max_len,
+        })
     }
 
     /// Most tokens per input, special tokens included.
@@ -65,27 +73,54 @@ impl TextTokenizer {
 
     /// Token ids of input `index` (the index only labels errors). When `truncate` is false an
     /// input longer than the maximum is an error, not silently cut.
-    pub fn encode(&self, index: usize, text: &str, truncate: bool) -> Result<Vec<u32>, TokenizeError> {
-        let tokenizer = if truncate { &self.truncating } else { &self.whole };
+    pub fn encode(
+        &self,
+        index: usize,
+        text: &str,
+        truncate: bool,
+    ) -> Result<Vec<u32>, TokenizeError> {
+        let tokenizer = if truncate {
+            &self.truncating
+        } else {
+            &self.whole
+        };
         let encoding = tokenizer
             .encode(text, true)
-            .map_err(|e| TokenizeError::Failed { index, reason: e.to_string() })?;
+            .map_err(|e| TokenizeError::Failed {
+                index,
+                reason: e.to_string(),
+            })?;
         let ids = encoding.get_ids();
         if ids.len() > self.max_len {
-            return Err(TokenizeError::TooLong { index, tokens: ids.len(), max: self.max_len });
+            return Err(TokenizeError::TooLong {
+                index,
+                tokens: ids.len(),
+                max: self.max_len,
+            });
         }
         if ids.is_empty() {
-            return Err(TokenizeError::Failed { index, reason: "it gives no tokens".into() });
+            return Err(TokenizeError::Failed {
+                index,
+                reason: "it gives no tokens".into(),
+            });
         }
         Ok(ids.to_vec())
     }
 
     /// Tokens of one input with their text and offsets, for `/tokenize`.
-    pub fn tokens(&self, index: usize, text: &str, add_special_tokens: bool) -> Result<Vec<TokenInfo>, TokenizeError> {
-        let encoding = self
-            .whole
-            .encode(text, add_special_tokens)
-            .map_err(|e| TokenizeError::Failed { index, reason: e.to_string() })?;
+    pub fn tokens(
+        &self,
+        index: usize,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> Result<Vec<TokenInfo>, TokenizeError> {
+        let encoding =
+            self.whole
+                .encode(text, add_special_tokens)
+                .map_err(|e| TokenizeError::Failed {
+                    index,
+                    reason: e.to_string(),
+                })?;
         let special = encoding.get_special_tokens_mask();
         Ok(encoding
             .get_ids()

@@ -1,0 +1,226 @@
+//! Self-description: the OpenAPI 3 document of every route (`GET /openapi.json`) and the HTML
+//! index page (`GET /`) with a curl example per route.
+
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::Response;
+use serde_json::{json, Value};
+
+use super::routes::ROUTES;
+use super::AppState;
+
+fn error_response(description: &str) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
+}
+
+fn json_body(schema: &str) -> Value {
+    json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
+}
+
+fn post_errors() -> Value {
+    json!({
+        "400": error_response("Malformed JSON, wrong schema, or an empty input list"),
+        "401": error_response("Missing or wrong API key (when the server has one)"),
+        "413": error_response("Body over --max-body-bytes, more inputs than --max-client-batch, or an input over the model's maximum length with truncate false"),
+        "415": error_response("Content-Type is not JSON"),
+        "500": error_response("The model failed on this batch"),
+        "503": error_response("Queue full, request timed out, model still loading after the cold-start timeout, or shutting down; see Retry-After"),
+    })
+}
+
+/// The OpenAPI 3.0 document (built once).
+pub fn openapi() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let inputs = json!({ "oneOf": [ { "type": "string" }, { "type": "array", "items": { "type": "string" }, "minItems": 1 } ] });
+        let vector = json!({ "type": "array", "items": { "type": "number", "format": "float" } });
+        json!({
+            "openapi": "3.0.3",
+            "info": {
+                "title": "zerobatch",
+                "version": env!("CARGO_PKG_VERSION"),
+                "description": "Embedding inference server: dynamic micro-batching over a fixed pool of CPU workers."
+            },
+            "components": {
+                "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+                "schemas": {
+                    "Error": { "type": "object", "required": ["error", "error_type"], "properties": {
+                        "error": { "type": "string" }, "error_type": { "type": "string" } } },
+                    "EmbedRequest": { "type": "object", "required": ["inputs"], "additionalProperties": false, "properties": {
+                        "inputs": inputs,
+                        "normalize": { "type": "boolean", "default": true },
+                        "truncate": { "type": "boolean", "default": true },
+                        "truncation_direction": { "type": "string", "enum": ["right", "Right"], "nullable": true },
+                        "prompt_name": { "type": "string", "nullable": true, "description": "not supported: must be null or absent" } } },
+                    "OpenAiRequest": { "type": "object", "required": ["input"], "additionalProperties": false, "properties": {
+                        "input": inputs,
+                        "model": { "type": "string" },
+                        "encoding_format": { "type": "string", "enum": ["float", "base64"], "default": "float" },
+                        "dimensions": { "type": "integer", "description": "must equal the model's dimensions" },
+                        "user": { "type": "string" } } },
+                    "OpenAiResponse": { "type": "object", "properties": {
+                        "object": { "type": "string", "enum": ["list"] },
+                        "data": { "type": "array", "items": { "type": "object", "properties": {
+                            "object": { "type": "string", "enum": ["embedding"] },
+                            "index": { "type": "integer" },
+                            "embedding": { "oneOf": [vector, { "type": "string", "format": "byte" }] } } } },
+                        "model": { "type": "string" },
+                        "usage": { "type": "object", "properties": {
+                            "prompt_tokens": { "type": "integer" }, "total_tokens": { "type": "integer" } } } } },
+                    "TokenizeRequest": { "type": "object", "required": ["inputs"], "additionalProperties": false, "properties": {
+                        "inputs": inputs, "add_special_tokens": { "type": "boolean", "default": true } } },
+                    "Token": { "type": "object", "properties": {
+                        "id": { "type": "integer" }, "text": { "type": "string" }, "special": { "type": "boolean" },
+                        "start": { "type": "integer" }, "stop": { "type": "integer" } } },
+                    "Status": { "type": "object", "properties": { "status": { "type": "string" }, "reason": { "type": "string" } } }
+                }
+            },
+            "security": [ { "bearer": [] } ],
+            "paths": {
+                "/embed": { "post": {
+                    "summary": "Embed one text or a list of texts (Hugging Face TEI API)",
+                    "requestBody": json_body("EmbedRequest"),
+                    "responses": merge(json!({ "200": { "description": "One vector per input, in input order",
+                        "content": { "application/json": { "schema": { "type": "array", "items": vector } } } } }), post_errors()) } },
+                "/v1/embeddings": { "post": {
+                    "summary": "Embed one text or a list of texts (OpenAI API)",
+                    "requestBody": json_body("OpenAiRequest"),
+                    "responses": merge(json!({ "200": { "description": "Embeddings",
+                        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/OpenAiResponse" } } } } }), post_errors()) } },
+                "/tokenize": { "post": {
+                    "summary": "Tokens of each input, with ids, text and byte offsets",
+                    "requestBody": json_body("TokenizeRequest"),
+                    "responses": merge(json!({ "200": { "description": "One token list per input",
+                        "content": { "application/json": { "schema": { "type": "array", "items": { "type": "array", "items": { "$ref": "#/components/schemas/Token" } } } } } } }), post_errors()) } },
+                "/info": { "get": { "summary": "Model and batching settings",
+                    "responses": { "200": { "description": "Model id, task, dimensions, max input length, batching settings, version",
+                        "content": { "application/json": { "schema": { "type": "object" } } } }, "401": error_response("Missing or wrong API key") } } },
+                "/healthz": { "get": { "summary": "Liveness: 200 from the first moment the process listens", "security": [],
+                    "responses": { "200": { "description": "Alive", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Status" } } } } } } },
+                "/readyz": { "get": { "summary": "Readiness: 200 once the model is loaded and warm; 503 while loading, draining or after a failed load", "security": [],
+                    "responses": {
+                        "200": { "description": "Ready", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Status" } } } },
+                        "503": { "description": "loading, draining or failed (with reason)", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Status" } } } } } } },
+                "/metrics": { "get": { "summary": "Prometheus metrics",
+                    "responses": { "200": { "description": "Prometheus text format", "content": { "text/plain": { "schema": { "type": "string" } } } }, "401": error_response("Missing or wrong API key") } } },
+                "/openapi.json": { "get": { "summary": "This document",
+                    "responses": { "200": { "description": "OpenAPI 3 document", "content": { "application/json": { "schema": { "type": "object" } } } }, "401": error_response("Missing or wrong API key") } } },
+                "/": { "get": { "summary": "Human-readable index of the server and its routes",
+                    "responses": { "200": { "description": "HTML page", "content": { "text/html": { "schema": { "type": "string" } } } }, "401": error_response("Missing or wrong API key") } } }
+            }
+        })
+    })
+}
+
+fn merge(mut a: Value, b: Value) -> Value {
+    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn example(path: &str, auth: &str) -> String {
+    let post = |body: &str| {
+        format!(
+            "curl -s localhost:PORT{path}{auth} -H 'Content-Type: application/json' -d '{body}'"
+        )
+    };
+    match path {
+        "/embed" => post(r#"{"inputs": ["A man is eating food.", "A man is riding a horse."]}"#),
+        "/v1/embeddings" => {
+            post(r#"{"input": "A man is eating food.", "model": "all-MiniLM-L6-v2"}"#)
+        }
+        "/tokenize" => post(r#"{"inputs": "A man is eating food."}"#),
+        "/healthz" | "/readyz" => format!("curl -si localhost:PORT{path}"),
+        _ => format!("curl -s localhost:PORT{path}{auth}"),
+    }
+}
+
+/// The index page: what this server is, its model, and every route with a curl example.
+pub fn index_page(state: &AppState) -> Response<Full<Bytes>> {
+    let port = state.config.port.to_string();
+    let auth = if state.config.api_key.is_some() {
+        " -H 'Authorization: Bearer $API_KEY'"
+    } else {
+        ""
+    };
+    let info = state.lifecycle.loaded_info();
+    let model = info
+        .as_ref()
+        .map_or(state.config.model.clone(), |i| i.id.clone());
+    let facts = info.map_or("loading…".to_string(), |i| {
+        format!(
+            "{} dimensions, up to {} tokens per input, {:?} pooling",
+            i.dimensions, i.max_input_length, i.pooling
+        )
+    });
+    let mut rows = String::new();
+    for r in ROUTES {
+        let summary = openapi()["paths"][r.path]
+            .as_object()
+            .and_then(|m| m.values().next())
+            .and_then(|op| op["summary"].as_str())
+            .unwrap_or("");
+        rows.push_str(&format!(
+            "<tr><td><code>{} {}</code></td><td>{}</td><td><pre>{}</pre></td></tr>\n",
+            r.method,
+            r.path,
+            escape(summary),
+            escape(&example(r.path, auth).replace("PORT", &port))
+        ));
+    }
+    let html = format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>zerobatch</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em}}
+td{{vertical-align:top;padding:.4em;border-bottom:1px solid #ddd}}pre{{margin:0;white-space:pre-wrap}}</style></head>
+<body><h1>zerobatch {version}</h1>
+<p>An embedding inference server: requests are queued, grouped into batches by a dynamic
+micro-batcher and run by a fixed pool of CPU inference threads.</p>
+<p>Model: <b>{model}</b> ({facts}).</p>
+<p>Full API description: <a href="/openapi.json">/openapi.json</a>. Errors are JSON
+<code>{{"error": "...", "error_type": "..."}}</code>.</p>
+<table><tr><th>Route</th><th>What</th><th>Example</th></tr>
+{rows}</table></body></html>
+"#,
+        version = env!("CARGO_PKG_VERSION"),
+        model = escape(&model),
+        facts = escape(&facts),
+    );
+    let mut r = Response::new(Full::new(Bytes::from(html)));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spec_documents_every_route_and_nothing_else() {
+        let paths = openapi()["paths"].as_object().unwrap();
+        assert_eq!(paths.len(), ROUTES.len());
+        for r in ROUTES {
+            let method = r.method.as_str().to_lowercase();
+            assert!(
+                paths[r.path].get(&method).is_some(),
+                "{} {} missing from openapi.json",
+                r.method,
+                r.path
+            );
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The HTTP front end: hyper 1.x over tokio, HTTP/1.1, no framework.
+//!
+//! This box parses, validates, authenticates and tokenizes (see `routes`), then hands inputs
+//! to the queue; no model work runs on tokio threads. It also owns the connections, which
+//! matters for a clean drain:
+//! - after SIGTERM (during `--shutdown-delay-ms`) every response carries `Connection: close`,
+//!   so keep-alive clients move to other replicas while this one still accepts;
+//! - to stop, the accept loop first takes every connection the kernel has already completed
+//!   (the accept backlog), so none is reset, then closes the listener (new ones are refused);
+//! - the connections then finish their requests and close (see [`Connections::drain`]).
+
+pub mod api;
+pub mod docs;
+pub mod error;
+pub mod routes;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+
+use crate::config::ServeConfig;
+use crate::lifecycle::Lifecycle;
+use crate::metrics;
+use crate::queue::Queue;
+
+/// What every handler shares.
+pub struct AppState {
+    pub config: ServeConfig,
+    pub lifecycle: Arc<Lifecycle>,
+    pub queue: Arc<Queue>,
+    inflight: AtomicUsize,
+    idle: Notify,
+}
+
+impl AppState {
+    pub fn new(config: ServeConfig, lifecycle: Arc<Lifecycle>, queue: Arc<Queue>) -> Self {
+        Self {
+            config,
+            lifecycle,
+            queue,
+            inflight: AtomicUsize::new(0),
+            idle: Notify::new(),
+        }
+    }
+
+    /// Waits until no request is being handled.
+    async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.inflight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A JSON response with the given status.
+pub fn json_response<T: serde::Serialize + ?Sized>(
+    status: StatusCode,
+    body: &T,
+) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).expect("response types always serialize");
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Counts a request as in flight for as long as it lives.
+struct InflightGuard<'a>(&'a AppState);
+
+impl<'a> InflightGuard<'a> {
+    fn new(state: &'a AppState) -> Self {
+        state.inflight.fetch_add(1, Ordering::AcqRel);
+        metrics::inflight_delta(1.0);
+        Self(state)
+    }
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        metrics::inflight_delta(-1.0);
+        if self.0.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+async fn service(
+    state: Arc<AppState>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let started = Instant::now();
+    let _inflight = InflightGuard::new(&state);
+    let route = routes::route_label(req.uri().path());
+    let mut response = match routes::handle(state.clone(), req).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status().is_server_error() {
+                tracing::warn!(route, "{e}");
+            }
+            e.into_response()
+        }
+    };
+    if state.lifecycle.is_draining() {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    metrics::record_request(route, response.status().as_u16(), started.elapsed());
+    Ok(response)
+}
+
+/// The open connections, to be drained at shutdown.
+pub struct Connections {
+    graceful: GracefulShutdown,
+    state: Arc<AppState>,
+}
+
+impl Connections {
+    /// Lets connections finish: waits briefly for requests on connections accepted last to
+    /// arrive, waits for every in-flight request, then closes idle keep-alive connections and
+    /// waits for all connections to end.
+    pub async fn drain(self) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.state.wait_idle().await;
+        self.graceful.shutdown().await;
+    }
+}
+
+fn spawn_connection(stream: TcpStream, state: &Arc<AppState>, graceful: &GracefulShutdown) {
+    let _ = stream.set_nodelay(true);
+    let state = state.clone();
+    let svc = service_fn(move |req| service(state.clone(), req));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(stream), svc);
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("connection ended with an error: {e}");
+        }
+    });
+}
+
+/// Accepts connections until `stop` turns true, then takes the connections already waiting in
+/// the kernel's backlog, closes the listener and returns the open connections.
+pub async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    mut stop: watch::Receiver<bool>,
+) -> Connections {
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => spawn_connection(stream, &state, &graceful),
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+        }
+    }
+    match listener.into_std() {
+        Ok(std_listener) => {
+            let mut taken = 0;
+            while let Ok((stream, _)) = std_listener.accept() {
+                if stream.set_nonblocking(true).is_ok() {
+                    if let Ok(stream) = TcpStream::from_std(stream) {
+                        spawn_connection(stream, &state, &graceful);
+                        taken += 1;
+                    }
+                }
+            }
+            tracing::info!(backlog_connections = taken, "stopped accepting");
+            drop(std_listener);
+        }
+        Err(e) => tracing::warn!("could not drain the accept backlog: {e}"),
+    }
+    Connections { graceful, state }
+}

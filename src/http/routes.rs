@@ -1,0 +1,479 @@
+//! Routing and handlers. Every check that can refuse a request happens here, before it takes a
+//! place in the queue: route (404), method (405), API key (401), content type (415), body size
+//! (413), JSON and schema (400), input count and length (413), readiness (503); then the inputs
+//! are tokenized and queued (503 when full) and the handler awaits the replies.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
+
+use super::api::{
+    self, EmbedRequest, EmbeddingData, EncodingFormat, OpenAiEmbedding, OpenAiRequest,
+    OpenAiResponse, TokenizeRequest, Usage,
+};
+use super::error::ApiError;
+use super::{docs, json_response, AppState};
+use crate::lifecycle::{Readiness, Serving};
+use crate::model::pooling::l2_normalize;
+use crate::queue::{Entry, InferError, Job, Output};
+
+/// A route: its path, the methods it answers, and whether it needs the API key.
+pub struct Route {
+    pub path: &'static str,
+    pub method: Method,
+    /// The `Allow` header for 405 answers.
+    pub allow: &'static str,
+    /// Reachable without the API key (probes).
+    pub public: bool,
+}
+
+/// Every route the server answers (also the source of `/openapi.json` and the index page).
+pub const ROUTES: &[Route] = &[
+    Route {
+        path: "/",
+        method: Method::GET,
+        allow: "GET, HEAD",
+        public: false,
+    },
+    Route {
+        path: "/embed",
+        method: Method::POST,
+        allow: "POST",
+        public: false,
+    },
+    Route {
+        path: "/v1/embeddings",
+        method: Method::POST,
+        allow: "POST",
+        public: false,
+    },
+    Route {
+        path: "/tokenize",
+        method: Method::POST,
+        allow: "POST",
+        public: false,
+    },
+    Route {
+        path: "/info",
+        method: Method::GET,
+        allow: "GET, HEAD",
+        public: false,
+    },
+    Route {
+        path: "/healthz",
+        method: Method::GET,
+        allow: "GET, HEAD",
+        public: true,
+    },
+    Route {
+        path: "/readyz",
+        method: Method::GET,
+        allow: "GET, HEAD",
+        public: true,
+    },
+    Route {
+        path: "/metrics",
+        method: Method::GET,
+        allow: "GET, HEAD",
+        public: false,
+    },
+    Route {
+        path: "/openapi.json",
+        method: Method::GET,
+        allow: "GET, HEAD",
+        public: false,
+    },
+];
+
+/// The metric label for a path: the route's own path, or "unmatched" (bounded cardinality).
+pub fn route_label(path: &str) -> &'static str {
+    ROUTES
+        .iter()
+        .find(|r| r.path == path)
+        .map_or("unmatched", |r| r.path)
+}
+
+/// Answers one request.
+pub async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let path = req.uri().path().to_string();
+    let Some(route) = ROUTES.iter().find(|r| r.path == path) else {
+        return Err(ApiError::NotFound(path));
+    };
+    let method_ok = req.method() == route.method
+        || (route.method == Method::GET && req.method() == Method::HEAD);
+    if !method_ok {
+        return Err(ApiError::MethodNotAllowed {
+            method: req.method().to_string(),
+            path,
+            allow: route.allow,
+        });
+    }
+    if !route.public {
+        check_api_key(&state, &req)?;
+    }
+    match route.path {
+        "/" => Ok(docs::index_page(&state)),
+        "/openapi.json" => Ok(json_response(StatusCode::OK, &docs::openapi())),
+        "/healthz" => Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "status": "ok" }),
+        )),
+        "/readyz" => Ok(readyz(&state)),
+        "/metrics" => Ok(metrics_text(&state)),
+        "/info" => Ok(info(&state)),
+        "/embed" => embed(&state, read_json::<EmbedRequest>(&state, req).await?).await,
+        "/v1/embeddings" => openai(&state, read_json::<OpenAiRequest>(&state, req).await?).await,
+        "/tokenize" => tokenize(&state, read_json::<TokenizeRequest>(&state, req).await?).await,
+        _ => Err(ApiError::Internal(format!("route {path} has no handler"))),
+    }
+}
+
+/// Compares the bearer token with the key in constant time (no early exit on the first
+/// differing byte, so response timing does not leak the key).
+fn check_api_key(state: &AppState, req: &Request<Incoming>) -> Result<(), ApiError> {
+    let Some(key) = &state.config.api_key else {
+        return Ok(());
+    };
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .unwrap_or("");
+    if constant_time_eq(given.trim().as_bytes(), key.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    // Length is not secret-dependent work; the byte loop always runs over the key's length.
+    let mut diff = (a.len() != b.len()) as u8;
+    for (i, &kb) in b.iter().enumerate() {
+        diff |= a.get(i).copied().unwrap_or(!kb) ^ kb;
+    }
+    std::hint::black_box(diff) == 0
+}
+
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+async fn read_json<T: DeserializeOwned>(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<T, ApiError> {
+    let limit = state.config.max_body_bytes;
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !is_json(content_type) {
+        let shown = if content_type.is_empty() {
+            "none".to_string()
+        } else {
+            content_type.to_string()
+        };
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "the body must be JSON: send `Content-Type: application/json` (got {shown})"
+        )));
+    }
+    let too_large = || {
+        ApiError::PayloadTooLarge(format!(
+            "the body is larger than the limit of {limit} bytes (--max-body-bytes)"
+        ))
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let body = Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                too_large()
+            } else {
+                ApiError::BadRequest(format!("could not read the request body: {e}"))
+            }
+        })?;
+    let bytes = body.to_bytes();
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+fn readyz(state: &AppState) -> Response<Full<Bytes>> {
+    let (status, body) = match state.lifecycle.readiness() {
+        Readiness::Ready => (StatusCode::OK, serde_json::json!({ "status": "ready" })),
+        Readiness::Loading => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "status": "loading" }),
+        ),
+        Readiness::Draining => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "status": "draining" }),
+        ),
+        Readiness::Failed(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "status": "failed", "reason": reason }),
+        ),
+    };
+    json_response(status, &body)
+}
+
+fn metrics_text(state: &AppState) -> Response<Full<Bytes>> {
+    crate::metrics::set_queue_depth(state.queue.depth());
+    let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render())));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        "text/plain; version=0.0.4; charset=utf-8"
+            .parse()
+            .expect("static"),
+    );
+    r
+}
+
+fn info(state: &AppState) -> Response<Full<Bytes>> {
+    let c = &state.config;
+    let model = state.lifecycle.loaded_info();
+    let body = serde_json::json!({
+        "model_id": model.as_ref().map_or(c.model.clone(), |m| m.id.clone()),
+        "status": format!("{:?}", state.lifecycle.readiness()).to_lowercase(),
+        "task": model.as_ref().map(|m| m.task),
+        "dimensions": model.as_ref().map(|m| m.dimensions),
+        "max_input_length": model.as_ref().map(|m| m.max_input_length),
+        "pooling": model.as_ref().map(|m| m.pooling),
+        "normalized_by_model": model.as_ref().map(|m| m.normalized_by_model),
+        "workers": c.worker_count(),
+        "max_batch_size": c.max_batch_size,
+        "max_batch_tokens": c.max_batch_tokens,
+        "max_batch_delay_ms": c.max_batch_delay_ms,
+        "max_client_batch": c.max_client_batch,
+        "queue_capacity": c.queue_capacity,
+        "request_timeout_ms": c.request_timeout_ms,
+        "max_body_bytes": c.max_body_bytes,
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    json_response(StatusCode::OK, &body)
+}
+
+fn check_count(state: &AppState, n: usize) -> Result<(), ApiError> {
+    if n == 0 {
+        return Err(ApiError::BadRequest(
+            "the input list is empty; send at least one text".into(),
+        ));
+    }
+    if n > state.config.max_client_batch {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "{n} inputs in one request; the limit is {} (--max-client-batch)",
+            state.config.max_client_batch
+        )));
+    }
+    Ok(())
+}
+
+/// Holds the request through a cold start if needed, then returns the loaded model's state.
+async fn serving(state: &AppState) -> Result<Arc<Serving>, ApiError> {
+    let (serving, _held) = state
+        .lifecycle
+        .serving(state.config.cold_start_timeout())
+        .await?;
+    Ok(serving)
+}
+
+/// Tokenizes, queues and awaits `texts`; returns pooled vectors (normalised if asked) and the
+/// number of tokens used.
+async fn embed_texts(
+    state: &AppState,
+    texts: &[String],
+    truncate: bool,
+    normalize: bool,
+) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
+    check_count(state, texts.len())?;
+    let first_seq = state.queue.next_seqs(texts.len());
+    let arrived = Instant::now();
+    let serving = serving(state).await?;
+    let ids: Vec<Vec<u32>> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| serving.tokenizer.encode(i, t, truncate))
+        .collect::<Result<_, _>>()?;
+    let tokens = ids.iter().map(Vec::len).sum();
+    // The timeout counts from when the model could serve: a request held through a cold start
+    // gets the full request timeout after it.
+    let deadline = Instant::now() + state.config.request_timeout();
+    let mut receivers = Vec::with_capacity(ids.len());
+    let entries: Vec<Entry> = ids
+        .into_iter()
+        .enumerate()
+        .map(|(i, ids)| {
+            let (reply, rx) = oneshot::channel();
+            receivers.push(rx);
+            Entry {
+                seq: first_seq + i as u64,
+                arrived,
+                deadline,
+                job: Job::Embed { ids },
+                reply,
+            }
+        })
+        .collect();
+    state.queue.submit(entries)?;
+
+    let wait_all = async {
+        let mut vectors = Vec::with_capacity(receivers.len());
+        for rx in receivers {
+            match rx.await {
+                Ok(Ok(Output::Embedding(mut v))) => {
+                    if normalize {
+                        l2_normalize(&mut v);
+                    }
+                    vectors.push(v);
+                }
+                Ok(Err(e)) => return Err(ApiError::from(e)),
+                // The worker dropped the entry: it expired in the queue.
+                Err(_) => return Err(ApiError::from(InferError::TimedOut)),
+            }
+        }
+        Ok(vectors)
+    };
+    tokio::select! {
+        r = tokio::time::timeout_at(deadline.into(), wait_all) => match r {
+            Ok(r) => r.map(|v| (v, tokens)),
+            Err(_) => Err(InferError::TimedOut.into()),
+        },
+        _ = state.lifecycle.aborted() => Err(ApiError::Unavailable {
+            reason: "the server is shutting down and its drain deadline passed; retry".into(),
+            kind: "shutting_down",
+            retry_after_secs: 1,
+        }),
+    }
+}
+
+async fn embed(state: &AppState, req: EmbedRequest) -> Result<Response<Full<Bytes>>, ApiError> {
+    if let Some(d) = req.truncation_direction.as_deref() {
+        if !d.eq_ignore_ascii_case("right") {
+            return Err(ApiError::BadRequest(format!(
+                "truncation_direction {d:?} is not supported; only \"right\""
+            )));
+        }
+    }
+    if req.prompt_name.is_some() {
+        return Err(ApiError::BadRequest(
+            "prompt_name is not supported by this server".into(),
+        ));
+    }
+    let (vectors, _) = embed_texts(state, &req.inputs.0, req.truncate, req.normalize).await?;
+    Ok(json_response(StatusCode::OK, &vectors))
+}
+
+async fn openai(state: &AppState, req: OpenAiRequest) -> Result<Response<Full<Bytes>>, ApiError> {
+    if let (Some(want), Some(info)) = (req.dimensions, state.lifecycle.loaded_info()) {
+        if want != info.dimensions {
+            return Err(ApiError::BadRequest(format!(
+                "dimensions {want} is not available: this model gives {} dimensions",
+                info.dimensions
+            )));
+        }
+    }
+    // OpenAI's embeddings are unit vectors; so are these.
+    let (vectors, tokens) = embed_texts(state, &req.input.0, true, true).await?;
+    let model = req.model.unwrap_or_else(|| state.config.model.clone());
+    let data = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, v)| OpenAiEmbedding {
+            object: "embedding",
+            index,
+            embedding: match req.encoding_format {
+                EncodingFormat::Float => EmbeddingData::Float(v),
+                EncodingFormat::Base64 => EmbeddingData::Base64(api::base64_f32(&v)),
+            },
+        })
+        .collect();
+    let body = OpenAiResponse {
+        object: "list",
+        data,
+        model,
+        usage: Usage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        },
+    };
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+async fn tokenize(
+    state: &AppState,
+    req: TokenizeRequest,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    check_count(state, req.inputs.0.len())?;
+    let serving = serving(state).await?;
+    let tokens = req
+        .inputs
+        .0
+        .iter()
+        .enumerate()
+        .map(|(i, t)| serving.tokenizer.tokens(i, t, req.add_special_tokens))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(json_response(StatusCode::OK, &tokens))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_key_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secreT", b"secret"));
+        assert!(!constant_time_eq(b"secret-longer", b"secret"));
+        assert!(!constant_time_eq(b"", b"secret"));
+    }
+
+    #[test]
+    fn json_content_types() {
+        assert!(is_json("application/json"));
+        assert!(is_json("Application/JSON; charset=utf-8"));
+        assert!(is_json("application/vnd.api+json"));
+        assert!(!is_json("text/plain"));
+        assert!(!is_json(""));
+        assert!(!is_json("application/x-www-form-urlencoded"));
+    }
+
+    #[test]
+    fn every_route_has_a_label_and_unknown_paths_share_one() {
+        for r in ROUTES {
+            assert_eq!(route_label(r.path), r.path);
+        }
+        assert_eq!(route_label("/nope/123"), "unmatched");
+    }
+}

@@ -1,0 +1,218 @@
+//! The process's life as a serverless replica: loading → ready → draining → exit.
+//!
+//! - The port is bound before the model loads; `/healthz` answers at once and `/readyz` says
+//!   `loading` until the model is loaded and every worker has run a warm-up batch.
+//! - Requests that arrive while loading are held (not refused) until the model is usable or
+//!   `--cold-start-timeout-ms` passes; they keep their arrival order (see `queue::Entry::seq`).
+//! - If loading fails, held requests get 503 with the reason, `/readyz` reports it, and the
+//!   process exits non-zero so the platform restarts it.
+//! - On SIGTERM/SIGINT `/readyz` turns 503 at once; the server keeps serving for
+//!   `--shutdown-delay-ms`, then stops accepting and drains (see `http::serve`). At
+//!   `--shutdown-timeout-ms` whatever is unfinished gets 503 and the process exits.
+//!
+//! Nothing here polls: state changes are pushed through `tokio::sync::watch` channels.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::metrics;
+use crate::model::{ModelInfo, TextTokenizer};
+
+/// What the HTTP threads need once the model is loaded.
+pub struct Serving {
+    pub info: ModelInfo,
+    pub tokenizer: Arc<TextTokenizer>,
+}
+
+/// Progress of model loading.
+#[derive(Clone)]
+pub enum LoadState {
+    Loading,
+    Loaded(Arc<Serving>),
+    Failed(String),
+}
+
+/// What `/readyz` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Loading,
+    Ready,
+    Draining,
+    Failed(String),
+}
+
+/// Why a request could not wait for the model.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NotServing {
+    #[error("the model is still loading after the cold-start timeout")]
+    StillLoading,
+    #[error("the model failed to load: {0}")]
+    LoadFailed(String),
+}
+
+/// Shared lifecycle state.
+pub struct Lifecycle {
+    load: watch::Sender<LoadState>,
+    workers_warm: AtomicUsize,
+    workers: usize,
+    draining: AtomicBool,
+    aborted: watch::Sender<bool>,
+}
+
+impl Lifecycle {
+    pub fn new(workers: usize) -> Self {
+        metrics::set_ready(false);
+        Self {
+            load: watch::Sender::new(LoadState::Loading),
+            workers_warm: AtomicUsize::new(0),
+            workers,
+            draining: AtomicBool::new(false),
+            aborted: watch::Sender::new(false),
+        }
+    }
+
+    /// The model is loaded: held and new requests may tokenize and queue.
+    pub fn loaded(&self, serving: Serving) {
+        self.load.send_replace(LoadState::Loaded(Arc::new(serving)));
+    }
+
+    /// Loading failed: held and new requests get 503 with `reason`.
+    pub fn failed(&self, reason: String) {
+        self.load.send_replace(LoadState::Failed(reason));
+    }
+
+    /// Facts about the model, once it is loaded.
+    pub fn loaded_info(&self) -> Option<ModelInfo> {
+        match &*self.load.borrow() {
+            LoadState::Loaded(s) => Some(s.info.clone()),
+            _ => None,
+        }
+    }
+
+    /// One worker finished its warm-up; the last one makes the server ready (and gets true).
+    pub fn worker_warm(&self) -> bool {
+        let last = self.workers_warm.fetch_add(1, Ordering::AcqRel) + 1 == self.workers;
+        if last {
+            metrics::set_ready(!self.is_draining());
+        }
+        last
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        if let LoadState::Failed(reason) = &*self.load.borrow() {
+            return Readiness::Failed(reason.clone());
+        }
+        if self.is_draining() {
+            return Readiness::Draining;
+        }
+        if self.workers_warm.load(Ordering::Acquire) >= self.workers
+            && matches!(*self.load.borrow(), LoadState::Loaded(_))
+        {
+            Readiness::Ready
+        } else {
+            Readiness::Loading
+        }
+    }
+
+    /// The loaded model, waiting for it up to `timeout` if it is still loading. The boolean is
+    /// true when the caller had to wait (a request held through the cold start).
+    pub async fn serving(&self, timeout: Duration) -> Result<(Arc<Serving>, bool), NotServing> {
+        let check = |s: &LoadState| match s {
+            LoadState::Loading => None,
+            LoadState::Loaded(s) => Some(Ok(s.clone())),
+            LoadState::Failed(r) => Some(Err(NotServing::LoadFailed(r.clone()))),
+        };
+        if let Some(r) = check(&self.load.borrow()) {
+            return r.map(|s| (s, false));
+        }
+        metrics::record_cold_start_hold();
+        let mut rx = self.load.subscribe();
+        let waited = tokio::time::timeout(timeout, async {
+            rx.wait_for(|s| !matches!(s, LoadState::Loading))
+                .await
+                .map(|s| s.clone())
+        })
+        .await;
+        match waited {
+            Ok(Ok(state)) => check(&state).expect("not loading").map(|s| (s, true)),
+            Ok(Err(_)) | Err(_) => Err(NotServing::StillLoading),
+        }
+    }
+
+    /// SIGTERM received: readiness off, responses ask clients to close their connections.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+        metrics::set_ready(false);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// The shutdown deadline has passed: every request still waiting gets 503.
+    pub fn abort(&self) {
+        self.aborted.send_replace(true);
+    }
+
+    /// Resolves when [`Lifecycle::abort`] is called.
+    pub async fn aborted(&self) {
+        let mut rx = self.aborted.subscribe();
+        let _ = rx.wait_for(|a| *a).await;
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT (what ACA and Kubernetes send on scale-in).
+pub async fn termination_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received: draining"),
+            _ = int.recv() => tracing::info!("SIGINT received: draining"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn held_requests_wake_when_loading_fails_and_readiness_says_why() {
+        let l = Arc::new(Lifecycle::new(1));
+        assert_eq!(l.readiness(), Readiness::Loading);
+        let waiter = {
+            let l = l.clone();
+            tokio::spawn(async move { l.serving(Duration::from_secs(5)).await.map(|_| ()) })
+        };
+        tokio::task::yield_now().await;
+        l.failed("no weights".into());
+        let r = waiter.await.unwrap();
+        assert!(matches!(r, Err(NotServing::LoadFailed(m)) if m == "no weights"));
+        assert_eq!(l.readiness(), Readiness::Failed("no weights".into()));
+    }
+
+    #[tokio::test]
+    async fn a_cold_start_that_outlasts_the_timeout_is_reported() {
+        let l = Lifecycle::new(1);
+        let r = l.serving(Duration::from_millis(20)).await;
+        assert!(matches!(r, Err(NotServing::StillLoading)));
+    }
+
+    #[test]
+    fn draining_overrides_ready() {
+        let l = Lifecycle::new(2);
+        l.workers_warm.store(2, Ordering::Relaxed);
+        l.start_draining();
+        assert_eq!(l.readiness(), Readiness::Draining);
+    }
+}

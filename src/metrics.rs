@@ -1,0 +1,164 @@
+//! Metric names (a contract with dashboards and the KEDA autoscaler: they live here and
+//! nowhere else) and the Prometheus exporter that renders them for `GET /metrics`.
+//!
+//! Every stage records through the `metrics` facade. Histograms have explicit buckets so they
+//! render as Prometheus histograms (quantiles computable across replicas), not summaries.
+//! The exporter's housekeeping runs when metrics are rendered and every few seconds of
+//! activity, never on an idle timer, so an idle server stays asleep.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS_TOTAL: &str = "zerobatch_requests_total";
+pub const REQUEST_DURATION: &str = "zerobatch_request_duration_seconds";
+pub const QUEUE_DEPTH: &str = "zerobatch_queue_depth";
+pub const INFLIGHT: &str = "zerobatch_inflight_requests";
+pub const BATCH_SIZE: &str = "zerobatch_batch_size";
+pub const BATCH_TOKENS: &str = "zerobatch_batch_tokens";
+pub const QUEUE_WAIT: &str = "zerobatch_queue_wait_seconds";
+pub const INFERENCE: &str = "zerobatch_inference_seconds";
+pub const REJECTED_TOTAL: &str = "zerobatch_rejected_total";
+pub const STARTUP: &str = "zerobatch_startup_seconds";
+pub const READY: &str = "zerobatch_ready";
+pub const COLD_START_HELD: &str = "zerobatch_cold_start_held_requests_total";
+
+const SECONDS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 120.0,
+];
+const SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+const TOKENS: &[f64] = &[
+    8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 65536.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static LAST_UPKEEP: AtomicU64 = AtomicU64::new(0);
+
+/// Installs the global recorder (once per process; later calls reuse it) and describes the
+/// metrics so `/metrics` lists them with help text from the first scrape.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let handle = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), SIZES))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_TOKENS.into()), TOKENS))
+            .expect("bucket lists are non-empty")
+            .install_recorder()
+            .expect("no other metrics recorder is installed in this process");
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "HTTP requests answered, by route and status code"
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from request received to response ready, by route"
+    );
+    describe_gauge!(QUEUE_DEPTH, "Inputs waiting for an inference worker");
+    describe_gauge!(INFLIGHT, "HTTP requests being handled now");
+    describe_histogram!(BATCH_SIZE, "Inputs per batch");
+    describe_histogram!(BATCH_TOKENS, "Padded tokens per forward pass");
+    describe_histogram!(
+        QUEUE_WAIT,
+        Unit::Seconds,
+        "Time an input waited in the queue before its batch started"
+    );
+    describe_histogram!(
+        INFERENCE,
+        Unit::Seconds,
+        "Time to run one batch through the model"
+    );
+    describe_counter!(
+        REJECTED_TOTAL,
+        "Requests refused before inference, by reason"
+    );
+    describe_gauge!(STARTUP, Unit::Seconds, "Duration of each start-up phase");
+    describe_gauge!(
+        READY,
+        "1 when the model is loaded and warm and the server is not draining"
+    );
+    describe_counter!(
+        COLD_START_HELD,
+        "Requests that arrived while the model was loading and were held for it"
+    );
+    metrics::gauge!(QUEUE_DEPTH).set(0.0);
+    metrics::gauge!(INFLIGHT).set(0.0);
+    metrics::gauge!(READY).set(0.0);
+    metrics::counter!(COLD_START_HELD).absolute(0);
+}
+
+/// The Prometheus text of every metric.
+pub fn render() -> String {
+    let handle = install();
+    handle.run_upkeep();
+    handle.render()
+}
+
+/// Drains the exporter's histogram buffers if a few seconds have passed; called on activity
+/// (after each batch) so memory stays bounded even if nothing scrapes `/metrics`.
+pub fn upkeep_if_due() {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let now = START.get_or_init(Instant::now).elapsed().as_millis() as u64;
+    let last = LAST_UPKEEP.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 5_000
+        && LAST_UPKEEP
+            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    {
+        if let Some(h) = HANDLE.get() {
+            h.run_upkeep();
+        }
+    }
+}
+
+pub fn set_queue_depth(depth: usize) {
+    metrics::gauge!(QUEUE_DEPTH).set(depth as f64);
+}
+
+pub fn record_request(route: &'static str, status: u16, elapsed: Duration) {
+    metrics::counter!(REQUESTS_TOTAL, "route" => route, "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!(REQUEST_DURATION, "route" => route).record(elapsed.as_secs_f64());
+}
+
+pub fn record_rejected(reason: &'static str) {
+    metrics::counter!(REJECTED_TOTAL, "reason" => reason).increment(1);
+}
+
+pub fn record_batch(size: usize, queue_waits: impl Iterator<Item = Duration>) {
+    metrics::histogram!(BATCH_SIZE).record(size as f64);
+    let wait = metrics::histogram!(QUEUE_WAIT);
+    for w in queue_waits {
+        wait.record(w.as_secs_f64());
+    }
+}
+
+pub fn record_forward(padded_tokens: usize, elapsed: Duration) {
+    metrics::histogram!(BATCH_TOKENS).record(padded_tokens as f64);
+    metrics::histogram!(INFERENCE).record(elapsed.as_secs_f64());
+}
+
+pub fn record_startup_phase(phase: &'static str, elapsed: Duration) {
+    metrics::gauge!(STARTUP, "phase" => phase).set(elapsed.as_secs_f64());
+}
+
+pub fn set_ready(ready: bool) {
+    metrics::gauge!(READY).set(if ready { 1.0 } else { 0.0 });
+}
+
+pub fn record_cold_start_hold() {
+    metrics::counter!(COLD_START_HELD).increment(1);
+}
+
+pub fn inflight_delta(delta: f64) {
+    metrics::gauge!(INFLIGHT).increment(delta);
+}

@@ -1,0 +1,200 @@
+//! The admission queue: a bounded crossbeam channel between the HTTP threads (producers) and
+//! the batcher (consumer), and the entries that travel through it.
+//!
+//! One entry is one input sequence with its own reply channel, so a client batch of N inputs
+//! becomes N entries that the batcher may place in different batches. Admission is all or
+//! nothing: the N places are reserved at once or the request is refused with 503, so a request
+//! is never half-queued. The depth counter covers entries in the channel and entries the
+//! batcher holds but has not started, which is what `zerobatch_queue_depth` reports.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::RwLock;
+use tokio::sync::oneshot;
+
+use crate::metrics;
+
+/// What an entry asks the model to do.
+#[derive(Debug)]
+pub enum Job {
+    /// Embed one token sequence.
+    Embed { ids: Vec<u32> },
+}
+
+/// What the model answers.
+#[derive(Debug)]
+pub enum Output {
+    /// The pooled, not yet normalised vector.
+    Embedding(Vec<f32>),
+}
+
+/// Why an entry got no output.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InferError {
+    #[error("the model failed on this batch: {0}")]
+    Model(String),
+    #[error("the inference worker crashed while running this batch: {0}")]
+    WorkerPanic(String),
+    #[error("the request waited longer than the request timeout")]
+    TimedOut,
+}
+
+/// The reply channel of one entry.
+pub type Reply = oneshot::Sender<Result<Output, InferError>>;
+
+/// One queued input.
+#[derive(Debug)]
+pub struct Entry {
+    /// Arrival order, taken when the HTTP request arrived (not when it was queued), so
+    /// requests held during a cold start keep their order.
+    pub seq: u64,
+    pub arrived: Instant,
+    /// After this the answer is no longer wanted (the client got 503).
+    pub deadline: Instant,
+    pub job: Job,
+    pub reply: Reply,
+}
+
+impl Entry {
+    /// Tokens this entry adds to a batch.
+    pub fn tokens(&self) -> usize {
+        match &self.job {
+            Job::Embed { ids } => ids.len(),
+        }
+    }
+}
+
+/// Why the queue refused entries.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum QueueError {
+    #[error("the queue is full ({capacity} inputs waiting)")]
+    Full { capacity: usize },
+    #[error("the server is shutting down")]
+    Closed,
+}
+
+/// Producer side, held by the HTTP front end.
+pub struct Queue {
+    tx: RwLock<Option<Sender<Entry>>>,
+    depth: Arc<AtomicUsize>,
+    capacity: usize,
+    next_seq: AtomicU64,
+}
+
+/// Consumer side, held by the batcher.
+pub struct QueueReceiver {
+    pub(crate) rx: Receiver<Entry>,
+    pub(crate) depth: Arc<AtomicUsize>,
+}
+
+impl Queue {
+    /// A queue that holds at most `capacity` waiting inputs.
+    pub fn new(capacity: usize) -> (Queue, QueueReceiver) {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let depth = Arc::new(AtomicUsize::new(0));
+        let queue = Queue {
+            tx: RwLock::new(Some(tx)),
+            depth: depth.clone(),
+            capacity,
+            next_seq: AtomicU64::new(0),
+        };
+        (queue, QueueReceiver { rx, depth })
+    }
+
+    /// A sequence number for an input that has just arrived.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seqs(1)
+    }
+
+    /// `n` consecutive sequence numbers (the inputs of one request); returns the first.
+    pub fn next_seqs(&self, n: usize) -> u64 {
+        self.next_seq.fetch_add(n as u64, Ordering::Relaxed)
+    }
+
+    /// Inputs waiting now.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Queues all `entries` or none of them.
+    pub fn submit(&self, entries: Vec<Entry>) -> Result<(), QueueError> {
+        let n = entries.len();
+        let reserved = self
+            .depth
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                (d + n <= self.capacity).then_some(d + n)
+            });
+        let Ok(before) = reserved else {
+            return Err(QueueError::Full {
+                capacity: self.capacity,
+            });
+        };
+        let tx = self.tx.read();
+        let Some(tx) = tx.as_ref() else {
+            self.depth.fetch_sub(n, Ordering::AcqRel);
+            return Err(QueueError::Closed);
+        };
+        for entry in entries {
+            // Cannot fail for lack of room: the channel holds `capacity` and the depth counter
+            // (which also counts what the batcher holds) has reserved a place. It fails only if
+            // the receiver is gone, when the entry's dropped reply tells its request.
+            if tx.try_send(entry).is_err() {
+                self.depth.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        metrics::set_queue_depth(before + n);
+        Ok(())
+    }
+
+    /// Refuses new entries; the batcher finishes those already queued, then stops.
+    pub fn close(&self) {
+        self.tx.write().take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn entry(q: &Queue) -> (Entry, oneshot::Receiver<Result<Output, InferError>>) {
+        let (reply, rx) = oneshot::channel();
+        let now = Instant::now();
+        let e = Entry {
+            seq: q.next_seq(),
+            arrived: now,
+            deadline: now + Duration::from_secs(1),
+            job: Job::Embed { ids: vec![1, 2] },
+            reply,
+        };
+        (e, rx)
+    }
+
+    #[test]
+    fn admission_is_all_or_nothing() {
+        let (q, r) = Queue::new(3);
+        let (a, _ra) = entry(&q);
+        let (b, _rb) = entry(&q);
+        q.submit(vec![a, b]).unwrap();
+        let (c, _rc) = entry(&q);
+        let (d, _rd) = entry(&q);
+        assert_eq!(q.submit(vec![c, d]), Err(QueueError::Full { capacity: 3 }));
+        assert_eq!(q.depth(), 2);
+        assert_eq!(r.rx.len(), 2);
+        let (e, _re) = entry(&q);
+        q.submit(vec![e]).unwrap();
+        assert_eq!(q.depth(), 3);
+    }
+
+    #[test]
+    fn a_closed_queue_refuses_and_releases_its_reservation() {
+        let (q, _r) = Queue::new(3);
+        q.close();
+        let (a, _ra) = entry(&q);
+        assert_eq!(q.submit(vec![a]), Err(QueueError::Closed));
+        assert_eq!(q.depth(), 0);
+    }
+}

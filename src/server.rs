@@ -1,0 +1,271 @@
+//! Wires the boxes together in the order the lifecycle needs: listener (already bound) and
+//! HTTP first, then the model loads on its own thread while requests are held, then the worker
+//! pool starts; on the shutdown signal, the drain.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::batcher::{BatchLimits, Batcher};
+use crate::config::{available_cores, ServeConfig};
+use crate::http::{self, AppState};
+use crate::lifecycle::{Lifecycle, Serving};
+use crate::metrics;
+use crate::model;
+use crate::queue::Queue;
+use crate::worker::WorkerPool;
+
+/// How the server ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Drained after a shutdown signal.
+    Drained,
+    /// The model could not be loaded (the process should exit non-zero).
+    LoadFailed,
+}
+
+/// Binds `host:port` with a deep accept backlog, so a burst of connections at a cold start
+/// waits in the kernel instead of being refused.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Runs the server on `listener` until `shutdown` resolves (or the model fails to load), then
+/// drains. `process_start` dates the start-up phases.
+pub async fn run(
+    config: ServeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    process_start: Instant,
+) -> Outcome {
+    metrics::install();
+    let workers = config.worker_count();
+    let lifecycle = Arc::new(Lifecycle::new(workers));
+    let (queue, receiver) = Queue::new(config.queue_capacity);
+    let queue = Arc::new(queue);
+    let batcher = Arc::new(Batcher::new(
+        receiver.rx,
+        receiver.depth,
+        BatchLimits {
+            max_size: config.max_batch_size,
+            max_tokens: config.max_batch_tokens,
+        },
+        config.max_batch_delay(),
+    ));
+    let state = Arc::new(AppState::new(
+        config.clone(),
+        lifecycle.clone(),
+        queue.clone(),
+    ));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let accepting = tokio::spawn(http::accept_loop(listener, state.clone(), stop_rx));
+    let bound = process_start.elapsed();
+    metrics::record_startup_phase("bind", bound);
+    tracing::info!(
+        phase = "bind",
+        ms = bound.as_secs_f64() * 1e3,
+        "listening; loading {}",
+        config.model
+    );
+
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();
+    let loader = {
+        let (lifecycle, config) = (lifecycle.clone(), config.clone());
+        std::thread::Builder::new()
+            .name("zerobatch-loader".into())
+            .spawn(move || {
+                load_and_start(
+                    config,
+                    lifecycle,
+                    batcher,
+                    workers,
+                    process_start,
+                    failed_tx,
+                )
+            })
+            .expect("spawning the loader thread")
+    };
+
+    let load_failed = tokio::select! {
+        biased;
+        _ = shutdown => false,
+        Ok(()) = failed_rx => true,
+    };
+    let signalled = Instant::now();
+    lifecycle.start_draining();
+    // Keep answering for the delay: after a signal so load balancers stop routing here, after
+    // a failed load so probes and held requests can read the reason.
+    tracing::info!(
+        "draining: still serving for {} ms",
+        config.shutdown_delay_ms
+    );
+    tokio::time::sleep(config.shutdown_delay()).await;
+    let _ = stop_tx.send(true);
+    let deadline = signalled + config.shutdown_timeout();
+    let drained = async {
+        let connections = accepting.await.expect("the accept loop does not panic");
+        connections.drain().await;
+    };
+    if tokio::time::timeout_at(deadline.into(), drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown timeout reached: answering unfinished requests with 503");
+        lifecycle.abort();
+        // Give the 503s a moment to be written.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    queue.close();
+    drop(loader);
+    tracing::info!(ms = signalled.elapsed().as_secs_f64() * 1e3, "shut down");
+    if load_failed {
+        Outcome::LoadFailed
+    } else {
+        Outcome::Drained
+    }
+}
+
+fn load_and_start(
+    config: ServeConfig,
+    lifecycle: Arc<Lifecycle>,
+    batcher: Arc<Batcher<crate::queue::Entry>>,
+    workers: usize,
+    process_start: Instant,
+    failed: tokio::sync::oneshot::Sender<()>,
+) {
+    let phase = |name: &'static str, took: Duration| {
+        metrics::record_startup_phase(name, took);
+        tracing::info!(
+            phase = name,
+            ms = took.as_secs_f64() * 1e3,
+            "start-up phase done"
+        );
+    };
+    let loaded = match model::load(&config.model, &config.revision, phase) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot load the model: {e}");
+            lifecycle.failed(e.to_string());
+            let _ = failed.send(());
+            return;
+        }
+    };
+    let warmup = loaded
+        .tokenizer
+        .encode(0, "warm up", true)
+        .unwrap_or_else(|_| vec![0]);
+    lifecycle.loaded(Serving {
+        info: loaded.info.clone(),
+        tokenizer: loaded.tokenizer.clone(),
+    });
+    let warm_started = Instant::now();
+    let on_warm = {
+        let lifecycle = lifecycle.clone();
+        Arc::new(move || {
+            if lifecycle.worker_warm() {
+                metrics::record_startup_phase("warmup", warm_started.elapsed());
+                let total = process_start.elapsed();
+                metrics::record_startup_phase("total", total);
+                tracing::info!(
+                    phase = "total",
+                    ms = total.as_secs_f64() * 1e3,
+                    "ready to serve"
+                );
+            }
+        })
+    };
+    match WorkerPool::start(
+        workers,
+        available_cores(),
+        batcher,
+        loaded.model,
+        warmup,
+        on_warm,
+    ) {
+        Ok(pool) => pool.join(),
+        Err(e) => {
+            tracing::error!("cannot start the worker threads: {e}");
+            lifecycle.failed(format!("cannot start the worker threads: {e}"));
+            let _ = failed.send(());
+        }
+    }
+}
+
+/// A server running on its own thread and runtime, for tests and benchmarks.
+pub struct BackgroundServer {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Outcome>>,
+}
+
+impl BackgroundServer {
+    /// Starts a server with `config` (use port 0 for a free port); returns once it listens.
+    pub fn start(config: ServeConfig) -> std::io::Result<Self> {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("zerobatch-test-server".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move {
+                    let listener = match bind(SocketAddr::new(config.host, config.port)) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = addr_tx.send(Err(e));
+                            return Outcome::LoadFailed;
+                        }
+                    };
+                    let _ = addr_tx.send(listener.local_addr());
+                    run(
+                        config,
+                        listener,
+                        async {
+                            let _ = stop_rx.await;
+                        },
+                        Instant::now(),
+                    )
+                    .await
+                })
+            })?;
+        let addr = addr_rx.recv().map_err(std::io::Error::other)??;
+        Ok(Self {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Signals shutdown (like SIGTERM) and waits for the drain to finish.
+    pub fn shutdown(mut self) -> Outcome {
+        self.stop.take().map(|s| s.send(()));
+        self.thread
+            .take()
+            .expect("joined once")
+            .join()
+            .expect("server thread")
+    }
+}
+
+impl Drop for BackgroundServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}

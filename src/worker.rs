@@ -1,0 +1,271 @@
+//! The fixed pool of inference threads. Each thread loops: take the next batch from the shared
+//! [`Batcher`], split it into passes of similar length, run the model, reply to each entry.
+//!
+//! Intra-op threads: the pool adapts to how much is waiting. A thread that runs a batch while
+//! the other workers are idle lets the matmuls use all cores (lowest latency for a lone
+//! request); when several batches run at once each uses one core (no oversubscription, and two
+//! one-core passes outrun one two-core pass on throughput). See docs/benchmarks.md.
+//!
+//! A panic inside a forward pass fails that batch's requests with 500; the thread survives and
+//! keeps serving.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crate::batcher::{group_by_length, Batcher};
+use crate::metrics;
+use crate::model::Model;
+use crate::queue::{Entry, InferError, Job, Output};
+
+/// Fixed cost of one forward pass, in tokens of work, used to decide when splitting a batch by
+/// length pays (see [`group_by_length`]).
+pub const PASS_COST_TOKENS: usize = 16;
+
+/// Handles of the pool's threads.
+pub struct WorkerPool {
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl WorkerPool {
+    /// Starts `workers` threads. Each first runs `warmup` through the model (so the first real
+    /// request does not pay for lazy initialisation), then calls `on_warm`, then serves.
+    pub fn start(
+        workers: usize,
+        cores: usize,
+        batcher: Arc<Batcher<Entry>>,
+        model: Arc<dyn Model>,
+        warmup: Vec<u32>,
+        on_warm: Arc<dyn Fn() + Send + Sync>,
+    ) -> std::io::Result<Self> {
+        let busy = Arc::new(AtomicUsize::new(0));
+        let mut handles = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let worker = Worker {
+                batcher: batcher.clone(),
+                model: model.clone(),
+                busy: busy.clone(),
+                cores,
+            };
+            let warmup = warmup.clone();
+            let on_warm = on_warm.clone();
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("zerobatch-worker-{i}"))
+                    .spawn(move || {
+                        if let Err(e) =
+                            catch_unwind(AssertUnwindSafe(|| worker.model.embed(&[&warmup], 1)))
+                        {
+                            tracing::error!(worker = i, "warm-up panicked: {}", panic_message(&e));
+                        }
+                        on_warm();
+                        worker.run();
+                    })?,
+            );
+        }
+        Ok(Self { handles })
+    }
+
+    /// Waits for every thread to finish (they do once the queue is closed and empty).
+    pub fn join(self) {
+        for h in self.handles {
+            let _ = h.join();
+        }
+    }
+}
+
+struct Worker {
+    batcher: Arc<Batcher<Entry>>,
+    model: Arc<dyn Model>,
+    busy: Arc<AtomicUsize>,
+    cores: usize,
+}
+
+impl Worker {
+    fn run(&self) {
+        while let Some(batch) = self.batcher.next_batch() {
+            // Nobody waits for these; those that timed out already got their 503.
+            drop(batch.abandoned);
+            if batch.entries.is_empty() {
+                continue;
+            }
+            let started = Instant::now();
+            metrics::record_batch(
+                batch.entries.len(),
+                batch.entries.iter().map(|e| started - e.arrived),
+            );
+            let running = self.busy.fetch_add(1, Ordering::AcqRel) + 1;
+            let threads = if running == 1 && self.batcher.depth() == 0 {
+                self.cores
+            } else {
+                1
+            };
+            self.run_batch(batch.entries, threads);
+            self.busy.fetch_sub(1, Ordering::AcqRel);
+            metrics::upkeep_if_due();
+        }
+    }
+
+    fn run_batch(&self, entries: Vec<Entry>, threads: usize) {
+        let lengths: Vec<usize> = entries.iter().map(Entry::tokens).collect();
+        let mut slots: Vec<Option<Entry>> = entries.into_iter().map(Some).collect();
+        for group in group_by_length(&lengths, PASS_COST_TOKENS) {
+            let group: Vec<Entry> = group
+                .iter()
+                .map(|&i| slots[i].take().expect("each index once"))
+                .collect();
+            self.run_pass(group, threads);
+        }
+    }
+
+    fn run_pass(&self, group: Vec<Entry>, threads: usize) {
+        let sequences: Vec<&[u32]> = group
+            .iter()
+            .map(|e| match &e.job {
+                Job::Embed { ids } => ids.as_slice(),
+            })
+            .collect();
+        let padded = sequences.len() * sequences.iter().map(|s| s.len()).max().unwrap_or(0);
+        let started = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| self.model.embed(&sequences, threads)));
+        metrics::record_forward(padded, started.elapsed());
+        match result {
+            Ok(Ok(vectors)) if vectors.len() == group.len() => {
+                for (entry, v) in group.into_iter().zip(vectors) {
+                    let _ = entry.reply.send(Ok(Output::Embedding(v)));
+                }
+            }
+            Ok(Ok(vectors)) => {
+                let msg = format!(
+                    "model returned {} vectors for {} inputs",
+                    vectors.len(),
+                    group.len()
+                );
+                fail(group, InferError::Model(msg))
+            }
+            Ok(Err(e)) => {
+                tracing::error!("forward pass failed: {e}");
+                fail(group, InferError::Model(e.to_string()))
+            }
+            Err(panic) => {
+                let msg = panic_message(&panic);
+                tracing::error!("forward pass panicked (the worker keeps serving): {msg}");
+                fail(group, InferError::WorkerPanic(msg))
+            }
+        }
+    }
+}
+
+fn fail(group: Vec<Entry>, error: InferError) {
+    for entry in group {
+        let _ = entry.reply.send(Err(error.clone()));
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batcher::BatchLimits;
+    use crate::model::ModelError;
+    use crate::queue::Queue;
+    use std::time::Duration;
+    use tokio::sync::oneshot;
+
+    /// Sums each sequence; panics on a sequence containing 666.
+    struct Summer;
+
+    impl Model for Summer {
+        fn embed(
+            &self,
+            sequences: &[&[u32]],
+            _threads: usize,
+        ) -> Result<Vec<Vec<f32>>, ModelError> {
+            if sequences.iter().any(|s| s.contains(&666)) {
+                panic!("poisoned input");
+            }
+            Ok(sequences
+                .iter()
+                .map(|s| vec![s.iter().sum::<u32>() as f32])
+                .collect())
+        }
+    }
+
+    fn submit(q: &Queue, ids: Vec<u32>) -> oneshot::Receiver<Result<Output, InferError>> {
+        let (reply, rx) = oneshot::channel();
+        let now = Instant::now();
+        q.submit(vec![Entry {
+            seq: q.next_seq(),
+            arrived: now,
+            deadline: now + Duration::from_secs(5),
+            job: Job::Embed { ids },
+            reply,
+        }])
+        .unwrap();
+        rx
+    }
+
+    #[test]
+    fn a_panicking_batch_fails_alone_and_the_worker_keeps_serving() {
+        let (q, r) = Queue::new(64);
+        let batcher = Arc::new(Batcher::new(
+            r.rx,
+            r.depth,
+            BatchLimits {
+                max_size: 1,
+                max_tokens: 1000,
+            },
+            Duration::ZERO,
+        ));
+        let pool =
+            WorkerPool::start(1, 1, batcher, Arc::new(Summer), vec![1], Arc::new(|| {})).unwrap();
+        let bad = submit(&q, vec![666]);
+        let good = submit(&q, vec![1, 2, 3]);
+        assert!(
+            matches!(bad.blocking_recv().unwrap(), Err(InferError::WorkerPanic(m)) if m.contains("poisoned"))
+        );
+        match good.blocking_recv().unwrap() {
+            Ok(Output::Embedding(v)) => assert_eq!(v, vec![6.0]),
+            other => panic!("{other:?}"),
+        }
+        q.close();
+        pool.join();
+    }
+
+    #[test]
+    fn mixed_lengths_each_get_their_own_answer() {
+        let (q, r) = Queue::new(64);
+        let batcher = Arc::new(Batcher::new(
+            r.rx,
+            r.depth,
+            BatchLimits {
+                max_size: 64,
+                max_tokens: 100_000,
+            },
+            Duration::from_millis(20),
+        ));
+        let receivers: Vec<_> = (1..40u32)
+            .map(|n| (n, submit(&q, (0..n * 3).collect())))
+            .collect();
+        let pool =
+            WorkerPool::start(2, 2, batcher, Arc::new(Summer), vec![1], Arc::new(|| {})).unwrap();
+        for (n, rx) in receivers {
+            let want: u32 = (0..n * 3).sum();
+            match rx.blocking_recv().unwrap() {
+                Ok(Output::Embedding(v)) => assert_eq!(v, vec![want as f32]),
+                other => panic!("{other:?}"),
+            }
+        }
+        q.close();
+        pool.join();
+    }
+}

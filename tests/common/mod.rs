@@ -1,0 +1,204 @@
+//! Shared test helpers: a tiny generated model, a server on an ephemeral port, and a small
+//! blocking HTTP/1.1 client (raw sockets, so tests see exactly what crosses the wire).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use zerobatch::config::ServeConfig;
+use zerobatch::model::tiny::{write_tiny_bert, TinySpec};
+use zerobatch::server::BackgroundServer;
+
+/// The tiny model's directory, generated once per test binary.
+pub fn tiny_model() -> &'static str {
+    static DIR: OnceLock<String> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("zerobatch-tiny-{}", std::process::id()));
+        write_tiny_bert(&dir, &TinySpec::default()).expect("writing the tiny model");
+        dir.to_string_lossy().into_owned()
+    })
+}
+
+/// The real all-MiniLM-L6-v2 directory (fetched by scripts/fetch-model.sh), if present.
+pub fn minilm_dir() -> Option<PathBuf> {
+    let dir = std::env::var("ZEROBATCH_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2")
+        });
+    dir.join("model.safetensors").is_file().then_some(dir)
+}
+
+/// Starts a server on the tiny model with the test configuration, changed by `tweak`, and
+/// waits until it is ready.
+pub fn start(tweak: impl FnOnce(&mut ServeConfig)) -> BackgroundServer {
+    let mut config = ServeConfig::for_tests(tiny_model());
+    tweak(&mut config);
+    let server = BackgroundServer::start(config).expect("server starts");
+    wait_ready(server.addr);
+    server
+}
+
+pub fn wait_ready(addr: SocketAddr) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(30) {
+        if let Ok(r) = try_request(addr, "GET", "/readyz", &[], None) {
+            if r.status == 200 {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("server at {addr} not ready after 30 s");
+}
+
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Writes one request on `stream` (keep-alive) and reads its response.
+pub fn exchange(
+    stream: &mut TcpStream,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> std::io::Result<Resp> {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    if let Some(b) = body {
+        bytes.extend_from_slice(b);
+    }
+    stream.write_all(&bytes)?;
+    read_response(stream, method == "HEAD")
+}
+
+fn read_response(stream: &mut TcpStream, head: bool) -> std::io::Result<Resp> {
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed before a response",
+        ));
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h)?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; if head { 0 } else { len }];
+    reader.read_exact(&mut body)?;
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// One request on a fresh connection.
+pub fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> std::io::Result<Resp> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut all: Vec<(&str, &str)> = headers.to_vec();
+    all.push(("Connection", "close"));
+    exchange(&mut stream, method, path, &all, body)
+}
+
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Resp {
+    try_request(addr, method, path, headers, body).expect("request")
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> Resp {
+    request(addr, "GET", path, &[], None)
+}
+
+pub fn post_json(addr: SocketAddr, path: &str, body: &serde_json::Value) -> Resp {
+    request(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        Some(body.to_string().as_bytes()),
+    )
+}
+
+/// Parses a `[[f32]]` body.
+pub fn vectors(r: &Resp) -> Vec<Vec<f32>> {
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_slice(&r.body).expect("[[f32]]")
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Value of a metric sample line `name{labels} value` in Prometheus text (sum over matches).
+pub fn metric(text: &str, name_and_labels_prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name_and_labels_prefix))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
