@@ -1,1 +1,124 @@
-fn main(){}
+//! Forward pass of all-MiniLM-L6-v2 by batch size (1…64) and sequence length (16, 128):
+//! zerobatch's encoder against candle-transformers' BERT on the same weights, side by side.
+//!
+//! `cargo bench --bench forward` (needs models/all-MiniLM-L6-v2: scripts/fetch-model.sh;
+//! falls back to the tiny generated model so `cargo test --all-targets` runs anywhere).
+//! Single-thread numbers are what one worker of the pool does; `threads2` rows show one batch
+//! using both cores (what the pool does when only one batch runs).
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+const BATCHES: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
+const LENGTHS: [usize; 2] = [16, 128];
+
+fn model_dir() -> PathBuf {
+    let real = std::env::var("ZEROBATCH_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2")
+        });
+    if real.join("model.safetensors").is_file() {
+        return real;
+    }
+    eprintln!(
+        "models/all-MiniLM-L6-v2 missing (scripts/fetch-model.sh): benchmarking the tiny model"
+    );
+    let tiny = std::env::temp_dir().join("zerobatch-bench-tiny");
+    let spec = zerobatch::model::tiny::TinySpec {
+        max_positions: 512,
+        max_seq_length: 512,
+        ..Default::default()
+    };
+    zerobatch::model::tiny::write_tiny_bert(&tiny, &spec).unwrap();
+    tiny
+}
+
+/// `batch` sequences of exactly `len` tokens: [CLS] words… [SEP].
+fn sequences(batch: usize, len: usize) -> Vec<Vec<u32>> {
+    (0..batch)
+        .map(|b| {
+            std::iter::once(101)
+                .chain((0..len - 2).map(|i| 1000 + ((i * 7 + b) % 50) as u32))
+                .chain(std::iter::once(102))
+                .collect()
+        })
+        .collect()
+}
+
+fn bench_forward(c: &mut Criterion) {
+    let dir = model_dir();
+    let loaded = zerobatch::model::load(dir.to_str().unwrap(), "main", |_, _| {}).unwrap();
+    let vocab_cap = 30;
+    let fix = |s: Vec<Vec<u32>>, tiny: bool| -> Vec<Vec<u32>> {
+        if tiny {
+            s.into_iter()
+                .map(|v| v.into_iter().map(|t| t % vocab_cap).collect())
+                .collect()
+        } else {
+            s
+        }
+    };
+    let tiny = loaded.info.dimensions != 384;
+
+    // candle-transformers' BERT on the same file.
+    let config: candle_transformers::models::bert::Config =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let vb = unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(
+            &[dir.join("model.safetensors")],
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
+    let reference = candle_transformers::models::bert::BertModel::load(vb, &config).unwrap();
+
+    let mut group = c.benchmark_group("forward");
+    group
+        .sample_size(10)
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2));
+    for len in LENGTHS {
+        for batch in BATCHES {
+            let seqs = fix(sequences(batch, len), tiny);
+            let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+            group.throughput(Throughput::Elements(batch as u64));
+            group.bench_with_input(
+                BenchmarkId::new(format!("zerobatch/len{len}"), batch),
+                &refs,
+                |b, refs| b.iter(|| loaded.model.embed(refs, 1).unwrap()),
+            );
+            let ids = Tensor::new(seqs.clone(), &Device::Cpu).unwrap();
+            let types = ids.zeros_like().unwrap();
+            let mask = ids.ones_like().unwrap();
+            // candle reads RAYON_NUM_THREADS on every matmul: 1 = one worker's share.
+            std::env::set_var("RAYON_NUM_THREADS", "1");
+            group.bench_with_input(
+                BenchmarkId::new(format!("candle-transformers/len{len}"), batch),
+                &ids,
+                |b, ids| {
+                    b.iter(|| {
+                        let h = reference.forward(ids, &types, Some(&mask)).unwrap();
+                        // Mean pooling, as the server does (all tokens are real here).
+                        h.mean(1).unwrap()
+                    })
+                },
+            );
+            std::env::remove_var("RAYON_NUM_THREADS");
+        }
+        let seqs = fix(sequences(1, len), tiny);
+        let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+        group.bench_with_input(
+            BenchmarkId::new(format!("zerobatch-threads2/len{len}"), 1),
+            &refs,
+            |b, refs| b.iter(|| loaded.model.embed(refs, 2).unwrap()),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_forward);
+criterion_main!(benches);

@@ -400,11 +400,11 @@ mod tests {
         let mut best = usize::MAX;
         for mask in 0..(1u32 << (lengths.len() - 1)) {
             let mut groups = vec![vec![sorted[0]]];
-            for k in 1..sorted.len() {
+            for (k, &index) in sorted.iter().enumerate().skip(1) {
                 if mask & (1 << (k - 1)) != 0 {
                     groups.push(Vec::new());
                 }
-                groups.last_mut().unwrap().push(sorted[k]);
+                groups.last_mut().unwrap().push(index);
             }
             best = best.min(cost(&groups));
         }

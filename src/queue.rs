@@ -84,10 +84,18 @@ pub struct Queue {
     next_seq: AtomicU64,
 }
 
-/// Consumer side, held by the batcher.
+/// Consumer side, handed to the batcher.
 pub struct QueueReceiver {
     pub(crate) rx: Receiver<Entry>,
     pub(crate) depth: Arc<AtomicUsize>,
+}
+
+impl QueueReceiver {
+    /// The parts a [`crate::batcher::Batcher`] is built from (for benchmarks and embedders
+    /// that assemble the pipeline themselves).
+    pub fn into_parts(self) -> (Receiver<Entry>, Arc<AtomicUsize>) {
+        (self.rx, self.depth)
+    }
 }
 
 impl Queue {

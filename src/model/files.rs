@@ -81,10 +81,13 @@ fn offline() -> bool {
         .is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes"))
 }
 
+/// Fetches one file of the repository: `Ok(None)` when it does not exist.
+type FetchFn = dyn Fn(&str) -> Result<Option<PathBuf>, String>;
+
 fn from_hub(model_id: &str, revision: &str) -> Result<ModelFiles, ModelError> {
     let repo = Repo::with_revision(model_id.to_string(), RepoType::Model, revision.to_string());
     let cache = Cache::from_env();
-    let fetch: Box<dyn Fn(&str) -> Result<Option<PathBuf>, String>> = if offline() {
+    let fetch: Box<FetchFn> = if offline() {
         let cached = cache.repo(repo.clone());
         Box::new(move |name: &str| Ok(cached.get(name)))
     } else {

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Drives a running zerobatch with oha (installed with cargo if missing) and prints, for each
+# concurrency, requests/s, p50 and p99 latency, errors, and the mean batch size the server
+# formed (read from /metrics before and after).
+#
+#   scripts/loadtest.sh [URL]                 # default http://127.0.0.1:8080
+#   DURATION=15s CONCURRENCY="1 8 32 64" TEXT="A man is eating food." scripts/loadtest.sh URL
+#   API_KEY=... scripts/loadtest.sh URL        # when the server has an API key
+#
+# Only point it at servers you run (loopback or your own test hosts).
+set -euo pipefail
+
+url="${1:-http://127.0.0.1:8080}"
+duration="${DURATION:-15s}"
+concurrency="${CONCURRENCY:-1 8 32 64}"
+text="${TEXT:-A man is eating food.}"
+
+if ! command -v oha >/dev/null 2>&1; then
+  echo "installing oha (cargo install oha --locked)..." >&2
+  cargo install oha --locked >&2
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+auth=()
+if [ -n "${API_KEY:-}" ]; then
+  auth=(-H "Authorization: Bearer $API_KEY")
+fi
+
+body=$(TEXT="$text" python3 -c 'import json, os; print(json.dumps({"inputs": os.environ["TEXT"]}))')
+
+# Prints "sum count" of zerobatch_batch_size.
+batch_stats() {
+  curl -fsS "${auth[@]}" "$url/metrics" | awk '
+    /^zerobatch_batch_size_sum/ {s=$2} /^zerobatch_batch_size_count/ {c=$2}
+    END {printf "%s %s\n", (s==""?0:s), (c==""?0:c)}'
+}
+
+curl -fsS "$url/readyz" >/dev/null || { echo "error: $url/readyz is not 200: is the server up and ready?" >&2; exit 1; }
+
+printf '| concurrency | req/s | p50 ms | p99 ms | errors | mean batch |\n|---:|---:|---:|---:|---:|---:|\n'
+for c in $concurrency; do
+  read -r s0 n0 < <(batch_stats)
+  out=$(oha -z "$duration" -c "$c" --no-tui --output-format json -m POST \
+    -H 'Content-Type: application/json' "${auth[@]}" -d "$body" "$url/embed")
+  read -r s1 n1 < <(batch_stats)
+  OHA="$out" S0="$s0" N0="$n0" S1="$s1" N1="$n1" C="$c" python3 - <<'PY'
+import json, os
+r = json.loads(os.environ["OHA"])
+summary = r["summary"]
+pct = r.get("latencyPercentiles", {})
+codes = r.get("statusCodeDistribution", {})
+ok = codes.get("200", 0)
+errors = sum(v for k, v in codes.items() if k != "200") + sum(r.get("errorDistribution", {}).values())
+batches = float(os.environ["N1"]) - float(os.environ["N0"])
+inputs = float(os.environ["S1"]) - float(os.environ["S0"])
+mean_batch = inputs / batches if batches > 0 else float("nan")
+rps = ok / summary["total"] if summary.get("total") else summary["requestsPerSec"]
+print(f'| {os.environ["C"]} | {rps:.0f} | {pct["p50"]*1e3:.2f} | {pct["p99"]*1e3:.2f} | {errors} | {mean_batch:.1f} |')
+PY
+done

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs the whole test suite from a fresh clone: fetches and verifies the default model
+# (all-MiniLM-L6-v2, for the reference test), then runs every test.
+#
+#   ./scripts/test.sh            # all tests
+#   ./scripts/test.sh -- NAME    # extra arguments go to `cargo test`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "error: cargo is not installed; install Rust from https://rustup.rs" >&2
+  exit 1
+fi
+
+model_dir=$(scripts/fetch-model.sh | tail -n 1)
+export ZEROBATCH_MODEL_DIR="$model_dir"
+
+cargo test --locked --all-targets "$@"
