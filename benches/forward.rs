@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 const BATCHES: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
-const LENGTHS: [usize; 2] = [16, 128];
+const LENGTHS: [usize; 3] = [8, 16, 128];
 
 fn model_dir() -> PathBuf {
     let real = std::env::var("ZEROBATCH_MODEL_DIR")
@@ -120,5 +120,35 @@ fn bench_forward(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_forward);
+/// One MiniLM-sized linear layer (384 → 1536) by rows: the in-place dot kernel against gemm,
+/// the measurement behind `kernels::SMALL_M`.
+fn bench_linear(c: &mut Criterion) {
+    use zerobatch::model::kernels::{linear_with, LinearPart, MatmulKernel};
+    let (k, n) = (384, 1536);
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 31 % 97) as f32 - 48.0) / 97.0)
+        .collect();
+    let b = vec![0.1f32; n];
+    let parts = [LinearPart { w: &w, b: &b }];
+    let mut group = c.benchmark_group("linear");
+    group
+        .sample_size(20)
+        .warm_up_time(std::time::Duration::from_millis(300))
+        .measurement_time(std::time::Duration::from_secs(1));
+    for m in [1usize, 8, 16, 32, 48, 64, 96, 128] {
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 17 % 89) as f32 - 44.0) / 89.0)
+            .collect();
+        let mut out = vec![0.0f32; m * n];
+        group.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        for (name, kernel) in [("auto", MatmulKernel::Auto), ("gemm", MatmulKernel::Gemm)] {
+            group.bench_with_input(BenchmarkId::new(name, m), &m, |bch, &m| {
+                bch.iter(|| linear_with(&x, m, k, &parts, &mut out, 1, kernel))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_linear, bench_forward);
 criterion_main!(benches);

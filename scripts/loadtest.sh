@@ -40,7 +40,7 @@ curl -fsS "$url/readyz" >/dev/null || { echo "error: $url/readyz is not 200: is 
 printf '| concurrency | req/s | p50 ms | p99 ms | errors | mean batch |\n|---:|---:|---:|---:|---:|---:|\n'
 for c in $concurrency; do
   read -r s0 n0 < <(batch_stats)
-  out=$(oha -z "$duration" -c "$c" --no-tui --output-format json -m POST \
+  out=$(oha -z "$duration" -w -c "$c" --no-tui --output-format json -m POST \
     -H 'Content-Type: application/json' "${auth[@]}" -d "$body" "$url/embed")
   read -r s1 n1 < <(batch_stats)
   OHA="$out" S0="$s0" N0="$n0" S1="$s1" N1="$n1" C="$c" python3 - <<'PY'

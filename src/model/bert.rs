@@ -1,19 +1,18 @@
 //! BERT-family encoder (BERT, MiniLM, and other `BertModel` checkpoints) as a candle forward
 //! pass on the CPU, built from the fused kernels in `kernels.rs`.
 //!
-//! Weights are read from a memory-mapped `model.safetensors` and kept as candle tensors shared
-//! by every worker thread (an `Arc` inside each tensor); each forward pass allocates only its
-//! activations. At load the Q, K and V projections are concatenated into one matrix so each layer
-//! runs one wide matmul instead of three narrow ones, and the position and token-type-0
-//! embeddings are added together once.
+//! Weights are used in place from the memory-mapped `model.safetensors` (see `weights.rs`),
+//! shared by every worker thread; activations are candle tensors that flow through the custom
+//! ops of `kernels.rs`. The Q, K and V projections run as one linear op with three parts (one
+//! pass over the input), and the position and token-type-0 embeddings are summed once at load.
 
 use std::path::Path;
 
-use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::Deserialize;
 
-use super::kernels::{AddLayerNorm, Attention, AttentionShape, Gelu, Linear};
+use super::kernels::{AddLayerNorm, Attention, AttentionShape, Gelu, Linear, LinearPart};
+use super::weights::{Weight, WeightFile};
 use super::ModelError;
 
 /// The fields of a Hugging Face `config.json` the encoder needs.
@@ -87,138 +86,145 @@ impl BertConfig {
     }
 }
 
+/// A linear layer's weight (`n×k`) and bias (`n`).
+struct Dense {
+    w: Weight,
+    b: Weight,
+}
+
+impl Dense {
+    fn part(&self) -> LinearPart<'_> {
+        LinearPart {
+            w: self.w.as_slice(),
+            b: self.b.as_slice(),
+        }
+    }
+}
+
+/// LayerNorm weights.
+struct Norm {
+    gamma: Weight,
+    beta: Weight,
+}
+
+impl Norm {
+    fn op(&self, eps: f32) -> AddLayerNorm<'_> {
+        AddLayerNorm {
+            gamma: self.gamma.as_slice(),
+            beta: self.beta.as_slice(),
+            eps,
+        }
+    }
+}
+
 struct Layer {
-    qkv_w: Tensor,
-    qkv_b: Tensor,
-    out_w: Tensor,
-    out_b: Tensor,
-    /// LayerNorm after attention: gamma and beta stacked, `[2, hidden]`.
-    attn_norm: Tensor,
-    up_w: Tensor,
-    up_b: Tensor,
-    down_w: Tensor,
-    down_b: Tensor,
-    ffn_norm: Tensor,
+    /// Query, key and value projections, run as one linear op with three parts.
+    qkv: [Dense; 3],
+    out: Dense,
+    attn_norm: Norm,
+    up: Dense,
+    down: Dense,
+    ffn_norm: Norm,
 }
 
 /// A loaded BERT encoder; returns the last hidden state of a batch.
 pub struct Bert {
     config: BertConfig,
-    word: Tensor,
+    word: Weight,
     /// Position embeddings plus the token-type-0 embedding, `[max_positions, hidden]`.
     position_and_type: Tensor,
-    embed_norm: Tensor,
+    embed_norm: Norm,
     layers: Vec<Layer>,
 }
 
-struct Weights {
-    st: MmapedSafetensors,
+struct Names<'a> {
+    file: &'a WeightFile,
     prefix: &'static str,
 }
 
-impl Weights {
-    fn get(&self, name: &str) -> Result<Tensor, ModelError> {
+impl Names<'_> {
+    fn get(&self, name: &str, dims: &[usize]) -> Result<Weight, ModelError> {
         let full = format!("{}{name}", self.prefix);
-        self.st
-            .load(&full, &Device::Cpu)
-            .and_then(|t| t.to_dtype(DType::F32))
-            .map_err(|e| ModelError::Weights(format!("{full}: {e}")))
+        let w = self.file.get(&full)?;
+        if w.shape() != dims {
+            return Err(ModelError::Weights(format!(
+                "{full} has shape {:?}, config.json implies {dims:?}",
+                w.shape()
+            )));
+        }
+        Ok(w)
     }
 
-    /// LayerNorm weights under either naming (`weight`/`bias` or the old `gamma`/`beta`), stacked.
-    fn norm(&self, name: &str) -> Result<Tensor, ModelError> {
-        let gamma = self
-            .get(&format!("{name}.weight"))
-            .or_else(|_| self.get(&format!("{name}.gamma")))?;
-        let beta = self
-            .get(&format!("{name}.bias"))
-            .or_else(|_| self.get(&format!("{name}.beta")))?;
-        Tensor::stack(&[gamma, beta], 0).map_err(|e| ModelError::Weights(format!("{name}: {e}")))
+    fn dense(&self, name: &str, n: usize, k: usize) -> Result<Dense, ModelError> {
+        Ok(Dense {
+            w: self.get(&format!("{name}.weight"), &[n, k])?,
+            b: self.get(&format!("{name}.bias"), &[n])?,
+        })
     }
-}
 
-fn shape_check(t: &Tensor, dims: &[usize], name: &str) -> Result<(), ModelError> {
-    if t.dims() != dims {
-        return Err(ModelError::Weights(format!(
-            "{name} has shape {:?}, config.json implies {dims:?}",
-            t.dims()
-        )));
+    /// LayerNorm weights under either naming (`weight`/`bias` or the old `gamma`/`beta`).
+    fn norm(&self, name: &str, h: usize) -> Result<Norm, ModelError> {
+        let either = |a: &str, b: &str| {
+            self.get(&format!("{name}.{a}"), &[h])
+                .or_else(|_| self.get(&format!("{name}.{b}"), &[h]))
+        };
+        Ok(Norm {
+            gamma: either("weight", "gamma")?,
+            beta: either("bias", "beta")?,
+        })
     }
-    Ok(())
 }
 
 impl Bert {
-    /// Loads the encoder from `model.safetensors`, checking every shape against the config.
+    /// Maps `model.safetensors` and checks every tensor's shape against the config.
     pub fn load(config: BertConfig, weights: &Path) -> Result<Self, ModelError> {
-        // SAFETY: the file is mapped read-only; we do not write it, and a model directory that
-        // is modified while it is served is outside what any server can support.
-        let st = unsafe { MmapedSafetensors::new(weights) }
-            .map_err(|e| ModelError::Weights(format!("{}: {e}", weights.display())))?;
-        let prefix = if st.get("bert.embeddings.word_embeddings.weight").is_ok() {
+        let file = WeightFile::open(weights)?;
+        let prefix = if file.contains("bert.embeddings.word_embeddings.weight") {
             "bert."
         } else {
             ""
         };
-        let w = Weights { st, prefix };
-        let h = config.hidden_size;
-        let err = |e: candle_core::Error| ModelError::Weights(e.to_string());
+        let w = Names {
+            file: &file,
+            prefix,
+        };
+        let (h, i) = (config.hidden_size, config.intermediate_size);
 
-        let word = w.get("embeddings.word_embeddings.weight")?;
-        shape_check(&word, &[config.vocab_size, h], "word_embeddings")?;
-        let positions = w.get("embeddings.position_embeddings.weight")?;
-        shape_check(
-            &positions,
+        let word = w.get("embeddings.word_embeddings.weight", &[config.vocab_size, h])?;
+        let positions = w.get(
+            "embeddings.position_embeddings.weight",
             &[config.max_position_embeddings, h],
-            "position_embeddings",
         )?;
-        let types = w.get("embeddings.token_type_embeddings.weight")?;
-        let type0 = types.narrow(0, 0, 1).map_err(err)?;
-        let position_and_type = positions.broadcast_add(&type0).map_err(err)?;
-        let embed_norm = w.norm("embeddings.LayerNorm")?;
+        let types = w.get(
+            "embeddings.token_type_embeddings.weight",
+            &[config.type_vocab_size, h],
+        )?;
+        let type0 = &types.as_slice()[..h];
+        let summed: Vec<f32> = positions
+            .as_slice()
+            .chunks_exact(h)
+            .flat_map(|row| row.iter().zip(type0).map(|(p, t)| p + t))
+            .collect();
+        let position_and_type =
+            Tensor::from_vec(summed, (config.max_position_embeddings, h), &Device::Cpu)
+                .map_err(|e| ModelError::Weights(e.to_string()))?;
+        let embed_norm = w.norm("embeddings.LayerNorm", h)?;
 
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        for i in 0..config.num_hidden_layers {
-            let p = format!("encoder.layer.{i}");
-            let (q, k, v) = (
-                w.get(&format!("{p}.attention.self.query.weight"))?,
-                w.get(&format!("{p}.attention.self.key.weight"))?,
-                w.get(&format!("{p}.attention.self.value.weight"))?,
-            );
-            let qkv_w = Tensor::cat(&[q, k, v], 0).map_err(err)?;
-            shape_check(&qkv_w, &[3 * h, h], &format!("{p} q/k/v"))?;
-            let qkv_b = Tensor::cat(
-                &[
-                    w.get(&format!("{p}.attention.self.query.bias"))?,
-                    w.get(&format!("{p}.attention.self.key.bias"))?,
-                    w.get(&format!("{p}.attention.self.value.bias"))?,
+        for l in 0..config.num_hidden_layers {
+            let p = format!("encoder.layer.{l}");
+            layers.push(Layer {
+                qkv: [
+                    w.dense(&format!("{p}.attention.self.query"), h, h)?,
+                    w.dense(&format!("{p}.attention.self.key"), h, h)?,
+                    w.dense(&format!("{p}.attention.self.value"), h, h)?,
                 ],
-                0,
-            )
-            .map_err(err)?;
-            let layer = Layer {
-                qkv_w,
-                qkv_b,
-                out_w: w.get(&format!("{p}.attention.output.dense.weight"))?,
-                out_b: w.get(&format!("{p}.attention.output.dense.bias"))?,
-                attn_norm: w.norm(&format!("{p}.attention.output.LayerNorm"))?,
-                up_w: w.get(&format!("{p}.intermediate.dense.weight"))?,
-                up_b: w.get(&format!("{p}.intermediate.dense.bias"))?,
-                down_w: w.get(&format!("{p}.output.dense.weight"))?,
-                down_b: w.get(&format!("{p}.output.dense.bias"))?,
-                ffn_norm: w.norm(&format!("{p}.output.LayerNorm"))?,
-            };
-            shape_check(&layer.out_w, &[h, h], &format!("{p} attention output"))?;
-            shape_check(
-                &layer.up_w,
-                &[config.intermediate_size, h],
-                &format!("{p} intermediate"),
-            )?;
-            shape_check(
-                &layer.down_w,
-                &[h, config.intermediate_size],
-                &format!("{p} output"),
-            )?;
-            layers.push(layer);
+                out: w.dense(&format!("{p}.attention.output.dense"), h, h)?,
+                attn_norm: w.norm(&format!("{p}.attention.output.LayerNorm"), h)?,
+                up: w.dense(&format!("{p}.intermediate.dense"), i, h)?,
+                down: w.dense(&format!("{p}.output.dense"), h, i)?,
+                ffn_norm: w.norm(&format!("{p}.output.LayerNorm"), h)?,
+            });
         }
         Ok(Self {
             config,
@@ -243,6 +249,7 @@ impl Bert {
         threads: usize,
     ) -> Result<(Tensor, usize), ModelError> {
         let c = &self.config;
+        let h = c.hidden_size;
         let seq_len = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
         if sequences.is_empty() || seq_len == 0 || sequences.iter().any(|s| s.is_empty()) {
             return Err(ModelError::Input("empty batch or empty sequence".into()));
@@ -253,46 +260,63 @@ impl Bert {
                 c.max_position_embeddings
             )));
         }
-        let pad = c.pad_token_id.unwrap_or(0);
-        let mut ids = Vec::with_capacity(sequences.len() * seq_len);
-        for s in sequences {
-            if let Some(bad) = s.iter().find(|&&id| id as usize >= c.vocab_size) {
-                return Err(ModelError::Input(format!(
-                    "token id {bad} is outside the vocabulary of {}",
-                    c.vocab_size
-                )));
+        // Gather the word embeddings of every position (padding rows stay zero: they are
+        // never attended to nor pooled).
+        let word = self.word.as_slice();
+        let mut embedded = vec![0.0f32; sequences.len() * seq_len * h];
+        for (b, s) in sequences.iter().enumerate() {
+            for (t, &id) in s.iter().enumerate() {
+                let id = id as usize;
+                if id >= c.vocab_size {
+                    return Err(ModelError::Input(format!(
+                        "token id {id} is outside the vocabulary of {}",
+                        c.vocab_size
+                    )));
+                }
+                embedded[(b * seq_len + t) * h..][..h].copy_from_slice(&word[id * h..][..h]);
             }
-            ids.extend_from_slice(s);
-            ids.extend(std::iter::repeat_n(pad, seq_len - s.len()));
         }
         let err = |e: candle_core::Error| ModelError::Forward(e.to_string());
-        let rows = ids.len();
-        let ids = Tensor::from_vec(ids, rows, &Device::Cpu).map_err(err)?;
+        let rows = sequences.len() * seq_len;
         let eps = c.layer_norm_eps as f32;
         let positions = self.position_and_type.narrow(0, 0, seq_len).map_err(err)?;
-        let mut x = self
-            .word
-            .index_select(&ids, 0)
-            .and_then(|x| x.apply_op3_no_bwd(&positions, &self.embed_norm, &AddLayerNorm { eps }))
+        let mut x = Tensor::from_vec(embedded, (rows, h), &Device::Cpu)
+            .and_then(|x| x.apply_op2_no_bwd(&positions, &self.embed_norm.op(eps)))
             .map_err(err)?;
         let attention = Attention(AttentionShape {
             seq_len,
             heads: c.num_attention_heads,
-            head_dim: c.hidden_size / c.num_attention_heads,
+            head_dim: h / c.num_attention_heads,
             lengths: sequences.iter().map(|s| s.len()).collect(),
         });
-        let linear = Linear { threads };
         for layer in &self.layers {
+            let qkv_parts = [
+                layer.qkv[0].part(),
+                layer.qkv[1].part(),
+                layer.qkv[2].part(),
+            ];
+            let (out, up, down) = ([layer.out.part()], [layer.up.part()], [layer.down.part()]);
             x = (|| {
-                let qkv = x.apply_op3_no_bwd(&layer.qkv_w, &layer.qkv_b, &linear)?;
+                let qkv = x.apply_op1_no_bwd(&Linear {
+                    parts: &qkv_parts,
+                    threads,
+                })?;
                 let context = qkv.apply_op1_no_bwd(&attention)?;
-                let projected = context.apply_op3_no_bwd(&layer.out_w, &layer.out_b, &linear)?;
-                let attended =
-                    projected.apply_op3_no_bwd(&x, &layer.attn_norm, &AddLayerNorm { eps })?;
-                let up = attended.apply_op3_no_bwd(&layer.up_w, &layer.up_b, &linear)?;
-                up.inplace_op1(&Gelu)?;
-                let down = up.apply_op3_no_bwd(&layer.down_w, &layer.down_b, &linear)?;
-                down.apply_op3_no_bwd(&attended, &layer.ffn_norm, &AddLayerNorm { eps })
+                let projected = context.apply_op1_no_bwd(&Linear {
+                    parts: &out,
+                    threads,
+                })?;
+                let attended = projected.apply_op2_no_bwd(&x, &layer.attn_norm.op(eps))?;
+                let expanded = attended.apply_op1_no_bwd(&Linear {
+                    parts: &up,
+                    threads,
+                })?;
+                expanded.inplace_op1(&Gelu)?;
+                let reduced = expanded.apply_op1_no_bwd(&Linear {
+                    parts: &down,
+                    threads,
+                })?;
+                reduced.apply_op2_no_bwd(&attended, &layer.ffn_norm.op(eps))
             })()
             .map_err(err)?;
         }

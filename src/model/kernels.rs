@@ -15,7 +15,7 @@
 //! baseline version and an AVX2+FMA version chosen at run time by CPU feature detection, so the
 //! shipped binary needs no `-C target-cpu=native`.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, InplaceOp1, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, InplaceOp1, Layout, Result, Shape};
 
 /// Runs `$body` compiled for AVX2+FMA when the CPU has them, else for the baseline target.
 macro_rules! dispatch {
@@ -53,52 +53,242 @@ macro_rules! call {
 // Plain kernels on slices (unit-tested against naive versions below).
 // ---------------------------------------------------------------------------------------------
 
-/// `out[m×n] = bias + x[m×k] · wᵀ` where `w` is `n×k` row-major (a PyTorch `Linear` weight).
+/// Up to this many rows, a linear layer runs the dot-product kernel that reads each weight
+/// once in place; above it, `gemm`, whose packing pays off. Measured in `benches/forward.rs`
+/// (`linear/*` rows) and docs/benchmarks.md.
+pub const SMALL_M: usize = 24;
+
+/// One block of output columns of a linear layer: weight rows `w` (`n×k`, PyTorch layout)
+/// and bias `b` (`n`). A layer may have several (the Q, K and V projections side by side).
+#[derive(Clone, Copy)]
+pub struct LinearPart<'a> {
+    pub w: &'a [f32],
+    pub b: &'a [f32],
+}
+
+/// Which matmul a linear layer uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatmulKernel {
+    /// The in-place dot kernel up to [`SMALL_M`] rows (when the CPU has AVX2+FMA), else gemm.
+    Auto,
+    /// Always gemm (for benchmarks).
+    Gemm,
+}
+
+/// `out[m × Σn] = [bias_p + x[m×k] · w_pᵀ for each part p]`, parts side by side.
 pub fn linear(
     x: &[f32],
-    w: &[f32],
-    bias: &[f32],
-    out: &mut [f32],
     m: usize,
     k: usize,
+    parts: &[LinearPart],
+    out: &mut [f32],
     threads: usize,
 ) {
-    let n = bias.len();
+    linear_with(x, m, k, parts, out, threads, MatmulKernel::Auto)
+}
+
+/// [`linear`] with the kernel chosen by the caller.
+pub fn linear_with(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    parts: &[LinearPart],
+    out: &mut [f32],
+    threads: usize,
+    kernel: MatmulKernel,
+) {
+    let total: usize = parts.iter().map(|p| p.b.len()).sum();
     assert_eq!(x.len(), m * k, "linear: input size");
-    assert_eq!(w.len(), n * k, "linear: weight size");
-    assert_eq!(out.len(), m * n, "linear: output size");
-    for row in out.chunks_exact_mut(n) {
-        row.copy_from_slice(bias);
+    assert_eq!(out.len(), m * total, "linear: output size");
+    for p in parts {
+        assert_eq!(p.w.len(), p.b.len() * k, "linear: weight size");
     }
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the sizes and strides below describe exactly the slices checked above:
-    // dst is m×n row-major, lhs m×k row-major, rhs = wᵀ (k×n) read from w (n×k row-major).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            true,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
+    for row in out.chunks_exact_mut(total) {
+        let mut col = 0;
+        for p in parts {
+            row[col..col + p.b.len()].copy_from_slice(p.b);
+            col += p.b.len();
+        }
+    }
+    let mut col = 0;
+    for p in parts {
+        let n = p.b.len();
+        #[cfg(target_arch = "x86_64")]
+        if kernel == MatmulKernel::Auto && m <= SMALL_M && has_avx2_fma() {
+            small_m_parallel(x, m, k, p.w, n, out, total, col, threads);
+            col += n;
+            continue;
+        }
+        let parallelism = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: dst is the m×n column block starting at `col` of the m×total row-major
+        // output; lhs is m×k row-major; rhs = wᵀ (k×n) read from w (n×k row-major).
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr().add(col),
+                1,
+                total as isize,
+                true,
+                x.as_ptr(),
+                1,
+                k as isize,
+                p.w.as_ptr(),
+                k as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            )
+        }
+        col += n;
+    }
+}
+
+/// A raw output pointer that threads writing disjoint columns may share.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: only used by `small_m_parallel`, whose tasks write disjoint column ranges.
+#[cfg(target_arch = "x86_64")]
+unsafe impl Send for SharedOut {}
+#[cfg(target_arch = "x86_64")]
+unsafe impl Sync for SharedOut {}
+
+/// Runs [`small_m_avx2`] with the weight rows split into `threads` column ranges (each a
+/// multiple of 4 rows), so a lone small batch can use every core.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn small_m_parallel(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    out: &mut [f32],
+    stride: usize,
+    col: usize,
+    threads: usize,
+) {
+    let threads = threads.min(n / 64).max(1);
+    if threads == 1 {
+        // SAFETY: sizes checked by `linear_with`; the caller checked AVX2 and FMA.
+        unsafe { small_m_avx2(x, m, k, w, n, out.as_mut_ptr(), stride, col) };
+        return;
+    }
+    let chunk = n.div_ceil(threads).div_ceil(4) * 4;
+    let shared = SharedOut(out.as_mut_ptr());
+    rayon::scope(|scope| {
+        for start in (0..n).step_by(chunk) {
+            let len = chunk.min(n - start);
+            scope.spawn(move |_| {
+                let shared = shared;
+                // SAFETY: each task writes only columns col+start..col+start+len of every
+                // row, disjoint from the others; the weight rows it reads are in bounds.
+                unsafe {
+                    small_m_avx2(
+                        x,
+                        m,
+                        k,
+                        &w[start * k..(start + len) * k],
+                        len,
+                        shared.0,
+                        stride,
+                        col + start,
+                    )
+                };
+            });
+        }
+    });
+}
+
+/// `out[i·stride + col + j] += x[i] · w[j]` for a few rows: each weight row is read once,
+/// straight from where it lies, and dotted with every input row while it sits in L1.
+/// Register blocking: 3 input rows × 4 weight rows = 12 accumulators of 8 lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn small_m_avx2(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    out: *mut f32,
+    stride: usize,
+    col: usize,
+) {
+    let (x, w, o) = (x.as_ptr(), w.as_ptr(), out.add(col));
+    let mut j = 0;
+    while j + 4 <= n {
+        let mut i = 0;
+        while i + 3 <= m {
+            block::<3, 4>(x, w, o, k, stride, i, j);
+            i += 3;
+        }
+        while i < m {
+            block::<1, 4>(x, w, o, k, stride, i, j);
+            i += 1;
+        }
+        j += 4;
+    }
+    while j < n {
+        for i in 0..m {
+            block::<1, 1>(x, w, o, k, stride, i, j);
+        }
+        j += 1;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn block<const R: usize, const C: usize>(
+    x: *const f32,
+    w: *const f32,
+    o: *mut f32,
+    k: usize,
+    stride: usize,
+    i: usize,
+    j: usize,
+) {
+    use std::arch::x86_64::*;
+    let k8 = k / 8 * 8;
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    let mut kk = 0;
+    while kk < k8 {
+        let mut wv = [_mm256_setzero_ps(); C];
+        for (c, v) in wv.iter_mut().enumerate() {
+            *v = _mm256_loadu_ps(w.add((j + c) * k + kk));
+        }
+        for (r, row) in acc.iter_mut().enumerate() {
+            let xv = _mm256_loadu_ps(x.add((i + r) * k + kk));
+            for (a, wc) in row.iter_mut().zip(&wv) {
+                *a = _mm256_fmadd_ps(xv, *wc, *a);
+            }
+        }
+        kk += 8;
+    }
+    for (r, row) in acc.iter().enumerate() {
+        for (c, a) in row.iter().enumerate() {
+            let v = *a;
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let s = _mm_hadd_ps(s, s);
+            let s = _mm_hadd_ps(s, s);
+            let mut sum = _mm_cvtss_f32(s);
+            for t in k8..k {
+                sum += *x.add((i + r) * k + t) * *w.add((j + c) * k + t);
+            }
+            *o.add((i + r) * stride + j + c) += sum;
+        }
     }
 }
 
@@ -263,51 +453,39 @@ fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]
     }
 }
 
-/// `x[m×k] → bias + x·wᵀ`, applied as `x.apply_op3_no_bwd(&w, &b, &Linear { threads })`.
-pub struct Linear {
+/// A linear layer as a candle op: `x[m×k] → [m × Σn]`, see [`linear`].
+pub struct Linear<'a> {
+    pub parts: &'a [LinearPart<'a>],
     /// Threads gemm may use for this call (1: run on the calling thread only).
     pub threads: usize,
 }
 
-impl CustomOp3 for Linear {
+impl CustomOp1 for Linear<'_> {
     fn name(&self) -> &'static str {
         "zerobatch-linear"
     }
 
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-        bs: &CpuStorage,
-        bl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
         let (m, k) = xl.shape().dims2()?;
-        let (n, wk) = wl.shape().dims2()?;
-        if wk != k || bl.shape().elem_count() != n {
-            candle_core::bail!(
-                "linear: shapes {:?} {:?} {:?}",
-                xl.shape(),
-                wl.shape(),
-                bl.shape()
-            );
+        let n: usize = self.parts.iter().map(|p| p.b.len()).sum();
+        if self.parts.iter().any(|p| p.w.len() != p.b.len() * k) {
+            candle_core::bail!("linear: input {:?} does not fit the weights", xl.shape());
         }
         let x = contiguous(xs, xl, "linear input")?;
-        let w = contiguous(ws, wl, "linear weight")?;
-        let b = contiguous(bs, bl, "linear bias")?;
         let mut out = vec![0.0f32; m * n];
-        linear(x, w, b, &mut out, m, k, self.threads);
+        linear(x, m, k, self.parts, &mut out, self.threads);
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
 
-/// `(x, residual, gamma_beta[2×h]) → LayerNorm(x + residual)`.
-pub struct AddLayerNorm {
+/// `(x, residual) → LayerNorm(x + residual)` with the given weights.
+pub struct AddLayerNorm<'a> {
+    pub gamma: &'a [f32],
+    pub beta: &'a [f32],
     pub eps: f32,
 }
 
-impl CustomOp3 for AddLayerNorm {
+impl CustomOp2 for AddLayerNorm<'_> {
     fn name(&self) -> &'static str {
         "zerobatch-add-layer-norm"
     }
@@ -318,22 +496,14 @@ impl CustomOp3 for AddLayerNorm {
         xl: &Layout,
         rs: &CpuStorage,
         rl: &Layout,
-        gs: &CpuStorage,
-        gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let mut x = contiguous(xs, xl, "layer norm input")?.to_vec();
         let r = contiguous(rs, rl, "layer norm residual")?;
-        let gb = contiguous(gs, gl, "layer norm weights")?;
-        let h = gb.len() / 2;
-        if h == 0 || x.len() % h != 0 || r.len() % h != 0 || r.is_empty() {
-            candle_core::bail!(
-                "layer norm: shapes {:?} {:?} {:?}",
-                xl.shape(),
-                rl.shape(),
-                gl.shape()
-            );
+        let h = self.gamma.len();
+        if h == 0 || x.len() % h != 0 || r.len() % h != 0 || r.is_empty() || self.beta.len() != h {
+            candle_core::bail!("layer norm: shapes {:?} {:?}", xl.shape(), rl.shape());
         }
-        add_layer_norm(&mut x, r, &gb[..h], &gb[h..], self.eps);
+        add_layer_norm(&mut x, r, self.gamma, self.beta, self.eps);
         Ok((CpuStorage::F32(x), xl.shape().clone()))
     }
 }
@@ -462,6 +632,43 @@ mod tests {
         }
     }
 
+    /// Both paths (the in-place dot kernel for few rows, gemm for many), odd sizes, and parts
+    /// side by side, against a naive loop.
+    #[test]
+    fn linear_parts_match_a_naive_matmul_for_small_and_large_batches() {
+        for (m, k, n1, n2) in [
+            (1, 384, 12, 5),
+            (7, 37, 9, 4),
+            (SMALL_M, 64, 16, 8),
+            (SMALL_M + 5, 40, 13, 6),
+        ] {
+            let x = lcg(11, m * k);
+            let (w1, b1, w2, b2) = (lcg(12, n1 * k), lcg(13, n1), lcg(14, n2 * k), lcg(15, n2));
+            let parts = [LinearPart { w: &w1, b: &b1 }, LinearPart { w: &w2, b: &b2 }];
+            let total = n1 + n2;
+            let mut out = vec![0.0; m * total];
+            linear(&x, m, k, &parts, &mut out, 1);
+            for i in 0..m {
+                for j in 0..total {
+                    let (w, b, jj) = if j < n1 {
+                        (&w1, &b1, j)
+                    } else {
+                        (&w2, &b2, j - n1)
+                    };
+                    let want: f64 = b[jj] as f64
+                        + (0..k)
+                            .map(|t| x[i * k + t] as f64 * w[jj * k + t] as f64)
+                            .sum::<f64>();
+                    let got = out[i * total + j] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-4,
+                        "m{m} k{k} ({i},{j}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn linear_matches_a_naive_matmul_with_bias() {
         let (m, k, n) = (5, 7, 3);
@@ -470,7 +677,7 @@ mod tests {
         let b = lcg(3, n);
         for threads in [1, 2] {
             let mut out = vec![0.0; m * n];
-            linear(&x, &w, &b, &mut out, m, k, threads);
+            linear(&x, m, k, &[LinearPart { w: &w, b: &b }], &mut out, threads);
             for i in 0..m {
                 for j in 0..n {
                     let want: f32 = b[j] + (0..k).map(|t| x[i * k + t] * w[j * k + t]).sum::<f32>();

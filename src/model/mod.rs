@@ -10,6 +10,7 @@ pub mod kernels;
 pub mod pooling;
 pub mod tiny;
 pub mod tokenizer;
+pub mod weights;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
