@@ -12,6 +12,12 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# tests/manifests.rs runs shellcheck on scripts/; install it where we can.
+if ! command -v shellcheck >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null) ||
+    echo "warning: could not install shellcheck; tests/manifests.rs will say so" >&2
+fi
+
 model_dir=$(scripts/fetch-model.sh | tail -n 1)
 export ZEROBATCH_MODEL_DIR="$model_dir"
 

@@ -48,6 +48,7 @@ impl WorkerPool {
                 model: model.clone(),
                 busy: busy.clone(),
                 cores,
+                workers,
             };
             let warmup = warmup.clone();
             let on_warm = on_warm.clone();
@@ -81,6 +82,7 @@ struct Worker {
     model: Arc<dyn Model>,
     busy: Arc<AtomicUsize>,
     cores: usize,
+    workers: usize,
 }
 
 impl Worker {
@@ -97,11 +99,7 @@ impl Worker {
                 batch.entries.iter().map(|e| started - e.arrived),
             );
             let running = self.busy.fetch_add(1, Ordering::AcqRel) + 1;
-            let threads = if running == 1 && self.batcher.depth() == 0 {
-                self.cores
-            } else {
-                1
-            };
+            let threads = intra_op_threads(self.cores, self.workers, running, self.batcher.depth());
             self.run_batch(batch.entries, threads);
             self.busy.fetch_sub(1, Ordering::AcqRel);
             metrics::upkeep_if_due();
@@ -158,6 +156,18 @@ impl Worker {
     }
 }
 
+/// Cores a batch may use: its share of the cores among the batches running now, or among all
+/// workers when more work is waiting (they are about to be busy too). One worker alone on two
+/// cores uses both; two busy workers use one each; never more threads than cores.
+pub fn intra_op_threads(cores: usize, workers: usize, running: usize, waiting: usize) -> usize {
+    let sharing = if waiting > 0 {
+        workers.max(running)
+    } else {
+        running
+    };
+    (cores / sharing.max(1)).max(1)
+}
+
 fn fail(group: Vec<Entry>, error: InferError) {
     for entry in group {
         let _ = entry.reply.send(Err(error.clone()));
@@ -212,6 +222,28 @@ mod tests {
         }])
         .unwrap();
         rx
+    }
+
+    #[test]
+    fn intra_op_threads_never_oversubscribe() {
+        // Two cores, two workers: alone and nothing waiting → both cores; otherwise one each.
+        assert_eq!(intra_op_threads(2, 2, 1, 0), 2);
+        assert_eq!(intra_op_threads(2, 2, 1, 5), 1);
+        assert_eq!(intra_op_threads(2, 2, 2, 0), 1);
+        // One worker always uses every core.
+        assert_eq!(intra_op_threads(2, 1, 1, 9), 2);
+        // More workers than cores: one thread each.
+        assert_eq!(intra_op_threads(2, 4, 3, 1), 1);
+        for cores in 1..8 {
+            for workers in 1..8 {
+                for running in 1..=workers {
+                    for waiting in [0, 1] {
+                        let t = intra_op_threads(cores, workers, running, waiting);
+                        assert!(t >= 1 && (t == 1 || t * running <= cores));
+                    }
+                }
+            }
+        }
     }
 
     #[test]

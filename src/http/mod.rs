@@ -82,22 +82,31 @@ pub fn json_response<T: serde::Serialize + ?Sized>(
     r
 }
 
-/// Counts a request as in flight for as long as it lives.
-struct InflightGuard<'a>(&'a AppState);
+/// Counts a request as in flight for as long as it lives (every request, for the drain; the
+/// `zerobatch_inflight_requests` gauge leaves out probes and scrapes, which are not load).
+struct InflightGuard<'a> {
+    state: &'a AppState,
+    in_gauge: bool,
+}
 
 impl<'a> InflightGuard<'a> {
-    fn new(state: &'a AppState) -> Self {
+    fn new(state: &'a AppState, route: &str) -> Self {
         state.inflight.fetch_add(1, Ordering::AcqRel);
-        metrics::inflight_delta(1.0);
-        Self(state)
+        let in_gauge = !matches!(route, "/healthz" | "/readyz" | "/metrics");
+        if in_gauge {
+            metrics::inflight_delta(1.0);
+        }
+        Self { state, in_gauge }
     }
 }
 
 impl Drop for InflightGuard<'_> {
     fn drop(&mut self) {
-        metrics::inflight_delta(-1.0);
-        if self.0.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
+        if self.in_gauge {
+            metrics::inflight_delta(-1.0);
+        }
+        if self.state.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.state.idle.notify_waiters();
         }
     }
 }
@@ -107,8 +116,8 @@ async fn service(
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let started = Instant::now();
-    let _inflight = InflightGuard::new(&state);
     let route = routes::route_label(req.uri().path());
+    let _inflight = InflightGuard::new(&state, route);
     let mut response = match routes::handle(state.clone(), req).await {
         Ok(r) => r,
         Err(e) => {

@@ -1,0 +1,376 @@
+//! The deployment files against the binary they deploy: every YAML and JSON file parses, ports
+//! are 80, probe paths are routes that exist, every environment variable the files set is one
+//! the binary reads (`zerobatch --help` lists it), resources and scaling numbers match the
+//! docs, and the shell scripts pass shellcheck.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_yaml::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn files_under(dir: &Path, exts: &[&str]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p, exts));
+        } else if p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| exts.contains(&e))
+        {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn documents(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| {
+            Value::deserialize(d)
+                .unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display()))
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+use serde::Deserialize;
+
+/// Environment variables the binary reads, from its own `--help`.
+fn env_vars_in_help() -> BTreeSet<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_zerobatch"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    let mut vars = BTreeSet::new();
+    for piece in help.split("[env: ").skip(1) {
+        vars.insert(piece.split(['=', ']']).next().unwrap().to_string());
+    }
+    for line in help.lines() {
+        let word = line.trim_start().split_whitespace().next().unwrap_or("");
+        if line.starts_with("  ")
+            && !word.is_empty()
+            && word.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+        {
+            vars.insert(word.to_string());
+        }
+    }
+    assert!(
+        vars.contains("PORT") && vars.contains("HF_HOME") && vars.contains("SHUTDOWN_DELAY_MS"),
+        "{vars:?}"
+    );
+    vars
+}
+
+fn routes() -> BTreeSet<&'static str> {
+    zerobatch::http::routes::ROUTES
+        .iter()
+        .map(|r| r.path)
+        .collect()
+}
+
+/// Every `{name, value}` under an `env` key, anywhere in the document.
+fn env_names(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Mapping(m) => {
+            for (k, child) in m {
+                if k.as_str() == Some("env") {
+                    if let Some(list) = child.as_sequence() {
+                        for item in list {
+                            if let Some(name) = item.get("name").and_then(Value::as_str) {
+                                out.push(name.to_string());
+                            }
+                        }
+                    }
+                }
+                env_names(child, out);
+            }
+        }
+        Value::Sequence(s) => s.iter().for_each(|c| env_names(c, out)),
+        _ => {}
+    }
+}
+
+/// Every `httpGet` probe (path, port) in the document.
+fn probes(v: &Value, out: &mut Vec<(String, Value)>) {
+    match v {
+        Value::Mapping(m) => {
+            for (k, child) in m {
+                if k.as_str() == Some("httpGet") {
+                    let path = child
+                        .get("path")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string();
+                    out.push((path, child.get("port").cloned().unwrap_or(Value::Null)));
+                }
+                probes(child, out);
+            }
+        }
+        Value::Sequence(s) => s.iter().for_each(|c| probes(c, out)),
+        _ => {}
+    }
+}
+
+fn port_is_80(port: &Value) -> bool {
+    port.as_u64() == Some(80) || port.as_str() == Some("http") || port.as_str() == Some("80")
+}
+
+#[test]
+fn every_yaml_and_json_file_parses() {
+    let mut n = 0;
+    for dir in ["container", ".github"] {
+        for p in files_under(&root().join(dir), &["yaml", "yml"]) {
+            assert!(!documents(&p).is_empty(), "{} is empty", p.display());
+            n += 1;
+        }
+        for p in files_under(&root().join(dir), &["json"]) {
+            serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&p).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            n += 1;
+        }
+    }
+    assert!(
+        n >= 5,
+        "expected the ACA, Kubernetes and workflow files, found {n}"
+    );
+}
+
+#[test]
+fn env_vars_ports_and_probes_match_the_binary() {
+    let known = env_vars_in_help();
+    let routes = routes();
+    let mut checked_probes = 0;
+    for p in files_under(&root().join("container"), &["yaml", "yml"]) {
+        for doc in documents(&p) {
+            let mut names = Vec::new();
+            env_names(&doc, &mut names);
+            for name in names {
+                assert!(
+                    known.contains(&name),
+                    "{} sets {name}, which zerobatch does not read (see zerobatch --help)",
+                    p.display()
+                );
+            }
+            let mut found = Vec::new();
+            probes(&doc, &mut found);
+            for (path, port) in found {
+                assert!(
+                    routes.contains(path.as_str()),
+                    "{}: probe path {path} is not a route",
+                    p.display()
+                );
+                assert!(
+                    port_is_80(&port),
+                    "{}: probe port {port:?} is not 80",
+                    p.display()
+                );
+                checked_probes += 1;
+            }
+        }
+    }
+    assert!(
+        checked_probes >= 6,
+        "liveness, readiness and startup probes in the ACA and Kubernetes files"
+    );
+
+    let dockerfile = std::fs::read_to_string(root().join("container/Dockerfile")).unwrap();
+    assert!(
+        dockerfile.lines().any(|l| l.trim() == "EXPOSE 80"),
+        "Dockerfile exposes 80"
+    );
+    for line in dockerfile
+        .lines()
+        .filter(|l| l.trim_start().starts_with("ENV "))
+    {
+        for assignment in line.trim_start()[4..].split_whitespace() {
+            let name = assignment.split('=').next().unwrap();
+            assert!(
+                known.contains(name),
+                "Dockerfile sets {name}, which zerobatch does not read"
+            );
+        }
+    }
+}
+
+#[test]
+fn azure_container_app_matches_the_binary_and_the_docs() {
+    let app = &documents(&root().join("container/containerapp.yaml"))[0];
+    let props = &app["properties"];
+    let ingress = &props["configuration"]["ingress"];
+    assert_eq!(ingress["targetPort"].as_u64(), Some(80));
+    assert_eq!(ingress["external"].as_bool(), Some(true));
+    let template = &props["template"];
+    assert!(
+        template["terminationGracePeriodSeconds"].as_u64().unwrap() * 1000 > 25_000,
+        "grace period exceeds the shutdown timeout"
+    );
+    let container = &template["containers"][0];
+    let env: Vec<(String, String)> = container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["value"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let cpu = container["resources"]["cpu"].as_f64().unwrap();
+    let memory = container["resources"]["memory"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        get("WORKERS").map(|w| w.parse::<f64>().unwrap()),
+        Some(cpu),
+        "one worker per vCPU"
+    );
+    if let Some(port) = get("PORT") {
+        assert_eq!(port, "80");
+    }
+    let scale = &template["scale"];
+    assert_eq!(scale["minReplicas"].as_u64(), Some(0), "scales to zero");
+    let concurrent = scale["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find_map(|r| {
+            r["http"]["metadata"]["concurrentRequests"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .expect("an http scale rule with concurrentRequests");
+    let scaling = std::fs::read_to_string(root().join("docs/scaling.md")).expect("docs/scaling.md");
+    assert!(
+        scaling.contains(&format!("concurrentRequests: \"{concurrent}\"")),
+        "docs/scaling.md derives concurrentRequests {concurrent}"
+    );
+    assert!(
+        scaling.contains(&format!("cpu: {cpu:.1}"))
+            && scaling.contains(&format!("memory: {memory}")),
+        "docs/scaling.md states the resources cpu: {cpu:.1} / memory: {memory}"
+    );
+}
+
+#[test]
+fn kubernetes_and_keda_manifests_match_the_binary() {
+    let dir = root().join("container/k8s");
+    let mut kinds = BTreeSet::new();
+    for p in files_under(&dir, &["yaml"]) {
+        for doc in documents(&p) {
+            let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+            match kind.as_str() {
+                "Deployment" => {
+                    let c = &doc["spec"]["template"]["spec"]["containers"][0];
+                    let ports = c["ports"].as_sequence().unwrap();
+                    assert!(
+                        ports
+                            .iter()
+                            .any(|p| p["containerPort"].as_u64() == Some(80)),
+                        "container port 80"
+                    );
+                    let grace = doc["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+                        .as_u64()
+                        .unwrap();
+                    assert!(grace * 1000 > 25_000);
+                }
+                "Service" => {
+                    let ports = doc["spec"]["ports"].as_sequence().unwrap();
+                    assert!(ports
+                        .iter()
+                        .any(|p| port_is_80(&p["targetPort"]) || p["port"].as_u64() == Some(80)));
+                }
+                "HTTPScaledObject" => {
+                    assert_eq!(doc["spec"]["scaleTargetRef"]["port"].as_u64(), Some(80));
+                    assert_eq!(
+                        doc["spec"]["replicas"]["min"].as_u64(),
+                        Some(0),
+                        "scales from zero"
+                    );
+                }
+                "ScaledObject" => {
+                    let triggers = doc["spec"]["triggers"].as_sequence().unwrap();
+                    let query = triggers
+                        .iter()
+                        .find(|t| t["type"].as_str() == Some("prometheus"))
+                        .expect("a prometheus trigger")["metadata"]["query"]
+                        .as_str()
+                        .unwrap()
+                        .to_string();
+                    assert!(
+                        query.contains(zerobatch::metrics::QUEUE_DEPTH),
+                        "the trigger reads {}: {query}",
+                        zerobatch::metrics::QUEUE_DEPTH
+                    );
+                }
+                _ => {}
+            }
+            kinds.insert(kind);
+        }
+    }
+    for k in ["Deployment", "Service", "HTTPScaledObject", "ScaledObject"] {
+        assert!(kinds.contains(k), "container/k8s has no {k}");
+    }
+}
+
+#[test]
+fn workflows_run_the_readme_test_command_and_deploy_the_dockerfile() {
+    let ci = std::fs::read_to_string(root().join(".github/workflows/ci.yml")).unwrap();
+    assert!(ci.contains(".ci/run"), "ci.yml runs .ci/run");
+    let ci_run = std::fs::read_to_string(root().join(".ci/run")).unwrap();
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    assert!(
+        ci_run.contains("./scripts/test.sh") && readme.contains("./scripts/test.sh"),
+        ".ci/run runs the README's test command"
+    );
+    let deploy = std::fs::read_to_string(root().join(".github/workflows/deploy.yml")).unwrap();
+    for needle in [
+        "container/Dockerfile",
+        "ghcr.io",
+        "AZURE_CREDENTIALS",
+        "az containerapp",
+    ] {
+        assert!(deploy.contains(needle), "deploy.yml lacks {needle}");
+    }
+}
+
+#[test]
+fn shell_scripts_pass_shellcheck() {
+    let scripts = files_under(&root().join("scripts"), &["sh"]);
+    assert!(scripts.len() >= 5);
+    if Command::new("shellcheck")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("ZEROBATCH_SKIP_SHELLCHECK").is_ok(),
+            "shellcheck is not installed (apt-get install shellcheck); set ZEROBATCH_SKIP_SHELLCHECK=1 to skip this check knowingly"
+        );
+        eprintln!("shellcheck skipped: ZEROBATCH_SKIP_SHELLCHECK is set");
+        return;
+    }
+    let mut cmd = Command::new("shellcheck");
+    cmd.args(&scripts).arg(root().join(".ci/run"));
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "shellcheck:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
