@@ -49,6 +49,11 @@ fn sequences(batch: usize, len: usize) -> Vec<Vec<u32>> {
 }
 
 fn bench_forward(c: &mut Criterion) {
+    // The global pool that intra-op parallelism runs on, sized to the cores as the server
+    // sizes it, built before the candle-transformers rows below set RAYON_NUM_THREADS=1.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(zerobatch::config::available_cores())
+        .build_global();
     let dir = model_dir();
     let loaded = zerobatch::model::load(dir.to_str().unwrap(), "main", |_, _| {}).unwrap();
     let vocab_cap = 30;

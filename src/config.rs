@@ -127,6 +127,8 @@ pub enum ConfigError {
     DelayNotUnderTimeout { delay: u64, timeout: u64 },
     #[error("--api-key must not be empty")]
     EmptyApiKey,
+    #[error("--max-client-batch ({batch}) must not exceed --queue-capacity ({capacity}): such requests could never be queued")]
+    ClientBatchOverQueue { batch: usize, capacity: usize },
 }
 
 impl ServeConfig {
@@ -154,6 +156,12 @@ impl ServeConfig {
         }
         if self.api_key.as_deref() == Some("") {
             return Err(ConfigError::EmptyApiKey);
+        }
+        if self.max_client_batch > self.queue_capacity {
+            return Err(ConfigError::ClientBatchOverQueue {
+                batch: self.max_client_batch,
+                capacity: self.queue_capacity,
+            });
         }
         Ok(())
     }

@@ -7,7 +7,7 @@
 //! - If loading fails, held requests get 503 with the reason, `/readyz` reports it, and the
 //!   process exits non-zero so the platform restarts it.
 //! - On SIGTERM/SIGINT `/readyz` turns 503 at once; the server keeps serving for
-//!   `--shutdown-delay-ms`, then stops accepting and drains (see `http::serve`). At
+//!   `--shutdown-delay-ms`, then stops accepting and drains (see `http::accept_loop`). At
 //!   `--shutdown-timeout-ms` whatever is unfinished gets 503 and the process exits.
 //!
 //! Nothing here polls: state changes are pushed through `tokio::sync::watch` channels.
@@ -42,6 +42,18 @@ pub enum Readiness {
     Ready,
     Draining,
     Failed(String),
+}
+
+impl Readiness {
+    /// The word `/readyz` and `/info` report.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Readiness::Loading => "loading",
+            Readiness::Ready => "ready",
+            Readiness::Draining => "draining",
+            Readiness::Failed(_) => "failed",
+        }
+    }
 }
 
 /// Why a request could not wait for the model.

@@ -70,16 +70,16 @@ fn describe() {
     describe_histogram!(
         QUEUE_WAIT,
         Unit::Seconds,
-        "Time an input waited in the queue before its batch started"
+        "Time from an input entering the queue to its batch starting"
     );
     describe_histogram!(
         INFERENCE,
         Unit::Seconds,
-        "Time to run one batch through the model"
+        "Time of one forward pass (a batch, or one length group of it)"
     );
     describe_counter!(
         REJECTED_TOTAL,
-        "Requests refused before inference, by reason"
+        "Requests refused (4xx other than 404/405, and 503), by reason"
     );
     describe_gauge!(STARTUP, Unit::Seconds, "Duration of each start-up phase");
     describe_gauge!(

@@ -70,7 +70,7 @@ impl Entry {
 /// Why the queue refused entries.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum QueueError {
-    #[error("the queue is full ({capacity} inputs waiting)")]
+    #[error("the queue is full (it holds {capacity} inputs)")]
     Full { capacity: usize },
     #[error("the server is shutting down")]
     Closed,

@@ -69,14 +69,16 @@ pub async fn run(
         queue.clone(),
     ));
 
+    let local_addr = listener.local_addr();
     let (stop_tx, stop_rx) = watch::channel(false);
     let accepting = tokio::spawn(http::accept_loop(listener, state.clone(), stop_rx));
     let bound = process_start.elapsed();
     metrics::record_startup_phase("bind", bound);
+    let addr = local_addr.map_or_else(|e| format!("an unknown address ({e})"), |a| a.to_string());
     tracing::info!(
         phase = "bind",
         ms = bound.as_secs_f64() * 1e3,
-        "listening; loading {}",
+        "listening on {addr}; loading {}",
         config.model
     );
 
@@ -175,7 +177,13 @@ fn load_and_start(
         let lifecycle = lifecycle.clone();
         Arc::new(move || {
             if lifecycle.worker_warm() {
-                metrics::record_startup_phase("warmup", warm_started.elapsed());
+                let warm = warm_started.elapsed();
+                metrics::record_startup_phase("warmup", warm);
+                tracing::info!(
+                    phase = "warmup",
+                    ms = warm.as_secs_f64() * 1e3,
+                    "start-up phase done"
+                );
                 let total = process_start.elapsed();
                 metrics::record_startup_phase("total", total);
                 tracing::info!(

@@ -20,6 +20,16 @@ fn json_body(schema: &str) -> Value {
     json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
 }
 
+fn tokenize_errors() -> Value {
+    json!({
+        "400": error_response("Malformed JSON, wrong schema, or an empty input list"),
+        "401": error_response("Missing or wrong API key (when the server has one)"),
+        "413": error_response("Body over --max-body-bytes or more inputs than --max-client-batch"),
+        "415": error_response("Content-Type is not JSON"),
+        "503": error_response("Model still loading after the cold-start timeout, failed to load, or shutting down; see Retry-After"),
+    })
+}
+
 fn post_errors() -> Value {
     json!({
         "400": error_response("Malformed JSON, wrong schema, or an empty input list"),
@@ -53,7 +63,7 @@ pub fn openapi() -> &'static Value {
                         "inputs": inputs,
                         "normalize": { "type": "boolean", "default": true },
                         "truncate": { "type": "boolean", "default": true },
-                        "truncation_direction": { "type": "string", "enum": ["right", "Right"], "nullable": true },
+                        "truncation_direction": { "type": "string", "nullable": true, "description": "only \"right\" (any case) is supported" },
                         "prompt_name": { "type": "string", "nullable": true, "description": "not supported: must be null or absent" } } },
                     "OpenAiRequest": { "type": "object", "required": ["input"], "additionalProperties": false, "properties": {
                         "input": inputs,
@@ -94,7 +104,7 @@ pub fn openapi() -> &'static Value {
                     "summary": "Tokens of each input, with ids, text and byte offsets",
                     "requestBody": json_body("TokenizeRequest"),
                     "responses": merge(json!({ "200": { "description": "One token list per input",
-                        "content": { "application/json": { "schema": { "type": "array", "items": { "type": "array", "items": { "$ref": "#/components/schemas/Token" } } } } } } }), post_errors()) } },
+                        "content": { "application/json": { "schema": { "type": "array", "items": { "type": "array", "items": { "$ref": "#/components/schemas/Token" } } } } } } }), tokenize_errors()) } },
                 "/info": { "get": { "summary": "Model and batching settings",
                     "responses": { "200": { "description": "Model id, task, dimensions, max input length, batching settings, version",
                         "content": { "application/json": { "schema": { "type": "object" } } } }, "401": error_response("Missing or wrong API key") } } },

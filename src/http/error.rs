@@ -79,7 +79,11 @@ impl ApiError {
     /// The HTTP response for this error.
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let status = self.status();
-        if status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED {
+        if status != StatusCode::NOT_FOUND
+            && status != StatusCode::METHOD_NOT_ALLOWED
+            && !status.is_server_error()
+            || status == StatusCode::SERVICE_UNAVAILABLE
+        {
             metrics::record_rejected(self.error_type());
         }
         let body =

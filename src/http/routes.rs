@@ -149,8 +149,9 @@ fn check_api_key(state: &AppState, req: &Request<Incoming>) -> Result<(), ApiErr
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
+            // The scheme is case-insensitive (RFC 9110 §11.1).
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
         })
         .unwrap_or("");
     if constant_time_eq(given.trim().as_bytes(), key.as_bytes()) {
@@ -266,7 +267,7 @@ fn info(state: &AppState) -> Response<Full<Bytes>> {
     let model = state.lifecycle.loaded_info();
     let body = serde_json::json!({
         "model_id": model.as_ref().map_or(c.model.clone(), |m| m.id.clone()),
-        "status": format!("{:?}", state.lifecycle.readiness()).to_lowercase(),
+        "status": state.lifecycle.readiness().as_str(),
         "task": model.as_ref().map(|m| m.task),
         "dimensions": model.as_ref().map(|m| m.dimensions),
         "max_input_length": model.as_ref().map(|m| m.max_input_length),
@@ -310,17 +311,44 @@ async fn serving(state: &AppState) -> Result<Arc<Serving>, ApiError> {
 }
 
 /// Tokenizes, queues and awaits `texts`; returns pooled vectors (normalised if asked) and the
-/// number of tokens used.
+/// number of tokens used. Gives up with 503 when the shutdown deadline passes, wherever the
+/// request is (held through a cold start, queued or running).
 async fn embed_texts(
     state: &AppState,
     texts: &[String],
     truncate: bool,
     normalize: bool,
+    dimensions: Option<usize>,
 ) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
     check_count(state, texts.len())?;
+    tokio::select! {
+        r = embed_texts_inner(state, texts, truncate, normalize, dimensions) => r,
+        _ = state.lifecycle.aborted() => Err(ApiError::Unavailable {
+            reason: "the server is shutting down and its drain deadline passed; retry".into(),
+            kind: "shutting_down",
+            retry_after_secs: 1,
+        }),
+    }
+}
+
+async fn embed_texts_inner(
+    state: &AppState,
+    texts: &[String],
+    truncate: bool,
+    normalize: bool,
+    dimensions: Option<usize>,
+) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
+    // Arrival order is taken now, before any cold-start hold, so held requests keep it.
     let first_seq = state.queue.next_seqs(texts.len());
-    let arrived = Instant::now();
     let serving = serving(state).await?;
+    if let Some(want) = dimensions {
+        if want != serving.info.dimensions {
+            return Err(ApiError::BadRequest(format!(
+                "dimensions {want} is not available: this model gives {} dimensions",
+                serving.info.dimensions
+            )));
+        }
+    }
     let ids: Vec<Vec<u32>> = texts
         .iter()
         .enumerate()
@@ -329,7 +357,8 @@ async fn embed_texts(
     let tokens = ids.iter().map(Vec::len).sum();
     // The timeout counts from when the model could serve: a request held through a cold start
     // gets the full request timeout after it.
-    let deadline = Instant::now() + state.config.request_timeout();
+    let queued = Instant::now();
+    let deadline = queued + state.config.request_timeout();
     let mut receivers = Vec::with_capacity(ids.len());
     let entries: Vec<Entry> = ids
         .into_iter()
@@ -339,7 +368,7 @@ async fn embed_texts(
             receivers.push(rx);
             Entry {
                 seq: first_seq + i as u64,
-                arrived,
+                arrived: queued,
                 deadline,
                 job: Job::Embed { ids },
                 reply,
@@ -365,16 +394,9 @@ async fn embed_texts(
         }
         Ok(vectors)
     };
-    tokio::select! {
-        r = tokio::time::timeout_at(deadline.into(), wait_all) => match r {
-            Ok(r) => r.map(|v| (v, tokens)),
-            Err(_) => Err(InferError::TimedOut.into()),
-        },
-        _ = state.lifecycle.aborted() => Err(ApiError::Unavailable {
-            reason: "the server is shutting down and its drain deadline passed; retry".into(),
-            kind: "shutting_down",
-            retry_after_secs: 1,
-        }),
+    match tokio::time::timeout_at(deadline.into(), wait_all).await {
+        Ok(r) => r.map(|v| (v, tokens)),
+        Err(_) => Err(InferError::TimedOut.into()),
     }
 }
 
@@ -391,21 +413,13 @@ async fn embed(state: &AppState, req: EmbedRequest) -> Result<Response<Full<Byte
             "prompt_name is not supported by this server".into(),
         ));
     }
-    let (vectors, _) = embed_texts(state, &req.inputs.0, req.truncate, req.normalize).await?;
+    let (vectors, _) = embed_texts(state, &req.inputs.0, req.truncate, req.normalize, None).await?;
     Ok(json_response(StatusCode::OK, &vectors))
 }
 
 async fn openai(state: &AppState, req: OpenAiRequest) -> Result<Response<Full<Bytes>>, ApiError> {
-    if let (Some(want), Some(info)) = (req.dimensions, state.lifecycle.loaded_info()) {
-        if want != info.dimensions {
-            return Err(ApiError::BadRequest(format!(
-                "dimensions {want} is not available: this model gives {} dimensions",
-                info.dimensions
-            )));
-        }
-    }
     // OpenAI's embeddings are unit vectors; so are these.
-    let (vectors, tokens) = embed_texts(state, &req.input.0, true, true).await?;
+    let (vectors, tokens) = embed_texts(state, &req.input.0, true, true, req.dimensions).await?;
     let model = req.model.unwrap_or_else(|| state.config.model.clone());
     let data = vectors
         .into_iter()

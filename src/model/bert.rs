@@ -283,12 +283,15 @@ impl Bert {
         let mut x = Tensor::from_vec(embedded, (rows, h), &Device::Cpu)
             .and_then(|x| x.apply_op2_no_bwd(&positions, &self.embed_norm.op(eps)))
             .map_err(err)?;
-        let attention = Attention(AttentionShape {
-            seq_len,
-            heads: c.num_attention_heads,
-            head_dim: h / c.num_attention_heads,
-            lengths: sequences.iter().map(|s| s.len()).collect(),
-        });
+        let attention = Attention {
+            shape: AttentionShape {
+                seq_len,
+                heads: c.num_attention_heads,
+                head_dim: h / c.num_attention_heads,
+                lengths: sequences.iter().map(|s| s.len()).collect(),
+            },
+            threads,
+        };
         for layer in &self.layers {
             let qkv_parts = [
                 layer.qkv[0].part(),

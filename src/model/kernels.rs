@@ -153,15 +153,12 @@ pub fn linear_with(
     }
 }
 
-/// A raw output pointer that threads writing disjoint columns may share.
-#[cfg(target_arch = "x86_64")]
+/// A raw output pointer that tasks writing disjoint parts of one buffer may share.
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: only used by `small_m_parallel`, whose tasks write disjoint column ranges.
-#[cfg(target_arch = "x86_64")]
-unsafe impl Send for SharedOut {}
-#[cfg(target_arch = "x86_64")]
-unsafe impl Sync for SharedOut {}
+struct SharedPtr(*mut f32);
+// SAFETY: only used by `small_m_parallel` and `attention`, whose tasks write disjoint parts.
+unsafe impl Send for SharedPtr {}
+unsafe impl Sync for SharedPtr {}
 
 /// Runs [`small_m_avx2`] with the weight rows split into `threads` column ranges (each a
 /// multiple of 4 rows), so a lone small batch can use every core.
@@ -185,7 +182,7 @@ fn small_m_parallel(
         return;
     }
     let chunk = n.div_ceil(threads).div_ceil(4) * 4;
-    let shared = SharedOut(out.as_mut_ptr());
+    let shared = SharedPtr(out.as_mut_ptr());
     rayon::scope(|scope| {
         for start in (0..n).step_by(chunk) {
             let len = chunk.min(n - start);
@@ -383,53 +380,60 @@ pub struct AttentionShape {
     pub lengths: Vec<usize>,
 }
 
-dispatch!(attention_generic, attention_avx2, (qkv: &[f32], out: &mut [f32], s: &AttentionShape) {
+dispatch!(attention_generic, attention_avx2, (qkv: &[f32], out: *mut f32, s: &AttentionShape, units: std::ops::Range<usize>) {
     let h = s.heads * s.head_dim;
     let d = s.head_dim;
     let scale = 1.0 / (d as f32).sqrt();
     let mut scores = vec![0.0f32; s.seq_len];
-    for (b, &len) in s.lengths.iter().enumerate() {
+    // Keys of one head transposed (`d × len`, pre-scaled), so a query's scores against all
+    // keys are one vectorised sweep per dimension instead of a horizontal sum per key.
+    let mut keys_t = vec![0.0f32; d * s.seq_len];
+    for unit in units {
+        let (b, head) = (unit / s.heads, unit % s.heads);
+        let len = s.lengths[b];
         let base = b * s.seq_len;
-        for head in 0..s.heads {
-            let off = head * d;
-            for i in 0..len {
-                let q = &qkv[(base + i) * 3 * h + off..][..d];
-                let mut max = f32::NEG_INFINITY;
-                for (j, score) in scores[..len].iter_mut().enumerate() {
-                    let k = &qkv[(base + j) * 3 * h + h + off..][..d];
-                    let mut dot = 0.0f32;
-                    for (a, b) in q.iter().zip(k) {
-                        dot += a * b;
-                    }
-                    *score = dot * scale;
-                    max = max.max(*score);
+        let off = head * d;
+        for j in 0..len {
+            let k = &qkv[(base + j) * 3 * h + h + off..][..d];
+            for (c, kc) in k.iter().enumerate() {
+                keys_t[c * len + j] = kc * scale;
+            }
+        }
+        for i in 0..len {
+            let q = &qkv[(base + i) * 3 * h + off..][..d];
+            let scores = &mut scores[..len];
+            scores.fill(0.0);
+            for (c, qc) in q.iter().enumerate() {
+                for (sj, kj) in scores.iter_mut().zip(&keys_t[c * len..(c + 1) * len]) {
+                    *sj += qc * kj;
                 }
-                let mut sum = 0.0f32;
-                for score in scores[..len].iter_mut() {
-                    *score = exp_neg(*score - max);
-                    sum += *score;
-                }
-                let inv = 1.0 / sum;
-                let o = &mut out[(base + i) * h + off..][..d];
-                o.fill(0.0);
-                for (j, p) in scores[..len].iter().enumerate() {
-                    let v = &qkv[(base + j) * 3 * h + 2 * h + off..][..d];
-                    let p = p * inv;
-                    for (o, v) in o.iter_mut().zip(v) {
-                        *o += p * v;
-                    }
+            }
+            let max = scores.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+            let mut sum = 0.0f32;
+            for score in scores.iter_mut() {
+                *score = exp_neg(*score - max);
+                sum += *score;
+            }
+            let inv = 1.0 / sum;
+            // SAFETY: row base+i, columns off..off+d belong to this unit alone (see `attention`).
+            let o = unsafe { std::slice::from_raw_parts_mut(out.add((base + i) * h + off), d) };
+            o.fill(0.0);
+            for (j, p) in scores.iter().enumerate() {
+                let v = &qkv[(base + j) * 3 * h + 2 * h + off..][..d];
+                let p = p * inv;
+                for (o, v) in o.iter_mut().zip(v) {
+                    *o += p * v;
                 }
             }
         }
-        // Padding rows carry no information; keep them finite and cheap.
-        out[(base + len) * h..(base + s.seq_len) * h].fill(0.0);
     }
 });
 
 /// Multi-head self-attention over a fused QKV projection `[batch·seq, 3·hidden]` (q, k, v
 /// side by side, heads contiguous inside each), writing `[batch·seq, hidden]`. Only the first
-/// `lengths[b]` tokens of sequence `b` attend or are attended to.
-pub fn attention(qkv: &[f32], out: &mut [f32], s: &AttentionShape) {
+/// `lengths[b]` tokens of sequence `b` attend or are attended to; padding rows are zero. The
+/// (sequence, head) pairs are split across `threads`.
+pub fn attention(qkv: &[f32], out: &mut [f32], s: &AttentionShape, threads: usize) {
     let h = s.heads * s.head_dim;
     let rows = s.lengths.len() * s.seq_len;
     assert_eq!(qkv.len(), rows * 3 * h, "attention: qkv size");
@@ -438,7 +442,28 @@ pub fn attention(qkv: &[f32], out: &mut [f32], s: &AttentionShape) {
         s.lengths.iter().all(|&l| l >= 1 && l <= s.seq_len),
         "attention: lengths"
     );
-    call!(attention_generic, attention_avx2, qkv, out, s)
+    for (b, &len) in s.lengths.iter().enumerate() {
+        out[(b * s.seq_len + len) * h..(b + 1) * s.seq_len * h].fill(0.0);
+    }
+    let units = s.lengths.len() * s.heads;
+    let threads = threads.min(units).max(1);
+    let shared = SharedPtr(out.as_mut_ptr());
+    // Each unit (sequence b, head) writes only rows of b, columns of head: disjoint.
+    let run = move |range: std::ops::Range<usize>| {
+        let shared = shared;
+        call!(attention_generic, attention_avx2, qkv, shared.0, s, range)
+    };
+    if threads == 1 {
+        run(0..units);
+        return;
+    }
+    let chunk = units.div_ceil(threads);
+    rayon::scope(|scope| {
+        for start in (0..units).step_by(chunk) {
+            let range = start..(start + chunk).min(units);
+            scope.spawn(move |_| run(range));
+        }
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -531,7 +556,10 @@ impl InplaceOp1 for Gelu {
 }
 
 /// `qkv[batch·seq × 3h] → [batch·seq × h]`, see [`attention`].
-pub struct Attention(pub AttentionShape);
+pub struct Attention {
+    pub shape: AttentionShape,
+    pub threads: usize,
+}
 
 impl CustomOp1 for Attention {
     fn name(&self) -> &'static str {
@@ -540,14 +568,14 @@ impl CustomOp1 for Attention {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let qkv = contiguous(s, l, "attention input")?;
-        let shape = &self.0;
+        let shape = &self.shape;
         let h = shape.heads * shape.head_dim;
         let rows = shape.lengths.len() * shape.seq_len;
         if qkv.len() != rows * 3 * h {
             candle_core::bail!("attention: input {:?} does not fit {shape:?}", l.shape());
         }
         let mut out = vec![0.0f32; rows * h];
-        attention(qkv, &mut out, shape);
+        attention(qkv, &mut out, shape, self.threads);
         Ok((CpuStorage::F32(out), Shape::from((rows, h))))
     }
 }
@@ -722,7 +750,13 @@ mod tests {
             lengths: lengths.clone(),
         };
         let mut out = vec![f32::NAN; 2 * seq * h];
-        attention(&qkv, &mut out, &shape);
+        attention(&qkv, &mut out, &shape, 1);
+        let mut parallel = vec![f32::NAN; 2 * seq * h];
+        attention(&qkv, &mut parallel, &shape, 2);
+        assert_eq!(
+            out, parallel,
+            "splitting units across threads changes nothing"
+        );
         for (b, &len) in lengths.iter().enumerate() {
             for head in 0..heads {
                 for i in 0..len {
