@@ -139,6 +139,16 @@ pub async fn run(
     }
 }
 
+/// Logs a start-up phase and exports it as `zerobatch_startup_seconds{phase}`.
+fn startup_phase(name: &'static str, took: Duration) {
+    metrics::record_startup_phase(name, took);
+    tracing::info!(
+        phase = name,
+        ms = took.as_secs_f64() * 1e3,
+        "start-up phase done"
+    );
+}
+
 fn load_and_start(
     config: ServeConfig,
     lifecycle: Arc<Lifecycle>,
@@ -147,15 +157,7 @@ fn load_and_start(
     process_start: Instant,
     failed: tokio::sync::oneshot::Sender<()>,
 ) {
-    let phase = |name: &'static str, took: Duration| {
-        metrics::record_startup_phase(name, took);
-        tracing::info!(
-            phase = name,
-            ms = took.as_secs_f64() * 1e3,
-            "start-up phase done"
-        );
-    };
-    let loaded = match model::load(&config.model, &config.revision, phase) {
+    let loaded = match model::load(&config.model, &config.revision, startup_phase) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!("cannot load the model: {e}");
@@ -177,20 +179,9 @@ fn load_and_start(
         let lifecycle = lifecycle.clone();
         Arc::new(move || {
             if lifecycle.worker_warm() {
-                let warm = warm_started.elapsed();
-                metrics::record_startup_phase("warmup", warm);
-                tracing::info!(
-                    phase = "warmup",
-                    ms = warm.as_secs_f64() * 1e3,
-                    "start-up phase done"
-                );
-                let total = process_start.elapsed();
-                metrics::record_startup_phase("total", total);
-                tracing::info!(
-                    phase = "total",
-                    ms = total.as_secs_f64() * 1e3,
-                    "ready to serve"
-                );
+                startup_phase("warmup", warm_started.elapsed());
+                startup_phase("total", process_start.elapsed());
+                tracing::info!("ready to serve");
             }
         })
     };

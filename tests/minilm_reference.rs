@@ -141,3 +141,26 @@ fn the_server_serves_the_reference_embeddings() {
         resp.text()
     );
 }
+
+/// A request still waiting at its deadline gets 503 with Retry-After (8 inputs of 256 tokens
+/// take far longer than the 1 ms allowed), and the server keeps serving.
+#[test]
+fn a_request_that_outlives_its_timeout_gets_503() {
+    let r = reference();
+    let mut config = zerobatch::config::ServeConfig::for_tests(model_dir().to_str().unwrap());
+    config.request_timeout_ms = 1;
+    let s = zerobatch::server::BackgroundServer::start(config).unwrap();
+    wait_ready(s.addr);
+    let long = &r
+        .cases
+        .iter()
+        .find(|c| c.untruncated_token_count > 256)
+        .unwrap()
+        .text;
+    let inputs: Vec<&str> = (0..8).map(|_| long.as_str()).collect();
+    let resp = post_json(s.addr, "/embed", &json!({ "inputs": inputs }));
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    assert_eq!(resp.json()["error_type"], "timeout");
+    assert_eq!(resp.header("retry-after"), Some("1"));
+    assert_eq!(get(s.addr, "/healthz").status, 200);
+}
