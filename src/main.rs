@@ -81,7 +81,14 @@ fn serve(config: zerobatch::config::ServeConfig, process_start: Instant) -> Exit
             server::run(
                 config,
                 listener,
-                zerobatch::lifecycle::termination_signal(),
+                server::ShutdownSignals {
+                    first: zerobatch::lifecycle::termination_signal(),
+                    // Every signal reaches every listener: this resolves on the second one.
+                    second: async {
+                        zerobatch::lifecycle::termination_signal().await;
+                        zerobatch::lifecycle::termination_signal().await;
+                    },
+                },
                 process_start,
             )
             .await,

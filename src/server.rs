@@ -43,12 +43,26 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Runs the server on `listener` until `shutdown` resolves (or the model fails to load), then
 /// drains. `process_start` dates the start-up phases.
-pub async fn run(
+/// Signals that end the server: `first` starts the drain; `second` (resolving on a further
+/// signal, e.g. a second Ctrl-C) skips what is left of the shutdown delay.
+pub struct ShutdownSignals<F, S> {
+    pub first: F,
+    pub second: S,
+}
+
+pub async fn run<F, S>(
     config: ServeConfig,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
+    signals: ShutdownSignals<F, S>,
     process_start: Instant,
-) -> Outcome {
+) -> Outcome
+where
+    F: Future<Output = ()>,
+    S: Future<Output = ()> + Send + 'static,
+{
+    // Listening for the second signal starts now, so it sees every signal from the start.
+    let second = tokio::spawn(signals.second);
+    let shutdown = signals.first;
     metrics::install();
     let workers = config.worker_count();
     let lifecycle = Arc::new(Lifecycle::new(workers));
@@ -113,7 +127,10 @@ pub async fn run(
         "draining: still serving for {} ms",
         config.shutdown_delay_ms
     );
-    tokio::time::sleep(config.shutdown_delay()).await;
+    tokio::select! {
+        _ = tokio::time::sleep(config.shutdown_delay()) => {}
+        _ = second => tracing::info!("second signal: skipping the rest of the shutdown delay"),
+    }
     let _ = stop_tx.send(true);
     let deadline = signalled + config.shutdown_timeout();
     let drained = async {
@@ -231,15 +248,14 @@ impl BackgroundServer {
                         }
                     };
                     let _ = addr_tx.send(listener.local_addr());
-                    run(
-                        config,
-                        listener,
-                        async {
-                            let _ = stop_rx.await;
-                        },
-                        Instant::now(),
-                    )
-                    .await
+                    let first = async {
+                        let _ = stop_rx.await;
+                    };
+                    let signals = ShutdownSignals {
+                        first,
+                        second: std::future::pending(),
+                    };
+                    run(config, listener, signals, Instant::now()).await
                 })
             })?;
         let addr = addr_rx.recv().map_err(std::io::Error::other)??;

@@ -297,3 +297,32 @@ fn an_idle_server_burns_no_cpu() {
         used as f64 / 1e6
     );
 }
+
+#[test]
+fn a_second_signal_skips_the_shutdown_delay() {
+    let mut p = Proc::spawn(
+        tiny_model(),
+        &[
+            "--shutdown-delay-ms",
+            "20000",
+            "--shutdown-timeout-ms",
+            "25000",
+        ],
+    );
+    connect_until_up(p.addr);
+    wait_ready(p.addr);
+    p.sigterm();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        get(p.addr, "/readyz").status,
+        503,
+        "draining, still serving during the delay"
+    );
+    p.sigterm();
+    let (code, took) = p.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    assert!(
+        took < Duration::from_secs(5),
+        "exited {took:?} after the second signal, not after the 20 s delay"
+    );
+}
