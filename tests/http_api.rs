@@ -214,6 +214,15 @@ fn truncation_and_length_limits() {
     assert!(r.json()["error"].as_str().unwrap().contains("48"));
     let words: Vec<&str> = LONG.split(' ').collect();
     let cut = words[..46].join(" "); // 46 words + [CLS] + [SEP] = 48 tokens
+                                     // A large input (tokenized off the I/O threads) is truncated the same way.
+    let huge = "the ".repeat(25_000);
+    let huge_v = vectors(&post_json(s.addr, "/embed", &json!({ "inputs": huge })));
+    let cut_v = vectors(&post_json(
+        s.addr,
+        "/embed",
+        &json!({ "inputs": "the ".repeat(46) }),
+    ));
+    assert!(max_abs_diff(&huge_v[0], &cut_v[0]) < 1e-6);
     let first = vectors(&post_json(
         s.addr,
         "/embed",

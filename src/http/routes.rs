@@ -310,6 +310,37 @@ async fn serving(state: &AppState) -> Result<Arc<Serving>, ApiError> {
     Ok(serving)
 }
 
+/// Above this many bytes of text, tokenizing moves off the tokio threads: a request near the
+/// body limit takes tens of milliseconds to tokenize, which must not stall other connections.
+const TOKENIZE_INLINE_BYTES: usize = 32 * 1024;
+
+/// Token ids of every input (413 for a too-long one when not truncating).
+async fn tokenize_all(
+    serving: &Arc<Serving>,
+    texts: &[String],
+    truncate: bool,
+) -> Result<Vec<Vec<u32>>, ApiError> {
+    let encode = move |serving: &Serving, texts: &[String]| -> Result<Vec<Vec<u32>>, ApiError> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                serving
+                    .tokenizer
+                    .encode(i, t, truncate)
+                    .map_err(ApiError::from)
+            })
+            .collect()
+    };
+    if texts.iter().map(String::len).sum::<usize>() <= TOKENIZE_INLINE_BYTES {
+        return encode(serving, texts);
+    }
+    let (serving, texts) = (serving.clone(), texts.to_vec());
+    tokio::task::spawn_blocking(move || encode(&serving, &texts))
+        .await
+        .map_err(|e| ApiError::Internal(format!("tokenization failed: {e}")))?
+}
+
 /// Tokenizes, queues and awaits `texts`; returns pooled vectors (normalised if asked) and the
 /// number of tokens used. Gives up with 503 when the shutdown deadline passes, wherever the
 /// request is (held through a cold start, queued or running).
@@ -349,11 +380,7 @@ async fn embed_texts_inner(
             )));
         }
     }
-    let ids: Vec<Vec<u32>> = texts
-        .iter()
-        .enumerate()
-        .map(|(i, t)| serving.tokenizer.encode(i, t, truncate))
-        .collect::<Result<_, _>>()?;
+    let ids = tokenize_all(&serving, texts, truncate).await?;
     let tokens = ids.iter().map(Vec::len).sum();
     // The timeout counts from when the model could serve: a request held through a cold start
     // gets the full request timeout after it.
