@@ -454,7 +454,8 @@ mod tests {
         let t = Instant::now();
         let batch = b.next_batch().unwrap();
         assert_eq!(batch.entries.len(), 1);
-        assert!(t.elapsed() < Duration::from_millis(50));
+        // Generous bound for loaded CI machines; the point is "no window", not speed.
+        assert!(t.elapsed() < Duration::from_millis(500));
     }
 
     #[test]

@@ -114,11 +114,17 @@ where
             .expect("spawning the loader thread")
     };
 
-    let load_failed = tokio::select! {
+    tokio::select! {
         biased;
-        _ = shutdown => false,
-        Ok(()) = failed_rx => true,
-    };
+        Ok(()) = failed_rx => {}
+        _ = shutdown => {}
+    }
+    // Decided by the state, not by which branch won: a failed load ends in exit 1 even when
+    // a signal arrived at the same moment.
+    let load_failed = matches!(
+        lifecycle.readiness(),
+        crate::lifecycle::Readiness::Failed(_)
+    );
     let signalled = Instant::now();
     lifecycle.start_draining();
     // Keep answering for the delay: after a signal so load balancers stop routing here, after
