@@ -129,16 +129,16 @@ impl Lifecycle {
         }
     }
 
-    /// The loaded model, waiting for it up to `timeout` if it is still loading. The boolean is
-    /// true when the caller had to wait (a request held through the cold start).
-    pub async fn serving(&self, timeout: Duration) -> Result<(Arc<Serving>, bool), NotServing> {
+    /// The loaded model, waiting for it up to `timeout` if it is still loading (a request held
+    /// through the cold start, counted in `zerobatch_cold_start_held_requests_total`).
+    pub async fn serving(&self, timeout: Duration) -> Result<Arc<Serving>, NotServing> {
         let check = |s: &LoadState| match s {
             LoadState::Loading => None,
             LoadState::Loaded(s) => Some(Ok(s.clone())),
             LoadState::Failed(r) => Some(Err(NotServing::LoadFailed(r.clone()))),
         };
         if let Some(r) = check(&self.load.borrow()) {
-            return r.map(|s| (s, false));
+            return r;
         }
         metrics::record_cold_start_hold();
         let mut rx = self.load.subscribe();
@@ -149,7 +149,7 @@ impl Lifecycle {
         })
         .await;
         match waited {
-            Ok(Ok(state)) => check(&state).expect("not loading").map(|s| (s, true)),
+            Ok(Ok(state)) => check(&state).expect("not loading"),
             Ok(Err(_)) | Err(_) => Err(NotServing::StillLoading),
         }
     }

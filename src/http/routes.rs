@@ -303,11 +303,10 @@ fn check_count(state: &AppState, n: usize) -> Result<(), ApiError> {
 
 /// Holds the request through a cold start if needed, then returns the loaded model's state.
 async fn serving(state: &AppState) -> Result<Arc<Serving>, ApiError> {
-    let (serving, _held) = state
+    Ok(state
         .lifecycle
         .serving(state.config.cold_start_timeout())
-        .await?;
-    Ok(serving)
+        .await?)
 }
 
 /// Above this many bytes of text, tokenizing moves off the tokio threads: a request near the
