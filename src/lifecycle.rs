@@ -104,6 +104,12 @@ impl Lifecycle {
         }
     }
 
+    /// Resolves if loading fails (never, once the model is loaded).
+    pub async fn load_failed(&self) {
+        let mut rx = self.load.subscribe();
+        let _ = rx.wait_for(|s| matches!(s, LoadState::Failed(_))).await;
+    }
+
     /// One worker finished its warm-up; the last one makes the server ready (and gets true).
     pub fn worker_warm(&self) -> bool {
         let last = self.workers_warm.fetch_add(1, Ordering::AcqRel) + 1 == self.workers;

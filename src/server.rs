@@ -96,27 +96,17 @@ where
         config.model
     );
 
-    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();
     let loader = {
         let (lifecycle, config) = (lifecycle.clone(), config.clone());
         std::thread::Builder::new()
             .name("zerobatch-loader".into())
-            .spawn(move || {
-                load_and_start(
-                    config,
-                    lifecycle,
-                    batcher,
-                    workers,
-                    process_start,
-                    failed_tx,
-                )
-            })
+            .spawn(move || load_and_start(config, lifecycle, batcher, workers, process_start))
             .expect("spawning the loader thread")
     };
 
     tokio::select! {
         biased;
-        Ok(()) = failed_rx => {}
+        _ = lifecycle.load_failed() => {}
         _ = shutdown => {}
     }
     // Decided by the state, not by which branch won: a failed load ends in exit 1 even when
@@ -178,14 +168,12 @@ fn load_and_start(
     batcher: Arc<Batcher<crate::queue::Entry>>,
     workers: usize,
     process_start: Instant,
-    failed: tokio::sync::oneshot::Sender<()>,
 ) {
     let loaded = match model::load(&config.model, &config.revision, startup_phase) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!("cannot load the model: {e}");
             lifecycle.failed(e.to_string());
-            let _ = failed.send(());
             return;
         }
     };
@@ -220,7 +208,6 @@ fn load_and_start(
         Err(e) => {
             tracing::error!("cannot start the worker threads: {e}");
             lifecycle.failed(format!("cannot start the worker threads: {e}"));
-            let _ = failed.send(());
         }
     }
 }

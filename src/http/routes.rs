@@ -351,78 +351,71 @@ async fn embed_texts(
     dimensions: Option<usize>,
 ) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
     check_count(state, texts.len())?;
+    let work = async {
+        // Arrival order is taken now, before any cold-start hold, so held requests keep it.
+        let first_seq = state.queue.next_seqs(texts.len());
+        let serving = serving(state).await?;
+        if let Some(want) = dimensions {
+            if want != serving.info.dimensions {
+                return Err(ApiError::BadRequest(format!(
+                    "dimensions {want} is not available: this model gives {} dimensions",
+                    serving.info.dimensions
+                )));
+            }
+        }
+        let ids = tokenize_all(&serving, texts, truncate).await?;
+        let tokens = ids.iter().map(Vec::len).sum();
+        // The timeout counts from when the model could serve: a request held through a cold start
+        // gets the full request timeout after it.
+        let queued = Instant::now();
+        let deadline = queued + state.config.request_timeout();
+        let mut receivers = Vec::with_capacity(ids.len());
+        let entries: Vec<Entry> = ids
+            .into_iter()
+            .enumerate()
+            .map(|(i, ids)| {
+                let (reply, rx) = oneshot::channel();
+                receivers.push(rx);
+                Entry {
+                    seq: first_seq + i as u64,
+                    arrived: queued,
+                    deadline,
+                    job: Job::Embed { ids },
+                    reply,
+                }
+            })
+            .collect();
+        state.queue.submit(entries)?;
+
+        let wait_all = async {
+            let mut vectors = Vec::with_capacity(receivers.len());
+            for rx in receivers {
+                match rx.await {
+                    Ok(Ok(Output::Embedding(mut v))) => {
+                        if normalize {
+                            l2_normalize(&mut v);
+                        }
+                        vectors.push(v);
+                    }
+                    Ok(Err(e)) => return Err(ApiError::from(e)),
+                    // The worker dropped the entry: it expired in the queue.
+                    Err(_) => return Err(ApiError::from(InferError::TimedOut)),
+                }
+            }
+            Ok(vectors)
+        };
+        match tokio::time::timeout_at(deadline.into(), wait_all).await {
+            Ok(r) => r.map(|v| (v, tokens)),
+            Err(_) => Err(InferError::TimedOut.into()),
+        }
+    };
     tokio::select! {
-        r = embed_texts_inner(state, texts, truncate, normalize, dimensions) => r,
+        r = work => r,
         _ = state.lifecycle.aborted() => Err(ApiError::Unavailable {
             reason: "the server is shutting down and its drain deadline passed; retry".into(),
             kind: "shutting_down",
             retry_after_secs: 1,
         }),
-    }
-}
-
-async fn embed_texts_inner(
-    state: &AppState,
-    texts: &[String],
-    truncate: bool,
-    normalize: bool,
-    dimensions: Option<usize>,
-) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
-    // Arrival order is taken now, before any cold-start hold, so held requests keep it.
-    let first_seq = state.queue.next_seqs(texts.len());
-    let serving = serving(state).await?;
-    if let Some(want) = dimensions {
-        if want != serving.info.dimensions {
-            return Err(ApiError::BadRequest(format!(
-                "dimensions {want} is not available: this model gives {} dimensions",
-                serving.info.dimensions
-            )));
-        }
-    }
-    let ids = tokenize_all(&serving, texts, truncate).await?;
-    let tokens = ids.iter().map(Vec::len).sum();
-    // The timeout counts from when the model could serve: a request held through a cold start
-    // gets the full request timeout after it.
-    let queued = Instant::now();
-    let deadline = queued + state.config.request_timeout();
-    let mut receivers = Vec::with_capacity(ids.len());
-    let entries: Vec<Entry> = ids
-        .into_iter()
-        .enumerate()
-        .map(|(i, ids)| {
-            let (reply, rx) = oneshot::channel();
-            receivers.push(rx);
-            Entry {
-                seq: first_seq + i as u64,
-                arrived: queued,
-                deadline,
-                job: Job::Embed { ids },
-                reply,
-            }
-        })
-        .collect();
-    state.queue.submit(entries)?;
-
-    let wait_all = async {
-        let mut vectors = Vec::with_capacity(receivers.len());
-        for rx in receivers {
-            match rx.await {
-                Ok(Ok(Output::Embedding(mut v))) => {
-                    if normalize {
-                        l2_normalize(&mut v);
-                    }
-                    vectors.push(v);
-                }
-                Ok(Err(e)) => return Err(ApiError::from(e)),
-                // The worker dropped the entry: it expired in the queue.
-                Err(_) => return Err(ApiError::from(InferError::TimedOut)),
-            }
-        }
-        Ok(vectors)
-    };
-    match tokio::time::timeout_at(deadline.into(), wait_all).await {
-        Ok(r) => r.map(|v| (v, tokens)),
-        Err(_) => Err(InferError::TimedOut.into()),
     }
 }
 
