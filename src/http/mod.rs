@@ -5,8 +5,9 @@
 //! matters for a clean drain:
 //! - after SIGTERM (during `--shutdown-delay-ms`) every response carries `Connection: close`,
 //!   so keep-alive clients move to other replicas while this one still accepts;
-//! - to stop, the accept loop first takes every connection the kernel has already completed
-//!   (the accept backlog), so none is reset, then closes the listener (new ones are refused);
+//! - to stop, the accept loop makes the kernel drop new SYNs, lets handshakes under way
+//!   finish, takes every connection in the accept backlog, then closes the listener: none is
+//!   reset, and new clients are refused;
 //! - the connections then finish their requests and close (see [`Connections::drain`]).
 
 pub mod api;
@@ -169,6 +170,56 @@ fn spawn_connection(stream: TcpStream, state: &Arc<AppState>, graceful: &Gracefu
     });
 }
 
+/// Makes the kernel drop new connection attempts (TCP segments with SYN and without ACK) at
+/// the listening socket, with a classic BPF filter; segments that complete handshakes already
+/// under way still pass. After a moment for those to finish, the accept queue can be drained
+/// and stays empty, so closing the listener resets nothing. Clients whose SYN was dropped
+/// retry it and are then refused, as a closed port refuses. Without this, a connection
+/// completing between the last `accept` and the `close` is reset by the kernel. Connections
+/// already accepted or queued are separate sockets and are not affected.
+#[cfg(target_os = "linux")]
+fn refuse_new_handshakes(fd: std::os::fd::RawFd) -> std::io::Result<()> {
+    // At the socket filter the packet starts at the TCP header; byte 13 holds the flags.
+    let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let mut program = [
+        op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, 13),
+        op(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K, 0, 0, 0x12), // SYN | ACK
+        op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, 1, 0x02), // SYN alone?
+        op(libc::BPF_RET | libc::BPF_K, 0, 0, 0),                    // drop
+        op(libc::BPF_RET | libc::BPF_K, 0, 0, u32::MAX),             // keep
+    ];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: a valid socket descriptor and a correctly sized, live filter program (the
+    // kernel copies it during the call).
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn refuse_new_handshakes(_fd: i32) -> std::io::Result<()> {
+    Ok(())
+}
+
 /// Accepts connections until `stop` turns true, then takes the connections already waiting in
 /// the kernel's backlog, closes the listener and returns the open connections.
 pub async fn accept_loop(
@@ -188,6 +239,25 @@ pub async fn accept_loop(
                     tracing::warn!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
+            },
+        }
+    }
+    // No new handshakes; accept the ones under way for a moment (they finish within a round
+    // trip), then drain the queue and close.
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        if let Err(e) = refuse_new_handshakes(listener.as_raw_fd()) {
+            tracing::warn!("could not stop new handshakes before closing the listener: {e}");
+        }
+    }
+    let settle = tokio::time::sleep(Duration::from_millis(50));
+    tokio::pin!(settle);
+    loop {
+        tokio::select! {
+            _ = &mut settle => break,
+            accepted = listener.accept() => if let Ok((stream, _)) = accepted {
+                spawn_connection(stream, &state, &graceful);
             },
         }
     }
