@@ -22,6 +22,13 @@ if ! command -v shellcheck >/dev/null 2>&1; then
   echo "WARNING: shellcheck is not installed: the shellcheck check of scripts/ (tests/manifests.rs) is SKIPPED. Install it (e.g. apt-get install shellcheck) to run it." >&2
 fi
 
+# The tests start servers that read API_KEY from the environment: a key exported for a
+# deploy (docs/deploy-azure.md) would make them answer 401.
+if [ -n "${API_KEY:-}" ]; then
+  echo "note: API_KEY is set in the environment; the tests run without it" >&2
+fi
+unset API_KEY
+
 model_dir=$(scripts/fetch-model.sh | tail -n 1)
 export ZEROBATCH_MODEL_DIR="$model_dir"
 
