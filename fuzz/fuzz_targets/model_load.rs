@@ -9,7 +9,8 @@
 //! (SIGBUS from a short memory-mapped file): `load` returns Ok or Err; a model that loads
 //! tokenizes and embeds a short text (Ok or Err) without panicking.
 //!
-//! `ZB_FUZZ_WRITE_SEEDS=DIR` writes the seed inputs (the valid files) to DIR and exits.
+//! `ZB_FUZZ_WRITE_SEEDS=DIR` also writes the seed inputs (the valid files) to DIR at start-up
+//! (run it with `-runs=1`).
 //!
 //! Each process has its own directory on /dev/shm; the corrupt file is written beside its
 //! target and renamed over it, and the valid file is put back the same way after each run.
@@ -38,15 +39,16 @@ struct Fixture {
 }
 
 static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
+    // The directory always exists, so `load` never asks the hub; this makes sure of it.
+    std::env::set_var("HF_HUB_OFFLINE", "1");
     let dir = zerobatch_fuzz::tiny_model("load", &zerobatch_fuzz::small_spec());
-    let valid = FILES
+    let valid: Vec<Vec<u8>> = FILES
         .iter()
         .map(|f| std::fs::read(dir.join(f)).expect("reading the tiny model"))
         .collect();
     let dir_str = dir.to_str().expect("a UTF-8 temp path").to_string();
     if let Some(out) = std::env::var_os("ZB_FUZZ_WRITE_SEEDS") {
         write_seeds(Path::new(&out), &valid);
-        std::process::exit(0);
     }
     Fixture {
         dir,

@@ -10,12 +10,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use zerobatch::http::api::{parse_request, Parsed};
 use zerobatch::http::error::ApiError;
-
-// Until `api::parse_request` is on main, the shim below stands in for it (same signature,
-// same `Parsed`); once it is, this line becomes
-// `use zerobatch::http::api::{parse_request, Parsed};` and the shim goes.
-use shim::{parse_request, Parsed};
 
 const PATHS: [&str; 4] = ["/embed", "/", "/v1/embeddings", "/tokenize"];
 
@@ -61,71 +57,4 @@ fn check_refusal(path: &str, e: &ApiError) {
     // The message is the response body: it must render (Display must not panic either).
     let _ = e.to_string();
     let _ = e.error_type();
-}
-
-/// The parsing and model-free validation the routes do today (`routes::read_json` and the
-/// checks in `embed` and `check_count`), as one function with `parse_request`'s signature.
-mod shim {
-    use zerobatch::http::api::{EmbedRequest, OpenAiRequest, TokenizeRequest};
-    use zerobatch::http::error::ApiError;
-
-    #[derive(Debug)]
-    #[allow(dead_code)] // the fields are only read through Debug in the target
-    pub enum Parsed {
-        Embed(EmbedRequest),
-        OpenAi(OpenAiRequest),
-        Tokenize(TokenizeRequest),
-    }
-
-    fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
-    }
-
-    fn check_count(n: usize, max_client_batch: usize) -> Result<(), ApiError> {
-        if n == 0 {
-            return Err(ApiError::BadRequest("the input list is empty".into()));
-        }
-        if n > max_client_batch {
-            return Err(ApiError::PayloadTooLarge(format!(
-                "{n} inputs in one request; the limit is {max_client_batch}"
-            )));
-        }
-        Ok(())
-    }
-
-    pub fn parse_request(
-        path: &str,
-        body: &[u8],
-        max_client_batch: usize,
-    ) -> Result<Parsed, ApiError> {
-        match path {
-            "/embed" | "/" => {
-                let r: EmbedRequest = json(body)?;
-                if let Some(d) = r.truncation_direction.as_deref() {
-                    if !d.eq_ignore_ascii_case("right") {
-                        return Err(ApiError::BadRequest(format!(
-                            "truncation_direction {d:?} is not supported"
-                        )));
-                    }
-                }
-                if r.prompt_name.is_some() {
-                    return Err(ApiError::BadRequest("prompt_name is not supported".into()));
-                }
-                check_count(r.inputs.0.len(), max_client_batch)?;
-                Ok(Parsed::Embed(r))
-            }
-            "/v1/embeddings" => {
-                let r: OpenAiRequest = json(body)?;
-                check_count(r.input.0.len(), max_client_batch)?;
-                Ok(Parsed::OpenAi(r))
-            }
-            "/tokenize" => {
-                let r: TokenizeRequest = json(body)?;
-                check_count(r.inputs.0.len(), max_client_batch)?;
-                Ok(Parsed::Tokenize(r))
-            }
-            other => Err(ApiError::NotFound(other.to_string())),
-        }
-    }
 }
