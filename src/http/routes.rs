@@ -130,14 +130,21 @@ pub async fn handle(
     if req.method() == Method::POST {
         let path = route.path;
         let body = read_body(&state, req).await?;
-        let parsed = api::parse_request(path, &body.bytes, state.config.max_client_batch)?;
+        let large = body.bytes.len() >= crate::alloc::TRIM_AFTER_BODY_BYTES;
+        let parsed = api::parse_request(path, &body.bytes, state.config.max_client_batch);
         drop(body.bytes);
-        let _budget = body.permit;
-        return match parsed {
-            Parsed::Embed(r) => embed(&state, r).await,
-            Parsed::OpenAi(r) => openai(&state, r).await,
-            Parsed::Tokenize(r) => tokenize(&state, r).await,
+        let result = match parsed {
+            Ok(Parsed::Embed(r)) => embed(&state, r).await,
+            Ok(Parsed::OpenAi(r)) => openai(&state, r).await,
+            Ok(Parsed::Tokenize(r)) => tokenize(&state, r).await,
+            Err(e) => Err(e),
         };
+        drop(body.permit);
+        if large {
+            // What this body and its texts took is free now: give it back to the system.
+            crate::alloc::trim_soon();
+        }
+        return result;
     }
     match route.path {
         "/" => Ok(docs::index_page(&state)),
