@@ -17,25 +17,51 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, InplaceOp1, Layout, Result, Shape};
 
-/// Runs `$body` compiled for AVX2+FMA when the CPU has them, else for the baseline target.
+/// Defines `$generic`, compiled for the baseline target, and `$avx2`, the same body compiled
+/// for AVX2+FMA. The `unsafe` form is for bodies with a caller's contract (raw pointers): both
+/// functions are then `unsafe fn` and the contract is written at the invocation.
 macro_rules! dispatch {
     ($generic:ident, $avx2:ident, ($($arg:ident : $ty:ty),*) $body:block) => {
         #[inline(always)]
         fn $generic($($arg: $ty),*) $body
 
+        /// The same function compiled for AVX2 and FMA.
+        ///
+        /// # Safety
+        ///
+        /// The CPU must support AVX2 and FMA (see [`has_avx2_fma`]).
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
         unsafe fn $avx2($($arg: $ty),*) { $generic($($arg),*) }
     };
+    ($(#[$attr:meta])* unsafe $generic:ident, $avx2:ident, ($($arg:ident : $ty:ty),*) $body:block) => {
+        $(#[$attr])*
+        #[inline(always)]
+        unsafe fn $generic($($arg: $ty),*) $body
+
+        $(#[$attr])*
+        ///
+        /// Compiled for AVX2 and FMA: the CPU must also support them (see [`has_avx2_fma`]).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx2($($arg: $ty),*) { unsafe { $generic($($arg),*) } }
+    };
 }
 
+/// Whether the AVX2+FMA versions may run: the CPU has both. Always false under miri, which
+/// checks the portable versions (scripts/miri.sh).
 #[cfg(target_arch = "x86_64")]
 fn has_avx2_fma() -> bool {
+    if cfg!(miri) {
+        return false;
+    }
     use std::sync::OnceLock;
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
+/// Calls the AVX2+FMA version of a safe `dispatch!` function when the CPU has the features,
+/// else the baseline version.
 macro_rules! call {
     ($generic:ident, $avx2:ident, $($arg:expr),*) => {{
         #[cfg(target_arch = "x86_64")]
@@ -75,7 +101,20 @@ pub enum MatmulKernel {
     Gemm,
 }
 
-/// `out[m × Σn] = [bias_p + x[m×k] · w_pᵀ for each part p]`, parts side by side.
+/// Σn, the output width of a linear layer with these parts; `None` if it overflows.
+fn output_width(parts: &[LinearPart]) -> Option<usize> {
+    parts
+        .iter()
+        .try_fold(0usize, |n, p| n.checked_add(p.b.len()))
+}
+
+/// `out[m × Σn] = [bias_p + x[m×k] · w_pᵀ for each part p]`, parts side by side. With `k = 0`
+/// the product is empty and `out` is the biases.
+///
+/// # Panics
+///
+/// When a size does not match (`x` is not `m×k`, `out` not `m×Σn`, a weight not `n×k`),
+/// computed without overflow.
 pub fn linear(
     x: &[f32],
     m: usize,
@@ -97,11 +136,19 @@ pub fn linear_with(
     threads: usize,
     kernel: MatmulKernel,
 ) {
-    let total: usize = parts.iter().map(|p| p.b.len()).sum();
-    assert_eq!(x.len(), m * k, "linear: input size");
-    assert_eq!(out.len(), m * total, "linear: output size");
+    let total = output_width(parts).expect("linear: output width overflows usize");
+    assert_eq!(Some(x.len()), m.checked_mul(k), "linear: input size");
+    assert_eq!(Some(out.len()), m.checked_mul(total), "linear: output size");
     for p in parts {
-        assert_eq!(p.w.len(), p.b.len() * k, "linear: weight size");
+        assert_eq!(
+            Some(p.w.len()),
+            p.b.len().checked_mul(k),
+            "linear: weight size"
+        );
+    }
+    // Nothing to compute, and the pointer arithmetic below needs a non-empty output.
+    if m == 0 || total == 0 {
+        return;
     }
     for row in out.chunks_exact_mut(total) {
         let mut col = 0;
@@ -110,12 +157,19 @@ pub fn linear_with(
             col += p.b.len();
         }
     }
+    if k == 0 {
+        return;
+    }
     let mut col = 0;
     for p in parts {
         let n = p.b.len();
+        if n == 0 {
+            continue;
+        }
         #[cfg(target_arch = "x86_64")]
         if kernel == MatmulKernel::Auto && m <= SMALL_M && has_avx2_fma() {
-            small_m_parallel(x, m, k, p.w, n, out, total, col, threads);
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            unsafe { small_m_parallel(x, m, k, p.w, n, out, total, col, threads) };
             col += n;
             continue;
         }
@@ -125,7 +179,9 @@ pub fn linear_with(
             gemm::Parallelism::None
         };
         // SAFETY: dst is the m×n column block starting at `col` of the m×total row-major
-        // output; lhs is m×k row-major; rhs = wᵀ (k×n) read from w (n×k row-major).
+        // output (col + n ≤ total, m ≥ 1, so `add(col)` stays inside `out`); lhs is m×k
+        // row-major; rhs = wᵀ (k×n) read from w (n×k row-major); all sizes checked above, so
+        // they fit in isize (they are lengths of slices).
         unsafe {
             gemm::gemm(
                 m,
@@ -161,10 +217,20 @@ unsafe impl Send for SharedPtr {}
 unsafe impl Sync for SharedPtr {}
 
 /// Runs [`small_m_avx2`] with the weight rows split into `threads` column ranges (each a
-/// multiple of 4 rows), so a lone small batch can use every core.
+/// multiple of 4 rows), so a lone small batch can use every core. Adds `x · wᵀ` to columns
+/// `col..col + n` of the `m` rows of `out` (row stride `stride`).
+///
+/// # Panics
+///
+/// When `x` is not `m×k`, `w` not `n×k`, or `out` does not hold `m` rows of `stride` values
+/// with `col + n ≤ stride`.
+///
+/// # Safety
+///
+/// The CPU must support AVX2 and FMA (see [`has_avx2_fma`]).
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-fn small_m_parallel(
+unsafe fn small_m_parallel(
     x: &[f32],
     m: usize,
     k: usize,
@@ -175,9 +241,17 @@ fn small_m_parallel(
     col: usize,
     threads: usize,
 ) {
+    assert_eq!(Some(x.len()), m.checked_mul(k), "small_m: input size");
+    assert_eq!(Some(w.len()), n.checked_mul(k), "small_m: weight size");
+    assert!(
+        col.checked_add(n).is_some_and(|end| end <= stride)
+            && m.checked_mul(stride).is_some_and(|len| len <= out.len()),
+        "small_m: output size"
+    );
     let threads = threads.min(n / 64).max(1);
     if threads == 1 {
-        // SAFETY: sizes checked by `linear_with`; the caller checked AVX2 and FMA.
+        // SAFETY: sizes checked above (every row i < m has columns col..col+n inside `out`,
+        // which we borrow mutably); the caller guarantees AVX2 and FMA.
         unsafe { small_m_avx2(x, m, k, w, n, out.as_mut_ptr(), stride, col) };
         return;
     }
@@ -189,7 +263,9 @@ fn small_m_parallel(
             scope.spawn(move |_| {
                 let shared = shared;
                 // SAFETY: each task writes only columns col+start..col+start+len of every
-                // row, disjoint from the others; the weight rows it reads are in bounds.
+                // row, disjoint from the others, inside `out` (checked above), which stays
+                // mutably borrowed until the scope ends; the weight rows it reads are in
+                // bounds (slice indexing); the caller guarantees AVX2 and FMA.
                 unsafe {
                     small_m_avx2(
                         x,
@@ -210,6 +286,12 @@ fn small_m_parallel(
 /// `out[i·stride + col + j] += x[i] · w[j]` for a few rows: each weight row is read once,
 /// straight from where it lies, and dotted with every input row while it sits in L1.
 /// Register blocking: 3 input rows × 4 weight rows = 12 accumulators of 8 lanes.
+///
+/// # Safety
+///
+/// The CPU must support AVX2 and FMA; `x` holds at least `m×k` values and `w` at least `n×k`;
+/// `out` is valid for reads and writes of `out[i·stride + col + j]` for every `i < m`,
+/// `j < n`, and nothing else accesses those elements during the call.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -245,6 +327,13 @@ unsafe fn small_m_avx2(
     }
 }
 
+/// `o[(i+r)·stride + j+c] += x[i+r] · w[j+c]` for `r < R`, `c < C` (rows of `k` values).
+///
+/// # Safety
+///
+/// The CPU must support AVX2 and FMA; `x` holds rows `i..i+R` and `w` rows `j..j+C` of `k`
+/// values each; `o` is valid for reads and writes of the `R×C` elements above, which nothing
+/// else accesses during the call.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
@@ -314,10 +403,22 @@ dispatch!(add_layer_norm_generic, add_layer_norm_avx2, (x: &mut [f32], residual:
 
 /// `x = LayerNorm(x + residual)` row by row. `residual` has as many rows as `x`, or fewer, in
 /// which case row `i` of `x` takes row `i % rows` (position embeddings over a batch).
+///
+/// # Panics
+///
+/// When `gamma` is empty or `beta` differs in length, when `x` or `residual` is not a whole
+/// number of rows, or when `x` has rows and `residual` none.
 pub fn add_layer_norm(x: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
-    assert_eq!(gamma.len(), beta.len());
-    assert!(!gamma.is_empty() && x.len() % gamma.len() == 0 && residual.len() % gamma.len() == 0);
-    assert!(!residual.is_empty());
+    assert_eq!(gamma.len(), beta.len(), "layer norm: gamma and beta sizes");
+    let h = gamma.len();
+    assert!(
+        h > 0 && x.len() % h == 0 && residual.len() % h == 0,
+        "layer norm: sizes"
+    );
+    if x.is_empty() {
+        return;
+    }
+    assert!(!residual.is_empty(), "layer norm: empty residual");
     call!(
         add_layer_norm_generic,
         add_layer_norm_avx2,
@@ -380,7 +481,56 @@ pub struct AttentionShape {
     pub lengths: Vec<usize>,
 }
 
-dispatch!(attention_generic, attention_avx2, (qkv: &[f32], out: *mut f32, s: &AttentionShape, units: std::ops::Range<usize>) {
+/// Sizes an attention call works with, computed without overflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AttentionSizes {
+    /// `heads × head_dim`.
+    hidden: usize,
+    /// `batch × seq_len`.
+    rows: usize,
+    /// `rows × 3·hidden`, the length of the fused QKV input.
+    qkv: usize,
+    /// `rows × hidden`, the length of the output.
+    out: usize,
+    /// `batch × heads`, the (sequence, head) pairs.
+    units: usize,
+}
+
+impl AttentionShape {
+    /// The sizes of this shape; `None` when one overflows usize (including the scratch
+    /// buffer of `head_dim × seq_len` transposed keys).
+    fn sizes(&self) -> Option<AttentionSizes> {
+        let hidden = self.heads.checked_mul(self.head_dim)?;
+        let rows = self.lengths.len().checked_mul(self.seq_len)?;
+        let out = rows.checked_mul(hidden)?;
+        let qkv = out.checked_mul(3)?;
+        let units = self.lengths.len().checked_mul(self.heads)?;
+        self.head_dim.checked_mul(self.seq_len)?;
+        Some(AttentionSizes {
+            hidden,
+            rows,
+            qkv,
+            out,
+            units,
+        })
+    }
+
+    fn lengths_fit(&self) -> bool {
+        self.lengths.iter().all(|&l| l >= 1 && l <= self.seq_len)
+    }
+}
+
+dispatch!(
+    /// Attention of the (sequence, head) pairs `units`; see [`attention`].
+    ///
+    /// # Safety
+    ///
+    /// `s.sizes()` is `Some`, `s.lengths` are within `1..=seq_len`, `qkv` holds `sizes.qkv`
+    /// values, and `out` is valid for writes of `sizes.out` values. For each unit (sequence
+    /// `b`, head) in `units`, the elements of rows `b·seq_len..b·seq_len + lengths[b]`, columns
+    /// `head·head_dim..(head+1)·head_dim` are written and nothing else accesses them during
+    /// the call.
+    unsafe attention_generic, attention_avx2, (qkv: &[f32], out: *mut f32, s: &AttentionShape, units: std::ops::Range<usize>) {
     let h = s.heads * s.head_dim;
     let d = s.head_dim;
     let scale = 1.0 / (d as f32).sqrt();
@@ -415,7 +565,8 @@ dispatch!(attention_generic, attention_avx2, (qkv: &[f32], out: *mut f32, s: &At
                 sum += *score;
             }
             let inv = 1.0 / sum;
-            // SAFETY: row base+i, columns off..off+d belong to this unit alone (see `attention`).
+            // SAFETY: row base+i, columns off..off+d are inside `out` and belong to this unit
+            // alone (the function's contract).
             let o = unsafe { std::slice::from_raw_parts_mut(out.add((base + i) * h + off), d) };
             o.fill(0.0);
             for (j, p) in scores.iter().enumerate() {
@@ -429,29 +580,56 @@ dispatch!(attention_generic, attention_avx2, (qkv: &[f32], out: *mut f32, s: &At
     }
 });
 
+/// [`attention_generic`] or its AVX2+FMA version, as the CPU allows.
+///
+/// # Safety
+///
+/// As [`attention_generic`].
+unsafe fn attention_units(
+    qkv: &[f32],
+    out: *mut f32,
+    s: &AttentionShape,
+    units: std::ops::Range<usize>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA; the rest is the caller's contract.
+        return unsafe { attention_avx2(qkv, out, s, units) };
+    }
+    // SAFETY: the caller's contract.
+    unsafe { attention_generic(qkv, out, s, units) }
+}
+
 /// Multi-head self-attention over a fused QKV projection `[batch·seq, 3·hidden]` (q, k, v
 /// side by side, heads contiguous inside each), writing `[batch·seq, hidden]`. Only the first
 /// `lengths[b]` tokens of sequence `b` attend or are attended to; padding rows are zero. The
 /// (sequence, head) pairs are split across `threads`.
+///
+/// # Panics
+///
+/// When a size overflows or does not match the shape, or a length is not in `1..=seq_len`.
 pub fn attention(qkv: &[f32], out: &mut [f32], s: &AttentionShape, threads: usize) {
-    let h = s.heads * s.head_dim;
-    let rows = s.lengths.len() * s.seq_len;
-    assert_eq!(qkv.len(), rows * 3 * h, "attention: qkv size");
-    assert_eq!(out.len(), rows * h, "attention: output size");
-    assert!(
-        s.lengths.iter().all(|&l| l >= 1 && l <= s.seq_len),
-        "attention: lengths"
-    );
+    let sizes = s.sizes().expect("attention: sizes overflow usize");
+    assert_eq!(qkv.len(), sizes.qkv, "attention: qkv size");
+    assert_eq!(out.len(), sizes.out, "attention: output size");
+    assert!(s.lengths_fit(), "attention: lengths");
+    if sizes.out == 0 {
+        return;
+    }
+    let h = sizes.hidden;
     for (b, &len) in s.lengths.iter().enumerate() {
         out[(b * s.seq_len + len) * h..(b + 1) * s.seq_len * h].fill(0.0);
     }
-    let units = s.lengths.len() * s.heads;
+    let units = sizes.units;
     let threads = threads.min(units).max(1);
     let shared = SharedPtr(out.as_mut_ptr());
     // Each unit (sequence b, head) writes only rows of b, columns of head: disjoint.
     let run = move |range: std::ops::Range<usize>| {
         let shared = shared;
-        call!(attention_generic, attention_avx2, qkv, shared.0, s, range)
+        // SAFETY: sizes, lengths and buffer lengths checked above; `out` stays mutably
+        // borrowed until every call returns (the scope below joins its tasks), and the unit
+        // ranges given to concurrent calls are disjoint, so are the elements they write.
+        unsafe { attention_units(qkv, shared.0, s, range) }
     };
     if threads == 1 {
         run(0..units);
@@ -467,13 +645,17 @@ pub fn attention(qkv: &[f32], out: &mut [f32], s: &AttentionShape, threads: usiz
 }
 
 // ---------------------------------------------------------------------------------------------
-// candle custom ops wrapping the kernels.
+// candle custom ops wrapping the kernels. They check every size (without overflow) and return
+// a candle error rather than let a kernel assert.
 // ---------------------------------------------------------------------------------------------
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
+        Some((start, end)) => match data.get(start..end) {
+            Some(data) => Ok(data),
+            None => candle_core::bail!("{what}: layout {l:?} outside its storage"),
+        },
         None => candle_core::bail!("{what}: expected a contiguous f32 tensor"),
     }
 }
@@ -492,12 +674,24 @@ impl CustomOp1 for Linear<'_> {
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
         let (m, k) = xl.shape().dims2()?;
-        let n: usize = self.parts.iter().map(|p| p.b.len()).sum();
-        if self.parts.iter().any(|p| p.w.len() != p.b.len() * k) {
+        let Some(n) = output_width(self.parts) else {
+            candle_core::bail!("linear: the output width overflows usize")
+        };
+        if self
+            .parts
+            .iter()
+            .any(|p| p.b.len().checked_mul(k) != Some(p.w.len()))
+        {
             candle_core::bail!("linear: input {:?} does not fit the weights", xl.shape());
         }
         let x = contiguous(xs, xl, "linear input")?;
-        let mut out = vec![0.0f32; m * n];
+        if m.checked_mul(k) != Some(x.len()) {
+            candle_core::bail!("linear: input {:?} has {} values", xl.shape(), x.len());
+        }
+        let Some(size) = m.checked_mul(n) else {
+            candle_core::bail!("linear: output {m}×{n} overflows usize")
+        };
+        let mut out = vec![0.0f32; size];
         linear(x, m, k, self.parts, &mut out, self.threads);
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
@@ -546,10 +740,13 @@ impl InplaceOp1 for Gelu {
             candle_core::bail!("gelu: expected a contiguous tensor")
         };
         match s {
-            CpuStorage::F32(data) => {
-                gelu(&mut data[start..end]);
-                Ok(())
-            }
+            CpuStorage::F32(data) => match data.get_mut(start..end) {
+                Some(data) => {
+                    gelu(data);
+                    Ok(())
+                }
+                None => candle_core::bail!("gelu: layout {l:?} outside its storage"),
+            },
             _ => candle_core::bail!("gelu: expected f32"),
         }
     }
@@ -569,14 +766,21 @@ impl CustomOp1 for Attention {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let qkv = contiguous(s, l, "attention input")?;
         let shape = &self.shape;
-        let h = shape.heads * shape.head_dim;
-        let rows = shape.lengths.len() * shape.seq_len;
-        if qkv.len() != rows * 3 * h {
+        let Some(sizes) = shape.sizes() else {
+            candle_core::bail!("attention: the sizes of {shape:?} overflow usize")
+        };
+        if qkv.len() != sizes.qkv {
             candle_core::bail!("attention: input {:?} does not fit {shape:?}", l.shape());
         }
-        let mut out = vec![0.0f32; rows * h];
+        if !shape.lengths_fit() {
+            candle_core::bail!("attention: lengths outside 1..=seq_len in {shape:?}");
+        }
+        let mut out = vec![0.0f32; sizes.out];
         attention(qkv, &mut out, shape, self.threads);
-        Ok((CpuStorage::F32(out), Shape::from((rows, h))))
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((sizes.rows, sizes.hidden)),
+        ))
     }
 }
 
@@ -790,5 +994,123 @@ mod tests {
                     .all(|v| *v == 0.0));
             }
         }
+    }
+
+    #[test]
+    fn linear_with_nothing_to_compute_leaves_the_biases() {
+        let (w, b) = (lcg(1, 3 * 4), lcg(2, 3));
+        let (w2, b2) = (lcg(3, 2 * 4), lcg(4, 2));
+        let parts = [LinearPart { w: &w, b: &b }, LinearPart { w: &w2, b: &b2 }];
+        // No rows (an empty output: no pointer arithmetic on its dangling pointer).
+        for kernel in [MatmulKernel::Auto, MatmulKernel::Gemm] {
+            linear_with(&[], 0, 4, &parts, &mut [], 2, kernel);
+        }
+        // No columns at all, and one empty part among others.
+        linear(&lcg(5, 2 * 4), 2, 4, &[], &mut [], 1);
+        let empty = LinearPart { w: &[], b: &[] };
+        let x = lcg(6, 2 * 4);
+        let mut out = vec![0.0; 2 * 3];
+        linear(&x, 2, 4, &[empty, parts[0], empty], &mut out, 1);
+        let mut want = vec![0.0; 2 * 3];
+        linear(&x, 2, 4, &parts[..1], &mut want, 1);
+        assert_eq!(out, want);
+        // k = 0: x·wᵀ is empty, the result is the bias of every row.
+        let parts0 = [LinearPart { w: &[], b: &b }, LinearPart { w: &[], b: &b2 }];
+        let mut out = vec![f32::NAN; 3 * 5];
+        linear(&[], 3, 0, &parts0, &mut out, 1);
+        for row in out.chunks_exact(5) {
+            assert_eq!(&row[..3], &b[..]);
+            assert_eq!(&row[3..], &b2[..]);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "linear: input size")]
+    fn linear_refuses_sizes_whose_product_wraps() {
+        // m × k = 2⁶⁴ wraps to 0 = x.len() with unchecked arithmetic.
+        let b = [0.0f32; 1];
+        linear(
+            &[],
+            1 << 32,
+            1 << 32,
+            &[LinearPart { w: &[], b: &b }],
+            &mut [],
+            1,
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "attention: sizes overflow")]
+    fn attention_refuses_sizes_that_overflow() {
+        // heads × head_dim = 2⁶⁴ + 2 wraps to 2 with unchecked arithmetic.
+        let shape = AttentionShape {
+            seq_len: 1,
+            heads: (1 << 63) + 1,
+            head_dim: 2,
+            lengths: vec![1],
+        };
+        attention(&[0.0; 6], &mut [0.0; 2], &shape, 1);
+    }
+
+    /// The candle ops return errors for sizes the kernels would refuse, never write.
+    #[test]
+    fn the_candle_ops_return_errors_for_bad_sizes() {
+        use candle_core::{Device, Tensor};
+        let qkv = Tensor::from_vec(vec![0.0f32; 6], (1, 6), &Device::Cpu).unwrap();
+        for (heads, head_dim, seq_len, lengths) in [
+            ((1usize << 63) + 1, 2, 1, vec![1]),
+            (1, 2, usize::MAX, vec![1, 1]),
+            (1, 2, 1, vec![2]),
+            (1, 2, 1, vec![0]),
+            (1, 4, 1, vec![1]),
+        ] {
+            let op = Attention {
+                shape: AttentionShape {
+                    seq_len,
+                    heads,
+                    head_dim,
+                    lengths,
+                },
+                threads: 1,
+            };
+            assert!(qkv.apply_op1_no_bwd(&op).is_err(), "{:?}", op.shape);
+        }
+        let x = Tensor::from_vec(vec![1.0f32; 6], (2, 3), &Device::Cpu).unwrap();
+        let (w, b) = (vec![0.5f32; 8], vec![0.0f32; 2]);
+        let parts = [LinearPart { w: &w, b: &b }];
+        let op = Linear {
+            parts: &parts,
+            threads: 1,
+        };
+        assert!(
+            x.apply_op1_no_bwd(&op).is_err(),
+            "weights for k = 4, input k = 3"
+        );
+        let w = vec![0.5f32; 6];
+        let parts = [LinearPart { w: &w, b: &b }];
+        let op = Linear {
+            parts: &parts,
+            threads: 1,
+        };
+        let y = x.apply_op1_no_bwd(&op).unwrap();
+        assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![1.5, 1.5]; 2]);
+        let norm = AddLayerNorm {
+            gamma: &[1.0; 4],
+            beta: &[0.0; 4],
+            eps: 1e-5,
+        };
+        assert!(
+            x.apply_op2_no_bwd(&x, &norm).is_err(),
+            "6 values, gamma of 4"
+        );
+        let norm = AddLayerNorm {
+            gamma: &[1.0; 3],
+            beta: &[0.0; 2],
+            eps: 1e-5,
+        };
+        assert!(
+            x.apply_op2_no_bwd(&x, &norm).is_err(),
+            "gamma of 3, beta of 2"
+        );
     }
 }
