@@ -996,6 +996,93 @@ mod tests {
         }
     }
 
+    // -----------------------------------------------------------------------------------------
+    // Edge shapes against naive references (f64), around SMALL_M, the 8-lane and 4-row blocks
+    // of the kernels, and the thread splits. Under miri, a few small shapes only.
+    // -----------------------------------------------------------------------------------------
+
+    fn edge_rows() -> Vec<usize> {
+        if cfg!(miri) {
+            vec![1, 2, 3]
+        } else {
+            vec![1, 2, 3, 4, 5, 6, 7, 23, 24, 25, 31]
+        }
+    }
+
+    fn edge_widths() -> Vec<usize> {
+        if cfg!(miri) {
+            vec![1, 3, 9]
+        } else {
+            vec![1, 3, 4, 5, 63, 64, 65, 129, 130]
+        }
+    }
+
+    fn close(got: f32, want: f64, tol: f64) -> bool {
+        (got as f64 - want).abs() <= tol * want.abs().max(1.0)
+    }
+
+    /// Checks `linear` (both kernels) for `x[m×k]` and parts of the given widths.
+    fn check_linear(m: usize, k: usize, widths: &[usize], threads: usize, seed: u64) {
+        let x = lcg(seed, m * k);
+        let ws: Vec<(Vec<f32>, Vec<f32>)> = widths
+            .iter()
+            .enumerate()
+            .map(|(p, &n)| {
+                (
+                    lcg(seed + 10 + p as u64, n * k),
+                    lcg(seed + 20 + p as u64, n),
+                )
+            })
+            .collect();
+        let parts: Vec<LinearPart> = ws.iter().map(|(w, b)| LinearPart { w, b }).collect();
+        let total: usize = widths.iter().sum();
+        let mut want = vec![0.0f64; m * total];
+        for i in 0..m {
+            let mut col = 0;
+            for (w, b) in &ws {
+                for j in 0..b.len() {
+                    want[i * total + col + j] = b[j] as f64
+                        + (0..k)
+                            .map(|t| x[i * k + t] as f64 * w[j * k + t] as f64)
+                            .sum::<f64>();
+                }
+                col += b.len();
+            }
+        }
+        for kernel in [MatmulKernel::Auto, MatmulKernel::Gemm] {
+            let mut out = vec![f32::NAN; m * total];
+            linear_with(&x, m, k, &parts, &mut out, threads, kernel);
+            for (e, (got, want)) in out.iter().zip(&want).enumerate() {
+                assert!(
+                    close(*got, *want, 1e-5 * (k as f64).sqrt().max(1.0)),
+                    "{kernel:?} m{m} k{k} widths {widths:?} threads {threads}: [{e}] {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn linear_edge_shapes_match_a_naive_matmul() {
+        let mut case = 0u64;
+        for m in edge_rows() {
+            for k in edge_widths() {
+                for n in edge_widths() {
+                    case += 1;
+                    let threads = 1 + (case % 5) as usize;
+                    check_linear(m, k, &[n], threads, case);
+                    check_linear(m, k, &[n, 1 + (n % 7), 4], threads, case);
+                }
+            }
+        }
+        // Every thread count where the work is split (≥ 128 columns for the dot kernel).
+        let wide = if cfg!(miri) { 9 } else { 130 };
+        for threads in 1..=5 {
+            for m in [1, 7, SMALL_M, SMALL_M + 1] {
+                check_linear(m, 65, &[wide, 129.min(wide)], threads, 7 + threads as u64);
+            }
+        }
+    }
+
     #[test]
     fn linear_with_nothing_to_compute_leaves_the_biases() {
         let (w, b) = (lcg(1, 3 * 4), lcg(2, 3));
@@ -1037,6 +1124,189 @@ mod tests {
             &mut [],
             1,
         );
+    }
+
+    /// x = LayerNorm(x + residual) in f64.
+    fn naive_layer_norm(x: &[f32], r: &[f32], g: &[f32], b: &[f32], eps: f64) -> Vec<f64> {
+        let h = g.len();
+        let rows = r.len() / h;
+        let mut out = Vec::with_capacity(x.len());
+        for (i, row) in x.chunks_exact(h).enumerate() {
+            let v: Vec<f64> = (0..h)
+                .map(|c| row[c] as f64 + r[(i % rows) * h + c] as f64)
+                .collect();
+            let mean = v.iter().sum::<f64>() / h as f64;
+            let var = v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / h as f64;
+            for c in 0..h {
+                out.push((v[c] - mean) / (var + eps).sqrt() * g[c] as f64 + b[c] as f64);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn add_layer_norm_edge_shapes_match_naive() {
+        let mut case = 0u64;
+        for rows in edge_rows() {
+            for h in edge_widths() {
+                case += 1;
+                let x = lcg(case, rows * h);
+                let (g, b) = (lcg(case + 1, h), lcg(case + 2, h));
+                for residual_rows in [rows, 1] {
+                    let r = lcg(case + 3, residual_rows * h);
+                    let want = naive_layer_norm(&x, &r, &g, &b, 1e-5);
+                    let mut got = x.clone();
+                    add_layer_norm(&mut got, &r, &g, &b, 1e-5);
+                    let mut portable = x.clone();
+                    add_layer_norm_generic(&mut portable, &r, &g, &b, 1e-5);
+                    for (e, want) in want.iter().enumerate() {
+                        for (path, got) in [("dispatched", got[e]), ("portable", portable[e])] {
+                            assert!(
+                                close(got, *want, 1e-4),
+                                "{path} rows {rows} h {h} residual rows {residual_rows}: \
+                                 [{e}] {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // No rows: nothing to do, whatever the residual.
+        add_layer_norm(&mut [], &[], &[1.0], &[0.0], 1e-5);
+    }
+
+    #[test]
+    fn gelu_edge_lengths_match_the_reference() {
+        let lengths: Vec<usize> = if cfg!(miri) {
+            vec![0, 1, 9]
+        } else {
+            let mut v: Vec<usize> = (0..=9).collect();
+            v.extend([15, 16, 17, 31, 32, 33, 63, 64, 65, 129, 130]);
+            v
+        };
+        for len in lengths {
+            let x: Vec<f32> = lcg(len as u64, len).iter().map(|v| v * 6.0).collect();
+            let mut got = x.clone();
+            gelu(&mut got);
+            let mut portable = x.clone();
+            gelu_generic(&mut portable);
+            for i in 0..len {
+                let v = x[i] as f64;
+                let want = 0.5 * v * (1.0 + libm_erf(v / std::f64::consts::SQRT_2));
+                assert!(
+                    close(got[i], want, 1e-6),
+                    "len {len} [{i}] {} vs {want}",
+                    got[i]
+                );
+                assert!(close(portable[i], want, 1e-6), "portable len {len} [{i}]");
+            }
+        }
+    }
+
+    /// Masked multi-head attention in f64, padding rows zero.
+    fn naive_attention(qkv: &[f32], s: &AttentionShape) -> Vec<f64> {
+        let (heads, d, seq) = (s.heads, s.head_dim, s.seq_len);
+        let h = heads * d;
+        let mut out = vec![0.0f64; s.lengths.len() * seq * h];
+        for (b, &len) in s.lengths.iter().enumerate() {
+            for head in 0..heads {
+                let at = |t: usize, part: usize, c: usize| {
+                    qkv[(b * seq + t) * 3 * h + part * h + head * d + c] as f64
+                };
+                for i in 0..len {
+                    let scores: Vec<f64> = (0..len)
+                        .map(|j| {
+                            (0..d).map(|c| at(i, 0, c) * at(j, 1, c)).sum::<f64>()
+                                / (d as f64).sqrt()
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|v| (v - max).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for c in 0..d {
+                        out[(b * seq + i) * h + head * d + c] =
+                            (0..len).map(|j| e[j] / z * at(j, 2, c)).sum();
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_edge_shapes_match_naive() {
+        let (seqs, dims, heads_list): (Vec<usize>, Vec<usize>, Vec<usize>) = if cfg!(miri) {
+            (vec![1, 3], vec![1, 3], vec![1, 2])
+        } else {
+            (
+                vec![1, 2, 5, 7, 24, 25, 31],
+                vec![1, 3, 4, 5, 63, 64, 65, 129, 130],
+                vec![1, 3],
+            )
+        };
+        let mut case = 0u64;
+        for &seq in &seqs {
+            for &d in &dims {
+                for &heads in &heads_list {
+                    case += 1;
+                    // Full, length 1, and a middle length: padding at several places.
+                    let lengths = vec![seq, 1, seq.div_ceil(2)];
+                    let shape = AttentionShape {
+                        seq_len: seq,
+                        heads,
+                        head_dim: d,
+                        lengths,
+                    };
+                    let h = heads * d;
+                    let rows = 3 * seq;
+                    let qkv: Vec<f32> = lcg(case, rows * 3 * h).iter().map(|v| v * 2.0).collect();
+                    let want = naive_attention(&qkv, &shape);
+                    let mut single = vec![f32::NAN; rows * h];
+                    attention(&qkv, &mut single, &shape, 1);
+                    let threads = 1 + (case % 5) as usize;
+                    let mut split = vec![f32::NAN; rows * h];
+                    attention(&qkv, &mut split, &shape, threads);
+                    assert_eq!(
+                        single, split,
+                        "seq {seq} d {d} heads {heads} threads {threads}"
+                    );
+                    let mut portable = vec![f32::NAN; rows * h];
+                    // SAFETY: the shape's sizes fit, its lengths are within 1..=seq, and the
+                    // buffers have exactly the sizes it implies; one call writes all units.
+                    unsafe { attention_generic(&qkv, portable.as_mut_ptr(), &shape, 0..3 * heads) };
+                    for (path, got) in [("dispatched", &single), ("portable", &portable)] {
+                        for (e, want) in want.iter().enumerate() {
+                            let ok = if e % (seq * h) / h >= shape.lengths[e / (seq * h)] {
+                                // Padding rows: zero from `attention`, untouched by the units.
+                                path == "portable" || got[e] == 0.0
+                            } else {
+                                close(got[e], *want, 1e-5)
+                            };
+                            assert!(
+                                ok,
+                                "{path} seq {seq} d {d} heads {heads}: [{e}] {} vs {want}",
+                                got[e]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // Every thread count on one shape with more units than threads.
+        let shape = AttentionShape {
+            seq_len: 6,
+            heads: 3,
+            head_dim: 5,
+            lengths: vec![6, 2, 4],
+        };
+        let qkv = lcg(99, 3 * 6 * 3 * 15);
+        let mut first = vec![0.0; 3 * 6 * 15];
+        attention(&qkv, &mut first, &shape, 1);
+        for threads in 2..=5 {
+            let mut out = vec![f32::NAN; 3 * 6 * 15];
+            attention(&qkv, &mut out, &shape, threads);
+            assert_eq!(out, first, "threads {threads}");
+        }
     }
 
     #[test]
