@@ -431,10 +431,12 @@ pub fn add_layer_norm(x: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f3
 }
 
 /// exp(x) for x ≤ 0 (as softmax and erf need), written to vectorise: Cephes' expf (Cody-Waite
-/// range reduction and a degree-5 minimax polynomial), relative error about 1e-7.
+/// range reduction and a degree-5 minimax polynomial), relative error about 1e-7. NaN stays
+/// NaN (softmax relies on it to report a corrupt row rather than hide it).
 #[inline(always)]
 fn exp_neg(x: f32) -> f32 {
-    let x = x.max(-87.0);
+    // Not `x.max(-87.0)`, which would turn NaN into -87.
+    let x = if x < -87.0 { -87.0 } else { x };
     let n = (x * std::f32::consts::LOG2_E).round();
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let z = r * r;
@@ -443,7 +445,8 @@ fn exp_neg(x: f32) -> f32 {
         * r
         + 0.5;
     let e = p * z + r + 1.0;
-    // 2^n built from its bits: n + 127 is the biased exponent (n ≥ -126 after the clamp).
+    // 2^n built from its bits: n + 127 is the biased exponent (n ≥ -126 after the clamp; a
+    // NaN n gives 0, and NaN × 0 is NaN).
     let scale = f32::from_bits(((n + 127.0) as u32) << 23);
     e * scale
 }
@@ -558,7 +561,15 @@ dispatch!(
                     *sj += qc * kj;
                 }
             }
-            let max = scores.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+            // NaN wins (f32::max would skip it and turn a corrupt score into a tiny weight):
+            // a NaN or infinite score makes the whole row NaN, which `embed` reports.
+            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| {
+                if v > m || v.is_nan() {
+                    v
+                } else {
+                    m
+                }
+            });
             let mut sum = 0.0f32;
             for score in scores.iter_mut() {
                 *score = exp_neg(*score - max);
@@ -603,7 +614,8 @@ unsafe fn attention_units(
 /// Multi-head self-attention over a fused QKV projection `[batch·seq, 3·hidden]` (q, k, v
 /// side by side, heads contiguous inside each), writing `[batch·seq, hidden]`. Only the first
 /// `lengths[b]` tokens of sequence `b` attend or are attended to; padding rows are zero. The
-/// (sequence, head) pairs are split across `threads`.
+/// (sequence, head) pairs are split across `threads`. A NaN or infinite attention score makes
+/// its query's output row NaN.
 ///
 /// # Panics
 ///
@@ -1307,6 +1319,62 @@ mod tests {
             attention(&qkv, &mut out, &shape, threads);
             assert_eq!(out, first, "threads {threads}");
         }
+    }
+
+    #[test]
+    fn exp_keeps_nan() {
+        assert!(exp_neg(f32::NAN).is_nan());
+        assert_eq!(exp_neg(-1000.0), exp_neg(-87.0));
+        assert_eq!(exp_neg(0.0), 1.0);
+    }
+
+    /// A NaN (or infinite) score reaches the output as NaN instead of becoming a tiny weight;
+    /// other sequences of the batch are untouched.
+    #[test]
+    fn attention_propagates_nan_and_infinite_scores() {
+        let (heads, d, seq) = (2, 4, 3);
+        let h = heads * d;
+        let shape = AttentionShape {
+            seq_len: seq,
+            heads,
+            head_dim: d,
+            lengths: vec![3, 3],
+        };
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut qkv = lcg(5, 2 * seq * 3 * h);
+            // Key 1 of sequence 0, head 0, dimension 0 is bad and every query of that head
+            // has a positive dimension 0: each of their rows sees a NaN or +∞ score.
+            qkv[3 * h + h] = bad;
+            for i in 0..seq {
+                qkv[i * 3 * h] = 0.5;
+            }
+            for threads in [1, 2] {
+                let mut out = vec![0.0; 2 * seq * h];
+                attention(&qkv, &mut out, &shape, threads);
+                for i in 0..seq {
+                    let row = &out[i * h..(i + 1) * h];
+                    assert!(
+                        row[..d].iter().all(|v| v.is_nan()),
+                        "{bad}: row {i} {row:?}"
+                    );
+                    assert!(
+                        row[d..].iter().all(|v| v.is_finite()),
+                        "{bad}: row {i} {row:?}"
+                    );
+                }
+                assert!(out[seq * h..].iter().all(|v| v.is_finite()));
+            }
+        }
+    }
+
+    #[test]
+    fn gelu_and_layer_norm_propagate_nan() {
+        let mut x = vec![0.5, f32::NAN, -1.0];
+        gelu(&mut x);
+        assert!(x[1].is_nan() && x[0].is_finite() && x[2].is_finite());
+        let mut x = vec![1.0, f32::NAN, 2.0, 3.0];
+        add_layer_norm(&mut x, &[0.0, 0.0], &[1.0, 1.0], &[0.0, 0.0], 1e-5);
+        assert!(x[0].is_nan() && x[1].is_nan() && x[2].is_finite());
     }
 
     #[test]
