@@ -17,6 +17,10 @@
 //! (`tiny::write_tiny_bert`, `scripts/fetch-model.sh`). A private mapping (`MAP_PRIVATE`)
 //! would not help: it still faults with SIGBUS past a truncated end, and pages not yet copied
 //! still show writes made to the file (see docs/reliability.md for the measurements).
+//!
+//! Every size read from the file is checked (header offsets against the file length, byte
+//! lengths against shape × dtype size, without overflow) before a weight is handed out, so a
+//! corrupt file is a [`ModelError::Weights`] naming the file and tensor, never a panic.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,6 +33,7 @@ use super::ModelError;
 
 /// An opened weights file.
 pub struct WeightFile {
+    path: std::path::PathBuf,
     map: Arc<Mmap>,
     data_start: usize,
     metadata: Metadata,
@@ -88,11 +93,20 @@ impl WeightFile {
         let map = unsafe { Mmap::map(&file) }.map_err(|e| err(e.to_string()))?;
         let (header_len, metadata) = SafeTensors::read_metadata(&map)
             .map_err(|e| err(format!("not a safetensors file: {e}")))?;
+        let data_start = header_len
+            .checked_add(8)
+            .ok_or_else(|| err("header length overflows".into()))?;
         Ok(Self {
+            path: path.to_path_buf(),
             map: Arc::new(map),
-            data_start: 8 + header_len,
+            data_start,
             metadata,
         })
+    }
+
+    /// The file's path, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -101,24 +115,44 @@ impl WeightFile {
 
     /// The tensor `name` as f32: in place when it is stored as aligned f32, else converted.
     pub fn get(&self, name: &str) -> Result<Weight, ModelError> {
+        let bad = |what: String| {
+            ModelError::Weights(format!("{}: tensor {name} {what}", self.path.display()))
+        };
         let info = self
             .metadata
             .info(name)
-            .ok_or_else(|| ModelError::Weights(format!("tensor {name} is missing")))?;
+            .ok_or_else(|| bad("is missing".into()))?;
         let (begin, end) = info.data_offsets;
-        let start = self.data_start + begin;
-        let count: usize = info.shape.iter().product();
-        if self.data_start + end > self.map.len() {
-            return Err(ModelError::Weights(format!(
-                "tensor {name} runs past the end of the file"
+        let count = info
+            .shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| bad(format!("has a shape {:?} too large to address", info.shape)))?;
+        let bits = count
+            .checked_mul(info.dtype.bitsize())
+            .ok_or_else(|| bad(format!("has a shape {:?} too large to address", info.shape)))?;
+        let stored = end
+            .checked_sub(begin)
+            .ok_or_else(|| bad(format!("ends (byte {end}) before it begins (byte {begin})")))?;
+        if bits % 8 != 0 || stored != bits / 8 {
+            return Err(bad(format!(
+                "holds {stored} bytes, but its shape {:?} of {:?} needs {} bits",
+                info.shape, info.dtype, bits
+            )));
+        }
+        let start = self.data_start.checked_add(begin);
+        let stop = self.data_start.checked_add(end);
+        let (Some(start), Some(stop)) = (start, stop) else {
+            return Err(bad("has offsets too large to address".into()));
+        };
+        if stop > self.map.len() {
+            return Err(bad(format!(
+                "runs past the end of the file (byte {stop} of {})",
+                self.map.len()
             )));
         }
         let aligned = (self.map.as_ptr() as usize + start) % std::mem::align_of::<f32>() == 0;
-        if info.dtype == Dtype::F32
-            && aligned
-            && end - begin == count * 4
-            && cfg!(target_endian = "little")
-        {
+        if info.dtype == Dtype::F32 && aligned && cfg!(target_endian = "little") {
             return Ok(Weight {
                 storage: Storage::Mapped {
                     map: self.map.clone(),
@@ -128,17 +162,21 @@ impl WeightFile {
                 shape: info.shape.clone(),
             });
         }
-        let tensors =
-            SafeTensors::deserialize(&self.map).map_err(|e| ModelError::Weights(e.to_string()))?;
-        let view = tensors
-            .tensor(name)
-            .map_err(|e| ModelError::Weights(format!("{name}: {e}")))?;
+        let tensors = SafeTensors::deserialize(&self.map).map_err(|e| bad(e.to_string()))?;
+        let view = tensors.tensor(name).map_err(|e| bad(e.to_string()))?;
         let values = view
             .load(&candle_core::Device::Cpu)
             .and_then(|t| t.to_dtype(candle_core::DType::F32))
             .and_then(|t| t.flatten_all())
             .and_then(|t| t.to_vec1::<f32>())
-            .map_err(|e| ModelError::Weights(format!("{name}: {e}")))?;
+            .map_err(|e| bad(format!("cannot be converted to f32: {e}")))?;
+        if values.len() != count {
+            return Err(bad(format!(
+                "converted to {} values, its shape {:?} has {count}",
+                values.len(),
+                info.shape
+            )));
+        }
         Ok(Weight::owned(values, info.shape.clone()))
     }
 }
