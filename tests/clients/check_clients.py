@@ -16,12 +16,13 @@ scripts/test-venv.sh (pinned versions in requirements.txt).
 """
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 import traceback
-import urllib.error
 import urllib.request
 
 # No token from the environment or a stored login may reach the server: the test decides
@@ -29,6 +30,7 @@ import urllib.request
 for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
     os.environ.pop(var, None)
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="zerobatch-hf-home-")
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost,::1"
 
