@@ -20,9 +20,13 @@
 #   -u, --registry-username U   [GHCR_USERNAME]    GitHub user that owns GHCR_PAT
 #   -f, --file PATH             [ACA_YAML]         default container/containerapp.yaml
 #       --no-registry-auth                         the image is public: no registry login
+#       --open                   [ALLOW_OPEN_ENDPOINT=1]  deploy WITHOUT an API key: anyone
+#                                                  who finds the URL can use the model
 #       --check                                    after deploying, wait (up to 5 min) for
-#                                                  GET /readyz to answer 200
-#       --dry-run                                  print the commands and the YAML (password
+#                                                  GET /readyz to answer 200, then check
+#                                                  that /info refuses a request without
+#                                                  the key (401)
+#       --dry-run                                  print the commands and the YAML (secrets
 #                                                  masked) without calling az
 #   -h, --help                                     this text
 #
@@ -31,6 +35,11 @@
 #   GHCR_PAT   classic personal access token of GHCR_USERNAME; ACA pulls with it, which
 #              needs read:packages (docs/deploy-azure.md explains why the project's PAT
 #              has write:packages). Required unless --no-registry-auth.
+# The API key likewise:
+#   API_KEY    the key clients must send as `Authorization: Bearer <key>` (e.g.
+#              `openssl rand -hex 32`); stored as the app's secret api-key and given to
+#              zerobatch as API_KEY. Required unless --open: the app's ingress is public,
+#              so the script refuses to deploy an open endpoint by accident.
 #
 # Requires: az (logged in: `az login`, or azure/login in a workflow) with rights to
 # create resource groups in the subscription. See docs/deploy-azure.md.
@@ -51,6 +60,12 @@ image="${IMAGE:-}"
 registry_user="${GHCR_USERNAME:-}"
 yaml_file="${ACA_YAML:-$repo_root/container/containerapp.yaml}"
 registry_auth=1
+open_endpoint=0
+case "${ALLOW_OPEN_ENDPOINT:-}" in
+    1 | true | yes) open_endpoint=1 ;;
+    "" | 0 | false | no) ;;
+    *) die "ALLOW_OPEN_ENDPOINT must be 1 or 0, not '${ALLOW_OPEN_ENDPOINT}'" ;;
+esac
 mode=deploy
 check=0
 dry_run=0
@@ -66,6 +81,7 @@ while [[ $# -gt 0 ]]; do
         -u | --registry-username) need_value "$@"; registry_user="$2"; shift 2 ;;
         -f | --file) need_value "$@"; yaml_file="$2"; shift 2 ;;
         --no-registry-auth) registry_auth=0; shift ;;
+        --open) open_endpoint=1; shift ;;
         --check) check=1; shift ;;
         --dry-run) dry_run=1; shift ;;
         --logs) mode=logs; shift ;;
@@ -116,6 +132,14 @@ if [[ $registry_auth -eq 1 ]]; then
     [[ -n "$registry_user" ]] || die "set --registry-username (GHCR_USERNAME), or --no-registry-auth for a public image"
     [[ -n "$registry_pat" ]] || die "set GHCR_PAT in the environment, or --no-registry-auth for a public image"
 fi
+api_key="${API_KEY:-}"
+if [[ $open_endpoint -eq 1 ]]; then
+    [[ -z "$api_key" ]] || die "API_KEY is set and --open (ALLOW_OPEN_ENDPOINT=1) asks for no key: unset one of them"
+    log "WARNING: deploying an OPEN endpoint (--open / ALLOW_OPEN_ENDPOINT=1): no API key, anyone with the URL can use it"
+else
+    [[ -n "$api_key" ]] || die "set API_KEY in the environment (e.g. export API_KEY=\"\$(openssl rand -hex 32)\"), or pass --open to deploy an endpoint without a key on purpose"
+    [[ "$api_key" =~ ^[[:graph:]]+$ ]] || die "API_KEY must be printable characters without spaces (zerobatch compares it with the trimmed bearer token)"
+fi
 
 # Without the comments: they mention the placeholders too, and the rendered file is
 # only for az.
@@ -134,18 +158,44 @@ while read -r probe_port; do
         || die "$yaml_file: a probe uses port $probe_port, the ingress targetPort is $target_port"
 done < <(sed -n 's/^ *port: *\([0-9][0-9]*\).*/\1/p' <<<"$template")
 
+# Removes each line matching the regex $1 together with the lines under it (indented
+# deeper), i.e. a YAML key with its value or a list item with its fields.
+drop_block() {
+    awk -v re="$1" '
+        function indent(s) { match(s, /^ */); return RLENGTH }
+        skipping && indent($0) > depth { next }
+        { skipping = 0 }
+        $0 ~ re { skipping = 1; depth = indent($0); next }
+        { print }'
+}
 if [[ $registry_auth -eq 0 ]]; then
-    # Drop configuration.registries and configuration.secrets (the last keys of
-    # configuration in containerapp.yaml).
-    template="$(awk '/^    registries:/ { skip = 1 } /^  template:/ { skip = 0 } !skip' <<<"$template")"
+    # A public image: no configuration.registries and no ghcr-pat secret.
+    template="$(drop_block '^    registries:$' <<<"$template" | drop_block '^      - name: ghcr-pat$')"
+fi
+if [[ $open_endpoint -eq 1 ]]; then
+    # No api-key secret and no API_KEY variable: zerobatch then needs no key.
+    template="$(drop_block '^      - name: api-key$' <<<"$template" | drop_block '^ *- name: API_KEY$')"
+fi
+# Neither secret left: no secrets key at all rather than an empty one.
+template="$(awk '{ line[NR] = $0 }
+    END {
+        for (i = 1; i <= NR; i++) {
+            if (line[i] ~ /^    secrets:$/ && (i == NR || line[i + 1] !~ /^     /)) continue
+            print line[i]
+        }
+    }' <<<"$template")"
+if [[ $open_endpoint -eq 0 ]]; then
+    grep -q '^ *secretRef: api-key$' <<<"$template" \
+        || die "$yaml_file does not pass the api-key secret to the container as API_KEY (secretRef: api-key); fix it, or deploy with --open"
 fi
 
-render() { # render ENVIRONMENT_ID PAT
+render() { # render ENVIRONMENT_ID PAT API_KEY
     local out="$template"
     out="${out//\$\{ENVIRONMENT_ID\}/"$1"}"
     out="${out//\$\{IMAGE\}/"$image"}"
     out="${out//\$\{GHCR_USERNAME\}/"$registry_user"}"
     out="${out//\$\{GHCR_PAT\}/"$2"}"
+    out="${out//\$\{API_KEY\}/"$3"}"
     local placeholder="[$]{[A-Z_]*}"
     if grep -q "$placeholder" <<<"$out"; then
         die "$yaml_file has placeholders this script does not fill: $(grep -o "$placeholder" <<<"$out" | sort -u | tr '\n' ' ')"
@@ -175,8 +225,8 @@ fi
 
 # --- the app ----------------------------------------------------------------------------
 if [[ $dry_run -eq 1 ]]; then
-    log "the YAML that would be applied (password masked):"
-    render "$env_id" '***' >&2
+    log "the YAML that would be applied (password and API key masked):"
+    render "$env_id" '***' '***' >&2
     action=create
 elif az containerapp show --name "$app" --resource-group "$resource_group" --output none 2>/dev/null; then
     action=update
@@ -184,11 +234,12 @@ else
     action=create
 fi
 
-# The filled-in YAML holds the registry password: private file, removed on exit.
+# The filled-in YAML holds the registry password and the API key: private file, removed
+# on exit.
 umask 077
 rendered="$(mktemp "${TMPDIR:-/tmp}/zerobatch-aca.XXXXXX")"
 trap 'rm -f "$rendered"' EXIT
-render "$env_id" "$registry_pat" >"$rendered"
+render "$env_id" "$registry_pat" "$api_key" >"$rendered"
 
 log "${action} app $app with image $image"
 az_run containerapp "$action" --name "$app" --resource-group "$resource_group" \
@@ -217,6 +268,20 @@ if [[ $check -eq 1 ]]; then
         sleep 5
     done
     log "ready"
+    # The point of the key: a request without it must be refused. Retried for a minute,
+    # as the previous revision (perhaps an open one) may still take the traffic.
+    for _ in {1..12}; do
+        status="$(curl -sS --max-time 10 -o /dev/null -w '%{http_code}' "$url/info" || true)"
+        [[ $open_endpoint -eq 1 || "$status" == 401 ]] && break
+        sleep 5
+    done
+    if [[ $open_endpoint -eq 1 ]]; then
+        log "GET /info without a key: HTTP $status (open endpoint, as asked)"
+    elif [[ "$status" == 401 ]]; then
+        log "GET /info without a key: 401, as it should be"
+    else
+        die "GET /info without a key answered HTTP $status, not 401: the app is not protected by API_KEY"
+    fi
 fi
 
 log "logs: $0 --logs -g $resource_group -n $app (platform: --system-logs)"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite from a fresh clone: fetches and verifies the default model
-# (all-MiniLM-L6-v2, for the reference test), then runs every test.
+# (all-MiniLM-L6-v2, for the reference test), then runs every test. It changes nothing on
+# the system: a missing shellcheck is reported and its check skipped, not installed.
 #
 #   ./scripts/test.sh            # all tests
 #   ./scripts/test.sh -- NAME    # extra arguments go to `cargo test`
@@ -12,11 +13,21 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-# tests/manifests.rs runs shellcheck on scripts/; install it where we can.
-if ! command -v shellcheck >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  (apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null) ||
-    echo "warning: could not install shellcheck; tests/manifests.rs will say so" >&2
+# tests/manifests.rs runs shellcheck on scripts/. This script installs nothing on the
+# system: without shellcheck that check is skipped, and it says so (here and at the end).
+shellcheck_missing=0
+if ! command -v shellcheck >/dev/null 2>&1; then
+  shellcheck_missing=1
+  export ZEROBATCH_SKIP_SHELLCHECK=1
+  echo "WARNING: shellcheck is not installed: the shellcheck check of scripts/ (tests/manifests.rs) is SKIPPED. Install it (e.g. apt-get install shellcheck) to run it." >&2
 fi
+
+# The tests start servers that read API_KEY from the environment: a key exported for a
+# deploy (docs/deploy-azure.md) would make them answer 401.
+if [ -n "${API_KEY:-}" ]; then
+  echo "note: API_KEY is set in the environment; the tests run without it" >&2
+fi
+unset API_KEY
 
 model_dir=$(scripts/fetch-model.sh | tail -n 1)
 export ZEROBATCH_MODEL_DIR="$model_dir"
@@ -37,4 +48,9 @@ else
 fi
 # ---- end Python clients ----
 
-cargo test --locked --all-targets "$@"
+status=0
+cargo test --locked --all-targets "$@" || status=$?
+if [ "$shellcheck_missing" = 1 ]; then
+  echo "WARNING: the shellcheck check was SKIPPED (shellcheck is not installed)." >&2
+fi
+exit "$status"

@@ -95,6 +95,28 @@ pub struct ServeConfig {
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Most bytes of request bodies held at once, over all connections. A request whose body
+    /// does not fit waits for room (up to 2 s), then gets 503 with Retry-After; this bounds
+    /// the memory that concurrent large requests can take.
+    #[arg(long, env = "MAX_INFLIGHT_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_inflight_body_bytes: usize,
+
+    /// Longest time to receive a whole request body, however slowly it trickles, in
+    /// milliseconds; after it the request gets 408 and the connection closes.
+    #[arg(long, env = "CLIENT_TIMEOUT_MS", default_value_t = 30_000)]
+    pub client_timeout_ms: u64,
+
+    /// Longest time to receive a request's headers, in milliseconds; it also closes a
+    /// keep-alive connection that stays idle this long between requests.
+    #[arg(long, env = "HEADER_TIMEOUT_MS", default_value_t = 30_000)]
+    pub header_timeout_ms: u64,
+
+    /// Most open client connections. Past it, a few more are served for the probes only
+    /// (/healthz, /readyz, /metrics; other routes get 503), then new connections are closed at
+    /// once. Default: sized to the process's file-descriptor limit, at most 16384.
+    #[arg(long, env = "MAX_CONNECTIONS")]
+    pub max_connections: Option<NonZeroUsize>,
+
     /// Most inputs in one request.
     #[arg(long, env = "MAX_CLIENT_BATCH", default_value_t = 64)]
     pub max_client_batch: usize,
@@ -129,6 +151,10 @@ pub enum ConfigError {
     EmptyApiKey,
     #[error("--max-client-batch ({batch}) must not exceed --queue-capacity ({capacity}): such requests could never be queued")]
     ClientBatchOverQueue { batch: usize, capacity: usize },
+    #[error("--max-inflight-body-bytes ({budget}) must be at least --max-body-bytes ({body}): a largest body could never be read")]
+    BodyBudgetUnderBody { budget: usize, body: usize },
+    #[error("--max-body-bytes ({0}) must be below 4 GiB")]
+    BodyTooLarge(usize),
 }
 
 impl ServeConfig {
@@ -140,6 +166,9 @@ impl ServeConfig {
             ("queue-capacity", self.queue_capacity),
             ("max-body-bytes", self.max_body_bytes),
             ("max-client-batch", self.max_client_batch),
+            ("max-inflight-body-bytes", self.max_inflight_body_bytes),
+            ("client-timeout-ms", self.client_timeout_ms as usize),
+            ("header-timeout-ms", self.header_timeout_ms as usize),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
@@ -156,6 +185,15 @@ impl ServeConfig {
         }
         if self.api_key.as_deref() == Some("") {
             return Err(ConfigError::EmptyApiKey);
+        }
+        if self.max_body_bytes > u32::MAX as usize {
+            return Err(ConfigError::BodyTooLarge(self.max_body_bytes));
+        }
+        if self.max_inflight_body_bytes < self.max_body_bytes {
+            return Err(ConfigError::BodyBudgetUnderBody {
+                budget: self.max_inflight_body_bytes,
+                body: self.max_body_bytes,
+            });
         }
         if self.max_client_batch > self.queue_capacity {
             return Err(ConfigError::ClientBatchOverQueue {
@@ -187,6 +225,14 @@ impl ServeConfig {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    pub fn client_timeout(&self) -> Duration {
+        Duration::from_millis(self.client_timeout_ms)
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
     }
 
     pub fn max_batch_delay(&self) -> Duration {

@@ -72,6 +72,9 @@ pub struct Lifecycle {
     workers: usize,
     draining: AtomicBool,
     aborted: watch::Sender<bool>,
+    /// Serialises the writes of `zerobatch_ready` with the state they are computed from, so a
+    /// warm-up finishing during the start of a drain cannot write 1 after the drain wrote 0.
+    ready_gauge: parking_lot::Mutex<()>,
 }
 
 impl Lifecycle {
@@ -83,6 +86,15 @@ impl Lifecycle {
             workers,
             draining: AtomicBool::new(false),
             aborted: watch::Sender::new(false),
+            ready_gauge: parking_lot::Mutex::new(()),
+        }
+    }
+
+    /// The loaded model's serving state, if it is loaded (no waiting).
+    pub fn serving_now(&self) -> Option<Arc<Serving>> {
+        match &*self.load.borrow() {
+            LoadState::Loaded(s) => Some(s.clone()),
+            _ => None,
         }
     }
 
@@ -112,6 +124,7 @@ impl Lifecycle {
 
     /// One worker finished its warm-up; the last one makes the server ready (and gets true).
     pub fn worker_warm(&self) -> bool {
+        let _gauge = self.ready_gauge.lock();
         let last = self.workers_warm.fetch_add(1, Ordering::AcqRel) + 1 == self.workers;
         if last {
             metrics::set_ready(!self.is_draining());
@@ -162,6 +175,7 @@ impl Lifecycle {
 
     /// SIGTERM received: readiness off, responses ask clients to close their connections.
     pub fn start_draining(&self) {
+        let _gauge = self.ready_gauge.lock();
         self.draining.store(true, Ordering::Release);
         metrics::set_ready(false);
     }
@@ -182,21 +196,45 @@ impl Lifecycle {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT (what ACA and Kubernetes send on scale-in).
-pub async fn termination_signal() {
+/// The shutdown signals (SIGTERM, what ACA and Kubernetes send on scale-in, and SIGINT),
+/// listened to from the moment this is created; each `next` resolves on one more signal and
+/// says which. One listener for the whole process, so each signal is logged once.
+pub struct TerminationSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received: draining"),
-            _ = int.recv() => tracing::info!("SIGINT received: draining"),
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl TerminationSignals {
+    /// Installs the handlers (inside a tokio runtime).
+    pub fn new() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// The next signal's name.
+    pub async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
     }
 }
 

@@ -51,6 +51,42 @@ fn main() -> ExitCode {
     }
 }
 
+/// The first SIGTERM/SIGINT starts the drain; a further one skips the rest of the shutdown
+/// delay. One listener logs each signal once.
+fn shutdown_signals() -> server::ShutdownSignals<
+    impl std::future::Future<Output = ()>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+> {
+    let (count_tx, count_rx) = tokio::sync::watch::channel(0u32);
+    match zerobatch::lifecycle::TerminationSignals::new() {
+        Ok(mut signals) => {
+            tokio::spawn(async move {
+                loop {
+                    let name = signals.next().await;
+                    let n = *count_tx.borrow() + 1;
+                    if n == 1 {
+                        tracing::info!("{name} received: draining");
+                    }
+                    count_tx.send_replace(n);
+                }
+            });
+        }
+        Err(e) => tracing::warn!("cannot listen for SIGTERM/SIGINT: {e}"),
+    }
+    let wait_for = |n: u32| {
+        let mut rx = count_rx.clone();
+        async move {
+            if rx.wait_for(|c| *c >= n).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    server::ShutdownSignals {
+        first: wait_for(1),
+        second: wait_for(2),
+    }
+}
+
 fn serve(config: zerobatch::config::ServeConfig, process_start: Instant) -> ExitCode {
     if let Err(e) = config.validate() {
         eprintln!("error: {e}");
@@ -77,22 +113,7 @@ fn serve(config: zerobatch::config::ServeConfig, process_start: Instant) -> Exit
                 return None;
             }
         };
-        Some(
-            server::run(
-                config,
-                listener,
-                server::ShutdownSignals {
-                    first: zerobatch::lifecycle::termination_signal(),
-                    // Every signal reaches every listener: this resolves on the second one.
-                    second: async {
-                        zerobatch::lifecycle::termination_signal().await;
-                        zerobatch::lifecycle::termination_signal().await;
-                    },
-                },
-                process_start,
-            )
-            .await,
-        )
+        Some(server::run(config, listener, shutdown_signals(), process_start).await)
     });
     // Workers may still be blocked in the queue; they end with the process.
     runtime.shutdown_background();

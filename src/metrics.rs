@@ -24,6 +24,10 @@ pub const REJECTED_TOTAL: &str = "zerobatch_rejected_total";
 pub const STARTUP: &str = "zerobatch_startup_seconds";
 pub const READY: &str = "zerobatch_ready";
 pub const COLD_START_HELD: &str = "zerobatch_cold_start_held_requests_total";
+pub const OPEN_CONNECTIONS: &str = "zerobatch_open_connections";
+pub const CONNECTIONS_LIMITED: &str = "zerobatch_connections_limited_total";
+pub const ACCEPT_ERRORS: &str = "zerobatch_accept_errors_total";
+pub const INFLIGHT_BODY_BYTES: &str = "zerobatch_inflight_body_bytes";
 
 const SECONDS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 120.0,
@@ -89,6 +93,20 @@ fn describe() {
     describe_counter!(
         COLD_START_HELD,
         "Requests that arrived while the model was loading and were held for it"
+    );
+    describe_gauge!(OPEN_CONNECTIONS, "Client connections open now");
+    describe_counter!(
+        CONNECTIONS_LIMITED,
+        "Connections accepted past --max-connections: served for the probes only, or closed at once"
+    );
+    describe_counter!(
+        ACCEPT_ERRORS,
+        "Failed accept calls (out of file descriptors and the like)"
+    );
+    describe_gauge!(
+        INFLIGHT_BODY_BYTES,
+        Unit::Bytes,
+        "Bytes of request bodies held now (bounded by --max-inflight-body-bytes)"
     );
     metrics::gauge!(QUEUE_DEPTH).set(0.0);
     metrics::gauge!(INFLIGHT).set(0.0);
@@ -161,4 +179,21 @@ pub fn record_cold_start_hold() {
 
 pub fn inflight_delta(delta: f64) {
     metrics::gauge!(INFLIGHT).increment(delta);
+}
+
+pub fn set_open_connections(open: usize) {
+    metrics::gauge!(OPEN_CONNECTIONS).set(open as f64);
+}
+
+pub fn record_connection_limited(closed: bool) {
+    let action = if closed { "closed" } else { "probes_only" };
+    metrics::counter!(CONNECTIONS_LIMITED, "action" => action).increment(1);
+}
+
+pub fn record_accept_error() {
+    metrics::counter!(ACCEPT_ERRORS).increment(1);
+}
+
+pub fn set_inflight_body_bytes(bytes: usize) {
+    metrics::gauge!(INFLIGHT_BODY_BYTES).set(bytes as f64);
 }

@@ -91,9 +91,9 @@ where
     let addr = local_addr.map_or_else(|e| format!("an unknown address ({e})"), |a| a.to_string());
     tracing::info!(
         phase = "bind",
-        ms = bound.as_secs_f64() * 1e3,
+        ms = millis(bound),
         "listening on {addr}; loading {}",
-        config.model
+        crate::model::files::model_id(&config.model)
     );
 
     let loader = {
@@ -117,15 +117,20 @@ where
     );
     let signalled = Instant::now();
     lifecycle.start_draining();
-    // Keep answering for the delay: after a signal so load balancers stop routing here, after
-    // a failed load so probes and held requests can read the reason.
-    tracing::info!(
-        "draining: still serving for {} ms",
-        config.shutdown_delay_ms
-    );
-    tokio::select! {
-        _ = tokio::time::sleep(config.shutdown_delay()) => {}
-        _ = second => tracing::info!("second signal: skipping the rest of the shutdown delay"),
+    if load_failed {
+        // Nothing to drain: held requests already have their 503 with the reason. Exit now so
+        // the platform restarts the replica.
+        tracing::error!("exiting: the model could not be loaded");
+    } else {
+        // Keep answering for the delay so load balancers stop routing here.
+        tracing::info!(
+            "draining: still serving for {} ms",
+            config.shutdown_delay_ms
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(config.shutdown_delay()) => {}
+            _ = second => tracing::info!("second signal: skipping the rest of the shutdown delay"),
+        }
     }
     let _ = stop_tx.send(true);
     let deadline = signalled + config.shutdown_timeout();
@@ -144,7 +149,7 @@ where
     }
     queue.close();
     drop(loader);
-    tracing::info!(ms = signalled.elapsed().as_secs_f64() * 1e3, "shut down");
+    tracing::info!(ms = millis(signalled.elapsed()), "shut down");
     if load_failed {
         Outcome::LoadFailed
     } else {
@@ -152,14 +157,15 @@ where
     }
 }
 
+/// Milliseconds rounded to hundredths, for log fields (no float noise like 1.2379559999999998).
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
+}
+
 /// Logs a start-up phase and exports it as `zerobatch_startup_seconds{phase}`.
 fn startup_phase(name: &'static str, took: Duration) {
     metrics::record_startup_phase(name, took);
-    tracing::info!(
-        phase = name,
-        ms = took.as_secs_f64() * 1e3,
-        "start-up phase done"
-    );
+    tracing::info!(phase = name, ms = millis(took), "start-up phase done");
 }
 
 fn load_and_start(
@@ -169,7 +175,18 @@ fn load_and_start(
     workers: usize,
     process_start: Instant,
 ) {
-    let loaded = match model::load(&config.model, &config.revision, startup_phase) {
+    // A panic while loading (a bug reached by some model file) fails the load like any other
+    // error: otherwise the replica would stay "loading" forever and never be restarted.
+    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        model::load(&config.model, &config.revision, startup_phase)
+    }))
+    .unwrap_or_else(|panic| {
+        Err(model::ModelError::Files(format!(
+            "loading panicked (a bug: please report it with the model's files): {}",
+            crate::worker::panic_message(&panic)
+        )))
+    });
+    let loaded = match loaded {
         Ok(l) => l,
         Err(e) => {
             tracing::error!("cannot load the model: {e}");

@@ -127,6 +127,26 @@ fn embeddings_tei_openai_and_tokenize() {
     let rescaled: Vec<f32> = raw[0].iter().map(|x| x / raw_norm).collect();
     assert!(max_abs_diff(&rescaled, &one[0]) < 1e-5);
 
+    // POST / is TEI's root route (what huggingface_hub's InferenceClient posts): as /embed.
+    let root = vectors(&post_json(
+        s.addr,
+        "/",
+        &json!({"inputs": "a man is eating food"}),
+    ));
+    assert!(max_abs_diff(&root[0], &one[0]) < 1e-6);
+    // The model is named by its directory, never by its path.
+    let info = get(s.addr, "/info").json();
+    let id = info["model_id"].as_str().unwrap();
+    assert!(
+        !id.contains('/') && id.starts_with("zerobatch-tiny"),
+        "{id}"
+    );
+    let openai_model = post_json(s.addr, "/v1/embeddings", &json!({"input": "x"})).json();
+    assert_eq!(openai_model["model"], id);
+    assert!(!get(s.addr, "/")
+        .text()
+        .contains(&*std::env::temp_dir().to_string_lossy()));
+
     let many = vectors(&post_json(
         s.addr,
         "/embed",
@@ -229,6 +249,15 @@ fn truncation_and_length_limits() {
         &json!({"inputs": cut, "truncate": false}),
     ));
     assert!(max_abs_diff(&long[0], &first[0]) < 1e-6);
+    // /tokenize shows the tokens the model sees: cut at 48, or 413 when asked not to cut.
+    let toks = post_json(s.addr, "/tokenize", &json!({ "inputs": LONG })).json();
+    assert_eq!(toks[0].as_array().unwrap().len(), 48);
+    let r = post_json(
+        s.addr,
+        "/tokenize",
+        &json!({ "inputs": LONG, "truncate": false }),
+    );
+    assert_eq!(r.status, 413, "{}", r.text());
 }
 
 #[test]
@@ -513,26 +542,34 @@ fn a_model_that_fails_to_load_makes_requests_503_with_the_reason() {
     }
     std::fs::write(dir.join("model.safetensors"), b"not a safetensors file").unwrap();
     let mut config = zerobatch::config::ServeConfig::for_tests(dir.to_str().unwrap());
-    config.shutdown_delay_ms = 1_000;
-    config.shutdown_timeout_ms = 3_000;
+    // A failed load does not wait for the shutdown delay: nothing is being drained.
+    config.shutdown_delay_ms = 5_000;
+    config.shutdown_timeout_ms = 10_000;
+    let started = std::time::Instant::now();
     let s = zerobatch::server::BackgroundServer::start(config).unwrap();
-    let r = post_json(s.addr, "/embed", &json!({"inputs": "hello"}));
-    assert_eq!(r.status, 503, "{}", r.text());
-    assert!(r.header("retry-after").is_some());
-    assert!(
-        r.json()["error"]
-            .as_str()
-            .unwrap()
-            .contains("model.safetensors"),
-        "{}",
-        r.text()
-    );
-    let ready = get(s.addr, "/readyz");
-    assert_eq!(ready.status, 503);
-    assert_eq!(ready.json()["status"], "failed");
-    assert!(ready.json()["reason"]
-        .as_str()
-        .unwrap()
-        .contains("model.safetensors"));
+    // The load fails within milliseconds, so the request is either held and answered with
+    // the reason, or arrives after the process has closed its port.
+    let body = json!({"inputs": "hello"}).to_string();
+    match try_request(
+        s.addr,
+        "POST",
+        "/embed",
+        &[("Content-Type", "application/json")],
+        Some(body.as_bytes()),
+    ) {
+        Ok(r) => {
+            assert_eq!(r.status, 503, "{}", r.text());
+            assert!(r.header("retry-after").is_some());
+            assert_eq!(r.json()["error_type"], "model_load_failed");
+            let reason = r.json()["error"].as_str().unwrap().to_string();
+            assert!(reason.contains("model.safetensors"), "{reason}");
+        }
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}"),
+    }
     assert_eq!(s.shutdown(), zerobatch::server::Outcome::LoadFailed);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "exited after {:?}: the shutdown delay was not skipped",
+        started.elapsed()
+    );
 }

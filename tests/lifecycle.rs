@@ -5,102 +5,12 @@
 mod common;
 
 use std::io::ErrorKind;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Proc {
-    fn spawn(model: &str, extra: &[&str]) -> Proc {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_zerobatch"))
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--model",
-                model,
-                "--workers",
-                "2",
-            ])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting zerobatch");
-        Proc {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        }
-    }
-
-    fn sigterm(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -TERM failed");
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> (Option<i32>, Duration) {
-        let t = Instant::now();
-        while t.elapsed() < limit {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status.code(), t.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        (None, t.elapsed())
-    }
-
-    /// CPU time of every thread of the process, from the scheduler (nanoseconds).
-    fn cpu_ns(&self) -> u64 {
-        let dir = format!("/proc/{}/task", self.child.id());
-        std::fs::read_dir(dir)
-            .unwrap()
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
-            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-            .sum()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn connect_until_up(addr: SocketAddr) {
-    let t = Instant::now();
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "the port never opened"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
 
 #[test]
 fn requests_fired_during_the_cold_start_are_held_and_all_served() {
@@ -325,4 +235,35 @@ fn a_second_signal_skips_the_shutdown_delay() {
         took < Duration::from_secs(5),
         "exited {took:?} after the second signal, not after the 20 s delay"
     );
+}
+
+#[test]
+fn a_failed_load_exits_1_at_once_naming_the_file() {
+    let dir = std::env::temp_dir().join(format!("zerobatch-corrupt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(std::path::Path::new(tiny_model()).join(f), dir.join(f)).unwrap();
+    }
+    // A safetensors header that promises more data than the file holds.
+    let header = br#"{"embeddings.word_embeddings.weight":{"dtype":"F32","shape":[1000,1000],"data_offsets":[0,4000000]}}"#;
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(header);
+    file.extend_from_slice(&[0u8; 64]);
+    std::fs::write(dir.join("model.safetensors"), file).unwrap();
+    let mut p = Proc::spawn_with(
+        dir.to_str().unwrap(),
+        // The default shutdown delay (5 s) must not apply: nothing is being drained.
+        &[],
+        std::process::Stdio::piped(),
+    );
+    let (code, took) = p.wait_exit(Duration::from_secs(10));
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut p.child.stderr.take().unwrap(), &mut log).unwrap();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        took < Duration::from_secs(3),
+        "exited after {took:?}\n{log}"
+    );
+    assert!(log.contains("model.safetensors"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
 }

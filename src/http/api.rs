@@ -1,8 +1,88 @@
 //! Request and response bodies of the JSON routes (serde), with the validation that the
-//! types alone cannot express.
+//! types alone cannot express. [`parse_request`] is the one entry point from body bytes to a
+//! checked request (also the fuzzing target's): everything that can be refused without the
+//! model is refused here, with a 4xx.
 
 use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
+
+use super::error::ApiError;
+
+/// A parsed and checked body of one of the JSON routes.
+#[derive(Debug)]
+pub enum Parsed {
+    /// `POST /embed` and `POST /` (TEI's shape).
+    Embed(EmbedRequest),
+    /// `POST /v1/embeddings`.
+    OpenAi(OpenAiRequest),
+    /// `POST /tokenize`.
+    Tokenize(TokenizeRequest),
+}
+
+/// Parses `body` as the request of the JSON route `path` and checks what needs no model:
+/// the schema (400), the number of inputs (400 when none, 413 over `max_client_batch`) and
+/// options this server does not implement (400).
+pub fn parse_request(path: &str, body: &[u8], max_client_batch: usize) -> Result<Parsed, ApiError> {
+    let parsed = match path {
+        "/" | "/embed" => Parsed::Embed(from_json(body)?),
+        "/v1/embeddings" => Parsed::OpenAi(from_json(body)?),
+        "/tokenize" => Parsed::Tokenize(from_json(body)?),
+        _ => return Err(ApiError::NotFound(path.to_string())),
+    };
+    let count = match &parsed {
+        Parsed::Embed(r) => {
+            if let Some(d) = r.truncation_direction.as_deref() {
+                if !d.eq_ignore_ascii_case("right") {
+                    return Err(ApiError::BadRequest(format!(
+                        "truncation_direction {d:?} is not supported; only \"right\""
+                    )));
+                }
+            }
+            if r.prompt_name.is_some() {
+                return Err(ApiError::BadRequest(
+                    "prompt_name is not supported by this server".into(),
+                ));
+            }
+            r.inputs.0.len()
+        }
+        Parsed::OpenAi(r) => r.input.0.len(),
+        Parsed::Tokenize(r) => r.inputs.0.len(),
+    };
+    check_count(count, max_client_batch)?;
+    Ok(parsed)
+}
+
+/// 400 for no inputs, 413 for more than `max_client_batch`.
+pub fn check_count(n: usize, max_client_batch: usize) -> Result<(), ApiError> {
+    if n == 0 {
+        return Err(ApiError::BadRequest(
+            "the input list is empty; send at least one text".into(),
+        ));
+    }
+    if n > max_client_batch {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "{n} inputs in one request; the limit is {max_client_batch} (--max-client-batch)"
+        )));
+    }
+    Ok(())
+}
+
+/// `serde_json` with error messages for people: where it failed, and what a lone surrogate
+/// escape (which serde reports as an "unexpected end of hex escape") means.
+fn from_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let text = e.to_string();
+        if text.contains("hex escape") || text.contains("surrogate") {
+            ApiError::BadRequest(format!(
+                "invalid JSON body: a \\u escape is a lone UTF-16 surrogate (\\uD800-\\uDFFF without its pair), which is not valid Unicode text (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        } else {
+            ApiError::BadRequest(format!("invalid JSON body: {e}"))
+        }
+    })
+}
 
 /// One text or a list of texts, as TEI's `inputs` and OpenAI's `input` accept.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,6 +191,10 @@ pub struct TokenizeRequest {
     pub inputs: Inputs,
     #[serde(default = "yes")]
     pub add_special_tokens: bool,
+    /// Cut inputs at the model's maximum length, as the model sees them (default true);
+    /// false answers 413 for a longer input.
+    #[serde(default = "yes")]
+    pub truncate: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -177,6 +261,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field `input`"), "{e}");
+    }
+
+    #[test]
+    fn parse_request_checks_counts_options_and_explains_lone_surrogates() {
+        let status = |path: &str, body: &str| match parse_request(path, body.as_bytes(), 2) {
+            Ok(_) => 200,
+            Err(e) => e.status().as_u16(),
+        };
+        assert_eq!(status("/embed", r#"{"inputs": "a"}"#), 200);
+        assert_eq!(status("/", r#"{"inputs": ["a", "b"]}"#), 200);
+        assert_eq!(status("/embed", r#"{"inputs": ["a", "b", "c"]}"#), 413);
+        assert_eq!(status("/embed", r#"{"inputs": []}"#), 400);
+        assert_eq!(
+            status("/embed", r#"{"inputs": "a", "prompt_name": "q"}"#),
+            400
+        );
+        assert_eq!(
+            status(
+                "/embed",
+                r#"{"inputs": "a", "truncation_direction": "Left"}"#
+            ),
+            400
+        );
+        assert_eq!(status("/v1/embeddings", r#"{"input": []}"#), 400);
+        assert_eq!(
+            status("/tokenize", r#"{"inputs": "a", "truncate": false}"#),
+            200
+        );
+        assert_eq!(status("/nope", "{}"), 404);
+        let e = parse_request("/embed", br#"{"inputs": "\ud800"}"#, 2).unwrap_err();
+        assert!(e.to_string().contains("lone UTF-16 surrogate"), "{e}");
+        assert!(e.to_string().contains("column"), "{e}");
     }
 
     #[test]

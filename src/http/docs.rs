@@ -24,7 +24,8 @@ fn tokenize_errors() -> Value {
     json!({
         "400": error_response("Malformed JSON, wrong schema, or an empty input list"),
         "401": error_response("Missing or wrong API key (when the server has one)"),
-        "413": error_response("Body over --max-body-bytes or more inputs than --max-client-batch"),
+        "408": error_response("The body did not arrive within --client-timeout-ms"),
+        "413": error_response("Body over --max-body-bytes, more inputs than --max-client-batch, or an input over the model's maximum length with truncate false"),
         "415": error_response("Content-Type is not JSON"),
         "503": error_response("Model still loading after the cold-start timeout, failed to load, or shutting down; see Retry-After"),
     })
@@ -34,10 +35,11 @@ fn post_errors() -> Value {
     json!({
         "400": error_response("Malformed JSON, wrong schema, or an empty input list"),
         "401": error_response("Missing or wrong API key (when the server has one)"),
+        "408": error_response("The body did not arrive within --client-timeout-ms"),
         "413": error_response("Body over --max-body-bytes, more inputs than --max-client-batch, or an input over the model's maximum length with truncate false"),
         "415": error_response("Content-Type is not JSON"),
         "500": error_response("The model failed on this batch"),
-        "503": error_response("Queue full, request timed out, model still loading after the cold-start timeout, or shutting down; see Retry-After"),
+        "503": error_response("Queue full, request bodies over --max-inflight-body-bytes, request timed out, model still loading after the cold-start timeout or failed to load, connection limit, or shutting down; see Retry-After"),
     })
 }
 
@@ -81,7 +83,8 @@ pub fn openapi() -> &'static Value {
                         "usage": { "type": "object", "properties": {
                             "prompt_tokens": { "type": "integer" }, "total_tokens": { "type": "integer" } } } } },
                     "TokenizeRequest": { "type": "object", "required": ["inputs"], "additionalProperties": false, "properties": {
-                        "inputs": inputs, "add_special_tokens": { "type": "boolean", "default": true } } },
+                        "inputs": inputs, "add_special_tokens": { "type": "boolean", "default": true },
+                        "truncate": { "type": "boolean", "default": true, "description": "cut at the model's maximum input length (the tokens the model sees); false: 413 for a longer input" } } },
                     "Token": { "type": "object", "properties": {
                         "id": { "type": "integer" }, "text": { "type": "string" }, "special": { "type": "boolean" },
                         "start": { "type": "integer" }, "stop": { "type": "integer" } } },
@@ -116,10 +119,15 @@ pub fn openapi() -> &'static Value {
                         "503": { "description": "loading, draining or failed (with reason)", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Status" } } } } } } },
                 "/metrics": { "get": { "summary": "Prometheus metrics",
                     "responses": { "200": { "description": "Prometheus text format", "content": { "text/plain": { "schema": { "type": "string" } } } }, "401": error_response("Missing or wrong API key") } } },
-                "/openapi.json": { "get": { "summary": "This document",
+                "/openapi.json": { "get": { "summary": "OpenAPI 3 description of every route",
                     "responses": { "200": { "description": "OpenAPI 3 document", "content": { "application/json": { "schema": { "type": "object" } } } }, "401": error_response("Missing or wrong API key") } } },
                 "/": { "get": { "summary": "Human-readable index of the server and its routes",
-                    "responses": { "200": { "description": "HTML page", "content": { "text/html": { "schema": { "type": "string" } } } }, "401": error_response("Missing or wrong API key") } } }
+                    "responses": { "200": { "description": "HTML page", "content": { "text/html": { "schema": { "type": "string" } } } }, "401": error_response("Missing or wrong API key") } },
+                    "post": {
+                    "summary": "The loaded model's task, as TEI answers it (what huggingface_hub's InferenceClient sends): for an embedding model, the same as POST /embed",
+                    "requestBody": json_body("EmbedRequest"),
+                    "responses": merge(json!({ "200": { "description": "One vector per input, in input order",
+                        "content": { "application/json": { "schema": { "type": "array", "items": vector } } } } }), post_errors()) } }
             }
         })
     })
@@ -139,14 +147,16 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn example(path: &str, auth: &str) -> String {
+fn example(path: &str, post_route: bool, auth: &str) -> String {
     let post = |body: &str| {
         format!(
             "curl -s localhost:PORT{path}{auth} -H 'Content-Type: application/json' -d '{body}'"
         )
     };
     match path {
-        "/embed" => post(r#"{"inputs": ["A man is eating food.", "A man is riding a horse."]}"#),
+        "/embed" | "/" if post_route => {
+            post(r#"{"inputs": ["A man is eating food.", "A man is riding a horse."]}"#)
+        }
         "/v1/embeddings" => {
             post(r#"{"input": "A man is eating food.", "model": "all-MiniLM-L6-v2"}"#)
         }
@@ -165,9 +175,10 @@ pub fn index_page(state: &AppState) -> Response<Full<Bytes>> {
         ""
     };
     let info = state.lifecycle.loaded_info();
-    let model = info
-        .as_ref()
-        .map_or(state.config.model.clone(), |i| i.id.clone());
+    let model = info.as_ref().map_or_else(
+        || crate::model::files::model_id(&state.config.model),
+        |i| i.id.clone(),
+    );
     let facts = info.map_or("loading…".to_string(), |i| {
         format!(
             "{} dimensions, up to {} tokens per input, {:?} pooling",
@@ -176,18 +187,19 @@ pub fn index_page(state: &AppState) -> Response<Full<Bytes>> {
     });
     let mut rows = String::new();
     for r in ROUTES {
-        let summary = openapi()["paths"][r.path]
-            .as_object()
-            .and_then(|m| m.values().next())
-            .and_then(|op| op["summary"].as_str())
-            .unwrap_or("");
-        rows.push_str(&format!(
-            "<tr><td><code>{} {}</code></td><td>{}</td><td><pre>{}</pre></td></tr>\n",
-            r.method,
-            r.path,
-            escape(summary),
-            escape(&example(r.path, auth).replace("PORT", &port))
-        ));
+        for method in r.methods {
+            let summary = openapi()["paths"][r.path][method.as_str().to_lowercase()]["summary"]
+                .as_str()
+                .unwrap_or("");
+            let is_post = *method == hyper::Method::POST;
+            rows.push_str(&format!(
+                "<tr><td><code>{} {}</code></td><td>{}</td><td><pre>{}</pre></td></tr>\n",
+                method,
+                r.path,
+                escape(summary),
+                escape(&example(r.path, is_post, auth).replace("PORT", &port))
+            ));
+        }
     }
     let html = format!(
         r#"<!doctype html>
@@ -224,13 +236,14 @@ mod tests {
         let paths = openapi()["paths"].as_object().unwrap();
         assert_eq!(paths.len(), ROUTES.len());
         for r in ROUTES {
-            let method = r.method.as_str().to_lowercase();
-            assert!(
-                paths[r.path].get(&method).is_some(),
-                "{} {} missing from openapi.json",
-                r.method,
-                r.path
-            );
+            for m in r.methods {
+                let method = m.as_str().to_lowercase();
+                assert!(
+                    paths[r.path].get(&method).is_some(),
+                    "{m} {} missing from openapi.json",
+                    r.path
+                );
+            }
         }
     }
 }

@@ -28,6 +28,12 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The body did not arrive within `--client-timeout-ms`; the connection is closed.
+    #[error("the request body did not arrive within {0} ms (--client-timeout-ms); the connection is closed")]
+    RequestTimeout(u64),
+    /// The body went over `--max-body-bytes` while it was read; the connection is closed.
+    #[error("{0}")]
+    BodyTooLarge(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("{reason}")]
@@ -47,7 +53,10 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge(_) | ApiError::BodyTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -61,14 +70,24 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Unauthorized => "unauthorized",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
-            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::PayloadTooLarge(_) | ApiError::BodyTooLarge(_) => "payload_too_large",
+            ApiError::RequestTimeout(_) => "client_timeout",
             ApiError::BadRequest(_) => "invalid_request",
             ApiError::Unavailable { kind, .. } => kind,
             ApiError::Internal(_) => "internal",
         }
     }
 
-    fn overloaded(kind: &'static str, reason: String, retry_after_secs: u32) -> Self {
+    /// Whether the connection must close after this answer: the rest of the body was not
+    /// read, so the next bytes on the connection are not a request.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            ApiError::RequestTimeout(_) | ApiError::BodyTooLarge(_)
+        )
+    }
+
+    pub(crate) fn overloaded(kind: &'static str, reason: String, retry_after_secs: u32) -> Self {
         ApiError::Unavailable {
             reason,
             kind,
@@ -179,6 +198,7 @@ mod tests {
             ),
             (ApiError::Unauthorized, 401),
             (ApiError::UnsupportedMediaType("text/plain".into()), 415),
+            (ApiError::RequestTimeout(30_000), 408),
             (QueueError::Full { capacity: 1 }.into(), 503),
             (
                 TokenizeError::TooLong {

@@ -9,8 +9,14 @@
 //!   finish, takes every connection in the accept backlog, then closes the listener: none is
 //!   reset, and new clients are refused;
 //! - the connections then finish their requests and close (see [`Connections::drain`]).
+//!
+//! Limits that keep one client from taking the replica down for everyone: the number of
+//! connections (`connections`), a header timeout that also closes idle keep-alive
+//! connections, a deadline for the whole body, a global budget of body bytes in flight, and
+//! a bound on concurrent large tokenizations (`routes`).
 
 pub mod api;
+pub mod connections;
 pub mod docs;
 pub mod error;
 pub mod routes;
@@ -29,25 +35,38 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::config::ServeConfig;
 use crate::lifecycle::Lifecycle;
 use crate::metrics;
 use crate::queue::Queue;
+use connections::{Admission, ConnectionGate, ConnectionSlot};
 
 /// What every handler shares.
 pub struct AppState {
     pub config: ServeConfig,
     pub lifecycle: Arc<Lifecycle>,
     pub queue: Arc<Queue>,
+    /// Bytes of request bodies that may be held at once (`--max-inflight-body-bytes`).
+    pub body_budget: Arc<Semaphore>,
+    /// Large tokenizations that may run at once (one per core, off the tokio threads).
+    pub tokenize_slots: Arc<Semaphore>,
+    pub connections: Arc<ConnectionGate>,
     inflight: AtomicUsize,
     idle: Notify,
 }
 
 impl AppState {
     pub fn new(config: ServeConfig, lifecycle: Arc<Lifecycle>, queue: Arc<Queue>) -> Self {
+        let max_connections = config.max_connections.map_or_else(
+            || connections::default_max_connections(connections::raise_file_limit()),
+            std::num::NonZeroUsize::get,
+        );
         Self {
+            body_budget: Arc::new(Semaphore::new(config.max_inflight_body_bytes)),
+            tokenize_slots: Arc::new(Semaphore::new(crate::config::available_cores())),
+            connections: ConnectionGate::new(max_connections),
             config,
             lifecycle,
             queue,
@@ -115,20 +134,39 @@ impl Drop for InflightGuard<'_> {
 async fn service(
     state: Arc<AppState>,
     req: Request<hyper::body::Incoming>,
+    admission: Admission,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let started = Instant::now();
     let route = routes::route_label(req.uri().path());
     let _inflight = InflightGuard::new(&state, route);
-    let mut response = match routes::handle(state.clone(), req).await {
+    let result = if admission == Admission::ProbesOnly && !routes::is_probe(route) {
+        Err(error::ApiError::Unavailable {
+            reason: format!(
+                "the server holds its maximum of {} connections (--max-connections); this one answers only the probes; retry",
+                state.connections.max()
+            ),
+            kind: "connection_limit",
+            retry_after_secs: 1,
+        })
+    } else {
+        routes::handle(state.clone(), req).await
+    };
+    let mut response = match result {
         Ok(r) => r,
         Err(e) => {
-            if e.status().is_server_error() {
+            if e.status().is_server_error() && e.status() != StatusCode::SERVICE_UNAVAILABLE {
                 tracing::warn!(route, "{e}");
             }
-            e.into_response()
+            let close = e.closes_connection();
+            let mut r = e.into_response();
+            if close {
+                r.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            r
         }
     };
-    if state.lifecycle.is_draining() {
+    if state.lifecycle.is_draining() || admission == Admission::ProbesOnly {
         response
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -155,15 +193,37 @@ impl Connections {
 }
 
 fn spawn_connection(stream: TcpStream, state: &Arc<AppState>, graceful: &GracefulShutdown) {
+    let (admission, slot) = state.connections.admit();
+    let Some(slot) = slot else {
+        // Past the probe reserve too: closing now keeps the descriptor budget intact.
+        drop(stream);
+        return;
+    };
+    serve_connection(stream, state, graceful, admission, slot);
+}
+
+fn serve_connection(
+    stream: TcpStream,
+    state: &Arc<AppState>,
+    graceful: &GracefulShutdown,
+    admission: Admission,
+    slot: ConnectionSlot,
+) {
     let _ = stream.set_nodelay(true);
+    let header_timeout = match admission {
+        Admission::Full => state.config.header_timeout(),
+        _ => connections::PROBE_HEADER_TIMEOUT.min(state.config.header_timeout()),
+    };
     let state = state.clone();
-    let svc = service_fn(move |req| service(state.clone(), req));
+    let svc = service_fn(move |req| service(state.clone(), req, admission));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(header_timeout)
+        .keep_alive(admission == Admission::Full)
         .serve_connection(TokioIo::new(stream), svc);
     let conn = graceful.watch(conn);
     tokio::spawn(async move {
+        let _slot = slot;
         if let Err(e) = conn.await {
             tracing::debug!("connection ended with an error: {e}");
         }
@@ -236,7 +296,7 @@ pub async fn accept_loop(
                 Ok((stream, _)) => spawn_connection(stream, &state, &graceful),
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
+                    state.connections.accept_failed(&e);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             },

@@ -4,30 +4,31 @@
 //! are tokenized and queued (503 when full) and the handler awaits the replies.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use serde::de::DeserializeOwned;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::api::{
     self, EmbedRequest, EmbeddingData, EncodingFormat, OpenAiEmbedding, OpenAiRequest,
-    OpenAiResponse, TokenizeRequest, Usage,
+    OpenAiResponse, Parsed, TokenizeRequest, Usage,
 };
 use super::error::ApiError;
 use super::{docs, json_response, AppState};
 use crate::lifecycle::{Readiness, Serving};
+use crate::model::files::model_id;
 use crate::model::pooling::l2_normalize;
 use crate::queue::{Entry, InferError, Job, Output};
 
 /// A route: its path, the methods it answers, and whether it needs the API key.
 pub struct Route {
     pub path: &'static str,
-    pub method: Method,
+    /// Methods answered (GET implies HEAD).
+    pub methods: &'static [Method],
     /// The `Allow` header for 405 answers.
     pub allow: &'static str,
     /// Reachable without the API key (probes).
@@ -38,59 +39,64 @@ pub struct Route {
 pub const ROUTES: &[Route] = &[
     Route {
         path: "/",
-        method: Method::GET,
-        allow: "GET, HEAD",
+        methods: &[Method::GET, Method::POST],
+        allow: "GET, HEAD, POST",
         public: false,
     },
     Route {
         path: "/embed",
-        method: Method::POST,
+        methods: &[Method::POST],
         allow: "POST",
         public: false,
     },
     Route {
         path: "/v1/embeddings",
-        method: Method::POST,
+        methods: &[Method::POST],
         allow: "POST",
         public: false,
     },
     Route {
         path: "/tokenize",
-        method: Method::POST,
+        methods: &[Method::POST],
         allow: "POST",
         public: false,
     },
     Route {
         path: "/info",
-        method: Method::GET,
+        methods: &[Method::GET],
         allow: "GET, HEAD",
         public: false,
     },
     Route {
         path: "/healthz",
-        method: Method::GET,
+        methods: &[Method::GET],
         allow: "GET, HEAD",
         public: true,
     },
     Route {
         path: "/readyz",
-        method: Method::GET,
+        methods: &[Method::GET],
         allow: "GET, HEAD",
         public: true,
     },
     Route {
         path: "/metrics",
-        method: Method::GET,
+        methods: &[Method::GET],
         allow: "GET, HEAD",
         public: false,
     },
     Route {
         path: "/openapi.json",
-        method: Method::GET,
+        methods: &[Method::GET],
         allow: "GET, HEAD",
         public: false,
     },
 ];
+
+/// Routes that answer on a probe-only connection (past `--max-connections`).
+pub fn is_probe(label: &str) -> bool {
+    matches!(label, "/healthz" | "/readyz" | "/metrics")
+}
 
 /// The metric label for a path: the route's own path, or "unmatched" (bounded cardinality).
 pub fn route_label(path: &str) -> &'static str {
@@ -109,8 +115,8 @@ pub async fn handle(
     let Some(route) = ROUTES.iter().find(|r| r.path == path) else {
         return Err(ApiError::NotFound(path));
     };
-    let method_ok = req.method() == route.method
-        || (route.method == Method::GET && req.method() == Method::HEAD);
+    let method_ok = route.methods.contains(req.method())
+        || (route.methods.contains(&Method::GET) && req.method() == Method::HEAD);
     if !method_ok {
         return Err(ApiError::MethodNotAllowed {
             method: req.method().to_string(),
@@ -120,6 +126,18 @@ pub async fn handle(
     }
     if !route.public {
         check_api_key(&state, &req)?;
+    }
+    if req.method() == Method::POST {
+        let path = route.path;
+        let body = read_body(&state, req).await?;
+        let parsed = api::parse_request(path, &body.bytes, state.config.max_client_batch)?;
+        drop(body.bytes);
+        let _budget = body.permit;
+        return match parsed {
+            Parsed::Embed(r) => embed(&state, r).await,
+            Parsed::OpenAi(r) => openai(&state, r).await,
+            Parsed::Tokenize(r) => tokenize(&state, r).await,
+        };
     }
     match route.path {
         "/" => Ok(docs::index_page(&state)),
@@ -131,9 +149,6 @@ pub async fn handle(
         "/readyz" => Ok(readyz(&state)),
         "/metrics" => Ok(metrics_text(&state)),
         "/info" => Ok(info(&state)),
-        "/embed" => embed(&state, read_json::<EmbedRequest>(&state, req).await?).await,
-        "/v1/embeddings" => openai(&state, read_json::<OpenAiRequest>(&state, req).await?).await,
-        "/tokenize" => tokenize(&state, read_json::<TokenizeRequest>(&state, req).await?).await,
         _ => Err(ApiError::Internal(format!("route {path} has no handler"))),
     }
 }
@@ -181,10 +196,22 @@ fn is_json(content_type: &str) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-async fn read_json<T: DeserializeOwned>(
-    state: &AppState,
-    req: Request<Incoming>,
-) -> Result<T, ApiError> {
+/// A request body read whole, and its share of the in-flight body budget (released when
+/// dropped, i.e. when the request is answered).
+struct Body {
+    bytes: Bytes,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// How long a body waits for room in `--max-inflight-body-bytes` before the request gets 503.
+const BODY_BUDGET_WAIT: Duration = Duration::from_secs(2);
+
+/// Reads the body of a JSON request: 415 unless JSON, 413 over `--max-body-bytes` (declared or
+/// sent), 408 unless the whole body arrives within `--client-timeout-ms` (however it
+/// trickles), 503 when the bodies already held fill `--max-inflight-body-bytes` for too long.
+/// Bytes are counted against the budget as they arrive, so a slow client holds only what it
+/// has sent, and nothing is allocated for a size that was only declared.
+async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<Body, ApiError> {
     let limit = state.config.max_body_bytes;
     let content_type = req
         .headers()
@@ -202,7 +229,7 @@ async fn read_json<T: DeserializeOwned>(
         )));
     }
     let too_large = || {
-        ApiError::PayloadTooLarge(format!(
+        ApiError::BodyTooLarge(format!(
             "the body is larger than the limit of {limit} bytes (--max-body-bytes)"
         ))
     };
@@ -214,21 +241,76 @@ async fn read_json<T: DeserializeOwned>(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let body = Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                too_large()
-            } else {
-                ApiError::BadRequest(format!("could not read the request body: {e}"))
+    let deadline = tokio::time::Instant::now() + state.config.client_timeout();
+    let mut body = req.into_body();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut received = 0usize;
+    let mut permit: Option<OwnedSemaphorePermit> = None;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(ApiError::RequestTimeout(state.config.client_timeout_ms)),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::BadRequest(format!(
+                    "could not read the request body: {e}"
+                )))
             }
-        })?;
-    let bytes = body.to_bytes();
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        received += data.len();
+        if received > limit {
+            return Err(too_large());
+        }
+        // `data.len()` ≤ `limit` < 4 GiB (checked at start-up).
+        let n = data.len() as u32;
+        let more = match state.body_budget.clone().try_acquire_many_owned(n) {
+            Ok(p) => p,
+            Err(_) => {
+                let wait_until = deadline.min(tokio::time::Instant::now() + BODY_BUDGET_WAIT);
+                match tokio::time::timeout_at(
+                    wait_until,
+                    state.body_budget.clone().acquire_many_owned(n),
+                )
+                .await
+                {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        return Err(ApiError::overloaded(
+                            "body_budget",
+                            format!(
+                                "server overloaded: the request bodies being handled fill --max-inflight-body-bytes ({} bytes); retry shortly",
+                                state.config.max_inflight_body_bytes
+                            ),
+                            1,
+                        ))
+                    }
+                }
+            }
+        };
+        match &mut permit {
+            Some(p) => p.merge(more),
+            None => permit = Some(more),
+        }
+        chunks.push(data);
+    }
+    let bytes = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().expect("one chunk"),
+        _ => {
+            let mut all = Vec::with_capacity(received);
+            for c in &chunks {
+                all.extend_from_slice(c);
+            }
+            Bytes::from(all)
+        }
+    };
+    Ok(Body { bytes, permit })
 }
 
 fn readyz(state: &AppState) -> Response<Full<Bytes>> {
@@ -252,6 +334,9 @@ fn readyz(state: &AppState) -> Response<Full<Bytes>> {
 
 fn metrics_text(state: &AppState) -> Response<Full<Bytes>> {
     crate::metrics::set_queue_depth(state.queue.depth());
+    crate::metrics::set_inflight_body_bytes(
+        state.config.max_inflight_body_bytes - state.body_budget.available_permits(),
+    );
     let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render())));
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -266,7 +351,7 @@ fn info(state: &AppState) -> Response<Full<Bytes>> {
     let c = &state.config;
     let model = state.lifecycle.loaded_info();
     let body = serde_json::json!({
-        "model_id": model.as_ref().map_or(c.model.clone(), |m| m.id.clone()),
+        "model_id": model.as_ref().map_or_else(|| model_id(&c.model), |m| m.id.clone()),
         "status": state.lifecycle.readiness().as_str(),
         "task": model.as_ref().map(|m| m.task),
         "dimensions": model.as_ref().map(|m| m.dimensions),
@@ -281,24 +366,14 @@ fn info(state: &AppState) -> Response<Full<Bytes>> {
         "queue_capacity": c.queue_capacity,
         "request_timeout_ms": c.request_timeout_ms,
         "max_body_bytes": c.max_body_bytes,
+        "max_inflight_body_bytes": c.max_inflight_body_bytes,
+        "client_timeout_ms": c.client_timeout_ms,
+        "header_timeout_ms": c.header_timeout_ms,
+        "max_connections": state.connections.max(),
+        "tokenizer_bounded": state.lifecycle.serving_now().map(|s| s.tokenizer.bounded()),
         "version": env!("CARGO_PKG_VERSION"),
     });
     json_response(StatusCode::OK, &body)
-}
-
-fn check_count(state: &AppState, n: usize) -> Result<(), ApiError> {
-    if n == 0 {
-        return Err(ApiError::BadRequest(
-            "the input list is empty; send at least one text".into(),
-        ));
-    }
-    if n > state.config.max_client_batch {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "{n} inputs in one request; the limit is {} (--max-client-batch)",
-            state.config.max_client_batch
-        )));
-    }
-    Ok(())
 }
 
 /// Holds the request through a cold start if needed, then returns the loaded model's state.
@@ -309,35 +384,37 @@ async fn serving(state: &AppState) -> Result<Arc<Serving>, ApiError> {
         .await?)
 }
 
-/// Above this many bytes of text, tokenizing moves off the tokio threads: a request near the
-/// body limit takes tens of milliseconds to tokenize, which must not stall other connections.
+/// Above this many bytes of text, tokenizing moves off the tokio threads (a whole-text
+/// encoding of a long input takes milliseconds, which must not stall other connections), and
+/// at most one such tokenization per core runs at once: the rest wait their turn, so the
+/// memory they take is bounded whatever the concurrency.
 const TOKENIZE_INLINE_BYTES: usize = 32 * 1024;
 
-/// Token ids of every input (413 for a too-long one when not truncating).
-async fn tokenize_all(
+/// Runs `work` over `texts` inline when they are small, else on a blocking thread under
+/// `state.tokenize_slots`. Takes the texts by value so a large body is freed as soon as it is
+/// tokenized, not when the request ends.
+async fn tokenized<T: Send + 'static>(
+    state: &AppState,
     serving: &Arc<Serving>,
-    texts: &[String],
-    truncate: bool,
-) -> Result<Vec<Vec<u32>>, ApiError> {
-    let encode = move |serving: &Serving, texts: &[String]| -> Result<Vec<Vec<u32>>, ApiError> {
-        texts
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                serving
-                    .tokenizer
-                    .encode(i, t, truncate)
-                    .map_err(ApiError::from)
-            })
-            .collect()
-    };
+    texts: Vec<String>,
+    work: impl FnOnce(&Serving, Vec<String>) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
     if texts.iter().map(String::len).sum::<usize>() <= TOKENIZE_INLINE_BYTES {
-        return encode(serving, texts);
+        return work(serving, texts);
     }
-    let (serving, texts) = (serving.clone(), texts.to_vec());
-    tokio::task::spawn_blocking(move || encode(&serving, &texts))
+    let slot = state
+        .tokenize_slots
+        .clone()
+        .acquire_owned()
         .await
-        .map_err(|e| ApiError::Internal(format!("tokenization failed: {e}")))?
+        .map_err(|e| ApiError::Internal(format!("tokenization slots closed: {e}")))?;
+    let serving = serving.clone();
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        work(&serving, texts)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("tokenization failed: {e}")))?
 }
 
 /// Tokenizes, queues and awaits `texts`; returns pooled vectors (normalised if asked) and the
@@ -345,12 +422,11 @@ async fn tokenize_all(
 /// request is (held through a cold start, queued or running).
 async fn embed_texts(
     state: &AppState,
-    texts: &[String],
+    texts: Vec<String>,
     truncate: bool,
     normalize: bool,
     dimensions: Option<usize>,
 ) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
-    check_count(state, texts.len())?;
     let work = async {
         // Arrival order is taken now, before any cold-start hold, so held requests keep it.
         let first_seq = state.queue.next_seqs(texts.len());
@@ -363,7 +439,19 @@ async fn embed_texts(
                 )));
             }
         }
-        let ids = tokenize_all(&serving, texts, truncate).await?;
+        let ids = tokenized(state, &serving, texts, move |serving, texts| {
+            texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    serving
+                        .tokenizer
+                        .encode(i, t, truncate)
+                        .map_err(ApiError::from)
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
         let tokens = ids.iter().map(Vec::len).sum();
         // The timeout counts from when the model could serve: a request held through a cold start
         // gets the full request timeout after it.
@@ -419,27 +507,22 @@ async fn embed_texts(
     }
 }
 
+/// `POST /embed` and `POST /` (TEI's API; what `huggingface_hub`'s `feature_extraction` sends).
 async fn embed(state: &AppState, req: EmbedRequest) -> Result<Response<Full<Bytes>>, ApiError> {
-    if let Some(d) = req.truncation_direction.as_deref() {
-        if !d.eq_ignore_ascii_case("right") {
-            return Err(ApiError::BadRequest(format!(
-                "truncation_direction {d:?} is not supported; only \"right\""
-            )));
-        }
-    }
-    if req.prompt_name.is_some() {
-        return Err(ApiError::BadRequest(
-            "prompt_name is not supported by this server".into(),
-        ));
-    }
-    let (vectors, _) = embed_texts(state, &req.inputs.0, req.truncate, req.normalize, None).await?;
+    let (vectors, _) = embed_texts(state, req.inputs.0, req.truncate, req.normalize, None).await?;
     Ok(json_response(StatusCode::OK, &vectors))
 }
 
 async fn openai(state: &AppState, req: OpenAiRequest) -> Result<Response<Full<Bytes>>, ApiError> {
     // OpenAI's embeddings are unit vectors; so are these.
-    let (vectors, tokens) = embed_texts(state, &req.input.0, true, true, req.dimensions).await?;
-    let model = req.model.unwrap_or_else(|| state.config.model.clone());
+    let (vectors, tokens) = embed_texts(state, req.input.0, true, true, req.dimensions).await?;
+    let model = match req.model {
+        Some(m) => m,
+        None => state
+            .lifecycle
+            .loaded_info()
+            .map_or_else(|| model_id(&state.config.model), |i| i.id),
+    };
     let data = vectors
         .into_iter()
         .enumerate()
@@ -468,15 +551,21 @@ async fn tokenize(
     state: &AppState,
     req: TokenizeRequest,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    check_count(state, req.inputs.0.len())?;
     let serving = serving(state).await?;
-    let tokens = req
-        .inputs
-        .0
-        .iter()
-        .enumerate()
-        .map(|(i, t)| serving.tokenizer.tokens(i, t, req.add_special_tokens))
-        .collect::<Result<Vec<_>, _>>()?;
+    let (add_special, truncate) = (req.add_special_tokens, req.truncate);
+    let tokens = tokenized(state, &serving, req.inputs.0, move |serving, texts| {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                serving
+                    .tokenizer
+                    .tokens(i, t, add_special, truncate)
+                    .map_err(ApiError::from)
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?;
     Ok(json_response(StatusCode::OK, &tokens))
 }
 

@@ -11,10 +11,31 @@ use hf_hub::{Cache, Repo, RepoType};
 
 use super::ModelError;
 
+/// The name a model is reported by (`/info`, `/`, OpenAI's `model`): the hub id, or the
+/// directory's own name for a local directory — never a filesystem path, which would tell
+/// callers about the host.
+pub fn model_id(model: &str) -> String {
+    let path = Path::new(model);
+    if path.is_dir() || looks_like_a_path(model) {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "local-model".to_string())
+    } else {
+        model.to_string()
+    }
+}
+
+/// How to get the model when it is not where `--model` says.
+const HOW_TO_FIX: &str =
+    "fetch the default model with scripts/fetch-model.sh and pass --model DIR, \
+point --model at a local directory in Hugging Face layout, or run `zerobatch download --model ID` \
+on a machine that reaches the hub (or its mirror in HF_ENDPOINT)";
+
 /// Files the server needs. Optional ones describe sentence-transformers pooling and length.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
-    /// Where the files were found (the local directory, or the hub id).
+    /// The model's id as reported to clients (see [`model_id`]).
     pub source: String,
     pub config: PathBuf,
     pub weights: PathBuf,
@@ -43,7 +64,7 @@ pub fn resolve(model: &str, revision: &str) -> Result<ModelFiles, ModelError> {
     }
     if looks_like_a_path(model) {
         return Err(ModelError::Files(format!(
-            "model directory {model} does not exist (a hub id looks like `owner/name`)"
+            "model directory {model} does not exist (a hub id looks like `owner/name`); {HOW_TO_FIX}"
         )));
     }
     from_hub(model, revision)
@@ -66,7 +87,7 @@ pub fn from_directory(dir: &Path) -> Result<ModelFiles, ModelError> {
         get(name).ok_or_else(|| ModelError::Files(format!("{} has no {name}", dir.display())))
     };
     Ok(ModelFiles {
-        source: dir.display().to_string(),
+        source: model_id(&dir.to_string_lossy()),
         config: need(REQUIRED[0])?,
         weights: need(REQUIRED[1])?,
         tokenizer: need(REQUIRED[2])?,
@@ -95,9 +116,16 @@ fn from_hub(model_id: &str, revision: &str) -> Result<ModelFiles, ModelError> {
             .ok()
             .filter(|t| !t.is_empty())
             .or_else(|| cache.token());
-        let api = ApiBuilder::from_cache(cache.clone())
+        let mut builder = ApiBuilder::from_cache(cache.clone())
             .with_token(token)
-            .with_progress(false)
+            .with_progress(false);
+        // A hub mirror, as the Python libraries and hf-hub's own `from_env` read it.
+        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+            if !endpoint.is_empty() {
+                builder = builder.with_endpoint(endpoint);
+            }
+        }
+        let api = builder
             .build()
             .map_err(|e| ModelError::Files(format!("cannot use the Hugging Face hub: {e}")))?
             .repo(repo.clone());
@@ -112,13 +140,13 @@ fn from_hub(model_id: &str, revision: &str) -> Result<ModelFiles, ModelError> {
         match fetch(name) {
             Ok(Some(p)) => Ok(p),
             Ok(None) if offline() => Err(ModelError::Files(format!(
-                "{model_id}: {name} is not in the Hugging Face cache and HF_HUB_OFFLINE is set"
+                "{model_id}: {name} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; {HOW_TO_FIX}"
             ))),
             Ok(None) => Err(ModelError::Files(format!(
                 "{model_id} has no {name} on the hub"
             ))),
             Err(e) => Err(ModelError::Files(format!(
-                "{model_id}: downloading {name} failed: {e}"
+                "{model_id}: downloading {name} failed: {e}; {HOW_TO_FIX}"
             ))),
         }
     };
@@ -146,6 +174,24 @@ mod tests {
     fn a_missing_directory_is_reported_not_sent_to_the_hub() {
         let err = resolve("/nonexistent/model/dir", "main").unwrap_err();
         assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn model_ids_never_show_a_path() {
+        assert_eq!(
+            model_id("sentence-transformers/all-MiniLM-L6-v2"),
+            "sentence-transformers/all-MiniLM-L6-v2"
+        );
+        assert_eq!(model_id("/srv/models/all-MiniLM-L6-v2"), "all-MiniLM-L6-v2");
+        assert_eq!(model_id("./models/mini/"), "mini");
+        let dir = std::env::temp_dir();
+        assert!(!model_id(&dir.to_string_lossy()).contains('/'));
+    }
+
+    #[test]
+    fn a_missing_directory_says_how_to_fix_it() {
+        let err = resolve("/nonexistent/model/dir", "main").unwrap_err();
+        assert!(err.to_string().contains("scripts/fetch-model.sh"), "{err}");
     }
 
     #[test]

@@ -3,19 +3,32 @@
 //!
 //! Runs on the HTTP threads (one input takes microseconds), so a batch reaches the workers as
 //! ready-made ids and a bad input is refused before it takes a place in the queue.
+//!
+//! **Cost bounded by what is kept, not by what was sent.** The `tokenizers` crate truncates
+//! only after encoding the whole text: a 2 MB text becomes ~380k tokens with strings and
+//! offsets (hundreds of MB) only to keep 256 of them. Here a long text is encoded a prefix at a
+//! time: the prefix ends just before a whitespace character, its last word is not trusted, and
+//! once the trusted tokens are more than the model keeps, the answer is exactly the one the
+//! whole text would give (the same ids: `encode_unbounded` is the reference, and the tests and
+//! the fuzz target compare the two). This is only sound when tokenization never joins text
+//! across whitespace, so the fast path is enabled only for tokenizers whose normalizer and
+//! pre-tokenizer are on an allow-list of per-character normalizers and whitespace-splitting
+//! pre-tokenizers ([`prefix_safe`]); others encode the whole text (still bounded by the body
+//! limit and by the front end's limit on concurrent large tokenizations).
 
 use std::path::Path;
 
-use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use super::ModelError;
 
 /// Why an input could not be tokenized.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenizeError {
-    #[error("input {index} has {tokens} tokens, more than the model's maximum of {max}; send \"truncate\": true to cut it")]
+    #[error("input {index} has {tokens} tokens or more, over the model's maximum of {max}; send \"truncate\": true to cut it")]
     TooLong {
         index: usize,
+        /// Tokens counted before giving up: the input has at least this many.
         tokens: usize,
         max: usize,
     },
@@ -39,17 +52,45 @@ pub struct TextTokenizer {
     truncating: Tokenizer,
     whole: Tokenizer,
     max_len: usize,
+    /// Special tokens the post-processor adds to one sequence (`[CLS]` and `[SEP]` for BERT).
+    added: usize,
+    /// Whether a long text may be encoded a prefix at a time (see the module docs).
+    prefix_safe: bool,
 }
+
+/// The first prefix tried for a long text is this many bytes per token kept (English averages
+/// 4–5 bytes per token); each retry takes four times more.
+const PREFIX_BYTES_PER_TOKEN: usize = 8;
+/// Texts up to this many bytes are encoded whole: the prefix machinery would not save anything.
+const PREFIX_MIN_BYTES: usize = 4096;
 
 impl TextTokenizer {
     /// Loads `tokenizer.json`; `max_len` counts special tokens, as `max_seq_length` does.
     pub fn load(path: &Path, max_len: usize) -> Result<Self, ModelError> {
-        let mut whole = Tokenizer::from_file(path)
+        let whole = Tokenizer::from_file(path)
             .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
+        Self::from_tokenizer(whole, max_len)
+            .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))
+    }
+
+    /// Builds from the JSON text of a `tokenizer.json` (for fuzzing and tests).
+    pub fn from_json(json: &[u8], max_len: usize) -> Result<Self, ModelError> {
+        let whole =
+            Tokenizer::from_bytes(json).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        Self::from_tokenizer(whole, max_len).map_err(ModelError::Tokenizer)
+    }
+
+    fn from_tokenizer(mut whole: Tokenizer, max_len: usize) -> Result<Self, String> {
         whole.with_padding(None);
-        whole
-            .with_truncation(None)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        whole.with_truncation(None).map_err(|e| e.to_string())?;
+        let added = whole
+            .get_post_processor()
+            .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false));
+        if max_len <= added {
+            return Err(format!(
+                "the maximum input length ({max_len} tokens) leaves no room for text after the {added} special tokens"
+            ));
+        }
         let mut truncating = whole.clone();
         truncating
             .with_truncation(Some(TruncationParams {
@@ -58,11 +99,14 @@ impl TextTokenizer {
                 stride: 0,
                 direction: TruncationDirection::Right,
             }))
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
+        let prefix_safe = prefix_safe(&whole);
         Ok(Self {
             truncating,
             whole,
             max_len,
+            added,
+            prefix_safe,
         })
     }
 
@@ -71,9 +115,27 @@ impl TextTokenizer {
         self.max_len
     }
 
+    /// Whether long texts are encoded a prefix at a time (see the module docs).
+    pub fn bounded(&self) -> bool {
+        self.prefix_safe
+    }
+
     /// Token ids of input `index` (the index only labels errors). When `truncate` is false an
-    /// input longer than the maximum is an error, not silently cut.
+    /// input longer than the maximum is an error, not silently cut. Costs what is kept: see
+    /// the module docs.
     pub fn encode(
+        &self,
+        index: usize,
+        text: &str,
+        truncate: bool,
+    ) -> Result<Vec<u32>, TokenizeError> {
+        let encoding = self.bounded_encoding(index, text, true, truncate, false)?;
+        ids_of(index, &encoding)
+    }
+
+    /// [`TextTokenizer::encode`] by encoding the whole text first: the reference the bounded
+    /// path is tested (and fuzzed) against.
+    pub fn encode_unbounded(
         &self,
         index: usize,
         text: &str,
@@ -85,42 +147,28 @@ impl TextTokenizer {
             &self.whole
         };
         let encoding = tokenizer
-            .encode(text, true)
-            .map_err(|e| TokenizeError::Failed {
-                index,
-                reason: e.to_string(),
-            })?;
-        let ids = encoding.get_ids();
-        if ids.len() > self.max_len {
+            .encode_fast(text, true)
+            .map_err(|e| failed(index, e))?;
+        if encoding.len() > self.max_len {
             return Err(TokenizeError::TooLong {
                 index,
-                tokens: ids.len(),
+                tokens: encoding.len(),
                 max: self.max_len,
             });
         }
-        if ids.is_empty() {
-            return Err(TokenizeError::Failed {
-                index,
-                reason: "it gives no tokens".into(),
-            });
-        }
-        Ok(ids.to_vec())
+        ids_of(index, &encoding)
     }
 
-    /// Tokens of one input with their text and offsets, for `/tokenize`.
+    /// Tokens of one input with their text and offsets, for `/tokenize`: the tokens the model
+    /// would see (cut at the maximum length when `truncate`, else 413 for a longer input).
     pub fn tokens(
         &self,
         index: usize,
         text: &str,
         add_special_tokens: bool,
+        truncate: bool,
     ) -> Result<Vec<TokenInfo>, TokenizeError> {
-        let encoding =
-            self.whole
-                .encode(text, add_special_tokens)
-                .map_err(|e| TokenizeError::Failed {
-                    index,
-                    reason: e.to_string(),
-                })?;
+        let encoding = self.bounded_encoding(index, text, add_special_tokens, truncate, true)?;
         let special = encoding.get_special_tokens_mask();
         Ok(encoding
             .get_ids()
@@ -136,5 +184,290 @@ impl TextTokenizer {
                 stop,
             })
             .collect())
+    }
+
+    /// The encoding of `text` as the truncating tokenizer gives it (or `TooLong` when not
+    /// truncating and the text is longer than the maximum), encoding no more of a long text
+    /// than the answer needs when the tokenizer allows it.
+    fn bounded_encoding(
+        &self,
+        index: usize,
+        text: &str,
+        add_special_tokens: bool,
+        truncate: bool,
+        offsets: bool,
+    ) -> Result<Encoding, TokenizeError> {
+        // Content tokens the answer keeps.
+        let kept = if add_special_tokens {
+            self.max_len - self.added
+        } else {
+            self.max_len
+        };
+        let encode = |t: &str| {
+            if offsets {
+                self.whole.encode(t, false)
+            } else {
+                self.whole.encode_fast(t, false)
+            }
+            .map_err(|e| failed(index, e))
+        };
+        let finish = |raw: Encoding| -> Result<Encoding, TokenizeError> {
+            if !truncate && raw.len() > kept {
+                return Err(TokenizeError::TooLong {
+                    index,
+                    tokens: raw.len() + self.max_len - kept,
+                    max: self.max_len,
+                });
+            }
+            self.truncating
+                .post_process(raw, None, add_special_tokens)
+                .map_err(|e| failed(index, e))
+        };
+        let mut budget = (kept * PREFIX_BYTES_PER_TOKEN).max(PREFIX_MIN_BYTES);
+        if self.prefix_safe {
+            while budget < text.len() {
+                if let Some((cut, trusted_end)) = prefix_cut(text, budget) {
+                    let raw = encode(&text[..cut])?;
+                    let trusted = raw
+                        .get_offsets()
+                        .iter()
+                        .take_while(|&&(_, end)| end <= trusted_end)
+                        .count();
+                    // More trusted tokens than are kept: the whole text starts with the same
+                    // tokens, so cutting here gives its answer (and proves it too long).
+                    if trusted > kept {
+                        return finish(raw);
+                    }
+                }
+                budget = budget.saturating_mul(4);
+            }
+        }
+        finish(encode(text)?)
+    }
+}
+
+fn failed(index: usize, e: impl std::fmt::Display) -> TokenizeError {
+    TokenizeError::Failed {
+        index,
+        reason: e.to_string(),
+    }
+}
+
+fn ids_of(index: usize, encoding: &Encoding) -> Result<Vec<u32>, TokenizeError> {
+    let ids = encoding.get_ids();
+    if ids.is_empty() {
+        return Err(TokenizeError::Failed {
+            index,
+            reason: "it gives no tokens".into(),
+        });
+    }
+    Ok(ids.to_vec())
+}
+
+/// Where to cut a prefix of about `budget` bytes: just before the last whitespace character
+/// at or before `budget`, and the end of the text that can be trusted inside that prefix (the
+/// start of its last whitespace-delimited word, whose tokens might change with what follows).
+/// `None` when there is no such whitespace (one very long word: encode more).
+fn prefix_cut(text: &str, budget: usize) -> Option<(usize, usize)> {
+    let mut end = budget.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let head = &text[..end];
+    // The cut: the start of the last whitespace run in `head` that has text before it.
+    let cut = head.trim_end_matches(|c: char| !c.is_whitespace());
+    let cut = cut.trim_end_matches(char::is_whitespace).len();
+    if cut == 0 {
+        return None;
+    }
+    let before = &text[..cut];
+    let last_word = before.trim_end_matches(|c: char| !c.is_whitespace()).len();
+    Some((cut, last_word))
+}
+
+/// Whether tokenization never joins text across whitespace, so that the tokens of a prefix
+/// cut before whitespace are the first tokens of the whole text: true when every normalizer is
+/// per-character (or only touches the ends) and every pre-tokenizer splits on whitespace.
+/// Checked on the serialised configuration, so unknown or regex-driven steps (`Replace`,
+/// `Split`, byte-level without its own regex) turn the fast path off rather than risk it.
+fn prefix_safe(tokenizer: &Tokenizer) -> bool {
+    const NORMALIZERS: &[&str] = &[
+        "BertNormalizer",
+        "Strip",
+        "StripAccents",
+        "NFC",
+        "NFD",
+        "NFKC",
+        "NFKD",
+        "Lowercase",
+        "Prepend",
+        "Sequence",
+    ];
+    const PRE_TOKENIZERS: &[&str] = &[
+        "BertPreTokenizer",
+        "Whitespace",
+        "WhitespaceSplit",
+        "Metaspace",
+        "ByteLevel",
+        "Punctuation",
+        "Digits",
+        "Sequence",
+    ];
+    let normalizer = tokenizer
+        .get_normalizer()
+        .map(serde_json::to_value)
+        .transpose();
+    let pre_tokenizer = tokenizer
+        .get_pre_tokenizer()
+        .map(serde_json::to_value)
+        .transpose();
+    let (Ok(normalizer), Ok(pre_tokenizer)) = (normalizer, pre_tokenizer) else {
+        return false;
+    };
+    let Some(pre_tokenizer) = pre_tokenizer else {
+        // Without a pre-tokenizer the model sees the whole text as one word.
+        return false;
+    };
+    normalizer.is_none_or(|n| only_types(&n, NORMALIZERS))
+        && only_types(&pre_tokenizer, PRE_TOKENIZERS)
+        && splits_on_whitespace(&pre_tokenizer)
+}
+
+/// True when every object with a `type` in `value` has one of `allowed`, and byte-level steps
+/// split with their own (whitespace-respecting) regex.
+fn only_types(value: &serde_json::Value, allowed: &[&str]) -> bool {
+    match value {
+        serde_json::Value::Object(map) => {
+            let type_ok = match map.get("type").and_then(|t| t.as_str()) {
+                Some("ByteLevel") => map.get("use_regex").and_then(|u| u.as_bool()) != Some(false),
+                Some(t) => allowed.contains(&t),
+                None => true,
+            };
+            type_ok && map.values().all(|v| only_types(v, allowed))
+        }
+        serde_json::Value::Array(items) => items.iter().all(|v| only_types(v, allowed)),
+        _ => true,
+    }
+}
+
+/// True when some step of the pre-tokenizer splits on whitespace (so words never span it).
+fn splits_on_whitespace(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Object(map) => {
+            matches!(
+                map.get("type").and_then(|t| t.as_str()),
+                Some(
+                    "BertPreTokenizer"
+                        | "Whitespace"
+                        | "WhitespaceSplit"
+                        | "Metaspace"
+                        | "ByteLevel"
+                )
+            ) || map.values().any(splits_on_whitespace)
+        }
+        serde_json::Value::Array(items) => items.iter().any(splits_on_whitespace),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> TextTokenizer {
+        let dir = std::env::temp_dir().join(format!("zb-tok-{}", std::process::id()));
+        crate::model::tiny::write_tiny_bert(&dir, &crate::model::tiny::TinySpec::default())
+            .unwrap();
+        TextTokenizer::load(&dir.join("tokenizer.json"), 12).unwrap()
+    }
+
+    fn lcg_text(seed: u64, words: usize) -> String {
+        const PIECES: &[&str] = &[
+            "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "é", "naïve", "東京",
+            "a.b", "x,y", "123", "hello", "world", "[SEP]", "[CLS]", "!!", "ü",
+        ];
+        const SPACES: &[&str] = &[" ", "  ", "\n", "\t", " \u{3000}", "\r\n", ""];
+        let mut s = seed;
+        let mut next = |n: usize| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 33) as usize % n
+        };
+        let mut out = String::new();
+        for _ in 0..words {
+            out.push_str(PIECES[next(PIECES.len())]);
+            out.push_str(SPACES[next(SPACES.len())]);
+        }
+        out
+    }
+
+    #[test]
+    fn the_bounded_path_gives_the_ids_of_the_whole_text() {
+        let t = tiny();
+        assert!(t.bounded(), "the tiny BERT tokenizer is prefix-safe");
+        // The bounded path stops counting a too-long input early: only the variant must agree.
+        let norm = |r: Result<Vec<u32>, TokenizeError>| {
+            r.map_err(|e| match e {
+                TokenizeError::TooLong { index, max, .. } => TokenizeError::TooLong {
+                    index,
+                    max,
+                    tokens: 0,
+                },
+                other => other,
+            })
+        };
+        for seed in 0..200 {
+            let words = [1, 5, 11, 12, 13, 50, 700, 3000][seed as usize % 8];
+            let text = lcg_text(seed, words);
+            for truncate in [true, false] {
+                assert_eq!(
+                    norm(t.encode(0, &text, truncate)),
+                    norm(t.encode_unbounded(0, &text, truncate)),
+                    "seed {seed}, truncate {truncate}: {text:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn too_long_inputs_are_refused_without_truncation() {
+        let t = tiny();
+        let long = "hello world ".repeat(10_000);
+        match t.encode(3, &long, false) {
+            Err(TokenizeError::TooLong { index, tokens, max }) => {
+                assert_eq!((index, max), (3, 12));
+                assert!(tokens > 12);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t.encode(0, &long, true).unwrap().len(), 12);
+        assert_eq!(t.tokens(0, &long, true, true).unwrap().len(), 12);
+        assert!(t.tokens(0, &long, true, false).is_err());
+    }
+
+    #[test]
+    fn prefix_cuts_fall_before_whitespace_and_distrust_the_last_word() {
+        assert_eq!(prefix_cut("hello big world", 13), Some((9, 6)));
+        assert_eq!(prefix_cut("hello world", 4), None);
+        assert_eq!(prefix_cut("abcdefgh", 100), None);
+        // Never inside a character.
+        let text = "aé é é é";
+        for b in 0..text.len() {
+            if let Some((cut, trusted)) = prefix_cut(text, b) {
+                assert!(text.is_char_boundary(cut) && trusted <= cut);
+            }
+        }
+    }
+
+    #[test]
+    fn regex_splitting_tokenizers_are_not_prefix_safe() {
+        let json = serde_json::json!({
+            "version": "1.0",
+            "pre_tokenizer": { "type": "Split", "pattern": { "Regex": "." }, "behavior": "Isolated", "invert": false },
+            "model": { "type": "WordLevel", "vocab": { "[UNK]": 0, "a": 1 }, "unk_token": "[UNK]" }
+        });
+        let t = TextTokenizer::from_json(json.to_string().as_bytes(), 8).unwrap();
+        assert!(!t.bounded());
     }
 }
