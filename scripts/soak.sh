@@ -25,6 +25,7 @@
 #   RESULTS_DIR [target/soak/<UTC time>]  WARMUP [5] s  SAMPLE_EVERY [2] s  FD_SETTLE_MAX [40] s
 #   HEADER_TIMEOUT_S, BODY_DEADLINE_S: the server's header timeout and body read deadline in
 #     seconds (0: none); by default read from /info, else from `BIN --help`, else 30 and 0.
+#   PEAK_RSS_LIMIT_MB: when set, also fail if the server's VmHWM exceeds it (MB = 10^6 bytes).
 #   CLIENT_ARGS: more options for soak_clients.py run (see its --help), e.g. "--burst-size 200"
 #   API_KEY: sent as a bearer token (and given to the server this script starts).
 #
@@ -182,13 +183,19 @@ nseg=$((duration / segment))
 last_seg=$((duration - (nseg - 1) * segment))
 
 put started_utc "$(date -u +%Y-%m-%dT%H:%MZ)"
-put binary "${bin/#$repo_root\//}"
-put version "$("$bin" --version 2>/dev/null || echo unknown)"
+if [[ -n "$started_server" ]]; then
+  put binary "${bin/#$repo_root\//}"
+  put version "$("$bin" --version 2>/dev/null || echo unknown)"
+else
+  put binary "external server"
+  put version "version $(info_value version)"
+fi
 put server_flags "${server_flags[*]:-external server at $url}"
 put cores "$(nproc)"
 put duration "$duration"
 put segment "$segment"
 put concurrency "$concurrency"
+put peak_rss_limit_mb "${PEAK_RSS_LIMIT_MB:-}"
 put header_timeout "$header_timeout_s s ($header_src)"
 put body_deadline "$body_deadline_s s ($body_src)"
 
