@@ -98,6 +98,11 @@ async def read_response(reader):
         body = b"".join(chunks)
     else:
         body = b""
+    if status != 200 and body[:1] == b"{":
+        try:
+            headers["x-soak-error-type"] = json.loads(body).get("error_type")
+        except (ValueError, AttributeError):
+            pass
     return status, headers, body
 
 
@@ -172,9 +177,12 @@ class Recorder:
         ended first)."""
         retry_after = (headers or {}).get("retry-after")
         ms = None if seconds is None else round(seconds * 1e3, 1)
-        self.counts[(cls, case, outcome, status)] += 1
+        etype = (headers or {}).get("x-soak-error-type") or ""
+        self.counts[(cls, case, outcome, status, etype)] += 1
         self.verdicts[(cls, verdict)] += 1
         t = round(time.monotonic() - self.t0, 3)
+        if etype and not detail:
+            detail = etype
         self.csv.writerow([t, cls, case, outcome, status if status is not None else "",
                            retry_after or "", ms if ms is not None else "", verdict, detail])
         if verdict == "violation":
@@ -198,8 +206,8 @@ class Recorder:
 
     def close(self, path, extra):
         self.file.close()
-        rows = [{"class": c, "case": k, "outcome": o, "status": s, "n": n}
-                for (c, k, o, s), n in sorted(self.counts.items(), key=lambda kv: str(kv[0]))]
+        rows = [{"class": c, "case": k, "outcome": o, "status": s, "error_type": e, "n": n}
+                for (c, k, o, s, e), n in sorted(self.counts.items(), key=lambda kv: str(kv[0]))]
         verdicts = [{"class": c, "verdict": v, "n": n}
                     for (c, v), n in sorted(self.verdicts.items())]
         with open(path, "w") as f:
@@ -760,14 +768,15 @@ def report(out_dir):
     w("")
     w("Counts by client class and status (oha: the small requests):")
     w("")
-    w("| class | case | outcome | status | count |")
-    w("|---|---|---|---:|---:|")
+    w("| class | case | outcome | status | error_type | count |")
+    w("|---|---|---|---:|---|---:|")
     for k, v in sorted(oha_status.items()):
-        w(f"| oha | small | response | {k} | {v} |")
+        w(f"| oha | small | response | {k} | | {v} |")
     for k, v in sorted(oha_errors.items()):
-        w(f"| oha | small | error: {k} | | {v} |")
+        w(f"| oha | small | error: {k} | | | {v} |")
     for c in clients.get("counts", []):
-        w(f"| {c['class']} | {c['case']} | {c['outcome']} | {c['status'] or ''} | {c['n']} |")
+        w(f"| {c['class']} | {c['case']} | {c['outcome']} | {c['status'] or ''} | "
+          f"{c.get('error_type') or ''} | {c['n']} |")
     w("")
     if bursts:
         w("Bursts (" + f"{settings.get('burst_size')} concurrent requests of "
