@@ -32,6 +32,22 @@ unset API_KEY
 model_dir=$(scripts/fetch-model.sh | tail -n 1)
 export ZEROBATCH_MODEL_DIR="$model_dir"
 
+# ---- Python clients (tests/python_clients.rs) ----
+# The real huggingface_hub and openai clients run against the server from a venv under
+# target/ (scripts/test-venv.sh; built once, reused). Without the venv that test skips, and a
+# skipped client test is how a client-compatibility regression would slip through CI, so a
+# venv that cannot be built fails this script (Python 3 with pip is needed above already)
+# unless ZEROBATCH_SKIP_PYTHON_CLIENTS=1 says to run without it knowingly.
+if test_python=$(scripts/test-venv.sh | tail -n 1); then
+  export ZEROBATCH_TEST_PYTHON="$test_python"
+elif [ "${ZEROBATCH_SKIP_PYTHON_CLIENTS:-}" = 1 ]; then
+  echo "WARNING: no Python test venv: tests/python_clients.rs will be SKIPPED (ZEROBATCH_SKIP_PYTHON_CLIENTS=1)" >&2
+else
+  echo "WARNING: could not build the Python test venv (see above); set ZEROBATCH_SKIP_PYTHON_CLIENTS=1 to run the tests without the client test" >&2
+  exit 1
+fi
+# ---- end Python clients ----
+
 status=0
 cargo test --locked --all-targets "$@" || status=$?
 if [ "$shellcheck_missing" = 1 ]; then

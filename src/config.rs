@@ -113,7 +113,7 @@ pub struct ServeConfig {
 
     /// Most open client connections. Past it, a few more are served for the probes only
     /// (/healthz, /readyz, /metrics; other routes get 503), then new connections are closed at
-    /// once. Default: sized to the process's file-descriptor limit, at most 16384.
+    /// once. Default: sized to the process's file-descriptor limit, at most 8192.
     #[arg(long, env = "MAX_CONNECTIONS")]
     pub max_connections: Option<NonZeroUsize>,
 

@@ -11,6 +11,7 @@
 //! `metrics` is recorded at every stage; `lifecycle` covers the bind-first cold start, the
 //! readiness state and the drain; `config` holds every option; `server` wires them together.
 
+pub mod alloc;
 pub mod batcher;
 pub mod config;
 pub mod http;

@@ -27,6 +27,7 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     let process_start = Instant::now();
+    zerobatch::alloc::configure();
     let cli = Cli::parse();
     init_logging();
     match cli.command {

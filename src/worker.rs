@@ -308,4 +308,230 @@ mod tests {
         q.close();
         pool.join();
     }
+
+    /// Second token of a stress-test entry: what the fake model does with its pass.
+    const NORMAL: u32 = 1;
+    const FAILS: u32 = 2;
+    const PANICS: u32 = 3;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum PassOutcome {
+        Answered,
+        Failed,
+        Panicked,
+    }
+
+    /// Answers each sequence with the sum of its tokens, unless the pass holds a FAILS entry
+    /// (an error) or a PANICS entry (a panic); records each pass (first tokens: entry ids).
+    #[derive(Default)]
+    struct Flaky {
+        passes: parking_lot::Mutex<Vec<(Vec<u32>, PassOutcome)>>,
+    }
+
+    impl Model for Flaky {
+        fn embed(
+            &self,
+            sequences: &[&[u32]],
+            _threads: usize,
+        ) -> Result<Vec<Vec<f32>>, ModelError> {
+            let has = |kind| sequences.iter().any(|s| s[1] == kind);
+            let outcome = if has(PANICS) {
+                PassOutcome::Panicked
+            } else if has(FAILS) {
+                PassOutcome::Failed
+            } else {
+                PassOutcome::Answered
+            };
+            let ids = sequences.iter().map(|s| s[0]).collect();
+            self.passes.lock().push((ids, outcome));
+            std::thread::yield_now();
+            match outcome {
+                PassOutcome::Panicked => panic!("stress: poisoned input"),
+                PassOutcome::Failed => Err(ModelError::Forward("stress: failing input".into())),
+                PassOutcome::Answered => Ok(sequences
+                    .iter()
+                    .map(|s| vec![s.iter().sum::<u32>() as f32])
+                    .collect()),
+            }
+        }
+    }
+
+    /// How a stress-test entry is submitted.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Fate {
+        /// Waits for its answer; the u32 is its kind (NORMAL, FAILS, PANICS).
+        Live(u32),
+        /// Its deadline has passed when it is queued.
+        Expired,
+        /// Its receiver is dropped before it is queued (client gone).
+        GoneBefore,
+        /// Its receiver is dropped just after it is queued: it may run or not.
+        GoneAfter,
+    }
+
+    type Answer = oneshot::Receiver<Result<Output, InferError>>;
+
+    /// Several producers submit concurrently (groups of 1–4 entries, retrying when the queue
+    /// is full) entries that answer, fail, panic, expire or are abandoned, to a pool of three
+    /// workers: every live entry gets one answer, the one of its own pass; abandoned and
+    /// expired entries never run; the depth returns to 0; the pool joins after close.
+    #[test]
+    fn stress_concurrent_producers_with_failures_expiries_and_abandons() {
+        let (q, r) = Queue::new(32);
+        let q = Arc::new(q);
+        let batcher = Arc::new(Batcher::new(
+            r.rx,
+            r.depth,
+            BatchLimits {
+                max_size: 8,
+                max_tokens: 48,
+            },
+            Duration::from_micros(300),
+        ));
+        let model = Arc::new(Flaky::default());
+        let pool = WorkerPool::start(
+            3,
+            2,
+            batcher,
+            model.clone(),
+            vec![0, NORMAL],
+            Arc::new(|| {}),
+        )
+        .unwrap();
+        let producers: Vec<_> = (0..4u32)
+            .map(|p| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    let mut mine: Vec<(u32, Vec<u32>, Fate, Option<Answer>)> = Vec::new();
+                    let mut i = 0u32;
+                    while i < 200 {
+                        let group = 1 + (i % 4).min(200 - i - 1);
+                        let planned: Vec<(u32, Vec<u32>, Fate)> = (i..i + group)
+                            .map(|i| {
+                                let id = 1 + p * 1000 + i;
+                                let fate = match i % 10 {
+                                    0 => Fate::Expired,
+                                    1 => Fate::GoneBefore,
+                                    4 => Fate::GoneAfter,
+                                    2 if i % 40 == 2 => Fate::Live(FAILS),
+                                    3 if i % 50 == 3 => Fate::Live(PANICS),
+                                    _ => Fate::Live(NORMAL),
+                                };
+                                let kind = if let Fate::Live(k) = fate { k } else { NORMAL };
+                                let mut ids = vec![id, kind];
+                                ids.extend(std::iter::repeat_n(5, (i % 7) as usize));
+                                (id, ids, fate)
+                            })
+                            .collect();
+                        let receivers = loop {
+                            let now = Instant::now();
+                            let mut entries = Vec::new();
+                            let mut receivers = Vec::new();
+                            for (_, ids, fate) in &planned {
+                                let (reply, rx) = oneshot::channel();
+                                let deadline = if *fate == Fate::Expired {
+                                    now
+                                } else {
+                                    now + Duration::from_secs(30)
+                                };
+                                receivers.push((*fate != Fate::GoneBefore).then_some(rx));
+                                entries.push(Entry {
+                                    seq: q.next_seq(),
+                                    arrived: now,
+                                    deadline,
+                                    job: Job::Embed { ids: ids.clone() },
+                                    reply,
+                                });
+                            }
+                            match q.submit(entries) {
+                                Ok(()) => break receivers,
+                                Err(crate::queue::QueueError::Full { .. }) => {
+                                    std::thread::sleep(Duration::from_micros(200))
+                                }
+                                Err(e) => panic!("{e}"),
+                            }
+                        };
+                        for ((id, ids, fate), rx) in planned.into_iter().zip(receivers) {
+                            let rx = if fate == Fate::GoneAfter { None } else { rx };
+                            mine.push((id, ids, fate, rx));
+                        }
+                        i += group;
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let mut entries: Vec<_> = producers
+            .into_iter()
+            .flat_map(|p| p.join().unwrap())
+            .collect();
+        assert_eq!(entries.len(), 800);
+        // Every live entry gets an answer (blocking until it comes).
+        let mut answers = std::collections::HashMap::new();
+        let mut expired = Vec::new();
+        for (id, ids, fate, rx) in entries.iter_mut() {
+            match (*fate, rx.take()) {
+                (Fate::Live(_), Some(rx)) => {
+                    let answer = rx.blocking_recv().expect("a live entry gets an answer");
+                    answers.insert(*id, (ids.iter().sum::<u32>(), answer));
+                }
+                (Fate::Expired, Some(rx)) => expired.push(rx),
+                _ => {}
+            }
+        }
+        q.close();
+        pool.join();
+        assert_eq!(q.depth(), 0, "the depth counter returns to 0");
+        for rx in expired {
+            assert!(
+                rx.blocking_recv().is_err(),
+                "an expired entry gets no answer"
+            );
+        }
+
+        let mut ran = std::collections::HashMap::new();
+        for (ids, outcome) in model.passes.lock().iter() {
+            for &id in ids.iter().filter(|&&id| id != 0) {
+                assert!(ran.insert(id, *outcome).is_none(), "entry {id} ran twice");
+            }
+        }
+        let (mut answered, mut failed, mut panicked) = (0, 0, 0);
+        for (id, _, fate, _) in &entries {
+            match fate {
+                Fate::Expired | Fate::GoneBefore => {
+                    assert!(!ran.contains_key(id), "{fate:?} entry {id} ran")
+                }
+                Fate::GoneAfter => {}
+                Fate::Live(kind) => {
+                    let outcome = *ran
+                        .get(id)
+                        .unwrap_or_else(|| panic!("live entry {id} never ran"));
+                    let (sum, answer) = &answers[id];
+                    match (outcome, answer) {
+                        (PassOutcome::Answered, Ok(Output::Embedding(v))) => {
+                            assert_eq!(*kind, NORMAL);
+                            assert_eq!(v, &vec![*sum as f32], "entry {id}");
+                            answered += 1;
+                        }
+                        (PassOutcome::Failed, Err(InferError::Model(m))) => {
+                            assert!(m.contains("stress: failing input"), "{m}");
+                            assert_ne!(*kind, PANICS);
+                            failed += 1;
+                        }
+                        (PassOutcome::Panicked, Err(InferError::WorkerPanic(m))) => {
+                            assert!(m.contains("stress: poisoned input"), "{m}");
+                            panicked += 1;
+                        }
+                        (outcome, answer) => {
+                            panic!("entry {id} ({kind}) ran in a pass that {outcome:?}, got {answer:?}")
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            answered > 200 && failed > 0 && panicked > 0,
+            "{answered} {failed} {panicked}"
+        );
+    }
 }

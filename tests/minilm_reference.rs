@@ -164,3 +164,60 @@ fn a_request_that_outlives_its_timeout_gets_503() {
     assert_eq!(resp.header("retry-after"), Some("1"));
     assert_eq!(get(s.addr, "/healthz").status, 200);
 }
+
+/// The bounded tokenization of long inputs gives MiniLM's real tokenizer the same ids as
+/// encoding the whole text, on long texts of mixed scripts, punctuation and whitespace.
+#[test]
+fn bounded_tokenization_matches_the_whole_text_on_the_real_tokenizer() {
+    let tokenizer =
+        zerobatch::model::TextTokenizer::load(&model_dir().join("tokenizer.json"), 256).unwrap();
+    assert!(tokenizer.bounded());
+    const PIECES: &[&str] = &[
+        "The",
+        "committee",
+        "debated",
+        "naïve",
+        "café",
+        "東京",
+        "₂₀₂₆",
+        "e-mail",
+        "U.S.A.",
+        "don't",
+        "🙂",
+        "x,y",
+        "1234567",
+        "[SEP]",
+        "[MASK]",
+        "Ünïcödé",
+        "supercalifragilistic",
+        "(parenthesised)",
+        "مرحبا",
+        "—",
+    ];
+    const SPACES: &[&str] = &[" ", "  ", "\n", "\t", "\u{3000}", "\r\n", "\u{a0}", ""];
+    let mut state = 7u64;
+    let mut next = |n: usize| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as usize % n
+    };
+    for case in 0..40 {
+        let words = [300, 2_000, 20_000][case % 3];
+        let mut text = String::new();
+        for _ in 0..words {
+            text.push_str(PIECES[next(PIECES.len())]);
+            text.push_str(SPACES[next(SPACES.len())]);
+        }
+        assert_eq!(
+            tokenizer.encode(case, &text, true),
+            tokenizer.encode_unbounded(case, &text, true),
+            "case {case}"
+        );
+        assert_eq!(
+            tokenizer.encode(case, &text, false).is_err(),
+            tokenizer.encode_unbounded(case, &text, false).is_err(),
+            "case {case}"
+        );
+    }
+}

@@ -22,6 +22,7 @@ use super::{docs, json_response, AppState};
 use crate::lifecycle::{Readiness, Serving};
 use crate::model::files::model_id;
 use crate::model::pooling::l2_normalize;
+use crate::model::{TextTokenizer, TokenizeError};
 use crate::queue::{Entry, InferError, Job, Output};
 
 /// A route: its path, the methods it answers, and whether it needs the API key.
@@ -130,14 +131,21 @@ pub async fn handle(
     if req.method() == Method::POST {
         let path = route.path;
         let body = read_body(&state, req).await?;
-        let parsed = api::parse_request(path, &body.bytes, state.config.max_client_batch)?;
+        let large = body.bytes.len() >= crate::alloc::TRIM_AFTER_BODY_BYTES;
+        let parsed = api::parse_request(path, &body.bytes, state.config.max_client_batch);
         drop(body.bytes);
-        let _budget = body.permit;
-        return match parsed {
-            Parsed::Embed(r) => embed(&state, r).await,
-            Parsed::OpenAi(r) => openai(&state, r).await,
-            Parsed::Tokenize(r) => tokenize(&state, r).await,
+        let result = match parsed {
+            Ok(Parsed::Embed(r)) => embed(&state, r).await,
+            Ok(Parsed::OpenAi(r)) => openai(&state, r).await,
+            Ok(Parsed::Tokenize(r)) => tokenize(&state, r).await,
+            Err(e) => Err(e),
         };
+        drop(body.permit);
+        if large {
+            // What this body and its texts took is free now: give it back to the system.
+            crate::alloc::trim_soon();
+        }
+        return result;
     }
     match route.path {
         "/" => Ok(docs::index_page(&state)),
@@ -390,17 +398,24 @@ async fn serving(state: &AppState) -> Result<Arc<Serving>, ApiError> {
 /// memory they take is bounded whatever the concurrency.
 const TOKENIZE_INLINE_BYTES: usize = 32 * 1024;
 
-/// Runs `work` over `texts` inline when they are small, else on a blocking thread under
-/// `state.tokenize_slots`. Takes the texts by value so a large body is freed as soon as it is
-/// tokenized, not when the request ends.
+/// Runs `each(tokenizer, index, text)` over `texts`, inline when they are small, else on a
+/// blocking thread under `state.tokenize_slots`. Takes the texts by value so a large body is
+/// freed as soon as it is tokenized, not when the request ends.
 async fn tokenized<T: Send + 'static>(
     state: &AppState,
     serving: &Arc<Serving>,
     texts: Vec<String>,
-    work: impl FnOnce(&Serving, Vec<String>) -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
+    each: impl Fn(&TextTokenizer, usize, &str) -> Result<T, TokenizeError> + Send + 'static,
+) -> Result<Vec<T>, ApiError> {
+    let all = move |serving: &Serving, texts: Vec<String>| {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| each(&serving.tokenizer, i, t).map_err(ApiError::from))
+            .collect::<Result<Vec<T>, ApiError>>()
+    };
     if texts.iter().map(String::len).sum::<usize>() <= TOKENIZE_INLINE_BYTES {
-        return work(serving, texts);
+        return all(serving, texts);
     }
     let slot = state
         .tokenize_slots
@@ -411,7 +426,7 @@ async fn tokenized<T: Send + 'static>(
     let serving = serving.clone();
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        work(&serving, texts)
+        all(&serving, texts)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("tokenization failed: {e}")))?
@@ -439,17 +454,8 @@ async fn embed_texts(
                 )));
             }
         }
-        let ids = tokenized(state, &serving, texts, move |serving, texts| {
-            texts
-                .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    serving
-                        .tokenizer
-                        .encode(i, t, truncate)
-                        .map_err(ApiError::from)
-                })
-                .collect::<Result<Vec<_>, _>>()
+        let ids = tokenized(state, &serving, texts, move |tokenizer, i, t| {
+            tokenizer.encode(i, t, truncate)
         })
         .await?;
         let tokens = ids.iter().map(Vec::len).sum();
@@ -553,17 +559,8 @@ async fn tokenize(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let serving = serving(state).await?;
     let (add_special, truncate) = (req.add_special_tokens, req.truncate);
-    let tokens = tokenized(state, &serving, req.inputs.0, move |serving, texts| {
-        texts
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                serving
-                    .tokenizer
-                    .tokens(i, t, add_special, truncate)
-                    .map_err(ApiError::from)
-            })
-            .collect::<Result<Vec<_>, _>>()
+    let tokens = tokenized(state, &serving, req.inputs.0, move |tokenizer, i, t| {
+        tokenizer.tokens(i, t, add_special, truncate)
     })
     .await?;
     Ok(json_response(StatusCode::OK, &tokens))

@@ -73,14 +73,54 @@ impl BertConfig {
                 )));
             }
         }
-        if c.hidden_size == 0
-            || c.num_attention_heads == 0
-            || c.hidden_size % c.num_attention_heads != 0
-        {
+        for (field, value) in [
+            ("vocab_size", c.vocab_size),
+            ("hidden_size", c.hidden_size),
+            ("num_hidden_layers", c.num_hidden_layers),
+            ("num_attention_heads", c.num_attention_heads),
+            ("intermediate_size", c.intermediate_size),
+            ("max_position_embeddings", c.max_position_embeddings),
+            ("type_vocab_size", c.type_vocab_size),
+        ] {
+            if value == 0 {
+                return Err(ModelError::Config(format!(
+                    "config.json: {field} is 0; it must be at least 1"
+                )));
+            }
+        }
+        if c.hidden_size % c.num_attention_heads != 0 {
             return Err(ModelError::Config(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
+                "config.json: hidden_size {} is not a multiple of num_attention_heads {}",
                 c.hidden_size, c.num_attention_heads
             )));
+        }
+        let eps = c.layer_norm_eps;
+        if !(eps.is_finite() && eps > 0.0 && (eps as f32).is_finite() && eps as f32 > 0.0) {
+            return Err(ModelError::Config(format!(
+                "config.json: layer_norm_eps {eps} must be a finite number greater than 0 \
+                 (also in single precision)"
+            )));
+        }
+        // Every weight matrix must be addressable: rows × hidden_size f32 values, and the
+        // fused QKV output 3 × hidden_size wide.
+        for (field, rows) in [
+            ("vocab_size", c.vocab_size),
+            ("max_position_embeddings", c.max_position_embeddings),
+            ("type_vocab_size", c.type_vocab_size),
+            ("intermediate_size", c.intermediate_size),
+            ("hidden_size", c.hidden_size),
+            ("3 (query, key, value)", 3),
+        ] {
+            let bytes = rows
+                .checked_mul(c.hidden_size)
+                .and_then(|n| n.checked_mul(std::mem::size_of::<f32>()))
+                .filter(|&b| b <= isize::MAX as usize);
+            if bytes.is_none() {
+                return Err(ModelError::Config(format!(
+                    "config.json: {field} × hidden_size ({rows} × {}) is too large",
+                    c.hidden_size
+                )));
+            }
         }
         Ok(c)
     }
@@ -148,7 +188,8 @@ impl Names<'_> {
         let w = self.file.get(&full)?;
         if w.shape() != dims {
             return Err(ModelError::Weights(format!(
-                "{full} has shape {:?}, config.json implies {dims:?}",
+                "{}: {full} has shape {:?}, config.json implies {dims:?}",
+                self.file.path().display(),
                 w.shape()
             )));
         }
@@ -199,7 +240,12 @@ impl Bert {
             "embeddings.token_type_embeddings.weight",
             &[config.type_vocab_size, h],
         )?;
-        let type0 = &types.as_slice()[..h];
+        // Shapes match the config, which has type_vocab_size ≥ 1: row 0 exists.
+        let type0 = types.as_slice().get(..h).ok_or_else(|| {
+            ModelError::Weights(format!(
+                "{prefix}embeddings.token_type_embeddings.weight has no row 0"
+            ))
+        })?;
         let summed: Vec<f32> = positions
             .as_slice()
             .chunks_exact(h)
@@ -210,7 +256,9 @@ impl Bert {
                 .map_err(|e| ModelError::Weights(e.to_string()))?;
         let embed_norm = w.norm("embeddings.LayerNorm", h)?;
 
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        // Not `with_capacity(num_hidden_layers)`: the count comes from config.json, and a
+        // huge one must end at the first missing tensor, not in an allocation failure.
+        let mut layers = Vec::new();
         for l in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{l}");
             layers.push(Layer {
@@ -263,7 +311,15 @@ impl Bert {
         // Gather the word embeddings of every position (padding rows stay zero: they are
         // never attended to nor pooled).
         let word = self.word.as_slice();
-        let mut embedded = vec![0.0f32; sequences.len() * seq_len * h];
+        let too_large = || {
+            ModelError::Input(format!(
+                "a batch of {} sequences of {seq_len} tokens is too large",
+                sequences.len()
+            ))
+        };
+        let rows = sequences.len().checked_mul(seq_len).ok_or_else(too_large)?;
+        let size = rows.checked_mul(h).ok_or_else(too_large)?;
+        let mut embedded = vec![0.0f32; size];
         for (b, s) in sequences.iter().enumerate() {
             for (t, &id) in s.iter().enumerate() {
                 let id = id as usize;
@@ -277,7 +333,6 @@ impl Bert {
             }
         }
         let err = |e: candle_core::Error| ModelError::Forward(e.to_string());
-        let rows = sequences.len() * seq_len;
         let eps = c.layer_norm_eps as f32;
         let positions = self.position_and_type.narrow(0, 0, seq_len).map_err(err)?;
         let mut x = Tensor::from_vec(embedded, (rows, h), &Device::Cpu)
@@ -324,5 +379,281 @@ impl Bert {
             .map_err(err)?;
         }
         Ok((x, seq_len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tiny::{replace_file, write_tiny_bert, TinySpec};
+    use std::path::PathBuf;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("zb-bert-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// The tiny model's config.json with `changes` applied.
+    fn config_with(changes: serde_json::Value) -> String {
+        let mut c = serde_json::json!({
+            "model_type": "bert", "hidden_act": "gelu", "hidden_size": 32,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+            "max_position_embeddings": 64, "type_vocab_size": 2, "vocab_size": 123,
+            "layer_norm_eps": 1e-12
+        });
+        for (k, v) in changes.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c.to_string()
+    }
+
+    /// A safetensors file from its header and data, byte for byte.
+    fn write_raw(path: &Path, header: &str, data: &[u8]) {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(data);
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn config_values_are_validated_with_the_field_named() {
+        assert!(BertConfig::from_json(&config_with(serde_json::json!({}))).is_ok());
+        for field in [
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+        ] {
+            let err = BertConfig::from_json(&config_with(serde_json::json!({ field: 0 })))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field) && err.contains("at least 1"), "{err}");
+        }
+        for eps in [0.0, -1e-12, 1e-300, 1e300] {
+            let err =
+                BertConfig::from_json(&config_with(serde_json::json!({ "layer_norm_eps": eps })))
+                    .unwrap_err()
+                    .to_string();
+            assert!(err.contains("layer_norm_eps"), "{eps}: {err}");
+        }
+        for (field, value) in [
+            ("vocab_size", usize::MAX / 16),
+            ("max_position_embeddings", usize::MAX / 2),
+            ("intermediate_size", 1usize << 60),
+            ("type_vocab_size", usize::MAX),
+        ] {
+            let err = BertConfig::from_json(&config_with(serde_json::json!({ field: value })))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field) && err.contains("too large"), "{err}");
+        }
+        let err = BertConfig::from_json(&config_with(
+            serde_json::json!({ "hidden_size": 1usize << 62, "num_attention_heads": 1 }),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("hidden_size") && err.contains("too large"),
+            "{err}"
+        );
+        let err = BertConfig::from_json(&config_with(serde_json::json!({ "hidden_size": 30 })))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a multiple"), "{err}");
+        let err = BertConfig::from_json(&config_with(serde_json::json!({ "vocab_size": -1 })))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("config.json: invalid value"), "{err}");
+    }
+
+    /// The reported panic: a valid file whose token_type_embeddings is [0, 32], with
+    /// "type_vocab_size": 0 in config.json.
+    #[test]
+    fn an_empty_token_type_table_is_an_error_not_a_panic() {
+        let dir = temp_dir("type0");
+        let err = BertConfig::from_json(&config_with(serde_json::json!({ "type_vocab_size": 0 })))
+            .unwrap_err();
+        assert!(err.to_string().contains("type_vocab_size"), "{err}");
+        // And if such a config is built in code anyway, loading refuses it without panicking.
+        write_tiny_bert(&dir, &TinySpec::default()).unwrap();
+        let path = dir.join("model.safetensors");
+        let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+        tensors.insert(
+            "embeddings.token_type_embeddings.weight".into(),
+            Tensor::zeros((0, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        );
+        replace_file(&path, |tmp| {
+            Ok(candle_core::safetensors::save(&tensors, tmp)?)
+        })
+        .unwrap();
+        let mut config =
+            BertConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        config.type_vocab_size = 0;
+        let err = Bert::load(config, &path).err().expect("an error");
+        assert!(err.to_string().contains("token_type_embeddings"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_safetensors_files_are_errors_naming_file_and_tensor() {
+        use crate::model::weights::WeightFile;
+        let dir = temp_dir("corrupt");
+        let path = dir.join("model.safetensors");
+        let f32s = |n: usize| vec![0u8; n * 4];
+        // Too short, header longer than the file, header not JSON.
+        for bytes in [
+            &b""[..],
+            b"\x05\0\0",
+            b"\xff\0\0\0\0\0\0\0{}",
+            b"\x02\0\0\0\0\0\0\0[]",
+        ] {
+            std::fs::write(&path, bytes).unwrap();
+            let err = WeightFile::open(&path).err().expect("an error").to_string();
+            assert!(err.contains("model.safetensors"), "{err}");
+        }
+        // Offsets past the end, sizes that disagree with the shape, shapes that overflow,
+        // offsets that overlap: refused by the header check.
+        for (header, data) in [
+            (
+                r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+                f32s(1),
+            ),
+            (
+                r#"{"t":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
+                f32s(2),
+            ),
+            (
+                r#"{"t":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,8]}}"#,
+                f32s(2),
+            ),
+            (
+                r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}}"#,
+                f32s(2),
+            ),
+            (
+                r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"u":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+                f32s(3),
+            ),
+        ] {
+            write_raw(&path, header, &data);
+            assert!(WeightFile::open(&path).is_err(), "{header}");
+        }
+        // A valid file: f32 in place, f16 and unaligned f32 converted; missing names refused.
+        let mut data = f32s(2);
+        data[..4].copy_from_slice(&1.5f32.to_le_bytes());
+        data.extend_from_slice(&half_one());
+        let header = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"h":{"dtype":"F16","shape":[1],"data_offsets":[8,10]}}"#;
+        for pad in ["", " ", "  ", "   "] {
+            // Padding the header by 1..3 bytes moves the data off 4-byte alignment.
+            let padded = format!("{header}{pad}");
+            write_raw(&path, &padded, &data);
+            let file = WeightFile::open(&path).unwrap();
+            assert_eq!(file.get("a").unwrap().as_slice(), &[1.5, 0.0]);
+            assert_eq!(file.get("h").unwrap().as_slice(), &[1.0]);
+            let err = file.get("nope").err().expect("an error").to_string();
+            assert!(
+                err.contains("nope") && err.contains("model.safetensors"),
+                "{err}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// 1.0 in IEEE half precision, little-endian.
+    fn half_one() -> [u8; 2] {
+        [0x00, 0x3c]
+    }
+
+    /// Mutations of the tiny model's file (truncations, digits of the header changed, which
+    /// keeps it JSON and moves shapes and offsets) load or fail with an error; those that load
+    /// run a forward pass, which answers or fails with an error. Nothing panics.
+    #[test]
+    fn mutated_weight_files_never_panic() {
+        let dir = temp_dir("mutated");
+        write_tiny_bert(&dir, &TinySpec::default()).unwrap();
+        let config =
+            BertConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        let original = std::fs::read(dir.join("model.safetensors")).unwrap();
+        let header_len = u64::from_le_bytes(original[..8].try_into().unwrap()) as usize;
+        let digits: Vec<usize> = (8..8 + header_len)
+            .filter(|&i| original[i].is_ascii_digit())
+            .collect();
+        let path = dir.join("mutated.safetensors");
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let (mut loaded, mut refused) = (0, 0);
+        for round in 0..300 {
+            let mut bytes = original.clone();
+            if round % 3 == 0 {
+                bytes.truncate(next(original.len()));
+            } else {
+                for _ in 0..1 + round % 2 {
+                    let at = digits[next(digits.len())];
+                    bytes[at] = b'0' + next(10) as u8;
+                }
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            let outcome = std::panic::catch_unwind(|| match Bert::load(config.clone(), &path) {
+                Ok(bert) => {
+                    let _ = bert.forward(&[&[2, 7, 3], &[2, 3]], 1);
+                    true
+                }
+                Err(_) => false,
+            });
+            match outcome {
+                Ok(true) => loaded += 1,
+                Ok(false) => refused += 1,
+                Err(_) => panic!("round {round} panicked"),
+            }
+        }
+        assert!(refused > 100, "{loaded} loaded, {refused} refused");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A NaN weight that attention used to hide (a NaN key bias became tiny softmax weights
+    /// and a finite vector): now `embed` fails with the non-finite error.
+    #[test]
+    fn a_nan_weight_gives_an_error_not_a_vector() {
+        let dir = temp_dir("nan");
+        write_tiny_bert(&dir, &TinySpec::default()).unwrap();
+        let model = crate::model::load(dir.to_str().unwrap(), "main", |_, _| {}).unwrap();
+        let ids = [2u32, 7, 9, 3];
+        assert!(model.model.embed(&[&ids], 1).is_ok());
+        let path = dir.join("model.safetensors");
+        let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+        let name = "encoder.layer.0.attention.self.key.bias";
+        let mut bias = tensors[name].to_vec1::<f32>().unwrap();
+        bias[0] = f32::NAN;
+        tensors.insert(name.into(), Tensor::new(bias, &Device::Cpu).unwrap());
+        replace_file(&path, |tmp| {
+            Ok(candle_core::safetensors::save(&tensors, tmp)?)
+        })
+        .unwrap();
+        let corrupt = crate::model::load(dir.to_str().unwrap(), "main", |_, _| {}).unwrap();
+        for threads in [1, 2] {
+            let err = corrupt
+                .model
+                .embed(&[&ids, &ids[..2]], threads)
+                .expect_err("a NaN weight must not give vectors");
+            assert!(
+                matches!(&err, ModelError::Forward(m) if m.contains("non-finite values (NaN or infinity)")),
+                "{err}"
+            );
+        }
+        // The model loaded before the file was replaced still answers (rename, not rewrite).
+        assert!(model.model.embed(&[&ids], 1).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

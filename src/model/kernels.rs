@@ -17,25 +17,51 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, InplaceOp1, Layout, Result, Shape};
 
-/// Runs `$body` compiled for AVX2+FMA when the CPU has them, else for the baseline target.
+/// Defines `$generic`, compiled for the baseline target, and `$avx2`, the same body compiled
+/// for AVX2+FMA. The `unsafe` form is for bodies with a caller's contract (raw pointers): both
+/// functions are then `unsafe fn` and the contract is written at the invocation.
 macro_rules! dispatch {
     ($generic:ident, $avx2:ident, ($($arg:ident : $ty:ty),*) $body:block) => {
         #[inline(always)]
         fn $generic($($arg: $ty),*) $body
 
+        /// The same function compiled for AVX2 and FMA.
+        ///
+        /// # Safety
+        ///
+        /// The CPU must support AVX2 and FMA (see [`has_avx2_fma`]).
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
         unsafe fn $avx2($($arg: $ty),*) { $generic($($arg),*) }
     };
+    ($(#[$attr:meta])* unsafe $generic:ident, $avx2:ident, ($($arg:ident : $ty:ty),*) $body:block) => {
+        $(#[$attr])*
+        #[inline(always)]
+        unsafe fn $generic($($arg: $ty),*) $body
+
+        $(#[$attr])*
+        ///
+        /// Compiled for AVX2 and FMA: the CPU must also support them (see [`has_avx2_fma`]).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx2($($arg: $ty),*) { unsafe { $generic($($arg),*) } }
+    };
 }
 
+/// Whether the AVX2+FMA versions may run: the CPU has both. Always false under miri, which
+/// checks the portable versions (scripts/miri.sh).
 #[cfg(target_arch = "x86_64")]
 fn has_avx2_fma() -> bool {
+    if cfg!(miri) {
+        return false;
+    }
     use std::sync::OnceLock;
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
+/// Calls the AVX2+FMA version of a safe `dispatch!` function when the CPU has the features,
+/// else the baseline version.
 macro_rules! call {
     ($generic:ident, $avx2:ident, $($arg:expr),*) => {{
         #[cfg(target_arch = "x86_64")]
@@ -75,7 +101,20 @@ pub enum MatmulKernel {
     Gemm,
 }
 
-/// `out[m × Σn] = [bias_p + x[m×k] · w_pᵀ for each part p]`, parts side by side.
+/// Σn, the output width of a linear layer with these parts; `None` if it overflows.
+fn output_width(parts: &[LinearPart]) -> Option<usize> {
+    parts
+        .iter()
+        .try_fold(0usize, |n, p| n.checked_add(p.b.len()))
+}
+
+/// `out[m × Σn] = [bias_p + x[m×k] · w_pᵀ for each part p]`, parts side by side. With `k = 0`
+/// the product is empty and `out` is the biases.
+///
+/// # Panics
+///
+/// When a size does not match (`x` is not `m×k`, `out` not `m×Σn`, a weight not `n×k`),
+/// computed without overflow.
 pub fn linear(
     x: &[f32],
     m: usize,
@@ -97,11 +136,19 @@ pub fn linear_with(
     threads: usize,
     kernel: MatmulKernel,
 ) {
-    let total: usize = parts.iter().map(|p| p.b.len()).sum();
-    assert_eq!(x.len(), m * k, "linear: input size");
-    assert_eq!(out.len(), m * total, "linear: output size");
+    let total = output_width(parts).expect("linear: output width overflows usize");
+    assert_eq!(Some(x.len()), m.checked_mul(k), "linear: input size");
+    assert_eq!(Some(out.len()), m.checked_mul(total), "linear: output size");
     for p in parts {
-        assert_eq!(p.w.len(), p.b.len() * k, "linear: weight size");
+        assert_eq!(
+            Some(p.w.len()),
+            p.b.len().checked_mul(k),
+            "linear: weight size"
+        );
+    }
+    // Nothing to compute, and the pointer arithmetic below needs a non-empty output.
+    if m == 0 || total == 0 {
+        return;
     }
     for row in out.chunks_exact_mut(total) {
         let mut col = 0;
@@ -110,12 +157,19 @@ pub fn linear_with(
             col += p.b.len();
         }
     }
+    if k == 0 {
+        return;
+    }
     let mut col = 0;
     for p in parts {
         let n = p.b.len();
+        if n == 0 {
+            continue;
+        }
         #[cfg(target_arch = "x86_64")]
         if kernel == MatmulKernel::Auto && m <= SMALL_M && has_avx2_fma() {
-            small_m_parallel(x, m, k, p.w, n, out, total, col, threads);
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            unsafe { small_m_parallel(x, m, k, p.w, n, out, total, col, threads) };
             col += n;
             continue;
         }
@@ -125,7 +179,9 @@ pub fn linear_with(
             gemm::Parallelism::None
         };
         // SAFETY: dst is the m×n column block starting at `col` of the m×total row-major
-        // output; lhs is m×k row-major; rhs = wᵀ (k×n) read from w (n×k row-major).
+        // output (col + n ≤ total, m ≥ 1, so `add(col)` stays inside `out`); lhs is m×k
+        // row-major; rhs = wᵀ (k×n) read from w (n×k row-major); all sizes checked above, so
+        // they fit in isize (they are lengths of slices).
         unsafe {
             gemm::gemm(
                 m,
@@ -161,10 +217,20 @@ unsafe impl Send for SharedPtr {}
 unsafe impl Sync for SharedPtr {}
 
 /// Runs [`small_m_avx2`] with the weight rows split into `threads` column ranges (each a
-/// multiple of 4 rows), so a lone small batch can use every core.
+/// multiple of 4 rows), so a lone small batch can use every core. Adds `x · wᵀ` to columns
+/// `col..col + n` of the `m` rows of `out` (row stride `stride`).
+///
+/// # Panics
+///
+/// When `x` is not `m×k`, `w` not `n×k`, or `out` does not hold `m` rows of `stride` values
+/// with `col + n ≤ stride`.
+///
+/// # Safety
+///
+/// The CPU must support AVX2 and FMA (see [`has_avx2_fma`]).
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-fn small_m_parallel(
+unsafe fn small_m_parallel(
     x: &[f32],
     m: usize,
     k: usize,
@@ -175,9 +241,17 @@ fn small_m_parallel(
     col: usize,
     threads: usize,
 ) {
+    assert_eq!(Some(x.len()), m.checked_mul(k), "small_m: input size");
+    assert_eq!(Some(w.len()), n.checked_mul(k), "small_m: weight size");
+    assert!(
+        col.checked_add(n).is_some_and(|end| end <= stride)
+            && m.checked_mul(stride).is_some_and(|len| len <= out.len()),
+        "small_m: output size"
+    );
     let threads = threads.min(n / 64).max(1);
     if threads == 1 {
-        // SAFETY: sizes checked by `linear_with`; the caller checked AVX2 and FMA.
+        // SAFETY: sizes checked above (every row i < m has columns col..col+n inside `out`,
+        // which we borrow mutably); the caller guarantees AVX2 and FMA.
         unsafe { small_m_avx2(x, m, k, w, n, out.as_mut_ptr(), stride, col) };
         return;
     }
@@ -189,7 +263,9 @@ fn small_m_parallel(
             scope.spawn(move |_| {
                 let shared = shared;
                 // SAFETY: each task writes only columns col+start..col+start+len of every
-                // row, disjoint from the others; the weight rows it reads are in bounds.
+                // row, disjoint from the others, inside `out` (checked above), which stays
+                // mutably borrowed until the scope ends; the weight rows it reads are in
+                // bounds (slice indexing); the caller guarantees AVX2 and FMA.
                 unsafe {
                     small_m_avx2(
                         x,
@@ -210,6 +286,12 @@ fn small_m_parallel(
 /// `out[i·stride + col + j] += x[i] · w[j]` for a few rows: each weight row is read once,
 /// straight from where it lies, and dotted with every input row while it sits in L1.
 /// Register blocking: 3 input rows × 4 weight rows = 12 accumulators of 8 lanes.
+///
+/// # Safety
+///
+/// The CPU must support AVX2 and FMA; `x` holds at least `m×k` values and `w` at least `n×k`;
+/// `out` is valid for reads and writes of `out[i·stride + col + j]` for every `i < m`,
+/// `j < n`, and nothing else accesses those elements during the call.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -245,6 +327,13 @@ unsafe fn small_m_avx2(
     }
 }
 
+/// `o[(i+r)·stride + j+c] += x[i+r] · w[j+c]` for `r < R`, `c < C` (rows of `k` values).
+///
+/// # Safety
+///
+/// The CPU must support AVX2 and FMA; `x` holds rows `i..i+R` and `w` rows `j..j+C` of `k`
+/// values each; `o` is valid for reads and writes of the `R×C` elements above, which nothing
+/// else accesses during the call.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
@@ -314,10 +403,22 @@ dispatch!(add_layer_norm_generic, add_layer_norm_avx2, (x: &mut [f32], residual:
 
 /// `x = LayerNorm(x + residual)` row by row. `residual` has as many rows as `x`, or fewer, in
 /// which case row `i` of `x` takes row `i % rows` (position embeddings over a batch).
+///
+/// # Panics
+///
+/// When `gamma` is empty or `beta` differs in length, when `x` or `residual` is not a whole
+/// number of rows, or when `x` has rows and `residual` none.
 pub fn add_layer_norm(x: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
-    assert_eq!(gamma.len(), beta.len());
-    assert!(!gamma.is_empty() && x.len() % gamma.len() == 0 && residual.len() % gamma.len() == 0);
-    assert!(!residual.is_empty());
+    assert_eq!(gamma.len(), beta.len(), "layer norm: gamma and beta sizes");
+    let h = gamma.len();
+    assert!(
+        h > 0 && x.len() % h == 0 && residual.len() % h == 0,
+        "layer norm: sizes"
+    );
+    if x.is_empty() {
+        return;
+    }
+    assert!(!residual.is_empty(), "layer norm: empty residual");
     call!(
         add_layer_norm_generic,
         add_layer_norm_avx2,
@@ -330,10 +431,12 @@ pub fn add_layer_norm(x: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f3
 }
 
 /// exp(x) for x ≤ 0 (as softmax and erf need), written to vectorise: Cephes' expf (Cody-Waite
-/// range reduction and a degree-5 minimax polynomial), relative error about 1e-7.
+/// range reduction and a degree-5 minimax polynomial), relative error about 1e-7. NaN stays
+/// NaN (softmax relies on it to report a corrupt row rather than hide it).
 #[inline(always)]
 fn exp_neg(x: f32) -> f32 {
-    let x = x.max(-87.0);
+    // Not `x.max(-87.0)`, which would turn NaN into -87.
+    let x = if x < -87.0 { -87.0 } else { x };
     let n = (x * std::f32::consts::LOG2_E).round();
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let z = r * r;
@@ -342,7 +445,8 @@ fn exp_neg(x: f32) -> f32 {
         * r
         + 0.5;
     let e = p * z + r + 1.0;
-    // 2^n built from its bits: n + 127 is the biased exponent (n ≥ -126 after the clamp).
+    // 2^n built from its bits: n + 127 is the biased exponent (n ≥ -126 after the clamp; a
+    // NaN n gives 0, and NaN × 0 is NaN).
     let scale = f32::from_bits(((n + 127.0) as u32) << 23);
     e * scale
 }
@@ -380,7 +484,56 @@ pub struct AttentionShape {
     pub lengths: Vec<usize>,
 }
 
-dispatch!(attention_generic, attention_avx2, (qkv: &[f32], out: *mut f32, s: &AttentionShape, units: std::ops::Range<usize>) {
+/// Sizes an attention call works with, computed without overflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AttentionSizes {
+    /// `heads × head_dim`.
+    hidden: usize,
+    /// `batch × seq_len`.
+    rows: usize,
+    /// `rows × 3·hidden`, the length of the fused QKV input.
+    qkv: usize,
+    /// `rows × hidden`, the length of the output.
+    out: usize,
+    /// `batch × heads`, the (sequence, head) pairs.
+    units: usize,
+}
+
+impl AttentionShape {
+    /// The sizes of this shape; `None` when one overflows usize (including the scratch
+    /// buffer of `head_dim × seq_len` transposed keys).
+    fn sizes(&self) -> Option<AttentionSizes> {
+        let hidden = self.heads.checked_mul(self.head_dim)?;
+        let rows = self.lengths.len().checked_mul(self.seq_len)?;
+        let out = rows.checked_mul(hidden)?;
+        let qkv = out.checked_mul(3)?;
+        let units = self.lengths.len().checked_mul(self.heads)?;
+        self.head_dim.checked_mul(self.seq_len)?;
+        Some(AttentionSizes {
+            hidden,
+            rows,
+            qkv,
+            out,
+            units,
+        })
+    }
+
+    fn lengths_fit(&self) -> bool {
+        self.lengths.iter().all(|&l| l >= 1 && l <= self.seq_len)
+    }
+}
+
+dispatch!(
+    /// Attention of the (sequence, head) pairs `units`; see [`attention`].
+    ///
+    /// # Safety
+    ///
+    /// `s.sizes()` is `Some`, `s.lengths` are within `1..=seq_len`, `qkv` holds `sizes.qkv`
+    /// values, and `out` is valid for writes of `sizes.out` values. For each unit (sequence
+    /// `b`, head) in `units`, the elements of rows `b·seq_len..b·seq_len + lengths[b]`, columns
+    /// `head·head_dim..(head+1)·head_dim` are written and nothing else accesses them during
+    /// the call.
+    unsafe attention_generic, attention_avx2, (qkv: &[f32], out: *mut f32, s: &AttentionShape, units: std::ops::Range<usize>) {
     let h = s.heads * s.head_dim;
     let d = s.head_dim;
     let scale = 1.0 / (d as f32).sqrt();
@@ -408,14 +561,23 @@ dispatch!(attention_generic, attention_avx2, (qkv: &[f32], out: *mut f32, s: &At
                     *sj += qc * kj;
                 }
             }
-            let max = scores.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+            // NaN wins (f32::max would skip it and turn a corrupt score into a tiny weight):
+            // a NaN or infinite score makes the whole row NaN, which `embed` reports.
+            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| {
+                if v > m || v.is_nan() {
+                    v
+                } else {
+                    m
+                }
+            });
             let mut sum = 0.0f32;
             for score in scores.iter_mut() {
                 *score = exp_neg(*score - max);
                 sum += *score;
             }
             let inv = 1.0 / sum;
-            // SAFETY: row base+i, columns off..off+d belong to this unit alone (see `attention`).
+            // SAFETY: row base+i, columns off..off+d are inside `out` and belong to this unit
+            // alone (the function's contract).
             let o = unsafe { std::slice::from_raw_parts_mut(out.add((base + i) * h + off), d) };
             o.fill(0.0);
             for (j, p) in scores.iter().enumerate() {
@@ -429,29 +591,57 @@ dispatch!(attention_generic, attention_avx2, (qkv: &[f32], out: *mut f32, s: &At
     }
 });
 
+/// [`attention_generic`] or its AVX2+FMA version, as the CPU allows.
+///
+/// # Safety
+///
+/// As [`attention_generic`].
+unsafe fn attention_units(
+    qkv: &[f32],
+    out: *mut f32,
+    s: &AttentionShape,
+    units: std::ops::Range<usize>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA; the rest is the caller's contract.
+        return unsafe { attention_avx2(qkv, out, s, units) };
+    }
+    // SAFETY: the caller's contract.
+    unsafe { attention_generic(qkv, out, s, units) }
+}
+
 /// Multi-head self-attention over a fused QKV projection `[batch·seq, 3·hidden]` (q, k, v
 /// side by side, heads contiguous inside each), writing `[batch·seq, hidden]`. Only the first
 /// `lengths[b]` tokens of sequence `b` attend or are attended to; padding rows are zero. The
-/// (sequence, head) pairs are split across `threads`.
+/// (sequence, head) pairs are split across `threads`. A NaN or infinite attention score makes
+/// its query's output row NaN.
+///
+/// # Panics
+///
+/// When a size overflows or does not match the shape, or a length is not in `1..=seq_len`.
 pub fn attention(qkv: &[f32], out: &mut [f32], s: &AttentionShape, threads: usize) {
-    let h = s.heads * s.head_dim;
-    let rows = s.lengths.len() * s.seq_len;
-    assert_eq!(qkv.len(), rows * 3 * h, "attention: qkv size");
-    assert_eq!(out.len(), rows * h, "attention: output size");
-    assert!(
-        s.lengths.iter().all(|&l| l >= 1 && l <= s.seq_len),
-        "attention: lengths"
-    );
+    let sizes = s.sizes().expect("attention: sizes overflow usize");
+    assert_eq!(qkv.len(), sizes.qkv, "attention: qkv size");
+    assert_eq!(out.len(), sizes.out, "attention: output size");
+    assert!(s.lengths_fit(), "attention: lengths");
+    if sizes.out == 0 {
+        return;
+    }
+    let h = sizes.hidden;
     for (b, &len) in s.lengths.iter().enumerate() {
         out[(b * s.seq_len + len) * h..(b + 1) * s.seq_len * h].fill(0.0);
     }
-    let units = s.lengths.len() * s.heads;
+    let units = sizes.units;
     let threads = threads.min(units).max(1);
     let shared = SharedPtr(out.as_mut_ptr());
     // Each unit (sequence b, head) writes only rows of b, columns of head: disjoint.
     let run = move |range: std::ops::Range<usize>| {
         let shared = shared;
-        call!(attention_generic, attention_avx2, qkv, shared.0, s, range)
+        // SAFETY: sizes, lengths and buffer lengths checked above; `out` stays mutably
+        // borrowed until every call returns (the scope below joins its tasks), and the unit
+        // ranges given to concurrent calls are disjoint, so are the elements they write.
+        unsafe { attention_units(qkv, shared.0, s, range) }
     };
     if threads == 1 {
         run(0..units);
@@ -467,13 +657,17 @@ pub fn attention(qkv: &[f32], out: &mut [f32], s: &AttentionShape, threads: usiz
 }
 
 // ---------------------------------------------------------------------------------------------
-// candle custom ops wrapping the kernels.
+// candle custom ops wrapping the kernels. They check every size (without overflow) and return
+// a candle error rather than let a kernel assert.
 // ---------------------------------------------------------------------------------------------
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
+        Some((start, end)) => match data.get(start..end) {
+            Some(data) => Ok(data),
+            None => candle_core::bail!("{what}: layout {l:?} outside its storage"),
+        },
         None => candle_core::bail!("{what}: expected a contiguous f32 tensor"),
     }
 }
@@ -492,12 +686,24 @@ impl CustomOp1 for Linear<'_> {
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
         let (m, k) = xl.shape().dims2()?;
-        let n: usize = self.parts.iter().map(|p| p.b.len()).sum();
-        if self.parts.iter().any(|p| p.w.len() != p.b.len() * k) {
+        let Some(n) = output_width(self.parts) else {
+            candle_core::bail!("linear: the output width overflows usize")
+        };
+        if self
+            .parts
+            .iter()
+            .any(|p| p.b.len().checked_mul(k) != Some(p.w.len()))
+        {
             candle_core::bail!("linear: input {:?} does not fit the weights", xl.shape());
         }
         let x = contiguous(xs, xl, "linear input")?;
-        let mut out = vec![0.0f32; m * n];
+        if m.checked_mul(k) != Some(x.len()) {
+            candle_core::bail!("linear: input {:?} has {} values", xl.shape(), x.len());
+        }
+        let Some(size) = m.checked_mul(n) else {
+            candle_core::bail!("linear: output {m}×{n} overflows usize")
+        };
+        let mut out = vec![0.0f32; size];
         linear(x, m, k, self.parts, &mut out, self.threads);
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
@@ -546,10 +752,13 @@ impl InplaceOp1 for Gelu {
             candle_core::bail!("gelu: expected a contiguous tensor")
         };
         match s {
-            CpuStorage::F32(data) => {
-                gelu(&mut data[start..end]);
-                Ok(())
-            }
+            CpuStorage::F32(data) => match data.get_mut(start..end) {
+                Some(data) => {
+                    gelu(data);
+                    Ok(())
+                }
+                None => candle_core::bail!("gelu: layout {l:?} outside its storage"),
+            },
             _ => candle_core::bail!("gelu: expected f32"),
         }
     }
@@ -569,14 +778,21 @@ impl CustomOp1 for Attention {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let qkv = contiguous(s, l, "attention input")?;
         let shape = &self.shape;
-        let h = shape.heads * shape.head_dim;
-        let rows = shape.lengths.len() * shape.seq_len;
-        if qkv.len() != rows * 3 * h {
+        let Some(sizes) = shape.sizes() else {
+            candle_core::bail!("attention: the sizes of {shape:?} overflow usize")
+        };
+        if qkv.len() != sizes.qkv {
             candle_core::bail!("attention: input {:?} does not fit {shape:?}", l.shape());
         }
-        let mut out = vec![0.0f32; rows * h];
+        if !shape.lengths_fit() {
+            candle_core::bail!("attention: lengths outside 1..=seq_len in {shape:?}");
+        }
+        let mut out = vec![0.0f32; sizes.out];
         attention(qkv, &mut out, shape, self.threads);
-        Ok((CpuStorage::F32(out), Shape::from((rows, h))))
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((sizes.rows, sizes.hidden)),
+        ))
     }
 }
 
@@ -790,5 +1006,449 @@ mod tests {
                     .all(|v| *v == 0.0));
             }
         }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Edge shapes against naive references (f64), around SMALL_M, the 8-lane and 4-row blocks
+    // of the kernels, and the thread splits. Under miri, a few small shapes only.
+    // -----------------------------------------------------------------------------------------
+
+    fn edge_rows() -> Vec<usize> {
+        if cfg!(miri) {
+            vec![1, 2, 3]
+        } else {
+            vec![1, 2, 3, 4, 5, 6, 7, 23, 24, 25, 31]
+        }
+    }
+
+    fn edge_widths() -> Vec<usize> {
+        if cfg!(miri) {
+            vec![1, 3, 9]
+        } else {
+            vec![1, 3, 4, 5, 63, 64, 65, 129, 130]
+        }
+    }
+
+    fn close(got: f32, want: f64, tol: f64) -> bool {
+        (got as f64 - want).abs() <= tol * want.abs().max(1.0)
+    }
+
+    /// Checks `linear` (both kernels) for `x[m×k]` and parts of the given widths.
+    fn check_linear(m: usize, k: usize, widths: &[usize], threads: usize, seed: u64) {
+        let x = lcg(seed, m * k);
+        let ws: Vec<(Vec<f32>, Vec<f32>)> = widths
+            .iter()
+            .enumerate()
+            .map(|(p, &n)| {
+                (
+                    lcg(seed + 10 + p as u64, n * k),
+                    lcg(seed + 20 + p as u64, n),
+                )
+            })
+            .collect();
+        let parts: Vec<LinearPart> = ws.iter().map(|(w, b)| LinearPart { w, b }).collect();
+        let total: usize = widths.iter().sum();
+        let mut want = vec![0.0f64; m * total];
+        for i in 0..m {
+            let mut col = 0;
+            for (w, b) in &ws {
+                for j in 0..b.len() {
+                    want[i * total + col + j] = b[j] as f64
+                        + (0..k)
+                            .map(|t| x[i * k + t] as f64 * w[j * k + t] as f64)
+                            .sum::<f64>();
+                }
+                col += b.len();
+            }
+        }
+        for kernel in [MatmulKernel::Auto, MatmulKernel::Gemm] {
+            let mut out = vec![f32::NAN; m * total];
+            linear_with(&x, m, k, &parts, &mut out, threads, kernel);
+            for (e, (got, want)) in out.iter().zip(&want).enumerate() {
+                assert!(
+                    close(*got, *want, 1e-5 * (k as f64).sqrt().max(1.0)),
+                    "{kernel:?} m{m} k{k} widths {widths:?} threads {threads}: [{e}] {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn linear_edge_shapes_match_a_naive_matmul() {
+        let mut case = 0u64;
+        for m in edge_rows() {
+            for k in edge_widths() {
+                for n in edge_widths() {
+                    case += 1;
+                    let threads = 1 + (case % 5) as usize;
+                    check_linear(m, k, &[n], threads, case);
+                    check_linear(m, k, &[n, 1 + (n % 7), 4], threads, case);
+                }
+            }
+        }
+        // Every thread count where the work is split (≥ 128 columns for the dot kernel).
+        let wide = if cfg!(miri) { 9 } else { 130 };
+        for threads in 1..=5 {
+            for m in [1, 7, SMALL_M, SMALL_M + 1] {
+                check_linear(m, 65, &[wide, 129.min(wide)], threads, 7 + threads as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn linear_with_nothing_to_compute_leaves_the_biases() {
+        let (w, b) = (lcg(1, 3 * 4), lcg(2, 3));
+        let (w2, b2) = (lcg(3, 2 * 4), lcg(4, 2));
+        let parts = [LinearPart { w: &w, b: &b }, LinearPart { w: &w2, b: &b2 }];
+        // No rows (an empty output: no pointer arithmetic on its dangling pointer).
+        for kernel in [MatmulKernel::Auto, MatmulKernel::Gemm] {
+            linear_with(&[], 0, 4, &parts, &mut [], 2, kernel);
+        }
+        // No columns at all, and one empty part among others.
+        linear(&lcg(5, 2 * 4), 2, 4, &[], &mut [], 1);
+        let empty = LinearPart { w: &[], b: &[] };
+        let x = lcg(6, 2 * 4);
+        let mut out = vec![0.0; 2 * 3];
+        linear(&x, 2, 4, &[empty, parts[0], empty], &mut out, 1);
+        let mut want = vec![0.0; 2 * 3];
+        linear(&x, 2, 4, &parts[..1], &mut want, 1);
+        assert_eq!(out, want);
+        // k = 0: x·wᵀ is empty, the result is the bias of every row.
+        let parts0 = [LinearPart { w: &[], b: &b }, LinearPart { w: &[], b: &b2 }];
+        let mut out = vec![f32::NAN; 3 * 5];
+        linear(&[], 3, 0, &parts0, &mut out, 1);
+        for row in out.chunks_exact(5) {
+            assert_eq!(&row[..3], &b[..]);
+            assert_eq!(&row[3..], &b2[..]);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "linear: input size")]
+    fn linear_refuses_sizes_whose_product_wraps() {
+        // m × k = 2⁶⁴ wraps to 0 = x.len() with unchecked arithmetic.
+        let b = [0.0f32; 1];
+        linear(
+            &[],
+            1 << 32,
+            1 << 32,
+            &[LinearPart { w: &[], b: &b }],
+            &mut [],
+            1,
+        );
+    }
+
+    /// x = LayerNorm(x + residual) in f64.
+    fn naive_layer_norm(x: &[f32], r: &[f32], g: &[f32], b: &[f32], eps: f64) -> Vec<f64> {
+        let h = g.len();
+        let rows = r.len() / h;
+        let mut out = Vec::with_capacity(x.len());
+        for (i, row) in x.chunks_exact(h).enumerate() {
+            let v: Vec<f64> = (0..h)
+                .map(|c| row[c] as f64 + r[(i % rows) * h + c] as f64)
+                .collect();
+            let mean = v.iter().sum::<f64>() / h as f64;
+            let var = v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / h as f64;
+            for c in 0..h {
+                out.push((v[c] - mean) / (var + eps).sqrt() * g[c] as f64 + b[c] as f64);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn add_layer_norm_edge_shapes_match_naive() {
+        let mut case = 0u64;
+        for rows in edge_rows() {
+            for h in edge_widths() {
+                case += 1;
+                let x = lcg(case, rows * h);
+                let (g, b) = (lcg(case + 1, h), lcg(case + 2, h));
+                for residual_rows in [rows, 1] {
+                    let r = lcg(case + 3, residual_rows * h);
+                    let want = naive_layer_norm(&x, &r, &g, &b, 1e-5);
+                    let mut got = x.clone();
+                    add_layer_norm(&mut got, &r, &g, &b, 1e-5);
+                    let mut portable = x.clone();
+                    add_layer_norm_generic(&mut portable, &r, &g, &b, 1e-5);
+                    for (e, want) in want.iter().enumerate() {
+                        for (path, got) in [("dispatched", got[e]), ("portable", portable[e])] {
+                            assert!(
+                                close(got, *want, 1e-4),
+                                "{path} rows {rows} h {h} residual rows {residual_rows}: \
+                                 [{e}] {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // No rows: nothing to do, whatever the residual.
+        add_layer_norm(&mut [], &[], &[1.0], &[0.0], 1e-5);
+    }
+
+    #[test]
+    fn gelu_edge_lengths_match_the_reference() {
+        let lengths: Vec<usize> = if cfg!(miri) {
+            vec![0, 1, 9]
+        } else {
+            let mut v: Vec<usize> = (0..=9).collect();
+            v.extend([15, 16, 17, 31, 32, 33, 63, 64, 65, 129, 130]);
+            v
+        };
+        for len in lengths {
+            let x: Vec<f32> = lcg(len as u64, len).iter().map(|v| v * 6.0).collect();
+            let mut got = x.clone();
+            gelu(&mut got);
+            let mut portable = x.clone();
+            gelu_generic(&mut portable);
+            for i in 0..len {
+                let v = x[i] as f64;
+                let want = 0.5 * v * (1.0 + libm_erf(v / std::f64::consts::SQRT_2));
+                assert!(
+                    close(got[i], want, 1e-6),
+                    "len {len} [{i}] {} vs {want}",
+                    got[i]
+                );
+                assert!(close(portable[i], want, 1e-6), "portable len {len} [{i}]");
+            }
+        }
+    }
+
+    /// Masked multi-head attention in f64, padding rows zero.
+    fn naive_attention(qkv: &[f32], s: &AttentionShape) -> Vec<f64> {
+        let (heads, d, seq) = (s.heads, s.head_dim, s.seq_len);
+        let h = heads * d;
+        let mut out = vec![0.0f64; s.lengths.len() * seq * h];
+        for (b, &len) in s.lengths.iter().enumerate() {
+            for head in 0..heads {
+                let at = |t: usize, part: usize, c: usize| {
+                    qkv[(b * seq + t) * 3 * h + part * h + head * d + c] as f64
+                };
+                for i in 0..len {
+                    let scores: Vec<f64> = (0..len)
+                        .map(|j| {
+                            (0..d).map(|c| at(i, 0, c) * at(j, 1, c)).sum::<f64>()
+                                / (d as f64).sqrt()
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|v| (v - max).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for c in 0..d {
+                        out[(b * seq + i) * h + head * d + c] =
+                            (0..len).map(|j| e[j] / z * at(j, 2, c)).sum();
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_edge_shapes_match_naive() {
+        let (seqs, dims, heads_list): (Vec<usize>, Vec<usize>, Vec<usize>) = if cfg!(miri) {
+            (vec![1, 3], vec![1, 3], vec![1, 2])
+        } else {
+            (
+                vec![1, 2, 5, 7, 24, 25, 31],
+                vec![1, 3, 4, 5, 63, 64, 65, 129, 130],
+                vec![1, 3],
+            )
+        };
+        let mut case = 0u64;
+        for &seq in &seqs {
+            for &d in &dims {
+                for &heads in &heads_list {
+                    case += 1;
+                    // Full, length 1, and a middle length: padding at several places.
+                    let lengths = vec![seq, 1, seq.div_ceil(2)];
+                    let shape = AttentionShape {
+                        seq_len: seq,
+                        heads,
+                        head_dim: d,
+                        lengths,
+                    };
+                    let h = heads * d;
+                    let rows = 3 * seq;
+                    let qkv: Vec<f32> = lcg(case, rows * 3 * h).iter().map(|v| v * 2.0).collect();
+                    let want = naive_attention(&qkv, &shape);
+                    let mut single = vec![f32::NAN; rows * h];
+                    attention(&qkv, &mut single, &shape, 1);
+                    let threads = 1 + (case % 5) as usize;
+                    let mut split = vec![f32::NAN; rows * h];
+                    attention(&qkv, &mut split, &shape, threads);
+                    assert_eq!(
+                        single, split,
+                        "seq {seq} d {d} heads {heads} threads {threads}"
+                    );
+                    let mut portable = vec![f32::NAN; rows * h];
+                    // SAFETY: the shape's sizes fit, its lengths are within 1..=seq, and the
+                    // buffers have exactly the sizes it implies; one call writes all units.
+                    unsafe { attention_generic(&qkv, portable.as_mut_ptr(), &shape, 0..3 * heads) };
+                    for (path, got) in [("dispatched", &single), ("portable", &portable)] {
+                        for (e, want) in want.iter().enumerate() {
+                            let ok = if e % (seq * h) / h >= shape.lengths[e / (seq * h)] {
+                                // Padding rows: zero from `attention`, untouched by the units.
+                                path == "portable" || got[e] == 0.0
+                            } else {
+                                close(got[e], *want, 1e-5)
+                            };
+                            assert!(
+                                ok,
+                                "{path} seq {seq} d {d} heads {heads}: [{e}] {} vs {want}",
+                                got[e]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // Every thread count on one shape with more units than threads.
+        let shape = AttentionShape {
+            seq_len: 6,
+            heads: 3,
+            head_dim: 5,
+            lengths: vec![6, 2, 4],
+        };
+        let qkv = lcg(99, 3 * 6 * 3 * 15);
+        let mut first = vec![0.0; 3 * 6 * 15];
+        attention(&qkv, &mut first, &shape, 1);
+        for threads in 2..=5 {
+            let mut out = vec![f32::NAN; 3 * 6 * 15];
+            attention(&qkv, &mut out, &shape, threads);
+            assert_eq!(out, first, "threads {threads}");
+        }
+    }
+
+    #[test]
+    fn exp_keeps_nan() {
+        assert!(exp_neg(f32::NAN).is_nan());
+        assert_eq!(exp_neg(-1000.0), exp_neg(-87.0));
+        assert_eq!(exp_neg(0.0), 1.0);
+    }
+
+    /// A NaN (or infinite) score reaches the output as NaN instead of becoming a tiny weight;
+    /// other sequences of the batch are untouched.
+    #[test]
+    fn attention_propagates_nan_and_infinite_scores() {
+        let (heads, d, seq) = (2, 4, 3);
+        let h = heads * d;
+        let shape = AttentionShape {
+            seq_len: seq,
+            heads,
+            head_dim: d,
+            lengths: vec![3, 3],
+        };
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut qkv = lcg(5, 2 * seq * 3 * h);
+            // Key 1 of sequence 0, head 0, dimension 0 is bad and every query of that head
+            // has a positive dimension 0: each of their rows sees a NaN or +∞ score.
+            qkv[3 * h + h] = bad;
+            for i in 0..seq {
+                qkv[i * 3 * h] = 0.5;
+            }
+            for threads in [1, 2] {
+                let mut out = vec![0.0; 2 * seq * h];
+                attention(&qkv, &mut out, &shape, threads);
+                for i in 0..seq {
+                    let row = &out[i * h..(i + 1) * h];
+                    assert!(
+                        row[..d].iter().all(|v| v.is_nan()),
+                        "{bad}: row {i} {row:?}"
+                    );
+                    assert!(
+                        row[d..].iter().all(|v| v.is_finite()),
+                        "{bad}: row {i} {row:?}"
+                    );
+                }
+                assert!(out[seq * h..].iter().all(|v| v.is_finite()));
+            }
+        }
+    }
+
+    #[test]
+    fn gelu_and_layer_norm_propagate_nan() {
+        let mut x = vec![0.5, f32::NAN, -1.0];
+        gelu(&mut x);
+        assert!(x[1].is_nan() && x[0].is_finite() && x[2].is_finite());
+        let mut x = vec![1.0, f32::NAN, 2.0, 3.0];
+        add_layer_norm(&mut x, &[0.0, 0.0], &[1.0, 1.0], &[0.0, 0.0], 1e-5);
+        assert!(x[0].is_nan() && x[1].is_nan() && x[2].is_finite());
+    }
+
+    #[test]
+    #[should_panic(expected = "attention: sizes overflow")]
+    fn attention_refuses_sizes_that_overflow() {
+        // heads × head_dim = 2⁶⁴ + 2 wraps to 2 with unchecked arithmetic.
+        let shape = AttentionShape {
+            seq_len: 1,
+            heads: (1 << 63) + 1,
+            head_dim: 2,
+            lengths: vec![1],
+        };
+        attention(&[0.0; 6], &mut [0.0; 2], &shape, 1);
+    }
+
+    /// The candle ops return errors for sizes the kernels would refuse, never write.
+    #[test]
+    fn the_candle_ops_return_errors_for_bad_sizes() {
+        use candle_core::{Device, Tensor};
+        let qkv = Tensor::from_vec(vec![0.0f32; 6], (1, 6), &Device::Cpu).unwrap();
+        for (heads, head_dim, seq_len, lengths) in [
+            ((1usize << 63) + 1, 2, 1, vec![1]),
+            (1, 2, usize::MAX, vec![1, 1]),
+            (1, 2, 1, vec![2]),
+            (1, 2, 1, vec![0]),
+            (1, 4, 1, vec![1]),
+        ] {
+            let op = Attention {
+                shape: AttentionShape {
+                    seq_len,
+                    heads,
+                    head_dim,
+                    lengths,
+                },
+                threads: 1,
+            };
+            assert!(qkv.apply_op1_no_bwd(&op).is_err(), "{:?}", op.shape);
+        }
+        let x = Tensor::from_vec(vec![1.0f32; 6], (2, 3), &Device::Cpu).unwrap();
+        let (w, b) = (vec![0.5f32; 8], vec![0.0f32; 2]);
+        let parts = [LinearPart { w: &w, b: &b }];
+        let op = Linear {
+            parts: &parts,
+            threads: 1,
+        };
+        assert!(
+            x.apply_op1_no_bwd(&op).is_err(),
+            "weights for k = 4, input k = 3"
+        );
+        let w = vec![0.5f32; 6];
+        let parts = [LinearPart { w: &w, b: &b }];
+        let op = Linear {
+            parts: &parts,
+            threads: 1,
+        };
+        let y = x.apply_op1_no_bwd(&op).unwrap();
+        assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![1.5, 1.5]; 2]);
+        let norm = AddLayerNorm {
+            gamma: &[1.0; 4],
+            beta: &[0.0; 4],
+            eps: 1e-5,
+        };
+        assert!(
+            x.apply_op2_no_bwd(&x, &norm).is_err(),
+            "6 values, gamma of 4"
+        );
+        let norm = AddLayerNorm {
+            gamma: &[1.0; 3],
+            beta: &[0.0; 2],
+            eps: 1e-5,
+        };
+        assert!(
+            x.apply_op2_no_bwd(&x, &norm).is_err(),
+            "gamma of 3, beta of 2"
+        );
     }
 }

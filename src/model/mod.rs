@@ -83,17 +83,40 @@ impl Model for SentenceEncoder {
                 .map_err(|e| ModelError::Forward(e.to_string()))?,
             _ => return Err(ModelError::Forward("hidden state is not on the CPU".into())),
         };
-        let data = &data[layout.start_offset()..];
-        Ok(sequences
+        let data = data.get(layout.start_offset()..).unwrap_or_default();
+        if data.len() < sequences.len() * seq_len * h {
+            return Err(ModelError::Forward(format!(
+                "hidden state of {} values for {} sequences of {seq_len} × {h}",
+                data.len(),
+                sequences.len()
+            )));
+        }
+        // NaN or infinity means corrupt weights (or an overflow): an error for this batch,
+        // not vectors that look fine. Checked on every real token's hidden state (max pooling
+        // would skip a NaN) and on the pooled vectors (a mean can overflow).
+        let non_finite = || {
+            ModelError::Forward(
+                "the forward pass produced non-finite values (NaN or infinity): \
+                 the weights may be corrupt"
+                    .into(),
+            )
+        };
+        sequences
             .iter()
             .enumerate()
             .map(|(b, s)| {
+                let rows = &data[b * seq_len * h..][..s.len() * h];
+                if !rows.iter().all(|v| v.is_finite()) {
+                    return Err(non_finite());
+                }
                 let mut out = Vec::with_capacity(h);
-                self.pooling
-                    .pool(&data[b * seq_len * h..][..s.len() * h], h, &mut out);
-                out
+                self.pooling.pool(rows, h, &mut out);
+                if !out.iter().all(|v| v.is_finite()) {
+                    return Err(non_finite());
+                }
+                Ok(out)
             })
-            .collect())
+            .collect()
     }
 }
 

@@ -1,6 +1,10 @@
 //! A tiny BERT with random weights (fixed seed) and a WordPiece tokenizer built in code,
 //! written in Hugging Face layout, so that tests and benchmarks run a real forward pass in
 //! milliseconds without downloading anything.
+//!
+//! Every file is written beside its destination and renamed into place (see `weights.rs`:
+//! model files are replaced by rename, never rewritten in place), so writing the model again
+//! while a server maps it is safe.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -70,6 +74,34 @@ impl SplitMix {
     }
 }
 
+/// Writes `path` through `write(temporary path)`: a new file beside `path`, then renamed over
+/// it, so that a reader sees the old file or the new one, never a partial or rewritten one.
+pub fn replace_file(
+    path: &Path,
+    write: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow::anyhow!("{}: not a file path", path.display()))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}-{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = write(&tmp).and_then(|()| Ok(std::fs::rename(&tmp, path)?));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(|e| e.context(format!("writing {}", path.display())))
+}
+
+fn write_file(path: &Path, contents: impl AsRef<[u8]>) -> anyhow::Result<()> {
+    replace_file(path, |tmp| Ok(std::fs::write(tmp, contents)?))
+}
+
 /// Writes a complete sentence-transformers model directory to `dir`.
 pub fn write_tiny_bert(dir: &Path, spec: &TinySpec) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.join("1_Pooling"))?;
@@ -82,24 +114,24 @@ pub fn write_tiny_bert(dir: &Path, spec: &TinySpec) -> anyhow::Result<()> {
         "type_vocab_size": 2, "vocab_size": vocab.len(), "layer_norm_eps": 1e-12,
         "pad_token_id": 0, "position_embedding_type": "absolute"
     });
-    std::fs::write(
-        dir.join("config.json"),
+    write_file(
+        &dir.join("config.json"),
         serde_json::to_string_pretty(&config)?,
     )?;
-    std::fs::write(
-        dir.join("modules.json"),
+    write_file(
+        &dir.join("modules.json"),
         r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},
 {"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"},
 {"idx":2,"name":"2","path":"2_Normalize","type":"sentence_transformers.models.Normalize"}]"#,
     )?;
-    std::fs::write(
-        dir.join("1_Pooling/config.json"),
+    write_file(
+        &dir.join("1_Pooling/config.json"),
         format!(
             r#"{{"word_embedding_dimension":{h},"pooling_mode_cls_token":false,"pooling_mode_mean_tokens":true}}"#
         ),
     )?;
-    std::fs::write(
-        dir.join("sentence_bert_config.json"),
+    write_file(
+        &dir.join("sentence_bert_config.json"),
         format!(
             r#"{{"max_seq_length":{},"do_lower_case":false}}"#,
             spec.max_seq_length
@@ -172,7 +204,9 @@ pub fn write_tiny_bert(dir: &Path, spec: &TinySpec) -> anyhow::Result<()> {
         add(format!("{p}.output.LayerNorm.bias"), &[h], 0.1, 0.0)?;
     }
     let map: HashMap<String, Tensor> = tensors.into_iter().collect();
-    candle_core::safetensors::save(&map, dir.join("model.safetensors"))?;
+    replace_file(&dir.join("model.safetensors"), |tmp| {
+        Ok(candle_core::safetensors::save(&map, tmp)?)
+    })?;
 
     write_tokenizer(&vocab, &dir.join("tokenizer.json"))
 }
@@ -204,10 +238,11 @@ fn write_tokenizer(vocab: &[String], path: &Path) -> anyhow::Result<()> {
         )));
     let special: Vec<AddedToken> = SPECIAL.iter().map(|s| AddedToken::from(*s, true)).collect();
     tokenizer.add_special_tokens(&special);
-    tokenizer
-        .save(path, false)
-        .map_err(|e| anyhow::anyhow!("saving tokenizer: {e}"))?;
-    Ok(())
+    replace_file(path, |tmp| {
+        tokenizer
+            .save(tmp, false)
+            .map_err(|e| anyhow::anyhow!("saving tokenizer: {e}"))
+    })
 }
 
 #[cfg(test)]
@@ -232,6 +267,42 @@ mod tests {
         let v = loaded.model.embed(&[&ids], 1).unwrap();
         assert_eq!(v[0].len(), 32);
         assert!(v[0].iter().all(|x| x.is_finite()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Writing the model again over a served one replaces the files by rename: the loaded
+    /// model keeps its weights (its mapping is of the old file), the new load sees the new
+    /// weights, and no temporary file is left behind.
+    #[test]
+    fn writing_over_a_served_model_replaces_its_files_by_rename() {
+        let dir = std::env::temp_dir().join(format!("zb-tiny-rename-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        write_tiny_bert(&dir, &TinySpec::default()).unwrap();
+        let weights = dir.join("model.safetensors");
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        let before = inode(&weights);
+        let served = crate::model::load(dir.to_str().unwrap(), "main", |_, _| {}).unwrap();
+        let ids = [2u32, 7, 9, 3];
+        let old = served.model.embed(&[&ids], 1).unwrap();
+        let spec = TinySpec {
+            seed: 7,
+            ..TinySpec::default()
+        };
+        write_tiny_bert(&dir, &spec).unwrap();
+        assert_ne!(
+            inode(&weights),
+            before,
+            "a new file, not the old one rewritten"
+        );
+        assert_eq!(served.model.embed(&[&ids], 1).unwrap(), old);
+        let fresh = crate::model::load(dir.to_str().unwrap(), "main", |_, _| {}).unwrap();
+        assert_ne!(fresh.model.embed(&[&ids], 1).unwrap(), old);
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

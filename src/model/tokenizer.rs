@@ -227,7 +227,12 @@ impl TextTokenizer {
         if self.prefix_safe {
             while budget < text.len() {
                 if let Some((cut, trusted_end)) = prefix_cut(text, budget) {
-                    let raw = encode(&text[..cut])?;
+                    // With byte offsets (`encode_fast` leaves them at 0): they decide which
+                    // tokens lie before the last word.
+                    let raw = self
+                        .whole
+                        .encode(&text[..cut], false)
+                        .map_err(|e| failed(index, e))?;
                     let trusted = raw
                         .get_offsets()
                         .iter()
@@ -444,6 +449,25 @@ mod tests {
         assert_eq!(t.encode(0, &long, true).unwrap().len(), 12);
         assert_eq!(t.tokens(0, &long, true, true).unwrap().len(), 12);
         assert!(t.tokens(0, &long, true, false).is_err());
+    }
+
+    #[test]
+    fn the_prefix_path_stops_early_and_trusts_only_tokens_before_the_last_word() {
+        let t = tiny();
+        // 12 tokens kept of 10 content tokens: a 100 kB text needs one 4 kB prefix.
+        let text = "hello world ".repeat(10_000);
+        assert_eq!(t.encode(0, &text, true), t.encode_unbounded(0, &text, true));
+        // A last word that continues past the cut must not count: only the words that end
+        // before the prefix's last whitespace are trusted (offsets, not a count of tokens).
+        let prefix = "hello ".repeat(700);
+        let (cut, trusted) = prefix_cut(&prefix, 4096).unwrap();
+        let raw = t.whole.encode(&prefix[..cut], false).unwrap();
+        let kept = raw
+            .get_offsets()
+            .iter()
+            .take_while(|&&(_, end)| end <= trusted)
+            .count();
+        assert_eq!(kept + 1, raw.len(), "all but the last word's token");
     }
 
     #[test]

@@ -6,6 +6,21 @@
 //! mapping (zero-copy: the pages are the OS page cache, shared by every worker thread and by
 //! other processes serving the same file). Tensors stored in another dtype (f16, bf16) or at an
 //! unaligned offset are converted once with candle and owned.
+//!
+//! **Model files must be replaced by rename, never rewritten in place.** The mapping is the
+//! file: truncating a served `model.safetensors` kills the process with SIGBUS at the next
+//! read of a page past the new end, and rewriting it in place silently changes the weights
+//! (and so the answers) of the running server. Writing a new file beside it and renaming it
+//! over the old name is safe: the server keeps the old inode until it restarts. The hub cache
+//! (files written to `blobs/`, then linked into `snapshots/`) and the container image (a
+//! read-only layer) already do this, and so do every writer in this repository
+//! (`tiny::write_tiny_bert`, `scripts/fetch-model.sh`). A private mapping (`MAP_PRIVATE`)
+//! would not help: it still faults with SIGBUS past a truncated end, and pages not yet copied
+//! still show writes made to the file (see docs/reliability.md for the measurements).
+//!
+//! Every size read from the file is checked (header offsets against the file length, byte
+//! lengths against shape × dtype size, without overflow) before a weight is handed out, so a
+//! corrupt file is a [`ModelError::Weights`] naming the file and tensor, never a panic.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,6 +33,7 @@ use super::ModelError;
 
 /// An opened weights file.
 pub struct WeightFile {
+    path: std::path::PathBuf,
     map: Arc<Mmap>,
     data_start: usize,
     metadata: Metadata,
@@ -71,16 +87,26 @@ impl WeightFile {
     pub fn open(path: &Path) -> Result<Self, ModelError> {
         let err = |e: String| ModelError::Weights(format!("{}: {e}", path.display()));
         let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
-        // SAFETY: mapped read-only; a weights file modified while it is served is outside what
-        // any server can support.
+        // SAFETY: mapped read-only. The file must not be truncated or rewritten in place
+        // while it is mapped (see the module doc: model files are replaced by rename), which
+        // is the one thing the type system cannot check here.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| err(e.to_string()))?;
         let (header_len, metadata) = SafeTensors::read_metadata(&map)
             .map_err(|e| err(format!("not a safetensors file: {e}")))?;
+        let data_start = header_len
+            .checked_add(8)
+            .ok_or_else(|| err("header length overflows".into()))?;
         Ok(Self {
+            path: path.to_path_buf(),
             map: Arc::new(map),
-            data_start: 8 + header_len,
+            data_start,
             metadata,
         })
+    }
+
+    /// The file's path, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -89,24 +115,44 @@ impl WeightFile {
 
     /// The tensor `name` as f32: in place when it is stored as aligned f32, else converted.
     pub fn get(&self, name: &str) -> Result<Weight, ModelError> {
+        let bad = |what: String| {
+            ModelError::Weights(format!("{}: tensor {name} {what}", self.path.display()))
+        };
         let info = self
             .metadata
             .info(name)
-            .ok_or_else(|| ModelError::Weights(format!("tensor {name} is missing")))?;
+            .ok_or_else(|| bad("is missing".into()))?;
         let (begin, end) = info.data_offsets;
-        let start = self.data_start + begin;
-        let count: usize = info.shape.iter().product();
-        if self.data_start + end > self.map.len() {
-            return Err(ModelError::Weights(format!(
-                "tensor {name} runs past the end of the file"
+        let count = info
+            .shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| bad(format!("has a shape {:?} too large to address", info.shape)))?;
+        let bits = count
+            .checked_mul(info.dtype.bitsize())
+            .ok_or_else(|| bad(format!("has a shape {:?} too large to address", info.shape)))?;
+        let stored = end
+            .checked_sub(begin)
+            .ok_or_else(|| bad(format!("ends (byte {end}) before it begins (byte {begin})")))?;
+        if bits % 8 != 0 || stored != bits / 8 {
+            return Err(bad(format!(
+                "holds {stored} bytes, but its shape {:?} of {:?} needs {} bits",
+                info.shape, info.dtype, bits
+            )));
+        }
+        let start = self.data_start.checked_add(begin);
+        let stop = self.data_start.checked_add(end);
+        let (Some(start), Some(stop)) = (start, stop) else {
+            return Err(bad("has offsets too large to address".into()));
+        };
+        if stop > self.map.len() {
+            return Err(bad(format!(
+                "runs past the end of the file (byte {stop} of {})",
+                self.map.len()
             )));
         }
         let aligned = (self.map.as_ptr() as usize + start) % std::mem::align_of::<f32>() == 0;
-        if info.dtype == Dtype::F32
-            && aligned
-            && end - begin == count * 4
-            && cfg!(target_endian = "little")
-        {
+        if info.dtype == Dtype::F32 && aligned && cfg!(target_endian = "little") {
             return Ok(Weight {
                 storage: Storage::Mapped {
                     map: self.map.clone(),
@@ -116,17 +162,203 @@ impl WeightFile {
                 shape: info.shape.clone(),
             });
         }
-        let tensors =
-            SafeTensors::deserialize(&self.map).map_err(|e| ModelError::Weights(e.to_string()))?;
-        let view = tensors
-            .tensor(name)
-            .map_err(|e| ModelError::Weights(format!("{name}: {e}")))?;
+        let tensors = SafeTensors::deserialize(&self.map).map_err(|e| bad(e.to_string()))?;
+        let view = tensors.tensor(name).map_err(|e| bad(e.to_string()))?;
         let values = view
             .load(&candle_core::Device::Cpu)
             .and_then(|t| t.to_dtype(candle_core::DType::F32))
             .and_then(|t| t.flatten_all())
             .and_then(|t| t.to_vec1::<f32>())
-            .map_err(|e| ModelError::Weights(format!("{name}: {e}")))?;
+            .map_err(|e| bad(format!("cannot be converted to f32: {e}")))?;
+        if values.len() != count {
+            return Err(bad(format!(
+                "converted to {} values, its shape {:?} has {count}",
+                values.len(),
+                info.shape
+            )));
+        }
         Ok(Weight::owned(values, info.shape.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::time::Instant;
+
+    /// VmRSS, RssAnon and RssFile of this process, in MiB.
+    fn rss() -> (f64, f64, f64) {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+                / 1024.0
+        };
+        (kib("VmRSS:"), kib("RssAnon:"), kib("RssFile:"))
+    }
+
+    /// Evicts `file`'s pages from the page cache (when nothing maps them), for a cold read.
+    fn evict(file: &std::fs::File) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain system call on an open descriptor.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
+
+    /// Measures the ways the weights could be held, on a real model (the cost behind the
+    /// module doc's rule). One way per run, so RSS is not mixed:
+    ///
+    /// ```text
+    /// ZB_WEIGHTS=shared|private|owned [ZB_COLD=1] ZEROBATCH_MODEL_DIR=... \
+    ///   cargo test --lib weights::tests::weight_holding_costs -- --ignored --nocapture
+    /// ```
+    #[test]
+    #[ignore = "a measurement on the real model; see the doc comment"]
+    fn weight_holding_costs() {
+        let dir = std::env::var("ZEROBATCH_MODEL_DIR").expect("ZEROBATCH_MODEL_DIR");
+        let path = std::path::Path::new(&dir).join("model.safetensors");
+        let how = std::env::var("ZB_WEIGHTS").unwrap_or_else(|_| "shared".into());
+        let cold = std::env::var("ZB_COLD").is_ok();
+        let file = std::fs::File::open(&path).unwrap();
+        if cold {
+            evict(&file);
+        }
+        let before = rss();
+        let t = Instant::now();
+        enum Held {
+            Map(Mmap),
+            Owned(Vec<f32>, usize),
+        }
+        let held = match how.as_str() {
+            // SAFETY: a measurement on a file nobody rewrites meanwhile.
+            "shared" => Held::Map(unsafe { Mmap::map(&file) }.unwrap()),
+            "private" => {
+                Held::Map(unsafe { memmap2::MmapOptions::new().map_copy_read_only(&file) }.unwrap())
+            }
+            "owned" => {
+                use std::io::Read;
+                let len = file.metadata().unwrap().len() as usize;
+                let mut values = vec![0.0f32; len.div_ceil(4)];
+                // SAFETY: the Vec's buffer seen as its bytes; any bytes are valid f32 values.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), len)
+                };
+                (&file).read_exact(bytes).unwrap();
+                Held::Owned(values, len)
+            }
+            other => panic!("ZB_WEIGHTS={other}: shared, private or owned"),
+        };
+        let bytes: &[u8] = match &held {
+            Held::Map(m) => m,
+            // SAFETY: as above, `len` bytes of the buffer.
+            Held::Owned(v, len) => unsafe {
+                std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), *len)
+            },
+        };
+        let (header, metadata) = SafeTensors::read_metadata(bytes).unwrap();
+        let opened = t.elapsed();
+        let after_open = rss();
+        // Read every weight once, as the first forward pass does.
+        let t = Instant::now();
+        let mut sum = 0.0f64;
+        for info in metadata.tensors().values() {
+            let (b, e) = info.data_offsets;
+            for chunk in bytes[8 + header + b..8 + header + e].chunks_exact(4) {
+                sum += f32::from_le_bytes(chunk.try_into().unwrap()) as f64;
+            }
+        }
+        let touched = t.elapsed();
+        let after_touch = rss();
+        println!(
+            "weights={how} cold={cold} size={:.1}MiB open+read_header={:.2}ms first_read_of_all={:.2}ms \
+             rss(MiB total/anon/file) before={:.1}/{:.1}/{:.1} after_open={:.1}/{:.1}/{:.1} \
+             after_reading_all={:.1}/{:.1}/{:.1} (sum {sum:.3})",
+            bytes.len() as f64 / 1048576.0,
+            opened.as_secs_f64() * 1e3,
+            touched.as_secs_f64() * 1e3,
+            before.0,
+            before.1,
+            before.2,
+            after_open.0,
+            after_open.1,
+            after_open.2,
+            after_touch.0,
+            after_touch.1,
+            after_touch.2,
+        );
+    }
+
+    /// Whether a read of `ptr` in a forked child dies of SIGBUS.
+    fn read_dies_of_sigbus(ptr: *const u8) -> bool {
+        // SAFETY: the child only reads memory and exits (async-signal-safe); the parent waits.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0);
+            if pid == 0 {
+                std::ptr::read_volatile(ptr);
+                libc::_exit(0);
+            }
+            let mut status = 0;
+            libc::waitpid(pid, &mut status, 0);
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGBUS
+        }
+    }
+
+    /// What a private mapping (MAP_PRIVATE, memmap2's `map_copy_read_only`) does and does
+    /// not protect against, next to the shared one (Linux): writes to the file in place show
+    /// through both (pages read before and pages not read yet), and a read past a truncated
+    /// end is SIGBUS with both. So neither replaces the rule "replace by rename".
+    #[test]
+    #[ignore = "an experiment on Linux mapping semantics (forks)"]
+    fn private_mappings_do_not_protect_against_in_place_changes() {
+        let page = 4096;
+        for private in [false, true] {
+            let path = std::env::temp_dir().join(format!(
+                "zb-map-experiment-{}-{private}",
+                std::process::id()
+            ));
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .unwrap();
+            file.write_all(&vec![1u8; 3 * page]).unwrap();
+            // SAFETY: the experiment changes the file on purpose; reads only.
+            let map = unsafe {
+                if private {
+                    memmap2::MmapOptions::new().map_copy_read_only(&file)
+                } else {
+                    Mmap::map(&file)
+                }
+            }
+            .unwrap();
+            assert_eq!(map[0], 1, "page 0 read before the write");
+            use std::os::unix::fs::FileExt;
+            file.write_all_at(&[2], 0).unwrap();
+            file.write_all_at(&[3], 2 * page as u64).unwrap();
+            assert_eq!(
+                map[0], 2,
+                "private={private}: a write shows through a page read before"
+            );
+            assert_eq!(
+                map[2 * page],
+                3,
+                "private={private}: a write shows through a page not read before"
+            );
+            file.set_len(page as u64).unwrap();
+            assert!(
+                read_dies_of_sigbus(map[2 * page..].as_ptr()),
+                "private={private}: a read past the truncated end is SIGBUS"
+            );
+            assert!(!read_dies_of_sigbus(map.as_ptr()), "page 0 still exists");
+            drop(map);
+            std::fs::remove_file(&path).unwrap();
+        }
     }
 }

@@ -1,0 +1,159 @@
+//! The real Python clients against the real binary: huggingface_hub's
+//! `InferenceClient(model=URL).feature_extraction` (which posts TEI's body to `POST /`) and
+//! openai's `OpenAI(base_url=URL + "/v1").embeddings.create` (float and its default base64),
+//! without and with `--api-key`. The checks are in tests/clients/check_clients.py; the
+//! interpreter comes from `ZEROBATCH_TEST_PYTHON`, which scripts/test.sh sets to the pinned venv
+//! that scripts/test-venv.sh builds. Without it the test says SKIPPED and returns, except under
+//! CI (`CI` set), where a skip would hide a client regression: there it fails unless
+//! `ZEROBATCH_SKIP_PYTHON_CLIENTS=1` says to skip knowingly.
+
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The interpreter to run the clients with, or None (after saying SKIPPED) when there is none.
+fn python() -> Option<PathBuf> {
+    let skip = |why: String| {
+        let allowed = std::env::var("ZEROBATCH_SKIP_PYTHON_CLIENTS").as_deref() == Ok("1");
+        assert!(
+            allowed || std::env::var_os("CI").is_none(),
+            "{why}: under CI the Python client test must run (scripts/test.sh builds the venv); \
+             set ZEROBATCH_SKIP_PYTHON_CLIENTS=1 to skip it knowingly"
+        );
+        // Straight to the process's stderr: libtest captures eprintln! of passing tests.
+        static SAID: Once = Once::new();
+        SAID.call_once(|| {
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n**** SKIPPED python_clients: {why} ****\n**** run ./scripts/test.sh, or: \
+                 ZEROBATCH_TEST_PYTHON=$(scripts/test-venv.sh | tail -n 1) cargo test --test python_clients ****\n"
+            );
+        });
+        None
+    };
+    let Some(python) = std::env::var_os("ZEROBATCH_TEST_PYTHON") else {
+        return skip("ZEROBATCH_TEST_PYTHON is not set".into());
+    };
+    let python = PathBuf::from(python);
+    let probe = Command::new(&python)
+        .args(["-c", "import huggingface_hub, numpy, openai"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match probe {
+        Ok(s) if s.success() => Some(python),
+        Ok(_) => skip(format!(
+            "{} cannot import huggingface_hub, numpy and openai",
+            python.display()
+        )),
+        Err(e) => skip(format!("cannot run {}: {e}", python.display())),
+    }
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn spawn(extra: &[&str]) -> Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_zerobatch"))
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--model", tiny_model(), "--workers", "1"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting zerobatch");
+        let server = Server {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        wait_ready(server.addr);
+        server
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs check_clients.py against `server`; panics with its output unless every check passed.
+fn check_clients(python: &Path, server: &Server, api_key: Option<&str>) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/check_clients.py");
+    let out_path = std::env::temp_dir().join(format!(
+        "zerobatch-check-clients-{}-{}.log",
+        std::process::id(),
+        server.addr.port()
+    ));
+    let out = std::fs::File::create(&out_path).unwrap();
+    let mut cmd = Command::new(python);
+    cmd.arg(&script).arg(format!("http://{}", server.addr));
+    if let Some(key) = api_key {
+        cmd.args(["--api-key", key]);
+    }
+    let mut child = cmd
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("starting check_clients.py");
+    // Bounded: the clients have their own 60 s timeouts, and this is a handful of requests.
+    let t = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if t.elapsed() > Duration::from_secs(180) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_path);
+    match status {
+        Some(s) if s.success() => eprintln!("{output}"),
+        Some(s) => panic!(
+            "check_clients.py ({}) failed with {s}:\n{output}",
+            if api_key.is_some() {
+                "with an API key"
+            } else {
+                "without an API key"
+            }
+        ),
+        None => panic!("check_clients.py did not finish within 180 s:\n{output}"),
+    }
+}
+
+#[test]
+fn huggingface_hub_and_openai_clients_without_an_api_key() {
+    let Some(python) = python() else { return };
+    let server = Server::spawn(&[]);
+    check_clients(&python, &server, None);
+}
+
+#[test]
+fn huggingface_hub_and_openai_clients_with_an_api_key() {
+    let Some(python) = python() else { return };
+    let server = Server::spawn(&["--api-key", "zb-test-key"]);
+    check_clients(&python, &server, Some("zb-test-key"));
+}
