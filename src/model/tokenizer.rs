@@ -269,24 +269,30 @@ fn ids_of(index: usize, encoding: &Encoding) -> Result<Vec<u32>, TokenizeError> 
     Ok(ids.to_vec())
 }
 
-/// Where to cut a prefix of about `budget` bytes: just before the last whitespace character
-/// at or before `budget`, and the end of the text that can be trusted inside that prefix (the
-/// start of its last whitespace-delimited word, whose tokens might change with what follows).
-/// `None` when there is no such whitespace (one very long word: encode more).
+/// Where to cut a prefix of about `budget` bytes: just before the last space at or before
+/// `budget`, and the end of the text that can be trusted inside that prefix (the start of its
+/// last space-delimited word, whose tokens might change with what follows). `None` when there
+/// is no such space (one very long word: encode more).
+///
+/// Only the ASCII space: it is the whitespace character that every allow-listed normalizer
+/// keeps and every allow-listed pre-tokenizer splits at. Other whitespace may vanish before
+/// pre-tokenization (`BertNormalizer` drops control characters, among them the form feed, the
+/// vertical tab and U+0085, joining the words around them: found by the `tokenize` fuzz
+/// target) or not be a split point (`Metaspace` splits at spaces only).
 fn prefix_cut(text: &str, budget: usize) -> Option<(usize, usize)> {
     let mut end = budget.min(text.len());
     while !text.is_char_boundary(end) {
         end -= 1;
     }
     let head = &text[..end];
-    // The cut: the start of the last whitespace run in `head` that has text before it.
-    let cut = head.trim_end_matches(|c: char| !c.is_whitespace());
-    let cut = cut.trim_end_matches(char::is_whitespace).len();
+    // The cut: the start of the last run of spaces in `head` that has text before it.
+    let cut = head.trim_end_matches(|c: char| c != ' ');
+    let cut = cut.trim_end_matches(' ').len();
     if cut == 0 {
         return None;
     }
     let before = &text[..cut];
-    let last_word = before.trim_end_matches(|c: char| !c.is_whitespace()).len();
+    let last_word = before.trim_end_matches(|c: char| c != ' ').len();
     Some((cut, last_word))
 }
 
@@ -432,6 +438,23 @@ mod tests {
                     "seed {seed}, truncate {truncate}: {text:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn whitespace_the_normalizer_drops_is_not_a_cut() {
+        // Found by fuzz/fuzz_targets/tokenize.rs: BertNormalizer drops the form feed (and the
+        // U+FFFD after it), so the whole text is one 499-letter word, [UNK]; a prefix cut at a
+        // form feed saw ~100 letters, "s ##s ##s ...", and answered with those tokens (or 413).
+        let t = tiny();
+        let text = format!("s\u{c}{}", "\u{fffd}".repeat(13)).repeat(499);
+        assert_eq!(t.encode_unbounded(0, &text, false).unwrap(), vec![2, 1, 3]);
+        for truncate in [true, false] {
+            assert_eq!(
+                t.encode(0, &text, truncate).unwrap(),
+                vec![2, 1, 3],
+                "truncate {truncate}"
+            );
         }
     }
 
