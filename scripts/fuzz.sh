@@ -15,10 +15,15 @@ cd "$(dirname "$0")/.."
 
 seconds=60
 sanitizer=none
+# The AddressSanitizer build has its own target dir: switching flags in one rebuilds it all.
+target_dir=fuzz/target
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) seconds=15 ;;
-    --asan) sanitizer=address ;;
+    --asan)
+      sanitizer=address
+      target_dir=fuzz/target/asan
+      ;;
     -h | --help)
       sed -n '2,12p' "$0"
       exit 0
@@ -61,7 +66,7 @@ targets=${FUZZ_TARGETS:-parse_request tokenize model_load}
 
 echo "== building the fuzz targets (sanitizer: $sanitizer)"
 start=$(date +%s)
-nice -n 15 cargo fuzz build -s "$sanitizer"
+nice -n 15 cargo fuzz build -s "$sanitizer" --target-dir "$target_dir"
 echo "build: $(($(date +%s) - start)) s"
 
 status=0
@@ -69,7 +74,7 @@ for target in $targets; do
   echo "== $target: ${seconds} s"
   mkdir -p "fuzz/target/corpus/$target"
   # shellcheck disable=SC2046 # the flags are words
-  if ! nice -n 15 cargo fuzz run -s "$sanitizer" "$target" \
+  if ! nice -n 15 cargo fuzz run -s "$sanitizer" --target-dir "$target_dir" "$target" \
     "fuzz/target/corpus/$target" "fuzz/corpus/$target" -- \
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     $(flags_for "$target"); then
