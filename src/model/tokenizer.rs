@@ -7,7 +7,7 @@
 //! **Cost bounded by what is kept, not by what was sent.** The `tokenizers` crate truncates
 //! only after encoding the whole text: a 2 MB text becomes ~380k tokens with strings and
 //! offsets (hundreds of MB) only to keep 256 of them. Here a long text is encoded a prefix at a
-//! time: the prefix ends just before a whitespace character, its last word is not trusted, and
+//! time: the prefix ends just before a space, its last word is not trusted, and
 //! once the trusted tokens are more than the model keeps, the answer is exactly the one the
 //! whole text would give (the same ids: `encode_unbounded` is the reference, and the tests and
 //! the fuzz target compare the two). This is only sound when tokenization never joins text
@@ -54,9 +54,16 @@ pub struct TextTokenizer {
     max_len: usize,
     /// Special tokens the post-processor adds to one sequence (`[CLS]` and `[SEP]` for BERT).
     added: usize,
-    /// Whether a long text may be encoded a prefix at a time (see the module docs).
-    prefix_safe: bool,
+    /// Where a long text may be cut to be encoded a prefix at a time (see the module docs);
+    /// `None`: always encode the whole text.
+    cuts: Option<Cuts>,
+    /// Held while a long text that could not be cut is encoded whole: such an encoding takes
+    /// ~70 bytes per byte of text (136 MB for a 1.9 MB word), so only one runs at a time.
+    whole_text: parking_lot::Mutex<()>,
 }
+
+/// Whole-text encodings of texts longer than this take [`TextTokenizer::whole_text`].
+const WHOLE_TEXT_SERIAL_BYTES: usize = 64 * 1024;
 
 /// The first prefix tried for a long text is this many bytes per token kept (English averages
 /// 4–5 bytes per token); each retry takes four times more.
@@ -100,13 +107,14 @@ impl TextTokenizer {
                 direction: TruncationDirection::Right,
             }))
             .map_err(|e| e.to_string())?;
-        let prefix_safe = prefix_safe(&whole);
+        let cuts = prefix_cuts(&whole);
         Ok(Self {
             truncating,
             whole,
             max_len,
             added,
-            prefix_safe,
+            cuts,
+            whole_text: parking_lot::Mutex::new(()),
         })
     }
 
@@ -117,7 +125,7 @@ impl TextTokenizer {
 
     /// Whether long texts are encoded a prefix at a time (see the module docs).
     pub fn bounded(&self) -> bool {
-        self.prefix_safe
+        self.cuts.is_some()
     }
 
     /// Token ids of input `index` (the index only labels errors). When `truncate` is false an
@@ -224,9 +232,9 @@ impl TextTokenizer {
                 .map_err(|e| failed(index, e))
         };
         let mut budget = (kept * PREFIX_BYTES_PER_TOKEN).max(PREFIX_MIN_BYTES);
-        if self.prefix_safe {
+        if let Some(cuts) = self.cuts {
             while budget < text.len() {
-                if let Some((cut, trusted_end)) = prefix_cut(text, budget) {
+                if let Some((cut, trusted_end)) = prefix_cut(text, budget, cuts) {
                     // With byte offsets (`encode_fast` leaves them at 0): they decide which
                     // tokens lie before the last word.
                     let raw = self
@@ -247,6 +255,7 @@ impl TextTokenizer {
                 budget = budget.saturating_mul(4);
             }
         }
+        let _one_at_a_time = (text.len() > WHOLE_TEXT_SERIAL_BYTES).then(|| self.whole_text.lock());
         finish(encode(text)?)
     }
 }
@@ -269,39 +278,85 @@ fn ids_of(index: usize, encoding: &Encoding) -> Result<Vec<u32>, TokenizeError> 
     Ok(ids.to_vec())
 }
 
-/// Where to cut a prefix of about `budget` bytes: just before the last space at or before
-/// `budget`, and the end of the text that can be trusted inside that prefix (the start of its
-/// last space-delimited word, whose tokens might change with what follows). `None` when there
-/// is no such space (one very long word: encode more).
+/// Where a prefix may end: before a space, and, for tokenizers whose normalizer puts spaces
+/// around CJK ideographs (BERT's `handle_chinese_chars`), before such an ideograph too, so
+/// that Chinese or Japanese text, which has no spaces, is cut as cheaply as English.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cuts {
+    cjk: bool,
+}
+
+impl Cuts {
+    /// A character that starts a new word whatever precedes it.
+    fn starts_word(self, c: char) -> bool {
+        self.cjk && is_cjk_ideograph(c)
+    }
+}
+
+/// The ranges BERT's normalizer isolates as Chinese characters (`_is_chinese_char`).
+fn is_cjk_ideograph(c: char) -> bool {
+    matches!(c as u32,
+        0x4E00..=0x9FFF
+        | 0x3400..=0x4DBF
+        | 0x20000..=0x2A6DF
+        | 0x2A700..=0x2B73F
+        | 0x2B740..=0x2B81F
+        | 0x2B820..=0x2CEAF
+        | 0xF900..=0xFAFF
+        | 0x2F800..=0x2FA1F)
+}
+
+/// Where to cut a prefix of about `budget` bytes: just before the last space (or, with
+/// `cuts.cjk`, ideograph) at or before `budget`, and the end of the text that can be trusted
+/// inside that prefix (the start of its last word, whose tokens might change with what
+/// follows). `None` when there is no such place (one very long word: encode more).
 ///
-/// Only the ASCII space: it is the whitespace character that every allow-listed normalizer
+/// Only the ASCII space among whitespace: it is the one that every allow-listed normalizer
 /// keeps and every allow-listed pre-tokenizer splits at. Other whitespace may vanish before
 /// pre-tokenization (`BertNormalizer` drops control characters, among them the form feed, the
 /// vertical tab and U+0085, joining the words around them: found by the `tokenize` fuzz
 /// target) or not be a split point (`Metaspace` splits at spaces only).
-fn prefix_cut(text: &str, budget: usize) -> Option<(usize, usize)> {
+fn prefix_cut(text: &str, budget: usize, cuts: Cuts) -> Option<(usize, usize)> {
     let mut end = budget.min(text.len());
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    let head = &text[..end];
-    // The cut: the start of the last run of spaces in `head` that has text before it.
-    let cut = head.trim_end_matches(|c: char| c != ' ');
-    let cut = cut.trim_end_matches(' ').len();
+    // The cut: the last space or word-starting character in the head that has text before
+    // it, moved back over the spaces before it so the prefix ends in text.
+    let (cut, _) = text[..end]
+        .char_indices()
+        .rev()
+        .find(|&(i, c)| i > 0 && (c == ' ' || cuts.starts_word(c)))?;
+    let cut = text[..cut].trim_end_matches(' ').len();
     if cut == 0 {
         return None;
     }
-    let before = &text[..cut];
-    let last_word = before.trim_end_matches(|c: char| c != ' ').len();
+    // The start of the prefix's last word: just after its last space, or at its last
+    // word-starting character.
+    let last_word = text[..cut]
+        .char_indices()
+        .rev()
+        .find_map(|(i, c)| {
+            if c == ' ' {
+                Some(i + 1)
+            } else if cuts.starts_word(c) {
+                Some(i)
+            } else {
+                None
+            }
+        })
+        .unwrap_or(0);
     Some((cut, last_word))
 }
 
-/// Whether tokenization never joins text across whitespace, so that the tokens of a prefix
-/// cut before whitespace are the first tokens of the whole text: true when every normalizer is
-/// per-character (or only touches the ends) and every pre-tokenizer splits on whitespace.
-/// Checked on the serialised configuration, so unknown or regex-driven steps (`Replace`,
-/// `Split`, byte-level without its own regex) turn the fast path off rather than risk it.
-fn prefix_safe(tokenizer: &Tokenizer) -> bool {
+/// Where long texts may be cut, if anywhere: `Some` when tokenization never joins text across
+/// a space, so that the tokens of a prefix cut before a space are the first tokens of the
+/// whole text — every normalizer is per-character (or only touches the ends), every
+/// pre-tokenizer splits on whitespace, and no added token spans a cut. Checked on the
+/// serialised configuration, so unknown or regex-driven steps (`Replace`, `Split`, byte-level
+/// without its own regex) turn the fast path off rather than risk it. CJK ideographs are cuts
+/// too when BERT's normalizer isolates them (`handle_chinese_chars`).
+fn prefix_cuts(tokenizer: &Tokenizer) -> Option<Cuts> {
     const NORMALIZERS: &[&str] = &[
         "BertNormalizer",
         "Strip",
@@ -332,16 +387,42 @@ fn prefix_safe(tokenizer: &Tokenizer) -> bool {
         .get_pre_tokenizer()
         .map(serde_json::to_value)
         .transpose();
-    let (Ok(normalizer), Ok(pre_tokenizer)) = (normalizer, pre_tokenizer) else {
-        return false;
-    };
-    let Some(pre_tokenizer) = pre_tokenizer else {
+    let (Ok(normalizer), Ok(Some(pre_tokenizer))) = (normalizer, pre_tokenizer) else {
         // Without a pre-tokenizer the model sees the whole text as one word.
-        return false;
+        return None;
     };
-    normalizer.is_none_or(|n| only_types(&n, NORMALIZERS))
+    let safe = normalizer
+        .as_ref()
+        .is_none_or(|n| only_types(n, NORMALIZERS))
         && only_types(&pre_tokenizer, PRE_TOKENIZERS)
-        && splits_on_whitespace(&pre_tokenizer)
+        && splits_on_whitespace(&pre_tokenizer);
+    if !safe {
+        return None;
+    }
+    let cuts = Cuts {
+        cjk: normalizer.as_ref().is_some_and(isolates_cjk),
+    };
+    // An added token is matched in the raw text before anything else: one that contains a
+    // cut character would be split by a cut.
+    let spans_a_cut = tokenizer
+        .get_added_tokens_decoder()
+        .values()
+        .any(|t| t.content.chars().any(|c| c == ' ' || cuts.starts_word(c)));
+    (!spans_a_cut).then_some(cuts)
+}
+
+/// True when the normalizer includes BERT's with `handle_chinese_chars` (it puts spaces
+/// around every CJK ideograph before pre-tokenization).
+fn isolates_cjk(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Object(map) => {
+            (map.get("type").and_then(|t| t.as_str()) == Some("BertNormalizer")
+                && map.get("handle_chinese_chars").and_then(|h| h.as_bool()) != Some(false))
+                || map.values().any(isolates_cjk)
+        }
+        serde_json::Value::Array(items) => items.iter().any(isolates_cjk),
+        _ => false,
+    }
 }
 
 /// True when every object with a `type` in `value` has one of `allowed`, and byte-level steps
@@ -459,6 +540,21 @@ mod tests {
     }
 
     #[test]
+    fn text_without_spaces_is_cut_at_ideographs_with_the_same_ids() {
+        let t = tiny();
+        let text = "東京都庁舎の展望室から見る夜景は美しい。".repeat(2_000);
+        for truncate in [true, false] {
+            assert_eq!(
+                t.encode(0, &text, truncate)
+                    .map_err(|e| matches!(e, TokenizeError::TooLong { .. })),
+                t.encode_unbounded(0, &text, truncate)
+                    .map_err(|e| matches!(e, TokenizeError::TooLong { .. })),
+                "truncate {truncate}"
+            );
+        }
+    }
+
+    #[test]
     fn too_long_inputs_are_refused_without_truncation() {
         let t = tiny();
         let long = "hello world ".repeat(10_000);
@@ -483,7 +579,7 @@ mod tests {
         // A last word that continues past the cut must not count: only the words that end
         // before the prefix's last whitespace are trusted (offsets, not a count of tokens).
         let prefix = "hello ".repeat(700);
-        let (cut, trusted) = prefix_cut(&prefix, 4096).unwrap();
+        let (cut, trusted) = prefix_cut(&prefix, 4096, Cuts { cjk: true }).unwrap();
         let raw = t.whole.encode(&prefix[..cut], false).unwrap();
         let kept = raw
             .get_offsets()
@@ -495,14 +591,27 @@ mod tests {
 
     #[test]
     fn prefix_cuts_fall_before_whitespace_and_distrust_the_last_word() {
-        assert_eq!(prefix_cut("hello big world", 13), Some((9, 6)));
-        assert_eq!(prefix_cut("hello world", 4), None);
-        assert_eq!(prefix_cut("abcdefgh", 100), None);
+        let spaces = Cuts { cjk: false };
+        let cjk = Cuts { cjk: true };
+        assert_eq!(prefix_cut("hello big world", 13, spaces), Some((9, 6)));
+        assert_eq!(prefix_cut("hello   big world", 15, spaces), Some((11, 8)));
+        assert_eq!(prefix_cut("hello world", 4, spaces), None);
+        assert_eq!(prefix_cut("abcdefgh", 100, spaces), None);
+        // Ideographs start words when the normalizer isolates them.
+        let jp = "東京の夜景";
+        assert_eq!(prefix_cut(jp, jp.len(), spaces), None);
+        // Cut before 景 (byte 12); the prefix's last word is 夜 (byte 9).
+        assert_eq!(prefix_cut(jp, jp.len(), cjk), Some((12, 9)));
+        // With 12 bytes: before 夜 (byte 9); the prefix's last word is "京の" (byte 3).
+        assert_eq!(prefix_cut(jp, 12, cjk), Some((9, 3)));
         // Never inside a character.
-        let text = "aé é é é";
+        let text = "aé é 東é 京 é";
         for b in 0..text.len() {
-            if let Some((cut, trusted)) = prefix_cut(text, b) {
-                assert!(text.is_char_boundary(cut) && trusted <= cut);
+            for cuts in [spaces, cjk] {
+                if let Some((cut, trusted)) = prefix_cut(text, b, cuts) {
+                    assert!(text.is_char_boundary(cut) && text.is_char_boundary(trusted));
+                    assert!(trusted <= cut && cut <= b);
+                }
             }
         }
     }
