@@ -16,6 +16,7 @@
 //! a bound on concurrent large tokenizations (`routes`).
 
 pub mod api;
+pub mod body;
 pub mod connections;
 pub mod docs;
 pub mod error;

@@ -4,14 +4,14 @@
 //! are tokenized and queued (503 when full) and the handler awaits the replies.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::oneshot;
 
 use super::api::{
     self, EmbedRequest, EmbeddingData, EncodingFormat, OpenAiEmbedding, OpenAiRequest,
@@ -130,7 +130,7 @@ pub async fn handle(
     }
     if req.method() == Method::POST {
         let path = route.path;
-        let body = read_body(&state, req).await?;
+        let body = super::body::read_body(&state, req).await?;
         let large = body.bytes.len() >= crate::alloc::TRIM_AFTER_BODY_BYTES;
         let parsed = api::parse_request(path, &body.bytes, state.config.max_client_batch);
         drop(body.bytes);
@@ -191,134 +191,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         diff |= a.get(i).copied().unwrap_or(!kb) ^ kb;
     }
     std::hint::black_box(diff) == 0
-}
-
-fn is_json(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
-}
-
-/// A request body read whole, and its share of the in-flight body budget (released when
-/// dropped, i.e. when the request is answered).
-struct Body {
-    bytes: Bytes,
-    permit: Option<OwnedSemaphorePermit>,
-}
-
-/// How long a body waits for room in `--max-inflight-body-bytes` before the request gets 503.
-const BODY_BUDGET_WAIT: Duration = Duration::from_secs(2);
-
-/// Reads the body of a JSON request: 415 unless JSON, 413 over `--max-body-bytes` (declared or
-/// sent), 408 unless the whole body arrives within `--client-timeout-ms` (however it
-/// trickles), 503 when the bodies already held fill `--max-inflight-body-bytes` for too long.
-/// Bytes are counted against the budget as they arrive, so a slow client holds only what it
-/// has sent, and nothing is allocated for a size that was only declared.
-async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<Body, ApiError> {
-    let limit = state.config.max_body_bytes;
-    let content_type = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !is_json(content_type) {
-        let shown = if content_type.is_empty() {
-            "none".to_string()
-        } else {
-            content_type.to_string()
-        };
-        return Err(ApiError::UnsupportedMediaType(format!(
-            "the body must be JSON: send `Content-Type: application/json` (got {shown})"
-        )));
-    }
-    let too_large = || {
-        ApiError::BodyTooLarge(format!(
-            "the body is larger than the limit of {limit} bytes (--max-body-bytes)"
-        ))
-    };
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let deadline = tokio::time::Instant::now() + state.config.client_timeout();
-    let mut body = req.into_body();
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut received = 0usize;
-    let mut permit: Option<OwnedSemaphorePermit> = None;
-    loop {
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => return Err(ApiError::RequestTimeout(state.config.client_timeout_ms)),
-            Ok(None) => break,
-            Ok(Some(Err(e))) => {
-                return Err(ApiError::BadRequest(format!(
-                    "could not read the request body: {e}"
-                )))
-            }
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        if data.is_empty() {
-            continue;
-        }
-        received += data.len();
-        if received > limit {
-            return Err(too_large());
-        }
-        // `data.len()` ≤ `limit` < 4 GiB (checked at start-up).
-        let n = data.len() as u32;
-        let more = match state.body_budget.clone().try_acquire_many_owned(n) {
-            Ok(p) => p,
-            Err(_) => {
-                let wait_until = deadline.min(tokio::time::Instant::now() + BODY_BUDGET_WAIT);
-                match tokio::time::timeout_at(
-                    wait_until,
-                    state.body_budget.clone().acquire_many_owned(n),
-                )
-                .await
-                {
-                    Ok(Ok(p)) => p,
-                    _ => {
-                        return Err(ApiError::overloaded(
-                            "body_budget",
-                            format!(
-                                "server overloaded: the request bodies being handled fill --max-inflight-body-bytes ({} bytes); retry shortly",
-                                state.config.max_inflight_body_bytes
-                            ),
-                            1,
-                        ))
-                    }
-                }
-            }
-        };
-        match &mut permit {
-            Some(p) => p.merge(more),
-            None => permit = Some(more),
-        }
-        chunks.push(data);
-    }
-    let bytes = match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop().expect("one chunk"),
-        _ => {
-            let mut all = Vec::with_capacity(received);
-            for c in &chunks {
-                all.extend_from_slice(c);
-            }
-            Bytes::from(all)
-        }
-    };
-    Ok(Body { bytes, permit })
 }
 
 fn readyz(state: &AppState) -> Response<Full<Bytes>> {
@@ -576,16 +448,6 @@ mod tests {
         assert!(!constant_time_eq(b"secreT", b"secret"));
         assert!(!constant_time_eq(b"secret-longer", b"secret"));
         assert!(!constant_time_eq(b"", b"secret"));
-    }
-
-    #[test]
-    fn json_content_types() {
-        assert!(is_json("application/json"));
-        assert!(is_json("Application/JSON; charset=utf-8"));
-        assert!(is_json("application/vnd.api+json"));
-        assert!(!is_json("text/plain"));
-        assert!(!is_json(""));
-        assert!(!is_json("application/x-www-form-urlencoded"));
     }
 
     #[test]
