@@ -211,14 +211,6 @@ impl TextTokenizer {
         } else {
             self.max_len
         };
-        let encode = |t: &str| {
-            if offsets {
-                self.whole.encode(t, false)
-            } else {
-                self.whole.encode_fast(t, false)
-            }
-            .map_err(|e| failed(index, e))
-        };
         let finish = |raw: Encoding| -> Result<Encoding, TokenizeError> {
             if !truncate && raw.len() > kept {
                 return Err(TokenizeError::TooLong {
@@ -256,7 +248,12 @@ impl TextTokenizer {
             }
         }
         let _one_at_a_time = (text.len() > WHOLE_TEXT_SERIAL_BYTES).then(|| self.whole_text.lock());
-        finish(encode(text)?)
+        let raw = if offsets {
+            self.whole.encode(text, false)
+        } else {
+            self.whole.encode_fast(text, false)
+        };
+        finish(raw.map_err(|e| failed(index, e))?)
     }
 }
 
