@@ -18,6 +18,18 @@ How it was run (a throwaway venv outside the repository; CPU only):
 3 GB; they are not used: everything runs on the CPU, in about 10 s.
 HF_HUB_OFFLINE=1 keeps the libraries from trying to reach the hub.)
 
+Last run 2026-11-27, when the "document/..." cases were added (issue 8), with
+exactly the venv above (every pinned version installed as pinned; torch reports
+2.15.0+cu132) and the model directory given as an absolute path:
+
+    HF_HUB_OFFLINE=1 nice -n 15 /tmp/refvenv/bin/python scripts/make-reference.py \
+        /work/main/models/all-MiniLM-L6-v2
+
+The 36 older cases came out byte for byte as before (texts, ids, floats); the
+only change to their lines in the JSON is the comma after the one that used to
+be last. The ten document cases are appended after them.
+(That venv also holds fastapi and uvicorn, for scripts/baseline-fastapi.py.)
+
 Usage: make-reference.py [MODEL_DIR] [--output PATH]
 
 MODEL_DIR defaults to models/all-MiniLM-L6-v2 and --output to
@@ -25,7 +37,10 @@ tests/data/minilm_reference.json, both relative to the repository root (this
 script's ../).
 
 Each case holds:
-  name                    unique; "category/detail", the category first
+  name                    unique; "category/detail", the category first. The
+                          "document/..." cases are passages of 40 to 269
+                          tokens (the count ends the name), for the bf16/int8
+                          accuracy checks at retrieval-chunk lengths
   text                    the input (never empty)
   token_ids               model.tokenize([text])["input_ids"][0] (named
                           model.preprocess in sentence-transformers 6) where the
@@ -104,6 +119,112 @@ LONG_MIXED = (
     "per-tenant rate limits of 100/s, 1,000/min and 50,000/day."
 )
 
+# Document-length inputs (issue 8): passages of different topics whose token counts
+# (with [CLS]/[SEP]) spread from 40 to past the 256 limit. Each name ends with that count,
+# which main() checks. The retrieval chunk is the 107-token body of the issue's benchmarks:
+# the sentence below three times, byte for byte, trailing space included (BERT's
+# tokenizer drops the trailing space, so the ids are the same with or without it).
+RETRIEVAL_CHUNK_SENTENCE = (
+    "The quick brown fox jumps over the lazy dog while the committee debated the budget for next "
+    "year's infrastructure projects, including bridges, tunnels and a new light-rail line. "
+)
+RETRIEVAL_CHUNK_107 = RETRIEVAL_CHUNK_SENTENCE * 3
+
+DOC_GARDENING = (
+    "Tomatoes grow best in full sun and well-drained soil. Water them deeply twice a week "
+    "rather than a little every day, and tie the stems to a stake as the fruit ripens."
+)
+DOC_COOKING = (
+    "To make a simple risotto, warm the stock in a separate pot and keep it at a gentle simmer. "
+    "Toast the rice in butter with a chopped onion for two minutes, add a glass of wine, "
+    "then ladle in the stock a little at a time, stirring until each addition is absorbed."
+)
+DOC_SLEEP_HEALTH = (
+    "Adults who regularly sleep fewer than seven hours a night are more likely to report "
+    "headaches, poor concentration and irritability. Over months and years, short sleep is also "
+    "associated with weight gain, high blood pressure and a weaker immune response. Doctors "
+    "recommend keeping a fixed wake-up time, even at weekends, avoiding caffeine after lunch, and "
+    "keeping the bedroom cool, dark and quiet. Phones, tablets and televisions should be switched off an hour before bed."
+)
+DOC_ASTRONOMY = (
+    "A total solar eclipse happens when the Moon passes directly between the Sun and the Earth "
+    "and covers the bright disk of the Sun completely. For a few minutes the sky darkens, the "
+    "temperature drops, birds fall silent, and the pale outer atmosphere of the Sun, the corona, "
+    "becomes visible as a glowing halo. Because the Moon's shadow is narrow, totality can only be "
+    "seen from a strip of land a few hundred kilometres wide, and any given place on Earth sees "
+    "one on average only once every few centuries. Astronomers use these rare minutes to study "
+    "the corona, the solar wind and the way light bends around the Sun."
+)
+DOC_INFLATION_HISTORY = (
+    "In the early 1920s Germany experienced one of the most severe episodes of hyperinflation in "
+    "modern history. The government had financed the First World War largely by borrowing, and "
+    "after the war it faced heavy reparation payments that had to be made in gold or foreign "
+    "currency. When the occupation of the Ruhr in 1923 cut industrial output, the central bank "
+    "printed money at an ever faster pace to pay workers and creditors. Prices doubled every few "
+    "days; workers were paid twice a day and rushed to spend their wages before they lost their "
+    "value. Savings that families had built over generations were wiped out within months. The "
+    "crisis ended only when a new currency, the Rentenmark, was introduced and the supply of money "
+    "was strictly limited. Historians still debate where most of the blame for it lay."
+)
+DOC_CORAL_REEFS = (
+    "Coral reefs cover less than one percent of the ocean floor, yet they shelter roughly a quarter "
+    "of all known marine species. A reef is built by tiny animals called polyps, which live in "
+    "colonies and secrete skeletons of calcium carbonate. Inside their tissues live microscopic "
+    "algae that capture sunlight and share the sugars they produce, giving the coral most of its "
+    "energy and much of its colour. When the water becomes too warm for several weeks, the polyps "
+    "expel the algae and turn white, a process known as bleaching. A bleached coral is not dead, "
+    "but it is starving, and if temperatures do not fall it may die within a few months. Marine "
+    "heatwaves have become more frequent over the past three decades, and mass bleaching events "
+    "have now been recorded on reefs in every tropical ocean. Scientists are testing heat-tolerant "
+    "corals, shading and reef restoration to buy time for reefs while emissions are brought down."
+)
+DOC_CODE_REVIEW = (
+    "Code review is one of the most effective ways for a software team to catch defects before they "
+    "reach production, but only when it is done with care. A good reviewer starts by reading the "
+    "description of the change and asking whether the problem it solves is real and whether the "
+    "approach is reasonable, before looking at individual lines. Small changes are reviewed far "
+    "more thoroughly than large ones: studies of open-source projects suggest that the number of "
+    "comments per line drops sharply once a change grows past a few hundred lines, so authors should "
+    "split their work into pieces that can be understood in one sitting. Reviewers should look for "
+    "missing tests, unclear names, error cases that are silently ignored, and behaviour that will "
+    "surprise the next person who reads the code. Comments should be specific and kind, explaining "
+    "why something matters instead of simply demanding a change. Finally, teams that measure how "
+    "long changes wait for review often find that speeding up the first response does more for "
+    "quality than adding more rules. A review that arrives within an hour keeps the author's context fresh; one that arrives after three days usually means a painful rebase later."
+)
+DOC_POWER_GRID = (
+    "An electricity grid must balance supply and demand every second of every day, because large "
+    "amounts of electrical energy cannot easily be stored. When demand rises faster than supply, "
+    "the frequency of the alternating current falls slightly below its nominal value of fifty or "
+    "sixty hertz; when supply exceeds demand, it rises. Grid operators watch this frequency "
+    "constantly and ask power stations to increase or reduce their output to keep it within a "
+    "narrow band. Traditional coal, gas and nuclear plants help by their very nature: their heavy "
+    "spinning turbines store kinetic energy and resist sudden changes in frequency, giving operators "
+    "a few precious seconds to react. Wind turbines and solar panels are connected through power "
+    "electronics instead and provide no such inertia unless they are specially designed to. As their "
+    "share of generation grows, operators are turning to large batteries that can respond within "
+    "milliseconds, to demand response programmes that pay factories to pause energy-hungry "
+    "processes, and to stronger links between neighbouring countries. Pumped hydroelectric storage, "
+    "which moves water uphill when power is cheap and lets it flow back through turbines when it is "
+    "expensive, remains the largest form of storage in use today, with more than a hundred and sixty gigawatts of capacity installed around the world, much of it built decades ago."
+)
+DOC_RAILWAY_HISTORY = (
+    "The first public railway to carry passengers in steam-hauled trains opened between Stockton and "
+    "Darlington in the north of England in 1825, and within twenty years railways had spread across "
+    "Britain, continental Europe and the eastern United States. Their effect on daily life was "
+    "enormous. Journeys that had taken several days by stagecoach could now be made in a few hours, "
+    "fresh milk, fish and newspapers reached cities from distant regions every morning, and ordinary "
+    "people began to travel for pleasure, giving rise to seaside resorts and the modern tourist "
+    "industry. Railways also forced the adoption of standard time: before them, every town kept its "
+    "own local time based on the position of the Sun, which made timetables confusing and sometimes "
+    "dangerous. In 1847 most British railway companies adopted Greenwich Mean Time, and the rest of "
+    "the country soon followed. Building the lines required vast amounts of capital, and the speculative "
+    "railway mania of the 1840s ruined many investors when the boom collapsed. Engineers such as "
+    "George Stephenson and Isambard Kingdom Brunel became national celebrities, and their bridges, "
+    "tunnels and viaducts are still in use. By the end of the century a traveller could cross entire "
+    "continents by train, and the telegraph wires strung beside the tracks carried news faster still. Many of the routes laid out in that first great age of construction remain the backbone of national networks, now carrying fast electric trains."
+)
+
 CASES = [
     ("short/eating_food", "A man is eating food."),
     ("short/eating_bread", "A man is eating a piece of bread."),
@@ -143,6 +264,19 @@ CASES = [
     ("code/rust", 'fn main() { let v: Vec<i32> = (0..10).map(|x| x * x).collect(); println!("{:?}", v); }'),
     ("code/python", "def add(a, b):\n    return a + b\n\nprint(add(2, 3))"),
     ("email/contact", "Contact me at jane.doe+test@example.org or call +1 (555) 010-9999."),
+    # Appended after the older cases, so that their order (and the first case over 256
+    # tokens, which tests/minilm_reference.rs picks) stays as it was.
+    ("document/gardening_40", DOC_GARDENING),
+    ("document/cooking_64", DOC_COOKING),
+    ("document/sleep_health_96", DOC_SLEEP_HEALTH),
+    ("document/retrieval_chunk_107", RETRIEVAL_CHUNK_107),
+    ("document/astronomy_128", DOC_ASTRONOMY),
+    ("document/inflation_history_160", DOC_INFLATION_HISTORY),
+    ("document/coral_reefs_192", DOC_CORAL_REEFS),
+    ("document/code_review_224", DOC_CODE_REVIEW),
+    ("document/power_grid_250", DOC_POWER_GRID),
+    # 269 ids before truncation: cut to 256.
+    ("document/railway_history_269", DOC_RAILWAY_HISTORY),
 ]
 
 
@@ -206,6 +340,9 @@ def main():
         ids = [int(t) for t, m in zip(features["input_ids"][0].tolist(), mask) if m]
         untruncated = len(tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
         assert len(ids) == min(untruncated, max_seq_length), (name, len(ids), untruncated)
+        if name.startswith("document/"):
+            # The name ends with the untruncated token count it was written for.
+            assert int(name.rsplit("_", 1)[1]) == untruncated, (name, untruncated)
 
         with torch.no_grad():
             emb = model.encode(
