@@ -14,7 +14,8 @@ pinned sentence-transformers, transformers, tokenizers, torch, numpy):
 
 Last run 2026-11-27 exactly so (Python 3.11.7, sentence-transformers 6.2.0,
 transformers 5.24.0, tokenizers 0.23.3, torch 2.15.0+cu132, numpy 2.4.6; about
-20 s on the CPU). Running it again gives the same file byte for byte.
+12 s on the CPU; the passages came out 53 to 167 tokens long). Running it
+again gives the same file byte for byte.
 
 Usage: make-retrieval-set.py [MODEL_DIR] [--output PATH] [--seed N]
 
