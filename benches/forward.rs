@@ -125,31 +125,54 @@ fn bench_forward(c: &mut Criterion) {
     group.finish();
 }
 
-/// One MiniLM-sized linear layer (384 → 1536) by rows: the in-place dot kernel against gemm,
-/// the measurement behind `kernels::SMALL_M`.
+/// One MiniLM-sized linear layer (384 → 1536) by rows, on one thread: f32 (the in-place dot
+/// kernel against gemm, the measurement behind `kernels::SMALL_M`), then bf16 and int8 on
+/// every kernel path this CPU has. 856 rows = 8 passages of 107 tokens.
 fn bench_linear(c: &mut Criterion) {
-    use zerobatch::model::kernels::{linear_with, LinearPart, MatmulKernel};
+    use zerobatch::kernels::{
+        linear_with, Dtype, KernelLevel, LinearPart, MatmulKernel, PackedLinear,
+    };
     let (k, n) = (384, 1536);
     let w: Vec<f32> = (0..n * k)
         .map(|i| ((i * 31 % 97) as f32 - 48.0) / 97.0)
         .collect();
     let b = vec![0.1f32; n];
     let parts = [LinearPart { w: &w, b: &b }];
+    let packed: Vec<(Dtype, PackedLinear)> = [Dtype::Bf16, Dtype::Int8]
+        .into_iter()
+        .map(|d| (d, PackedLinear::pack(d, &w, &b, k).unwrap().unwrap()))
+        .collect();
+    let levels: Vec<KernelLevel> = KernelLevel::ALL
+        .into_iter()
+        .filter(|&l| l <= KernelLevel::detected())
+        .collect();
     let mut group = c.benchmark_group("linear");
     group
         .sample_size(20)
         .warm_up_time(std::time::Duration::from_millis(300))
         .measurement_time(std::time::Duration::from_secs(1));
-    for m in [1usize, 8, 16, 32, 48, 64, 96, 128] {
+    for m in [1usize, 8, 16, 32, 64, 128, 856] {
         let x: Vec<f32> = (0..m * k)
             .map(|i| ((i * 17 % 89) as f32 - 44.0) / 89.0)
             .collect();
         let mut out = vec![0.0f32; m * n];
         group.throughput(Throughput::Elements((2 * m * k * n) as u64));
-        for (name, kernel) in [("auto", MatmulKernel::Auto), ("gemm", MatmulKernel::Gemm)] {
+        for (name, kernel) in [
+            ("f32-auto", MatmulKernel::Auto),
+            ("f32-gemm", MatmulKernel::Gemm),
+        ] {
             group.bench_with_input(BenchmarkId::new(name, m), &m, |bch, &m| {
                 bch.iter(|| linear_with(&x, m, k, &parts, &mut out, 1, kernel))
             });
+        }
+        for (dtype, layer) in &packed {
+            for &level in &levels {
+                group.bench_with_input(
+                    BenchmarkId::new(format!("{dtype}-{level}"), m),
+                    &m,
+                    |bch, &m| bch.iter(|| layer.forward(&x, m, &mut out, level, 1)),
+                );
+            }
         }
     }
     group.finish();

@@ -5,6 +5,8 @@
 #
 #   scripts/loadtest.sh [URL]                 # default http://127.0.0.1:8080
 #   DURATION=15s CONCURRENCY="1 8 32 64" TEXT="A man is eating food." scripts/loadtest.sh URL
+#   INPUT=passage scripts/loadtest.sh URL      # the 107-token retrieval chunk instead
+#   INPUT=short (default): "A man is eating food." (8 tokens with [CLS]/[SEP])
 #   API_KEY=... scripts/loadtest.sh URL        # when the server has an API key
 #
 # Only point it at servers you run (loopback or your own test hosts).
@@ -13,7 +15,15 @@ set -euo pipefail
 url="${1:-http://127.0.0.1:8080}"
 duration="${DURATION:-15s}"
 concurrency="${CONCURRENCY:-1 8 32 64}"
-text="${TEXT:-A man is eating food.}"
+# The 107-token body (MiniLM tokens, with [CLS]/[SEP]): a typical retrieval chunk, the
+# sentence three times (tests/data/minilm_reference.json: document/retrieval_chunk_107).
+passage="The quick brown fox jumps over the lazy dog while the committee debated the budget for next year's infrastructure projects, including bridges, tunnels and a new light-rail line. "
+case "${INPUT:-short}" in
+  short) default_text="A man is eating food." ;;
+  passage) default_text="$passage$passage$passage" ;;
+  *) echo "error: INPUT must be short or passage, not ${INPUT}" >&2; exit 2 ;;
+esac
+text="${TEXT:-$default_text}"
 
 if ! command -v oha >/dev/null 2>&1; then
   echo "installing oha (cargo install oha --locked)..." >&2

@@ -11,6 +11,14 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+fn parse_dtype(s: &str) -> Result<crate::model::DtypeChoice, String> {
+    s.parse()
+}
+
+fn parse_kernel_level(s: &str) -> Result<crate::kernels::KernelLevel, String> {
+    s.parse()
+}
+
 /// The default model: small, fast, and the most used sentence-embedding model.
 pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
@@ -66,6 +74,17 @@ pub struct ServeConfig {
     /// Hub revision (branch, tag or commit) when --model is a hub id.
     #[arg(long, env = "MODEL_REVISION", default_value = "main")]
     pub revision: String,
+
+    /// Number format of the linear layers: f32, bf16, int8, or auto (bf16 where the CPU has
+    /// AVX-512 BF16, else f32; measured in docs/benchmarks.md). LayerNorm, softmax, attention
+    /// and the residual stream stay in f32.
+    #[arg(long, env = "DTYPE", default_value = "auto", value_parser = parse_dtype)]
+    pub dtype: crate::model::DtypeChoice,
+
+    /// Highest kernel path to use: scalar, avx2, avx512-vnni or avx512-bf16 (default: the best
+    /// this CPU has). For measuring and testing the portable paths on a better CPU.
+    #[arg(long, env = "ZEROBATCH_KERNEL_CAP", value_parser = parse_kernel_level)]
+    pub kernel_cap: Option<crate::kernels::KernelLevel>,
 
     /// Inference threads. Default: the cores this process may use.
     #[arg(long, env = "WORKERS")]

@@ -15,6 +15,7 @@ pub mod alloc;
 pub mod batcher;
 pub mod config;
 pub mod http;
+pub mod kernels;
 pub mod lifecycle;
 pub mod metrics;
 pub mod model;

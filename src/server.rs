@@ -178,7 +178,11 @@ fn load_and_start(
     // A panic while loading (a bug reached by some model file) fails the load like any other
     // error: otherwise the replica would stay "loading" forever and never be restarted.
     let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        model::load(&config.model, &config.revision, startup_phase)
+        let options = model::LoadOptions {
+            dtype: config.dtype,
+            kernel_cap: config.kernel_cap,
+        };
+        model::load_with(&config.model, &config.revision, options, startup_phase)
     }))
     .unwrap_or_else(|panic| {
         Err(model::ModelError::Files(format!(
@@ -194,6 +198,14 @@ fn load_and_start(
             return;
         }
     };
+    tracing::info!(
+        model = %loaded.info.id,
+        dtype = %loaded.info.dtype,
+        kernel = %loaded.info.kernel,
+        "linear layers run in {} on the {} kernels",
+        loaded.info.dtype,
+        loaded.info.kernel
+    );
     let warmup = loaded
         .tokenizer
         .encode(0, "warm up", true)

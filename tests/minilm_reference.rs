@@ -42,6 +42,14 @@ fn model_dir() -> std::path::PathBuf {
     )
 }
 
+/// Plain f32 weights: what the tight (1e-4) comparisons check.
+fn f32_options() -> zerobatch::model::LoadOptions {
+    zerobatch::model::LoadOptions {
+        dtype: zerobatch::model::DtypeChoice::Fixed(zerobatch::kernels::Dtype::F32),
+        kernel_cap: None,
+    }
+}
+
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
     let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
@@ -62,7 +70,13 @@ fn assert_close(name: &str, got: &[f32], want: &[f32]) {
 fn tokens_and_embeddings_match_sentence_transformers() {
     let r = reference();
     assert!(r.cases.len() >= 20);
-    let loaded = zerobatch::model::load(model_dir().to_str().unwrap(), "main", |_, _| {}).unwrap();
+    let loaded = zerobatch::model::load_with(
+        model_dir().to_str().unwrap(),
+        "main",
+        f32_options(),
+        |_, _| {},
+    )
+    .unwrap();
     assert_eq!(loaded.info.max_input_length, r.max_seq_length);
     assert_eq!(loaded.info.dimensions, r.dimensions);
     assert!(loaded.info.normalized_by_model);
@@ -112,6 +126,7 @@ fn the_server_serves_the_reference_embeddings() {
     let r = reference();
     let mut config = zerobatch::config::ServeConfig::for_tests(model_dir().to_str().unwrap());
     config.max_client_batch = 64;
+    config.dtype = f32_options().dtype;
     let s = zerobatch::server::BackgroundServer::start(config).unwrap();
     wait_ready(s.addr);
     let texts: Vec<&str> = r.cases.iter().map(|c| c.text.as_str()).collect();
@@ -122,6 +137,7 @@ fn the_server_serves_the_reference_embeddings() {
     let info = get(s.addr, "/info").json();
     assert_eq!(info["dimensions"], 384);
     assert_eq!(info["max_input_length"], 256);
+    assert_eq!(info["dtype"], "f32");
     // A long input with truncation off is refused with its length.
     let long = r
         .cases
@@ -219,5 +235,146 @@ fn bounded_tokenization_matches_the_whole_text_on_the_real_tokenizer() {
             tokenizer.encode_unbounded(case, &text, false).is_err(),
             "case {case}"
         );
+    }
+}
+
+/// Embeds every reference case with `options` (alone, then all in one padded batch) and
+/// returns the lowest cosine against sentence-transformers, with its case.
+fn worst_cosine(options: zerobatch::model::LoadOptions) -> (f64, String) {
+    let r = reference();
+    let loaded =
+        zerobatch::model::load_with(model_dir().to_str().unwrap(), "main", options, |_, _| {})
+            .unwrap();
+    let ids: Vec<Vec<u32>> = r
+        .cases
+        .iter()
+        .map(|c| loaded.tokenizer.encode(0, &c.text, true).unwrap())
+        .collect();
+    let seqs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
+    let batched = loaded.model.embed(&seqs, 2).unwrap();
+    let mut worst = (f64::INFINITY, String::new());
+    for ((c, ids), b) in r.cases.iter().zip(&ids).zip(&batched) {
+        let alone = &loaded.model.embed(&[ids], 1).unwrap()[0];
+        for (how, v) in [("alone", alone), ("batched", b)] {
+            let cos = cosine(v, &c.embedding_unnormalized);
+            if cos < worst.0 {
+                worst = (cos, format!("{} ({how})", c.name));
+            }
+        }
+    }
+    worst
+}
+
+/// bf16 keeps cosine ≥ 0.9999 and int8 ≥ 0.999 against sentence-transformers for every
+/// reference case (8 to 256 tokens, alone and batched). Checked on the best kernel path this
+/// CPU has and, for bf16, on the AVX2 path too (it keeps f32 activations, the AVX-512 BF16
+/// path rounds them). int8's integer sums are identical on every path and the scalar path
+/// runs the same arithmetic as the others (both proved by the kernels' unit tests against
+/// naive references), so one path covers them all.
+#[test]
+fn bf16_and_int8_keep_the_reference_accuracy() {
+    use zerobatch::kernels::{Dtype, KernelLevel};
+    use zerobatch::model::{DtypeChoice, LoadOptions};
+    let best = KernelLevel::detected();
+    let mut runs = vec![(Dtype::Bf16, best, 0.9999), (Dtype::Int8, best, 0.999)];
+    if best > KernelLevel::Avx2 {
+        runs.push((Dtype::Bf16, KernelLevel::Avx2, 0.9999));
+    }
+    {
+        for (dtype, level, bar) in runs {
+            let options = LoadOptions {
+                dtype: DtypeChoice::Fixed(dtype),
+                kernel_cap: Some(level),
+            };
+            let (cos, case) = worst_cosine(options);
+            eprintln!("{dtype} on {level}: lowest cosine {cos:.6} ({case})");
+            assert!(cos >= bar, "{dtype} on {level}: cosine {cos} for {case}");
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RetrievalSet {
+    queries: Vec<String>,
+    passages: Vec<String>,
+    reference_top10: Vec<Vec<usize>>,
+}
+
+/// The ten passages closest to each query (cosine), best first.
+fn top10(options: zerobatch::model::LoadOptions, set: &RetrievalSet) -> Vec<Vec<usize>> {
+    let loaded =
+        zerobatch::model::load_with(model_dir().to_str().unwrap(), "main", options, |_, _| {})
+            .unwrap();
+    let embed = |texts: &[String]| -> Vec<Vec<f32>> {
+        texts
+            .chunks(16)
+            .flat_map(|chunk| {
+                let ids: Vec<Vec<u32>> = chunk
+                    .iter()
+                    .map(|t| loaded.tokenizer.encode(0, t, true).unwrap())
+                    .collect();
+                let seqs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
+                loaded.model.embed(&seqs, 2).unwrap()
+            })
+            .collect()
+    };
+    let (queries, passages) = (embed(&set.queries), embed(&set.passages));
+    queries
+        .iter()
+        .map(|q| {
+            let mut ranked: Vec<(f64, usize)> = passages
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (cosine(q, p), i))
+                .collect();
+            ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+            ranked.iter().take(10).map(|&(_, i)| i).collect()
+        })
+        .collect()
+}
+
+/// Mean size of the intersection of two lists of top-10 sets.
+fn mean_overlap(a: &[Vec<usize>], b: &[Vec<usize>]) -> f64 {
+    let total: usize = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| x.iter().filter(|i| y.contains(i)).count())
+        .sum();
+    total as f64 / a.len() as f64
+}
+
+/// The retrieval effect of the dtypes on a generated set of 20 queries × 100 passages
+/// (tests/data/retrieval_set.json, scripts/make-retrieval-set.py): top-10 overlap between
+/// f32 and each dtype, and between f32 and sentence-transformers' own ranking.
+#[test]
+fn retrieval_rankings_survive_bf16_and_int8() {
+    use zerobatch::kernels::Dtype;
+    use zerobatch::model::{DtypeChoice, LoadOptions};
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/retrieval_set.json");
+    let set: RetrievalSet = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!((set.queries.len(), set.passages.len()), (20, 100));
+    let options = |dtype| LoadOptions {
+        dtype: DtypeChoice::Fixed(dtype),
+        kernel_cap: None,
+    };
+    let f32_top = top10(options(Dtype::F32), &set);
+    let vs_reference = mean_overlap(&f32_top, &set.reference_top10);
+    eprintln!("f32 vs sentence-transformers: mean top-10 overlap {vs_reference:.2}");
+    assert!(
+        vs_reference >= 9.9,
+        "f32 overlap with the reference {vs_reference}"
+    );
+    for (dtype, floor) in [(Dtype::Bf16, 9.5), (Dtype::Int8, 9.0)] {
+        let top = top10(options(dtype), &set);
+        let overlap = mean_overlap(&f32_top, &top);
+        let same_first = f32_top
+            .iter()
+            .zip(&top)
+            .filter(|(a, b)| a[0] == b[0])
+            .count();
+        eprintln!(
+            "{dtype} vs f32: mean top-10 overlap {overlap:.2}, same best passage for {same_first}/20 queries"
+        );
+        assert!(overlap >= floor, "{dtype}: mean top-10 overlap {overlap}");
     }
 }

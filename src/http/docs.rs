@@ -181,8 +181,8 @@ pub fn index_page(state: &AppState) -> Response<Full<Bytes>> {
     );
     let facts = info.map_or("loading…".to_string(), |i| {
         format!(
-            "{} dimensions, up to {} tokens per input, {:?} pooling",
-            i.dimensions, i.max_input_length, i.pooling
+            "{} dimensions, up to {} tokens per input, {:?} pooling, {} weights on the {} kernels",
+            i.dimensions, i.max_input_length, i.pooling, i.dtype, i.kernel
         )
     });
     let mut rows = String::new();

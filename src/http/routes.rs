@@ -238,6 +238,8 @@ fn info(state: &AppState) -> Response<Full<Bytes>> {
         "max_input_length": model.as_ref().map(|m| m.max_input_length),
         "pooling": model.as_ref().map(|m| m.pooling),
         "normalized_by_model": model.as_ref().map(|m| m.normalized_by_model),
+        "dtype": model.as_ref().map(|m| m.dtype),
+        "kernel": model.as_ref().map(|m| m.kernel),
         "workers": c.worker_count(),
         "max_batch_size": c.max_batch_size,
         "max_batch_tokens": c.max_batch_tokens,

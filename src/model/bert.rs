@@ -11,9 +11,12 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
 
-use super::kernels::{AddLayerNorm, Attention, AttentionShape, Gelu, Linear, LinearPart};
 use super::weights::{Weight, WeightFile};
 use super::ModelError;
+use crate::kernels::{
+    AddLayerNorm, Attention, AttentionShape, Dtype, Gelu, KernelLevel, Linear, LinearPart,
+    LinearWeights, PackedLinear,
+};
 
 /// The fields of a Hugging Face `config.json` the encoder needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -88,7 +91,7 @@ impl BertConfig {
                 )));
             }
         }
-        if c.hidden_size % c.num_attention_heads != 0 {
+        if !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(ModelError::Config(format!(
                 "config.json: hidden_size {} is not a multiple of num_attention_heads {}",
                 c.hidden_size, c.num_attention_heads
@@ -157,19 +160,37 @@ impl Norm {
     }
 }
 
+/// A layer's four linear layers, in the model's dtype.
+enum Linears {
+    /// Used in place from the mapping. The Q, K and V projections run as one linear op with
+    /// three parts.
+    F32 {
+        qkv: [Dense; 3],
+        out: Dense,
+        up: Dense,
+        down: Dense,
+    },
+    /// Converted at load; Q, K and V concatenated into one layer.
+    Packed {
+        qkv: PackedLinear,
+        out: PackedLinear,
+        up: PackedLinear,
+        down: PackedLinear,
+    },
+}
+
 struct Layer {
-    /// Query, key and value projections, run as one linear op with three parts.
-    qkv: [Dense; 3],
-    out: Dense,
+    linears: Linears,
     attn_norm: Norm,
-    up: Dense,
-    down: Dense,
     ffn_norm: Norm,
 }
 
 /// A loaded BERT encoder; returns the last hidden state of a batch.
 pub struct Bert {
     config: BertConfig,
+    dtype: Dtype,
+    /// The kernel path the packed layers run on.
+    level: KernelLevel,
     word: Weight,
     /// Position embeddings plus the token-type-0 embedding, `[max_positions, hidden]`.
     position_and_type: Tensor,
@@ -217,8 +238,15 @@ impl Names<'_> {
 }
 
 impl Bert {
-    /// Maps `model.safetensors` and checks every tensor's shape against the config.
-    pub fn load(config: BertConfig, weights: &Path) -> Result<Self, ModelError> {
+    /// Maps `model.safetensors`, checks every tensor's shape against the config, and packs the
+    /// linear layers for `dtype` (f32 runs on the mapping in place); packed layers run on the
+    /// kernel path `level`.
+    pub fn load(
+        config: BertConfig,
+        weights: &Path,
+        dtype: Dtype,
+        level: KernelLevel,
+    ) -> Result<Self, ModelError> {
         let file = WeightFile::open(weights)?;
         let prefix = if file.contains("bert.embeddings.word_embeddings.weight") {
             "bert."
@@ -261,21 +289,63 @@ impl Bert {
         let mut layers = Vec::new();
         for l in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{l}");
+            let qkv = [
+                w.dense(&format!("{p}.attention.self.query"), h, h)?,
+                w.dense(&format!("{p}.attention.self.key"), h, h)?,
+                w.dense(&format!("{p}.attention.self.value"), h, h)?,
+            ];
+            let out = w.dense(&format!("{p}.attention.output.dense"), h, h)?;
+            let up = w.dense(&format!("{p}.intermediate.dense"), i, h)?;
+            let down = w.dense(&format!("{p}.output.dense"), h, i)?;
+            let linears = if dtype == Dtype::F32 {
+                Linears::F32 { qkv, out, up, down }
+            } else {
+                let pack = |w: &[f32], b: &[f32], k: usize| {
+                    PackedLinear::pack(dtype, w, b, k)
+                        .map_err(ModelError::Weights)?
+                        .ok_or_else(|| ModelError::Weights(format!("{dtype} packs nothing")))
+                };
+                let cat = |f: fn(&Dense) -> &[f32]| -> Vec<f32> {
+                    qkv.iter().flat_map(|d| f(d).iter().copied()).collect()
+                };
+                // int8 keeps the Q, K and V projections in bf16: their error is amplified by
+                // the attention logits. Measured on MiniLM against sentence-transformers
+                // (lowest cosine over the reference set): all int8 0.99895; with Q/K/V in bf16
+                // 0.99949; with the up, down or output projection in bf16 instead 0.99932,
+                // 0.99915, 0.99882 (docs/benchmarks.md).
+                let qkv_dtype = if dtype == Dtype::Int8 {
+                    Dtype::Bf16
+                } else {
+                    dtype
+                };
+                let pack_qkv = |w: &[f32], b: &[f32]| {
+                    PackedLinear::pack(qkv_dtype, w, b, h)
+                        .map_err(ModelError::Weights)?
+                        .ok_or_else(|| ModelError::Weights(format!("{qkv_dtype} packs nothing")))
+                };
+                Linears::Packed {
+                    qkv: pack_qkv(&cat(|d| d.w.as_slice()), &cat(|d| d.b.as_slice()))?,
+                    out: pack(out.w.as_slice(), out.b.as_slice(), h)?,
+                    up: pack(up.w.as_slice(), up.b.as_slice(), h)?,
+                    down: pack(down.w.as_slice(), down.b.as_slice(), i)?,
+                }
+            };
             layers.push(Layer {
-                qkv: [
-                    w.dense(&format!("{p}.attention.self.query"), h, h)?,
-                    w.dense(&format!("{p}.attention.self.key"), h, h)?,
-                    w.dense(&format!("{p}.attention.self.value"), h, h)?,
-                ],
-                out: w.dense(&format!("{p}.attention.output.dense"), h, h)?,
+                linears,
                 attn_norm: w.norm(&format!("{p}.attention.output.LayerNorm"), h)?,
-                up: w.dense(&format!("{p}.intermediate.dense"), i, h)?,
-                down: w.dense(&format!("{p}.output.dense"), h, i)?,
                 ffn_norm: w.norm(&format!("{p}.output.LayerNorm"), h)?,
             });
         }
+        if dtype != Dtype::F32 {
+            // The f32 linear weights were read once to pack them; let their pages go from this
+            // process's resident set (they are still the page cache's, and anything still
+            // used from the mapping faults back in).
+            file.release_resident_pages();
+        }
         Ok(Self {
             config,
+            dtype,
+            level,
             word,
             position_and_type,
             embed_norm,
@@ -285,6 +355,16 @@ impl Bert {
 
     pub fn config(&self) -> &BertConfig {
         &self.config
+    }
+
+    /// The dtype of the linear layers.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// The kernel path the packed layers run on.
+    pub fn level(&self) -> KernelLevel {
+        self.level
     }
 
     /// Runs the encoder over `sequences` (token ids, unpadded, each at most
@@ -348,32 +428,39 @@ impl Bert {
             threads,
         };
         for layer in &self.layers {
-            let qkv_parts = [
-                layer.qkv[0].part(),
-                layer.qkv[1].part(),
-                layer.qkv[2].part(),
-            ];
-            let (out, up, down) = ([layer.out.part()], [layer.up.part()], [layer.down.part()]);
+            // The f32 parts live here, so that the ops can borrow them.
+            let f32_parts;
+            let [qkv_w, out_w, up_w, down_w] = match &layer.linears {
+                Linears::F32 { qkv, out, up, down } => {
+                    f32_parts = (
+                        [qkv[0].part(), qkv[1].part(), qkv[2].part()],
+                        [out.part()],
+                        [up.part()],
+                        [down.part()],
+                    );
+                    [
+                        LinearWeights::F32(&f32_parts.0),
+                        LinearWeights::F32(&f32_parts.1),
+                        LinearWeights::F32(&f32_parts.2),
+                        LinearWeights::F32(&f32_parts.3),
+                    ]
+                }
+                Linears::Packed { qkv, out, up, down } => [
+                    LinearWeights::Packed(qkv, self.level),
+                    LinearWeights::Packed(out, self.level),
+                    LinearWeights::Packed(up, self.level),
+                    LinearWeights::Packed(down, self.level),
+                ],
+            };
+            let linear = |weights| Linear { weights, threads };
             x = (|| {
-                let qkv = x.apply_op1_no_bwd(&Linear {
-                    parts: &qkv_parts,
-                    threads,
-                })?;
+                let qkv = x.apply_op1_no_bwd(&linear(qkv_w))?;
                 let context = qkv.apply_op1_no_bwd(&attention)?;
-                let projected = context.apply_op1_no_bwd(&Linear {
-                    parts: &out,
-                    threads,
-                })?;
+                let projected = context.apply_op1_no_bwd(&linear(out_w))?;
                 let attended = projected.apply_op2_no_bwd(&x, &layer.attn_norm.op(eps))?;
-                let expanded = attended.apply_op1_no_bwd(&Linear {
-                    parts: &up,
-                    threads,
-                })?;
+                let expanded = attended.apply_op1_no_bwd(&linear(up_w))?;
                 expanded.inplace_op1(&Gelu)?;
-                let reduced = expanded.apply_op1_no_bwd(&Linear {
-                    parts: &down,
-                    threads,
-                })?;
+                let reduced = expanded.apply_op1_no_bwd(&linear(down_w))?;
                 reduced.apply_op2_no_bwd(&attended, &layer.ffn_norm.op(eps))
             })()
             .map_err(err)?;
@@ -495,7 +582,9 @@ mod tests {
             BertConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap())
                 .unwrap();
         config.type_vocab_size = 0;
-        let err = Bert::load(config, &path).err().expect("an error");
+        let err = Bert::load(config, &path, Dtype::F32, KernelLevel::detected())
+            .err()
+            .expect("an error");
         assert!(err.to_string().contains("token_type_embeddings"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -605,12 +694,14 @@ mod tests {
                 }
             }
             std::fs::write(&path, &bytes).unwrap();
-            let outcome = std::panic::catch_unwind(|| match Bert::load(config.clone(), &path) {
-                Ok(bert) => {
-                    let _ = bert.forward(&[&[2, 7, 3], &[2, 3]], 1);
-                    true
+            let outcome = std::panic::catch_unwind(|| {
+                match Bert::load(config.clone(), &path, Dtype::F32, KernelLevel::detected()) {
+                    Ok(bert) => {
+                        let _ = bert.forward(&[&[2, 7, 3], &[2, 3]], 1);
+                        true
+                    }
+                    Err(_) => false,
                 }
-                Err(_) => false,
             });
             match outcome {
                 Ok(true) => loaded += 1,

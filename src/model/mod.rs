@@ -6,7 +6,6 @@
 
 pub mod bert;
 pub mod files;
-pub mod kernels;
 pub mod pooling;
 pub mod tiny;
 pub mod tokenizer;
@@ -16,6 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+use crate::kernels::{Dtype, KernelLevel};
 
 pub use pooling::Pooling;
 pub use tokenizer::{TextTokenizer, TokenInfo, TokenizeError};
@@ -57,6 +58,56 @@ pub struct ModelInfo {
     pub pooling: Pooling,
     /// Whether the model's sentence-transformers pipeline ends in a `Normalize` module.
     pub normalized_by_model: bool,
+    /// The number format the linear layers run in.
+    pub dtype: Dtype,
+    /// The kernel path (instruction set) the bf16/int8 layers run on; f32 layers use the AVX2
+    /// kernels and gemm's own dispatch.
+    pub kernel: KernelLevel,
+}
+
+/// What `--dtype` asks for: a fixed dtype, or `auto`, the fastest that keeps the accuracy of
+/// f32 on this CPU (see [`DtypeChoice::resolve`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DtypeChoice {
+    #[default]
+    Auto,
+    Fixed(Dtype),
+}
+
+impl DtypeChoice {
+    /// The dtype to run on a CPU whose kernel path is `level`.
+    ///
+    /// `auto` is bf16 where the CPU has AVX-512 BF16, else f32. The measurements behind it
+    /// are in docs/benchmarks.md ("Choosing the dtype"): int8 is the fastest everywhere but
+    /// misses the cosine ≥ 0.9999 bar on the reference set; bf16 keeps it, and is faster than
+    /// f32 only where `vdpbf16ps` runs it.
+    pub fn resolve(self, level: KernelLevel) -> Dtype {
+        match self {
+            DtypeChoice::Fixed(d) => d,
+            DtypeChoice::Auto if level >= KernelLevel::Avx512Bf16 => Dtype::Bf16,
+            DtypeChoice::Auto => Dtype::F32,
+        }
+    }
+}
+
+impl std::str::FromStr for DtypeChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case("auto") {
+            Ok(DtypeChoice::Auto)
+        } else {
+            s.parse().map(DtypeChoice::Fixed)
+        }
+    }
+}
+
+/// How to run a model: its dtype and the highest kernel path allowed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    pub dtype: DtypeChoice,
+    /// `None`: the best the CPU has.
+    pub kernel_cap: Option<KernelLevel>,
 }
 
 /// A model the worker pool can run: pooled, not yet normalised vectors for each sequence.
@@ -143,10 +194,22 @@ fn read(path: &std::path::Path) -> Result<String, ModelError> {
     std::fs::read_to_string(path).map_err(|e| ModelError::Files(format!("{}: {e}", path.display())))
 }
 
-/// Loads `model` (directory or hub id), calling `phase(name, duration)` after each step.
+/// Loads `model` (directory or hub id) with the default options (`auto` dtype, the best
+/// kernels), calling `phase(name, duration)` after each step.
 pub fn load(
     model: &str,
     revision: &str,
+    phase: impl FnMut(&'static str, Duration),
+) -> Result<LoadedModel, ModelError> {
+    load_with(model, revision, LoadOptions::default(), phase)
+}
+
+/// Loads `model` (directory or hub id) as `options` say, calling `phase(name, duration)`
+/// after each step.
+pub fn load_with(
+    model: &str,
+    revision: &str,
+    options: LoadOptions,
     mut phase: impl FnMut(&'static str, Duration),
 ) -> Result<LoadedModel, ModelError> {
     let t = Instant::now();
@@ -190,6 +253,8 @@ pub fn load(
     phase("tokenizer", t.elapsed());
 
     let t = Instant::now();
+    let kernel = KernelLevel::capped(options.kernel_cap);
+    let dtype = options.dtype.resolve(kernel);
     let info = ModelInfo {
         id: files.source.clone(),
         task: Task::Embedding,
@@ -197,12 +262,42 @@ pub fn load(
         max_input_length,
         pooling,
         normalized_by_model,
+        dtype,
+        kernel,
     };
-    let bert = bert::Bert::load(config, &files.weights)?;
+    let bert = bert::Bert::load(config, &files.weights, dtype, kernel)?;
     phase("weights", t.elapsed());
     Ok(LoadedModel {
         info,
         tokenizer: Arc::new(tokenizer),
         model: Arc::new(SentenceEncoder { bert, pooling }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dtype_choices_parse_and_auto_resolves_by_kernel_level() {
+        assert_eq!("auto".parse::<DtypeChoice>(), Ok(DtypeChoice::Auto));
+        assert_eq!(
+            "BF16".parse::<DtypeChoice>(),
+            Ok(DtypeChoice::Fixed(Dtype::Bf16))
+        );
+        let err = "fp8".parse::<DtypeChoice>().unwrap_err();
+        assert!(err.contains("fp8") && err.contains("auto"), "{err}");
+        assert_eq!(
+            DtypeChoice::Auto.resolve(KernelLevel::Avx512Bf16),
+            Dtype::Bf16
+        );
+        for level in [
+            KernelLevel::Scalar,
+            KernelLevel::Avx2,
+            KernelLevel::Avx512Vnni,
+        ] {
+            assert_eq!(DtypeChoice::Auto.resolve(level), Dtype::F32, "{level}");
+            assert_eq!(DtypeChoice::Fixed(Dtype::Int8).resolve(level), Dtype::Int8);
+        }
+    }
 }

@@ -104,6 +104,25 @@ impl WeightFile {
         })
     }
 
+    /// Drops the mapping's pages from this process's resident set (`MADV_DONTNEED`): called
+    /// after load when the weights were converted, so that RSS counts what the model runs on,
+    /// not the f32 file it was converted from. The mapping stays valid: a page still in use
+    /// (the embeddings, norms) is read back from the page cache at its next access.
+    pub fn release_resident_pages(&self) {
+        #[cfg(unix)]
+        // SAFETY: a read-only shared file mapping: MADV_DONTNEED only unmaps its pages from
+        // this process; the next access re-reads the same file contents (the file is never
+        // rewritten in place, see the module doc). Nothing is lost or changed.
+        unsafe {
+            if let Err(e) = self
+                .map
+                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+            {
+                tracing::debug!(error = %e, "madvise(DONTNEED) on the weights failed");
+            }
+        }
+    }
+
     /// The file's path, for messages.
     pub fn path(&self) -> &Path {
         &self.path
@@ -151,7 +170,8 @@ impl WeightFile {
                 self.map.len()
             )));
         }
-        let aligned = (self.map.as_ptr() as usize + start) % std::mem::align_of::<f32>() == 0;
+        let aligned =
+            (self.map.as_ptr() as usize + start).is_multiple_of(std::mem::align_of::<f32>());
         if info.dtype == Dtype::F32 && aligned && cfg!(target_endian = "little") {
             return Ok(Weight {
                 storage: Storage::Mapped {

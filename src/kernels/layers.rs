@@ -17,6 +17,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, InplaceOp1, Layout, Result, Shape};
 
+use super::{KernelLevel, PackedLinear};
+
 /// Defines `$generic`, compiled for the baseline target, and `$avx2`, the same body compiled
 /// for AVX2+FMA. The `unsafe` form is for bodies with a caller's contract (raw pointers): both
 /// functions are then `unsafe fn` and the contract is written at the invocation.
@@ -378,22 +380,59 @@ unsafe fn block<const R: usize, const C: usize>(
     }
 }
 
+/// Lanes of the reductions below: independent partial results, so that the loops vectorise
+/// (a single running f32 sum is a serial dependency LLVM must keep in order).
+const LANES: usize = 16;
+
+/// `Σ f(v)` over lanes of partial sums.
+#[inline(always)]
+fn lane_sum(v: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a += f(*x);
+        }
+    }
+    acc.iter().sum::<f32>() + tail.iter().map(|x| f(*x)).sum::<f32>()
+}
+
+/// The maximum of `v`, NaN if any value is NaN (`f32::max` would skip it); −∞ when empty.
+#[inline(always)]
+fn max_or_nan(v: &[f32]) -> f32 {
+    let pick = |m: f32, x: f32| if x > m || x.is_nan() { x } else { m };
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a = pick(*a, *x);
+        }
+    }
+    // A NaN lane must win the final fold too: fold NaN-first.
+    acc.iter().chain(tail).fold(
+        f32::NEG_INFINITY,
+        |m, &x| {
+            if m.is_nan() {
+                m
+            } else {
+                pick(m, x)
+            }
+        },
+    )
+}
+
 dispatch!(add_layer_norm_generic, add_layer_norm_avx2, (x: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
     let h = gamma.len();
     let residual_rows = residual.len() / h;
     for (i, row) in x.chunks_exact_mut(h).enumerate() {
         let r = &residual[(i % residual_rows) * h..][..h];
-        let mut sum = 0.0f32;
         for (v, r) in row.iter_mut().zip(r) {
             *v += *r;
-            sum += *v;
         }
-        let mean = sum / h as f32;
-        let mut var = 0.0f32;
-        for v in row.iter() {
-            let d = *v - mean;
-            var += d * d;
-        }
+        let mean = lane_sum(row, |v| v) / h as f32;
+        let var = lane_sum(row, |v| (v - mean) * (v - mean));
         let inv = 1.0 / (var / h as f32 + eps).sqrt();
         for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
             *v = (*v - mean) * inv * g + b;
@@ -412,7 +451,7 @@ pub fn add_layer_norm(x: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f3
     assert_eq!(gamma.len(), beta.len(), "layer norm: gamma and beta sizes");
     let h = gamma.len();
     assert!(
-        h > 0 && x.len() % h == 0 && residual.len() % h == 0,
+        h > 0 && x.len().is_multiple_of(h) && residual.len().is_multiple_of(h),
         "layer norm: sizes"
     );
     if x.is_empty() {
@@ -534,57 +573,105 @@ dispatch!(
     /// `head·head_dim..(head+1)·head_dim` are written and nothing else accesses them during
     /// the call.
     unsafe attention_generic, attention_avx2, (qkv: &[f32], out: *mut f32, s: &AttentionShape, units: std::ops::Range<usize>) {
+    // Register tiles: QB queries at a time against KB keys (scores), and QB queries × DB
+    // dimensions of the output (weighted values). The fixed-size loops below are what LLVM
+    // keeps in vector registers (8 accumulators of 8 lanes in the AVX2 build); a plain
+    // query-by-query loop instead streams the scores through memory once per dimension.
+    const QB: usize = 4;
+    const KB: usize = 16;
+    const DB: usize = 16;
     let h = s.heads * s.head_dim;
     let d = s.head_dim;
     let scale = 1.0 / (d as f32).sqrt();
-    let mut scores = vec![0.0f32; s.seq_len];
-    // Keys of one head transposed (`d × len`, pre-scaled), so a query's scores against all
-    // keys are one vectorised sweep per dimension instead of a horizontal sum per key.
-    let mut keys_t = vec![0.0f32; d * s.seq_len];
+    let padded = s.seq_len.div_ceil(KB) * KB;
+    // Keys of one head transposed (`d × padded`, pre-scaled, zero past the sequence), so a
+    // tile of scores is a sweep over dimensions with contiguous loads.
+    let mut keys_t = vec![0.0f32; d * padded];
+    let mut scores = vec![0.0f32; QB * padded];
     for unit in units {
         let (b, head) = (unit / s.heads, unit % s.heads);
         let len = s.lengths[b];
+        let lp = len.div_ceil(KB) * KB;
         let base = b * s.seq_len;
         let off = head * d;
+        for c in 0..d {
+            keys_t[c * lp + len..(c + 1) * lp].fill(0.0);
+        }
         for j in 0..len {
             let k = &qkv[(base + j) * 3 * h + h + off..][..d];
             for (c, kc) in k.iter().enumerate() {
-                keys_t[c * len + j] = kc * scale;
+                keys_t[c * lp + j] = kc * scale;
             }
         }
-        for i in 0..len {
-            let q = &qkv[(base + i) * 3 * h + off..][..d];
-            let scores = &mut scores[..len];
-            scores.fill(0.0);
-            for (c, qc) in q.iter().enumerate() {
-                for (sj, kj) in scores.iter_mut().zip(&keys_t[c * len..(c + 1) * len]) {
-                    *sj += qc * kj;
+        let value = |j: usize| &qkv[(base + j) * 3 * h + 2 * h + off..][..d];
+        for i0 in (0..len).step_by(QB) {
+            let qn = QB.min(len - i0);
+            // Rows past the sequence repeat its last query; their results are not stored.
+            let q: [&[f32]; QB] =
+                std::array::from_fn(|qi| &qkv[(base + i0 + qi.min(qn - 1)) * 3 * h + off..][..d]);
+            for j0 in (0..lp).step_by(KB) {
+                let mut acc = [[0.0f32; KB]; QB];
+                for c in 0..d {
+                    let kv: &[f32; KB] = keys_t[c * lp + j0..][..KB].try_into().unwrap();
+                    for (a, qr) in acc.iter_mut().zip(&q) {
+                        let qc = qr[c];
+                        for (a, k) in a.iter_mut().zip(kv) {
+                            *a += qc * k;
+                        }
+                    }
+                }
+                for (qi, a) in acc.iter().enumerate() {
+                    scores[qi * lp + j0..][..KB].copy_from_slice(a);
                 }
             }
-            // NaN wins (f32::max would skip it and turn a corrupt score into a tiny weight):
-            // a NaN or infinite score makes the whole row NaN, which `embed` reports.
-            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| {
-                if v > m || v.is_nan() {
-                    v
-                } else {
-                    m
+            for qi in 0..qn {
+                let row = &mut scores[qi * lp..][..len];
+                // NaN wins (f32::max would skip it and turn a corrupt score into a tiny
+                // weight): a NaN or infinite score makes the whole row NaN, which `embed`
+                // reports.
+                let max = max_or_nan(row);
+                for score in row.iter_mut() {
+                    *score = exp_neg(*score - max);
                 }
-            });
-            let mut sum = 0.0f32;
-            for score in scores.iter_mut() {
-                *score = exp_neg(*score - max);
-                sum += *score;
+                let inv = 1.0 / lane_sum(row, |v| v);
+                for score in row.iter_mut() {
+                    *score *= inv;
+                }
             }
-            let inv = 1.0 / sum;
-            // SAFETY: row base+i, columns off..off+d are inside `out` and belong to this unit
-            // alone (the function's contract).
-            let o = unsafe { std::slice::from_raw_parts_mut(out.add((base + i) * h + off), d) };
-            o.fill(0.0);
-            for (j, p) in scores.iter().enumerate() {
-                let v = &qkv[(base + j) * 3 * h + 2 * h + off..][..d];
-                let p = p * inv;
-                for (o, v) in o.iter_mut().zip(v) {
-                    *o += p * v;
+            // Weighted values, DB dimensions at a time, then the remaining dimensions.
+            let whole = d / DB * DB;
+            for dc in (0..whole).step_by(DB) {
+                let mut acc = [[0.0f32; DB]; QB];
+                for j in 0..len {
+                    let v: &[f32; DB] = value(j)[dc..dc + DB].try_into().unwrap();
+                    for (qi, a) in acc.iter_mut().enumerate() {
+                        let p = scores[qi * lp + j];
+                        for (a, v) in a.iter_mut().zip(v) {
+                            *a += p * v;
+                        }
+                    }
+                }
+                for (qi, a) in acc.iter().enumerate().take(qn) {
+                    // SAFETY: row base+i0+qi (< base+len), columns off+dc..off+dc+DB (inside
+                    // the head) are inside `out` and belong to this unit alone (the
+                    // function's contract).
+                    let o = unsafe {
+                        std::slice::from_raw_parts_mut(out.add((base + i0 + qi) * h + off + dc), DB)
+                    };
+                    o.copy_from_slice(a);
+                }
+            }
+            for qi in 0..qn {
+                // SAFETY: as above, for columns off+whole..off+d.
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(out.add((base + i0 + qi) * h + off + whole), d - whole)
+                };
+                o.fill(0.0);
+                for j in 0..len {
+                    let p = scores[qi * lp + j];
+                    for (o, v) in o.iter_mut().zip(&value(j)[whole..]) {
+                        *o += p * v;
+                    }
                 }
             }
         }
@@ -672,10 +759,19 @@ fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]
     }
 }
 
-/// A linear layer as a candle op: `x[m×k] → [m × Σn]`, see [`linear`].
+/// The weights of a [`Linear`] op: f32 parts read in place, or one packed layer (bf16 or
+/// int8) run on the given kernel path.
+#[derive(Clone, Copy)]
+pub enum LinearWeights<'a> {
+    F32(&'a [LinearPart<'a>]),
+    Packed(&'a PackedLinear, KernelLevel),
+}
+
+/// A linear layer as a candle op: `x[m×k] → [m × Σn]`, see [`linear`] and
+/// [`PackedLinear::forward`].
 pub struct Linear<'a> {
-    pub parts: &'a [LinearPart<'a>],
-    /// Threads gemm may use for this call (1: run on the calling thread only).
+    pub weights: LinearWeights<'a>,
+    /// Threads the matmul may use for this call (1: run on the calling thread only).
     pub threads: usize,
 }
 
@@ -686,16 +782,26 @@ impl CustomOp1 for Linear<'_> {
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
         let (m, k) = xl.shape().dims2()?;
-        let Some(n) = output_width(self.parts) else {
-            candle_core::bail!("linear: the output width overflows usize")
+        let n = match self.weights {
+            LinearWeights::F32(parts) => {
+                let Some(n) = output_width(parts) else {
+                    candle_core::bail!("linear: the output width overflows usize")
+                };
+                if parts
+                    .iter()
+                    .any(|p| p.b.len().checked_mul(k) != Some(p.w.len()))
+                {
+                    candle_core::bail!("linear: input {:?} does not fit the weights", xl.shape());
+                }
+                n
+            }
+            LinearWeights::Packed(p, _) => {
+                if p.k() != k {
+                    candle_core::bail!("linear: input {:?} does not fit the weights", xl.shape());
+                }
+                p.n()
+            }
         };
-        if self
-            .parts
-            .iter()
-            .any(|p| p.b.len().checked_mul(k) != Some(p.w.len()))
-        {
-            candle_core::bail!("linear: input {:?} does not fit the weights", xl.shape());
-        }
         let x = contiguous(xs, xl, "linear input")?;
         if m.checked_mul(k) != Some(x.len()) {
             candle_core::bail!("linear: input {:?} has {} values", xl.shape(), x.len());
@@ -704,7 +810,10 @@ impl CustomOp1 for Linear<'_> {
             candle_core::bail!("linear: output {m}×{n} overflows usize")
         };
         let mut out = vec![0.0f32; size];
-        linear(x, m, k, self.parts, &mut out, self.threads);
+        match self.weights {
+            LinearWeights::F32(parts) => linear(x, m, k, parts, &mut out, self.threads),
+            LinearWeights::Packed(p, level) => p.forward(x, m, &mut out, level, self.threads),
+        }
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
@@ -1417,7 +1526,7 @@ mod tests {
         let (w, b) = (vec![0.5f32; 8], vec![0.0f32; 2]);
         let parts = [LinearPart { w: &w, b: &b }];
         let op = Linear {
-            parts: &parts,
+            weights: LinearWeights::F32(&parts),
             threads: 1,
         };
         assert!(
@@ -1427,11 +1536,26 @@ mod tests {
         let w = vec![0.5f32; 6];
         let parts = [LinearPart { w: &w, b: &b }];
         let op = Linear {
-            parts: &parts,
+            weights: LinearWeights::F32(&parts),
             threads: 1,
         };
         let y = x.apply_op1_no_bwd(&op).unwrap();
         assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![1.5, 1.5]; 2]);
+        for dtype in [crate::kernels::Dtype::Bf16, crate::kernels::Dtype::Int8] {
+            let packed = PackedLinear::pack(dtype, &w, &b, 3).unwrap().unwrap();
+            let op = Linear {
+                weights: LinearWeights::Packed(&packed, KernelLevel::detected()),
+                threads: 1,
+            };
+            let y = x.apply_op1_no_bwd(&op).unwrap();
+            assert_eq!(
+                y.to_vec2::<f32>().unwrap(),
+                vec![vec![1.5, 1.5]; 2],
+                "{dtype}"
+            );
+            let wrong = Tensor::from_vec(vec![1.0f32; 8], (2, 4), &Device::Cpu).unwrap();
+            assert!(wrong.apply_op1_no_bwd(&op).is_err(), "{dtype}: input k = 4");
+        }
         let norm = AddLayerNorm {
             gamma: &[1.0; 4],
             beta: &[0.0; 4],

@@ -1,0 +1,625 @@
+//! int8 linear layers: weights quantized per output column at load, activations quantized per
+//! block of 32 values of a row at each call, integer dot products, f32 dequantization.
+//!
+//! Why blocks: transformer activations have a few outlier channels, tens of times larger than
+//! the rest. With one scale per row they flatten every other channel to a handful of levels
+//! (MiniLM: cosine 0.990 against f32 on short inputs); with one scale per 32 values an outlier
+//! only coarsens its own block (the same block size as GGML's Q8_0).
+//!
+//! Both sides are symmetric (`q = round(v / s)`, `|q| ≤ 127`, `s = max|v| / 127`), so each
+//! block's i32 sum is exactly `Σ qx·qw` on every kernel path; it is scaled by the block's
+//! activation scale into an f32 sum, which the epilogue scales by the column's weight scale and
+//! adds to the bias. The paths differ only in speed and are tested for identical results. Per
+//! path:
+//! - **AVX-512 VNNI** (`vpdpbusd`, 64 multiply-adds per instruction): it multiplies *unsigned*
+//!   bytes by signed ones, so activations are stored as `qx + 128` and each block's sum starts
+//!   from `−128 · Σ qw` over the block (precomputed at load);
+//! - **AVX2** (`vpmaddubsw` + `vpmaddwd`): unsigned × signed bytes too, with the sign moved
+//!   from the activation onto the weight (`|qx| · sign(qx)·qw`), which cannot saturate since
+//!   `2 · 127 · 127 < 2¹⁵`;
+//! - **scalar**: plain i32 arithmetic.
+//!
+//! Weights are packed once in the layout the SIMD kernels read with one load per step: panels
+//! of 16 columns; in a panel, for each group of 4 reduction indices, 16 × 4 bytes (column-major
+//! groups, as `vpdpbusd` consumes them).
+
+use super::cpu::KernelLevel;
+use super::tiles::{for_each_tile, SharedOut, PANEL};
+
+/// Reduction indices per group: the 4 bytes one i32 lane of `vpdpbusd` sums.
+const GROUP: usize = 4;
+/// Bytes of one panel's group: 16 columns × 4 bytes, one AVX-512 register.
+const GROUP_BYTES: usize = PANEL * GROUP;
+/// Reduction indices per activation scale.
+pub const BLOCK: usize = 32;
+/// Groups per block.
+const BLOCK_GROUPS: usize = BLOCK / GROUP;
+
+/// A linear layer `y = x · Wᵀ + b` with int8 weights.
+pub struct Int8Linear {
+    n: usize,
+    k: usize,
+    groups: usize,
+    panels: usize,
+    /// `panels × groups × 16 × 4` bytes.
+    weights: Vec<i8>,
+    /// Per panel, block and lane: the weight scale (`panels × blocks × 16`, 0 in padding).
+    scales: Vec<f32>,
+    /// Per panel, block and lane: `−128 · Σ qw` over the block, where the VNNI form's sums
+    /// start (`panels × blocks × 16`).
+    offsets: Vec<i32>,
+    blocks: usize,
+    bias: Vec<f32>,
+}
+
+/// Quantizes `v` into `out` (same length) and returns the scale; NaN when `v` holds a
+/// non-finite value, so that the layer's output is NaN too rather than silently finite.
+///
+/// Rounding is to nearest even by the float trick (`x + 1.5·2²³` holds `round(x)` in its low
+/// mantissa bits for `|x| < 2²²`), which vectorizes on every x86-64 (SSE2 has no rounding
+/// instruction, and `round_ties_even` would be a libm call per value).
+#[inline(always)]
+fn quantize_row(v: &[f32], out: &mut [i8]) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    let mut amax = 0.0f32;
+    let mut finite = true;
+    for &x in v {
+        amax = amax.max(x.abs());
+        finite &= x.is_finite();
+    }
+    if !finite {
+        out.fill(0);
+        return f32::NAN;
+    }
+    if amax == 0.0 {
+        out.fill(0);
+        return 0.0;
+    }
+    let inv = 127.0 / amax;
+    for (q, &x) in out.iter_mut().zip(v) {
+        // |x · inv| ≤ 127 (plus rounding), so the result is in -127..=127.
+        let r = (x * inv + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32;
+        *q = r.clamp(-127, 127) as i8;
+    }
+    amax / 127.0
+}
+
+/// Quantizes `m` rows of `k` activations per block into `xq` (`m × kpad`, padding left as
+/// is) and `scales` (`m × blocks`); in VNNI form (`q + 128`) when `vnni`.
+#[inline(always)]
+fn quantize_activations(
+    x: &[f32],
+    k: usize,
+    kpad: usize,
+    vnni: bool,
+    xq: &mut [i8],
+    scales: &mut [f32],
+) {
+    let blocks = k.div_ceil(BLOCK);
+    for ((row, q), s) in x
+        .chunks_exact(k)
+        .zip(xq.chunks_exact_mut(kpad))
+        .zip(scales.chunks_exact_mut(blocks))
+    {
+        for ((v, q), s) in row.chunks(BLOCK).zip(q.chunks_mut(BLOCK)).zip(s) {
+            *s = quantize_row(v, &mut q[..v.len()]);
+        }
+        if vnni {
+            for q in q.iter_mut() {
+                *q = (*q as u8 ^ 0x80) as i8;
+            }
+        }
+    }
+}
+
+/// [`quantize_activations`] compiled for AVX2.
+///
+/// # Safety
+///
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_activations_avx2(
+    x: &[f32],
+    k: usize,
+    kpad: usize,
+    vnni: bool,
+    xq: &mut [i8],
+    scales: &mut [f32],
+) {
+    quantize_activations(x, k, kpad, vnni, xq, scales)
+}
+
+impl Int8Linear {
+    /// Quantizes `w` (`n×k`, PyTorch layout, `n = bias.len()`) per output column.
+    ///
+    /// # Errors
+    ///
+    /// When `w` is not `n×k` or `k` is 0.
+    pub fn quantize(w: &[f32], bias: &[f32], k: usize) -> Result<Self, String> {
+        let n = bias.len();
+        if n.checked_mul(k) != Some(w.len()) || k == 0 {
+            return Err(format!(
+                "int8: a weight of {} values is not {n}×{k}",
+                w.len()
+            ));
+        }
+        let blocks = k.div_ceil(BLOCK);
+        let groups = blocks * BLOCK_GROUPS;
+        let panels = n.div_ceil(PANEL);
+        let mut weights = vec![0i8; panels * groups * GROUP_BYTES];
+        let mut scales = vec![0.0f32; panels * blocks * PANEL];
+        let mut offsets = vec![0i32; panels * blocks * PANEL];
+        let mut padded_bias = vec![0.0f32; panels * PANEL];
+        padded_bias[..n].copy_from_slice(bias);
+        let mut row = vec![0i8; k];
+        for (c, w_row) in w.chunks_exact(k).enumerate() {
+            let (panel, lane) = (c / PANEL, c % PANEL);
+            for (b, (values, block)) in w_row.chunks(BLOCK).zip(row.chunks_mut(BLOCK)).enumerate() {
+                let at = (panel * blocks + b) * PANEL + lane;
+                scales[at] = quantize_row(values, block);
+                offsets[at] = -128 * block.iter().map(|&q| q as i32).sum::<i32>();
+            }
+            for (i, &q) in row.iter().enumerate() {
+                let (g, j) = (i / GROUP, i % GROUP);
+                weights[(panel * groups + g) * GROUP_BYTES + lane * GROUP + j] = q;
+            }
+        }
+        Ok(Self {
+            n,
+            k,
+            groups,
+            panels,
+            weights,
+            scales,
+            offsets,
+            blocks,
+            bias: padded_bias,
+        })
+    }
+
+    /// Output columns.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Input columns (the reduction length).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Bytes held (weights, scales, offsets and bias).
+    pub fn bytes(&self) -> usize {
+        self.weights.len() + 4 * (self.scales.len() + self.offsets.len() + self.bias.len())
+    }
+
+    /// `out[m×n] = x[m×k] · Wᵀ + b` on the kernel path of `level`, using up to `threads`
+    /// threads.
+    ///
+    /// # Panics
+    ///
+    /// When `x` is not `m×k` or `out` not `m×n`.
+    pub fn forward(
+        &self,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+        level: KernelLevel,
+        threads: usize,
+    ) {
+        let (n, k) = (self.n, self.k);
+        assert_eq!(Some(x.len()), m.checked_mul(k), "int8 linear: input size");
+        assert_eq!(
+            Some(out.len()),
+            m.checked_mul(n),
+            "int8 linear: output size"
+        );
+        if m == 0 {
+            return;
+        }
+        // Never above what this CPU has, whatever the caller asked for.
+        let level = level.min(KernelLevel::detected());
+        let vnni = level >= KernelLevel::Avx512Vnni;
+        let (blocks, kpad) = (self.blocks, self.groups * GROUP);
+        // Quantized activations, rows padded to whole blocks with zeros (128 in VNNI form),
+        // and one scale per block of each row.
+        // (The VNNI form flips whole rows, so the zero padding becomes 128 too.)
+        let mut xq = vec![0i8; m * kpad];
+        let mut x_scales = vec![0.0f32; m * blocks];
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            KernelLevel::Avx2 | KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 => {
+                // SAFETY: every level from AVX2 up has AVX2 and FMA (level ≤ detected).
+                unsafe { quantize_activations_avx2(x, k, kpad, vnni, &mut xq, &mut x_scales) }
+            }
+            _ => quantize_activations(x, k, kpad, vnni, &mut xq, &mut x_scales),
+        }
+        let shared = SharedOut(out.as_mut_ptr());
+        let (mr, np) = match level {
+            KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 => (4, 3),
+            KernelLevel::Avx2 => (2, 1),
+            KernelLevel::Scalar => (4, 1),
+        };
+        for_each_tile(m, self.panels, mr, np, threads, &|r0, rows, p0, ps| {
+            let mut acc = [0.0f32; 4 * 3 * PANEL];
+            let tile = Tile {
+                x: &xq[r0 * kpad..(r0 + rows) * kpad],
+                x_scales: &x_scales[r0 * blocks..(r0 + rows) * blocks],
+                kpad,
+                blocks,
+                w: &self.weights[p0 * self.groups * GROUP_BYTES..]
+                    [..ps * self.groups * GROUP_BYTES],
+                offsets: &self.offsets[p0 * blocks * PANEL..][..ps * blocks * PANEL],
+                w_scales: &self.scales[p0 * blocks * PANEL..][..ps * blocks * PANEL],
+            };
+            match level {
+                #[cfg(target_arch = "x86_64")]
+                KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 => {
+                    // SAFETY: the level is at most the detected one (clamped above), so the
+                    // CPU has AVX-512 F/BW/VL/DQ/VNNI; the tile's slices hold `rows` rows and
+                    // `ps` panels (sliced above), acc rows × ps × 16 values.
+                    unsafe { vnni::tile(rows, ps, &tile, acc.as_mut_ptr()) }
+                }
+                #[cfg(target_arch = "x86_64")]
+                KernelLevel::Avx2 => {
+                    // SAFETY: as above, for AVX2 (`ps` is 1, `rows` at most 2).
+                    unsafe { avx2::tile(rows, &tile, acc.as_mut_ptr()) }
+                }
+                _ => scalar_tile(rows, ps, &tile, &mut acc),
+            }
+            // Epilogue: the bias; store the valid columns.
+            for r in 0..rows {
+                for p in 0..ps {
+                    let col0 = (p0 + p) * PANEL;
+                    let valid = PANEL.min(n.saturating_sub(col0));
+                    let a = &acc[(r * ps + p) * PANEL..][..valid];
+                    // SAFETY: row r0 + r < m and columns col0..col0+valid < n: inside `out`
+                    // (m×n), which stays mutably borrowed for the call; tiles are disjoint.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(shared.ptr().add((r0 + r) * n + col0), valid)
+                    };
+                    for ((d, a), b) in dst.iter_mut().zip(a).zip(&self.bias[col0..]) {
+                        *d = a + b;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The inputs of one tile: a few rows of quantized activations against a few panels.
+struct Tile<'a> {
+    /// `rows × kpad` bytes (`qx`, or `qx + 128` in VNNI form).
+    x: &'a [i8],
+    /// `rows × blocks` activation scales.
+    x_scales: &'a [f32],
+    kpad: usize,
+    blocks: usize,
+    /// `panels × groups × 64` bytes.
+    w: &'a [i8],
+    /// `panels × blocks × 16` VNNI offsets.
+    offsets: &'a [i32],
+    /// `panels × blocks × 16` weight scales.
+    w_scales: &'a [f32],
+}
+
+/// The portable kernel: `acc[(r·ps + p)·16 + lane] = Σ_b sx[r][b] · Σ_{k∈b} qx·qw` for `rows`
+/// rows × `ps` panels (activations in signed form).
+fn scalar_tile(rows: usize, ps: usize, t: &Tile, acc: &mut [f32]) {
+    let groups = t.blocks * BLOCK_GROUPS;
+    for r in 0..rows {
+        let xr = &t.x[r * t.kpad..][..t.kpad];
+        for p in 0..ps {
+            let wp = &t.w[p * groups * GROUP_BYTES..][..groups * GROUP_BYTES];
+            let mut sums = [0.0f32; PANEL];
+            for b in 0..t.blocks {
+                let mut dots = [0i32; PANEL];
+                for g in b * BLOCK_GROUPS..(b + 1) * BLOCK_GROUPS {
+                    let xg = &xr[g * GROUP..][..GROUP];
+                    let wg = &wp[g * GROUP_BYTES..][..GROUP_BYTES];
+                    for (d, wl) in dots.iter_mut().zip(wg.chunks_exact(GROUP)) {
+                        *d += xg
+                            .iter()
+                            .zip(wl)
+                            .map(|(&a, &b)| a as i32 * b as i32)
+                            .sum::<i32>();
+                    }
+                }
+                let sx = t.x_scales[r * t.blocks + b];
+                let sw = &t.w_scales[(p * t.blocks + b) * PANEL..][..PANEL];
+                for ((s, d), sw) in sums.iter_mut().zip(dots).zip(sw) {
+                    *s = (d as f32).mul_add(sx * sw, *s);
+                }
+            }
+            acc[(r * ps + p) * PANEL..][..PANEL].copy_from_slice(&sums);
+        }
+    }
+}
+
+/// Calls `$f::<MR, NP>($args)` for run-time `mr` in 1..=6 and `np` in 1..=4.
+#[cfg(target_arch = "x86_64")]
+macro_rules! tile_shapes {
+    ($f:ident, $mr:expr, $np:expr, $args:tt) => {
+        match $mr {
+            1 => tile_shapes!(@np $f, 1, $np, $args),
+            2 => tile_shapes!(@np $f, 2, $np, $args),
+            3 => tile_shapes!(@np $f, 3, $np, $args),
+            4 => tile_shapes!(@np $f, 4, $np, $args),
+            5 => tile_shapes!(@np $f, 5, $np, $args),
+            6 => tile_shapes!(@np $f, 6, $np, $args),
+            _ => unreachable!("tile rows"),
+        }
+    };
+    (@np $f:ident, $m:literal, $np:expr, ($($a:expr),*)) => {
+        match $np {
+            1 => $f::<$m, 1>($($a),*),
+            2 => $f::<$m, 2>($($a),*),
+            3 => $f::<$m, 3>($($a),*),
+            4 => $f::<$m, 4>($($a),*),
+            _ => unreachable!("tile panels"),
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(crate) use tile_shapes;
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use super::{Tile, BLOCK_GROUPS, GROUP, GROUP_BYTES, PANEL};
+    use std::arch::x86_64::*;
+
+    /// VNNI tile of `mr ≤ 4` rows × `np ≤ 3` panels (see [`kernel`]).
+    ///
+    /// # Safety
+    ///
+    /// As [`kernel`].
+    pub unsafe fn tile(mr: usize, np: usize, t: &Tile, acc: *mut f32) {
+        unsafe { tile_shapes!(kernel, mr, np, (t, acc)) }
+    }
+
+    /// `acc[(r·NP + p)·16 + lane] = Σ_b sx[r][b] · Σ_{k∈b} qx·qw` with `vpdpbusd`, each
+    /// block's i32 sums starting from the block's offsets (activations in VNNI form).
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX-512 F/BW/VL/DQ/VNNI; `t` holds at least `MR` rows and `NP`
+    /// panels; `acc` is valid for writing `MR × NP × 16` values.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    unsafe fn kernel<const MR: usize, const NP: usize>(t: &Tile, acc: *mut f32) {
+        let groups = t.blocks * BLOCK_GROUPS;
+        let panel_bytes = groups * GROUP_BYTES;
+        let (x, w, kpad) = (t.x.as_ptr().cast::<u8>(), t.w.as_ptr(), t.kpad);
+        let mut sums = [[_mm512_setzero_ps(); NP]; MR];
+        for b in 0..t.blocks {
+            let mut start = [_mm512_setzero_si512(); NP];
+            let mut sw = [_mm512_setzero_ps(); NP];
+            for p in 0..NP {
+                let at = (p * t.blocks + b) * PANEL;
+                start[p] = _mm512_loadu_si512(t.offsets.as_ptr().add(at).cast());
+                sw[p] = _mm512_loadu_ps(t.w_scales.as_ptr().add(at));
+            }
+            let mut dots = [start; MR];
+            for g in b * BLOCK_GROUPS..(b + 1) * BLOCK_GROUPS {
+                let mut wv = [_mm512_setzero_si512(); NP];
+                for (p, v) in wv.iter_mut().enumerate() {
+                    *v = _mm512_loadu_si512(w.add(p * panel_bytes + g * GROUP_BYTES).cast());
+                }
+                for (r, row) in dots.iter_mut().enumerate() {
+                    let a = _mm512_set1_epi32(
+                        x.add(r * kpad + g * GROUP).cast::<i32>().read_unaligned(),
+                    );
+                    for (d, wp) in row.iter_mut().zip(&wv) {
+                        *d = _mm512_dpbusd_epi32(*d, a, *wp);
+                    }
+                }
+            }
+            for (r, (row, dots)) in sums.iter_mut().zip(&dots).enumerate() {
+                let sx = _mm512_set1_ps(*t.x_scales.get_unchecked(r * t.blocks + b));
+                for ((s, d), sw) in row.iter_mut().zip(dots).zip(&sw) {
+                    *s = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*d), _mm512_mul_ps(sx, *sw), *s);
+                }
+            }
+        }
+        for (r, row) in sums.iter().enumerate() {
+            for (p, s) in row.iter().enumerate() {
+                _mm512_storeu_ps(acc.add((r * NP + p) * PANEL), *s);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Tile, BLOCK_GROUPS, GROUP, GROUP_BYTES, PANEL};
+    use std::arch::x86_64::*;
+
+    /// AVX2 tile of `mr ≤ 2` rows × 1 panel (see [`kernel`]).
+    ///
+    /// # Safety
+    ///
+    /// As [`kernel`].
+    pub unsafe fn tile(mr: usize, t: &Tile, acc: *mut f32) {
+        unsafe {
+            match mr {
+                1 => kernel::<1>(t, acc),
+                2 => kernel::<2>(t, acc),
+                _ => unreachable!("tile rows"),
+            }
+        }
+    }
+
+    /// `acc[r·16 + lane] = Σ_b sx[r][b] · Σ_{k∈b} qx·qw` for one panel, with the sign of `qx`
+    /// moved onto `qw` so that `vpmaddubsw` multiplies `|qx|` (unsigned) by `±qw`.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2 and FMA; `t` holds at least `MR` rows (signed form, `|qx| ≤
+    /// 127`) and one panel (`|qw| ≤ 127`); `acc` is valid for writing `MR × 16` values.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn kernel<const MR: usize>(t: &Tile, acc: *mut f32) {
+        let ones = _mm256_set1_epi16(1);
+        let (x, w, kpad) = (t.x.as_ptr(), t.w.as_ptr(), t.kpad);
+        let mut sums = [[_mm256_setzero_ps(); 2]; MR];
+        for b in 0..t.blocks {
+            let mut dots = [[_mm256_setzero_si256(); 2]; MR];
+            for g in b * BLOCK_GROUPS..(b + 1) * BLOCK_GROUPS {
+                let w0 = _mm256_loadu_si256(w.add(g * GROUP_BYTES).cast());
+                let w1 = _mm256_loadu_si256(w.add(g * GROUP_BYTES + 32).cast());
+                for (r, d) in dots.iter_mut().enumerate() {
+                    let a = _mm256_set1_epi32(
+                        x.add(r * kpad + g * GROUP).cast::<i32>().read_unaligned(),
+                    );
+                    let a_abs = _mm256_sign_epi8(a, a);
+                    let p0 = _mm256_maddubs_epi16(a_abs, _mm256_sign_epi8(w0, a));
+                    let p1 = _mm256_maddubs_epi16(a_abs, _mm256_sign_epi8(w1, a));
+                    d[0] = _mm256_add_epi32(d[0], _mm256_madd_epi16(p0, ones));
+                    d[1] = _mm256_add_epi32(d[1], _mm256_madd_epi16(p1, ones));
+                }
+            }
+            let at = b * PANEL;
+            let sw0 = _mm256_loadu_ps(t.w_scales.as_ptr().add(at));
+            let sw1 = _mm256_loadu_ps(t.w_scales.as_ptr().add(at + 8));
+            for (r, (s, d)) in sums.iter_mut().zip(&dots).enumerate() {
+                let sx = _mm256_set1_ps(*t.x_scales.get_unchecked(r * t.blocks + b));
+                s[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[0]), _mm256_mul_ps(sx, sw0), s[0]);
+                s[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[1]), _mm256_mul_ps(sx, sw1), s[1]);
+            }
+        }
+        for (r, s) in sums.iter().enumerate() {
+            _mm256_storeu_ps(acc.add(r * PANEL), s[0]);
+            _mm256_storeu_ps(acc.add(r * PANEL + 8), s[1]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::test_values as values;
+
+    /// The naive reference: quantize both sides per block of 32 exactly as documented,
+    /// multiply in i64, scale in the documented order.
+    fn naive(x: &[f32], m: usize, w: &[f32], b: &[f32], k: usize) -> Vec<f32> {
+        let n = b.len();
+        let quant = |v: &[f32]| {
+            let amax = v.iter().fold(0.0f32, |a, x| a.max(x.abs()));
+            let s = amax / 127.0;
+            let q: Vec<i64> = v
+                .iter()
+                .map(|x| {
+                    if amax == 0.0 {
+                        0
+                    } else {
+                        (x * (127.0 / amax)).round_ties_even() as i64
+                    }
+                })
+                .collect();
+            (q, s)
+        };
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            let blocks: Vec<_> = x[i * k..][..k].chunks(BLOCK).map(quant).collect();
+            for c in 0..n {
+                let mut sum = 0.0f32;
+                let w_blocks = w[c * k..][..k].chunks(BLOCK).map(quant);
+                for ((qx, sx), (qw, sw)) in blocks.iter().zip(w_blocks) {
+                    let dot: i64 = qx.iter().zip(&qw).map(|(a, b)| a * b).sum();
+                    sum = (dot as f32).mul_add(sx * sw, sum);
+                }
+                out[i * n + c] = sum + b[c];
+            }
+        }
+        out
+    }
+
+    fn levels() -> Vec<KernelLevel> {
+        KernelLevel::ALL
+            .into_iter()
+            .filter(|&l| l <= KernelLevel::detected())
+            .collect()
+    }
+
+    #[test]
+    fn every_path_matches_the_naive_reference_exactly() {
+        // Shapes around every edge: k not a multiple of 4, n not a multiple of 16, rows not a
+        // multiple of 6 or 4, single rows and columns, several chunks.
+        for (m, n, k) in [
+            (1, 1, 1),
+            (1, 16, 4),
+            (3, 17, 5),
+            (7, 33, 13),
+            (13, 64, 64),
+            (6, 384, 384),
+            (100, 40, 37),
+            (200, 96, 24),
+            (5, 48, 100),
+        ] {
+            let x = values(1 + m as u64, m * k);
+            let w = values(7 + n as u64, n * k);
+            let b = values(3, n);
+            let layer = Int8Linear::quantize(&w, &b, k).unwrap();
+            let want = naive(&x, m, &w, &b, k);
+            for level in levels() {
+                for threads in [1, 2] {
+                    let mut got = vec![f32::NAN; m * n];
+                    layer.forward(&x, m, &mut got, level, threads);
+                    assert_eq!(got, want, "{m}×{n}×{k} on {level} with {threads} threads");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quantization_error_is_small_relative_to_the_f32_product() {
+        let (m, n, k) = (8, 64, 384);
+        let x = values(11, m * k);
+        let w = values(12, n * k);
+        let b = vec![0.0; n];
+        let layer = Int8Linear::quantize(&w, &b, k).unwrap();
+        let mut got = vec![0.0; m * n];
+        layer.forward(&x, m, &mut got, KernelLevel::detected(), 1);
+        let mut err2 = 0.0f64;
+        let mut ref2 = 0.0f64;
+        for i in 0..m {
+            for c in 0..n {
+                let exact: f64 = (0..k)
+                    .map(|t| x[i * k + t] as f64 * w[c * k + t] as f64)
+                    .sum();
+                err2 += (got[i * n + c] as f64 - exact).powi(2);
+                ref2 += exact.powi(2);
+            }
+        }
+        let rel = (err2 / ref2).sqrt();
+        assert!(rel < 0.02, "relative error {rel}");
+    }
+
+    #[test]
+    fn zero_rows_and_non_finite_values() {
+        let (n, k) = (16, 8);
+        let w = values(5, n * k);
+        let layer = Int8Linear::quantize(&w, &vec![0.5; n], k).unwrap();
+        for level in levels() {
+            // An all-zero row gives the bias; a row holding NaN or infinity gives NaN, not a
+            // silently finite vector.
+            let mut x = vec![0.0f32; 3 * k];
+            x[k + 2] = f32::NAN;
+            x[2 * k] = f32::INFINITY;
+            let mut out = vec![0.0; 3 * n];
+            layer.forward(&x, 3, &mut out, level, 1);
+            assert!(out[..n].iter().all(|&v| v == 0.5), "{level}");
+            assert!(out[n..].iter().all(|v| v.is_nan()), "{level}");
+        }
+        let mut bad = w.clone();
+        bad[3] = f32::NAN;
+        let layer = Int8Linear::quantize(&bad, &vec![0.0; n], k).unwrap();
+        let mut out = vec![0.0; n];
+        layer.forward(&values(9, k), 1, &mut out, KernelLevel::Scalar, 1);
+        assert!(out[0].is_nan() && out[1..].iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        assert!(Int8Linear::quantize(&[1.0; 6], &[0.0; 2], 4).is_err());
+        assert!(Int8Linear::quantize(&[], &[], 0).is_err());
+    }
+}

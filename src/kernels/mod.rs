@@ -1,0 +1,143 @@
+//! CPU kernels, in one place for every model: the f32 encoder layers, and the packed bf16 and
+//! int8 matmuls with run-time dispatch over instruction sets.
+//!
+//! - [`cpu`]: which instruction sets may run ([`KernelLevel`], detected once, optionally capped);
+//! - [`layers`]: the encoder's f32 kernels and the candle custom ops that run them;
+//! - [`bf16`], [`int8`]: linear layers on packed low-precision weights, each with an AVX-512,
+//!   an AVX2 and a portable path that give the same results (tested against naive references);
+//! - [`tiles`]: the loop nest and threading the packed matmuls share.
+//!
+//! [`Dtype`] names the weight format a model runs with and [`PackedLinear`] is one linear layer
+//! in a packed format.
+
+pub mod bf16;
+pub mod cpu;
+pub mod int8;
+pub mod layers;
+pub mod tiles;
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+pub use bf16::Bf16Linear;
+pub use cpu::KernelLevel;
+pub use int8::Int8Linear;
+pub use layers::*;
+
+/// The number format of a model's linear-layer weights (LayerNorm, softmax, attention and the
+/// residual stream always stay in f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    F32,
+    Bf16,
+    Int8,
+}
+
+impl Dtype {
+    /// Every dtype.
+    pub const ALL: [Dtype; 3] = [Dtype::F32, Dtype::Bf16, Dtype::Int8];
+
+    /// The name used by `--dtype`, `/info` and the logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::Bf16 => "bf16",
+            Dtype::Int8 => "int8",
+        }
+    }
+}
+
+impl fmt::Display for Dtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Dtype {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Dtype::ALL
+            .into_iter()
+            .find(|d| d.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| format!("unknown dtype {s:?}: expected f32, bf16, int8 or auto"))
+    }
+}
+
+/// A linear layer whose weights were converted at load into a packed low-precision format.
+pub enum PackedLinear {
+    Bf16(Bf16Linear),
+    Int8(Int8Linear),
+}
+
+impl PackedLinear {
+    /// Packs `w` (`n×k`, PyTorch layout, `n = bias.len()`) for `dtype`; `None` for f32, which
+    /// runs on the weights in place.
+    ///
+    /// # Errors
+    ///
+    /// When the sizes do not fit (see [`Bf16Linear::pack`], [`Int8Linear::quantize`]).
+    pub fn pack(dtype: Dtype, w: &[f32], bias: &[f32], k: usize) -> Result<Option<Self>, String> {
+        Ok(match dtype {
+            Dtype::F32 => None,
+            Dtype::Bf16 => Some(PackedLinear::Bf16(Bf16Linear::pack(w, bias, k)?)),
+            Dtype::Int8 => Some(PackedLinear::Int8(Int8Linear::quantize(w, bias, k)?)),
+        })
+    }
+
+    /// Output columns.
+    pub fn n(&self) -> usize {
+        match self {
+            PackedLinear::Bf16(l) => l.n(),
+            PackedLinear::Int8(l) => l.n(),
+        }
+    }
+
+    /// Input columns.
+    pub fn k(&self) -> usize {
+        match self {
+            PackedLinear::Bf16(l) => l.k(),
+            PackedLinear::Int8(l) => l.k(),
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match self {
+            PackedLinear::Bf16(l) => l.bytes(),
+            PackedLinear::Int8(l) => l.bytes(),
+        }
+    }
+
+    /// `out[m×n] = x[m×k] · Wᵀ + b` (see [`Bf16Linear::forward`], [`Int8Linear::forward`]).
+    pub fn forward(
+        &self,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+        level: KernelLevel,
+        threads: usize,
+    ) {
+        match self {
+            PackedLinear::Bf16(l) => l.forward(x, m, out, level, threads),
+            PackedLinear::Int8(l) => l.forward(x, m, out, level, threads),
+        }
+    }
+}
+
+/// A deterministic pseudo-random sequence in [-1, 1), for the kernels' tests.
+#[cfg(test)]
+pub(crate) fn test_values(seed: u64, len: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}

@@ -1,0 +1,117 @@
+//! The loop nest shared by the packed (bf16 and int8) matmuls: which output tiles to compute,
+//! in which order, on how many threads.
+//!
+//! A packed weight is a sequence of *panels* of 16 output columns. A micro-kernel computes a
+//! tile of at most `mr` rows × `np` panels over the whole reduction dimension with its
+//! accumulators in registers. Tiles are visited row-chunk by row-chunk (so a chunk of
+//! activations stays in L2 while every panel block passes over it), panel block by panel
+//! block inside a chunk (so a panel block stays in L1/L2 while the chunk's rows pass over it).
+//! Threads split row chunks when there are enough of them, else panel blocks.
+
+/// Output columns per panel: one AVX-512 register of f32 or i32.
+pub const PANEL: usize = 16;
+
+/// Rows per chunk: a multiple of every micro-kernel's row count (6 and 4), small enough that
+/// a chunk of quantized activations (96 × 1536 bytes) sits in L2.
+const CHUNK_ROWS: usize = 96;
+
+/// A raw output pointer that tasks writing disjoint tiles of one buffer may share.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOut(pub *mut f32);
+// SAFETY: only used by `for_each_tile`'s callers, whose tiles never overlap.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
+    pub(crate) fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Calls `tile(row0, rows, panel0, panels)` for tiles covering `m` rows × `panels` panels
+/// exactly once each, with `rows ≤ mr` and `panels ≤ np`, on up to `threads` threads (rayon).
+///
+/// The tiles are disjoint, so `tile` may write its part of a shared output.
+pub(crate) fn for_each_tile(
+    m: usize,
+    panels: usize,
+    mr: usize,
+    np: usize,
+    threads: usize,
+    tile: &(dyn Fn(usize, usize, usize, usize) + Sync),
+) {
+    assert!(mr > 0 && np > 0, "tile sizes must be positive");
+    if m == 0 || panels == 0 {
+        return;
+    }
+    let chunk_rows = CHUNK_ROWS / mr * mr;
+    let run = |rows: std::ops::Range<usize>, panel_range: std::ops::Range<usize>| {
+        for r0 in (rows.start..rows.end).step_by(chunk_rows) {
+            let r_end = (r0 + chunk_rows).min(rows.end);
+            for p0 in (panel_range.start..panel_range.end).step_by(np) {
+                let p = np.min(panel_range.end - p0);
+                for i in (r0..r_end).step_by(mr) {
+                    tile(i, mr.min(r_end - i), p0, p);
+                }
+            }
+        }
+    };
+    let chunks = m.div_ceil(chunk_rows);
+    if threads <= 1 {
+        run(0..m, 0..panels);
+    } else if chunks >= 2 * threads {
+        // Enough rows: each task takes whole chunks and every panel.
+        rayon::scope(|scope| {
+            for c in 0..chunks {
+                let rows = c * chunk_rows..((c + 1) * chunk_rows).min(m);
+                let run = &run;
+                scope.spawn(move |_| run(rows, 0..panels));
+            }
+        });
+    } else {
+        // Few rows (one small batch): split the panels, so every thread reads a different
+        // part of the weights.
+        let per = panels.div_ceil(threads).max(1);
+        rayon::scope(|scope| {
+            for p0 in (0..panels).step_by(per) {
+                let range = p0..(p0 + per).min(panels);
+                let run = &run;
+                scope.spawn(move |_| run(0..m, range));
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+
+    #[test]
+    fn every_cell_is_visited_exactly_once() {
+        for (m, panels, mr, np, threads) in [
+            (1, 1, 6, 4, 1),
+            (7, 5, 6, 4, 2),
+            (300, 3, 6, 4, 2),
+            (95, 24, 4, 1, 2),
+            (1000, 9, 6, 4, 3),
+            (13, 1, 4, 1, 1),
+        ] {
+            let seen = Mutex::new(vec![0u8; m * panels]);
+            for_each_tile(m, panels, mr, np, threads, &|r0, rows, p0, ps| {
+                assert!(rows >= 1 && rows <= mr && ps >= 1 && ps <= np);
+                let mut seen = seen.lock();
+                for r in r0..r0 + rows {
+                    for p in p0..p0 + ps {
+                        seen[r * panels + p] += 1;
+                    }
+                }
+            });
+            assert!(
+                seen.lock().iter().all(|&v| v == 1),
+                "{m}×{panels} by {mr}×{np} on {threads}"
+            );
+        }
+    }
+}
