@@ -170,7 +170,7 @@ fn bench_linear(c: &mut Criterion) {
                 group.bench_with_input(
                     BenchmarkId::new(format!("{dtype}-{level}"), m),
                     &m,
-                    |bch, &m| bch.iter(|| layer.forward(&x, m, &mut out, level, 1)),
+                    |bch, &m| bch.iter(|| layer.forward(&x, m, &mut out, level, 1, Epilogue::Bias)),
                 );
             }
         }

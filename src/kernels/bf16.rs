@@ -12,7 +12,7 @@
 //! 16 × 2 values (`vdpbf16ps` consumes pairs).
 
 use super::cpu::KernelLevel;
-use super::tiles::{for_each_tile, SharedOut, PANEL};
+use super::tiles::{for_each_tile, Epilogue, SharedOut, PANEL};
 
 /// Reduction indices per pair: the two bf16 one f32 lane of `vdpbf16ps` sums.
 const PAIR: usize = 2;
@@ -98,8 +98,8 @@ impl Bf16Linear {
         2 * self.weights.len() + 4 * self.bias.len()
     }
 
-    /// `out[m×n] = x[m×k] · Wᵀ + b` on the kernel path of `level`, using up to `threads`
-    /// threads.
+    /// `out[m×n] = x[m×k] · Wᵀ + b`, then the `epilogue`, on the kernel path of `level`,
+    /// using up to `threads` threads.
     ///
     /// # Panics
     ///
@@ -111,6 +111,7 @@ impl Bf16Linear {
         out: &mut [f32],
         level: KernelLevel,
         threads: usize,
+        epilogue: Epilogue,
     ) {
         let (n, k) = (self.n, self.k);
         assert_eq!(Some(x.len()), m.checked_mul(k), "bf16 linear: input size");
@@ -158,7 +159,7 @@ impl Bf16Linear {
                         acc.as_mut_ptr(),
                     )
                 };
-                self.store(&acc, r0, rows, p0, ps, shared);
+                self.store(&acc, r0, rows, p0, ps, shared, (epilogue, level));
             });
             return;
         }
@@ -196,12 +197,23 @@ impl Bf16Linear {
                 }
                 _ => scalar_tile(rows, x, kpad, w, &mut acc),
             }
-            self.store(&acc, r0, rows, p0, ps, shared);
+            self.store(&acc, r0, rows, p0, ps, shared, (epilogue, level));
         });
     }
 
-    /// Adds the bias to a tile of sums (`rows × ps × 16`) and stores its valid columns.
-    fn store(&self, acc: &[f32], r0: usize, rows: usize, p0: usize, ps: usize, out: SharedOut) {
+    /// Adds the bias to a tile of sums (`rows × ps × 16`), stores its valid columns and
+    /// applies the epilogue's activation to them.
+    #[allow(clippy::too_many_arguments)]
+    fn store(
+        &self,
+        acc: &[f32],
+        r0: usize,
+        rows: usize,
+        p0: usize,
+        ps: usize,
+        out: SharedOut,
+        (epilogue, level): (Epilogue, KernelLevel),
+    ) {
         let n = self.n;
         for r in 0..rows {
             for p in 0..ps {
@@ -216,6 +228,14 @@ impl Bf16Linear {
                 for ((d, a), b) in dst.iter_mut().zip(a).zip(&self.bias[col0..]) {
                     *d = a + b;
                 }
+            }
+            if epilogue == Epilogue::BiasGelu {
+                let (start, end) = (p0 * PANEL, ((p0 + ps) * PANEL).min(n));
+                // SAFETY: as above: columns start..end of row r0 + r, this tile's own.
+                let row = unsafe {
+                    std::slice::from_raw_parts_mut(out.ptr().add((r0 + r) * n + start), end - start)
+                };
+                super::layers::gelu_at(row, level);
             }
         }
     }
@@ -455,7 +475,7 @@ mod tests {
                 let want = naive(&x, m, &w, &b, k, level >= KernelLevel::Avx512Bf16);
                 for threads in [1, 2] {
                     let mut got = vec![f32::NAN; m * n];
-                    layer.forward(&x, m, &mut got, level, threads);
+                    layer.forward(&x, m, &mut got, level, threads, Epilogue::Bias);
                     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                         // f32 accumulation of k products of values ≤ 1.
                         let tol = 1e-5 * (k as f64).sqrt() + 1e-6 * w.abs();

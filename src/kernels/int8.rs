@@ -24,7 +24,7 @@
 //! groups, as `vpdpbusd` consumes them).
 
 use super::cpu::KernelLevel;
-use super::tiles::{for_each_tile, SharedOut, PANEL};
+use super::tiles::{for_each_tile, Epilogue, SharedOut, PANEL};
 
 /// Reduction indices per group: the 4 bytes one i32 lane of `vpdpbusd` sums.
 const GROUP: usize = 4;
@@ -193,8 +193,8 @@ impl Int8Linear {
         self.weights.len() + 4 * (self.scales.len() + self.offsets.len() + self.bias.len())
     }
 
-    /// `out[m×n] = x[m×k] · Wᵀ + b` on the kernel path of `level`, using up to `threads`
-    /// threads.
+    /// `out[m×n] = x[m×k] · Wᵀ + b`, then the `epilogue`, on the kernel path of `level`,
+    /// using up to `threads` threads.
     ///
     /// # Panics
     ///
@@ -206,6 +206,7 @@ impl Int8Linear {
         out: &mut [f32],
         level: KernelLevel,
         threads: usize,
+        epilogue: Epilogue,
     ) {
         let (n, k) = (self.n, self.k);
         assert_eq!(Some(x.len()), m.checked_mul(k), "int8 linear: input size");
@@ -281,6 +282,17 @@ impl Int8Linear {
                     for ((d, a), b) in dst.iter_mut().zip(a).zip(&self.bias[col0..]) {
                         *d = a + b;
                     }
+                }
+                if epilogue == Epilogue::BiasGelu {
+                    let (start, end) = (p0 * PANEL, ((p0 + ps) * PANEL).min(n));
+                    // SAFETY: as above: columns start..end of row r0 + r, this tile's own.
+                    let row = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            shared.ptr().add((r0 + r) * n + start),
+                            end - start,
+                        )
+                    };
+                    super::layers::gelu_at(row, level);
                 }
             }
         });
@@ -562,7 +574,7 @@ mod tests {
             for level in levels() {
                 for threads in [1, 2] {
                     let mut got = vec![f32::NAN; m * n];
-                    layer.forward(&x, m, &mut got, level, threads);
+                    layer.forward(&x, m, &mut got, level, threads, Epilogue::Bias);
                     assert_eq!(got, want, "{m}×{n}×{k} on {level} with {threads} threads");
                 }
             }
@@ -577,7 +589,7 @@ mod tests {
         let b = vec![0.0; n];
         let layer = Int8Linear::quantize(&w, &b, k).unwrap();
         let mut got = vec![0.0; m * n];
-        layer.forward(&x, m, &mut got, KernelLevel::detected(), 1);
+        layer.forward(&x, m, &mut got, KernelLevel::detected(), 1, Epilogue::Bias);
         let mut err2 = 0.0f64;
         let mut ref2 = 0.0f64;
         for i in 0..m {
@@ -605,7 +617,7 @@ mod tests {
             x[k + 2] = f32::NAN;
             x[2 * k] = f32::INFINITY;
             let mut out = vec![0.0; 3 * n];
-            layer.forward(&x, 3, &mut out, level, 1);
+            layer.forward(&x, 3, &mut out, level, 1, Epilogue::Bias);
             assert!(out[..n].iter().all(|&v| v == 0.5), "{level}");
             assert!(out[n..].iter().all(|v| v.is_nan()), "{level}");
         }
@@ -613,7 +625,14 @@ mod tests {
         bad[3] = f32::NAN;
         let layer = Int8Linear::quantize(&bad, &vec![0.0; n], k).unwrap();
         let mut out = vec![0.0; n];
-        layer.forward(&values(9, k), 1, &mut out, KernelLevel::Scalar, 1);
+        layer.forward(
+            &values(9, k),
+            1,
+            &mut out,
+            KernelLevel::Scalar,
+            1,
+            Epilogue::Bias,
+        );
         assert!(out[0].is_nan() && out[1..].iter().all(|v| v.is_finite()));
     }
 

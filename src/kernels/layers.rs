@@ -17,7 +17,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, InplaceOp1, Layout, Result, Shape};
 
-use super::{KernelLevel, PackedLinear};
+use super::{Epilogue, KernelLevel, PackedLinear};
 
 /// Defines `$generic`, compiled for the baseline target, and `$avx2`, the same body compiled
 /// for AVX2+FMA. The `unsafe` form is for bodies with a caller's contract (raw pointers): both
@@ -48,6 +48,61 @@ macro_rules! dispatch {
         #[target_feature(enable = "avx2,fma")]
         unsafe fn $avx2($($arg: $ty),*) { unsafe { $generic($($arg),*) } }
     };
+}
+
+/// [`dispatch!`] plus `$avx512`, the same body compiled for AVX-512 (F/BW/VL/DQ), where LLVM
+/// uses 16-lane vectors: for the element-wise and attention loops that dominate once the
+/// linear layers run in bf16.
+macro_rules! dispatch512 {
+    ($(#[$attr:meta])* $generic:ident, $avx2:ident, $avx512:ident, ($($arg:ident : $ty:ty),*) $body:block) => {
+        dispatch!($generic, $avx2, ($($arg: $ty),*) $body);
+
+        /// The same function compiled for AVX-512.
+        ///
+        /// # Safety
+        ///
+        /// The CPU must support AVX-512 F/BW/VL/DQ, AVX2 and FMA (level `avx512-vnni` or up).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+        unsafe fn $avx512($($arg: $ty),*) { $generic($($arg),*) }
+    };
+    ($(#[$attr:meta])* unsafe $generic:ident, $avx2:ident, $avx512:ident, ($($arg:ident : $ty:ty),*) $body:block) => {
+        dispatch!($(#[$attr])* unsafe $generic, $avx2, ($($arg: $ty),*) $body);
+
+        $(#[$attr])*
+        ///
+        /// Compiled for AVX-512: the CPU must also support AVX-512 F/BW/VL/DQ, AVX2 and FMA
+        /// (level `avx512-vnni` or up).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+        unsafe fn $avx512($($arg: $ty),*) { unsafe { $generic($($arg),*) } }
+    };
+}
+
+/// Which compiled version of a `dispatch512!` function runs at `level` (never above what the
+/// CPU has).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Generic,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+fn variant(level: KernelLevel) -> Variant {
+    let level = level.min(KernelLevel::detected());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if level >= KernelLevel::Avx512Vnni {
+            return Variant::Avx512;
+        }
+        if level >= KernelLevel::Avx2 {
+            return Variant::Avx2;
+        }
+    }
+    let _ = level;
+    Variant::Generic
 }
 
 /// Whether the AVX2+FMA versions may run: the CPU has both. Always false under miri, which
@@ -502,15 +557,29 @@ fn erf(x: f32) -> f32 {
     y.copysign(x)
 }
 
-dispatch!(gelu_generic, gelu_avx2, (x: &mut [f32]) {
+dispatch512!(gelu_generic, gelu_avx2, gelu_avx512, (x: &mut [f32]) {
     for v in x.iter_mut() {
         *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
     }
 });
 
-/// GELU with the exact erf form BERT uses (`hidden_act: "gelu"`), in place.
+/// GELU with the exact erf form BERT uses (`hidden_act: "gelu"`), in place, with the best
+/// vectors the CPU has.
 pub fn gelu(x: &mut [f32]) {
-    call!(gelu_generic, gelu_avx2, x)
+    gelu_at(x, KernelLevel::detected())
+}
+
+/// [`gelu`] with vectors no wider than `level` allows.
+pub fn gelu_at(x: &mut [f32], level: KernelLevel) {
+    match variant(level) {
+        // SAFETY: `variant` never picks a version the CPU lacks the features of.
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx512 => unsafe { gelu_avx512(x) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx2 => unsafe { gelu_avx2(x) },
+        Variant::Generic => gelu_generic(x),
+    }
 }
 
 /// Shape of one attention call.
@@ -562,7 +631,7 @@ impl AttentionShape {
     }
 }
 
-dispatch!(
+dispatch512!(
     /// Attention of the (sequence, head) pairs `units`; see [`attention`].
     ///
     /// # Safety
@@ -572,7 +641,7 @@ dispatch!(
     /// `b`, head) in `units`, the elements of rows `b·seq_len..b·seq_len + lengths[b]`, columns
     /// `head·head_dim..(head+1)·head_dim` are written and nothing else accesses them during
     /// the call.
-    unsafe attention_generic, attention_avx2, (qkv: &[f32], out: *mut f32, s: &AttentionShape, units: std::ops::Range<usize>) {
+    unsafe attention_generic, attention_avx2, attention_avx512, (qkv: &[f32], out: *mut f32, s: &AttentionShape, units: std::ops::Range<usize>) {
     // Register tiles: QB queries at a time against KB keys (scores), and QB queries × DB
     // dimensions of the output (weighted values). The fixed-size loops below are what LLVM
     // keeps in vector registers (8 accumulators of 8 lanes in the AVX2 build); a plain
@@ -688,14 +757,19 @@ unsafe fn attention_units(
     out: *mut f32,
     s: &AttentionShape,
     units: std::ops::Range<usize>,
+    level: KernelLevel,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA; the rest is the caller's contract.
-        return unsafe { attention_avx2(qkv, out, s, units) };
+    match variant(level) {
+        // SAFETY: `variant` never picks a version the CPU lacks the features of; the rest is
+        // the caller's contract.
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx512 => unsafe { attention_avx512(qkv, out, s, units) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx2 => unsafe { attention_avx2(qkv, out, s, units) },
+        // SAFETY: the caller's contract.
+        Variant::Generic => unsafe { attention_generic(qkv, out, s, units) },
     }
-    // SAFETY: the caller's contract.
-    unsafe { attention_generic(qkv, out, s, units) }
 }
 
 /// Multi-head self-attention over a fused QKV projection `[batch·seq, 3·hidden]` (q, k, v
@@ -708,6 +782,21 @@ unsafe fn attention_units(
 ///
 /// When a size overflows or does not match the shape, or a length is not in `1..=seq_len`.
 pub fn attention(qkv: &[f32], out: &mut [f32], s: &AttentionShape, threads: usize) {
+    attention_at(qkv, out, s, threads, KernelLevel::detected())
+}
+
+/// [`attention`] with vectors no wider than `level` allows.
+///
+/// # Panics
+///
+/// As [`attention`].
+pub fn attention_at(
+    qkv: &[f32],
+    out: &mut [f32],
+    s: &AttentionShape,
+    threads: usize,
+    level: KernelLevel,
+) {
     let sizes = s.sizes().expect("attention: sizes overflow usize");
     assert_eq!(qkv.len(), sizes.qkv, "attention: qkv size");
     assert_eq!(out.len(), sizes.out, "attention: output size");
@@ -728,7 +817,7 @@ pub fn attention(qkv: &[f32], out: &mut [f32], s: &AttentionShape, threads: usiz
         // SAFETY: sizes, lengths and buffer lengths checked above; `out` stays mutably
         // borrowed until every call returns (the scope below joins its tasks), and the unit
         // ranges given to concurrent calls are disjoint, so are the elements they write.
-        unsafe { attention_units(qkv, shared.0, s, range) }
+        unsafe { attention_units(qkv, shared.0, s, range, level) }
     };
     if threads == 1 {
         run(0..units);
@@ -764,7 +853,7 @@ fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]
 #[derive(Clone, Copy)]
 pub enum LinearWeights<'a> {
     F32(&'a [LinearPart<'a>]),
-    Packed(&'a PackedLinear, KernelLevel),
+    Packed(&'a PackedLinear),
 }
 
 /// A linear layer as a candle op: `x[m×k] → [m × Σn]`, see [`linear`] and
@@ -773,6 +862,10 @@ pub struct Linear<'a> {
     pub weights: LinearWeights<'a>,
     /// Threads the matmul may use for this call (1: run on the calling thread only).
     pub threads: usize,
+    /// Whether GELU follows (fused into the packed layers' store; a pass after f32 ones).
+    pub gelu: bool,
+    /// The kernel path of packed layers, and the widest vectors of GELU.
+    pub level: KernelLevel,
 }
 
 impl CustomOp1 for Linear<'_> {
@@ -795,7 +888,7 @@ impl CustomOp1 for Linear<'_> {
                 }
                 n
             }
-            LinearWeights::Packed(p, _) => {
+            LinearWeights::Packed(p) => {
                 if p.k() != k {
                     candle_core::bail!("linear: input {:?} does not fit the weights", xl.shape());
                 }
@@ -811,8 +904,20 @@ impl CustomOp1 for Linear<'_> {
         };
         let mut out = vec![0.0f32; size];
         match self.weights {
-            LinearWeights::F32(parts) => linear(x, m, k, parts, &mut out, self.threads),
-            LinearWeights::Packed(p, level) => p.forward(x, m, &mut out, level, self.threads),
+            LinearWeights::F32(parts) => {
+                linear(x, m, k, parts, &mut out, self.threads);
+                if self.gelu {
+                    gelu_at(&mut out, self.level);
+                }
+            }
+            LinearWeights::Packed(p) => {
+                let epilogue = if self.gelu {
+                    Epilogue::BiasGelu
+                } else {
+                    Epilogue::Bias
+                };
+                p.forward(x, m, &mut out, self.level, self.threads, epilogue)
+            }
         }
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
@@ -877,6 +982,8 @@ impl InplaceOp1 for Gelu {
 pub struct Attention {
     pub shape: AttentionShape,
     pub threads: usize,
+    /// The widest vectors to use.
+    pub level: KernelLevel,
 }
 
 impl CustomOp1 for Attention {
@@ -897,7 +1004,7 @@ impl CustomOp1 for Attention {
             candle_core::bail!("attention: lengths outside 1..=seq_len in {shape:?}");
         }
         let mut out = vec![0.0f32; sizes.out];
-        attention(qkv, &mut out, shape, self.threads);
+        attention_at(qkv, &mut out, shape, self.threads, self.level);
         Ok((
             CpuStorage::F32(out),
             Shape::from((sizes.rows, sizes.hidden)),
@@ -1395,7 +1502,13 @@ mod tests {
                     // SAFETY: the shape's sizes fit, its lengths are within 1..=seq, and the
                     // buffers have exactly the sizes it implies; one call writes all units.
                     unsafe { attention_generic(&qkv, portable.as_mut_ptr(), &shape, 0..3 * heads) };
-                    for (path, got) in [("dispatched", &single), ("portable", &portable)] {
+                    let mut avx2 = vec![f32::NAN; rows * h];
+                    attention_at(&qkv, &mut avx2, &shape, 1, KernelLevel::Avx2);
+                    for (path, got) in [
+                        ("dispatched", &single),
+                        ("portable", &portable),
+                        ("avx2", &avx2),
+                    ] {
                         for (e, want) in want.iter().enumerate() {
                             let ok = if e % (seq * h) / h >= shape.lengths[e / (seq * h)] {
                                 // Padding rows: zero from `attention`, untouched by the units.
@@ -1519,6 +1632,7 @@ mod tests {
                     lengths,
                 },
                 threads: 1,
+                level: KernelLevel::detected(),
             };
             assert!(qkv.apply_op1_no_bwd(&op).is_err(), "{:?}", op.shape);
         }
@@ -1528,6 +1642,8 @@ mod tests {
         let op = Linear {
             weights: LinearWeights::F32(&parts),
             threads: 1,
+            gelu: false,
+            level: KernelLevel::detected(),
         };
         assert!(
             x.apply_op1_no_bwd(&op).is_err(),
@@ -1538,14 +1654,18 @@ mod tests {
         let op = Linear {
             weights: LinearWeights::F32(&parts),
             threads: 1,
+            gelu: false,
+            level: KernelLevel::detected(),
         };
         let y = x.apply_op1_no_bwd(&op).unwrap();
         assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![1.5, 1.5]; 2]);
         for dtype in [crate::kernels::Dtype::Bf16, crate::kernels::Dtype::Int8] {
             let packed = PackedLinear::pack(dtype, &w, &b, 3).unwrap().unwrap();
             let op = Linear {
-                weights: LinearWeights::Packed(&packed, KernelLevel::detected()),
+                weights: LinearWeights::Packed(&packed),
                 threads: 1,
+                gelu: false,
+                level: KernelLevel::detected(),
             };
             let y = x.apply_op1_no_bwd(&op).unwrap();
             assert_eq!(

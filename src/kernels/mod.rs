@@ -25,6 +25,7 @@ pub use bf16::Bf16Linear;
 pub use cpu::KernelLevel;
 pub use int8::Int8Linear;
 pub use layers::*;
+pub use tiles::Epilogue;
 
 /// The number format of a model's linear-layer weights (LayerNorm, softmax, attention and the
 /// residual stream always stay in f32).
@@ -112,7 +113,8 @@ impl PackedLinear {
         }
     }
 
-    /// `out[m×n] = x[m×k] · Wᵀ + b` (see [`Bf16Linear::forward`], [`Int8Linear::forward`]).
+    /// `out[m×n] = x[m×k] · Wᵀ + b`, then the epilogue (see [`Bf16Linear::forward`],
+    /// [`Int8Linear::forward`]).
     pub fn forward(
         &self,
         x: &[f32],
@@ -120,10 +122,11 @@ impl PackedLinear {
         out: &mut [f32],
         level: KernelLevel,
         threads: usize,
+        epilogue: Epilogue,
     ) {
         match self {
-            PackedLinear::Bf16(l) => l.forward(x, m, out, level, threads),
-            PackedLinear::Int8(l) => l.forward(x, m, out, level, threads),
+            PackedLinear::Bf16(l) => l.forward(x, m, out, level, threads, epilogue),
+            PackedLinear::Int8(l) => l.forward(x, m, out, level, threads, epilogue),
         }
     }
 }
@@ -140,4 +143,34 @@ pub(crate) fn test_values(seed: u64, len: usize) -> Vec<f32> {
             (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gelu_epilogue_equals_gelu_after_the_bias() {
+        for dtype in [Dtype::Bf16, Dtype::Int8] {
+            for (m, n, k) in [(1, 16, 8), (5, 40, 33), (100, 48, 64)] {
+                let x = test_values(41, m * k);
+                let w = test_values(42, n * k);
+                let b = test_values(43, n);
+                let layer = PackedLinear::pack(dtype, &w, &b, k).unwrap().unwrap();
+                for level in KernelLevel::ALL {
+                    if level > KernelLevel::detected() {
+                        continue;
+                    }
+                    let mut want = vec![0.0; m * n];
+                    layer.forward(&x, m, &mut want, level, 1, Epilogue::Bias);
+                    gelu(&mut want);
+                    for threads in [1, 2] {
+                        let mut got = vec![f32::NAN; m * n];
+                        layer.forward(&x, m, &mut got, level, threads, Epilogue::BiasGelu);
+                        assert_eq!(got, want, "{dtype} {m}×{n}×{k} on {level}");
+                    }
+                }
+            }
+        }
+    }
 }

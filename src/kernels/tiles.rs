@@ -8,6 +8,16 @@
 //! block inside a chunk (so a panel block stays in L1/L2 while the chunk's rows pass over it).
 //! Threads split row chunks when there are enough of them, else panel blocks.
 
+/// What a packed linear layer does to its sums before storing them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Epilogue {
+    /// `y = sum + bias`.
+    Bias,
+    /// `y = GELU(sum + bias)` (exact erf), applied while the tile is in cache: one pass over
+    /// the layer's output less than a separate GELU.
+    BiasGelu,
+}
+
 /// Output columns per panel: one AVX-512 register of f32 or i32.
 pub const PANEL: usize = 16;
 

@@ -14,8 +14,8 @@ use serde::Deserialize;
 use super::weights::{Weight, WeightFile};
 use super::ModelError;
 use crate::kernels::{
-    AddLayerNorm, Attention, AttentionShape, Dtype, Gelu, KernelLevel, Linear, LinearPart,
-    LinearWeights, PackedLinear,
+    AddLayerNorm, Attention, AttentionShape, Dtype, KernelLevel, Linear, LinearPart, LinearWeights,
+    PackedLinear,
 };
 
 /// The fields of a Hugging Face `config.json` the encoder needs.
@@ -426,6 +426,7 @@ impl Bert {
                 lengths: sequences.iter().map(|s| s.len()).collect(),
             },
             threads,
+            level: self.level,
         };
         for layer in &self.layers {
             // The f32 parts live here, so that the ops can borrow them.
@@ -446,20 +447,27 @@ impl Bert {
                     ]
                 }
                 Linears::Packed { qkv, out, up, down } => [
-                    LinearWeights::Packed(qkv, self.level),
-                    LinearWeights::Packed(out, self.level),
-                    LinearWeights::Packed(up, self.level),
-                    LinearWeights::Packed(down, self.level),
+                    LinearWeights::Packed(qkv),
+                    LinearWeights::Packed(out),
+                    LinearWeights::Packed(up),
+                    LinearWeights::Packed(down),
                 ],
             };
-            let linear = |weights| Linear { weights, threads };
+            let linear = |weights| Linear {
+                weights,
+                threads,
+                gelu: false,
+                level: self.level,
+            };
             x = (|| {
                 let qkv = x.apply_op1_no_bwd(&linear(qkv_w))?;
                 let context = qkv.apply_op1_no_bwd(&attention)?;
                 let projected = context.apply_op1_no_bwd(&linear(out_w))?;
                 let attended = projected.apply_op2_no_bwd(&x, &layer.attn_norm.op(eps))?;
-                let expanded = attended.apply_op1_no_bwd(&linear(up_w))?;
-                expanded.inplace_op1(&Gelu)?;
+                let expanded = attended.apply_op1_no_bwd(&Linear {
+                    gelu: true,
+                    ..linear(up_w)
+                })?;
                 let reduced = expanded.apply_op1_no_bwd(&linear(down_w))?;
                 reduced.apply_op2_no_bwd(&attended, &layer.ffn_norm.op(eps))
             })()
