@@ -130,7 +130,7 @@ fn bench_forward(c: &mut Criterion) {
 /// every kernel path this CPU has. 856 rows = 8 passages of 107 tokens.
 fn bench_linear(c: &mut Criterion) {
     use zerobatch::kernels::{
-        linear_with, Dtype, KernelLevel, LinearPart, MatmulKernel, PackedLinear,
+        linear_with, Dtype, Epilogue, KernelLevel, LinearPart, MatmulKernel, PackedLinear,
     };
     let (k, n) = (384, 1536);
     let w: Vec<f32> = (0..n * k)
