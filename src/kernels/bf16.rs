@@ -12,7 +12,7 @@
 //! 16 × 2 values (`vdpbf16ps` consumes pairs).
 
 use super::cpu::KernelLevel;
-use super::tiles::{for_each_tile, Epilogue, SharedOut, PANEL};
+use super::tiles::{for_each_tile, Epilogue, SharedOut, BLOCK_ROWS, PANEL};
 
 /// Reduction indices per pair: the two bf16 one f32 lane of `vdpbf16ps` sums.
 const PAIR: usize = 2;
@@ -120,6 +120,33 @@ impl Bf16Linear {
             m.checked_mul(n),
             "bf16 linear: output size"
         );
+        // At most BLOCK_ROWS rows at a time: the converted activations of a whole batch
+        // (16,384 rows × 1,536 for the FFN's down projection) would be tens of MB of extra
+        // peak memory; a block's are a few MB, and still enough rows for every thread.
+        for start in (0..m).step_by(BLOCK_ROWS) {
+            let rows = BLOCK_ROWS.min(m - start);
+            self.forward_block(
+                &x[start * k..(start + rows) * k],
+                rows,
+                &mut out[start * n..(start + rows) * n],
+                level,
+                threads,
+                epilogue,
+            );
+        }
+    }
+
+    /// [`Self::forward`] on at most [`BLOCK_ROWS`] rows.
+    fn forward_block(
+        &self,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+        level: KernelLevel,
+        threads: usize,
+        epilogue: Epilogue,
+    ) {
+        let k = self.k;
         if m == 0 {
             return;
         }
@@ -466,6 +493,7 @@ mod tests {
             (6, 384, 384),
             (100, 40, 37),
             (200, 96, 24),
+            (1000, 20, 10),
         ] {
             let x = values(21 + m as u64, m * k);
             let w = values(27 + n as u64, n * k);

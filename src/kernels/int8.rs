@@ -24,7 +24,7 @@
 //! groups, as `vpdpbusd` consumes them).
 
 use super::cpu::KernelLevel;
-use super::tiles::{for_each_tile, Epilogue, SharedOut, PANEL};
+use super::tiles::{for_each_tile, Epilogue, SharedOut, BLOCK_ROWS, PANEL};
 
 /// Reduction indices per group: the 4 bytes one i32 lane of `vpdpbusd` sums.
 const GROUP: usize = 4;
@@ -215,6 +215,33 @@ impl Int8Linear {
             m.checked_mul(n),
             "int8 linear: output size"
         );
+        // At most BLOCK_ROWS rows at a time: the converted activations of a whole batch
+        // (16,384 rows × 1,536 for the FFN's down projection) would be tens of MB of extra
+        // peak memory; a block's are a few MB, and still enough rows for every thread.
+        for start in (0..m).step_by(BLOCK_ROWS) {
+            let rows = BLOCK_ROWS.min(m - start);
+            self.forward_block(
+                &x[start * k..(start + rows) * k],
+                rows,
+                &mut out[start * n..(start + rows) * n],
+                level,
+                threads,
+                epilogue,
+            );
+        }
+    }
+
+    /// [`Self::forward`] on at most [`BLOCK_ROWS`] rows.
+    fn forward_block(
+        &self,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+        level: KernelLevel,
+        threads: usize,
+        epilogue: Epilogue,
+    ) {
+        let (n, k) = (self.n, self.k);
         if m == 0 {
             return;
         }
@@ -565,6 +592,7 @@ mod tests {
             (100, 40, 37),
             (200, 96, 24),
             (5, 48, 100),
+            (1000, 20, 10),
         ] {
             let x = values(1 + m as u64, m * k);
             let w = values(7 + n as u64, n * k);

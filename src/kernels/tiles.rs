@@ -25,6 +25,9 @@ pub const PANEL: usize = 16;
 /// a chunk of quantized activations (96 × 1536 bytes) sits in L2.
 const CHUNK_ROWS: usize = 96;
 
+/// Rows a packed matmul converts and runs at a time (a multiple of [`CHUNK_ROWS`]).
+pub const BLOCK_ROWS: usize = 8 * CHUNK_ROWS;
+
 /// A raw output pointer that tasks writing disjoint tiles of one buffer may share.
 #[derive(Clone, Copy)]
 pub(crate) struct SharedOut(pub *mut f32);
