@@ -30,7 +30,7 @@ pub const ACCEPT_ERRORS: &str = "zerobatch_accept_errors_total";
 pub const INFLIGHT_BODY_BYTES: &str = "zerobatch_inflight_body_bytes";
 pub const BROKER_JOBS: &str = "zerobatch_broker_jobs_total";
 pub const BROKER_REDELIVERIES: &str = "zerobatch_broker_redeliveries_total";
-pub const BROKER_PULL: &str = "zerobatch_broker_pull_seconds";
+pub const BROKER_WAIT: &str = "zerobatch_broker_wait_seconds";
 pub const BROKER_BACKLOG: &str = "zerobatch_broker_backlog";
 pub const BROKER_PENDING: &str = "zerobatch_broker_pending";
 pub const BROKER_HELD: &str = "zerobatch_broker_held_jobs";
@@ -124,9 +124,9 @@ fn describe() {
         "Queue broker entries claimed after another delivery left them idle past the visibility timeout"
     );
     describe_histogram!(
-        BROKER_PULL,
+        BROKER_WAIT,
         Unit::Seconds,
-        "Time of a read from the queue broker that brought jobs"
+        "Pull latency: time from a job entering the broker to this replica taking it"
     );
     describe_gauge!(
         BROKER_BACKLOG,
@@ -237,9 +237,9 @@ pub fn record_broker_redeliveries(n: usize) {
     metrics::counter!(BROKER_REDELIVERIES).increment(n as u64);
 }
 
-/// Records the time of a read that brought jobs.
-pub fn record_broker_pull(elapsed: Duration) {
-    metrics::histogram!(BROKER_PULL).record(elapsed.as_secs_f64());
+/// Records how long a job waited in the broker before this replica took it.
+pub fn record_broker_wait(waited: Duration) {
+    metrics::histogram!(BROKER_WAIT).record(waited.as_secs_f64());
 }
 
 /// Sets the broker's backlog as last seen (lag unknown: left as it was).

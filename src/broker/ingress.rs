@@ -147,18 +147,18 @@ impl Ingress {
                         .await?;
                     metrics::record_broker_redeliveries(got.len());
                 }
-                if got.len() < permits.len() {
+                // Claimed entries run now: a blocking read first would leave them idle
+                // again, for another replica to claim.
+                if got.is_empty() {
                     if reader.is_none() {
                         reader = Some(self.broker.reader().await?);
                     }
                     let r = reader.as_mut().expect("just opened");
-                    let asked = Instant::now();
-                    let read = self
-                        .broker
-                        .read(r, permits.len() - got.len(), BLOCK)
-                        .await?;
-                    if !read.is_empty() {
-                        metrics::record_broker_pull(asked.elapsed());
+                    let read = self.broker.read(r, permits.len(), BLOCK).await?;
+                    for d in &read {
+                        if let Some(waited) = waited_since_added(&d.entry) {
+                            metrics::record_broker_wait(waited);
+                        }
                     }
                     got.extend(read);
                 }
@@ -172,6 +172,12 @@ impl Ingress {
             .await;
             match pulled {
                 Ok(deliveries) => {
+                    if backoff > BACKOFF_MIN {
+                        tracing::info!(
+                            broker = self.broker.display(),
+                            "the queue broker answers again"
+                        );
+                    }
                     backoff = BACKOFF_MIN;
                     for d in deliveries {
                         let permit = permits.pop().expect("never more entries than slots");
@@ -287,6 +293,7 @@ impl Ingress {
         let body = serde_json::to_vec(&envelope.body).expect("a JSON value serializes");
         loop {
             let answer = async {
+                crate::http::jobs::check_job_route(&envelope.route)?;
                 let parsed =
                     api::parse_request(&envelope.route, &body, self.state.config.max_client_batch)?;
                 crate::http::routes::run_parsed(&self.state, parsed).await
@@ -347,6 +354,17 @@ impl Ingress {
         let body = body_bytes(error.into_response()).await;
         self.broker.dead_letter(id, delivery, &body, status).await
     }
+}
+
+/// How long ago the stream entry `entry` was added, from the milliseconds in its id (Redis's
+/// clock, so a skew between the two clocks shows here).
+fn waited_since_added(entry: &str) -> Option<Duration> {
+    let added_ms: u64 = entry.split_once('-')?.0.parse().ok()?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_millis() as u64;
+    Some(Duration::from_millis(now_ms.saturating_sub(added_ms)))
 }
 
 /// The bytes of a response body (the server's bodies are whole buffers: this never waits).

@@ -146,14 +146,14 @@ impl RedisStreams {
                  redis.call('XDEL', KEYS[2], ARGV[2])
                  return 1",
             ),
-            // KEYS: job hash. ARGV: ttl ms. Returns 'cancelled', the state, or 'unknown'.
+            // KEYS: job hash. ARGV: ttl ms. Returns 'now cancelled', the state, or 'unknown'.
             cancel: lua(
                 "local s = redis.call('HGET', KEYS[1], 'state')
                  if not s then return 'unknown' end
                  if s ~= 'queued' then return s end
                  redis.call('HSET', KEYS[1], 'state', 'cancelled')
                  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-                 return 'cancelled'",
+                 return 'now cancelled'",
             ),
         }
     }
@@ -448,7 +448,7 @@ impl RedisStreams {
             .invoke(self.cancel.key(self.job_key(id)).arg(self.result_ttl_ms))
             .await?;
         Ok(match state.as_str() {
-            "cancelled" => Cancel::Cancelled,
+            "now cancelled" => Cancel::Cancelled,
             "unknown" => Cancel::Unknown,
             _ => Cancel::Not(state),
         })

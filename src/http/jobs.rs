@@ -61,13 +61,7 @@ async fn create(
     body: &[u8],
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let job: JobRequest = api::from_json(body)?;
-    if !JOB_ROUTES.contains(&job.route.as_str()) {
-        return Err(ApiError::BadRequest(format!(
-            "route {:?} cannot run as a job; one of {}",
-            job.route,
-            JOB_ROUTES.join(", ")
-        )));
-    }
+    check_job_route(&job.route)?;
     // The same checks as the route's own requests, now: a job that cannot succeed is
     // refused here rather than dead-lettered later.
     let route_body = serde_json::to_vec(&job.body).expect("a JSON value serializes");
@@ -83,6 +77,18 @@ async fn create(
         r.headers_mut().insert(LOCATION, v);
     }
     Ok(r)
+}
+
+/// 400 unless `route` is one a job may name (the JSON POST routes).
+pub(crate) fn check_job_route(route: &str) -> Result<(), ApiError> {
+    if JOB_ROUTES.contains(&route) {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "route {route:?} cannot run as a job; one of {}",
+            JOB_ROUTES.join(", ")
+        )))
+    }
 }
 
 fn unknown(id: &str) -> ApiError {
