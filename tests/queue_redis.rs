@@ -645,14 +645,23 @@ fn a_replica_killed_mid_run_leaves_its_jobs_to_another_and_none_is_lost() {
         "--queue-max-jobs",
         "32",
     ];
-    let mut a = Proc::spawn(
-        tiny_model(),
-        &[&["--queue", &url][..], &visibility[..]].concat(),
-    );
-    wait_stream_below(&mut con, "jobs", ids.len() as u64 - 100);
-    a.child.kill().unwrap(); // SIGKILL
-    a.child.wait().unwrap();
-    let held = pending(&mut con, "jobs");
+    let args = [&["--queue", &url][..], &visibility[..]].concat();
+    // Replica A is SIGKILLed while it holds jobs (started again in the rare case that it
+    // held none at the moment of the kill).
+    let mut held = 0;
+    for _ in 0..3 {
+        let mut a = Proc::spawn(tiny_model(), &args);
+        let left = xlen(&mut con, "jobs");
+        wait_stream_below(&mut con, "jobs", left - 100);
+        let t = Instant::now();
+        while pending(&mut con, "jobs") == 0 && t.elapsed() < Duration::from_secs(5) {}
+        a.child.kill().unwrap(); // SIGKILL
+        a.child.wait().unwrap();
+        held = pending(&mut con, "jobs");
+        if held > 0 {
+            break;
+        }
+    }
     let states_at_kill = states(&mut con, "jobs", &ids);
     let done = states_at_kill
         .iter()
@@ -663,10 +672,7 @@ fn a_replica_killed_mid_run_leaves_its_jobs_to_another_and_none_is_lost() {
         held > 0,
         "A held no job when it was killed: the test proves nothing"
     );
-    let b = Proc::spawn(
-        tiny_model(),
-        &[&["--queue", &url][..], &visibility[..]].concat(),
-    );
+    let b = Proc::spawn(tiny_model(), &args);
     let t = Instant::now();
     while states(&mut con, "jobs", &ids)
         .iter()
