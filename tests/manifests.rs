@@ -482,7 +482,10 @@ fn crd_schema(file: &str) -> Option<Value> {
 fn keda_resources_pass_the_crd_schemas() {
     let schemas = [
         ("ScaledObject", crd_schema("keda.sh_scaledobjects.yaml")),
-        ("HTTPScaledObject", crd_schema("http.keda.sh_httpscaledobjects.yaml")),
+        (
+            "HTTPScaledObject",
+            crd_schema("http.keda.sh_httpscaledobjects.yaml"),
+        ),
     ];
     let mut checked = 0;
     for p in files_under(&root().join("container"), &["yaml"]) {
@@ -525,11 +528,21 @@ fn queue_worker_manifests_scale_on_the_stream_lag_derived_in_the_docs() {
     let deployment = by_kind("Deployment");
     let scaled = by_kind("ScaledObject");
     let auth = by_kind("TriggerAuthentication");
-    assert_eq!(scaled["spec"]["scaleTargetRef"]["name"], deployment["metadata"]["name"]);
-    assert_eq!(scaled["spec"]["minReplicaCount"].as_u64(), Some(0), "scales to zero");
+    assert_eq!(
+        scaled["spec"]["scaleTargetRef"]["name"],
+        deployment["metadata"]["name"]
+    );
+    assert_eq!(
+        scaled["spec"]["minReplicaCount"].as_u64(),
+        Some(0),
+        "scales to zero"
+    );
     let trigger = &scaled["spec"]["triggers"][0];
     assert_eq!(trigger["type"].as_str(), Some("redis-streams"));
-    assert_eq!(trigger["authenticationRef"]["name"], auth["metadata"]["name"]);
+    assert_eq!(
+        trigger["authenticationRef"]["name"],
+        auth["metadata"]["name"]
+    );
     let pod = &deployment["spec"]["template"]["spec"];
     let env = pod["containers"][0]["env"].as_sequence().unwrap();
     let value = |name: &str| {
@@ -537,7 +550,10 @@ fn queue_worker_manifests_scale_on_the_stream_lag_derived_in_the_docs() {
             .find(|e| e["name"].as_str() == Some(name))
             .map(|e| e["value"].as_str().unwrap_or("(secret)").to_string())
     };
-    assert!(value("QUEUE_URL").is_some(), "the Deployment sets QUEUE_URL");
+    assert!(
+        value("QUEUE_URL").is_some(),
+        "the Deployment sets QUEUE_URL"
+    );
     let timeout: u64 = value("SHUTDOWN_TIMEOUT_MS").unwrap().parse().unwrap();
     assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() * 1000 > timeout);
 
@@ -546,7 +562,10 @@ fn queue_worker_manifests_scale_on_the_stream_lag_derived_in_the_docs() {
     assert_eq!(scale["minReplicas"].as_u64(), Some(0), "scales to zero");
     let rule = &scale["rules"][0]["custom"];
     assert_eq!(rule["type"].as_str(), Some("redis-streams"));
-    for (file, meta) in [("k8s.yaml", &trigger["metadata"]), ("containerapp.yaml", &rule["metadata"])] {
+    for (file, meta) in [
+        ("k8s.yaml", &trigger["metadata"]),
+        ("containerapp.yaml", &rule["metadata"]),
+    ] {
         assert_eq!(
             meta["consumerGroup"].as_str(),
             Some(zerobatch::broker::DEFAULT_GROUP),
