@@ -1,8 +1,8 @@
 //! Queue ingress from Redis Streams against a real `redis-server` started by each test on an
 //! ephemeral port: jobs of every JSON route answered as HTTP answers them (alongside HTTP
 //! load), invalid and poison jobs dead-lettered, entries of a replica that died reclaimed by
-//! another, SIGTERM finishing what a replica holds, a broker that comes up late, and the
-//! `/v1/jobs` routes on two replicas sharing one broker.
+//! another, SIGTERM finishing what a replica holds, a broker that comes up late or restarts
+//! mid-run, and the `/v1/jobs` routes on two replicas sharing one broker.
 //!
 //! Needs `redis-server` (Redis >= 7) on PATH; without it each test fails saying so, unless
 //! `ZEROBATCH_SKIP_REDIS=1` says to skip them knowingly (scripts/test.sh sets it only then).
@@ -44,9 +44,15 @@ impl Redis {
     }
 
     fn start_on(port: u16) -> Redis {
+        Self::start_with(port, &["--appendonly", "no"])
+    }
+
+    /// One on `port` with extra options (persistence: `--appendonly yes --dir DIR`).
+    fn start_with(port: u16, options: &[&str]) -> Redis {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", ""])
+            .args(options)
             .stdout(Stdio::null())
             .spawn()
             .expect("starting redis-server");
@@ -728,4 +734,54 @@ fn sigterm_with_a_backlog_finishes_and_acknowledges_what_the_replica_holds() {
     );
     assert_eq!(pending(&mut con, "jobs"), 0);
     assert_eq!(xlen(&mut con, "jobs") as usize, untouched);
+}
+
+#[test]
+fn a_broker_restart_mid_run_loses_no_job() {
+    if Redis::start().is_none() {
+        return;
+    }
+    // Redis with every write on disk before it answers, so a restart keeps what it acknowledged.
+    let dir = std::env::temp_dir().join(format!("zerobatch-redis-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let options = [
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--dir",
+        &dir_arg,
+    ];
+    let port = free_port();
+    let first = Redis::start_with(port, &options);
+    let mut con = first.conn();
+    let ids: Vec<String> = (0..2000).map(|i| format!("b{i}")).collect();
+    xadd_embed_jobs(&mut con, "jobs", &ids);
+    let server = replica(
+        &first.url("jobs"),
+        &["--queue-visibility-timeout-ms", "1500"],
+    );
+    wait_stream_below(&mut con, "jobs", ids.len() as u64 - 200);
+    drop(first); // SIGKILL, mid-run
+    std::thread::sleep(Duration::from_millis(300));
+    let second = Redis::start_with(port, &options);
+    let mut con = second.conn();
+    let t = Instant::now();
+    while states(&mut con, "jobs", &ids)
+        .iter()
+        .any(|s| s.as_deref() != Some("succeeded"))
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "jobs lost across the restart"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(pending(&mut con, "jobs"), 0);
+    assert_eq!(xlen(&mut con, "jobs"), 0);
+    assert_eq!(xlen(&mut con, "jobs:dead"), 0);
+    assert_eq!(get(server.addr, "/readyz").json()["queue"]["status"], "up");
+    drop(second);
+    let _ = std::fs::remove_dir_all(&dir);
 }

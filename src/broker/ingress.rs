@@ -120,6 +120,7 @@ impl Ingress {
         let mut group_ready = false;
         let mut backoff = BACKOFF_MIN;
         let mut last_claim: Option<Instant> = None;
+        let mut claim_cursor = String::from("0-0");
         let mut last_backlog: Option<Instant> = None;
         while !*stop.borrow() {
             while tasks.try_join_next().is_some() {}
@@ -143,7 +144,11 @@ impl Ingress {
                     last_claim = Some(Instant::now());
                     got = self
                         .broker
-                        .claim_idle(self.config.visibility_timeout, permits.len())
+                        .claim_idle(
+                            self.config.visibility_timeout,
+                            permits.len(),
+                            &mut claim_cursor,
+                        )
                         .await?;
                     metrics::record_broker_redeliveries(got.len());
                 }

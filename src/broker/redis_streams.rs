@@ -73,10 +73,8 @@ pub struct Backlog {
     pub pending: u64,
 }
 
-/// The ended states of a job.
-pub const ENDED: &[&str] = &["succeeded", "failed", "cancelled"];
-
-/// Lua helper shared by the scripts: whether state `s` has ended.
+/// Lua helper shared by the scripts: whether state `s` has ended (`succeeded`, `failed` or
+/// `cancelled`).
 const ENDED_LUA: &str =
     "local function ended(s) return s == 'succeeded' or s == 'failed' or s == 'cancelled' end\n";
 
@@ -184,9 +182,8 @@ impl RedisStreams {
             }
             Err(e) => {
                 let e = BrokerError::from(e);
-                if let BrokerError::Unreachable(reason) = &e {
-                    *self.down.write() = Some(reason.clone());
-                    crate::metrics::set_broker_up(false);
+                if let BrokerError::Unreachable(_) = &e {
+                    self.mark_down(&e.to_string());
                 }
                 Err(e)
             }
@@ -305,21 +302,26 @@ impl RedisStreams {
     }
 
     /// Claims up to `count` entries that other consumers (or a previous life of this one)
-    /// took and left idle for `min_idle`, with how many times each has been delivered.
+    /// took and left idle for `min_idle`, with how many times each has been delivered. The
+    /// scan of the pending entries starts at `cursor` and goes on from where it stopped (the
+    /// cursor is updated; `0-0` again after the end), so idle entries behind many busy ones
+    /// are reached too.
     pub async fn claim_idle(
         &self,
         min_idle: Duration,
         count: usize,
+        cursor: &mut String,
     ) -> Result<Vec<Delivery>, BrokerError> {
         let mut cmd = redis::cmd("XAUTOCLAIM");
         cmd.arg(&self.target.stream)
             .arg(&self.target.group)
             .arg(&self.consumer)
             .arg(min_idle.as_millis() as u64)
-            .arg("0-0")
+            .arg(cursor.as_str())
             .arg("COUNT")
             .arg(count);
         let reply: StreamAutoClaimReply = self.query(&cmd).await?;
+        *cursor = reply.next_stream_id;
         let mut out = Vec::with_capacity(reply.claimed.len());
         for id in reply.claimed {
             let mut pending = redis::cmd("XPENDING");
