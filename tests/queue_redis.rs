@@ -785,3 +785,27 @@ fn a_broker_restart_mid_run_loses_no_job() {
     drop(second);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_idle_replica_reading_an_empty_stream_burns_no_cpu() {
+    let Some(redis) = Redis::start() else { return };
+    let p = replica(&redis.url("jobs"), &[]);
+    let mut con = redis.conn();
+    let ids: Vec<String> = (0..50).map(|i| format!("i{i}")).collect();
+    xadd_embed_jobs(&mut con, "jobs", &ids);
+    wait_ended(&mut con, "jobs", &ids, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    // Three blocking reads (2 s each) and a backlog refresh fall in the window.
+    let before = p.cpu_ns();
+    std::thread::sleep(Duration::from_secs(6));
+    let used = p.cpu_ns() - before;
+    eprintln!(
+        "CPU used over 6 s idle with --queue: {:.3} ms",
+        used as f64 / 1e6
+    );
+    assert!(
+        used < 10_000_000,
+        "an idle replica used {:.3} ms of CPU in 6 s",
+        used as f64 / 1e6
+    );
+}
