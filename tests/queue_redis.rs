@@ -146,6 +146,17 @@ fn wait_stream_below(con: &mut redis::Connection, stream: &str, below: u64) {
     }
 }
 
+/// The entries of the dead-letter stream of `stream`.
+fn dead_letters(con: &mut redis::Connection, stream: &str) -> Vec<redis::streams::StreamId> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("{stream}:dead"))
+        .arg("-")
+        .arg("+")
+        .query(con)
+        .unwrap();
+    reply.ids
+}
+
 fn hget(con: &mut redis::Connection, key: &str, field: &str) -> Option<String> {
     redis::cmd("HGET").arg(key).arg(field).query(con).unwrap()
 }
@@ -299,7 +310,10 @@ fn jobs_of_every_route_are_answered_as_http_answers_them_alongside_http_load() {
 #[test]
 fn invalid_jobs_go_to_the_dead_letters_with_the_error_http_would_give() {
     let Some(redis) = Redis::start() else { return };
-    let server = replica(&redis.url("jobs"), &["--max-client-batch", "2"]);
+    let server = replica(
+        &redis.url("jobs"),
+        &["--max-client-batch", "2", "--max-body-bytes", "4096"],
+    );
     let mut con = redis.conn();
     let cases = [
         (
@@ -333,6 +347,12 @@ fn invalid_jobs_go_to_the_dead_letters_with_the_error_http_would_give() {
         .arg("not json")
         .exec(&mut con)
         .unwrap();
+    let huge = "x".repeat(5000);
+    xadd(
+        &mut con,
+        "jobs",
+        &json!({ "id": "huge", "route": "/embed", "body": { "inputs": huge } }),
+    );
     xadd(
         &mut con,
         "jobs",
@@ -353,27 +373,25 @@ fn invalid_jobs_go_to_the_dead_letters_with_the_error_http_would_give() {
         );
     }
     let t = Instant::now();
-    while xlen(&mut con, "jobs:dead") < 6 {
+    while xlen(&mut con, "jobs:dead") < 7 {
         assert!(
             t.elapsed() < Duration::from_secs(10),
             "dead letters missing"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let dead: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg("jobs:dead")
-        .arg("-")
-        .arg("+")
-        .query(&mut con)
-        .unwrap();
+    let dead = dead_letters(&mut con, "jobs");
     let errors: Vec<String> = dead
-        .ids
         .iter()
         .map(|e| e.get::<String>("error").unwrap())
         .collect();
     assert!(errors.iter().any(|e| e.contains("not a job")), "{errors:?}");
     assert!(
         errors.iter().any(|e| e.contains("is not valid")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("(--max-body-bytes)")),
         "{errors:?}"
     );
     assert!(
@@ -463,15 +481,10 @@ fn idle_entries_are_reclaimed_and_a_poison_job_is_dead_lettered_after_max_delive
             .contains("delivered 4 times without finishing"),
         "{body}"
     );
-    let dead: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg("jobs:dead")
-        .arg("-")
-        .arg("+")
-        .query(&mut con)
-        .unwrap();
-    assert_eq!(dead.ids.len(), 1);
-    assert_eq!(dead.ids[0].get::<String>("entry").unwrap(), poison_entry);
-    assert_eq!(dead.ids[0].get::<String>("deliveries").unwrap(), "4");
+    let dead = dead_letters(&mut con, "jobs");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].get::<String>("entry").unwrap(), poison_entry);
+    assert_eq!(dead[0].get::<String>("deliveries").unwrap(), "4");
     assert_eq!(pending(&mut con, "jobs"), 0);
     let m = get(server.addr, "/metrics").text();
     assert_eq!(metric(&m, "zerobatch_broker_redeliveries_total"), 2.0);

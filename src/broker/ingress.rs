@@ -251,6 +251,23 @@ impl Ingress {
     }
 
     async fn run_job(&self, delivery: &Delivery) -> Result<Outcome, BrokerError> {
+        // The limits of an HTTP body hold for a job: its size (413), and its share of the bytes
+        // of bodies held at once, shared with HTTP requests, while it is parsed and tokenized.
+        let size = delivery.job.as_deref().map_or(0, str::len);
+        let limit = self.state.config.max_body_bytes;
+        if size > limit {
+            let error = ApiError::PayloadTooLarge(format!(
+                "the job is {size} bytes; the limit is {limit} (--max-body-bytes)"
+            ));
+            return self.reject(None, delivery, error).await;
+        }
+        let _body_budget = self
+            .state
+            .body_budget
+            .clone()
+            .acquire_many_owned(size as u32)
+            .await
+            .ok();
         let envelope = match delivery
             .job
             .as_deref()
