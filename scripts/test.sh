@@ -32,6 +32,28 @@ unset API_KEY
 model_dir=$(scripts/fetch-model.sh | tail -n 1)
 export ZEROBATCH_MODEL_DIR="$model_dir"
 
+# ---- Redis (tests/queue_redis.rs) ----
+# The queue tests start a real redis-server (Redis >= 7) on ephemeral ports. This script
+# installs nothing: without it, it stops, unless ZEROBATCH_SKIP_REDIS=1 says to skip those
+# tests knowingly (they then print SKIPPED). .ci/run installs it.
+redis_skipped=0
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "${ZEROBATCH_SKIP_REDIS:-}" = 1 ]; then
+    redis_skipped=1
+    echo "WARNING: redis-server is not installed: the queue tests (tests/queue_redis.rs) are SKIPPED (ZEROBATCH_SKIP_REDIS=1)" >&2
+  else
+    echo "error: redis-server is not installed; the queue tests need Redis >= 7 (e.g. apt-get install redis-server). Set ZEROBATCH_SKIP_REDIS=1 to run the other tests without them." >&2
+    exit 1
+  fi
+else
+  redis_version=$(redis-server --version | sed -n 's/.* v=\([0-9]*\)\..*/\1/p')
+  if [ "${redis_version:-0}" -lt 7 ]; then
+    echo "error: redis-server ${redis_version:-?}.x is too old: the queue needs Redis >= 7 (XAUTOCLAIM's deleted entries, the group lag KEDA reads)" >&2
+    exit 1
+  fi
+fi
+# ---- end Redis ----
+
 # ---- Python clients (tests/python_clients.rs) ----
 # The real huggingface_hub and openai clients run against the server from a venv under
 # target/ (scripts/test-venv.sh; built once, reused). Without the venv that test skips, and a
@@ -52,5 +74,8 @@ status=0
 cargo test --locked --all-targets "$@" || status=$?
 if [ "$shellcheck_missing" = 1 ]; then
   echo "WARNING: the shellcheck check was SKIPPED (shellcheck is not installed)." >&2
+fi
+if [ "$redis_skipped" = 1 ]; then
+  echo "WARNING: the queue tests were SKIPPED (redis-server is not installed)." >&2
 fi
 exit "$status"

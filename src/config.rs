@@ -157,6 +157,39 @@ pub struct ServeConfig {
     /// unfinished then get 503.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 25_000)]
     pub shutdown_timeout_ms: u64,
+
+    /// Also take jobs from a queue broker: redis://[USER:PASS@]HOST:PORT/STREAM[?group=GROUP]
+    /// (a Redis >= 7 stream read by a consumer group, default group "zerobatch"). Enables
+    /// /v1/jobs. Without it the server takes HTTP requests only.
+    #[arg(long, env = "QUEUE_URL", hide_env_values = true, value_parser = parse_queue_url)]
+    pub queue: Option<crate::broker::QueueUrl>,
+
+    /// How long a job taken by a replica may stay idle before another replica takes it over,
+    /// in milliseconds (a running job resets it while it runs).
+    #[arg(long, env = "QUEUE_VISIBILITY_TIMEOUT_MS", default_value_t = 60_000)]
+    pub queue_visibility_timeout_ms: u64,
+
+    /// Deliveries after which a job that never finished goes to the dead-letter stream.
+    #[arg(long, env = "QUEUE_MAX_DELIVERIES", default_value_t = 5)]
+    pub queue_max_deliveries: u64,
+
+    /// Most queue jobs this replica holds at once (taken from the broker, not yet answered).
+    #[arg(long, env = "QUEUE_MAX_JOBS", default_value_t = 64)]
+    pub queue_max_jobs: usize,
+
+    /// How long a job's state and result are kept in the broker after its last change, in
+    /// milliseconds.
+    #[arg(long, env = "QUEUE_RESULT_TTL_MS", default_value_t = 86_400_000)]
+    pub queue_result_ttl_ms: u64,
+
+    /// This replica's consumer name in the group. Default: the host name and process id.
+    #[arg(long, env = "QUEUE_CONSUMER")]
+    pub queue_consumer: Option<String>,
+}
+
+fn parse_queue_url(s: &str) -> Result<crate::broker::QueueUrl, String> {
+    s.parse()
+        .map_err(|e: crate::broker::BrokerError| e.to_string())
 }
 
 /// A reason the configuration cannot work, said before anything starts.
@@ -174,6 +207,8 @@ pub enum ConfigError {
     BodyBudgetUnderBody { budget: usize, body: usize },
     #[error("--max-body-bytes ({0}) must be below 4 GiB")]
     BodyTooLarge(usize),
+    #[error("--queue-visibility-timeout-ms ({0}) must be at least 1000")]
+    VisibilityTooShort(u64),
 }
 
 impl ServeConfig {
@@ -188,10 +223,18 @@ impl ServeConfig {
             ("max-inflight-body-bytes", self.max_inflight_body_bytes),
             ("client-timeout-ms", self.client_timeout_ms as usize),
             ("header-timeout-ms", self.header_timeout_ms as usize),
+            ("queue-max-jobs", self.queue_max_jobs),
+            ("queue-max-deliveries", self.queue_max_deliveries as usize),
+            ("queue-result-ttl-ms", self.queue_result_ttl_ms as usize),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
             }
+        }
+        if self.queue_visibility_timeout_ms < 1000 {
+            return Err(ConfigError::VisibilityTooShort(
+                self.queue_visibility_timeout_ms,
+            ));
         }
         if self.request_timeout_ms == 0 {
             return Err(ConfigError::Zero("request-timeout-ms"));
@@ -258,6 +301,20 @@ impl ServeConfig {
         Duration::from_millis(self.max_batch_delay_ms)
     }
 
+    /// This replica's consumer name: `--queue-consumer`, else host name and process id
+    /// (unique per replica on ACA and Kubernetes, where each replica has its own host name).
+    pub fn queue_consumer(&self) -> String {
+        self.queue_consumer.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "zerobatch".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+
     /// A configuration for tests: loopback, a free port, the given model, small limits.
     pub fn for_tests(model: &str) -> Self {
         let mut config = Cli::parse_from(["zerobatch", "--host", "127.0.0.1", "--port", "0"]).serve;
@@ -308,5 +365,13 @@ mod tests {
         ));
         let c = Cli::parse_from(["zerobatch", "--api-key", ""]).serve;
         assert!(matches!(c.validate(), Err(ConfigError::EmptyApiKey)));
+        let c = Cli::parse_from(["zerobatch", "--queue-visibility-timeout-ms", "10"]).serve;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::VisibilityTooShort(10))
+        ));
+        assert!(Cli::try_parse_from(["zerobatch", "--queue", "redis://h:1"]).is_err());
+        let c = Cli::parse_from(["zerobatch", "--queue", "redis://h:1/jobs"]).serve;
+        assert!(c.queue.is_some() && c.validate().is_ok());
     }
 }

@@ -72,6 +72,8 @@ pub struct Lifecycle {
     workers: usize,
     draining: AtomicBool,
     aborted: watch::Sender<bool>,
+    /// Turns true when the last worker is warm (the queue ingress waits for it).
+    warm: watch::Sender<bool>,
     /// Serialises the writes of `zerobatch_ready` with the state they are computed from, so a
     /// warm-up finishing during the start of a drain cannot write 1 after the drain wrote 0.
     ready_gauge: parking_lot::Mutex<()>,
@@ -86,6 +88,7 @@ impl Lifecycle {
             workers,
             draining: AtomicBool::new(false),
             aborted: watch::Sender::new(false),
+            warm: watch::Sender::new(false),
             ready_gauge: parking_lot::Mutex::new(()),
         }
     }
@@ -128,8 +131,17 @@ impl Lifecycle {
         let last = self.workers_warm.fetch_add(1, Ordering::AcqRel) + 1 == self.workers;
         if last {
             metrics::set_ready(!self.is_draining());
+            self.warm.send_replace(true);
         }
         last
+    }
+
+    /// Resolves once the model is loaded and every worker is warm (never if loading fails).
+    pub async fn wait_ready(&self) {
+        let mut rx = self.warm.subscribe();
+        if rx.wait_for(|w| *w).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     pub fn readiness(&self) -> Readiness {

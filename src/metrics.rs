@@ -28,6 +28,13 @@ pub const OPEN_CONNECTIONS: &str = "zerobatch_open_connections";
 pub const CONNECTIONS_LIMITED: &str = "zerobatch_connections_limited_total";
 pub const ACCEPT_ERRORS: &str = "zerobatch_accept_errors_total";
 pub const INFLIGHT_BODY_BYTES: &str = "zerobatch_inflight_body_bytes";
+pub const BROKER_JOBS: &str = "zerobatch_broker_jobs_total";
+pub const BROKER_REDELIVERIES: &str = "zerobatch_broker_redeliveries_total";
+pub const BROKER_WAIT: &str = "zerobatch_broker_wait_seconds";
+pub const BROKER_BACKLOG: &str = "zerobatch_broker_backlog";
+pub const BROKER_PENDING: &str = "zerobatch_broker_pending";
+pub const BROKER_HELD: &str = "zerobatch_broker_held_jobs";
+pub const BROKER_UP: &str = "zerobatch_broker_up";
 
 const SECONDS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 120.0,
@@ -107,6 +114,32 @@ fn describe() {
         INFLIGHT_BODY_BYTES,
         Unit::Bytes,
         "Bytes of request bodies held now (bounded by --max-inflight-body-bytes)"
+    );
+    describe_counter!(
+        BROKER_JOBS,
+        "Queue broker jobs handled by this replica, by outcome (succeeded, invalid, dead_lettered, skipped, released)"
+    );
+    describe_counter!(
+        BROKER_REDELIVERIES,
+        "Queue broker entries claimed after another delivery left them idle past the visibility timeout"
+    );
+    describe_histogram!(
+        BROKER_WAIT,
+        Unit::Seconds,
+        "Pull latency: time from a job entering the broker to this replica taking it"
+    );
+    describe_gauge!(
+        BROKER_BACKLOG,
+        "Jobs in the queue broker not yet delivered to any replica (the stream group's lag)"
+    );
+    describe_gauge!(
+        BROKER_PENDING,
+        "Jobs delivered to some replica and not yet acknowledged"
+    );
+    describe_gauge!(BROKER_HELD, "Queue broker jobs this replica holds now");
+    describe_gauge!(
+        BROKER_UP,
+        "1 when the queue broker answered the last command"
     );
     metrics::gauge!(QUEUE_DEPTH).set(0.0);
     metrics::gauge!(INFLIGHT).set(0.0);
@@ -192,6 +225,39 @@ pub fn record_connection_limited(closed: bool) {
 
 pub fn record_accept_error() {
     metrics::counter!(ACCEPT_ERRORS).increment(1);
+}
+
+/// Counts one broker job by how it ended here.
+pub fn record_broker_job(outcome: &'static str) {
+    metrics::counter!(BROKER_JOBS, "outcome" => outcome).increment(1);
+}
+
+/// Counts entries claimed from other deliveries.
+pub fn record_broker_redeliveries(n: usize) {
+    metrics::counter!(BROKER_REDELIVERIES).increment(n as u64);
+}
+
+/// Records how long a job waited in the broker before this replica took it.
+pub fn record_broker_wait(waited: Duration) {
+    metrics::histogram!(BROKER_WAIT).record(waited.as_secs_f64());
+}
+
+/// Sets the broker's backlog as last seen (lag unknown: left as it was).
+pub fn set_broker_backlog(lag: Option<u64>, pending: u64) {
+    if let Some(lag) = lag {
+        metrics::gauge!(BROKER_BACKLOG).set(lag as f64);
+    }
+    metrics::gauge!(BROKER_PENDING).set(pending as f64);
+}
+
+/// Changes the number of broker jobs held.
+pub fn broker_held_delta(delta: f64) {
+    metrics::gauge!(BROKER_HELD).increment(delta);
+}
+
+/// Whether the broker answered the last command.
+pub fn set_broker_up(up: bool) {
+    metrics::gauge!(BROKER_UP).set(if up { 1.0 } else { 0.0 });
 }
 
 pub fn set_inflight_body_bytes(bytes: usize) {

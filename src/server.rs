@@ -11,6 +11,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::batcher::{BatchLimits, Batcher};
+use crate::broker::ingress::{Ingress, IngressConfig};
+use crate::broker::redis_streams::RedisStreams;
 use crate::config::{available_cores, ServeConfig};
 use crate::http::{self, AppState};
 use crate::lifecycle::{Lifecycle, Serving};
@@ -77,11 +79,33 @@ where
         },
         config.max_batch_delay(),
     ));
-    let state = Arc::new(AppState::new(
-        config.clone(),
-        lifecycle.clone(),
-        queue.clone(),
-    ));
+    let broker = config.queue.as_ref().map(|url| {
+        let crate::broker::QueueUrl::Redis(target) = url.clone();
+        Arc::new(RedisStreams::new(
+            target,
+            config.queue_consumer(),
+            Duration::from_millis(config.queue_result_ttl_ms),
+        ))
+    });
+    let mut state = AppState::new(config.clone(), lifecycle.clone(), queue.clone());
+    if let Some(b) = &broker {
+        state = state.with_broker(b.clone());
+    }
+    let state = Arc::new(state);
+    // The queue ingress: pulls broker jobs once the workers are warm, until the drain starts.
+    let (stop_pulling, pulling_stopped) = watch::channel(false);
+    let ingress = broker.map(|broker| {
+        let ingress = Arc::new(Ingress::new(
+            broker,
+            state.clone(),
+            IngressConfig {
+                max_jobs: config.queue_max_jobs,
+                visibility_timeout: Duration::from_millis(config.queue_visibility_timeout_ms),
+                max_deliveries: config.queue_max_deliveries,
+            },
+        ));
+        tokio::spawn(ingress.run(pulling_stopped))
+    });
 
     let local_addr = listener.local_addr();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -117,6 +141,8 @@ where
     );
     let signalled = Instant::now();
     lifecycle.start_draining();
+    // Stop taking broker jobs at once; those held are finished below, within the deadline.
+    let _ = stop_pulling.send(true);
     if load_failed {
         // Nothing to drain: held requests already have their 503 with the reason. Exit now so
         // the platform restarts the replica.
@@ -137,6 +163,9 @@ where
     let drained = async {
         let connections = accepting.await.expect("the accept loop does not panic");
         connections.drain().await;
+        if let Some(ingress) = ingress {
+            let _ = ingress.await;
+        }
     };
     if tokio::time::timeout_at(deadline.into(), drained)
         .await

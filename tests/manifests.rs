@@ -383,3 +383,201 @@ fn shell_scripts_pass_shellcheck() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// Checks `v` against an OpenAPI v3 structural schema, as a cluster validates a custom
+/// resource: types, required fields, enums, minimum lengths and item counts, and no field the
+/// schema does not define (a cluster would drop a misspelt field without a word).
+fn check_schema(v: &Value, schema: &Value, at: &str, errors: &mut Vec<String>) {
+    let flag = |name: &str| schema.get(name).and_then(Value::as_bool) == Some(true);
+    if flag("x-kubernetes-int-or-string") {
+        if !(v.is_string() || v.as_i64().is_some()) {
+            errors.push(format!("{at}: expected an integer or a string"));
+        }
+        return;
+    }
+    if let Some(t) = schema.get("type").and_then(Value::as_str) {
+        let ok = match t {
+            "object" => v.is_mapping(),
+            "array" => v.is_sequence(),
+            "string" => v.is_string(),
+            "integer" => v.as_i64().is_some(),
+            "number" => v.is_number(),
+            "boolean" => v.is_bool(),
+            _ => true,
+        };
+        if !ok {
+            errors.push(format!("{at}: expected {t}, found {v:?}"));
+            return;
+        }
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_sequence) {
+        if !allowed.contains(v) {
+            errors.push(format!("{at}: {v:?} is not one of {allowed:?}"));
+        }
+    }
+    if let (Some(min), Some(s)) = (schema.get("minLength").and_then(Value::as_u64), v.as_str()) {
+        if (s.chars().count() as u64) < min {
+            errors.push(format!("{at}: shorter than {min}"));
+        }
+    }
+    if let Value::Sequence(items) = v {
+        if let Some(min) = schema.get("minItems").and_then(Value::as_u64) {
+            if (items.len() as u64) < min {
+                errors.push(format!("{at}: fewer than {min} items"));
+            }
+        }
+        if let Some(item_schema) = schema.get("items") {
+            for (i, item) in items.iter().enumerate() {
+                check_schema(item, item_schema, &format!("{at}[{i}]"), errors);
+            }
+        }
+    }
+    if let Value::Mapping(fields) = v {
+        for name in schema
+            .get("required")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            if !fields.contains_key(name) {
+                errors.push(format!("{at}: missing required field {name:?}"));
+            }
+        }
+        let properties = schema.get("properties");
+        for (key, child) in fields {
+            let name = key.as_str().unwrap_or_default();
+            let here = format!("{at}.{name}");
+            match properties.and_then(|p| p.get(key)) {
+                Some(s) => check_schema(child, s, &here, errors),
+                None => match schema.get("additionalProperties") {
+                    Some(s @ Value::Mapping(_)) => check_schema(child, s, &here, errors),
+                    Some(Value::Bool(true)) => {}
+                    _ if flag("x-kubernetes-preserve-unknown-fields") => {}
+                    _ if properties.is_none() => {}
+                    _ => errors.push(format!("{here}: not a field of this resource")),
+                },
+            }
+        }
+    }
+}
+
+/// The OpenAPI schema of a KEDA CRD, from the unchanged copies in tests/data/keda/ (their
+/// README says where they come from). Where the workspace's shared/schemas/ lies beside the
+/// repository, the copies must still be identical to it.
+fn crd_schema(file: &str) -> Option<Value> {
+    let path = root().join("tests/data/keda").join(file);
+    let shared = root().join("../shared/schemas").join(file);
+    if shared.is_file() {
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            std::fs::read(&shared).unwrap(),
+            "{} differs from {}",
+            path.display(),
+            shared.display()
+        );
+    }
+    let crd = &documents(&path)[0];
+    Some(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone())
+}
+
+#[test]
+fn keda_resources_pass_the_crd_schemas() {
+    let schemas = [
+        ("ScaledObject", crd_schema("keda.sh_scaledobjects.yaml")),
+        (
+            "HTTPScaledObject",
+            crd_schema("http.keda.sh_httpscaledobjects.yaml"),
+        ),
+    ];
+    let mut checked = 0;
+    for p in files_under(&root().join("container"), &["yaml"]) {
+        for doc in documents(&p) {
+            for (kind, schema) in &schemas {
+                let Some(schema) = schema else { continue };
+                if doc["kind"].as_str() == Some(kind) {
+                    let mut errors = Vec::new();
+                    check_schema(&doc, schema, kind, &mut errors);
+                    assert!(errors.is_empty(), "{}: {errors:#?}", p.display());
+                    checked += 1;
+                }
+            }
+        }
+    }
+    if schemas.iter().all(|(_, s)| s.is_some()) {
+        assert!(checked >= 3, "only {checked} KEDA resources found");
+    }
+    // The checker itself refuses what a cluster would.
+    if let Some(schema) = &schemas[0].1 {
+        let doc = &documents(&root().join("container/queue/k8s.yaml"))[2];
+        let mut bad = doc.clone();
+        bad["spec"]["triggers"][0]["metadata"]["lagCount"] = Value::from(5);
+        bad["spec"]["minReplicaCunt"] = Value::from(0);
+        let mut errors = Vec::new();
+        check_schema(&bad, schema, "ScaledObject", &mut errors);
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+    }
+}
+
+#[test]
+fn queue_worker_manifests_scale_on_the_stream_lag_derived_in_the_docs() {
+    let docs = std::fs::read_to_string(root().join("docs/queue.md")).unwrap();
+    let k8s = documents(&root().join("container/queue/k8s.yaml"));
+    let by_kind = |kind: &str| {
+        k8s.iter()
+            .find(|d| d["kind"].as_str() == Some(kind))
+            .unwrap_or_else(|| panic!("container/queue/k8s.yaml has no {kind}"))
+    };
+    let deployment = by_kind("Deployment");
+    let scaled = by_kind("ScaledObject");
+    let auth = by_kind("TriggerAuthentication");
+    assert_eq!(
+        scaled["spec"]["scaleTargetRef"]["name"],
+        deployment["metadata"]["name"]
+    );
+    assert_eq!(
+        scaled["spec"]["minReplicaCount"].as_u64(),
+        Some(0),
+        "scales to zero"
+    );
+    let trigger = &scaled["spec"]["triggers"][0];
+    assert_eq!(trigger["type"].as_str(), Some("redis-streams"));
+    assert_eq!(
+        trigger["authenticationRef"]["name"],
+        auth["metadata"]["name"]
+    );
+    let pod = &deployment["spec"]["template"]["spec"];
+    let env = pod["containers"][0]["env"].as_sequence().unwrap();
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e["name"].as_str() == Some(name))
+            .map(|e| e["value"].as_str().unwrap_or("(secret)").to_string())
+    };
+    assert!(
+        value("QUEUE_URL").is_some(),
+        "the Deployment sets QUEUE_URL"
+    );
+    let timeout: u64 = value("SHUTDOWN_TIMEOUT_MS").unwrap().parse().unwrap();
+    assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() * 1000 > timeout);
+
+    let app = &documents(&root().join("container/queue/containerapp.yaml"))[0];
+    let scale = &app["properties"]["template"]["scale"];
+    assert_eq!(scale["minReplicas"].as_u64(), Some(0), "scales to zero");
+    let rule = &scale["rules"][0]["custom"];
+    assert_eq!(rule["type"].as_str(), Some("redis-streams"));
+    for (file, meta) in [
+        ("k8s.yaml", &trigger["metadata"]),
+        ("containerapp.yaml", &rule["metadata"]),
+    ] {
+        assert_eq!(
+            meta["consumerGroup"].as_str(),
+            Some(zerobatch::broker::DEFAULT_GROUP),
+            "{file}: the group zerobatch reads by default"
+        );
+        let lag = meta["lagCount"].as_str().unwrap();
+        assert!(lag.parse::<u64>().is_ok(), "{file}: lagCount {lag:?}");
+        assert!(
+            docs.contains(&format!("lagCount: \"{lag}\"")),
+            "{file}: docs/queue.md derives lagCount {lag}"
+        );
+    }
+}

@@ -69,7 +69,7 @@ pub fn check_count(n: usize, max_client_batch: usize) -> Result<(), ApiError> {
 
 /// `serde_json` with error messages for people: where it failed, and what a lone surrogate
 /// escape (which serde reports as an "unexpected end of hex escape") means.
-fn from_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         let text = e.to_string();
         if text.contains("hex escape") || text.contains("surrogate") {

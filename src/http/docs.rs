@@ -88,7 +88,17 @@ pub fn openapi() -> &'static Value {
                     "Token": { "type": "object", "properties": {
                         "id": { "type": "integer" }, "text": { "type": "string" }, "special": { "type": "boolean" },
                         "start": { "type": "integer" }, "stop": { "type": "integer" } } },
-                    "Status": { "type": "object", "properties": { "status": { "type": "string" }, "reason": { "type": "string" } } }
+                    "Status": { "type": "object", "properties": { "status": { "type": "string" }, "reason": { "type": "string" },
+                        "queue": { "type": "object", "description": "with --queue: the broker's status (up or down, with the reason)" } } },
+                    "JobRequest": { "type": "object", "required": ["route", "body"], "additionalProperties": false, "properties": {
+                        "route": { "type": "string", "enum": ["/embed", "/", "/v1/embeddings", "/tokenize"] },
+                        "body": { "type": "object", "description": "the body that route takes" } } },
+                    "Job": { "type": "object", "required": ["id", "state"], "properties": {
+                        "id": { "type": "string" },
+                        "state": { "type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"] },
+                        "route": { "type": "string" },
+                        "status": { "type": "integer", "description": "the HTTP status the route answered" },
+                        "result": { "description": "the route's JSON answer (or error body)" } } }
                 }
             },
             "security": [ { "bearer": [] } ],
@@ -108,6 +118,33 @@ pub fn openapi() -> &'static Value {
                     "requestBody": json_body("TokenizeRequest"),
                     "responses": merge(json!({ "200": { "description": "One token list per input",
                         "content": { "application/json": { "schema": { "type": "array", "items": { "type": "array", "items": { "$ref": "#/components/schemas/Token" } } } } } } }), tokenize_errors()) } },
+                "/v1/jobs": { "post": {
+                    "summary": "Queue an asynchronous job ({route, body}) in the queue broker (needs --queue; 404 without it)",
+                    "requestBody": json_body("JobRequest"),
+                    "responses": {
+                        "202": { "description": "Queued; Location: /v1/jobs/{id}", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Job" } } } },
+                        "400": error_response("Malformed JSON, a route that cannot be a job, or a body its route refuses"),
+                        "401": error_response("Missing or wrong API key (when the server has one)"),
+                        "404": error_response("No queue broker configured (--queue)"),
+                        "413": error_response("Body over --max-body-bytes, or more inputs than --max-client-batch"),
+                        "415": error_response("Content-Type is not JSON"),
+                        "503": error_response("The queue broker is unreachable; see Retry-After") } } },
+                "/v1/jobs/{id}": {
+                    "get": { "summary": "A job's state (queued, running, succeeded, failed, cancelled) and, once finished, its HTTP status and answer",
+                        "parameters": [ { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } } ],
+                        "responses": {
+                            "200": { "description": "The job", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Job" } } } },
+                            "401": error_response("Missing or wrong API key (when the server has one)"),
+                            "404": error_response("No such job (or its record expired), or no queue broker configured"),
+                            "503": error_response("The queue broker is unreachable; see Retry-After") } },
+                    "delete": { "summary": "Cancel a job that has not started",
+                        "parameters": [ { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } } ],
+                        "responses": {
+                            "200": { "description": "Cancelled", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Job" } } } },
+                            "401": error_response("Missing or wrong API key (when the server has one)"),
+                            "404": error_response("No such job, or no queue broker configured"),
+                            "409": error_response("The job is running or has ended"),
+                            "503": error_response("The queue broker is unreachable; see Retry-After") } } },
                 "/info": { "get": { "summary": "Model and batching settings",
                     "responses": { "200": { "description": "Model id, task, dimensions, max input length, batching settings, version",
                         "content": { "application/json": { "schema": { "type": "object" } } } }, "401": error_response("Missing or wrong API key") } } },
@@ -147,7 +184,9 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn example(path: &str, post_route: bool, auth: &str) -> String {
+fn example(path: &str, method: &hyper::Method, auth: &str) -> String {
+    let post_route = *method == hyper::Method::POST;
+    let delete = *method == hyper::Method::DELETE;
     let post = |body: &str| {
         format!(
             "curl -s localhost:PORT{path}{auth} -H 'Content-Type: application/json' -d '{body}'"
@@ -161,6 +200,8 @@ fn example(path: &str, post_route: bool, auth: &str) -> String {
             post(r#"{"input": "A man is eating food.", "model": "all-MiniLM-L6-v2"}"#)
         }
         "/tokenize" => post(r#"{"inputs": "A man is eating food."}"#),
+        "/v1/jobs" => post(r#"{"route": "/embed", "body": {"inputs": "A man is eating food."}}"#),
+        "/v1/jobs/{id}" if delete => format!("curl -s -X DELETE localhost:PORT{path}{auth}"),
         "/healthz" | "/readyz" => format!("curl -si localhost:PORT{path}"),
         _ => format!("curl -s localhost:PORT{path}{auth}"),
     }
@@ -191,13 +232,12 @@ pub fn index_page(state: &AppState) -> Response<Full<Bytes>> {
             let summary = openapi()["paths"][r.path][method.as_str().to_lowercase()]["summary"]
                 .as_str()
                 .unwrap_or("");
-            let is_post = *method == hyper::Method::POST;
             rows.push_str(&format!(
                 "<tr><td><code>{} {}</code></td><td>{}</td><td><pre>{}</pre></td></tr>\n",
                 method,
                 r.path,
                 escape(summary),
-                escape(&example(r.path, is_post, auth).replace("PORT", &port))
+                escape(&example(r.path, method, auth).replace("PORT", &port))
             ));
         }
     }

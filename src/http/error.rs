@@ -6,6 +6,7 @@ use http_body_util::Full;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 
+use crate::broker::BrokerError;
 use crate::lifecycle::NotServing;
 use crate::metrics;
 use crate::model::TokenizeError;
@@ -16,6 +17,12 @@ use crate::queue::{InferError, QueueError};
 pub enum ApiError {
     #[error("no route for {0}; see GET / for the list of routes")]
     NotFound(String),
+    /// The route exists; what it names does not (a job), or the route is not enabled.
+    #[error("{0}")]
+    ResourceNotFound(String),
+    /// The resource is in a state that does not allow this (a running job cannot be cancelled).
+    #[error("{0}")]
+    Conflict(String),
     #[error("{method} is not allowed on {path}; allowed: {allow}")]
     MethodNotAllowed {
         method: String,
@@ -49,7 +56,8 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::ResourceNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -66,7 +74,8 @@ impl ApiError {
     /// A stable machine-readable kind, also the `reason` label of `zerobatch_rejected_total`.
     pub fn error_type(&self) -> &'static str {
         match self {
-            ApiError::NotFound(_) => "not_found",
+            ApiError::NotFound(_) | ApiError::ResourceNotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Unauthorized => "unauthorized",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -180,6 +189,17 @@ impl From<InferError> for ApiError {
     }
 }
 
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::Unreachable(_) => {
+                ApiError::overloaded("queue_unavailable", e.to_string(), 5)
+            }
+            BrokerError::BadUrl(_) | BrokerError::Refused(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +240,9 @@ mod tests {
             (NotServing::StillLoading.into(), 503),
             (InferError::TimedOut.into(), 503),
             (InferError::WorkerPanic("boom".into()).into(), 500),
+            (ApiError::ResourceNotFound("no job".into()), 404),
+            (ApiError::Conflict("running".into()), 409),
+            (BrokerError::Unreachable("refused".into()).into(), 503),
         ];
         for (e, status) in cases {
             let r = e.into_response();

@@ -20,6 +20,7 @@ pub mod body;
 pub mod connections;
 pub mod docs;
 pub mod error;
+pub mod jobs;
 pub mod routes;
 
 use std::convert::Infallible;
@@ -54,6 +55,8 @@ pub struct AppState {
     /// Large tokenizations that may run at once (one per core, off the tokio threads).
     pub tokenize_slots: Arc<Semaphore>,
     pub connections: Arc<ConnectionGate>,
+    /// The queue broker (`--queue`): job state for `/v1/jobs`, health for `/readyz`.
+    pub broker: Option<Arc<crate::broker::redis_streams::RedisStreams>>,
     inflight: AtomicUsize,
     idle: Notify,
 }
@@ -71,9 +74,16 @@ impl AppState {
             config,
             lifecycle,
             queue,
+            broker: None,
             inflight: AtomicUsize::new(0),
             idle: Notify::new(),
         }
+    }
+
+    /// The same state with the queue broker used by `/v1/jobs` and `/readyz`.
+    pub fn with_broker(mut self, broker: Arc<crate::broker::redis_streams::RedisStreams>) -> Self {
+        self.broker = Some(broker);
+        self
     }
 
     /// Waits until no request is being handled.

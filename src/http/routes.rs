@@ -27,6 +27,7 @@ use crate::queue::{Entry, InferError, Job, Output};
 
 /// A route: its path, the methods it answers, and whether it needs the API key.
 pub struct Route {
+    /// The exact path, or a prefix followed by `{id}`: one path segment (e.g. `/v1/jobs/{id}`).
     pub path: &'static str,
     /// Methods answered (GET implies HEAD).
     pub methods: &'static [Method],
@@ -60,6 +61,18 @@ pub const ROUTES: &[Route] = &[
         path: "/tokenize",
         methods: &[Method::POST],
         allow: "POST",
+        public: false,
+    },
+    Route {
+        path: "/v1/jobs",
+        methods: &[Method::POST],
+        allow: "POST",
+        public: false,
+    },
+    Route {
+        path: "/v1/jobs/{id}",
+        methods: &[Method::GET, Method::DELETE],
+        allow: "GET, HEAD, DELETE",
         public: false,
     },
     Route {
@@ -99,12 +112,19 @@ pub fn is_probe(label: &str) -> bool {
     matches!(label, "/healthz" | "/readyz" | "/metrics")
 }
 
+/// The route that answers `path`.
+pub fn find_route(path: &str) -> Option<&'static Route> {
+    ROUTES.iter().find(|r| match r.path.strip_suffix("{id}") {
+        Some(prefix) => path
+            .strip_prefix(prefix)
+            .is_some_and(|id| !id.is_empty() && !id.contains('/')),
+        None => r.path == path,
+    })
+}
+
 /// The metric label for a path: the route's own path, or "unmatched" (bounded cardinality).
 pub fn route_label(path: &str) -> &'static str {
-    ROUTES
-        .iter()
-        .find(|r| r.path == path)
-        .map_or("unmatched", |r| r.path)
+    find_route(path).map_or("unmatched", |r| r.path)
 }
 
 /// Answers one request.
@@ -113,7 +133,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let path = req.uri().path().to_string();
-    let Some(route) = ROUTES.iter().find(|r| r.path == path) else {
+    let Some(route) = find_route(&path) else {
         return Err(ApiError::NotFound(path));
     };
     let method_ok = route.methods.contains(req.method())
@@ -128,6 +148,9 @@ pub async fn handle(
     if !route.public {
         check_api_key(&state, &req)?;
     }
+    if route.path.starts_with("/v1/jobs") {
+        return super::jobs::handle(&state, req).await;
+    }
     if req.method() == Method::POST {
         let path = route.path;
         let body = super::body::read_body(&state, req).await?;
@@ -135,9 +158,7 @@ pub async fn handle(
         let parsed = api::parse_request(path, &body.bytes, state.config.max_client_batch);
         drop(body.bytes);
         let result = match parsed {
-            Ok(Parsed::Embed(r)) => embed(&state, r).await,
-            Ok(Parsed::OpenAi(r)) => openai(&state, r).await,
-            Ok(Parsed::Tokenize(r)) => tokenize(&state, r).await,
+            Ok(p) => run_parsed(&state, p).await,
             Err(e) => Err(e),
         };
         drop(body.permit);
@@ -158,6 +179,19 @@ pub async fn handle(
         "/metrics" => Ok(metrics_text(&state)),
         "/info" => Ok(info(&state)),
         _ => Err(ApiError::Internal(format!("route {path} has no handler"))),
+    }
+}
+
+/// Answers a checked request of a JSON route: the one path shared by HTTP requests and queue
+/// broker jobs (`broker::ingress`), so both get the same answer from the same batches.
+pub async fn run_parsed(
+    state: &AppState,
+    parsed: Parsed,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    match parsed {
+        Parsed::Embed(r) => embed(state, r).await,
+        Parsed::OpenAi(r) => openai(state, r).await,
+        Parsed::Tokenize(r) => tokenize(state, r).await,
     }
 }
 
@@ -209,6 +243,16 @@ fn readyz(state: &AppState) -> Response<Full<Bytes>> {
             serde_json::json!({ "status": "failed", "reason": reason }),
         ),
     };
+    let mut body = body;
+    if let Some(broker) = &state.broker {
+        // Said, not acted on: a broker outage must not take this replica out of HTTP rotation.
+        body["queue"] = match broker.down_reason() {
+            None => serde_json::json!({ "status": "up", "broker": broker.display() }),
+            Some(reason) => {
+                serde_json::json!({ "status": "down", "broker": broker.display(), "reason": reason })
+            }
+        };
+    }
     json_response(status, &body)
 }
 
@@ -252,6 +296,7 @@ fn info(state: &AppState) -> Response<Full<Bytes>> {
         "client_timeout_ms": c.client_timeout_ms,
         "header_timeout_ms": c.header_timeout_ms,
         "max_connections": state.connections.max(),
+        "queue": state.broker.as_ref().map(|b| b.display()),
         "tokenizer_bounded": state.lifecycle.serving_now().map(|s| s.tokenizer.bounded()),
         "version": env!("CARGO_PKG_VERSION"),
     });
@@ -458,5 +503,8 @@ mod tests {
             assert_eq!(route_label(r.path), r.path);
         }
         assert_eq!(route_label("/nope/123"), "unmatched");
+        assert_eq!(route_label("/v1/jobs/1700000000000-0"), "/v1/jobs/{id}");
+        assert_eq!(route_label("/v1/jobs/"), "unmatched");
+        assert_eq!(route_label("/v1/jobs/a/b"), "unmatched");
     }
 }

@@ -1,0 +1,398 @@
+//! The ingress loop: pulls jobs from the broker while this replica has room for them, runs
+//! each through the HTTP routes' own code, writes its result and acknowledges it.
+//!
+//! - **Pull what can run.** A job slot (`--queue-max-jobs`) is taken before reading; a read
+//!   asks for as many entries as there are free slots, never more. A job that meets a full
+//!   internal queue (HTTP traffic took the room) waits and is submitted again: it stays held
+//!   (and its visibility extended) rather than going back to the broker.
+//! - **No polling when idle.** `XREADGROUP ... BLOCK` waits in Redis; the loop wakes once per
+//!   [`BLOCK`] to reclaim idle entries and refresh the backlog gauge.
+//! - **Visibility.** Entries idle longer than `--queue-visibility-timeout-ms` (their replica
+//!   died) are claimed by `XAUTOCLAIM`; while a job runs here, its entry's idle time is reset
+//!   every third of the timeout, so it is not claimed while it runs.
+//! - **Stopping.** At SIGTERM the loop stops reading at once (a read under way returns within
+//!   [`BLOCK`] and what it brought is run), finishes and acknowledges every job it holds, and
+//!   leaves the rest of the stream to the other replicas.
+//! - **Broker down.** Reads fail, the loop waits with exponential backoff (100 ms to 5 s) and
+//!   logs each failure with the reason; `/readyz` shows it; HTTP traffic is untouched.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use parking_lot::Mutex;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use super::redis_streams::{Delivery, RedisStreams, Start};
+use super::{valid_job_id, BrokerError, JobEnvelope};
+use crate::http::api;
+use crate::http::error::ApiError;
+use crate::http::AppState;
+use crate::metrics;
+
+/// Longest wait of one blocking read; also how often an idle loop reclaims and measures.
+pub const BLOCK: Duration = Duration::from_secs(2);
+/// Backoff bounds while the broker cannot be reached.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Pause before submitting again a job that met a full internal queue.
+const REQUEUE_PAUSE: Duration = Duration::from_millis(20);
+/// How often the backlog gauges are refreshed at most.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+
+/// How the ingress runs (from the `--queue-*` options).
+#[derive(Debug, Clone)]
+pub struct IngressConfig {
+    /// Most jobs held at once (pulled and not yet acknowledged).
+    pub max_jobs: usize,
+    /// Idle time after which another replica's entry is claimed.
+    pub visibility_timeout: Duration,
+    /// Deliveries after which an entry goes to the dead letters instead of running.
+    pub max_deliveries: u64,
+}
+
+/// The ingress of one replica.
+pub struct Ingress {
+    broker: Arc<RedisStreams>,
+    state: Arc<AppState>,
+    config: IngressConfig,
+    slots: Arc<Semaphore>,
+    /// Entries running here (their visibility is extended).
+    held: Mutex<HashSet<String>>,
+}
+
+/// How one job ended here (the `outcome` label of `zerobatch_broker_jobs_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Answered 2xx; result written and acknowledged.
+    Succeeded,
+    /// Answered 4xx (or not a job at all): result written, entry in the dead letters.
+    Invalid,
+    /// Delivered more than `--queue-max-deliveries` times: entry in the dead letters.
+    DeadLettered,
+    /// Already ended (cancelled, or a result written by another delivery): acknowledged only.
+    Skipped,
+    /// Not finished here (model error, shutdown, broker error): left for redelivery.
+    Released,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Invalid => "invalid",
+            Outcome::DeadLettered => "dead_lettered",
+            Outcome::Skipped => "skipped",
+            Outcome::Released => "released",
+        }
+    }
+}
+
+impl Ingress {
+    /// An ingress feeding `state`'s queue from `broker`.
+    pub fn new(broker: Arc<RedisStreams>, state: Arc<AppState>, config: IngressConfig) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(config.max_jobs)),
+            broker,
+            state,
+            config,
+            held: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Pulls and runs jobs until `stop` turns true, then finishes the jobs it holds.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        // Nothing is pulled before the workers are warm: a job taken now would only wait.
+        tokio::select! {
+            _ = self.state.lifecycle.wait_ready() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        tracing::info!(
+            broker = self.broker.display(),
+            consumer = self.broker.consumer(),
+            "taking jobs from the queue broker"
+        );
+        let heartbeat = tokio::spawn(self.clone().heartbeat());
+        let mut tasks = JoinSet::new();
+        let mut reader = None;
+        let mut group_ready = false;
+        let mut backoff = BACKOFF_MIN;
+        let mut last_claim: Option<Instant> = None;
+        let mut claim_cursor = String::from("0-0");
+        let mut last_backlog: Option<Instant> = None;
+        while !*stop.borrow() {
+            while tasks.try_join_next().is_some() {}
+            let first = tokio::select! {
+                p = self.slots.clone().acquire_owned() => p.expect("the slots are never closed"),
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let mut permits = vec![first];
+            while let Ok(p) = self.slots.clone().try_acquire_owned() {
+                permits.push(p);
+            }
+            let pulled = async {
+                if !group_ready {
+                    self.broker.ensure_group().await?;
+                    group_ready = true;
+                }
+                let mut got = Vec::new();
+                let claim_every =
+                    (self.config.visibility_timeout / 4).max(Duration::from_millis(250));
+                if last_claim.is_none_or(|t| t.elapsed() >= claim_every) {
+                    last_claim = Some(Instant::now());
+                    got = self
+                        .broker
+                        .claim_idle(
+                            self.config.visibility_timeout,
+                            permits.len(),
+                            &mut claim_cursor,
+                        )
+                        .await?;
+                    metrics::record_broker_redeliveries(got.len());
+                }
+                // Claimed entries run now: a blocking read first would leave them idle
+                // again, for another replica to claim.
+                if got.is_empty() {
+                    if reader.is_none() {
+                        reader = Some(self.broker.reader().await?);
+                    }
+                    let r = reader.as_mut().expect("just opened");
+                    let read = self.broker.read(r, permits.len(), BLOCK).await?;
+                    for d in &read {
+                        if let Some(waited) = waited_since_added(&d.entry) {
+                            metrics::record_broker_wait(waited);
+                        }
+                    }
+                    got.extend(read);
+                }
+                if last_backlog.is_none_or(|t| t.elapsed() >= BACKLOG_EVERY) {
+                    last_backlog = Some(Instant::now());
+                    let b = self.broker.backlog().await?;
+                    metrics::set_broker_backlog(b.lag, b.pending);
+                }
+                Ok::<_, BrokerError>(got)
+            }
+            .await;
+            match pulled {
+                Ok(deliveries) => {
+                    if backoff > BACKOFF_MIN {
+                        tracing::info!(
+                            broker = self.broker.display(),
+                            "the queue broker answers again"
+                        );
+                    }
+                    backoff = BACKOFF_MIN;
+                    for d in deliveries {
+                        let permit = permits.pop().expect("never more entries than slots");
+                        tasks.spawn(self.clone().process(d, permit));
+                    }
+                }
+                Err(e) => {
+                    reader = None;
+                    group_ready = false;
+                    self.broker.mark_down(&e.to_string());
+                    tracing::warn!(
+                        broker = self.broker.display(),
+                        "{e}; retrying in {} ms (HTTP requests are still served)",
+                        backoff.as_millis()
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.wait_for(|s| *s) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+        let holding = tasks.len();
+        if holding > 0 {
+            tracing::info!(jobs = holding, "stopped pulling jobs; finishing those held");
+        }
+        while tasks.join_next().await.is_some() {}
+        heartbeat.abort();
+        tracing::info!("queue ingress stopped");
+    }
+
+    /// Resets the idle time of the entries running here, every third of the visibility
+    /// timeout, so that no other replica claims them while they run.
+    async fn heartbeat(self: Arc<Self>) {
+        let every = self.config.visibility_timeout / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            let entries: Vec<String> = self.held.lock().iter().cloned().collect();
+            if entries.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.broker.extend(&entries).await {
+                tracing::warn!(
+                    "could not extend the visibility of {} jobs: {e}",
+                    entries.len()
+                );
+            }
+        }
+    }
+
+    async fn process(self: Arc<Self>, delivery: Delivery, permit: OwnedSemaphorePermit) {
+        self.held.lock().insert(delivery.entry.clone());
+        metrics::broker_held_delta(1.0);
+        let outcome = match self.run_job(&delivery).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(entry = delivery.entry, "job left for redelivery: {e}");
+                Outcome::Released
+            }
+        };
+        self.held.lock().remove(&delivery.entry);
+        metrics::broker_held_delta(-1.0);
+        metrics::record_broker_job(outcome.label());
+        drop(permit);
+    }
+
+    async fn run_job(&self, delivery: &Delivery) -> Result<Outcome, BrokerError> {
+        // The limits of an HTTP body hold for a job: its size (413), and its share of the bytes
+        // of bodies held at once, shared with HTTP requests, while it is parsed and tokenized.
+        let size = delivery.job.as_deref().map_or(0, str::len);
+        let limit = self.state.config.max_body_bytes;
+        if size > limit {
+            let error = ApiError::PayloadTooLarge(format!(
+                "the job is {size} bytes; the limit is {limit} (--max-body-bytes)"
+            ));
+            return self.reject(None, delivery, error).await;
+        }
+        let _body_budget = self
+            .state
+            .body_budget
+            .clone()
+            .acquire_many_owned(size as u32)
+            .await
+            .ok();
+        let envelope = match delivery
+            .job
+            .as_deref()
+            .map(serde_json::from_str::<JobEnvelope>)
+        {
+            Some(Ok(e)) => e,
+            Some(Err(e)) => {
+                let error = ApiError::BadRequest(format!("not a job: {e}"));
+                return self.reject(None, delivery, error).await;
+            }
+            None => {
+                let error = ApiError::BadRequest(
+                    "not a job: the entry has no `job` field holding {\"route\", \"body\"}".into(),
+                );
+                return self.reject(None, delivery, error).await;
+            }
+        };
+        let id = envelope
+            .id
+            .clone()
+            .unwrap_or_else(|| delivery.entry.clone());
+        if !valid_job_id(&id) {
+            let error = ApiError::BadRequest(format!(
+                "job id {id:?} is not valid: 1 to 128 letters, digits or -_.:"
+            ));
+            return self.reject(None, delivery, error).await;
+        }
+        if delivery.deliveries > self.config.max_deliveries {
+            let error = ApiError::Internal(format!(
+                "delivered {} times without finishing (--queue-max-deliveries {})",
+                delivery.deliveries, self.config.max_deliveries
+            ));
+            tracing::warn!(job = id, "{error}: moving it to {}", self.broker.dead_key());
+            self.dead_letter(Some(&id), delivery, error).await?;
+            return Ok(Outcome::DeadLettered);
+        }
+        if let Start::Ended(_) = self
+            .broker
+            .start(&id, &envelope.route, &delivery.entry)
+            .await?
+        {
+            self.broker.finish(&id, &delivery.entry, "", 0, b"").await?;
+            return Ok(Outcome::Skipped);
+        }
+        let body = serde_json::to_vec(&envelope.body).expect("a JSON value serializes");
+        loop {
+            let answer = async {
+                crate::http::jobs::check_job_route(&envelope.route)?;
+                let parsed =
+                    api::parse_request(&envelope.route, &body, self.state.config.max_client_batch)?;
+                crate::http::routes::run_parsed(&self.state, parsed).await
+            }
+            .await;
+            let error = match answer {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let bytes = body_bytes(response).await;
+                    self.broker
+                        .finish(&id, &delivery.entry, "succeeded", status, &bytes)
+                        .await?;
+                    return Ok(Outcome::Succeeded);
+                }
+                Err(e) => e,
+            };
+            match error.error_type() {
+                // The internal queue is full of HTTP traffic, or the job waited past the
+                // request timeout: it is still ours to run; wait a moment and submit again.
+                "queue_full" | "timeout" => tokio::time::sleep(REQUEUE_PAUSE).await,
+                _ if error.status().is_client_error() => {
+                    return self.reject(Some(&id), delivery, error).await;
+                }
+                // The model failed, or this replica is going away: another delivery may do
+                // better (the delivery count bounds the attempts).
+                _ => {
+                    tracing::warn!(job = id, "job not finished here: {error}");
+                    return Ok(Outcome::Released);
+                }
+            }
+        }
+    }
+
+    /// Dead-letters a job that can never succeed, with the error its HTTP request would get.
+    async fn reject(
+        &self,
+        id: Option<&str>,
+        delivery: &Delivery,
+        error: ApiError,
+    ) -> Result<Outcome, BrokerError> {
+        tracing::info!(
+            entry = delivery.entry,
+            "invalid job, moving it to {}: {error}",
+            self.broker.dead_key()
+        );
+        self.dead_letter(id, delivery, error).await?;
+        Ok(Outcome::Invalid)
+    }
+
+    /// Moves `delivery` to the dead letters with `error`'s HTTP answer (status and body).
+    async fn dead_letter(
+        &self,
+        id: Option<&str>,
+        delivery: &Delivery,
+        error: ApiError,
+    ) -> Result<(), BrokerError> {
+        let status = error.status().as_u16();
+        let body = body_bytes(error.into_response()).await;
+        self.broker.dead_letter(id, delivery, &body, status).await
+    }
+}
+
+/// How long ago the stream entry `entry` was added, from the milliseconds in its id (Redis's
+/// clock, so a skew between the two clocks shows here).
+fn waited_since_added(entry: &str) -> Option<Duration> {
+    let added_ms: u64 = entry.split_once('-')?.0.parse().ok()?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_millis() as u64;
+    Some(Duration::from_millis(now_ms.saturating_sub(added_ms)))
+}
+
+/// The bytes of a response body (the server's bodies are whole buffers: this never waits).
+async fn body_bytes(response: hyper::Response<http_body_util::Full<bytes::Bytes>>) -> bytes::Bytes {
+    match response.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(never) => match never {},
+    }
+}

@@ -1,0 +1,486 @@
+//! Redis Streams as the job broker: every command zerobatch sends to Redis, in one place.
+//!
+//! Keys, for a stream `S` (`--queue redis://host:port/S`):
+//! - `S`: the jobs, one entry each with one field `job` (the JSON envelope);
+//! - `S:job:ID`: a hash per job id with its state, and its result once finished, expiring
+//!   `--queue-result-ttl-ms` after its last write;
+//! - `S:dead`: the dead-letter stream (`job`, `error`, `entry`, `deliveries`).
+//!
+//! State changes that must not interleave (start, finish + acknowledge, cancel, dead-letter)
+//! are Lua scripts, which Redis runs atomically: a result is written at most once per job id
+//! (a redelivered job that already has a result is acknowledged without a second write), and
+//! a job is acknowledged in the same step that writes its result. The keys a script touches
+//! are derived from the stream's name, so a Redis Cluster would need the stream name to carry
+//! a hash tag (`{jobs}`); a single Redis server, as ACA and KEDA examples use, needs nothing.
+//!
+//! Two connections: one that blocks in `XREADGROUP ... BLOCK` (owned by the ingress loop), and
+//! one multiplexed connection for everything else (acknowledgements, results, the HTTP job
+//! routes), re-opened on the next command after it breaks.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamReadReply};
+use redis::{AsyncConnectionConfig, Script, Value};
+
+use super::{BrokerError, RedisTarget};
+
+/// Longest wait for a connection to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait for the answer to a command that does not block.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One entry taken from the stream.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The stream entry's id.
+    pub entry: String,
+    /// The `job` field (None when the entry has none: it goes to the dead letters).
+    pub job: Option<String>,
+    /// How many times the entry has been delivered, this time included.
+    pub deliveries: u64,
+}
+
+/// What starting a job found in its hash.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Start {
+    /// The job is now `running`.
+    Run,
+    /// The job already ended (`succeeded`, `failed` or `cancelled`): acknowledge, do not run.
+    Ended(String),
+}
+
+/// What `DELETE /v1/jobs/{id}` found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Cancel {
+    /// The job was queued and is now cancelled: no replica will run it.
+    Cancelled,
+    /// The job is not queued any more: its state.
+    Not(String),
+    /// No such job (never created, or its hash expired).
+    Unknown,
+}
+
+/// The broker's view of the backlog, from `XINFO GROUPS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// Entries not yet delivered to the group (what KEDA's `lagCount` counts); None when
+    /// Redis cannot tell.
+    pub lag: Option<u64>,
+    /// Entries delivered and not yet acknowledged.
+    pub pending: u64,
+}
+
+/// Lua helper shared by the scripts: whether state `s` has ended (`succeeded`, `failed` or
+/// `cancelled`).
+const ENDED_LUA: &str =
+    "local function ended(s) return s == 'succeeded' or s == 'failed' or s == 'cancelled' end\n";
+
+/// A Redis stream with a consumer group, and this replica's name in it.
+pub struct RedisStreams {
+    target: RedisTarget,
+    consumer: String,
+    result_ttl_ms: u64,
+    shared: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    /// Why the broker is not usable now (None: it answered the last command).
+    down: RwLock<Option<String>>,
+    create: Script,
+    start: Script,
+    finish: Script,
+    dead: Script,
+    cancel: Script,
+}
+
+impl RedisStreams {
+    /// A client for `target` under the consumer name `consumer`; connects on first use.
+    pub fn new(target: RedisTarget, consumer: String, result_ttl: Duration) -> Self {
+        let lua = |body: &str| Script::new(&format!("{ENDED_LUA}{body}"));
+        Self {
+            target,
+            consumer,
+            result_ttl_ms: result_ttl.as_millis().max(1) as u64,
+            shared: tokio::sync::Mutex::new(None),
+            down: RwLock::new(Some("not connected yet".into())),
+            // KEYS: stream. ARGV: job JSON, route, key prefix, ttl ms. Returns the new id.
+            create: lua(
+                "local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[1])
+                 local key = ARGV[3] .. id
+                 redis.call('HSET', key, 'state', 'queued', 'route', ARGV[2], 'entry', id)
+                 redis.call('PEXPIRE', key, ARGV[4])
+                 return id",
+            ),
+            // KEYS: job hash. ARGV: route, entry id, ttl ms. Returns 'running' or the ended state.
+            start: lua(
+                "local s = redis.call('HGET', KEYS[1], 'state')
+                 if ended(s) then return s end
+                 redis.call('HSET', KEYS[1], 'state', 'running', 'route', ARGV[1], 'entry', ARGV[2])
+                 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+                 return 'running'",
+            ),
+            // KEYS: job hash, stream. ARGV: group, entry id, state, status, result, ttl ms.
+            // Returns 1 when it wrote the result, 0 when the job already had one.
+            finish: lua(
+                "local wrote = 0
+                 if not ended(redis.call('HGET', KEYS[1], 'state')) then
+                   redis.call('HSET', KEYS[1], 'state', ARGV[3], 'status', ARGV[4], 'result', ARGV[5])
+                   redis.call('PEXPIRE', KEYS[1], ARGV[6])
+                   wrote = 1
+                 end
+                 redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+                 redis.call('XDEL', KEYS[2], ARGV[2])
+                 return wrote",
+            ),
+            // KEYS: job hash (or '' when the id is unknown), stream, dead-letter stream.
+            // ARGV: group, entry id, job text, error JSON, deliveries, status, ttl ms.
+            dead: lua(
+                "redis.call('XADD', KEYS[3], '*', 'job', ARGV[3], 'error', ARGV[4], 'entry', ARGV[2], 'deliveries', ARGV[5])
+                 if KEYS[1] ~= '' and not ended(redis.call('HGET', KEYS[1], 'state')) then
+                   redis.call('HSET', KEYS[1], 'state', 'failed', 'status', ARGV[6], 'result', ARGV[4])
+                   redis.call('PEXPIRE', KEYS[1], ARGV[7])
+                 end
+                 redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+                 redis.call('XDEL', KEYS[2], ARGV[2])
+                 return 1",
+            ),
+            // KEYS: job hash. ARGV: ttl ms. Returns 'now cancelled', the state, or 'unknown'.
+            cancel: lua(
+                "local s = redis.call('HGET', KEYS[1], 'state')
+                 if not s then return 'unknown' end
+                 if s ~= 'queued' then return s end
+                 redis.call('HSET', KEYS[1], 'state', 'cancelled')
+                 redis.call('PEXPIRE', KEYS[1], ARGV[1])
+                 return 'now cancelled'",
+            ),
+        }
+    }
+
+    /// The broker's URL without its password.
+    pub fn display(&self) -> &str {
+        &self.target.display
+    }
+
+    /// This replica's consumer name in the group.
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+
+    /// Why the broker cannot be used now, or None when its last answer came.
+    pub fn down_reason(&self) -> Option<String> {
+        self.down.read().clone()
+    }
+
+    fn note<T>(&self, r: Result<T, redis::RedisError>) -> Result<T, BrokerError> {
+        match r {
+            Ok(v) => {
+                if self.down.read().is_some() {
+                    *self.down.write() = None;
+                    crate::metrics::set_broker_up(true);
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                let e = BrokerError::from(e);
+                if let BrokerError::Unreachable(_) = &e {
+                    self.mark_down(&e.to_string());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Records that the broker could not be reached (from the reading connection).
+    pub fn mark_down(&self, reason: &str) {
+        *self.down.write() = Some(reason.to_string());
+        crate::metrics::set_broker_up(false);
+    }
+
+    async fn conn(&self) -> Result<MultiplexedConnection, BrokerError> {
+        let mut shared = self.shared.lock().await;
+        if let Some(c) = shared.as_ref() {
+            return Ok(c.clone());
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let c = self.note(
+            self.target
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await,
+        )?;
+        *shared = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Runs `cmd` on the shared connection; a connection that broke is dropped so the next
+    /// command opens a new one.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BrokerError> {
+        let mut c = self.conn().await?;
+        let r = self.note(cmd.query_async(&mut c).await);
+        if matches!(r, Err(BrokerError::Unreachable(_))) {
+            self.shared.lock().await.take();
+        }
+        r
+    }
+
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        call: &mut redis::ScriptInvocation<'_>,
+    ) -> Result<T, BrokerError> {
+        let mut c = self.conn().await?;
+        let r = self.note(call.invoke_async(&mut c).await);
+        if matches!(r, Err(BrokerError::Unreachable(_))) {
+            self.shared.lock().await.take();
+        }
+        r
+    }
+
+    fn job_key(&self, id: &str) -> String {
+        format!("{}:job:{id}", self.target.stream)
+    }
+
+    /// The dead-letter stream's key.
+    pub fn dead_key(&self) -> String {
+        format!("{}:dead", self.target.stream)
+    }
+
+    /// A connection for [`RedisStreams::read`], whose answers may take the whole block time.
+    pub async fn reader(&self) -> Result<MultiplexedConnection, BrokerError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(None);
+        self.note(
+            self.target
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await,
+        )
+    }
+
+    /// Creates the stream and the consumer group if they do not exist. The group starts at
+    /// the stream's beginning, so jobs written before any replica ran are not skipped.
+    pub async fn ensure_group(&self) -> Result<(), BrokerError> {
+        let mut cmd = redis::cmd("XGROUP");
+        cmd.arg("CREATE")
+            .arg(&self.target.stream)
+            .arg(&self.target.group)
+            .arg("0")
+            .arg("MKSTREAM");
+        match self.query::<Value>(&cmd).await {
+            Err(BrokerError::Refused(e)) if e.contains("BUSYGROUP") => Ok(()),
+            r => r.map(|_| ()),
+        }
+    }
+
+    /// Takes up to `count` new entries for this consumer, waiting up to `block` for the first.
+    pub async fn read(
+        &self,
+        reader: &mut MultiplexedConnection,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.target.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.target.stream)
+            .arg(">");
+        let reply: Option<StreamReadReply> = self.note(cmd.query_async(reader).await)?;
+        Ok(reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .map(|id| delivery(id, 1))
+            .collect())
+    }
+
+    /// Claims up to `count` entries that other consumers (or a previous life of this one)
+    /// took and left idle for `min_idle`, with how many times each has been delivered. The
+    /// scan of the pending entries starts at `cursor` and goes on from where it stopped (the
+    /// cursor is updated; `0-0` again after the end), so idle entries behind many busy ones
+    /// are reached too.
+    pub async fn claim_idle(
+        &self,
+        min_idle: Duration,
+        count: usize,
+        cursor: &mut String,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        let mut cmd = redis::cmd("XAUTOCLAIM");
+        cmd.arg(&self.target.stream)
+            .arg(&self.target.group)
+            .arg(&self.consumer)
+            .arg(min_idle.as_millis() as u64)
+            .arg(cursor.as_str())
+            .arg("COUNT")
+            .arg(count);
+        let reply: StreamAutoClaimReply = self.query(&cmd).await?;
+        *cursor = reply.next_stream_id;
+        let mut out = Vec::with_capacity(reply.claimed.len());
+        for id in reply.claimed {
+            let mut pending = redis::cmd("XPENDING");
+            pending
+                .arg(&self.target.stream)
+                .arg(&self.target.group)
+                .arg(&id.id)
+                .arg(&id.id)
+                .arg(1);
+            let rows: Vec<(String, String, u64, u64)> = self.query(&pending).await?;
+            let times = rows.first().map_or(1, |r| r.3);
+            out.push(delivery(id, times));
+        }
+        Ok(out)
+    }
+
+    /// Resets the idle time of entries this replica is running, so no other replica reclaims
+    /// them (does not count as a delivery).
+    pub async fn extend(&self, entries: &[String]) -> Result<(), BrokerError> {
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(&self.target.stream)
+            .arg(&self.target.group)
+            .arg(&self.consumer)
+            .arg(0)
+            .arg(entries)
+            .arg("JUSTID");
+        self.query::<Value>(&cmd).await.map(|_| ())
+    }
+
+    /// Marks job `id` (entry `entry`) running, unless it has already ended.
+    pub async fn start(&self, id: &str, route: &str, entry: &str) -> Result<Start, BrokerError> {
+        let state: String = self
+            .invoke(
+                self.start
+                    .key(self.job_key(id))
+                    .arg(route)
+                    .arg(entry)
+                    .arg(self.result_ttl_ms),
+            )
+            .await?;
+        Ok(if state == "running" {
+            Start::Run
+        } else {
+            Start::Ended(state)
+        })
+    }
+
+    /// Writes the result of job `id` (unless it already has one) and acknowledges and deletes
+    /// its entry, in one step. Returns whether the result was written.
+    pub async fn finish(
+        &self,
+        id: &str,
+        entry: &str,
+        state: &str,
+        status: u16,
+        result: &[u8],
+    ) -> Result<bool, BrokerError> {
+        let wrote: i64 = self
+            .invoke(
+                self.finish
+                    .key(self.job_key(id))
+                    .key(&self.target.stream)
+                    .arg(&self.target.group)
+                    .arg(entry)
+                    .arg(state)
+                    .arg(status)
+                    .arg(result)
+                    .arg(self.result_ttl_ms),
+            )
+            .await?;
+        Ok(wrote == 1)
+    }
+
+    /// Moves an entry to the dead-letter stream with `error` (an error body), marks its job
+    /// failed with `status` when its id is known, and acknowledges and deletes the entry.
+    pub async fn dead_letter(
+        &self,
+        id: Option<&str>,
+        delivery: &Delivery,
+        error: &[u8],
+        status: u16,
+    ) -> Result<(), BrokerError> {
+        let key = id.map_or_else(String::new, |id| self.job_key(id));
+        self.invoke::<i64>(
+            self.dead
+                .key(key)
+                .key(&self.target.stream)
+                .key(self.dead_key())
+                .arg(&self.target.group)
+                .arg(&delivery.entry)
+                .arg(delivery.job.as_deref().unwrap_or(""))
+                .arg(error)
+                .arg(delivery.deliveries)
+                .arg(status)
+                .arg(self.result_ttl_ms),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Adds a job (`POST /v1/jobs`) with its hash in state `queued`; returns its id (the
+    /// stream entry's id).
+    pub async fn create(&self, route: &str, job: &str) -> Result<String, BrokerError> {
+        self.invoke(
+            self.create
+                .key(&self.target.stream)
+                .arg(job)
+                .arg(route)
+                .arg(self.job_key(""))
+                .arg(self.result_ttl_ms),
+        )
+        .await
+    }
+
+    /// The fields of job `id`'s hash, or None when there is no such job.
+    pub async fn job(&self, id: &str) -> Result<Option<HashMap<String, String>>, BrokerError> {
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(self.job_key(id));
+        let fields: HashMap<String, String> = self.query(&cmd).await?;
+        Ok((!fields.is_empty()).then_some(fields))
+    }
+
+    /// Cancels job `id` if it has not started.
+    pub async fn cancel(&self, id: &str) -> Result<Cancel, BrokerError> {
+        let state: String = self
+            .invoke(self.cancel.key(self.job_key(id)).arg(self.result_ttl_ms))
+            .await?;
+        Ok(match state.as_str() {
+            "now cancelled" => Cancel::Cancelled,
+            "unknown" => Cancel::Unknown,
+            _ => Cancel::Not(state),
+        })
+    }
+
+    /// The group's backlog as Redis reports it.
+    pub async fn backlog(&self) -> Result<Backlog, BrokerError> {
+        let mut cmd = redis::cmd("XINFO");
+        cmd.arg("GROUPS").arg(&self.target.stream);
+        let reply: StreamInfoGroupsReply = self.query(&cmd).await?;
+        let group = reply
+            .groups
+            .into_iter()
+            .find(|g| g.name == self.target.group);
+        Ok(Backlog {
+            lag: group.as_ref().and_then(|g| g.lag).map(|l| l as u64),
+            pending: group.map_or(0, |g| g.pending as u64),
+        })
+    }
+}
+
+fn delivery(id: StreamId, deliveries: u64) -> Delivery {
+    let job = id.map.get("job").and_then(|v| match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    });
+    Delivery {
+        entry: id.id,
+        job,
+        deliveries,
+    }
+}
