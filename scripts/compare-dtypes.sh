@@ -10,8 +10,9 @@
 #   DURATION        oha duration per point (default 10s)
 #   CONCURRENCY     (default "1 64")
 #   INPUTS          short and/or passage (default "short passage"; see scripts/loadtest.sh)
-#   SYSTEMS         which rows to run (default: all of f32 bf16 int8 bf16@avx2 int8@avx2
-#                   bf16@scalar int8@scalar fastapi tei); a zerobatch row is DTYPE[@CAP]
+#   SYSTEMS         which rows to run (default: all of f32 bf16 int8 f32@avx2 bf16@avx2
+#                   int8@avx2 f32@scalar bf16@scalar int8@scalar fastapi tei); a zerobatch
+#                   row is DTYPE[@CAP]
 #   MODEL_DIR       default models/all-MiniLM-L6-v2 (scripts/fetch-model.sh)
 #   BASELINE_PYTHON the baseline venv's python (scripts/baseline-venv.sh); row skipped if unset
 #                   and /tmp/refvenv/bin/python is missing
@@ -27,7 +28,7 @@ out="${1:-docs/bench-data/dtypes.csv}"
 duration="${DURATION:-10s}"
 concurrency="${CONCURRENCY:-1 64}"
 inputs="${INPUTS:-short passage}"
-systems="${SYSTEMS:-f32 bf16 int8 bf16@avx2 int8@avx2 bf16@scalar int8@scalar fastapi tei}"
+systems="${SYSTEMS:-f32 bf16 int8 f32@avx2 bf16@avx2 int8@avx2 f32@scalar bf16@scalar int8@scalar fastapi tei}"
 model_dir="${MODEL_DIR:-models/all-MiniLM-L6-v2}"
 baseline_python="${BASELINE_PYTHON:-/tmp/refvenv/bin/python}"
 port=18190
@@ -99,8 +100,8 @@ start() {
       wait_up "http://127.0.0.1:$port/readyz"
       local info
       info=$(curl -fsS "http://127.0.0.1:$port/info")
-      # f32 layers do not run on the kernel path (gemm and the AVX2 kernels): no path.
-      name="zerobatch $(INFO="$info" python3 -c 'import json, os; i = json.loads(os.environ["INFO"]); print(i["dtype"] if i["dtype"] == "f32" else i["dtype"] + " " + i["kernel"])')"
+      # Uncapped f32 layers are gemm and the AVX2 kernels, not a kernel path: no path named.
+      name="zerobatch $(INFO="$info" CAP="$cap" python3 -c 'import json, os; i = json.loads(os.environ["INFO"]); print(i["dtype"] if i["dtype"] == "f32" and not os.environ["CAP"] else i["dtype"] + " " + i["kernel"])')"
       ;;
   esac
 }

@@ -76,7 +76,7 @@ pub struct ServeConfig {
     pub revision: String,
 
     /// Number format of the linear layers: f32, bf16, int8, or auto (bf16 where the CPU has
-    /// AVX-512 BF16, else f32; measured in docs/benchmarks.md). LayerNorm, softmax, attention
+    /// AVX2 or better, else f32; measured in docs/benchmarks.md). LayerNorm, softmax, attention
     /// and the residual stream stay in f32.
     #[arg(long, env = "DTYPE", default_value = "auto", value_parser = parse_dtype)]
     pub dtype: crate::model::DtypeChoice,

@@ -77,14 +77,15 @@ pub enum DtypeChoice {
 impl DtypeChoice {
     /// The dtype to run on a CPU whose kernel path is `level`.
     ///
-    /// `auto` is bf16 where the CPU has AVX-512 BF16, else f32. The measurements behind it
-    /// are in docs/benchmarks.md ("Choosing the dtype"): int8 is the fastest everywhere but
-    /// misses the cosine ≥ 0.9999 bar on the reference set; bf16 keeps it, and is faster than
-    /// f32 only where `vdpbf16ps` runs it.
+    /// `auto` is bf16 on every SIMD path (AVX2 and up), f32 on the portable one. The
+    /// measurements behind it are in docs/benchmarks.md ("Choosing `auto`"): int8 misses the
+    /// cosine ≥ 0.9999 bar on the reference set, so it never qualifies; bf16 keeps it, is
+    /// 1.8–2.7× f32 with AVX-512 BF16, and 1.3–1.6× f32 at concurrency 1 (even at 64) on the
+    /// AVX2 path, where it halves the bytes read; the portable bf16 loop is slower than f32.
     pub fn resolve(self, level: KernelLevel) -> Dtype {
         match self {
             DtypeChoice::Fixed(d) => d,
-            DtypeChoice::Auto if level >= KernelLevel::Avx512Bf16 => Dtype::Bf16,
+            DtypeChoice::Auto if level >= KernelLevel::Avx2 => Dtype::Bf16,
             DtypeChoice::Auto => Dtype::F32,
         }
     }
