@@ -80,7 +80,7 @@ impl DtypeChoice {
     /// `auto` is bf16 on every SIMD path (AVX2 and up), f32 on the portable one. The
     /// measurements behind it are in docs/benchmarks.md ("Choosing `auto`"): int8 misses the
     /// cosine ≥ 0.9999 bar on the reference set, so it never qualifies; bf16 keeps it, is
-    /// 1.8–2.7× f32 with AVX-512 BF16, and 1.3–1.6× f32 at concurrency 1 (even at 64) on the
+    /// 1.6–2.7× f32 with AVX-512 BF16, and 1.3–1.6× f32 at concurrency 1 (even at 64) on the
     /// AVX2 path, where it halves the bytes read; the portable bf16 loop is slower than f32.
     pub fn resolve(self, level: KernelLevel) -> Dtype {
         match self {
@@ -288,16 +288,15 @@ mod tests {
         );
         let err = "fp8".parse::<DtypeChoice>().unwrap_err();
         assert!(err.contains("fp8") && err.contains("auto"), "{err}");
-        assert_eq!(
-            DtypeChoice::Auto.resolve(KernelLevel::Avx512Bf16),
-            Dtype::Bf16
-        );
+        assert_eq!(DtypeChoice::Auto.resolve(KernelLevel::Scalar), Dtype::F32);
         for level in [
-            KernelLevel::Scalar,
             KernelLevel::Avx2,
             KernelLevel::Avx512Vnni,
+            KernelLevel::Avx512Bf16,
         ] {
-            assert_eq!(DtypeChoice::Auto.resolve(level), Dtype::F32, "{level}");
+            assert_eq!(DtypeChoice::Auto.resolve(level), Dtype::Bf16, "{level}");
+        }
+        for level in KernelLevel::ALL {
             assert_eq!(DtypeChoice::Fixed(Dtype::Int8).resolve(level), Dtype::Int8);
         }
     }
