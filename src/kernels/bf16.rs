@@ -12,7 +12,7 @@
 //! 16 × 2 values (`vdpbf16ps` consumes pairs).
 
 use super::cpu::KernelLevel;
-use super::tiles::{for_each_tile, Epilogue, SharedOut, BLOCK_ROWS, PANEL};
+use super::tiles::{for_each_tile, in_row_blocks, store_tile, Epilogue, SharedOut, PANEL};
 
 /// Reduction indices per pair: the two bf16 one f32 lane of `vdpbf16ps` sums.
 const PAIR: usize = 2;
@@ -120,23 +120,12 @@ impl Bf16Linear {
             m.checked_mul(n),
             "bf16 linear: output size"
         );
-        // At most BLOCK_ROWS rows at a time: the converted activations of a whole batch
-        // (16,384 rows × 1,536 for the FFN's down projection) would be tens of MB of extra
-        // peak memory; a block's are a few MB, and still enough rows for every thread.
-        for start in (0..m).step_by(BLOCK_ROWS) {
-            let rows = BLOCK_ROWS.min(m - start);
-            self.forward_block(
-                &x[start * k..(start + rows) * k],
-                rows,
-                &mut out[start * n..(start + rows) * n],
-                level,
-                threads,
-                epilogue,
-            );
-        }
+        in_row_blocks(x, k, out, n, |x, m, out| {
+            self.forward_block(x, m, out, level, threads, epilogue)
+        });
     }
 
-    /// [`Self::forward`] on at most [`BLOCK_ROWS`] rows.
+    /// [`Self::forward`] on one block of rows (see [`in_row_blocks`]).
     fn forward_block(
         &self,
         x: &[f32],
@@ -186,7 +175,20 @@ impl Bf16Linear {
                         acc.as_mut_ptr(),
                     )
                 };
-                self.store(&acc, r0, rows, p0, ps, shared, (epilogue, level));
+                // SAFETY: `for_each_tile` gives disjoint tiles inside m rows and the layer's
+                // panels; `out` (m×n) stays mutably borrowed for the call.
+                unsafe {
+                    store_tile(
+                        &acc,
+                        &self.bias,
+                        self.n,
+                        (r0, rows),
+                        (p0, ps),
+                        shared,
+                        epilogue,
+                        level,
+                    )
+                };
             });
             return;
         }
@@ -224,47 +226,21 @@ impl Bf16Linear {
                 }
                 _ => scalar_tile(rows, x, kpad, w, &mut acc),
             }
-            self.store(&acc, r0, rows, p0, ps, shared, (epilogue, level));
+            // SAFETY: `for_each_tile` gives disjoint tiles inside m rows and the layer's
+            // panels; `out` (m×n) stays mutably borrowed for the call.
+            unsafe {
+                store_tile(
+                    &acc,
+                    &self.bias,
+                    self.n,
+                    (r0, rows),
+                    (p0, ps),
+                    shared,
+                    epilogue,
+                    level,
+                )
+            };
         });
-    }
-
-    /// Adds the bias to a tile of sums (`rows × ps × 16`), stores its valid columns and
-    /// applies the epilogue's activation to them.
-    #[allow(clippy::too_many_arguments)]
-    fn store(
-        &self,
-        acc: &[f32],
-        r0: usize,
-        rows: usize,
-        p0: usize,
-        ps: usize,
-        out: SharedOut,
-        (epilogue, level): (Epilogue, KernelLevel),
-    ) {
-        let n = self.n;
-        for r in 0..rows {
-            for p in 0..ps {
-                let col0 = (p0 + p) * PANEL;
-                let valid = PANEL.min(n.saturating_sub(col0));
-                let a = &acc[(r * ps + p) * PANEL..][..valid];
-                // SAFETY: row r0 + r < m and columns col0..col0+valid < n: inside the m×n
-                // output, which `forward` borrows mutably for the call; tiles are disjoint.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(out.ptr().add((r0 + r) * n + col0), valid)
-                };
-                for ((d, a), b) in dst.iter_mut().zip(a).zip(&self.bias[col0..]) {
-                    *d = a + b;
-                }
-            }
-            if epilogue == Epilogue::BiasGelu {
-                let (start, end) = (p0 * PANEL, ((p0 + ps) * PANEL).min(n));
-                // SAFETY: as above: columns start..end of row r0 + r, this tile's own.
-                let row = unsafe {
-                    std::slice::from_raw_parts_mut(out.ptr().add((r0 + r) * n + start), end - start)
-                };
-                super::layers::gelu_at(row, level);
-            }
-        }
     }
 }
 

@@ -42,6 +42,66 @@ impl SharedOut {
     }
 }
 
+/// Runs `f(x_block, rows, out_block)` on consecutive blocks of at most [`BLOCK_ROWS`] rows
+/// of an `m×k` input and its `m×n` output.
+///
+/// Why: a packed matmul converts its activations (bf16 or int8) before multiplying; for a
+/// whole batch (16,384 rows × 1,536 for the FFN's down projection) that copy would be tens of
+/// MB of extra peak memory, for a block it is a few MB, still enough rows for every thread.
+pub(crate) fn in_row_blocks(
+    x: &[f32],
+    k: usize,
+    out: &mut [f32],
+    n: usize,
+    mut f: impl FnMut(&[f32], usize, &mut [f32]),
+) {
+    for (x, out) in x
+        .chunks(BLOCK_ROWS * k.max(1))
+        .zip(out.chunks_mut(BLOCK_ROWS * n.max(1)))
+    {
+        f(x, out.len() / n.max(1), out);
+    }
+}
+
+/// Stores a tile of sums into rows `r0..r0 + rows` of an `m×n` output: adds the bias
+/// (padded to whole panels), keeps the valid columns, applies the epilogue's activation with
+/// vectors no wider than `level`. `acc` holds `rows × ps × 16` sums, a row's `ps` panels side
+/// by side, so a tile row is one contiguous run of the output row.
+///
+/// # Safety
+///
+/// `out` points to an `m×n` output that the caller borrows mutably for the whole call, with
+/// `r0 + rows ≤ m` and panels `p0..p0 + ps` starting inside `n`; no other thread writes these
+/// rows and columns during the call (tiles are disjoint).
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn store_tile(
+    acc: &[f32],
+    bias: &[f32],
+    n: usize,
+    (r0, rows): (usize, usize),
+    (p0, ps): (usize, usize),
+    out: SharedOut,
+    epilogue: Epilogue,
+    level: super::KernelLevel,
+) {
+    let start = p0 * PANEL;
+    let end = ((p0 + ps) * PANEL).min(n);
+    for r in 0..rows {
+        let sums = &acc[r * ps * PANEL..][..end - start];
+        // SAFETY: row r0 + r < m, columns start..end ≤ n: inside the output, this tile's own
+        // (the caller's contract).
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(out.ptr().add((r0 + r) * n + start), end - start)
+        };
+        for ((d, a), b) in dst.iter_mut().zip(sums).zip(&bias[start..end]) {
+            *d = a + b;
+        }
+        if epilogue == Epilogue::BiasGelu {
+            super::layers::gelu_at(dst, level);
+        }
+    }
+}
+
 /// Calls `tile(row0, rows, panel0, panels)` for tiles covering `m` rows × `panels` panels
 /// exactly once each, with `rows ≤ mr` and `panels ≤ np`, on up to `threads` threads (rayon).
 ///
