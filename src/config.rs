@@ -136,6 +136,22 @@ pub struct ServeConfig {
     #[arg(long, env = "MAX_CONNECTIONS")]
     pub max_connections: Option<NonZeroUsize>,
 
+    /// Generation: KV-cache tokens over all running sequences. A request reserves its prompt
+    /// plus its max_new_tokens when it joins the batch and waits in the queue until that fits;
+    /// one that could never fit gets 413. About 46 KB of memory per token for SmolLM2-135M.
+    #[arg(long, env = "MAX_BATCH_TOTAL_TOKENS", default_value_t = 8192)]
+    pub max_batch_total_tokens: usize,
+
+    /// Generation: most prompt tokens read in one step, over all sequences; longer prompts are
+    /// read in chunks so that running streams keep flowing.
+    #[arg(long, env = "MAX_PREFILL_TOKENS", default_value_t = 512)]
+    pub max_prefill_tokens: usize,
+
+    /// Generation: new tokens when a request does not say (TGI's `max_new_tokens`; OpenAI's
+    /// routes default to 16 as OpenAI does).
+    #[arg(long, env = "DEFAULT_MAX_NEW_TOKENS", default_value_t = 100)]
+    pub default_max_new_tokens: usize,
+
     /// Most inputs in one request.
     #[arg(long, env = "MAX_CLIENT_BATCH", default_value_t = 64)]
     pub max_client_batch: usize,
@@ -218,6 +234,9 @@ impl ServeConfig {
             ("max-batch-size", self.max_batch_size),
             ("max-batch-tokens", self.max_batch_tokens),
             ("queue-capacity", self.queue_capacity),
+            ("max-batch-total-tokens", self.max_batch_total_tokens),
+            ("max-prefill-tokens", self.max_prefill_tokens),
+            ("default-max-new-tokens", self.default_max_new_tokens),
             ("max-body-bytes", self.max_body_bytes),
             ("max-client-batch", self.max_client_batch),
             ("max-inflight-body-bytes", self.max_inflight_body_bytes),

@@ -8,6 +8,9 @@
 //!        ─▶ model (candle forward pass) ─▶ reply through the entry's oneshot ─▶ http
 //! ```
 //!
+//! A generation model (GGUF) takes a second path after `http`: `generate`'s engine, one step
+//! loop doing continuous batching, streams tokens back through a channel per request.
+//!
 //! `metrics` is recorded at every stage; `lifecycle` covers the bind-first cold start, the
 //! readiness state and the drain; `config` holds every option; `server` wires them together.
 //! `broker` is the second way in: jobs pulled from a queue broker (Redis Streams) take the
@@ -17,6 +20,7 @@ pub mod alloc;
 pub mod batcher;
 pub mod broker;
 pub mod config;
+pub mod generate;
 pub mod http;
 pub mod kernels;
 pub mod lifecycle;

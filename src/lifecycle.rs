@@ -24,7 +24,15 @@ use crate::model::{ModelInfo, TextTokenizer};
 /// What the HTTP threads need once the model is loaded.
 pub struct Serving {
     pub info: ModelInfo,
-    pub tokenizer: Arc<TextTokenizer>,
+    pub task: ServingTask,
+}
+
+/// The task-specific part of a loaded model, for the handlers.
+pub enum ServingTask {
+    /// An embedding model: its tokenizer (the worker pool holds the model).
+    Embedding(Arc<TextTokenizer>),
+    /// A generation model: tokenizer, chat template and the engine's queue.
+    Generation(Arc<crate::generate::Generator>),
 }
 
 /// Progress of model loading.

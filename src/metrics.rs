@@ -35,6 +35,12 @@ pub const BROKER_BACKLOG: &str = "zerobatch_broker_backlog";
 pub const BROKER_PENDING: &str = "zerobatch_broker_pending";
 pub const BROKER_HELD: &str = "zerobatch_broker_held_jobs";
 pub const BROKER_UP: &str = "zerobatch_broker_up";
+pub const GENERATED_TOKENS: &str = "zerobatch_generated_tokens_total";
+pub const TIME_TO_FIRST_TOKEN: &str = "zerobatch_time_to_first_token_seconds";
+pub const INTER_TOKEN: &str = "zerobatch_inter_token_seconds";
+pub const RUNNING_SEQUENCES: &str = "zerobatch_running_sequences";
+pub const KV_CACHE_TOKENS: &str = "zerobatch_kv_cache_tokens";
+pub const KV_CACHE_BUDGET: &str = "zerobatch_kv_cache_budget_tokens";
 
 const SECONDS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 120.0,
@@ -75,6 +81,29 @@ fn describe() {
         "Time from request received to response ready, by route"
     );
     describe_gauge!(QUEUE_DEPTH, "Inputs waiting for an inference worker");
+    describe_counter!(GENERATED_TOKENS, "Tokens generated, over all sequences");
+    describe_histogram!(
+        TIME_TO_FIRST_TOKEN,
+        Unit::Seconds,
+        "Time from a generation request queued to its first token"
+    );
+    describe_histogram!(
+        INTER_TOKEN,
+        Unit::Seconds,
+        "Time between two tokens of one sequence"
+    );
+    describe_gauge!(
+        RUNNING_SEQUENCES,
+        "Sequences in the running generation batch"
+    );
+    describe_gauge!(
+        KV_CACHE_TOKENS,
+        "Tokens held in the KV cache, over all running sequences"
+    );
+    describe_gauge!(
+        KV_CACHE_BUDGET,
+        "The KV-cache budget in tokens (--max-batch-total-tokens)"
+    );
     describe_gauge!(INFLIGHT, "HTTP requests being handled now");
     describe_histogram!(BATCH_SIZE, "Inputs per batch");
     describe_histogram!(BATCH_TOKENS, "Padded tokens per forward pass");
@@ -262,4 +291,33 @@ pub fn set_broker_up(up: bool) {
 
 pub fn set_inflight_body_bytes(bytes: usize) {
     metrics::gauge!(INFLIGHT_BODY_BYTES).set(bytes as f64);
+}
+
+/// One generation step: sequences in it, tokens produced, cache use.
+pub fn record_generation_step(batch: usize, tokens: u64, running: usize, kv_tokens: usize) {
+    metrics::histogram!(BATCH_SIZE).record(batch as f64);
+    metrics::counter!(GENERATED_TOKENS).increment(tokens);
+    metrics::gauge!(RUNNING_SEQUENCES).set(running as f64);
+    metrics::gauge!(KV_CACHE_TOKENS).set(kv_tokens as f64);
+}
+
+/// The running set and cache use, when they change outside a step (admission, cancel).
+pub fn set_generation_state(running: usize, kv_tokens: usize) {
+    metrics::gauge!(RUNNING_SEQUENCES).set(running as f64);
+    metrics::gauge!(KV_CACHE_TOKENS).set(kv_tokens as f64);
+}
+
+/// The KV-cache budget, once at start.
+pub fn set_kv_cache_budget(tokens: usize) {
+    metrics::gauge!(KV_CACHE_BUDGET).set(tokens as f64);
+}
+
+/// A sequence's first token, `elapsed` after it was queued.
+pub fn record_time_to_first_token(elapsed: Duration) {
+    metrics::histogram!(TIME_TO_FIRST_TOKEN).record(elapsed.as_secs_f64());
+}
+
+/// Time between two tokens of one sequence.
+pub fn record_inter_token(elapsed: Duration) {
+    metrics::histogram!(INTER_TOKEN).record(elapsed.as_secs_f64());
 }

@@ -15,7 +15,7 @@ use crate::broker::ingress::{Ingress, IngressConfig};
 use crate::broker::redis_streams::RedisStreams;
 use crate::config::{available_cores, ServeConfig};
 use crate::http::{self, AppState};
-use crate::lifecycle::{Lifecycle, Serving};
+use crate::lifecycle::{Lifecycle, Serving, ServingTask};
 use crate::metrics;
 use crate::model;
 use crate::queue::Queue;
@@ -204,6 +204,9 @@ fn load_and_start(
     workers: usize,
     process_start: Instant,
 ) {
+    if let Some(path) = crate::generate::gguf_path(&config.model) {
+        return serve_generation(config, lifecycle, &path, process_start);
+    }
     // A panic while loading (a bug reached by some model file) fails the load like any other
     // error: otherwise the replica would stay "loading" forever and never be restarted.
     let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -241,7 +244,7 @@ fn load_and_start(
         .unwrap_or_else(|_| vec![0]);
     lifecycle.loaded(Serving {
         info: loaded.info.clone(),
-        tokenizer: loaded.tokenizer.clone(),
+        task: ServingTask::Embedding(loaded.tokenizer.clone()),
     });
     let warm_started = Instant::now();
     let on_warm = {
@@ -268,6 +271,83 @@ fn load_and_start(
             lifecycle.failed(format!("cannot start the worker threads: {e}"));
         }
     }
+}
+
+/// Loads a generation model and runs its engine on this thread until the process ends.
+fn serve_generation(
+    config: ServeConfig,
+    lifecycle: Arc<Lifecycle>,
+    path: &std::path::Path,
+    process_start: Instant,
+) {
+    use crate::generate::{self, engine};
+    let options = model::LoadOptions {
+        dtype: config.dtype,
+        kernel_cap: config.kernel_cap,
+    };
+    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        generate::load(path, options, available_cores(), startup_phase)
+    }))
+    .unwrap_or_else(|panic| {
+        Err(model::ModelError::Files(format!(
+            "loading panicked (a bug: please report it with the model file): {}",
+            crate::worker::panic_message(&panic)
+        )))
+    });
+    let loaded = match loaded {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot load the model: {e}");
+            lifecycle.failed(e.to_string());
+            return;
+        }
+    };
+    let c = loaded.model.config();
+    tracing::info!(
+        model = %loaded.info.id,
+        dtype = %loaded.info.dtype,
+        kernel = %loaded.info.kernel,
+        layers = c.n_layer,
+        context = c.context,
+        weights_mb = loaded.model.weight_bytes() / 1_000_000,
+        "text generation: linear layers run in {} on the {} kernels",
+        loaded.info.dtype,
+        loaded.info.kernel
+    );
+    // Warm up before taking requests: one token through every layer faults in the weights.
+    let warm_started = Instant::now();
+    let mut cache = generate::llama::KvCache::with_capacity(c, 1);
+    let _ = loaded.model.step(&mut [generate::llama::StepInput {
+        cache: &mut cache,
+        tokens: &[0],
+        want_logits: true,
+    }]);
+    let limits = engine::EngineLimits {
+        max_batch_total_tokens: config.max_batch_total_tokens,
+        max_running: config.max_batch_size,
+        prefill_chunk: config.max_prefill_tokens,
+    };
+    let (engine, handle) = engine::Engine::new(
+        loaded.model.clone(),
+        loaded.tokenizer.clone(),
+        limits,
+        config.queue_capacity,
+    );
+    let generator = generate::Generator {
+        tokenizer: loaded.tokenizer,
+        chat: loaded.chat,
+        engine: handle,
+    };
+    lifecycle.loaded(Serving {
+        info: loaded.info,
+        task: ServingTask::Generation(Arc::new(generator)),
+    });
+    // One step loop serves every sequence: the readiness count of workers is met at once.
+    while !lifecycle.worker_warm() {}
+    startup_phase("warmup", warm_started.elapsed());
+    startup_phase("total", process_start.elapsed());
+    tracing::info!("ready to serve");
+    engine.run();
 }
 
 /// A server running on its own thread and runtime, for tests and benchmarks.

@@ -20,6 +20,7 @@ pub mod body;
 pub mod connections;
 pub mod docs;
 pub mod error;
+pub mod generate;
 pub mod jobs;
 pub mod routes;
 
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -100,6 +101,32 @@ impl AppState {
     }
 }
 
+/// A response body: whole (`Full`, most routes) or streamed (Server-Sent Events).
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+
+/// Counts a streamed response as in flight until its body ends, so that the drain waits for
+/// streams to finish (the request's own guard ends when the headers are sent). Not in the
+/// inflight gauge: the request was counted there already.
+pub struct StreamGuard {
+    state: Arc<AppState>,
+}
+
+impl StreamGuard {
+    /// Starts counting.
+    pub fn new(state: Arc<AppState>) -> Self {
+        state.inflight.fetch_add(1, Ordering::AcqRel);
+        Self { state }
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.state.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.state.idle.notify_waiters();
+        }
+    }
+}
+
 /// A JSON response with the given status.
 pub fn json_response<T: serde::Serialize + ?Sized>(
     status: StatusCode,
@@ -146,7 +173,7 @@ async fn service(
     state: Arc<AppState>,
     req: Request<hyper::body::Incoming>,
     admission: Admission,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let route = routes::route_label(req.uri().path());
     let _inflight = InflightGuard::new(&state, route);
@@ -169,7 +196,7 @@ async fn service(
                 tracing::warn!(route, "{e}");
             }
             let close = e.closes_connection();
-            let mut r = e.into_response();
+            let mut r = e.into_response().map(BodyExt::boxed_unsync);
             if close {
                 r.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -18,8 +18,8 @@ use super::api::{
     OpenAiResponse, Parsed, TokenizeRequest, Usage,
 };
 use super::error::ApiError;
-use super::{docs, json_response, AppState};
-use crate::lifecycle::{Readiness, Serving};
+use super::{docs, json_response, AppState, Body};
+use crate::lifecycle::{Readiness, Serving, ServingTask};
 use crate::model::files::model_id;
 use crate::model::pooling::l2_normalize;
 use crate::model::{TextTokenizer, TokenizeError};
@@ -53,6 +53,30 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         path: "/v1/embeddings",
+        methods: &[Method::POST],
+        allow: "POST",
+        public: false,
+    },
+    Route {
+        path: "/generate",
+        methods: &[Method::POST],
+        allow: "POST",
+        public: false,
+    },
+    Route {
+        path: "/generate_stream",
+        methods: &[Method::POST],
+        allow: "POST",
+        public: false,
+    },
+    Route {
+        path: "/v1/completions",
+        methods: &[Method::POST],
+        allow: "POST",
+        public: false,
+    },
+    Route {
+        path: "/v1/chat/completions",
         methods: &[Method::POST],
         allow: "POST",
         public: false,
@@ -131,7 +155,26 @@ pub fn route_label(path: &str) -> &'static str {
 pub async fn handle(
     state: Arc<AppState>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, ApiError> {
+) -> Result<Response<Body>, ApiError> {
+    Ok(match handle_full(state, req).await? {
+        Reply::Full(r) => r.map(BodyExt::boxed_unsync),
+        Reply::Stream(r) => r,
+    })
+}
+
+/// A handler's answer: a whole body, or a stream (Server-Sent Events of generated tokens).
+pub enum Reply {
+    Full(Response<Full<Bytes>>),
+    Stream(Response<Body>),
+}
+
+impl From<Response<Full<Bytes>>> for Reply {
+    fn from(r: Response<Full<Bytes>>) -> Self {
+        Reply::Full(r)
+    }
+}
+
+async fn handle_full(state: Arc<AppState>, req: Request<Incoming>) -> Result<Reply, ApiError> {
     let path = req.uri().path().to_string();
     let Some(route) = find_route(&path) else {
         return Err(ApiError::NotFound(path));
@@ -149,7 +192,13 @@ pub async fn handle(
         check_api_key(&state, &req)?;
     }
     if route.path.starts_with("/v1/jobs") {
-        return super::jobs::handle(&state, req).await;
+        return super::jobs::handle(&state, req).await.map(Reply::from);
+    }
+    if req.method() == Method::POST && super::generate::is_generation_route(route.path) {
+        let body = super::body::read_body(&state, req).await?;
+        let result = super::generate::handle(&state, route.path, &body.bytes).await;
+        drop(body);
+        return result;
     }
     if req.method() == Method::POST {
         let path = route.path;
@@ -166,9 +215,9 @@ pub async fn handle(
             // What this body and its texts took is free now: give it back to the system.
             crate::alloc::trim_soon();
         }
-        return result;
+        return result.map(Reply::from);
     }
-    match route.path {
+    let reply = match route.path {
         "/" => Ok(docs::index_page(&state)),
         "/openapi.json" => Ok(json_response(StatusCode::OK, &docs::openapi())),
         "/healthz" => Ok(json_response(
@@ -179,7 +228,8 @@ pub async fn handle(
         "/metrics" => Ok(metrics_text(&state)),
         "/info" => Ok(info(&state)),
         _ => Err(ApiError::Internal(format!("route {path} has no handler"))),
-    }
+    };
+    reply.map(Reply::from)
 }
 
 /// Answers a checked request of a JSON route: the one path shared by HTTP requests and queue
@@ -274,14 +324,21 @@ fn metrics_text(state: &AppState) -> Response<Full<Bytes>> {
 fn info(state: &AppState) -> Response<Full<Bytes>> {
     let c = &state.config;
     let model = state.lifecycle.loaded_info();
+    let generation = model
+        .as_ref()
+        .is_some_and(|m| m.task == crate::model::Task::TextGeneration);
+    let embedding = model.as_ref().filter(|_| !generation);
     let body = serde_json::json!({
         "model_id": model.as_ref().map_or_else(|| model_id(&c.model), |m| m.id.clone()),
         "status": state.lifecycle.readiness().as_str(),
         "task": model.as_ref().map(|m| m.task),
-        "dimensions": model.as_ref().map(|m| m.dimensions),
+        "dimensions": embedding.map(|m| m.dimensions),
         "max_input_length": model.as_ref().map(|m| m.max_input_length),
-        "pooling": model.as_ref().map(|m| m.pooling),
-        "normalized_by_model": model.as_ref().map(|m| m.normalized_by_model),
+        "pooling": embedding.map(|m| m.pooling),
+        "normalized_by_model": embedding.map(|m| m.normalized_by_model),
+        "max_batch_total_tokens": generation.then_some(c.max_batch_total_tokens),
+        "max_prefill_tokens": generation.then_some(c.max_prefill_tokens),
+        "default_max_new_tokens": generation.then_some(c.default_max_new_tokens),
         "dtype": model.as_ref().map(|m| m.dtype),
         "kernel": model.as_ref().map(|m| m.kernel),
         "workers": c.worker_count(),
@@ -297,18 +354,33 @@ fn info(state: &AppState) -> Response<Full<Bytes>> {
         "header_timeout_ms": c.header_timeout_ms,
         "max_connections": state.connections.max(),
         "queue": state.broker.as_ref().map(|b| b.display()),
-        "tokenizer_bounded": state.lifecycle.serving_now().map(|s| s.tokenizer.bounded()),
+        "tokenizer_bounded": state.lifecycle.serving_now().and_then(|s| match &s.task {
+            ServingTask::Embedding(t) => Some(t.bounded()),
+            ServingTask::Generation(_) => None,
+        }),
         "version": env!("CARGO_PKG_VERSION"),
     });
     json_response(StatusCode::OK, &body)
 }
 
 /// Holds the request through a cold start if needed, then returns the loaded model's state.
-async fn serving(state: &AppState) -> Result<Arc<Serving>, ApiError> {
+pub(super) async fn serving(state: &AppState) -> Result<Arc<Serving>, ApiError> {
     Ok(state
         .lifecycle
         .serving(state.config.cold_start_timeout())
         .await?)
+}
+
+/// The embedding model's tokenizer, or 400 naming the loaded model's task.
+fn embedding_tokenizer(serving: &Serving) -> Result<Arc<TextTokenizer>, ApiError> {
+    match &serving.task {
+        ServingTask::Embedding(t) => Ok(t.clone()),
+        ServingTask::Generation(_) => Err(ApiError::BadRequest(format!(
+            "this route computes embeddings, but the loaded model ({}) is a {} model: use /generate, /generate_stream, /v1/completions or /v1/chat/completions",
+            serving.info.id,
+            serving.info.task.name()
+        ))),
+    }
 }
 
 /// Above this many bytes of text, tokenizing moves off the tokio threads (a whole-text
@@ -322,19 +394,19 @@ const TOKENIZE_INLINE_BYTES: usize = 32 * 1024;
 /// freed as soon as it is tokenized, not when the request ends.
 async fn tokenized<T: Send + 'static>(
     state: &AppState,
-    serving: &Arc<Serving>,
+    tokenizer: &Arc<TextTokenizer>,
     texts: Vec<String>,
     each: impl Fn(&TextTokenizer, usize, &str) -> Result<T, TokenizeError> + Send + 'static,
 ) -> Result<Vec<T>, ApiError> {
-    let all = move |serving: &Serving, texts: Vec<String>| {
+    let all = move |tokenizer: &TextTokenizer, texts: Vec<String>| {
         texts
             .iter()
             .enumerate()
-            .map(|(i, t)| each(&serving.tokenizer, i, t).map_err(ApiError::from))
+            .map(|(i, t)| each(tokenizer, i, t).map_err(ApiError::from))
             .collect::<Result<Vec<T>, ApiError>>()
     };
     if texts.iter().map(String::len).sum::<usize>() <= TOKENIZE_INLINE_BYTES {
-        return all(serving, texts);
+        return all(tokenizer, texts);
     }
     let slot = state
         .tokenize_slots
@@ -342,10 +414,10 @@ async fn tokenized<T: Send + 'static>(
         .acquire_owned()
         .await
         .map_err(|e| ApiError::Internal(format!("tokenization slots closed: {e}")))?;
-    let serving = serving.clone();
+    let tokenizer = tokenizer.clone();
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        all(&serving, texts)
+        all(&tokenizer, texts)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("tokenization failed: {e}")))?
@@ -365,6 +437,7 @@ async fn embed_texts(
         // Arrival order is taken now, before any cold-start hold, so held requests keep it.
         let first_seq = state.queue.next_seqs(texts.len());
         let serving = serving(state).await?;
+        let tokenizer = embedding_tokenizer(&serving)?;
         if let Some(want) = dimensions {
             if want != serving.info.dimensions {
                 return Err(ApiError::BadRequest(format!(
@@ -373,7 +446,7 @@ async fn embed_texts(
                 )));
             }
         }
-        let ids = tokenized(state, &serving, texts, move |tokenizer, i, t| {
+        let ids = tokenized(state, &tokenizer, texts, move |tokenizer, i, t| {
             tokenizer.encode(i, t, truncate)
         })
         .await?;
@@ -478,7 +551,11 @@ async fn tokenize(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let serving = serving(state).await?;
     let (add_special, truncate) = (req.add_special_tokens, req.truncate);
-    let tokens = tokenized(state, &serving, req.inputs.0, move |tokenizer, i, t| {
+    if let ServingTask::Generation(g) = &serving.task {
+        return super::generate::tokenize(state, g, req.inputs.0, add_special).await;
+    }
+    let tokenizer = embedding_tokenizer(&serving)?;
+    let tokens = tokenized(state, &tokenizer, req.inputs.0, move |tokenizer, i, t| {
         tokenizer.tokens(i, t, add_special, truncate)
     })
     .await?;

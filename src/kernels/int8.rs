@@ -87,7 +87,7 @@ fn quantize_row(v: &[f32], out: &mut [i8]) -> f32 {
 /// Quantizes `m` rows of `k` activations per block into `xq` (`m × kpad`, padding left as
 /// is) and `scales` (`m × blocks`); in VNNI form (`q + 128`) when `vnni`.
 #[inline(always)]
-fn quantize_activations(
+fn quantize_activations_generic(
     x: &[f32],
     k: usize,
     kpad: usize,
@@ -127,7 +127,29 @@ unsafe fn quantize_activations_avx2(
     xq: &mut [i8],
     scales: &mut [f32],
 ) {
-    quantize_activations(x, k, kpad, vnni, xq, scales)
+    quantize_activations_generic(x, k, kpad, vnni, xq, scales)
+}
+
+/// Quantizes `m` rows of `k` activations per block of [`BLOCK`] into `xq` (`m × kpad`) and
+/// `scales` (`m × blocks`), in VNNI form when `vnni`, compiled for the best of `level` (the
+/// same values on every path).
+pub(crate) fn quantize_activations(
+    x: &[f32],
+    k: usize,
+    kpad: usize,
+    vnni: bool,
+    xq: &mut [i8],
+    scales: &mut [f32],
+    level: KernelLevel,
+) {
+    match level.min(KernelLevel::detected()) {
+        #[cfg(target_arch = "x86_64")]
+        KernelLevel::Avx2 | KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 => {
+            // SAFETY: every level from AVX2 up has AVX2 and FMA (clamped to the detected one).
+            unsafe { quantize_activations_avx2(x, k, kpad, vnni, xq, scales) }
+        }
+        _ => quantize_activations_generic(x, k, kpad, vnni, xq, scales),
+    }
 }
 
 impl Int8Linear {
@@ -243,14 +265,7 @@ impl Int8Linear {
         // (The VNNI form flips whole rows, so the zero padding becomes 128 too.)
         let mut xq = vec![0i8; m * kpad];
         let mut x_scales = vec![0.0f32; m * blocks];
-        match level {
-            #[cfg(target_arch = "x86_64")]
-            KernelLevel::Avx2 | KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 => {
-                // SAFETY: every level from AVX2 up has AVX2 and FMA (level ≤ detected).
-                unsafe { quantize_activations_avx2(x, k, kpad, vnni, &mut xq, &mut x_scales) }
-            }
-            _ => quantize_activations(x, k, kpad, vnni, &mut xq, &mut x_scales),
-        }
+        quantize_activations(x, k, kpad, vnni, &mut xq, &mut x_scales, level);
         let shared = SharedOut(out.as_mut_ptr());
         let (mr, np) = match level {
             KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 => (4, 3),

@@ -5,6 +5,7 @@
 //! - [`layers`]: the encoder's f32 kernels and the candle custom ops that run them;
 //! - [`bf16`], [`int8`]: linear layers on packed low-precision weights, each with an AVX-512,
 //!   an AVX2 and a portable path that give the same results (tested against naive references);
+//! - [`q4`]: linear layers on GGUF's 4-bit blocks as stored, against int8 activations;
 //! - [`tiles`]: the loop nest and threading the packed matmuls share.
 //!
 //! [`Dtype`] names the weight format a model runs with and [`PackedLinear`] is one linear layer
@@ -14,6 +15,7 @@ pub mod bf16;
 pub mod cpu;
 pub mod int8;
 pub mod layers;
+pub mod q4;
 pub mod tiles;
 
 use std::fmt;
@@ -25,6 +27,7 @@ pub use bf16::Bf16Linear;
 pub use cpu::KernelLevel;
 pub use int8::Int8Linear;
 pub use layers::*;
+pub use q4::{Q4Format, Q4Linear};
 pub use tiles::Epilogue;
 
 /// The number format of a model's linear-layer weights (LayerNorm, softmax, attention and the
@@ -72,6 +75,8 @@ impl FromStr for Dtype {
 pub enum PackedLinear {
     Bf16(Bf16Linear),
     Int8(Int8Linear),
+    /// GGUF 4-bit weights kept as they are (generation models).
+    Q4(Q4Linear),
 }
 
 impl PackedLinear {
@@ -94,6 +99,7 @@ impl PackedLinear {
         match self {
             PackedLinear::Bf16(l) => l.n(),
             PackedLinear::Int8(l) => l.n(),
+            PackedLinear::Q4(l) => l.n(),
         }
     }
 
@@ -102,6 +108,7 @@ impl PackedLinear {
         match self {
             PackedLinear::Bf16(l) => l.k(),
             PackedLinear::Int8(l) => l.k(),
+            PackedLinear::Q4(l) => l.k(),
         }
     }
 
@@ -110,6 +117,7 @@ impl PackedLinear {
         match self {
             PackedLinear::Bf16(l) => l.bytes(),
             PackedLinear::Int8(l) => l.bytes(),
+            PackedLinear::Q4(l) => l.bytes(),
         }
     }
 
@@ -127,6 +135,7 @@ impl PackedLinear {
         match self {
             PackedLinear::Bf16(l) => l.forward(x, m, out, level, threads, epilogue),
             PackedLinear::Int8(l) => l.forward(x, m, out, level, threads, epilogue),
+            PackedLinear::Q4(l) => l.forward(x, m, out, level, threads, epilogue),
         }
     }
 }

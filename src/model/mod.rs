@@ -40,11 +40,24 @@ pub enum ModelError {
     Forward(String),
 }
 
-/// What a model computes. Only embeddings today; the queue, batcher and pool are task-agnostic.
+/// What a model computes; it follows from the model loaded (one model per process).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum Task {
+    /// Sentence embeddings (a BERT-family encoder in Hugging Face layout).
     Embedding,
+    /// Text generation (a Llama-family decoder in a GGUF file).
+    TextGeneration,
+}
+
+impl Task {
+    /// The name `/info` and error messages use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Embedding => "embedding",
+            Task::TextGeneration => "text-generation",
+        }
+    }
 }
 
 /// Facts about the loaded model, reported by `/info` and used to validate requests.

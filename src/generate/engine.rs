@@ -1,0 +1,437 @@
+//! Continuous (iteration-level) batching: one thread owns the running batch and loops over
+//! steps. Each step admits waiting requests while the KV-cache budget allows, runs one forward
+//! pass over every running sequence (a chunk of its prompt while it prefills, else its last
+//! token), samples one token for each sequence that produced logits, streams it to its client,
+//! and retires sequences that finished or whose client went away, freeing their cache at once.
+//!
+//! Why one loop for both cores rather than one per worker: a step's linear layers read every
+//! weight once whatever the batch size, so one batch of 32 costs far less than two of 16; the
+//! matmuls split their output columns over the cores (`crate::kernels`), attention splits its
+//! sequences. Measured in docs/benchmarks.md.
+//!
+//! Requests wait in a bounded channel (the queue: full means 503 at the front end) until the
+//! budget has room for their prompt plus `max_new_tokens`, reserved at admission so a running
+//! sequence never has to be evicted.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::llama::{KvCache, Llama, StepInput};
+use super::sampling::{Sampler, SamplingParams};
+use super::tokenizer::{GenTokenizer, IncrementalDecoder};
+use crate::metrics;
+
+/// Why a sequence ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// `max_new_tokens` reached (or the context is full).
+    Length,
+    /// The model produced an end-of-sequence token.
+    EosToken,
+    /// The text reached one of the request's stop sequences.
+    StopSequence,
+}
+
+impl FinishReason {
+    /// TGI's name.
+    pub fn tgi(self) -> &'static str {
+        match self {
+            FinishReason::Length => "length",
+            FinishReason::EosToken => "eos_token",
+            FinishReason::StopSequence => "stop_sequence",
+        }
+    }
+
+    /// OpenAI's name.
+    pub fn openai(self) -> &'static str {
+        match self {
+            FinishReason::Length => "length",
+            FinishReason::EosToken | FinishReason::StopSequence => "stop",
+        }
+    }
+}
+
+/// One generated token as streamed to the client.
+#[derive(Debug, Clone)]
+pub struct TokenEvent {
+    pub id: u32,
+    /// The text this token adds (empty for special tokens, or while a character is split).
+    pub text: String,
+    pub logprob: f32,
+    pub special: bool,
+}
+
+/// What the engine sends a request's client, in order: tokens, then one `Done` (or `Failed`).
+#[derive(Debug, Clone)]
+pub enum Event {
+    Token(TokenEvent),
+    Done {
+        reason: FinishReason,
+        generated_tokens: usize,
+        prompt_tokens: usize,
+    },
+    Failed(String),
+}
+
+/// A validated generation request.
+pub struct GenerationRequest {
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    pub max_new_tokens: usize,
+    pub stop: Vec<String>,
+    /// Keep going past end-of-sequence tokens (benchmarks).
+    pub ignore_eos: bool,
+    pub events: UnboundedSender<Event>,
+    pub queued_at: Instant,
+}
+
+impl GenerationRequest {
+    /// Cache tokens the request may need: its prompt and every new token.
+    fn reservation(&self) -> usize {
+        self.prompt.len() + self.max_new_tokens
+    }
+}
+
+/// The engine's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineLimits {
+    /// KV-cache tokens over all running sequences (`--max-batch-total-tokens`).
+    pub max_batch_total_tokens: usize,
+    /// Most sequences running at once.
+    pub max_running: usize,
+    /// Most prompt tokens prefilled in one step, over all sequences, so that running streams
+    /// keep flowing while a long prompt is read.
+    pub prefill_chunk: usize,
+}
+
+/// Why a request could not be queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The queue is full: try again later.
+    Full,
+    /// The engine has stopped.
+    Closed,
+}
+
+/// The front end's side of the engine: submits requests to the bounded queue.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: Sender<GenerationRequest>,
+    limits: EngineLimits,
+    context: usize,
+}
+
+impl EngineHandle {
+    /// Queues `request`, or refuses at once when the queue is full.
+    pub fn submit(&self, request: GenerationRequest) -> Result<(), SubmitError> {
+        match self.tx.try_send(request) {
+            Ok(()) => {
+                metrics::set_queue_depth(self.tx.len());
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => Err(SubmitError::Full),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
+        }
+    }
+
+    /// The limits the engine runs with.
+    pub fn limits(&self) -> EngineLimits {
+        self.limits
+    }
+
+    /// The model's context length.
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
+    /// Requests waiting for admission.
+    pub fn waiting(&self) -> usize {
+        self.tx.len()
+    }
+}
+
+/// A request being generated.
+struct Running {
+    req: GenerationRequest,
+    cache: KvCache,
+    sampler: Sampler,
+    /// Prompt tokens already in the cache.
+    prefilled: usize,
+    generated: Vec<u32>,
+    decoder: IncrementalDecoder,
+    /// Text generated so far (for stop sequences).
+    text: String,
+    last_token_at: Option<Instant>,
+}
+
+impl Running {
+    fn cached(&self) -> usize {
+        self.cache.len()
+    }
+}
+
+/// The step loop's state.
+pub struct Engine {
+    model: Arc<Llama>,
+    tokenizer: Arc<GenTokenizer>,
+    rx: Receiver<GenerationRequest>,
+    limits: EngineLimits,
+    running: Vec<Running>,
+    /// The oldest waiting request, taken from the queue but not yet admitted.
+    head: Option<GenerationRequest>,
+    reserved: usize,
+}
+
+impl Engine {
+    /// An engine for `model` with a queue of `capacity` requests.
+    pub fn new(
+        model: Arc<Llama>,
+        tokenizer: Arc<GenTokenizer>,
+        limits: EngineLimits,
+        capacity: usize,
+    ) -> (Self, EngineHandle) {
+        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        let context = model.config().context;
+        metrics::set_kv_cache_budget(limits.max_batch_total_tokens);
+        (
+            Self {
+                model,
+                tokenizer,
+                rx,
+                limits,
+                running: Vec::new(),
+                head: None,
+                reserved: 0,
+            },
+            EngineHandle {
+                tx,
+                limits,
+                context,
+            },
+        )
+    }
+
+    /// Runs steps until every handle is dropped and nothing is left to do. Sleeps (blocked on
+    /// the queue) when idle.
+    pub fn run(mut self) {
+        loop {
+            if self.running.is_empty() && self.head.is_none() {
+                match self.rx.recv() {
+                    Ok(r) => self.head = Some(r),
+                    Err(_) => return,
+                }
+            }
+            self.admit();
+            self.drop_cancelled();
+            if self.running.is_empty() {
+                continue;
+            }
+            self.step();
+        }
+    }
+
+    /// Admits waiting requests in order while the budget and the batch size allow.
+    fn admit(&mut self) {
+        loop {
+            if self.head.is_none() {
+                match self.rx.try_recv() {
+                    Ok(r) => self.head = Some(r),
+                    Err(_) => break,
+                }
+            }
+            let Some(req) = self.head.take() else { break };
+            if req.events.is_closed() {
+                continue; // Its client left while it waited.
+            }
+            let need = req.reservation();
+            let fits = self.reserved + need <= self.limits.max_batch_total_tokens
+                && self.running.len() < self.limits.max_running;
+            if !fits {
+                self.head = Some(req);
+                break;
+            }
+            self.reserved += need;
+            let cache = KvCache::with_capacity(self.model.config(), need);
+            let sampler = Sampler::new(req.params.clone());
+            self.running.push(Running {
+                req,
+                cache,
+                sampler,
+                prefilled: 0,
+                generated: Vec::new(),
+                decoder: IncrementalDecoder::new(),
+                text: String::new(),
+                last_token_at: None,
+            });
+        }
+        metrics::set_queue_depth(self.rx.len() + usize::from(self.head.is_some()));
+        self.publish_state();
+    }
+
+    fn publish_state(&self) {
+        let kv: usize = self.running.iter().map(Running::cached).sum();
+        metrics::set_generation_state(self.running.len(), kv);
+    }
+
+    /// Retires sequences whose client is gone (disconnected or dropped stream).
+    fn drop_cancelled(&mut self) {
+        let before = self.running.len();
+        let mut freed = 0;
+        self.running.retain(|r| {
+            let keep = !r.req.events.is_closed();
+            if !keep {
+                freed += r.req.reservation();
+            }
+            keep
+        });
+        self.reserved -= freed;
+        if self.running.len() != before {
+            self.publish_state();
+        }
+    }
+
+    /// One forward pass over the running batch, then sampling and retirement.
+    fn step(&mut self) {
+        let mut prefill_left = self.limits.prefill_chunk.max(1);
+        // Which sequences take part, and which of them want logits.
+        let mut plan: Vec<(usize, usize, usize, bool)> = Vec::with_capacity(self.running.len());
+        for (i, r) in self.running.iter().enumerate() {
+            let prompt_len = r.req.prompt.len();
+            if r.prefilled < prompt_len {
+                if prefill_left == 0 {
+                    continue;
+                }
+                let n = (prompt_len - r.prefilled).min(prefill_left);
+                prefill_left -= n;
+                plan.push((i, r.prefilled, n, r.prefilled + n == prompt_len));
+            } else {
+                plan.push((i, 0, 1, true));
+            }
+        }
+        let result = {
+            let mut inputs: Vec<StepInput> = Vec::with_capacity(plan.len());
+            let mut rest: &mut [Running] = &mut self.running;
+            let mut base = 0;
+            for &(i, from, n, want) in &plan {
+                let (_, tail) = rest.split_at_mut(i - base);
+                let (r, tail) = tail.split_first_mut().expect("planned index in range");
+                rest = tail;
+                base = i + 1;
+                let tokens: &[u32] = if r.prefilled < r.req.prompt.len() {
+                    &r.req.prompt[from..from + n]
+                } else {
+                    &r.generated[r.generated.len() - 1..]
+                };
+                inputs.push(StepInput {
+                    cache: &mut r.cache,
+                    tokens,
+                    want_logits: want,
+                });
+            }
+            let model = &self.model;
+            std::panic::catch_unwind(AssertUnwindSafe(|| model.step(&mut inputs)))
+        };
+        let logits = match result {
+            Ok(l) => l,
+            Err(panic) => {
+                let message = format!(
+                    "generation failed (a bug: please report it): {}",
+                    crate::worker::panic_message(&panic)
+                );
+                tracing::error!("{message}");
+                // The caches of this step are in an unknown state: end every sequence in it.
+                let failed: Vec<usize> = plan.iter().map(|p| p.0).collect();
+                for &i in failed.iter().rev() {
+                    let r = self.running.swap_remove(i);
+                    self.reserved -= r.req.reservation();
+                    let _ = r.req.events.send(Event::Failed(message.clone()));
+                }
+                self.publish_state();
+                return;
+            }
+        };
+        let now = Instant::now();
+        let mut logits = logits.into_iter();
+        let mut finished = Vec::new();
+        let mut produced = 0u64;
+        for &(i, _, n, want) in &plan {
+            let r = &mut self.running[i];
+            if r.prefilled < r.req.prompt.len() {
+                r.prefilled += n;
+            }
+            if !want {
+                continue;
+            }
+            let mut l = logits
+                .next()
+                .expect("one row of logits per sequence that wants them");
+            let history: Vec<u32> = if r.sampler.params().repetition_penalty != 1.0 {
+                r.req.prompt.iter().chain(&r.generated).copied().collect()
+            } else {
+                Vec::new()
+            };
+            let choice = r.sampler.choose(&mut l, &history);
+            produced += 1;
+            match r.last_token_at {
+                None => metrics::record_time_to_first_token(now - r.req.queued_at),
+                Some(t) => metrics::record_inter_token(now - t),
+            }
+            r.last_token_at = Some(now);
+            r.generated.push(choice.id);
+            let is_end = self.tokenizer.is_end(choice.id) && !r.req.ignore_eos;
+            let special = self.tokenizer.is_special(choice.id);
+            let text = if is_end {
+                String::new()
+            } else {
+                r.decoder.push(&self.tokenizer, choice.id)
+            };
+            r.text.push_str(&text);
+            let _ = r.req.events.send(Event::Token(TokenEvent {
+                id: choice.id,
+                text,
+                logprob: choice.logprob,
+                special,
+            }));
+            let context_full = r.prompt_and_generated() >= self.model.config().context;
+            let reason = if is_end {
+                Some(FinishReason::EosToken)
+            } else if r
+                .req
+                .stop
+                .iter()
+                .any(|s| !s.is_empty() && r.text.contains(s.as_str()))
+            {
+                Some(FinishReason::StopSequence)
+            } else if r.generated.len() >= r.req.max_new_tokens || context_full {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                finished.push((i, reason));
+            }
+        }
+        finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
+        for (i, reason) in finished {
+            let r = self.running.swap_remove(i);
+            self.reserved -= r.req.reservation();
+            let _ = r.req.events.send(Event::Done {
+                reason,
+                generated_tokens: r.generated.len(),
+                prompt_tokens: r.req.prompt.len(),
+            });
+        }
+        let kv: usize = self.running.iter().map(Running::cached).sum();
+        metrics::record_generation_step(plan.len(), produced, self.running.len(), kv);
+    }
+}
+
+impl Running {
+    fn prompt_and_generated(&self) -> usize {
+        self.req.prompt.len() + self.generated.len()
+    }
+}

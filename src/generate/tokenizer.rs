@@ -1,0 +1,326 @@
+//! The tokenizer of a GGUF model, built from its metadata with the `tokenizers` crate: the
+//! vocabulary, the BPE merges, the token types (control tokens become special tokens, matched
+//! in the text as llama.cpp does with `parse_special`), the special ids, and the
+//! pre-tokenizer that `tokenizer.ggml.pre` names (llama.cpp's table of split regexes).
+//!
+//! Also the incremental decoder that turns a stream of ids into text pieces without ever
+//! emitting half of a multi-byte character.
+
+use std::collections::HashSet;
+
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+
+use super::gguf::{GgufError, GgufFile};
+
+/// GPT-2's split regex, the base of most byte-level BPE pre-tokenizers.
+const GPT2_SPLIT: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
+/// Llama 3's split regex (`llama-bpe`).
+const LLAMA3_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The split regexes, applied in order, for a `tokenizer.ggml.pre` value (llama.cpp's
+/// table); `None` for a value this server does not know.
+fn split_regexes(pre: &str) -> Option<Vec<&'static str>> {
+    Some(match pre {
+        "default" | "gpt2" | "gpt-2" | "mpt" | "olmo" | "jais" => vec![GPT2_SPLIT],
+        // Single digits first, then GPT-2's regex.
+        "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" => {
+            vec![r"\p{N}", GPT2_SPLIT]
+        }
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" => vec![LLAMA3_SPLIT],
+        _ => return None,
+    })
+}
+
+/// GGUF token types (`tokenizer.ggml.token_type`).
+const TYPE_CONTROL: i64 = 3;
+const TYPE_USER_DEFINED: i64 = 4;
+
+/// Why a tokenizer could not be built or used.
+#[derive(Debug, thiserror::Error)]
+pub enum GenTokenizerError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("tokenizer: {0}")]
+    Tokenizers(String),
+}
+
+/// A generation model's tokenizer.
+pub struct GenTokenizer {
+    inner: Tokenizer,
+    bos: Option<u32>,
+    add_bos: bool,
+    /// Ids that end generation (EOS, end-of-turn, …).
+    end_ids: HashSet<u32>,
+    eos: Option<u32>,
+    /// The text of every token (for the chat template's `bos_token`/`eos_token`).
+    tokens: Vec<String>,
+    special: Vec<bool>,
+}
+
+impl GenTokenizer {
+    /// Builds the tokenizer from a GGUF file's metadata.
+    ///
+    /// # Errors
+    ///
+    /// When the metadata is missing or names a tokenizer this server does not build.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, GenTokenizerError> {
+        let model = file.string("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(GenTokenizerError::Unsupported(format!(
+                "{}: tokenizer.ggml.model is {model:?}; this server builds byte-level BPE tokenizers (\"gpt2\"), not yet SentencePiece (\"llama\") ones",
+                file.path().display()
+            )));
+        }
+        let pre = file.string_opt("tokenizer.ggml.pre")?.unwrap_or("default");
+        let regexes = split_regexes(pre).ok_or_else(|| {
+            GenTokenizerError::Unsupported(format!(
+                "{}: tokenizer.ggml.pre is {pre:?}, a pre-tokenizer this server does not know",
+                file.path().display()
+            ))
+        })?;
+        let tokens: Vec<String> = file
+            .strings("tokenizer.ggml.tokens")?
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let merges: Vec<(String, String)> = file
+            .strings("tokenizer.ggml.merges")?
+            .into_iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| {
+                        GenTokenizerError::Tokenizers(format!("merge {m:?} is not two tokens"))
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let types = file
+            .ints_opt("tokenizer.ggml.token_type")?
+            .unwrap_or_else(|| vec![1; tokens.len()]);
+        if types.len() != tokens.len() {
+            return Err(GenTokenizerError::Tokenizers(format!(
+                "{} token types for {} tokens",
+                types.len(),
+                tokens.len()
+            )));
+        }
+        let vocab: Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| GenTokenizerError::Tokenizers(e.to_string()))?;
+        let mut inner = Tokenizer::new(bpe);
+        let mut steps: Vec<PreTokenizerWrapper> = Vec::new();
+        for r in regexes {
+            let split = Split::new(
+                SplitPattern::Regex(r.to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| GenTokenizerError::Tokenizers(e.to_string()))?;
+            steps.push(split.into());
+        }
+        steps.push(ByteLevel::new(false, false, false).into());
+        inner.with_pre_tokenizer(Some(Sequence::new(steps)));
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        let mut special = vec![false; tokens.len()];
+        let mut added = Vec::new();
+        let mut user = Vec::new();
+        for (i, (t, &ty)) in tokens.iter().zip(&types).enumerate() {
+            if ty == TYPE_CONTROL {
+                special[i] = true;
+                added.push(AddedToken::from(t.clone(), true));
+            } else if ty == TYPE_USER_DEFINED {
+                user.push(AddedToken::from(t.clone(), false).normalized(false));
+            }
+        }
+        inner.add_special_tokens(&added);
+        inner.add_tokens(&user);
+        let id = |key: &str| -> Result<Option<u32>, GenTokenizerError> {
+            Ok(match file.uint_opt(key)? {
+                Some(v) if (v as usize) < tokens.len() => Some(v as u32),
+                Some(v) => {
+                    return Err(GenTokenizerError::Tokenizers(format!(
+                        "{key} is {v}, outside the vocabulary"
+                    )))
+                }
+                None => None,
+            })
+        };
+        let bos = id("tokenizer.ggml.bos_token_id")?;
+        let eos = id("tokenizer.ggml.eos_token_id")?;
+        let mut end_ids = HashSet::new();
+        for key in [
+            "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.eot_token_id",
+            "tokenizer.ggml.eom_token_id",
+        ] {
+            if let Some(i) = id(key)? {
+                end_ids.insert(i);
+            }
+        }
+        // llama.cpp also ends on these well-known end-of-turn tokens when present.
+        for (i, t) in tokens.iter().enumerate() {
+            if special[i]
+                && matches!(
+                    t.as_str(),
+                    "<|eot_id|>" | "<|im_end|>" | "<|end|>" | "<end_of_turn>" | "<|endoftext|>"
+                )
+            {
+                end_ids.insert(i as u32);
+            }
+        }
+        let add_bos = file
+            .bool_opt("tokenizer.ggml.add_bos_token")?
+            .unwrap_or(false)
+            && bos.is_some();
+        Ok(Self {
+            inner,
+            bos,
+            add_bos,
+            end_ids,
+            eos,
+            tokens,
+            special,
+        })
+    }
+
+    /// Ids of `text`, special tokens written in it included, with BOS first when the model
+    /// asks for it and `add_special` is set.
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, GenTokenizerError> {
+        let enc = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| GenTokenizerError::Tokenizers(e.to_string()))?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if add_special && self.add_bos {
+            ids.extend(self.bos);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// `/tokenize`'s view of `text` encoded as `ids`: each token's id, text and byte span
+    /// (a BOS added in front has an empty span at 0).
+    pub fn token_infos(&self, text: &str, ids: &[u32]) -> Vec<crate::model::TokenInfo> {
+        let enc = self.inner.encode(text, false).ok();
+        let offsets = enc
+            .as_ref()
+            .map(|e| e.get_offsets().to_vec())
+            .unwrap_or_default();
+        let skip = ids.len().saturating_sub(offsets.len());
+        ids.iter()
+            .enumerate()
+            .map(|(i, &id)| {
+                let (start, stop) = if i < skip {
+                    (0, 0)
+                } else {
+                    offsets.get(i - skip).copied().unwrap_or((0, 0))
+                };
+                let piece = text.get(start..stop).map(str::to_string);
+                crate::model::TokenInfo {
+                    id,
+                    text: piece.unwrap_or_else(|| self.token_text(id).unwrap_or("").to_string()),
+                    special: self.is_special(id),
+                    start,
+                    stop,
+                }
+            })
+            .collect()
+    }
+
+    /// The text of `ids`, special tokens left out.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.inner.decode(ids, true).unwrap_or_default()
+    }
+
+    /// The stored text of one token (special tokens included), e.g. for `/tokenize`.
+    pub fn token_text(&self, id: u32) -> Option<&str> {
+        self.tokens.get(id as usize).map(String::as_str)
+    }
+
+    /// Whether `id` is a control (special) token.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special.get(id as usize).copied().unwrap_or(false)
+    }
+
+    /// Whether `id` ends generation.
+    pub fn is_end(&self, id: u32) -> bool {
+        self.end_ids.contains(&id)
+    }
+
+    /// Tokens in the vocabulary.
+    pub fn vocab_size(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// The BOS token's text, if the model has one.
+    pub fn bos_text(&self) -> Option<&str> {
+        self.bos.and_then(|i| self.token_text(i))
+    }
+
+    /// The EOS token's text, if the model has one.
+    pub fn eos_text(&self) -> Option<&str> {
+        self.eos.and_then(|i| self.token_text(i))
+    }
+}
+
+/// Turns generated ids into text pieces as they come: each piece is the text the new id adds,
+/// held back while it would end in an incomplete UTF-8 character (byte-level tokens can split
+/// one).
+pub struct IncrementalDecoder {
+    ids: Vec<u32>,
+    /// Start of the ids decoded as context for the next piece.
+    prefix: usize,
+    /// Ids whose text has been emitted.
+    read: usize,
+}
+
+impl IncrementalDecoder {
+    /// A decoder with nothing decoded yet.
+    pub fn new() -> Self {
+        Self {
+            ids: Vec::new(),
+            prefix: 0,
+            read: 0,
+        }
+    }
+
+    /// Adds `id`; returns the new text (possibly empty while a character is incomplete).
+    pub fn push(&mut self, tokenizer: &GenTokenizer, id: u32) -> String {
+        self.ids.push(id);
+        let before = tokenizer.decode(&self.ids[self.prefix..self.read]);
+        let now = tokenizer.decode(&self.ids[self.prefix..]);
+        if now.len() > before.len()
+            && !now.ends_with('\u{FFFD}')
+            && now.is_char_boundary(before.len())
+        {
+            let piece = now[before.len()..].to_string();
+            self.prefix = self.read;
+            self.read = self.ids.len();
+            piece
+        } else {
+            String::new()
+        }
+    }
+}
+
+impl Default for IncrementalDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}

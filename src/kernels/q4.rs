@@ -1,0 +1,603 @@
+//! Linear layers on 4-bit weights kept as GGUF stores them (Q4_0 and Q4_1: blocks of 32
+//! values, `w = d·q + m` with `q` in 0..=15), against activations quantized to int8 per block
+//! of 32 as in [`super::int8`].
+//!
+//! Why: generation reads every weight once per step. At a batch of one the step is bound by
+//! memory traffic, and 4-bit weights are half the bytes of int8 ones (0.75 byte per weight with
+//! the f32 scales, against 1.25); in a batched step the unpacking is shared by every row of a
+//! tile. The weights also keep their exact values, as llama.cpp computes them.
+//!
+//! Per block `b`, for a row of activations `x ≈ sx·qx`:
+//! `Σ w·x = sx · (d · Σ q·qx + m · Σ qx)`. The integer sums are exact on every path; the two
+//! multiply-adds per block run in the same order everywhere, so every path gives the same
+//! bits:
+//! - **avx512-vnni** and up: `vpdpbusd` multiplies the unsigned nibbles by the signed
+//!   activations directly (no offset correction is needed);
+//! - **avx2**: `vpmaddubsw` (15 · 127 · 2 fits in i16, so it never saturates);
+//! - **scalar**: plain i32 arithmetic.
+//!
+//! Layout: panels of 16 output columns; per panel and block, 4 chunks of 64 bytes; chunk `j`
+//! holds groups `2j` (low nibbles) and `2j + 1` (high nibbles), each group 16 columns × 4
+//! consecutive reduction indices, as `vpdpbusd` consumes them.
+
+use super::cpu::KernelLevel;
+use super::int8::{quantize_activations, BLOCK};
+use super::tiles::{for_each_tile, in_row_blocks, store_tile, Epilogue, SharedOut, PANEL};
+
+/// Bytes of one chunk: 16 columns × 4 indices, two groups in the two nibbles.
+const CHUNK_BYTES: usize = PANEL * 4;
+/// Chunks per block of 32.
+const BLOCK_CHUNKS: usize = BLOCK / 8;
+
+/// A GGUF 4-bit block format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Q4Format {
+    /// `{d: f16, qs: [u8; 16]}`, `w = d·(q − 8)`.
+    Q4_0,
+    /// `{d: f16, m: f16, qs: [u8; 16]}`, `w = d·q + m`.
+    Q4_1,
+}
+
+impl Q4Format {
+    /// Bytes per block of 32 values.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Q4Format::Q4_0 => 18,
+            Q4Format::Q4_1 => 20,
+        }
+    }
+}
+
+/// A linear layer `y = x · Wᵀ + b` with 4-bit weights.
+pub struct Q4Linear {
+    n: usize,
+    k: usize,
+    blocks: usize,
+    panels: usize,
+    /// `panels × blocks × 4 × 64` bytes.
+    weights: Vec<u8>,
+    /// Per panel, block and lane: `d` (`panels × blocks × 16`, 0 in padding).
+    scales: Vec<f32>,
+    /// Per panel, block and lane: `m`.
+    mins: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+fn f16(bytes: &[u8]) -> f32 {
+    half::f16::from_le_bytes([bytes[0], bytes[1]]).to_f32()
+}
+
+impl Q4Linear {
+    /// Builds the layer from `n` rows of `k` values stored as GGUF `format` blocks (`rows`
+    /// concatenated, row after row), with a bias.
+    ///
+    /// # Errors
+    ///
+    /// When `k` is not a positive multiple of 32 or the bytes are not `n` rows.
+    pub fn from_blocks(
+        format: Q4Format,
+        rows: &[u8],
+        bias: &[f32],
+        k: usize,
+    ) -> Result<Self, String> {
+        let n = bias.len();
+        if k == 0 || !k.is_multiple_of(BLOCK) {
+            return Err(format!(
+                "q4: a row of {k} values is not whole blocks of {BLOCK}"
+            ));
+        }
+        let blocks = k / BLOCK;
+        let bb = format.block_bytes();
+        if Some(rows.len()) != n.checked_mul(blocks * bb) {
+            return Err(format!(
+                "q4: {} bytes are not {n} rows of {k} values",
+                rows.len()
+            ));
+        }
+        let panels = n.div_ceil(PANEL);
+        let mut weights = vec![0u8; panels * blocks * BLOCK_CHUNKS * CHUNK_BYTES];
+        let mut scales = vec![0.0f32; panels * blocks * PANEL];
+        let mut mins = vec![0.0f32; panels * blocks * PANEL];
+        let mut padded_bias = vec![0.0f32; panels * PANEL];
+        padded_bias[..n].copy_from_slice(bias);
+        let mut q = [0u8; BLOCK];
+        for c in 0..n {
+            let (panel, lane) = (c / PANEL, c % PANEL);
+            for b in 0..blocks {
+                let block = &rows[(c * blocks + b) * bb..][..bb];
+                let (d, m, qs) = match format {
+                    Q4Format::Q4_0 => {
+                        let d = f16(block);
+                        (d, -8.0 * d, &block[2..18])
+                    }
+                    Q4Format::Q4_1 => (f16(block), f16(&block[2..]), &block[4..20]),
+                };
+                // ggml's order: byte j holds value j (low nibble) and value j + 16 (high).
+                for (j, &byte) in qs.iter().enumerate() {
+                    q[j] = byte & 0x0F;
+                    q[j + 16] = byte >> 4;
+                }
+                let at = (panel * blocks + b) * PANEL + lane;
+                scales[at] = d;
+                mins[at] = m;
+                let base = (panel * blocks + b) * BLOCK_CHUNKS * CHUNK_BYTES;
+                for (i, &v) in q.iter().enumerate() {
+                    let (g, t) = (i / 4, i % 4);
+                    let byte = &mut weights[base + (g / 2) * CHUNK_BYTES + lane * 4 + t];
+                    *byte |= if g % 2 == 0 { v } else { v << 4 };
+                }
+            }
+        }
+        Ok(Self {
+            n,
+            k,
+            blocks,
+            panels,
+            weights,
+            scales,
+            mins,
+            bias: padded_bias,
+        })
+    }
+
+    /// Output columns.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Input columns (the reduction length).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Bytes held (weights, scales, mins and bias).
+    pub fn bytes(&self) -> usize {
+        self.weights.len() + 4 * (self.scales.len() + self.mins.len() + self.bias.len())
+    }
+
+    /// `out[m×n] = x[m×k] · Wᵀ + b`, then the `epilogue`, on the kernel path of `level`,
+    /// using up to `threads` threads.
+    ///
+    /// # Panics
+    ///
+    /// When `x` is not `m×k` or `out` not `m×n`.
+    pub fn forward(
+        &self,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+        level: KernelLevel,
+        threads: usize,
+        epilogue: Epilogue,
+    ) {
+        let (n, k) = (self.n, self.k);
+        assert_eq!(Some(x.len()), m.checked_mul(k), "q4 linear: input size");
+        assert_eq!(Some(out.len()), m.checked_mul(n), "q4 linear: output size");
+        in_row_blocks(x, k, out, n, |x, m, out| {
+            self.forward_block(x, m, out, level, threads, epilogue)
+        });
+    }
+
+    fn forward_block(
+        &self,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+        level: KernelLevel,
+        threads: usize,
+        epilogue: Epilogue,
+    ) {
+        let (n, k, blocks) = (self.n, self.k, self.blocks);
+        if m == 0 {
+            return;
+        }
+        let level = level.min(KernelLevel::detected());
+        let mut xq = vec![0i8; m * k];
+        let mut x_scales = vec![0.0f32; m * blocks];
+        quantize_activations(x, k, k, false, &mut xq, &mut x_scales, level);
+        // sx · Σ qx per row and block: the factor of each block's `m`.
+        let x_sums: Vec<f32> = xq
+            .chunks_exact(BLOCK)
+            .zip(&x_scales)
+            .map(|(q, &s)| s * q.iter().map(|&v| v as i32).sum::<i32>() as f32)
+            .collect();
+        let shared = SharedOut(out.as_mut_ptr());
+        let (mr, np) = match level {
+            KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 => (4, 3),
+            KernelLevel::Avx2 => (2, 1),
+            KernelLevel::Scalar => (4, 1),
+        };
+        let panel_bytes = blocks * BLOCK_CHUNKS * CHUNK_BYTES;
+        for_each_tile(m, self.panels, mr, np, threads, &|r0, rows, p0, ps| {
+            let mut acc = [0.0f32; 4 * 3 * PANEL];
+            let tile = Tile {
+                x: &xq[r0 * k..(r0 + rows) * k],
+                x_scales: &x_scales[r0 * blocks..(r0 + rows) * blocks],
+                x_sums: &x_sums[r0 * blocks..(r0 + rows) * blocks],
+                k,
+                blocks,
+                w: &self.weights[p0 * panel_bytes..][..ps * panel_bytes],
+                scales: &self.scales[p0 * blocks * PANEL..][..ps * blocks * PANEL],
+                mins: &self.mins[p0 * blocks * PANEL..][..ps * blocks * PANEL],
+            };
+            match level {
+                #[cfg(target_arch = "x86_64")]
+                KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 => {
+                    // SAFETY: the level is at most the detected one, so the CPU has AVX-512
+                    // F/BW/VL/DQ/VNNI; the tile holds `rows` rows and `ps` panels.
+                    unsafe { vnni::tile(rows, ps, &tile, acc.as_mut_ptr()) }
+                }
+                #[cfg(target_arch = "x86_64")]
+                KernelLevel::Avx2 => {
+                    // SAFETY: as above, for AVX2 (`ps` is 1, `rows` at most 2).
+                    unsafe { avx2::tile(rows, &tile, acc.as_mut_ptr()) }
+                }
+                _ => scalar_tile(rows, ps, &tile, &mut acc),
+            }
+            // SAFETY: disjoint tiles inside m rows and the layer's panels; `out` (m×n) stays
+            // mutably borrowed for the call.
+            unsafe {
+                store_tile(
+                    &acc,
+                    &self.bias,
+                    n,
+                    (r0, rows),
+                    (p0, ps),
+                    shared,
+                    epilogue,
+                    level,
+                )
+            };
+        });
+    }
+}
+
+/// The inputs of one tile.
+struct Tile<'a> {
+    /// `rows × k` signed activations.
+    x: &'a [i8],
+    /// `rows × blocks`.
+    x_scales: &'a [f32],
+    /// `rows × blocks`: `sx · Σ qx`.
+    x_sums: &'a [f32],
+    k: usize,
+    blocks: usize,
+    /// `panels × blocks × 256` bytes.
+    w: &'a [u8],
+    scales: &'a [f32],
+    mins: &'a [f32],
+}
+
+/// The portable kernel (same arithmetic, same order, as the SIMD ones).
+fn scalar_tile(rows: usize, ps: usize, t: &Tile, acc: &mut [f32]) {
+    let panel_bytes = t.blocks * BLOCK_CHUNKS * CHUNK_BYTES;
+    for r in 0..rows {
+        let xr = &t.x[r * t.k..][..t.k];
+        for p in 0..ps {
+            let wp = &t.w[p * panel_bytes..][..panel_bytes];
+            let mut sums = [0.0f32; PANEL];
+            for b in 0..t.blocks {
+                let mut dots = [0i32; PANEL];
+                for j in 0..BLOCK_CHUNKS {
+                    let chunk = &wp[(b * BLOCK_CHUNKS + j) * CHUNK_BYTES..][..CHUNK_BYTES];
+                    let x_lo = &xr[b * BLOCK + 8 * j..][..4];
+                    let x_hi = &xr[b * BLOCK + 8 * j + 4..][..4];
+                    for (lane, d) in dots.iter_mut().enumerate() {
+                        for tt in 0..4 {
+                            let byte = chunk[lane * 4 + tt];
+                            *d += (byte & 0x0F) as i32 * x_lo[tt] as i32
+                                + (byte >> 4) as i32 * x_hi[tt] as i32;
+                        }
+                    }
+                }
+                let sx = t.x_scales[r * t.blocks + b];
+                let xs = t.x_sums[r * t.blocks + b];
+                let at = (p * t.blocks + b) * PANEL;
+                for (lane, s) in sums.iter_mut().enumerate() {
+                    *s = (dots[lane] as f32).mul_add(sx * t.scales[at + lane], *s);
+                    *s = t.mins[at + lane].mul_add(xs, *s);
+                }
+            }
+            acc[(r * ps + p) * PANEL..][..PANEL].copy_from_slice(&sums);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use super::super::int8::tile_shapes;
+    use super::{Tile, BLOCK, BLOCK_CHUNKS, CHUNK_BYTES, PANEL};
+    use std::arch::x86_64::*;
+
+    /// VNNI tile of `mr ≤ 4` rows × `np ≤ 3` panels (see [`kernel`]).
+    ///
+    /// # Safety
+    ///
+    /// As [`kernel`].
+    pub unsafe fn tile(mr: usize, np: usize, t: &Tile, acc: *mut f32) {
+        unsafe { tile_shapes!(kernel, mr, np, (t, acc)) }
+    }
+
+    /// # Safety
+    ///
+    /// The CPU must support AVX-512 F/BW/VL/DQ/VNNI; `t` holds at least `MR` rows and `NP`
+    /// panels; `acc` is valid for writing `MR × NP × 16` values.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    unsafe fn kernel<const MR: usize, const NP: usize>(t: &Tile, acc: *mut f32) {
+        let panel_bytes = t.blocks * BLOCK_CHUNKS * CHUNK_BYTES;
+        let (x, w, k) = (t.x.as_ptr(), t.w.as_ptr(), t.k);
+        let nibble = _mm512_set1_epi8(0x0F);
+        let mut sums = [[_mm512_setzero_ps(); NP]; MR];
+        for b in 0..t.blocks {
+            let mut dots = [[_mm512_setzero_si512(); NP]; MR];
+            for j in 0..BLOCK_CHUNKS {
+                let mut lo = [_mm512_setzero_si512(); NP];
+                let mut hi = [_mm512_setzero_si512(); NP];
+                for p in 0..NP {
+                    let raw = _mm512_loadu_si512(
+                        w.add(p * panel_bytes + (b * BLOCK_CHUNKS + j) * CHUNK_BYTES)
+                            .cast(),
+                    );
+                    lo[p] = _mm512_and_si512(raw, nibble);
+                    hi[p] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nibble);
+                }
+                for (r, row) in dots.iter_mut().enumerate() {
+                    let at = x.add(r * k + b * BLOCK + 8 * j);
+                    let a_lo = _mm512_set1_epi32(at.cast::<i32>().read_unaligned());
+                    let a_hi = _mm512_set1_epi32(at.add(4).cast::<i32>().read_unaligned());
+                    for p in 0..NP {
+                        row[p] = _mm512_dpbusd_epi32(row[p], lo[p], a_lo);
+                        row[p] = _mm512_dpbusd_epi32(row[p], hi[p], a_hi);
+                    }
+                }
+            }
+            let mut d = [_mm512_setzero_ps(); NP];
+            let mut m = [_mm512_setzero_ps(); NP];
+            for p in 0..NP {
+                let at = (p * t.blocks + b) * PANEL;
+                d[p] = _mm512_loadu_ps(t.scales.as_ptr().add(at));
+                m[p] = _mm512_loadu_ps(t.mins.as_ptr().add(at));
+            }
+            for (r, (row, dots)) in sums.iter_mut().zip(&dots).enumerate() {
+                let sx = _mm512_set1_ps(*t.x_scales.get_unchecked(r * t.blocks + b));
+                let xs = _mm512_set1_ps(*t.x_sums.get_unchecked(r * t.blocks + b));
+                for p in 0..NP {
+                    let s = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(dots[p]),
+                        _mm512_mul_ps(sx, d[p]),
+                        row[p],
+                    );
+                    row[p] = _mm512_fmadd_ps(m[p], xs, s);
+                }
+            }
+        }
+        for (r, row) in sums.iter().enumerate() {
+            for (p, s) in row.iter().enumerate() {
+                _mm512_storeu_ps(acc.add((r * NP + p) * PANEL), *s);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Tile, BLOCK, BLOCK_CHUNKS, CHUNK_BYTES, PANEL};
+    use std::arch::x86_64::*;
+
+    /// AVX2 tile of `mr ≤ 2` rows × 1 panel.
+    ///
+    /// # Safety
+    ///
+    /// As [`kernel`].
+    pub unsafe fn tile(mr: usize, t: &Tile, acc: *mut f32) {
+        unsafe {
+            match mr {
+                1 => kernel::<1>(t, acc),
+                2 => kernel::<2>(t, acc),
+                _ => unreachable!("tile rows"),
+            }
+        }
+    }
+
+    /// # Safety
+    ///
+    /// The CPU must support AVX2 and FMA; `t` holds at least `MR` rows and one panel; `acc`
+    /// is valid for writing `MR × 16` values.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn kernel<const MR: usize>(t: &Tile, acc: *mut f32) {
+        let ones = _mm256_set1_epi16(1);
+        let nibble = _mm256_set1_epi8(0x0F);
+        let (x, w, k) = (t.x.as_ptr(), t.w.as_ptr(), t.k);
+        let mut sums = [[_mm256_setzero_ps(); 2]; MR];
+        for b in 0..t.blocks {
+            let mut dots = [[_mm256_setzero_si256(); 2]; MR];
+            for j in 0..BLOCK_CHUNKS {
+                let base = w.add((b * BLOCK_CHUNKS + j) * CHUNK_BYTES);
+                let raw0 = _mm256_loadu_si256(base.cast());
+                let raw1 = _mm256_loadu_si256(base.add(32).cast());
+                let lo = [
+                    _mm256_and_si256(raw0, nibble),
+                    _mm256_and_si256(raw1, nibble),
+                ];
+                let hi = [
+                    _mm256_and_si256(_mm256_srli_epi16(raw0, 4), nibble),
+                    _mm256_and_si256(_mm256_srli_epi16(raw1, 4), nibble),
+                ];
+                for (r, d) in dots.iter_mut().enumerate() {
+                    let at = x.add(r * k + b * BLOCK + 8 * j);
+                    let a_lo = _mm256_set1_epi32(at.cast::<i32>().read_unaligned());
+                    let a_hi = _mm256_set1_epi32(at.add(4).cast::<i32>().read_unaligned());
+                    for h in 0..2 {
+                        let p = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(lo[h], a_lo),
+                            _mm256_maddubs_epi16(hi[h], a_hi),
+                        );
+                        d[h] = _mm256_add_epi32(d[h], _mm256_madd_epi16(p, ones));
+                    }
+                }
+            }
+            let at = b * PANEL;
+            for (r, (s, d)) in sums.iter_mut().zip(&dots).enumerate() {
+                let sx = _mm256_set1_ps(*t.x_scales.get_unchecked(r * t.blocks + b));
+                let xs = _mm256_set1_ps(*t.x_sums.get_unchecked(r * t.blocks + b));
+                for h in 0..2 {
+                    let dw = _mm256_loadu_ps(t.scales.as_ptr().add(at + 8 * h));
+                    let mw = _mm256_loadu_ps(t.mins.as_ptr().add(at + 8 * h));
+                    let v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[h]), _mm256_mul_ps(sx, dw), s[h]);
+                    s[h] = _mm256_fmadd_ps(mw, xs, v);
+                }
+            }
+        }
+        for (r, s) in sums.iter().enumerate() {
+            _mm256_storeu_ps(acc.add(r * PANEL), s[0]);
+            _mm256_storeu_ps(acc.add(r * PANEL + 8), s[1]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::test_values as values;
+
+    /// GGUF blocks of `n` rows of `k` values with random nibbles and scales.
+    fn random_blocks(format: Q4Format, n: usize, k: usize, seed: u64) -> Vec<u8> {
+        let v = values(seed, n * k / BLOCK * format.block_bytes());
+        let mut out = Vec::new();
+        for chunk in v.chunks(format.block_bytes()) {
+            let d = half::f16::from_f32(0.01 + 0.02 * chunk[0].abs());
+            out.extend_from_slice(&d.to_le_bytes());
+            if format == Q4Format::Q4_1 {
+                out.extend_from_slice(&half::f16::from_f32(-0.1 * chunk[1]).to_le_bytes());
+            }
+            for &x in &chunk[chunk.len() - 16..] {
+                out.push(((x + 1.0) * 127.9) as u8);
+            }
+        }
+        out
+    }
+
+    /// The weights as f32, decoded the way ggml documents the formats.
+    fn dequantize(format: Q4Format, bytes: &[u8], n: usize, k: usize) -> Vec<f32> {
+        let mut w = Vec::with_capacity(n * k);
+        for block in bytes.chunks(format.block_bytes()) {
+            let d = f16(block);
+            let (m, qs) = match format {
+                Q4Format::Q4_0 => (-8.0 * d, &block[2..]),
+                Q4Format::Q4_1 => (f16(&block[2..]), &block[4..]),
+            };
+            let mut vals = [0.0f32; 32];
+            for (j, &b) in qs.iter().enumerate() {
+                vals[j] = d * (b & 15) as f32 + m;
+                vals[j + 16] = d * (b >> 4) as f32 + m;
+            }
+            w.extend_from_slice(&vals);
+        }
+        w
+    }
+
+    /// The documented arithmetic, naively.
+    fn naive(
+        layer_w: &[u8],
+        format: Q4Format,
+        x: &[f32],
+        m: usize,
+        n: usize,
+        k: usize,
+        b: &[f32],
+    ) -> Vec<f32> {
+        let mut out = vec![0.0; m * n];
+        let bb = format.block_bytes();
+        for i in 0..m {
+            let mut xq = vec![0i8; k];
+            let mut sx = vec![0.0f32; k / BLOCK];
+            quantize_activations(
+                &x[i * k..][..k],
+                k,
+                k,
+                false,
+                &mut xq,
+                &mut sx,
+                KernelLevel::Scalar,
+            );
+            for c in 0..n {
+                let mut s = 0.0f32;
+                for blk in 0..k / BLOCK {
+                    let block = &layer_w[(c * k / BLOCK + blk) * bb..][..bb];
+                    let d = f16(block);
+                    let (mn, qs) = match format {
+                        Q4Format::Q4_0 => (-8.0 * d, &block[2..]),
+                        Q4Format::Q4_1 => (f16(&block[2..]), &block[4..]),
+                    };
+                    let mut dot = 0i32;
+                    let mut sum = 0i32;
+                    for j in 0..16 {
+                        dot += (qs[j] & 15) as i32 * xq[blk * 32 + j] as i32;
+                        dot += (qs[j] >> 4) as i32 * xq[blk * 32 + j + 16] as i32;
+                    }
+                    for j in 0..32 {
+                        sum += xq[blk * 32 + j] as i32;
+                    }
+                    s = (dot as f32).mul_add(sx[blk] * d, s);
+                    s = mn.mul_add(sx[blk] * sum as f32, s);
+                }
+                out[i * n + c] = s + b[c];
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_path_matches_the_naive_reference_exactly_and_the_f32_product_closely() {
+        for format in [Q4Format::Q4_0, Q4Format::Q4_1] {
+            for (m, n, k) in [
+                (1, 1, 32),
+                (3, 17, 64),
+                (7, 48, 96),
+                (13, 64, 576),
+                (100, 40, 32),
+            ] {
+                let bytes = random_blocks(format, n, k, 3 + n as u64);
+                let b = values(9, n);
+                let x = values(1 + m as u64, m * k);
+                let layer = Q4Linear::from_blocks(format, &bytes, &b, k).unwrap();
+                let want = naive(&bytes, format, &x, m, n, k, &b);
+                for level in KernelLevel::ALL {
+                    if level > KernelLevel::detected() {
+                        continue;
+                    }
+                    for threads in [1, 2] {
+                        let mut got = vec![f32::NAN; m * n];
+                        layer.forward(&x, m, &mut got, level, threads, Epilogue::Bias);
+                        assert_eq!(got, want, "{format:?} {m}×{n}×{k} on {level}");
+                    }
+                }
+                // Only the activations are quantized: close to the exact product.
+                let w = dequantize(format, &bytes, n, k);
+                let (mut err, mut norm) = (0.0f64, 0.0f64);
+                for i in 0..m {
+                    for c in 0..n {
+                        let exact: f64 = (0..k)
+                            .map(|t| x[i * k + t] as f64 * w[c * k + t] as f64)
+                            .sum::<f64>()
+                            + b[c] as f64;
+                        err += (want[i * n + c] as f64 - exact).powi(2);
+                        norm += exact.powi(2);
+                    }
+                }
+                assert!(
+                    (err / norm).sqrt() < 0.01,
+                    "{format:?} {m}×{n}×{k}: {}",
+                    (err / norm).sqrt()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        assert!(Q4Linear::from_blocks(Q4Format::Q4_1, &[0; 20], &[0.0], 16).is_err());
+        assert!(Q4Linear::from_blocks(Q4Format::Q4_1, &[0; 19], &[0.0], 32).is_err());
+        assert!(Q4Linear::from_blocks(Q4Format::Q4_0, &[0; 18], &[0.0], 32).is_ok());
+    }
+}
