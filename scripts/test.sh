@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite from a fresh clone: fetches and verifies the default model
-# (all-MiniLM-L6-v2, for the reference test), then runs every test. It changes nothing on
-# the system: a missing shellcheck is reported and its check skipped, not installed.
+# Runs the whole test suite from a fresh clone: fetches and verifies the models the reference
+# tests use (all-MiniLM-L6-v2, SmolLM2-135M-Instruct Q4_1), then runs every test. It changes
+# nothing on the system: a missing shellcheck is reported and its check skipped, not
+# installed.
 #
 #   ./scripts/test.sh            # all tests
 #   ./scripts/test.sh -- NAME    # extra arguments go to `cargo test`
@@ -31,6 +32,10 @@ unset API_KEY
 
 model_dir=$(scripts/fetch-model.sh | tail -n 1)
 export ZEROBATCH_MODEL_DIR="$model_dir"
+# The generation model (SmolLM2-135M-Instruct Q4_1 GGUF) for tests/smollm2_reference.rs and
+# tests/generation.rs.
+generation_model=$(scripts/fetch-generation-model.sh | tail -n 1)
+export ZEROBATCH_GENERATION_MODEL="$generation_model"
 
 # ---- Redis (tests/queue_redis.rs) ----
 # The queue tests start a real redis-server (Redis >= 7) on ephemeral ports. This script

@@ -10,6 +10,8 @@
 
 use std::path::Path;
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use super::gguf::{GgufError, GgufFile, RawTensor};
@@ -32,6 +34,9 @@ pub struct LlamaConfig {
     pub context: usize,
     pub rope_base: f32,
     pub rms_eps: f32,
+    /// Keys and values are cached in f16 (as llama.cpp does; with quantized weights), else in
+    /// f32 (with f32 weights, so that f32 runs match the reference to 1e-4).
+    pub kv_f16: bool,
 }
 
 /// Largest sizes accepted from a file's metadata (guards against absurd allocations).
@@ -101,6 +106,7 @@ impl LlamaConfig {
             context: file.size(&key("context_length"), MAX_CONTEXT)?,
             rope_base,
             rms_eps,
+            kv_f16: true,
         })
     }
 
@@ -216,9 +222,51 @@ fn load_linear(
 }
 
 /// One sequence's keys and values, layer by layer (`len × kv_width` each, grown as it goes).
+///
+/// In f16 with quantized weights, as llama.cpp keeps them: half the memory of f32, and
+/// measured to matter for agreeing with llama.cpp's greedy tokens on long prompts
+/// (tests/smollm2_reference.rs). In f32 with f32 weights (exact reference runs).
 pub struct KvCache {
-    layers: Vec<(Vec<f32>, Vec<f32>)>,
+    layers: Vec<KvLayer>,
     len: usize,
+}
+
+/// One layer's keys and values.
+enum KvLayer {
+    F16(Vec<f16>, Vec<f16>),
+    F32(Vec<f32>, Vec<f32>),
+}
+
+/// An element type of the KV cache.
+trait KvElem: Copy + Send + Sync {
+    /// Appends `src` converted.
+    fn append(cache: &mut Vec<Self>, src: &[f32]);
+    /// Widens `src` into `dst`.
+    fn widen(src: &[Self], dst: &mut [f32]);
+}
+
+impl KvElem for f16 {
+    fn append(cache: &mut Vec<Self>, src: &[f32]) {
+        let at = cache.len();
+        cache.resize(at + src.len(), f16::ZERO);
+        cache[at..].convert_from_f32_slice(src);
+    }
+
+    #[inline(always)]
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
+    }
+}
+
+impl KvElem for f32 {
+    fn append(cache: &mut Vec<Self>, src: &[f32]) {
+        cache.extend_from_slice(src);
+    }
+
+    #[inline(always)]
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
 }
 
 impl KvCache {
@@ -228,10 +276,12 @@ impl KvCache {
         Self {
             layers: (0..config.n_layer)
                 .map(|_| {
-                    (
-                        Vec::with_capacity(tokens * width),
-                        Vec::with_capacity(tokens * width),
-                    )
+                    let n = tokens * width;
+                    if config.kv_f16 {
+                        KvLayer::F16(Vec::with_capacity(n), Vec::with_capacity(n))
+                    } else {
+                        KvLayer::F32(Vec::with_capacity(n), Vec::with_capacity(n))
+                    }
                 })
                 .collect(),
             len: 0,
@@ -310,6 +360,7 @@ impl Llama {
             });
         }
         config.vocab = vocab;
+        config.kv_f16 = dtype != Dtype::F32;
         let (d, hd, ff) = (config.n_embd, config.head_dim, config.n_ff);
         let kvw = config.kv_width();
         let token_embd = file.raw("token_embd.weight", &[vocab, d])?;
@@ -459,17 +510,24 @@ impl Llama {
                 let rows = input.tokens.len();
                 let (mine, rest) = attn_rest.split_at_mut(rows * d);
                 attn_rest = rest;
-                let (k_cache, v_cache) = &mut input.cache.layers[l];
+                let layer = &mut input.cache.layers[l];
                 for r in row0..row0 + rows {
                     let row = &qkv[r * qkvw..(r + 1) * qkvw];
-                    k_cache.extend_from_slice(&row[d..d + kvw]);
-                    v_cache.extend_from_slice(&row[d + kvw..]);
+                    match layer {
+                        KvLayer::F16(k, v) => {
+                            KvElem::append(k, &row[d..d + kvw]);
+                            KvElem::append(v, &row[d + kvw..]);
+                        }
+                        KvLayer::F32(k, v) => {
+                            KvElem::append(k, &row[d..d + kvw]);
+                            KvElem::append(v, &row[d + kvw..]);
+                        }
+                    }
                 }
                 let start = input.cache.len;
                 jobs.push((
                     &qkv[row0 * qkvw..(row0 + rows) * qkvw],
-                    &*k_cache,
-                    &*v_cache,
+                    &*layer,
                     start,
                     mine,
                 ));
@@ -481,8 +539,9 @@ impl Llama {
                 head_dim: hd,
                 qkvw,
             };
-            let run = |(q, k, v, start, out): (&[f32], &Vec<f32>, &Vec<f32>, usize, &mut [f32])| {
-                attend(&shape, q, k, v, start, out, level);
+            let run = |(q, layer, start, out): (&[f32], &KvLayer, usize, &mut [f32])| match layer {
+                KvLayer::F16(k, v) => attend(&shape, q, k, v, start, out, level),
+                KvLayer::F32(k, v) => attend(&shape, q, k, v, start, out, level),
             };
             if jobs.len() > 1 && threads > 1 {
                 jobs.into_par_iter().for_each(run);
@@ -595,12 +654,13 @@ struct AttnShape {
 
 /// Causal attention of one sequence's new rows (queries in `qkv`, rows at positions
 /// `start..`) over its cache (`k`, `v`: every position up to the last new row), into `out`
-/// (`rows × n_head·head_dim`).
-fn attend(
+/// (`rows × n_head·head_dim`). Each cached key and value is widened once per row and used by
+/// every query head of its group (grouped-query attention).
+fn attend<T: KvElem>(
     s: &AttnShape,
     qkv: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[T],
+    v: &[T],
     start: usize,
     out: &mut [f32],
     level: KernelLevel,
@@ -617,11 +677,11 @@ fn attend(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2(
+unsafe fn attend_avx2<T: KvElem>(
     s: &AttnShape,
     qkv: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[T],
+    v: &[T],
     start: usize,
     out: &mut [f32],
 ) {
@@ -629,11 +689,11 @@ unsafe fn attend_avx2(
 }
 
 #[inline(always)]
-fn attend_portable(
+fn attend_portable<T: KvElem>(
     s: &AttnShape,
     qkv: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[T],
+    v: &[T],
     start: usize,
     out: &mut [f32],
 ) {
@@ -642,32 +702,44 @@ fn attend_portable(
     let kvw = s.n_head_kv * hd;
     let scale = 1.0 / (hd as f32).sqrt();
     let rows = qkv.len() / s.qkvw;
-    let mut scores = vec![0.0f32; start + rows];
+    let span = start + rows;
+    let mut scores = vec![0.0f32; group * span];
+    let mut wide = vec![0.0f32; hd];
+    let mut max = vec![0.0f32; group];
+    let mut inv = vec![0.0f32; group];
     for r in 0..rows {
         let visible = start + r + 1;
         let q_row = &qkv[r * s.qkvw..r * s.qkvw + s.n_head * hd];
-        for h in 0..s.n_head {
-            let kvh = h / group;
-            let q = &q_row[h * hd..(h + 1) * hd];
-            let mut max = f32::NEG_INFINITY;
-            for (t, score) in scores[..visible].iter_mut().enumerate() {
-                let kt = &k[t * kvw + kvh * hd..t * kvw + (kvh + 1) * hd];
-                *score = dot(q, kt) * scale;
-                max = max.max(*score);
+        let o_row = &mut out[r * s.n_head * hd..(r + 1) * s.n_head * hd];
+        for kvh in 0..s.n_head_kv {
+            let heads = kvh * group..(kvh + 1) * group;
+            max.fill(f32::NEG_INFINITY);
+            for t in 0..visible {
+                T::widen(&k[t * kvw + kvh * hd..][..hd], &mut wide);
+                for (gi, h) in heads.clone().enumerate() {
+                    let score = dot(&q_row[h * hd..(h + 1) * hd], &wide) * scale;
+                    scores[gi * span + t] = score;
+                    max[gi] = max[gi].max(score);
+                }
             }
-            let mut sum = 0.0f32;
-            for score in &mut scores[..visible] {
-                *score = (*score - max).exp();
-                sum += *score;
+            for gi in 0..group {
+                let mut sum = 0.0f32;
+                for score in &mut scores[gi * span..gi * span + visible] {
+                    *score = (*score - max[gi]).exp();
+                    sum += *score;
+                }
+                inv[gi] = 1.0 / sum;
             }
-            let o = &mut out[r * s.n_head * hd + h * hd..r * s.n_head * hd + (h + 1) * hd];
-            o.fill(0.0);
-            let inv = 1.0 / sum;
-            for (t, &p) in scores[..visible].iter().enumerate() {
-                let vt = &v[t * kvw + kvh * hd..t * kvw + (kvh + 1) * hd];
-                let w = p * inv;
-                for (o, &vv) in o.iter_mut().zip(vt) {
-                    *o += w * vv;
+            for h in heads.clone() {
+                o_row[h * hd..(h + 1) * hd].fill(0.0);
+            }
+            for t in 0..visible {
+                T::widen(&v[t * kvw + kvh * hd..][..hd], &mut wide);
+                for (gi, h) in heads.clone().enumerate() {
+                    let w = scores[gi * span + t] * inv[gi];
+                    for (o, &vv) in o_row[h * hd..(h + 1) * hd].iter_mut().zip(&wide) {
+                        *o += w * vv;
+                    }
                 }
             }
         }

@@ -33,6 +33,22 @@ pub fn minilm_dir() -> Option<PathBuf> {
     dir.join("model.safetensors").is_file().then_some(dir)
 }
 
+/// The real SmolLM2-135M-Instruct Q4_1 GGUF (fetched by scripts/fetch-generation-model.sh).
+pub fn smollm2_path() -> PathBuf {
+    let path = std::env::var("ZEROBATCH_GENERATION_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-generation-model.sh, or use the README's test command, which does",
+        path.display()
+    );
+    path
+}
+
 /// Starts a server on the tiny model with the test configuration, changed by `tweak`, and
 /// waits until it is ready.
 pub fn start(tweak: impl FnOnce(&mut ServeConfig)) -> BackgroundServer {
