@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# container-test.sh: build the zerobatch runtime image with podman and check it for real.
+# container-test.sh: build the zerobatch runtime images (embedding and text generation)
+# with podman and check them for real.
 #
 # Usage:
-#   scripts/container-test.sh [--port N] [--runs N] [--keep]
+#   scripts/container-test.sh [--port N] [--runs N] [--binary PATH] [--keep]
 #
-#   --port N   host port to publish the container's port 80 on, bound to 127.0.0.1
-#              only (default: the first free one from 18080 on)
-#   --runs N   cold starts to time (default 3; the median is reported)
-#   --keep     keep the image zerobatch:container-test afterwards
+#   --port N       host port to publish the container's port 80 on, bound to 127.0.0.1
+#                  only (default: the first free one from 18080 on)
+#   --runs N       cold starts to time (default 3; the median is reported)
+#   --binary PATH  the zerobatch binary to put in the images (default
+#                  target/release/zerobatch, built with cargo when missing or stale;
+#                  a given binary is used as it is). It is copied when the test starts,
+#                  so a rebuild meanwhile does not change what is tested.
+#   --keep         keep the images zerobatch:container-test and
+#                  zerobatch:container-test-generation afterwards
 #
 # What it does:
 #   1. installs podman, runc and debootstrap with apt-get when missing (root only);
@@ -17,13 +23,22 @@
 #   3. builds the `runtime` stage of container/Dockerfile, the same instructions users
 #      build elsewhere, with BINARY_SOURCE=context (target/release/zerobatch, built with
 #      cargo when missing or older than the sources) and MODEL_SOURCE=local (the model
-#      from scripts/fetch-model.sh): this machine has no Rust toolchain image and no hub;
+#      from scripts/fetch-model.sh): this machine has no Rust toolchain image and no hub.
+#      The build context is a snapshot in a temporary directory holding just the binary
+#      and the models (hard links where possible);
 #   4. runs it as ACA would (non-root, port 80, net.ipv4.ip_unprivileged_port_start=1024,
 #      which only the binary's file capability gets past), waits for /readyz, checks
 #      /healthz and POST /embed (384 finite floats, and close to the reference embedding
 #      in tests/data when python3 is there), and that SIGTERM ends it with exit code 0;
 #   5. prints the image size and the cold start (podman run -> first 200 from /embed),
-#      median of --runs.
+#      median of --runs;
+#   6. builds the text-generation image from the same binary (its stages come from the
+#      build cache; only the model layer is new), MODEL=/models/SmolLM2-135M-Instruct with
+#      the GGUF from scripts/fetch-generation-model.sh, runs it the same way and checks
+#      /info (task text-generation), POST /generate in the upstream shape ({"text"} ->
+#      generated_text = prompt + continuation) and the TGI shape ({"inputs",
+#      "parameters"}), and prints its size, its start (podman run -> /readyz 200) and
+#      the time this step took.
 # Exits 0 with "SKIP: <reason>" when podman cannot be installed or run here; any other
 # failure exits non-zero.
 set -euo pipefail
@@ -36,10 +51,12 @@ skip() { printf 'SKIP: %s\n' "$*"; exit 0; }
 port=""
 runs=3
 keep=0
+binary_arg=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --port) [[ $# -ge 2 ]] || die "--port needs a value"; port="$2"; shift 2 ;;
         --runs) [[ $# -ge 2 ]] || die "--runs needs a value"; runs="$2"; shift 2 ;;
+        --binary) [[ $# -ge 2 ]] || die "--binary needs a value"; binary_arg="$2"; shift 2 ;;
         --keep) keep=1; shift ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
@@ -57,15 +74,23 @@ fi
 port_free "$port" || die "port $port is already in use"
 [[ "$runs" =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive number"
 
+[[ -z "$binary_arg" || -x "$binary_arg" ]] || die "--binary $binary_arg is not an executable file"
+[[ -z "$binary_arg" ]] || binary_arg="$(cd "$(dirname "$binary_arg")" && pwd)/$(basename "$binary_arg")"
+
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_root="$(cd "$script_dir/.." && pwd)"
 cd "$repo_root"
 
 readonly base_image=docker.io/library/debian:bookworm-slim
 readonly image=localhost/zerobatch:container-test
+readonly gen_image=localhost/zerobatch:container-test-generation
 readonly model_rel=models/all-MiniLM-L6-v2
+readonly gen_model_rel=models/SmolLM2-135M-Instruct
+# Where the generation image keeps the GGUF, and so the server's MODEL.
+readonly gen_model_path=/models/SmolLM2-135M-Instruct
 readonly binary_rel=target/release/zerobatch
 readonly sentence="A man is eating food."
+readonly prompt="Once upon a time"
 url="http://127.0.0.1:$port"
 
 # --- 1. podman ------------------------------------------------------------------------
@@ -96,7 +121,7 @@ cleanup() {
         "${podman[@]}" rm -f -t 0 "$c" >/dev/null 2>&1 || true
     done
     if [[ $keep -eq 0 ]]; then
-        "${podman[@]}" rmi -f "$image" >/dev/null 2>&1 || true
+        "${podman[@]}" rmi -f "$image" "$gen_image" >/dev/null 2>&1 || true
         # The build's intermediate stage images (only those this run added).
         if [[ -n "$dangling_before" ]]; then
             comm -13 "$tmp/dangling-before" <("${podman[@]}" images -q --filter dangling=true | sort -u) \
@@ -140,33 +165,58 @@ if ! err="$("${podman[@]}" run --rm "${ulimits[@]}" --network none "$base_image"
     skip "podman cannot run a container here: $err"
 fi
 
-# --- 3. binary and model, then the image -----------------------------------------------
-if [[ ! -x "$binary_rel" ]] \
-    || [[ -n "$(find Cargo.toml Cargo.lock src benches -newer "$binary_rel" -print -quit 2>/dev/null)" ]]; then
-    command -v cargo >/dev/null 2>&1 || die "$binary_rel is missing or stale and cargo is not installed"
-    log "building $binary_rel"
-    cargo build --release --locked --bin zerobatch
+# --- 3. binary and models, then the image ----------------------------------------------
+binary="$binary_arg"
+if [[ -z "$binary" ]]; then
+    binary="$repo_root/$binary_rel"
+    if [[ ! -x "$binary" ]] \
+        || [[ -n "$(find Cargo.toml Cargo.lock src benches -newer "$binary" -print -quit 2>/dev/null)" ]]; then
+        command -v cargo >/dev/null 2>&1 || die "$binary_rel is missing or stale and cargo is not installed"
+        log "building $binary_rel"
+        cargo build --release --locked --bin zerobatch
+    fi
 fi
-"$binary_rel" --help >/dev/null || die "$binary_rel --help failed"
 
-log "fetching the model"
+log "fetching the models"
 "$script_dir/fetch-model.sh" "$repo_root/$model_rel" >/dev/null
+"$script_dir/fetch-generation-model.sh" "$repo_root/$gen_model_rel" >/dev/null
+
+# The build context: the binary (a copy: a rebuild while the test runs must not change
+# it) and the two models (hard links, or copies across file systems).
+context="$tmp/context"
+mkdir -p "$context/models"
+cp "$binary" "$context/zerobatch"
+"$context/zerobatch" --help >/dev/null || die "$binary --help failed"
+for m in "$model_rel" "$gen_model_rel"; do
+    if ! cp -al "$repo_root/$m" "$context/$m" 2>/dev/null; then
+        rm -rf "${context:?}/$m"
+        cp -a "$repo_root/$m" "$context/$m"
+    fi
+done
+
+build_image() { # build_image TAG LOG BUILD-ARG...: the runtime stage, from the context
+    local tag="$1" logfile="$2"
+    shift 2
+    local args=() a
+    for a in "$@"; do args+=(--build-arg "$a"); done
+    "${podman[@]}" build --pull=never "${ulimits[@]}" \
+        -f "$repo_root/container/Dockerfile" --target runtime \
+        --build-arg BINARY_SOURCE=context --build-arg BINARY=zerobatch \
+        "${args[@]}" -t "$tag" "$context" >"$logfile" 2>&1 \
+        || { tail -n 30 "$logfile" >&2; die "podman build of $tag failed"; }
+}
 
 log "building $image (runtime stage of container/Dockerfile)"
 "${podman[@]}" images -q --filter dangling=true | sort -u >"$tmp/dangling-before"
 dangling_before=yes
-"${podman[@]}" build --pull=never "${ulimits[@]}" \
-    -f container/Dockerfile --target runtime \
-    --build-arg BINARY_SOURCE=context --build-arg "BINARY=$binary_rel" \
-    --build-arg MODEL_SOURCE=local --build-arg "MODEL_DIR=$model_rel" \
-    -t "$image" . >"$tmp/build.log" 2>&1 || { tail -n 30 "$tmp/build.log" >&2; die "podman build failed"; }
+build_image "$image" "$tmp/build.log" MODEL_SOURCE=local "MODEL_DIR=$model_rel"
 size_bytes="$("${podman[@]}" image inspect --format '{{.Size}}' "$image")"
 
 # --- 4. run it as ACA would ------------------------------------------------------------
-run_container() { # run_container NAME: start the image detached, publish port 80
+run_container() { # run_container NAME [IMAGE]: start the image detached, publish port 80
     "${podman[@]}" run -d --name "$1" "${ulimits[@]}" \
         --sysctl net.ipv4.ip_unprivileged_port_start=1024 \
-        -p "127.0.0.1:$port:80" "$image" >/dev/null
+        -p "127.0.0.1:$port:80" "${2:-$image}" >/dev/null
     containers+=("$1")
 }
 is_running() { [[ "$("${podman[@]}" inspect --format '{{.State.Running}}' "$1" 2>/dev/null)" == true ]]; }
@@ -180,15 +230,20 @@ embed() { # embed OUTFILE: POST /embed, prints the HTTP status
 }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
+wait_ready() { # wait_ready NAME: until /readyz answers 200
+    local deadline=$((SECONDS + 180))
+    until [[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$url/readyz" 2>/dev/null || true)" == 200 ]]; do
+        is_running "$1" || fail_with_logs "$1" "the container exited before /readyz answered 200"
+        [[ $SECONDS -lt $deadline ]] || fail_with_logs "$1" "/readyz did not answer 200 within 180 s"
+        sleep 0.1
+    done
+}
+mb() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1e6 }'; }
+
 name="zerobatch-test-$$"
 log "starting $image as $name on $url"
 run_container "$name"
-deadline=$((SECONDS + 180))
-until [[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$url/readyz" 2>/dev/null || true)" == 200 ]]; do
-    is_running "$name" || fail_with_logs "$name" "the container exited before /readyz answered 200"
-    [[ $SECONDS -lt $deadline ]] || fail_with_logs "$name" "/readyz did not answer 200 within 180 s"
-    sleep 0.2
-done
+wait_ready "$name"
 log "/readyz: 200"
 
 pid="$("${podman[@]}" inspect --format '{{.State.Pid}}' "$name")"
@@ -271,9 +326,68 @@ if ((runs % 2 == 0)); then
     median=$(((sorted[runs / 2 - 1] + sorted[runs / 2]) / 2))
 fi
 
+# --- 6. the text-generation image ---------------------------------------------------------
+gen_start="$(now_ms)"
+log "building $gen_image (MODEL=$gen_model_path, the GGUF from $gen_model_rel)"
+build_image "$gen_image" "$tmp/build-generation.log" MODEL_SOURCE=local \
+    "MODEL_DIR=$gen_model_rel" "MODEL=$gen_model_path"
+gen_size_bytes="$("${podman[@]}" image inspect --format '{{.Size}}' "$gen_image")"
+
+name="zerobatch-generation-$$"
+log "starting $gen_image as $name on $url"
+run_start="$(now_ms)"
+run_container "$name" "$gen_image"
+wait_ready "$name"
+gen_ready_ms=$(($(now_ms) - run_start))
+log "/readyz: 200 after ${gen_ready_ms} ms"
+
+post() { # post PATH BODY OUTFILE: prints the HTTP status
+    curl -s -o "$3" -w '%{http_code}' --max-time 60 -H 'Content-Type: application/json' \
+        -d "$2" "$url$1" 2>/dev/null || true
+}
+curl -s -o "$tmp/info.json" --max-time 5 "$url/info" || true
+grep -q '"task":"text-generation"' "$tmp/info.json" \
+    || fail_with_logs "$name" "/info does not say task text-generation: $(head -c 300 "$tmp/info.json")"
+log "/info: task text-generation"
+status="$(post /generate "{\"text\":\"$prompt\"}" "$tmp/generate-upstream.json")"
+[[ "$status" == 200 ]] || fail_with_logs "$name" "POST /generate {\"text\"} answered $status: $(head -c 300 "$tmp/generate-upstream.json")"
+status="$(post /generate "{\"inputs\":\"$prompt\",\"parameters\":{\"max_new_tokens\":8}}" "$tmp/generate-tgi.json")"
+[[ "$status" == 200 ]] || fail_with_logs "$name" "POST /generate {\"inputs\"} answered $status: $(head -c 300 "$tmp/generate-tgi.json")"
+if command -v python3 >/dev/null 2>&1; then
+    python3 - "$tmp/generate-upstream.json" "$tmp/generate-tgi.json" "$prompt" <<'PY' \
+        || die "unexpected /generate answer"
+import json, sys
+
+upstream = json.load(open(sys.argv[1]))
+tgi = json.load(open(sys.argv[2]))
+prompt = sys.argv[3]
+text = upstream.get("generated_text") if isinstance(upstream, dict) else None
+if not isinstance(text, str) or not text.startswith(prompt) or len(text) <= len(prompt):
+    sys.exit("upstream shape: expected generated_text = prompt + continuation, got %r" % upstream)
+# TGI answers an object, or a list of them (one per input).
+item = tgi[0] if isinstance(tgi, list) and tgi else tgi
+cont = item.get("generated_text") if isinstance(item, dict) else None
+if not isinstance(cont, str) or not cont:
+    sys.exit("TGI shape: expected a non-empty generated_text, got %r" % tgi)
+print("POST /generate: %r; TGI shape (8 new tokens): %r" % (text, cont), file=sys.stderr)
+PY
+else
+    grep -q "^{\"generated_text\":\"$prompt." "$tmp/generate-upstream.json" \
+        || die "upstream shape: generated_text does not continue the prompt: $(head -c 300 "$tmp/generate-upstream.json")"
+    grep -q '"generated_text":"[^"]' "$tmp/generate-tgi.json" \
+        || die "TGI shape: no generated_text: $(head -c 300 "$tmp/generate-tgi.json")"
+    log "POST /generate: both shapes answered generated_text"
+fi
+"${podman[@]}" rm -f -t 0 "$name" >/dev/null
+gen_ms=$(($(now_ms) - gen_start))
+
 printf 'image: %s\n' "$image"
-printf 'image size: %s MB (%s bytes)\n' "$(awk -v b="$size_bytes" 'BEGIN { printf "%.1f", b / 1e6 }')" "$size_bytes"
+printf 'image size: %s MB (%s bytes)\n' "$(mb "$size_bytes")" "$size_bytes"
 printf 'cold start (podman run -> first 200 from POST /embed): median %s ms of %s runs (%s ms)\n' \
     "$median" "$runs" "$(IFS=' '; echo "${times[*]}")"
 printf 'shutdown on SIGTERM: %s ms, exit code 0\n' "$stop_ms"
+printf 'generation image: %s\n' "$gen_image"
+printf 'generation image size: %s MB (%s bytes)\n' "$(mb "$gen_size_bytes")" "$gen_size_bytes"
+printf 'generation start (podman run -> /readyz 200): %s ms; POST /generate in both shapes: 200\n' "$gen_ready_ms"
+printf 'generation step (build, run, checks): %s s\n' "$(awk -v ms="$gen_ms" 'BEGIN { printf "%.1f", ms / 1000 }')"
 printf 'container test: ok\n'

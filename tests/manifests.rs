@@ -504,7 +504,8 @@ fn keda_resources_pass_the_crd_schemas() {
         }
     }
     if schemas.iter().all(|(_, s)| s.is_some()) {
-        assert!(checked >= 3, "only {checked} KEDA resources found");
+        // container/k8s (2), container/queue (1), container/generation (2).
+        assert!(checked >= 5, "only {checked} KEDA resources found");
     }
     // The checker itself refuses what a cluster would.
     if let Some(schema) = &schemas[0].1 {
@@ -580,4 +581,170 @@ fn queue_worker_manifests_scale_on_the_stream_lag_derived_in_the_docs() {
             "{file}: docs/queue.md derives lagCount {lag}"
         );
     }
+}
+
+#[test]
+fn generation_manifests_agree_with_each_other_the_binary_and_the_docs() {
+    let dir = root().join("container/generation");
+    let env_of = |container: &Value| -> Vec<(String, String)> {
+        container["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let value = if e.get("secretRef").is_some() || e.get("valueFrom").is_some() {
+                    "(secret)".to_string()
+                } else {
+                    e["value"].as_str().unwrap().to_string()
+                };
+                (e["name"].as_str().unwrap().to_string(), value)
+            })
+            .collect()
+    };
+    let get = |env: &[(String, String)], k: &str| {
+        env.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {k} in the generation manifests"))
+    };
+
+    // Azure Container Apps.
+    let app = &documents(&dir.join("containerapp.yaml"))[0];
+    let props = &app["properties"];
+    let ingress = &props["configuration"]["ingress"];
+    assert_eq!(ingress["targetPort"].as_u64(), Some(80));
+    assert_eq!(ingress["external"].as_bool(), Some(true));
+    let template = &props["template"];
+    let container = &template["containers"][0];
+    let aca_env = env_of(container);
+    assert_eq!(get(&aca_env, "PORT"), "80");
+    assert_eq!(
+        get(&aca_env, "API_KEY"),
+        "(secret)",
+        "the API key is a secret"
+    );
+    let cpu = container["resources"]["cpu"].as_f64().unwrap();
+    assert_eq!(
+        get(&aca_env, "WORKERS").parse::<f64>().unwrap(),
+        cpu,
+        "one worker per vCPU"
+    );
+    let shutdown: u64 = get(&aca_env, "SHUTDOWN_TIMEOUT_MS").parse().unwrap();
+    assert!(template["terminationGracePeriodSeconds"].as_u64().unwrap() * 1000 > shutdown);
+    let scale = &template["scale"];
+    assert_eq!(scale["minReplicas"].as_u64(), Some(0), "scales to zero");
+    let concurrent: u64 = scale["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find_map(|r| r["http"]["metadata"]["concurrentRequests"].as_str())
+        .expect("an http scale rule with concurrentRequests")
+        .parse()
+        .unwrap();
+    let budget: u64 = get(&aca_env, "MAX_BATCH_TOTAL_TOKENS").parse().unwrap();
+    assert!(
+        (1..=budget / 64).contains(&concurrent),
+        "{concurrent} requests per replica must leave each a share of the {budget}-token KV cache"
+    );
+
+    // Kubernetes: Deployment, Service and the ScaledObject on the generation metrics.
+    let k8s = documents(&dir.join("k8s.yaml"));
+    let by_kind = |kind: &str| {
+        k8s.iter()
+            .find(|d| d["kind"].as_str() == Some(kind))
+            .unwrap_or_else(|| panic!("container/generation/k8s.yaml has no {kind}"))
+    };
+    let deployment = by_kind("Deployment");
+    let service = by_kind("Service");
+    let scaled = by_kind("ScaledObject");
+    let deployment_name = deployment["metadata"]["name"].as_str().unwrap();
+    let k8s_env = env_of(&deployment["spec"]["template"]["spec"]["containers"][0]);
+    for name in [
+        "MAX_BATCH_TOTAL_TOKENS",
+        "MAX_PREFILL_TOKENS",
+        "DEFAULT_MAX_NEW_TOKENS",
+        "WORKERS",
+    ] {
+        assert_eq!(
+            get(&k8s_env, name),
+            get(&aca_env, name),
+            "{name}: k8s.yaml and containerapp.yaml differ"
+        );
+    }
+    assert_eq!(get(&k8s_env, "API_KEY"), "(secret)");
+    assert_eq!(
+        scaled["spec"]["scaleTargetRef"]["name"].as_str(),
+        Some(deployment_name)
+    );
+    // Its triggers read metrics only a running replica exports: without a wake-up trigger
+    // (the HTTP add-on), zero replicas would stay at zero.
+    assert!(
+        scaled["spec"]["minReplicaCount"].as_u64().unwrap_or(0) >= 1,
+        "the prometheus ScaledObject cannot wake the Deployment from zero"
+    );
+    let triggers = scaled["spec"]["triggers"].as_sequence().unwrap();
+    let trigger_on = |metric: &str| {
+        triggers
+            .iter()
+            .find(|t| {
+                t["type"].as_str() == Some("prometheus")
+                    && t["metadata"]["query"]
+                        .as_str()
+                        .is_some_and(|q| q.contains(metric))
+            })
+            .unwrap_or_else(|| panic!("no prometheus trigger reads {metric}"))
+    };
+    let sequences = trigger_on(zerobatch::metrics::RUNNING_SEQUENCES);
+    assert!(sequences["metadata"]["query"]
+        .as_str()
+        .unwrap()
+        .contains(zerobatch::metrics::QUEUE_DEPTH));
+    assert_eq!(
+        sequences["metadata"]["threshold"].as_str(),
+        Some(concurrent.to_string().as_str()),
+        "the sequences threshold equals the ACA rule's concurrentRequests"
+    );
+    let kv: u64 = trigger_on(zerobatch::metrics::KV_CACHE_TOKENS)["metadata"]["threshold"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(kv < budget, "the KV-cache threshold is below the budget");
+    assert_eq!(
+        service["spec"]["selector"],
+        deployment["spec"]["template"]["metadata"]["labels"]
+    );
+
+    // The HTTP add-on alternative, for scale to zero.
+    let http = &documents(&dir.join("httpscaledobject.yaml"))[0];
+    assert_eq!(http["kind"].as_str(), Some("HTTPScaledObject"));
+    let target = &http["spec"]["scaleTargetRef"];
+    assert_eq!(target["name"].as_str(), Some(deployment_name));
+    assert_eq!(target["service"], service["metadata"]["name"]);
+    assert_eq!(target["port"].as_u64(), Some(80));
+    assert_eq!(http["spec"]["replicas"]["min"].as_u64(), Some(0));
+    assert_eq!(
+        http["spec"]["scalingMetric"]["concurrency"]["targetValue"].as_u64(),
+        Some(concurrent)
+    );
+
+    // The image they run is built the way the guide and the container test build it.
+    let model = "MODEL=/models/SmolLM2-135M-Instruct";
+    let guide = std::fs::read_to_string(root().join("docs/deploy-azure.md")).unwrap();
+    let test = std::fs::read_to_string(root().join("scripts/container-test.sh")).unwrap();
+    let dockerfile = std::fs::read_to_string(root().join("container/Dockerfile")).unwrap();
+    for needle in [
+        format!("--build-arg {model}"),
+        "--build-arg MODEL_DIR=models/SmolLM2-135M-Instruct".to_string(),
+        "scripts/fetch-generation-model.sh".to_string(),
+        "container/generation/containerapp.yaml".to_string(),
+        format!("MAX_BATCH_TOTAL_TOKENS={budget}"),
+    ] {
+        assert!(
+            guide.contains(&needle),
+            "docs/deploy-azure.md lacks {needle}"
+        );
+    }
+    assert!(test.contains("gen_model_path=/models/SmolLM2-135M-Instruct"));
+    assert!(dockerfile.contains(&format!("--build-arg {model}")));
 }
