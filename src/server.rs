@@ -177,6 +177,12 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     queue.close();
+    if let Some(serving) = lifecycle.serving_now() {
+        if let ServingTask::Generation(g) = &serving.task {
+            // Drained: the engine thread may end.
+            g.engine.stop();
+        }
+    }
     drop(loader);
     tracing::info!(ms = millis(signalled.elapsed()), "shut down");
     if load_failed {
@@ -347,7 +353,7 @@ fn serve_generation(
     startup_phase("warmup", warm_started.elapsed());
     startup_phase("total", process_start.elapsed());
     tracing::info!("ready to serve");
-    engine.run();
+    engine.run(available_cores());
 }
 
 /// A server running on its own thread and runtime, for tests and benchmarks.

@@ -14,6 +14,7 @@
 //! sequence never has to be evicted.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -117,25 +118,49 @@ pub enum SubmitError {
     Closed,
 }
 
+/// What the queue carries to the engine.
+enum Message {
+    Request(GenerationRequest),
+    /// Finish the running sequences, then end the loop (the server has drained).
+    Stop,
+}
+
 /// The front end's side of the engine: submits requests to the bounded queue.
 #[derive(Clone)]
 pub struct EngineHandle {
-    tx: Sender<GenerationRequest>,
+    tx: Sender<Message>,
+    /// Requests submitted and not yet admitted (in the channel or held by the engine).
+    waiting: Arc<AtomicUsize>,
+    capacity: usize,
     limits: EngineLimits,
     context: usize,
 }
 
 impl EngineHandle {
-    /// Queues `request`, or refuses at once when the queue is full.
+    /// Queues `request`, or refuses at once when `capacity` requests are waiting.
     pub fn submit(&self, request: GenerationRequest) -> Result<(), SubmitError> {
-        match self.tx.try_send(request) {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(SubmitError::Full);
+        }
+        match self.tx.try_send(Message::Request(request)) {
             Ok(()) => {
-                metrics::set_queue_depth(self.tx.len());
+                metrics::set_queue_depth(self.waiting());
                 Ok(())
             }
-            Err(TrySendError::Full(_)) => Err(SubmitError::Full),
-            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
+            Err(e) => {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                Err(match e {
+                    TrySendError::Full(_) => SubmitError::Full,
+                    TrySendError::Disconnected(_) => SubmitError::Closed,
+                })
+            }
         }
+    }
+
+    /// Asks the engine to end once its running sequences are done (after the drain).
+    pub fn stop(&self) {
+        let _ = self.tx.send(Message::Stop);
     }
 
     /// The limits the engine runs with.
@@ -150,7 +175,7 @@ impl EngineHandle {
 
     /// Requests waiting for admission.
     pub fn waiting(&self) -> usize {
-        self.tx.len()
+        self.waiting.load(Ordering::Acquire)
     }
 }
 
@@ -178,7 +203,10 @@ impl Running {
 pub struct Engine {
     model: Arc<Llama>,
     tokenizer: Arc<GenTokenizer>,
-    rx: Receiver<GenerationRequest>,
+    rx: Receiver<Message>,
+    waiting: Arc<AtomicUsize>,
+    /// A stop was received: no more requests come.
+    stopping: bool,
     limits: EngineLimits,
     running: Vec<Running>,
     /// The oldest waiting request, taken from the queue but not yet admitted.
@@ -194,7 +222,10 @@ impl Engine {
         limits: EngineLimits,
         capacity: usize,
     ) -> (Self, EngineHandle) {
-        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        let capacity = capacity.max(1);
+        // One place more than the capacity, for the stop message.
+        let (tx, rx) = crossbeam_channel::bounded(capacity + 1);
+        let waiting = Arc::new(AtomicUsize::new(0));
         let context = model.config().context;
         metrics::set_kv_cache_budget(limits.max_batch_total_tokens);
         (
@@ -202,6 +233,8 @@ impl Engine {
                 model,
                 tokenizer,
                 rx,
+                waiting: waiting.clone(),
+                stopping: false,
                 limits,
                 running: Vec::new(),
                 head: None,
@@ -209,20 +242,35 @@ impl Engine {
             },
             EngineHandle {
                 tx,
+                waiting,
+                capacity,
                 limits,
                 context,
             },
         )
     }
 
-    /// Runs steps until every handle is dropped and nothing is left to do. Sleeps (blocked on
-    /// the queue) when idle.
-    pub fn run(mut self) {
+    /// Runs steps until every handle is dropped and nothing is left to do, on a team of
+    /// `threads` threads (this one included). Sleeps (blocked on the queue) when idle.
+    pub fn run(self, threads: usize) {
+        match crate::kernels::team::Team::new(threads) {
+            Ok(team) => team.install(|| self.run_steps()),
+            Err(e) => {
+                tracing::warn!("cannot start the generation threads ({e}): running on rayon");
+                self.run_steps()
+            }
+        }
+    }
+
+    fn run_steps(mut self) {
         loop {
             if self.running.is_empty() && self.head.is_none() {
+                if self.stopping {
+                    return;
+                }
                 match self.rx.recv() {
-                    Ok(r) => self.head = Some(r),
-                    Err(_) => return,
+                    Ok(Message::Request(r)) => self.head = Some(r),
+                    Ok(Message::Stop) | Err(_) => self.stopping = true,
                 }
             }
             self.admit();
@@ -239,12 +287,16 @@ impl Engine {
         loop {
             if self.head.is_none() {
                 match self.rx.try_recv() {
-                    Ok(r) => self.head = Some(r),
+                    Ok(Message::Request(r)) => self.head = Some(r),
+                    Ok(Message::Stop) => self.stopping = true,
                     Err(_) => break,
                 }
             }
-            let Some(req) = self.head.take() else { break };
+            let Some(req) = self.head.take() else {
+                continue;
+            };
             if req.events.is_closed() {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
                 continue; // Its client left while it waited.
             }
             let need = req.reservation();
@@ -255,6 +307,7 @@ impl Engine {
                 break;
             }
             self.reserved += need;
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
             let cache = KvCache::with_capacity(self.model.config(), need);
             let sampler = Sampler::new(req.params.clone());
             self.running.push(Running {
@@ -268,7 +321,7 @@ impl Engine {
                 last_token_at: None,
             });
         }
-        metrics::set_queue_depth(self.rx.len() + usize::from(self.head.is_some()));
+        metrics::set_queue_depth(self.waiting.load(Ordering::Acquire));
         self.publish_state();
     }
 
@@ -416,17 +469,23 @@ impl Engine {
             }
         }
         finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
-        for (i, reason) in finished {
-            let r = self.running.swap_remove(i);
+        let done: Vec<(Running, FinishReason)> = finished
+            .into_iter()
+            .map(|(i, reason)| (self.running.swap_remove(i), reason))
+            .collect();
+        for (r, _) in &done {
             self.reserved -= r.req.reservation();
+        }
+        // The metrics first: a client that has its answer sees its tokens counted.
+        let kv: usize = self.running.iter().map(Running::cached).sum();
+        metrics::record_generation_step(plan.len(), produced, self.running.len(), kv);
+        for (r, reason) in done {
             let _ = r.req.events.send(Event::Done {
                 reason,
                 generated_tokens: r.generated.len(),
                 prompt_tokens: r.req.prompt.len(),
             });
         }
-        let kv: usize = self.running.iter().map(Running::cached).sum();
-        metrics::record_generation_step(plan.len(), produced, self.running.len(), kv);
     }
 }
 

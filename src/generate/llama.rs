@@ -17,6 +17,8 @@ use rayon::prelude::*;
 use super::gguf::{GgufError, GgufFile, RawTensor};
 use candle_core::quantized::GgmlDType;
 
+use crate::kernels::team::parallel_for;
+use crate::kernels::tiles::SharedOut;
 use crate::kernels::{
     self, Dtype, Epilogue, KernelLevel, LinearPart, PackedLinear, Q4Format, Q4Linear,
 };
@@ -175,8 +177,8 @@ struct Layer {
 }
 
 /// Loads the linear layer made of `parts` (tensor name, rows) stacked, each `rows × k`: as
-/// stored when they are all Q4_0 or all Q4_1 and `keep_q4`, else dequantized and packed as
-/// `dtype`.
+/// stored when they are all Q4_0 or all Q4_1 and `keep_q4`, or all Q8_0 and `dtype` is int8;
+/// else dequantized and packed as `dtype`.
 fn load_linear(
     file: &GgufFile,
     parts: &[(String, usize)],
@@ -189,10 +191,11 @@ fn load_linear(
         Some(GgmlDType::Q4_1) => Some(Q4Format::Q4_1),
         _ => None,
     };
-    let formats: Vec<_> = parts
+    let types: Vec<_> = parts
         .iter()
-        .map(|(name, _)| q4(file.tensor_type(name)))
+        .map(|(name, _)| file.tensor_type(name))
         .collect();
+    let formats: Vec<_> = types.iter().map(|&t| q4(t)).collect();
     let n: usize = parts.iter().map(|p| p.1).sum();
     let name = parts
         .iter()
@@ -213,6 +216,15 @@ fn load_linear(
             let layer = Q4Linear::from_blocks(*format, &bytes, &vec![0.0; n], k).map_err(error)?;
             return Ok(Linear::Packed(PackedLinear::Q4(layer)));
         }
+    }
+    if dtype == Dtype::Int8 && types.iter().all(|t| *t == Some(GgmlDType::Q8_0)) {
+        // Q8_0 is the int8 kernel's own format: taken as stored, exactly.
+        let mut bytes = Vec::new();
+        for (name, rows) in parts {
+            bytes.extend_from_slice(file.bytes(name, &[*rows, k])?.0);
+        }
+        let layer = kernels::Int8Linear::from_q8_0(&bytes, &vec![0.0; n], k).map_err(error)?;
+        return Ok(Linear::Packed(PackedLinear::Int8(layer)));
     }
     let mut w = Vec::with_capacity(n * k);
     for (name, rows) in parts {
@@ -529,7 +541,7 @@ impl Llama {
                     &qkv[row0 * qkvw..(row0 + rows) * qkvw],
                     &*layer,
                     start,
-                    mine,
+                    (SharedOut(mine.as_mut_ptr()), mine.len()),
                 ));
                 row0 += rows;
             }
@@ -539,15 +551,16 @@ impl Llama {
                 head_dim: hd,
                 qkvw,
             };
-            let run = |(q, layer, start, out): (&[f32], &KvLayer, usize, &mut [f32])| match layer {
-                KvLayer::F16(k, v) => attend(&shape, q, k, v, start, out, level),
-                KvLayer::F32(k, v) => attend(&shape, q, k, v, start, out, level),
-            };
-            if jobs.len() > 1 && threads > 1 {
-                jobs.into_par_iter().for_each(run);
-            } else {
-                jobs.into_iter().for_each(run);
-            }
+            parallel_for(jobs.len(), threads, &|i| {
+                let (q, layer, start, (out, len)) = jobs[i];
+                // SAFETY: each job's output is its own rows of `attn` (split above), which
+                // stays mutably borrowed until this loop ends.
+                let out = unsafe { std::slice::from_raw_parts_mut(out.ptr(), len) };
+                match layer {
+                    KvLayer::F16(k, v) => attend(&shape, q, k, v, start, out, level),
+                    KvLayer::F32(k, v) => attend(&shape, q, k, v, start, out, level),
+                }
+            });
             layer.o.forward(&attn, m, &mut proj, level, threads);
             add(&mut x, &proj);
             rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut xn);

@@ -307,7 +307,11 @@ fn readyz(state: &AppState) -> Response<Full<Bytes>> {
 }
 
 fn metrics_text(state: &AppState) -> Response<Full<Bytes>> {
-    crate::metrics::set_queue_depth(state.queue.depth());
+    let depth = match state.lifecycle.serving_now().as_deref().map(|s| &s.task) {
+        Some(ServingTask::Generation(g)) => g.engine.waiting(),
+        _ => state.queue.depth(),
+    };
+    crate::metrics::set_queue_depth(depth);
     crate::metrics::set_inflight_body_bytes(
         state.config.max_inflight_body_bytes - state.body_budget.available_permits(),
     );

@@ -200,6 +200,72 @@ impl Int8Linear {
         })
     }
 
+    /// Builds the layer from `n` rows of `k` values stored as GGUF Q8_0 blocks (`{d: f16,
+    /// qs: [i8; 32]}`, row after row), keeping their exact values (Q8_0 is this layer's own
+    /// format: per-column blocks of 32 with one scale). Panels convert in parallel.
+    ///
+    /// # Errors
+    ///
+    /// When `k` is not a positive multiple of 32 or the bytes are not `n` rows.
+    pub fn from_q8_0(rows: &[u8], bias: &[f32], k: usize) -> Result<Self, String> {
+        use rayon::prelude::*;
+        const BB: usize = 34;
+        let n = bias.len();
+        if k == 0 || !k.is_multiple_of(BLOCK) {
+            return Err(format!(
+                "int8: a row of {k} values is not whole blocks of {BLOCK}"
+            ));
+        }
+        let blocks = k / BLOCK;
+        if Some(rows.len()) != n.checked_mul(blocks * BB) {
+            return Err(format!(
+                "int8: {} bytes are not {n} Q8_0 rows of {k} values",
+                rows.len()
+            ));
+        }
+        let groups = blocks * BLOCK_GROUPS;
+        let panels = n.div_ceil(PANEL);
+        let mut weights = vec![0i8; panels * groups * GROUP_BYTES];
+        let mut scales = vec![0.0f32; panels * blocks * PANEL];
+        let mut offsets = vec![0i32; panels * blocks * PANEL];
+        let mut padded_bias = vec![0.0f32; panels * PANEL];
+        padded_bias[..n].copy_from_slice(bias);
+        weights
+            .par_chunks_mut(groups * GROUP_BYTES)
+            .zip(scales.par_chunks_mut(blocks * PANEL))
+            .zip(offsets.par_chunks_mut(blocks * PANEL))
+            .enumerate()
+            .for_each(|(panel, ((w, s), o))| {
+                for lane in 0..PANEL.min(n - panel * PANEL) {
+                    let c = panel * PANEL + lane;
+                    for b in 0..blocks {
+                        let block = &rows[(c * blocks + b) * BB..][..BB];
+                        s[b * PANEL + lane] =
+                            half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                        let mut sum = 0i32;
+                        for (j, &q) in block[2..].iter().enumerate() {
+                            let q = q as i8;
+                            sum += q as i32;
+                            let i = b * BLOCK + j;
+                            w[(i / GROUP) * GROUP_BYTES + lane * GROUP + i % GROUP] = q;
+                        }
+                        o[b * PANEL + lane] = -128 * sum;
+                    }
+                }
+            });
+        Ok(Self {
+            n,
+            k,
+            groups,
+            panels,
+            weights,
+            scales,
+            offsets,
+            blocks,
+            bias: padded_bias,
+        })
+    }
+
     /// Output columns.
     pub fn n(&self) -> usize {
         self.n
@@ -653,6 +719,41 @@ mod tests {
             Epilogue::Bias,
         );
         assert!(out[0].is_nan() && out[1..].iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn q8_0_blocks_load_exactly_as_quantizing_their_values_does() {
+        let (n, k) = (37, 64);
+        // Q8_0 blocks as ggml writes them: d = amax / 127 in f16, q = round(x / d).
+        let w = values(21, n * k);
+        let mut bytes = Vec::new();
+        let mut dequantized = Vec::new();
+        for block in w.chunks(BLOCK) {
+            let amax = block.iter().fold(0.0f32, |a, x| a.max(x.abs()));
+            let d = half::f16::from_f32(amax / 127.0);
+            bytes.extend_from_slice(&d.to_le_bytes());
+            for &x in block {
+                let q = (x / d.to_f32()).round().clamp(-127.0, 127.0) as i8;
+                bytes.push(q as u8);
+                dequantized.push(q as f32 * d.to_f32());
+            }
+        }
+        let b = values(4, n);
+        let from_blocks = Int8Linear::from_q8_0(&bytes, &b, k).unwrap();
+        let x = values(8, 3 * k);
+        let mut got = vec![0.0; 3 * n];
+        from_blocks.forward(&x, 3, &mut got, KernelLevel::detected(), 1, Epilogue::Bias);
+        // The same weights given as f32: the int8 kernel's arithmetic on the same values.
+        let mut want = vec![0.0; 3 * n];
+        let naive_want = naive(&x, 3, &dequantized, &b, k);
+        want.copy_from_slice(&naive_want);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(worst < 1e-4, "{worst}");
+        assert!(Int8Linear::from_q8_0(&bytes[1..], &b, k).is_err());
     }
 
     #[test]

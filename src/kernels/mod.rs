@@ -6,7 +6,8 @@
 //! - [`bf16`], [`int8`]: linear layers on packed low-precision weights, each with an AVX-512,
 //!   an AVX2 and a portable path that give the same results (tested against naive references);
 //! - [`q4`]: linear layers on GGUF's 4-bit blocks as stored, against int8 activations;
-//! - [`tiles`]: the loop nest and threading the packed matmuls share.
+//! - [`tiles`]: the loop nest and threading the packed matmuls share;
+//! - [`team`]: spinning threads for runs of many small parallel sections (generation steps).
 //!
 //! [`Dtype`] names the weight format a model runs with and [`PackedLinear`] is one linear layer
 //! in a packed format.
@@ -16,6 +17,7 @@ pub mod cpu;
 pub mod int8;
 pub mod layers;
 pub mod q4;
+pub mod team;
 pub mod tiles;
 
 use std::fmt;

@@ -8,6 +8,8 @@
 //! block inside a chunk (so a panel block stays in L1/L2 while the chunk's rows pass over it).
 //! Threads split row chunks when there are enough of them, else panel blocks.
 
+use super::team::{current_threads, parallel_for};
+
 /// What a packed linear layer does to its sums before storing them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Epilogue {
@@ -135,23 +137,20 @@ pub(crate) fn for_each_tile(
         run(0..m, 0..panels);
     } else if chunks >= 2 * threads {
         // Enough rows: each task takes whole chunks and every panel.
-        rayon::scope(|scope| {
-            for c in 0..chunks {
-                let rows = c * chunk_rows..((c + 1) * chunk_rows).min(m);
-                let run = &run;
-                scope.spawn(move |_| run(rows, 0..panels));
-            }
+        parallel_for(chunks, threads, &|c| {
+            run(c * chunk_rows..((c + 1) * chunk_rows).min(m), 0..panels)
         });
     } else {
         // Few rows (one small batch): split the panels, so every thread reads a different
-        // part of the weights.
-        let per = panels.div_ceil(threads).max(1);
-        rayon::scope(|scope| {
-            for p0 in (0..panels).step_by(per) {
-                let range = p0..(p0 + per).min(panels);
-                let run = &run;
-                scope.spawn(move |_| run(0..m, range));
-            }
+        // part of the weights. On a team (generation steps) in several tasks per thread, so
+        // that a thread the OS delays leaves its share to the others.
+        let tasks = match current_threads() {
+            Some(_) => threads * 4,
+            None => threads,
+        };
+        let per = panels.div_ceil(tasks).max(1);
+        parallel_for(panels.div_ceil(per), threads, &|t| {
+            run(0..m, t * per..((t + 1) * per).min(panels))
         });
     }
 }
