@@ -3,6 +3,7 @@ r"""Draw benchmark results as SVG bar charts, for docs/benchmarks.md. Standard l
 
 Usage:
     scripts/plot-benchmarks.py RESULTS.csv [--out-dir DIR] [--prefix NAME-] [--title TEXT]
+    scripts/plot-benchmarks.py --generation GENERATION.csv --prefix generation- [--title TEXT]
 
 Reads a CSV with a header row holding these columns (any order; other columns are
 ignored; one row per system, input and concurrency of one run):
@@ -41,12 +42,19 @@ import sys
 from xml.sax.saxutils import escape
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COLUMNS = ["input", "system", "concurrency", "req_per_s", "p50_ms", "p99_ms", "peak_rss_mb"]
 METRICS = [
     # (column, file name, title, unit, better)
     ("req_per_s", "throughput.svg", "Throughput", "requests/s", "higher is better"),
     ("p50_ms", "latency-p50.svg", "Median latency, p50", "ms", "lower is better"),
     ("p99_ms", "latency-p99.svg", "Tail latency, p99", "ms", "lower is better"),
+    ("peak_rss_mb", "peak-rss.svg", "Peak memory, RSS", "MB", "lower is better"),
+]
+# With --generation (scripts/compare-generation.sh's CSV): per-token metrics instead.
+GENERATION_METRICS = [
+    ("tokens_per_s", "throughput.svg", "Generated tokens per second, all streams", "tokens/s", "higher is better"),
+    ("ttft_p50_ms", "ttft-p50.svg", "Time to first token, p50", "ms", "lower is better"),
+    ("itl_p50_ms", "itl-p50.svg", "Inter-token latency, p50", "ms", "lower is better"),
+    ("itl_p99_ms", "itl-p99.svg", "Inter-token latency, p99", "ms", "lower is better"),
     ("peak_rss_mb", "peak-rss.svg", "Peak memory, RSS", "MB", "lower is better"),
 ]
 # Colour-blind-safe (Okabe-Ito), in order of first appearance of each system.
@@ -59,10 +67,11 @@ PANEL_HEIGHT, PANEL_GAP = 230, 56
 TOP = 86
 
 
-def read_rows(path):
+def read_rows(path, metrics):
+    columns = ["input", "system", "concurrency"] + [m[0] for m in metrics]
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:
             sys.exit(f"{path}: missing column(s) {', '.join(missing)}; the header is {reader.fieldnames}")
         rows, seen = [], {}
@@ -79,7 +88,7 @@ def read_rows(path):
                 sys.exit(f"{path}:{line}: {key} already on line {seen[key]}")
             seen[key] = line
             row = {"input": inp, "system": system, "concurrency": conc}
-            for col, *_ in METRICS:
+            for col, *_ in metrics:
                 text = (r[col] or "").strip()
                 if text == "":
                     row[col] = None
@@ -226,11 +235,15 @@ def main():
     ap.add_argument("--out-dir", default=os.path.join(REPO_ROOT, "docs", "img"))
     ap.add_argument("--prefix", default="", help="prepended to each file name, e.g. 'minilm-'")
     ap.add_argument("--title", default="", help="a line under each chart's title, e.g. the machine and date")
+    ap.add_argument("--generation", action="store_true",
+                    help="the CSV is scripts/compare-generation.sh's: draw tokens/s, time to first token, "
+                         "inter-token latency and peak RSS")
     args = ap.parse_args()
 
-    rows = read_rows(args.csv)
+    metrics = GENERATION_METRICS if args.generation else METRICS
+    rows = read_rows(args.csv, metrics)
     os.makedirs(args.out_dir, exist_ok=True)
-    for col, name, title, unit, better in METRICS:
+    for col, name, title, unit, better in metrics:
         if all(r[col] is None for r in rows):
             print(f"skipped {name}: no {col} values", file=sys.stderr)
             continue

@@ -209,11 +209,11 @@ fn load_linear(
     };
     if let (true, Some(Some(format))) = (keep_q4, formats.first()) {
         if formats.iter().all(|f| *f == Some(*format)) {
-            let mut bytes = Vec::new();
+            let mut stacked = Vec::with_capacity(parts.len());
             for (name, rows) in parts {
-                bytes.extend_from_slice(file.bytes(name, &[*rows, k])?.0);
+                stacked.push(file.bytes(name, &[*rows, k])?.0);
             }
-            let layer = Q4Linear::from_blocks(*format, &bytes, &vec![0.0; n], k).map_err(error)?;
+            let layer = Q4Linear::from_parts(*format, &stacked, &vec![0.0; n], k).map_err(error)?;
             return Ok(Linear::Packed(PackedLinear::Q4(layer)));
         }
     }
@@ -349,6 +349,19 @@ impl Llama {
         threads: usize,
     ) -> Result<(Self, GgufFile), GgufError> {
         let file = GgufFile::open(path)?;
+        let model = Self::from_file(&file, dtype, keep_q4, level, threads)?;
+        Ok((model, file))
+    }
+
+    /// [`Self::load`] from a file already open (its tokenizer can be built meanwhile).
+    pub fn from_file(
+        file: &GgufFile,
+        dtype: Dtype,
+        keep_q4: bool,
+        level: KernelLevel,
+        threads: usize,
+    ) -> Result<Self, GgufError> {
+        let path = file.path();
         let arch = file.string("general.architecture")?.to_string();
         if arch != "llama" {
             return Err(GgufError::Metadata {
@@ -359,7 +372,7 @@ impl Llama {
                 ),
             });
         }
-        let mut config = LlamaConfig::read(&file)?;
+        let mut config = LlamaConfig::read(file)?;
         let vocab = match file.strings("tokenizer.ggml.tokens") {
             Ok(t) => t.len(),
             Err(e) => return Err(e),
@@ -376,7 +389,7 @@ impl Llama {
         let (d, hd, ff) = (config.n_embd, config.head_dim, config.n_ff);
         let kvw = config.kv_width();
         let token_embd = file.raw("token_embd.weight", &[vocab, d])?;
-        let file_ref = &file;
+        let file_ref = file;
         let layer = |i: usize| -> Result<Layer, GgufError> {
             let t = |s: &str| format!("blk.{i}.{s}.weight");
             let linear = |parts: &[(String, usize)], k: usize| {
@@ -410,26 +423,23 @@ impl Llama {
         } else {
             "token_embd.weight"
         };
-        let lm_head = load_linear(&file, &[(head_name.to_string(), vocab)], d, dtype, keep_q4)?;
+        let lm_head = load_linear(file, &[(head_name.to_string(), vocab)], d, dtype, keep_q4)?;
         let rope_freq_factors = if file.has_tensor("rope_freqs.weight") {
             file.f32("rope_freqs.weight", &[hd / 2])?
         } else {
             vec![1.0; hd / 2]
         };
-        Ok((
-            Self {
-                config,
-                token_embd,
-                layers,
-                output_norm,
-                lm_head,
-                rope_freq_factors,
-                dtype,
-                level,
-                threads: threads.max(1),
-            },
-            file,
-        ))
+        Ok(Self {
+            config,
+            token_embd,
+            layers,
+            output_norm,
+            lm_head,
+            rope_freq_factors,
+            dtype,
+            level,
+            threads: threads.max(1),
+        })
     }
 
     /// The hyperparameters.

@@ -80,6 +80,21 @@ impl Q4Linear {
         bias: &[f32],
         k: usize,
     ) -> Result<Self, String> {
+        Self::from_parts(format, &[rows], bias, k)
+    }
+
+    /// [`Self::from_blocks`] with the rows given in parts (stacked tensors, e.g. Q, K and V),
+    /// read in place.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::from_blocks`].
+    pub fn from_parts(
+        format: Q4Format,
+        parts: &[&[u8]],
+        bias: &[f32],
+        k: usize,
+    ) -> Result<Self, String> {
         let n = bias.len();
         if k == 0 || !k.is_multiple_of(BLOCK) {
             return Err(format!(
@@ -88,46 +103,62 @@ impl Q4Linear {
         }
         let blocks = k / BLOCK;
         let bb = format.block_bytes();
-        if Some(rows.len()) != n.checked_mul(blocks * bb) {
-            return Err(format!(
-                "q4: {} bytes are not {n} rows of {k} values",
-                rows.len()
-            ));
+        let row_bytes = blocks * bb;
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if Some(total) != n.checked_mul(row_bytes)
+            || parts.iter().any(|p| !p.len().is_multiple_of(row_bytes))
+        {
+            return Err(format!("q4: {total} bytes are not {n} rows of {k} values"));
         }
+        let row_slices: Vec<&[u8]> = parts
+            .iter()
+            .flat_map(|p| p.chunks_exact(row_bytes))
+            .collect();
         let panels = n.div_ceil(PANEL);
         let mut weights = vec![0u8; panels * blocks * BLOCK_CHUNKS * CHUNK_BYTES];
         let mut scales = vec![0.0f32; panels * blocks * PANEL];
         let mut mins = vec![0.0f32; panels * blocks * PANEL];
         let mut padded_bias = vec![0.0f32; panels * PANEL];
         padded_bias[..n].copy_from_slice(bias);
-        let mut q = [0u8; BLOCK];
-        for c in 0..n {
-            let (panel, lane) = (c / PANEL, c % PANEL);
-            for b in 0..blocks {
-                let block = &rows[(c * blocks + b) * bb..][..bb];
-                let (d, m, qs) = match format {
-                    Q4Format::Q4_0 => {
-                        let d = f16(block);
-                        (d, -8.0 * d, &block[2..18])
+        let panel_bytes = blocks * BLOCK_CHUNKS * CHUNK_BYTES;
+        // Panels convert in parallel: loading is on the cold-start path.
+        use rayon::prelude::*;
+        weights
+            .par_chunks_mut(panel_bytes)
+            .zip(scales.par_chunks_mut(blocks * PANEL))
+            .zip(mins.par_chunks_mut(blocks * PANEL))
+            .enumerate()
+            .for_each(|(panel, ((w, s), mn))| {
+                let mut q = [0u8; BLOCK];
+                for lane in 0..PANEL.min(n - panel * PANEL) {
+                    let c = panel * PANEL + lane;
+                    for b in 0..blocks {
+                        let block = &row_slices[c][b * bb..][..bb];
+                        let (d, m, qs) = match format {
+                            Q4Format::Q4_0 => {
+                                let d = f16(block);
+                                (d, -8.0 * d, &block[2..18])
+                            }
+                            Q4Format::Q4_1 => (f16(block), f16(&block[2..]), &block[4..20]),
+                        };
+                        // ggml's order: byte j holds value j (low nibble), j + 16 (high).
+                        for (j, &byte) in qs.iter().enumerate() {
+                            q[j] = byte & 0x0F;
+                            q[j + 16] = byte >> 4;
+                        }
+                        s[b * PANEL + lane] = d;
+                        mn[b * PANEL + lane] = m;
+                        // Chunk j: values 8j..8j+4 in the low nibbles, 8j+4..8j+8 high.
+                        let base = b * BLOCK_CHUNKS * CHUNK_BYTES + lane * 4;
+                        for j in 0..BLOCK_CHUNKS {
+                            for t in 0..4 {
+                                w[base + j * CHUNK_BYTES + t] =
+                                    q[8 * j + t] | (q[8 * j + 4 + t] << 4);
+                            }
+                        }
                     }
-                    Q4Format::Q4_1 => (f16(block), f16(&block[2..]), &block[4..20]),
-                };
-                // ggml's order: byte j holds value j (low nibble) and value j + 16 (high).
-                for (j, &byte) in qs.iter().enumerate() {
-                    q[j] = byte & 0x0F;
-                    q[j + 16] = byte >> 4;
                 }
-                let at = (panel * blocks + b) * PANEL + lane;
-                scales[at] = d;
-                mins[at] = m;
-                let base = (panel * blocks + b) * BLOCK_CHUNKS * CHUNK_BYTES;
-                for (i, &v) in q.iter().enumerate() {
-                    let (g, t) = (i / 4, i % 4);
-                    let byte = &mut weights[base + (g / 2) * CHUNK_BYTES + lane * 4 + t];
-                    *byte |= if g % 2 == 0 { v } else { v << 4 };
-                }
-            }
-        }
+            });
         Ok(Self {
             n,
             k,

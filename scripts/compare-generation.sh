@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Side-by-side generation benchmark: zerobatch against llama.cpp's llama-server, on the same
+# GGUF (SmolLM2-135M-Instruct Q4_1), measured by the same streaming client
+# (scripts/gen-load.py: prompt "Once upon a time", 64 new tokens, EOS ignored, greedy) in one
+# run, the two servers taking turns at each concurrency so that machine drift hits both.
+#
+#   scripts/compare-generation.sh                  # writes docs/bench-data/generation.csv
+#   ROUNDS=3 DURATION=15 CONCURRENCY="1 8 16 32" OUT=/tmp/gen.csv scripts/compare-generation.sh
+#
+# Each measurement starts a fresh server process (so its peak RSS belongs to that
+# concurrency) and records how long it took from exec to ready (/readyz or /health 200).
+# llama-server runs as the issue specifies: -t 2 --parallel 32 -c 8192. Its build comes from
+# scripts/build-llama-cpp.sh (once, a few minutes). Then draw the plots:
+#   scripts/plot-benchmarks.py --generation docs/bench-data/generation.csv --prefix generation-
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds="${ROUNDS:-3}"
+duration="${DURATION:-15}"
+concurrency="${CONCURRENCY:-1 8 16 32}"
+out="${OUT:-docs/bench-data/generation.csv}"
+port=18700
+
+model=$(scripts/fetch-generation-model.sh | tail -n 1)
+scripts/build-llama-cpp.sh >&2
+cargo build --release --locked >&2
+llama=target/llama-cpp/bin/llama-server
+
+# start_server NAME: starts it on $port, sets $pid and $ready_ms (exec to ready).
+start_server() {
+  local name="$1" start probe
+  start=$(date +%s%N)
+  case "$name" in
+    zerobatch)
+      PORT=$port SHUTDOWN_DELAY_MS=0 target/release/zerobatch --model "$model" >/tmp/compare-zerobatch.log 2>&1 &
+      probe=/readyz ;;
+    llama.cpp)
+      "$llama" -m "$model" -t 2 --parallel 32 -c 8192 --host 127.0.0.1 --port $port --metrics >/tmp/compare-llama.log 2>&1 &
+      probe=/health ;;
+  esac
+  pid=$!
+  for _ in $(seq 3000); do
+    if curl -fs "http://127.0.0.1:$port$probe" >/dev/null 2>&1; then
+      ready_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+      return
+    fi
+    sleep 0.002
+  done
+  echo "error: $name did not become ready" >&2
+  exit 1
+}
+
+stop_server() {
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  port=$((port + 1))
+}
+
+machine="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+echo "round,system,concurrency,tokens_per_s,ttft_p50_ms,ttft_p99_ms,itl_p50_ms,itl_p99_ms,requests,errors,peak_rss_mb,ready_ms" >"$out.raw"
+for round in $(seq "$rounds"); do
+  for c in $concurrency; do
+    for system in zerobatch llama.cpp; do
+      start_server "$system"
+      result=$(python3 scripts/gen-load.py "http://127.0.0.1:$port" --concurrency "$c" --duration "$duration" --pid "$pid" --json)
+      stop_server
+      echo "$result" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+round_, system, ready = sys.argv[1:4]
+cols = ["concurrency", "tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "requests", "errors", "peak_rss_mb"]
+print(",".join([round_, system] + [str(round(r[c], 2)) if isinstance(r[c], float) else str(r[c]) for c in cols] + [ready]))
+' "$round" "$system" "$ready_ms" >>"$out.raw"
+      echo "round $round, $system, c=$c: $(tail -n 1 "$out.raw")" >&2
+    done
+  done
+done
+
+# Medians over the rounds, one row per system and concurrency, in the plot script's columns.
+python3 - "$out.raw" "$out" "$machine" <<'EOF'
+import csv, statistics, sys
+raw, out, machine = sys.argv[1:4]
+rows = list(csv.DictReader(open(raw)))
+keys = []
+for r in rows:
+    k = (r["system"], int(r["concurrency"]))
+    if k not in keys:
+        keys.append(k)
+metrics = ["tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "peak_rss_mb", "ready_ms"]
+with open(out, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["input", "system", "concurrency"] + metrics + ["rounds", "errors", "machine"])
+    for system, c in keys:
+        sel = [r for r in rows if r["system"] == system and int(r["concurrency"]) == c]
+        med = [round(statistics.median(float(r[m]) for r in sel), 2) for m in metrics]
+        errors = sum(int(r["errors"]) for r in sel)
+        w.writerow(["Once upon a time, 64 new tokens", system, c] + med + [len(sel), errors, machine])
+print(open(out).read())
+EOF
