@@ -103,6 +103,8 @@ def main():
     ap.add_argument("--pid", type=int, help="server process, for its peak RSS")
     ap.add_argument("--api-key")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--markdown-row", action="store_true",
+                    help="print one Markdown table row (scripts/loadtest.sh MODE=generate)")
     args = ap.parse_args()
 
     u = urllib.parse.urlparse(args.url)
@@ -159,6 +161,14 @@ def main():
     }
     if args.json:
         print(json.dumps(result))
+        return
+    if args.markdown_row:
+        cells = [result["concurrency"]] + [
+            "n/a" if result[k] is None else f"{result[k]:.1f}"
+            for k in ["tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms"]
+        ] + [result["requests"], result["errors"],
+             "n/a" if rss_mb is None else f"{rss_mb:.0f}"]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
         return
     for k, v in result.items():
         print(f"{k:>14}: {v:.1f}" if isinstance(v, float) else f"{k:>14}: {v}")

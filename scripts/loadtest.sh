@@ -8,11 +8,36 @@
 #   INPUT=passage scripts/loadtest.sh URL      # the 107-token retrieval chunk instead
 #   INPUT=short (default): "A man is eating food." (8 tokens with [CLS]/[SEP])
 #   API_KEY=... scripts/loadtest.sh URL        # when the server has an API key
+#   MODE=generate scripts/loadtest.sh URL      # a generation server: streamed completions of
+#       "Once upon a time", 64 new tokens, EOS ignored, at CONCURRENCY (default "1 8 16 32"):
+#       generated tokens/s, time to first token and inter-token latency p50/p99, peak RSS
+#       (with PID=<server pid>), by scripts/gen-load.py (a streaming client: oha times whole
+#       responses only). scripts/compare-generation.sh runs it beside llama.cpp.
 #
 # Only point it at servers you run (loopback or your own test hosts).
 set -euo pipefail
 
 url="${1:-http://127.0.0.1:8080}"
+
+if [ "${MODE:-embed}" = generate ]; then
+  seconds="${DURATION:-15}"
+  seconds="${seconds%s}"
+  pid_args=()
+  if [ -n "${PID:-}" ]; then
+    pid_args=(--pid "$PID")
+  fi
+  key_args=()
+  if [ -n "${API_KEY:-}" ]; then
+    key_args=(--api-key "$API_KEY")
+  fi
+  printf '| concurrency | tokens/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | requests | errors | peak RSS MB |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+  for c in ${CONCURRENCY:-1 8 16 32}; do
+    python3 "$(dirname "$0")/gen-load.py" "$url" --concurrency "$c" --duration "$seconds" \
+      "${pid_args[@]}" "${key_args[@]}" --markdown-row
+  done
+  exit 0
+fi
+
 duration="${DURATION:-15s}"
 concurrency="${CONCURRENCY:-1 8 32 64}"
 # The 107-token body (MiniLM tokens, with [CLS]/[SEP]): a typical retrieval chunk, the

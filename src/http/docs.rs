@@ -49,12 +49,12 @@ pub fn openapi() -> &'static Value {
     DOC.get_or_init(|| {
         let inputs = json!({ "oneOf": [ { "type": "string" }, { "type": "array", "items": { "type": "string" }, "minItems": 1 } ] });
         let vector = json!({ "type": "array", "items": { "type": "number", "format": "float" } });
-        json!({
+        let mut doc = json!({
             "openapi": "3.0.3",
             "info": {
                 "title": "zerobatch",
                 "version": env!("CARGO_PKG_VERSION"),
-                "description": "Embedding inference server: dynamic micro-batching over a fixed pool of CPU workers."
+                "description": "Inference server for serverless containers: embeddings with dynamic micro-batching over a fixed pool of CPU workers, or text generation (GGUF) with continuous batching. The task follows from the model loaded."
             },
             "components": {
                 "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
@@ -161,12 +161,107 @@ pub fn openapi() -> &'static Value {
                 "/": { "get": { "summary": "Human-readable index of the server and its routes",
                     "responses": { "200": { "description": "HTML page", "content": { "text/html": { "schema": { "type": "string" } } } }, "401": error_response("Missing or wrong API key") } },
                     "post": {
-                    "summary": "The loaded model's task, as TEI answers it (what huggingface_hub's InferenceClient sends): for an embedding model, the same as POST /embed",
+                    "summary": "The loaded model's task, as TEI and TGI answer it (what huggingface_hub's InferenceClient sends): for an embedding model, the same as POST /embed (this schema); for a generation model, the same as POST /generate",
                     "requestBody": json_body("EmbedRequest"),
                     "responses": merge(json!({ "200": { "description": "One vector per input, in input order",
                         "content": { "application/json": { "schema": { "type": "array", "items": vector } } } } }), post_errors()) } }
             }
-        })
+        });
+        let paths = doc["paths"].take();
+        doc["paths"] = merge(paths, generation_paths());
+        let schemas = doc["components"]["schemas"].take();
+        doc["components"]["schemas"] = merge(schemas, generation_schemas());
+        doc
+    })
+}
+
+fn generation_errors() -> Value {
+    json!({
+        "400": error_response("Malformed JSON, an unknown field, a setting out of range (named in the message: temperature, top_p, top_k, max_new_tokens, ...), an empty prompt, or the loaded model is an embedding model"),
+        "401": error_response("Missing or wrong API key (when the server has one)"),
+        "408": error_response("The body did not arrive within --client-timeout-ms"),
+        "413": error_response("Body over --max-body-bytes, a prompt of at least the context (or --max-batch-total-tokens), or max_new_tokens over the room the prompt leaves"),
+        "415": error_response("Content-Type is not JSON"),
+        "503": error_response("Generation queue full (--queue-capacity), model still loading after the cold-start timeout or failed to load, or shutting down; see Retry-After"),
+    })
+}
+
+/// The generation routes' part of the OpenAPI document.
+fn generation_paths() -> Value {
+    let sse = json!({ "description": "Server-Sent Events, one per token", "content": { "text/event-stream": { "schema": { "type": "string" } } } });
+    json!({
+        "/generate": { "post": {
+            "summary": "Generate text: the upstream {\"text\"} shape (prompt + continuation, 35 tokens in all, top-k 50 sampling) or TGI's {\"inputs\", \"parameters\"}",
+            "requestBody": json_body("GenerateRequest"),
+            "responses": merge(json!({ "200": { "description": "{\"generated_text\": ...} (with \"details\" when asked)",
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/GenerateResponse" } } } } }), generation_errors()) } },
+        "/generate_stream": { "post": {
+            "summary": "Generate text as Server-Sent Events in TGI's format; the last event carries the full text and the finish reason",
+            "requestBody": json_body("GenerateRequest"),
+            "responses": merge(json!({ "200": sse }), generation_errors()) } },
+        "/v1/completions": { "post": {
+            "summary": "Generate text (OpenAI completions; stream: true for Server-Sent Events ending in data: [DONE])",
+            "requestBody": json_body("CompletionRequest"),
+            "responses": merge(json!({ "200": { "description": "A text_completion object, or its chunks as Server-Sent Events",
+                "content": { "application/json": { "schema": { "type": "object" } }, "text/event-stream": { "schema": { "type": "string" } } } } }), generation_errors()) } },
+        "/v1/chat/completions": { "post": {
+            "summary": "Chat through the model's own template (OpenAI chat completions; stream: true for Server-Sent Events ending in data: [DONE])",
+            "requestBody": json_body("ChatRequest"),
+            "responses": merge(json!({ "200": { "description": "A chat.completion object, or chat.completion.chunk objects as Server-Sent Events",
+                "content": { "application/json": { "schema": { "type": "object" } }, "text/event-stream": { "schema": { "type": "string" } } } } }), generation_errors()) } },
+    })
+}
+
+/// The generation request and answer schemas.
+fn generation_schemas() -> Value {
+    let stop = json!({ "oneOf": [ { "type": "string" }, { "type": "array", "items": { "type": "string" }, "maxItems": 8 } ] });
+    let openai_common = json!({
+        "model": { "type": "string" }, "max_tokens": { "type": "integer", "minimum": 1 },
+        "temperature": { "type": "number", "minimum": 0, "default": 1 },
+        "top_p": { "type": "number", "exclusiveMinimum": 0, "maximum": 1 },
+        "stop": stop, "seed": { "type": "integer" }, "n": { "type": "integer", "enum": [1] },
+        "stream": { "type": "boolean", "default": false },
+        "stream_options": { "type": "object", "properties": { "include_usage": { "type": "boolean" } } },
+        "presence_penalty": { "type": "number", "enum": [0] }, "frequency_penalty": { "type": "number", "enum": [0] },
+        "user": { "type": "string" }, "ignore_eos": { "type": "boolean", "description": "not OpenAI's: keep going past end-of-sequence tokens" }
+    });
+    let mut completion = openai_common.clone();
+    completion["prompt"] = json!({ "oneOf": [ { "type": "string" }, { "type": "array", "items": { "type": "string" }, "minItems": 1, "maxItems": 1 } ] });
+    completion["echo"] = json!({ "type": "boolean", "default": false });
+    let mut chat = openai_common;
+    chat["messages"] = json!({ "type": "array", "minItems": 1, "items": { "type": "object", "required": ["role", "content"], "properties": {
+        "role": { "type": "string" }, "content": { "oneOf": [ { "type": "string" }, { "type": "array", "items": { "type": "object",
+            "properties": { "type": { "type": "string", "enum": ["text"] }, "text": { "type": "string" } } } } ] } } } });
+    chat["max_completion_tokens"] = json!({ "type": "integer", "minimum": 1 });
+    json!({
+        "GenerateRequest": { "oneOf": [
+            { "type": "object", "required": ["text"], "additionalProperties": false, "properties": { "text": { "type": "string" } } },
+            { "type": "object", "required": ["inputs"], "additionalProperties": false, "properties": {
+                "inputs": { "type": "string" },
+                "stream": { "type": "boolean" },
+                "parameters": { "type": "object", "additionalProperties": false, "properties": {
+                    "max_new_tokens": { "type": "integer", "minimum": 1 },
+                    "temperature": { "type": "number", "minimum": 0 },
+                    "top_k": { "type": "integer", "minimum": 1 },
+                    "top_p": { "type": "number", "exclusiveMinimum": 0, "maximum": 1 },
+                    "typical_p": { "type": "number", "exclusiveMinimum": 0, "maximum": 1 },
+                    "min_p": { "type": "number", "minimum": 0, "maximum": 1 },
+                    "repetition_penalty": { "type": "number", "exclusiveMinimum": 0 },
+                    "seed": { "type": "integer" },
+                    "stop": { "type": "array", "items": { "type": "string" }, "maxItems": 8 },
+                    "do_sample": { "type": "boolean" },
+                    "return_full_text": { "type": "boolean" },
+                    "details": { "type": "boolean" },
+                    "ignore_eos": { "type": "boolean", "description": "not TGI's: keep going past end-of-sequence tokens" } } } } } ] },
+        "GenerateResponse": { "type": "object", "required": ["generated_text"], "properties": {
+            "generated_text": { "type": "string" },
+            "details": { "type": "object", "properties": {
+                "finish_reason": { "type": "string", "enum": ["length", "eos_token", "stop_sequence"] },
+                "generated_tokens": { "type": "integer" }, "seed": { "type": "integer", "nullable": true },
+                "tokens": { "type": "array", "items": { "type": "object", "properties": {
+                    "id": { "type": "integer" }, "text": { "type": "string" }, "logprob": { "type": "number" }, "special": { "type": "boolean" } } } } } } } },
+        "CompletionRequest": { "type": "object", "required": ["prompt"], "additionalProperties": false, "properties": completion },
+        "ChatRequest": { "type": "object", "required": ["messages"], "additionalProperties": false, "properties": chat },
     })
 }
 
@@ -200,6 +295,15 @@ fn example(path: &str, method: &hyper::Method, auth: &str) -> String {
             post(r#"{"input": "A man is eating food.", "model": "all-MiniLM-L6-v2"}"#)
         }
         "/tokenize" => post(r#"{"inputs": "A man is eating food."}"#),
+        "/generate" => post(r#"{"text": "Once upon a time"}"#),
+        "/generate_stream" => format!(
+            "curl -sN localhost:PORT{path}{auth} -H 'Content-Type: application/json' -d '{}'",
+            r#"{"inputs": "Once upon a time", "parameters": {"max_new_tokens": 20}}"#
+        ),
+        "/v1/completions" => post(r#"{"prompt": "Once upon a time", "max_tokens": 20}"#),
+        "/v1/chat/completions" => {
+            post(r#"{"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 40}"#)
+        }
         "/v1/jobs" => post(r#"{"route": "/embed", "body": {"inputs": "A man is eating food."}}"#),
         "/v1/jobs/{id}" if delete => format!("curl -s -X DELETE localhost:PORT{path}{auth}"),
         "/healthz" | "/readyz" => format!("curl -si localhost:PORT{path}"),
@@ -220,11 +324,15 @@ pub fn index_page(state: &AppState) -> Response<Full<Bytes>> {
         || crate::model::files::model_id(&state.config.model),
         |i| i.id.clone(),
     );
-    let facts = info.map_or("loading…".to_string(), |i| {
-        format!(
-            "{} dimensions, up to {} tokens per input, {:?} pooling, {} weights on the {} kernels",
+    let facts = info.map_or("loading…".to_string(), |i| match i.task {
+        crate::model::Task::Embedding => format!(
+            "embeddings: {} dimensions, up to {} tokens per input, {:?} pooling, {} weights on the {} kernels",
             i.dimensions, i.max_input_length, i.pooling, i.dtype, i.kernel
-        )
+        ),
+        crate::model::Task::TextGeneration => format!(
+            "text generation with continuous batching: a context of {} tokens, {} weights (4-bit GGUF blocks kept as stored) on the {} kernels",
+            i.max_input_length, i.dtype, i.kernel
+        ),
     });
     let mut rows = String::new();
     for r in ROUTES {
@@ -247,8 +355,10 @@ pub fn index_page(state: &AppState) -> Response<Full<Bytes>> {
 <style>body{{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em}}
 td{{vertical-align:top;padding:.4em;border-bottom:1px solid #ddd}}pre{{margin:0;white-space:pre-wrap}}</style></head>
 <body><h1>zerobatch {version}</h1>
-<p>An embedding inference server: requests are queued, grouped into batches by a dynamic
-micro-batcher and run by a fixed pool of CPU inference threads.</p>
+<p>An inference server for serverless containers: embedding requests are grouped into
+batches by a dynamic micro-batcher and run by a fixed pool of CPU inference threads;
+generation requests join a continuously batched step loop. The task follows from the model
+loaded; the routes of the other task answer 400.</p>
 <p>Model: <b>{model}</b> ({facts}).</p>
 <p>Full API description: <a href="/openapi.json">/openapi.json</a>. Errors are JSON
 <code>{{"error": "...", "error_type": "..."}}</code>.</p>

@@ -194,6 +194,16 @@ async fn handle_full(state: Arc<AppState>, req: Request<Incoming>) -> Result<Rep
     if route.path.starts_with("/v1/jobs") {
         return super::jobs::handle(&state, req).await.map(Reply::from);
     }
+    if req.method() == Method::POST && route.path == "/" {
+        // TGI's POST / generates; TEI's embeds: whichever task the loaded model has.
+        let serving = serving(&state).await?;
+        if matches!(serving.task, ServingTask::Generation(_)) {
+            let body = super::body::read_body(&state, req).await?;
+            let result = super::generate::handle(&state, "/generate", &body.bytes).await;
+            drop(body);
+            return result;
+        }
+    }
     if req.method() == Method::POST && super::generate::is_generation_route(route.path) {
         let body = super::body::read_body(&state, req).await?;
         let result = super::generate::handle(&state, route.path, &body.bytes).await;
