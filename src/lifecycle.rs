@@ -133,6 +133,15 @@ impl Lifecycle {
         let _ = rx.wait_for(|s| matches!(s, LoadState::Failed(_))).await;
     }
 
+    /// Every worker is warm at once: a generation server's one step loop, warmed up before
+    /// it takes requests.
+    pub fn all_warm(&self) {
+        let _gauge = self.ready_gauge.lock();
+        self.workers_warm.store(self.workers, Ordering::Release);
+        metrics::set_ready(!self.is_draining());
+        self.warm.send_replace(true);
+    }
+
     /// One worker finished its warm-up; the last one makes the server ready (and gets true).
     pub fn worker_warm(&self) -> bool {
         let _gauge = self.ready_gauge.lock();

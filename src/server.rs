@@ -348,8 +348,8 @@ fn serve_generation(
         info: loaded.info,
         task: ServingTask::Generation(Arc::new(generator)),
     });
-    // One step loop serves every sequence: the readiness count of workers is met at once.
-    while !lifecycle.worker_warm() {}
+    // One step loop serves every sequence, and it is warm.
+    lifecycle.all_warm();
     startup_phase("warmup", warm_started.elapsed());
     startup_phase("total", process_start.elapsed());
     tracing::info!("ready to serve");

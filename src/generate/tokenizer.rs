@@ -214,33 +214,38 @@ impl GenTokenizer {
         Ok(ids)
     }
 
-    /// `/tokenize`'s view of `text` encoded as `ids`: each token's id, text and byte span
-    /// (a BOS added in front has an empty span at 0).
-    pub fn token_infos(&self, text: &str, ids: &[u32]) -> Vec<crate::model::TokenInfo> {
-        let enc = self.inner.encode(text, false).ok();
-        let offsets = enc
-            .as_ref()
-            .map(|e| e.get_offsets().to_vec())
-            .unwrap_or_default();
-        let skip = ids.len().saturating_sub(offsets.len());
-        ids.iter()
-            .enumerate()
-            .map(|(i, &id)| {
-                let (start, stop) = if i < skip {
-                    (0, 0)
-                } else {
-                    offsets.get(i - skip).copied().unwrap_or((0, 0))
-                };
-                let piece = text.get(start..stop).map(str::to_string);
-                crate::model::TokenInfo {
-                    id,
-                    text: piece.unwrap_or_else(|| self.token_text(id).unwrap_or("").to_string()),
-                    special: self.is_special(id),
-                    start,
-                    stop,
-                }
-            })
-            .collect()
+    /// `/tokenize`'s view of `text`: each token's id, text and byte span, as [`Self::encode`]
+    /// gives them (a BOS added in front has an empty span at 0).
+    pub fn tokens(
+        &self,
+        text: &str,
+        add_special: bool,
+    ) -> Result<Vec<crate::model::TokenInfo>, GenTokenizerError> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| GenTokenizerError::Tokenizers(e.to_string()))?;
+        let bos = self.bos.filter(|_| add_special && self.add_bos);
+        let info = |id: u32, (start, stop): (usize, usize)| crate::model::TokenInfo {
+            id,
+            text: text
+                .get(start..stop)
+                .unwrap_or_else(|| self.token_text(id).unwrap_or(""))
+                .to_string(),
+            special: self.is_special(id),
+            start,
+            stop,
+        };
+        Ok(bos
+            .map(|id| info(id, (0, 0)))
+            .into_iter()
+            .chain(
+                enc.get_ids()
+                    .iter()
+                    .zip(enc.get_offsets())
+                    .map(|(&id, &span)| info(id, span)),
+            )
+            .collect())
     }
 
     /// The text of `ids`, special tokens left out.

@@ -29,6 +29,7 @@ use super::{json_response, AppState, StreamGuard};
 use crate::generate::chat::ChatMessage;
 use crate::generate::engine::{Event, FinishReason, GenerationRequest, SubmitError, TokenEvent};
 use crate::generate::sampling::SamplingParams;
+use crate::generate::tokenizer::GenTokenizer;
 use crate::generate::Generator;
 use crate::lifecycle::ServingTask;
 use crate::model::TokenInfo;
@@ -85,7 +86,6 @@ enum Format {
 struct Call {
     prompt: Prompt,
     params: SamplingParams,
-    seed_given: bool,
     length: Length,
     default_new: usize,
     stop: Vec<String>,
@@ -276,7 +276,7 @@ fn sampling(
     repetition_penalty: Option<f32>,
     seed: Option<u64>,
     sample_by_default: bool,
-) -> Result<(SamplingParams, bool), ApiError> {
+) -> Result<SamplingParams, ApiError> {
     if let Some(t) = temperature {
         if !(t.is_finite() && t >= 0.0) {
             return Err(bad(format!("temperature must be a number ≥ 0 (got {t})")));
@@ -312,20 +312,16 @@ fn sampling(
     if temperature == Some(0.0) {
         do_sample = false;
     }
-    let seed_given = seed.is_some();
-    Ok((
-        SamplingParams {
-            do_sample,
-            temperature: temperature.filter(|&t| t > 0.0).unwrap_or(1.0),
-            top_k,
-            top_p: top_p.filter(|&p| p < 1.0),
-            min_p: min_p.filter(|&p| p > 0.0),
-            typical_p: typical_p.filter(|&p| p < 1.0),
-            repetition_penalty: repetition_penalty.unwrap_or(1.0),
-            seed: seed.unwrap_or_else(random_seed),
-        },
-        seed_given,
-    ))
+    Ok(SamplingParams {
+        do_sample,
+        temperature: temperature.filter(|&t| t > 0.0).unwrap_or(1.0),
+        top_k,
+        top_p: top_p.filter(|&p| p < 1.0),
+        min_p: min_p.filter(|&p| p > 0.0),
+        typical_p: typical_p.filter(|&p| p < 1.0),
+        repetition_penalty: repetition_penalty.unwrap_or(1.0),
+        seed: seed.unwrap_or_else(random_seed),
+    })
 }
 
 /// A seed for requests that give none: different per request.
@@ -389,7 +385,7 @@ fn parse(path: &str, body: &[u8], default_new: usize) -> Result<Call, ApiError> 
             let is_upstream = value.get("text").is_some() && value.get("inputs").is_none();
             if is_upstream && path == "/generate" {
                 let r: UpstreamRequest = serde_json::from_value(value).map_err(json_error)?;
-                let (params, seed_given) = sampling(
+                let params = sampling(
                     Some(true),
                     None,
                     Some(UPSTREAM_TOP_K as i64),
@@ -403,7 +399,6 @@ fn parse(path: &str, body: &[u8], default_new: usize) -> Result<Call, ApiError> 
                 return Ok(Call {
                     prompt: Prompt::Text(r.text),
                     params,
-                    seed_given,
                     length: Length::Total(UPSTREAM_MAX_LENGTH),
                     default_new,
                     stop: Vec::new(),
@@ -414,7 +409,7 @@ fn parse(path: &str, body: &[u8], default_new: usize) -> Result<Call, ApiError> 
             }
             let r: TgiRequest = serde_json::from_value(value).map_err(json_error)?;
             let p = r.parameters;
-            let (params, seed_given) = sampling(
+            let params = sampling(
                 p.do_sample,
                 p.temperature,
                 p.top_k,
@@ -428,7 +423,6 @@ fn parse(path: &str, body: &[u8], default_new: usize) -> Result<Call, ApiError> 
             Ok(Call {
                 prompt: Prompt::Text(r.inputs),
                 params,
-                seed_given,
                 length: Length::New(positive("max_new_tokens", p.max_new_tokens)?),
                 default_new,
                 stop: stops(p.stop)?,
@@ -557,7 +551,7 @@ fn openai_call(
     default_new: usize,
     format: Format,
 ) -> Result<Call, ApiError> {
-    let (params, seed_given) = sampling(
+    let params = sampling(
         None,
         c.temperature,
         None,
@@ -571,7 +565,6 @@ fn openai_call(
     Ok(Call {
         prompt,
         params,
-        seed_given,
         length: Length::New(positive("max_tokens", c.max_tokens)?),
         default_new,
         stop: stops(c.stop.map(StringOrList::into_vec))?,
@@ -598,20 +591,16 @@ async fn generator(state: &AppState) -> Result<Arc<Generator>, ApiError> {
     }
 }
 
-/// Tokenizes `text` (off the tokio threads when long).
-async fn encode(
+/// Runs `f(tokenizer, text)` inline for a short text, else on a blocking thread under
+/// `state.tokenize_slots` (a long tokenization must not stall the tokio threads).
+async fn tokenized<T: Send + 'static>(
     state: &AppState,
     g: &Arc<Generator>,
     text: String,
-    add_special: bool,
-) -> Result<Vec<u32>, ApiError> {
-    let run = move |g: &Generator, text: &str| {
-        g.tokenizer
-            .encode(text, add_special)
-            .map_err(|e| ApiError::BadRequest(format!("the prompt cannot be tokenized: {e}")))
-    };
+    f: impl FnOnce(&GenTokenizer, &str) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
     if text.len() <= TOKENIZE_INLINE_BYTES {
-        return run(g, &text);
+        return f(&g.tokenizer, &text);
     }
     let slot = state
         .tokenize_slots
@@ -622,10 +611,25 @@ async fn encode(
     let g = g.clone();
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        run(&g, &text)
+        f(&g.tokenizer, &text)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("tokenization failed: {e}")))?
+}
+
+/// The prompt's ids.
+async fn encode(
+    state: &AppState,
+    g: &Arc<Generator>,
+    text: String,
+    add_special: bool,
+) -> Result<Vec<u32>, ApiError> {
+    tokenized(state, g, text, move |tokenizer, text| {
+        tokenizer
+            .encode(text, add_special)
+            .map_err(|e| bad(format!("the prompt cannot be tokenized: {e}")))
+    })
+    .await
 }
 
 /// `/tokenize` on a generation model.
@@ -635,11 +639,16 @@ pub async fn tokenize(
     texts: Vec<String>,
     add_special: bool,
 ) -> Result<Response<http_body_util::Full<Bytes>>, ApiError> {
-    let mut all = Vec::with_capacity(texts.len());
+    let mut all: Vec<Vec<TokenInfo>> = Vec::with_capacity(texts.len());
     for text in texts {
-        let ids = encode(state, g, text.clone(), add_special).await?;
-        let infos: Vec<TokenInfo> = g.tokenizer.token_infos(&text, &ids);
-        all.push(infos);
+        all.push(
+            tokenized(state, g, text, move |tokenizer, text| {
+                tokenizer
+                    .tokens(text, add_special)
+                    .map_err(|e| bad(format!("the input cannot be tokenized: {e}")))
+            })
+            .await?,
+        );
     }
     Ok(json_response(StatusCode::OK, &all))
 }
@@ -724,7 +733,6 @@ pub async fn handle(state: &Arc<AppState>, path: &str, body: &[u8]) -> Result<Re
         prompt_text,
         prompt_tokens,
         seed: call.params.do_sample.then_some(call.params.seed),
-        seed_given: call.seed_given,
         stop: call.stop,
         model: model_name(state),
         id: format!("cmpl-{:016x}", random_seed()),
@@ -790,8 +798,6 @@ struct Answer {
     prompt_tokens: usize,
     /// The seed, when sampling.
     seed: Option<u64>,
-    #[allow(dead_code)]
-    seed_given: bool,
     stop: Vec<String>,
     model: String,
     id: String,
@@ -1290,7 +1296,6 @@ mod tests {
             prompt_text: String::new(),
             prompt_tokens: 1,
             seed: None,
-            seed_given: false,
             stop: vec!["END".into()],
             model: "m".into(),
             id: "cmpl-1".into(),

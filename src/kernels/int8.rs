@@ -166,6 +166,17 @@ impl Int8Linear {
                 w.len()
             ));
         }
+        Ok(Self::pack(bias, k, |c, b, q| {
+            quantize_row(&w[c * k + b * BLOCK..][..q.len()], q)
+        }))
+    }
+
+    /// Packs a layer of `bias.len()` columns × `k` from `block(column, block, q)`, which fills
+    /// `q` (the block's values, 32 or fewer in a last partial block) and returns its scale.
+    /// Panels pack in parallel (start-up is on the cold-start path).
+    fn pack(bias: &[f32], k: usize, block: impl Fn(usize, usize, &mut [i8]) -> f32 + Sync) -> Self {
+        use rayon::prelude::*;
+        let n = bias.len();
         let blocks = k.div_ceil(BLOCK);
         let groups = blocks * BLOCK_GROUPS;
         let panels = n.div_ceil(PANEL);
@@ -174,20 +185,27 @@ impl Int8Linear {
         let mut offsets = vec![0i32; panels * blocks * PANEL];
         let mut padded_bias = vec![0.0f32; panels * PANEL];
         padded_bias[..n].copy_from_slice(bias);
-        let mut row = vec![0i8; k];
-        for (c, w_row) in w.chunks_exact(k).enumerate() {
-            let (panel, lane) = (c / PANEL, c % PANEL);
-            for (b, (values, block)) in w_row.chunks(BLOCK).zip(row.chunks_mut(BLOCK)).enumerate() {
-                let at = (panel * blocks + b) * PANEL + lane;
-                scales[at] = quantize_row(values, block);
-                offsets[at] = -128 * block.iter().map(|&q| q as i32).sum::<i32>();
-            }
-            for (i, &q) in row.iter().enumerate() {
-                let (g, j) = (i / GROUP, i % GROUP);
-                weights[(panel * groups + g) * GROUP_BYTES + lane * GROUP + j] = q;
-            }
-        }
-        Ok(Self {
+        weights
+            .par_chunks_mut(groups * GROUP_BYTES)
+            .zip(scales.par_chunks_mut(blocks * PANEL))
+            .zip(offsets.par_chunks_mut(blocks * PANEL))
+            .enumerate()
+            .for_each(|(panel, ((w, s), o))| {
+                let mut q = [0i8; BLOCK];
+                for lane in 0..PANEL.min(n - panel * PANEL) {
+                    let c = panel * PANEL + lane;
+                    for b in 0..blocks {
+                        let q = &mut q[..BLOCK.min(k - b * BLOCK)];
+                        s[b * PANEL + lane] = block(c, b, q);
+                        o[b * PANEL + lane] = -128 * q.iter().map(|&v| v as i32).sum::<i32>();
+                        for (j, &v) in q.iter().enumerate() {
+                            let i = b * BLOCK + j;
+                            w[(i / GROUP) * GROUP_BYTES + lane * GROUP + i % GROUP] = v;
+                        }
+                    }
+                }
+            });
+        Self {
             n,
             k,
             groups,
@@ -197,7 +215,7 @@ impl Int8Linear {
             offsets,
             blocks,
             bias: padded_bias,
-        })
+        }
     }
 
     /// Builds the layer from `n` rows of `k` values stored as GGUF Q8_0 blocks (`{d: f16,
@@ -208,7 +226,6 @@ impl Int8Linear {
     ///
     /// When `k` is not a positive multiple of 32 or the bytes are not `n` rows.
     pub fn from_q8_0(rows: &[u8], bias: &[f32], k: usize) -> Result<Self, String> {
-        use rayon::prelude::*;
         const BB: usize = 34;
         let n = bias.len();
         if k == 0 || !k.is_multiple_of(BLOCK) {
@@ -223,47 +240,13 @@ impl Int8Linear {
                 rows.len()
             ));
         }
-        let groups = blocks * BLOCK_GROUPS;
-        let panels = n.div_ceil(PANEL);
-        let mut weights = vec![0i8; panels * groups * GROUP_BYTES];
-        let mut scales = vec![0.0f32; panels * blocks * PANEL];
-        let mut offsets = vec![0i32; panels * blocks * PANEL];
-        let mut padded_bias = vec![0.0f32; panels * PANEL];
-        padded_bias[..n].copy_from_slice(bias);
-        weights
-            .par_chunks_mut(groups * GROUP_BYTES)
-            .zip(scales.par_chunks_mut(blocks * PANEL))
-            .zip(offsets.par_chunks_mut(blocks * PANEL))
-            .enumerate()
-            .for_each(|(panel, ((w, s), o))| {
-                for lane in 0..PANEL.min(n - panel * PANEL) {
-                    let c = panel * PANEL + lane;
-                    for b in 0..blocks {
-                        let block = &rows[(c * blocks + b) * BB..][..BB];
-                        s[b * PANEL + lane] =
-                            half::f16::from_le_bytes([block[0], block[1]]).to_f32();
-                        let mut sum = 0i32;
-                        for (j, &q) in block[2..].iter().enumerate() {
-                            let q = q as i8;
-                            sum += q as i32;
-                            let i = b * BLOCK + j;
-                            w[(i / GROUP) * GROUP_BYTES + lane * GROUP + i % GROUP] = q;
-                        }
-                        o[b * PANEL + lane] = -128 * sum;
-                    }
-                }
-            });
-        Ok(Self {
-            n,
-            k,
-            groups,
-            panels,
-            weights,
-            scales,
-            offsets,
-            blocks,
-            bias: padded_bias,
-        })
+        Ok(Self::pack(bias, k, |c, b, q| {
+            let block = &rows[(c * blocks + b) * BB..][..BB];
+            for (q, &byte) in q.iter_mut().zip(&block[2..]) {
+                *q = byte as i8;
+            }
+            half::f16::from_le_bytes([block[0], block[1]]).to_f32()
+        }))
     }
 
     /// Output columns.
