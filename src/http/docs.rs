@@ -214,7 +214,7 @@ fn generation_paths() -> Value {
 
 /// The generation request and answer schemas.
 fn generation_schemas() -> Value {
-    let stop = json!({ "oneOf": [ { "type": "string" }, { "type": "array", "items": { "type": "string" }, "maxItems": 8 } ] });
+    let stop = json!({ "oneOf": [ { "type": "string", "maxLength": 256 }, { "type": "array", "items": { "type": "string", "maxLength": 256 }, "maxItems": 8 } ] });
     let openai_common = json!({
         "model": { "type": "string" }, "max_tokens": { "type": "integer", "minimum": 1 },
         "temperature": { "type": "number", "minimum": 0, "default": 1 },
@@ -248,7 +248,7 @@ fn generation_schemas() -> Value {
                     "min_p": { "type": "number", "minimum": 0, "maximum": 1 },
                     "repetition_penalty": { "type": "number", "exclusiveMinimum": 0 },
                     "seed": { "type": "integer" },
-                    "stop": { "type": "array", "items": { "type": "string" }, "maxItems": 8 },
+                    "stop": { "type": "array", "items": { "type": "string", "maxLength": 256 }, "maxItems": 8 },
                     "do_sample": { "type": "boolean" },
                     "return_full_text": { "type": "boolean" },
                     "details": { "type": "boolean" },

@@ -40,6 +40,8 @@ const UPSTREAM_MAX_LENGTH: usize = 35;
 const UPSTREAM_TOP_K: usize = 50;
 /// OpenAI's default `max_tokens` for completions.
 const OPENAI_COMPLETIONS_MAX_TOKENS: usize = 16;
+/// The longest stop sequence accepted.
+const MAX_STOP_BYTES: usize = 256;
 /// Above this many bytes, a prompt is tokenized off the tokio threads.
 const TOKENIZE_INLINE_BYTES: usize = 32 * 1024;
 
@@ -347,6 +349,14 @@ fn stops(stop: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
     }
     if stop.iter().any(String::is_empty) {
         return Err(bad("stop sequences must not be empty"));
+    }
+    // Each step looks for every stop sequence in the new text: their length is bounded so
+    // that no request can make a step slow.
+    if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(bad(format!(
+            "stop sequences may be at most {MAX_STOP_BYTES} bytes (got one of {})",
+            long.len()
+        )));
     }
     Ok(stop)
 }
@@ -1232,6 +1242,14 @@ mod tests {
                 "temperature",
             ),
             ("/v1/completions", r#"{"prompt":"a","n":2}"#, "n must be 1"),
+            (
+                "/generate",
+                &format!(
+                    r#"{{"inputs":"a","parameters":{{"stop":["{}"]}}}}"#,
+                    "x".repeat(257)
+                ),
+                "stop",
+            ),
             ("/v1/completions", r#"{"prompt":"a","foo":2}"#, "foo"),
             (
                 "/v1/completions",
