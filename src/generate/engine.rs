@@ -21,7 +21,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::llama::{KvCache, Llama, StepInput};
+use super::decoder::{Decoder, KvCache, StepInput};
 use super::sampling::{Sampler, SamplingParams};
 use super::tokenizer::{GenTokenizer, IncrementalDecoder};
 use crate::metrics;
@@ -201,7 +201,7 @@ impl Running {
 
 /// The step loop's state.
 pub struct Engine {
-    model: Arc<Llama>,
+    model: Arc<Decoder>,
     tokenizer: Arc<GenTokenizer>,
     rx: Receiver<Message>,
     waiting: Arc<AtomicUsize>,
@@ -217,7 +217,7 @@ pub struct Engine {
 impl Engine {
     /// An engine for `model` with a queue of `capacity` requests.
     pub fn new(
-        model: Arc<Llama>,
+        model: Arc<Decoder>,
         tokenizer: Arc<GenTokenizer>,
         limits: EngineLimits,
         capacity: usize,
@@ -226,7 +226,7 @@ impl Engine {
         // One place more than the capacity, for the stop message.
         let (tx, rx) = crossbeam_channel::bounded(capacity + 1);
         let waiting = Arc::new(AtomicUsize::new(0));
-        let context = model.config().context;
+        let context = model.shape().context;
         metrics::set_kv_cache_budget(limits.max_batch_total_tokens);
         (
             Self {
@@ -308,7 +308,7 @@ impl Engine {
             }
             self.reserved += need;
             self.waiting.fetch_sub(1, Ordering::AcqRel);
-            let cache = KvCache::with_capacity(self.model.config(), need);
+            let cache = self.model.new_cache(need);
             let sampler = Sampler::new(req.params.clone());
             self.running.push(Running {
                 req,
@@ -449,7 +449,7 @@ impl Engine {
                 logprob: choice.logprob,
                 special,
             }));
-            let context_full = r.prompt_and_generated() >= self.model.config().context;
+            let context_full = r.prompt_and_generated() >= self.model.shape().context;
             let reason = if is_end {
                 Some(FinishReason::EosToken)
             } else if r

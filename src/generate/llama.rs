@@ -10,18 +10,13 @@
 
 use std::path::Path;
 
-use half::f16;
-use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
+use super::decoder::{self, AttnShape, CacheShape, DecoderShape, Linear, StepInput};
 use super::gguf::{GgufError, GgufFile, RawTensor};
 use candle_core::quantized::GgmlDType;
 
-use crate::kernels::team::parallel_for;
-use crate::kernels::tiles::SharedOut;
-use crate::kernels::{
-    self, Dtype, Epilogue, KernelLevel, LinearPart, PackedLinear, Q4Format, Q4Linear,
-};
+use crate::kernels::{self, Dtype, Epilogue, KernelLevel, PackedLinear, Q4Format, Q4Linear};
 
 /// Hyperparameters read from the GGUF metadata (`llama.*`).
 #[derive(Debug, Clone)]
@@ -121,46 +116,13 @@ impl LlamaConfig {
     pub fn kv_width(&self) -> usize {
         self.n_head_kv * self.head_dim
     }
-}
 
-/// A linear layer without bias in the format chosen at load.
-enum Linear {
-    F32 { w: Vec<f32>, zero: Vec<f32> },
-    Packed(PackedLinear),
-}
-
-impl Linear {
-    fn new(dtype: Dtype, w: Vec<f32>, n: usize, k: usize) -> Result<Self, String> {
-        let zero = vec![0.0; n];
-        Ok(match PackedLinear::pack(dtype, &w, &zero, k)? {
-            Some(p) => Linear::Packed(p),
-            None => Linear::F32 { w, zero },
-        })
-    }
-
-    fn n(&self) -> usize {
-        match self {
-            Linear::F32 { zero, .. } => zero.len(),
-            Linear::Packed(p) => p.n(),
-        }
-    }
-
-    fn bytes(&self) -> usize {
-        match self {
-            Linear::F32 { w, zero } => 4 * (w.len() + zero.len()),
-            Linear::Packed(p) => p.bytes(),
-        }
-    }
-
-    /// `out[m×n] = x[m×k] · Wᵀ`.
-    fn forward(&self, x: &[f32], m: usize, out: &mut [f32], level: KernelLevel, threads: usize) {
-        match self {
-            Linear::F32 { w, zero } => {
-                let k = x.len().checked_div(m).unwrap_or(0);
-                let parts = [LinearPart { w, b: zero }];
-                kernels::linear(x, m, k, &parts, out, threads);
-            }
-            Linear::Packed(p) => p.forward(x, m, out, level, threads, Epilogue::Bias),
+    /// The sizes of one sequence's KV cache.
+    pub fn cache_shape(&self) -> CacheShape {
+        CacheShape {
+            n_layer: self.n_layer,
+            kv_width: self.kv_width(),
+            f16: self.kv_f16,
         }
     }
 }
@@ -230,93 +192,7 @@ fn load_linear(
     for (name, rows) in parts {
         w.extend(file.f32(name, &[*rows, k])?);
     }
-    Linear::new(dtype, w, n, k).map_err(error)
-}
-
-/// One sequence's keys and values, layer by layer (`len × kv_width` each, grown as it goes).
-///
-/// In f16 with quantized weights, as llama.cpp keeps them: half the memory of f32, and
-/// measured to matter for agreeing with llama.cpp's greedy tokens on long prompts
-/// (tests/smollm2_reference.rs). In f32 with f32 weights (exact reference runs).
-pub struct KvCache {
-    layers: Vec<KvLayer>,
-    len: usize,
-}
-
-/// One layer's keys and values.
-enum KvLayer {
-    F16(Vec<f16>, Vec<f16>),
-    F32(Vec<f32>, Vec<f32>),
-}
-
-/// An element type of the KV cache.
-trait KvElem: Copy + Send + Sync {
-    /// Appends `src` converted.
-    fn append(cache: &mut Vec<Self>, src: &[f32]);
-    /// Widens `src` into `dst`.
-    fn widen(src: &[Self], dst: &mut [f32]);
-}
-
-impl KvElem for f16 {
-    fn append(cache: &mut Vec<Self>, src: &[f32]) {
-        let at = cache.len();
-        cache.resize(at + src.len(), f16::ZERO);
-        cache[at..].convert_from_f32_slice(src);
-    }
-
-    #[inline(always)]
-    fn widen(src: &[Self], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst);
-    }
-}
-
-impl KvElem for f32 {
-    fn append(cache: &mut Vec<Self>, src: &[f32]) {
-        cache.extend_from_slice(src);
-    }
-
-    #[inline(always)]
-    fn widen(src: &[Self], dst: &mut [f32]) {
-        dst.copy_from_slice(src);
-    }
-}
-
-impl KvCache {
-    /// An empty cache with room reserved for `tokens` tokens.
-    pub fn with_capacity(config: &LlamaConfig, tokens: usize) -> Self {
-        let width = config.kv_width();
-        Self {
-            layers: (0..config.n_layer)
-                .map(|_| {
-                    let n = tokens * width;
-                    if config.kv_f16 {
-                        KvLayer::F16(Vec::with_capacity(n), Vec::with_capacity(n))
-                    } else {
-                        KvLayer::F32(Vec::with_capacity(n), Vec::with_capacity(n))
-                    }
-                })
-                .collect(),
-            len: 0,
-        }
-    }
-
-    /// Tokens held.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the cache holds no token.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-/// One sequence's part of a step: the tokens to run (at positions `cache.len()..`), and
-/// whether the logits after its last token are wanted.
-pub struct StepInput<'a> {
-    pub cache: &'a mut KvCache,
-    pub tokens: &'a [u32],
-    pub want_logits: bool,
+    Linear::new(dtype, w, vec![0.0; n], k).map_err(error)
 }
 
 /// A Llama-family model ready to run.
@@ -447,6 +323,18 @@ impl Llama {
         &self.config
     }
 
+    /// The sizes the engine needs.
+    pub fn shape(&self) -> DecoderShape {
+        let c = &self.config;
+        DecoderShape {
+            n_layer: c.n_layer,
+            n_embd: c.n_embd,
+            vocab: c.vocab,
+            context: c.context,
+            cache: c.cache_shape(),
+        }
+    }
+
     /// The number format of the linear layers.
     pub fn dtype(&self) -> Dtype {
         self.dtype
@@ -490,21 +378,15 @@ impl Llama {
         if m == 0 {
             return Vec::new();
         }
-        // Embeddings and each row's position.
+        let positions = decoder::positions(inputs, c.context);
         let mut x = Vec::with_capacity(m * d);
-        let mut positions = Vec::with_capacity(m);
         for input in inputs.iter() {
-            assert!(
-                input.cache.len + input.tokens.len() <= c.context,
-                "a sequence passed the context length"
-            );
-            for (j, &t) in input.tokens.iter().enumerate() {
+            for &t in input.tokens {
                 let row = self
                     .token_embd
                     .row(t as usize)
                     .expect("token ids are checked against the vocabulary");
                 x.extend_from_slice(&row);
-                positions.push(input.cache.len + j);
             }
         }
         let rope = RopeTable::new(&positions, hd, c.rope_base, &self.rope_freq_factors);
@@ -516,84 +398,44 @@ impl Llama {
         let mut act = vec![0.0f32; m * ff];
         let threads = self.threads;
         let level = self.level;
+        let shape = AttnShape {
+            n_head: c.n_head,
+            n_head_kv: c.n_head_kv,
+            head_dim: hd,
+            qkvw,
+        };
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut xn);
-            layer.qkv.forward(&xn, m, &mut qkv, level, threads);
+            layer
+                .qkv
+                .forward(&xn, m, &mut qkv, level, threads, Epilogue::Bias);
             for (r, row) in qkv.chunks_exact_mut(qkvw).enumerate() {
                 let (q, kv) = row.split_at_mut(c.n_head * hd);
                 rope.apply(r, q, hd);
                 rope.apply(r, &mut kv[..kvw], hd);
             }
-            // Append keys and values, then attend, sequence by sequence (in parallel).
-            let mut row0 = 0;
-            let mut jobs = Vec::with_capacity(inputs.len());
-            let mut attn_rest: &mut [f32] = &mut attn;
-            for input in inputs.iter_mut() {
-                let rows = input.tokens.len();
-                let (mine, rest) = attn_rest.split_at_mut(rows * d);
-                attn_rest = rest;
-                let layer = &mut input.cache.layers[l];
-                for r in row0..row0 + rows {
-                    let row = &qkv[r * qkvw..(r + 1) * qkvw];
-                    match layer {
-                        KvLayer::F16(k, v) => {
-                            KvElem::append(k, &row[d..d + kvw]);
-                            KvElem::append(v, &row[d + kvw..]);
-                        }
-                        KvLayer::F32(k, v) => {
-                            KvElem::append(k, &row[d..d + kvw]);
-                            KvElem::append(v, &row[d + kvw..]);
-                        }
-                    }
-                }
-                let start = input.cache.len;
-                jobs.push((
-                    &qkv[row0 * qkvw..(row0 + rows) * qkvw],
-                    &*layer,
-                    start,
-                    (SharedOut(mine.as_mut_ptr()), mine.len()),
-                ));
-                row0 += rows;
-            }
-            let shape = AttnShape {
-                n_head: c.n_head,
-                n_head_kv: c.n_head_kv,
-                head_dim: hd,
-                qkvw,
-            };
-            parallel_for(jobs.len(), threads, &|i| {
-                let (q, layer, start, (out, len)) = jobs[i];
-                // SAFETY: each job's output is its own rows of `attn` (split above), which
-                // stays mutably borrowed until this loop ends.
-                let out = unsafe { std::slice::from_raw_parts_mut(out.ptr(), len) };
-                match layer {
-                    KvLayer::F16(k, v) => attend(&shape, q, k, v, start, out, level),
-                    KvLayer::F32(k, v) => attend(&shape, q, k, v, start, out, level),
-                }
-            });
-            layer.o.forward(&attn, m, &mut proj, level, threads);
+            decoder::cached_attention(inputs, l, &qkv, &shape, &mut attn, level, threads);
+            layer
+                .o
+                .forward(&attn, m, &mut proj, level, threads, Epilogue::Bias);
             add(&mut x, &proj);
             rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut xn);
-            layer.gate_up.forward(&xn, m, &mut gate_up, level, threads);
+            layer
+                .gate_up
+                .forward(&xn, m, &mut gate_up, level, threads, Epilogue::Bias);
             for (gu, a) in gate_up.chunks_exact(2 * ff).zip(act.chunks_exact_mut(ff)) {
                 let (g, u) = gu.split_at(ff);
                 for ((a, &g), &u) in a.iter_mut().zip(g).zip(u) {
                     *a = g / (1.0 + (-g).exp()) * u;
                 }
             }
-            layer.down.forward(&act, m, &mut proj, level, threads);
+            layer
+                .down
+                .forward(&act, m, &mut proj, level, threads, Epilogue::Bias);
             add(&mut x, &proj);
         }
         // Logits only for the rows that need them.
-        let mut last_rows = Vec::new();
-        let mut row0 = 0;
-        for input in inputs.iter_mut() {
-            row0 += input.tokens.len();
-            input.cache.len += input.tokens.len();
-            if input.want_logits && !input.tokens.is_empty() {
-                last_rows.push(row0 - 1);
-            }
-        }
+        let last_rows = decoder::finish_step(inputs);
         let r = last_rows.len();
         if r == 0 {
             return Vec::new();
@@ -605,7 +447,8 @@ impl Llama {
         let mut hn = vec![0.0f32; r * d];
         rms_norm(&h, &self.output_norm, c.rms_eps, &mut hn);
         let mut logits = vec![0.0f32; r * self.lm_head.n()];
-        self.lm_head.forward(&hn, r, &mut logits, level, threads);
+        self.lm_head
+            .forward(&hn, r, &mut logits, level, threads, Epilogue::Bias);
         logits
             .chunks_exact(self.lm_head.n())
             .map(<[f32]>::to_vec)
@@ -666,122 +509,4 @@ impl RopeTable {
             }
         }
     }
-}
-
-struct AttnShape {
-    n_head: usize,
-    n_head_kv: usize,
-    head_dim: usize,
-    qkvw: usize,
-}
-
-/// Causal attention of one sequence's new rows (queries in `qkv`, rows at positions
-/// `start..`) over its cache (`k`, `v`: every position up to the last new row), into `out`
-/// (`rows × n_head·head_dim`). Each cached key and value is widened once per row and used by
-/// every query head of its group (grouped-query attention).
-fn attend<T: KvElem>(
-    s: &AttnShape,
-    qkv: &[f32],
-    k: &[T],
-    v: &[T],
-    start: usize,
-    out: &mut [f32],
-    level: KernelLevel,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if level >= KernelLevel::Avx2 && KernelLevel::detected() >= KernelLevel::Avx2 {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        unsafe { attend_avx2(s, qkv, k, v, start, out) };
-        return;
-    }
-    let _ = level;
-    attend_portable(s, qkv, k, v, start, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2<T: KvElem>(
-    s: &AttnShape,
-    qkv: &[f32],
-    k: &[T],
-    v: &[T],
-    start: usize,
-    out: &mut [f32],
-) {
-    attend_portable(s, qkv, k, v, start, out)
-}
-
-#[inline(always)]
-fn attend_portable<T: KvElem>(
-    s: &AttnShape,
-    qkv: &[f32],
-    k: &[T],
-    v: &[T],
-    start: usize,
-    out: &mut [f32],
-) {
-    let hd = s.head_dim;
-    let group = s.n_head / s.n_head_kv;
-    let kvw = s.n_head_kv * hd;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let rows = qkv.len() / s.qkvw;
-    let span = start + rows;
-    let mut scores = vec![0.0f32; group * span];
-    let mut wide = vec![0.0f32; hd];
-    let mut max = vec![0.0f32; group];
-    let mut inv = vec![0.0f32; group];
-    for r in 0..rows {
-        let visible = start + r + 1;
-        let q_row = &qkv[r * s.qkvw..r * s.qkvw + s.n_head * hd];
-        let o_row = &mut out[r * s.n_head * hd..(r + 1) * s.n_head * hd];
-        for kvh in 0..s.n_head_kv {
-            let heads = kvh * group..(kvh + 1) * group;
-            max.fill(f32::NEG_INFINITY);
-            for t in 0..visible {
-                T::widen(&k[t * kvw + kvh * hd..][..hd], &mut wide);
-                for (gi, h) in heads.clone().enumerate() {
-                    let score = dot(&q_row[h * hd..(h + 1) * hd], &wide) * scale;
-                    scores[gi * span + t] = score;
-                    max[gi] = max[gi].max(score);
-                }
-            }
-            for gi in 0..group {
-                let mut sum = 0.0f32;
-                for score in &mut scores[gi * span..gi * span + visible] {
-                    *score = (*score - max[gi]).exp();
-                    sum += *score;
-                }
-                inv[gi] = 1.0 / sum;
-            }
-            for h in heads.clone() {
-                o_row[h * hd..(h + 1) * hd].fill(0.0);
-            }
-            for t in 0..visible {
-                T::widen(&v[t * kvw + kvh * hd..][..hd], &mut wide);
-                for (gi, h) in heads.clone().enumerate() {
-                    let w = scores[gi * span + t] * inv[gi];
-                    for (o, &vv) in o_row[h * hd..(h + 1) * hd].iter_mut().zip(&wide) {
-                        *o += w * vv;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// A dot product in 16 independent lanes (so it vectorizes).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let chunks = a.len() / 16;
-    for c in 0..chunks {
-        for l in 0..16 {
-            acc[l] += a[c * 16 + l] * b[c * 16 + l];
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for i in chunks * 16..a.len() {
-        sum += a[i] * b[i];
-    }
-    sum
 }

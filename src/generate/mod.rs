@@ -1,8 +1,12 @@
-//! Text generation: a Llama-family GGUF model served with continuous batching.
+//! Text generation: a Llama-family GGUF model, or a GPT-2 checkpoint in Hugging Face layout,
+//! served with continuous batching.
 //!
 //! - [`gguf`]: the file's metadata and tensors, with errors that name the key or tensor;
-//! - [`llama`]: the decoder and its batched step over many sequences' KV caches;
-//! - [`tokenizer`]: the tokenizer built from the GGUF metadata, and incremental decoding;
+//! - [`decoder`]: what every architecture shares (KV caches, attention over them, a step's
+//!   bookkeeping) and [`decoder::Decoder`], the model the engine runs;
+//! - [`llama`], [`gpt2`]: the architectures, each with its batched step;
+//! - [`tokenizer`]: the tokenizer (from GGUF metadata or Hugging Face files), and incremental
+//!   decoding;
 //! - [`chat`]: the model's Jinja chat template;
 //! - [`sampling`]: greedy and seeded sampling;
 //! - [`engine`]: the step loop (continuous batching) and its bounded queue.
@@ -11,8 +15,10 @@
 //! streams the engine's events back.
 
 pub mod chat;
+pub mod decoder;
 pub mod engine;
 pub mod gguf;
+pub mod gpt2;
 pub mod llama;
 pub mod sampling;
 pub mod tokenizer;
@@ -22,11 +28,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::kernels::{Dtype, KernelLevel};
+use crate::model::files::ModelFiles;
 use crate::model::{DtypeChoice, LoadOptions, ModelError, ModelInfo, Pooling, Task};
 use chat::ChatTemplate;
+use decoder::Decoder;
 use engine::EngineHandle;
+use gpt2::{Gpt2, Gpt2Config};
 use llama::Llama;
-use tokenizer::GenTokenizer;
+use tokenizer::{GenTokenizer, HfTokenizerFiles};
 
 /// What the front end needs to serve a generation model.
 pub struct Generator {
@@ -39,7 +48,7 @@ pub struct Generator {
 /// A generation model loaded, before its engine starts.
 pub struct LoadedGenerator {
     pub info: ModelInfo,
-    pub model: Arc<Llama>,
+    pub model: Arc<Decoder>,
     pub tokenizer: Arc<GenTokenizer>,
     pub chat: Option<ChatTemplate>,
 }
@@ -72,7 +81,8 @@ pub fn gguf_path(model: &str) -> Option<PathBuf> {
 
 /// The dtype `auto` picks for generation, and whether Q4_0/Q4_1 weights stay as stored:
 /// `auto` keeps 4-bit weights as they are and runs every other weight in int8 blocks of 32
-/// (exact for Q8_0); a fixed dtype converts every weight to it (for comparisons and tests).
+/// (exact for Q8_0; for GPT-2's f32 weights, the precision of Q8_0 at a quarter of the
+/// bytes a step reads); a fixed dtype converts every weight to it (for comparisons and tests).
 pub fn resolve_dtype(choice: DtypeChoice) -> (Dtype, bool) {
     match choice {
         DtypeChoice::Auto => (Dtype::Int8, true),
@@ -80,13 +90,127 @@ pub fn resolve_dtype(choice: DtypeChoice) -> (Dtype, bool) {
     }
 }
 
-/// Loads the GGUF model at `path`, calling `phase(name, duration)` after each step.
+/// Where a generation model comes from.
+pub enum GenerationSource {
+    /// A Llama-family GGUF file.
+    Gguf(PathBuf),
+    /// A GPT-2 checkpoint in Hugging Face layout (a directory or a hub id, resolved).
+    Gpt2(Box<ModelFiles>),
+}
+
+/// Loads a generation model, calling `phase(name, duration)` after each step.
 ///
 /// # Errors
 ///
-/// When the file is not a usable Llama-family GGUF, or its tokenizer or chat template cannot
-/// be built.
+/// When the files are not a usable model, or its tokenizer or chat template cannot be built.
 pub fn load(
+    source: &GenerationSource,
+    options: LoadOptions,
+    threads: usize,
+    phase: impl FnMut(&'static str, Duration),
+) -> Result<LoadedGenerator, ModelError> {
+    match source {
+        GenerationSource::Gguf(path) => load_gguf(path, options, threads, phase),
+        GenerationSource::Gpt2(files) => load_gpt2(files, options, threads, phase),
+    }
+}
+
+/// `bos_token_id` and `eos_token_id` as `config.json` and `generation_config.json` give them
+/// (an id or a list of ids; the latter file wins).
+#[derive(serde::Deserialize, Default)]
+struct SpecialIds {
+    bos_token_id: Option<IdOrIds>,
+    eos_token_id: Option<IdOrIds>,
+}
+
+#[derive(serde::Deserialize, Clone)]
+#[serde(untagged)]
+enum IdOrIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl IdOrIds {
+    fn ids(&self) -> Vec<u32> {
+        match self {
+            IdOrIds::One(i) => vec![*i],
+            IdOrIds::Many(v) => v.clone(),
+        }
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ModelError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ModelError::Files(format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))
+}
+
+/// Loads a GPT-2 checkpoint.
+fn load_gpt2(
+    files: &ModelFiles,
+    options: LoadOptions,
+    threads: usize,
+    mut phase: impl FnMut(&'static str, Duration),
+) -> Result<LoadedGenerator, ModelError> {
+    let t = Instant::now();
+    let config_text = std::fs::read_to_string(&files.config)
+        .map_err(|e| ModelError::Files(format!("{}: {e}", files.config.display())))?;
+    let config = Gpt2Config::from_json(&config_text)?;
+    let mut ids: SpecialIds = serde_json::from_str(&config_text).unwrap_or_default();
+    if let Some(path) = &files.generation_config {
+        let g: SpecialIds = read_json(path)?;
+        ids.bos_token_id = g.bos_token_id.or(ids.bos_token_id);
+        ids.eos_token_id = g.eos_token_id.or(ids.eos_token_id);
+    }
+    let bos = ids.bos_token_id.and_then(|b| b.ids().first().copied());
+    let eos = ids.eos_token_id.map(|e| e.ids()).unwrap_or_default();
+    let tokenizer_files = match (&files.tokenizer, &files.vocab, &files.merges) {
+        (Some(t), _, _) => HfTokenizerFiles::TokenizerJson(t),
+        (None, Some(vocab), Some(merges)) => HfTokenizerFiles::VocabMerges { vocab, merges },
+        _ => {
+            return Err(ModelError::Files(format!(
+                "{}: no tokenizer.json (nor vocab.json and merges.txt)",
+                files.source
+            )))
+        }
+    };
+    let tokenizer = GenTokenizer::from_hf(tokenizer_files, bos, &eos)
+        .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+    if tokenizer.vocab_size() > config.vocab {
+        return Err(ModelError::Config(format!(
+            "{}: the tokenizer has {} tokens, more than the model's vocab_size {}",
+            files.source,
+            tokenizer.vocab_size(),
+            config.vocab
+        )));
+    }
+    phase("tokenizer", t.elapsed());
+    let t = Instant::now();
+    let level = KernelLevel::capped(options.kernel_cap);
+    let (dtype, _) = resolve_dtype(options.dtype);
+    let model = Gpt2::load(config, &files.weights, dtype, level, threads)?;
+    phase("weights", t.elapsed());
+    let c = model.config();
+    let info = ModelInfo {
+        id: files.source.clone(),
+        task: Task::TextGeneration,
+        dimensions: c.n_embd,
+        max_input_length: c.context,
+        pooling: Pooling::Mean,
+        normalized_by_model: false,
+        dtype,
+        kernel: level,
+    };
+    Ok(LoadedGenerator {
+        info,
+        model: Arc::new(Decoder::Gpt2(model)),
+        tokenizer: Arc::new(tokenizer),
+        chat: None,
+    })
+}
+
+/// Loads the GGUF model at `path`.
+fn load_gguf(
     path: &Path,
     options: LoadOptions,
     threads: usize,
@@ -140,7 +264,7 @@ pub fn load(
     };
     Ok(LoadedGenerator {
         info,
-        model: Arc::new(model),
+        model: Arc::new(Decoder::Llama(model)),
         tokenizer: Arc::new(tokenizer),
         chat,
     })

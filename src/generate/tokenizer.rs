@@ -1,7 +1,11 @@
-//! The tokenizer of a GGUF model, built from its metadata with the `tokenizers` crate: the
-//! vocabulary, the BPE merges, the token types (control tokens become special tokens, matched
-//! in the text as llama.cpp does with `parse_special`), the special ids, and the
-//! pre-tokenizer that `tokenizer.ggml.pre` names (llama.cpp's table of split regexes).
+//! A generation model's tokenizer, with the `tokenizers` crate:
+//!
+//! - for a GGUF model, built from its metadata: the vocabulary, the BPE merges, the token
+//!   types (control tokens become special tokens, matched in the text as llama.cpp does with
+//!   `parse_special`), the special ids, and the pre-tokenizer that `tokenizer.ggml.pre` names
+//!   (llama.cpp's table of split regexes);
+//! - for a Hugging Face checkpoint (GPT-2), read from `tokenizer.json`, or built from GPT-2's
+//!   `vocab.json` and `merges.txt`.
 //!
 //! Also the incremental decoder that turns a stream of ids into text pieces without ever
 //! emitting half of a multi-byte character.
@@ -52,6 +56,18 @@ pub enum GenTokenizerError {
     Unsupported(String),
     #[error("tokenizer: {0}")]
     Tokenizers(String),
+}
+
+/// Where a Hugging Face checkpoint's tokenizer is.
+#[derive(Debug, Clone, Copy)]
+pub enum HfTokenizerFiles<'a> {
+    /// `tokenizer.json` (the `tokenizers` format).
+    TokenizerJson(&'a std::path::Path),
+    /// GPT-2's original files: the token → id map and the merges.
+    VocabMerges {
+        vocab: &'a std::path::Path,
+        merges: &'a std::path::Path,
+    },
 }
 
 /// A generation model's tokenizer.
@@ -199,12 +215,83 @@ impl GenTokenizer {
         })
     }
 
+    /// Builds the tokenizer of a Hugging Face checkpoint from its `tokenizer.json`, or else
+    /// from GPT-2's `vocab.json` and `merges.txt` (byte-level BPE with GPT-2's split regex).
+    /// `bos` and `eos` come from the model's configuration; `eos` ends generation, and both
+    /// are special tokens (matched in the text, left out of decoded text).
+    ///
+    /// # Errors
+    ///
+    /// When the files cannot be read or an id is outside the vocabulary.
+    pub fn from_hf(
+        files: HfTokenizerFiles<'_>,
+        bos: Option<u32>,
+        eos: &[u32],
+    ) -> Result<Self, GenTokenizerError> {
+        let err = |e: String| GenTokenizerError::Tokenizers(e);
+        let mut inner = match files {
+            HfTokenizerFiles::TokenizerJson(path) => {
+                Tokenizer::from_file(path).map_err(|e| err(format!("{}: {e}", path.display())))?
+            }
+            HfTokenizerFiles::VocabMerges { vocab, merges } => {
+                let to_str = |p: &std::path::Path| p.to_string_lossy().into_owned();
+                let bpe = BPE::from_file(&to_str(vocab), &to_str(merges))
+                    .build()
+                    .map_err(|e| {
+                        err(format!("{} and {}: {e}", vocab.display(), merges.display()))
+                    })?;
+                let mut t = Tokenizer::new(bpe);
+                t.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+                t.with_decoder(Some(ByteLevelDecoder::default()));
+                t
+            }
+        };
+        // Truncation or padding set in a tokenizer.json would change prompts silently.
+        inner
+            .with_truncation(None)
+            .map_err(|e| err(e.to_string()))?;
+        inner.with_padding(None);
+        let vocab = inner.get_vocab(true);
+        let size = vocab.values().map(|&i| i as usize + 1).max().unwrap_or(0);
+        let mut tokens = vec![String::new(); size];
+        for (t, i) in vocab {
+            tokens[i as usize] = t;
+        }
+        let mut special = vec![false; size];
+        for (id, t) in inner.get_added_tokens_decoder() {
+            if t.special {
+                special[id as usize] = true;
+            }
+        }
+        for &id in bos.iter().chain(eos) {
+            let Some(text) = tokens.get(id as usize).filter(|t| !t.is_empty()) else {
+                return Err(err(format!(
+                    "special token id {id} is outside the vocabulary"
+                )));
+            };
+            if !special[id as usize] {
+                special[id as usize] = true;
+                inner.add_special_tokens(&[AddedToken::from(text.clone(), true)]);
+            }
+        }
+        Ok(Self {
+            inner,
+            bos,
+            // tokenizer.json's post-processor adds what the model wants (GPT-2: nothing).
+            add_bos: false,
+            end_ids: eos.iter().copied().collect(),
+            eos: eos.first().copied(),
+            tokens,
+            special,
+        })
+    }
+
     /// Ids of `text`, special tokens written in it included, with BOS first when the model
     /// asks for it and `add_special` is set.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, GenTokenizerError> {
         let enc = self
             .inner
-            .encode_fast(text, false)
+            .encode_fast(text, add_special)
             .map_err(|e| GenTokenizerError::Tokenizers(e.to_string()))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if add_special && self.add_bos {
@@ -223,7 +310,7 @@ impl GenTokenizer {
     ) -> Result<Vec<crate::model::TokenInfo>, GenTokenizerError> {
         let enc = self
             .inner
-            .encode(text, false)
+            .encode(text, add_special)
             .map_err(|e| GenTokenizerError::Tokenizers(e.to_string()))?;
         let bos = self.bos.filter(|_| add_special && self.add_bos);
         let info = |id: u32, (start, stop): (usize, usize)| crate::model::TokenInfo {

@@ -582,6 +582,36 @@ pub fn gelu_at(x: &mut [f32], level: KernelLevel) {
     }
 }
 
+/// tanh(x), written to vectorise with [`exp_neg`]: `(1 - e^{-2|x|}) / (1 + e^{-2|x|})`, sign
+/// restored.
+#[inline(always)]
+fn tanh(x: f32) -> f32 {
+    let e = exp_neg(-2.0 * x.abs());
+    ((1.0 - e) / (1.0 + e)).copysign(x)
+}
+
+dispatch512!(gelu_tanh_generic, gelu_tanh_avx2, gelu_tanh_avx512, (x: &mut [f32]) {
+    const C: f32 = 0.797_884_6; // sqrt(2/π)
+    for v in x.iter_mut() {
+        let u = *v;
+        *v = 0.5 * u * (1.0 + tanh(C * (u + 0.044_715 * u * u * u)));
+    }
+});
+
+/// GELU with the tanh approximation GPT-2 uses (`activation_function: "gelu_new"`), in place,
+/// with vectors no wider than `level` allows.
+pub fn gelu_tanh_at(x: &mut [f32], level: KernelLevel) {
+    match variant(level) {
+        // SAFETY: `variant` never picks a version the CPU lacks the features of.
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx512 => unsafe { gelu_tanh_avx512(x) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx2 => unsafe { gelu_tanh_avx2(x) },
+        Variant::Generic => gelu_tanh_generic(x),
+    }
+}
+
 /// Shape of one attention call.
 #[derive(Debug, Clone)]
 pub struct AttentionShape {
@@ -1026,6 +1056,36 @@ mod tests {
                 ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect()
+    }
+
+    #[test]
+    fn tanh_gelu_matches_the_f64_formula_on_every_path() {
+        let xs: Vec<f32> = (-1200..1200)
+            .map(|i| i as f32 / 100.0)
+            .chain([0.0, -0.0, 1e-30, -1e-30, 80.0, -80.0])
+            .collect();
+        let want: Vec<f64> = xs
+            .iter()
+            .map(|&x| {
+                let x = x as f64;
+                let c = (2.0 / std::f64::consts::PI).sqrt();
+                0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
+            })
+            .collect();
+        for level in KernelLevel::ALL {
+            let mut got = xs.clone();
+            gelu_tanh_at(&mut got, level);
+            for ((g, w), x) in got.iter().zip(&want).zip(&xs) {
+                let err = (*g as f64 - w).abs();
+                assert!(
+                    err <= 2e-7 * (1.0 + w.abs()),
+                    "gelu_tanh({x}) = {g}, want {w} on {level}"
+                );
+            }
+        }
+        let mut nan = [f32::NAN];
+        gelu_tanh_at(&mut nan, KernelLevel::detected());
+        assert!(nan[0].is_nan());
     }
 
     #[test]

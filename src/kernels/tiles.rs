@@ -18,6 +18,8 @@ pub enum Epilogue {
     /// `y = GELU(sum + bias)` (exact erf), applied while the tile is in cache: one pass over
     /// the layer's output less than a separate GELU.
     BiasGelu,
+    /// `y = GELU(sum + bias)` with the tanh approximation (GPT-2's `gelu_new`).
+    BiasGeluTanh,
 }
 
 /// Output columns per panel: one AVX-512 register of f32 or i32.
@@ -98,8 +100,10 @@ pub(crate) unsafe fn store_tile(
         for ((d, a), b) in dst.iter_mut().zip(sums).zip(&bias[start..end]) {
             *d = a + b;
         }
-        if epilogue == Epilogue::BiasGelu {
-            super::layers::gelu_at(dst, level);
+        match epilogue {
+            Epilogue::Bias => {}
+            Epilogue::BiasGelu => super::layers::gelu_at(dst, level),
+            Epilogue::BiasGeluTanh => super::layers::gelu_tanh_at(dst, level),
         }
     }
 }

@@ -39,7 +39,13 @@ pub struct ModelFiles {
     pub source: String,
     pub config: PathBuf,
     pub weights: PathBuf,
-    pub tokenizer: PathBuf,
+    /// `tokenizer.json`; a GPT-2 checkpoint may instead have only `vocab.json` and
+    /// `merges.txt` (then this is `None` and both of those are set).
+    pub tokenizer: Option<PathBuf>,
+    pub vocab: Option<PathBuf>,
+    pub merges: Option<PathBuf>,
+    /// `generation_config.json`: a generation model's default settings.
+    pub generation_config: Option<PathBuf>,
     /// `modules.json`: which sentence-transformers modules follow the encoder.
     pub modules: Option<PathBuf>,
     /// `1_Pooling/config.json` (or the folder `modules.json` names): the pooling mode.
@@ -49,11 +55,14 @@ pub struct ModelFiles {
 }
 
 const REQUIRED: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
-const OPTIONAL: [&str; 3] = [
+const OPTIONAL: [&str; 4] = [
     "modules.json",
     "1_Pooling/config.json",
     "sentence_bert_config.json",
+    "generation_config.json",
 ];
+/// GPT-2's original tokenizer files, used when there is no `tokenizer.json`.
+const VOCAB_MERGES: [&str; 2] = ["vocab.json", "merges.txt"];
 
 /// Resolves `model` (a directory, or else a hub id) to its files, downloading what is missing
 /// unless `HF_HUB_OFFLINE` is set.
@@ -86,11 +95,21 @@ pub fn from_directory(dir: &Path) -> Result<ModelFiles, ModelError> {
     let need = |name: &str| {
         get(name).ok_or_else(|| ModelError::Files(format!("{} has no {name}", dir.display())))
     };
+    let config = need(REQUIRED[0])?;
+    let weights = need(REQUIRED[1])?;
+    let tokenizer = get(REQUIRED[2]);
+    let (vocab, merges) = (get(VOCAB_MERGES[0]), get(VOCAB_MERGES[1]));
+    if tokenizer.is_none() && (vocab.is_none() || merges.is_none()) {
+        need(REQUIRED[2])?;
+    }
     Ok(ModelFiles {
         source: model_id(&dir.to_string_lossy()),
-        config: need(REQUIRED[0])?,
-        weights: need(REQUIRED[1])?,
-        tokenizer: need(REQUIRED[2])?,
+        config,
+        weights,
+        tokenizer,
+        vocab,
+        merges,
+        generation_config: get(OPTIONAL[3]),
         modules: get(OPTIONAL[0]),
         pooling: get(OPTIONAL[1]),
         sentence_bert: get(OPTIONAL[2]),
@@ -151,11 +170,24 @@ fn from_hub(model_id: &str, revision: &str) -> Result<ModelFiles, ModelError> {
         }
     };
     let maybe = |name: &str| fetch(name).ok().flatten();
+    let config = need(REQUIRED[0])?;
+    let weights = need(REQUIRED[1])?;
+    // tokenizer.json, else GPT-2's vocab.json and merges.txt.
+    let (tokenizer, vocab, merges) = match maybe(REQUIRED[2]) {
+        Some(t) => (Some(t), None, None),
+        None => match (maybe(VOCAB_MERGES[0]), maybe(VOCAB_MERGES[1])) {
+            (Some(v), Some(m)) => (None, Some(v), Some(m)),
+            _ => (Some(need(REQUIRED[2])?), None, None),
+        },
+    };
     Ok(ModelFiles {
         source: model_id.to_string(),
-        config: need(REQUIRED[0])?,
-        weights: need(REQUIRED[1])?,
-        tokenizer: need(REQUIRED[2])?,
+        config,
+        weights,
+        tokenizer,
+        vocab,
+        merges,
+        generation_config: maybe(OPTIONAL[3]),
         modules: maybe(OPTIONAL[0]),
         pooling: maybe(OPTIONAL[1]),
         sentence_bert: maybe(OPTIONAL[2]),

@@ -229,7 +229,30 @@ pub fn load_with(
     let t = Instant::now();
     let files = files::resolve(model, revision)?;
     phase("resolve", t.elapsed());
+    load_files(&files, options, phase)
+}
 
+/// The `model_type` in a checkpoint's `config.json` (`None` when it has none).
+///
+/// # Errors
+///
+/// When the file cannot be read or is not a JSON object.
+pub fn model_type(files: &files::ModelFiles) -> Result<Option<String>, ModelError> {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        model_type: Option<String>,
+    }
+    let peek: Peek = serde_json::from_str(&read(&files.config)?)
+        .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
+    Ok(peek.model_type)
+}
+
+/// Loads the embedding model whose files are `files`, as `options` say.
+pub fn load_files(
+    files: &files::ModelFiles,
+    options: LoadOptions,
+    mut phase: impl FnMut(&'static str, Duration),
+) -> Result<LoadedModel, ModelError> {
     let t = Instant::now();
     let config = bert::BertConfig::from_json(&read(&files.config)?)?;
     let mut normalized_by_model = false;
@@ -263,7 +286,13 @@ pub fn load_with(
     let max_input_length = max_seq_length
         .unwrap_or(config.max_position_embeddings)
         .min(config.max_position_embeddings);
-    let tokenizer = TextTokenizer::load(&files.tokenizer, max_input_length)?;
+    let tokenizer_json = files.tokenizer.as_ref().ok_or_else(|| {
+        ModelError::Files(format!(
+            "{}: no tokenizer.json beside config.json",
+            files.source
+        ))
+    })?;
+    let tokenizer = TextTokenizer::load(tokenizer_json, max_input_length)?;
     phase("tokenizer", t.elapsed());
 
     let t = Instant::now();

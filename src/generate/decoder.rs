@@ -1,0 +1,444 @@
+//! What every decoder shares: each sequence's KV cache, one step's inputs, and causal
+//! attention of a step's new rows over their own caches (run in parallel, one sequence per
+//! task), and [`Decoder`], the model a generation engine runs, whatever its architecture.
+//!
+//! Architectures differ in how they make Q, K and V and what follows attention; the cache,
+//! the attention and the bookkeeping of a step are the same, so they live here once.
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+use super::gpt2::Gpt2;
+use super::llama::Llama;
+use crate::kernels::team::parallel_for;
+use crate::kernels::tiles::SharedOut;
+use crate::kernels::{self, Dtype, Epilogue, KernelLevel, LinearPart, PackedLinear};
+
+/// A decoder-only language model, as the engine runs it.
+pub enum Decoder {
+    /// Llama family, from GGUF.
+    Llama(Llama),
+    /// GPT-2 family, from Hugging Face safetensors.
+    Gpt2(Gpt2),
+}
+
+/// The sizes of one sequence's KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheShape {
+    pub n_layer: usize,
+    /// Values per token per layer for keys (and as many for values).
+    pub kv_width: usize,
+    /// Cached in f16 (with quantized or low-precision weights), else f32.
+    pub f16: bool,
+}
+
+/// The sizes the front end and the engine need to know.
+#[derive(Debug, Clone, Copy)]
+pub struct DecoderShape {
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub vocab: usize,
+    /// Longest sequence (prompt and generated tokens) the model runs.
+    pub context: usize,
+    pub cache: CacheShape,
+}
+
+impl Decoder {
+    /// The model's sizes.
+    pub fn shape(&self) -> DecoderShape {
+        match self {
+            Decoder::Llama(m) => m.shape(),
+            Decoder::Gpt2(m) => m.shape(),
+        }
+    }
+
+    /// Runs one step (see [`Llama::step`]): the logits after the last token of every input
+    /// that wants them, in input order.
+    pub fn step(&self, inputs: &mut [StepInput]) -> Vec<Vec<f32>> {
+        match self {
+            Decoder::Llama(m) => m.step(inputs),
+            Decoder::Gpt2(m) => m.step(inputs),
+        }
+    }
+
+    /// Bytes of weights held.
+    pub fn weight_bytes(&self) -> usize {
+        match self {
+            Decoder::Llama(m) => m.weight_bytes(),
+            Decoder::Gpt2(m) => m.weight_bytes(),
+        }
+    }
+
+    /// The number format of the linear layers.
+    pub fn dtype(&self) -> Dtype {
+        match self {
+            Decoder::Llama(m) => m.dtype(),
+            Decoder::Gpt2(m) => m.dtype(),
+        }
+    }
+
+    /// An empty cache for a sequence of up to `tokens` tokens.
+    pub fn new_cache(&self, tokens: usize) -> KvCache {
+        KvCache::with_capacity(self.shape().cache, tokens)
+    }
+}
+
+/// A linear layer (with its bias, zero for layers that have none) in the format chosen at
+/// load: f32 in place, or packed for the bf16, int8 or 4-bit kernels.
+pub(super) enum Linear {
+    F32 { w: Vec<f32>, b: Vec<f32> },
+    Packed(PackedLinear),
+}
+
+impl Linear {
+    /// `w` is `n×k` (PyTorch layout), `b` has `n` values.
+    pub(super) fn new(dtype: Dtype, w: Vec<f32>, b: Vec<f32>, k: usize) -> Result<Self, String> {
+        if k == 0 || w.len() != b.len() * k {
+            return Err(format!(
+                "{} weights do not make {} rows of {k}",
+                w.len(),
+                b.len()
+            ));
+        }
+        Ok(match PackedLinear::pack(dtype, &w, &b, k)? {
+            Some(p) => Linear::Packed(p),
+            None => Linear::F32 { w, b },
+        })
+    }
+
+    /// Output columns.
+    pub(super) fn n(&self) -> usize {
+        match self {
+            Linear::F32 { b, .. } => b.len(),
+            Linear::Packed(p) => p.n(),
+        }
+    }
+
+    /// Bytes held.
+    pub(super) fn bytes(&self) -> usize {
+        match self {
+            Linear::F32 { w, b } => 4 * (w.len() + b.len()),
+            Linear::Packed(p) => p.bytes(),
+        }
+    }
+
+    /// `out[m×n] = epilogue(x[m×k] · Wᵀ + b)`.
+    pub(super) fn forward(
+        &self,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+        level: KernelLevel,
+        threads: usize,
+        epilogue: Epilogue,
+    ) {
+        match self {
+            Linear::F32 { w, b } => {
+                let k = x.len().checked_div(m).unwrap_or(0);
+                kernels::linear(x, m, k, &[LinearPart { w, b }], out, threads);
+                match epilogue {
+                    Epilogue::Bias => {}
+                    Epilogue::BiasGelu => kernels::gelu_at(out, level),
+                    Epilogue::BiasGeluTanh => kernels::gelu_tanh_at(out, level),
+                }
+            }
+            Linear::Packed(p) => p.forward(x, m, out, level, threads, epilogue),
+        }
+    }
+}
+
+/// One sequence's keys and values, layer by layer (`len × kv_width` each, grown as it goes).
+///
+/// In f16 with quantized weights, as llama.cpp keeps them: half the memory of f32, and
+/// measured to matter for agreeing with llama.cpp's greedy tokens on long prompts
+/// (tests/smollm2_reference.rs). In f32 with f32 weights (exact reference runs).
+pub struct KvCache {
+    layers: Vec<KvLayer>,
+    len: usize,
+}
+
+/// One layer's keys and values.
+enum KvLayer {
+    F16(Vec<f16>, Vec<f16>),
+    F32(Vec<f32>, Vec<f32>),
+}
+
+/// An element type of the KV cache.
+trait KvElem: Copy + Send + Sync {
+    /// Appends `src` converted.
+    fn append(cache: &mut Vec<Self>, src: &[f32]);
+    /// Widens `src` into `dst`.
+    fn widen(src: &[Self], dst: &mut [f32]);
+}
+
+impl KvElem for f16 {
+    fn append(cache: &mut Vec<Self>, src: &[f32]) {
+        let at = cache.len();
+        cache.resize(at + src.len(), f16::ZERO);
+        cache[at..].convert_from_f32_slice(src);
+    }
+
+    #[inline(always)]
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
+    }
+}
+
+impl KvElem for f32 {
+    fn append(cache: &mut Vec<Self>, src: &[f32]) {
+        cache.extend_from_slice(src);
+    }
+
+    #[inline(always)]
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+impl KvCache {
+    /// An empty cache with room reserved for `tokens` tokens.
+    pub fn with_capacity(shape: CacheShape, tokens: usize) -> Self {
+        Self {
+            layers: (0..shape.n_layer)
+                .map(|_| {
+                    let n = tokens * shape.kv_width;
+                    if shape.f16 {
+                        KvLayer::F16(Vec::with_capacity(n), Vec::with_capacity(n))
+                    } else {
+                        KvLayer::F32(Vec::with_capacity(n), Vec::with_capacity(n))
+                    }
+                })
+                .collect(),
+            len: 0,
+        }
+    }
+
+    /// Tokens held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the cache holds no token.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// One sequence's part of a step: the tokens to run (at positions `cache.len()..`), and
+/// whether the logits after its last token are wanted.
+pub struct StepInput<'a> {
+    pub cache: &'a mut KvCache,
+    pub tokens: &'a [u32],
+    pub want_logits: bool,
+}
+
+/// Appends every input's new keys and values (from its rows of `qkv`: each row is Q, then
+/// K, then V, `shape.qkvw` wide) to layer `l` of its cache, then attends, sequence by sequence
+/// in parallel, writing each row's heads into `attn` (`rows × n_head·head_dim`).
+pub(super) fn cached_attention(
+    inputs: &mut [StepInput],
+    l: usize,
+    qkv: &[f32],
+    shape: &AttnShape,
+    attn: &mut [f32],
+    level: KernelLevel,
+    threads: usize,
+) {
+    let qw = shape.n_head * shape.head_dim;
+    let kvw = shape.n_head_kv * shape.head_dim;
+    let qkvw = shape.qkvw;
+    let mut row0 = 0;
+    let mut jobs = Vec::with_capacity(inputs.len());
+    let mut attn_rest: &mut [f32] = attn;
+    for input in inputs.iter_mut() {
+        let rows = input.tokens.len();
+        let (mine, rest) = attn_rest.split_at_mut(rows * qw);
+        attn_rest = rest;
+        let layer = &mut input.cache.layers[l];
+        for r in row0..row0 + rows {
+            let row = &qkv[r * qkvw..(r + 1) * qkvw];
+            let (k, v) = (&row[qw..qw + kvw], &row[qw + kvw..qw + 2 * kvw]);
+            match layer {
+                KvLayer::F16(kc, vc) => {
+                    KvElem::append(kc, k);
+                    KvElem::append(vc, v);
+                }
+                KvLayer::F32(kc, vc) => {
+                    KvElem::append(kc, k);
+                    KvElem::append(vc, v);
+                }
+            }
+        }
+        let start = input.cache.len;
+        jobs.push((
+            &qkv[row0 * qkvw..(row0 + rows) * qkvw],
+            &*layer,
+            start,
+            (SharedOut(mine.as_mut_ptr()), mine.len()),
+        ));
+        row0 += rows;
+    }
+    parallel_for(jobs.len(), threads, &|i| {
+        let (q, layer, start, (out, len)) = jobs[i];
+        // SAFETY: each job's output is its own rows of `attn` (split above), which stays
+        // mutably borrowed until this call returns.
+        let out = unsafe { std::slice::from_raw_parts_mut(out.ptr(), len) };
+        match layer {
+            KvLayer::F16(k, v) => attend(shape, q, k, v, start, out, level),
+            KvLayer::F32(k, v) => attend(shape, q, k, v, start, out, level),
+        }
+    });
+}
+
+/// Ends a step: every cache now holds its input's tokens. Returns the rows (in the step's
+/// row order) whose hidden state gives logits: the last row of each input that wants them.
+pub(super) fn finish_step(inputs: &mut [StepInput]) -> Vec<usize> {
+    let mut last_rows = Vec::new();
+    let mut row0 = 0;
+    for input in inputs.iter_mut() {
+        row0 += input.tokens.len();
+        input.cache.len += input.tokens.len();
+        if input.want_logits && !input.tokens.is_empty() {
+            last_rows.push(row0 - 1);
+        }
+    }
+    last_rows
+}
+
+/// The positions of a step's rows, input by input, after checking that no cache passes
+/// `context`.
+///
+/// # Panics
+///
+/// When a sequence would pass the context length (the engine checks before admitting).
+pub(super) fn positions(inputs: &[StepInput], context: usize) -> Vec<usize> {
+    let mut positions = Vec::new();
+    for input in inputs {
+        assert!(
+            input.cache.len + input.tokens.len() <= context,
+            "a sequence passed the context length"
+        );
+        positions.extend(input.cache.len..input.cache.len + input.tokens.len());
+    }
+    positions
+}
+
+/// The shape of one attention call.
+pub(super) struct AttnShape {
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    /// Width of one row of Q, K and V side by side.
+    pub qkvw: usize,
+}
+
+/// Causal attention of one sequence's new rows (queries in `qkv`, rows at positions
+/// `start..`) over its cache (`k`, `v`: every position up to the last new row), into `out`
+/// (`rows × n_head·head_dim`). Each cached key and value is widened once per row and used by
+/// every query head of its group (grouped-query attention).
+fn attend<T: KvElem>(
+    s: &AttnShape,
+    qkv: &[f32],
+    k: &[T],
+    v: &[T],
+    start: usize,
+    out: &mut [f32],
+    level: KernelLevel,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if level >= KernelLevel::Avx2 && KernelLevel::detected() >= KernelLevel::Avx2 {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        unsafe { attend_avx2(s, qkv, k, v, start, out) };
+        return;
+    }
+    let _ = level;
+    attend_portable(s, qkv, k, v, start, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2<T: KvElem>(
+    s: &AttnShape,
+    qkv: &[f32],
+    k: &[T],
+    v: &[T],
+    start: usize,
+    out: &mut [f32],
+) {
+    attend_portable(s, qkv, k, v, start, out)
+}
+
+#[inline(always)]
+fn attend_portable<T: KvElem>(
+    s: &AttnShape,
+    qkv: &[f32],
+    k: &[T],
+    v: &[T],
+    start: usize,
+    out: &mut [f32],
+) {
+    let hd = s.head_dim;
+    let group = s.n_head / s.n_head_kv;
+    let kvw = s.n_head_kv * hd;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let rows = qkv.len() / s.qkvw;
+    let span = start + rows;
+    let mut scores = vec![0.0f32; group * span];
+    let mut wide = vec![0.0f32; hd];
+    let mut max = vec![0.0f32; group];
+    let mut inv = vec![0.0f32; group];
+    for r in 0..rows {
+        let visible = start + r + 1;
+        let q_row = &qkv[r * s.qkvw..r * s.qkvw + s.n_head * hd];
+        let o_row = &mut out[r * s.n_head * hd..(r + 1) * s.n_head * hd];
+        for kvh in 0..s.n_head_kv {
+            let heads = kvh * group..(kvh + 1) * group;
+            max.fill(f32::NEG_INFINITY);
+            for t in 0..visible {
+                T::widen(&k[t * kvw + kvh * hd..][..hd], &mut wide);
+                for (gi, h) in heads.clone().enumerate() {
+                    let score = dot(&q_row[h * hd..(h + 1) * hd], &wide) * scale;
+                    scores[gi * span + t] = score;
+                    max[gi] = max[gi].max(score);
+                }
+            }
+            for gi in 0..group {
+                let mut sum = 0.0f32;
+                for score in &mut scores[gi * span..gi * span + visible] {
+                    *score = (*score - max[gi]).exp();
+                    sum += *score;
+                }
+                inv[gi] = 1.0 / sum;
+            }
+            for h in heads.clone() {
+                o_row[h * hd..(h + 1) * hd].fill(0.0);
+            }
+            for t in 0..visible {
+                T::widen(&v[t * kvw + kvh * hd..][..hd], &mut wide);
+                for (gi, h) in heads.clone().enumerate() {
+                    let w = scores[gi * span + t] * inv[gi];
+                    for (o, &vv) in o_row[h * hd..(h + 1) * hd].iter_mut().zip(&wide) {
+                        *o += w * vv;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A dot product in 16 independent lanes (so it vectorizes).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let chunks = a.len() / 16;
+    for c in 0..chunks {
+        for l in 0..16 {
+            acc[l] += a[c * 16 + l] * b[c * 16 + l];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for i in chunks * 16..a.len() {
+        sum += a[i] * b[i];
+    }
+    sum
+}
