@@ -375,6 +375,7 @@ fn serve_generation(
     let generator = generate::Generator {
         tokenizer: loaded.tokenizer,
         chat: loaded.chat,
+        defaults: loaded.defaults,
         engine: handle,
     };
     lifecycle.loaded(Serving {

@@ -181,7 +181,12 @@ fn model_dir() -> &'static Path {
         config["model_type"] = json!("gpt2");
         config["bos_token_id"] = json!(VOCAB - 1);
         config["eos_token_id"] = json!(VOCAB - 1);
+        // As openai-community/gpt2 has them.
+        config["task_specific_params"] =
+            json!({"text-generation": {"do_sample": true, "max_length": 50}});
         std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let generation = json!({"bos_token_id": VOCAB - 1, "eos_token_id": VOCAB - 1});
+        std::fs::write(dir.join("generation_config.json"), generation.to_string()).unwrap();
         std::fs::write(dir.join("tokenizer.json"), tokenizer_json().to_string()).unwrap();
         dir
     })
@@ -368,6 +373,8 @@ fn the_config_and_files_load_through_the_server_path() {
         [5, 7, eos]
     );
     assert_eq!(loaded.model.shape().context, CONTEXT);
+    // task_specific_params["text-generation"] is the upstream route's sampling setting.
+    assert_eq!(loaded.defaults.do_sample, Some(true));
 }
 
 #[test]

@@ -35,6 +35,7 @@ use decoder::Decoder;
 use engine::EngineHandle;
 use gpt2::{Gpt2, Gpt2Config};
 use llama::Llama;
+use sampling::SamplingDefaults;
 use tokenizer::{GenTokenizer, HfTokenizerFiles};
 
 /// What the front end needs to serve a generation model.
@@ -42,6 +43,9 @@ pub struct Generator {
     pub tokenizer: Arc<GenTokenizer>,
     /// `None` when the model has no chat template (chat routes then answer 400).
     pub chat: Option<ChatTemplate>,
+    /// The model's own sampling settings (upstream and OpenAI routes use them where the
+    /// request says nothing).
+    pub defaults: SamplingDefaults,
     pub engine: EngineHandle,
 }
 
@@ -51,6 +55,7 @@ pub struct LoadedGenerator {
     pub model: Arc<Decoder>,
     pub tokenizer: Arc<GenTokenizer>,
     pub chat: Option<ChatTemplate>,
+    pub defaults: SamplingDefaults,
 }
 
 /// The GGUF file `model` names, when it names one: a `.gguf` file, or a directory holding
@@ -162,6 +167,7 @@ fn load_gpt2(
         ids.bos_token_id = g.bos_token_id.or(ids.bos_token_id);
         ids.eos_token_id = g.eos_token_id.or(ids.eos_token_id);
     }
+    let defaults = sampling_defaults(files, &config_text)?;
     let bos = ids.bos_token_id.and_then(|b| b.ids().first().copied());
     let eos = ids.eos_token_id.map(|e| e.ids()).unwrap_or_default();
     let tokenizer_files = match (&files.tokenizer, &files.vocab, &files.merges) {
@@ -206,7 +212,40 @@ fn load_gpt2(
         model: Arc::new(Decoder::Gpt2(model)),
         tokenizer: Arc::new(tokenizer),
         chat: None,
+        defaults,
     })
+}
+
+/// The checkpoint's sampling settings: `generation_config.json`, overridden by
+/// `config.json`'s `task_specific_params["text-generation"]`.
+fn sampling_defaults(
+    files: &ModelFiles,
+    config_text: &str,
+) -> Result<SamplingDefaults, ModelError> {
+    let mut defaults = match &files.generation_config {
+        Some(path) => read_json::<SamplingDefaults>(path)?,
+        None => SamplingDefaults::default(),
+    };
+    #[derive(serde::Deserialize)]
+    struct TaskParams {
+        task_specific_params: Option<std::collections::HashMap<String, serde_json::Value>>,
+    }
+    let task: TaskParams = serde_json::from_str(config_text)
+        .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
+    if let Some(v) = task
+        .task_specific_params
+        .and_then(|mut t| t.remove("text-generation"))
+    {
+        let over: SamplingDefaults = serde_json::from_value(v).map_err(|e| {
+            ModelError::Config(format!(
+                "config.json: task_specific_params.text-generation: {e}"
+            ))
+        })?;
+        defaults = defaults.overridden_by(over);
+    }
+    defaults
+        .checked()
+        .map_err(|e| ModelError::Config(format!("{}: sampling settings: {e}", files.source)))
 }
 
 /// Loads the GGUF model at `path`.
@@ -267,5 +306,6 @@ fn load_gguf(
         model: Arc::new(Decoder::Llama(model)),
         tokenizer: Arc::new(tokenizer),
         chat,
+        defaults: SamplingDefaults::default(),
     })
 }

@@ -43,6 +43,75 @@ impl SamplingParams {
     }
 }
 
+/// A model's own sampling settings, used where a request leaves a setting out: from
+/// `generation_config.json`, overridden by `config.json`'s
+/// `task_specific_params["text-generation"]` (as transformers' text-generation pipeline
+/// does). GGUF files carry none.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+pub struct SamplingDefaults {
+    pub do_sample: Option<bool>,
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub typical_p: Option<f32>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+}
+
+impl SamplingDefaults {
+    /// `self` with every setting `over` has replaced by it.
+    pub fn overridden_by(self, over: SamplingDefaults) -> Self {
+        Self {
+            do_sample: over.do_sample.or(self.do_sample),
+            temperature: over.temperature.or(self.temperature),
+            top_k: over.top_k.or(self.top_k),
+            top_p: over.top_p.or(self.top_p),
+            typical_p: over.typical_p.or(self.typical_p),
+            min_p: over.min_p.or(self.min_p),
+            repetition_penalty: over.repetition_penalty.or(self.repetition_penalty),
+        }
+    }
+
+    /// Checks the ranges, and drops the values transformers reads as "off" (top_k 0,
+    /// top_p / typical_p 1, min_p 0, repetition_penalty 1).
+    ///
+    /// # Errors
+    ///
+    /// A message naming the setting that is out of range.
+    pub fn checked(self) -> Result<Self, String> {
+        if let Some(t) = self.temperature {
+            if !(t.is_finite() && t >= 0.0) {
+                return Err(format!("temperature is {t}; it must be ≥ 0"));
+            }
+        }
+        for (name, v) in [("top_p", self.top_p), ("typical_p", self.typical_p)] {
+            if let Some(p) = v {
+                if !(p > 0.0 && p <= 1.0) {
+                    return Err(format!("{name} is {p}; it must be in (0, 1]"));
+                }
+            }
+        }
+        if let Some(p) = self.min_p {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("min_p is {p}; it must be in [0, 1]"));
+            }
+        }
+        if let Some(r) = self.repetition_penalty {
+            if !(r.is_finite() && r > 0.0) {
+                return Err(format!("repetition_penalty is {r}; it must be > 0"));
+            }
+        }
+        Ok(Self {
+            top_k: self.top_k.filter(|&k| k > 0),
+            top_p: self.top_p.filter(|&p| p < 1.0),
+            typical_p: self.typical_p.filter(|&p| p < 1.0),
+            min_p: self.min_p.filter(|&p| p > 0.0),
+            repetition_penalty: self.repetition_penalty.filter(|&r| r != 1.0),
+            ..self
+        })
+    }
+}
+
 /// A chosen token.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Choice {
@@ -226,6 +295,30 @@ fn log_sum_exp(logits: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampling_defaults_override_check_and_drop_the_off_values() {
+        let base = SamplingDefaults {
+            top_k: Some(50),
+            temperature: Some(0.8),
+            ..SamplingDefaults::default()
+        };
+        let over = SamplingDefaults {
+            do_sample: Some(true),
+            top_k: Some(0),
+            top_p: Some(1.0),
+            ..SamplingDefaults::default()
+        };
+        let d = base.overridden_by(over).checked().unwrap();
+        assert_eq!(d.do_sample, Some(true));
+        assert_eq!(d.temperature, Some(0.8));
+        assert_eq!((d.top_k, d.top_p), (None, None));
+        let bad = SamplingDefaults {
+            top_p: Some(1.5),
+            ..SamplingDefaults::default()
+        };
+        assert!(bad.checked().unwrap_err().contains("top_p"));
+    }
 
     fn logits() -> Vec<f32> {
         vec![1.0, 3.0, 2.0, -1.0, 2.5, 0.0]

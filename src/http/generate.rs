@@ -28,7 +28,7 @@ use super::routes::{serving, Reply};
 use super::{json_response, AppState, StreamGuard};
 use crate::generate::chat::ChatMessage;
 use crate::generate::engine::{Event, FinishReason, GenerationRequest, SubmitError, TokenEvent};
-use crate::generate::sampling::SamplingParams;
+use crate::generate::sampling::{SamplingDefaults, SamplingParams};
 use crate::generate::tokenizer::GenTokenizer;
 use crate::generate::Generator;
 use crate::lifecycle::ServingTask;
@@ -388,21 +388,32 @@ fn openai_unsupported(
 }
 
 /// Parses the body of a generation route.
-fn parse(path: &str, body: &[u8], default_new: usize) -> Result<Call, ApiError> {
+///
+/// `defaults` are the model's own sampling settings: the upstream shape samples as the
+/// text-generation pipeline did (the model's settings, else top-k 50), the OpenAI routes take
+/// them where the request is silent (as vLLM does), and TGI's shape keeps TGI's meaning
+/// (greedy unless the request asks for sampling).
+fn parse(
+    path: &str,
+    body: &[u8],
+    default_new: usize,
+    defaults: &SamplingDefaults,
+) -> Result<Call, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(json_error)?;
     match path {
         "/generate" | "/generate_stream" => {
             let is_upstream = value.get("text").is_some() && value.get("inputs").is_none();
             if is_upstream && path == "/generate" {
                 let r: UpstreamRequest = serde_json::from_value(value).map_err(json_error)?;
+                let d = defaults;
                 let params = sampling(
-                    Some(true),
-                    None,
-                    Some(UPSTREAM_TOP_K as i64),
-                    None,
-                    None,
-                    None,
-                    None,
+                    Some(d.do_sample.unwrap_or(true)),
+                    d.temperature,
+                    Some(d.top_k.unwrap_or(UPSTREAM_TOP_K) as i64),
+                    d.top_p,
+                    d.typical_p,
+                    d.min_p,
+                    d.repetition_penalty,
                     None,
                     true,
                 )?;
@@ -483,6 +494,7 @@ fn parse(path: &str, body: &[u8], default_new: usize) -> Result<Call, ApiError> 
             openai_call(
                 Prompt::Text(prompt),
                 common,
+                defaults,
                 OPENAI_COMPLETIONS_MAX_TOKENS,
                 Format::Completion {
                     echo: r.echo,
@@ -545,6 +557,7 @@ fn parse(path: &str, body: &[u8], default_new: usize) -> Result<Call, ApiError> 
             openai_call(
                 Prompt::Chat(messages),
                 common,
+                defaults,
                 default_new,
                 Format::Chat { include_usage },
             )
@@ -558,17 +571,20 @@ fn parse(path: &str, body: &[u8], default_new: usize) -> Result<Call, ApiError> 
 fn openai_call(
     prompt: Prompt,
     c: OpenAiCommon,
+    d: &SamplingDefaults,
     default_new: usize,
     format: Format,
 ) -> Result<Call, ApiError> {
+    // The model's top-k and the like apply only when sampling: a request's temperature 0
+    // still means greedy.
     let params = sampling(
         None,
-        c.temperature,
-        None,
-        c.top_p,
-        None,
-        None,
-        None,
+        c.temperature.or(d.temperature),
+        d.top_k.map(|k| k as i64),
+        c.top_p.or(d.top_p),
+        d.typical_p,
+        d.min_p,
+        d.repetition_penalty,
         c.seed,
         true,
     )?;
@@ -665,8 +681,8 @@ pub async fn tokenize(
 
 /// Answers a generation route.
 pub async fn handle(state: &Arc<AppState>, path: &str, body: &[u8]) -> Result<Reply, ApiError> {
-    let call = parse(path, body, state.config.default_max_new_tokens)?;
     let g = generator(state).await?;
+    let call = parse(path, body, state.config.default_max_new_tokens, &g.defaults)?;
     let (prompt_text, ids) = match &call.prompt {
         Prompt::Text(t) => (t.clone(), encode(state, &g, t.clone(), true).await?),
         Prompt::Chat(messages) => {
@@ -1269,7 +1285,7 @@ mod tests {
             ),
         ];
         for (path, body, field) in cases {
-            match parse(path, body.as_bytes(), 20) {
+            match parse(path, body.as_bytes(), 20, &SamplingDefaults::default()) {
                 Err(ApiError::BadRequest(m)) => assert!(m.contains(field), "{body}: {m}"),
                 Err(e) => panic!("{body}: {e}"),
                 Ok(_) => panic!("{body} was accepted"),
@@ -1279,7 +1295,13 @@ mod tests {
 
     #[test]
     fn upstream_shape_samples_with_top_k_50_and_35_tokens_in_all() {
-        let c = parse("/generate", br#"{"text":"Hello"}"#, 20).unwrap();
+        let c = parse(
+            "/generate",
+            br#"{"text":"Hello"}"#,
+            20,
+            &SamplingDefaults::default(),
+        )
+        .unwrap();
         assert_eq!(c.format, Format::Upstream);
         assert!(c.params.do_sample);
         assert_eq!(c.params.top_k, Some(50));
@@ -1287,19 +1309,76 @@ mod tests {
     }
 
     #[test]
+    fn the_models_sampling_settings_fill_what_a_request_leaves_out() {
+        let d = SamplingDefaults {
+            temperature: Some(0.7),
+            top_k: Some(10),
+            top_p: Some(0.9),
+            ..SamplingDefaults::default()
+        };
+        // Upstream: the model's settings instead of top-k 50.
+        let c = parse("/generate", br#"{"text":"Hello"}"#, 20, &d).unwrap();
+        assert!(c.params.do_sample);
+        assert_eq!(
+            (c.params.temperature, c.params.top_k, c.params.top_p),
+            (0.7, Some(10), Some(0.9))
+        );
+        // A model that says greedy is greedy on the upstream route.
+        let greedy = SamplingDefaults {
+            do_sample: Some(false),
+            ..d.clone()
+        };
+        let c = parse("/generate", br#"{"text":"Hello"}"#, 20, &greedy).unwrap();
+        assert!(!c.params.do_sample);
+        // OpenAI: the request's values win; temperature 0 stays greedy.
+        let c = parse("/v1/completions", br#"{"prompt":"a","top_p":0.5}"#, 20, &d).unwrap();
+        assert_eq!((c.params.temperature, c.params.top_p), (0.7, Some(0.5)));
+        let c = parse(
+            "/v1/completions",
+            br#"{"prompt":"a","temperature":0}"#,
+            20,
+            &d,
+        )
+        .unwrap();
+        assert!(!c.params.do_sample);
+        // TGI keeps its own meaning: greedy unless asked.
+        let c = parse("/generate", br#"{"inputs":"a"}"#, 20, &d).unwrap();
+        assert!(!c.params.do_sample);
+    }
+
+    #[test]
     fn tgi_is_greedy_unless_asked_and_temperature_zero_is_greedy() {
-        let c = parse("/generate", br#"{"inputs":"a"}"#, 20).unwrap();
+        let c = parse(
+            "/generate",
+            br#"{"inputs":"a"}"#,
+            20,
+            &SamplingDefaults::default(),
+        )
+        .unwrap();
         assert!(!c.params.do_sample);
         let c = parse(
             "/generate",
             br#"{"inputs":"a","parameters":{"top_k":5}}"#,
             20,
+            &SamplingDefaults::default(),
         )
         .unwrap();
         assert!(c.params.do_sample);
-        let c = parse("/v1/completions", br#"{"prompt":"a","temperature":0}"#, 20).unwrap();
+        let c = parse(
+            "/v1/completions",
+            br#"{"prompt":"a","temperature":0}"#,
+            20,
+            &SamplingDefaults::default(),
+        )
+        .unwrap();
         assert!(!c.params.do_sample);
-        let c = parse("/v1/completions", br#"{"prompt":"a"}"#, 20).unwrap();
+        let c = parse(
+            "/v1/completions",
+            br#"{"prompt":"a"}"#,
+            20,
+            &SamplingDefaults::default(),
+        )
+        .unwrap();
         assert!(c.params.do_sample);
         assert!(matches!(c.length, Length::New(None)));
     }
