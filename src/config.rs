@@ -67,7 +67,8 @@ pub struct ServeConfig {
     pub port: u16,
 
     /// Model to serve: a local directory in Hugging Face layout, or a hub id downloaded into
-    /// the Hugging Face cache.
+    /// the Hugging Face cache (a BERT-family model embeds, a GPT-2 one generates); or a
+    /// `.gguf` file, or a directory holding one (Llama-family text generation).
     #[arg(long, env = "MODEL", default_value = DEFAULT_MODEL)]
     pub model: String,
 

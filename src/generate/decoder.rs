@@ -91,8 +91,8 @@ pub(super) enum Linear {
 }
 
 impl Linear {
-    /// `w` is `n×k` (PyTorch layout), `b` has `n` values.
-    pub(super) fn new(dtype: Dtype, w: Vec<f32>, b: Vec<f32>, k: usize) -> Result<Self, String> {
+    /// `w` is `n×k` (PyTorch layout), `b` has `n` values; `w` is only copied for f32.
+    pub(super) fn new(dtype: Dtype, w: &[f32], b: Vec<f32>, k: usize) -> Result<Self, String> {
         if k == 0 || w.len() != b.len() * k {
             return Err(format!(
                 "{} weights do not make {} rows of {k}",
@@ -100,9 +100,9 @@ impl Linear {
                 b.len()
             ));
         }
-        Ok(match PackedLinear::pack(dtype, &w, &b, k)? {
+        Ok(match PackedLinear::pack(dtype, w, &b, k)? {
             Some(p) => Linear::Packed(p),
-            None => Linear::F32 { w, b },
+            None => Linear::F32 { w: w.to_vec(), b },
         })
     }
 

@@ -237,6 +237,25 @@ impl GgufFile {
             .map(Some)
     }
 
+    /// An array of floats (e.g. `tokenizer.ggml.scores`), if present.
+    pub fn floats_opt(&self, key: &str) -> Result<Option<Vec<f32>>, GgufError> {
+        let Some(v) = self.value(key) else {
+            return Ok(None);
+        };
+        let Value::Array(items) = v else {
+            return Err(self.meta_error(key, "is not an array"));
+        };
+        items
+            .iter()
+            .map(|v| match v {
+                Value::F32(x) => Ok(*x),
+                Value::F64(x) => Ok(*x as f32),
+                _ => Err(self.meta_error(key, "holds a value that is not a float")),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
     /// Whether the file holds a tensor called `name`.
     pub fn has_tensor(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)

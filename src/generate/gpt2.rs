@@ -51,8 +51,9 @@ pub struct Gpt2Config {
 struct ConfigJson {
     model_type: Option<String>,
     vocab_size: usize,
-    #[serde(alias = "n_ctx")]
-    n_positions: usize,
+    /// GPT-2's own config.json has both (equal); older ones only `n_ctx`.
+    n_positions: Option<usize>,
+    n_ctx: Option<usize>,
     n_embd: usize,
     n_layer: usize,
     n_head: usize,
@@ -83,6 +84,10 @@ impl Gpt2Config {
             .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
         let bad =
             |field: &str, why: String| ModelError::Config(format!("config.json: {field} {why}"));
+        let n_positions = c
+            .n_positions
+            .or(c.n_ctx)
+            .ok_or_else(|| bad("n_positions", "is missing".to_string()))?;
         if let Some(t) = &c.model_type {
             if t != "gpt2" {
                 return Err(bad("model_type", format!("is {t:?}, not \"gpt2\"")));
@@ -90,7 +95,7 @@ impl Gpt2Config {
         }
         for (name, v, max) in [
             ("vocab_size", c.vocab_size, MAX_VOCAB),
-            ("n_positions", c.n_positions, MAX_CONTEXT),
+            ("n_positions", n_positions, MAX_CONTEXT),
             ("n_embd", c.n_embd, MAX_DIM),
             ("n_layer", c.n_layer, MAX_LAYERS),
             ("n_head", c.n_head, MAX_DIM),
@@ -143,7 +148,7 @@ impl Gpt2Config {
             head_dim: c.n_embd / c.n_head,
             n_ff: c.n_inner.unwrap_or(4 * c.n_embd),
             vocab: c.vocab_size,
-            context: c.n_positions,
+            context: n_positions,
             eps,
             activation,
             kv_f16: true,
@@ -235,7 +240,7 @@ impl Tensors {
                 t[j * k + i] = v;
             }
         }
-        Linear::new(dtype, t, b, k).map_err(|e| ModelError::Weights(format!("{name}: {e}")))
+        Linear::new(dtype, &t, b, k).map_err(|e| ModelError::Weights(format!("{name}: {e}")))
     }
 }
 
@@ -281,7 +286,7 @@ impl Gpt2 {
         let ln_f = norm("ln_f")?;
         // The head is tied to the embeddings in every GPT-2 checkpoint; a separate
         // `lm_head.weight` (untied fine-tunes) is used when the file has one.
-        let head = if t.file.contains("lm_head.weight") {
+        let untied = if t.file.contains("lm_head.weight") {
             let w = t.file.get("lm_head.weight")?;
             if w.shape() != [vocab, d] {
                 return Err(ModelError::Weights(format!(
@@ -289,12 +294,16 @@ impl Gpt2 {
                     w.shape()
                 )));
             }
-            w.as_slice().to_vec()
+            Some(w)
         } else {
-            wte.as_slice().to_vec()
+            None
         };
+        let head = untied.as_ref().unwrap_or(&wte).as_slice();
         let lm_head = Linear::new(dtype, head, vec![0.0; vocab], d)
             .map_err(|e| ModelError::Weights(format!("lm_head: {e}")))?;
+        // Every layer holds its own (transposed, packed) copy: the file's pages leave the
+        // resident set (the embedding rows in use fault back in from the page cache).
+        t.file.release_resident_pages();
         Ok(Self {
             config,
             wte,
@@ -440,7 +449,7 @@ fn add(x: &mut [f32], y: &[f32]) {
 mod tests {
     use super::*;
 
-    const TINY: &str = r#"{"model_type":"gpt2","vocab_size":96,"n_positions":48,"n_embd":64,
+    const TINY: &str = r#"{"model_type":"gpt2","vocab_size":96,"n_positions":48,"n_ctx":48,"n_embd":64,
         "n_layer":2,"n_head":4,"n_inner":null,"activation_function":"gelu_new",
         "layer_norm_epsilon":1e-5,"task_specific_params":{"text-generation":{"do_sample":true}}}"#;
 

@@ -192,7 +192,7 @@ fn load_linear(
     for (name, rows) in parts {
         w.extend(file.f32(name, &[*rows, k])?);
     }
-    Linear::new(dtype, w, vec![0.0; n], k).map_err(error)
+    Linear::new(dtype, &w, vec![0.0; n], k).map_err(error)
 }
 
 /// A Llama-family model ready to run.

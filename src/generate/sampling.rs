@@ -45,8 +45,9 @@ impl SamplingParams {
 
 /// A model's own sampling settings, used where a request leaves a setting out: from
 /// `generation_config.json`, overridden by `config.json`'s
-/// `task_specific_params["text-generation"]` (as transformers' text-generation pipeline
-/// does). GGUF files carry none.
+/// `task_specific_params["text-generation"]` (as transformers 4.x's text-generation pipeline,
+/// the upstream application's, applied them; 5.x ignores them and samples at temperature
+/// 0.7). GGUF files carry none.
 #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
 pub struct SamplingDefaults {
     pub do_sample: Option<bool>,

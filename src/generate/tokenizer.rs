@@ -1,9 +1,11 @@
 //! A generation model's tokenizer, with the `tokenizers` crate:
 //!
-//! - for a GGUF model, built from its metadata: the vocabulary, the BPE merges, the token
-//!   types (control tokens become special tokens, matched in the text as llama.cpp does with
-//!   `parse_special`), the special ids, and the pre-tokenizer that `tokenizer.ggml.pre` names
-//!   (llama.cpp's table of split regexes);
+//! - for a GGUF model, built from its metadata: the vocabulary, the token types (control
+//!   tokens become special tokens, matched in the text as llama.cpp does with
+//!   `parse_special`) and the special ids; for a byte-level BPE (`gpt2`: Llama 3, SmolLM2,
+//!   Qwen…) the merges and the pre-tokenizer that `tokenizer.ggml.pre` names (llama.cpp's
+//!   table of split regexes); for a SentencePiece BPE (`llama`: Llama 2, TinyLlama,
+//!   Mistral…) the scores, as merges, with byte fallback;
 //! - for a Hugging Face checkpoint (GPT-2), read from `tokenizer.json`, or built from GPT-2's
 //!   `vocab.json` and `merges.txt`.
 //!
@@ -44,8 +46,163 @@ fn split_regexes(pre: &str) -> Option<Vec<&'static str>> {
 }
 
 /// GGUF token types (`tokenizer.ggml.token_type`).
+const TYPE_NORMAL: i64 = 1;
+const TYPE_UNKNOWN: i64 = 2;
 const TYPE_CONTROL: i64 = 3;
 const TYPE_USER_DEFINED: i64 = 4;
+
+/// SentencePiece's word-boundary mark, which stands for a space in its pieces.
+const SPM_SPACE: &str = "\u{2581}";
+
+fn tokenizers_error(e: impl std::fmt::Display) -> GenTokenizerError {
+    GenTokenizerError::Tokenizers(e.to_string())
+}
+
+/// A byte-level BPE (`tokenizer.ggml.model = "gpt2"`): the file's merges, the split regexes
+/// `tokenizer.ggml.pre` names, GPT-2's byte-to-character mapping.
+fn byte_level_bpe(file: &GgufFile, tokens: &[String]) -> Result<Tokenizer, GenTokenizerError> {
+    let pre = file.string_opt("tokenizer.ggml.pre")?.unwrap_or("default");
+    let regexes = split_regexes(pre).ok_or_else(|| {
+        GenTokenizerError::Unsupported(format!(
+            "{}: tokenizer.ggml.pre is {pre:?}, a pre-tokenizer this server does not know",
+            file.path().display()
+        ))
+    })?;
+    let merges: Vec<(String, String)> = file
+        .strings("tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| {
+                    GenTokenizerError::Tokenizers(format!("merge {m:?} is not two tokens"))
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(tokenizers_error)?;
+    let mut inner = Tokenizer::new(bpe);
+    let mut steps: Vec<PreTokenizerWrapper> = Vec::new();
+    for r in regexes {
+        let split = Split::new(
+            SplitPattern::Regex(r.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(tokenizers_error)?;
+        steps.push(split.into());
+    }
+    steps.push(ByteLevel::new(false, false, false).into());
+    inner.with_pre_tokenizer(Some(Sequence::new(steps)));
+    inner.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(inner)
+}
+
+/// A SentencePiece BPE (`tokenizer.ggml.model = "llama"`: Llama 2, TinyLlama, Mistral, …),
+/// as llama.cpp runs it: spaces become `▁`, one is put in front of the text and after every
+/// special token (`tokenizer.ggml.add_space_prefix`, default on), then adjacent pieces merge
+/// best score first while the merged piece is in the vocabulary, and characters left
+/// without a piece fall back to their UTF-8 bytes (`<0xXX>` tokens).
+///
+/// The score order is expressed as BPE merges (every split of every piece into two pieces,
+/// ranked by the merged piece's score: the same choice at every step), the way Hugging Face's
+/// converter builds `LlamaTokenizerFast`.
+fn sentencepiece_bpe(
+    file: &GgufFile,
+    tokens: &[String],
+    types: &[i64],
+) -> Result<Tokenizer, GenTokenizerError> {
+    use tokenizers::decoders::byte_fallback::ByteFallback;
+    use tokenizers::decoders::fuse::Fuse;
+    use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+    use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
+    use tokenizers::DecoderWrapper;
+
+    let scores = file.floats_opt("tokenizer.ggml.scores")?.ok_or_else(|| {
+        GenTokenizerError::Tokenizers("tokenizer.ggml.scores is missing".to_string())
+    })?;
+    if scores.len() != tokens.len() {
+        return Err(GenTokenizerError::Tokenizers(format!(
+            "{} scores for {} tokens",
+            scores.len(),
+            tokens.len()
+        )));
+    }
+    let index: std::collections::HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    // (score of the merged piece, its id, left, right): highest score first.
+    let mut ranked: Vec<(f32, usize, &str, &str)> = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        if !matches!(types[id], TYPE_NORMAL | TYPE_USER_DEFINED) {
+            continue;
+        }
+        for (at, _) in piece.char_indices().skip(1) {
+            let (left, right) = piece.split_at(at);
+            if index.contains_key(left) && index.contains_key(right) {
+                ranked.push((scores[id], id, left, right));
+            }
+        }
+    }
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let merges = ranked
+        .into_iter()
+        .map(|(_, _, l, r)| (l.to_string(), r.to_string()))
+        .collect();
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .fuse_unk(true);
+    let unk = match file.uint_opt("tokenizer.ggml.unknown_token_id")? {
+        Some(i) => tokens.get(i as usize).cloned(),
+        None => types
+            .iter()
+            .position(|&t| t == TYPE_UNKNOWN)
+            .map(|i| tokens[i].clone()),
+    };
+    if let Some(unk) = unk {
+        builder = builder.unk_token(unk);
+    }
+    let mut inner = Tokenizer::new(builder.build().map_err(tokenizers_error)?);
+    let mut normalizers = Vec::new();
+    if file
+        .bool_opt("tokenizer.ggml.add_space_prefix")?
+        .unwrap_or(true)
+    {
+        normalizers.push(Prepend::new(SPM_SPACE.to_string()).into());
+    }
+    normalizers.push(
+        Replace::new(" ", SPM_SPACE)
+            .map_err(tokenizers_error)?
+            .into(),
+    );
+    inner.with_normalizer(Some(NormalizerSequence::new(normalizers)));
+    // Decoding keeps every space (no strip of the first one): generated text is decoded on
+    // its own, and its first piece's space belongs to it.
+    let decoders: Vec<DecoderWrapper> = vec![
+        Replace::new(SPM_SPACE, " ")
+            .map_err(tokenizers_error)?
+            .into(),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
+    ];
+    inner.with_decoder(Some(DecoderSequence::new(decoders)));
+    Ok(inner)
+}
 
 /// Why a tokenizer could not be built or used.
 #[derive(Debug, thiserror::Error)]
@@ -91,38 +248,14 @@ impl GenTokenizer {
     /// When the metadata is missing or names a tokenizer this server does not build.
     pub fn from_gguf(file: &GgufFile) -> Result<Self, GenTokenizerError> {
         let model = file.string("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(GenTokenizerError::Unsupported(format!(
-                "{}: tokenizer.ggml.model is {model:?}; this server builds byte-level BPE tokenizers (\"gpt2\"), not yet SentencePiece (\"llama\") ones",
-                file.path().display()
-            )));
-        }
-        let pre = file.string_opt("tokenizer.ggml.pre")?.unwrap_or("default");
-        let regexes = split_regexes(pre).ok_or_else(|| {
-            GenTokenizerError::Unsupported(format!(
-                "{}: tokenizer.ggml.pre is {pre:?}, a pre-tokenizer this server does not know",
-                file.path().display()
-            ))
-        })?;
         let tokens: Vec<String> = file
             .strings("tokenizer.ggml.tokens")?
             .into_iter()
             .map(str::to_string)
             .collect();
-        let merges: Vec<(String, String)> = file
-            .strings("tokenizer.ggml.merges")?
-            .into_iter()
-            .map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| {
-                        GenTokenizerError::Tokenizers(format!("merge {m:?} is not two tokens"))
-                    })
-            })
-            .collect::<Result<_, _>>()?;
         let types = file
             .ints_opt("tokenizer.ggml.token_type")?
-            .unwrap_or_else(|| vec![1; tokens.len()]);
+            .unwrap_or_else(|| vec![TYPE_NORMAL; tokens.len()]);
         if types.len() != tokens.len() {
             return Err(GenTokenizerError::Tokenizers(format!(
                 "{} token types for {} tokens",
@@ -130,34 +263,21 @@ impl GenTokenizer {
                 tokens.len()
             )));
         }
-        let vocab: Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| GenTokenizerError::Tokenizers(e.to_string()))?;
-        let mut inner = Tokenizer::new(bpe);
-        let mut steps: Vec<PreTokenizerWrapper> = Vec::new();
-        for r in regexes {
-            let split = Split::new(
-                SplitPattern::Regex(r.to_string()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(|e| GenTokenizerError::Tokenizers(e.to_string()))?;
-            steps.push(split.into());
-        }
-        steps.push(ByteLevel::new(false, false, false).into());
-        inner.with_pre_tokenizer(Some(Sequence::new(steps)));
-        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        let mut inner = match model {
+            "gpt2" => byte_level_bpe(file, &tokens)?,
+            "llama" => sentencepiece_bpe(file, &tokens, &types)?,
+            other => {
+                return Err(GenTokenizerError::Unsupported(format!(
+                    "{}: tokenizer.ggml.model is {other:?}; this server builds byte-level BPE (\"gpt2\") and SentencePiece BPE (\"llama\") tokenizers",
+                    file.path().display()
+                )))
+            }
+        };
         let mut special = vec![false; tokens.len()];
         let mut added = Vec::new();
         let mut user = Vec::new();
         for (i, (t, &ty)) in tokens.iter().zip(&types).enumerate() {
-            if ty == TYPE_CONTROL {
+            if ty == TYPE_CONTROL || ty == TYPE_UNKNOWN {
                 special[i] = true;
                 added.push(AddedToken::from(t.clone(), true));
             } else if ty == TYPE_USER_DEFINED {

@@ -54,7 +54,7 @@ pub fn openapi() -> &'static Value {
             "info": {
                 "title": "zerobatch",
                 "version": env!("CARGO_PKG_VERSION"),
-                "description": "Inference server for serverless containers: embeddings with dynamic micro-batching over a fixed pool of CPU workers, or text generation (GGUF) with continuous batching. The task follows from the model loaded."
+                "description": "Inference server for serverless containers: embeddings with dynamic micro-batching over a fixed pool of CPU workers, or text generation (GPT-2 checkpoints, Llama-family GGUF) with continuous batching. The task follows from the model loaded."
             },
             "components": {
                 "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
@@ -191,7 +191,7 @@ fn generation_paths() -> Value {
     let sse = json!({ "description": "Server-Sent Events, one per token", "content": { "text/event-stream": { "schema": { "type": "string" } } } });
     json!({
         "/generate": { "post": {
-            "summary": "Generate text: the upstream {\"text\"} shape (prompt + continuation, 35 tokens in all, top-k 50 sampling) or TGI's {\"inputs\", \"parameters\"}",
+            "summary": "Generate text: the upstream {\"text\"} shape (prompt + continuation, 35 tokens in all, sampled with the model's settings, else top-k 50) or TGI's {\"inputs\", \"parameters\"}",
             "requestBody": json_body("GenerateRequest"),
             "responses": merge(json!({ "200": { "description": "{\"generated_text\": ...} (with \"details\" when asked)",
                 "content": { "application/json": { "schema": { "$ref": "#/components/schemas/GenerateResponse" } } } } }), generation_errors()) } },
@@ -330,7 +330,7 @@ pub fn index_page(state: &AppState) -> Response<Full<Bytes>> {
             i.dimensions, i.max_input_length, i.pooling, i.dtype, i.kernel
         ),
         crate::model::Task::TextGeneration => format!(
-            "text generation with continuous batching: a context of {} tokens, {} weights (4-bit GGUF blocks kept as stored) on the {} kernels",
+            "text generation with continuous batching: a context of {} tokens, {} weights (4-bit GGUF blocks kept as stored, where the file has them) on the {} kernels",
             i.max_input_length, i.dtype, i.kernel
         ),
     });
