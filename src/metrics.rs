@@ -52,11 +52,55 @@ const TOKENS: &[f64] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static LAST_UPKEEP: AtomicU64 = AtomicU64::new(0);
+/// Start-up phases recorded before the recorder was installed (replayed by [`install`]);
+/// `None` once it is.
+static PENDING_PHASES: parking_lot::Mutex<Option<Vec<(&'static str, Duration)>>> =
+    parking_lot::const_mutex(Some(Vec::new()));
+
+/// Installs the recorder on a thread of its own, at a lower CPU priority, and resolves when
+/// it is installed.
+///
+/// Building the exporter calibrates `quanta`'s TSC clock, which on a noisy virtual machine
+/// spins for up to 200 ms: the server starts loading the model first and installs the
+/// recorder meanwhile (the model's loader waits for it with [`wait_installed`] before it
+/// records anything else), so that time is not added to the cold start.
+pub async fn install_in_background() {
+    if HANDLE.get().is_some() {
+        return;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("zerobatch-metrics".into())
+        .spawn(move || {
+            #[cfg(target_os = "linux")]
+            // SAFETY: on Linux, setpriority on a thread id changes that thread's nice value
+            // only (this short-lived thread's).
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+            }
+            install();
+            let _ = tx.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            let _ = rx.await;
+        }
+        Err(_) => {
+            install();
+        }
+    }
+}
+
+/// Blocks until the recorder is installed (see [`install_in_background`]).
+pub fn wait_installed() {
+    HANDLE.wait();
+}
 
 /// Installs the global recorder (once per process; later calls reuse it) and describes the
 /// metrics so `/metrics` lists them with help text from the first scrape.
 pub fn install() -> &'static PrometheusHandle {
-    HANDLE.get_or_init(|| {
+    let handle = HANDLE.get_or_init(|| {
         let handle = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), SIZES))
@@ -66,7 +110,13 @@ pub fn install() -> &'static PrometheusHandle {
             .expect("no other metrics recorder is installed in this process");
         describe();
         handle
-    })
+    });
+    // Phases recorded before: exported now.
+    let pending = PENDING_PHASES.lock().take();
+    for (phase, elapsed) in pending.into_iter().flatten() {
+        metrics::gauge!(STARTUP, "phase" => phase).set(elapsed.as_secs_f64());
+    }
+    handle
 }
 
 fn describe() {
@@ -228,6 +278,10 @@ pub fn record_forward(padded_tokens: usize, elapsed: Duration) {
 }
 
 pub fn record_startup_phase(phase: &'static str, elapsed: Duration) {
+    if let Some(pending) = PENDING_PHASES.lock().as_mut() {
+        pending.push((phase, elapsed));
+        return;
+    }
     metrics::gauge!(STARTUP, "phase" => phase).set(elapsed.as_secs_f64());
 }
 

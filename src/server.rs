@@ -65,7 +65,6 @@ where
     // Listening for the second signal starts now, so it sees every signal from the start.
     let second = tokio::spawn(signals.second);
     let shutdown = signals.first;
-    metrics::install();
     let workers = config.worker_count();
     let lifecycle = Arc::new(Lifecycle::new(workers));
     let (queue, receiver) = Queue::new(config.queue_capacity);
@@ -79,6 +78,19 @@ where
         },
         config.max_batch_delay(),
     ));
+    // The model loads from here on; meanwhile the metrics recorder is installed (its clock
+    // calibration can take 200 ms) before the first connection is taken.
+    let loader = {
+        let (lifecycle, config, batcher) = (lifecycle.clone(), config.clone(), batcher.clone());
+        std::thread::Builder::new()
+            .name("zerobatch-loader".into())
+            .spawn(move || load_and_start(config, lifecycle, batcher, workers, process_start))
+            .expect("spawning the loader thread")
+    };
+    metrics::install_in_background().await;
+    if matches!(lifecycle.readiness(), crate::lifecycle::Readiness::Loading) {
+        metrics::set_ready(false);
+    }
     let broker = config.queue.as_ref().map(|url| {
         let crate::broker::QueueUrl::Redis(target) = url.clone();
         Arc::new(RedisStreams::new(
@@ -119,14 +131,6 @@ where
         "listening on {addr}; loading {}",
         crate::model::files::model_id(&config.model)
     );
-
-    let loader = {
-        let (lifecycle, config) = (lifecycle.clone(), config.clone());
-        std::thread::Builder::new()
-            .name("zerobatch-loader".into())
-            .spawn(move || load_and_start(config, lifecycle, batcher, workers, process_start))
-            .expect("spawning the loader thread")
-    };
 
     tokio::select! {
         biased;
@@ -269,6 +273,8 @@ fn load_and_start(
             return;
         }
     };
+    // Nothing is recorded before the metrics recorder is in place.
+    metrics::wait_installed();
     tracing::info!(
         model = %loaded.info.id,
         dtype = %loaded.info.dtype,
@@ -341,6 +347,8 @@ fn serve_generation(
             return;
         }
     };
+    // Nothing is recorded before the metrics recorder is in place.
+    metrics::wait_installed();
     let c = loaded.model.shape();
     tracing::info!(
         model = %loaded.info.id,

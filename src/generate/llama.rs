@@ -181,10 +181,17 @@ fn load_linear(
     }
     if dtype == Dtype::Int8 && types.iter().all(|t| *t == Some(GgmlDType::Q8_0)) {
         // Q8_0 is the int8 kernel's own format: taken as stored, exactly.
-        let mut bytes = Vec::new();
-        for (name, rows) in parts {
-            bytes.extend_from_slice(file.bytes(name, &[*rows, k])?.0);
-        }
+        // One tensor (the LM head, the largest) is read in place; stacked ones are joined.
+        let bytes: std::borrow::Cow<[u8]> = match parts {
+            [(name, rows)] => file.bytes(name, &[*rows, k])?.0.into(),
+            _ => {
+                let mut joined = Vec::new();
+                for (name, rows) in parts {
+                    joined.extend_from_slice(file.bytes(name, &[*rows, k])?.0);
+                }
+                joined.into()
+            }
+        };
         let layer = kernels::Int8Linear::from_q8_0(&bytes, &vec![0.0; n], k).map_err(error)?;
         return Ok(Linear::Packed(PackedLinear::Int8(layer)));
     }
@@ -264,7 +271,6 @@ impl Llama {
         config.kv_f16 = dtype != Dtype::F32;
         let (d, hd, ff) = (config.n_embd, config.head_dim, config.n_ff);
         let kvw = config.kv_width();
-        let token_embd = file.raw("token_embd.weight", &[vocab, d])?;
         let file_ref = file;
         let layer = |i: usize| -> Result<Layer, GgufError> {
             let t = |s: &str| format!("blk.{i}.{s}.weight");
@@ -287,19 +293,31 @@ impl Llama {
                 down: linear(&[(t("ffn_down"), d)], ff)?,
             })
         };
-        // Layers convert in parallel: loading is on the cold-start path.
-        let layers = (0..config.n_layer)
-            .into_par_iter()
-            .map(layer)
-            .collect::<Result<Vec<_>, _>>()?;
-        let output_norm = file.f32("output_norm.weight", &[d])?;
         // Tied embeddings (no output.weight) reuse the embedding table as the LM head.
         let head_name = if file.has_tensor("output.weight") {
             "output.weight"
         } else {
             "token_embd.weight"
         };
-        let lm_head = load_linear(file, &[(head_name.to_string(), vocab)], d, dtype, keep_q4)?;
+        // Layers convert in parallel, beside the head (the largest single tensor: a fifth of
+        // SmolLM2-135M's bytes): loading is on the cold-start path.
+        // The embedding table is copied as stored, also beside them.
+        let (layers, (lm_head, token_embd)) = rayon::join(
+            || {
+                (0..config.n_layer)
+                    .into_par_iter()
+                    .map(layer)
+                    .collect::<Result<Vec<_>, _>>()
+            },
+            || {
+                rayon::join(
+                    || load_linear(file, &[(head_name.to_string(), vocab)], d, dtype, keep_q4),
+                    || file.raw("token_embd.weight", &[vocab, d]),
+                )
+            },
+        );
+        let (layers, lm_head, token_embd) = (layers?, lm_head?, token_embd?);
+        let output_norm = file.f32("output_norm.weight", &[d])?;
         let rope_freq_factors = if file.has_tensor("rope_freqs.weight") {
             file.f32("rope_freqs.weight", &[hd / 2])?
         } else {

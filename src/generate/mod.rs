@@ -95,6 +95,29 @@ pub fn resolve_dtype(choice: DtypeChoice) -> (Dtype, bool) {
     }
 }
 
+/// A GGUF file's tokenizer and chat template.
+fn gguf_text(
+    file: &gguf::GgufFile,
+    path: &Path,
+) -> Result<(GenTokenizer, Option<ChatTemplate>), ModelError> {
+    let tokenizer = GenTokenizer::from_gguf(file).map_err(|e| ModelError::Files(e.to_string()))?;
+    let chat = match file
+        .string_opt("tokenizer.chat_template")
+        .map_err(|e| ModelError::Files(e.to_string()))?
+    {
+        Some(source) => Some(
+            ChatTemplate::new(
+                source,
+                tokenizer.bos_text().unwrap_or(""),
+                tokenizer.eos_text().unwrap_or(""),
+            )
+            .map_err(|e| ModelError::Files(format!("{}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    Ok((tokenizer, chat))
+}
+
 /// Where a generation model comes from.
 pub enum GenerationSource {
     /// A Llama-family GGUF file.
@@ -180,22 +203,39 @@ fn load_gpt2(
             )))
         }
     };
-    let tokenizer = GenTokenizer::from_hf(tokenizer_files, bos, &eos)
-        .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-    if tokenizer.vocab_size() > config.vocab {
-        return Err(ModelError::Config(format!(
-            "{}: the tokenizer has {} tokens, more than the model's vocab_size {}",
-            files.source,
-            tokenizer.vocab_size(),
-            config.vocab
-        )));
-    }
-    phase("tokenizer", t.elapsed());
-    let t = Instant::now();
     let level = KernelLevel::capped(options.kernel_cap);
     let (dtype, _) = resolve_dtype(options.dtype);
-    let model = Gpt2::load(config, &files.weights, dtype, level, threads)?;
-    phase("weights", t.elapsed());
+    let vocab = config.vocab;
+    phase("config", t.elapsed());
+    // The tokenizer is built on a second thread while the weights convert.
+    let (model, tokenizer) = std::thread::scope(|s| {
+        let tokenizer = s.spawn(|| {
+            let t = Instant::now();
+            GenTokenizer::from_hf(tokenizer_files, bos, &eos)
+                .map(|tok| (tok, t.elapsed()))
+                .map_err(|e| ModelError::Tokenizer(e.to_string()))
+        });
+        let t = Instant::now();
+        let model =
+            Gpt2::load(config, &files.weights, dtype, level, threads).map(|m| (m, t.elapsed()));
+        let joined = tokenizer.join().unwrap_or_else(|_| {
+            Err(ModelError::Tokenizer(
+                "building the tokenizer panicked".into(),
+            ))
+        });
+        (model, joined)
+    });
+    let (model, weights_took) = model?;
+    phase("weights", weights_took);
+    let (tokenizer, tokenizer_took) = tokenizer?;
+    phase("tokenizer", tokenizer_took);
+    if tokenizer.vocab_size() > vocab {
+        return Err(ModelError::Config(format!(
+            "{}: the tokenizer has {} tokens, more than the model's vocab_size {vocab}",
+            files.source,
+            tokenizer.vocab_size(),
+        )));
+    }
     let c = model.config();
     let info = ModelInfo {
         id: files.source.clone(),
@@ -258,11 +298,27 @@ fn load_gguf(
     let t = Instant::now();
     let level = KernelLevel::capped(options.kernel_cap);
     let (dtype, keep_q4) = resolve_dtype(options.dtype);
-    let (model, file) = Llama::load(path, dtype, keep_q4, level, threads)
-        .map_err(|e| ModelError::Files(e.to_string()))?;
-    phase("weights", t.elapsed());
-    let t = Instant::now();
-    let tokenizer = GenTokenizer::from_gguf(&file).map_err(|e| ModelError::Files(e.to_string()))?;
+    let files_error = |e: &dyn std::fmt::Display| ModelError::Files(e.to_string());
+    let file = gguf::GgufFile::open(path).map_err(|e| files_error(&e))?;
+    phase("metadata", t.elapsed());
+    // The tokenizer and the chat template are built on a second thread while the weights
+    // convert: both are on the cold-start path, and the conversion has serial stretches.
+    let ((model, weights_took), text) = std::thread::scope(|s| {
+        let text = s.spawn(|| {
+            let t = Instant::now();
+            gguf_text(&file, path).map(|text| (text, t.elapsed()))
+        });
+        let t = Instant::now();
+        let model = Llama::from_file(&file, dtype, keep_q4, level, threads);
+        let joined = text
+            .join()
+            .unwrap_or_else(|_| Err(ModelError::Files("building the tokenizer panicked".into())));
+        ((model, t.elapsed()), joined)
+    });
+    let model = model.map_err(|e| files_error(&e))?;
+    phase("weights", weights_took);
+    let ((tokenizer, chat), tokenizer_took) = text?;
+    phase("tokenizer", tokenizer_took);
     if tokenizer.vocab_size() != model.config().vocab {
         return Err(ModelError::Files(format!(
             "{}: the tokenizer has {} tokens, the model {}",
@@ -271,21 +327,6 @@ fn load_gguf(
             model.config().vocab
         )));
     }
-    let chat = match file
-        .string_opt("tokenizer.chat_template")
-        .map_err(|e| ModelError::Files(e.to_string()))?
-    {
-        Some(source) => Some(
-            ChatTemplate::new(
-                source,
-                tokenizer.bos_text().unwrap_or(""),
-                tokenizer.eos_text().unwrap_or(""),
-            )
-            .map_err(|e| ModelError::Files(format!("{}: {e}", path.display())))?,
-        ),
-        None => None,
-    };
-    phase("tokenizer", t.elapsed());
     // The file's name, as the embedding path shows a directory's: `general.name` is often
     // a training-run label rather than the model's name.
     let id = path

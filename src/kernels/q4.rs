@@ -129,7 +129,6 @@ impl Q4Linear {
             .zip(mins.par_chunks_mut(blocks * PANEL))
             .enumerate()
             .for_each(|(panel, ((w, s), mn))| {
-                let mut q = [0u8; BLOCK];
                 for lane in 0..PANEL.min(n - panel * PANEL) {
                     let c = panel * PANEL + lane;
                     for b in 0..blocks {
@@ -141,20 +140,30 @@ impl Q4Linear {
                             }
                             Q4Format::Q4_1 => (f16(block), f16(&block[2..]), &block[4..20]),
                         };
-                        // ggml's order: byte j holds value j (low nibble), j + 16 (high).
-                        for (j, &byte) in qs.iter().enumerate() {
-                            q[j] = byte & 0x0F;
-                            q[j + 16] = byte >> 4;
-                        }
                         s[b * PANEL + lane] = d;
                         mn[b * PANEL + lane] = m;
-                        // Chunk j: values 8j..8j+4 in the low nibbles, 8j+4..8j+8 high.
+                        // ggml's order: byte i holds value i (low nibble) and i + 16 (high).
+                        // Chunk j takes values 8j..8j+4 in its low nibbles and 8j+4..8j+8 in
+                        // its high ones, four at a time: words of 4 bytes of `qs`.
+                        let word = |i: usize| {
+                            u32::from_le_bytes([
+                                qs[4 * i],
+                                qs[4 * i + 1],
+                                qs[4 * i + 2],
+                                qs[4 * i + 3],
+                            ])
+                        };
+                        let (a, bw, cw, dw) = (word(0), word(1), word(2), word(3));
+                        const LOW: u32 = 0x0F0F_0F0F;
+                        let chunks = [
+                            (a & LOW) | ((bw & LOW) << 4),
+                            (cw & LOW) | ((dw & LOW) << 4),
+                            ((a >> 4) & LOW) | (bw & !LOW),
+                            ((cw >> 4) & LOW) | (dw & !LOW),
+                        ];
                         let base = b * BLOCK_CHUNKS * CHUNK_BYTES + lane * 4;
-                        for j in 0..BLOCK_CHUNKS {
-                            for t in 0..4 {
-                                w[base + j * CHUNK_BYTES + t] =
-                                    q[8 * j + t] | (q[8 * j + 4 + t] << 4);
-                            }
+                        for (j, chunk) in chunks.iter().enumerate() {
+                            w[base + j * CHUNK_BYTES..][..4].copy_from_slice(&chunk.to_le_bytes());
                         }
                     }
                 }
