@@ -16,7 +16,7 @@ cargo build --release --locked >&2
 if [ "${1:-}" = generate ]; then
   # Text generation: SmolLM2-135M-Instruct (Q4_1 GGUF), fetched and verified.
   shift
-  model_dir=$(scripts/fetch-generation-model.sh | tail -n 1)
+  model_dir=$(scripts/fetch-model.sh --generation | tail -n 1)
 else
   model_dir=$(scripts/fetch-model.sh | tail -n 1)
 fi

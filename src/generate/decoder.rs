@@ -305,6 +305,33 @@ pub(super) fn finish_step(inputs: &mut [StepInput]) -> Vec<usize> {
     last_rows
 }
 
+/// The logits of a finished step: the rows of `x` (`n_embd` wide) that want them (see
+/// [`finish_step`]) go through the final norm, then the LM head (`vocab` values each).
+pub(super) fn logits(
+    x: &[f32],
+    n_embd: usize,
+    rows: &[usize],
+    final_norm: impl Fn(&[f32], &mut [f32]),
+    lm_head: &Linear,
+    level: KernelLevel,
+    threads: usize,
+) -> Vec<Vec<f32>> {
+    let r = rows.len();
+    if r == 0 {
+        return Vec::new();
+    }
+    let mut h = Vec::with_capacity(r * n_embd);
+    for &row in rows {
+        h.extend_from_slice(&x[row * n_embd..(row + 1) * n_embd]);
+    }
+    let mut hn = vec![0.0f32; r * n_embd];
+    final_norm(&h, &mut hn);
+    let vocab = lm_head.n();
+    let mut out = vec![0.0f32; r * vocab];
+    lm_head.forward(&hn, r, &mut out, level, threads, Epilogue::Bias);
+    out.chunks_exact(vocab).map(<[f32]>::to_vec).collect()
+}
+
 /// The positions of a step's rows, input by input, after checking that no cache passes
 /// `context`.
 ///

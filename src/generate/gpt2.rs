@@ -414,22 +414,9 @@ impl Gpt2 {
                 .forward(&hidden, m, &mut proj, level, threads, Epilogue::Bias);
             add(&mut x, &proj);
         }
-        let last_rows = decoder::finish_step(inputs);
-        let r = last_rows.len();
-        if r == 0 {
-            return Vec::new();
-        }
-        let mut h = Vec::with_capacity(r * d);
-        for &row in &last_rows {
-            h.extend_from_slice(&x[row * d..(row + 1) * d]);
-        }
-        let mut hn = vec![0.0f32; r * d];
-        layer_norm(&h, &self.ln_f, c.eps, &mut hn);
-        let vocab = self.lm_head.n();
-        let mut logits = vec![0.0f32; r * vocab];
-        self.lm_head
-            .forward(&hn, r, &mut logits, level, threads, Epilogue::Bias);
-        logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect()
+        let rows = decoder::finish_step(inputs);
+        let final_norm = |h: &[f32], out: &mut [f32]| layer_norm(h, &self.ln_f, c.eps, out);
+        decoder::logits(&x, d, &rows, final_norm, &self.lm_head, level, threads)
     }
 }
 

@@ -453,24 +453,10 @@ impl Llama {
             add(&mut x, &proj);
         }
         // Logits only for the rows that need them.
-        let last_rows = decoder::finish_step(inputs);
-        let r = last_rows.len();
-        if r == 0 {
-            return Vec::new();
-        }
-        let mut h = Vec::with_capacity(r * d);
-        for &row in &last_rows {
-            h.extend_from_slice(&x[row * d..(row + 1) * d]);
-        }
-        let mut hn = vec![0.0f32; r * d];
-        rms_norm(&h, &self.output_norm, c.rms_eps, &mut hn);
-        let mut logits = vec![0.0f32; r * self.lm_head.n()];
-        self.lm_head
-            .forward(&hn, r, &mut logits, level, threads, Epilogue::Bias);
-        logits
-            .chunks_exact(self.lm_head.n())
-            .map(<[f32]>::to_vec)
-            .collect()
+        let rows = decoder::finish_step(inputs);
+        let final_norm =
+            |h: &[f32], out: &mut [f32]| rms_norm(h, &self.output_norm, c.rms_eps, out);
+        decoder::logits(&x, d, &rows, final_norm, &self.lm_head, level, threads)
     }
 }
 
