@@ -10,11 +10,14 @@
 //! file (4-bit blocks kept, others in int8) must stay close (cosine ≥ 0.99), prefill and
 //! through the KV cache. Nothing is downloaded.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
+use common::cosine;
 use zerobatch::generate::decoder::{KvCache, StepInput};
 use zerobatch::generate::llama::Llama;
 use zerobatch::kernels::{Dtype, KernelLevel};
@@ -173,13 +176,6 @@ fn run(model: &Llama, ids: &[u32], more: &[u32]) -> Vec<Vec<f32>> {
         }]));
     }
     out
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
 }
 
 #[test]

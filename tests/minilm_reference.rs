@@ -50,13 +50,6 @@ fn f32_options() -> zerobatch::model::LoadOptions {
     }
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
-}
-
 fn assert_close(name: &str, got: &[f32], want: &[f32]) {
     let c = cosine(got, want);
     let d = max_abs_diff(got, want);

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
+use common::{cosine, fnv1a64, max_abs_diff, SplitMix64};
 use serde::Deserialize;
 use serde_json::json;
 use zerobatch::generate::decoder::{KvCache, StepInput};
@@ -70,19 +71,6 @@ fn reference() -> &'static Reference {
     })
 }
 
-/// splitmix64 (Vigna), the generator of every weight and prompt.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 /// The values of tensor `name` (seed `seed`), by the script's rule.
 fn generate(name: &str, seed: u64, count: usize) -> Vec<f32> {
     let mut rng = SplitMix64(seed);
@@ -107,16 +95,6 @@ fn generate(name: &str, seed: u64, count: usize) -> Vec<f32> {
             }
         })
         .collect()
-}
-
-fn fnv1a64(values: &[f32]) -> u64 {
-    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
-    for v in values {
-        for b in v.to_le_bytes() {
-            h = (h ^ b as u64).wrapping_mul(0x100_0000_01B3);
-        }
-    }
-    h
 }
 
 fn prompt_ids(i: usize, n: usize) -> Vec<u32> {
@@ -208,21 +186,6 @@ fn load(dtype: Dtype, threads: usize) -> Gpt2 {
 
 fn new_cache(model: &Gpt2) -> KvCache {
     KvCache::with_capacity(model.config().cache_shape(), CONTEXT)
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
 }
 
 /// Compares logits: within TOLERANCE for f32, cosine above the floor otherwise. Returns the

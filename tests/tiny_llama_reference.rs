@@ -15,6 +15,8 @@
 //! cosine ≥ 0.99 on the same comparisons. Nothing is downloaded; the whole file runs in well
 //! under a second.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -22,6 +24,7 @@ use std::sync::OnceLock;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
+use common::{cosine, fnv1a64, max_abs_diff, SplitMix64};
 use serde::Deserialize;
 use zerobatch::generate::decoder::{KvCache, StepInput};
 use zerobatch::generate::gguf::GgufFile;
@@ -97,19 +100,6 @@ fn reference() -> &'static Reference {
         assert_eq!(r.config, CONFIG, "the reference was made for another model");
         r
     })
-}
-
-/// splitmix64 (Vigna), the generator of every weight and prompt.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
 }
 
 /// One generated tensor: its GGUF name, shape (PyTorch order) and values (Hugging Face
@@ -213,14 +203,6 @@ fn q8_0_roundtrip(values: &[f32], shape: &[usize]) -> Vec<f32> {
         .unwrap()
 }
 
-fn fnv1a64(values: &[f32]) -> u64 {
-    let mut h = 0xCBF2_9CE4_8422_2325u64;
-    for b in values.iter().flat_map(|v| v.to_le_bytes()) {
-        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01B3);
-    }
-    h
-}
-
 /// The vocabulary: GPT-2's byte-level characters for the printable ASCII bytes, space (Ġ)
 /// and newline (Ċ), three merges, and an end-of-text control token (BOS and EOS).
 fn vocabulary() -> (Vec<String>, Vec<String>, Vec<i32>) {
@@ -312,21 +294,6 @@ fn model_files() -> &'static [(&'static str, PathBuf); 2] {
         }
         files
     })
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
 }
 
 /// The comparisons of one run: every one must be within the tolerance; the largest

@@ -204,12 +204,45 @@ pub fn vectors(r: &Resp) -> Vec<Vec<f32>> {
     serde_json::from_slice(&r.body).expect("[[f32]]")
 }
 
+/// Largest |a − b| over two vectors of the same length.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// Cosine similarity, summed in f64.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// splitmix64 (Vigna): the generator of the reference tests' weights and prompts, which the
+/// scripts that made their references (scripts/make-*-reference.py) implement too.
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// FNV-1a 64 of the values' little-endian bytes: how the reference files fingerprint the
+/// weights they were made with.
+pub fn fnv1a64(values: &[f32]) -> u64 {
+    let mut h = 0xCBF2_9CE4_8422_2325u64;
+    for b in values.iter().flat_map(|v| v.to_le_bytes()) {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01B3);
+    }
+    h
 }
 
 /// Value of a metric sample line `name{labels} value` in Prometheus text (sum over matches).
