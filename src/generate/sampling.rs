@@ -43,6 +43,44 @@ impl SamplingParams {
     }
 }
 
+/// Checks the ranges of the sampling settings that have one (a request's, or a model's
+/// defaults); the message names the setting.
+///
+/// # Errors
+///
+/// The first setting out of range.
+pub fn check_ranges(
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    typical_p: Option<f32>,
+    min_p: Option<f32>,
+    repetition_penalty: Option<f32>,
+) -> Result<(), String> {
+    if let Some(t) = temperature {
+        if !(t.is_finite() && t >= 0.0) {
+            return Err(format!("temperature must be a number ≥ 0 (got {t})"));
+        }
+    }
+    for (name, v) in [("top_p", top_p), ("typical_p", typical_p)] {
+        if let Some(p) = v {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(format!("{name} must be in (0, 1] (got {p})"));
+            }
+        }
+    }
+    if let Some(p) = min_p {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(format!("min_p must be in [0, 1] (got {p})"));
+        }
+    }
+    if let Some(r) = repetition_penalty {
+        if !(r.is_finite() && r > 0.0) {
+            return Err(format!("repetition_penalty must be a number > 0 (got {r})"));
+        }
+    }
+    Ok(())
+}
+
 /// A model's own sampling settings, used where a request leaves a setting out: from
 /// `generation_config.json`, overridden by `config.json`'s
 /// `task_specific_params["text-generation"]` (as transformers 4.x's text-generation pipeline,
@@ -80,28 +118,13 @@ impl SamplingDefaults {
     ///
     /// A message naming the setting that is out of range.
     pub fn checked(self) -> Result<Self, String> {
-        if let Some(t) = self.temperature {
-            if !(t.is_finite() && t >= 0.0) {
-                return Err(format!("temperature is {t}; it must be ≥ 0"));
-            }
-        }
-        for (name, v) in [("top_p", self.top_p), ("typical_p", self.typical_p)] {
-            if let Some(p) = v {
-                if !(p > 0.0 && p <= 1.0) {
-                    return Err(format!("{name} is {p}; it must be in (0, 1]"));
-                }
-            }
-        }
-        if let Some(p) = self.min_p {
-            if !(0.0..=1.0).contains(&p) {
-                return Err(format!("min_p is {p}; it must be in [0, 1]"));
-            }
-        }
-        if let Some(r) = self.repetition_penalty {
-            if !(r.is_finite() && r > 0.0) {
-                return Err(format!("repetition_penalty is {r}; it must be > 0"));
-            }
-        }
+        check_ranges(
+            self.temperature,
+            self.top_p,
+            self.typical_p,
+            self.min_p,
+            self.repetition_penalty,
+        )?;
         Ok(Self {
             top_k: self.top_k.filter(|&k| k > 0),
             top_p: self.top_p.filter(|&p| p < 1.0),

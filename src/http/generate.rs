@@ -28,7 +28,7 @@ use super::routes::{serving, Reply};
 use super::{json_response, AppState, StreamGuard};
 use crate::generate::chat::ChatMessage;
 use crate::generate::engine::{Event, FinishReason, GenerationRequest, SubmitError, TokenEvent};
-use crate::generate::sampling::{SamplingDefaults, SamplingParams};
+use crate::generate::sampling::{check_ranges, SamplingDefaults, SamplingParams};
 use crate::generate::tokenizer::GenTokenizer;
 use crate::generate::Generator;
 use crate::lifecycle::ServingTask;
@@ -279,31 +279,8 @@ fn sampling(
     seed: Option<u64>,
     sample_by_default: bool,
 ) -> Result<SamplingParams, ApiError> {
-    if let Some(t) = temperature {
-        if !(t.is_finite() && t >= 0.0) {
-            return Err(bad(format!("temperature must be a number ≥ 0 (got {t})")));
-        }
-    }
+    check_ranges(temperature, top_p, typical_p, min_p, repetition_penalty).map_err(bad)?;
     let top_k = positive("top_k", top_k)?;
-    for (name, v) in [("top_p", top_p), ("typical_p", typical_p)] {
-        if let Some(p) = v {
-            if !(p > 0.0 && p <= 1.0) {
-                return Err(bad(format!("{name} must be in (0, 1] (got {p})")));
-            }
-        }
-    }
-    if let Some(p) = min_p {
-        if !(0.0..=1.0).contains(&p) {
-            return Err(bad(format!("min_p must be in [0, 1] (got {p})")));
-        }
-    }
-    if let Some(r) = repetition_penalty {
-        if !(r.is_finite() && r > 0.0) {
-            return Err(bad(format!(
-                "repetition_penalty must be a number > 0 (got {r})"
-            )));
-        }
-    }
     let warpers = temperature.is_some_and(|t| t != 1.0)
         || top_k.is_some()
         || top_p.is_some_and(|p| p < 1.0)
