@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite from a fresh clone: fetches and verifies the models and files the
-# reference tests use (all-MiniLM-L6-v2, SmolLM2-135M-Instruct Q4_1, GPT-2's tokenizer), then
-# runs every test. It changes nothing on the system: a missing shellcheck is reported and
-# its check skipped, not installed.
+# reference tests use (all-MiniLM-L6-v2, SmolLM2-135M-Instruct Q4_1, GPT-2's tokenizer) and
+# installs Azurite into target/ for the Azure queue tests, then runs every test. It changes
+# nothing on the system: a missing shellcheck is reported and its check skipped, not installed.
 #
 #   ./scripts/test.sh            # all tests
 #   ./scripts/test.sh -- NAME    # extra arguments go to `cargo test`
@@ -67,6 +67,23 @@ else
 fi
 # ---- end Redis ----
 
+# ---- Azurite (tests/queue_azure.rs) ----
+# The Azure Storage Queues tests start Azurite, Microsoft's storage emulator, on ephemeral
+# ports. scripts/fetch-azurite.sh installs it with npm into target/azurite (inside the project,
+# nothing on the system). If that fails, this script stops, unless ZEROBATCH_SKIP_AZURITE=1
+# says to skip those tests knowingly (they then print SKIPPED).
+azurite_skipped=0
+if azurite_bin=$(scripts/fetch-azurite.sh | tail -n 1); then
+  export ZEROBATCH_AZURITE="$azurite_bin"
+elif [ "${ZEROBATCH_SKIP_AZURITE:-}" = 1 ]; then
+  azurite_skipped=1
+  echo "WARNING: Azurite could not be installed: the Azure queue tests (tests/queue_azure.rs) are SKIPPED (ZEROBATCH_SKIP_AZURITE=1)" >&2
+else
+  echo "error: Azurite could not be installed (scripts/fetch-azurite.sh, see above); set ZEROBATCH_SKIP_AZURITE=1 to run the other tests without tests/queue_azure.rs" >&2
+  exit 1
+fi
+# ---- end Azurite ----
+
 # ---- Python clients (tests/python_clients.rs) ----
 # The real huggingface_hub and openai clients run against the server from a venv under
 # target/ (scripts/test-venv.sh; built once, reused). Without the venv that test skips, and a
@@ -90,5 +107,8 @@ if [ "$shellcheck_missing" = 1 ]; then
 fi
 if [ "$redis_skipped" = 1 ]; then
   echo "WARNING: the queue tests were SKIPPED (redis-server is not installed)." >&2
+fi
+if [ "$azurite_skipped" = 1 ]; then
+  echo "WARNING: the Azure queue tests were SKIPPED (Azurite could not be installed)." >&2
 fi
 exit "$status"

@@ -176,8 +176,10 @@ pub struct ServeConfig {
     pub shutdown_timeout_ms: u64,
 
     /// Also take jobs from a queue broker: redis://[USER:PASS@]HOST:PORT/STREAM[?group=GROUP]
-    /// (a Redis >= 7 stream read by a consumer group, default group "zerobatch"). Enables
-    /// /v1/jobs. Without it the server takes HTTP requests only.
+    /// (a Redis >= 7 stream read by a consumer group, default group "zerobatch"), or
+    /// azure-queue://ACCOUNT/QUEUE[?endpoint=URL&blob_endpoint=URL&results=QUEUE] (an Azure
+    /// storage queue; credentials from AZURE_STORAGE_KEY, AZURE_STORAGE_SAS_TOKEN, or the
+    /// managed identity). Enables /v1/jobs. Without it the server takes HTTP requests only.
     #[arg(long, env = "QUEUE_URL", hide_env_values = true, value_parser = parse_queue_url)]
     pub queue: Option<crate::broker::QueueUrl>,
 

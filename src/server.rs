@@ -12,7 +12,6 @@ use tokio::sync::watch;
 
 use crate::batcher::{BatchLimits, Batcher};
 use crate::broker::ingress::{Ingress, IngressConfig};
-use crate::broker::redis_streams::RedisStreams;
 use crate::config::{available_cores, ServeConfig};
 use crate::http::{self, AppState};
 use crate::lifecycle::{Lifecycle, Serving, ServingTask};
@@ -26,7 +25,8 @@ use crate::worker::WorkerPool;
 pub enum Outcome {
     /// Drained after a shutdown signal.
     Drained,
-    /// The model could not be loaded (the process should exit non-zero).
+    /// The model could not be loaded, or the queue broker cannot be used (the process should
+    /// exit non-zero).
     LoadFailed,
 }
 
@@ -62,6 +62,21 @@ where
     F: Future<Output = ()>,
     S: Future<Output = ()> + Send + 'static,
 {
+    // The broker's clients first: an unusable credential stops the start here, said plainly.
+    let broker = match config.queue.as_ref().map(|url| {
+        crate::broker::Broker::new(
+            url,
+            config.queue_consumer(),
+            Duration::from_millis(config.queue_result_ttl_ms),
+        )
+    }) {
+        None => None,
+        Some(Ok(b)) => Some(Arc::new(b)),
+        Some(Err(e)) => {
+            tracing::error!("{e}");
+            return Outcome::LoadFailed;
+        }
+    };
     // Listening for the second signal starts now, so it sees every signal from the start.
     let second = tokio::spawn(signals.second);
     let shutdown = signals.first;
@@ -91,14 +106,6 @@ where
     if matches!(lifecycle.readiness(), crate::lifecycle::Readiness::Loading) {
         metrics::set_ready(false);
     }
-    let broker = config.queue.as_ref().map(|url| {
-        let crate::broker::QueueUrl::Redis(target) = url.clone();
-        Arc::new(RedisStreams::new(
-            target,
-            config.queue_consumer(),
-            Duration::from_millis(config.queue_result_ttl_ms),
-        ))
-    });
     let mut state = AppState::new(config.clone(), lifecycle.clone(), queue.clone());
     if let Some(b) = &broker {
         state = state.with_broker(b.clone());

@@ -5,18 +5,20 @@
 //!   asks for as many entries as there are free slots, never more. A job that meets a full
 //!   internal queue (HTTP traffic took the room) waits and is submitted again: it stays held
 //!   (and its visibility extended) rather than going back to the broker.
-//! - **No polling when idle.** `XREADGROUP ... BLOCK` waits in Redis; the loop wakes once per
-//!   [`BLOCK`] to reclaim idle entries and refresh the backlog gauge.
-//! - **Visibility.** Entries idle longer than `--queue-visibility-timeout-ms` (their replica
-//!   died) are claimed by `XAUTOCLAIM`; while a job runs here, its entry's idle time is reset
-//!   every third of the timeout, so it is not claimed while it runs.
+//! - **No busy polling when idle.** Redis: `XREADGROUP ... BLOCK` waits in Redis; the loop
+//!   wakes once per [`BLOCK`] to reclaim idle entries and refresh the backlog gauge. Azure
+//!   has no blocking read: an empty queue is asked again after a pause growing to 1 s.
+//! - **Visibility.** Jobs of a replica that died come back after
+//!   `--queue-visibility-timeout-ms` (Redis: claimed by `XAUTOCLAIM`; Azure: the message turns
+//!   visible again); while a job runs here its hold is renewed every third of the timeout, so
+//!   it is not taken over while it runs.
 //! - **Stopping.** At SIGTERM the loop stops reading at once (a read under way returns within
 //!   [`BLOCK`] and what it brought is run), finishes and acknowledges every job it holds, and
 //!   leaves the rest of the stream to the other replicas.
 //! - **Broker down.** Reads fail, the loop waits with exponential backoff (100 ms to 5 s) and
 //!   logs each failure with the reason; `/readyz` shows it; HTTP traffic is untouched.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,8 +27,7 @@ use parking_lot::Mutex;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use super::redis_streams::{Delivery, RedisStreams, Start};
-use super::{valid_job_id, BrokerError, JobEnvelope};
+use super::{valid_job_id, Broker, BrokerError, Delivery, JobEnvelope, Start};
 use crate::http::api;
 use crate::http::error::ApiError;
 use crate::http::AppState;
@@ -55,12 +56,12 @@ pub struct IngressConfig {
 
 /// The ingress of one replica.
 pub struct Ingress {
-    broker: Arc<RedisStreams>,
+    broker: Arc<Broker>,
     state: Arc<AppState>,
     config: IngressConfig,
     slots: Arc<Semaphore>,
     /// Entries running here (their visibility is extended).
-    held: Mutex<HashSet<String>>,
+    held: Mutex<HashMap<String, Delivery>>,
 }
 
 /// How one job ended here (the `outcome` label of `zerobatch_broker_jobs_total`).
@@ -92,13 +93,13 @@ impl Outcome {
 
 impl Ingress {
     /// An ingress feeding `state`'s queue from `broker`.
-    pub fn new(broker: Arc<RedisStreams>, state: Arc<AppState>, config: IngressConfig) -> Self {
+    pub fn new(broker: Arc<Broker>, state: Arc<AppState>, config: IngressConfig) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(config.max_jobs)),
             broker,
             state,
             config,
-            held: Mutex::new(HashSet::new()),
+            held: Mutex::new(HashMap::new()),
         }
     }
 
@@ -116,11 +117,7 @@ impl Ingress {
         );
         let heartbeat = tokio::spawn(self.clone().heartbeat());
         let mut tasks = JoinSet::new();
-        let mut reader = None;
-        let mut group_ready = false;
         let mut backoff = BACKOFF_MIN;
-        let mut last_claim: Option<Instant> = None;
-        let mut claim_cursor = String::from("0-0");
         let mut last_backlog: Option<Instant> = None;
         while !*stop.borrow() {
             while tasks.try_join_next().is_some() {}
@@ -133,39 +130,16 @@ impl Ingress {
                 permits.push(p);
             }
             let pulled = async {
-                if !group_ready {
-                    self.broker.ensure_group().await?;
-                    group_ready = true;
-                }
-                let mut got = Vec::new();
-                let claim_every =
-                    (self.config.visibility_timeout / 4).max(Duration::from_millis(250));
-                if last_claim.is_none_or(|t| t.elapsed() >= claim_every) {
-                    last_claim = Some(Instant::now());
-                    got = self
-                        .broker
-                        .claim_idle(
-                            self.config.visibility_timeout,
-                            permits.len(),
-                            &mut claim_cursor,
-                        )
-                        .await?;
-                    metrics::record_broker_redeliveries(got.len());
-                }
-                // Claimed entries run now: a blocking read first would leave them idle
-                // again, for another replica to claim.
-                if got.is_empty() {
-                    if reader.is_none() {
-                        reader = Some(self.broker.reader().await?);
+                let got = self
+                    .broker
+                    .pull(permits.len(), BLOCK, self.config.visibility_timeout)
+                    .await?;
+                for d in &got {
+                    if d.deliveries > 1 {
+                        metrics::record_broker_redeliveries(1);
+                    } else if let Some(waited) = d.added.and_then(|a| a.elapsed().ok()) {
+                        metrics::record_broker_wait(waited);
                     }
-                    let r = reader.as_mut().expect("just opened");
-                    let read = self.broker.read(r, permits.len(), BLOCK).await?;
-                    for d in &read {
-                        if let Some(waited) = waited_since_added(&d.entry) {
-                            metrics::record_broker_wait(waited);
-                        }
-                    }
-                    got.extend(read);
                 }
                 if last_backlog.is_none_or(|t| t.elapsed() >= BACKLOG_EVERY) {
                     last_backlog = Some(Instant::now());
@@ -190,8 +164,6 @@ impl Ingress {
                     }
                 }
                 Err(e) => {
-                    reader = None;
-                    group_ready = false;
                     self.broker.mark_down(&e.to_string());
                     tracing::warn!(
                         broker = self.broker.display(),
@@ -221,21 +193,27 @@ impl Ingress {
         let every = self.config.visibility_timeout / 3;
         loop {
             tokio::time::sleep(every).await;
-            let entries: Vec<String> = self.held.lock().iter().cloned().collect();
-            if entries.is_empty() {
+            let held: Vec<Delivery> = self.held.lock().values().cloned().collect();
+            if held.is_empty() {
                 continue;
             }
-            if let Err(e) = self.broker.extend(&entries).await {
+            if let Err(e) = self
+                .broker
+                .extend(&held, self.config.visibility_timeout)
+                .await
+            {
                 tracing::warn!(
                     "could not extend the visibility of {} jobs: {e}",
-                    entries.len()
+                    held.len()
                 );
             }
         }
     }
 
     async fn process(self: Arc<Self>, delivery: Delivery, permit: OwnedSemaphorePermit) {
-        self.held.lock().insert(delivery.entry.clone());
+        self.held
+            .lock()
+            .insert(delivery.entry.clone(), delivery.clone());
         metrics::broker_held_delta(1.0);
         let outcome = match self.run_job(&delivery).await {
             Ok(o) => o,
@@ -304,12 +282,8 @@ impl Ingress {
             self.dead_letter(Some(&id), delivery, error).await?;
             return Ok(Outcome::DeadLettered);
         }
-        if let Start::Ended(_) = self
-            .broker
-            .start(&id, &envelope.route, &delivery.entry)
-            .await?
-        {
-            self.broker.finish(&id, &delivery.entry, "", 0, b"").await?;
+        if let Start::Ended(_) = self.broker.start(&id, &envelope.route, delivery).await? {
+            self.broker.acknowledge(&id, delivery).await?;
             return Ok(Outcome::Skipped);
         }
         let body = serde_json::to_vec(&envelope.body).expect("a JSON value serializes");
@@ -326,7 +300,7 @@ impl Ingress {
                     let status = response.status().as_u16();
                     let bytes = body_bytes(response).await;
                     self.broker
-                        .finish(&id, &delivery.entry, "succeeded", status, &bytes)
+                        .finish(&id, &envelope.route, delivery, status, &bytes)
                         .await?;
                     return Ok(Outcome::Succeeded);
                 }
@@ -376,17 +350,6 @@ impl Ingress {
         let body = body_bytes(error.into_response()).await;
         self.broker.dead_letter(id, delivery, &body, status).await
     }
-}
-
-/// How long ago the stream entry `entry` was added, from the milliseconds in its id (Redis's
-/// clock, so a skew between the two clocks shows here).
-fn waited_since_added(entry: &str) -> Option<Duration> {
-    let added_ms: u64 = entry.split_once('-')?.0.parse().ok()?;
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_millis() as u64;
-    Some(Duration::from_millis(now_ms.saturating_sub(added_ms)))
 }
 
 /// The bytes of a response body (the server's bodies are whole buffers: this never waits).

@@ -25,53 +25,12 @@ use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Script, Value};
 
-use super::{BrokerError, RedisTarget};
+use super::{Backlog, BrokerError, Cancel, Delivery, RedisTarget, Start};
 
 /// Longest wait for a connection to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait for the answer to a command that does not block.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// One entry taken from the stream.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    /// The stream entry's id.
-    pub entry: String,
-    /// The `job` field (None when the entry has none: it goes to the dead letters).
-    pub job: Option<String>,
-    /// How many times the entry has been delivered, this time included.
-    pub deliveries: u64,
-}
-
-/// What starting a job found in its hash.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Start {
-    /// The job is now `running`.
-    Run,
-    /// The job already ended (`succeeded`, `failed` or `cancelled`): acknowledge, do not run.
-    Ended(String),
-}
-
-/// What `DELETE /v1/jobs/{id}` found.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Cancel {
-    /// The job was queued and is now cancelled: no replica will run it.
-    Cancelled,
-    /// The job is not queued any more: its state.
-    Not(String),
-    /// No such job (never created, or its hash expired).
-    Unknown,
-}
-
-/// The broker's view of the backlog, from `XINFO GROUPS`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backlog {
-    /// Entries not yet delivered to the group (what KEDA's `lagCount` counts); None when
-    /// Redis cannot tell.
-    pub lag: Option<u64>,
-    /// Entries delivered and not yet acknowledged.
-    pub pending: u64,
-}
 
 /// Lua helper shared by the scripts: whether state `s` has ended (`succeeded`, `failed` or
 /// `cancelled`).
@@ -91,6 +50,17 @@ pub struct RedisStreams {
     finish: Script,
     dead: Script,
     cancel: Script,
+    /// The ingress's reading state (one reader at a time).
+    puller: tokio::sync::Mutex<Puller>,
+}
+
+/// What reading remembers between calls: the blocking connection, whether the group is known
+/// to exist, and where the scan for idle entries goes on.
+struct Puller {
+    reader: Option<MultiplexedConnection>,
+    group_ready: bool,
+    last_claim: Option<std::time::Instant>,
+    claim_cursor: String,
 }
 
 impl RedisStreams {
@@ -103,6 +73,12 @@ impl RedisStreams {
             result_ttl_ms: result_ttl.as_millis().max(1) as u64,
             shared: tokio::sync::Mutex::new(None),
             down: RwLock::new(Some("not connected yet".into())),
+            puller: tokio::sync::Mutex::new(Puller {
+                reader: None,
+                group_ready: false,
+                last_claim: None,
+                claim_cursor: "0-0".into(),
+            }),
             // KEYS: stream. ARGV: job JSON, route, key prefix, ttl ms. Returns the new id.
             create: lua(
                 "local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[1])
@@ -247,7 +223,7 @@ impl RedisStreams {
     }
 
     /// A connection for [`RedisStreams::read`], whose answers may take the whole block time.
-    pub async fn reader(&self) -> Result<MultiplexedConnection, BrokerError> {
+    async fn reader(&self) -> Result<MultiplexedConnection, BrokerError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(None);
@@ -259,9 +235,56 @@ impl RedisStreams {
         )
     }
 
+    /// Takes up to `count` entries: first, at most every quarter of `visibility`, entries
+    /// other replicas left idle longer than `visibility` (they run at once, before any
+    /// blocking read would leave them idle again); otherwise new entries, waiting up to
+    /// `wait` in `XREADGROUP ... BLOCK`. After an error the next call starts afresh.
+    pub async fn pull(
+        &self,
+        count: usize,
+        wait: Duration,
+        visibility: Duration,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        let mut p = self.puller.lock().await;
+        let r = self.pull_with(&mut p, count, wait, visibility).await;
+        if r.is_err() {
+            p.reader = None;
+            p.group_ready = false;
+        }
+        r
+    }
+
+    async fn pull_with(
+        &self,
+        p: &mut Puller,
+        count: usize,
+        wait: Duration,
+        visibility: Duration,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        if !p.group_ready {
+            self.ensure_group().await?;
+            p.group_ready = true;
+        }
+        let claim_every = (visibility / 4).max(Duration::from_millis(250));
+        if p.last_claim.is_none_or(|t| t.elapsed() >= claim_every) {
+            p.last_claim = Some(std::time::Instant::now());
+            let claimed = self
+                .claim_idle(visibility, count, &mut p.claim_cursor)
+                .await?;
+            if !claimed.is_empty() {
+                return Ok(claimed);
+            }
+        }
+        if p.reader.is_none() {
+            p.reader = Some(self.reader().await?);
+        }
+        let reader = p.reader.as_mut().expect("just opened");
+        self.read(reader, count, wait).await
+    }
+
     /// Creates the stream and the consumer group if they do not exist. The group starts at
     /// the stream's beginning, so jobs written before any replica ran are not skipped.
-    pub async fn ensure_group(&self) -> Result<(), BrokerError> {
+    async fn ensure_group(&self) -> Result<(), BrokerError> {
         let mut cmd = redis::cmd("XGROUP");
         cmd.arg("CREATE")
             .arg(&self.target.stream)
@@ -275,7 +298,7 @@ impl RedisStreams {
     }
 
     /// Takes up to `count` new entries for this consumer, waiting up to `block` for the first.
-    pub async fn read(
+    async fn read(
         &self,
         reader: &mut MultiplexedConnection,
         count: usize,
@@ -306,7 +329,7 @@ impl RedisStreams {
     /// scan of the pending entries starts at `cursor` and goes on from where it stopped (the
     /// cursor is updated; `0-0` again after the end), so idle entries behind many busy ones
     /// are reached too.
-    pub async fn claim_idle(
+    async fn claim_idle(
         &self,
         min_idle: Duration,
         count: usize,
@@ -478,9 +501,11 @@ fn delivery(id: StreamId, deliveries: u64) -> Delivery {
         Value::SimpleString(s) => Some(s.clone()),
         _ => None,
     });
-    Delivery {
-        entry: id.id,
-        job,
-        deliveries,
-    }
+    // An entry's id starts with the milliseconds of Redis's clock when it was added.
+    let added = id
+        .id
+        .split_once('-')
+        .and_then(|(ms, _)| ms.parse::<u64>().ok())
+        .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms));
+    Delivery::new(id.id, job, deliveries, added)
 }

@@ -195,6 +195,7 @@ impl From<BrokerError> for ApiError {
             BrokerError::Unreachable(_) => {
                 ApiError::overloaded("queue_unavailable", e.to_string(), 5)
             }
+            BrokerError::TooLarge(why) => ApiError::PayloadTooLarge(why),
             BrokerError::BadUrl(_) | BrokerError::Refused(_) => ApiError::Internal(e.to_string()),
         }
     }

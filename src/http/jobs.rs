@@ -15,8 +15,7 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::{api, json_response, AppState};
-use crate::broker::redis_streams::{Cancel, RedisStreams};
-use crate::broker::{valid_job_id, JOB_ROUTES};
+use crate::broker::{valid_job_id, Broker, Cancel, JOB_ROUTES};
 
 /// The path prefix of one job's resource.
 const JOB_PREFIX: &str = "/v1/jobs/";
@@ -37,7 +36,8 @@ pub(crate) async fn handle(
     let Some(broker) = state.broker.as_ref() else {
         return Err(ApiError::ResourceNotFound(
             "asynchronous jobs need a queue broker: start the server with --queue \
-             redis://HOST:PORT/STREAM (env QUEUE_URL); see docs/queue.md"
+             redis://HOST:PORT/STREAM or azure-queue://ACCOUNT/QUEUE (env QUEUE_URL); \
+             see docs/queue.md"
                 .into(),
         ));
     };
@@ -57,7 +57,7 @@ pub(crate) async fn handle(
 
 async fn create(
     state: &AppState,
-    broker: &RedisStreams,
+    broker: &Broker,
     body: &[u8],
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let job: JobRequest = api::from_json(body)?;
@@ -66,8 +66,7 @@ async fn create(
     // refused here rather than dead-lettered later.
     let route_body = serde_json::to_vec(&job.body).expect("a JSON value serializes");
     api::parse_request(&job.route, &route_body, state.config.max_client_batch)?;
-    let text = serde_json::json!({ "route": job.route, "body": job.body }).to_string();
-    let id = broker.create(&job.route, &text).await?;
+    let id = broker.create(&job.route, &job.body).await?;
     let location = format!("{JOB_PREFIX}{id}");
     let mut r = json_response(
         StatusCode::ACCEPTED,
@@ -97,29 +96,28 @@ fn unknown(id: &str) -> ApiError {
     ))
 }
 
-async fn show(broker: &RedisStreams, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+async fn show(broker: &Broker, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
     if !valid_job_id(id) {
         return Err(unknown(id));
     }
-    let Some(fields) = broker.job(id).await? else {
+    let Some(record) = broker.job(id).await? else {
         return Err(unknown(id));
     };
     let mut body = serde_json::json!({
         "id": id,
-        "state": fields.get("state"),
-        "route": fields.get("route"),
+        "state": record.state,
+        "route": record.route,
     });
-    if let Some(status) = fields.get("status").and_then(|s| s.parse::<u16>().ok()) {
+    if let Some(status) = record.status {
         body["status"] = status.into();
     }
-    if let Some(result) = fields.get("result") {
-        body["result"] = serde_json::from_str(result)
-            .unwrap_or_else(|_| serde_json::Value::String(result.clone()));
+    if let Some(result) = record.result {
+        body["result"] = serde_json::from_str(&result).unwrap_or(serde_json::Value::String(result));
     }
     Ok(json_response(StatusCode::OK, &body))
 }
 
-async fn cancel(broker: &RedisStreams, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+async fn cancel(broker: &Broker, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
     if !valid_job_id(id) {
         return Err(unknown(id));
     }

@@ -57,7 +57,7 @@ pub struct AppState {
     pub tokenize_slots: Arc<Semaphore>,
     pub connections: Arc<ConnectionGate>,
     /// The queue broker (`--queue`): job state for `/v1/jobs`, health for `/readyz`.
-    pub broker: Option<Arc<crate::broker::redis_streams::RedisStreams>>,
+    pub broker: Option<Arc<crate::broker::Broker>>,
     inflight: AtomicUsize,
     idle: Notify,
 }
@@ -82,7 +82,7 @@ impl AppState {
     }
 
     /// The same state with the queue broker used by `/v1/jobs` and `/readyz`.
-    pub fn with_broker(mut self, broker: Arc<crate::broker::redis_streams::RedisStreams>) -> Self {
+    pub fn with_broker(mut self, broker: Arc<crate::broker::Broker>) -> Self {
         self.broker = Some(broker);
         self
     }
