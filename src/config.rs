@@ -204,6 +204,21 @@ pub struct ServeConfig {
     /// This replica's consumer name in the group. Default: the host name and process id.
     #[arg(long, env = "QUEUE_CONSUMER")]
     pub queue_consumer: Option<String>,
+
+    /// For azure-queue://: the storage account's key (Shared Key signing; Azurite's
+    /// development key for local runs). On Azure prefer the managed identity (no key at all).
+    #[arg(long, env = "AZURE_STORAGE_KEY", hide_env_values = true)]
+    pub azure_storage_key: Option<String>,
+
+    /// For azure-queue://: a SAS token (an account SAS for the queue and blob services, with
+    /// read, add, update, process, write, delete and create permissions).
+    #[arg(long, env = "AZURE_STORAGE_SAS_TOKEN", hide_env_values = true)]
+    pub azure_storage_sas_token: Option<String>,
+
+    /// For azure-queue:// with a user-assigned managed identity: its client id (default: the
+    /// system-assigned identity).
+    #[arg(long, env = "AZURE_CLIENT_ID")]
+    pub azure_client_id: Option<String>,
 }
 
 fn parse_queue_url(s: &str) -> Result<crate::broker::QueueUrl, String> {
@@ -325,6 +340,16 @@ impl ServeConfig {
 
     /// This replica's consumer name: `--queue-consumer`, else host name and process id
     /// (unique per replica on ACA and Kubernetes, where each replica has its own host name).
+    /// How to sign in to an Azure storage account (`--queue azure-queue://`).
+    pub fn azure_credentials(&self) -> crate::broker::AzureCredentials {
+        let nonempty = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
+        crate::broker::AzureCredentials {
+            account_key: nonempty(&self.azure_storage_key),
+            sas_token: nonempty(&self.azure_storage_sas_token),
+            client_id: nonempty(&self.azure_client_id),
+        }
+    }
+
     pub fn queue_consumer(&self) -> String {
         self.queue_consumer.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -68,6 +68,7 @@ where
             url,
             config.queue_consumer(),
             Duration::from_millis(config.queue_result_ttl_ms),
+            &config.azure_credentials(),
         )
     }) {
         None => None,

@@ -47,7 +47,9 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use super::shared_key::SharedKeyPolicy;
-use super::{AzureTarget, Backlog, BrokerError, Cancel, Delivery, JobRecord, Start};
+use super::{
+    AzureCredentials, AzureTarget, Backlog, BrokerError, Cancel, Delivery, JobRecord, Start,
+};
 
 /// Most messages one receive may return (the service's limit).
 const MAX_RECEIVE: usize = 32;
@@ -71,21 +73,25 @@ enum Auth {
 }
 
 impl Auth {
-    /// From the environment: an account key, else a SAS, else the platform's identity.
-    fn from_env(target: &AzureTarget) -> Result<(Auth, &'static str), BrokerError> {
+    /// An account key, else a SAS, else the platform's identity.
+    fn new(
+        target: &AzureTarget,
+        credentials: &AzureCredentials,
+    ) -> Result<(Auth, &'static str), BrokerError> {
         let bad = |why: String| BrokerError::BadUrl(format!("{}: {why}", target.display));
-        if let Some(key) = env_nonempty("AZURE_STORAGE_KEY") {
-            let policy = SharedKeyPolicy::new(&target.account, &key)
-                .map_err(|e| bad(format!("AZURE_STORAGE_KEY: {e}")))?;
+        if let Some(key) = &credentials.account_key {
+            let policy = SharedKeyPolicy::new(&target.account, key)
+                .map_err(|e| bad(format!("--azure-storage-key (AZURE_STORAGE_KEY): {e}")))?;
             return Ok((Auth::SharedKey(Arc::new(policy)), "account key"));
         }
-        if let Some(sas) = env_nonempty("AZURE_STORAGE_SAS_TOKEN") {
+        if let Some(sas) = &credentials.sas_token {
             return Ok((Auth::Sas(sas.trim_start_matches('?').to_string()), "SAS"));
         }
         if !target.queue_endpoint.starts_with("https://") {
             return Err(bad(
-                "an identity's token is sent over https only; set AZURE_STORAGE_KEY or \
-                 AZURE_STORAGE_SAS_TOKEN for an http endpoint such as Azurite"
+                "an identity's token is sent over https only; give --azure-storage-key \
+                 (AZURE_STORAGE_KEY) or --azure-storage-sas-token for an http endpoint such \
+                 as Azurite"
                     .into(),
             ));
         }
@@ -94,7 +100,7 @@ impl Auth {
                 .map_err(|e| bad(format!("workload identity: {e}")))?;
             return Ok((Auth::Token(c), "workload identity"));
         }
-        let options = env_nonempty("AZURE_CLIENT_ID").map(|id| {
+        let options = credentials.client_id.clone().map(|id| {
             azure_identity::ManagedIdentityCredentialOptions {
                 user_assigned_id: Some(azure_identity::UserAssignedId::ClientId(id)),
                 ..Default::default()
@@ -140,10 +146,6 @@ impl Auth {
     }
 }
 
-fn env_nonempty(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
 /// A job's record as stored in its blob.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
@@ -155,6 +157,16 @@ struct Record {
     status: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     result: Option<String>,
+}
+
+/// What reading a job's record found.
+enum Found {
+    /// No record.
+    Nothing,
+    /// An ended record older than the result TTL: treated as gone, overwritten by a new run.
+    Expired(Etag),
+    /// The record and its version.
+    Live(Record, Etag),
 }
 
 fn ended(state: &str) -> bool {
@@ -180,14 +192,15 @@ pub struct AzureQueue {
 }
 
 impl AzureQueue {
-    /// Clients for `target`, signed in as the environment says (see [`Auth::from_env`]); no
-    /// call is made until the first use.
+    /// Clients for `target`, signed in with `credentials` (see [`Auth::new`]); no call is
+    /// made until the first use.
     pub fn new(
         target: AzureTarget,
         consumer: String,
         result_ttl: Duration,
+        credentials: &AzureCredentials,
     ) -> Result<Self, BrokerError> {
-        let (auth, auth_kind) = Auth::from_env(&target)?;
+        let (auth, auth_kind) = Auth::new(&target, credentials)?;
         tracing::info!(
             queue = target.display,
             auth = auth_kind,
@@ -395,17 +408,19 @@ impl AzureQueue {
     }
 
     /// Job `id`'s record and its ETag, or None when there is none (or it expired).
-    async fn read_record(&self, id: &str) -> Result<Option<(Record, Etag)>, BrokerError> {
+    async fn read_record(&self, id: &str) -> Result<Found, BrokerError> {
         let blob = self.records.blob_client(&Self::record_name(id));
         let download = match blob.download(None).await {
             Ok(d) => d,
             Err(e) if e.http_status() == Some(StatusCode::NotFound) => {
                 self.note(Ok(()))?;
-                return Ok(None);
+                return Ok(Found::Nothing);
             }
             Err(e) => return Err(self.note::<()>(Err(e)).unwrap_err()),
         };
-        let etag = download.properties.etag.clone();
+        let Some(etag) = download.properties.etag.clone() else {
+            return Err(BrokerError::Refused(format!("job record {id} has no ETag")));
+        };
         let modified = download.properties.last_modified;
         let bytes = self.note(download.body.collect().await)?;
         let record: Record = serde_json::from_slice(&bytes)
@@ -414,9 +429,10 @@ impl AzureQueue {
         // past the result TTL an ended job is treated as gone, as its Redis hash would be.
         let expired = ended(&record.state)
             && modified.is_some_and(|m| SystemTime::from(m) + self.result_ttl < SystemTime::now());
-        Ok(match (expired, etag) {
-            (false, Some(etag)) => Some((record, etag)),
-            _ => None,
+        Ok(if expired {
+            Found::Expired(etag)
+        } else {
+            Found::Live(record, etag)
         })
     }
 
@@ -461,25 +477,25 @@ impl AzureQueue {
         route: &str,
         delivery: &Delivery,
     ) -> Result<Start, BrokerError> {
+        let running = Record {
+            state: "running".into(),
+            route: route.into(),
+            message_id: Some(delivery.entry.clone()),
+            status: None,
+            result: None,
+        };
+        // Most jobs come straight from a producer and have no record yet: one request.
+        let mut over = None;
         for _ in 0..RECORD_ATTEMPTS {
-            let current = self.read_record(id).await?;
-            if let Some((r, _)) = &current {
-                if ended(&r.state) {
-                    return Ok(Start::Ended(r.state.clone()));
-                }
-            }
-            let running = Record {
-                state: "running".into(),
-                route: route.into(),
-                message_id: Some(delivery.entry.clone()),
-                status: None,
-                result: None,
-            };
-            let etag = current.as_ref().map(|(_, e)| e);
-            if let Some(new) = self.write_record(id, &running, etag).await? {
+            if let Some(new) = self.write_record(id, &running, over.as_ref()).await? {
                 delivery.lease.lock().await.record_etag = Some(new.to_string());
                 return Ok(Start::Run);
             }
+            over = match self.read_record(id).await? {
+                Found::Live(r, _) if ended(&r.state) => return Ok(Start::Ended(r.state)),
+                Found::Live(_, etag) | Found::Expired(etag) => Some(etag),
+                Found::Nothing => None,
+            };
         }
         Err(BrokerError::Refused(format!(
             "job {id}: its record kept changing under {RECORD_ATTEMPTS} attempts to start it"
@@ -519,9 +535,9 @@ impl AzureQueue {
                 }
             }
             match self.read_record(id).await? {
-                Some((r, _)) if ended(&r.state) => return Ok(false),
-                Some((_, e)) => etag = Some(e),
-                None => {
+                Found::Live(r, _) if ended(&r.state) => return Ok(false),
+                Found::Live(_, e) | Found::Expired(e) => etag = Some(e),
+                Found::Nothing => {
                     if self.write_record(id, &record, None).await?.is_some() {
                         return Ok(true);
                     }
@@ -692,18 +708,21 @@ impl AzureQueue {
 
     /// Job `id`'s record, or None when there is no such job.
     pub async fn job(&self, id: &str) -> Result<Option<JobRecord>, BrokerError> {
-        Ok(self.read_record(id).await?.map(|(r, _)| JobRecord {
-            state: r.state,
-            route: Some(r.route),
-            status: r.status,
-            result: r.result,
-        }))
+        Ok(match self.read_record(id).await? {
+            Found::Live(r, _) => Some(JobRecord {
+                state: r.state,
+                route: Some(r.route),
+                status: r.status,
+                result: r.result,
+            }),
+            Found::Expired(_) | Found::Nothing => None,
+        })
     }
 
     /// Cancels job `id` if it has not started.
     pub async fn cancel(&self, id: &str) -> Result<Cancel, BrokerError> {
         for _ in 0..RECORD_ATTEMPTS {
-            let Some((mut r, etag)) = self.read_record(id).await? else {
+            let Found::Live(mut r, etag) = self.read_record(id).await? else {
                 return Ok(Cancel::Unknown);
             };
             if r.state != "queued" {

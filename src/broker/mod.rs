@@ -82,6 +82,29 @@ pub struct AzureTarget {
     pub display: String,
 }
 
+/// How a replica signs in to an Azure storage account, from the options (the first that is
+/// set wins; with none, the platform's identity).
+#[derive(Clone, Default)]
+pub struct AzureCredentials {
+    /// `--azure-storage-key`: Shared Key signing.
+    pub account_key: Option<String>,
+    /// `--azure-storage-sas-token`: a SAS appended to every URL.
+    pub sas_token: Option<String>,
+    /// `--azure-client-id`: a user-assigned managed identity.
+    pub client_id: Option<String>,
+}
+
+impl std::fmt::Debug for AzureCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secrets.
+        f.debug_struct("AzureCredentials")
+            .field("account_key", &self.account_key.as_ref().map(|_| "***"))
+            .field("sas_token", &self.sas_token.as_ref().map(|_| "***"))
+            .field("client_id", &self.client_id)
+            .finish()
+    }
+}
+
 impl AzureTarget {
     /// The dead-letter queue's name.
     pub fn dead_queue(&self) -> String {
@@ -420,10 +443,13 @@ impl Broker {
         url: &QueueUrl,
         consumer: String,
         result_ttl: Duration,
+        azure: &AzureCredentials,
     ) -> Result<Self, BrokerError> {
         Ok(match url {
             QueueUrl::Redis(t) => Broker::Redis(RedisStreams::new(t.clone(), consumer, result_ttl)),
-            QueueUrl::Azure(t) => Broker::Azure(AzureQueue::new(t.clone(), consumer, result_ttl)?),
+            QueueUrl::Azure(t) => {
+                Broker::Azure(AzureQueue::new(t.clone(), consumer, result_ttl, azure)?)
+            }
         })
     }
 
