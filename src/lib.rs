@@ -13,8 +13,8 @@
 //!
 //! `metrics` is recorded at every stage; `lifecycle` covers the bind-first cold start, the
 //! readiness state and the drain; `config` holds every option; `server` wires them together.
-//! `broker` is the second way in: jobs pulled from a queue broker (Redis Streams) take the
-//! same path from validation on.
+//! `broker` is the second way in: jobs pulled from a queue broker (Redis Streams or Azure
+//! Storage Queues) take the same path from validation on.
 
 pub mod alloc;
 pub mod batcher;

@@ -504,8 +504,8 @@ fn keda_resources_pass_the_crd_schemas() {
         }
     }
     if schemas.iter().all(|(_, s)| s.is_some()) {
-        // container/k8s (2), container/queue (1), container/generation (2).
-        assert!(checked >= 5, "only {checked} KEDA resources found");
+        // container/k8s (2), container/queue (2), container/generation (2).
+        assert!(checked >= 6, "only {checked} KEDA resources found");
     }
     // The checker itself refuses what a cluster would.
     if let Some(schema) = &schemas[0].1 {
@@ -579,6 +579,89 @@ fn queue_worker_manifests_scale_on_the_stream_lag_derived_in_the_docs() {
         assert!(
             docs.contains(&format!("lagCount: \"{lag}\"")),
             "{file}: docs/queue.md derives lagCount {lag}"
+        );
+    }
+}
+
+#[test]
+fn azure_queue_worker_manifests_scale_on_the_queue_length_derived_in_the_docs() {
+    let docs = std::fs::read_to_string(root().join("docs/queue.md")).unwrap();
+    let k8s = documents(&root().join("container/queue/k8s-azure.yaml"));
+    let by_kind = |kind: &str| {
+        k8s.iter()
+            .find(|d| d["kind"].as_str() == Some(kind))
+            .unwrap_or_else(|| panic!("container/queue/k8s-azure.yaml has no {kind}"))
+    };
+    let deployment = by_kind("Deployment");
+    let scaled = by_kind("ScaledObject");
+    let auth = by_kind("TriggerAuthentication");
+    let account = by_kind("ServiceAccount");
+    assert_eq!(
+        scaled["spec"]["scaleTargetRef"]["name"],
+        deployment["metadata"]["name"]
+    );
+    assert_eq!(scaled["spec"]["minReplicaCount"].as_u64(), Some(0));
+    let trigger = &scaled["spec"]["triggers"][0];
+    assert_eq!(trigger["type"].as_str(), Some("azure-queue"));
+    assert_eq!(
+        trigger["authenticationRef"]["name"],
+        auth["metadata"]["name"]
+    );
+    assert_eq!(
+        auth["spec"]["podIdentity"]["provider"].as_str(),
+        Some("azure-workload")
+    );
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], account["metadata"]["name"]);
+    assert_eq!(
+        deployment["spec"]["template"]["metadata"]["labels"]["azure.workload.identity/use"]
+            .as_str(),
+        Some("true"),
+        "the workload identity webhook only injects labelled pods"
+    );
+    let env = pod["containers"][0]["env"].as_sequence().unwrap();
+    let queue_url = |env: &[Value]| {
+        env.iter()
+            .find(|e| e["name"].as_str() == Some("QUEUE_URL"))
+            .and_then(|e| e["value"].as_str())
+            .expect("QUEUE_URL set in the clear")
+            .replace("${STORAGE_ACCOUNT}", "account")
+            .replace("ACCOUNT", "account")
+    };
+    let app = &documents(&root().join("container/queue/containerapp-azure.yaml"))[0];
+    assert_eq!(app["identity"]["type"].as_str(), Some("SystemAssigned"));
+    let app_env = app["properties"]["template"]["containers"][0]["env"]
+        .as_sequence()
+        .unwrap();
+    let scale = &app["properties"]["template"]["scale"];
+    assert_eq!(scale["minReplicas"].as_u64(), Some(0), "scales to zero");
+    let rule = &scale["rules"][0]["custom"];
+    assert_eq!(rule["type"].as_str(), Some("azure-queue"));
+    assert_eq!(rule["identity"].as_str(), Some("system"));
+    for (file, meta, env) in [
+        ("k8s-azure.yaml", &trigger["metadata"], env),
+        ("containerapp-azure.yaml", &rule["metadata"], app_env),
+    ] {
+        // The URL zerobatch reads names the queue the scaler watches.
+        let url = queue_url(env);
+        let Ok(zerobatch::broker::QueueUrl::Azure(target)) =
+            url.parse::<zerobatch::broker::QueueUrl>()
+        else {
+            panic!("{file}: QUEUE_URL {url:?} is not an azure-queue URL");
+        };
+        assert_eq!(
+            meta["queueName"].as_str(),
+            Some(target.queue.as_str()),
+            "{file}"
+        );
+        let length = meta["queueLength"].as_str().unwrap();
+        assert!(
+            length.parse::<u64>().is_ok(),
+            "{file}: queueLength {length:?}"
+        );
+        assert!(
+            docs.contains(&format!("queueLength: \"{length}\"")),
+            "{file}: docs/queue.md derives queueLength {length}"
         );
     }
 }
