@@ -175,7 +175,8 @@ pub struct ServeConfig {
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 25_000)]
     pub shutdown_timeout_ms: u64,
 
-    /// Also take jobs from a queue broker: redis://[USER:PASS@]HOST:PORT/STREAM[?group=GROUP]
+    /// Also take jobs from a queue broker:
+    /// redis://[USER:PASS@]HOST:PORT/STREAM[?group=GROUP&results=STREAM]
     /// (a Redis >= 7 stream read by a consumer group, default group "zerobatch"), or
     /// azure-queue://ACCOUNT/QUEUE[?endpoint=URL&blob_endpoint=URL&results=QUEUE] (an Azure
     /// storage queue; credentials from AZURE_STORAGE_KEY, AZURE_STORAGE_SAS_TOKEN, or the

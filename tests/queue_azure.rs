@@ -482,6 +482,16 @@ fn invalid_and_poison_jobs_reach_the_dead_letter_queue_and_a_dropped_job_is_take
         "{poison}"
     );
     assert_eq!(az.record("jobs", "poison").unwrap()["state"], "failed");
+    // Failures with a known id are notified too (with the error as the result).
+    let mut failed: Vec<String> = az
+        .receive_all("jobs-results", 60)
+        .iter()
+        .map(|(t, _)| serde_json::from_str::<Value>(t).unwrap())
+        .filter(|n| n["state"] == "failed")
+        .map(|n| n["id"].as_str().unwrap().to_string())
+        .collect();
+    failed.sort();
+    assert_eq!(failed, ["b1", "poison", "r1"]);
     assert_eq!(az.record("jobs", "b1").unwrap()["state"], "failed");
     let dropped = az.record("jobs", "dropped").unwrap();
     assert_eq!(dropped["state"], "succeeded", "{dropped}");

@@ -238,7 +238,7 @@ fn assert_same_answer(job: &Value, http: &Value, what: &str) {
 #[test]
 fn jobs_of_every_route_are_answered_as_http_answers_them_alongside_http_load() {
     let Some(redis) = Redis::start() else { return };
-    let server = replica(&redis.url("jobs"), &[]);
+    let server = replica(&format!("{}?results=done", redis.url("jobs")), &[]);
     let addr = server.addr;
     let mut con = redis.conn();
     let bodies = [
@@ -294,6 +294,35 @@ fn jobs_of_every_route_are_answered_as_http_answers_them_alongside_http_load() {
         assert_eq!((status, "succeeded"), (http.status, "succeeded"), "{id}");
         assert_same_answer(&job_answer, &http.json(), &format!("{id} {route}"));
     }
+    // One notification per job on the results stream, with its answer.
+    let notes: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg("done")
+        .arg("-")
+        .arg("+")
+        .query(&mut con)
+        .unwrap();
+    let mut noted: Vec<String> = notes
+        .ids
+        .iter()
+        .map(|e| {
+            let field = |f: &str| -> String { e.get(f).unwrap() };
+            assert_eq!(
+                (field("state"), field("status")),
+                ("succeeded".into(), "200".into())
+            );
+            let id = field("id");
+            let (_, answer) = result_of(&mut con, "jobs", &id);
+            assert_eq!(
+                serde_json::from_str::<Value>(&field("result")).unwrap(),
+                answer
+            );
+            id
+        })
+        .collect();
+    noted.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(noted, expected);
     // Everything acknowledged and removed: nothing left pending or in the stream.
     assert_eq!(pending(&mut con, "jobs"), 0);
     assert_eq!(xlen(&mut con, "jobs"), 0);

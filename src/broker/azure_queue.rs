@@ -585,27 +585,39 @@ impl AzureQueue {
         status: u16,
         result: &[u8],
     ) -> Result<bool, BrokerError> {
-        if let Some(results) = &self.results {
-            let mut note = serde_json::json!({
-                "id": id, "route": route, "state": "succeeded", "status": status,
-            });
-            let parsed: serde_json::Value = serde_json::from_slice(result)
-                .unwrap_or_else(|_| String::from_utf8_lossy(result).into());
-            note["result"] = parsed;
-            let mut text = note.to_string();
-            if text.len() > MAX_MESSAGE - 1024 {
-                // Too large for a message: the record holds it.
-                note.as_object_mut().expect("an object").remove("result");
-                note["record"] = format!("{}/{}", self.target.queue, Self::record_name(id)).into();
-                text = note.to_string();
-            }
-            self.send(results, text).await?;
-        }
+        self.notify(id, route, "succeeded", status, result).await?;
         let wrote = self
             .end_record(id, delivery, "succeeded", route, status, result)
             .await?;
         self.delete(delivery).await?;
         Ok(wrote)
+    }
+
+    /// Sends the notification of an ended job to the results queue, when there is one. A
+    /// result too large for a message is left out (the record holds it).
+    async fn notify(
+        &self,
+        id: &str,
+        route: &str,
+        state: &str,
+        status: u16,
+        result: &[u8],
+    ) -> Result<(), BrokerError> {
+        let Some(results) = &self.results else {
+            return Ok(());
+        };
+        let mut note = serde_json::json!({
+            "id": id, "route": route, "state": state, "status": status,
+        });
+        note["result"] = serde_json::from_slice(result)
+            .unwrap_or_else(|_| String::from_utf8_lossy(result).into());
+        let mut text = note.to_string();
+        if text.len() > MAX_MESSAGE - 1024 {
+            note.as_object_mut().expect("an object").remove("result");
+            note["record"] = format!("{}/{}", self.target.queue, Self::record_name(id)).into();
+            text = note.to_string();
+        }
+        self.send(results, text).await
     }
 
     /// Deletes a message whose job already ended (cancelled, or finished by another delivery).
@@ -649,6 +661,7 @@ impl AzureQueue {
                 .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
                 .and_then(|v| v.get("route").and_then(|r| r.as_str()).map(String::from))
                 .unwrap_or_default();
+            self.notify(id, &route, "failed", status, error).await?;
             self.end_record(id, delivery, "failed", &route, status, error)
                 .await?;
         }

@@ -201,6 +201,8 @@ pub struct RedisTarget {
     pub stream: String,
     /// The consumer group shared by every replica.
     pub group: String,
+    /// The stream that gets a notification per ended job (`results=STREAM`), when set.
+    pub results: Option<String>,
     /// The URL without its password.
     pub display: String,
 }
@@ -243,12 +245,17 @@ impl std::str::FromStr for QueueUrl {
             ));
         }
         let mut group = DEFAULT_GROUP.to_string();
+        let mut results = None;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
                 Some(("group", g)) if !g.is_empty() => group = g.to_string(),
+                Some(("results", r)) if !r.is_empty() && r != stream => {
+                    results = Some(r.to_string())
+                }
                 _ => {
                     return Err(bad(&format!(
-                        "unknown query parameter {pair:?}; only group=NAME"
+                        "unknown or invalid query parameter {pair:?}; one of group=NAME, \
+                         results=STREAM"
                     )))
                 }
             }
@@ -262,11 +269,15 @@ impl std::str::FromStr for QueueUrl {
             },
             None => authority.to_string(),
         };
+        let shown_results = results
+            .as_deref()
+            .map_or(String::new(), |r| format!("&results={r}"));
         Ok(QueueUrl::Redis(RedisTarget {
             client,
             stream: stream.to_string(),
-            display: format!("redis://{shown_authority}/{stream}?group={group}"),
+            display: format!("redis://{shown_authority}/{stream}?group={group}{shown_results}"),
             group,
+            results,
         }))
     }
 }
@@ -636,6 +647,12 @@ mod tests {
         let Ok(QueueUrl::Redis(t)) = "redis://127.0.0.1:6379/jobs".parse::<QueueUrl>() else {
             panic!("not a Redis URL")
         };
+        assert_eq!(t.results, None);
+        let Ok(QueueUrl::Redis(t)) = "redis://h:1/jobs?results=done".parse::<QueueUrl>() else {
+            panic!("not a Redis URL")
+        };
+        assert_eq!(t.results.as_deref(), Some("done"));
+        assert_eq!(t.display, "redis://h:1/jobs?group=zerobatch&results=done");
         assert_eq!(t.group, DEFAULT_GROUP);
         for bad in [
             "redis://127.0.0.1:6379",
@@ -643,6 +660,8 @@ mod tests {
             "redis://127.0.0.1:6379/a/b",
             "redis:///jobs",
             "redis://h:1/jobs?grp=x",
+            "redis://h:1/jobs?results=jobs",
+            "redis://h:1/jobs?results=",
             "rediss://h:1/jobs",
             "azure-queue://account",
             "azure-queue://Account/queue",

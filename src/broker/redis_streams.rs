@@ -4,7 +4,9 @@
 //! - `S`: the jobs, one entry each with one field `job` (the JSON envelope);
 //! - `S:job:ID`: a hash per job id with its state, and its result once finished, expiring
 //!   `--queue-result-ttl-ms` after its last write;
-//! - `S:dead`: the dead-letter stream (`job`, `error`, `entry`, `deliveries`).
+//! - `S:dead`: the dead-letter stream (`job`, `error`, `entry`, `deliveries`);
+//! - `R`, with `results=R`: a notification per ended job (`id`, `route`, `state`, `status`,
+//!   `result`), written in the same script as the result, so exactly once per job id.
 //!
 //! State changes that must not interleave (start, finish + acknowledge, cancel, dead-letter)
 //! are Lua scripts, which Redis runs atomically: a result is written at most once per job id
@@ -27,6 +29,9 @@ use redis::{AsyncConnectionConfig, Script, Value};
 
 use super::{Backlog, BrokerError, Cancel, Delivery, RedisTarget, Start};
 
+/// The results stream (`results=STREAM`) is trimmed to about this many entries
+/// (`XADD … MAXLEN ~`), so that a stream nobody reads cannot exhaust Redis's memory.
+const RESULTS_MAXLEN: u64 = 1_000_000;
 /// Longest wait for a connection to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait for the answer to a command that does not block.
@@ -95,26 +100,38 @@ impl RedisStreams {
                  redis.call('PEXPIRE', KEYS[1], ARGV[3])
                  return 'running'",
             ),
-            // KEYS: job hash, stream. ARGV: group, entry id, state, status, result, ttl ms.
-            // Returns 1 when it wrote the result, 0 when the job already had one.
+            // KEYS: job hash, stream, results stream (or ''). ARGV: group, entry id, state,
+            // status, result, ttl ms, job id, results cap. Returns 1 when it wrote the result,
+            // 0 when the job already had one.
             finish: lua(
                 "local wrote = 0
-                 if not ended(redis.call('HGET', KEYS[1], 'state')) then
+                 if ARGV[3] ~= '' and not ended(redis.call('HGET', KEYS[1], 'state')) then
                    redis.call('HSET', KEYS[1], 'state', ARGV[3], 'status', ARGV[4], 'result', ARGV[5])
                    redis.call('PEXPIRE', KEYS[1], ARGV[6])
                    wrote = 1
+                   if KEYS[3] ~= '' then
+                     redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*', 'id', ARGV[7],
+                       'route', redis.call('HGET', KEYS[1], 'route') or '', 'state', ARGV[3],
+                       'status', ARGV[4], 'result', ARGV[5])
+                   end
                  end
                  redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
                  redis.call('XDEL', KEYS[2], ARGV[2])
                  return wrote",
             ),
-            // KEYS: job hash (or '' when the id is unknown), stream, dead-letter stream.
-            // ARGV: group, entry id, job text, error JSON, deliveries, status, ttl ms.
+            // KEYS: job hash (or '' when the id is unknown), stream, dead-letter stream, results
+            // stream (or ''). ARGV: group, entry id, job text, error JSON, deliveries, status,
+            // ttl ms, job id, results cap.
             dead: lua(
                 "redis.call('XADD', KEYS[3], '*', 'job', ARGV[3], 'error', ARGV[4], 'entry', ARGV[2], 'deliveries', ARGV[5])
                  if KEYS[1] ~= '' and not ended(redis.call('HGET', KEYS[1], 'state')) then
                    redis.call('HSET', KEYS[1], 'state', 'failed', 'status', ARGV[6], 'result', ARGV[4])
                    redis.call('PEXPIRE', KEYS[1], ARGV[7])
+                   if KEYS[4] ~= '' then
+                     redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*', 'id', ARGV[8],
+                       'route', redis.call('HGET', KEYS[1], 'route') or '', 'state', 'failed',
+                       'status', ARGV[6], 'result', ARGV[4])
+                   end
                  end
                  redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
                  redis.call('XDEL', KEYS[2], ARGV[2])
@@ -407,12 +424,15 @@ impl RedisStreams {
                 self.finish
                     .key(self.job_key(id))
                     .key(&self.target.stream)
+                    .key(self.target.results.as_deref().unwrap_or(""))
                     .arg(&self.target.group)
                     .arg(entry)
                     .arg(state)
                     .arg(status)
                     .arg(result)
-                    .arg(self.result_ttl_ms),
+                    .arg(self.result_ttl_ms)
+                    .arg(id)
+                    .arg(RESULTS_MAXLEN),
             )
             .await?;
         Ok(wrote == 1)
@@ -433,13 +453,16 @@ impl RedisStreams {
                 .key(key)
                 .key(&self.target.stream)
                 .key(self.dead_key())
+                .key(self.target.results.as_deref().unwrap_or(""))
                 .arg(&self.target.group)
                 .arg(&delivery.entry)
                 .arg(delivery.job.as_deref().unwrap_or(""))
                 .arg(error)
                 .arg(delivery.deliveries)
                 .arg(status)
-                .arg(self.result_ttl_ms),
+                .arg(self.result_ttl_ms)
+                .arg(id.unwrap_or(""))
+                .arg(RESULTS_MAXLEN),
         )
         .await
         .map(|_| ())
