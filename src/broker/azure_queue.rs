@@ -325,6 +325,23 @@ impl AzureQueue {
         wait: Duration,
         visibility: Duration,
     ) -> Result<Vec<Delivery>, BrokerError> {
+        let r = self.pull_created(count, wait, visibility).await;
+        if let Err(BrokerError::Refused(e)) = &r {
+            // The queue or the container went away (deleted, or an emulator restarted empty):
+            // create them again on the next pull.
+            if e.contains("QueueNotFound") || e.contains("ContainerNotFound") {
+                *self.created.lock().await = false;
+            }
+        }
+        r
+    }
+
+    async fn pull_created(
+        &self,
+        count: usize,
+        wait: Duration,
+        visibility: Duration,
+    ) -> Result<Vec<Delivery>, BrokerError> {
         self.ensure_created().await?;
         let started = tokio::time::Instant::now();
         loop {
