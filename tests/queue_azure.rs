@@ -316,29 +316,6 @@ fn embed_jobs(ids: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Two answers of an embedding route agree (vectors to float noise: batches may differ).
-fn assert_same_answer(job: &Value, http: &Value, what: &str) {
-    match (job, http) {
-        (Value::Number(a), Value::Number(b)) => {
-            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
-            assert!((a - b).abs() < 1e-5, "{what}: {a} vs {b}");
-        }
-        (Value::Array(a), Value::Array(b)) => {
-            assert_eq!(a.len(), b.len(), "{what}: lengths");
-            for (i, (x, y)) in a.iter().zip(b).enumerate() {
-                assert_same_answer(x, y, &format!("{what}[{i}]"));
-            }
-        }
-        (Value::Object(a), Value::Object(b)) => {
-            assert_eq!(a.len(), b.len(), "{what}: keys");
-            for (k, v) in a {
-                assert_same_answer(v, &b[k], &format!("{what}.{k}"));
-            }
-        }
-        _ => assert_eq!(job, http, "{what}"),
-    }
-}
-
 #[test]
 fn jobs_of_every_route_are_answered_as_http_answers_them_alongside_http_load() {
     let Some(az) = Azurite::start() else { return };

@@ -43,12 +43,12 @@ use azure_storage_queue::models::{
 };
 use azure_storage_queue::{QueueClient, QueueClientOptions};
 use base64::Engine;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::shared_key::SharedKeyPolicy;
 use super::{
-    AzureCredentials, AzureTarget, Backlog, BrokerError, Cancel, Delivery, JobRecord, Start,
+    AzureCredentials, AzureTarget, Backlog, BrokerError, Cancel, Delivery, Health, JobRecord, Start,
 };
 
 /// Most messages one receive may return (the service's limit).
@@ -183,8 +183,8 @@ pub struct AzureQueue {
     dead: QueueClient,
     results: Option<QueueClient>,
     records: BlobContainerClient,
-    /// Why the account is not usable now (None: it answered the last call).
-    down: RwLock<Option<String>>,
+    /// Whether the account answers.
+    health: Health,
     /// Whether the queues and the container are known to exist.
     created: tokio::sync::Mutex<bool>,
     /// The pause before the next read while the queue is empty.
@@ -240,7 +240,7 @@ impl AzureQueue {
             dead,
             results,
             records,
-            down: RwLock::new(Some("not connected yet".into())),
+            health: Health::default(),
             created: tokio::sync::Mutex::new(false),
             idle_pause: Mutex::new(POLL_FIRST),
         })
@@ -261,35 +261,14 @@ impl AzureQueue {
         self.target.dead_queue()
     }
 
-    /// Why the account cannot be used now, or None when its last answer came.
-    pub fn down_reason(&self) -> Option<String> {
-        self.down.read().clone()
-    }
-
-    /// Records that the account could not be reached.
-    pub fn mark_down(&self, reason: &str) {
-        *self.down.write() = Some(reason.to_string());
-        crate::metrics::set_broker_up(false);
+    /// Whether the storage account answers.
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     /// Maps an SDK result, keeping the up/down state current.
     fn note<T>(&self, r: azure_core::Result<T>) -> Result<T, BrokerError> {
-        match r {
-            Ok(v) => {
-                if self.down.read().is_some() {
-                    *self.down.write() = None;
-                    crate::metrics::set_broker_up(true);
-                }
-                Ok(v)
-            }
-            Err(e) => {
-                let e = classify(&e);
-                if let BrokerError::Unreachable(reason) = &e {
-                    self.mark_down(reason);
-                }
-                Err(e)
-            }
-        }
+        self.health.note(r.map_err(|e| classify(&e)))
     }
 
     /// Creates the queues and the records container if they do not exist (once per process).

@@ -164,7 +164,7 @@ impl Ingress {
                     }
                 }
                 Err(e) => {
-                    self.broker.mark_down(&e.to_string());
+                    self.broker.health().mark_down(&e.to_string());
                     tracing::warn!(
                         broker = self.broker.display(),
                         "{e}; retrying in {} ms (HTTP requests are still served)",

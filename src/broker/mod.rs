@@ -325,6 +325,49 @@ pub enum BrokerError {
     TooLarge(String),
 }
 
+/// Whether the broker answers, as `/readyz` and `zerobatch_broker_up` say: kept by each broker
+/// client from the outcome of its calls.
+#[derive(Debug)]
+pub struct Health {
+    down: parking_lot::RwLock<Option<String>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            down: parking_lot::RwLock::new(Some("not connected yet".into())),
+        }
+    }
+}
+
+impl Health {
+    /// Why the broker cannot be used now, or None when it answered the last call.
+    pub fn down_reason(&self) -> Option<String> {
+        self.down.read().clone()
+    }
+
+    /// Records that the broker could not be reached.
+    pub fn mark_down(&self, reason: &str) {
+        *self.down.write() = Some(reason.to_string());
+        crate::metrics::set_broker_up(false);
+    }
+
+    /// Passes on the outcome of a call, noting it: an answer (even a refusal) means the broker
+    /// is up; an unreachable broker is down.
+    pub fn note<T>(&self, r: Result<T, BrokerError>) -> Result<T, BrokerError> {
+        match &r {
+            Err(e @ BrokerError::Unreachable(_)) => self.mark_down(&e.to_string()),
+            _ => {
+                if self.down.read().is_some() {
+                    *self.down.write() = None;
+                    crate::metrics::set_broker_up(true);
+                }
+            }
+        }
+        r
+    }
+}
+
 /// One job taken from the broker.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -488,19 +531,11 @@ impl Broker {
         }
     }
 
-    /// Why the broker cannot be used now, or None.
-    pub fn down_reason(&self) -> Option<String> {
+    /// Whether the broker answers.
+    pub fn health(&self) -> &Health {
         match self {
-            Broker::Redis(b) => b.down_reason(),
-            Broker::Azure(b) => b.down_reason(),
-        }
-    }
-
-    /// Records that the broker could not be reached.
-    pub fn mark_down(&self, reason: &str) {
-        match self {
-            Broker::Redis(b) => b.mark_down(reason),
-            Broker::Azure(b) => b.mark_down(reason),
+            Broker::Redis(b) => b.health(),
+            Broker::Azure(b) => b.health(),
         }
     }
 

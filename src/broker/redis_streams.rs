@@ -22,12 +22,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use parking_lot::RwLock;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Script, Value};
 
-use super::{Backlog, BrokerError, Cancel, Delivery, RedisTarget, Start};
+use super::{Backlog, BrokerError, Cancel, Delivery, Health, RedisTarget, Start};
 
 /// The results stream (`results=STREAM`) is trimmed to about this many entries
 /// (`XADD … MAXLEN ~`), so that a stream nobody reads cannot exhaust Redis's memory.
@@ -49,7 +48,7 @@ pub struct RedisStreams {
     result_ttl_ms: u64,
     shared: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     /// Why the broker is not usable now (None: it answered the last command).
-    down: RwLock<Option<String>>,
+    health: Health,
     create: Script,
     start: Script,
     finish: Script,
@@ -77,7 +76,7 @@ impl RedisStreams {
             consumer,
             result_ttl_ms: result_ttl.as_millis().max(1) as u64,
             shared: tokio::sync::Mutex::new(None),
-            down: RwLock::new(Some("not connected yet".into())),
+            health: Health::default(),
             puller: tokio::sync::Mutex::new(Puller {
                 reader: None,
                 group_ready: false,
@@ -159,34 +158,13 @@ impl RedisStreams {
         &self.consumer
     }
 
-    /// Why the broker cannot be used now, or None when its last answer came.
-    pub fn down_reason(&self) -> Option<String> {
-        self.down.read().clone()
+    /// Whether Redis answers.
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     fn note<T>(&self, r: Result<T, redis::RedisError>) -> Result<T, BrokerError> {
-        match r {
-            Ok(v) => {
-                if self.down.read().is_some() {
-                    *self.down.write() = None;
-                    crate::metrics::set_broker_up(true);
-                }
-                Ok(v)
-            }
-            Err(e) => {
-                let e = BrokerError::from(e);
-                if let BrokerError::Unreachable(_) = &e {
-                    self.mark_down(&e.to_string());
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Records that the broker could not be reached (from the reading connection).
-    pub fn mark_down(&self, reason: &str) {
-        *self.down.write() = Some(reason.to_string());
-        crate::metrics::set_broker_up(false);
+        self.health.note(r.map_err(BrokerError::from))
     }
 
     async fn conn(&self) -> Result<MultiplexedConnection, BrokerError> {

@@ -306,7 +306,7 @@ fn readyz(state: &AppState) -> Response<Full<Bytes>> {
     let mut body = body;
     if let Some(broker) = &state.broker {
         // Said, not acted on: a broker outage must not take this replica out of HTTP rotation.
-        body["queue"] = match broker.down_reason() {
+        body["queue"] = match broker.health().down_reason() {
             None => serde_json::json!({ "status": "up", "broker": broker.display() }),
             Some(reason) => {
                 serde_json::json!({ "status": "down", "broker": broker.display(), "reason": reason })

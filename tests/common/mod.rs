@@ -367,3 +367,26 @@ impl Proc {
             .count()
     }
 }
+
+/// Two answers of an embedding route agree (vectors to float noise: batches may differ).
+pub fn assert_same_answer(job: &serde_json::Value, http: &serde_json::Value, what: &str) {
+    match (job, http) {
+        (serde_json::Value::Number(a), serde_json::Value::Number(b)) => {
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!((a - b).abs() < 1e-5, "{what}: {a} vs {b}");
+        }
+        (serde_json::Value::Array(a), serde_json::Value::Array(b)) => {
+            assert_eq!(a.len(), b.len(), "{what}: lengths");
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert_same_answer(x, y, &format!("{what}[{i}]"));
+            }
+        }
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            assert_eq!(a.len(), b.len(), "{what}: keys");
+            for (k, v) in a {
+                assert_same_answer(v, &b[k], &format!("{what}.{k}"));
+            }
+        }
+        _ => assert_eq!(job, http, "{what}"),
+    }
+}
