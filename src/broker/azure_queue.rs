@@ -810,6 +810,13 @@ fn classify(e: &azure_core::Error) -> BrokerError {
             BrokerError::Unreachable(text)
         }
         ErrorKind::Credential => BrokerError::Unreachable(format!("signing in: {text}")),
+        // Signed in, but refused (a wrong key, an expired SAS, a missing role): the account
+        // cannot be used until the credential is fixed; said by /readyz, retried with backoff.
+        ErrorKind::HttpResponse { status, .. }
+            if matches!(*status, StatusCode::Unauthorized | StatusCode::Forbidden) =>
+        {
+            BrokerError::Unreachable(format!("access denied: {text}"))
+        }
         // Retries spent on something that never answered.
         ErrorKind::Other if text.contains("retr") => BrokerError::Unreachable(text),
         _ => BrokerError::Refused(text),
