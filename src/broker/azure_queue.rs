@@ -46,10 +46,9 @@ use base64::Engine;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use super::job::{Backlog, BrokerError, Cancel, Delivery, Health, JobRecord, Start};
 use super::shared_key::SharedKeyPolicy;
-use super::{
-    AzureCredentials, AzureTarget, Backlog, BrokerError, Cancel, Delivery, Health, JobRecord, Start,
-};
+use super::url::{AzureCredentials, AzureTarget};
 
 /// Most messages one receive may return (the service's limit).
 const MAX_RECEIVE: usize = 32;
@@ -885,7 +884,7 @@ mod tests {
     #[test]
     fn job_ids_are_valid_and_distinct() {
         let a = new_job_id();
-        assert!(super::super::valid_job_id(&a));
+        assert!(crate::broker::job::valid_job_id(&a));
         assert_ne!(a, new_job_id());
     }
 }

@@ -27,7 +27,8 @@ use parking_lot::Mutex;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use super::{valid_job_id, Broker, BrokerError, Delivery, JobEnvelope, Start};
+use super::job::{valid_job_id, BrokerError, Delivery, JobEnvelope, Start};
+use super::Broker;
 use crate::http::api;
 use crate::http::error::ApiError;
 use crate::http::AppState;

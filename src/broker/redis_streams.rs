@@ -26,7 +26,8 @@ use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Script, Value};
 
-use super::{Backlog, BrokerError, Cancel, Delivery, Health, RedisTarget, Start};
+use super::job::{Backlog, BrokerError, Cancel, Delivery, Health, Start};
+use super::url::RedisTarget;
 
 /// The results stream (`results=STREAM`) is trimmed to about this many entries
 /// (`XADD … MAXLEN ~`), so that a stream nobody reads cannot exhaust Redis's memory.
