@@ -26,7 +26,8 @@
 #      from scripts/fetch-model.sh): this machine has no Rust toolchain image and no hub.
 #      The build context is a snapshot in a temporary directory holding just the binary
 #      and the models (hard links where possible);
-#   4. runs it as ACA would (non-root, port 80, net.ipv4.ip_unprivileged_port_start=1024,
+#   4. checks that the image carries a CA bundle (/etc/ssl/certs, for https to Azure Storage),
+#      runs it as ACA would (non-root, port 80, net.ipv4.ip_unprivileged_port_start=1024,
 #      which only the binary's file capability gets past), waits for /readyz, checks
 #      /healthz and POST /embed (384 finite floats, and close to the reference embedding
 #      in tests/data when python3 is there), and that SIGTERM ends it with exit code 0;
@@ -211,6 +212,15 @@ log "building $image (runtime stage of container/Dockerfile)"
 dangling_before=yes
 build_image "$image" "$tmp/build.log" MODEL_SOURCE=local "MODEL_DIR=$model_rel"
 size_bytes="$("${podman[@]}" image inspect --format '{{.Size}}' "$image")"
+# The CA bundle the Azure SDK needs for https to a storage account (--queue azure-queue://):
+# a scratch image has none unless the Dockerfile copies it in.
+certs_ctr="zb-certs-$$"
+"${podman[@]}" create --name "$certs_ctr" "$image" >/dev/null
+"${podman[@]}" cp "$certs_ctr:/etc/ssl/certs/ca-certificates.crt" "$tmp/ca-certificates.crt" \
+    || { "${podman[@]}" rm -f "$certs_ctr" >/dev/null; die "the image has no /etc/ssl/certs/ca-certificates.crt"; }
+"${podman[@]}" rm -f "$certs_ctr" >/dev/null
+grep -q 'BEGIN CERTIFICATE' "$tmp/ca-certificates.crt" || die "the image's CA bundle holds no certificate"
+log "CA bundle in the image: $(grep -c 'BEGIN CERTIFICATE' "$tmp/ca-certificates.crt") certificates"
 
 # --- 4. run it as ACA would ------------------------------------------------------------
 run_container() { # run_container NAME [IMAGE]: start the image detached, publish port 80
