@@ -64,6 +64,10 @@ else
     echo "error: redis-server ${redis_version:-?}.x is too old: the queue needs Redis >= 7 (XAUTOCLAIM's deleted entries, the group lag KEDA reads)" >&2
     exit 1
   fi
+  if ! command -v openssl >/dev/null 2>&1; then
+    echo "error: openssl is not installed; the rediss:// test in tests/queue_redis.rs makes its certificates with it (e.g. apt-get install openssl)" >&2
+    exit 1
+  fi
 fi
 # ---- end Redis ----
 

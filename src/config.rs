@@ -176,7 +176,7 @@ pub struct ServeConfig {
     pub shutdown_timeout_ms: u64,
 
     /// Also take jobs from a queue broker:
-    /// redis://[USER:PASS@]HOST:PORT/STREAM[?group=GROUP&results=STREAM]
+    /// redis[s]://[USER:PASS@]HOST:PORT/STREAM[?group=GROUP&results=STREAM]
     /// (a Redis >= 7 stream read by a consumer group, default group "zerobatch"), or
     /// azure-queue://ACCOUNT/QUEUE[?endpoint=URL&blob_endpoint=URL&results=QUEUE] (an Azure
     /// storage queue; credentials from AZURE_STORAGE_KEY, AZURE_STORAGE_SAS_TOKEN, or the
@@ -205,6 +205,11 @@ pub struct ServeConfig {
     /// This replica's consumer name in the group. Default: the host name and process id.
     #[arg(long, env = "QUEUE_CONSUMER")]
     pub queue_consumer: Option<String>,
+
+    /// For rediss://: a PEM file of the CA certificates that sign the Redis server's
+    /// certificate, when they are not among the system's roots (a private CA).
+    #[arg(long, env = "QUEUE_TLS_CA_FILE")]
+    pub queue_tls_ca_file: Option<std::path::PathBuf>,
 
     /// For azure-queue://: the storage account's key (Shared Key signing; Azurite's
     /// development key for local runs). On Azure prefer the managed identity (no key at all).

@@ -69,6 +69,7 @@ where
             config.queue_consumer(),
             Duration::from_millis(config.queue_result_ttl_ms),
             &config.azure_credentials(),
+            config.queue_tls_ca_file.as_deref(),
         )
     }) {
         None => None,

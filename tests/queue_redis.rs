@@ -828,3 +828,130 @@ fn an_idle_replica_reading_an_empty_stream_burns_no_cpu() {
         used as f64 / 1e6
     );
 }
+
+/// A CA and a certificate it signs for 127.0.0.1, made with the `openssl` command in `dir`:
+/// `ca.pem`, `server.pem`, `server.key`.
+fn make_certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl command is needed to make the TLS test's certificates");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=zerobatch test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+}
+
+#[test]
+fn rediss_is_trusted_through_a_private_ca_and_an_unknown_certificate_is_refused() {
+    if Redis::start().is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("zerobatch-tls-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    make_certificates(&dir);
+    let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let tls_port = free_port();
+    // The test talks to the plain port; the replicas to the TLS one.
+    let redis = Redis::start_with(
+        free_port(),
+        &[
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            &file("server.pem"),
+            "--tls-key-file",
+            &file("server.key"),
+            "--tls-ca-cert-file",
+            &file("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+    let url = format!("rediss://127.0.0.1:{tls_port}/jobs");
+    let server = replica(&url, &["--queue-tls-ca-file", &file("ca.pem")]);
+    let mut con = redis.conn();
+    xadd(
+        &mut con,
+        "jobs",
+        &json!({ "id": "tls", "route": "/embed", "body": { "inputs": "over TLS" } }),
+    );
+    wait_ended(
+        &mut con,
+        "jobs",
+        &["tls".to_string()],
+        Duration::from_secs(10),
+    );
+    assert_eq!(result_of(&mut con, "jobs", "tls").0, 200);
+    assert_eq!(get(server.addr, "/readyz").json()["queue"]["status"], "up");
+    drop(server);
+    // Without the CA file the server's certificate is not trusted: no job is taken, and
+    // /readyz says why.
+    let server = replica(&url, &[]);
+    xadd(
+        &mut con,
+        "jobs",
+        &json!({ "id": "untrusted", "route": "/embed", "body": { "inputs": "x" } }),
+    );
+    let t = Instant::now();
+    let reason = loop {
+        let ready = get(server.addr, "/readyz").json();
+        if ready["queue"]["status"] == "down" && ready["queue"]["reason"] != "not connected yet" {
+            break ready["queue"]["reason"].as_str().unwrap().to_string();
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{ready}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(reason.to_lowercase().contains("certificate"), "{reason}");
+    assert_eq!(hget(&mut con, "jobs:job:untrusted", "state"), None);
+    let _ = std::fs::remove_dir_all(&dir);
+}

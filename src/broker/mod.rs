@@ -64,9 +64,16 @@ impl Broker {
         consumer: String,
         result_ttl: Duration,
         azure: &AzureCredentials,
+        tls_ca_file: Option<&std::path::Path>,
     ) -> Result<Self, BrokerError> {
         Ok(match url {
-            QueueUrl::Redis(t) => Broker::Redis(RedisStreams::new(t.clone(), consumer, result_ttl)),
+            QueueUrl::Redis(t) => {
+                let target = match tls_ca_file {
+                    Some(path) => (**t).clone().with_ca_file(path)?,
+                    None => (**t).clone(),
+                };
+                Broker::Redis(RedisStreams::new(target, consumer, result_ttl))
+            }
             QueueUrl::Azure(t) => {
                 Broker::Azure(AzureQueue::new(t.clone(), consumer, result_ttl, azure)?)
             }

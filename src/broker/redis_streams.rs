@@ -71,6 +71,12 @@ struct Puller {
 impl RedisStreams {
     /// A client for `target` under the consumer name `consumer`; connects on first use.
     pub fn new(target: RedisTarget, consumer: String, result_ttl: Duration) -> Self {
+        if target.server.starts_with("rediss://") {
+            // The TLS client asks rustls for the process's default crypto provider; with two
+            // compiled in (ring for the hub downloads, aws-lc-rs for the Azure SDK) there is
+            // none until one is chosen. An error means one was chosen already: fine.
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        }
         let lua = |body: &str| Script::new(&format!("{ENDED_LUA}{body}"));
         Self {
             target,

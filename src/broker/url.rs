@@ -8,7 +8,7 @@ use super::job::BrokerError;
 #[derive(Debug, Clone)]
 pub enum QueueUrl {
     /// `redis://[user:pass@]host:port/STREAM?group=GROUP`: a Redis stream read by a consumer group.
-    Redis(RedisTarget),
+    Redis(Box<RedisTarget>),
     /// `azure-queue://ACCOUNT/QUEUE[?endpoint=URL&blob_endpoint=URL&results=QUEUE]`: an Azure
     /// storage queue.
     Azure(AzureTarget),
@@ -155,8 +155,12 @@ fn parse_azure(s: &str, rest: &str) -> Result<QueueUrl, BrokerError> {
 /// A Redis stream and the consumer group that reads it.
 #[derive(Debug, Clone)]
 pub struct RedisTarget {
-    /// The client for the server (no connection is made until it is used).
+    /// The client for the server (no connection is made until it is used); over TLS it
+    /// trusts the system's roots until [`RedisTarget::with_ca_file`] says otherwise.
     pub client: redis::Client,
+    /// The server's address as the client takes it (`redis://` or `rediss://`, with the
+    /// password).
+    pub server: String,
     /// The stream's key.
     pub stream: String,
     /// The consumer group shared by every replica.
@@ -165,6 +169,28 @@ pub struct RedisTarget {
     pub results: Option<String>,
     /// The URL without its password.
     pub display: String,
+}
+
+impl RedisTarget {
+    /// Over TLS (`rediss://`), trusts the CA certificates in the PEM file `path` instead of
+    /// the system's roots (a Redis whose certificate a private CA signed).
+    pub fn with_ca_file(mut self, path: &std::path::Path) -> Result<Self, BrokerError> {
+        let bad = |why: String| BrokerError::BadUrl(format!("{}: {why}", self.display));
+        if !self.server.starts_with("rediss://") {
+            return Err(bad(
+                "--queue-tls-ca-file is for TLS connections: the URL must be rediss://".into(),
+            ));
+        }
+        let pem = std::fs::read(path)
+            .map_err(|e| bad(format!("--queue-tls-ca-file {}: {e}", path.display())))?;
+        let certificates = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        };
+        self.client = redis::Client::build_with_tls(self.server.as_str(), certificates)
+            .map_err(|e| bad(format!("--queue-tls-ca-file {}: {e}", path.display())))?;
+        Ok(self)
+    }
 }
 
 /// The consumer group used when the URL names none.
@@ -181,14 +207,13 @@ impl std::str::FromStr for QueueUrl {
             ));
         };
         match scheme {
-            "redis" => {}
+            "redis" | "rediss" => {}
             "azure-queue" => return parse_azure(s, rest),
-            "rediss" => {
+            _ => {
                 return Err(bad(
-                    "TLS connections (rediss://) are not supported by this build; use redis://",
+                    "the scheme must be redis://, rediss:// or azure-queue://",
                 ))
             }
-            _ => return Err(bad("the scheme must be redis:// or azure-queue://")),
         }
         let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
         let Some((authority, stream)) = location.split_once('/') else {
@@ -220,8 +245,8 @@ impl std::str::FromStr for QueueUrl {
                 }
             }
         }
-        let client = redis::Client::open(format!("redis://{authority}/"))
-            .map_err(|e| bad(&e.to_string()))?;
+        let server = format!("{scheme}://{authority}/");
+        let client = redis::Client::open(server.as_str()).map_err(|e| bad(&e.to_string()))?;
         let shown_authority = match authority.rsplit_once('@') {
             Some((userinfo, host)) => match userinfo.split_once(':') {
                 Some((user, _)) => format!("{user}:***@{host}"),
@@ -232,13 +257,14 @@ impl std::str::FromStr for QueueUrl {
         let shown_results = results
             .as_deref()
             .map_or(String::new(), |r| format!("&results={r}"));
-        Ok(QueueUrl::Redis(RedisTarget {
+        Ok(QueueUrl::Redis(Box::new(RedisTarget {
             client,
+            server,
             stream: stream.to_string(),
-            display: format!("redis://{shown_authority}/{stream}?group={group}{shown_results}"),
+            display: format!("{scheme}://{shown_authority}/{stream}?group={group}{shown_results}"),
             group,
             results,
-        }))
+        })))
     }
 }
 
@@ -267,6 +293,11 @@ mod tests {
         };
         assert_eq!(t.results.as_deref(), Some("done"));
         assert_eq!(t.display, "redis://h:1/jobs?group=zerobatch&results=done");
+        let Ok(QueueUrl::Redis(t)) = "rediss://:pw@cache:6380/jobs".parse::<QueueUrl>() else {
+            panic!("not a Redis URL")
+        };
+        assert_eq!(t.server, "rediss://:pw@cache:6380/");
+        assert_eq!(t.display, "rediss://:***@cache:6380/jobs?group=zerobatch");
         assert_eq!(t.group, DEFAULT_GROUP);
         for bad in [
             "redis://127.0.0.1:6379",
@@ -276,7 +307,7 @@ mod tests {
             "redis://h:1/jobs?grp=x",
             "redis://h:1/jobs?results=jobs",
             "redis://h:1/jobs?results=",
-            "rediss://h:1/jobs",
+            "rediss://h:1",
             "azure-queue://account",
             "azure-queue://Account/queue",
             "azure-queue://ab/queue",
