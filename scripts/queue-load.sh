@@ -127,7 +127,10 @@ enqueue() {
 # Jobs not yet answered: in the stream or pending (Redis); not yet deleted (Azure).
 remaining() {
   if [ "$broker" = redis ]; then
-    echo $(( $(r xlen jobs) + $(r xpending jobs zerobatch | head -n 1) ))
+    local held
+    held=$(r xpending jobs zerobatch | head -n 1)
+    case "$held" in ''|*[!0-9]*) held=0 ;; esac # no group before the first replica reads
+    echo $(( $(r xlen jobs) + held ))
   else
     az count
   fi
