@@ -282,13 +282,13 @@ impl AzureQueue {
             match q.create(None).await {
                 Ok(_) => {}
                 Err(e) if e.http_status() == Some(StatusCode::Conflict) => {}
-                Err(e) => return Err(self.note::<()>(Err(e)).unwrap_err()),
+                Err(e) => return self.note(Err(e)),
             }
         }
         match self.records.create(None).await {
             Ok(_) => {}
             Err(e) if e.http_status() == Some(StatusCode::Conflict) => {}
-            Err(e) => return Err(self.note::<()>(Err(e)).unwrap_err()),
+            Err(e) => return self.note(Err(e)),
         }
         self.note(Ok(()))?;
         *created = true;
@@ -392,7 +392,7 @@ impl AzureQueue {
                         e.http_status(),
                         Some(StatusCode::NotFound | StatusCode::BadRequest)
                     ) => {}
-                Err(e) => failed = Some(self.note::<()>(Err(e)).unwrap_err()),
+                Err(e) => failed = self.note::<()>(Err(e)).err(),
             }
         }
         failed.map_or(Ok(()), Err)
@@ -411,7 +411,7 @@ impl AzureQueue {
                 self.note(Ok(()))?;
                 return Ok(Found::Nothing);
             }
-            Err(e) => return Err(self.note::<()>(Err(e)).unwrap_err()),
+            Err(e) => return self.note(Err(e)),
         };
         let Some(etag) = download.properties.etag.clone() else {
             return Err(BrokerError::Refused(format!("job record {id} has no ETag")));
@@ -460,7 +460,7 @@ impl AzureQueue {
             {
                 Ok(None)
             }
-            Err(e) => Err(self.note::<()>(Err(e)).unwrap_err()),
+            Err(e) => self.note(Err(e)),
         }
     }
 
