@@ -9,6 +9,9 @@
 #   JOBS=20000 TEXT="A man is eating food." scripts/queue-load.sh
 #   PIN=1 scripts/queue-load.sh               # 2 replicas pinned to cores 0 and 1 (taskset)
 #   JOBS=20000 scripts/queue-load.sh --azure  # Azure Storage Queues on Azurite
+#   SWEEP="64 128 256 512" JOBS=40000 scripts/queue-load.sh
+#                                             # 1 replica per --queue-max-jobs value, side by
+#                                             # side in one run, each with its HTTP ratio
 #
 # Needs python3, and redis-server and redis-cli (Redis >= 7), or with --azure npm (Azurite,
 # via scripts/fetch-azurite.sh) and the Python Azure SDK (azure-storage-queue and
@@ -136,6 +139,39 @@ remaining() {
   fi
 }
 
+# Returns once no job is left. Redis: one Python process on one connection asks every 10 ms
+# (a few microseconds of CPU each), so the measuring does not take CPU from the replicas, as a
+# loop of redis-cli processes would (several percent of a core). Azure: every 0.5 s.
+wait_drained() {
+  if [ "$broker" = azure ]; then
+    while [ "$(remaining)" != 0 ]; do sleep 0.5; done
+    return
+  fi
+  REDIS_PORT="$redis_port" python3 - <<'PY'
+import os, socket, time
+conn = socket.create_connection(("127.0.0.1", int(os.environ["REDIS_PORT"])))
+reader = conn.makefile("rb")
+def reply():
+    line = reader.readline()
+    kind, rest = line[:1], line[1:].strip()
+    if kind == b":":
+        return int(rest)
+    if kind == b"-":
+        return None  # NOGROUP: no replica has read yet
+    if kind == b"$":
+        return None if int(rest) < 0 else reader.read(int(rest) + 2)[:-2]
+    if kind == b"*":
+        return [reply() for _ in range(max(int(rest), 0))]
+    raise ValueError(line)
+while True:
+    conn.sendall(b"XLEN jobs\r\nXPENDING jobs zerobatch\r\n")
+    length, pending = reply(), reply()
+    if length == 0 and pending is not None and pending[0] == 0:
+        break
+    time.sleep(0.01)
+PY
+}
+
 # Starts $1 replicas, waits until the stream is drained and nothing is pending, prints a row.
 drain() {
   local replicas=$1 workers=$(( 2 / $1 )) started ended port i
@@ -153,7 +189,7 @@ drain() {
     run_pids+=($!)
     pids+=($!)
   done
-  while [ "$(remaining)" != 0 ]; do sleep 0.1; done
+  wait_drained
   ended=$(date +%s.%N)
   if [ "$replicas" = 1 ] && command -v oha >/dev/null 2>&1; then
     # The same replica's HTTP throughput right after, for the ratio (scripts/loadtest.sh's
@@ -183,6 +219,18 @@ check() {
   fi
   [ "$bad" = 0 ] || { echo "error: $bad sampled jobs of run $1 did not succeed" >&2; exit 1; }
 }
+if [ -n "${SWEEP:-}" ]; then
+  # One replica per --queue-max-jobs value, each followed by its own HTTP measurement.
+  for max_jobs in $SWEEP; do
+    echo "--queue-max-jobs $max_jobs:"
+    export QUEUE_MAX_JOBS=$max_jobs
+    drain 1
+    check r1
+    if [ "$broker" = redis ]; then r flushall >/dev/null; fi
+    [ -z "$http_rps" ] || echo "HTTP /embed at concurrency 64 on that process right after its drain: $http_rps req/s"
+  done
+  exit 0
+fi
 drain 1
 check r1
 if [ "$broker" = redis ]; then r flushall >/dev/null; fi

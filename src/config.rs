@@ -194,7 +194,10 @@ pub struct ServeConfig {
     pub queue_max_deliveries: u64,
 
     /// Most queue jobs this replica holds at once (taken from the broker, not yet answered).
-    #[arg(long, env = "QUEUE_MAX_JOBS", default_value_t = 64)]
+    /// The default keeps each worker's next full batch waiting while other jobs are in round
+    /// trips to the broker (docs/benchmarks.md, "Queue drain"); the text of the jobs held is
+    /// bounded as well, by --max-inflight-body-bytes.
+    #[arg(long, env = "QUEUE_MAX_JOBS", default_value_t = 256)]
     pub queue_max_jobs: usize,
 
     /// How long a job's state and result are kept in the broker after its last change, in

@@ -123,6 +123,8 @@ where
                 max_jobs: config.queue_max_jobs,
                 visibility_timeout: Duration::from_millis(config.queue_visibility_timeout_ms),
                 max_deliveries: config.queue_max_deliveries,
+                max_held_bytes: config.max_inflight_body_bytes,
+                max_job_bytes: config.max_body_bytes,
             },
         ));
         tokio::spawn(ingress.run(pulling_stopped))

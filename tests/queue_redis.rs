@@ -658,6 +658,68 @@ fn job_routes_on_two_replicas_sharing_one_broker_and_404_without_a_broker() {
 }
 
 #[test]
+fn the_text_of_the_jobs_held_is_bounded_by_bytes_as_well_as_by_slots() {
+    let Some(redis) = Redis::start() else { return };
+    let url = redis.url("jobs");
+    let mut con = redis.conn();
+    // Jobs of ~1.6 KB (JSON padded with spaces), a read reserving 2,048 bytes per entry and
+    // 6,144 bytes in all: at most 3 held at once, though 64 slots are free.
+    let ids: Vec<String> = (0..300).map(|i| format!("big{i}")).collect();
+    let mut pipe = redis::pipe();
+    for id in &ids {
+        let job = json!({ "id": id, "route": "/embed", "body": { "inputs": format!("job {id}") } });
+        let padded = format!("{job}{}", " ".repeat(1600));
+        pipe.cmd("XADD")
+            .arg("jobs")
+            .arg("*")
+            .arg("job")
+            .arg(padded)
+            .ignore();
+    }
+    pipe.exec(&mut con).unwrap();
+    // The group exists before the replica reads, so that XPENDING answers from the start.
+    redis::cmd("XGROUP")
+        .arg(&["CREATE", "jobs", "zerobatch", "0"])
+        .exec(&mut con)
+        .unwrap();
+    let _r = replica(
+        &url,
+        &[
+            "--queue-max-jobs",
+            "64",
+            "--max-body-bytes",
+            "2048",
+            "--max-inflight-body-bytes",
+            "6144",
+        ],
+    );
+    let t = Instant::now();
+    let mut most = 0;
+    while xlen(&mut con, "jobs") > 0 || pending(&mut con, "jobs") > 0 {
+        most = most.max(pending(&mut con, "jobs"));
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the jobs did not drain"
+        );
+    }
+    eprintln!("most jobs held at once: {most}");
+    assert!(
+        most >= 1,
+        "no job was ever seen held: the test proves nothing"
+    );
+    assert!(
+        most <= 3,
+        "{most} jobs of ~1.6 KB held at once with 6,144 bytes allowed"
+    );
+    wait_ended(&mut con, "jobs", &ids, Duration::from_secs(10));
+    let failed: Vec<_> = states(&mut con, "jobs", &ids)
+        .into_iter()
+        .filter(|s| s.as_deref() != Some("succeeded"))
+        .collect();
+    assert!(failed.is_empty(), "jobs not succeeded: {failed:?}");
+}
+
+#[test]
 fn a_replica_killed_mid_run_leaves_its_jobs_to_another_and_none_is_lost() {
     let Some(redis) = Redis::start() else { return };
     let url = redis.url("jobs");

@@ -5,6 +5,11 @@
 //!   asks for as many entries as there are free slots, never more. A job that meets a full
 //!   internal queue (HTTP traffic took the room) waits and is submitted again: it stays held
 //!   (and its visibility extended) rather than going back to the broker.
+//! - **Bounded memory.** Beside the slots, the text of the jobs held is bounded by bytes
+//!   (`--max-inflight-body-bytes`, a budget of its own beside HTTP's): a read first reserves
+//!   `--max-body-bytes` for each entry it asks for, and each job keeps only its own size of
+//!   that reservation until it ends. So many small jobs fill every slot, while large ones
+//!   are held a few at a time.
 //! - **No busy polling when idle.** Redis: `XREADGROUP ... BLOCK` waits in Redis; the loop
 //!   wakes once per [`BLOCK`] to reclaim idle entries and refresh the backlog gauge. Azure
 //!   has no blocking read: an empty queue is asked again after a pause growing to 1 s.
@@ -53,6 +58,10 @@ pub struct IngressConfig {
     pub visibility_timeout: Duration,
     /// Deliveries after which an entry goes to the dead letters instead of running.
     pub max_deliveries: u64,
+    /// Most bytes of job text held at once.
+    pub max_held_bytes: usize,
+    /// Largest job accepted (`--max-body-bytes`): what a read reserves per entry.
+    pub max_job_bytes: usize,
 }
 
 /// The ingress of one replica.
@@ -61,6 +70,8 @@ pub struct Ingress {
     state: Arc<AppState>,
     config: IngressConfig,
     slots: Arc<Semaphore>,
+    /// Bytes of job text that may be held at once (see the module's doc).
+    held_bytes: Arc<Semaphore>,
     /// Entries running here (their visibility is extended).
     held: Mutex<HashMap<String, Delivery>>,
 }
@@ -97,6 +108,7 @@ impl Ingress {
     pub fn new(broker: Arc<Broker>, state: Arc<AppState>, config: IngressConfig) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(config.max_jobs)),
+            held_bytes: Arc::new(Semaphore::new(config.max_held_bytes)),
             broker,
             state,
             config,
@@ -130,6 +142,21 @@ impl Ingress {
             while let Ok(p) = self.slots.clone().try_acquire_owned() {
                 permits.push(p);
             }
+            // At least one entry's worth of bytes, then as many more as are free.
+            let per_job = self.reserve_per_job();
+            let mut bytes = tokio::select! {
+                b = self.held_bytes.clone().acquire_many_owned(per_job) => {
+                    b.expect("the byte budget is never closed")
+                }
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            while bytes.num_permits() < permits.len() * per_job as usize {
+                match self.held_bytes.clone().try_acquire_many_owned(per_job) {
+                    Ok(more) => bytes.merge(more),
+                    Err(_) => break,
+                }
+            }
+            permits.truncate(bytes.num_permits() / per_job as usize);
             let pulled = async {
                 let got = self
                     .broker
@@ -161,7 +188,13 @@ impl Ingress {
                     backoff = BACKOFF_MIN;
                     for d in deliveries {
                         let permit = permits.pop().expect("never more entries than slots");
-                        tasks.spawn(self.clone().process(d, permit));
+                        let size = d
+                            .job
+                            .as_deref()
+                            .map_or(0, str::len)
+                            .clamp(1, per_job as usize);
+                        let own = bytes.split(size).expect("a reservation per entry read");
+                        tasks.spawn(self.clone().process(d, permit, own));
                     }
                 }
                 Err(e) => {
@@ -211,10 +244,27 @@ impl Ingress {
         }
     }
 
-    async fn process(self: Arc<Self>, delivery: Delivery, permit: OwnedSemaphorePermit) {
+    /// The bytes a read reserves per entry it asks for: the largest job accepted, within the
+    /// budget (a semaphore takes at most `u32::MAX` permits at once).
+    fn reserve_per_job(&self) -> u32 {
+        let bytes = self
+            .config
+            .max_job_bytes
+            .clamp(1, self.config.max_held_bytes.max(1));
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
+
+    /// Runs one delivery; `slot` and `bytes` (its share of the byte budget) are released when
+    /// it ends.
+    async fn process(
+        self: Arc<Self>,
+        delivery: Delivery,
+        slot: OwnedSemaphorePermit,
+        bytes: OwnedSemaphorePermit,
+    ) {
         self.held
             .lock()
-            .insert(delivery.entry.clone(), delivery.clone());
+            .insert(delivery.entry.clone(), delivery.without_job());
         metrics::broker_held_delta(1.0);
         let outcome = match self.run_job(&delivery).await {
             Ok(o) => o,
@@ -226,7 +276,7 @@ impl Ingress {
         self.held.lock().remove(&delivery.entry);
         metrics::broker_held_delta(-1.0);
         metrics::record_broker_job(outcome.label());
-        drop(permit);
+        drop((slot, bytes));
     }
 
     async fn run_job(&self, delivery: &Delivery) -> Result<Outcome, BrokerError> {

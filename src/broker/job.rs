@@ -121,6 +121,17 @@ pub struct Lease {
 }
 
 impl Delivery {
+    /// This delivery's handles without its job text (what renewing its visibility needs).
+    pub fn without_job(&self) -> Self {
+        Self {
+            entry: self.entry.clone(),
+            job: None,
+            deliveries: self.deliveries,
+            added: self.added,
+            lease: self.lease.clone(),
+        }
+    }
+
     /// A delivery with an empty lease.
     pub fn new(
         entry: String,
