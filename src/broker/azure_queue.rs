@@ -53,7 +53,7 @@ use super::url::{AzureCredentials, AzureTarget};
 /// Most messages one receive may return (the service's limit).
 const MAX_RECEIVE: usize = 32;
 /// The largest message the service takes, in bytes of message text.
-const MAX_MESSAGE: usize = 64 * 1024;
+pub const MAX_MESSAGE: usize = 64 * 1024;
 /// Pause after an empty read: doubled from the first to the last while the queue stays empty.
 const POLL_FIRST: Duration = Duration::from_millis(50);
 const POLL_LAST: Duration = Duration::from_secs(1);

@@ -7,9 +7,9 @@
 //!   (and its visibility extended) rather than going back to the broker.
 //! - **Bounded memory.** Beside the slots, the text of the jobs held is bounded by bytes
 //!   (`--max-inflight-body-bytes`, a budget of its own beside HTTP's): a read first reserves
-//!   `--max-body-bytes` for each entry it asks for, and each job keeps only its own size of
-//!   that reservation until it ends. So many small jobs fill every slot, while large ones
-//!   are held a few at a time.
+//!   `--max-body-bytes` (on Azure at most a message's 64 KiB) for each entry it asks for, and
+//!   each job keeps only its own size of that reservation until it ends. So many small jobs
+//!   fill every slot, while large ones are held a few at a time.
 //! - **No busy polling when idle.** Redis: `XREADGROUP ... BLOCK` waits in Redis; the loop
 //!   wakes once per [`BLOCK`] to reclaim idle entries and refresh the backlog gauge. Azure
 //!   has no blocking read: an empty queue is asked again after a pause growing to 1 s.
@@ -244,12 +244,14 @@ impl Ingress {
         }
     }
 
-    /// The bytes a read reserves per entry it asks for: the largest job accepted, within the
-    /// budget (a semaphore takes at most `u32::MAX` permits at once).
+    /// The bytes a read reserves per entry it asks for: the largest job accepted (or that the
+    /// broker can carry), within the budget (a semaphore takes at most `u32::MAX` permits).
     fn reserve_per_job(&self) -> u32 {
+        let largest = self.broker.largest_job().unwrap_or(usize::MAX);
         let bytes = self
             .config
             .max_job_bytes
+            .min(largest)
             .clamp(1, self.config.max_held_bytes.max(1));
         u32::try_from(bytes).unwrap_or(u32::MAX)
     }

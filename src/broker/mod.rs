@@ -96,6 +96,16 @@ impl Broker {
         }
     }
 
+    /// The largest job text this broker can deliver, in bytes, or None when only the
+    /// producer bounds it (a Redis entry). What a read reserves per entry is the smaller of
+    /// this and `--max-body-bytes`.
+    pub fn largest_job(&self) -> Option<usize> {
+        match self {
+            Broker::Redis(_) => None,
+            Broker::Azure(_) => Some(azure_queue::MAX_MESSAGE),
+        }
+    }
+
     /// Where dead letters go.
     pub fn dead_key(&self) -> String {
         match self {
