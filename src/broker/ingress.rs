@@ -339,12 +339,12 @@ impl Ingress {
             self.broker.acknowledge(&id, delivery).await?;
             return Ok(Outcome::Skipped);
         }
-        let body = serde_json::to_vec(&envelope.body).expect("a JSON value serializes");
+        let body = envelope.body.get().as_bytes();
         loop {
             let answer = async {
                 crate::http::jobs::check_job_route(&envelope.route)?;
                 let parsed =
-                    api::parse_request(&envelope.route, &body, self.state.config.max_client_batch)?;
+                    api::parse_request(&envelope.route, body, self.state.config.max_client_batch)?;
                 crate::http::routes::run_parsed(&self.state, parsed).await
             }
             .await;

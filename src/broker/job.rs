@@ -17,8 +17,9 @@ pub struct JobEnvelope {
     pub id: Option<String>,
     /// The JSON route that answers it: `/embed`, `/`, `/v1/embeddings` or `/tokenize`.
     pub route: String,
-    /// The request body that route takes.
-    pub body: serde_json::Value,
+    /// The request body that route takes, as the job's own JSON text: the route parses it
+    /// once, as it parses an HTTP body.
+    pub body: Box<serde_json::value::RawValue>,
 }
 
 /// The routes a job may name: the JSON POST routes.
