@@ -531,7 +531,9 @@ pub fn add_layer_norm(x: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f3
 fn exp_neg(x: f32) -> f32 {
     // Not `x.max(-87.0)`, which would turn NaN into -87.
     let x = if x < -87.0 { -87.0 } else { x };
-    let n = (x * std::f32::consts::LOG2_E).round();
+    // Ties to even, not `round()`: LLVM has one vector instruction for it, while `round()`'s
+    // ties away from zero made it take every lane apart.
+    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let z = r * r;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
@@ -539,9 +541,12 @@ fn exp_neg(x: f32) -> f32 {
         * r
         + 0.5;
     let e = p * z + r + 1.0;
-    // 2^n built from its bits: n + 127 is the biased exponent (n ≥ -126 after the clamp; a
-    // NaN n gives 0, and NaN × 0 is NaN).
-    let scale = f32::from_bits(((n + 127.0) as u32) << 23);
+    // 2^n built from its bits: n + 127 (1..=127 for -87 ≤ x ≤ 0) is the biased exponent,
+    // read from the low bits of n + 127 + 2^23 (a float that holds it as its mantissa's low
+    // bits), without the saturating float-to-integer cast that does not vectorise. A NaN n
+    // gives some scale, and NaN × anything is NaN.
+    let biased = (n + (127.0 + 8_388_608.0)).to_bits() & 0xff;
+    let scale = f32::from_bits(biased << 23);
     e * scale
 }
 
@@ -661,7 +666,22 @@ impl AttentionShape {
     }
 }
 
-dispatch512!(
+/// Softmax of one row of attention scores, in place. NaN wins (f32::max would skip it and
+/// turn a corrupt score into a tiny weight): a NaN or infinite score makes the whole row NaN,
+/// which `embed` reports.
+#[inline(always)]
+fn softmax_row(row: &mut [f32]) {
+    let max = max_or_nan(row);
+    for score in row.iter_mut() {
+        *score = exp_neg(*score - max);
+    }
+    let inv = 1.0 / lane_sum(row, |v| v);
+    for score in row.iter_mut() {
+        *score *= inv;
+    }
+}
+
+dispatch!(
     /// Attention of the (sequence, head) pairs `units`; see [`attention`].
     ///
     /// # Safety
@@ -671,7 +691,7 @@ dispatch512!(
     /// `b`, head) in `units`, the elements of rows `b·seq_len..b·seq_len + lengths[b]`, columns
     /// `head·head_dim..(head+1)·head_dim` are written and nothing else accesses them during
     /// the call.
-    unsafe attention_generic, attention_avx2, attention_avx512, (qkv: &[f32], out: *mut f32, s: &AttentionShape, units: std::ops::Range<usize>) {
+    unsafe attention_generic, attention_avx2, (qkv: &[f32], out: *mut f32, s: &AttentionShape, units: std::ops::Range<usize>) {
     // Register tiles: QB queries at a time against KB keys (scores), and QB queries × DB
     // dimensions of the output (weighted values). The fixed-size loops below are what LLVM
     // keeps in vector registers (8 accumulators of 8 lanes in the AVX2 build); a plain
@@ -724,18 +744,7 @@ dispatch512!(
                 }
             }
             for qi in 0..qn {
-                let row = &mut scores[qi * lp..][..len];
-                // NaN wins (f32::max would skip it and turn a corrupt score into a tiny
-                // weight): a NaN or infinite score makes the whole row NaN, which `embed`
-                // reports.
-                let max = max_or_nan(row);
-                for score in row.iter_mut() {
-                    *score = exp_neg(*score - max);
-                }
-                let inv = 1.0 / lane_sum(row, |v| v);
-                for score in row.iter_mut() {
-                    *score *= inv;
-                }
+                softmax_row(&mut scores[qi * lp..][..len]);
             }
             // Weighted values, DB dimensions at a time, then the remaining dimensions.
             let whole = d / DB * DB;
@@ -776,6 +785,123 @@ dispatch512!(
         }
     }
 });
+
+/// [`attention_generic`] written with AVX-512 intrinsics. LLVM does not fuse the generic
+/// loops' multiply and add into FMAs (Rust does not allow it to), and spills their
+/// accumulators; here every tile is 8 queries × 32 lanes (16 registers of accumulators): the
+/// scores against 32 keys, then the weighted values over 32 dimensions, each step one
+/// broadcast and two FMAs per query. Dimensions past a multiple of 16 are masked.
+///
+/// # Safety
+///
+/// As [`attention_generic`], and the CPU must support AVX-512 F/BW/VL/DQ, AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+unsafe fn attention_avx512(
+    qkv: &[f32],
+    out: *mut f32,
+    s: &AttentionShape,
+    units: std::ops::Range<usize>,
+) {
+    use std::arch::x86_64::*;
+    const QB: usize = 8;
+    const KB: usize = 32;
+    /// The first `n` of 16 lanes.
+    fn lanes(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            (1u16 << n) - 1
+        }
+    }
+    let h = s.heads * s.head_dim;
+    let d = s.head_dim;
+    let scale = 1.0 / (d as f32).sqrt();
+    let padded = s.seq_len.div_ceil(KB) * KB;
+    let mut keys_t = vec![0.0f32; d * padded];
+    let mut scores = vec![0.0f32; QB * padded];
+    for unit in units {
+        let (b, head) = (unit / s.heads, unit % s.heads);
+        let len = s.lengths[b];
+        let lp = len.div_ceil(KB) * KB;
+        let base = b * s.seq_len;
+        let off = head * d;
+        for c in 0..d {
+            keys_t[c * lp + len..(c + 1) * lp].fill(0.0);
+        }
+        for j in 0..len {
+            let k = &qkv[(base + j) * 3 * h + h + off..][..d];
+            for (c, kc) in k.iter().enumerate() {
+                keys_t[c * lp + j] = kc * scale;
+            }
+        }
+        for i0 in (0..len).step_by(QB) {
+            let qn = QB.min(len - i0);
+            // Rows past the sequence repeat its last query; their results are not stored.
+            let q: [&[f32]; QB] =
+                std::array::from_fn(|qi| &qkv[(base + i0 + qi.min(qn - 1)) * 3 * h + off..][..d]);
+            for j0 in (0..lp).step_by(KB) {
+                let mut acc = [[_mm512_setzero_ps(); 2]; QB];
+                for c in 0..d {
+                    let k: &[f32] = &keys_t[c * lp + j0..][..KB];
+                    // SAFETY: `k` holds 32 values; unaligned loads.
+                    let (k0, k1) = unsafe {
+                        (
+                            _mm512_loadu_ps(k.as_ptr()),
+                            _mm512_loadu_ps(k.as_ptr().add(16)),
+                        )
+                    };
+                    for (a, qr) in acc.iter_mut().zip(&q) {
+                        let qc = _mm512_set1_ps(qr[c]);
+                        a[0] = _mm512_fmadd_ps(qc, k0, a[0]);
+                        a[1] = _mm512_fmadd_ps(qc, k1, a[1]);
+                    }
+                }
+                for (qi, a) in acc.iter().enumerate() {
+                    let row: &mut [f32] = &mut scores[qi * lp + j0..][..KB];
+                    // SAFETY: `row` holds 32 values.
+                    unsafe {
+                        _mm512_storeu_ps(row.as_mut_ptr(), a[0]);
+                        _mm512_storeu_ps(row.as_mut_ptr().add(16), a[1]);
+                    }
+                }
+            }
+            for qi in 0..qn {
+                softmax_row(&mut scores[qi * lp..][..len]);
+            }
+            for dc in (0..d).step_by(KB) {
+                let (m0, m1) = (lanes(d - dc), lanes((d - dc).saturating_sub(16)));
+                let mut acc = [[_mm512_setzero_ps(); 2]; QB];
+                let weights: [&[f32]; QB] = std::array::from_fn(|qi| &scores[qi * lp..][..len]);
+                for j in 0..len {
+                    let v = &qkv[(base + j) * 3 * h + 2 * h + off + dc..][..(d - dc).min(KB)];
+                    // SAFETY: the masks cover `v`'s lanes only (masked-off lanes are neither
+                    // read nor faulted on).
+                    let (v0, v1) = unsafe {
+                        (
+                            _mm512_maskz_loadu_ps(m0, v.as_ptr()),
+                            _mm512_maskz_loadu_ps(m1, v.as_ptr().wrapping_add(16)),
+                        )
+                    };
+                    for (a, w) in acc.iter_mut().zip(&weights) {
+                        let p = _mm512_set1_ps(w[j]);
+                        a[0] = _mm512_fmadd_ps(p, v0, a[0]);
+                        a[1] = _mm512_fmadd_ps(p, v1, a[1]);
+                    }
+                }
+                for (qi, a) in acc.iter().enumerate().take(qn) {
+                    // SAFETY: row base+i0+qi (< base+len), columns off+dc.. off+d under the
+                    // masks, are inside `out` and belong to this unit alone (the contract).
+                    unsafe {
+                        let o = out.add((base + i0 + qi) * h + off + dc);
+                        _mm512_mask_storeu_ps(o, m0, a[0]);
+                        _mm512_mask_storeu_ps(o.wrapping_add(16), m1, a[1]);
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// [`attention_generic`] or its AVX2+FMA version, as the CPU allows.
 ///
@@ -1527,7 +1653,7 @@ mod tests {
             (vec![1, 3], vec![1, 3], vec![1, 2])
         } else {
             (
-                vec![1, 2, 5, 7, 24, 25, 31],
+                vec![1, 2, 5, 7, 24, 25, 31, 33, 70],
                 vec![1, 3, 4, 5, 63, 64, 65, 129, 130],
                 vec![1, 3],
             )
