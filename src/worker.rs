@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crate::batcher::{group_by_length, Batcher};
+use crate::kernels::team::Team;
 use crate::metrics;
 use crate::model::Model;
 use crate::queue::{Entry, InferError, Job, Output};
@@ -63,13 +64,33 @@ impl WorkerPool {
                 std::thread::Builder::new()
                     .name(format!("zerobatch-worker-{i}"))
                     .spawn(move || {
-                        if let Err(e) =
-                            catch_unwind(AssertUnwindSafe(|| worker.model.embed(&[&warmup], 1)))
-                        {
-                            tracing::error!(worker = i, "warm-up panicked: {}", panic_message(&e));
+                        let serve = || {
+                            if let Err(e) =
+                                catch_unwind(AssertUnwindSafe(|| worker.model.embed(&[&warmup], 1)))
+                            {
+                                tracing::error!(
+                                    worker = i,
+                                    "warm-up panicked: {}",
+                                    panic_message(&e)
+                                );
+                            }
+                            on_warm();
+                            worker.run();
+                        };
+                        // The worker's own team for its intra-op sections: a section starts
+                        // in nanoseconds on spinning threads, where rayon wakes sleeping ones
+                        // through the kernel (tens of microseconds, dozens of sections per
+                        // forward pass). Its threads sleep after 2 ms without work.
+                        match Team::new(cores) {
+                            Ok(team) => team.install(serve),
+                            Err(e) => {
+                                tracing::warn!(
+                                    worker = i,
+                                    "cannot start the intra-op threads ({e}); using rayon's"
+                                );
+                                serve()
+                            }
                         }
-                        on_warm();
-                        worker.run();
                     })?,
             );
         }

@@ -980,11 +980,8 @@ pub fn attention_at(
         return;
     }
     let chunk = units.div_ceil(threads);
-    rayon::scope(|scope| {
-        for start in (0..units).step_by(chunk) {
-            let range = start..(start + chunk).min(units);
-            scope.spawn(move |_| run(range));
-        }
+    super::team::parallel_for(units.div_ceil(chunk), threads, &|t| {
+        run(t * chunk..((t + 1) * chunk).min(units))
     });
 }
 
