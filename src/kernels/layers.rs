@@ -820,17 +820,26 @@ unsafe fn attention_avx512(
     let padded = s.seq_len.div_ceil(KB) * KB;
     let mut keys_t = vec![0.0f32; d * padded];
     let mut scores = vec![0.0f32; QB * padded];
+    // This unit's keys and values, gathered into rows of `d` first: the rows of the fused
+    // QKV input are 3·hidden apart, and in a large batch not in cache. Whole-row copies keep
+    // many loads in flight; the scalar transpose below then reads from L1.
+    let mut keys = vec![0.0f32; d * s.seq_len];
+    let mut values = vec![0.0f32; d * s.seq_len];
     for unit in units {
         let (b, head) = (unit / s.heads, unit % s.heads);
         let len = s.lengths[b];
         let lp = len.div_ceil(KB) * KB;
         let base = b * s.seq_len;
         let off = head * d;
+        for j in 0..len {
+            let row = &qkv[(base + j) * 3 * h..][..3 * h];
+            keys[j * d..][..d].copy_from_slice(&row[h + off..][..d]);
+            values[j * d..][..d].copy_from_slice(&row[2 * h + off..][..d]);
+        }
         for c in 0..d {
             keys_t[c * lp + len..(c + 1) * lp].fill(0.0);
         }
-        for j in 0..len {
-            let k = &qkv[(base + j) * 3 * h + h + off..][..d];
+        for (j, k) in keys.chunks_exact(d).take(len).enumerate() {
             for (c, kc) in k.iter().enumerate() {
                 keys_t[c * lp + j] = kc * scale;
             }
@@ -874,7 +883,7 @@ unsafe fn attention_avx512(
                 let mut acc = [[_mm512_setzero_ps(); 2]; QB];
                 let weights: [&[f32]; QB] = std::array::from_fn(|qi| &scores[qi * lp..][..len]);
                 for j in 0..len {
-                    let v = &qkv[(base + j) * 3 * h + 2 * h + off + dc..][..(d - dc).min(KB)];
+                    let v = &values[j * d + dc..][..(d - dc).min(KB)];
                     // SAFETY: the masks cover `v`'s lanes only (masked-off lanes are neither
                     // read nor faulted on).
                     let (v0, v1) = unsafe {
