@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crate::batcher::{group_by_length, Batcher};
-use crate::kernels::team::Team;
+use crate::kernels::team::with_new_team;
 use crate::metrics;
 use crate::model::Model;
 use crate::queue::{Entry, InferError, Job, Output};
@@ -81,16 +81,7 @@ impl WorkerPool {
                         // in nanoseconds on spinning threads, where rayon wakes sleeping ones
                         // through the kernel (tens of microseconds, dozens of sections per
                         // forward pass). Its threads sleep after 2 ms without work.
-                        match Team::new(cores) {
-                            Ok(team) => team.install(serve),
-                            Err(e) => {
-                                tracing::warn!(
-                                    worker = i,
-                                    "cannot start the intra-op threads ({e}); using rayon's"
-                                );
-                                serve()
-                            }
-                        }
+                        with_new_team(cores, "intra-op", serve)
                     })?,
             );
         }

@@ -253,13 +253,7 @@ impl Engine {
     /// Runs steps until every handle is dropped and nothing is left to do, on a team of
     /// `threads` threads (this one included). Sleeps (blocked on the queue) when idle.
     pub fn run(self, threads: usize) {
-        match crate::kernels::team::Team::new(threads) {
-            Ok(team) => team.install(|| self.run_steps()),
-            Err(e) => {
-                tracing::warn!("cannot start the generation threads ({e}): running on rayon");
-                self.run_steps()
-            }
-        }
+        crate::kernels::team::with_new_team(threads, "generation", || self.run_steps())
     }
 
     fn run_steps(mut self) {

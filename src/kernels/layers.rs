@@ -666,6 +666,55 @@ impl AttentionShape {
     }
 }
 
+/// One (sequence, head) pair of an attention call.
+struct AttentionUnit {
+    /// The sequence's real length.
+    len: usize,
+    /// `len` rounded up to whole tiles of keys.
+    padded: usize,
+    /// The sequence's first row.
+    base: usize,
+    /// The head's first column inside each of q, k and v.
+    off: usize,
+}
+
+impl AttentionUnit {
+    /// Unit `unit` (sequence `unit / heads`, head `unit % heads`) with key tiles of `tile`.
+    #[inline(always)]
+    fn new(s: &AttentionShape, unit: usize, tile: usize) -> Self {
+        let (b, head) = (unit / s.heads, unit % s.heads);
+        let len = s.lengths[b];
+        Self {
+            len,
+            padded: len.div_ceil(tile) * tile,
+            base: b * s.seq_len,
+            off: head * s.head_dim,
+        }
+    }
+}
+
+/// Writes a unit's `len` key rows (`d` values each) into `keys_t` transposed (`d × padded`)
+/// and multiplied by `scale`, zero past the sequence: so that a tile of scores is a sweep over
+/// dimensions with contiguous loads.
+#[inline(always)]
+fn transpose_keys<'a>(
+    keys: impl Iterator<Item = &'a [f32]>,
+    d: usize,
+    len: usize,
+    padded: usize,
+    scale: f32,
+    keys_t: &mut [f32],
+) {
+    for c in 0..d {
+        keys_t[c * padded + len..(c + 1) * padded].fill(0.0);
+    }
+    for (j, k) in keys.enumerate() {
+        for (c, kc) in k.iter().enumerate() {
+            keys_t[c * padded + j] = kc * scale;
+        }
+    }
+}
+
 /// Softmax of one row of attention scores, in place. NaN wins (f32::max would skip it and
 /// turn a corrupt score into a tiny weight): a NaN or infinite score makes the whole row NaN,
 /// which `embed` reports.
@@ -708,20 +757,14 @@ dispatch!(
     let mut keys_t = vec![0.0f32; d * padded];
     let mut scores = vec![0.0f32; QB * padded];
     for unit in units {
-        let (b, head) = (unit / s.heads, unit % s.heads);
-        let len = s.lengths[b];
-        let lp = len.div_ceil(KB) * KB;
-        let base = b * s.seq_len;
-        let off = head * d;
-        for c in 0..d {
-            keys_t[c * lp + len..(c + 1) * lp].fill(0.0);
-        }
-        for j in 0..len {
-            let k = &qkv[(base + j) * 3 * h + h + off..][..d];
-            for (c, kc) in k.iter().enumerate() {
-                keys_t[c * lp + j] = kc * scale;
-            }
-        }
+        let AttentionUnit {
+            len,
+            padded: lp,
+            base,
+            off,
+        } = AttentionUnit::new(s, unit, KB);
+        let keys = (0..len).map(|j| &qkv[(base + j) * 3 * h + h + off..][..d]);
+        transpose_keys(keys, d, len, lp, scale, &mut keys_t);
         let value = |j: usize| &qkv[(base + j) * 3 * h + 2 * h + off..][..d];
         for i0 in (0..len).step_by(QB) {
             let qn = QB.min(len - i0);
@@ -826,24 +869,25 @@ unsafe fn attention_avx512(
     let mut keys = vec![0.0f32; d * s.seq_len];
     let mut values = vec![0.0f32; d * s.seq_len];
     for unit in units {
-        let (b, head) = (unit / s.heads, unit % s.heads);
-        let len = s.lengths[b];
-        let lp = len.div_ceil(KB) * KB;
-        let base = b * s.seq_len;
-        let off = head * d;
+        let AttentionUnit {
+            len,
+            padded: lp,
+            base,
+            off,
+        } = AttentionUnit::new(s, unit, KB);
         for j in 0..len {
             let row = &qkv[(base + j) * 3 * h..][..3 * h];
             keys[j * d..][..d].copy_from_slice(&row[h + off..][..d]);
             values[j * d..][..d].copy_from_slice(&row[2 * h + off..][..d]);
         }
-        for c in 0..d {
-            keys_t[c * lp + len..(c + 1) * lp].fill(0.0);
-        }
-        for (j, k) in keys.chunks_exact(d).take(len).enumerate() {
-            for (c, kc) in k.iter().enumerate() {
-                keys_t[c * lp + j] = kc * scale;
-            }
-        }
+        transpose_keys(
+            keys.chunks_exact(d).take(len),
+            d,
+            len,
+            lp,
+            scale,
+            &mut keys_t,
+        );
         for i0 in (0..len).step_by(QB) {
             let qn = QB.min(len - i0);
             // Rows past the sequence repeat its last query; their results are not stored.

@@ -61,6 +61,19 @@ thread_local! {
     static IN_SECTION: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Runs `f` with a new team of `threads` threads installed on the calling thread; when the
+/// team's threads cannot be started, runs it on rayon instead and says so (`what` names the
+/// threads in the warning).
+pub fn with_new_team<R>(threads: usize, what: &str, f: impl FnOnce() -> R) -> R {
+    match Team::new(threads) {
+        Ok(team) => team.install(f),
+        Err(e) => {
+            tracing::warn!("cannot start the {what} threads ({e}): running on rayon");
+            f()
+        }
+    }
+}
+
 impl Team {
     /// A team of `threads` threads in all (`threads − 1` are spawned).
     pub fn new(threads: usize) -> std::io::Result<Self> {
