@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tokio::sync::oneshot;
-use zerobatch::batcher::{group_by_length, BatchLimits, Batcher};
-use zerobatch::queue::{Entry, Job, Output, Queue};
+use zerobatch::embed::batcher::{group_by_length, BatchLimits, Batcher};
+use zerobatch::embed::queue::{Arrival, Entry, Job, Output, Queue};
 
 fn bench_batcher(c: &mut Criterion) {
     let mut group = c.benchmark_group("batcher");
@@ -36,7 +36,7 @@ fn bench_batcher(c: &mut Criterion) {
                             let (reply, r) = oneshot::channel();
                             receivers.push(r);
                             Entry {
-                                seq: queue.next_seq(),
+                                seq: Arrival::now(1).seq(0),
                                 arrived: now,
                                 deadline: now + Duration::from_secs(5),
                                 job: Job::Embed {

@@ -1,31 +1,41 @@
 //! # zerobatch
 //!
-//! An inference worker for serverless containers. The path of one request, one module each:
+//! An inference worker for serverless containers. Data flows one way, each layer in its own
+//! modules, none importing a layer above it:
 //!
 //! ```text
-//! client ─HTTP─▶ http (hyper/tokio: parse, validate, auth, tokenize) ─▶ queue (bounded)
-//!        ─▶ batcher (dynamic micro-batches) ─▶ worker (fixed pool of inference threads)
-//!        ─▶ model (candle forward pass) ─▶ reply through the entry's oneshot ─▶ http
+//! front ends   http (hyper: routes, auth, one file per API style, SSE)   ingress (queue jobs)
+//!                     \                                                  /
+//! wire format          api: request and answer bodies of every API style, checked and rendered
+//!                                           │
+//! services      embed::EmbedService                  generate::service::GenerateService
+//!               (tokenize, queue → batcher → workers)   (admission → engine step loop)
+//!                      │                                      │
+//! models        model (BERT encoder, tokenizer)       generate (Llama, GPT-2 decoders, KV cache)
+//!                        \                                   /
+//! kernels                 kernels (f32, bf16, int8, q4; run-time dispatch; thread team)
 //! ```
 //!
-//! A generation model (GGUF) takes a second path after `http`: `generate`'s engine, one step
-//! loop doing continuous batching, streams tokens back through a channel per request.
-//!
-//! `metrics` is recorded at every stage; `lifecycle` covers the bind-first cold start, the
-//! readiness state and the drain; `config` holds every option; `server` wires them together.
-//! `broker` is the second way in: jobs pulled from a queue broker (Redis Streams or Azure
-//! Storage Queues) take the same path from validation on.
+//! Beside the flow: `lifecycle` (bind-first cold start, readiness, drain; it holds the loaded
+//! service), `load` (loads the model and starts its service), `server` (wires everything in
+//! the order the lifecycle needs), `broker` (the queue broker's clients, which the ingress and
+//! `/v1/jobs` use), `config` (every option, plain values), `error` (the services' error),
+//! `offload` (request work off the async threads), `metrics`, `alloc`, `redact`.
 
 pub mod alloc;
-pub mod batcher;
+pub mod api;
 pub mod broker;
 pub mod config;
+pub mod embed;
+pub mod error;
 pub mod generate;
 pub mod http;
+pub mod ingress;
 pub mod kernels;
 pub mod lifecycle;
+pub mod load;
 pub mod metrics;
 pub mod model;
-pub mod queue;
+pub mod offload;
+pub mod redact;
 pub mod server;
-pub mod worker;

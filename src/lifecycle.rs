@@ -18,21 +18,34 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::embed::EmbedService;
+use crate::error::ServiceError;
+use crate::generate::service::GenerateService;
 use crate::metrics;
-use crate::model::{ModelInfo, TextTokenizer};
+use crate::model::ModelInfo;
 
-/// What the HTTP threads need once the model is loaded.
-pub struct Serving {
-    pub info: ModelInfo,
-    pub task: ServingTask,
+/// The loaded model's service, which both front ends call.
+pub enum Serving {
+    Embedding(Arc<EmbedService>),
+    Generation(Arc<GenerateService>),
 }
 
-/// The task-specific part of a loaded model, for the handlers.
-pub enum ServingTask {
-    /// An embedding model: its tokenizer (the worker pool holds the model).
-    Embedding(Arc<TextTokenizer>),
-    /// A generation model: tokenizer, chat template and the engine's queue.
-    Generation(Arc<crate::generate::Generator>),
+impl Serving {
+    /// Facts about the model.
+    pub fn info(&self) -> &ModelInfo {
+        match self {
+            Serving::Embedding(s) => s.info(),
+            Serving::Generation(s) => s.info(),
+        }
+    }
+
+    /// Requests (generation) or inputs (embeddings) waiting for the model.
+    pub fn waiting(&self) -> usize {
+        match self {
+            Serving::Embedding(s) => s.waiting(),
+            Serving::Generation(s) => s.waiting(),
+        }
+    }
 }
 
 /// Progress of model loading.
@@ -64,18 +77,11 @@ impl Readiness {
     }
 }
 
-/// Why a request could not wait for the model.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum NotServing {
-    #[error("the model is still loading after the cold-start timeout")]
-    StillLoading,
-    #[error("the model failed to load: {0}")]
-    LoadFailed(String),
-}
-
 /// Shared lifecycle state.
 pub struct Lifecycle {
     load: watch::Sender<LoadState>,
+    /// How long a request waits for the model to load (`--cold-start-timeout-ms`).
+    cold_start_timeout: Duration,
     workers_warm: AtomicUsize,
     workers: usize,
     draining: AtomicBool,
@@ -88,10 +94,13 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    pub fn new(workers: usize) -> Self {
+    /// The state of a replica with `workers` inference threads to warm up, whose requests
+    /// wait at most `cold_start_timeout` for the model.
+    pub fn new(workers: usize, cold_start_timeout: Duration) -> Self {
         metrics::set_ready(false);
         Self {
             load: watch::Sender::new(LoadState::Loading),
+            cold_start_timeout,
             workers_warm: AtomicUsize::new(0),
             workers,
             draining: AtomicBool::new(false),
@@ -109,9 +118,18 @@ impl Lifecycle {
         }
     }
 
-    /// The model is loaded: held and new requests may tokenize and queue.
+    /// The model is loaded and its service started: held and new requests go to it (unless
+    /// the load failed meanwhile, e.g. in a worker's warm-up: a failure is final).
     pub fn loaded(&self, serving: Serving) {
-        self.load.send_replace(LoadState::Loaded(Arc::new(serving)));
+        let serving = Arc::new(serving);
+        self.load.send_if_modified(|state| {
+            if matches!(state, LoadState::Loading) {
+                *state = LoadState::Loaded(serving);
+                true
+            } else {
+                false
+            }
+        });
     }
 
     /// Loading failed: held and new requests get 503 with `reason`.
@@ -122,7 +140,7 @@ impl Lifecycle {
     /// Facts about the model, once it is loaded.
     pub fn loaded_info(&self) -> Option<ModelInfo> {
         match &*self.load.borrow() {
-            LoadState::Loaded(s) => Some(s.info.clone()),
+            LoadState::Loaded(s) => Some(s.info().clone()),
             _ => None,
         }
     }
@@ -177,20 +195,21 @@ impl Lifecycle {
         }
     }
 
-    /// The loaded model, waiting for it up to `timeout` if it is still loading (a request held
-    /// through the cold start, counted in `zerobatch_cold_start_held_requests_total`).
-    pub async fn serving(&self, timeout: Duration) -> Result<Arc<Serving>, NotServing> {
+    /// The loaded model's service, waiting for it up to `--cold-start-timeout-ms` if it is
+    /// still loading (a request held through a cold start, counted in
+    /// `zerobatch_cold_start_held_requests_total`).
+    pub async fn serving(&self) -> Result<Arc<Serving>, ServiceError> {
         let check = |s: &LoadState| match s {
             LoadState::Loading => None,
             LoadState::Loaded(s) => Some(Ok(s.clone())),
-            LoadState::Failed(r) => Some(Err(NotServing::LoadFailed(r.clone()))),
+            LoadState::Failed(r) => Some(Err(ServiceError::LoadFailed(r.clone()))),
         };
         if let Some(r) = check(&self.load.borrow()) {
             return r;
         }
         metrics::record_cold_start_hold();
         let mut rx = self.load.subscribe();
-        let waited = tokio::time::timeout(timeout, async {
+        let waited = tokio::time::timeout(self.cold_start_timeout, async {
             rx.wait_for(|s| !matches!(s, LoadState::Loading))
                 .await
                 .map(|s| s.clone())
@@ -198,7 +217,19 @@ impl Lifecycle {
         .await;
         match waited {
             Ok(Ok(state)) => check(&state).expect("not loading"),
-            Ok(Err(_)) | Err(_) => Err(NotServing::StillLoading),
+            Ok(Err(_)) | Err(_) => Err(ServiceError::StillLoading),
+        }
+    }
+
+    /// Runs `work` unless the drain deadline passes first (then `ShuttingDown`): whatever a
+    /// request is waiting for (the model, a queue, a worker), it gives up at the deadline.
+    pub async fn until_aborted<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, ServiceError>>,
+    ) -> Result<T, ServiceError> {
+        tokio::select! {
+            r = work => r,
+            _ = self.aborted() => Err(ServiceError::drain_deadline()),
         }
     }
 
@@ -273,29 +304,29 @@ mod tests {
 
     #[tokio::test]
     async fn held_requests_wake_when_loading_fails_and_readiness_says_why() {
-        let l = Arc::new(Lifecycle::new(1));
+        let l = Arc::new(Lifecycle::new(1, Duration::from_secs(5)));
         assert_eq!(l.readiness(), Readiness::Loading);
         let waiter = {
             let l = l.clone();
-            tokio::spawn(async move { l.serving(Duration::from_secs(5)).await.map(|_| ()) })
+            tokio::spawn(async move { l.serving().await.map(|_| ()) })
         };
         tokio::task::yield_now().await;
         l.failed("no weights".into());
         let r = waiter.await.unwrap();
-        assert!(matches!(r, Err(NotServing::LoadFailed(m)) if m == "no weights"));
+        assert_eq!(r, Err(ServiceError::LoadFailed("no weights".into())));
         assert_eq!(l.readiness(), Readiness::Failed("no weights".into()));
     }
 
     #[tokio::test]
     async fn a_cold_start_that_outlasts_the_timeout_is_reported() {
-        let l = Lifecycle::new(1);
-        let r = l.serving(Duration::from_millis(20)).await;
-        assert!(matches!(r, Err(NotServing::StillLoading)));
+        let l = Lifecycle::new(1, Duration::from_millis(20));
+        let r = l.serving().await;
+        assert!(matches!(r, Err(ServiceError::StillLoading)));
     }
 
     #[test]
     fn draining_overrides_ready() {
-        let l = Lifecycle::new(2);
+        let l = Lifecycle::new(2, Duration::from_secs(1));
         l.workers_warm.store(2, Ordering::Relaxed);
         l.start_draining();
         assert_eq!(l.readiness(), Readiness::Draining);

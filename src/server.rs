@@ -1,6 +1,7 @@
 //! Wires the boxes together in the order the lifecycle needs: listener (already bound) and
-//! HTTP first, then the model loads on its own thread while requests are held, then the worker
-//! pool starts; on the shutdown signal, the drain.
+//! HTTP first, then the model loads on its own thread while requests are held (`load`), then
+//! its service takes them; the queue ingress pulls jobs once the model is warm; on the
+//! shutdown signal, the drain.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -8,17 +9,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
-use crate::batcher::{BatchLimits, Batcher};
-use crate::broker::ingress::{Ingress, IngressConfig};
-use crate::config::{available_cores, ServeConfig};
+use crate::broker::Broker;
+use crate::config::{available_cores, QueueUrl, ServeConfig};
 use crate::http::{self, AppState};
-use crate::lifecycle::{Lifecycle, Serving, ServingTask};
+use crate::ingress::{Ingress, IngressConfig};
+use crate::lifecycle::{Lifecycle, Readiness, Serving};
+use crate::load;
 use crate::metrics;
-use crate::model;
-use crate::queue::Queue;
-use crate::worker::WorkerPool;
+use crate::offload::Offload;
 
 /// How the server ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +43,6 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-/// Runs the server on `listener` until `shutdown` resolves (or the model fails to load), then
-/// drains. `process_start` dates the start-up phases.
 /// Signals that end the server: `first` starts the drain; `second` (resolving on a further
 /// signal, e.g. a second Ctrl-C) skips what is left of the shutdown delay.
 pub struct ShutdownSignals<F, S> {
@@ -52,6 +50,8 @@ pub struct ShutdownSignals<F, S> {
     pub second: S,
 }
 
+/// Runs the server on `listener` until the first signal (or the model fails to load), then
+/// drains. `process_start` dates the start-up phases.
 pub async fn run<F, S>(
     config: ServeConfig,
     listener: TcpListener,
@@ -62,9 +62,20 @@ where
     F: Future<Output = ()>,
     S: Future<Output = ()> + Send + 'static,
 {
+    for secret in [
+        config.api_key.as_deref(),
+        config.azure_storage_key.as_deref(),
+        config.azure_storage_sas_token.as_deref(),
+        config.queue.as_ref().and_then(QueueUrl::password),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        crate::redact::register(secret);
+    }
     // The broker's clients first: an unusable credential stops the start here, said plainly.
     let broker = match config.queue.as_ref().map(|url| {
-        crate::broker::Broker::new(
+        Broker::new(
             url,
             config.queue_consumer(),
             Duration::from_millis(config.queue_result_ttl_ms),
@@ -82,49 +93,48 @@ where
     // Listening for the second signal starts now, so it sees every signal from the start.
     let second = tokio::spawn(signals.second);
     let shutdown = signals.first;
-    let workers = config.worker_count();
-    let lifecycle = Arc::new(Lifecycle::new(workers));
-    let (queue, receiver) = Queue::new(config.queue_capacity);
-    let queue = Arc::new(queue);
-    let batcher = Arc::new(Batcher::new(
-        receiver.rx,
-        receiver.depth,
-        BatchLimits {
-            max_size: config.max_batch_size,
-            max_tokens: config.max_batch_tokens,
-        },
-        config.max_batch_delay(),
+    let lifecycle = Arc::new(Lifecycle::new(
+        config.worker_count(),
+        config.cold_start_timeout(),
     ));
+    // Request work off the async threads (long tokenizations, chat templates): one slot per
+    // core, shared by whichever service loads.
+    let offload = Offload::new(available_cores());
     // The model loads from here on; meanwhile the metrics recorder is installed (its clock
     // calibration can take 200 ms) before the first connection is taken.
     let loader = {
-        let (lifecycle, config, batcher) = (lifecycle.clone(), config.clone(), batcher.clone());
+        let (lifecycle, config) = (lifecycle.clone(), config.clone());
         std::thread::Builder::new()
             .name("zerobatch-loader".into())
-            .spawn(move || load_and_start(config, lifecycle, batcher, workers, process_start))
+            .spawn(move || load::load_and_serve(config, lifecycle, offload, process_start))
             .expect("spawning the loader thread")
     };
     metrics::install_in_background().await;
-    if matches!(lifecycle.readiness(), crate::lifecycle::Readiness::Loading) {
+    if matches!(lifecycle.readiness(), Readiness::Loading) {
         metrics::set_ready(false);
     }
-    let mut state = AppState::new(config.clone(), lifecycle.clone(), queue.clone());
-    if let Some(b) = &broker {
-        state = state.with_broker(b.clone());
-    }
-    let state = Arc::new(state);
+    let body_budget = Arc::new(Semaphore::new(config.max_inflight_body_bytes));
+    let state = Arc::new(AppState::new(
+        config.clone(),
+        lifecycle.clone(),
+        body_budget.clone(),
+        broker.clone(),
+    ));
     // The queue ingress: pulls broker jobs once the workers are warm, until the drain starts.
     let (stop_pulling, pulling_stopped) = watch::channel(false);
     let ingress = broker.map(|broker| {
         let ingress = Arc::new(Ingress::new(
             broker,
-            state.clone(),
+            lifecycle.clone(),
+            body_budget,
+            crate::http::error::service_error_answer,
             IngressConfig {
                 max_jobs: config.queue_max_jobs,
                 visibility_timeout: Duration::from_millis(config.queue_visibility_timeout_ms),
                 max_deliveries: config.queue_max_deliveries,
                 max_held_bytes: config.max_inflight_body_bytes,
                 max_job_bytes: config.max_body_bytes,
+                max_client_batch: config.max_client_batch,
             },
         ));
         tokio::spawn(ingress.run(pulling_stopped))
@@ -138,7 +148,7 @@ where
     let addr = local_addr.map_or_else(|e| format!("an unknown address ({e})"), |a| a.to_string());
     tracing::info!(
         phase = "bind",
-        ms = millis(bound),
+        ms = load::millis(bound),
         "listening on {addr}; loading {}",
         crate::model::files::model_id(&config.model)
     );
@@ -150,10 +160,7 @@ where
     }
     // Decided by the state, not by which branch won: a failed load ends in exit 1 even when
     // a signal arrived at the same moment.
-    let load_failed = matches!(
-        lifecycle.readiness(),
-        crate::lifecycle::Readiness::Failed(_)
-    );
+    let load_failed = matches!(lifecycle.readiness(), Readiness::Failed(_));
     let signalled = Instant::now();
     lifecycle.start_draining();
     // Stop taking broker jobs at once; those held are finished below, within the deadline.
@@ -191,222 +198,19 @@ where
         // Give the 503s a moment to be written.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    queue.close();
-    if let Some(serving) = lifecycle.serving_now() {
-        if let ServingTask::Generation(g) = &serving.task {
-            // Drained: the engine thread may end.
-            g.engine.stop();
-        }
+    // Drained: the workers or the engine may end.
+    match lifecycle.serving_now().as_deref() {
+        Some(Serving::Embedding(s)) => s.close(),
+        Some(Serving::Generation(s)) => s.stop(),
+        None => {}
     }
     drop(loader);
-    tracing::info!(ms = millis(signalled.elapsed()), "shut down");
+    tracing::info!(ms = load::millis(signalled.elapsed()), "shut down");
     if load_failed {
         Outcome::LoadFailed
     } else {
         Outcome::Drained
     }
-}
-
-/// Milliseconds rounded to hundredths, for log fields (no float noise like 1.2379559999999998).
-fn millis(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e5).round() / 100.0
-}
-
-/// Logs a start-up phase and exports it as `zerobatch_startup_seconds{phase}`.
-fn startup_phase(name: &'static str, took: Duration) {
-    metrics::record_startup_phase(name, took);
-    tracing::info!(phase = name, ms = millis(took), "start-up phase done");
-}
-
-fn load_and_start(
-    config: ServeConfig,
-    lifecycle: Arc<Lifecycle>,
-    batcher: Arc<Batcher<crate::queue::Entry>>,
-    workers: usize,
-    process_start: Instant,
-) {
-    use crate::generate::GenerationSource;
-    if let Some(path) = crate::generate::gguf_path(&config.model) {
-        return serve_generation(
-            config,
-            lifecycle,
-            GenerationSource::Gguf(path),
-            process_start,
-        );
-    }
-    let t = Instant::now();
-    let files = match model::files::resolve(&config.model, &config.revision) {
-        Ok(files) => files,
-        Err(e) => {
-            tracing::error!("cannot load the model: {e}");
-            lifecycle.failed(e.to_string());
-            return;
-        }
-    };
-    startup_phase("resolve", t.elapsed());
-    // The task follows from the checkpoint: GPT-2 generates, every other type embeds.
-    match model::model_type(&files) {
-        Ok(Some(t)) if t == "gpt2" => {
-            return serve_generation(
-                config,
-                lifecycle,
-                GenerationSource::Gpt2(Box::new(files)),
-                process_start,
-            )
-        }
-        Ok(_) => {}
-        Err(e) => {
-            tracing::error!("cannot load the model: {e}");
-            lifecycle.failed(e.to_string());
-            return;
-        }
-    }
-    // A panic while loading (a bug reached by some model file) fails the load like any other
-    // error: otherwise the replica would stay "loading" forever and never be restarted.
-    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let options = model::LoadOptions {
-            dtype: config.dtype,
-            kernel_cap: config.kernel_cap,
-        };
-        model::load_files(&files, options, startup_phase)
-    }))
-    .unwrap_or_else(|panic| {
-        Err(model::ModelError::Files(format!(
-            "loading panicked (a bug: please report it with the model's files): {}",
-            crate::worker::panic_message(&panic)
-        )))
-    });
-    let loaded = match loaded {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("cannot load the model: {e}");
-            lifecycle.failed(e.to_string());
-            return;
-        }
-    };
-    // Nothing is recorded before the metrics recorder is in place.
-    metrics::wait_installed();
-    tracing::info!(
-        model = %loaded.info.id,
-        dtype = %loaded.info.dtype,
-        kernel = %loaded.info.kernel,
-        "linear layers run in {} on the {} kernels",
-        loaded.info.dtype,
-        loaded.info.kernel
-    );
-    let warmup = loaded
-        .tokenizer
-        .encode(0, "warm up", true)
-        .unwrap_or_else(|_| vec![0]);
-    lifecycle.loaded(Serving {
-        info: loaded.info.clone(),
-        task: ServingTask::Embedding(loaded.tokenizer.clone()),
-    });
-    let warm_started = Instant::now();
-    let on_warm = {
-        let lifecycle = lifecycle.clone();
-        Arc::new(move || {
-            if lifecycle.worker_warm() {
-                startup_phase("warmup", warm_started.elapsed());
-                startup_phase("total", process_start.elapsed());
-                tracing::info!("ready to serve");
-            }
-        })
-    };
-    match WorkerPool::start(
-        workers,
-        available_cores(),
-        batcher,
-        loaded.model,
-        warmup,
-        on_warm,
-    ) {
-        Ok(pool) => pool.join(),
-        Err(e) => {
-            tracing::error!("cannot start the worker threads: {e}");
-            lifecycle.failed(format!("cannot start the worker threads: {e}"));
-        }
-    }
-}
-
-/// Loads a generation model and runs its engine on this thread until the process ends.
-fn serve_generation(
-    config: ServeConfig,
-    lifecycle: Arc<Lifecycle>,
-    source: crate::generate::GenerationSource,
-    process_start: Instant,
-) {
-    use crate::generate::{self, engine};
-    let options = model::LoadOptions {
-        dtype: config.dtype,
-        kernel_cap: config.kernel_cap,
-    };
-    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        generate::load(&source, options, available_cores(), startup_phase)
-    }))
-    .unwrap_or_else(|panic| {
-        Err(model::ModelError::Files(format!(
-            "loading panicked (a bug: please report it with the model file): {}",
-            crate::worker::panic_message(&panic)
-        )))
-    });
-    let loaded = match loaded {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("cannot load the model: {e}");
-            lifecycle.failed(e.to_string());
-            return;
-        }
-    };
-    // Nothing is recorded before the metrics recorder is in place.
-    metrics::wait_installed();
-    let c = loaded.model.shape();
-    tracing::info!(
-        model = %loaded.info.id,
-        dtype = %loaded.info.dtype,
-        kernel = %loaded.info.kernel,
-        layers = c.n_layer,
-        context = c.context,
-        weights_mb = loaded.model.weight_bytes() / 1_000_000,
-        "text generation: linear layers run in {} on the {} kernels",
-        loaded.info.dtype,
-        loaded.info.kernel
-    );
-    // Warm up before taking requests: one token through every layer faults in the weights.
-    let warm_started = Instant::now();
-    let mut cache = loaded.model.new_cache(1);
-    let _ = loaded.model.step(&mut [generate::decoder::StepInput {
-        cache: &mut cache,
-        tokens: &[0],
-        want_logits: true,
-    }]);
-    let limits = engine::EngineLimits {
-        max_batch_total_tokens: config.max_batch_total_tokens,
-        max_running: config.max_batch_size,
-        prefill_chunk: config.max_prefill_tokens,
-    };
-    let (engine, handle) = engine::Engine::new(
-        loaded.model.clone(),
-        loaded.tokenizer.clone(),
-        limits,
-        config.queue_capacity,
-    );
-    let generator = generate::Generator {
-        tokenizer: loaded.tokenizer,
-        chat: loaded.chat,
-        defaults: loaded.defaults,
-        engine: handle,
-    };
-    lifecycle.loaded(Serving {
-        info: loaded.info,
-        task: ServingTask::Generation(Arc::new(generator)),
-    });
-    // One step loop serves every sequence, and it is warm.
-    lifecycle.all_warm();
-    startup_phase("warmup", warm_started.elapsed());
-    startup_phase("total", process_start.elapsed());
-    tracing::info!("ready to serve");
-    engine.run(available_cores());
 }
 
 /// A server running on its own thread and runtime, for tests and benchmarks.

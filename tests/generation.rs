@@ -230,6 +230,32 @@ fn wait_for_gauge(addr: SocketAddr, name: &str, want: f64, limit: Duration) -> D
     }
 }
 
+/// The head of the answer on `s` if it comes within `limit`, else None (the request waits).
+fn head_within(s: &mut TcpStream, limit: Duration) -> Option<String> {
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let t = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while t.elapsed() < limit {
+        let text = String::from_utf8_lossy(&got);
+        if let Some(end) = text.find("\r\n\r\n") {
+            return Some(text[..end].to_string());
+        }
+        match s.read(&mut buf) {
+            Ok(0) => panic!("connection closed: {text}"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("reading: {e}"),
+        }
+    }
+    assert!(got.is_empty(), "a partial answer: {}", String::from_utf8_lossy(&got));
+    None
+}
+
 /// Reads from `s` until `needle` appears (or panics after `limit`).
 fn read_until(s: &mut TcpStream, needle: &str, limit: Duration) -> String {
     s.set_read_timeout(Some(Duration::from_millis(200)))
@@ -1087,15 +1113,16 @@ fn a_full_queue_answers_503_with_retry_after_and_recovers() {
     for _ in 0..4 {
         let mut sock = TcpStream::connect(addr).unwrap();
         write_post(&mut sock, "/generate_stream", &long, false);
-        let head = read_until(&mut sock, "\r\n\r\n", Duration::from_secs(10));
-        if head.starts_with("HTTP/1.1 503") {
-            refused = Some(head);
-            break;
+        // A waiting stream has no answer yet (it starts with its first token); a refused one
+        // has its 503 at once.
+        match head_within(&mut sock, Duration::from_millis(700)) {
+            Some(head) => {
+                assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+                refused = Some(head);
+                break;
+            }
+            None => held.push(sock),
         }
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        held.push(sock);
-        // Let the engine take the queued request for admission.
-        std::thread::sleep(Duration::from_millis(100));
     }
     let head = refused.expect("a full queue answers 503");
     assert!(
@@ -1251,12 +1278,12 @@ fn waiting_requests_show_in_the_queue_gauge_and_respect_the_capacity() {
     for _ in 0..capacity + 3 {
         let mut sock = TcpStream::connect(addr).unwrap();
         write_post(&mut sock, "/generate_stream", &long, false);
-        let head = read_until(&mut sock, "\r\n\r\n", Duration::from_secs(10));
-        if head.starts_with("HTTP/1.1 503") {
+        // A waiting stream has no answer yet (it starts with its first token).
+        if let Some(head) = head_within(&mut sock, Duration::from_millis(700)) {
+            assert!(head.starts_with("HTTP/1.1 503"), "{head}");
             refused = true;
             break;
         }
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         held.push(sock);
         // The engine looks at its queue between steps.
         wait_steps(addr, 2.0);

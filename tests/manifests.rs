@@ -571,7 +571,7 @@ fn queue_worker_manifests_scale_on_the_stream_lag_derived_in_the_docs() {
     ] {
         assert_eq!(
             meta["consumerGroup"].as_str(),
-            Some(zerobatch::broker::DEFAULT_GROUP),
+            Some(zerobatch::config::DEFAULT_GROUP),
             "{file}: the group zerobatch reads by default"
         );
         let lag = meta["lagCount"].as_str().unwrap();
@@ -644,8 +644,8 @@ fn azure_queue_worker_manifests_scale_on_the_queue_length_derived_in_the_docs() 
     ] {
         // The URL zerobatch reads names the queue the scaler watches.
         let url = queue_url(env);
-        let Ok(zerobatch::broker::QueueUrl::Azure(target)) =
-            url.parse::<zerobatch::broker::QueueUrl>()
+        let Ok(zerobatch::config::QueueUrl::Azure(target)) =
+            url.parse::<zerobatch::config::QueueUrl>()
         else {
             panic!("{file}: QUEUE_URL {url:?} is not an azure-queue URL");
         };

@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use zerobatch::http::api::{parse_request, Parsed};
+use zerobatch::api::json_routes::JsonRequest;
 use zerobatch::http::error::ApiError;
 
 const PATHS: [&str; 4] = ["/embed", "/", "/v1/embeddings", "/tokenize"];
@@ -21,11 +21,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let path = PATHS[usize::from(selector & 3)];
     let max_client_batch = usize::from(selector >> 2) + 1;
-    match parse_request(path, body, max_client_batch) {
-        Err(e) => check_refusal(path, &e),
+    match JsonRequest::parse(path, body, max_client_batch) {
+        Err(e) => check_refusal(path, &ApiError::from(e)),
         Ok(parsed) => {
             let count = match (path, &parsed) {
-                ("/embed" | "/", Parsed::Embed(r)) => {
+                ("/embed" | "/", JsonRequest::Embed(r)) => {
                     assert!(
                         r.truncation_direction
                             .as_deref()
@@ -36,8 +36,8 @@ fuzz_target!(|data: &[u8]| {
                     assert!(r.prompt_name.is_none(), "{path}: accepted a prompt_name");
                     r.inputs.0.len()
                 }
-                ("/v1/embeddings", Parsed::OpenAi(r)) => r.input.0.len(),
-                ("/tokenize", Parsed::Tokenize(r)) => r.inputs.0.len(),
+                ("/v1/embeddings", JsonRequest::Embeddings(r)) => r.input.0.len(),
+                ("/tokenize", JsonRequest::Tokenize(r)) => r.inputs.0.len(),
                 (path, other) => panic!("{path} parsed as the wrong request type: {other:?}"),
             };
             assert!(

@@ -48,7 +48,7 @@ use serde::{Deserialize, Serialize};
 
 use super::job::{Backlog, BrokerError, Cancel, Delivery, Health, JobRecord, Start};
 use super::shared_key::SharedKeyPolicy;
-use super::url::{AzureCredentials, AzureTarget};
+use crate::config::{AzureCredentials, AzureTarget};
 
 /// Most messages one receive may return (the service's limit).
 const MAX_RECEIVE: usize = 32;

@@ -7,6 +7,8 @@ use std::time::SystemTime;
 
 use serde::Deserialize;
 
+use crate::redact::clean;
+
 /// A job as producers write it (the `job` field of a stream entry): the body of an HTTP
 /// route, the route, and an optional id (the stream entry's id when absent).
 #[derive(Debug, Deserialize)]
@@ -22,9 +24,6 @@ pub struct JobEnvelope {
     pub body: Box<serde_json::value::RawValue>,
 }
 
-/// The routes a job may name: the JSON POST routes.
-pub const JOB_ROUTES: &[&str] = &["/embed", "/", "/v1/embeddings", "/tokenize"];
-
 /// Whether `id` can name a job (it becomes part of a Redis key and of a URL path).
 pub fn valid_job_id(id: &str) -> bool {
     !id.is_empty()
@@ -34,20 +33,22 @@ pub fn valid_job_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-/// Why the broker could not be used.
+/// Why the broker could not be used. Displayed with every secret hidden
+/// ([`crate::redact::clean`]): the messages come from the clients' libraries, which quote
+/// URLs with passwords and SAS signatures.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
     /// `--queue` cannot be used (said before anything starts).
-    #[error("--queue {0}")]
+    #[error("--queue {}", clean(.0))]
     BadUrl(String),
     /// The broker cannot be reached (refused, reset, timed out): retried with backoff.
-    #[error("the queue broker is unreachable: {0}")]
+    #[error("the queue broker is unreachable: {}", clean(.0))]
     Unreachable(String),
     /// The broker answered with an error (a bug, or a key of the wrong type).
-    #[error("the queue broker refused a command: {0}")]
+    #[error("the queue broker refused a command: {}", clean(.0))]
     Refused(String),
     /// The job cannot be carried by this broker (an Azure message holds 64 KiB).
-    #[error("{0}")]
+    #[error("{}", clean(.0))]
     TooLarge(String),
 }
 

@@ -1,20 +1,21 @@
-//! Queue ingress: jobs pulled from a real broker (Redis Streams or Azure Storage Queues) run
-//! through the same validation, the same bounded queue and the same micro-batches as HTTP
-//! requests.
+//! The queue broker's clients: Redis Streams or Azure Storage Queues, behind one interface
+//! ([`Broker`]) that the queue ingress (`crate::ingress`, the second front end) and the HTTP job
+//! routes (`/v1/jobs`) use. Jobs pulled from it run through the same validation, the same
+//! bounded queue and the same micro-batches as HTTP requests.
 //!
 //! ```text
 //! producer ─XADD / Put Message─▶ broker ─read (only as many as free job slots)─▶ ingress
-//!   ingress: envelope {id, route, body} ─▶ http::api::parse_request ─▶ routes::run_parsed
-//!            (the HTTP handlers: tokenize, queue::submit, micro-batcher, workers)
+//!   ingress: envelope {id, route, body} ─▶ api::json_routes::JsonRequest (parse, answer)
+//!            (the services' path: tokenize, queue, micro-batcher, workers)
 //!   answer ─▶ Redis: one Lua script: HSET result (idempotent per job id) + PEXPIRE + XACK + XDEL
 //!             Azure: conditional write of the job's record blob, then Delete Message
 //! ```
 //!
 //! Why it is built this way (docs/queue.md has the whole design):
-//! - **One request path.** A job is the body of an HTTP route plus an id. It is parsed by
-//!   [`crate::http::api::parse_request`] and answered by [`crate::http::routes::run_parsed`],
-//!   so a job's result is byte for byte the HTTP answer, and a job joins the same batches as
-//!   HTTP traffic.
+//! - **One request path.** A job is the body of an HTTP route plus an id. It is parsed and
+//!   answered by [`crate::api::json_routes::JsonRequest`], as the HTTP route's body is, so a
+//!   job's result is byte for byte the HTTP answer, and a job joins the same batches as HTTP
+//!   traffic.
 //! - **Backpressure.** The ingress holds at most `--queue-max-jobs` jobs; it reads from the
 //!   broker only when a slot is free and asks for no more than the free slots. What it does
 //!   not hold stays in the broker, where any replica (or a new one started by KEDA) can take it.
@@ -31,11 +32,9 @@
 //! the one interface the ingress and `/v1/jobs` use.
 
 pub mod azure_queue;
-pub mod ingress;
 pub mod job;
 pub mod redis_streams;
 pub mod shared_key;
-pub mod url;
 
 use std::time::Duration;
 
@@ -44,9 +43,10 @@ use redis_streams::RedisStreams;
 
 pub use job::{
     valid_job_id, Backlog, BrokerError, Cancel, Delivery, Health, JobEnvelope, JobRecord, Lease,
-    Start, JOB_ROUTES,
+    Start,
 };
-pub use url::{AzureCredentials, AzureTarget, QueueUrl, RedisTarget, DEFAULT_GROUP};
+
+use crate::config::{AzureCredentials, QueueUrl};
 
 /// The queue broker this replica uses: one interface over both kinds.
 pub enum Broker {
@@ -67,13 +67,12 @@ impl Broker {
         tls_ca_file: Option<&std::path::Path>,
     ) -> Result<Self, BrokerError> {
         Ok(match url {
-            QueueUrl::Redis(t) => {
-                let target = match tls_ca_file {
-                    Some(path) => (**t).clone().with_ca_file(path)?,
-                    None => (**t).clone(),
-                };
-                Broker::Redis(RedisStreams::new(target, consumer, result_ttl))
-            }
+            QueueUrl::Redis(t) => Broker::Redis(RedisStreams::new(
+                (**t).clone(),
+                tls_ca_file,
+                consumer,
+                result_ttl,
+            )?),
             QueueUrl::Azure(t) => {
                 Broker::Azure(AzureQueue::new(t.clone(), consumer, result_ttl, azure)?)
             }
@@ -192,18 +191,27 @@ impl Broker {
         }
     }
 
-    /// Adds a job for `POST /v1/jobs`; returns its id.
+    /// Adds a job for `POST /v1/jobs`; returns its id (random: it cannot be guessed from
+    /// another job's).
     pub async fn create(
         &self,
         route: &str,
         body: &serde_json::Value,
     ) -> Result<String, BrokerError> {
         match self {
-            Broker::Redis(b) => {
-                let text = serde_json::json!({ "route": route, "body": body }).to_string();
-                b.create(route, &text).await
-            }
+            Broker::Redis(b) => b.create(route, body).await,
             Broker::Azure(b) => b.create(route, body).await,
+        }
+    }
+
+    /// Whether job `id` may be read or cancelled over HTTP: not when it is a Redis stream entry
+    /// id (a job written without an id of its own is kept under its entry's id, and entry ids,
+    /// the time and a counter, can be walked by anyone holding the API key). Such a job's record
+    /// is read in Redis itself, by the producer that wrote it.
+    pub fn serves_over_http(&self, id: &str) -> bool {
+        match self {
+            Broker::Redis(_) => !redis_streams::is_entry_id(id),
+            Broker::Azure(_) => true,
         }
     }
 

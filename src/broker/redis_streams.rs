@@ -27,7 +27,7 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, Stre
 use redis::{AsyncConnectionConfig, Script, Value};
 
 use super::job::{Backlog, BrokerError, Cancel, Delivery, Health, Start};
-use super::url::RedisTarget;
+use crate::config::RedisTarget;
 
 /// The results stream (`results=STREAM`) is trimmed to about this many entries
 /// (`XADD … MAXLEN ~`), so that a stream nobody reads cannot exhaust Redis's memory.
@@ -45,6 +45,8 @@ const ENDED_LUA: &str =
 /// A Redis stream with a consumer group, and this replica's name in it.
 pub struct RedisStreams {
     target: RedisTarget,
+    /// The client for the server (no connection is made until it is used).
+    client: redis::Client,
     consumer: String,
     result_ttl_ms: u64,
     shared: tokio::sync::Mutex<Option<MultiplexedConnection>>,
@@ -69,17 +71,44 @@ struct Puller {
 }
 
 impl RedisStreams {
-    /// A client for `target` under the consumer name `consumer`; connects on first use.
-    pub fn new(target: RedisTarget, consumer: String, result_ttl: Duration) -> Self {
-        if target.server.starts_with("rediss://") {
+    /// A client for `target` under the consumer name `consumer`; connects on first use. Over
+    /// TLS (`rediss://`) it trusts the system's roots, or the CA certificates in the PEM file
+    /// `tls_ca_file` (a Redis whose certificate a private CA signed).
+    pub fn new(
+        target: RedisTarget,
+        tls_ca_file: Option<&std::path::Path>,
+        consumer: String,
+        result_ttl: Duration,
+    ) -> Result<Self, BrokerError> {
+        let bad = |why: String| BrokerError::BadUrl(format!("{}: {why}", target.display));
+        if target.tls() {
             // The TLS client asks rustls for the process's default crypto provider; with two
             // compiled in (ring for the hub downloads, aws-lc-rs for the Azure SDK) there is
             // none until one is chosen. An error means one was chosen already: fine.
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         }
+        let client = match tls_ca_file {
+            None => redis::Client::open(target.server.as_str()).map_err(|e| bad(e.to_string()))?,
+            Some(_) if !target.tls() => {
+                return Err(bad(
+                    "--queue-tls-ca-file is for TLS connections: the URL must be rediss://".into(),
+                ))
+            }
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| bad(format!("--queue-tls-ca-file {}: {e}", path.display())))?;
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                redis::Client::build_with_tls(target.server.as_str(), certificates)
+                    .map_err(|e| bad(format!("--queue-tls-ca-file {}: {e}", path.display())))?
+            }
+        };
         let lua = |body: &str| Script::new(&format!("{ENDED_LUA}{body}"));
-        Self {
+        Ok(Self {
             target,
+            client,
             consumer,
             result_ttl_ms: result_ttl.as_millis().max(1) as u64,
             shared: tokio::sync::Mutex::new(None),
@@ -90,13 +119,12 @@ impl RedisStreams {
                 last_claim: None,
                 claim_cursor: "0-0".into(),
             }),
-            // KEYS: stream. ARGV: job JSON, route, key prefix, ttl ms. Returns the new id.
+            // KEYS: stream, job hash. ARGV: job JSON, route, ttl ms. Returns the entry id.
             create: lua(
-                "local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[1])
-                 local key = ARGV[3] .. id
-                 redis.call('HSET', key, 'state', 'queued', 'route', ARGV[2], 'entry', id)
-                 redis.call('PEXPIRE', key, ARGV[4])
-                 return id",
+                "local entry = redis.call('XADD', KEYS[1], '*', 'job', ARGV[1])
+                 redis.call('HSET', KEYS[2], 'state', 'queued', 'route', ARGV[2], 'entry', entry)
+                 redis.call('PEXPIRE', KEYS[2], ARGV[3])
+                 return entry",
             ),
             // KEYS: job hash. ARGV: route, entry id, ttl ms. Returns 'running' or the ended state.
             start: lua(
@@ -152,7 +180,7 @@ impl RedisStreams {
                  redis.call('PEXPIRE', KEYS[1], ARGV[1])
                  return 'now cancelled'",
             ),
-        }
+        })
     }
 
     /// The broker's URL without its password.
@@ -183,8 +211,7 @@ impl RedisStreams {
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
         let c = self.note(
-            self.target
-                .client
+            self.client
                 .get_multiplexed_async_connection_with_config(&config)
                 .await,
         )?;
@@ -230,8 +257,7 @@ impl RedisStreams {
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(None);
         self.note(
-            self.target
-                .client
+            self.client
                 .get_multiplexed_async_connection_with_config(&config)
                 .await,
         )
@@ -453,18 +479,26 @@ impl RedisStreams {
         .map(|_| ())
     }
 
-    /// Adds a job (`POST /v1/jobs`) with its hash in state `queued`; returns its id (the
-    /// stream entry's id).
-    pub async fn create(&self, route: &str, job: &str) -> Result<String, BrokerError> {
-        self.invoke(
+    /// Adds a job (`POST /v1/jobs`) with its hash in state `queued`; returns its id: random
+    /// (a UUID), so that nobody can find another client's job by guessing, as stream entry
+    /// ids (the time and a counter) could be guessed.
+    pub async fn create(
+        &self,
+        route: &str,
+        body: &serde_json::Value,
+    ) -> Result<String, BrokerError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let job = serde_json::json!({ "id": id, "route": route, "body": body }).to_string();
+        self.invoke::<String>(
             self.create
                 .key(&self.target.stream)
+                .key(self.job_key(&id))
                 .arg(job)
                 .arg(route)
-                .arg(self.job_key(""))
                 .arg(self.result_ttl_ms),
         )
-        .await
+        .await?;
+        Ok(id)
     }
 
     /// The fields of job `id`'s hash, or None when there is no such job.
@@ -501,6 +535,16 @@ impl RedisStreams {
             pending: group.map_or(0, |g| g.pending as u64),
         })
     }
+}
+
+/// Whether `id` has the form of a stream entry id (`<ms>-<seq>`).
+pub fn is_entry_id(id: &str) -> bool {
+    id.split_once('-').is_some_and(|(ms, seq)| {
+        !ms.is_empty()
+            && !seq.is_empty()
+            && ms.bytes().all(|b| b.is_ascii_digit())
+            && seq.bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
 fn delivery(id: StreamId, deliveries: u64) -> Delivery {

@@ -1,6 +1,6 @@
-//! What every decoder shares: each sequence's KV cache, one step's inputs, and causal
-//! attention of a step's new rows over their own caches (run in parallel, one sequence per
-//! task), and [`Decoder`], the model a generation engine runs, whatever its architecture.
+//! What every decoder shares: [`Decoder`], the interface the generation engine runs whatever
+//! the architecture, each sequence's KV cache, one step's inputs, and causal attention of a
+//! step's new rows over their own caches (run in parallel, one sequence per task).
 //!
 //! Architectures differ in how they make Q, K and V and what follows attention; the cache,
 //! the attention and the bookkeeping of a step are the same, so they live here once.
@@ -8,19 +8,9 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use super::gpt2::Gpt2;
-use super::llama::Llama;
 use crate::kernels::team::parallel_for;
 use crate::kernels::tiles::SharedOut;
 use crate::kernels::{self, Dtype, Epilogue, KernelLevel, LinearPart, PackedLinear};
-
-/// A decoder-only language model, as the engine runs it.
-pub enum Decoder {
-    /// Llama family, from GGUF.
-    Llama(Llama),
-    /// GPT-2 family, from Hugging Face safetensors.
-    Gpt2(Gpt2),
-}
 
 /// The sizes of one sequence's KV cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,42 +33,25 @@ pub struct DecoderShape {
     pub cache: CacheShape,
 }
 
-impl Decoder {
+/// A decoder-only language model, as the engine runs it. Each architecture implements it in
+/// its own file (`llama.rs`, `gpt2.rs`) with its own math; what they share is in this file.
+pub trait Decoder: Send + Sync {
     /// The model's sizes.
-    pub fn shape(&self) -> DecoderShape {
-        match self {
-            Decoder::Llama(m) => m.shape(),
-            Decoder::Gpt2(m) => m.shape(),
-        }
-    }
+    fn shape(&self) -> DecoderShape;
 
-    /// Runs one step (see [`Llama::step`]): the logits after the last token of every input
-    /// that wants them, in input order.
-    pub fn step(&self, inputs: &mut [StepInput]) -> Vec<Vec<f32>> {
-        match self {
-            Decoder::Llama(m) => m.step(inputs),
-            Decoder::Gpt2(m) => m.step(inputs),
-        }
-    }
+    /// Runs one step over every input (a chunk of a prompt, or a sequence's last token):
+    /// appends their keys and values to their caches and returns the logits after the last
+    /// token of every input that wants them, in input order.
+    fn step(&self, inputs: &mut [StepInput]) -> Vec<Vec<f32>>;
 
     /// Bytes of weights held.
-    pub fn weight_bytes(&self) -> usize {
-        match self {
-            Decoder::Llama(m) => m.weight_bytes(),
-            Decoder::Gpt2(m) => m.weight_bytes(),
-        }
-    }
+    fn weight_bytes(&self) -> usize;
 
     /// The number format of the linear layers.
-    pub fn dtype(&self) -> Dtype {
-        match self {
-            Decoder::Llama(m) => m.dtype(),
-            Decoder::Gpt2(m) => m.dtype(),
-        }
-    }
+    fn dtype(&self) -> Dtype;
 
     /// An empty cache for a sequence of up to `tokens` tokens.
-    pub fn new_cache(&self, tokens: usize) -> KvCache {
+    fn new_cache(&self, tokens: usize) -> KvCache {
         KvCache::with_capacity(self.shape().cache, tokens)
     }
 }

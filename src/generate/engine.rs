@@ -11,8 +11,12 @@
 //!
 //! Requests wait in a bounded channel (the queue: full means 503 at the front end) until the
 //! budget has room for their prompt plus `max_new_tokens`, reserved at admission so a running
-//! sequence never has to be evicted.
+//! sequence never has to be evicted. Every step the engine takes in what was submitted and
+//! looks at every waiting request: one whose client left is dropped, one that waited past its
+//! deadline (`--request-timeout-ms`) is answered [`Failure::TimedOut`]; then it admits from
+//! the front, in order.
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -75,7 +79,18 @@ pub enum Event {
         generated_tokens: usize,
         prompt_tokens: usize,
     },
-    Failed(String),
+    Failed(Failure),
+}
+
+/// Why a sequence ended without finishing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// It waited past its deadline for a place in the running batch (it never started).
+    #[error("the request waited longer than the request timeout for a place in the running batch")]
+    TimedOut,
+    /// The step that ran it failed (a bug).
+    #[error("{0}")]
+    Step(String),
 }
 
 /// A validated generation request.
@@ -88,6 +103,8 @@ pub struct GenerationRequest {
     pub ignore_eos: bool,
     pub events: UnboundedSender<Event>,
     pub queued_at: Instant,
+    /// Past this, a request still waiting for admission is answered [`Failure::TimedOut`].
+    pub deadline: Instant,
 }
 
 impl GenerationRequest {
@@ -201,7 +218,7 @@ impl Running {
 
 /// The step loop's state.
 pub struct Engine {
-    model: Arc<Decoder>,
+    model: Arc<dyn Decoder>,
     tokenizer: Arc<GenTokenizer>,
     rx: Receiver<Message>,
     waiting: Arc<AtomicUsize>,
@@ -209,15 +226,15 @@ pub struct Engine {
     stopping: bool,
     limits: EngineLimits,
     running: Vec<Running>,
-    /// The oldest waiting request, taken from the queue but not yet admitted.
-    head: Option<GenerationRequest>,
+    /// Requests taken from the channel and not yet admitted, oldest first.
+    queue: VecDeque<GenerationRequest>,
     reserved: usize,
 }
 
 impl Engine {
     /// An engine for `model` with a queue of `capacity` requests.
     pub fn new(
-        model: Arc<Decoder>,
+        model: Arc<dyn Decoder>,
         tokenizer: Arc<GenTokenizer>,
         limits: EngineLimits,
         capacity: usize,
@@ -237,7 +254,7 @@ impl Engine {
                 stopping: false,
                 limits,
                 running: Vec::new(),
-                head: None,
+                queue: VecDeque::new(),
                 reserved: 0,
             },
             EngineHandle {
@@ -258,12 +275,12 @@ impl Engine {
 
     fn run_steps(mut self) {
         loop {
-            if self.running.is_empty() && self.head.is_none() {
+            if self.running.is_empty() && self.queue.is_empty() {
                 if self.stopping {
                     return;
                 }
                 match self.rx.recv() {
-                    Ok(Message::Request(r)) => self.head = Some(r),
+                    Ok(Message::Request(r)) => self.queue.push_back(r),
                     Ok(Message::Stop) | Err(_) => self.stopping = true,
                 }
             }
@@ -276,32 +293,40 @@ impl Engine {
         }
     }
 
-    /// Admits waiting requests in order while the budget and the batch size allow.
+    /// Takes in what was submitted, drops the waiting requests whose client left or whose
+    /// deadline passed, then admits from the front, in order, while the budget and the batch
+    /// size allow.
     fn admit(&mut self) {
         loop {
-            if self.head.is_none() {
-                match self.rx.try_recv() {
-                    Ok(Message::Request(r)) => self.head = Some(r),
-                    Ok(Message::Stop) => self.stopping = true,
-                    Err(_) => break,
-                }
+            match self.rx.try_recv() {
+                Ok(Message::Request(r)) => self.queue.push_back(r),
+                Ok(Message::Stop) => self.stopping = true,
+                Err(_) => break,
             }
-            let Some(req) = self.head.take() else {
-                continue;
-            };
-            if req.events.is_closed() {
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
-                continue; // Its client left while it waited.
+        }
+        let now = Instant::now();
+        let before = self.queue.len();
+        self.queue.retain(|r| {
+            if r.events.is_closed() {
+                return false; // Its client left while it waited.
             }
+            if now >= r.deadline {
+                let _ = r.events.send(Event::Failed(Failure::TimedOut));
+                return false;
+            }
+            true
+        });
+        let mut left = before - self.queue.len();
+        while let Some(req) = self.queue.front() {
             let need = req.reservation();
             let fits = self.reserved + need <= self.limits.max_batch_total_tokens
                 && self.running.len() < self.limits.max_running;
             if !fits {
-                self.head = Some(req);
                 break;
             }
+            let req = self.queue.pop_front().expect("the front exists");
+            left += 1;
             self.reserved += need;
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
             let cache = self.model.new_cache(need);
             let sampler = Sampler::new(req.params.clone());
             self.running.push(Running {
@@ -314,6 +339,9 @@ impl Engine {
                 text: String::new(),
                 last_token_at: None,
             });
+        }
+        if left > 0 {
+            self.waiting.fetch_sub(left, Ordering::AcqRel);
         }
         metrics::set_queue_depth(self.waiting.load(Ordering::Acquire));
         self.publish_state();
@@ -387,7 +415,7 @@ impl Engine {
             Err(panic) => {
                 let message = format!(
                     "generation failed (a bug: please report it): {}",
-                    crate::worker::panic_message(&panic)
+                    crate::error::panic_message(&panic)
                 );
                 tracing::error!("{message}");
                 // The caches of this step are in an unknown state: end every sequence in it.
@@ -395,7 +423,10 @@ impl Engine {
                 for &i in failed.iter().rev() {
                     let r = self.running.swap_remove(i);
                     self.reserved -= r.req.reservation();
-                    let _ = r.req.events.send(Event::Failed(message.clone()));
+                    let _ = r
+                        .req
+                        .events
+                        .send(Event::Failed(Failure::Step(message.clone())));
                 }
                 self.publish_state();
                 return;

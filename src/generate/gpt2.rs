@@ -15,7 +15,7 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::decoder::{self, AttnShape, CacheShape, DecoderShape, Linear, StepInput};
+use super::decoder::{self, AttnShape, CacheShape, Decoder, DecoderShape, Linear, StepInput};
 use crate::kernels::{Dtype, Epilogue, KernelLevel};
 use crate::model::weights::{Weight, WeightFile};
 use crate::model::ModelError;
@@ -436,6 +436,24 @@ fn layer_norm(x: &[f32], (gamma, beta): &(Vec<f32>, Vec<f32>), eps: f32, out: &m
 fn add(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
+    }
+}
+
+impl Decoder for Gpt2 {
+    fn shape(&self) -> DecoderShape {
+        Gpt2::shape(self)
+    }
+
+    fn step(&self, inputs: &mut [StepInput]) -> Vec<Vec<f32>> {
+        Gpt2::step(self, inputs)
+    }
+
+    fn weight_bytes(&self) -> usize {
+        Gpt2::weight_bytes(self)
+    }
+
+    fn dtype(&self) -> Dtype {
+        Gpt2::dtype(self)
     }
 }
 

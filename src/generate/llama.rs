@@ -12,7 +12,7 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use super::decoder::{self, AttnShape, CacheShape, DecoderShape, Linear, StepInput};
+use super::decoder::{self, AttnShape, CacheShape, Decoder, DecoderShape, Linear, StepInput};
 use super::gguf::{GgufError, GgufFile, RawTensor};
 use candle_core::quantized::GgmlDType;
 
@@ -512,5 +512,23 @@ impl RopeTable {
                 pair[1] = a * sin + b * cos;
             }
         }
+    }
+}
+
+impl Decoder for Llama {
+    fn shape(&self) -> DecoderShape {
+        Llama::shape(self)
+    }
+
+    fn step(&self, inputs: &mut [StepInput]) -> Vec<Vec<f32>> {
+        Llama::step(self, inputs)
+    }
+
+    fn weight_bytes(&self) -> usize {
+        Llama::weight_bytes(self)
+    }
+
+    fn dtype(&self) -> Dtype {
+        Llama::dtype(self)
     }
 }

@@ -3,16 +3,15 @@
 //!
 //! - [`gguf`]: the file's metadata and tensors, with errors that name the key or tensor;
 //! - [`decoder`]: what every architecture shares (KV caches, attention over them, a step's
-//!   bookkeeping) and [`decoder::Decoder`], the model the engine runs;
+//!   bookkeeping) and [`decoder::Decoder`], the interface of the model the engine runs;
 //! - [`llama`], [`gpt2`]: the architectures, each with its batched step;
 //! - [`tokenizer`]: the tokenizer (from GGUF metadata or Hugging Face files), and incremental
 //!   decoding;
 //! - [`chat`]: the model's Jinja chat template;
 //! - [`sampling`]: greedy and seeded sampling;
-//! - [`engine`]: the step loop (continuous batching) and its bounded queue.
-//!
-//! The front end (`crate::http::generate`) validates requests against [`Generator`] and
-//! streams the engine's events back.
+//! - [`engine`]: the step loop (continuous batching) and its bounded queue;
+//! - [`service`]: the generation service the front ends call: it checks, tokenizes and queues a
+//!   request, and the engine's events stream back.
 
 pub mod chat;
 pub mod decoder;
@@ -21,6 +20,7 @@ pub mod gguf;
 pub mod gpt2;
 pub mod llama;
 pub mod sampling;
+pub mod service;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
@@ -32,27 +32,15 @@ use crate::model::files::ModelFiles;
 use crate::model::{DtypeChoice, LoadOptions, ModelError, ModelInfo, Pooling, Task};
 use chat::ChatTemplate;
 use decoder::Decoder;
-use engine::EngineHandle;
 use gpt2::{Gpt2, Gpt2Config};
 use llama::Llama;
 use sampling::SamplingDefaults;
 use tokenizer::{GenTokenizer, HfTokenizerFiles};
 
-/// What the front end needs to serve a generation model.
-pub struct Generator {
-    pub tokenizer: Arc<GenTokenizer>,
-    /// `None` when the model has no chat template (chat routes then answer 400).
-    pub chat: Option<ChatTemplate>,
-    /// The model's own sampling settings (upstream and OpenAI routes use them where the
-    /// request says nothing).
-    pub defaults: SamplingDefaults,
-    pub engine: EngineHandle,
-}
-
 /// A generation model loaded, before its engine starts.
 pub struct LoadedGenerator {
     pub info: ModelInfo,
-    pub model: Arc<Decoder>,
+    pub model: Arc<dyn Decoder>,
     pub tokenizer: Arc<GenTokenizer>,
     pub chat: Option<ChatTemplate>,
     pub defaults: SamplingDefaults,
@@ -249,7 +237,7 @@ fn load_gpt2(
     };
     Ok(LoadedGenerator {
         info,
-        model: Arc::new(Decoder::Gpt2(model)),
+        model: Arc::new(model),
         tokenizer: Arc::new(tokenizer),
         chat: None,
         defaults,
@@ -344,7 +332,7 @@ fn load_gguf(
     };
     Ok(LoadedGenerator {
         info,
-        model: Arc::new(Decoder::Llama(model)),
+        model: Arc::new(model),
         tokenizer: Arc::new(tokenizer),
         chat,
         defaults: SamplingDefaults::default(),

@@ -15,9 +15,10 @@ use hyper::Request;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::ApiError;
-use super::AppState;
+use super::state::AppState;
+use crate::error::ServiceError;
 
-pub(crate) fn is_json(content_type: &str) -> bool {
+pub fn is_json(content_type: &str) -> bool {
     let essence = content_type
         .split(';')
         .next()
@@ -28,11 +29,31 @@ pub(crate) fn is_json(content_type: &str) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// A request body read whole, and its share of the in-flight body budget (released when
-/// dropped, i.e. when the request is answered).
-pub(crate) struct Body {
-    pub(crate) bytes: Bytes,
-    pub(crate) permit: Option<OwnedSemaphorePermit>,
+/// A request body read whole, and its share of the in-flight body budget.
+pub struct Body {
+    pub bytes: Bytes,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// What a request keeps of its body's share of the budget once the body is parsed: the bytes
+/// of text it still holds. Released when dropped, i.e. when the request is answered.
+pub struct Kept(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+
+impl Body {
+    /// Frees the body, keeping `held` bytes of its share of the budget for what the parsed
+    /// request holds (its texts) until the answer: a body padded with whitespace, or whose
+    /// JSON is mostly syntax, does not hold the budget while the request waits for the model.
+    pub fn parsed(self, held: usize) -> Kept {
+        let Some(mut permit) = self.permit else {
+            return Kept(None);
+        };
+        let held = u32::try_from(held).unwrap_or(u32::MAX) as usize;
+        if held >= permit.num_permits() {
+            return Kept(Some(permit));
+        }
+        // `split` takes `held` permits out; dropping `permit` returns the rest.
+        Kept(permit.split(held))
+    }
 }
 
 /// How long a body waits for room in `--max-inflight-body-bytes` before the request gets 503.
@@ -43,7 +64,7 @@ const BODY_BUDGET_WAIT: Duration = Duration::from_secs(2);
 /// trickles), 503 when the bodies already held fill `--max-inflight-body-bytes` for too long.
 /// Bytes are counted against the budget as they arrive, so a slow client holds only what it
 /// has sent, and nothing is allocated for a size that was only declared.
-pub(crate) async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<Body, ApiError> {
+pub async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<Body, ApiError> {
     let limit = state.config.max_body_bytes;
     let content_type = req
         .headers()
@@ -83,9 +104,9 @@ pub(crate) async fn read_body(state: &AppState, req: Request<Incoming>) -> Resul
             Err(_) => return Err(ApiError::RequestTimeout(state.config.client_timeout_ms)),
             Ok(None) => break,
             Ok(Some(Err(e))) => {
-                return Err(ApiError::BadRequest(format!(
+                return Err(ApiError::Service(ServiceError::Invalid(format!(
                     "could not read the request body: {e}"
-                )))
+                ))))
             }
             Ok(Some(Ok(frame))) => frame,
         };
@@ -112,16 +133,7 @@ pub(crate) async fn read_body(state: &AppState, req: Request<Incoming>) -> Resul
                 .await
                 {
                     Ok(Ok(p)) => p,
-                    _ => {
-                        return Err(ApiError::overloaded(
-                            "body_budget",
-                            format!(
-                                "server overloaded: the request bodies being handled fill --max-inflight-body-bytes ({} bytes); retry shortly",
-                                state.config.max_inflight_body_bytes
-                            ),
-                            1,
-                        ))
-                    }
+                    _ => return Err(ApiError::BodyBudget(state.config.max_inflight_body_bytes)),
                 }
             }
         };

@@ -1,20 +1,22 @@
 //! The front end's error type: every failure a client can see, mapped once to its status code
-//! and a JSON body `{"error": "...", "error_type": "..."}`.
+//! and a JSON body `{"error": "...", "error_type": "..."}`. The services' errors
+//! ([`ServiceError`]) get their status here and nowhere else; the queue broker's job records
+//! use the same mapping ([`service_error_answer`]), handed to it when the server is wired.
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 
+use super::reply::{json_response, AnswerRefused, Body};
 use crate::broker::BrokerError;
-use crate::lifecycle::NotServing;
+use crate::error::ServiceError;
 use crate::metrics;
-use crate::model::TokenizeError;
-use crate::queue::{InferError, QueueError};
 
 /// Every error a request can end in.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// A service refused or failed the request.
+    #[error("{0}")]
+    Service(#[from] ServiceError),
     #[error("no route for {0}; see GET / for the list of routes")]
     NotFound(String),
     /// The route exists; what it names does not (a job), or the route is not enabled.
@@ -27,28 +29,31 @@ pub enum ApiError {
     MethodNotAllowed {
         method: String,
         path: String,
-        allow: &'static str,
+        allow: String,
     },
     #[error("missing or wrong API key: send the header `Authorization: Bearer <key>`")]
     Unauthorized,
     #[error("{0}")]
     UnsupportedMediaType(String),
-    #[error("{0}")]
-    PayloadTooLarge(String),
     /// The body did not arrive within `--client-timeout-ms`; the connection is closed.
     #[error("the request body did not arrive within {0} ms (--client-timeout-ms); the connection is closed")]
     RequestTimeout(u64),
     /// The body went over `--max-body-bytes` while it was read; the connection is closed.
     #[error("{0}")]
     BodyTooLarge(String),
+    /// The answer alone would be larger than the in-flight budget.
     #[error("{0}")]
-    BadRequest(String),
-    #[error("{reason}")]
-    Unavailable {
-        reason: String,
-        kind: &'static str,
-        retry_after_secs: u32,
-    },
+    AnswerTooLarge(String),
+    /// The bodies (and answers) held fill `--max-inflight-body-bytes`.
+    #[error("server overloaded: the request bodies and answers being handled fill --max-inflight-body-bytes ({0} bytes); retry shortly")]
+    BodyBudget(usize),
+    /// Past `--max-connections`: this connection answers the probes only.
+    #[error("the server holds its maximum of {0} connections (--max-connections); this one answers only the probes; retry")]
+    ConnectionLimit(usize),
+    /// The queue broker behind `/v1/jobs` failed.
+    #[error("{0}")]
+    Broker(#[from] BrokerError),
+    /// A bug in the front end.
     #[error("{0}")]
     Internal(String),
 }
@@ -56,17 +61,26 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
+            ApiError::Service(e) => service_status(e),
             ApiError::NotFound(_) | ApiError::ResourceNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::PayloadTooLarge(_) | ApiError::BodyTooLarge(_) => {
+            ApiError::BodyTooLarge(_) | ApiError::AnswerTooLarge(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BodyBudget(_) | ApiError::ConnectionLimit(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Broker(e) => match e {
+                BrokerError::Unreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                BrokerError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                BrokerError::BadUrl(_) | BrokerError::Refused(_) => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            },
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -74,16 +88,28 @@ impl ApiError {
     /// A stable machine-readable kind, also the `reason` label of `zerobatch_rejected_total`.
     pub fn error_type(&self) -> &'static str {
         match self {
+            ApiError::Service(e) => e.kind(),
             ApiError::NotFound(_) | ApiError::ResourceNotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Unauthorized => "unauthorized",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
-            ApiError::PayloadTooLarge(_) | ApiError::BodyTooLarge(_) => "payload_too_large",
+            ApiError::BodyTooLarge(_) | ApiError::AnswerTooLarge(_) => "payload_too_large",
             ApiError::RequestTimeout(_) => "client_timeout",
-            ApiError::BadRequest(_) => "invalid_request",
-            ApiError::Unavailable { kind, .. } => kind,
-            ApiError::Internal(_) => "internal",
+            ApiError::BodyBudget(_) => "body_budget",
+            ApiError::ConnectionLimit(_) => "connection_limit",
+            ApiError::Broker(BrokerError::Unreachable(_)) => "queue_unavailable",
+            ApiError::Broker(BrokerError::TooLarge(_)) => "payload_too_large",
+            ApiError::Broker(_) | ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// Seconds a client should wait before retrying (503 answers).
+    fn retry_after_secs(&self) -> u32 {
+        match self {
+            ApiError::Service(ServiceError::StillLoading) | ApiError::Broker(_) => 5,
+            ApiError::Service(ServiceError::LoadFailed(_)) => 10,
+            _ => 1,
         }
     }
 
@@ -96,16 +122,8 @@ impl ApiError {
         )
     }
 
-    pub(crate) fn overloaded(kind: &'static str, reason: String, retry_after_secs: u32) -> Self {
-        ApiError::Unavailable {
-            reason,
-            kind,
-            retry_after_secs,
-        }
-    }
-
     /// The HTTP response for this error.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub fn into_response(self) -> Response<Body> {
         let status = self.status();
         if status != StatusCode::NOT_FOUND
             && status != StatusCode::METHOD_NOT_ALLOWED
@@ -116,94 +134,69 @@ impl ApiError {
         }
         let body =
             serde_json::json!({ "error": self.to_string(), "error_type": self.error_type() });
-        let mut response = super::json_response(status, &body);
+        let mut response = json_response(status, &body);
         let headers = response.headers_mut();
         match &self {
             ApiError::MethodNotAllowed { allow, .. } => {
-                headers.insert(ALLOW, HeaderValue::from_static(allow));
+                if let Ok(v) = HeaderValue::from_str(allow) {
+                    headers.insert(ALLOW, v);
+                }
             }
             ApiError::Unauthorized => {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::Unavailable {
-                retry_after_secs, ..
-            } => {
-                headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(self.retry_after_secs()));
             }
             _ => {}
+        }
+        if self.closes_connection() {
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
         }
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         response
     }
 }
 
-impl From<QueueError> for ApiError {
-    fn from(e: QueueError) -> Self {
+impl From<AnswerRefused> for ApiError {
+    fn from(e: AnswerRefused) -> Self {
         match e {
-            QueueError::Full { .. } => ApiError::overloaded(
-                "queue_full",
-                format!("server overloaded: {e}; retry shortly"),
-                1,
-            ),
-            QueueError::Closed => ApiError::overloaded(
-                "shutting_down",
-                "the server is shutting down; retry on another replica".into(),
-                1,
-            ),
+            AnswerRefused::TooLarge { size, budget } => ApiError::AnswerTooLarge(format!(
+                "the answer would be {size} bytes, more than --max-inflight-body-bytes ({budget}); ask for less in one request (fewer or shorter inputs)"
+            )),
+            AnswerRefused::NoRoom { budget } => ApiError::BodyBudget(budget),
         }
     }
 }
 
-impl From<TokenizeError> for ApiError {
-    fn from(e: TokenizeError) -> Self {
-        match e {
-            TokenizeError::TooLong { .. } => ApiError::PayloadTooLarge(e.to_string()),
-            TokenizeError::Failed { .. } => ApiError::BadRequest(e.to_string()),
-        }
+/// The status of a service error.
+fn service_status(e: &ServiceError) -> StatusCode {
+    match e {
+        ServiceError::Invalid(_) | ServiceError::WrongTask(_) => StatusCode::BAD_REQUEST,
+        ServiceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        ServiceError::QueueFull(_)
+        | ServiceError::TimedOut(..)
+        | ServiceError::StillLoading
+        | ServiceError::LoadFailed(_)
+        | ServiceError::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ServiceError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
-impl From<NotServing> for ApiError {
-    fn from(e: NotServing) -> Self {
-        match e {
-            NotServing::StillLoading => {
-                ApiError::overloaded("cold_start_timeout", e.to_string(), 5)
-            }
-            NotServing::LoadFailed(_) => {
-                ApiError::overloaded("model_load_failed", e.to_string(), 10)
-            }
-        }
-    }
-}
-
-impl From<InferError> for ApiError {
-    fn from(e: InferError) -> Self {
-        match e {
-            InferError::TimedOut => ApiError::overloaded(
-                "timeout",
-                "the request timed out waiting for an inference worker; retry shortly".into(),
-                1,
-            ),
-            InferError::Model(_) | InferError::WorkerPanic(_) => ApiError::Internal(e.to_string()),
-        }
-    }
-}
-
-impl From<BrokerError> for ApiError {
-    fn from(e: BrokerError) -> Self {
-        match e {
-            BrokerError::Unreachable(_) => {
-                ApiError::overloaded("queue_unavailable", e.to_string(), 5)
-            }
-            BrokerError::TooLarge(why) => ApiError::PayloadTooLarge(why),
-            BrokerError::BadUrl(_) | BrokerError::Refused(_) => ApiError::Internal(e.to_string()),
-        }
-    }
+/// The status and JSON body an HTTP request would get for `e`: what a queue job's record
+/// holds when the job ends in it (`broker` is given this function when the server is wired).
+pub fn service_error_answer(e: &ServiceError) -> (u16, Vec<u8>) {
+    let body = serde_json::json!({ "error": e.to_string(), "error_type": e.kind() });
+    (
+        service_status(e).as_u16(),
+        serde_json::to_vec(&body).expect("an error body serializes"),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::TokenizeError;
 
     #[test]
     fn each_error_maps_to_its_status_and_headers() {
@@ -213,37 +206,39 @@ mod tests {
                 ApiError::MethodNotAllowed {
                     method: "GET".into(),
                     path: "/embed".into(),
-                    allow: "POST",
+                    allow: "POST".into(),
                 },
                 405,
             ),
             (ApiError::Unauthorized, 401),
             (ApiError::UnsupportedMediaType("text/plain".into()), 415),
             (ApiError::RequestTimeout(30_000), 408),
-            (QueueError::Full { capacity: 1 }.into(), 503),
+            (ServiceError::QueueFull("full".into()).into(), 503),
             (
-                TokenizeError::TooLong {
+                ServiceError::from(TokenizeError::TooLong {
                     index: 0,
                     tokens: 600,
                     max: 512,
-                }
+                })
                 .into(),
                 413,
             ),
             (
-                TokenizeError::Failed {
+                ServiceError::from(TokenizeError::Failed {
                     index: 0,
                     reason: "x".into(),
-                }
+                })
                 .into(),
                 400,
             ),
-            (NotServing::StillLoading.into(), 503),
-            (InferError::TimedOut.into(), 503),
-            (InferError::WorkerPanic("boom".into()).into(), 500),
+            (ServiceError::StillLoading.into(), 503),
+            (ServiceError::TimedOut(1, "a worker").into(), 503),
+            (ServiceError::Failed("boom".into()).into(), 500),
             (ApiError::ResourceNotFound("no job".into()), 404),
             (ApiError::Conflict("running".into()), 409),
             (BrokerError::Unreachable("refused".into()).into(), 503),
+            (ApiError::BodyBudget(1), 503),
+            (ApiError::ConnectionLimit(1), 503),
         ];
         for (e, status) in cases {
             let r = e.into_response();
@@ -256,5 +251,9 @@ mod tests {
                 _ => {}
             }
         }
+        let (status, body) = service_error_answer(&ServiceError::TooLarge("big".into()));
+        assert_eq!(status, 413);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error_type"], "payload_too_large");
     }
 }

@@ -4,18 +4,18 @@
 //! any broker job; `GET`/`HEAD` read its hash; `DELETE` cancels it while it is queued.
 //! Without `--queue` these routes answer 404 with how to enable them.
 
-use std::sync::Arc;
-
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, LOCATION};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use serde::Deserialize;
 
+use super::body::read_body;
 use super::error::ApiError;
-use super::{api, json_response, AppState};
-use crate::broker::{valid_job_id, Broker, Cancel, JOB_ROUTES};
+use super::reply::{counted_json, json_response, Body};
+use super::state::AppState;
+use crate::api::from_json;
+use crate::api::json_routes::JsonRequest;
+use crate::broker::{valid_job_id, Broker, Cancel};
 
 /// The path prefix of one job's resource.
 const JOB_PREFIX: &str = "/v1/jobs/";
@@ -25,47 +25,38 @@ const JOB_PREFIX: &str = "/v1/jobs/";
 #[serde(deny_unknown_fields)]
 struct JobRequest {
     route: String,
+    /// Kept as a parsed value: the broker stores it compact, whatever whitespace it came with.
     body: serde_json::Value,
 }
 
-/// Answers the `/v1/jobs` routes (method and API key already checked).
-pub(crate) async fn handle(
-    state: &Arc<AppState>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, ApiError> {
-    let Some(broker) = state.broker.as_ref() else {
-        return Err(ApiError::ResourceNotFound(
+/// The broker, or 404 saying how to enable the job routes.
+fn broker(state: &AppState) -> Result<&Broker, ApiError> {
+    state.broker.as_deref().ok_or_else(|| {
+        ApiError::ResourceNotFound(
             "asynchronous jobs need a queue broker: start the server with --queue \
              redis://HOST:PORT/STREAM or azure-queue://ACCOUNT/QUEUE (env QUEUE_URL); \
              see docs/queue.md"
                 .into(),
-        ));
-    };
-    let path = req.uri().path().to_string();
-    match (req.method().clone(), path.strip_prefix(JOB_PREFIX)) {
-        (Method::POST, None) => {
-            let body = super::body::read_body(state, req).await?;
-            create(state, broker, &body.bytes).await
-        }
-        (Method::GET | Method::HEAD, Some(id)) => show(broker, id).await,
-        (Method::DELETE, Some(id)) => cancel(broker, id).await,
-        (method, _) => Err(ApiError::Internal(format!(
-            "{method} {path} reached the job handler"
-        ))),
-    }
+        )
+    })
 }
 
-async fn create(
-    state: &AppState,
-    broker: &Broker,
-    body: &[u8],
-) -> Result<Response<Full<Bytes>>, ApiError> {
-    let job: JobRequest = api::from_json(body)?;
-    check_job_route(&job.route)?;
-    // The same checks as the route's own requests, now: a job that cannot succeed is
-    // refused here rather than dead-lettered later.
+/// The job id a `/v1/jobs/{id}` request names.
+fn job_id<B>(req: &Request<B>) -> &str {
+    req.uri().path().strip_prefix(JOB_PREFIX).unwrap_or("")
+}
+
+/// `POST /v1/jobs`: checks the job as its route would check the request (a job that cannot
+/// succeed is refused now, not dead-lettered later) and adds it to the broker.
+pub async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let broker = broker(state)?;
+    let body = read_body(state, req).await?;
+    let job: JobRequest = from_json(
+        &body.bytes,
+        r#"e.g. {"route": "/embed", "body": {"inputs": "a text"}}"#,
+    )?;
     let route_body = serde_json::to_vec(&job.body).expect("a JSON value serializes");
-    api::parse_request(&job.route, &route_body, state.config.max_client_batch)?;
+    JsonRequest::parse(&job.route, &route_body, state.config.max_client_batch)?;
     let id = broker.create(&job.route, &job.body).await?;
     let location = format!("{JOB_PREFIX}{id}");
     let mut r = json_response(
@@ -78,26 +69,17 @@ async fn create(
     Ok(r)
 }
 
-/// 400 unless `route` is one a job may name (the JSON POST routes).
-pub(crate) fn check_job_route(route: &str) -> Result<(), ApiError> {
-    if JOB_ROUTES.contains(&route) {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest(format!(
-            "route {route:?} cannot run as a job; one of {}",
-            JOB_ROUTES.join(", ")
-        )))
-    }
-}
-
 fn unknown(id: &str) -> ApiError {
     ApiError::ResourceNotFound(format!(
         "no job {id:?}: never created, or its record expired (--queue-result-ttl-ms)"
     ))
 }
 
-async fn show(broker: &Broker, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
-    if !valid_job_id(id) {
+/// `GET /v1/jobs/{id}` (and `HEAD`): the job's state and, once it ended, its answer.
+pub async fn show(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let broker = broker(state)?;
+    let id = job_id(&req);
+    if !valid_job_id(id) || !broker.serves_over_http(id) {
         return Err(unknown(id));
     }
     let Some(record) = broker.job(id).await? else {
@@ -114,11 +96,16 @@ async fn show(broker: &Broker, id: &str) -> Result<Response<Full<Bytes>>, ApiErr
     if let Some(result) = record.result {
         body["result"] = serde_json::from_str(&result).unwrap_or(serde_json::Value::String(result));
     }
-    Ok(json_response(StatusCode::OK, &body))
+    // A result can be as large as any answer: counted the same way.
+    let json = serde_json::to_vec(&body).expect("a job record serializes");
+    Ok(counted_json(state, json).await?)
 }
 
-async fn cancel(broker: &Broker, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
-    if !valid_job_id(id) {
+/// `DELETE /v1/jobs/{id}`: cancels a job that has not started.
+pub async fn cancel(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let broker = broker(state)?;
+    let id = job_id(&req);
+    if !valid_job_id(id) || !broker.serves_over_http(id) {
         return Err(unknown(id));
     }
     match broker.cancel(id).await? {

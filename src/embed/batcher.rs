@@ -33,7 +33,7 @@ pub trait Batchable {
     fn abandoned(&self, now: Instant) -> bool;
 }
 
-impl Batchable for crate::queue::Entry {
+impl Batchable for super::queue::Entry {
     fn seq(&self) -> u64 {
         self.seq
     }
@@ -41,7 +41,7 @@ impl Batchable for crate::queue::Entry {
         self.arrived
     }
     fn tokens(&self) -> usize {
-        crate::queue::Entry::tokens(self)
+        super::queue::Entry::tokens(self)
     }
     fn abandoned(&self, now: Instant) -> bool {
         self.reply.is_closed() || now >= self.deadline

@@ -15,11 +15,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::batcher::{group_by_length, Batcher};
+use super::batcher::{group_by_length, Batcher};
+use super::queue::{Entry, InferError, Job, Output};
+use crate::error::panic_message;
 use crate::kernels::team::with_new_team;
 use crate::metrics;
 use crate::model::Model;
-use crate::queue::{Entry, InferError, Job, Output};
 
 /// Fixed cost of one forward pass, in tokens of work, used to decide when splitting a batch by
 /// length pays (see [`group_by_length`]).
@@ -32,14 +33,15 @@ pub struct WorkerPool {
 
 impl WorkerPool {
     /// Starts `workers` threads. Each first runs `warmup` through the model (so the first real
-    /// request does not pay for lazy initialisation), then calls `on_warm`, then serves.
+    /// request does not pay for lazy initialisation), then calls `on_warm` with how it went,
+    /// then serves (unless the warm-up failed).
     pub fn start(
         workers: usize,
         cores: usize,
         batcher: Arc<Batcher<Entry>>,
         model: Arc<dyn Model>,
         warmup: Vec<u32>,
-        on_warm: Arc<dyn Fn() + Send + Sync>,
+        on_warm: Arc<dyn Fn(Result<(), String>) + Send + Sync>,
     ) -> std::io::Result<Self> {
         // The pool intra-op parallelism runs on: one thread per core (the worker that asks
         // for parallelism blocks while the pool's threads compute). Built here explicitly so
@@ -65,17 +67,22 @@ impl WorkerPool {
                     .name(format!("zerobatch-worker-{i}"))
                     .spawn(move || {
                         let serve = || {
-                            if let Err(e) =
-                                catch_unwind(AssertUnwindSafe(|| worker.model.embed(&[&warmup], 1)))
-                            {
-                                tracing::error!(
-                                    worker = i,
-                                    "warm-up panicked: {}",
-                                    panic_message(&e)
-                                );
+                            let warm = match catch_unwind(AssertUnwindSafe(|| {
+                                worker.model.embed(&[&warmup], 1)
+                            })) {
+                                Ok(Ok(_)) => Ok(()),
+                                Ok(Err(e)) => Err(format!("the warm-up forward pass failed: {e}")),
+                                Err(p) => Err(format!(
+                                    "the warm-up forward pass panicked (a bug: please report it with the model's files): {}",
+                                    panic_message(&p)
+                                )),
+                            };
+                            let warmed = warm.is_ok();
+                            on_warm(warm);
+                            // A worker whose model cannot run serves nothing: the load failed.
+                            if warmed {
+                                worker.run();
                             }
-                            on_warm();
-                            worker.run();
                         };
                         // The worker's own team for its intra-op sections: a section starts
                         // in nanoseconds on spinning threads, where rayon wakes sleeping ones
@@ -193,21 +200,12 @@ fn fail(group: Vec<Entry>, error: InferError) {
     }
 }
 
-/// The message of a caught panic, for logs and error answers.
-pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batcher::BatchLimits;
+    use crate::embed::batcher::BatchLimits;
+    use crate::embed::queue::{Arrival, Queue};
     use crate::model::ModelError;
-    use crate::queue::Queue;
     use std::time::Duration;
     use tokio::sync::oneshot;
 
@@ -234,7 +232,7 @@ mod tests {
         let (reply, rx) = oneshot::channel();
         let now = Instant::now();
         q.submit(vec![Entry {
-            seq: q.next_seq(),
+            seq: Arrival::now(1).seq(0),
             arrived: now,
             deadline: now + Duration::from_secs(5),
             job: Job::Embed { ids },
@@ -279,7 +277,7 @@ mod tests {
             Duration::ZERO,
         ));
         let pool =
-            WorkerPool::start(1, 1, batcher, Arc::new(Summer), vec![1], Arc::new(|| {})).unwrap();
+            WorkerPool::start(1, 1, batcher, Arc::new(Summer), vec![1], Arc::new(|_| {})).unwrap();
         let bad = submit(&q, vec![666]);
         let good = submit(&q, vec![1, 2, 3]);
         assert!(
@@ -309,7 +307,7 @@ mod tests {
             .map(|n| (n, submit(&q, (0..n * 3).collect())))
             .collect();
         let pool =
-            WorkerPool::start(2, 2, batcher, Arc::new(Summer), vec![1], Arc::new(|| {})).unwrap();
+            WorkerPool::start(2, 2, batcher, Arc::new(Summer), vec![1], Arc::new(|_| {})).unwrap();
         for (n, rx) in receivers {
             let want: u32 = (0..n * 3).sum();
             match rx.blocking_recv().unwrap() {
@@ -407,7 +405,7 @@ mod tests {
             batcher,
             model.clone(),
             vec![0, NORMAL],
-            Arc::new(|| {}),
+            Arc::new(|_| {}),
         )
         .unwrap();
         let producers: Vec<_> = (0..4u32)
@@ -448,7 +446,7 @@ mod tests {
                                 };
                                 receivers.push((*fate != Fate::GoneBefore).then_some(rx));
                                 entries.push(Entry {
-                                    seq: q.next_seq(),
+                                    seq: Arrival::now(1).seq(0),
                                     arrived: now,
                                     deadline,
                                     job: Job::Embed { ids: ids.clone() },
@@ -457,7 +455,7 @@ mod tests {
                             }
                             match q.submit(entries) {
                                 Ok(()) => break receivers,
-                                Err(crate::queue::QueueError::Full { .. }) => {
+                                Err(crate::embed::queue::QueueError::Full { .. }) => {
                                     std::thread::sleep(Duration::from_micros(200))
                                 }
                                 Err(e) => panic!("{e}"),

@@ -4,12 +4,22 @@
 //! Each flag also reads the environment variable named in its help, so the same binary is
 //! configured by flags on a laptop and by env vars in a container manifest. The manifests in
 //! `container/` are checked against `zerobatch --help` by `tests/manifests.rs`.
+//!
+//! Plain values only: the queue URL ([`queue_url`]) and the Azure credentials are parsed here
+//! and turned into clients by the broker; nothing here imports a layer above it (the dtype and
+//! kernel-level types it parses into are the models' and kernels', below it).
+
+pub mod queue_url;
 
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+
+pub use queue_url::{
+    AzureCredentials, AzureTarget, BadQueueUrl, QueueUrl, RedisTarget, DEFAULT_GROUP,
+};
 
 fn parse_dtype(s: &str) -> Result<crate::model::DtypeChoice, String> {
     s.parse()
@@ -181,8 +191,8 @@ pub struct ServeConfig {
     /// azure-queue://ACCOUNT/QUEUE[?endpoint=URL&blob_endpoint=URL&results=QUEUE] (an Azure
     /// storage queue; credentials from AZURE_STORAGE_KEY, AZURE_STORAGE_SAS_TOKEN, or the
     /// managed identity). Enables /v1/jobs. Without it the server takes HTTP requests only.
-    #[arg(long, env = "QUEUE_URL", hide_env_values = true, value_parser = parse_queue_url)]
-    pub queue: Option<crate::broker::QueueUrl>,
+    #[arg(long, env = "QUEUE_URL", hide_env_values = true, value_parser = QueueUrlParser)]
+    pub queue: Option<QueueUrl>,
 
     /// How long a job taken by a replica may stay idle before another replica takes it over,
     /// in milliseconds (a running job resets it while it runs).
@@ -230,9 +240,28 @@ pub struct ServeConfig {
     pub azure_client_id: Option<String>,
 }
 
-fn parse_queue_url(s: &str) -> Result<crate::broker::QueueUrl, String> {
-    s.parse()
-        .map_err(|e: crate::broker::BrokerError| e.to_string())
+/// Parses `--queue` with a message that never shows the URL as given: clap's own message for a
+/// value it could not parse quotes the value, which may hold a password.
+#[derive(Clone)]
+struct QueueUrlParser;
+
+impl clap::builder::TypedValueParser for QueueUrlParser {
+    type Value = QueueUrl;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<QueueUrl, clap::Error> {
+        let raw = |message: String| {
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, message + "\n")
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| raw("--queue is not valid UTF-8".into()))?;
+        text.parse().map_err(|e: BadQueueUrl| raw(e.to_string()))
+    }
 }
 
 /// A reason the configuration cannot work, said before anything starts.
@@ -347,18 +376,18 @@ impl ServeConfig {
         Duration::from_millis(self.max_batch_delay_ms)
     }
 
-    /// This replica's consumer name: `--queue-consumer`, else host name and process id
-    /// (unique per replica on ACA and Kubernetes, where each replica has its own host name).
     /// How to sign in to an Azure storage account (`--queue azure-queue://`).
-    pub fn azure_credentials(&self) -> crate::broker::AzureCredentials {
+    pub fn azure_credentials(&self) -> AzureCredentials {
         let nonempty = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
-        crate::broker::AzureCredentials {
+        AzureCredentials {
             account_key: nonempty(&self.azure_storage_key),
             sas_token: nonempty(&self.azure_storage_sas_token),
             client_id: nonempty(&self.azure_client_id),
         }
     }
 
+    /// This replica's consumer name: `--queue-consumer`, else host name and process id
+    /// (unique per replica on ACA and Kubernetes, where each replica has its own host name).
     pub fn queue_consumer(&self) -> String {
         self.queue_consumer.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -427,6 +456,11 @@ mod tests {
             Err(ConfigError::VisibilityTooShort(10))
         ));
         assert!(Cli::try_parse_from(["zerobatch", "--queue", "redis://h:1"]).is_err());
+        // clap's own message would quote the value: ours shows it with the password hidden.
+        let e = Cli::try_parse_from(["zerobatch", "--queue", "redis://u:hunter2@h:1"])
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2") && e.contains("u:***@h:1"), "{e}");
         let c = Cli::parse_from(["zerobatch", "--queue", "redis://h:1/jobs"]).serve;
         assert!(c.queue.is_some() && c.validate().is_ok());
     }

@@ -1,5 +1,6 @@
-//! The admission queue: a bounded crossbeam channel between the HTTP threads (producers) and
-//! the batcher (consumer), and the entries that travel through it.
+//! The embedding queue: a bounded crossbeam channel between the embedding service (producer,
+//! on the async threads) and the batcher (consumer, on the workers), and the entries that
+//! travel through it.
 //!
 //! One entry is one input sequence with its own reply channel, so a client batch of N inputs
 //! becomes N entries that the batcher may place in different batches. Admission is all or
@@ -76,12 +77,31 @@ pub enum QueueError {
     Closed,
 }
 
-/// Producer side, held by the HTTP front end.
+/// A request's place in arrival order: the sequence number of its first input, taken when the
+/// request arrives, before any wait for the model to load, so that requests held through a cold
+/// start are batched in the order they came (the batcher keeps its pending entries sorted by
+/// it). One clock for the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Arrival(u64);
+
+impl Arrival {
+    /// The places of a request of `inputs` inputs that arrives now.
+    pub fn now(inputs: usize) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Arrival(NEXT.fetch_add(inputs.max(1) as u64, Ordering::Relaxed))
+    }
+
+    /// The sequence number of input `i` of the request.
+    pub fn seq(self, i: usize) -> u64 {
+        self.0 + i as u64
+    }
+}
+
+/// Producer side, held by the embedding service.
 pub struct Queue {
     tx: RwLock<Option<Sender<Entry>>>,
     depth: Arc<AtomicUsize>,
     capacity: usize,
-    next_seq: AtomicU64,
 }
 
 /// Consumer side, handed to the batcher.
@@ -91,7 +111,7 @@ pub struct QueueReceiver {
 }
 
 impl QueueReceiver {
-    /// The parts a [`crate::batcher::Batcher`] is built from (for benchmarks and embedders
+    /// The parts a [`super::batcher::Batcher`] is built from (for benchmarks and embedders
     /// that assemble the pipeline themselves).
     pub fn into_parts(self) -> (Receiver<Entry>, Arc<AtomicUsize>) {
         (self.rx, self.depth)
@@ -107,19 +127,13 @@ impl Queue {
             tx: RwLock::new(Some(tx)),
             depth: depth.clone(),
             capacity,
-            next_seq: AtomicU64::new(0),
         };
         (queue, QueueReceiver { rx, depth })
     }
 
-    /// A sequence number for an input that has just arrived.
-    pub fn next_seq(&self) -> u64 {
-        self.next_seqs(1)
-    }
-
-    /// `n` consecutive sequence numbers (the inputs of one request); returns the first.
-    pub fn next_seqs(&self, n: usize) -> u64 {
-        self.next_seq.fetch_add(n as u64, Ordering::Relaxed)
+    /// Most inputs waiting at once.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     /// Inputs waiting now.
@@ -168,11 +182,11 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn entry(q: &Queue) -> (Entry, oneshot::Receiver<Result<Output, InferError>>) {
+    fn entry(_q: &Queue) -> (Entry, oneshot::Receiver<Result<Output, InferError>>) {
         let (reply, rx) = oneshot::channel();
         let now = Instant::now();
         let e = Entry {
-            seq: q.next_seq(),
+            seq: Arrival::now(1).seq(0),
             arrived: now,
             deadline: now + Duration::from_secs(1),
             job: Job::Embed { ids: vec![1, 2] },

@@ -1,8 +1,14 @@
 //! The value of `--queue`: which broker, where, and how it is named in logs. Checked when the
 //! options are parsed, so a wrong URL stops the start with a message that says what is wrong;
-//! nothing here connects to anything.
+//! plain values: nothing here connects to anything. A URL may hold a password: every message
+//! about it shows the URL with the password hidden, never as given.
 
-use super::job::BrokerError;
+use crate::redact::redact;
+
+/// Why `--queue` cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--queue {0}")]
+pub struct BadQueueUrl(pub String);
 
 /// Where jobs come from: the value of `--queue`, checked when the options are parsed.
 #[derive(Debug, Clone)]
@@ -21,6 +27,19 @@ impl QueueUrl {
             QueueUrl::Redis(t) => &t.display,
             QueueUrl::Azure(t) => &t.display,
         }
+    }
+
+    /// The password the URL holds, if any (to be kept out of every message).
+    pub fn password(&self) -> Option<&str> {
+        let QueueUrl::Redis(t) = self else {
+            return None;
+        };
+        let authority = t.server.split_once("://")?.1.split('/').next()?;
+        let userinfo = authority.rsplit_once('@')?.0;
+        userinfo
+            .split_once(':')
+            .map(|(_, p)| p)
+            .filter(|p| !p.is_empty())
     }
 }
 
@@ -85,8 +104,8 @@ fn valid_azure_queue_name(name: &str) -> bool {
         && !name.contains("--")
 }
 
-fn parse_azure(s: &str, rest: &str) -> Result<QueueUrl, BrokerError> {
-    let bad = |why: &str| BrokerError::BadUrl(format!("{s:?}: {why}"));
+fn parse_azure(s: &str, rest: &str) -> Result<QueueUrl, BadQueueUrl> {
+    let bad = |why: &str| BadQueueUrl(format!("{:?}: {why}", redact(s, &[])));
     let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
     let Some((account, queue)) = location.split_once('/') else {
         return Err(bad("expected azure-queue://ACCOUNT/QUEUE"));
@@ -148,18 +167,15 @@ fn parse_azure(s: &str, rest: &str) -> Result<QueueUrl, BrokerError> {
         queue_endpoint,
         blob_endpoint,
         results,
-        display: s.to_string(),
+        display: redact(s, &[]),
     }))
 }
 
 /// A Redis stream and the consumer group that reads it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisTarget {
-    /// The client for the server (no connection is made until it is used); over TLS it
-    /// trusts the system's roots until [`RedisTarget::with_ca_file`] says otherwise.
-    pub client: redis::Client,
-    /// The server's address as the client takes it (`redis://` or `rediss://`, with the
-    /// password).
+    /// The server's address as the Redis client takes it (`redis://` or `rediss://`, with the
+    /// password: never shown; see `display`).
     pub server: String,
     /// The stream's key.
     pub stream: String,
@@ -171,25 +187,19 @@ pub struct RedisTarget {
     pub display: String,
 }
 
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        f.debug_struct("RedisTarget")
+            .field("display", &self.display)
+            .finish()
+    }
+}
+
 impl RedisTarget {
-    /// Over TLS (`rediss://`), trusts the CA certificates in the PEM file `path` instead of
-    /// the system's roots (a Redis whose certificate a private CA signed).
-    pub fn with_ca_file(mut self, path: &std::path::Path) -> Result<Self, BrokerError> {
-        let bad = |why: String| BrokerError::BadUrl(format!("{}: {why}", self.display));
-        if !self.server.starts_with("rediss://") {
-            return Err(bad(
-                "--queue-tls-ca-file is for TLS connections: the URL must be rediss://".into(),
-            ));
-        }
-        let pem = std::fs::read(path)
-            .map_err(|e| bad(format!("--queue-tls-ca-file {}: {e}", path.display())))?;
-        let certificates = redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(pem),
-        };
-        self.client = redis::Client::build_with_tls(self.server.as_str(), certificates)
-            .map_err(|e| bad(format!("--queue-tls-ca-file {}: {e}", path.display())))?;
-        Ok(self)
+    /// Whether the connection is over TLS (`rediss://`).
+    pub fn tls(&self) -> bool {
+        self.server.starts_with("rediss://")
     }
 }
 
@@ -197,10 +207,10 @@ impl RedisTarget {
 pub const DEFAULT_GROUP: &str = "zerobatch";
 
 impl std::str::FromStr for QueueUrl {
-    type Err = BrokerError;
+    type Err = BadQueueUrl;
 
-    fn from_str(s: &str) -> Result<Self, BrokerError> {
-        let bad = |why: &str| BrokerError::BadUrl(format!("{s:?}: {why}"));
+    fn from_str(s: &str) -> Result<Self, BadQueueUrl> {
+        let bad = |why: &str| BadQueueUrl(format!("{:?}: {why}", redact(s, &[])));
         let Some((scheme, rest)) = s.split_once("://") else {
             return Err(bad(
                 "expected redis://host:port/STREAM?group=GROUP or azure-queue://ACCOUNT/QUEUE",
@@ -246,7 +256,6 @@ impl std::str::FromStr for QueueUrl {
             }
         }
         let server = format!("{scheme}://{authority}/");
-        let client = redis::Client::open(server.as_str()).map_err(|e| bad(&e.to_string()))?;
         let shown_authority = match authority.rsplit_once('@') {
             Some((userinfo, host)) => match userinfo.split_once(':') {
                 Some((user, _)) => format!("{user}:***@{host}"),
@@ -258,7 +267,6 @@ impl std::str::FromStr for QueueUrl {
             .as_deref()
             .map_or(String::new(), |r| format!("&results={r}"));
         Ok(QueueUrl::Redis(Box::new(RedisTarget {
-            client,
             server,
             stream: stream.to_string(),
             display: format!("{scheme}://{shown_authority}/{stream}?group={group}{shown_results}"),
@@ -325,6 +333,20 @@ mod tests {
         ] {
             let e = bad.parse::<QueueUrl>().unwrap_err().to_string();
             assert!(e.starts_with("--queue"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_url_that_does_not_parse_is_never_echoed_with_its_password() {
+        for url in [
+            "redis://user:hunter2@cache:6380",
+            "redis://user:hunter2@cache:6380/a/b",
+            "rediss://:hunter2@cache:6380/jobs?grp=x",
+            "redis://user:hunter2@cache:6380/jobs?results=jobs",
+        ] {
+            let e = url.parse::<QueueUrl>().unwrap_err().to_string();
+            assert!(!e.contains("hunter2"), "{e}");
+            assert!(e.contains("***"), "{e}");
         }
     }
 

@@ -1,5 +1,7 @@
-//! The ingress loop: pulls jobs from the broker while this replica has room for them, runs
-//! each through the HTTP routes' own code, writes its result and acknowledges it.
+//! The queue ingress, the second front end beside HTTP: pulls jobs from the broker while this
+//! replica has room for them, runs each as its route's HTTP request would run
+//! ([`JsonRequest`]: the same checks, the same service, the same batches), writes its result and
+//! acknowledges it.
 //!
 //! - **Pull what can run.** A job slot (`--queue-max-jobs`) is taken before reading; a read
 //!   asks for as many entries as there are free slots, never more. A job that meets a full
@@ -10,6 +12,13 @@
 //!   `--max-body-bytes` (on Azure at most a message's 64 KiB) for each entry it asks for, and
 //!   each job keeps only its own size of that reservation until it ends. So many small jobs
 //!   fill every slot, while large ones are held a few at a time.
+//! - **Busy is not broken.** A job that meets a full queue (HTTP traffic took the room) or
+//!   times out waiting for a worker is still ours: it is submitted again after a pause that
+//!   grows from 20 ms to 1 s. A job that has timed out `--queue-max-deliveries` times here is
+//!   dead-lettered with the timeout (the heartbeat that keeps it from being redelivered would
+//!   otherwise keep it for ever). Every other error decides from its kind: the job's fault
+//!   (invalid, too large) goes to the dead letters with the error its HTTP request would get;
+//!   anything else (the model failed, the replica is going away) leaves it for redelivery.
 //! - **No busy polling when idle.** Redis: `XREADGROUP ... BLOCK` waits in Redis; the loop
 //!   wakes once per [`BLOCK`] to reclaim idle entries and refresh the backlog gauge. Azure
 //!   has no blocking read: an empty queue is asked again after a pause growing to 1 s.
@@ -27,16 +36,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use super::job::{valid_job_id, BrokerError, Delivery, JobEnvelope, Start};
-use super::Broker;
-use crate::http::api;
-use crate::http::error::ApiError;
-use crate::http::AppState;
+use crate::api::json_routes::JsonRequest;
+use crate::broker::{valid_job_id, Broker, BrokerError, Delivery, JobEnvelope, Start};
+use crate::error::ServiceError;
+use crate::lifecycle::Lifecycle;
 use crate::metrics;
 
 /// Longest wait of one blocking read; also how often an idle loop reclaims and measures.
@@ -44,8 +51,9 @@ pub const BLOCK: Duration = Duration::from_secs(2);
 /// Backoff bounds while the broker cannot be reached.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Pause before submitting again a job that met a full internal queue.
-const REQUEUE_PAUSE: Duration = Duration::from_millis(20);
+/// Pauses before submitting again a job that met a busy replica: the first, and the longest.
+const RETRY_PAUSE_FIRST: Duration = Duration::from_millis(20);
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);
 /// How often the backlog gauges are refreshed at most.
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
@@ -62,12 +70,24 @@ pub struct IngressConfig {
     pub max_held_bytes: usize,
     /// Largest job accepted (`--max-body-bytes`): what a read reserves per entry.
     pub max_job_bytes: usize,
+    /// Most inputs in one job (`--max-client-batch`).
+    pub max_client_batch: usize,
 }
+
+/// The status and JSON body an HTTP request gets for a service error: what a job's record
+/// holds when it ends in that error. The mapping is the HTTP front end's
+/// (`http::error::service_error_answer`); the server hands it in, so that this front end does
+/// not depend on the other.
+pub type ErrorAnswer = fn(&ServiceError) -> (u16, Vec<u8>);
 
 /// The ingress of one replica.
 pub struct Ingress {
     broker: Arc<Broker>,
-    state: Arc<AppState>,
+    lifecycle: Arc<Lifecycle>,
+    /// `--max-inflight-body-bytes`, shared with HTTP: a job's text counts while it is parsed
+    /// and run.
+    body_budget: Arc<Semaphore>,
+    error_answer: ErrorAnswer,
     config: IngressConfig,
     slots: Arc<Semaphore>,
     /// Bytes of job text that may be held at once (see the module's doc).
@@ -104,13 +124,21 @@ impl Outcome {
 }
 
 impl Ingress {
-    /// An ingress feeding `state`'s queue from `broker`.
-    pub fn new(broker: Arc<Broker>, state: Arc<AppState>, config: IngressConfig) -> Self {
+    /// An ingress feeding `lifecycle`'s services from `broker`.
+    pub fn new(
+        broker: Arc<Broker>,
+        lifecycle: Arc<Lifecycle>,
+        body_budget: Arc<Semaphore>,
+        error_answer: ErrorAnswer,
+        config: IngressConfig,
+    ) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(config.max_jobs)),
             held_bytes: Arc::new(Semaphore::new(config.max_held_bytes)),
             broker,
-            state,
+            lifecycle,
+            body_budget,
+            error_answer,
             config,
             held: Mutex::new(HashMap::new()),
         }
@@ -120,7 +148,7 @@ impl Ingress {
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         // Nothing is pulled before the workers are warm: a job taken now would only wait.
         tokio::select! {
-            _ = self.state.lifecycle.wait_ready() => {}
+            _ = self.lifecycle.wait_ready() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         tracing::info!(
@@ -283,17 +311,16 @@ impl Ingress {
 
     async fn run_job(&self, delivery: &Delivery) -> Result<Outcome, BrokerError> {
         // The limits of an HTTP body hold for a job: its size (413), and its share of the bytes
-        // of bodies held at once, shared with HTTP requests, while it is parsed and tokenized.
+        // of bodies held at once, shared with HTTP requests, while it is parsed and run.
         let size = delivery.job.as_deref().map_or(0, str::len);
-        let limit = self.state.config.max_body_bytes;
+        let limit = self.config.max_job_bytes;
         if size > limit {
-            let error = ApiError::PayloadTooLarge(format!(
+            let error = ServiceError::TooLarge(format!(
                 "the job is {size} bytes; the limit is {limit} (--max-body-bytes)"
             ));
             return self.reject(None, delivery, error).await;
         }
         let _body_budget = self
-            .state
             .body_budget
             .clone()
             .acquire_many_owned(size as u32)
@@ -306,11 +333,11 @@ impl Ingress {
         {
             Some(Ok(e)) => e,
             Some(Err(e)) => {
-                let error = ApiError::BadRequest(format!("not a job: {e}"));
+                let error = ServiceError::Invalid(format!("not a job: {e}"));
                 return self.reject(None, delivery, error).await;
             }
             None => {
-                let error = ApiError::BadRequest(
+                let error = ServiceError::Invalid(
                     "not a job: the entry has no `job` field holding {\"route\", \"body\"}".into(),
                 );
                 return self.reject(None, delivery, error).await;
@@ -321,13 +348,13 @@ impl Ingress {
             .clone()
             .unwrap_or_else(|| delivery.entry.clone());
         if !valid_job_id(&id) {
-            let error = ApiError::BadRequest(format!(
+            let error = ServiceError::Invalid(format!(
                 "job id {id:?} is not valid: 1 to 128 letters, digits or -_.:"
             ));
             return self.reject(None, delivery, error).await;
         }
         if delivery.deliveries > self.config.max_deliveries {
-            let error = ApiError::Internal(format!(
+            let error = ServiceError::Failed(format!(
                 "delivered {} times without finishing (--queue-max-deliveries {})",
                 delivery.deliveries, self.config.max_deliveries
             ));
@@ -340,39 +367,47 @@ impl Ingress {
             return Ok(Outcome::Skipped);
         }
         let body = envelope.body.get().as_bytes();
+        let mut pause = RETRY_PAUSE_FIRST;
+        let mut timeouts = 0;
         loop {
-            let answer = async {
-                crate::http::jobs::check_job_route(&envelope.route)?;
-                let parsed =
-                    api::parse_request(&envelope.route, body, self.state.config.max_client_batch)?;
-                crate::http::routes::run_parsed(&self.state, parsed).await
-            }
-            .await;
+            let answer =
+                match JsonRequest::parse(&envelope.route, body, self.config.max_client_batch) {
+                    Ok(request) => request.answer(&self.lifecycle).await,
+                    Err(e) => Err(e),
+                };
             let error = match answer {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let bytes = body_bytes(response).await;
+                Ok(result) => {
                     self.broker
-                        .finish(&id, &envelope.route, delivery, status, &bytes)
+                        .finish(&id, &envelope.route, delivery, 200, &result)
                         .await?;
                     return Ok(Outcome::Succeeded);
                 }
                 Err(e) => e,
             };
-            match error.error_type() {
-                // The internal queue is full of HTTP traffic, or the job waited past the
-                // request timeout: it is still ours to run; wait a moment and submit again.
-                "queue_full" | "timeout" => tokio::time::sleep(REQUEUE_PAUSE).await,
-                _ if error.status().is_client_error() => {
-                    return self.reject(Some(&id), delivery, error).await;
-                }
+            if error.is_the_requests_fault() {
+                return self.reject(Some(&id), delivery, error).await;
+            }
+            if !error.is_momentary() {
                 // The model failed, or this replica is going away: another delivery may do
                 // better (the delivery count bounds the attempts).
-                _ => {
-                    tracing::warn!(job = id, "job not finished here: {error}");
-                    return Ok(Outcome::Released);
+                tracing::warn!(job = id, "job not finished here: {error}");
+                return Ok(Outcome::Released);
+            }
+            // The replica is busy: the job is still ours to run, after a pause.
+            if matches!(error, ServiceError::TimedOut(..)) {
+                timeouts += 1;
+                if timeouts >= self.config.max_deliveries {
+                    let error = ServiceError::Failed(format!(
+                        "{error} ({timeouts} times here; --queue-max-deliveries {})",
+                        self.config.max_deliveries
+                    ));
+                    tracing::warn!(job = id, "{error}: moving it to {}", self.broker.dead_key());
+                    self.dead_letter(Some(&id), delivery, error).await?;
+                    return Ok(Outcome::DeadLettered);
                 }
             }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RETRY_PAUSE_MAX);
         }
     }
 
@@ -381,7 +416,7 @@ impl Ingress {
         &self,
         id: Option<&str>,
         delivery: &Delivery,
-        error: ApiError,
+        error: ServiceError,
     ) -> Result<Outcome, BrokerError> {
         tracing::info!(
             entry = delivery.entry,
@@ -397,18 +432,9 @@ impl Ingress {
         &self,
         id: Option<&str>,
         delivery: &Delivery,
-        error: ApiError,
+        error: ServiceError,
     ) -> Result<(), BrokerError> {
-        let status = error.status().as_u16();
-        let body = body_bytes(error.into_response()).await;
+        let (status, body) = (self.error_answer)(&error);
         self.broker.dead_letter(id, delivery, &body, status).await
-    }
-}
-
-/// The bytes of a response body (the server's bodies are whole buffers: this never waits).
-async fn body_bytes(response: hyper::Response<http_body_util::Full<bytes::Bytes>>) -> bytes::Bytes {
-    match response.into_body().collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(never) => match never {},
     }
 }

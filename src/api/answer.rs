@@ -1,0 +1,255 @@
+//! Writes a generation's answer in the style its call asked for: whole, from everything the
+//! sequence produced, or streamed, one JSON payload per Server-Sent Event as the engine's
+//! events come (the front end adds the SSE framing).
+
+use serde_json::{json, Value};
+
+use super::generation::{AnswerContext, Collected, Format};
+use super::{openai, tgi, upstream};
+use crate::generate::engine::{Event, FinishReason, TokenEvent};
+
+/// The whole answer of a finished sequence.
+pub fn whole(a: &AnswerContext, c: &Collected) -> Value {
+    match a.format {
+        Format::Upstream => upstream::whole(a, c),
+        Format::Tgi {
+            details,
+            return_full_text,
+        } => tgi::whole(a, c, details, return_full_text),
+        Format::Completion { echo, .. } => openai::whole_completion(a, c, echo),
+        Format::Chat { .. } => openai::whole_chat(a, c),
+    }
+}
+
+/// One Server-Sent Event's payload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    Json(Value),
+    /// OpenAI's end of stream: `data: [DONE]`.
+    Done,
+}
+
+/// Turns a sequence's events into the payloads of its stream, in the call's style.
+pub struct StreamWriter {
+    answer: AnswerContext,
+    /// TGI's last token waits for the end, which it carries.
+    held: Option<TokenEvent>,
+    index: usize,
+    text: String,
+    /// OpenAI: text not yet sent because it may begin a stop sequence.
+    pending: String,
+    stopped: bool,
+    opened: bool,
+}
+
+impl StreamWriter {
+    pub fn new(answer: AnswerContext) -> Self {
+        Self {
+            answer,
+            held: None,
+            index: 0,
+            text: String::new(),
+            pending: String::new(),
+            stopped: false,
+            opened: false,
+        }
+    }
+
+    /// Appends the payloads `ev` produces to `out`.
+    pub fn event(&mut self, ev: Event, out: &mut Vec<Payload>) {
+        if let Event::Failed(failure) = &ev {
+            // The stream is already 200: the error goes in the stream, as TGI does.
+            out.push(Payload::Json(json!({
+                "error": failure.to_string(),
+                "error_type": "generation",
+            })));
+            if !matches!(self.answer.format, Format::Tgi { .. }) {
+                out.push(Payload::Done);
+            }
+            return;
+        }
+        let full_text = match self.answer.format {
+            Format::Tgi {
+                return_full_text, ..
+            } => return_full_text,
+            Format::Upstream => true,
+            _ => return self.openai(ev, out),
+        };
+        match ev {
+            Event::Token(t) => {
+                if let Some(prev) = self.held.replace(t) {
+                    self.tgi_token(prev, None, out);
+                }
+            }
+            Event::Done { reason, .. } => {
+                if let Some(last) = self.held.take() {
+                    self.tgi_token(last, Some((reason, full_text)), out);
+                }
+            }
+            Event::Failed(_) => {}
+        }
+    }
+
+    fn tgi_token(
+        &mut self,
+        t: TokenEvent,
+        end: Option<(FinishReason, bool)>,
+        out: &mut Vec<Payload>,
+    ) {
+        self.text.push_str(&t.text);
+        self.index += 1;
+        out.push(Payload::Json(tgi::stream_event(
+            &self.answer,
+            &t,
+            self.index,
+            &self.text,
+            end,
+        )));
+    }
+
+    fn openai(&mut self, ev: Event, out: &mut Vec<Payload>) {
+        let a = &self.answer;
+        if !self.opened {
+            self.opened = true;
+            match a.format {
+                Format::Chat { .. } => {
+                    out.push(Payload::Json(openai::chunk(a, Some(""), None, true)));
+                }
+                Format::Completion { echo: true, .. } => {
+                    out.push(Payload::Json(openai::chunk(
+                        a,
+                        Some(&a.prompt_text),
+                        None,
+                        false,
+                    )));
+                }
+                _ => {}
+            }
+        }
+        match ev {
+            Event::Token(t) => {
+                self.index += 1;
+                if self.stopped || t.text.is_empty() {
+                    return;
+                }
+                self.pending.push_str(&t.text);
+                let send = self.releasable();
+                if !send.is_empty() {
+                    out.push(Payload::Json(openai::chunk(
+                        &self.answer,
+                        Some(&send),
+                        None,
+                        false,
+                    )));
+                }
+            }
+            Event::Done { reason, .. } => {
+                let a = &self.answer;
+                if !self.stopped && !self.pending.is_empty() {
+                    let rest = std::mem::take(&mut self.pending);
+                    out.push(Payload::Json(openai::chunk(a, Some(&rest), None, false)));
+                }
+                out.push(Payload::Json(openai::chunk(
+                    a,
+                    None,
+                    Some(reason.openai()),
+                    false,
+                )));
+                let include_usage = match a.format {
+                    Format::Chat { include_usage } | Format::Completion { include_usage, .. } => {
+                        include_usage
+                    }
+                    _ => false,
+                };
+                if include_usage {
+                    let mut v = openai::chunk(a, None, None, false);
+                    v["choices"] = json!([]);
+                    v["usage"] = openai::usage(a, self.index);
+                    out.push(Payload::Json(v));
+                }
+                out.push(Payload::Done);
+            }
+            Event::Failed(_) => {}
+        }
+    }
+
+    /// The part of the pending text that can be sent: up to a stop sequence (then nothing
+    /// more is sent), or all but the longest tail that could begin one.
+    fn releasable(&mut self) -> String {
+        let stops = &self.answer.stop;
+        if let Some(cut) = stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min()
+        {
+            self.stopped = true;
+            let send = self.pending[..cut].to_string();
+            self.pending.clear();
+            return send;
+        }
+        let mut keep = 0;
+        for s in stops {
+            for (i, _) in s.char_indices().skip(1) {
+                if self.pending.ends_with(&s[..i]) {
+                    keep = keep.max(i);
+                }
+            }
+        }
+        let at = self.pending.len() - keep;
+        let send = self.pending[..at].to_string();
+        self.pending.drain(..at);
+        send
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streamed_openai_text_never_shows_a_stop_sequence() {
+        let answer = AnswerContext {
+            format: Format::Completion {
+                echo: false,
+                include_usage: false,
+            },
+            prompt_text: String::new(),
+            prompt_tokens: 1,
+            seed: None,
+            stop: vec!["END".into()],
+            model: "m".into(),
+            id: "cmpl-1".into(),
+            created: 0,
+        };
+        let mut w = StreamWriter::new(answer);
+        let mut out = Vec::new();
+        for piece in ["hello E", "N", "D tail"] {
+            w.event(
+                Event::Token(TokenEvent {
+                    id: 1,
+                    text: piece.into(),
+                    logprob: 0.0,
+                    special: false,
+                }),
+                &mut out,
+            );
+        }
+        w.event(
+            Event::Done {
+                reason: FinishReason::StopSequence,
+                generated_tokens: 3,
+                prompt_tokens: 1,
+            },
+            &mut out,
+        );
+        let texts: String = out
+            .iter()
+            .filter_map(|p| match p {
+                Payload::Json(v) => v["choices"][0]["text"].as_str().map(str::to_string),
+                Payload::Done => None,
+            })
+            .collect();
+        assert_eq!(texts, "hello ");
+        assert_eq!(out.last(), Some(&Payload::Done));
+    }
+}

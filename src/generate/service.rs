@@ -1,0 +1,275 @@
+//! The generation service: everything between a checked generation request and the engine's
+//! stream of tokens, whichever front end brought it. It owns the task's admission rules, so no
+//! front end can skip them:
+//!
+//! - the prompt is rendered (chat) and tokenized off the async threads when long;
+//! - an empty prompt is refused; a prompt that leaves no room for one new token is `TooLarge`;
+//! - `max_new_tokens` is checked (or, for a default, clamped) against the room the prompt
+//!   leaves in the model's context and in `--max-batch-total-tokens`;
+//! - a request waits for a place in the running batch until `--request-timeout-ms`, then is
+//!   answered `TimedOut` (the engine checks every waiting request at every step);
+//! - the engine's queue holds at most `--queue-capacity` requests (`QueueFull` past it).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use super::chat::{ChatMessage, ChatTemplate};
+use super::engine::{EngineHandle, Event, GenerationRequest, SubmitError};
+use super::sampling::{SamplingDefaults, SamplingParams};
+use super::tokenizer::GenTokenizer;
+use crate::error::ServiceError;
+use crate::model::{ModelInfo, TokenInfo};
+use crate::offload::Offload;
+
+/// What the prompt is.
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    /// Raw text, tokenized as it is (control tokens written in it are parsed, as TGI and
+    /// OpenAI's completions do).
+    Text(String),
+    /// A conversation, rendered through the model's chat template.
+    Chat(Vec<ChatMessage>),
+}
+
+impl Prompt {
+    /// Bytes of text the prompt holds.
+    pub fn text_bytes(&self) -> usize {
+        match self {
+            Prompt::Text(t) => t.len(),
+            Prompt::Chat(messages) => messages
+                .iter()
+                .map(|m| m.role.len() + m.content.len())
+                .sum(),
+        }
+    }
+}
+
+/// How many new tokens a request may produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Length {
+    /// At most `n`, as the request asked in its field `field`: more than the prompt leaves
+    /// room for is `TooLarge`, naming the field.
+    Asked { n: usize, field: &'static str },
+    /// The route's default (`None`: `--default-max-new-tokens`), cut to the room the prompt
+    /// leaves.
+    Default(Option<usize>),
+    /// This many tokens in all, prompt included (the upstream `{"text"}` application's
+    /// `max_length`), at least one new token.
+    Total(usize),
+}
+
+/// A checked generation request, not yet tokenized.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    pub params: SamplingParams,
+    pub length: Length,
+    /// Stop sequences (checked by the front end: at most 8, each at most 256 bytes).
+    pub stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens (load tests).
+    pub ignore_eos: bool,
+}
+
+/// A request the engine has queued: what the answer needs, and its events.
+pub struct Generation {
+    /// The prompt as the model reads it (a chat rendered through its template).
+    pub prompt_text: String,
+    pub prompt_tokens: usize,
+    /// Tokens, then one `Done` or `Failed`. Dropping it cancels the sequence (the engine
+    /// retires it at its next step).
+    pub events: UnboundedReceiver<Event>,
+}
+
+/// How the generation service runs (from the options).
+#[derive(Debug, Clone, Copy)]
+pub struct GenerateSettings {
+    /// New tokens when a request does not say (`--default-max-new-tokens`).
+    pub default_max_new_tokens: usize,
+    /// Longest wait for a place in the running batch (`--request-timeout-ms`).
+    pub request_timeout: Duration,
+}
+
+/// The generation model's service.
+pub struct GenerateService {
+    info: ModelInfo,
+    tokenizer: Arc<GenTokenizer>,
+    chat: Option<Arc<ChatTemplate>>,
+    defaults: SamplingDefaults,
+    engine: EngineHandle,
+    offload: Offload,
+    settings: GenerateSettings,
+}
+
+impl GenerateService {
+    /// The service over a started engine.
+    pub fn new(
+        info: ModelInfo,
+        tokenizer: Arc<GenTokenizer>,
+        chat: Option<ChatTemplate>,
+        defaults: SamplingDefaults,
+        engine: EngineHandle,
+        offload: Offload,
+        settings: GenerateSettings,
+    ) -> Self {
+        Self {
+            info,
+            tokenizer,
+            chat: chat.map(Arc::new),
+            defaults,
+            engine,
+            offload,
+            settings,
+        }
+    }
+
+    /// Facts about the model.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// The model's own sampling settings, for the routes that use them where a request is
+    /// silent.
+    pub fn defaults(&self) -> &SamplingDefaults {
+        &self.defaults
+    }
+
+    /// Requests waiting for a place in the running batch.
+    pub fn waiting(&self) -> usize {
+        self.engine.waiting()
+    }
+
+    /// Lets the engine end once its running sequences are done (after the drain).
+    pub fn stop(&self) {
+        self.engine.stop();
+    }
+
+    /// Checks, tokenizes and queues `request`; the answer streams from the returned events.
+    pub async fn submit(&self, request: GenerateRequest) -> Result<Generation, ServiceError> {
+        let (prompt_text, ids) = self.prompt_ids(request.prompt).await?;
+        let context = self.engine.context();
+        let budget = self.engine.limits().max_batch_total_tokens;
+        let limit = context.min(budget);
+        if ids.is_empty() {
+            return Err(ServiceError::Invalid(
+                "the prompt is empty: give at least one token of text".into(),
+            ));
+        }
+        if ids.len() >= limit {
+            return Err(ServiceError::TooLarge(format!(
+                "the prompt has {} tokens; this server takes at most {} (the model's context is {context}, --max-batch-total-tokens is {budget}), leaving room for one new token",
+                ids.len(),
+                limit - 1
+            )));
+        }
+        let room = limit - ids.len();
+        let max_new_tokens = match request.length {
+            Length::Total(total) => total.saturating_sub(ids.len()).clamp(1, room),
+            Length::Default(n) => n
+                .unwrap_or(self.settings.default_max_new_tokens)
+                .clamp(1, room),
+            Length::Asked { n, .. } if n <= room => n,
+            Length::Asked { n, field } => {
+                return Err(ServiceError::TooLarge(format!(
+                    "{field} is {n}, but the prompt's {} tokens leave room for {room} (the model's context is {context}, --max-batch-total-tokens is {budget})",
+                    ids.len()
+                )))
+            }
+        };
+        let (events, rx) = unbounded_channel();
+        let prompt_tokens = ids.len();
+        let now = Instant::now();
+        let queued = GenerationRequest {
+            prompt: ids,
+            params: request.params,
+            max_new_tokens,
+            stop: request.stop,
+            ignore_eos: request.ignore_eos,
+            events,
+            queued_at: now,
+            deadline: now + self.settings.request_timeout,
+        };
+        match self.engine.submit(queued) {
+            Ok(()) => Ok(Generation {
+                prompt_text,
+                prompt_tokens,
+                events: rx,
+            }),
+            Err(SubmitError::Full) => Err(ServiceError::QueueFull(format!(
+                "the generation queue is full ({} requests waiting; --queue-capacity); retry",
+                self.engine.waiting()
+            ))),
+            Err(SubmitError::Closed) => Err(ServiceError::ShuttingDown(
+                "the generation engine has stopped; retry on another replica".into(),
+            )),
+        }
+    }
+
+    /// The error a sequence that waited past its deadline ends in.
+    pub fn timed_out(&self) -> ServiceError {
+        ServiceError::TimedOut(
+            self.settings.request_timeout.as_millis() as u64,
+            "a place in the running batch",
+        )
+    }
+
+    /// The tokens of each text, as a prompt of the model reads them.
+    pub async fn tokenize(
+        &self,
+        texts: Vec<String>,
+        add_special_tokens: bool,
+    ) -> Result<Vec<Vec<TokenInfo>>, ServiceError> {
+        let bytes = texts.iter().map(String::len).sum();
+        let tokenizer = self.tokenizer.clone();
+        self.offload
+            .run(bytes, move || {
+                texts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, text)| {
+                        tokenizer.tokens(text, add_special_tokens).map_err(|e| {
+                            ServiceError::Invalid(format!("input {i} cannot be tokenized: {e}"))
+                        })
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    /// The prompt's text as the model reads it, and its ids.
+    async fn prompt_ids(&self, prompt: Prompt) -> Result<(String, Vec<u32>), ServiceError> {
+        let tokenizer = self.tokenizer.clone();
+        match prompt {
+            Prompt::Text(text) => {
+                self.offload
+                    .run(text.len(), move || {
+                        let ids = tokenizer.encode(&text, true).map_err(|e| {
+                            ServiceError::Invalid(format!("the prompt cannot be tokenized: {e}"))
+                        })?;
+                        Ok((text, ids))
+                    })
+                    .await
+            }
+            Prompt::Chat(messages) => {
+                let template = self.chat.clone().ok_or_else(|| {
+                    ServiceError::Invalid(
+                        "the loaded model has no chat template (tokenizer.chat_template): use /v1/completions or /generate".into(),
+                    )
+                })?;
+                // Always off the async threads: a template from a model file may be slow.
+                self.offload
+                    .off(move || {
+                        let text = template
+                            .render(&messages, true)
+                            .map_err(ServiceError::Invalid)?;
+                        let ids = tokenizer.encode(&text, false).map_err(|e| {
+                            ServiceError::Invalid(format!("the prompt cannot be tokenized: {e}"))
+                        })?;
+                        Ok((text, ids))
+                    })
+                    .await
+            }
+        }
+    }
+}

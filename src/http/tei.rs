@@ -1,0 +1,23 @@
+//! Hugging Face TEI's routes: `POST /embed` (also `POST /` on an embedding model) and
+//! `POST /tokenize`. Their bodies and answers are [`crate::api::tei`]'s.
+
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+
+use super::error::ApiError;
+use super::json_routes;
+use super::reply::Body;
+use super::state::AppState;
+
+/// `POST /embed` (and `POST /` on an embedding model): one vector per input.
+pub async fn embed(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    json_routes::answer(state, req, "/embed").await
+}
+
+/// `POST /tokenize`: each input's tokens, ids and byte offsets, as the model sees them.
+pub async fn tokenize(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    json_routes::answer(state, req, "/tokenize").await
+}
