@@ -252,7 +252,11 @@ fn head_within(s: &mut TcpStream, limit: Duration) -> Option<String> {
             Err(e) => panic!("reading: {e}"),
         }
     }
-    assert!(got.is_empty(), "a partial answer: {}", String::from_utf8_lossy(&got));
+    assert!(
+        got.is_empty(),
+        "a partial answer: {}",
+        String::from_utf8_lossy(&got)
+    );
     None
 }
 

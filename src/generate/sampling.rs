@@ -208,6 +208,20 @@ impl Sampler {
             };
         }
         let t = p.temperature;
+        // Scaled relative to the largest logit, so that the largest is 0 and nothing
+        // overflows: a temperature as small as 1e-38 sends every other logit to -inf (an exp of
+        // 0), which is greedy, rather than every logit to ±inf and their differences to NaN.
+        let Some(top) = logits
+            .iter()
+            .copied()
+            .filter(|l| l.is_finite())
+            .max_by(f32::total_cmp)
+        else {
+            return Choice {
+                id: 0,
+                logprob: f32::NEG_INFINITY,
+            };
+        };
         let c = &mut self.candidates;
         c.clear();
         c.extend(
@@ -215,14 +229,8 @@ impl Sampler {
                 .iter()
                 .enumerate()
                 .filter(|(_, l)| l.is_finite())
-                .map(|(i, &l)| (i as u32, l / t)),
+                .map(|(i, &l)| (i as u32, (l - top) / t)),
         );
-        if c.is_empty() {
-            return Choice {
-                id: 0,
-                logprob: f32::NEG_INFINITY,
-            };
-        }
         // Most likely first; top-k first so the sort is over k values.
         if let Some(k) = p.top_k {
             if k < c.len() {
@@ -346,6 +354,34 @@ mod tests {
 
     fn logits() -> Vec<f32> {
         vec![1.0, 3.0, 2.0, -1.0, 2.5, 0.0]
+    }
+
+    #[test]
+    fn a_vanishing_temperature_samples_as_greedy_decoding() {
+        // Logits like a model's: large, close, some negative (and no two alike, so greedy
+        // decoding has one answer).
+        let mut rng_logits = Vec::new();
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        for i in 0..1000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            rng_logits.push((x % 4000) as f32 / 100.0 - 20.0 + i as f32 * 1e-5);
+        }
+        for temperature in [1e-38f32, 1e-30, 1e-20, f32::MIN_POSITIVE, 1e-45] {
+            for seed in 0..20 {
+                let params = SamplingParams {
+                    do_sample: true,
+                    temperature,
+                    seed,
+                    ..SamplingParams::greedy()
+                };
+                let want = argmax(&rng_logits);
+                let got = Sampler::new(params).choose(&mut rng_logits.clone(), &[]);
+                assert_eq!(got.id, want, "temperature {temperature:e}, seed {seed}");
+                assert!(got.logprob.is_finite(), "temperature {temperature:e}");
+            }
+        }
     }
 
     #[test]
