@@ -43,10 +43,10 @@
 # Exits 0 with "SKIP: <reason>" when podman cannot be installed or run here; any other
 # failure exits non-zero.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+die_label=FAIL
 
-usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p;}' "$0"; }
-log() { printf 'container-test: %s\n' "$*" >&2; }
-die() { printf 'container-test: FAIL: %s\n' "$*" >&2; exit 1; }
 skip() { printf 'SKIP: %s\n' "$*"; exit 0; }
 
 port=""
