@@ -38,7 +38,6 @@ The script starts llama-server itself on a free loopback port
 """
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -50,6 +49,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from reference_common import last_line, sha256_of
 
 REPO = Path(__file__).resolve().parent.parent
 N_PREDICT = 48
@@ -158,19 +159,6 @@ def render_chat(messages):
         out.append(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n")
     out.append("<|im_start|>assistant\n")
     return "".join(out)
-
-
-def sha256_of(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def last_line(cmd):
-    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
-    return out.strip().splitlines()[-1]
 
 
 def free_port():
