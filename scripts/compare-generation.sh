@@ -21,7 +21,7 @@ concurrency="${CONCURRENCY:-1 8 16 32}"
 out="${OUT:-docs/bench-data/generation.csv}"
 port=18700
 
-model=$(scripts/fetch-generation-model.sh | tail -n 1)
+model=$(scripts/fetch-model.sh --generation | tail -n 1)
 scripts/build-llama-cpp.sh >&2
 cargo build --release --locked >&2
 llama=target/llama-cpp/bin/llama-server

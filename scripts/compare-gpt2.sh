@@ -44,6 +44,8 @@
 # and warns when a source file is newer. Needs oha, python3, and curl. Run it on an
 # otherwise idle machine: the load generator shares the cores with the server.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$(dirname "$0")/.."
 
 rounds="${ROUNDS:-3}"
@@ -59,7 +61,6 @@ body='{"text": "Once upon a time"}'
 max_length=35
 port=18800
 
-die() { echo "error: $*" >&2; exit 1; }
 [ -x "$bin" ] || die "$bin missing: cargo build --release"
 if [ -n "$(find src Cargo.toml Cargo.lock -newer "$bin" 2>/dev/null | head -n 1)" ]; then
   echo "warning: sources newer than $bin; it may be stale (cargo build --release)" >&2

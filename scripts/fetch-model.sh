@@ -33,6 +33,8 @@
 #   ZEROBATCH_GENERATION_MODEL_DIR  default generation destination
 #   PYTHON                          python interpreter with pip (default: python3)
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 generation=0
 if [[ "${1:-}" == "--generation" ]]; then
@@ -66,26 +68,6 @@ readonly OPTIONAL_FILES=(
 
 PYTHON="${PYTHON:-python3}"
 
-log() { printf 'fetch-model: %s\n' "$*" >&2; }
-die() { printf 'fetch-model: ERROR: %s\n' "$*" >&2; exit 1; }
-
-usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p;}' "$0" >&2; }
-
-sha256_of() {
-    if command -v sha256sum >/dev/null 2>&1; then
-        sha256sum "$1" | cut -d' ' -f1
-    elif command -v shasum >/dev/null 2>&1; then
-        shasum -a 256 "$1" | cut -d' ' -f1
-    else
-        "$PYTHON" -c 'import hashlib, sys
-h = hashlib.sha256()
-with open(sys.argv[1], "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-        h.update(chunk)
-print(h.hexdigest())' "$1"
-    fi
-}
-
 # is_complete DIR: true when DIR holds every expected file and the right weights.
 is_complete() {
     local dir="$1" f
@@ -103,9 +85,9 @@ installed() {
 }
 
 case "${1:-}" in
-    -h | --help) usage; exit 0 ;;
+    -h | --help) usage >&2; exit 0 ;;
 esac
-[[ $# -le 1 ]] || { usage; die "expected at most one argument, got $#"; }
+[[ $# -le 1 ]] || { usage >&2; die "expected at most one argument, got $#"; }
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_root="$(cd "$script_dir/.." && pwd)"
@@ -180,10 +162,7 @@ else
     cp -R "$src/." "$staging/"
 fi
 
-actual="$(sha256_of "$src/$MODEL_FILE")"
-if [[ "$actual" != "$MODEL_SHA256" ]]; then
-    die "$MODEL_FILE checksum mismatch: expected sha256 $MODEL_SHA256, got $actual; refusing to install it"
-fi
+verify_sha256 "$src/$MODEL_FILE" "$MODEL_SHA256" "$MODEL_FILE"
 [[ "$(sha256_of "$staging/$MODEL_FILE")" == "$MODEL_SHA256" ]] \
     || die "$MODEL_FILE checksum mismatch after copying to $staging"
 log "$MODEL_FILE sha256 verified"

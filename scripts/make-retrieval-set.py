@@ -51,12 +51,12 @@ No embeddings are stored: the tests compute them.
 """
 
 import argparse
-import hashlib
 import json
-import math
 import os
 import random
 import sys
+
+from reference_common import round7, sha256_of
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -329,21 +329,6 @@ TOPICS = [
         ],
     ),
 ]
-
-
-def round7(x):
-    x = float(x)
-    if x == 0.0 or not math.isfinite(x):
-        return x
-    return float(f"{x:.7g}")
-
-
-def sha256_of(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def make_passages(rng, count_tokens):

@@ -118,6 +118,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from reference_common import last_line
+
 REPO = Path(__file__).resolve().parent.parent
 
 # --- corpus -----------------------------------------------------------------
@@ -264,11 +266,6 @@ CASES = [
 
 def log(msg):
     print(f"make-spm-reference: {msg}", file=sys.stderr, flush=True)
-
-
-def last_line(cmd):
-    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
-    return out.strip().splitlines()[-1]
 
 
 def rel(p):

@@ -19,8 +19,10 @@
 #   LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 target/release/zerobatch --port 8080 --model DIR &
 #   scripts/memory-burst.sh $! http://127.0.0.1:8080
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-[[ $# -ge 2 ]] || { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p;}' "$0" >&2; exit 2; }
+[[ $# -ge 2 ]] || { usage >&2; exit 2; }
 pid="$1"
 url="$2"
 shift 2

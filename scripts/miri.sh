@@ -18,6 +18,9 @@
 #   MIRI_TOOLCHAIN  toolchain to run (default: nightly)
 #   MIRIFLAGS       extra miri flags, added after -Zmiri-tree-borrows
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+die_status=2
 
 toolchain="${MIRI_TOOLCHAIN:-nightly}"
 filter="model::kernels"
@@ -28,8 +31,6 @@ fi
 if [[ $# -gt 0 && "$1" == "--" ]]; then
     shift
 fi
-
-die() { printf 'miri: %s\n' "$*" >&2; exit 2; }
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -4,6 +4,11 @@
 # root is needed; the container uses 80). `./scripts/serve.sh generate` serves the default
 # text-generation model instead (SmolLM2-135M-Instruct Q4_1). Every other option can be set
 # by its env var or passed as flags, e.g. `./scripts/serve.sh --workers 1`.
+#
+# Ctrl-C does not stop the server at once: it first keeps serving for the shutdown delay
+# (--shutdown-delay-ms, SHUTDOWN_DELAY_MS), the time a load balancer needs to stop routing to
+# a replica, as on Azure Container Apps. The script says so when it starts; on a laptop, skip
+# the wait with `SHUTDOWN_DELAY_MS=0 ./scripts/serve.sh`, or press Ctrl-C a second time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,8 +18,10 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 cargo build --release --locked >&2
+task=""
 if [ "${1:-}" = generate ]; then
   # Text generation: SmolLM2-135M-Instruct (Q4_1 GGUF), fetched and verified.
+  task=" generate"
   shift
   model_dir=$(scripts/fetch-model.sh --generation | tail -n 1)
 else
@@ -22,5 +29,27 @@ else
 fi
 export PORT="${PORT:-8080}"
 export MODEL="${MODEL:-$model_dir}"
+
+# The shutdown delay this start will have: a --shutdown-delay-ms flag, else SHUTDOWN_DELAY_MS,
+# else the binary's default (from its --help, so that this never disagrees with it).
+shutdown_delay_ms="${SHUTDOWN_DELAY_MS:-}"
+previous=""
+for arg in "$@"; do
+  case "$previous/$arg" in
+    --shutdown-delay-ms/*) shutdown_delay_ms="$arg" ;;
+    */--shutdown-delay-ms=*) shutdown_delay_ms="${arg#*=}" ;;
+  esac
+  previous="$arg"
+done
+if [ -z "$shutdown_delay_ms" ]; then
+  shutdown_delay_ms=$(target/release/zerobatch --help \
+    | sed -n 's/.*\[env: SHUTDOWN_DELAY_MS=\] \[default: \([0-9]*\)\].*/\1/p') || true
+fi
+
 echo "serving $MODEL on http://localhost:$PORT (Ctrl-C to stop)" >&2
+case "$shutdown_delay_ms" in
+  '' | *[!0]*)
+    echo "note: Ctrl-C first keeps serving for the shutdown delay (${shutdown_delay_ms:+$shutdown_delay_ms ms, }--shutdown-delay-ms) so that a load balancer, as on Azure Container Apps, can stop routing here; to stop at once press Ctrl-C again, or start with SHUTDOWN_DELAY_MS=0 ./scripts/serve.sh$task" >&2
+    ;;
+esac
 exec target/release/zerobatch "$@"

@@ -31,6 +31,9 @@
 #
 # Only point it at servers you run (loopback). The raw data stays in RESULTS_DIR.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+die_status=2
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_root="$(cd "$script_dir/.." && pwd)"
@@ -48,9 +51,6 @@ warmup="${WARMUP:-5}"
 sample_every="${SAMPLE_EVERY:-2}"
 fd_settle_max="${FD_SETTLE_MAX:-40}"
 url="${1:-}"
-
-log() { printf 'soak: %s\n' "$*" >&2; }
-die() { printf 'soak: ERROR: %s\n' "$*" >&2; exit 2; }
 
 for cmd in oha curl python3; do
   command -v "$cmd" >/dev/null 2>&1 || die "$cmd not found (oha: cargo install oha --locked)"

@@ -16,9 +16,8 @@
 #   PYTHON               interpreter that creates the venv (default: python3)
 #   ZEROBATCH_TEST_VENV  where the venv goes (default: target/test-venv)
 set -euo pipefail
-
-log() { printf 'test-venv: %s\n' "$*" >&2; }
-die() { printf 'test-venv: ERROR: %s\n' "$*" >&2; exit 1; }
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PYTHON="${PYTHON:-python3}"
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

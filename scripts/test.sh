@@ -3,11 +3,16 @@
 # reference tests use (all-MiniLM-L6-v2, SmolLM2-135M-Instruct Q4_1, GPT-2's tokenizer) and
 # installs Azurite into target/ for the Azure queue tests, then runs every test. It changes
 # nothing on the system: a missing shellcheck is reported and its check skipped, not installed.
+# The last line it prints (on stderr) sums up the run: tests passed, failed and ignored over
+# all test binaries, the time taken, and what was skipped.
 #
 #   ./scripts/test.sh            # all tests
 #   ./scripts/test.sh -- NAME    # extra arguments go to `cargo test`
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# What this run leaves out, for the summary line.
+skipped=()
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "error: cargo is not installed; install Rust from https://rustup.rs" >&2
@@ -16,9 +21,8 @@ fi
 
 # tests/manifests.rs runs shellcheck on scripts/. This script installs nothing on the
 # system: without shellcheck that check is skipped, and it says so (here and at the end).
-shellcheck_missing=0
 if ! command -v shellcheck >/dev/null 2>&1; then
-  shellcheck_missing=1
+  skipped+=("the shellcheck check of scripts/ (shellcheck is not installed)")
   export ZEROBATCH_SKIP_SHELLCHECK=1
   echo "WARNING: shellcheck is not installed: the shellcheck check of scripts/ (tests/manifests.rs) is SKIPPED. Install it (e.g. apt-get install shellcheck) to run it." >&2
 fi
@@ -49,10 +53,9 @@ export ZEROBATCH_GPT2_TOKENIZER_DIR="$gpt2_tokenizer_dir"
 # The queue tests start a real redis-server (Redis >= 7) on ephemeral ports. This script
 # installs nothing: without it, it stops, unless ZEROBATCH_SKIP_REDIS=1 says to skip those
 # tests knowingly (they then print SKIPPED). .ci/run installs it.
-redis_skipped=0
 if ! command -v redis-server >/dev/null 2>&1; then
   if [ "${ZEROBATCH_SKIP_REDIS:-}" = 1 ]; then
-    redis_skipped=1
+    skipped+=("the queue tests (redis-server is not installed)")
     echo "WARNING: redis-server is not installed: the queue tests (tests/queue_redis.rs) are SKIPPED (ZEROBATCH_SKIP_REDIS=1)" >&2
   else
     echo "error: redis-server is not installed; the queue tests need Redis >= 7 (e.g. apt-get install redis-server). Set ZEROBATCH_SKIP_REDIS=1 to run the other tests without them." >&2
@@ -76,11 +79,10 @@ fi
 # ports. scripts/fetch-azurite.sh installs it with npm into target/azurite (inside the project,
 # nothing on the system). If that fails, this script stops, unless ZEROBATCH_SKIP_AZURITE=1
 # says to skip those tests knowingly (they then print SKIPPED).
-azurite_skipped=0
 if azurite_bin=$(scripts/fetch-azurite.sh | tail -n 1); then
   export ZEROBATCH_AZURITE="$azurite_bin"
 elif [ "${ZEROBATCH_SKIP_AZURITE:-}" = 1 ]; then
-  azurite_skipped=1
+  skipped+=("the Azure queue tests (Azurite could not be installed)")
   echo "WARNING: Azurite could not be installed: the Azure queue tests (tests/queue_azure.rs) are SKIPPED (ZEROBATCH_SKIP_AZURITE=1)" >&2
 else
   echo "error: Azurite could not be installed (scripts/fetch-azurite.sh, see above); set ZEROBATCH_SKIP_AZURITE=1 to run the other tests without tests/queue_azure.rs" >&2
@@ -97,6 +99,7 @@ fi
 if test_python=$(scripts/test-venv.sh | tail -n 1); then
   export ZEROBATCH_TEST_PYTHON="$test_python"
 elif [ "${ZEROBATCH_SKIP_PYTHON_CLIENTS:-}" = 1 ]; then
+  skipped+=("the Python client test (no Python test venv)")
   echo "WARNING: no Python test venv: tests/python_clients.rs will be SKIPPED (ZEROBATCH_SKIP_PYTHON_CLIENTS=1)" >&2
 else
   echo "WARNING: could not build the Python test venv (see above); set ZEROBATCH_SKIP_PYTHON_CLIENTS=1 to run the tests without the client test" >&2
@@ -104,15 +107,52 @@ else
 fi
 # ---- end Python clients ----
 
+# ---- the tests, and the summary line ----
+# cargo test's stdout also goes to a file, where every test binary's `test result:` line is
+# added up; the exit status stays cargo's own.
+results=$(mktemp "${TMPDIR:-/tmp}/zerobatch-test-results.XXXXXX")
+trap 'rm -f "$results"' EXIT
 status=0
-cargo test --locked --all-targets "$@" || status=$?
-if [ "$shellcheck_missing" = 1 ]; then
-  echo "WARNING: the shellcheck check was SKIPPED (shellcheck is not installed)." >&2
+cargo test --locked --all-targets "$@" | tee "$results" || status=${PIPESTATUS[0]}
+
+read -r binaries passed failed ignored filtered < <(awk '
+  /^test result: / {
+    binaries++
+    for (i = 2; i <= NF; i++) {
+      if ($i == "passed;") passed += $(i - 1)
+      if ($i == "failed;") failed += $(i - 1)
+      if ($i == "ignored;") ignored += $(i - 1)
+      if ($i == "filtered") filtered += $(i - 1)
+    }
+  }
+  END { print binaries + 0, passed + 0, failed + 0, ignored + 0, filtered + 0 }' "$results")
+if [ "$SECONDS" -ge 60 ]; then
+  took="$((SECONDS / 60)) min $((SECONDS % 60)) s"
+else
+  took="$SECONDS s"
 fi
-if [ "$redis_skipped" = 1 ]; then
-  echo "WARNING: the queue tests were SKIPPED (redis-server is not installed)." >&2
+if [ "$status" = 0 ]; then
+  verdict="ok"
+else
+  verdict="FAILED (cargo test exit status $status)"
 fi
-if [ "$azurite_skipped" = 1 ]; then
-  echo "WARNING: the Azure queue tests were SKIPPED (Azurite could not be installed)." >&2
+if [ "$binaries" = 0 ]; then
+  counts="no test binary ran (see above)"
+else
+  counts="$passed passed, $failed failed, $ignored ignored"
+  if [ "$filtered" != 0 ]; then counts="$counts, $filtered filtered out"; fi
+  counts="$counts in $binaries test binaries"
+  # Without --no-fail-fast, cargo runs no test binary after a failing one.
+  case "$status/ $* " in
+    0/* | */*" --no-fail-fast "*) ;;
+    *) counts="$counts (cargo runs none after a failing one)" ;;
+  esac
 fi
+if [ "${#skipped[@]}" = 0 ]; then
+  skips="nothing skipped"
+else
+  skips="SKIPPED: $(printf '%s, ' "${skipped[@]}")"
+  skips="${skips%, }"
+fi
+echo "test.sh: $verdict: $counts, $took; $skips" >&2
 exit "$status"

@@ -819,7 +819,7 @@ fn generation_manifests_agree_with_each_other_the_binary_and_the_docs() {
     for needle in [
         format!("--build-arg {model}"),
         "--build-arg MODEL_DIR=models/SmolLM2-135M-Instruct".to_string(),
-        "scripts/fetch-generation-model.sh".to_string(),
+        "scripts/fetch-model.sh --generation".to_string(),
         "container/generation/containerapp.yaml".to_string(),
         format!("MAX_BATCH_TOTAL_TOKENS={budget}"),
     ] {

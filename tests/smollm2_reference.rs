@@ -5,7 +5,7 @@
 //!
 //! The reference data and the script that made it: tests/data/smollm2_reference.json,
 //! scripts/make-generation-reference.py (llama.cpp built by scripts/build-llama-cpp.sh).
-//! The model comes from scripts/fetch-generation-model.sh (the README's test command runs it).
+//! The model comes from scripts/fetch-model.sh --generation (the README's test command runs it).
 
 mod common;
 

@@ -33,7 +33,7 @@ pub fn minilm_dir() -> Option<PathBuf> {
     dir.join("model.safetensors").is_file().then_some(dir)
 }
 
-/// The real SmolLM2-135M-Instruct Q4_1 GGUF (fetched by scripts/fetch-generation-model.sh).
+/// The real SmolLM2-135M-Instruct Q4_1 GGUF (fetched by scripts/fetch-model.sh --generation).
 pub fn smollm2_path() -> PathBuf {
     let path = std::env::var("ZEROBATCH_GENERATION_MODEL")
         .map(PathBuf::from)
@@ -43,7 +43,7 @@ pub fn smollm2_path() -> PathBuf {
         });
     assert!(
         path.is_file(),
-        "{} is missing: run scripts/fetch-generation-model.sh, or use the README's test command, which does",
+        "{} is missing: run scripts/fetch-model.sh --generation, or use the README's test command, which does",
         path.display()
     );
     path
