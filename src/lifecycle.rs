@@ -39,6 +39,14 @@ impl Serving {
         }
     }
 
+    /// Where request work runs off the async threads.
+    pub fn offload(&self) -> &crate::offload::Offload {
+        match self {
+            Serving::Embedding(s) => s.offload(),
+            Serving::Generation(s) => s.offload(),
+        }
+    }
+
     /// Requests (generation) or inputs (embeddings) waiting for the model.
     pub fn waiting(&self) -> usize {
         match self {

@@ -11,6 +11,9 @@ use crate::embed::EmbedOptions;
 use crate::error::ServiceError;
 use crate::lifecycle::{Lifecycle, Serving};
 
+/// About how many bytes of JSON one token of a `/tokenize` answer takes.
+const TOKEN_JSON_BYTES: usize = 64;
+
 /// The routes a queue job may name.
 pub const JOB_ROUTES: &[&str] = &["/embed", "/", "/v1/embeddings", "/tokenize"];
 
@@ -119,7 +122,12 @@ impl JsonRequest {
                     }
                     Serving::Generation(g) => g.tokenize(r.inputs.0, r.add_special_tokens).await?,
                 };
-                Ok(to_json(&tokens))
+                // Tens of MB of JSON for long inputs: written off the async threads too.
+                let size = tokens.iter().map(Vec::len).sum::<usize>() * TOKEN_JSON_BYTES;
+                serving
+                    .offload()
+                    .run(size, move || Ok(to_json(&tokens)))
+                    .await
             }
         }
     }

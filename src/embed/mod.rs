@@ -125,6 +125,11 @@ impl EmbedService {
         &self.tokenizer
     }
 
+    /// Where this service's request work runs off the async threads (shared by the services).
+    pub fn offload(&self) -> &Offload {
+        &self.offload
+    }
+
     /// Inputs waiting for a worker.
     pub fn waiting(&self) -> usize {
         self.queue.depth()

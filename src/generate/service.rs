@@ -135,6 +135,11 @@ impl GenerateService {
         &self.defaults
     }
 
+    /// Where this service's request work runs off the async threads (shared by the services).
+    pub fn offload(&self) -> &Offload {
+        &self.offload
+    }
+
     /// Requests waiting for a place in the running batch.
     pub fn waiting(&self) -> usize {
         self.engine.waiting()
