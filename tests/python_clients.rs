@@ -1,7 +1,9 @@
 //! The real Python clients against the real binary: huggingface_hub's
 //! `InferenceClient(model=URL).feature_extraction` (which posts TEI's body to `POST /`) and
 //! openai's `OpenAI(base_url=URL + "/v1").embeddings.create` (float and its default base64),
-//! without and with `--api-key`. The checks are in tests/clients/check_clients.py; the
+//! without and with `--api-key` (tests/clients/check_clients.py); and, on SmolLM2, their
+//! generation calls, whole and streamed: `text_generation(stream=True)` posts to `POST /`
+//! with `"stream": true` (tests/clients/check_generation_clients.py). The
 //! interpreter comes from `ZEROBATCH_TEST_PYTHON`, which scripts/test.sh sets to the pinned venv
 //! that scripts/test-venv.sh builds. Without it the test says SKIPPED and returns, except under
 //! CI (`CI` set), where a skip would hide a client regression: there it fails unless
@@ -64,6 +66,10 @@ struct Server {
 
 impl Server {
     fn spawn(extra: &[&str]) -> Server {
+        Self::spawn_model(tiny_model(), extra)
+    }
+
+    fn spawn_model(model: &str, extra: &[&str]) -> Server {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -71,7 +77,7 @@ impl Server {
             .port();
         let child = Command::new(env!("CARGO_BIN_EXE_zerobatch"))
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--model", tiny_model(), "--workers", "1"])
+            .args(["--model", model, "--workers", "1"])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -96,7 +102,15 @@ impl Drop for Server {
 
 /// Runs check_clients.py against `server`; panics with its output unless every check passed.
 fn check_clients(python: &Path, server: &Server, api_key: Option<&str>) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/check_clients.py");
+    run_checks(python, "check_clients.py", server, api_key)
+}
+
+/// Runs tests/clients/`script` against `server`; panics with its output unless every check
+/// passed.
+fn run_checks(python: &Path, script: &str, server: &Server, api_key: Option<&str>) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(script);
     let out_path = std::env::temp_dir().join(format!(
         "zerobatch-check-clients-{}-{}.log",
         std::process::id(),
@@ -114,7 +128,7 @@ fn check_clients(python: &Path, server: &Server, api_key: Option<&str>) {
         .stdout(out.try_clone().unwrap())
         .stderr(out)
         .spawn()
-        .expect("starting check_clients.py");
+        .expect("starting the client checks");
     // Bounded: the clients have their own 60 s timeouts, and this is a handful of requests.
     let t = Instant::now();
     let status = loop {
@@ -133,14 +147,18 @@ fn check_clients(python: &Path, server: &Server, api_key: Option<&str>) {
     match status {
         Some(s) if s.success() => eprintln!("{output}"),
         Some(s) => panic!(
-            "check_clients.py ({}) failed with {s}:\n{output}",
+            "{} ({}) failed with {s}:\n{output}",
+            script.display(),
             if api_key.is_some() {
                 "with an API key"
             } else {
                 "without an API key"
             }
         ),
-        None => panic!("check_clients.py did not finish within 180 s:\n{output}"),
+        None => panic!(
+            "{} did not finish within 180 s:\n{output}",
+            script.display()
+        ),
     }
 }
 
@@ -156,4 +174,12 @@ fn huggingface_hub_and_openai_clients_with_an_api_key() {
     let Some(python) = python() else { return };
     let server = Server::spawn(&["--api-key", "zb-test-key"]);
     check_clients(&python, &server, Some("zb-test-key"));
+}
+
+#[test]
+fn huggingface_hub_and_openai_generation_clients_whole_and_streamed() {
+    let Some(python) = python() else { return };
+    let model = smollm2_path();
+    let server = Server::spawn_model(model.to_str().expect("a UTF-8 path"), &[]);
+    run_checks(&python, "check_generation_clients.py", &server, None);
 }
