@@ -66,7 +66,8 @@ pub struct IngressConfig {
     pub visibility_timeout: Duration,
     /// Deliveries after which an entry goes to the dead letters instead of running.
     pub max_deliveries: u64,
-    /// Most bytes of job text held at once.
+    /// Most bytes of job text held at once (`--max-inflight-body-bytes`); also the largest
+    /// result a job may leave in the broker, as for an HTTP answer.
     pub max_held_bytes: usize,
     /// Largest job accepted (`--max-body-bytes`): what a read reserves per entry.
     pub max_job_bytes: usize,
@@ -376,6 +377,14 @@ impl Ingress {
                     Err(e) => Err(e),
                 };
             let error = match answer {
+                // A result is kept in the broker: it may be no larger than an HTTP answer may.
+                Ok(result) if result.len() > self.config.max_held_bytes => {
+                    ServiceError::TooLarge(format!(
+                        "the answer would be {} bytes, more than --max-inflight-body-bytes ({}); ask for less in one job (fewer or shorter inputs)",
+                        result.len(),
+                        self.config.max_held_bytes
+                    ))
+                }
                 Ok(result) => {
                     self.broker
                         .finish(&id, &envelope.route, delivery, 200, &result)

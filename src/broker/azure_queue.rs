@@ -641,11 +641,7 @@ impl AzureQueue {
         if letter.to_string().len() > MAX_MESSAGE - 1024 {
             // The job itself filled the message: keep its start, say so.
             let job = delivery.job.as_deref().unwrap_or("");
-            let mut cut = MAX_MESSAGE / 2;
-            while !job.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            letter["job"] = job[..cut].into();
+            letter["job"] = super::job::prefix_within(job, MAX_MESSAGE / 2).into();
             letter["job_truncated"] = true.into();
         }
         self.send(&self.dead, letter.to_string()).await?;

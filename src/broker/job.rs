@@ -24,6 +24,18 @@ pub struct JobEnvelope {
     pub body: Box<serde_json::value::RawValue>,
 }
 
+/// The longest start of `text` of at most `max` bytes that ends on a character boundary.
+pub fn prefix_within(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &text[..cut]
+}
+
 /// Whether `id` can name a job (it becomes part of a Redis key and of a URL path).
 pub fn valid_job_id(id: &str) -> bool {
     !id.is_empty()
@@ -238,6 +250,14 @@ impl From<redis::RedisError> for BrokerError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefixes_end_on_character_boundaries() {
+        assert_eq!(prefix_within("héllo", 2), "h");
+        assert_eq!(prefix_within("héllo", 3), "hé");
+        assert_eq!(prefix_within("héllo", 99), "héllo");
+        assert_eq!(prefix_within("", 0), "");
+    }
 
     #[test]
     fn job_ids_are_safe_in_keys_and_paths() {

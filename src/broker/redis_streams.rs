@@ -26,21 +26,36 @@ use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Script, Value};
 
-use super::job::{Backlog, BrokerError, Cancel, Delivery, Health, Start};
+use super::job::{prefix_within, Backlog, BrokerError, Cancel, Delivery, Health, Start};
 use crate::config::RedisTarget;
 
-/// The results stream (`results=STREAM`) is trimmed to about this many entries
-/// (`XADD … MAXLEN ~`), so that a stream nobody reads cannot exhaust Redis's memory.
-const RESULTS_MAXLEN: u64 = 1_000_000;
+/// The results stream (`results=STREAM`) and the dead-letter stream are trimmed to about
+/// this many entries (`XADD … MAXLEN ~`), and of entries older than `--queue-result-ttl-ms`
+/// (`XTRIM … MINID ~`), so that streams nobody reads cannot exhaust Redis's memory.
+pub const STREAM_MAXLEN: u64 = 10_000;
+/// A result larger than this is not copied into the results stream (its entry says where it
+/// is: `result_key`, the job's hash), so the stream holds at most `STREAM_MAXLEN` × this.
+pub const STREAM_RESULT_MAX: usize = 64 * 1024;
+/// A job text larger than this is cut in its dead letter (with `job_truncated`), so the
+/// dead-letter stream holds at most `STREAM_MAXLEN` × this and an error body.
+pub const DEAD_JOB_MAX: usize = 32 * 1024;
 /// Longest wait for a connection to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait for the answer to a command that does not block.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Lua helper shared by the scripts: whether state `s` has ended (`succeeded`, `failed` or
-/// `cancelled`).
+/// Lua helpers shared by the scripts: whether state `s` has ended (`succeeded`, `failed` or
+/// `cancelled`); and appending to a bounded stream: at most about `maxlen` entries, none older
+/// than `ttl` ms by Redis's clock.
 const ENDED_LUA: &str =
-    "local function ended(s) return s == 'succeeded' or s == 'failed' or s == 'cancelled' end\n";
+    "local function ended(s) return s == 'succeeded' or s == 'failed' or s == 'cancelled' end
+local function bounded_xadd(key, maxlen, ttl, fields)
+  redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', unpack(fields))
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('XTRIM', key, 'MINID', now - tonumber(ttl))
+end
+";
 
 /// A Redis stream with a consumer group, and this replica's name in it.
 pub struct RedisStreams {
@@ -67,6 +82,9 @@ struct Puller {
     reader: Option<MultiplexedConnection>,
     group_ready: bool,
     last_claim: Option<std::time::Instant>,
+    /// The last claim found idle entries: more may be waiting, so the next pull claims again
+    /// rather than waiting for the next quarter of the visibility timeout.
+    claim_again: bool,
     claim_cursor: String,
 }
 
@@ -117,6 +135,7 @@ impl RedisStreams {
                 reader: None,
                 group_ready: false,
                 last_claim: None,
+                claim_again: false,
                 claim_cursor: "0-0".into(),
             }),
             // KEYS: stream, job hash. ARGV: job JSON, route, ttl ms. Returns the entry id.
@@ -135,8 +154,8 @@ impl RedisStreams {
                  return 'running'",
             ),
             // KEYS: job hash, stream, results stream (or ''). ARGV: group, entry id, state,
-            // status, result, ttl ms, job id, results cap. Returns 1 when it wrote the result,
-            // 0 when the job already had one.
+            // status, result, ttl ms, job id, stream cap, '1' when the result goes into the
+            // results stream. Returns 1 when it wrote the result, 0 when the job already had one.
             finish: lua(
                 "local wrote = 0
                  if ARGV[3] ~= '' and not ended(redis.call('HGET', KEYS[1], 'state')) then
@@ -144,9 +163,14 @@ impl RedisStreams {
                    redis.call('PEXPIRE', KEYS[1], ARGV[6])
                    wrote = 1
                    if KEYS[3] ~= '' then
-                     redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*', 'id', ARGV[7],
-                       'route', redis.call('HGET', KEYS[1], 'route') or '', 'state', ARGV[3],
-                       'status', ARGV[4], 'result', ARGV[5])
+                     local fields = {'id', ARGV[7], 'route', redis.call('HGET', KEYS[1], 'route') or '',
+                       'state', ARGV[3], 'status', ARGV[4]}
+                     if ARGV[9] == '1' then
+                       table.insert(fields, 'result'); table.insert(fields, ARGV[5])
+                     else
+                       table.insert(fields, 'result_key'); table.insert(fields, KEYS[1])
+                     end
+                     bounded_xadd(KEYS[3], ARGV[8], ARGV[6], fields)
                    end
                  end
                  redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
@@ -154,17 +178,21 @@ impl RedisStreams {
                  return wrote",
             ),
             // KEYS: job hash (or '' when the id is unknown), stream, dead-letter stream, results
-            // stream (or ''). ARGV: group, entry id, job text, error JSON, deliveries, status,
-            // ttl ms, job id, results cap.
+            // stream (or ''). ARGV: group, entry id, job text (cut), error JSON, deliveries,
+            // status, ttl ms, job id, stream cap, '1' when the job text was cut.
             dead: lua(
-                "redis.call('XADD', KEYS[3], '*', 'job', ARGV[3], 'error', ARGV[4], 'entry', ARGV[2], 'deliveries', ARGV[5])
+                "local letter = {'job', ARGV[3], 'error', ARGV[4], 'entry', ARGV[2], 'deliveries', ARGV[5]}
+                 if ARGV[10] == '1' then
+                   table.insert(letter, 'job_truncated'); table.insert(letter, '1')
+                 end
+                 bounded_xadd(KEYS[3], ARGV[9], ARGV[7], letter)
                  if KEYS[1] ~= '' and not ended(redis.call('HGET', KEYS[1], 'state')) then
                    redis.call('HSET', KEYS[1], 'state', 'failed', 'status', ARGV[6], 'result', ARGV[4])
                    redis.call('PEXPIRE', KEYS[1], ARGV[7])
                    if KEYS[4] ~= '' then
-                     redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*', 'id', ARGV[8],
+                     bounded_xadd(KEYS[4], ARGV[9], ARGV[7], {'id', ARGV[8],
                        'route', redis.call('HGET', KEYS[1], 'route') or '', 'state', 'failed',
-                       'status', ARGV[6], 'result', ARGV[4])
+                       'status', ARGV[6], 'result', ARGV[4]})
                    end
                  end
                  redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
@@ -263,10 +291,12 @@ impl RedisStreams {
         )
     }
 
-    /// Takes up to `count` entries: first, at most every quarter of `visibility`, entries
-    /// other replicas left idle longer than `visibility` (they run at once, before any
-    /// blocking read would leave them idle again); otherwise new entries, waiting up to
-    /// `wait` in `XREADGROUP ... BLOCK`. After an error the next call starts afresh.
+    /// Takes up to `count` entries: first entries other replicas left idle longer than
+    /// `visibility` (they run at once, before any blocking read would leave them idle again),
+    /// looked for every quarter of `visibility`, and at every call after a look that found
+    /// some, so that a replica that died holding many jobs leaves them to a survivor that takes
+    /// them back as fast as it has room; otherwise new entries, waiting up to `wait` in
+    /// `XREADGROUP ... BLOCK`. After an error the next call starts afresh.
     pub async fn pull(
         &self,
         count: usize,
@@ -294,11 +324,12 @@ impl RedisStreams {
             p.group_ready = true;
         }
         let claim_every = (visibility / 4).max(Duration::from_millis(250));
-        if p.last_claim.is_none_or(|t| t.elapsed() >= claim_every) {
+        if p.claim_again || p.last_claim.is_none_or(|t| t.elapsed() >= claim_every) {
             p.last_claim = Some(std::time::Instant::now());
             let claimed = self
                 .claim_idle(visibility, count, &mut p.claim_cursor)
                 .await?;
+            p.claim_again = !claimed.is_empty();
             if !claimed.is_empty() {
                 return Ok(claimed);
             }
@@ -443,7 +474,12 @@ impl RedisStreams {
                     .arg(result)
                     .arg(self.result_ttl_ms)
                     .arg(id)
-                    .arg(RESULTS_MAXLEN),
+                    .arg(STREAM_MAXLEN)
+                    .arg(if result.len() <= STREAM_RESULT_MAX {
+                        "1"
+                    } else {
+                        "0"
+                    }),
             )
             .await?;
         Ok(wrote == 1)
@@ -459,6 +495,9 @@ impl RedisStreams {
         status: u16,
     ) -> Result<(), BrokerError> {
         let key = id.map_or_else(String::new, |id| self.job_key(id));
+        let job = delivery.job.as_deref().unwrap_or("");
+        let kept = prefix_within(job, DEAD_JOB_MAX);
+        let cut = kept.len() < job.len();
         self.invoke::<i64>(
             self.dead
                 .key(key)
@@ -467,13 +506,14 @@ impl RedisStreams {
                 .key(self.target.results.as_deref().unwrap_or(""))
                 .arg(&self.target.group)
                 .arg(&delivery.entry)
-                .arg(delivery.job.as_deref().unwrap_or(""))
+                .arg(kept)
                 .arg(error)
                 .arg(delivery.deliveries)
                 .arg(status)
                 .arg(self.result_ttl_ms)
                 .arg(id.unwrap_or(""))
-                .arg(RESULTS_MAXLEN),
+                .arg(STREAM_MAXLEN)
+                .arg(if cut { "1" } else { "0" }),
         )
         .await
         .map(|_| ())

@@ -2,6 +2,8 @@
 //! blocking HTTP/1.1 client (raw sockets, so tests see exactly what crosses the wire).
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
