@@ -574,7 +574,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::test_values as values;
+    use crate::kernels::test_util::test_values as values;
 
     /// The naive reference: quantize both sides per block of 32 exactly as documented,
     /// multiply in i64, scale in the documented order.

@@ -498,7 +498,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::test_values as values;
+    use crate::kernels::test_util::test_values as values;
 
     /// GGUF blocks of `n` rows of `k` values with random nibbles and scales.
     fn random_blocks(format: Q4Format, n: usize, k: usize, seed: u64) -> Vec<u8> {

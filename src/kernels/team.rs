@@ -48,6 +48,22 @@ struct SendJob(Job);
 // SAFETY: the pointee is `Sync` and outlives every use (see `Team::run`).
 unsafe impl Send for SendJob {}
 
+/// A raw output pointer that the tasks of one parallel section may share, each writing its
+/// own disjoint part of the buffer (tiles of a matmul, units of attention).
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOut(pub *mut f32);
+// SAFETY: a pointer is only data; every user writes through it only in the part of the buffer
+// its task owns, while the buffer stays mutably borrowed by the section's caller.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
+    pub(crate) fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// A fixed set of threads (the caller counts as one).
 pub struct Team {
     shared: Arc<Shared>,
