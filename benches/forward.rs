@@ -51,11 +51,6 @@ fn sequences(batch: usize, len: usize) -> Vec<Vec<u32>> {
 }
 
 fn bench_forward(c: &mut Criterion) {
-    // The global pool that intra-op parallelism runs on, sized to the cores as the server
-    // sizes it, built before the candle-transformers rows below set RAYON_NUM_THREADS=1.
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(zerobatch::config::available_cores())
-        .build_global();
     let dir = model_dir();
     let dtype: Option<zerobatch::kernels::Dtype> = std::env::var("ZEROBATCH_BENCH_DTYPE")
         .ok()

@@ -9,8 +9,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::dispatch::has_avx2_fma;
-#[cfg(target_arch = "x86_64")]
-use super::team::SharedOut;
+use super::team::{parallel_for, SharedOut};
 
 /// Up to this many rows, a linear layer runs the dot-product kernel that reads each weight
 /// once in place; above it, `gemm`, whose packing pays off. Measured in `benches/forward.rs`
@@ -96,66 +95,49 @@ pub fn linear_with(
     let mut col = 0;
     for p in parts {
         let n = p.b.len();
-        if n == 0 {
-            continue;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if kernel == MatmulKernel::Auto && m <= SMALL_M && has_avx2_fma() {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            unsafe { small_m_parallel(x, m, k, p.w, n, out, total, col, threads) };
-            col += n;
-            continue;
-        }
-        let parallelism = if threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
-        // SAFETY: dst is the m×n column block starting at `col` of the m×total row-major
-        // output (col + n ≤ total, m ≥ 1, so `add(col)` stays inside `out`); lhs is m×k
-        // row-major; rhs = wᵀ (k×n) read from w (n×k row-major); all sizes checked above, so
-        // they fit in isize (they are lengths of slices).
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr().add(col),
-                1,
-                total as isize,
-                true,
-                x.as_ptr(),
-                1,
-                k as isize,
-                p.w.as_ptr(),
-                k as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            )
-        }
+        add_product(x, m, k, p.w, n, out, total, col, threads, matmul(kernel, m));
         col += n;
     }
 }
-/// Runs [`small_m_avx2`] with the weight rows split into `threads` column ranges (each a
-/// multiple of 4 rows), so a lone small batch can use every core. Adds `x · wᵀ` to columns
-/// `col..col + n` of the `m` rows of `out` (row stride `stride`).
+
+/// The matmul that computes a part's product.
+#[derive(Clone, Copy)]
+enum Matmul {
+    /// [`small_m_avx2`]: only chosen when the CPU has AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    SmallM,
+    /// `gemm`, single-threaded (the threads split the columns, as for the dot kernel).
+    Gemm,
+}
+
+/// The matmul `kernel` asks for at `m` rows, on this CPU.
+fn matmul(kernel: MatmulKernel, m: usize) -> Matmul {
+    #[cfg(target_arch = "x86_64")]
+    if kernel == MatmulKernel::Auto && m <= SMALL_M && has_avx2_fma() {
+        return Matmul::SmallM;
+    }
+    let _ = (kernel, m);
+    Matmul::Gemm
+}
+
+/// Fewest output columns worth a task of their own: below it, handing out the task costs
+/// more than the columns' share of the work.
+const MIN_TASK_COLUMNS: usize = 64;
+
+/// Output columns per task are a multiple of this: whole vectors for gemm's kernels, whole
+/// 4-row blocks for the dot kernel.
+const TASK_COLUMN_ALIGN: usize = 16;
+
+/// Adds `x · wᵀ` to columns `col..col + n` of the `m` rows of `out` (row stride `stride`),
+/// the columns split into one range per thread (at least [`MIN_TASK_COLUMNS`] each), so that
+/// every thread reads a different part of the weights.
 ///
 /// # Panics
 ///
 /// When `x` is not `m×k`, `w` not `n×k`, or `out` does not hold `m` rows of `stride` values
 /// with `col + n ≤ stride`.
-///
-/// # Safety
-///
-/// The CPU must support AVX2 and FMA (see [`has_avx2_fma`]).
-#[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn small_m_parallel(
+fn add_product(
     x: &[f32],
     m: usize,
     k: usize,
@@ -165,47 +147,96 @@ unsafe fn small_m_parallel(
     stride: usize,
     col: usize,
     threads: usize,
+    matmul: Matmul,
 ) {
-    assert_eq!(Some(x.len()), m.checked_mul(k), "small_m: input size");
-    assert_eq!(Some(w.len()), n.checked_mul(k), "small_m: weight size");
+    assert_eq!(Some(x.len()), m.checked_mul(k), "linear: input size");
+    assert_eq!(Some(w.len()), n.checked_mul(k), "linear: weight size");
     assert!(
         col.checked_add(n).is_some_and(|end| end <= stride)
             && m.checked_mul(stride).is_some_and(|len| len <= out.len()),
-        "small_m: output size"
+        "linear: output size"
     );
-    let threads = threads.min(n / 64).max(1);
-    if threads == 1 {
-        // SAFETY: sizes checked above (every row i < m has columns col..col+n inside `out`,
-        // which we borrow mutably); the caller guarantees AVX2 and FMA.
-        unsafe { small_m_avx2(x, m, k, w, n, out.as_mut_ptr(), stride, col) };
+    if m == 0 || n == 0 || k == 0 {
         return;
     }
-    let chunk = n.div_ceil(threads).div_ceil(4) * 4;
+    let tasks = threads.min(n / MIN_TASK_COLUMNS).max(1);
+    let chunk = n.div_ceil(tasks).div_ceil(TASK_COLUMN_ALIGN) * TASK_COLUMN_ALIGN;
     let shared = SharedOut(out.as_mut_ptr());
-    rayon::scope(|scope| {
-        for start in (0..n).step_by(chunk) {
-            let len = chunk.min(n - start);
-            scope.spawn(move |_| {
-                let shared = shared;
-                // SAFETY: each task writes only columns col+start..col+start+len of every
-                // row, disjoint from the others, inside `out` (checked above), which stays
-                // mutably borrowed until the scope ends; the weight rows it reads are in
-                // bounds (slice indexing); the caller guarantees AVX2 and FMA.
-                unsafe {
-                    small_m_avx2(
-                        x,
-                        m,
-                        k,
-                        &w[start * k..(start + len) * k],
-                        len,
-                        shared.ptr(),
-                        stride,
-                        col + start,
-                    )
-                };
-            });
+    parallel_for(n.div_ceil(chunk), threads, &|t| {
+        let start = t * chunk;
+        let len = chunk.min(n - start);
+        // SAFETY: each task writes only columns col+start..col+start+len of the m rows,
+        // disjoint from the other tasks' and inside `out` (checked above), which stays
+        // mutably borrowed until every task has returned; the weight rows it reads are in
+        // bounds (slice indexing); `matmul` is `SmallM` only on a CPU with AVX2 and FMA.
+        unsafe {
+            add_block(
+                matmul,
+                x,
+                m,
+                k,
+                &w[start * k..(start + len) * k],
+                len,
+                shared.ptr(),
+                stride,
+                col + start,
+            )
         }
     });
+}
+
+/// `out[i·stride + col + j] += x[i] · w[j]` for `i < m`, `j < n` with `matmul`, on the
+/// calling thread.
+///
+/// # Safety
+///
+/// `x` holds `m×k` values and `w` `n×k` (`m, n, k ≥ 1`); `out` is valid for reads and writes
+/// of those elements, which nothing else accesses during the call; `matmul` is
+/// [`Matmul::SmallM`] only on a CPU with AVX2 and FMA.
+#[allow(clippy::too_many_arguments)]
+unsafe fn add_block(
+    matmul: Matmul,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    out: *mut f32,
+    stride: usize,
+    col: usize,
+) {
+    match matmul {
+        // SAFETY: the caller's contract.
+        #[cfg(target_arch = "x86_64")]
+        Matmul::SmallM => unsafe { small_m_avx2(x, m, k, w, n, out, stride, col) },
+        // SAFETY: dst is the m×n block at column `col` of rows `stride` apart, valid and ours
+        // (the caller's contract); lhs is x (m×k row-major); rhs = wᵀ (k×n) read from w (n×k
+        // row-major); the sizes are those of slices and of the caller's buffer, so they fit
+        // in isize.
+        Matmul::Gemm => unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.add(col),
+                1,
+                stride as isize,
+                true,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                k as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        },
+    }
 }
 
 /// `out[i·stride + col + j] += x[i] · w[j]` for a few rows: each weight row is read once,
@@ -428,6 +459,25 @@ mod tests {
                 check_linear(m, 65, &[wide, 129.min(wide)], threads, 7 + threads as u64);
             }
         }
+    }
+
+    /// The column split on a team (as the workers and the generation loop run it), around
+    /// the task sizes: fewer columns than a task's minimum, one task per thread, ragged ends.
+    #[test]
+    fn linear_on_a_team_matches_a_naive_matmul() {
+        let team = crate::kernels::team::Team::new(3).unwrap();
+        team.install(|| {
+            for (case, n) in [1usize, 63, 64, 65, 128, 130, 200, 1000]
+                .into_iter()
+                .enumerate()
+            {
+                for m in [1, 7, SMALL_M, SMALL_M + 1, 100] {
+                    for threads in [2, 3] {
+                        check_linear(m, 33, &[n, 17], threads, 100 + case as u64);
+                    }
+                }
+            }
+        });
     }
 
     #[test]

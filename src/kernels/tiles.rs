@@ -98,7 +98,8 @@ pub(crate) unsafe fn store_tile(
 }
 
 /// Calls `tile(row0, rows, panel0, panels)` for tiles covering `m` rows × `panels` panels
-/// exactly once each, with `rows ≤ mr` and `panels ≤ np`, on up to `threads` threads (rayon).
+/// exactly once each, with `rows ≤ mr` and `panels ≤ np`, on up to `threads` threads (see
+/// [`parallel_for`]).
 ///
 /// The tiles are disjoint, so `tile` may write its part of a shared output.
 pub(crate) fn for_each_tile(
