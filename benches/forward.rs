@@ -4,7 +4,9 @@
 //! `cargo bench --bench forward` (needs models/all-MiniLM-L6-v2: scripts/fetch-model.sh;
 //! falls back to the tiny generated model so `cargo test --all-targets` runs anywhere).
 //! Single-thread numbers are what one worker of the pool does; `threads2` rows show one batch
-//! using both cores (what the pool does when only one batch runs).
+//! using both cores (what the pool does when only one batch runs), on a thread team as a
+//! worker of the pool runs it. `ZEROBATCH_BENCH_DTYPE=f32` (or bf16, int8) runs zerobatch's
+//! rows in that dtype instead of `auto`; its rows are then named `zerobatch-f32/...`.
 
 use std::path::PathBuf;
 
@@ -49,13 +51,24 @@ fn sequences(batch: usize, len: usize) -> Vec<Vec<u32>> {
 }
 
 fn bench_forward(c: &mut Criterion) {
-    // The global pool that intra-op parallelism runs on, sized to the cores as the server
-    // sizes it, built before the candle-transformers rows below set RAYON_NUM_THREADS=1.
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(zerobatch::config::available_cores())
-        .build_global();
     let dir = model_dir();
-    let loaded = zerobatch::model::load(dir.to_str().unwrap(), "main", |_, _| {}).unwrap();
+    let dtype: Option<zerobatch::kernels::Dtype> = std::env::var("ZEROBATCH_BENCH_DTYPE")
+        .ok()
+        .map(|d| d.parse().expect("ZEROBATCH_BENCH_DTYPE: f32, bf16 or int8"));
+    let options = zerobatch::model::LoadOptions {
+        dtype: dtype.map_or(zerobatch::model::DtypeChoice::Auto, |d| {
+            zerobatch::model::DtypeChoice::Fixed(d)
+        }),
+        kernel_cap: None,
+    };
+    let ours = match dtype {
+        Some(d) => format!("zerobatch-{d}"),
+        None => "zerobatch".to_string(),
+    };
+    let loaded =
+        zerobatch::model::load_with(dir.to_str().unwrap(), "main", options, |_, _| {}).unwrap();
+    // The two-thread rows run on a team, as the pool's workers do (see `worker.rs`).
+    let team = zerobatch::kernels::team::Team::new(2).unwrap();
     let vocab_cap = 30;
     let fix = |s: Vec<Vec<u32>>, tiny: bool| -> Vec<Vec<u32>> {
         if tiny {
@@ -92,7 +105,7 @@ fn bench_forward(c: &mut Criterion) {
             let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
             group.throughput(Throughput::Elements(batch as u64));
             group.bench_with_input(
-                BenchmarkId::new(format!("zerobatch/len{len}"), batch),
+                BenchmarkId::new(format!("{ours}/len{len}"), batch),
                 &refs,
                 |b, refs| b.iter(|| loaded.model.embed(refs, 1).unwrap()),
             );
@@ -117,9 +130,9 @@ fn bench_forward(c: &mut Criterion) {
         let seqs = fix(sequences(1, len), tiny);
         let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
         group.bench_with_input(
-            BenchmarkId::new(format!("zerobatch-threads2/len{len}"), 1),
+            BenchmarkId::new(format!("{ours}-threads2/len{len}"), 1),
             &refs,
-            |b, refs| b.iter(|| loaded.model.embed(refs, 2).unwrap()),
+            |b, refs| team.install(|| b.iter(|| loaded.model.embed(refs, 2).unwrap())),
         );
     }
     group.finish();
@@ -127,7 +140,8 @@ fn bench_forward(c: &mut Criterion) {
 
 /// One MiniLM-sized linear layer (384 → 1536) by rows, on one thread: f32 (the in-place dot
 /// kernel against gemm, the measurement behind `kernels::SMALL_M`), then bf16 and int8 on
-/// every kernel path this CPU has. 856 rows = 8 passages of 107 tokens.
+/// every kernel path this CPU has. 856 rows = 8 passages of 107 tokens. The f32 rows also
+/// run on two threads of a team (`-threads2`), as a lone batch runs in the pool.
 fn bench_linear(c: &mut Criterion) {
     use zerobatch::kernels::{
         linear_with, Dtype, Epilogue, KernelLevel, LinearPart, MatmulKernel, PackedLinear,
@@ -146,6 +160,7 @@ fn bench_linear(c: &mut Criterion) {
         .into_iter()
         .filter(|&l| l <= KernelLevel::detected())
         .collect();
+    let team = zerobatch::kernels::team::Team::new(2).unwrap();
     let mut group = c.benchmark_group("linear");
     group
         .sample_size(20)
@@ -164,6 +179,13 @@ fn bench_linear(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::new(name, m), &m, |bch, &m| {
                 bch.iter(|| linear_with(&x, m, k, &parts, &mut out, 1, kernel))
             });
+            group.bench_with_input(
+                BenchmarkId::new(format!("{name}-threads2"), m),
+                &m,
+                |bch, &m| {
+                    team.install(|| bch.iter(|| linear_with(&x, m, k, &parts, &mut out, 2, kernel)))
+                },
+            );
         }
         for (dtype, layer) in &packed {
             for &level in &levels {

@@ -43,13 +43,6 @@ impl WorkerPool {
         warmup: Vec<u32>,
         on_warm: Arc<dyn Fn(Result<(), String>) + Send + Sync>,
     ) -> std::io::Result<Self> {
-        // The pool intra-op parallelism runs on: one thread per core (the worker that asks
-        // for parallelism blocks while the pool's threads compute). Built here explicitly so
-        // it is sized to the cores, not to RAYON_NUM_THREADS or an earlier user.
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(cores)
-            .thread_name(|i| format!("zerobatch-intra-op-{i}"))
-            .build_global();
         let busy = Arc::new(AtomicUsize::new(0));
         let mut handles = Vec::with_capacity(workers);
         for i in 0..workers {

@@ -12,7 +12,6 @@
 
 use std::path::Path;
 
-use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::decoder::{self, AttnShape, CacheShape, Decoder, DecoderShape, Linear, StepInput};
@@ -268,23 +267,18 @@ impl Gpt2 {
                 t.vector(&format!("{name}.bias"), d)?,
             ))
         };
-        // Blocks convert in parallel, beside the head (a third of GPT-2 small's weights):
-        // loading is on the cold-start path.
-        let convert_blocks = || {
-            (0..config.n_layer)
-                .into_par_iter()
-                .map(|i| -> Result<Block, ModelError> {
-                    let h = |s: &str| format!("h.{i}.{s}");
-                    Ok(Block {
-                        ln_1: norm(&h("ln_1"))?,
-                        c_attn: t.conv1d(&h("attn.c_attn"), d, 3 * d, dtype)?,
-                        attn_proj: t.conv1d(&h("attn.c_proj"), d, d, dtype)?,
-                        ln_2: norm(&h("ln_2"))?,
-                        c_fc: t.conv1d(&h("mlp.c_fc"), d, ff, dtype)?,
-                        mlp_proj: t.conv1d(&h("mlp.c_proj"), ff, d, dtype)?,
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()
+        // Blocks convert in parallel, beside the head (a third of GPT-2 small's weights, so
+        // it starts first): loading is on the cold-start path.
+        let convert_block = |i: usize| -> Result<Block, ModelError> {
+            let h = |s: &str| format!("h.{i}.{s}");
+            Ok(Block {
+                ln_1: norm(&h("ln_1"))?,
+                c_attn: t.conv1d(&h("attn.c_attn"), d, 3 * d, dtype)?,
+                attn_proj: t.conv1d(&h("attn.c_proj"), d, d, dtype)?,
+                ln_2: norm(&h("ln_2"))?,
+                c_fc: t.conv1d(&h("mlp.c_fc"), d, ff, dtype)?,
+                mlp_proj: t.conv1d(&h("mlp.c_proj"), ff, d, dtype)?,
+            })
         };
         // The head is tied to the embeddings in every GPT-2 checkpoint; a separate
         // `lm_head.weight` (untied fine-tunes) is used when the file has one.
@@ -305,8 +299,9 @@ impl Gpt2 {
             Linear::new(dtype, head, vec![0.0; vocab], d)
                 .map_err(|e| ModelError::Weights(format!("lm_head: {e}")))
         };
-        let (blocks, lm_head) = rayon::join(convert_blocks, convert_head);
-        let (blocks, lm_head) = (blocks?, lm_head?);
+        let (lm_head, blocks) =
+            crate::kernels::team::join_map(convert_head, config.n_layer, threads, &convert_block);
+        let (blocks, lm_head) = (blocks.into_iter().collect::<Result<Vec<_>, _>>()?, lm_head?);
         let ln_f = norm("ln_f")?;
         // Every layer holds its own (transposed, packed) copy: the file's pages leave the
         // resident set (the embedding rows in use fault back in from the page cache).

@@ -10,8 +10,6 @@
 
 use std::path::Path;
 
-use rayon::prelude::*;
-
 use super::decoder::{self, AttnShape, CacheShape, Decoder, DecoderShape, Linear, StepInput};
 use super::gguf::{GgufError, GgufFile, RawTensor};
 use candle_core::quantized::GgmlDType;
@@ -300,23 +298,21 @@ impl Llama {
             "token_embd.weight"
         };
         // Layers convert in parallel, beside the head (the largest single tensor: a fifth of
-        // SmolLM2-135M's bytes): loading is on the cold-start path.
-        // The embedding table is copied as stored, also beside them.
-        let (layers, (lm_head, token_embd)) = rayon::join(
+        // SmolLM2-135M's bytes, so it starts first): loading is on the cold-start path.
+        // The embedding table is copied as stored, after the head.
+        let ((lm_head, token_embd), layers) = kernels::team::join_map(
             || {
-                (0..config.n_layer)
-                    .into_par_iter()
-                    .map(layer)
-                    .collect::<Result<Vec<_>, _>>()
-            },
-            || {
-                rayon::join(
-                    || load_linear(file, &[(head_name.to_string(), vocab)], d, dtype, keep_q4),
-                    || file.raw("token_embd.weight", &[vocab, d]),
+                (
+                    load_linear(file, &[(head_name.to_string(), vocab)], d, dtype, keep_q4),
+                    file.raw("token_embd.weight", &[vocab, d]),
                 )
             },
+            config.n_layer,
+            threads,
+            &layer,
         );
-        let (layers, lm_head, token_embd) = (layers?, lm_head?, token_embd?);
+        let layers = layers.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let (lm_head, token_embd) = (lm_head?, token_embd?);
         let output_norm = file.f32("output_norm.weight", &[d])?;
         let rope_freq_factors = if file.has_tensor("rope_freqs.weight") {
             file.f32("rope_freqs.weight", &[hd / 2])?

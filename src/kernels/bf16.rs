@@ -417,7 +417,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::test_values as values;
+    use crate::kernels::test_util::test_values as values;
 
     fn levels() -> Vec<KernelLevel> {
         KernelLevel::ALL

@@ -24,6 +24,7 @@
 //! groups, as `vpdpbusd` consumes them).
 
 use super::cpu::KernelLevel;
+use super::team::{available_threads, parallel_for_each};
 use super::tiles::{for_each_tile, in_row_blocks, store_tile, Epilogue, SharedOut, PANEL};
 
 /// Reduction indices per group: the 4 bytes one i32 lane of `vpdpbusd` sums.
@@ -175,7 +176,6 @@ impl Int8Linear {
     /// `q` (the block's values, 32 or fewer in a last partial block) and returns its scale.
     /// Panels pack in parallel (start-up is on the cold-start path).
     fn pack(bias: &[f32], k: usize, block: impl Fn(usize, usize, &mut [i8]) -> f32 + Sync) -> Self {
-        use rayon::prelude::*;
         let n = bias.len();
         let blocks = k.div_ceil(BLOCK);
         let groups = blocks * BLOCK_GROUPS;
@@ -185,12 +185,15 @@ impl Int8Linear {
         let mut offsets = vec![0i32; panels * blocks * PANEL];
         let mut padded_bias = vec![0.0f32; panels * PANEL];
         padded_bias[..n].copy_from_slice(bias);
-        weights
-            .par_chunks_mut(groups * GROUP_BYTES)
-            .zip(scales.par_chunks_mut(blocks * PANEL))
-            .zip(offsets.par_chunks_mut(blocks * PANEL))
-            .enumerate()
-            .for_each(|(panel, ((w, s), o))| {
+        let mut panel_parts: Vec<_> = weights
+            .chunks_mut(groups * GROUP_BYTES)
+            .zip(scales.chunks_mut(blocks * PANEL))
+            .zip(offsets.chunks_mut(blocks * PANEL))
+            .collect();
+        parallel_for_each(
+            &mut panel_parts,
+            available_threads(),
+            &|panel, ((w, s), o)| {
                 let mut q = [0i8; BLOCK];
                 for lane in 0..PANEL.min(n - panel * PANEL) {
                     let c = panel * PANEL + lane;
@@ -204,7 +207,8 @@ impl Int8Linear {
                         }
                     }
                 }
-            });
+            },
+        );
         Self {
             n,
             k,
@@ -574,7 +578,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::test_values as values;
+    use crate::kernels::test_util::test_values as values;
 
     /// The naive reference: quantize both sides per block of 32 exactly as documented,
     /// multiply in i64, scale in the documented order.

@@ -1,23 +1,35 @@
-//! CPU kernels, in one place for every model: the f32 encoder layers, and the packed bf16 and
-//! int8 matmuls with run-time dispatch over instruction sets.
+//! CPU kernels, in one place for every model: the f32 layers (linear, LayerNorm, GELU,
+//! attention), and the packed bf16, int8 and 4-bit matmuls, with run-time dispatch over
+//! instruction sets. Plain functions on slices: no model format and no tensor library here
+//! (the candle ops that run them for the encoder are in `model/bert_ops.rs`).
 //!
 //! - [`cpu`]: which instruction sets may run ([`KernelLevel`], detected once, optionally capped);
-//! - [`layers`]: the encoder's f32 kernels and the candle custom ops that run them;
+//!   `dispatch.rs` compiles one loop body per instruction set and picks one at run time;
+//! - [`linear_f32`]: the f32 linear layer on weights used in place;
+//! - [`activations`]: residual + LayerNorm, exact and tanh GELU (on the vectorisable math of
+//!   `math.rs`);
+//! - [`attention`]: multi-head attention over a fused QKV projection, padding skipped;
 //! - [`bf16`], [`int8`]: linear layers on packed low-precision weights, each with an AVX-512,
 //!   an AVX2 and a portable path that give the same results (tested against naive references);
 //! - [`q4`]: linear layers on GGUF's 4-bit blocks as stored, against int8 activations;
 //! - [`tiles`]: the loop nest and threading the packed matmuls share;
-//! - [`team`]: spinning threads for runs of many small parallel sections (generation steps).
+//! - [`team`]: the threads every parallel section runs on.
 //!
 //! [`Dtype`] names the weight format a model runs with and [`PackedLinear`] is one linear layer
 //! in a packed format.
 
+pub mod activations;
+pub mod attention;
 pub mod bf16;
 pub mod cpu;
+mod dispatch;
 pub mod int8;
-pub mod layers;
+pub mod linear_f32;
+mod math;
 pub mod q4;
 pub mod team;
+#[cfg(test)]
+pub(crate) mod test_util;
 pub mod tiles;
 
 use std::fmt;
@@ -25,10 +37,12 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
+pub use activations::{add_layer_norm, gelu, gelu_at, gelu_tanh_at};
+pub use attention::{attention, attention_at, AttentionShape};
 pub use bf16::Bf16Linear;
 pub use cpu::KernelLevel;
 pub use int8::Int8Linear;
-pub use layers::*;
+pub use linear_f32::{linear, linear_with, LinearPart, MatmulKernel, SMALL_M};
 pub use q4::{Q4Format, Q4Linear};
 pub use tiles::Epilogue;
 
@@ -142,22 +156,9 @@ impl PackedLinear {
     }
 }
 
-/// A deterministic pseudo-random sequence in [-1, 1), for the kernels' tests.
-#[cfg(test)]
-pub(crate) fn test_values(seed: u64, len: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
+    use super::test_util::test_values;
     use super::*;
 
     #[test]

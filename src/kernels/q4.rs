@@ -22,6 +22,7 @@
 
 use super::cpu::KernelLevel;
 use super::int8::{quantize_activations, BLOCK};
+use super::team::{available_threads, parallel_for_each};
 use super::tiles::{for_each_tile, in_row_blocks, store_tile, Epilogue, SharedOut, PANEL};
 
 /// Bytes of one chunk: 16 columns × 4 indices, two groups in the two nibbles.
@@ -122,13 +123,15 @@ impl Q4Linear {
         padded_bias[..n].copy_from_slice(bias);
         let panel_bytes = blocks * BLOCK_CHUNKS * CHUNK_BYTES;
         // Panels convert in parallel: loading is on the cold-start path.
-        use rayon::prelude::*;
-        weights
-            .par_chunks_mut(panel_bytes)
-            .zip(scales.par_chunks_mut(blocks * PANEL))
-            .zip(mins.par_chunks_mut(blocks * PANEL))
-            .enumerate()
-            .for_each(|(panel, ((w, s), mn))| {
+        let mut panel_parts: Vec<_> = weights
+            .chunks_mut(panel_bytes)
+            .zip(scales.chunks_mut(blocks * PANEL))
+            .zip(mins.chunks_mut(blocks * PANEL))
+            .collect();
+        parallel_for_each(
+            &mut panel_parts,
+            available_threads(),
+            &|panel, ((w, s), mn)| {
                 for lane in 0..PANEL.min(n - panel * PANEL) {
                     let c = panel * PANEL + lane;
                     for b in 0..blocks {
@@ -167,7 +170,8 @@ impl Q4Linear {
                         }
                     }
                 }
-            });
+            },
+        );
         Ok(Self {
             n,
             k,
@@ -498,7 +502,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::test_values as values;
+    use crate::kernels::test_util::test_values as values;
 
     /// GGUF blocks of `n` rows of `k` values with random nibbles and scales.
     fn random_blocks(format: Q4Format, n: usize, k: usize, seed: u64) -> Vec<u8> {

@@ -1,16 +1,22 @@
-//! A team of threads that run many small parallel sections in a row with little overhead:
-//! what a generation step needs (hundreds of matmuls of a few microseconds each per token).
+//! The threads every parallel section of the kernels runs on: a team of threads that run many
+//! small sections in a row with little overhead, which is what a forward pass or a generation
+//! step needs (dozens to hundreds of matmuls of a few microseconds each).
 //!
 //! Why not rayon: each `rayon::scope` wakes sleeping pool threads through the kernel and puts
 //! them back to sleep, tens of microseconds a section; profiled at a third of a one-stream
 //! decode step. The team's threads spin between sections (a section starts within
 //! nanoseconds) and sleep on a condition variable only after [`SPIN`] without work, so an
-//! idle server burns no CPU.
+//! idle server burns no CPU. One scheme for every section also means no second pool whose
+//! threads compete with a team's spinning ones for the same cores.
 //!
-//! A thread installs its team with [`Team::install`]; the kernels' parallel loops
-//! ([`parallel_for`]) then run on it instead of rayon.
+//! A thread installs its team with [`Team::install`] (the embedding workers, the generation
+//! loop); [`parallel_for`] then runs on it. Without a team, a section starts scoped threads
+//! for itself and joins them at its end: tens of microseconds a section, right for the few
+//! coarse sections of loading a model, wrong for a forward pass (which therefore installs a
+//! team). A section inside a section runs inline on the thread that took the outer task.
 
 use std::cell::Cell;
+use std::num::NonZeroUsize;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -48,6 +54,22 @@ struct SendJob(Job);
 // SAFETY: the pointee is `Sync` and outlives every use (see `Team::run`).
 unsafe impl Send for SendJob {}
 
+/// A raw output pointer that the tasks of one parallel section may share, each writing its
+/// own disjoint part of the buffer (tiles of a matmul, units of attention).
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOut(pub *mut f32);
+// SAFETY: a pointer is only data; every user writes through it only in the part of the buffer
+// its task owns, while the buffer stays mutably borrowed by the section's caller.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
+    pub(crate) fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// A fixed set of threads (the caller counts as one).
 pub struct Team {
     shared: Arc<Shared>,
@@ -62,13 +84,16 @@ thread_local! {
 }
 
 /// Runs `f` with a new team of `threads` threads installed on the calling thread; when the
-/// team's threads cannot be started, runs it on rayon instead and says so (`what` names the
-/// threads in the warning).
+/// team's threads cannot be started, runs it without a team (each parallel section then
+/// starts its own threads, see [`parallel_for`]) and says so (`what` names the threads in the
+/// warning).
 pub fn with_new_team<R>(threads: usize, what: &str, f: impl FnOnce() -> R) -> R {
     match Team::new(threads) {
         Ok(team) => team.install(f),
         Err(e) => {
-            tracing::warn!("cannot start the {what} threads ({e}): running on rayon");
+            tracing::warn!(
+                "cannot start the {what} threads ({e}): each parallel section starts its own"
+            );
             f()
         }
     }
@@ -233,8 +258,14 @@ fn worker(s: &Shared) {
     }
 }
 
-/// Runs `f(i)` for `i` in `0..tasks` on up to `threads` threads: on the calling thread's
-/// team when it has one, else with rayon.
+/// Runs `f(i)` for `i` in `0..tasks` on up to `threads` threads (the caller counts as one),
+/// each task once; returns when all are done, resuming a task's panic.
+///
+/// - With a team installed on the calling thread: on the team (at most its size).
+/// - Inside a task of another section: inline, on this thread (the others are busy).
+/// - Without a team: on `threads − 1` scoped threads started for this section, and the
+///   caller; if the OS refuses to start some, on fewer (the caller alone at worst). Fine for
+///   the few sections of loading a model; code that runs many sections installs a team.
 pub fn parallel_for(tasks: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
     if tasks == 0 {
         return;
@@ -246,12 +277,105 @@ pub fn parallel_for(tasks: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
     match CURRENT.with(Cell::get) {
         // SAFETY: an installed team outlives its `install` call, which is on this stack.
         Some(team) => unsafe { &*team }.run(tasks, f),
-        None => rayon::scope(|scope| {
-            for i in 0..tasks {
-                scope.spawn(move |_| f(i));
-            }
-        }),
+        None => run_on_scoped_threads(tasks, threads.min(tasks), f),
     }
+}
+
+/// [`parallel_for`] without a team: `threads − 1` scoped threads and the caller take tasks
+/// from a shared counter.
+fn run_on_scoped_threads(tasks: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
+    let next = AtomicUsize::new(0);
+    let take_tasks = || {
+        IN_SECTION.with(|c| c.set(true));
+        let result = catch_unwind(AssertUnwindSafe(|| loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= tasks {
+                break;
+            }
+            f(i);
+        }));
+        IN_SECTION.with(|c| c.set(false));
+        result
+    };
+    std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads)
+            .map_while(|_| {
+                std::thread::Builder::new()
+                    .name("zerobatch-section".into())
+                    .spawn_scoped(scope, take_tasks)
+                    .ok()
+            })
+            .collect();
+        let mine = take_tasks();
+        let theirs: Vec<_> = helpers.into_iter().map(|h| h.join()).collect();
+        if let Err(p) = mine {
+            resume_unwind(p);
+        }
+        for result in theirs {
+            // A helper catches its tasks' panics, so its thread itself cannot panic.
+            if let Ok(Err(p)) = result {
+                resume_unwind(p);
+            }
+        }
+    });
+}
+
+/// Runs `f(i)` for `i` in `0..tasks` as [`parallel_for`] does and returns the results in
+/// order.
+pub fn parallel_map<R: Send>(
+    tasks: usize,
+    threads: usize,
+    f: &(dyn Fn(usize) -> R + Sync),
+) -> Vec<R> {
+    let slots: Vec<Mutex<Option<R>>> = (0..tasks).map(|_| Mutex::new(None)).collect();
+    parallel_for(tasks, threads, &|i| *slots[i].lock() = Some(f(i)));
+    slots
+        .into_iter()
+        .map(|slot| slot.into_inner().expect("parallel_for runs every task"))
+        .collect()
+}
+
+/// Runs `first` and `f(i)` for `i` in `0..tasks`, all as tasks of one section (`first` is
+/// taken first: give it the largest piece of work, so that it is not left for last).
+/// Returns `first`'s result and the others in order.
+pub fn join_map<A: Send, R: Send>(
+    first: impl FnOnce() -> A + Send,
+    tasks: usize,
+    threads: usize,
+    f: &(dyn Fn(usize) -> R + Sync),
+) -> (A, Vec<R>) {
+    let first = Mutex::new(Some(first));
+    let first_result = Mutex::new(None);
+    let results = parallel_map(tasks + 1, threads, &|i| match i {
+        0 => {
+            let first = first.lock().take().expect("task 0 runs once");
+            *first_result.lock() = Some(first());
+            None
+        }
+        i => Some(f(i - 1)),
+    });
+    let first = first_result
+        .into_inner()
+        .expect("parallel_for runs every task");
+    (first, results.into_iter().skip(1).flatten().collect())
+}
+
+/// Runs `f(i, &mut items[i])` for every item as [`parallel_for`] does (each item is handed
+/// to one task: disjoint parts of buffers being filled, for instance).
+pub fn parallel_for_each<T: Send>(
+    items: &mut [T],
+    threads: usize,
+    f: &(dyn Fn(usize, &mut T) + Sync),
+) {
+    let cells: Vec<Mutex<&mut T>> = items.iter_mut().map(Mutex::new).collect();
+    parallel_for(cells.len(), threads, &|i| f(i, &mut cells[i].lock()));
+}
+
+/// Threads for a section whose caller has no count of its own (packing weights at load): the
+/// installed team's, else every core this process may use.
+pub fn available_threads() -> usize {
+    current_threads()
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
 }
 
 /// The thread count of the calling thread's team, if it has one.
@@ -312,5 +436,80 @@ mod tests {
             })
         });
         assert_eq!(count.load(Ordering::Relaxed), 2);
+    }
+
+    /// Runs `body` on a team of `threads` and without a team.
+    fn on_a_team_and_without(threads: usize, body: impl Fn()) {
+        let team = Team::new(threads).unwrap();
+        team.install(&body);
+        body();
+    }
+
+    /// Two tasks each wait for the other to start: they only both finish if they run at the
+    /// same time, on a team or on the section's own threads without one (not one after the
+    /// other on the caller).
+    #[test]
+    fn two_tasks_run_at_the_same_time_with_a_team_and_without() {
+        on_a_team_and_without(2, || {
+            let started = AtomicUsize::new(0);
+            let saw_both = AtomicUsize::new(0);
+            parallel_for(2, 2, &|_| {
+                started.fetch_add(1, Ordering::SeqCst);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while started.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+                    std::thread::yield_now();
+                }
+                if started.load(Ordering::SeqCst) == 2 {
+                    saw_both.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            assert_eq!(saw_both.load(Ordering::SeqCst), 2);
+        });
+    }
+
+    #[test]
+    fn a_panic_in_a_task_reaches_the_caller_without_a_team() {
+        for failing in [0, 3] {
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                parallel_for(4, 2, &|i| assert!(i != failing, "task {failing} fails"))
+            }));
+            let message = r
+                .expect_err("the panic is resumed")
+                .downcast::<String>()
+                .unwrap();
+            assert_eq!(*message, format!("task {failing} fails"));
+            // This thread is no longer in a section: the next one runs in parallel again.
+            assert!(!IN_SECTION.with(Cell::get));
+        }
+    }
+
+    /// A section inside a task runs inline: every inner task once, no deadlock.
+    #[test]
+    fn nested_sections_run_every_task_once() {
+        on_a_team_and_without(3, || {
+            let seen: Vec<AtomicUsize> = (0..20).map(|_| AtomicUsize::new(0)).collect();
+            parallel_for(4, 3, &|outer| {
+                parallel_for(5, 3, &|inner| {
+                    seen[outer * 5 + inner].fetch_add(1, Ordering::Relaxed);
+                })
+            });
+            assert!(seen.iter().all(|s| s.load(Ordering::Relaxed) == 1));
+        });
+    }
+
+    #[test]
+    fn the_helpers_return_every_result_in_order() {
+        on_a_team_and_without(2, || {
+            for tasks in [0, 1, 7] {
+                let squares = parallel_map(tasks, 2, &|i| i * i);
+                assert_eq!(squares, (0..tasks).map(|i| i * i).collect::<Vec<_>>());
+                let (first, rest) = join_map(|| "first", tasks, 2, &|i| i + 1);
+                assert_eq!(first, "first");
+                assert_eq!(rest, (1..=tasks).collect::<Vec<_>>());
+                let mut items: Vec<usize> = vec![0; tasks];
+                parallel_for_each(&mut items, 2, &|i, item| *item = 10 * i);
+                assert_eq!(items, (0..tasks).map(|i| 10 * i).collect::<Vec<_>>());
+            }
+        });
     }
 }

@@ -32,19 +32,8 @@ const CHUNK_ROWS: usize = 96;
 /// Rows a packed matmul converts and runs at a time (a multiple of [`CHUNK_ROWS`]).
 pub const BLOCK_ROWS: usize = 8 * CHUNK_ROWS;
 
-/// A raw output pointer that tasks writing disjoint tiles of one buffer may share.
-#[derive(Clone, Copy)]
-pub(crate) struct SharedOut(pub *mut f32);
-// SAFETY: only used by `for_each_tile`'s callers, whose tiles never overlap.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
-    pub(crate) fn ptr(self) -> *mut f32 {
-        self.0
-    }
-}
+/// The output pointer the tiles of one matmul share (see [`team`](super::team)).
+pub(crate) use super::team::SharedOut;
 
 /// Runs `f(x_block, rows, out_block)` on consecutive blocks of at most [`BLOCK_ROWS`] rows
 /// of an `m×k` input and its `m×n` output.
@@ -102,14 +91,15 @@ pub(crate) unsafe fn store_tile(
         }
         match epilogue {
             Epilogue::Bias => {}
-            Epilogue::BiasGelu => super::layers::gelu_at(dst, level),
-            Epilogue::BiasGeluTanh => super::layers::gelu_tanh_at(dst, level),
+            Epilogue::BiasGelu => super::activations::gelu_at(dst, level),
+            Epilogue::BiasGeluTanh => super::activations::gelu_tanh_at(dst, level),
         }
     }
 }
 
 /// Calls `tile(row0, rows, panel0, panels)` for tiles covering `m` rows × `panels` panels
-/// exactly once each, with `rows ≤ mr` and `panels ≤ np`, on up to `threads` threads (rayon).
+/// exactly once each, with `rows ≤ mr` and `panels ≤ np`, on up to `threads` threads (see
+/// [`parallel_for`]).
 ///
 /// The tiles are disjoint, so `tile` may write its part of a shared output.
 pub(crate) fn for_each_tile(

@@ -1,9 +1,9 @@
 //! BERT-family encoder (BERT, MiniLM, and other `BertModel` checkpoints) as a candle forward
-//! pass on the CPU, built from the fused kernels in `kernels.rs`.
+//! pass on the CPU, built from the fused kernels of `crate::kernels`.
 //!
 //! Weights are used in place from the memory-mapped `model.safetensors` (see `weights.rs`),
 //! shared by every worker thread; activations are candle tensors that flow through the custom
-//! ops of `kernels.rs`. The Q, K and V projections run as one linear op with three parts (one
+//! ops of `bert_ops.rs`. The Q, K and V projections run as one linear op with three parts (one
 //! pass over the input), and the position and token-type-0 embeddings are summed once at load.
 
 use std::path::Path;
@@ -11,12 +11,10 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
 
+use super::bert_ops::{AddLayerNorm, Attention, Linear, LinearWeights};
 use super::weights::{Weight, WeightFile};
 use super::ModelError;
-use crate::kernels::{
-    AddLayerNorm, Attention, AttentionShape, Dtype, KernelLevel, Linear, LinearPart, LinearWeights,
-    PackedLinear,
-};
+use crate::kernels::{AttentionShape, Dtype, KernelLevel, LinearPart, PackedLinear};
 
 /// The fields of a Hugging Face `config.json` the encoder needs.
 #[derive(Debug, Clone, Deserialize)]

@@ -5,6 +5,7 @@
 //! reports how long each phase took, for the start-up log and metrics.
 
 pub mod bert;
+pub mod bert_ops;
 pub mod files;
 pub mod pooling;
 pub mod tiny;

@@ -1,0 +1,661 @@
+//! Multi-head self-attention over the fused QKV projection, for the encoder: heads are read
+//! straight out of the `[rows, 3·hidden]` QKV output (no transposes to split them), and each
+//! sequence attends only over its real tokens, which is exact masking at no cost (no scores
+//! computed for padding only to be thrown away).
+//!
+//! One (sequence, head) pair is a unit of work; units are split across threads. The portable
+//! and AVX2 versions are one body compiled twice (`dispatch.rs`) in register tiles LLVM keeps
+//! in vectors; the AVX-512 version is written with intrinsics (explicit FMAs).
+
+use super::dispatch::{dispatch, variant, Variant};
+use super::math::{exp_neg, lane_sum, max_or_nan};
+use super::team::{parallel_for, SharedOut};
+use super::KernelLevel;
+
+#[derive(Debug, Clone)]
+pub struct AttentionShape {
+    pub seq_len: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    /// Real (unpadded) length of each sequence of the batch.
+    pub lengths: Vec<usize>,
+}
+
+/// Sizes an attention call works with, computed without overflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionSizes {
+    /// `heads × head_dim`.
+    pub hidden: usize,
+    /// `batch × seq_len`.
+    pub rows: usize,
+    /// `rows × 3·hidden`, the length of the fused QKV input.
+    pub qkv: usize,
+    /// `rows × hidden`, the length of the output.
+    pub out: usize,
+    /// `batch × heads`, the (sequence, head) pairs.
+    pub units: usize,
+}
+
+impl AttentionShape {
+    /// The sizes of this shape; `None` when one overflows usize (including the scratch
+    /// buffer of `head_dim × seq_len` transposed keys).
+    pub fn sizes(&self) -> Option<AttentionSizes> {
+        let hidden = self.heads.checked_mul(self.head_dim)?;
+        let rows = self.lengths.len().checked_mul(self.seq_len)?;
+        let out = rows.checked_mul(hidden)?;
+        let qkv = out.checked_mul(3)?;
+        let units = self.lengths.len().checked_mul(self.heads)?;
+        self.head_dim.checked_mul(self.seq_len)?;
+        Some(AttentionSizes {
+            hidden,
+            rows,
+            qkv,
+            out,
+            units,
+        })
+    }
+
+    /// Whether every length is within `1..=seq_len`.
+    pub fn lengths_fit(&self) -> bool {
+        self.lengths.iter().all(|&l| l >= 1 && l <= self.seq_len)
+    }
+}
+
+/// One (sequence, head) pair of an attention call.
+struct AttentionUnit {
+    /// The sequence's real length.
+    len: usize,
+    /// `len` rounded up to whole tiles of keys.
+    padded: usize,
+    /// The sequence's first row.
+    base: usize,
+    /// The head's first column inside each of q, k and v.
+    off: usize,
+}
+
+impl AttentionUnit {
+    /// Unit `unit` (sequence `unit / heads`, head `unit % heads`) with key tiles of `tile`.
+    #[inline(always)]
+    fn new(s: &AttentionShape, unit: usize, tile: usize) -> Self {
+        let (b, head) = (unit / s.heads, unit % s.heads);
+        let len = s.lengths[b];
+        Self {
+            len,
+            padded: len.div_ceil(tile) * tile,
+            base: b * s.seq_len,
+            off: head * s.head_dim,
+        }
+    }
+}
+
+/// Writes a unit's `len` key rows (`d` values each) into `keys_t` transposed (`d × padded`)
+/// and multiplied by `scale`, zero past the sequence: so that a tile of scores is a sweep over
+/// dimensions with contiguous loads.
+#[inline(always)]
+fn transpose_keys<'a>(
+    keys: impl Iterator<Item = &'a [f32]>,
+    d: usize,
+    len: usize,
+    padded: usize,
+    scale: f32,
+    keys_t: &mut [f32],
+) {
+    for c in 0..d {
+        keys_t[c * padded + len..(c + 1) * padded].fill(0.0);
+    }
+    for (j, k) in keys.enumerate() {
+        for (c, kc) in k.iter().enumerate() {
+            keys_t[c * padded + j] = kc * scale;
+        }
+    }
+}
+
+/// Softmax of one row of attention scores, in place. NaN wins (f32::max would skip it and
+/// turn a corrupt score into a tiny weight): a NaN or infinite score makes the whole row NaN,
+/// which `embed` reports.
+#[inline(always)]
+fn softmax_row(row: &mut [f32]) {
+    let max = max_or_nan(row);
+    for score in row.iter_mut() {
+        *score = exp_neg(*score - max);
+    }
+    let inv = 1.0 / lane_sum(row, |v| v);
+    for score in row.iter_mut() {
+        *score *= inv;
+    }
+}
+
+dispatch!(
+    /// Attention of the (sequence, head) pairs `units`; see [`attention`].
+    ///
+    /// # Safety
+    ///
+    /// `s.sizes()` is `Some`, `s.lengths` are within `1..=seq_len`, `qkv` holds `sizes.qkv`
+    /// values, and `out` is valid for writes of `sizes.out` values. For each unit (sequence
+    /// `b`, head) in `units`, the elements of rows `b·seq_len..b·seq_len + lengths[b]`, columns
+    /// `head·head_dim..(head+1)·head_dim` are written and nothing else accesses them during
+    /// the call.
+    unsafe attention_generic, attention_avx2, (qkv: &[f32], out: *mut f32, s: &AttentionShape, units: std::ops::Range<usize>) {
+    // Register tiles: QB queries at a time against KB keys (scores), and QB queries × DB
+    // dimensions of the output (weighted values). The fixed-size loops below are what LLVM
+    // keeps in vector registers (8 accumulators of 8 lanes in the AVX2 build); a plain
+    // query-by-query loop instead streams the scores through memory once per dimension.
+    const QB: usize = 4;
+    const KB: usize = 16;
+    const DB: usize = 16;
+    let h = s.heads * s.head_dim;
+    let d = s.head_dim;
+    let scale = 1.0 / (d as f32).sqrt();
+    let padded = s.seq_len.div_ceil(KB) * KB;
+    // Keys of one head transposed (`d × padded`, pre-scaled, zero past the sequence), so a
+    // tile of scores is a sweep over dimensions with contiguous loads.
+    let mut keys_t = vec![0.0f32; d * padded];
+    let mut scores = vec![0.0f32; QB * padded];
+    for unit in units {
+        let AttentionUnit {
+            len,
+            padded: lp,
+            base,
+            off,
+        } = AttentionUnit::new(s, unit, KB);
+        let keys = (0..len).map(|j| &qkv[(base + j) * 3 * h + h + off..][..d]);
+        transpose_keys(keys, d, len, lp, scale, &mut keys_t);
+        let value = |j: usize| &qkv[(base + j) * 3 * h + 2 * h + off..][..d];
+        for i0 in (0..len).step_by(QB) {
+            let qn = QB.min(len - i0);
+            // Rows past the sequence repeat its last query; their results are not stored.
+            let q: [&[f32]; QB] =
+                std::array::from_fn(|qi| &qkv[(base + i0 + qi.min(qn - 1)) * 3 * h + off..][..d]);
+            for j0 in (0..lp).step_by(KB) {
+                let mut acc = [[0.0f32; KB]; QB];
+                for c in 0..d {
+                    let kv: &[f32; KB] = keys_t[c * lp + j0..][..KB].try_into().unwrap();
+                    for (a, qr) in acc.iter_mut().zip(&q) {
+                        let qc = qr[c];
+                        for (a, k) in a.iter_mut().zip(kv) {
+                            *a += qc * k;
+                        }
+                    }
+                }
+                for (qi, a) in acc.iter().enumerate() {
+                    scores[qi * lp + j0..][..KB].copy_from_slice(a);
+                }
+            }
+            for qi in 0..qn {
+                softmax_row(&mut scores[qi * lp..][..len]);
+            }
+            // Weighted values, DB dimensions at a time, then the remaining dimensions.
+            let whole = d / DB * DB;
+            for dc in (0..whole).step_by(DB) {
+                let mut acc = [[0.0f32; DB]; QB];
+                for j in 0..len {
+                    let v: &[f32; DB] = value(j)[dc..dc + DB].try_into().unwrap();
+                    for (qi, a) in acc.iter_mut().enumerate() {
+                        let p = scores[qi * lp + j];
+                        for (a, v) in a.iter_mut().zip(v) {
+                            *a += p * v;
+                        }
+                    }
+                }
+                for (qi, a) in acc.iter().enumerate().take(qn) {
+                    // SAFETY: row base+i0+qi (< base+len), columns off+dc..off+dc+DB (inside
+                    // the head) are inside `out` and belong to this unit alone (the
+                    // function's contract).
+                    let o = unsafe {
+                        std::slice::from_raw_parts_mut(out.add((base + i0 + qi) * h + off + dc), DB)
+                    };
+                    o.copy_from_slice(a);
+                }
+            }
+            for qi in 0..qn {
+                // SAFETY: as above, for columns off+whole..off+d.
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(out.add((base + i0 + qi) * h + off + whole), d - whole)
+                };
+                o.fill(0.0);
+                for j in 0..len {
+                    let p = scores[qi * lp + j];
+                    for (o, v) in o.iter_mut().zip(&value(j)[whole..]) {
+                        *o += p * v;
+                    }
+                }
+            }
+        }
+    }
+});
+
+/// [`attention_generic`] written with AVX-512 intrinsics. LLVM does not fuse the generic
+/// loops' multiply and add into FMAs (Rust does not allow it to), and spills their
+/// accumulators; here every tile is 8 queries × 32 lanes (16 registers of accumulators): the
+/// scores against 32 keys, then the weighted values over 32 dimensions, each step one
+/// broadcast and two FMAs per query. Dimensions past a multiple of 16 are masked.
+///
+/// # Safety
+///
+/// As [`attention_generic`], and the CPU must support AVX-512 F/BW/VL/DQ, AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+unsafe fn attention_avx512(
+    qkv: &[f32],
+    out: *mut f32,
+    s: &AttentionShape,
+    units: std::ops::Range<usize>,
+) {
+    use std::arch::x86_64::*;
+    const QB: usize = 8;
+    const KB: usize = 32;
+    /// The first `n` of 16 lanes.
+    fn lanes(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            (1u16 << n) - 1
+        }
+    }
+    let h = s.heads * s.head_dim;
+    let d = s.head_dim;
+    let scale = 1.0 / (d as f32).sqrt();
+    let padded = s.seq_len.div_ceil(KB) * KB;
+    let mut keys_t = vec![0.0f32; d * padded];
+    let mut scores = vec![0.0f32; QB * padded];
+    // This unit's keys and values, gathered into rows of `d` first: the rows of the fused
+    // QKV input are 3·hidden apart, and in a large batch not in cache. Whole-row copies keep
+    // many loads in flight; the scalar transpose below then reads from L1.
+    let mut keys = vec![0.0f32; d * s.seq_len];
+    let mut values = vec![0.0f32; d * s.seq_len];
+    for unit in units {
+        let AttentionUnit {
+            len,
+            padded: lp,
+            base,
+            off,
+        } = AttentionUnit::new(s, unit, KB);
+        for j in 0..len {
+            let row = &qkv[(base + j) * 3 * h..][..3 * h];
+            keys[j * d..][..d].copy_from_slice(&row[h + off..][..d]);
+            values[j * d..][..d].copy_from_slice(&row[2 * h + off..][..d]);
+        }
+        transpose_keys(
+            keys.chunks_exact(d).take(len),
+            d,
+            len,
+            lp,
+            scale,
+            &mut keys_t,
+        );
+        for i0 in (0..len).step_by(QB) {
+            let qn = QB.min(len - i0);
+            // Rows past the sequence repeat its last query; their results are not stored.
+            let q: [&[f32]; QB] =
+                std::array::from_fn(|qi| &qkv[(base + i0 + qi.min(qn - 1)) * 3 * h + off..][..d]);
+            for j0 in (0..lp).step_by(KB) {
+                let mut acc = [[_mm512_setzero_ps(); 2]; QB];
+                for c in 0..d {
+                    let k: &[f32] = &keys_t[c * lp + j0..][..KB];
+                    // SAFETY: `k` holds 32 values; unaligned loads.
+                    let (k0, k1) = unsafe {
+                        (
+                            _mm512_loadu_ps(k.as_ptr()),
+                            _mm512_loadu_ps(k.as_ptr().add(16)),
+                        )
+                    };
+                    for (a, qr) in acc.iter_mut().zip(&q) {
+                        let qc = _mm512_set1_ps(qr[c]);
+                        a[0] = _mm512_fmadd_ps(qc, k0, a[0]);
+                        a[1] = _mm512_fmadd_ps(qc, k1, a[1]);
+                    }
+                }
+                for (qi, a) in acc.iter().enumerate() {
+                    let row: &mut [f32] = &mut scores[qi * lp + j0..][..KB];
+                    // SAFETY: `row` holds 32 values.
+                    unsafe {
+                        _mm512_storeu_ps(row.as_mut_ptr(), a[0]);
+                        _mm512_storeu_ps(row.as_mut_ptr().add(16), a[1]);
+                    }
+                }
+            }
+            for qi in 0..qn {
+                softmax_row(&mut scores[qi * lp..][..len]);
+            }
+            for dc in (0..d).step_by(KB) {
+                let (m0, m1) = (lanes(d - dc), lanes((d - dc).saturating_sub(16)));
+                let mut acc = [[_mm512_setzero_ps(); 2]; QB];
+                let weights: [&[f32]; QB] = std::array::from_fn(|qi| &scores[qi * lp..][..len]);
+                for j in 0..len {
+                    let v = &values[j * d + dc..][..(d - dc).min(KB)];
+                    // SAFETY: the masks cover `v`'s lanes only (masked-off lanes are neither
+                    // read nor faulted on).
+                    let (v0, v1) = unsafe {
+                        (
+                            _mm512_maskz_loadu_ps(m0, v.as_ptr()),
+                            _mm512_maskz_loadu_ps(m1, v.as_ptr().wrapping_add(16)),
+                        )
+                    };
+                    for (a, w) in acc.iter_mut().zip(&weights) {
+                        let p = _mm512_set1_ps(w[j]);
+                        a[0] = _mm512_fmadd_ps(p, v0, a[0]);
+                        a[1] = _mm512_fmadd_ps(p, v1, a[1]);
+                    }
+                }
+                for (qi, a) in acc.iter().enumerate().take(qn) {
+                    // SAFETY: row base+i0+qi (< base+len), columns off+dc.. off+d under the
+                    // masks, are inside `out` and belong to this unit alone (the contract).
+                    unsafe {
+                        let o = out.add((base + i0 + qi) * h + off + dc);
+                        _mm512_mask_storeu_ps(o, m0, a[0]);
+                        _mm512_mask_storeu_ps(o.wrapping_add(16), m1, a[1]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`attention_generic`] or its AVX2+FMA version, as the CPU allows.
+///
+/// # Safety
+///
+/// As [`attention_generic`].
+unsafe fn attention_units(
+    qkv: &[f32],
+    out: *mut f32,
+    s: &AttentionShape,
+    units: std::ops::Range<usize>,
+    level: KernelLevel,
+) {
+    match variant(level) {
+        // SAFETY: `variant` never picks a version the CPU lacks the features of; the rest is
+        // the caller's contract.
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx512 => unsafe { attention_avx512(qkv, out, s, units) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx2 => unsafe { attention_avx2(qkv, out, s, units) },
+        // SAFETY: the caller's contract.
+        Variant::Generic => unsafe { attention_generic(qkv, out, s, units) },
+    }
+}
+
+/// Multi-head self-attention over a fused QKV projection `[batch·seq, 3·hidden]` (q, k, v
+/// side by side, heads contiguous inside each), writing `[batch·seq, hidden]`. Only the first
+/// `lengths[b]` tokens of sequence `b` attend or are attended to; padding rows are zero. The
+/// (sequence, head) pairs are split across `threads`. A NaN or infinite attention score makes
+/// its query's output row NaN.
+///
+/// # Panics
+///
+/// When a size overflows or does not match the shape, or a length is not in `1..=seq_len`.
+pub fn attention(qkv: &[f32], out: &mut [f32], s: &AttentionShape, threads: usize) {
+    attention_at(qkv, out, s, threads, KernelLevel::detected())
+}
+
+/// [`attention`] with vectors no wider than `level` allows.
+///
+/// # Panics
+///
+/// As [`attention`].
+pub fn attention_at(
+    qkv: &[f32],
+    out: &mut [f32],
+    s: &AttentionShape,
+    threads: usize,
+    level: KernelLevel,
+) {
+    let sizes = s.sizes().expect("attention: sizes overflow usize");
+    assert_eq!(qkv.len(), sizes.qkv, "attention: qkv size");
+    assert_eq!(out.len(), sizes.out, "attention: output size");
+    assert!(s.lengths_fit(), "attention: lengths");
+    if sizes.out == 0 {
+        return;
+    }
+    let h = sizes.hidden;
+    for (b, &len) in s.lengths.iter().enumerate() {
+        out[(b * s.seq_len + len) * h..(b + 1) * s.seq_len * h].fill(0.0);
+    }
+    let units = sizes.units;
+    let threads = threads.min(units).max(1);
+    let shared = SharedOut(out.as_mut_ptr());
+    // Each unit (sequence b, head) writes only rows of b, columns of head: disjoint.
+    let run = move |range: std::ops::Range<usize>| {
+        let shared = shared;
+        // SAFETY: sizes, lengths and buffer lengths checked above; `out` stays mutably
+        // borrowed until every call returns (the scope below joins its tasks), and the unit
+        // ranges given to concurrent calls are disjoint, so are the elements they write.
+        unsafe { attention_units(qkv, shared.ptr(), s, range, level) }
+    };
+    if threads == 1 {
+        run(0..units);
+        return;
+    }
+    let chunk = units.div_ceil(threads);
+    parallel_for(units.div_ceil(chunk), threads, &|t| {
+        run(t * chunk..((t + 1) * chunk).min(units))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::test_util::{close, lcg};
+
+    /// Attention of a padded batch equals attention of each sequence alone, and matches a
+    /// naive masked implementation.
+    #[test]
+    fn attention_ignores_padding_and_matches_naive() {
+        let (heads, d, seq) = (2, 4, 5);
+        let h = heads * d;
+        let lengths = vec![5, 2];
+        let qkv = lcg(8, 2 * seq * 3 * h);
+        let shape = AttentionShape {
+            seq_len: seq,
+            heads,
+            head_dim: d,
+            lengths: lengths.clone(),
+        };
+        let mut out = vec![f32::NAN; 2 * seq * h];
+        attention(&qkv, &mut out, &shape, 1);
+        let mut parallel = vec![f32::NAN; 2 * seq * h];
+        attention(&qkv, &mut parallel, &shape, 2);
+        assert_eq!(
+            out, parallel,
+            "splitting units across threads changes nothing"
+        );
+        for (b, &len) in lengths.iter().enumerate() {
+            for head in 0..heads {
+                for i in 0..len {
+                    let at = |t: usize, part: usize, c: usize| {
+                        qkv[(b * seq + t) * 3 * h + part * h + head * d + c]
+                    };
+                    let s: Vec<f64> = (0..len)
+                        .map(|j| {
+                            (0..d)
+                                .map(|c| (at(i, 0, c) * at(j, 1, c)) as f64)
+                                .sum::<f64>()
+                                / (d as f64).sqrt()
+                        })
+                        .collect();
+                    let max = s.iter().cloned().fold(f64::MIN, f64::max);
+                    let e: Vec<f64> = s.iter().map(|v| (v - max).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for c in 0..d {
+                        let want: f64 = (0..len).map(|j| e[j] / z * at(j, 2, c) as f64).sum();
+                        let got = out[(b * seq + i) * h + head * d + c] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-5,
+                            "b{b} h{head} i{i} c{c}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+            for i in len..seq {
+                assert!(out[(b * seq + i) * h..(b * seq + i + 1) * h]
+                    .iter()
+                    .all(|v| *v == 0.0));
+            }
+        }
+    }
+
+    /// Masked multi-head attention in f64, padding rows zero.
+    fn naive_attention(qkv: &[f32], s: &AttentionShape) -> Vec<f64> {
+        let (heads, d, seq) = (s.heads, s.head_dim, s.seq_len);
+        let h = heads * d;
+        let mut out = vec![0.0f64; s.lengths.len() * seq * h];
+        for (b, &len) in s.lengths.iter().enumerate() {
+            for head in 0..heads {
+                let at = |t: usize, part: usize, c: usize| {
+                    qkv[(b * seq + t) * 3 * h + part * h + head * d + c] as f64
+                };
+                for i in 0..len {
+                    let scores: Vec<f64> = (0..len)
+                        .map(|j| {
+                            (0..d).map(|c| at(i, 0, c) * at(j, 1, c)).sum::<f64>()
+                                / (d as f64).sqrt()
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|v| (v - max).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for c in 0..d {
+                        out[(b * seq + i) * h + head * d + c] =
+                            (0..len).map(|j| e[j] / z * at(j, 2, c)).sum();
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_edge_shapes_match_naive() {
+        let (seqs, dims, heads_list): (Vec<usize>, Vec<usize>, Vec<usize>) = if cfg!(miri) {
+            (vec![1, 3], vec![1, 3], vec![1, 2])
+        } else {
+            (
+                vec![1, 2, 5, 7, 24, 25, 31, 33, 70],
+                vec![1, 3, 4, 5, 63, 64, 65, 129, 130],
+                vec![1, 3],
+            )
+        };
+        let mut case = 0u64;
+        for &seq in &seqs {
+            for &d in &dims {
+                for &heads in &heads_list {
+                    case += 1;
+                    // Full, length 1, and a middle length: padding at several places.
+                    let lengths = vec![seq, 1, seq.div_ceil(2)];
+                    let shape = AttentionShape {
+                        seq_len: seq,
+                        heads,
+                        head_dim: d,
+                        lengths,
+                    };
+                    let h = heads * d;
+                    let rows = 3 * seq;
+                    let qkv: Vec<f32> = lcg(case, rows * 3 * h).iter().map(|v| v * 2.0).collect();
+                    let want = naive_attention(&qkv, &shape);
+                    let mut single = vec![f32::NAN; rows * h];
+                    attention(&qkv, &mut single, &shape, 1);
+                    let threads = 1 + (case % 5) as usize;
+                    let mut split = vec![f32::NAN; rows * h];
+                    attention(&qkv, &mut split, &shape, threads);
+                    assert_eq!(
+                        single, split,
+                        "seq {seq} d {d} heads {heads} threads {threads}"
+                    );
+                    let mut portable = vec![f32::NAN; rows * h];
+                    // SAFETY: the shape's sizes fit, its lengths are within 1..=seq, and the
+                    // buffers have exactly the sizes it implies; one call writes all units.
+                    unsafe { attention_generic(&qkv, portable.as_mut_ptr(), &shape, 0..3 * heads) };
+                    let mut avx2 = vec![f32::NAN; rows * h];
+                    attention_at(&qkv, &mut avx2, &shape, 1, KernelLevel::Avx2);
+                    for (path, got) in [
+                        ("dispatched", &single),
+                        ("portable", &portable),
+                        ("avx2", &avx2),
+                    ] {
+                        for (e, want) in want.iter().enumerate() {
+                            let ok = if e % (seq * h) / h >= shape.lengths[e / (seq * h)] {
+                                // Padding rows: zero from `attention`, untouched by the units.
+                                path == "portable" || got[e] == 0.0
+                            } else {
+                                close(got[e], *want, 1e-5)
+                            };
+                            assert!(
+                                ok,
+                                "{path} seq {seq} d {d} heads {heads}: [{e}] {} vs {want}",
+                                got[e]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // Every thread count on one shape with more units than threads.
+        let shape = AttentionShape {
+            seq_len: 6,
+            heads: 3,
+            head_dim: 5,
+            lengths: vec![6, 2, 4],
+        };
+        let qkv = lcg(99, 3 * 6 * 3 * 15);
+        let mut first = vec![0.0; 3 * 6 * 15];
+        attention(&qkv, &mut first, &shape, 1);
+        for threads in 2..=5 {
+            let mut out = vec![f32::NAN; 3 * 6 * 15];
+            attention(&qkv, &mut out, &shape, threads);
+            assert_eq!(out, first, "threads {threads}");
+        }
+    }
+
+    /// A NaN (or infinite) score reaches the output as NaN instead of becoming a tiny weight;
+    /// other sequences of the batch are untouched.
+    #[test]
+    fn attention_propagates_nan_and_infinite_scores() {
+        let (heads, d, seq) = (2, 4, 3);
+        let h = heads * d;
+        let shape = AttentionShape {
+            seq_len: seq,
+            heads,
+            head_dim: d,
+            lengths: vec![3, 3],
+        };
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut qkv = lcg(5, 2 * seq * 3 * h);
+            // Key 1 of sequence 0, head 0, dimension 0 is bad and every query of that head
+            // has a positive dimension 0: each of their rows sees a NaN or +∞ score.
+            qkv[3 * h + h] = bad;
+            for i in 0..seq {
+                qkv[i * 3 * h] = 0.5;
+            }
+            for threads in [1, 2] {
+                let mut out = vec![0.0; 2 * seq * h];
+                attention(&qkv, &mut out, &shape, threads);
+                for i in 0..seq {
+                    let row = &out[i * h..(i + 1) * h];
+                    assert!(
+                        row[..d].iter().all(|v| v.is_nan()),
+                        "{bad}: row {i} {row:?}"
+                    );
+                    assert!(
+                        row[d..].iter().all(|v| v.is_finite()),
+                        "{bad}: row {i} {row:?}"
+                    );
+                }
+                assert!(out[seq * h..].iter().all(|v| v.is_finite()));
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "attention: sizes overflow")]
+    fn attention_refuses_sizes_that_overflow() {
+        // heads × head_dim = 2⁶⁴ + 2 wraps to 2 with unchecked arithmetic.
+        let shape = AttentionShape {
+            seq_len: 1,
+            heads: (1 << 63) + 1,
+            head_dim: 2,
+            lengths: vec![1],
+        };
+        attention(&[0.0; 6], &mut [0.0; 2], &shape, 1);
+    }
+}
