@@ -1,6 +1,9 @@
 //! Shared test helpers: a tiny generated model, a server on an ephemeral port, and a small
-//! blocking HTTP/1.1 client (raw sockets, so tests see exactly what crosses the wire).
+//! blocking HTTP/1.1 client (raw sockets, so tests see exactly what crosses the wire); in
+//! `gguf`, a tiny Llama GGUF file and ways to vary it.
 #![allow(dead_code)]
+
+pub mod gguf;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
