@@ -251,7 +251,7 @@ impl GenTokenizer {
         let tokens: Vec<String> = file
             .strings("tokenizer.ggml.tokens")?
             .into_iter()
-            .map(str::to_string)
+            .map(std::borrow::Cow::into_owned)
             .collect();
         let types = file
             .ints_opt("tokenizer.ggml.token_type")?
