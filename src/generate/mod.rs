@@ -6,7 +6,7 @@
 //!   bookkeeping) and [`decoder::Decoder`], the model the engine runs;
 //! - [`llama`], [`gpt2`]: the architectures, each with its batched step;
 //! - [`tokenizer`]: the tokenizer (from GGUF metadata or Hugging Face files), and incremental
-//!   decoding;
+//!   decoding; [`spm_merges`]: a SentencePiece vocabulary's scores as BPE merges;
 //! - [`chat`]: the model's Jinja chat template;
 //! - [`sampling`]: greedy and seeded sampling;
 //! - [`engine`]: the step loop (continuous batching) and its bounded queue.
@@ -21,6 +21,7 @@ pub mod gguf;
 pub mod gpt2;
 pub mod llama;
 pub mod sampling;
+pub mod spm_merges;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};

@@ -113,7 +113,7 @@ fn byte_level_bpe(file: &GgufFile, tokens: &[String]) -> Result<Tokenizer, GenTo
 ///
 /// The score order is expressed as BPE merges (every split of every piece into two pieces,
 /// ranked by the merged piece's score: the same choice at every step), the way Hugging Face's
-/// converter builds `LlamaTokenizerFast`.
+/// converter builds `LlamaTokenizerFast` ([`super::spm_merges`]).
 fn sentencepiece_bpe(
     file: &GgufFile,
     tokens: &[String],
@@ -135,29 +135,18 @@ fn sentencepiece_bpe(
             tokens.len()
         )));
     }
-    let index: std::collections::HashMap<&str, usize> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.as_str(), i))
-        .collect();
-    // (score of the merged piece, its id, left, right): highest score first.
-    let mut ranked: Vec<(f32, usize, &str, &str)> = Vec::new();
-    for (id, piece) in tokens.iter().enumerate() {
-        if !matches!(types[id], TYPE_NORMAL | TYPE_USER_DEFINED) {
-            continue;
-        }
-        for (at, _) in piece.char_indices().skip(1) {
-            let (left, right) = piece.split_at(at);
-            if index.contains_key(left) && index.contains_key(right) {
-                ranked.push((scores[id], id, left, right));
-            }
-        }
-    }
-    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    let merges = ranked
-        .into_iter()
-        .map(|(_, _, l, r)| (l.to_string(), r.to_string()))
-        .collect();
+    let merges = super::spm_merges::merges(tokens, &scores, |id| {
+        matches!(types[id], TYPE_NORMAL | TYPE_USER_DEFINED)
+    })
+    .map_err(|e| {
+        GenTokenizerError::Tokenizers(format!(
+            "{}: tokenizer.ggml.tokens: {e}",
+            file.path().display()
+        ))
+    })?
+    .into_iter()
+    .map(|(l, r)| (l.to_string(), r.to_string()))
+    .collect();
     let vocab: Vocab = tokens
         .iter()
         .enumerate()
