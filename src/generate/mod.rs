@@ -112,7 +112,9 @@ fn gguf_text(
                 tokenizer.bos_text().unwrap_or(""),
                 tokenizer.eos_text().unwrap_or(""),
             )
-            .map_err(|e| ModelError::Files(format!("{}: {e}", path.display())))?,
+            .map_err(|e| {
+                ModelError::Files(format!("{}: tokenizer.chat_template: {e}", path.display()))
+            })?,
         ),
         None => None,
     };
