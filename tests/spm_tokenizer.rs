@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use candle_core::quantized::gguf_file::{self, Value};
 use serde::Deserialize;
 use zerobatch::generate::gguf::GgufFile;
-use zerobatch::generate::tokenizer::{GenTokenizer, IncrementalDecoder};
+use zerobatch::generate::incremental::IncrementalDecoder;
+use zerobatch::generate::tokenizer::GenTokenizer;
 
 #[derive(Deserialize)]
 struct Reference {

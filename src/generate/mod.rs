@@ -5,8 +5,9 @@
 //! - [`decoder`]: what every architecture shares (KV caches, attention over them, a step's
 //!   bookkeeping) and [`decoder::Decoder`], the model the engine runs;
 //! - [`llama`], [`gpt2`]: the architectures, each with its batched step;
-//! - [`tokenizer`]: the tokenizer (from GGUF metadata or Hugging Face files), and incremental
-//!   decoding; [`spm_merges`]: a SentencePiece vocabulary's scores as BPE merges;
+//! - [`tokenizer`]: the tokenizer (from GGUF metadata or Hugging Face files);
+//!   [`spm_merges`]: a SentencePiece vocabulary's scores as BPE merges; [`incremental`]:
+//!   generated ids to text pieces, a token at a time;
 //! - [`chat`]: the model's Jinja chat template;
 //! - [`sampling`]: greedy and seeded sampling;
 //! - [`engine`]: the step loop (continuous batching) and its bounded queue.
@@ -19,6 +20,7 @@ pub mod decoder;
 pub mod engine;
 pub mod gguf;
 pub mod gpt2;
+pub mod incremental;
 pub mod llama;
 pub mod sampling;
 pub mod spm_merges;
