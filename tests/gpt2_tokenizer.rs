@@ -9,7 +9,8 @@
 use std::path::PathBuf;
 
 use serde::Deserialize;
-use zerobatch::generate::tokenizer::{GenTokenizer, HfTokenizerFiles, IncrementalDecoder};
+use zerobatch::generate::incremental::IncrementalDecoder;
+use zerobatch::generate::tokenizer::{GenTokenizer, HfTokenizerFiles};
 
 #[derive(Deserialize)]
 struct Reference {

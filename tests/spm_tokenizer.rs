@@ -7,11 +7,14 @@
 //! in the text. Decoding gives the text back, whole and streamed.
 
 use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use candle_core::quantized::gguf_file::{self, Value};
 use serde::Deserialize;
 use zerobatch::generate::gguf::GgufFile;
-use zerobatch::generate::tokenizer::{GenTokenizer, IncrementalDecoder};
+use zerobatch::generate::incremental::IncrementalDecoder;
+use zerobatch::generate::tokenizer::GenTokenizer;
 
 #[derive(Deserialize)]
 struct Reference {
@@ -47,10 +50,11 @@ fn reference() -> Reference {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// The vocabulary-only GGUF file llama.cpp tokenized with (its metadata; no tensors).
-fn write_gguf(r: &Reference) -> PathBuf {
+/// The vocabulary-only GGUF file llama.cpp tokenized with (its metadata; no tensors), as
+/// `name` in the temporary directory.
+fn write_gguf(r: &Reference, name: &str) -> PathBuf {
     let v = &r.vocab;
-    let path = std::env::temp_dir().join(format!("zb-spm-{}.gguf", std::process::id()));
+    let path = std::env::temp_dir().join(format!("zb-spm-{}-{name}.gguf", std::process::id()));
     let mut meta: Vec<(String, Value)> = vec![
         (
             "tokenizer.ggml.tokens".into(),
@@ -102,7 +106,7 @@ fn write_gguf(r: &Reference) -> PathBuf {
 fn sentencepiece_gguf_tokenizer_gives_llama_cpp_ids_and_decodes_back() {
     let r = reference();
     assert!(r.cases.len() >= 20);
-    let path = write_gguf(&r);
+    let path = write_gguf(&r, "reference");
     let file = GgufFile::open(&path).unwrap();
     let tok = GenTokenizer::from_gguf(&file).unwrap();
     std::fs::remove_file(&path).unwrap();
@@ -136,4 +140,40 @@ fn sentencepiece_gguf_tokenizer_gives_llama_cpp_ids_and_decodes_back() {
         r.cases.len(),
         failures.join("\n")
     );
+}
+
+#[test]
+fn a_two_mib_piece_does_not_hold_the_load() {
+    // The merges used to be found by hashing both halves of every split of every piece: for
+    // one 2 MiB piece, 2 Mi splits of 2 MiB each, minutes to hours of work. The bound below
+    // is what a hang looks like, not a speed claim: the build takes milliseconds.
+    const LIMIT: Duration = Duration::from_secs(10);
+    let mut r = reference();
+    r.vocab
+        .tokens
+        .push(format!("\u{2581}{}", "ab".repeat(1 << 20)));
+    r.vocab.scores.push(-1e6);
+    r.vocab.token_type.push(1);
+    let path = write_gguf(&r, "long-piece");
+    let (tx, rx) = mpsc::channel();
+    let built = path.clone();
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        let file = GgufFile::open(&built).unwrap();
+        let _ = tx.send((GenTokenizer::from_gguf(&file).unwrap(), t.elapsed()));
+    });
+    let (tok, took) = rx
+        .recv_timeout(LIMIT)
+        .unwrap_or_else(|_| panic!("building the tokenizer took more than {LIMIT:?}"));
+    std::fs::remove_file(&path).unwrap();
+    eprintln!("built a tokenizer with a 2 MiB piece in {took:?}");
+    // The long piece changes nothing for the reference texts.
+    for case in &r.cases {
+        assert_eq!(
+            tok.encode(&case.text, true).unwrap(),
+            case.ids,
+            "{:?}",
+            case.text
+        );
+    }
 }

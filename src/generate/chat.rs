@@ -2,9 +2,27 @@
 //! with minijinja, with the context Hugging Face's `apply_chat_template` gives it (`messages`,
 //! `add_generation_prompt`, `bos_token`, `eos_token`, `raise_exception`) and Python's string
 //! methods (`.strip()`, `.startswith()`, …) that such templates call.
+//!
+//! The template comes from the model file, so a render is bounded: at most [`FUEL`]
+//! instructions and [`MAX_RENDERED_BYTES`] of output, past which it fails with the reason
+//! (a looping template used to render forever). A template is tried on sample conversations
+//! when it is loaded, so one that fails on a single user message, or passes either bound on
+//! a four-message conversation, fails the load instead of every chat request.
+
+use std::io::Write;
 
 use minijinja::{Environment, Error, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
+
+/// Most template instructions one render may run: 2 million. SmolLM2's template runs ~23
+/// per message (23,015 for 1,000 messages), so this is ~87,000 messages, past what a request
+/// body carries; a template that loops is stopped after 50–80 ms of CPU (release build,
+/// busy 2-core Xeon).
+pub const FUEL: u64 = 2_000_000;
+
+/// Most bytes a render may produce: 16 MiB, eight times the default request body limit and
+/// about 4 million tokens of text, past any context this server loads (at most 1 Mi tokens).
+pub const MAX_RENDERED_BYTES: usize = 16 << 20;
 
 /// One chat message.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -22,12 +40,42 @@ pub struct ChatTemplate {
 
 const NAME: &str = "chat";
 
+/// The render's output, refusing bytes past [`MAX_RENDERED_BYTES`].
+struct Bounded {
+    out: Vec<u8>,
+    overflowed: bool,
+}
+
+impl Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > MAX_RENDERED_BYTES {
+            self.overflowed = true;
+            return Err(std::io::Error::other("the rendered prompt is too long"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Why a render failed.
+enum Failure {
+    /// The template passed [`FUEL`] or [`MAX_RENDERED_BYTES`].
+    Unbounded(String),
+    /// The template refused the messages or failed on them.
+    Refused(String),
+}
+
 impl ChatTemplate {
-    /// Compiles `source`.
+    /// Compiles `source` and tries it on sample conversations.
     ///
     /// # Errors
     ///
-    /// When the template does not parse.
+    /// When the template does not parse, fails on a conversation of one user message, or
+    /// passes [`FUEL`] or [`MAX_RENDERED_BYTES`] on a system, user, assistant, user one.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, String> {
         let mut env = Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
@@ -38,13 +86,42 @@ impl ChatTemplate {
                 Err(Error::new(ErrorKind::InvalidOperation, message))
             },
         );
+        env.set_fuel(Some(FUEL));
         env.add_template_owned(NAME, source.to_string())
             .map_err(|e| format!("the chat template does not parse: {e}"))?;
-        Ok(Self {
+        let template = Self {
             env,
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
-        })
+        };
+        template.check()?;
+        Ok(template)
+    }
+
+    /// Renders the sample conversations (see [`Self::new`]).
+    fn check(&self) -> Result<(), String> {
+        let msg = |role: &str, content: &str| ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        };
+        match self.try_render(&[msg("user", "Hello!")], true) {
+            Ok(_) => {}
+            Err(Failure::Unbounded(e) | Failure::Refused(e)) => {
+                return Err(format!("on a conversation of one user message, {e}"))
+            }
+        }
+        // Templates may refuse a system message or this order of roles; only the bounds
+        // count here.
+        let longer = [
+            msg("system", "You are a helpful assistant."),
+            msg("user", "Hello!"),
+            msg("assistant", "Hi! How can I help?"),
+            msg("user", "Tell me a joke."),
+        ];
+        match self.try_render(&longer, true) {
+            Err(Failure::Unbounded(e)) => Err(format!("on a conversation of four messages, {e}")),
+            _ => Ok(()),
+        }
     }
 
     /// The prompt for `messages`, ending with the assistant's turn opened when
@@ -53,24 +130,53 @@ impl ChatTemplate {
     /// # Errors
     ///
     /// When the template fails on these messages (e.g. it raises on a role order it does not
-    /// accept): the message is the template's own.
+    /// accept: the message is the template's own), or passes [`FUEL`] or
+    /// [`MAX_RENDERED_BYTES`].
     pub fn render(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, String> {
-        let template = self.env.get_template(NAME).map_err(|e| e.to_string())?;
-        template
-            .render(minijinja::context! {
+        self.try_render(messages, add_generation_prompt)
+            .map_err(|(Failure::Unbounded(e) | Failure::Refused(e))| e)
+    }
+
+    fn try_render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, Failure> {
+        let template = self
+            .env
+            .get_template(NAME)
+            .map_err(|e| Failure::Refused(e.to_string()))?;
+        let mut out = Bounded {
+            out: Vec::new(),
+            overflowed: false,
+        };
+        let rendered = template.render_captured_to(
+            minijinja::context! {
                 messages => messages,
                 add_generation_prompt => add_generation_prompt,
                 bos_token => self.bos_token,
                 eos_token => self.eos_token,
-            })
-            .map_err(|e| match e.detail() {
+            },
+            &mut out,
+        );
+        match rendered {
+            Ok(_) => String::from_utf8(out.out)
+                .map_err(|_| Failure::Refused("the chat template rendered invalid UTF-8".into())),
+            Err(_) if out.overflowed => Err(Failure::Unbounded(format!(
+                "the chat template's output passed {MAX_RENDERED_BYTES} bytes"
+            ))),
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(Failure::Unbounded(format!(
+                "the chat template ran more than {FUEL} instructions (it may loop)"
+            ))),
+            Err(e) => Err(Failure::Refused(match e.detail() {
                 Some(d) => format!("the chat template refused the messages: {d}"),
                 None => format!("the chat template refused the messages: {e}"),
-            })
+            })),
+        }
     }
 }
 
@@ -117,5 +223,90 @@ mod tests {
     #[test]
     fn a_broken_template_is_an_error_not_a_panic() {
         assert!(ChatTemplate::new("{% for x in %}", "", "").is_err());
+    }
+
+    /// Why `source` does not load.
+    fn load_error(source: &str) -> String {
+        match ChatTemplate::new(source, "", "") {
+            Ok(_) => panic!("{source} loaded"),
+            Err(e) => e,
+        }
+    }
+
+    /// Why `t` does not render `messages`.
+    fn render_error(t: &ChatTemplate, messages: &[ChatMessage]) -> String {
+        match t.render(messages, true) {
+            Ok(out) => panic!("rendered {} bytes", out.len()),
+            Err(e) => e,
+        }
+    }
+
+    /// Runs `f` on a thread; `None` if it has not finished after `limit` (a hang).
+    fn within<T: Send + 'static>(
+        limit: std::time::Duration,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(limit).ok()
+    }
+
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+    #[test]
+    fn a_template_that_loops_fails_the_load() {
+        // 10¹⁰ iterations: without fuel, a render that never ends.
+        let src =
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+        let err = within(LIMIT, || ChatTemplate::new(src, "", "").err())
+            .expect("the load hung")
+            .expect("the template loaded");
+        assert!(err.contains("instructions"), "{err}");
+    }
+
+    #[test]
+    fn a_template_that_loops_on_long_conversations_fails_those_requests() {
+        // Loads (the samples are short), then runs out of fuel on 200 messages.
+        let src = "{% for m in messages %}{% for i in range(100000) %}{% endfor %}{{ m.content }}{% endfor %}";
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        let messages = vec![msg("user", "hi"); 200];
+        let err = within(LIMIT, move || render_error(&t, &messages)).expect("the render hung");
+        assert!(err.contains("instructions"), "{err}");
+    }
+
+    #[test]
+    fn a_render_past_the_size_bound_fails() {
+        // 1 MB per message: the samples pass, 20 messages do not.
+        let src = "{% for m in messages %}{{ 'x' * 1000000 }}{% endfor %}";
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        let err = render_error(&t, &vec![msg("user", "hi"); 20]);
+        assert!(err.contains("bytes"), "{err}");
+        assert_eq!(
+            t.render(&[msg("user", "hi")], true).unwrap().len(),
+            1_000_000
+        );
+        // Growing without looping: a string doubled in a loop is caught when written.
+        let src = "{% set ns = namespace(s='x' * 100000) %}{% for i in range(9) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}";
+        assert!(load_error(src).contains("bytes"));
+    }
+
+    #[test]
+    fn a_template_that_fails_on_one_user_message_fails_the_load() {
+        let err = load_error("{{ raise_exception('no chat here') }}");
+        assert!(err.contains("no chat here"), "{err}");
+        let err = load_error("{{ messages[0].content.nope() }}");
+        assert!(err.contains("one user message"), "{err}");
+    }
+
+    #[test]
+    fn a_template_that_refuses_system_messages_still_loads() {
+        // Mistral's and Gemma's templates raise on a system message.
+        let src = "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}[{{ m.role }}]{{ m.content }}{% endfor %}";
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        assert_eq!(t.render(&[msg("user", "a")], true).unwrap(), "[user]a");
+        let err = render_error(&t, &[msg("system", "s")]);
+        assert!(err.contains("System role not supported"), "{err}");
     }
 }

@@ -26,8 +26,9 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::decoder::{Decoder, KvCache, StepInput};
+use super::incremental::IncrementalDecoder;
 use super::sampling::{Sampler, SamplingParams};
-use super::tokenizer::{GenTokenizer, IncrementalDecoder};
+use super::tokenizer::GenTokenizer;
 use crate::metrics;
 
 /// Why a sequence ended.

@@ -313,6 +313,16 @@ impl Llama {
         );
         let layers = layers.into_iter().collect::<Result<Vec<_>, _>>()?;
         let (lm_head, token_embd) = (lm_head?, token_embd?);
+        // Steps dequantize the table a row at a time; the file's checks (rows of whole
+        // blocks) make every row decode, and one is decoded here to fail the load, not a
+        // step, if that ever stops being so.
+        if token_embd.row(vocab - 1).is_none() {
+            return Err(GgufError::Tensor {
+                path: path.to_path_buf(),
+                name: "token_embd.weight".into(),
+                problem: "has rows that cannot be dequantized".into(),
+            });
+        }
         let output_norm = file.f32("output_norm.weight", &[d])?;
         let rope_freq_factors = if file.has_tensor("rope_freqs.weight") {
             file.f32("rope_freqs.weight", &[hd / 2])?

@@ -5,8 +5,9 @@
 //! - [`decoder`]: what every architecture shares (KV caches, attention over them, a step's
 //!   bookkeeping) and [`decoder::Decoder`], the interface of the model the engine runs;
 //! - [`llama`], [`gpt2`]: the architectures, each with its batched step;
-//! - [`tokenizer`]: the tokenizer (from GGUF metadata or Hugging Face files), and incremental
-//!   decoding;
+//! - [`tokenizer`]: the tokenizer (from GGUF metadata or Hugging Face files);
+//!   [`spm_merges`]: a SentencePiece vocabulary's scores as BPE merges; [`incremental`]:
+//!   generated ids to text pieces, a token at a time;
 //! - [`chat`]: the model's Jinja chat template;
 //! - [`sampling`]: greedy and seeded sampling;
 //! - [`engine`]: the step loop (continuous batching) and its bounded queue;
@@ -18,9 +19,11 @@ pub mod decoder;
 pub mod engine;
 pub mod gguf;
 pub mod gpt2;
+pub mod incremental;
 pub mod llama;
 pub mod sampling;
 pub mod service;
+pub mod spm_merges;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
@@ -99,7 +102,9 @@ fn gguf_text(
                 tokenizer.bos_text().unwrap_or(""),
                 tokenizer.eos_text().unwrap_or(""),
             )
-            .map_err(|e| ModelError::Files(format!("{}: {e}", path.display())))?,
+            .map_err(|e| {
+                ModelError::Files(format!("{}: tokenizer.chat_template: {e}", path.display()))
+            })?,
         ),
         None => None,
     };

@@ -9,8 +9,8 @@
 //! - for a Hugging Face checkpoint (GPT-2), read from `tokenizer.json`, or built from GPT-2's
 //!   `vocab.json` and `merges.txt`.
 //!
-//! Also the incremental decoder that turns a stream of ids into text pieces without ever
-//! emitting half of a multi-byte character.
+//! The incremental decoder that streams generated text is [`super::incremental`]; this
+//! module tells it which decoder the tokenizer runs.
 
 use std::collections::HashSet;
 
@@ -113,7 +113,7 @@ fn byte_level_bpe(file: &GgufFile, tokens: &[String]) -> Result<Tokenizer, GenTo
 ///
 /// The score order is expressed as BPE merges (every split of every piece into two pieces,
 /// ranked by the merged piece's score: the same choice at every step), the way Hugging Face's
-/// converter builds `LlamaTokenizerFast`.
+/// converter builds `LlamaTokenizerFast` ([`super::spm_merges`]).
 fn sentencepiece_bpe(
     file: &GgufFile,
     tokens: &[String],
@@ -135,29 +135,18 @@ fn sentencepiece_bpe(
             tokens.len()
         )));
     }
-    let index: std::collections::HashMap<&str, usize> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.as_str(), i))
-        .collect();
-    // (score of the merged piece, its id, left, right): highest score first.
-    let mut ranked: Vec<(f32, usize, &str, &str)> = Vec::new();
-    for (id, piece) in tokens.iter().enumerate() {
-        if !matches!(types[id], TYPE_NORMAL | TYPE_USER_DEFINED) {
-            continue;
-        }
-        for (at, _) in piece.char_indices().skip(1) {
-            let (left, right) = piece.split_at(at);
-            if index.contains_key(left) && index.contains_key(right) {
-                ranked.push((scores[id], id, left, right));
-            }
-        }
-    }
-    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    let merges = ranked
-        .into_iter()
-        .map(|(_, _, l, r)| (l.to_string(), r.to_string()))
-        .collect();
+    let merges = super::spm_merges::merges(tokens, &scores, |id| {
+        matches!(types[id], TYPE_NORMAL | TYPE_USER_DEFINED)
+    })
+    .map_err(|e| {
+        GenTokenizerError::Tokenizers(format!(
+            "{}: tokenizer.ggml.tokens: {e}",
+            file.path().display()
+        ))
+    })?
+    .into_iter()
+    .map(|(l, r)| (l.to_string(), r.to_string()))
+    .collect();
     let vocab: Vocab = tokens
         .iter()
         .enumerate()
@@ -227,9 +216,22 @@ pub enum HfTokenizerFiles<'a> {
     },
 }
 
+/// The decoder a tokenizer runs, for [`super::incremental`], which does the work of the
+/// first two itself, a token at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecoderKind {
+    /// Byte-level (GPT-2's): tokens' characters stand for bytes, read as lossy UTF-8.
+    ByteLevel,
+    /// This module's SentencePiece chain: `▁` to space, byte fallback, joined.
+    SentencePiece,
+    /// Any other (from a `tokenizer.json`).
+    Other,
+}
+
 /// A generation model's tokenizer.
 pub struct GenTokenizer {
     inner: Tokenizer,
+    decoder: DecoderKind,
     bos: Option<u32>,
     add_bos: bool,
     /// Ids that end generation (EOS, end-of-turn, …).
@@ -251,7 +253,7 @@ impl GenTokenizer {
         let tokens: Vec<String> = file
             .strings("tokenizer.ggml.tokens")?
             .into_iter()
-            .map(str::to_string)
+            .map(std::borrow::Cow::into_owned)
             .collect();
         let types = file
             .ints_opt("tokenizer.ggml.token_type")?
@@ -263,9 +265,12 @@ impl GenTokenizer {
                 tokens.len()
             )));
         }
-        let mut inner = match model {
-            "gpt2" => byte_level_bpe(file, &tokens)?,
-            "llama" => sentencepiece_bpe(file, &tokens, &types)?,
+        let (mut inner, decoder) = match model {
+            "gpt2" => (byte_level_bpe(file, &tokens)?, DecoderKind::ByteLevel),
+            "llama" => (
+                sentencepiece_bpe(file, &tokens, &types)?,
+                DecoderKind::SentencePiece,
+            ),
             other => {
                 return Err(GenTokenizerError::Unsupported(format!(
                     "{}: tokenizer.ggml.model is {other:?}; this server builds byte-level BPE (\"gpt2\") and SentencePiece BPE (\"llama\") tokenizers",
@@ -326,6 +331,7 @@ impl GenTokenizer {
             && bos.is_some();
         Ok(Self {
             inner,
+            decoder,
             bos,
             add_bos,
             end_ids,
@@ -394,8 +400,13 @@ impl GenTokenizer {
                 inner.add_special_tokens(&[AddedToken::from(text.clone(), true)]);
             }
         }
+        let decoder = match inner.get_decoder() {
+            Some(tokenizers::DecoderWrapper::ByteLevel(_)) => DecoderKind::ByteLevel,
+            _ => DecoderKind::Other,
+        };
         Ok(Self {
             inner,
+            decoder,
             bos,
             // tokenizer.json's post-processor adds what the model wants (GPT-2: nothing).
             add_bos: false,
@@ -460,6 +471,19 @@ impl GenTokenizer {
         self.inner.decode(ids, true).unwrap_or_default()
     }
 
+    /// The decoder [`Self::decode`] runs.
+    pub fn decoder_kind(&self) -> DecoderKind {
+        self.decoder
+    }
+
+    /// The token `id` as [`Self::decode`] hands it to its decoder; `None` for the ids it
+    /// drops (special tokens, ids without a token).
+    pub fn decoded_token(&self, id: u32) -> Option<String> {
+        self.inner
+            .id_to_token(id)
+            .filter(|t| !self.inner.get_added_vocabulary().is_special_token(t))
+    }
+
     /// The stored text of one token (special tokens included), e.g. for `/tokenize`.
     pub fn token_text(&self, id: u32) -> Option<&str> {
         self.tokens.get(id as usize).map(String::as_str)
@@ -488,51 +512,5 @@ impl GenTokenizer {
     /// The EOS token's text, if the model has one.
     pub fn eos_text(&self) -> Option<&str> {
         self.eos.and_then(|i| self.token_text(i))
-    }
-}
-
-/// Turns generated ids into text pieces as they come: each piece is the text the new id adds,
-/// held back while it would end in an incomplete UTF-8 character (byte-level tokens can split
-/// one).
-pub struct IncrementalDecoder {
-    ids: Vec<u32>,
-    /// Start of the ids decoded as context for the next piece.
-    prefix: usize,
-    /// Ids whose text has been emitted.
-    read: usize,
-}
-
-impl IncrementalDecoder {
-    /// A decoder with nothing decoded yet.
-    pub fn new() -> Self {
-        Self {
-            ids: Vec::new(),
-            prefix: 0,
-            read: 0,
-        }
-    }
-
-    /// Adds `id`; returns the new text (possibly empty while a character is incomplete).
-    pub fn push(&mut self, tokenizer: &GenTokenizer, id: u32) -> String {
-        self.ids.push(id);
-        let before = tokenizer.decode(&self.ids[self.prefix..self.read]);
-        let now = tokenizer.decode(&self.ids[self.prefix..]);
-        if now.len() > before.len()
-            && !now.ends_with('\u{FFFD}')
-            && now.is_char_boundary(before.len())
-        {
-            let piece = now[before.len()..].to_string();
-            self.prefix = self.read;
-            self.read = self.ids.len();
-            piece
-        } else {
-            String::new()
-        }
-    }
-}
-
-impl Default for IncrementalDecoder {
-    fn default() -> Self {
-        Self::new()
     }
 }

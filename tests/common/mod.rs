@@ -1,7 +1,11 @@
 //! Shared test helpers: a tiny generated model, a server on an ephemeral port, and a small
-//! blocking HTTP/1.1 client (raw sockets, so tests see exactly what crosses the wire).
+//! blocking HTTP/1.1 client (raw sockets, so tests see exactly what crosses the wire); in
+//! `gguf`, a tiny Llama GGUF file and ways to vary it; in `decoding`, the reference for
+//! incremental decoding.
 #![allow(dead_code)]
 
+pub mod decoding;
+pub mod gguf;
 pub mod redis_server;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -2,17 +2,19 @@
 //! dequantized to f32 (to be packed for our kernels) or as raw blocks (the embedding table,
 //! dequantized one row at a time).
 //!
-//! The parsing itself is candle's (`candle_core::quantized::gguf_file`); this module only adds
-//! the checks and error messages a server needs when handed an arbitrary file.
+//! The header is parsed by [`header`] (our own parser: every size and offset checked, each
+//! error naming the key or the tensor, metadata arrays read only when asked for); the blocks
+//! are dequantized by candle.
+
+pub mod header;
 
 use std::borrow::Cow;
 use std::fs::File;
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::Device;
+use header::{Header, HeaderError, MetaValue, Number};
 
 /// Why a GGUF file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -38,11 +40,12 @@ pub enum GgufError {
     },
 }
 
-/// An open GGUF file: parsed header and metadata; tensors are read from a memory map, so
-/// packing them copies each weight once, and the map goes away with this value.
+/// An open GGUF file: parsed and checked header; tensors and metadata arrays are read from a
+/// memory map, so packing the tensors copies each weight once, and the map goes away with
+/// this value.
 pub struct GgufFile {
     path: PathBuf,
-    content: Content,
+    header: Header,
     map: memmap2::Mmap,
 }
 
@@ -72,7 +75,30 @@ impl RawTensor {
 }
 
 /// Dequantizes `count` values stored as `dtype` blocks in `bytes`.
+///
+/// # Errors
+///
+/// When `bytes` are not exactly `count` values' blocks.
 pub fn dequantize(dtype: GgmlDType, bytes: &[u8], count: usize) -> candle_core::Result<Vec<f32>> {
+    let block = dtype.block_size();
+    if !count.is_multiple_of(block) || bytes.len() != count / block * dtype.type_size() {
+        candle_core::bail!("{} bytes are not {count} values of {dtype:?}", bytes.len());
+    }
+    // candle views the bytes as its block structs and panics unless they are aligned for
+    // them (at most 4 bytes); a tensor of a file with a small `general.alignment` need not be.
+    const ALIGN: usize = 8;
+    let mut copy = Vec::new();
+    let bytes = if (bytes.as_ptr() as usize).is_multiple_of(ALIGN) {
+        bytes
+    } else {
+        copy.resize(bytes.len() + ALIGN, 0u8);
+        let at = copy.as_ptr().align_offset(ALIGN);
+        if at >= ALIGN {
+            candle_core::bail!("cannot align a buffer for {dtype:?} blocks");
+        }
+        copy[at..at + bytes.len()].copy_from_slice(bytes);
+        &copy[at..at + bytes.len()]
+    };
     let storage = QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, dtype)?;
     QTensor::new(storage, (count,))?
         .dequantize(&Device::Cpu)?
@@ -80,35 +106,41 @@ pub fn dequantize(dtype: GgmlDType, bytes: &[u8], count: usize) -> candle_core::
 }
 
 impl GgufFile {
-    /// Opens `path` and parses its header and metadata.
+    /// Opens `path` and parses and checks its header: afterwards every tensor it describes
+    /// has rows of whole blocks and lies inside the file.
     ///
     /// # Errors
     ///
-    /// When the file cannot be read or is not GGUF.
+    /// When the file cannot be read, is not GGUF, or its header is inconsistent (the error
+    /// names the key or the tensor).
     pub fn open(path: &Path) -> Result<Self, GgufError> {
-        let file = File::open(path).map_err(|source| GgufError::Io {
+        let io = |source| GgufError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let file = File::open(path).map_err(io)?;
         // SAFETY: the map is only read, and only while the model loads (it is dropped with
         // this value); as with every memory-mapped model loader, the file must not be
         // truncated or rewritten during that time.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| GgufError::Io {
-            path: path.to_path_buf(),
-            source,
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let path = path.to_path_buf();
+        let header = header::parse(&map).map_err(|e| match e {
+            HeaderError::Format(message) => GgufError::Format {
+                path: path.clone(),
+                message,
+            },
+            HeaderError::Metadata { key, problem } => GgufError::Metadata {
+                path: path.clone(),
+                key,
+                problem,
+            },
+            HeaderError::Tensor { name, problem } => GgufError::Tensor {
+                path: path.clone(),
+                name,
+                problem,
+            },
         })?;
-        // Parsed from the mapping, not the file: candle's reader asks for its position before
-        // every string (to bound its length), which on a file is a system call each, over
-        // 100,000 of them for a 49k-token vocabulary and its merges.
-        let content = Content::read(&mut Cursor::new(&map[..])).map_err(|e| GgufError::Format {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            content,
-            map,
-        })
+        Ok(Self { path, header, map })
     }
 
     /// The file's path.
@@ -124,15 +156,15 @@ impl GgufFile {
         }
     }
 
-    /// The raw metadata value of `key`, if present.
-    pub fn value(&self, key: &str) -> Option<&Value> {
-        self.content.metadata.get(key)
+    /// The metadata value of `key`, if present (arrays as their place in the file).
+    pub fn value(&self, key: &str) -> Option<&MetaValue> {
+        self.header.metadata.get(key)
     }
 
     /// A string value.
     pub fn string(&self, key: &str) -> Result<&str, GgufError> {
         match self.value(key) {
-            Some(Value::String(s)) => Ok(s),
+            Some(MetaValue::String(s)) => Ok(s),
             Some(_) => Err(self.meta_error(key, "is not a string")),
             None => Err(self.meta_error(key, "is missing")),
         }
@@ -152,14 +184,14 @@ impl GgufFile {
             .value(key)
             .ok_or_else(|| self.meta_error(key, "is missing"))?;
         let n = match v {
-            Value::U8(x) => Some(*x as u64),
-            Value::U16(x) => Some(*x as u64),
-            Value::U32(x) => Some(*x as u64),
-            Value::U64(x) => Some(*x),
-            Value::I8(x) => u64::try_from(*x).ok(),
-            Value::I16(x) => u64::try_from(*x).ok(),
-            Value::I32(x) => u64::try_from(*x).ok(),
-            Value::I64(x) => u64::try_from(*x).ok(),
+            MetaValue::U8(x) => Some(*x as u64),
+            MetaValue::U16(x) => Some(*x as u64),
+            MetaValue::U32(x) => Some(*x as u64),
+            MetaValue::U64(x) => Some(*x),
+            MetaValue::I8(x) => u64::try_from(*x).ok(),
+            MetaValue::I16(x) => u64::try_from(*x).ok(),
+            MetaValue::I32(x) => u64::try_from(*x).ok(),
+            MetaValue::I64(x) => u64::try_from(*x).ok(),
             _ => None,
         };
         n.ok_or_else(|| self.meta_error(key, "is not a non-negative integer"))
@@ -185,8 +217,8 @@ impl GgufFile {
     /// A float value (f32 or f64).
     pub fn float(&self, key: &str) -> Result<f32, GgufError> {
         match self.value(key) {
-            Some(Value::F32(x)) => Ok(*x),
-            Some(Value::F64(x)) => Ok(*x as f32),
+            Some(MetaValue::F32(x)) => Ok(*x),
+            Some(MetaValue::F64(x)) => Ok(*x as f32),
             Some(_) => Err(self.meta_error(key, "is not a float")),
             None => Err(self.meta_error(key, "is missing")),
         }
@@ -196,44 +228,54 @@ impl GgufFile {
     pub fn bool_opt(&self, key: &str) -> Result<Option<bool>, GgufError> {
         match self.value(key) {
             None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(MetaValue::Bool(b)) => Ok(Some(*b)),
             Some(_) => Err(self.meta_error(key, "is not a boolean")),
         }
     }
 
-    /// An array of strings.
-    pub fn strings(&self, key: &str) -> Result<Vec<&str>, GgufError> {
-        let Some(Value::Array(items)) = self.value(key) else {
-            return Err(self.meta_error(key, "is missing or not an array"));
+    /// The array `key`, if present.
+    fn array_opt(&self, key: &str) -> Result<Option<&header::ArrayRef>, GgufError> {
+        match self.value(key) {
+            None => Ok(None),
+            Some(MetaValue::Array(a)) => Ok(Some(a)),
+            Some(_) => Err(self.meta_error(key, "is not an array")),
+        }
+    }
+
+    /// An array of strings, read from the file (borrowed from it where valid UTF-8).
+    pub fn strings(&self, key: &str) -> Result<Vec<Cow<'_, str>>, GgufError> {
+        let array = self
+            .array_opt(key)?
+            .ok_or_else(|| self.meta_error(key, "is missing"))?;
+        array
+            .strings(&self.map)
+            .map_err(|problem| self.meta_error(key, problem))
+    }
+
+    /// An optional array of numbers, read from the file.
+    fn numbers_opt(&self, key: &str) -> Result<Option<Vec<Number>>, GgufError> {
+        let Some(array) = self.array_opt(key)? else {
+            return Ok(None);
         };
-        items
-            .iter()
-            .map(|v| match v {
-                Value::String(s) => Ok(s.as_str()),
-                _ => Err(self.meta_error(key, "holds a value that is not a string")),
-            })
-            .collect()
+        array
+            .numbers(&self.map)
+            .map(Some)
+            .map_err(|problem| self.meta_error(key, problem))
     }
 
     /// An optional array of integers (as i64).
     pub fn ints_opt(&self, key: &str) -> Result<Option<Vec<i64>>, GgufError> {
-        let Some(v) = self.value(key) else {
+        let Some(numbers) = self.numbers_opt(key)? else {
             return Ok(None);
         };
-        let Value::Array(items) = v else {
-            return Err(self.meta_error(key, "is not an array"));
-        };
-        items
-            .iter()
-            .map(|v| match v {
-                Value::I32(x) => Ok(*x as i64),
-                Value::U32(x) => Ok(*x as i64),
-                Value::I8(x) => Ok(*x as i64),
-                Value::U8(x) => Ok(*x as i64),
-                Value::I16(x) => Ok(*x as i64),
-                Value::U16(x) => Ok(*x as i64),
-                Value::I64(x) => Ok(*x),
-                _ => Err(self.meta_error(key, "holds a value that is not an integer")),
+        numbers
+            .into_iter()
+            .map(|n| match n {
+                Number::Int(x) => i64::try_from(x)
+                    .map_err(|_| self.meta_error(key, format!("holds {x}, outside i64"))),
+                Number::Float(_) => {
+                    Err(self.meta_error(key, "holds a value that is not an integer"))
+                }
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Some)
@@ -241,18 +283,14 @@ impl GgufFile {
 
     /// An array of floats (e.g. `tokenizer.ggml.scores`), if present.
     pub fn floats_opt(&self, key: &str) -> Result<Option<Vec<f32>>, GgufError> {
-        let Some(v) = self.value(key) else {
+        let Some(numbers) = self.numbers_opt(key)? else {
             return Ok(None);
         };
-        let Value::Array(items) = v else {
-            return Err(self.meta_error(key, "is not an array"));
-        };
-        items
-            .iter()
-            .map(|v| match v {
-                Value::F32(x) => Ok(*x),
-                Value::F64(x) => Ok(*x as f32),
-                _ => Err(self.meta_error(key, "holds a value that is not a float")),
+        numbers
+            .into_iter()
+            .map(|n| match n {
+                Number::Float(x) => Ok(x as f32),
+                Number::Int(_) => Err(self.meta_error(key, "holds a value that is not a float")),
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Some)
@@ -260,7 +298,7 @@ impl GgufFile {
 
     /// Whether the file holds a tensor called `name`.
     pub fn has_tensor(&self, name: &str) -> bool {
-        self.content.tensor_infos.contains_key(name)
+        self.header.tensors.contains_key(name)
     }
 
     fn tensor_error(&self, name: &str, problem: impl Into<String>) -> GgufError {
@@ -271,37 +309,21 @@ impl GgufFile {
         }
     }
 
-    /// The dims of tensor `name` (PyTorch order), checked to be `want`.
-    fn check_dims(&self, name: &str, want: &[usize]) -> Result<GgmlDType, GgufError> {
-        let info = self
-            .content
-            .tensor_infos
-            .get(name)
-            .ok_or_else(|| self.tensor_error(name, "is missing"))?;
-        let dims = info.shape.dims();
-        if dims != want {
-            return Err(self.tensor_error(name, format!("has shape {dims:?}, expected {want:?}")));
-        }
-        Ok(info.ggml_dtype)
-    }
-
     /// The bytes of tensor `name`, checked to have dims `want`, as stored, and their type.
     pub fn bytes(&self, name: &str, want: &[usize]) -> Result<(&[u8], GgmlDType), GgufError> {
-        let dtype = self.check_dims(name, want)?;
-        let info = &self.content.tensor_infos[name];
-        let count: usize = want.iter().product();
-        if !count.is_multiple_of(dtype.block_size()) {
-            return Err(self.tensor_error(name, "is not a whole number of blocks"));
+        let info = self
+            .header
+            .tensors
+            .get(name)
+            .ok_or_else(|| self.tensor_error(name, "is missing"))?;
+        if info.dims != want {
+            let dims = &info.dims;
+            return Err(self.tensor_error(name, format!("has shape {dims:?}, expected {want:?}")));
         }
-        let len = count / dtype.block_size() * dtype.type_size();
-        let start = self
-            .content
-            .tensor_data_offset
-            .checked_add(info.offset)
-            .and_then(|s| usize::try_from(s).ok());
-        start
-            .and_then(|s| self.map.get(s..s.checked_add(len)?))
-            .map(|b| (b, dtype))
+        // Inside the file: checked when it was opened.
+        self.map
+            .get(info.start..info.start + info.len)
+            .map(|b| (b, info.dtype))
             .ok_or_else(|| self.tensor_error(name, "lies past the end of the file"))
     }
 
@@ -328,9 +350,6 @@ impl GgufFile {
 
     /// The ggml type of tensor `name`, if present.
     pub fn tensor_type(&self, name: &str) -> Option<GgmlDType> {
-        self.content
-            .tensor_infos
-            .get(name)
-            .map(|info| info.ggml_dtype)
+        self.header.tensors.get(name).map(|info| info.dtype)
     }
 }
