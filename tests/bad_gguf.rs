@@ -87,11 +87,10 @@ fn load_error(path: &Path) -> String {
     }
 }
 
-#[test]
-fn a_q8_0_embedding_table_whose_rows_are_not_whole_blocks_fails_the_load() {
-    // 48 values per row: one and a half Q8_0 blocks. The table's 64 × 48 values are a whole
-    // number of blocks, so before this check the file loaded and the first step (the
-    // server's warm-up) panicked on the first embedding row.
+/// A GGUF whose Q8_0 embedding table has rows of 48 values: one and a half blocks. The
+/// table's 64 × 48 values are a whole number of blocks, so before the loader checked rows the
+/// file loaded and the first step (the server's warm-up) panicked on the first embedding row.
+fn q8_0_table_with_rows_of_half_blocks(name: &str) -> PathBuf {
     let spec = TinyLlama {
         hidden: 48,
         ff: 64,
@@ -115,9 +114,15 @@ fn a_q8_0_embedding_table_whose_rows_are_not_whole_blocks_fails_the_load() {
             }
         })
         .collect::<Vec<_>>();
-    let path = temp("q8_0-rows.gguf");
+    let path = temp(name);
     write(&path, &spec.metadata(&tokens), &tensors);
     set_tensor_dims(&path, "token_embd.weight", &[vocab, spec.hidden]);
+    path
+}
+
+#[test]
+fn a_q8_0_embedding_table_whose_rows_are_not_whole_blocks_fails_the_load() {
+    let path = q8_0_table_with_rows_of_half_blocks("q8_0-rows.gguf");
     let err = load_error(&path);
     for needle in [
         path.to_str().unwrap(),
@@ -128,6 +133,23 @@ fn a_q8_0_embedding_table_whose_rows_are_not_whole_blocks_fails_the_load() {
     ] {
         assert!(err.contains(needle), "{needle:?} not in: {err}");
     }
+}
+
+#[test]
+fn the_server_exits_1_on_that_file_instead_of_staying_loading() {
+    // Issue 17 defect 1: the build before the fix loaded the file, panicked in the warm-up
+    // outside the loader's guard, and then answered /readyz 503 "loading" (and /healthz 200)
+    // for ever, so no platform restarted it.
+    let path = q8_0_table_with_rows_of_half_blocks("q8_0-rows-server.gguf");
+    let mut server =
+        common::Proc::spawn_with(path.to_str().unwrap(), &[], std::process::Stdio::piped());
+    let (code, took) = server.wait_exit(std::time::Duration::from_secs(20));
+    let mut log = String::new();
+    // Exited, or killed by wait_exit: either way the pipe ends.
+    std::io::Read::read_to_string(&mut server.child.stderr.take().unwrap(), &mut log).unwrap();
+    assert_eq!(code, Some(1), "still running after {took:?}\n{log}");
+    assert!(log.contains("token_embd.weight"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
 }
 
 #[test]
