@@ -45,6 +45,15 @@ fn guarded<T>(what: &str, step: impl FnOnce() -> Result<T, String>) -> Result<T,
     })
 }
 
+/// `attention q4_1, feed_forward q4_1+int8, …`, for the start-up log.
+fn formats_line(formats: &std::collections::BTreeMap<&'static str, String>) -> String {
+    formats
+        .iter()
+        .map(|(kind, format)| format!("{kind} {format}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Loads the model and serves it on this thread until the process ends: the embedding
 /// workers are joined here, the generation engine's step loop runs here. A failure at any
 /// step is reported to `lifecycle` (which makes the process exit).
@@ -167,8 +176,8 @@ fn serve_generation(
         layers = c.n_layer,
         context = c.context,
         weights_mb = loaded.model.weight_bytes() / 1_000_000,
-        "text generation: linear layers run in {} on the {} kernels",
-        loaded.info.dtype,
+        "text generation: weights run as {} on the {} kernels",
+        formats_line(&loaded.info.weight_formats),
         loaded.info.kernel
     );
     // Warm up before taking requests: one token through every layer faults in the weights.
@@ -196,6 +205,7 @@ fn serve_generation(
     );
     let settings = GenerateSettings {
         default_max_new_tokens: config.default_max_new_tokens,
+        parse_special_in_chat: config.parse_special_in_chat,
         request_timeout: config.request_timeout(),
     };
     let service = GenerateService::new(

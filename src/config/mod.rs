@@ -163,6 +163,12 @@ pub struct ServeConfig {
     #[arg(long, env = "DEFAULT_MAX_NEW_TOKENS", default_value_t = 100)]
     pub default_max_new_tokens: usize,
 
+    /// Generation: read control tokens that chat messages spell (`<|im_end|>` typed by a
+    /// user) as control tokens, as the rendered prompt's text says. Off by default: message
+    /// contents are plain text, so a user cannot forge turns.
+    #[arg(long, env = "PARSE_SPECIAL_IN_CHAT")]
+    pub parse_special_in_chat: bool,
+
     /// Most inputs in one request.
     #[arg(long, env = "MAX_CLIENT_BATCH", default_value_t = 64)]
     pub max_client_batch: usize,

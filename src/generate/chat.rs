@@ -141,6 +141,52 @@ impl ChatTemplate {
             .map_err(|(Failure::Unbounded(e) | Failure::Refused(e))| e)
     }
 
+    /// Where each message's content lies in `rendered` (the render of `messages`), as byte
+    /// ranges; `None` when the template does not copy contents as they are.
+    ///
+    /// The messages are rendered once more with each content replaced by a marker no text
+    /// holds (a fresh random tag); the contents put back in place of the markers must give
+    /// `rendered` again, byte for byte. A template that changes a content (`| trim`, `| upper`)
+    /// or decides on it (`content.startswith(...)`) fails that, and gets `None`.
+    pub fn content_spans(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        rendered: &str,
+    ) -> Option<Vec<std::ops::Range<usize>>> {
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let marker = |i: usize| format!("\u{E000}{tag}:{i}\u{E001}");
+        let marked: Vec<ChatMessage> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ChatMessage {
+                role: m.role.clone(),
+                content: marker(i),
+            })
+            .collect();
+        let template_out = self.try_render(&marked, add_generation_prompt).ok()?;
+        // Put the contents back where the markers are, in order of appearance.
+        let mut spans = Vec::new();
+        let mut rebuilt = String::with_capacity(rendered.len());
+        let mut rest = template_out.as_str();
+        while let Some(at) = rest.find('\u{E000}') {
+            let tail = &rest[at + '\u{E000}'.len_utf8()..];
+            let end = tail.find('\u{E001}')?;
+            let i: usize = tail[..end]
+                .strip_prefix(&tag)?
+                .strip_prefix(':')?
+                .parse()
+                .ok()?;
+            rebuilt.push_str(&rest[..at]);
+            let content = &messages.get(i)?.content;
+            spans.push(rebuilt.len()..rebuilt.len() + content.len());
+            rebuilt.push_str(content);
+            rest = &tail[end + '\u{E001}'.len_utf8()..];
+        }
+        rebuilt.push_str(rest);
+        (rebuilt == rendered).then_some(spans)
+    }
+
     fn try_render(
         &self,
         messages: &[ChatMessage],

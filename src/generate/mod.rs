@@ -8,7 +8,8 @@
 //! - [`tokenizer`]: the tokenizer (from GGUF metadata or Hugging Face files);
 //!   [`spm_merges`]: a SentencePiece vocabulary's scores as BPE merges; [`incremental`]:
 //!   generated ids to text pieces, a token at a time;
-//! - [`chat`]: the model's Jinja chat template;
+//! - [`chat`]: the model's Jinja chat template; [`prompt`]: a conversation to ids, its
+//!   messages' contents as plain text;
 //! - [`sampling`]: greedy and seeded sampling;
 //! - [`engine`]: the step loop (continuous batching) and its bounded queue;
 //! - [`service`]: the generation service the front ends call: it checks, tokenizes and queues a
@@ -21,6 +22,7 @@ pub mod gguf;
 pub mod gpt2;
 pub mod incremental;
 pub mod llama;
+pub mod prompt;
 pub mod sampling;
 pub mod service;
 pub mod spm_merges;
@@ -87,7 +89,7 @@ pub fn resolve_dtype(choice: DtypeChoice) -> (Dtype, bool) {
 }
 
 /// A GGUF file's tokenizer and chat template.
-fn gguf_text(
+pub fn gguf_text(
     file: &gguf::GgufFile,
     path: &Path,
 ) -> Result<(GenTokenizer, Option<ChatTemplate>), ModelError> {

@@ -17,6 +17,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::chat::{ChatMessage, ChatTemplate};
 use super::engine::{EngineHandle, Event, GenerationRequest, SubmitError};
+use super::prompt::chat_prompt;
 use super::sampling::{SamplingDefaults, SamplingParams};
 use super::tokenizer::GenTokenizer;
 use crate::error::ServiceError;
@@ -89,6 +90,9 @@ pub struct GenerateSettings {
     pub default_max_new_tokens: usize,
     /// Longest wait for a place in the running batch (`--request-timeout-ms`).
     pub request_timeout: Duration,
+    /// Read control tokens spelled in chat messages as control tokens
+    /// (`--parse-special-in-chat`; see [`super::prompt`]).
+    pub parse_special_in_chat: bool,
 }
 
 /// The generation model's service.
@@ -262,17 +266,10 @@ impl GenerateService {
                         "the loaded model has no chat template (tokenizer.chat_template): use /v1/completions or /generate".into(),
                     )
                 })?;
+                let parse_special = self.settings.parse_special_in_chat;
                 // Always off the async threads: a template from a model file may be slow.
                 self.offload
-                    .off(move || {
-                        let text = template
-                            .render(&messages, true)
-                            .map_err(ServiceError::Invalid)?;
-                        let ids = tokenizer.encode(&text, false).map_err(|e| {
-                            ServiceError::Invalid(format!("the prompt cannot be tokenized: {e}"))
-                        })?;
-                        Ok((text, ids))
-                    })
+                    .off(move || chat_prompt(&template, &tokenizer, &messages, parse_special))
                     .await
             }
         }

@@ -13,6 +13,8 @@
 //! module tells it which decoder the tokenizer runs.
 
 use std::collections::HashSet;
+use std::ops::Range;
+use std::sync::OnceLock;
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{Vocab, BPE};
@@ -240,6 +242,9 @@ pub struct GenTokenizer {
     /// The text of every token (for the chat template's `bos_token`/`eos_token`).
     tokens: Vec<String>,
     special: Vec<bool>,
+    /// `inner` with special tokens read as plain text, built the first time a chat message
+    /// spells one ([`Self::encode_with_plain_spans`]).
+    plain: OnceLock<Tokenizer>,
 }
 
 impl GenTokenizer {
@@ -338,6 +343,7 @@ impl GenTokenizer {
             eos,
             tokens,
             special,
+            plain: OnceLock::new(),
         })
     }
 
@@ -414,6 +420,7 @@ impl GenTokenizer {
             eos: eos.first().copied(),
             tokens,
             special,
+            plain: OnceLock::new(),
         })
     }
 
@@ -429,6 +436,60 @@ impl GenTokenizer {
             ids.extend(self.bos);
         }
         ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// The text of every special token, as [`Self::encode`] matches it in text.
+    pub fn special_texts(&self) -> impl Iterator<Item = &str> {
+        self.tokens
+            .iter()
+            .zip(&self.special)
+            .filter(|(t, &special)| special && !t.is_empty())
+            .map(|(t, _)| t.as_str())
+    }
+
+    /// Ids of `text` as [`Self::encode`] gives them without BOS, except that special tokens
+    /// whose text overlaps a range of `plain` (byte ranges of `text`) are tokenized as the
+    /// plain text they spell: a chat message's content is what its user wrote, never the
+    /// template's markup.
+    ///
+    /// The text is cut at the special tokens outside `plain`, as the tokenizer itself cuts
+    /// it at every special token, and each piece between is tokenized with special tokens
+    /// read as text; so a piece that spells none gets exactly the ids [`Self::encode`] gives.
+    ///
+    /// # Errors
+    ///
+    /// When the tokenizer fails on the text.
+    pub fn encode_with_plain_spans(
+        &self,
+        text: &str,
+        plain: &[Range<usize>],
+    ) -> Result<Vec<u32>, GenTokenizerError> {
+        let failed = |e: tokenizers::Error| GenTokenizerError::Tokenizers(e.to_string());
+        let parsed = self.inner.encode(text, false).map_err(failed)?;
+        let as_text = self.plain.get_or_init(|| {
+            let mut t = self.inner.clone();
+            t.set_encode_special_tokens(true);
+            t
+        });
+        let mut ids = Vec::with_capacity(parsed.len());
+        let piece = |ids: &mut Vec<u32>, piece: &str| -> Result<(), GenTokenizerError> {
+            if !piece.is_empty() {
+                let enc = as_text.encode_fast(piece, false).map_err(failed)?;
+                ids.extend_from_slice(enc.get_ids());
+            }
+            Ok(())
+        };
+        let mut cursor = 0;
+        for (&id, &(start, end)) in parsed.get_ids().iter().zip(parsed.get_offsets()) {
+            let in_plain = plain.iter().any(|r| start < r.end && end > r.start);
+            if self.is_special(id) && !in_plain && start >= cursor {
+                piece(&mut ids, &text[cursor..start])?;
+                ids.push(id);
+                cursor = end;
+            }
+        }
+        piece(&mut ids, &text[cursor..])?;
         Ok(ids)
     }
 
