@@ -1053,6 +1053,18 @@ fn invalid_requests_and_limits_get_the_right_status_naming_the_field() {
     assert!(info["pooling"].is_null(), "{info}");
     assert!(info["dimensions"].is_null(), "{info}");
     assert_eq!(info["max_batch_total_tokens"], 256);
+    // The Q4_1 file's 4-bit layers run as stored, whatever `dtype` (for the others) says.
+    let formats = &info["weight_formats"];
+    for kind in ["attention", "feed_forward"] {
+        let format = formats[kind].as_str().unwrap_or_default();
+        assert!(format.starts_with("q4_1"), "{kind}: {info}");
+    }
+    assert!(
+        formats["token_embedding"]
+            .as_str()
+            .is_some_and(|f| f.contains("as stored")),
+        "{info}"
+    );
     let input = "Hello, world! Héllo wörld 123.";
     let r = post_json(addr, "/tokenize", &json!({"inputs": input}));
     assert_eq!(r.status, 200, "{}", r.text());

@@ -131,6 +131,7 @@ fn the_server_serves_the_reference_embeddings() {
     assert_eq!(info["dimensions"], 384);
     assert_eq!(info["max_input_length"], 256);
     assert_eq!(info["dtype"], "f32");
+    assert_eq!(info["weight_formats"], json!({"linear": "f32"}));
     // A long input with truncation off is refused with its length.
     let long = r
         .cases

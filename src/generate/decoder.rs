@@ -47,13 +47,30 @@ pub trait Decoder: Send + Sync {
     /// Bytes of weights held.
     fn weight_bytes(&self) -> usize;
 
-    /// The number format of the linear layers.
+    /// The number format of the linear layers that are converted at load (4-bit GGUF weights
+    /// may stay as stored: see [`Self::weight_formats`]).
     fn dtype(&self) -> Dtype;
+
+    /// What each kind of weight runs in, by kind (`attention`, `feed_forward`, `lm_head`,
+    /// `token_embedding`): what `/info` and the start-up log show.
+    fn weight_formats(&self) -> Vec<(&'static str, String)>;
 
     /// An empty cache for a sequence of up to `tokens` tokens.
     fn new_cache(&self, tokens: usize) -> KvCache {
         KvCache::with_capacity(self.shape().cache, tokens)
     }
+}
+
+/// The formats `layers` run in, each named once, in order of first use (`q4_1+int8`).
+pub(super) fn formats_of<'a>(layers: impl IntoIterator<Item = &'a Linear>) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for layer in layers {
+        let name = layer.format_name();
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names.join("+")
 }
 
 /// A linear layer (with its bias, zero for layers that have none) in the format chosen at
@@ -77,6 +94,14 @@ impl Linear {
             Some(p) => Linear::Packed(p),
             None => Linear::F32 { w: w.to_vec(), b },
         })
+    }
+
+    /// The number format the layer runs in (`f32`, `bf16`, `int8`, `q4_0`, `q4_1`).
+    pub(super) fn format_name(&self) -> &'static str {
+        match self {
+            Linear::F32 { .. } => "f32",
+            Linear::Packed(p) => p.format_name(),
+        }
     }
 
     /// Output columns.

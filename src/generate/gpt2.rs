@@ -450,6 +450,21 @@ impl Decoder for Gpt2 {
     fn dtype(&self) -> Dtype {
         Gpt2::dtype(self)
     }
+
+    fn weight_formats(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("token_embedding", "f32".to_string()),
+            (
+                "attention",
+                decoder::formats_of(self.blocks.iter().flat_map(|b| [&b.c_attn, &b.attn_proj])),
+            ),
+            (
+                "feed_forward",
+                decoder::formats_of(self.blocks.iter().flat_map(|b| [&b.c_fc, &b.mlp_proj])),
+            ),
+            ("lm_head", self.lm_head.format_name().to_string()),
+        ]
+    }
 }
 
 #[cfg(test)]

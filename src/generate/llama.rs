@@ -537,4 +537,25 @@ impl Decoder for Llama {
     fn dtype(&self) -> Dtype {
         Llama::dtype(self)
     }
+
+    fn weight_formats(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "token_embedding",
+                format!(
+                    "{} as stored, a row dequantized per token",
+                    format!("{:?}", self.token_embd.dtype).to_lowercase()
+                ),
+            ),
+            (
+                "attention",
+                decoder::formats_of(self.layers.iter().flat_map(|l| [&l.qkv, &l.o])),
+            ),
+            (
+                "feed_forward",
+                decoder::formats_of(self.layers.iter().flat_map(|l| [&l.gate_up, &l.down])),
+            ),
+            ("lm_head", self.lm_head.format_name().to_string()),
+        ]
+    }
 }

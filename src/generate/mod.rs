@@ -240,6 +240,7 @@ fn load_gpt2(
         pooling: Pooling::Mean,
         normalized_by_model: false,
         dtype,
+        weight_formats: model.weight_formats().into_iter().collect(),
         kernel: level,
     };
     Ok(LoadedGenerator {
@@ -335,6 +336,7 @@ fn load_gguf(
         pooling: Pooling::Mean,
         normalized_by_model: false,
         dtype,
+        weight_formats: model.weight_formats().into_iter().collect(),
         kernel: level,
     };
     Ok(LoadedGenerator {

@@ -91,6 +91,7 @@ pub fn info(state: &AppState) -> Response<Body> {
         "max_prefill_tokens": generation.then_some(c.max_prefill_tokens),
         "default_max_new_tokens": generation.then_some(c.default_max_new_tokens),
         "dtype": model.map(|m| m.dtype),
+        "weight_formats": model.map(|m| &m.weight_formats),
         "kernel": model.map(|m| m.kernel),
         "workers": c.worker_count(),
         "max_batch_size": c.max_batch_size,

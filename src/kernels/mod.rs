@@ -96,6 +96,18 @@ pub enum PackedLinear {
 }
 
 impl PackedLinear {
+    /// The number format the layer runs in, as `/info` and the logs name it.
+    pub fn format_name(&self) -> &'static str {
+        match self {
+            PackedLinear::Bf16(_) => "bf16",
+            PackedLinear::Int8(_) => "int8",
+            PackedLinear::Q4(q) => match q.format() {
+                Q4Format::Q4_0 => "q4_0",
+                Q4Format::Q4_1 => "q4_1",
+            },
+        }
+    }
+
     /// Packs `w` (`n×k`, PyTorch layout, `n = bias.len()`) for `dtype`; `None` for f32, which
     /// runs on the weights in place.
     ///

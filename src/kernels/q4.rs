@@ -51,6 +51,8 @@ impl Q4Format {
 
 /// A linear layer `y = x · Wᵀ + b` with 4-bit weights.
 pub struct Q4Linear {
+    /// The GGUF format the weights came in (for `/info` and the logs).
+    format: Q4Format,
     n: usize,
     k: usize,
     blocks: usize,
@@ -173,6 +175,7 @@ impl Q4Linear {
             },
         );
         Ok(Self {
+            format,
             n,
             k,
             blocks,
@@ -182,6 +185,11 @@ impl Q4Linear {
             mins,
             bias: padded_bias,
         })
+    }
+
+    /// The GGUF format the weights came in.
+    pub fn format(&self) -> Q4Format {
+        self.format
     }
 
     /// Output columns.

@@ -72,8 +72,11 @@ pub struct ModelInfo {
     pub pooling: Pooling,
     /// Whether the model's sentence-transformers pipeline ends in a `Normalize` module.
     pub normalized_by_model: bool,
-    /// The number format the linear layers run in.
+    /// The number format the linear layers are converted to at load (`--dtype`).
     pub dtype: Dtype,
+    /// What each kind of weight runs in (embeddings: `linear`; generation: `attention`,
+    /// `feed_forward`, `lm_head`, `token_embedding`, where 4-bit GGUF weights stay as stored).
+    pub weight_formats: std::collections::BTreeMap<&'static str, String>,
     /// The kernel path (instruction set) the bf16/int8 layers run on; f32 layers use the AVX2
     /// kernels and gemm's own dispatch.
     pub kernel: KernelLevel,
@@ -307,6 +310,7 @@ pub fn load_files(
         pooling,
         normalized_by_model,
         dtype,
+        weight_formats: [("linear", dtype.name().to_string())].into(),
         kernel,
     };
     let bert = bert::Bert::load(config, &files.weights, dtype, kernel)?;
