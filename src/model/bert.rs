@@ -33,6 +33,9 @@ pub struct BertConfig {
     pub layer_norm_eps: f64,
     #[serde(default)]
     pub model_type: Option<String>,
+    /// The checkpoint's classes (`BertModel`, `BertForSequenceClassification`, …).
+    #[serde(default)]
+    pub architectures: Vec<String>,
     #[serde(default)]
     pub pad_token_id: Option<u32>,
     #[serde(default)]
@@ -60,6 +63,25 @@ impl BertConfig {
                     "model_type {t:?}: this server runs BERT-family encoders (model_type \"bert\")"
                 )));
             }
+        }
+        // A head that turns the encoder's output into scores (a classifier, a cross-encoder
+        // reranker) is not an embedding model: loading its encoder alone would answer /embed
+        // with vectors the checkpoint was never trained to give.
+        const SCORING_HEADS: [&str; 5] = [
+            "ForSequenceClassification",
+            "ForTokenClassification",
+            "ForQuestionAnswering",
+            "ForMultipleChoice",
+            "ForNextSentencePrediction",
+        ];
+        if let Some(a) = c
+            .architectures
+            .iter()
+            .find(|a| SCORING_HEADS.iter().any(|h| a.ends_with(h)))
+        {
+            return Err(ModelError::Unsupported(format!(
+                "architectures names {a:?}: a checkpoint whose head gives scores (a classifier or a cross-encoder reranker), not embeddings; this server embeds with encoders saved as BertModel (or BertForMaskedLM, whose head it leaves out)"
+            )));
         }
         if c.hidden_act != "gelu" {
             return Err(ModelError::Unsupported(format!(
@@ -508,6 +530,26 @@ mod tests {
         bytes.extend_from_slice(header.as_bytes());
         bytes.extend_from_slice(data);
         std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn classifier_and_reranker_checkpoints_are_refused_naming_the_architecture() {
+        for ok in ["BertModel", "BertForMaskedLM"] {
+            let c = config_with(serde_json::json!({ "architectures": [ok] }));
+            assert!(BertConfig::from_json(&c).is_ok(), "{ok}");
+        }
+        for head in [
+            "BertForSequenceClassification",
+            "BertForTokenClassification",
+            "BertForQuestionAnswering",
+        ] {
+            let c = config_with(serde_json::json!({ "architectures": [head] }));
+            let err = BertConfig::from_json(&c).unwrap_err().to_string();
+            assert!(
+                err.contains(head) && err.contains("not embeddings"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
