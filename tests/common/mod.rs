@@ -268,14 +268,34 @@ pub fn free_port() -> u16 {
 }
 
 /// The real binary, started on a free loopback port (killed when dropped).
+///
+/// [`Proc::spawn`] writes the server's log to a file that is printed only when the test
+/// fails (warnings that tests provoke on purpose stay out of a passing run's output).
 pub struct Proc {
     pub child: Child,
     pub addr: SocketAddr,
+    log: Option<PathBuf>,
 }
 
 impl Proc {
     pub fn spawn(model: &str, extra: &[&str]) -> Proc {
-        Self::spawn_with(model, extra, Stdio::inherit())
+        let log = std::env::temp_dir().join(format!(
+            "zerobatch-test-{}-{}.log",
+            std::process::id(),
+            LOG_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let file = std::fs::File::create(&log).expect("creating the server's log file");
+        let mut proc = Self::spawn_with(model, extra, Stdio::from(file));
+        proc.log = Some(log);
+        proc
+    }
+
+    /// What the server wrote to its log so far ([`Proc::spawn`] only).
+    pub fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
     }
 
     /// Like [`Proc::spawn`], with the server's stderr (its logs) sent to `stderr`.
@@ -301,6 +321,7 @@ impl Proc {
         Proc {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            log: None,
         }
     }
 
@@ -336,10 +357,23 @@ impl Proc {
     }
 }
 
+/// Numbers the log files of one test process's servers.
+static LOG_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(path) = self.log.take() {
+            if std::thread::panicking() {
+                // Captured by the test harness and shown with the failure.
+                eprintln!(
+                    "--- the server's log ---\n{}",
+                    std::fs::read_to_string(&path).unwrap_or_default()
+                );
+            }
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
