@@ -67,7 +67,7 @@ fn bench_forward(c: &mut Criterion) {
     };
     let loaded =
         zerobatch::model::load_with(dir.to_str().unwrap(), "main", options, |_, _| {}).unwrap();
-    // The two-thread rows run on a team, as the pool's workers do (see `worker.rs`).
+    // The two-thread rows run on a team, as the pool's workers do (see `embed/worker.rs`).
     let team = zerobatch::kernels::team::Team::new(2).unwrap();
     let vocab_cap = 30;
     let fix = |s: Vec<Vec<u32>>, tiny: bool| -> Vec<Vec<u32>> {

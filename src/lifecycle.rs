@@ -3,7 +3,7 @@
 //! - The port is bound before the model loads; `/healthz` answers at once and `/readyz` says
 //!   `loading` until the model is loaded and every worker has run a warm-up batch.
 //! - Requests that arrive while loading are held (not refused) until the model is usable or
-//!   `--cold-start-timeout-ms` passes; they keep their arrival order (see `queue::Entry::seq`).
+//!   `--cold-start-timeout-ms` passes; they keep their arrival order (see `embed::queue::Entry::seq`).
 //! - If loading fails, held requests get 503 with the reason, `/readyz` reports it, and the
 //!   process exits non-zero so the platform restarts it.
 //! - On SIGTERM/SIGINT `/readyz` turns 503 at once; the server keeps serving for

@@ -31,7 +31,7 @@ use crate::config::RedisTarget;
 
 /// The results stream (`results=STREAM`) and the dead-letter stream are trimmed to about
 /// this many entries (`XADD … MAXLEN ~`), and of entries older than `--queue-result-ttl-ms`
-/// (`XTRIM … MINID ~`), so that streams nobody reads cannot exhaust Redis's memory.
+/// (`XTRIM … MINID`, exact), so that streams nobody reads cannot exhaust Redis's memory.
 pub const STREAM_MAXLEN: u64 = 10_000;
 /// A result larger than this is not copied into the results stream (its entry says where it
 /// is: `result_key`, the job's hash), so the stream holds at most `STREAM_MAXLEN` × this.

@@ -6,7 +6,7 @@
 //! holds its size in `--max-inflight-body-bytes` (the budget request bodies use) until hyper
 //! has taken its last chunk: it is handed to hyper in [`CHUNK`]-sized pieces, so hyper buffers
 //! only a few of them, and a connection whose client stops reading is closed after
-//! `--client-timeout-ms` (see `http::server`), which frees the rest.
+//! `--client-timeout-ms` (see `http::stalled_writes`), which frees the rest.
 
 use std::convert::Infallible;
 use std::pin::Pin;

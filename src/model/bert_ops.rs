@@ -7,7 +7,7 @@
 //! an additive attention mask that computes scores for padding only to throw them away. Here:
 //! - `Linear` is one kernel call with the bias folded into the destination (no broadcast add)
 //!   and GELU optionally fused, with intra-op parallelism chosen per call by the worker (see
-//!   `worker.rs`);
+//!   `embed/worker.rs`);
 //! - `AddLayerNorm` adds the residual and normalises in one pass over the row;
 //! - `Attention` reads heads straight out of the fused QKV projection and only visits the real
 //!   (unpadded) tokens of each sequence, which is exact masking at no cost.

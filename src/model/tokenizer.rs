@@ -1,8 +1,9 @@
 //! Text → token ids with the model's own `tokenizer.json` (the `tokenizers` crate), truncated
 //! at the model's maximum input length exactly as the Python libraries truncate.
 //!
-//! Runs on the HTTP threads (one input takes microseconds), so a batch reaches the workers as
-//! ready-made ids and a bad input is refused before it takes a place in the queue.
+//! Runs before a request is queued (on the async threads for short texts, through
+//! `crate::offload` for long ones), so a batch reaches the workers as ready-made ids and a bad
+//! input is refused before it takes a place in the queue.
 //!
 //! **Cost bounded by what is kept, not by what was sent.** The `tokenizers` crate truncates
 //! only after encoding the whole text: a 2 MB text becomes ~380k tokens with strings and
