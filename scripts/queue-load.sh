@@ -9,6 +9,8 @@
 #   JOBS=20000 TEXT="A man is eating food." scripts/queue-load.sh
 #   PIN=1 scripts/queue-load.sh               # 2 replicas pinned to cores 0 and 1 (taskset)
 #   JOBS=20000 scripts/queue-load.sh --azure  # Azure Storage Queues on Azurite
+#   REPLICAS=1 BIN=/tmp/zerobatch scripts/queue-load.sh
+#                                             # one run, 1 replica, of another build
 #   SWEEP="64 128 256 512" JOBS=40000 scripts/queue-load.sh
 #                                             # 1 replica per --queue-max-jobs value, side by
 #                                             # side in one run, each with its HTTP ratio
@@ -27,14 +29,16 @@ if [ "${1:-}" = --azure ]; then broker=azure; fi
 jobs="${JOBS:-100000}"
 text="${TEXT:-A man is eating food.}"
 model="${MODEL_DIR:-models/all-MiniLM-L6-v2}"
-bin=target/release/zerobatch
+# BIN: another build to measure (scripts/compare-builds.sh); by default the release build,
+# built here.
+bin="${BIN:-target/release/zerobatch}"
 
 if [ "$broker" = redis ]; then needed=(redis-server redis-cli python3); else needed=(npm python3); fi
 for tool in "${needed[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is not installed (apt-get install redis-server npm python3)" >&2; exit 1; }
 done
 [ -f "$model/model.safetensors" ] || model=$(scripts/fetch-model.sh | tail -n 1)
-cargo build --release --locked >&2
+[ -n "${BIN:-}" ] || cargo build --release --locked >&2
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
@@ -231,9 +235,9 @@ if [ -n "${SWEEP:-}" ]; then
   done
   exit 0
 fi
-drain 1
-check r1
-if [ "$broker" = redis ]; then r flushall >/dev/null; fi
-drain 2
-check r2
+for replicas in ${REPLICAS:-1 2}; do
+  drain "$replicas"
+  check "r$replicas"
+  if [ "$broker" = redis ]; then r flushall >/dev/null; fi
+done
 [ -z "$http_rps" ] || echo "HTTP /embed at concurrency 64 on the 1-replica process right after its drain: $http_rps req/s"
