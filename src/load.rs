@@ -45,13 +45,13 @@ fn guarded<T>(what: &str, step: impl FnOnce() -> Result<T, String>) -> Result<T,
     })
 }
 
-/// `attention q4_1, feed_forward q4_1+int8, …`, for the start-up log.
+/// `attention q4_1; feed_forward q4_1+int8; …`, for the start-up log.
 fn formats_line(formats: &std::collections::BTreeMap<&'static str, String>) -> String {
     formats
         .iter()
         .map(|(kind, format)| format!("{kind} {format}"))
         .collect::<Vec<_>>()
-        .join(", ")
+        .join("; ")
 }
 
 /// Loads the model and serves it on this thread until the process ends: the embedding
@@ -176,9 +176,9 @@ fn serve_generation(
         layers = c.n_layer,
         context = c.context,
         weights_mb = loaded.model.weight_bytes() / 1_000_000,
-        "text generation: weights run as {} on the {} kernels",
-        formats_line(&loaded.info.weight_formats),
-        loaded.info.kernel
+        "text generation on the {} kernels; weights: {}",
+        loaded.info.kernel,
+        formats_line(&loaded.info.weight_formats)
     );
     // Warm up before taking requests: one token through every layer faults in the weights.
     // A model that cannot run one step fails the load here, not at the first request.
