@@ -266,6 +266,49 @@ fn the_dead_letter_and_results_streams_are_bounded_in_entries_size_and_age() {
 }
 
 #[test]
+fn a_job_whose_answer_is_over_the_body_budget_is_dead_lettered_as_too_large() {
+    let Some(redis) = Redis::start() else { return };
+    let mut con = redis.conn();
+    // An HTTP answer is at most --max-inflight-body-bytes; a job's result is held to the same.
+    let _server = replica(
+        &redis.url("jobs"),
+        &[
+            "--max-body-bytes",
+            "65536",
+            "--max-inflight-body-bytes",
+            "131072",
+        ],
+    );
+    // 40 texts of ~1 kB (a 41 kB job): /tokenize answers each token with its text and
+    // offsets, some 500 kB of JSON.
+    let texts: Vec<String> = (0..40)
+        .map(|i| format!("{i} {}", "word ".repeat(200)))
+        .collect();
+    xadd(
+        &mut con,
+        "jobs",
+        &json!({"id": "huge", "route": "/tokenize", "body": {"inputs": texts}}),
+    );
+    xadd(
+        &mut con,
+        "jobs",
+        &json!({"id": "small", "route": "/embed", "body": {"inputs": "a few words"}}),
+    );
+    let ids = ["huge", "small"].map(String::from);
+    wait_ended(&mut con, "jobs", &ids, Duration::from_secs(20));
+    let (status, body) = result_of(&mut con, "jobs", "huge");
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["error_type"], "payload_too_large", "{body}");
+    let (status, body) = result_of(&mut con, "jobs", "small");
+    assert_eq!(status, 200, "{body}");
+    let dead = dead_letters(&mut con, "jobs");
+    assert_eq!(dead.len(), 1);
+    let error: String = dead[0].get("error").unwrap();
+    assert!(error.contains("payload_too_large"), "{error}");
+    assert_eq!(pending(&mut con, "jobs"), 0);
+}
+
+#[test]
 fn no_password_reaches_a_message_a_log_line_or_the_probe() {
     if Redis::start().is_none() {
         return;
