@@ -274,15 +274,15 @@ fn a_job_whose_answer_is_over_the_body_budget_is_dead_lettered_as_too_large() {
         &redis.url("jobs"),
         &[
             "--max-body-bytes",
-            "65536",
+            "16384",
             "--max-inflight-body-bytes",
-            "131072",
+            "65536",
         ],
     );
-    // 40 texts of ~1 kB (a 41 kB job): /tokenize answers each token with its text and
-    // offsets, some 500 kB of JSON.
-    let texts: Vec<String> = (0..40)
-        .map(|i| format!("{i} {}", "word ".repeat(200)))
+    // 64 texts of ~100 bytes (a 7 kB job), each past the tiny model's maximum length:
+    // /tokenize answers each token with its text and offsets, over 200 kB of JSON.
+    let texts: Vec<String> = (0..64)
+        .map(|i| format!("{i} {}", "word ".repeat(20)))
         .collect();
     xadd(
         &mut con,
