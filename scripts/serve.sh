@@ -28,6 +28,8 @@ else
   model_dir=$(scripts/fetch-model.sh | tail -n 1)
 fi
 export PORT="${PORT:-8080}"
+# Where cargo put the binary (CARGO_TARGET_DIR moves it).
+bin="${CARGO_TARGET_DIR:-target}/release/zerobatch"
 export MODEL="${MODEL:-$model_dir}"
 
 # The shutdown delay this start will have: a --shutdown-delay-ms flag, else SHUTDOWN_DELAY_MS,
@@ -42,7 +44,7 @@ for arg in "$@"; do
   previous="$arg"
 done
 if [ -z "$shutdown_delay_ms" ]; then
-  shutdown_delay_ms=$(target/release/zerobatch --help \
+  shutdown_delay_ms=$("$bin" --help \
     | sed -n 's/.*\[env: SHUTDOWN_DELAY_MS=\] \[default: \([0-9]*\)\].*/\1/p') || true
 fi
 
@@ -52,4 +54,4 @@ case "$shutdown_delay_ms" in
     echo "note: Ctrl-C first keeps serving for the shutdown delay (${shutdown_delay_ms:+$shutdown_delay_ms ms, }--shutdown-delay-ms) so that a load balancer, as on Azure Container Apps, can stop routing here; to stop at once press Ctrl-C again, or start with SHUTDOWN_DELAY_MS=0 ./scripts/serve.sh$task" >&2
     ;;
 esac
-exec target/release/zerobatch "$@"
+exec "$bin" "$@"
