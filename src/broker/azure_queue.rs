@@ -29,13 +29,9 @@
 //! Azure queues have no blocking read: an idle replica asks again after a pause that doubles
 //! from 50 ms to 1 s, and returns to asking at once after a read that found work.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use azure_core::credentials::TokenCredential;
-use azure_core::http::{
-    ClientOptions, Etag, ExponentialRetryOptions, RequestContent, RetryOptions, StatusCode, Url,
-};
+use azure_core::http::{Etag, RequestContent, StatusCode};
 use azure_storage_blob::models::BlockBlobClientUploadOptions;
 use azure_storage_blob::{BlobContainerClient, BlobContainerClientOptions};
 use azure_storage_queue::models::{
@@ -46,8 +42,8 @@ use base64::Engine;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use super::azure_auth::Auth;
 use super::job::{Backlog, BrokerError, Cancel, Delivery, Health, JobRecord, Start};
-use super::shared_key::SharedKeyPolicy;
 use crate::config::{AzureCredentials, AzureTarget};
 
 /// Most messages one receive may return (the service's limit).
@@ -59,91 +55,6 @@ const POLL_FIRST: Duration = Duration::from_millis(50);
 const POLL_LAST: Duration = Duration::from_secs(1);
 /// Attempts at a conditional record write that keeps meeting a concurrent change.
 const RECORD_ATTEMPTS: usize = 5;
-
-/// How this replica signs in to the storage account.
-enum Auth {
-    /// `AZURE_STORAGE_KEY`: Shared Key signing (Azurite, connection strings).
-    SharedKey(Arc<SharedKeyPolicy>),
-    /// `AZURE_STORAGE_SAS_TOKEN`: a SAS appended to every URL.
-    Sas(String),
-    /// Entra ID tokens: managed identity on Container Apps / App Service / VMs, or workload
-    /// identity on Kubernetes.
-    Token(Arc<dyn TokenCredential>),
-}
-
-impl Auth {
-    /// An account key, else a SAS, else the platform's identity.
-    fn new(
-        target: &AzureTarget,
-        credentials: &AzureCredentials,
-    ) -> Result<(Auth, &'static str), BrokerError> {
-        let bad = |why: String| BrokerError::BadUrl(format!("{}: {why}", target.display));
-        if let Some(key) = &credentials.account_key {
-            let policy = SharedKeyPolicy::new(&target.account, key)
-                .map_err(|e| bad(format!("--azure-storage-key (AZURE_STORAGE_KEY): {e}")))?;
-            return Ok((Auth::SharedKey(Arc::new(policy)), "account key"));
-        }
-        if let Some(sas) = &credentials.sas_token {
-            return Ok((Auth::Sas(sas.trim_start_matches('?').to_string()), "SAS"));
-        }
-        if !target.queue_endpoint.starts_with("https://") {
-            return Err(bad(
-                "an identity's token is sent over https only; give --azure-storage-key \
-                 (AZURE_STORAGE_KEY) or --azure-storage-sas-token for an http endpoint such \
-                 as Azurite"
-                    .into(),
-            ));
-        }
-        if std::env::var_os("AZURE_FEDERATED_TOKEN_FILE").is_some() {
-            let c = azure_identity::WorkloadIdentityCredential::new(None)
-                .map_err(|e| bad(format!("workload identity: {e}")))?;
-            return Ok((Auth::Token(c), "workload identity"));
-        }
-        let options = credentials.client_id.clone().map(|id| {
-            azure_identity::ManagedIdentityCredentialOptions {
-                user_assigned_id: Some(azure_identity::UserAssignedId::ClientId(id)),
-                ..Default::default()
-            }
-        });
-        let c = azure_identity::ManagedIdentityCredential::new(options)
-            .map_err(|e| bad(format!("managed identity: {e}")))?;
-        Ok((Auth::Token(c), "managed identity"))
-    }
-
-    fn credential(&self) -> Option<Arc<dyn TokenCredential>> {
-        match self {
-            Auth::Token(c) => Some(c.clone()),
-            _ => None,
-        }
-    }
-
-    /// The SDK's options: few, quick retries (the ingress has its own backoff) and the signing
-    /// policy when there is one.
-    fn client_options(&self) -> ClientOptions {
-        let mut o = ClientOptions {
-            retry: RetryOptions::exponential(ExponentialRetryOptions {
-                initial_delay: azure_core::time::Duration::milliseconds(100),
-                max_retries: 2,
-                max_total_elapsed: azure_core::time::Duration::seconds(10),
-                max_delay: azure_core::time::Duration::seconds(1),
-            }),
-            ..Default::default()
-        };
-        if let Auth::SharedKey(p) = self {
-            o.per_try_policies.push(p.clone());
-        }
-        o
-    }
-
-    fn url(&self, base: &str, path: &str) -> Result<Url, BrokerError> {
-        let mut url = format!("{}/{path}", base.trim_end_matches('/'));
-        if let Auth::Sas(sas) = self {
-            url.push('?');
-            url.push_str(sas);
-        }
-        Url::parse(&url).map_err(|e| BrokerError::BadUrl(format!("{url}: {e}")))
-    }
-}
 
 /// A job's record as stored in its blob.
 #[derive(Debug, Clone, Serialize, Deserialize)]

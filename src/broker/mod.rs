@@ -31,6 +31,7 @@
 //! blocking read) and in where job state lives (a Redis hash; a blob per job). [`Broker`] is
 //! the one interface the ingress and `/v1/jobs` use.
 
+mod azure_auth;
 pub mod azure_queue;
 pub mod job;
 pub mod redis_streams;
