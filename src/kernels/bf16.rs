@@ -18,6 +18,8 @@
 //! with zeros to a multiple of 16 (the other paths read only the first `pairs`).
 
 use super::cpu::KernelLevel;
+#[cfg(target_arch = "x86_64")]
+use super::team::parallel_for_each;
 use super::tiles::{
     for_each_tile, in_row_blocks, store_tile, Epilogue, SharedOut, CHUNK_ROWS, PANEL,
 };
@@ -287,11 +289,17 @@ impl Bf16Linear {
         let kstride = self.pair_stride * PAIR;
         let mpad = m.next_multiple_of(amx::TILE_ROWS);
         let mut xb = vec![0u16; mpad * kstride];
-        for (row, b) in x.chunks_exact(k).zip(xb.chunks_exact_mut(kstride)) {
-            // SAFETY: the AMX level implies AVX-512 BF16 (level ≤ detected); `b` is at
-            // least as long as `row`.
-            unsafe { avx512::round_row(row, b) };
-        }
+        // Rounded on every thread, a chunk of rows at a time: at the tiles' speed a serial
+        // conversion would be a large part of a big batch's time.
+        let mut chunks: Vec<&mut [u16]> = xb.chunks_mut(CHUNK_ROWS * kstride).collect();
+        parallel_for_each(&mut chunks, threads, &|c, chunk| {
+            let rows = x[c * CHUNK_ROWS * k..].chunks_exact(k);
+            for (row, b) in rows.zip(chunk.chunks_exact_mut(kstride)) {
+                // SAFETY: the AMX level implies AVX-512 BF16 (level ≤ detected); `b` is
+                // at least as long as `row`.
+                unsafe { avx512::round_row(row, b) };
+            }
+        });
         let ktiles = self.pair_stride / TILE_PAIRS;
         let panel_values = self.pair_stride * PAIR_VALUES;
         let (xb, weights) = (&xb[..], &self.weights[..]);
