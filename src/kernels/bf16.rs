@@ -20,9 +20,9 @@
 use super::cpu::KernelLevel;
 #[cfg(target_arch = "x86_64")]
 use super::team::parallel_for_each;
-use super::tiles::{
-    for_each_tile, in_row_blocks, store_tile, Epilogue, SharedOut, CHUNK_ROWS, PANEL,
-};
+#[cfg(target_arch = "x86_64")]
+use super::tiles::CHUNK_ROWS;
+use super::tiles::{for_each_tile, in_row_blocks, store_tile, Epilogue, SharedOut, PANEL};
 
 /// Reduction indices per pair: the two bf16 one f32 lane of `vdpbf16ps` sums.
 const PAIR: usize = 2;
