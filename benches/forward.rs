@@ -200,5 +200,108 @@ fn bench_linear(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_linear, bench_forward);
+/// The bf16 paths side by side on this CPU's two best levels (AMX against AVX-512 BF16, where
+/// the CPU has AMX): MiniLM's three linear shapes (n×k = 384×384, 1536×384, 384×1536) at
+/// m = 512 and 6,848 rows (64 requests of 8 and of 107 tokens), one thread and two on a team;
+/// then the whole forward pass in bf16 at both levels, for 1 and 64 sequences of 8 and 107
+/// tokens. `cargo bench --bench forward -- bf16-levels`.
+fn bench_bf16_levels(c: &mut Criterion) {
+    use zerobatch::kernels::Dtype;
+    use zerobatch::kernels::{Epilogue, KernelLevel, PackedLinear};
+    let levels: Vec<KernelLevel> = [KernelLevel::Avx512Bf16, KernelLevel::Amx]
+        .into_iter()
+        .filter(|&l| l <= KernelLevel::detected())
+        .collect();
+    if levels.is_empty() {
+        eprintln!("bf16-levels: this CPU has no AVX-512 BF16, nothing to compare");
+        return;
+    }
+    let team = zerobatch::kernels::team::Team::new(2).unwrap();
+    let mut group = c.benchmark_group("bf16-levels-linear");
+    group
+        .sample_size(10)
+        .warm_up_time(std::time::Duration::from_millis(300))
+        .measurement_time(std::time::Duration::from_secs(1));
+    for (n, k) in [(384usize, 384usize), (1536, 384), (384, 1536)] {
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 31 % 97) as f32 - 48.0) / 97.0)
+            .collect();
+        let b = vec![0.1f32; n];
+        let layer = PackedLinear::pack(Dtype::Bf16, &w, &b, k).unwrap().unwrap();
+        for m in [512usize, 6848] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 17 % 89) as f32 - 44.0) / 89.0)
+                .collect();
+            let mut out = vec![0.0f32; m * n];
+            group.throughput(Throughput::Elements((2 * m * k * n) as u64));
+            for &level in &levels {
+                group.bench_with_input(
+                    BenchmarkId::new(format!("{n}x{k}/{level}"), m),
+                    &m,
+                    |bch, &m| bch.iter(|| layer.forward(&x, m, &mut out, level, 1, Epilogue::Bias)),
+                );
+                group.bench_with_input(
+                    BenchmarkId::new(format!("{n}x{k}/{level}-threads2"), m),
+                    &m,
+                    |bch, &m| {
+                        team.install(|| {
+                            bch.iter(|| layer.forward(&x, m, &mut out, level, 2, Epilogue::Bias))
+                        })
+                    },
+                );
+            }
+        }
+    }
+    group.finish();
+
+    let dir = model_dir();
+    let models: Vec<_> = levels
+        .iter()
+        .map(|&level| {
+            let options = zerobatch::model::LoadOptions {
+                dtype: zerobatch::model::DtypeChoice::Fixed(Dtype::Bf16),
+                kernel_cap: Some(level),
+            };
+            let loaded =
+                zerobatch::model::load_with(dir.to_str().unwrap(), "main", options, |_, _| {})
+                    .unwrap();
+            (level, loaded)
+        })
+        .collect();
+    let tiny = models[0].1.info.dimensions != 384;
+    let mut group = c.benchmark_group("bf16-levels-forward");
+    group
+        .sample_size(10)
+        .warm_up_time(std::time::Duration::from_millis(300))
+        .measurement_time(std::time::Duration::from_secs(2));
+    for (batch, len) in [(1usize, 8usize), (1, 107), (64, 8), (64, 107)] {
+        let seqs: Vec<Vec<u32>> = sequences(batch, len)
+            .into_iter()
+            .map(|v| {
+                if tiny {
+                    v.into_iter().map(|t| t % 30).collect()
+                } else {
+                    v
+                }
+            })
+            .collect();
+        let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+        group.throughput(Throughput::Elements(batch as u64));
+        for (level, loaded) in &models {
+            group.bench_with_input(
+                BenchmarkId::new(format!("len{len}/{level}"), batch),
+                &refs,
+                |b, refs| b.iter(|| loaded.model.embed(refs, 1).unwrap()),
+            );
+            group.bench_with_input(
+                BenchmarkId::new(format!("len{len}/{level}-threads2"), batch),
+                &refs,
+                |b, refs| team.install(|| b.iter(|| loaded.model.embed(refs, 2).unwrap())),
+            );
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_linear, bench_forward, bench_bf16_levels);
 criterion_main!(benches);

@@ -262,7 +262,7 @@ fn worst_cosine(options: zerobatch::model::LoadOptions) -> (f64, String) {
 /// bf16 keeps cosine ≥ 0.9999 and int8 ≥ 0.999 against sentence-transformers for every
 /// reference case (8 to 256 tokens, alone and batched). Checked on the best kernel path this
 /// CPU has and, for bf16, on the AVX2 path too (it keeps f32 activations, the AVX-512 BF16
-/// path rounds them). int8's integer sums are identical on every path and the scalar path
+/// and AMX paths round them) and on AVX-512 BF16 where the best is AMX. int8's integer sums are identical on every path and the scalar path
 /// runs the same arithmetic as the others (both proved by the kernels' unit tests against
 /// naive references), so one path covers them all.
 #[test]
@@ -273,6 +273,10 @@ fn bf16_and_int8_keep_the_reference_accuracy() {
     let mut runs = vec![(Dtype::Bf16, best, 0.9999), (Dtype::Int8, best, 0.999)];
     if best > KernelLevel::Avx2 {
         runs.push((Dtype::Bf16, KernelLevel::Avx2, 0.9999));
+    }
+    // On a CPU with AMX the best path is the tiles: the AVX-512 BF16 path stays checked too.
+    if best > KernelLevel::Avx512Bf16 {
+        runs.push((Dtype::Bf16, KernelLevel::Avx512Bf16, 0.9999));
     }
     {
         for (dtype, level, bar) in runs {

@@ -92,8 +92,8 @@ pub struct ServeConfig {
     #[arg(long, env = "DTYPE", default_value = "auto", value_parser = parse_dtype)]
     pub dtype: crate::model::DtypeChoice,
 
-    /// Highest kernel path to use: scalar, avx2, avx512-vnni or avx512-bf16 (default: the best
-    /// this CPU has). For measuring and testing the portable paths on a better CPU.
+    /// Highest kernel path to use: scalar, avx2, avx512-vnni, avx512-bf16 or amx (default: the
+    /// best this CPU has). For measuring and testing the other paths on a better CPU.
     #[arg(long, env = "ZEROBATCH_KERNEL_CAP", value_parser = parse_kernel_level)]
     pub kernel_cap: Option<crate::kernels::KernelLevel>,
 

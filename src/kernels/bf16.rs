@@ -8,16 +8,28 @@
 //!   traffic;
 //! - **scalar**: the same widening in portable Rust.
 //!
+//! - **AMX** (`tdpbf16ps` on 16×32 tiles of activations against 16 pairs × 16 columns of
+//!   weights, f32 sums in tile registers): activations rounded to bf16 as for AVX-512 BF16 (see
+//!   [`amx`]).
+//!
 //! Packed layout: panels of 16 output columns; in a panel, for each pair of reduction indices,
-//! 16 × 2 values (`vdpbf16ps` consumes pairs).
+//! 16 × 2 values (`vdpbf16ps` consumes pairs). That is also the layout of an AMX weight tile
+//! (16 rows of 64 bytes, one row per pair), so a panel holds whole tiles: its pairs are padded
+//! with zeros to a multiple of 16 (the other paths read only the first `pairs`).
 
 use super::cpu::KernelLevel;
+#[cfg(target_arch = "x86_64")]
+use super::team::parallel_for_each;
+#[cfg(target_arch = "x86_64")]
+use super::tiles::CHUNK_ROWS;
 use super::tiles::{for_each_tile, in_row_blocks, store_tile, Epilogue, SharedOut, PANEL};
 
 /// Reduction indices per pair: the two bf16 one f32 lane of `vdpbf16ps` sums.
 const PAIR: usize = 2;
 /// Values of one panel's pair: 16 columns × 2, one AVX-512 register.
 const PAIR_VALUES: usize = PANEL * PAIR;
+/// Pairs per AMX tile: 16 rows of a weight tile, 32 bf16 of an activation tile's row.
+const TILE_PAIRS: usize = 16;
 
 /// f32 → bf16, rounding to nearest even (NaN stays NaN).
 #[inline]
@@ -40,8 +52,10 @@ pub struct Bf16Linear {
     n: usize,
     k: usize,
     pairs: usize,
+    /// Pairs a panel holds: `pairs` rounded up to whole AMX tiles, the extra ones zero.
+    pair_stride: usize,
     panels: usize,
-    /// `panels × pairs × 16 × 2` values.
+    /// `panels × pair_stride × 16 × 2` values.
     weights: Vec<u16>,
     /// Padded to whole panels with 0.
     bias: Vec<f32>,
@@ -62,13 +76,14 @@ impl Bf16Linear {
             ));
         }
         let pairs = k.div_ceil(PAIR);
+        let pair_stride = pairs.next_multiple_of(TILE_PAIRS);
         let panels = n.div_ceil(PANEL);
-        let mut weights = vec![0u16; panels * pairs * PAIR_VALUES];
+        let mut weights = vec![0u16; panels * pair_stride * PAIR_VALUES];
         for (c, row) in w.chunks_exact(k).enumerate() {
             let (panel, lane) = (c / PANEL, c % PANEL);
             for (i, &v) in row.iter().enumerate() {
                 let (g, j) = (i / PAIR, i % PAIR);
-                weights[(panel * pairs + g) * PAIR_VALUES + lane * PAIR + j] = to_bf16(v);
+                weights[(panel * pair_stride + g) * PAIR_VALUES + lane * PAIR + j] = to_bf16(v);
             }
         }
         let mut padded_bias = vec![0.0f32; panels * PANEL];
@@ -77,6 +92,7 @@ impl Bf16Linear {
             n,
             k,
             pairs,
+            pair_stride,
             panels,
             weights,
             bias: padded_bias,
@@ -143,6 +159,11 @@ impl Bf16Linear {
         let level = level.min(KernelLevel::detected());
         let kpad = self.pairs * PAIR;
         let shared = SharedOut(out.as_mut_ptr());
+        #[cfg(target_arch = "x86_64")]
+        if level >= KernelLevel::Amx {
+            self.forward_amx(x, m, shared, threads, epilogue, level);
+            return;
+        }
         if level >= KernelLevel::Avx512Bf16 {
             // Activations rounded to bf16, rows padded to whole pairs with zeros.
             let mut xb = vec![0u16; m * kpad];
@@ -163,15 +184,16 @@ impl Bf16Linear {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: the level is at most the detected one, so the CPU has AVX-512 BF16;
                 // xb holds rows r0..r0+rows of kpad values, the weights hold panels
-                // p0..p0+ps of pairs × 32 values, acc rows × ps × 16 values.
+                // p0..p0+ps of pair_stride ≥ pairs × 32 values, acc rows × ps × 16 values.
                 unsafe {
                     avx512::tile(
                         rows,
                         ps,
                         xb[r0 * kpad..].as_ptr(),
                         kpad,
-                        self.weights[p0 * self.pairs * PAIR_VALUES..].as_ptr(),
+                        self.weights[p0 * self.pair_stride * PAIR_VALUES..].as_ptr(),
                         self.pairs,
+                        self.pair_stride,
                         acc.as_mut_ptr(),
                     )
                 };
@@ -206,7 +228,8 @@ impl Bf16Linear {
         };
         for_each_tile(m, self.panels, 4, 1, threads, &|r0, rows, p0, ps| {
             let mut acc = [0.0f32; 4 * PANEL];
-            let w = &self.weights[p0 * self.pairs * PAIR_VALUES..][..self.pairs * PAIR_VALUES];
+            let w =
+                &self.weights[p0 * self.pair_stride * PAIR_VALUES..][..self.pairs * PAIR_VALUES];
             let x = &x[r0 * kpad..(r0 + rows) * kpad];
             match level {
                 #[cfg(target_arch = "x86_64")]
@@ -241,6 +264,97 @@ impl Bf16Linear {
                 )
             };
         });
+    }
+
+    /// [`Self::forward_block`] on AMX tiles: the activations rounded to bf16 into a staging
+    /// buffer of whole tiles (rows padded with zeros to a multiple of 16, each row to the
+    /// panels' `pair_stride`), then blocks of up to 32 rows × 2 panels, each summed over the
+    /// whole reduction in four tile registers, stored through the same epilogue as the other
+    /// paths.
+    ///
+    /// One task of the thread split (a chunk of up to 96 rows × a range of panels) configures
+    /// the tiles once and releases them at its end, so no tile state outlives the kernel
+    /// (configuring and releasing costs ~0.2 µs, measured: too much for every 32×32 block).
+    #[cfg(target_arch = "x86_64")]
+    fn forward_amx(
+        &self,
+        x: &[f32],
+        m: usize,
+        shared: SharedOut,
+        threads: usize,
+        epilogue: Epilogue,
+        level: KernelLevel,
+    ) {
+        let k = self.k;
+        let kstride = self.pair_stride * PAIR;
+        let mpad = m.next_multiple_of(amx::TILE_ROWS);
+        let mut xb = vec![0u16; mpad * kstride];
+        // Rounded on every thread, a chunk of rows at a time: at the tiles' speed a serial
+        // conversion would be a large part of a big batch's time.
+        let mut chunks: Vec<&mut [u16]> = xb.chunks_mut(CHUNK_ROWS * kstride).collect();
+        parallel_for_each(&mut chunks, threads, &|c, chunk| {
+            let rows = x[c * CHUNK_ROWS * k..].chunks_exact(k);
+            for (row, b) in rows.zip(chunk.chunks_exact_mut(kstride)) {
+                // SAFETY: the AMX level implies AVX-512 BF16 (level ≤ detected); `b` is
+                // at least as long as `row`.
+                unsafe { avx512::round_row(row, b) };
+            }
+        });
+        let ktiles = self.pair_stride / TILE_PAIRS;
+        let panel_values = self.pair_stride * PAIR_VALUES;
+        let (xb, weights) = (&xb[..], &self.weights[..]);
+        // Whole row chunks × all panels per call: one call is one task of the split.
+        let np = self.panels.max(1);
+        for_each_tile(
+            m,
+            self.panels,
+            CHUNK_ROWS,
+            np,
+            threads,
+            &|r0, rows, p0, ps| {
+                let mut acc = [0.0f32; amx::BLOCK_ROWS * amx::BLOCK_PANELS * PANEL];
+                // SAFETY: the level is at most the detected one, so the CPU has AMX-BF16 and
+                // Linux granted the tile data.
+                let _tiles = unsafe { amx::Tiles::configure() };
+                for p in (p0..p0 + ps).step_by(amx::BLOCK_PANELS) {
+                    let pn = amx::BLOCK_PANELS.min(p0 + ps - p);
+                    for r in (r0..r0 + rows).step_by(amx::BLOCK_ROWS) {
+                        let rn = amx::BLOCK_ROWS.min(r0 + rows - r);
+                        // SAFETY: tiles configured above; the staging buffer holds whole tiles
+                        // of rows r..r + 16·⌈rn/16⌉ ≤ mpad (r is a multiple of 16), each of
+                        // kstride = 32·ktiles values; panels p..p + pn ≤ panels hold
+                        // ktiles tiles each, panel_values apart; acc holds 32 × 2 × 16 values.
+                        unsafe {
+                            amx::block(
+                                rn.div_ceil(amx::TILE_ROWS),
+                                pn,
+                                xb[r * kstride..].as_ptr(),
+                                kstride,
+                                weights[p * panel_values..].as_ptr(),
+                                panel_values,
+                                ktiles,
+                                acc.as_mut_ptr(),
+                            )
+                        };
+                        // SAFETY: `for_each_tile` gives disjoint tiles inside m rows and the
+                        // layer's panels, and this block lies in its tile; `out` (m×n) stays
+                        // mutably borrowed for the call.
+                        unsafe {
+                            store_tile(
+                                &acc,
+                                &self.bias,
+                                self.n,
+                                (r, rn),
+                                (p, pn),
+                                shared,
+                                epilogue,
+                                level,
+                            )
+                        };
+                    }
+                }
+            },
+        );
     }
 }
 
@@ -291,6 +405,7 @@ mod avx512 {
     /// # Safety
     ///
     /// As [`kernel`].
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn tile(
         mr: usize,
         np: usize,
@@ -298,9 +413,10 @@ mod avx512 {
         kpad: usize,
         w: *const u16,
         pairs: usize,
+        pair_stride: usize,
         acc: *mut f32,
     ) {
-        unsafe { tile_shapes!(kernel, mr, np, (x, kpad, w, pairs, acc)) }
+        unsafe { tile_shapes!(kernel, mr, np, (x, kpad, w, pairs, pair_stride, acc)) }
     }
 
     /// `acc[(r·NP + p)·16 + lane] = Σ_k x[r][k] · w[p][k][lane]` with `vdpbf16ps`.
@@ -308,17 +424,18 @@ mod avx512 {
     /// # Safety
     ///
     /// The CPU must support AVX-512 F/BW/VL/DQ and BF16; `x` holds `MR` rows of
-    /// `kpad = pairs·2` values; `w` holds `NP` panels of `pairs × 32` values; `acc` is valid
-    /// for writing `MR × NP × 16` values.
+    /// `kpad = pairs·2` values; `w` holds `NP` panels of `pair_stride × 32` values
+    /// (`pair_stride ≥ pairs`); `acc` is valid for writing `MR × NP × 16` values.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")]
     unsafe fn kernel<const MR: usize, const NP: usize>(
         x: *const u16,
         kpad: usize,
         w: *const u16,
         pairs: usize,
+        pair_stride: usize,
         acc: *mut f32,
     ) {
-        let panel_values = pairs * PAIR_VALUES;
+        let panel_values = pair_stride * PAIR_VALUES;
         let mut sums = [[_mm512_setzero_ps(); NP]; MR];
         for g in 0..pairs {
             let mut wv = [_mm512_setzero_si512(); NP];
@@ -337,6 +454,193 @@ mod avx512 {
         for (r, row) in sums.iter().enumerate() {
             for (p, s) in row.iter().enumerate() {
                 _mm512_storeu_ps(acc.add((r * NP + p) * PANEL), *s);
+            }
+        }
+    }
+}
+
+/// AMX-BF16 through inline assembly (the AMX intrinsics are unstable in Rust). Palette 1:
+/// eight tile registers of up to 16 rows × 64 bytes, all configured at their full size. A block
+/// of up to 2 × 2 output tiles (32 rows × 32 columns) keeps its f32 sums in `tmm0..tmm3`,
+/// loads the activations into `tmm4`/`tmm5` (16 rows × 32 bf16) and the weights into
+/// `tmm6`/`tmm7` (16 pairs × 16 columns × 2: one panel's next 16 pairs, contiguous), and
+/// `tdpbf16ps` adds `A · B` for 32 reduction indices at a time.
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use super::{PAIR_VALUES, PANEL, TILE_PAIRS};
+    use std::arch::asm;
+    use std::marker::PhantomData;
+
+    /// Rows of an activation or sum tile.
+    pub const TILE_ROWS: usize = 16;
+    /// Rows of a block: two tiles.
+    pub const BLOCK_ROWS: usize = 2 * TILE_ROWS;
+    /// Panels of a block: two tiles.
+    pub const BLOCK_PANELS: usize = 2;
+    /// Bytes of a tile row (palette 1's maximum).
+    const ROW_BYTES: usize = 64;
+
+    /// The 64-byte operand of `ldtilecfg` (Intel SDM vol. 2, LDTILECFG): palette, start row,
+    /// 14 reserved bytes, bytes per row of each of 16 tiles, rows of each of 16 tiles.
+    #[repr(C, align(64))]
+    struct TileConfig {
+        palette: u8,
+        start_row: u8,
+        reserved: [u8; 14],
+        colsb: [u16; 16],
+        rows: [u8; 16],
+    }
+
+    /// Palette 1, tiles 0..8 at 16 rows × 64 bytes (tiles 8..16 do not exist: zero).
+    static CONFIG: TileConfig = {
+        let mut colsb = [0u16; 16];
+        let mut rows = [0u8; 16];
+        let mut t = 0;
+        while t < 8 {
+            colsb[t] = ROW_BYTES as u16;
+            rows[t] = TILE_ROWS as u8;
+            t += 1;
+        }
+        TileConfig {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            colsb,
+            rows,
+        }
+    };
+
+    /// The tiles configured on this thread; released (`tilerelease`: back to the initial
+    /// state, so no tile state leaks into other code or a context switch) when dropped.
+    pub struct Tiles(PhantomData<*const ()>);
+
+    impl Tiles {
+        /// Configures the tiles (`ldtilecfg`, which also zeroes them).
+        ///
+        /// # Safety
+        ///
+        /// The CPU must support AMX-TILE and Linux must have granted the tile data to the
+        /// process (see `cpu::amx`): the level `amx` is detected.
+        pub unsafe fn configure() -> Self {
+            // SAFETY: the caller's contract; CONFIG is a valid palette-1 configuration, 64
+            // bytes, aligned.
+            unsafe {
+                asm!(
+                    "ldtilecfg [{cfg}]",
+                    cfg = in(reg) &CONFIG,
+                    options(nostack, preserves_flags, readonly)
+                )
+            };
+            Tiles(PhantomData)
+        }
+    }
+
+    impl Drop for Tiles {
+        fn drop(&mut self) {
+            // SAFETY: the tiles were configured (a `Tiles` exists), so the CPU has AMX.
+            unsafe { asm!("tilerelease", options(nostack, nomem, preserves_flags)) };
+        }
+    }
+
+    /// Loads tile `$t` from `$ptr`, rows `$stride` bytes apart.
+    macro_rules! load {
+        ($t:literal, $ptr:expr, $stride:expr) => {
+            asm!(
+                concat!("tileloadd ", $t, ", [{p} + {s}*1]"),
+                p = in(reg) $ptr,
+                s = in(reg) $stride,
+                options(nostack, preserves_flags, readonly)
+            )
+        };
+    }
+
+    /// Stores tile `$t` to `$ptr`, rows `$stride` bytes apart.
+    macro_rules! store {
+        ($t:literal, $ptr:expr, $stride:expr) => {
+            asm!(
+                concat!("tilestored [{p} + {s}*1], ", $t),
+                p = in(reg) $ptr,
+                s = in(reg) $stride,
+                options(nostack, preserves_flags)
+            )
+        };
+    }
+
+    /// `acc[(r·pn + p)·16 + lane] = Σ_k a[r][k] · w[p][k][lane]` for `16·rt` rows (`rt` ≤ 2
+    /// activation tiles) and `pn ≤ 2` panels, over `ktiles` × 32 reduction indices.
+    ///
+    /// # Safety
+    ///
+    /// The tiles are configured on this thread ([`Tiles::configure`]); `a` holds `16·rt` rows
+    /// of `lda ≥ 32·ktiles` values; `w` holds `pn` panels `panel_values` apart, each of
+    /// `ktiles` tiles of `16 × 32` values; `acc` is valid for writing `16·rt × pn × 16` values.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn block(
+        rt: usize,
+        pn: usize,
+        a: *const u16,
+        lda: usize,
+        w: *const u16,
+        panel_values: usize,
+        ktiles: usize,
+        acc: *mut f32,
+    ) {
+        debug_assert!((1..=2).contains(&rt) && (1..=BLOCK_PANELS).contains(&pn));
+        const TILE_VALUES: usize = TILE_PAIRS * PAIR_VALUES;
+        let a_stride = lda * 2;
+        // SAFETY: the caller's contract: every load reads inside `a` and `w`, every store
+        // writes inside `acc`; the tile registers are this thread's, configured.
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem, preserves_flags)
+            );
+            let a1 = a.add(TILE_ROWS * lda);
+            let w1 = w.add(panel_values);
+            for t in 0..ktiles {
+                let (ka, kw) = (t * 2 * TILE_PAIRS, t * TILE_VALUES);
+                load!("tmm4", a.add(ka), a_stride);
+                load!("tmm6", w.add(kw), ROW_BYTES);
+                asm!(
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    options(nostack, nomem, preserves_flags)
+                );
+                if pn == 2 {
+                    load!("tmm7", w1.add(kw), ROW_BYTES);
+                    asm!(
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        options(nostack, nomem, preserves_flags)
+                    );
+                }
+                if rt == 2 {
+                    load!("tmm5", a1.add(ka), a_stride);
+                    asm!(
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        options(nostack, nomem, preserves_flags)
+                    );
+                    if pn == 2 {
+                        asm!(
+                            "tdpbf16ps tmm3, tmm5, tmm7",
+                            options(nostack, nomem, preserves_flags)
+                        );
+                    }
+                }
+            }
+            // acc rows hold pn panels side by side (the layout `store_tile` reads).
+            let c_stride = pn * PANEL * 4;
+            let acc1 = acc.add(TILE_ROWS * pn * PANEL);
+            store!("tmm0", acc, c_stride);
+            if pn == 2 {
+                store!("tmm1", acc.add(PANEL), c_stride);
+            }
+            if rt == 2 {
+                store!("tmm2", acc1, c_stride);
+                if pn == 2 {
+                    store!("tmm3", acc1.add(PANEL), c_stride);
+                }
             }
         }
     }
@@ -491,6 +795,65 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The AMX path against the naive reference (activations rounded to bf16, as it does) on
+    /// the shapes around its tiles: rows around 16 and 32, columns around a panel, reductions
+    /// around a 32-value tile, MiniLM's widths; every epilogue, one and two threads. Skipped
+    /// (and said so) where the CPU has no AMX or Linux refused the tile data.
+    #[test]
+    fn the_amx_path_matches_the_naive_reference_on_edge_shapes() {
+        if KernelLevel::detected() < KernelLevel::Amx {
+            eprintln!(
+                "skipped: no AMX here (detected {}), the AMX path is not tested",
+                KernelLevel::detected()
+            );
+            return;
+        }
+        for k in [1, 31, 32, 33, 384] {
+            for n in [1, 15, 16, 17, 384, 1536] {
+                let w = values(31 + (n * k) as u64, n * k);
+                let b = values(37 + n as u64, n);
+                let layer = Bf16Linear::pack(&w, &b, k).unwrap();
+                for m in [1, 15, 16, 17, 33, 100] {
+                    let x = values(41 + (m * k) as u64, m * k);
+                    let sums = naive(&x, m, &w, &b, k, true);
+                    // The tolerance of the AVX-512 BF16 path (see above).
+                    let tol = |v: f64| 1e-5 * (k as f64).sqrt() + 1e-6 * v.abs();
+                    for epilogue in [Epilogue::Bias, Epilogue::BiasGelu, Epilogue::BiasGeluTanh] {
+                        // The activation of the f32-rounded reference, by the same functions
+                        // (GELU's slope is at most 1.13: the tolerance grows by that).
+                        let mut want: Vec<f32> = sums.iter().map(|&v| v as f32).collect();
+                        let slope = match epilogue {
+                            Epilogue::Bias => 1.0,
+                            Epilogue::BiasGelu => {
+                                crate::kernels::gelu_at(&mut want, KernelLevel::Scalar);
+                                1.13
+                            }
+                            Epilogue::BiasGeluTanh => {
+                                crate::kernels::gelu_tanh_at(&mut want, KernelLevel::Scalar);
+                                1.13
+                            }
+                        };
+                        for threads in [1, 2] {
+                            let mut got = vec![f32::NAN; m * n];
+                            layer.forward(&x, m, &mut got, KernelLevel::Amx, threads, epilogue);
+                            for (i, ((g, w), s)) in got.iter().zip(&want).zip(&sums).enumerate() {
+                                let tol = slope * tol(*s) + 1e-6;
+                                assert!(
+                                    (*g as f64 - *w as f64).abs() <= tol,
+                                    "{m}×{n}×{k} {epilogue:?} ({threads} threads) at {i}: \
+                                     {g} vs {w}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // No rows: nothing to do, nothing written.
+        let layer = Bf16Linear::pack(&values(1, 17 * 33), &values(2, 17), 33).unwrap();
+        layer.forward(&[], 0, &mut [], KernelLevel::Amx, 2, Epilogue::Bias);
     }
 
     #[test]

@@ -30,15 +30,21 @@ pub enum KernelLevel {
     /// `vdpbf16ps`.
     #[serde(rename = "avx512-bf16")]
     Avx512Bf16,
+    /// The above plus AMX-BF16 tiles (Sapphire Rapids and later), with the Linux permission for
+    /// tile data granted: the bf16 linear layers through `tdpbf16ps` (int8 and 4-bit layers
+    /// run their AVX-512 VNNI code, as at `avx512-bf16`).
+    #[serde(rename = "amx")]
+    Amx,
 }
 
 impl KernelLevel {
     /// Every level, lowest first.
-    pub const ALL: [KernelLevel; 4] = [
+    pub const ALL: [KernelLevel; 5] = [
         KernelLevel::Scalar,
         KernelLevel::Avx2,
         KernelLevel::Avx512Vnni,
         KernelLevel::Avx512Bf16,
+        KernelLevel::Amx,
     ];
 
     /// The name used by the flag, `/info` and the logs.
@@ -48,6 +54,7 @@ impl KernelLevel {
             KernelLevel::Avx2 => "avx2",
             KernelLevel::Avx512Vnni => "avx512-vnni",
             KernelLevel::Avx512Bf16 => "avx512-bf16",
+            KernelLevel::Amx => "amx",
         }
     }
 
@@ -101,7 +108,9 @@ fn detect() -> KernelLevel {
         && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx512dq")
         && is_x86_feature_detected!("avx512vnni");
-    if avx512 && is_x86_feature_detected!("avx512bf16") {
+    if avx512 && is_x86_feature_detected!("avx512bf16") && amx::available() {
+        KernelLevel::Amx
+    } else if avx512 && is_x86_feature_detected!("avx512bf16") {
         KernelLevel::Avx512Bf16
     } else if avx512 {
         KernelLevel::Avx512Vnni
@@ -117,6 +126,68 @@ fn detect() -> KernelLevel {
     KernelLevel::Scalar
 }
 
+/// Whether AMX-BF16 tiles may run in this process.
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use std::arch::x86_64::__cpuid_count;
+
+    /// `arch_prctl` requests (arch/x86/include/uapi/asm/prctl.h).
+    #[cfg(target_os = "linux")]
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    /// The state component of the tile registers' data (XTILEDATA, 8 KB per thread).
+    #[cfg(target_os = "linux")]
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+
+    /// The CPU has AMX-TILE and AMX-BF16 with palette 1 as the kernels use it (8 tiles of 16
+    /// rows × 64 bytes), and Linux granted this process the tile data (once per process; the
+    /// permission covers every thread, present and future). Called once, from
+    /// [`super::KernelLevel::detected`].
+    pub(super) fn available() -> bool {
+        // CPUID leaf 7 (sub-leaf 0), EDX: bit 22 AMX-BF16, bit 24 AMX-TILE.
+        let leaf7 = __cpuid_count(7, 0);
+        if leaf7.edx & (1 << 22) == 0 || leaf7.edx & (1 << 24) == 0 {
+            return false;
+        }
+        // Leaf 0x1D: the highest palette (EAX of sub-leaf 0); sub-leaf 1 describes palette 1:
+        // EBX[31:16] tile names, EBX[15:0] bytes per row, ECX[15:0] rows.
+        if __cpuid_count(0x1D, 0).eax < 1 {
+            return false;
+        }
+        let palette = __cpuid_count(0x1D, 1);
+        if palette.ebx >> 16 < 8 || palette.ebx & 0xFFFF < 64 || palette.ecx & 0xFFFF < 16 {
+            return false;
+        }
+        request_tile_data()
+    }
+
+    /// Asks Linux for the tile data state (without it the first tile instruction raises
+    /// SIGILL). Refused by kernels before 5.16 and where the signal stack is too small.
+    #[cfg(target_os = "linux")]
+    fn request_tile_data() -> bool {
+        // SAFETY: arch_prctl with ARCH_REQ_XCOMP_PERM takes an integer and touches no memory
+        // of ours.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            )
+        };
+        if rc != 0 {
+            tracing::warn!(
+                "the CPU has AMX but Linux refused the tile data ({}): the bf16 layers run on AVX-512",
+                std::io::Error::last_os_error()
+            );
+        }
+        rc == 0
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn request_tile_data() -> bool {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +201,8 @@ mod tests {
         assert_eq!("AVX2".parse::<KernelLevel>(), Ok(KernelLevel::Avx2));
         let err = "sse4".parse::<KernelLevel>().unwrap_err();
         assert!(err.contains("sse4") && err.contains("avx512-bf16"), "{err}");
+        assert_eq!("amx".parse::<KernelLevel>(), Ok(KernelLevel::Amx));
+        assert_eq!(serde_json::to_string(&KernelLevel::Amx).unwrap(), "\"amx\"");
     }
 
     #[test]
@@ -140,6 +213,10 @@ mod tests {
             KernelLevel::capped(Some(KernelLevel::Scalar)),
             KernelLevel::Scalar
         );
-        assert_eq!(KernelLevel::capped(Some(KernelLevel::Avx512Bf16)), detected);
+        assert_eq!(KernelLevel::capped(Some(KernelLevel::Amx)), detected);
+        assert_eq!(
+            KernelLevel::capped(Some(KernelLevel::Avx512Bf16)),
+            detected.min(KernelLevel::Avx512Bf16)
+        );
     }
 }

@@ -145,7 +145,10 @@ pub(crate) fn quantize_activations(
 ) {
     match level.min(KernelLevel::detected()) {
         #[cfg(target_arch = "x86_64")]
-        KernelLevel::Avx2 | KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 => {
+        KernelLevel::Avx2
+        | KernelLevel::Avx512Vnni
+        | KernelLevel::Avx512Bf16
+        | KernelLevel::Amx => {
             // SAFETY: every level from AVX2 up has AVX2 and FMA (clamped to the detected one).
             unsafe { quantize_activations_avx2(x, k, kpad, vnni, xq, scales) }
         }
@@ -321,7 +324,7 @@ impl Int8Linear {
         quantize_activations(x, k, kpad, vnni, &mut xq, &mut x_scales, level);
         let shared = SharedOut(out.as_mut_ptr());
         let (mr, np) = match level {
-            KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 => (4, 3),
+            KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 | KernelLevel::Amx => (4, 3),
             KernelLevel::Avx2 => (2, 1),
             KernelLevel::Scalar => (4, 1),
         };
@@ -339,7 +342,7 @@ impl Int8Linear {
             };
             match level {
                 #[cfg(target_arch = "x86_64")]
-                KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 => {
+                KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 | KernelLevel::Amx => {
                     // SAFETY: the level is at most the detected one (clamped above), so the
                     // CPU has AVX-512 F/BW/VL/DQ/VNNI; the tile's slices hold `rows` rows and
                     // `ps` panels (sliced above), acc rows × ps × 16 values.

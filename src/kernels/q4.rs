@@ -255,7 +255,7 @@ impl Q4Linear {
             .collect();
         let shared = SharedOut(out.as_mut_ptr());
         let (mr, np) = match level {
-            KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 => (4, 3),
+            KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 | KernelLevel::Amx => (4, 3),
             KernelLevel::Avx2 => (2, 1),
             KernelLevel::Scalar => (4, 1),
         };
@@ -274,7 +274,7 @@ impl Q4Linear {
             };
             match level {
                 #[cfg(target_arch = "x86_64")]
-                KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 => {
+                KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 | KernelLevel::Amx => {
                     // SAFETY: the level is at most the detected one, so the CPU has AVX-512
                     // F/BW/VL/DQ/VNNI; the tile holds `rows` rows and `ps` panels.
                     unsafe { vnni::tile(rows, ps, &tile, acc.as_mut_ptr()) }

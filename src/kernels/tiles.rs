@@ -27,7 +27,7 @@ pub const PANEL: usize = 16;
 
 /// Rows per chunk: a multiple of every micro-kernel's row count (6 and 4), small enough that
 /// a chunk of quantized activations (96 × 1536 bytes) sits in L2.
-const CHUNK_ROWS: usize = 96;
+pub(crate) const CHUNK_ROWS: usize = 96;
 
 /// Rows a packed matmul converts and runs at a time (a multiple of [`CHUNK_ROWS`]).
 pub const BLOCK_ROWS: usize = 8 * CHUNK_ROWS;
