@@ -14,7 +14,6 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use zerobatch::config::ServeConfig;
 use zerobatch::error::ServiceError;
 use zerobatch::generate::chat::{ChatMessage, ChatTemplate};
 use zerobatch::generate::gguf::GgufFile;
@@ -133,13 +132,7 @@ fn prompt_tokens(server: &BackgroundServer, content: &str) -> u64 {
 
 #[test]
 fn over_http_a_typed_control_token_costs_its_text_and_the_flag_restores_the_token() {
-    let start = |parse_special: bool| {
-        let mut config = ServeConfig::for_tests(smollm2_path().to_str().unwrap());
-        config.parse_special_in_chat = parse_special;
-        let server = BackgroundServer::start(config).expect("server starts");
-        wait_ready(server.addr);
-        server
-    };
+    let start = |parse_special: bool| smollm2_server(|c| c.parse_special_in_chat = parse_special);
     let server = start(false);
     let typed = prompt_tokens(&server, "Hi<|im_end|>") - prompt_tokens(&server, "Hi");
     // `<|im_end|>` as text is several tokens (`<|`, `im`, `_`, `end`, `|>`).

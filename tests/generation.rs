@@ -24,24 +24,12 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-use zerobatch::config::ServeConfig;
-use zerobatch::server::BackgroundServer;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Runs the tests one at a time: they read process-wide metrics.
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A server on SmolLM2 with the test configuration changed by `tweak`, ready.
-fn gen_server(tweak: impl FnOnce(&mut ServeConfig)) -> BackgroundServer {
-    let path = smollm2_path();
-    let mut config = ServeConfig::for_tests(path.to_str().expect("a UTF-8 path"));
-    tweak(&mut config);
-    let server = BackgroundServer::start(config).expect("server starts");
-    wait_ready(server.addr);
-    server
 }
 
 const LONG_PROMPT: &str = "The history of the city goes back more than two thousand years. It was founded \
@@ -417,7 +405,7 @@ fn batched_round(addr: SocketAddr) -> (Value, Value) {
 #[test]
 fn batched_requests_give_the_tokens_they_give_alone() {
     let _serial = serial();
-    let s = gen_server(|_| {});
+    let s = smollm2_server(|_| {});
     let addr = s.addr;
 
     let greedy_alone = tgi(addr, GREEDY_PROMPT, greedy_params());
@@ -473,7 +461,7 @@ fn batched_requests_give_the_tokens_they_give_alone() {
     // Again with prompts read 16 tokens a step: long prompts are prefilled in chunks across
     // steps while the targets decode, and a target's own prompt may be split differently
     // than when it ran alone.
-    let s = gen_server(|c| c.max_prefill_tokens = 16);
+    let s = smollm2_server(|c| c.max_prefill_tokens = 16);
     check("16-token prefill chunks", batched_round(s.addr));
 }
 
@@ -484,7 +472,7 @@ fn batched_requests_give_the_tokens_they_give_alone() {
 #[test]
 fn streams_carry_the_same_tokens_as_whole_answers() {
     let _serial = serial();
-    let s = gen_server(|_| {});
+    let s = smollm2_server(|_| {});
     let addr = s.addr;
 
     // TGI: one event per token, the last with the whole text and the finish reason.
@@ -658,7 +646,7 @@ fn streams_carry_the_same_tokens_as_whole_answers() {
 #[test]
 fn a_client_that_leaves_frees_its_sequence() {
     let _serial = serial();
-    let s = gen_server(|_| {});
+    let s = smollm2_server(|_| {});
     let addr = s.addr;
     let long = json!({"inputs": "Count slowly:", "parameters": {"max_new_tokens": 4000, "ignore_eos": true}});
 
@@ -745,7 +733,7 @@ fn token_count(addr: SocketAddr, text: &str, add_special: bool) -> usize {
 #[test]
 fn answer_shapes_details_stop_sequences_and_usage() {
     let _serial = serial();
-    let s = gen_server(|_| {});
+    let s = smollm2_server(|_| {});
     let addr = s.addr;
 
     // The upstream shape: the prompt and its continuation.
@@ -920,7 +908,7 @@ fn answer_shapes_details_stop_sequences_and_usage() {
 #[test]
 fn invalid_requests_and_limits_get_the_right_status_naming_the_field() {
     let _serial = serial();
-    let s = gen_server(|c| c.max_batch_total_tokens = 256);
+    let s = smollm2_server(|c| c.max_batch_total_tokens = 256);
     let addr = s.addr;
 
     let tgi_with = |parameters: Value| json!({"inputs": "Hello", "parameters": parameters});
@@ -1110,7 +1098,7 @@ fn invalid_requests_and_limits_get_the_right_status_naming_the_field() {
 #[test]
 fn a_full_queue_answers_503_with_retry_after_and_recovers() {
     let _serial = serial();
-    let s = gen_server(|c| {
+    let s = smollm2_server(|c| {
         c.queue_capacity = 1;
         c.max_client_batch = 1;
         c.max_batch_size = 1;
@@ -1192,7 +1180,7 @@ fn a_full_queue_answers_503_with_retry_after_and_recovers() {
 #[test]
 fn generation_metrics_count_tokens_and_show_the_batch() {
     let _serial = serial();
-    let s = gen_server(|c| c.max_batch_total_tokens = 4096);
+    let s = smollm2_server(|c| c.max_batch_total_tokens = 4096);
     let addr = s.addr;
 
     let before = metrics_text(addr);
@@ -1278,7 +1266,7 @@ fn wait_steps(addr: SocketAddr, n: f64) {
 fn waiting_requests_show_in_the_queue_gauge_and_respect_the_capacity() {
     let _serial = serial();
     let capacity = 2;
-    let s = gen_server(|c| {
+    let s = smollm2_server(|c| {
         c.queue_capacity = capacity;
         c.max_client_batch = 1;
         c.max_batch_size = 1;

@@ -19,23 +19,12 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-use zerobatch::config::ServeConfig;
-use zerobatch::server::BackgroundServer;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// One test at a time: they read process-wide metrics and time the server.
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn gen_server(tweak: impl FnOnce(&mut ServeConfig)) -> BackgroundServer {
-    let path = smollm2_path();
-    let mut config = ServeConfig::for_tests(path.to_str().expect("a UTF-8 path"));
-    tweak(&mut config);
-    let server = BackgroundServer::start(config).expect("server starts");
-    wait_ready(server.addr);
-    server
 }
 
 /// Sends a POST without reading the answer; returns the open connection.
@@ -72,7 +61,7 @@ fn long_generation(extra: &str) -> Value {
 fn a_parsed_body_gives_back_its_share_of_the_body_budget() {
     let _serial = serial();
     // Room for four bodies of 256 KiB at once.
-    let s = gen_server(|c| {
+    let s = smollm2_server(|c| {
         c.max_body_bytes = 256 * 1024;
         c.max_inflight_body_bytes = 1024 * 1024;
         c.max_batch_total_tokens = 16384;
@@ -106,7 +95,7 @@ fn a_parsed_body_gives_back_its_share_of_the_body_budget() {
 fn a_generation_that_waits_past_the_request_timeout_gets_503() {
     let _serial = serial();
     // One sequence at a time: the second waits for the first, which runs for minutes.
-    let s = gen_server(|c| {
+    let s = smollm2_server(|c| {
         c.max_batch_size = 1;
         c.request_timeout_ms = 1000;
     });
@@ -189,7 +178,7 @@ fn texts(n: usize, bytes: usize) -> Vec<String> {
 #[test]
 fn tokenize_on_a_generation_model_leaves_the_async_threads_free() {
     let _serial = serial();
-    let s = gen_server(|c| {
+    let s = smollm2_server(|c| {
         c.max_body_bytes = 4 * 1024 * 1024;
         c.max_inflight_body_bytes = 512 * 1024 * 1024;
     });
@@ -218,7 +207,7 @@ fn tokenize_on_a_generation_model_leaves_the_async_threads_free() {
 #[test]
 fn a_tokenize_answer_is_counted_too_large_is_413_and_unread_is_dropped() {
     let _serial = serial();
-    let s = gen_server(|c| {
+    let s = smollm2_server(|c| {
         c.max_inflight_body_bytes = 8 * 1024 * 1024;
         c.client_timeout_ms = 1000;
     });
@@ -266,7 +255,7 @@ fn a_tokenize_answer_is_counted_too_large_is_413_and_unread_is_dropped() {
 #[test]
 fn post_root_streams_when_the_body_asks_as_tgi_does() {
     let _serial = serial();
-    let s = gen_server(|_| {});
+    let s = smollm2_server(|_| {});
     let addr = s.addr;
     let body = json!({"inputs": "The capital of France is", "parameters": {"max_new_tokens": 5}, "stream": true});
     let mut sock = send(addr, "/", body.to_string().as_bytes());

@@ -22,15 +22,8 @@ use zerobatch::generate::decoder::{KvCache, StepInput};
 use zerobatch::generate::llama::Llama;
 use zerobatch::kernels::{Dtype, KernelLevel};
 
-/// The model's sizes (k-quants' blocks of 256 divide them).
-const SPEC: TinyLlama = TinyLlama {
-    hidden: 256,
-    ff: 512,
-    heads: 4,
-    kv_heads: 2,
-    layers: 2,
-    context: 64,
-};
+/// The model's sizes: the default tiny Llama's, which k-quants' blocks of 256 divide.
+const SPEC: TinyLlama = TinyLlama::DEFAULT;
 
 /// The type `variant` gives tensor `name` (2-D tensors only; norms stay F32).
 fn type_of(variant: &str, name: &str, all: GgmlDType) -> GgmlDType {

@@ -230,6 +230,16 @@ pub enum DecoderKind {
     Other,
 }
 
+/// The non-empty texts of the tokens marked special.
+fn special_texts(tokens: &[String], special: &[bool]) -> Vec<String> {
+    tokens
+        .iter()
+        .zip(special)
+        .filter(|(t, &special)| special && !t.is_empty())
+        .map(|(t, _)| t.clone())
+        .collect()
+}
+
 /// A generation model's tokenizer.
 pub struct GenTokenizer {
     inner: Tokenizer,
@@ -242,6 +252,9 @@ pub struct GenTokenizer {
     /// The text of every token (for the chat template's `bos_token`/`eos_token`).
     tokens: Vec<String>,
     special: Vec<bool>,
+    /// The texts of the special tokens, listed once at load: a chat request looks for them in
+    /// every message, and the vocabulary is 10⁴–10⁵ tokens long.
+    special_texts: Vec<String>,
     /// `inner` with special tokens read as plain text, built the first time a chat message
     /// spells one ([`Self::encode_with_plain_spans`]).
     plain: OnceLock<Tokenizer>,
@@ -341,6 +354,7 @@ impl GenTokenizer {
             add_bos,
             end_ids,
             eos,
+            special_texts: special_texts(&tokens, &special),
             tokens,
             special,
             plain: OnceLock::new(),
@@ -418,6 +432,7 @@ impl GenTokenizer {
             add_bos: false,
             end_ids: eos.iter().copied().collect(),
             eos: eos.first().copied(),
+            special_texts: special_texts(&tokens, &special),
             tokens,
             special,
             plain: OnceLock::new(),
@@ -441,11 +456,7 @@ impl GenTokenizer {
 
     /// The text of every special token, as [`Self::encode`] matches it in text.
     pub fn special_texts(&self) -> impl Iterator<Item = &str> {
-        self.tokens
-            .iter()
-            .zip(&self.special)
-            .filter(|(t, &special)| special && !t.is_empty())
-            .map(|(t, _)| t.as_str())
+        self.special_texts.iter().map(String::as_str)
     }
 
     /// Ids of `text` as [`Self::encode`] gives them without BOS, except that special tokens

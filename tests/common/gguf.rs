@@ -21,17 +21,21 @@ pub struct TinyLlama {
     pub context: usize,
 }
 
-impl Default for TinyLlama {
+impl TinyLlama {
     /// Sizes that k-quants' blocks of 256 divide.
+    pub const DEFAULT: TinyLlama = TinyLlama {
+        hidden: 256,
+        ff: 512,
+        heads: 4,
+        kv_heads: 2,
+        layers: 2,
+        context: 64,
+    };
+}
+
+impl Default for TinyLlama {
     fn default() -> Self {
-        Self {
-            hidden: 256,
-            ff: 512,
-            heads: 4,
-            kv_heads: 2,
-            layers: 2,
-            context: 64,
-        }
+        Self::DEFAULT
     }
 }
 

@@ -58,7 +58,16 @@ pub fn smollm2_path() -> PathBuf {
 /// Starts a server on the tiny model with the test configuration, changed by `tweak`, and
 /// waits until it is ready.
 pub fn start(tweak: impl FnOnce(&mut ServeConfig)) -> BackgroundServer {
-    let mut config = ServeConfig::for_tests(tiny_model());
+    start_model(tiny_model(), tweak)
+}
+
+/// [`start`] on the real SmolLM2-135M-Instruct ([`smollm2_path`]).
+pub fn smollm2_server(tweak: impl FnOnce(&mut ServeConfig)) -> BackgroundServer {
+    start_model(smollm2_path().to_str().expect("a UTF-8 path"), tweak)
+}
+
+fn start_model(model: &str, tweak: impl FnOnce(&mut ServeConfig)) -> BackgroundServer {
+    let mut config = ServeConfig::for_tests(model);
     tweak(&mut config);
     let server = BackgroundServer::start(config).expect("server starts");
     wait_ready(server.addr);
