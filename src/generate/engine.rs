@@ -307,17 +307,28 @@ impl Engine {
         }
         let now = Instant::now();
         let before = self.queue.len();
+        let mut expired = Vec::new();
         self.queue.retain(|r| {
             if r.events.is_closed() {
                 return false; // Its client left while it waited.
             }
             if now >= r.deadline {
-                let _ = r.events.send(Event::Failed(Failure::TimedOut));
+                expired.push(r.events.clone());
                 return false;
             }
             true
         });
-        let mut left = before - self.queue.len();
+        let gone = before - self.queue.len();
+        if gone > 0 {
+            // Counted out before they are answered, so a client that reads the queue depth
+            // right after its 503 no longer sees itself waiting.
+            self.waiting.fetch_sub(gone, Ordering::AcqRel);
+            metrics::set_queue_depth(self.waiting.load(Ordering::Acquire));
+        }
+        for events in expired {
+            let _ = events.send(Event::Failed(Failure::TimedOut));
+        }
+        let mut left = 0;
         while let Some(req) = self.queue.front() {
             let need = req.reservation();
             let fits = self.reserved + need <= self.limits.max_batch_total_tokens
