@@ -1,13 +1,16 @@
-//! Text generation: a Llama-family GGUF model, or a GPT-2 checkpoint in Hugging Face layout,
-//! served with continuous batching.
+//! Text generation: a GGUF model of the Llama family (`llama`, `qwen2`, `qwen3`), or a GPT-2
+//! checkpoint in Hugging Face layout, served with continuous batching.
 //!
-//! - [`gguf`]: the file's metadata and tensors, with errors that name the key or tensor;
+//! - [`gguf`]: the file's metadata and tensors (split files merged), with errors that name the
+//!   key or tensor;
 //! - [`decoder`]: what every architecture shares (KV caches, attention over them, a step's
 //!   bookkeeping) and [`decoder::Decoder`], the interface of the model the engine runs;
-//! - [`llama`], [`gpt2`]: the architectures, each with its batched step;
+//! - [`llama_family`]: the model and batched step the GGUF architectures share; [`llama`],
+//!   [`qwen2`], [`qwen3`]: what each of them adds; [`gpt2`]: GPT-2, with its own step;
 //! - [`tokenizer`]: the tokenizer (from GGUF metadata or Hugging Face files);
-//!   [`spm_merges`]: a SentencePiece vocabulary's scores as BPE merges; [`incremental`]:
-//!   generated ids to text pieces, a token at a time;
+//!   [`pre_tokenizer`]: the split regexes `tokenizer.ggml.pre` names; [`end_tokens`]: the ids
+//!   that end generation; [`spm_merges`]: a SentencePiece vocabulary's scores as BPE merges;
+//!   [`incremental`]: generated ids to text pieces, a token at a time;
 //! - [`chat`]: the model's Jinja chat template; [`prompt`]: a conversation to ids, its
 //!   messages' contents as plain text;
 //! - [`sampling`]: greedy and seeded sampling;
@@ -17,12 +20,17 @@
 
 pub mod chat;
 pub mod decoder;
+pub mod end_tokens;
 pub mod engine;
 pub mod gguf;
 pub mod gpt2;
 pub mod incremental;
 pub mod llama;
+pub mod llama_family;
+pub mod pre_tokenizer;
 pub mod prompt;
+pub mod qwen2;
+pub mod qwen3;
 pub mod sampling;
 pub mod service;
 pub mod spm_merges;
@@ -39,6 +47,8 @@ use chat::ChatTemplate;
 use decoder::Decoder;
 use gpt2::{Gpt2, Gpt2Config};
 use llama::Llama;
+use qwen2::Qwen2;
+use qwen3::Qwen3;
 use sampling::SamplingDefaults;
 use tokenizer::{GenTokenizer, HfTokenizerFiles};
 
@@ -115,7 +125,7 @@ pub fn gguf_text(
 
 /// Where a generation model comes from.
 pub enum GenerationSource {
-    /// A Llama-family GGUF file.
+    /// A GGUF file of the Llama family (the first part, when the model is split).
     Gguf(PathBuf),
     /// A GPT-2 checkpoint in Hugging Face layout (a directory or a hub id, resolved).
     Gpt2(Box<ModelFiles>),
@@ -284,6 +294,37 @@ fn sampling_defaults(
         .map_err(|e| ModelError::Config(format!("{}: sampling settings: {e}", files.source)))
 }
 
+/// The GGUF architectures this server runs (`general.architecture`), for messages.
+pub const GGUF_ARCHITECTURES: &str =
+    "llama (Llama 2/3, SmolLM2, TinyLlama, …), qwen2 (Qwen2, Qwen2.5) and qwen3 (Qwen3)";
+
+/// The model of an open GGUF file, by its `general.architecture`.
+///
+/// # Errors
+///
+/// When the architecture is not one of [`GGUF_ARCHITECTURES`], or the file is not a usable
+/// model of it.
+pub fn gguf_model(
+    file: &gguf::GgufFile,
+    dtype: crate::kernels::Dtype,
+    keep_q4: bool,
+    level: KernelLevel,
+    threads: usize,
+) -> Result<Arc<dyn Decoder>, gguf::GgufError> {
+    Ok(match file.string("general.architecture")? {
+        "llama" => Arc::new(Llama::from_file(file, dtype, keep_q4, level, threads)?),
+        "qwen2" => Arc::new(Qwen2::from_file(file, dtype, keep_q4, level, threads)?),
+        "qwen3" => Arc::new(Qwen3::from_file(file, dtype, keep_q4, level, threads)?),
+        other => {
+            return Err(gguf::GgufError::Metadata {
+                path: file.path().to_path_buf(),
+                key: "general.architecture".into(),
+                problem: format!("is {other:?}; this server runs {GGUF_ARCHITECTURES}"),
+            })
+        }
+    })
+}
+
 /// Loads the GGUF model at `path`.
 fn load_gguf(
     path: &Path,
@@ -305,7 +346,7 @@ fn load_gguf(
             gguf_text(&file, path).map(|text| (text, t.elapsed()))
         });
         let t = Instant::now();
-        let model = Llama::from_file(&file, dtype, keep_q4, level, threads);
+        let model = gguf_model(&file, dtype, keep_q4, level, threads);
         let joined = text
             .join()
             .unwrap_or_else(|_| Err(ModelError::Files("building the tokenizer panicked".into())));
@@ -315,12 +356,13 @@ fn load_gguf(
     phase("weights", weights_took);
     let ((tokenizer, chat), tokenizer_took) = text?;
     phase("tokenizer", tokenizer_took);
-    if tokenizer.vocab_size() != model.config().vocab {
+    let shape = model.shape();
+    if tokenizer.vocab_size() != shape.vocab {
         return Err(ModelError::Files(format!(
             "{}: the tokenizer has {} tokens, the model {}",
             path.display(),
             tokenizer.vocab_size(),
-            model.config().vocab
+            shape.vocab
         )));
     }
     // The file's name, as the embedding path shows a directory's: `general.name` is often
@@ -331,8 +373,8 @@ fn load_gguf(
     let info = ModelInfo {
         id,
         task: Task::TextGeneration,
-        dimensions: model.config().n_embd,
-        max_input_length: model.config().context,
+        dimensions: shape.n_embd,
+        max_input_length: shape.context,
         pooling: Pooling::Mean,
         normalized_by_model: false,
         dtype,
@@ -341,7 +383,7 @@ fn load_gguf(
     };
     Ok(LoadedGenerator {
         info,
-        model: Arc::new(model),
+        model,
         tokenizer: Arc::new(tokenizer),
         chat,
         defaults: SamplingDefaults::default(),

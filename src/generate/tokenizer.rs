@@ -2,10 +2,11 @@
 //!
 //! - for a GGUF model, built from its metadata: the vocabulary, the token types (control
 //!   tokens become special tokens, matched in the text as llama.cpp does with
-//!   `parse_special`) and the special ids; for a byte-level BPE (`gpt2`: Llama 3, SmolLM2,
-//!   Qwen…) the merges and the pre-tokenizer that `tokenizer.ggml.pre` names (llama.cpp's
-//!   table of split regexes); for a SentencePiece BPE (`llama`: Llama 2, TinyLlama,
-//!   Mistral…) the scores, as merges, with byte fallback;
+//!   `parse_special`), the special ids and the tokens that end generation
+//!   ([`super::end_tokens`]); for a byte-level BPE (`gpt2`: Llama 3, SmolLM2, Qwen…) the merges
+//!   and the pre-tokenizer that `tokenizer.ggml.pre` names ([`super::pre_tokenizer`]); for a
+//!   SentencePiece BPE (`llama`: Llama 2, TinyLlama, Mistral…) the scores, as merges, with byte
+//!   fallback;
 //! - for a Hugging Face checkpoint (GPT-2), read from `tokenizer.json`, or built from GPT-2's
 //!   `vocab.json` and `merges.txt`.
 //!
@@ -24,28 +25,9 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
+use super::end_tokens::{self, NamedIds};
 use super::gguf::{GgufError, GgufFile};
-
-/// GPT-2's split regex, the base of most byte-level BPE pre-tokenizers.
-const GPT2_SPLIT: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
-
-/// Llama 3's split regex (`llama-bpe`).
-const LLAMA3_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-/// The split regexes, applied in order, for a `tokenizer.ggml.pre` value (llama.cpp's
-/// table); `None` for a value this server does not know.
-fn split_regexes(pre: &str) -> Option<Vec<&'static str>> {
-    Some(match pre {
-        "default" | "gpt2" | "gpt-2" | "mpt" | "olmo" | "jais" => vec![GPT2_SPLIT],
-        // Single digits first, then GPT-2's regex.
-        "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" => {
-            vec![r"\p{N}", GPT2_SPLIT]
-        }
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" => vec![LLAMA3_SPLIT],
-        _ => return None,
-    })
-}
+use super::pre_tokenizer::{self, PreTokenizer};
 
 /// GGUF token types (`tokenizer.ggml.token_type`).
 const TYPE_NORMAL: i64 = 1;
@@ -60,22 +42,28 @@ fn tokenizers_error(e: impl std::fmt::Display) -> GenTokenizerError {
     GenTokenizerError::Tokenizers(e.to_string())
 }
 
-/// A byte-level BPE (`tokenizer.ggml.model = "gpt2"`): the file's merges, the split regexes
+/// A byte-level BPE (`tokenizer.ggml.model = "gpt2"`): the file's merges, the pre-tokenizer
 /// `tokenizer.ggml.pre` names, GPT-2's byte-to-character mapping.
-fn byte_level_bpe(file: &GgufFile, tokens: &[String]) -> Result<Tokenizer, GenTokenizerError> {
+fn byte_level_bpe(
+    file: &GgufFile,
+    tokens: &[String],
+) -> Result<(Tokenizer, PreTokenizer), GenTokenizerError> {
     let pre = file.string_opt("tokenizer.ggml.pre")?.unwrap_or("default");
-    let regexes = split_regexes(pre).ok_or_else(|| {
+    let known = pre_tokenizer::by_name(pre).ok_or_else(|| {
         GenTokenizerError::Unsupported(format!(
-            "{}: tokenizer.ggml.pre is {pre:?}, a pre-tokenizer this server does not know",
+            "{}: tokenizer.ggml.pre is {pre:?}, a pre-tokenizer this server does not run (it runs llama.cpp's default, gpt-2, smollm/starcoder, llama-bpe, qwen2 and gpt-4o families)",
             file.path().display()
         ))
     })?;
+    // Split at the first space after the first character, as llama.cpp does.
     let merges: Vec<(String, String)> = file
         .strings("tokenizer.ggml.merges")?
         .into_iter()
         .map(|m| {
-            m.split_once(' ')
-                .map(|(a, b)| (a.to_string(), b.to_string()))
+            m.char_indices()
+                .skip(1)
+                .find(|&(_, c)| c == ' ')
+                .map(|(at, _)| (m[..at].to_string(), m[at + 1..].to_string()))
                 .ok_or_else(|| {
                     GenTokenizerError::Tokenizers(format!("merge {m:?} is not two tokens"))
                 })
@@ -88,11 +76,12 @@ fn byte_level_bpe(file: &GgufFile, tokens: &[String]) -> Result<Tokenizer, GenTo
         .collect();
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
+        .ignore_merges(known.ignore_merges)
         .build()
         .map_err(tokenizers_error)?;
     let mut inner = Tokenizer::new(bpe);
     let mut steps: Vec<PreTokenizerWrapper> = Vec::new();
-    for r in regexes {
+    for r in known.regexes {
         let split = Split::new(
             SplitPattern::Regex(r.to_string()),
             SplitDelimiterBehavior::Isolated,
@@ -104,7 +93,7 @@ fn byte_level_bpe(file: &GgufFile, tokens: &[String]) -> Result<Tokenizer, GenTo
     steps.push(ByteLevel::new(false, false, false).into());
     inner.with_pre_tokenizer(Some(Sequence::new(steps)));
     inner.with_decoder(Some(ByteLevelDecoder::default()));
-    Ok(inner)
+    Ok((inner, known))
 }
 
 /// A SentencePiece BPE (`tokenizer.ggml.model = "llama"`: Llama 2, TinyLlama, Mistral, …),
@@ -283,11 +272,17 @@ impl GenTokenizer {
                 tokens.len()
             )));
         }
-        let (mut inner, decoder) = match model {
-            "gpt2" => (byte_level_bpe(file, &tokens)?, DecoderKind::ByteLevel),
+        // Whether BOS is added when the file does not say: llama.cpp's default per tokenizer.
+        let (mut inner, decoder, add_bos_default) = match model {
+            "gpt2" => {
+                let (inner, pre) = byte_level_bpe(file, &tokens)?;
+                (inner, DecoderKind::ByteLevel, pre.add_bos)
+            }
+            // (llama.cpp adds BOS by default here; converted files always say.)
             "llama" => (
                 sentencepiece_bpe(file, &tokens, &types)?,
                 DecoderKind::SentencePiece,
+                false,
             ),
             other => {
                 return Err(GenTokenizerError::Unsupported(format!(
@@ -296,19 +291,6 @@ impl GenTokenizer {
                 )))
             }
         };
-        let mut special = vec![false; tokens.len()];
-        let mut added = Vec::new();
-        let mut user = Vec::new();
-        for (i, (t, &ty)) in tokens.iter().zip(&types).enumerate() {
-            if ty == TYPE_CONTROL || ty == TYPE_UNKNOWN {
-                special[i] = true;
-                added.push(AddedToken::from(t.clone(), true));
-            } else if ty == TYPE_USER_DEFINED {
-                user.push(AddedToken::from(t.clone(), false).normalized(false));
-            }
-        }
-        inner.add_special_tokens(&added);
-        inner.add_tokens(&user);
         let id = |key: &str| -> Result<Option<u32>, GenTokenizerError> {
             Ok(match file.uint_opt(key)? {
                 Some(v) if (v as usize) < tokens.len() => Some(v as u32),
@@ -322,30 +304,32 @@ impl GenTokenizer {
         };
         let bos = id("tokenizer.ggml.bos_token_id")?;
         let eos = id("tokenizer.ggml.eos_token_id")?;
-        let mut end_ids = HashSet::new();
-        for key in [
-            "tokenizer.ggml.eos_token_id",
-            "tokenizer.ggml.eot_token_id",
-            "tokenizer.ggml.eom_token_id",
-        ] {
-            if let Some(i) = id(key)? {
-                end_ids.insert(i);
+        let named = NamedIds {
+            eos,
+            eot: id("tokenizer.ggml.eot_token_id")?,
+            eom: id("tokenizer.ggml.eom_token_id")?,
+            fim_pad: id("tokenizer.ggml.fim_pad_token_id")?,
+            fim_rep: id("tokenizer.ggml.fim_rep_token_id")?,
+            fim_sep: id("tokenizer.ggml.fim_sep_token_id")?,
+        };
+        let (end_ids, by_text) = end_tokens::end_of_generation(&tokens, named);
+        let mut special = vec![false; tokens.len()];
+        let mut added = Vec::new();
+        let mut user = Vec::new();
+        for (i, (t, &ty)) in tokens.iter().zip(&types).enumerate() {
+            // End tokens found by their text are control tokens, as in llama.cpp.
+            if ty == TYPE_CONTROL || ty == TYPE_UNKNOWN || by_text.contains(&(i as u32)) {
+                special[i] = true;
+                added.push(AddedToken::from(t.clone(), true));
+            } else if ty == TYPE_USER_DEFINED {
+                user.push(AddedToken::from(t.clone(), false).normalized(false));
             }
         }
-        // llama.cpp also ends on these well-known end-of-turn tokens when present.
-        for (i, t) in tokens.iter().enumerate() {
-            if special[i]
-                && matches!(
-                    t.as_str(),
-                    "<|eot_id|>" | "<|im_end|>" | "<|end|>" | "<end_of_turn>" | "<|endoftext|>"
-                )
-            {
-                end_ids.insert(i as u32);
-            }
-        }
+        inner.add_special_tokens(&added);
+        inner.add_tokens(&user);
         let add_bos = file
             .bool_opt("tokenizer.ggml.add_bos_token")?
-            .unwrap_or(false)
+            .unwrap_or(add_bos_default)
             && bos.is_some();
         Ok(Self {
             inner,
