@@ -85,7 +85,10 @@ fn run(
         return serve_generation(
             config,
             lifecycle,
-            GenerationSource::Gguf(path),
+            GenerationSource::Gguf {
+                id: generate::gguf_model_id(&path),
+                path,
+            },
             options,
             offload,
             process_start,

@@ -77,7 +77,10 @@ fn load_error(path: &Path) -> String {
         kernel_cap: None,
     };
     match load(
-        &GenerationSource::Gguf(path.to_path_buf()),
+        &GenerationSource::Gguf {
+            path: path.to_path_buf(),
+            id: "bad".into(),
+        },
         options,
         1,
         |_, _| {},

@@ -78,7 +78,10 @@ fn the_gguf_tokenizer_gives_llama_cpp_ids() {
 /// suppressed, as its `ignore_eos` does) and compares token by token.
 fn check_greedy(options: zerobatch::model::LoadOptions, max_logprob_diff: f32) {
     let loaded = zerobatch::generate::load(
-        &GenerationSource::Gguf(common::smollm2_path()),
+        &GenerationSource::Gguf {
+            path: common::smollm2_path(),
+            id: "SmolLM2-135M-Instruct.Q4_1".into(),
+        },
         options,
         2,
         |_, _| {},

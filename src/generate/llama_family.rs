@@ -10,8 +10,8 @@
 //! [`super::qwen3`] (rotate-half RoPE, an RMSNorm on every query and key head before it, a head
 //! size of its own). What they share is read and run here once: the hyperparameters
 //! ([`Hparams`], the keys llama.cpp reads), the tensors llama.cpp's loaders name
-//! (`blk.N.attn_q` …, optional `attn_q.bias` …, `output.weight` or the tied embedding table),
-//! and the step.
+//! (`blk.N.attn_q` … or the fused `blk.N.attn_qkv`, optional `attn_q.bias` …, `output.weight`
+//! or the tied embedding table), and the step.
 //!
 //! Weights are dequantized at load and re-packed for our kernels (`crate::kernels`): int8 in
 //! blocks of 32 (the granularity of GGUF's Q8_0, so Q8_0 weights keep their exact values, and
@@ -510,10 +510,22 @@ impl<A: Arch> Model<A> {
             let linear = |parts: &[(String, usize)], k: usize, bias| {
                 load_linear(file, parts, k, bias, dtype, keep_q4)
             };
-            let qkv = [(t("attn_q"), qw), (t("attn_k"), kvw), (t("attn_v"), kvw)];
+            let separate = [(t("attn_q"), qw), (t("attn_k"), kvw), (t("attn_v"), kvw)];
+            // Q, K and V as one tensor (`--fuse-qkv`), with one bias or separate ones, as
+            // llama.cpp reads them; else three tensors.
+            let qkv = if file.has_tensor(&t("attn_qkv")) {
+                let fused = [(t("attn_qkv"), qw + 2 * kvw)];
+                let bias = match optional_biases(file, &fused)? {
+                    Some(b) => Some(b),
+                    None => optional_biases(file, &separate)?,
+                };
+                linear(&fused, d, bias)?
+            } else {
+                linear(&separate, d, optional_biases(file, &separate)?)?
+            };
             Ok(Block {
                 attn_norm: file.f32(&t("attn_norm"), &[d])?,
-                qkv: linear(&qkv, d, optional_biases(file, &qkv)?)?,
+                qkv,
                 o: linear(&[(t("attn_output"), d)], qw, None)?,
                 ffn_norm: file.f32(&t("ffn_norm"), &[d])?,
                 gate_up: linear(&[(t("ffn_gate"), ff), (t("ffn_up"), ff)], d, None)?,

@@ -62,8 +62,8 @@ pub struct LoadedGenerator {
 }
 
 /// The GGUF file `model` names, when it names one: a `.gguf` file, or a directory holding
-/// exactly one `.gguf` file and no `config.json` (a Hugging Face layout is an embedding
-/// model's).
+/// no `config.json` (a Hugging Face layout is an embedding model's) and either exactly one
+/// `.gguf` file or the parts of one split model (then its first part).
 pub fn gguf_path(model: &str) -> Option<PathBuf> {
     let path = Path::new(model);
     if path.is_file() {
@@ -75,16 +75,53 @@ pub fn gguf_path(model: &str) -> Option<PathBuf> {
     if !path.is_dir() || path.join("config.json").exists() {
         return None;
     }
-    let mut found = std::fs::read_dir(path)
+    let found: Vec<PathBuf> = std::fs::read_dir(path)
         .ok()?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| {
             p.extension()
                 .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-        });
-    let first = found.next()?;
-    found.next().is_none().then_some(first)
+        })
+        .collect();
+    if let [one] = found.as_slice() {
+        return Some(one.clone());
+    }
+    // Every file a part of the same split model: its first part.
+    let first = found.iter().find_map(|p| {
+        let name = p.file_name()?.to_str()?;
+        let count: u64 = name
+            .strip_suffix(".gguf")?
+            .rsplit_once("-00001-of-")?
+            .1
+            .parse()
+            .ok()?;
+        let prefix = gguf::split_prefix(p, 1, count)?;
+        let parts: Vec<String> = (1..=count)
+            .map(|i| gguf::split_path(&prefix, i, count))
+            .collect();
+        let all = found.len() as u64 == count
+            && found
+                .iter()
+                .all(|f| f.to_str().is_some_and(|f| parts.iter().any(|p| p == f)));
+        all.then(|| p.clone())
+    });
+    first
+}
+
+/// The name a GGUF model is reported by: its file's name without `.gguf` and, for a split
+/// model, without `-00001-of-0000N` (`general.name` is often a training-run label rather than
+/// the model's name).
+pub fn gguf_model_id(path: &Path) -> String {
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+    match stem.rsplit_once("-00001-of-") {
+        Some((prefix, count)) if count.len() == 5 && count.bytes().all(|b| b.is_ascii_digit()) => {
+            prefix.to_string()
+        }
+        _ => stem,
+    }
 }
 
 /// The dtype `auto` picks for generation, and whether Q4_0/Q4_1 weights stay as stored:
@@ -125,8 +162,9 @@ pub fn gguf_text(
 
 /// Where a generation model comes from.
 pub enum GenerationSource {
-    /// A GGUF file of the Llama family (the first part, when the model is split).
-    Gguf(PathBuf),
+    /// A GGUF file of the Llama family (the first part, when the model is split), and the
+    /// name the model is reported by.
+    Gguf { path: PathBuf, id: String },
     /// A GPT-2 checkpoint in Hugging Face layout (a directory or a hub id, resolved).
     Gpt2(Box<ModelFiles>),
 }
@@ -143,7 +181,7 @@ pub fn load(
     phase: impl FnMut(&'static str, Duration),
 ) -> Result<LoadedGenerator, ModelError> {
     match source {
-        GenerationSource::Gguf(path) => load_gguf(path, options, threads, phase),
+        GenerationSource::Gguf { path, id } => load_gguf(path, id, options, threads, phase),
         GenerationSource::Gpt2(files) => load_gpt2(files, options, threads, phase),
     }
 }
@@ -328,6 +366,7 @@ pub fn gguf_model(
 /// Loads the GGUF model at `path`.
 fn load_gguf(
     path: &Path,
+    id: &str,
     options: LoadOptions,
     threads: usize,
     mut phase: impl FnMut(&'static str, Duration),
@@ -365,11 +404,7 @@ fn load_gguf(
             shape.vocab
         )));
     }
-    // The file's name, as the embedding path shows a directory's: `general.name` is often
-    // a training-run label rather than the model's name.
-    let id = path
-        .file_stem()
-        .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+    let id = id.to_string();
     let info = ModelInfo {
         id,
         task: Task::TextGeneration,

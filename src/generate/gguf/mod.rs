@@ -2,6 +2,12 @@
 //! dequantized to f32 (to be packed for our kernels) or as raw blocks (the embedding table,
 //! dequantized one row at a time).
 //!
+//! A model split into several files (`NAME-00001-of-00003.gguf` …, as llama.cpp's
+//! `gguf-split` and the converter's `--split-max-*` write it) is opened from its first part,
+//! as llama.cpp opens it: the metadata is the first part's, the tensors are every part's
+//! (`split.count` parts, found beside the first by their names, each with its `split.no`;
+//! no tensor twice; `split.tensors.count` in all).
+//!
 //! The header is parsed by [`header`] (our own parser: every size and offset checked, each
 //! error naming the key or the tensor, metadata arrays read only when asked for); the blocks
 //! are dequantized by candle.
@@ -9,12 +15,13 @@
 pub mod header;
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::Device;
-use header::{Header, HeaderError, MetaValue, Number};
+use header::{Header, HeaderError, MetaValue, Number, TensorInfo};
 
 /// Why a GGUF file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -40,13 +47,80 @@ pub enum GgufError {
     },
 }
 
-/// An open GGUF file: parsed and checked header; tensors and metadata arrays are read from a
-/// memory map, so packing the tensors copies each weight once, and the map goes away with
-/// this value.
+/// An open GGUF file (all its parts, when split): parsed and checked headers; tensors and
+/// metadata arrays are read from memory maps, so packing the tensors copies each weight once,
+/// and the maps go away with this value.
 pub struct GgufFile {
     path: PathBuf,
+    /// The first part's metadata (its tensors are moved to `tensors`).
     header: Header,
-    map: memmap2::Mmap,
+    /// Each part's map; the first holds the metadata arrays.
+    maps: Vec<memmap2::Mmap>,
+    /// Every tensor, with the part it is in.
+    tensors: HashMap<String, (usize, TensorInfo)>,
+}
+
+/// Most parts a split model may have (llama.cpp counts them in a u16; real ones have tens).
+pub const MAX_SPLIT_PARTS: u64 = 1024;
+
+/// The name of part `no` (from 1) of `count` of the model whose parts start with `prefix`
+/// (llama.cpp's `llama_split_path`).
+pub fn split_path(prefix: &str, no: u64, count: u64) -> String {
+    format!("{prefix}-{no:05}-of-{count:05}.gguf")
+}
+
+/// `path` as part `no` of `count` (llama.cpp's `llama_split_prefix`): the prefix before
+/// `-0000N-of-0000M.gguf`, when the name ends so.
+pub fn split_prefix(path: &Path, no: u64, count: u64) -> Option<String> {
+    let s = path.to_str()?;
+    s.strip_suffix(&format!("-{no:05}-of-{count:05}.gguf"))
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+}
+
+/// Maps and parses one file.
+fn open_part(path: &Path) -> Result<(memmap2::Mmap, Header), GgufError> {
+    let io = |source| GgufError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    // SAFETY: the map is only read, and only while the model loads (it is dropped with
+    // the GgufFile); as with every memory-mapped model loader, the file must not be
+    // truncated or rewritten during that time.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+    let header = header::parse(&map).map_err(|e| match e {
+        HeaderError::Format(message) => GgufError::Format {
+            path: path.to_path_buf(),
+            message,
+        },
+        HeaderError::Metadata { key, problem } => GgufError::Metadata {
+            path: path.to_path_buf(),
+            key,
+            problem,
+        },
+        HeaderError::Tensor { name, problem } => GgufError::Tensor {
+            path: path.to_path_buf(),
+            name,
+            problem,
+        },
+    })?;
+    Ok((map, header))
+}
+
+/// An unsigned integer of the metadata `header` holds, if any (a split key).
+fn header_uint(header: &Header, key: &str) -> Option<u64> {
+    match header.metadata.get(key)? {
+        MetaValue::U8(x) => Some(*x as u64),
+        MetaValue::U16(x) => Some(*x as u64),
+        MetaValue::U32(x) => Some(*x as u64),
+        MetaValue::U64(x) => Some(*x),
+        MetaValue::I8(x) => u64::try_from(*x).ok(),
+        MetaValue::I16(x) => u64::try_from(*x).ok(),
+        MetaValue::I32(x) => u64::try_from(*x).ok(),
+        MetaValue::I64(x) => u64::try_from(*x).ok(),
+        _ => None,
+    }
 }
 
 /// A tensor as stored: its ggml type, its dims (outermost first, PyTorch order), its bytes.
@@ -107,40 +181,94 @@ pub fn dequantize(dtype: GgmlDType, bytes: &[u8], count: usize) -> candle_core::
 
 impl GgufFile {
     /// Opens `path` and parses and checks its header: afterwards every tensor it describes
-    /// has rows of whole blocks and lies inside the file.
+    /// has rows of whole blocks and lies inside the file. When `split.count` says the model is
+    /// split, `path` must be its first part, and the other parts are opened beside it.
     ///
     /// # Errors
     ///
-    /// When the file cannot be read, is not GGUF, or its header is inconsistent (the error
-    /// names the key or the tensor).
+    /// When a file cannot be read, is not GGUF, or its header is inconsistent (the error
+    /// names the key or the tensor); when `path` is a later part of a split model, a part is
+    /// missing or out of place, or a tensor is in two parts.
     pub fn open(path: &Path) -> Result<Self, GgufError> {
-        let io = |source| GgufError::Io {
+        let (map, mut header) = open_part(path)?;
+        let meta_error = |key: &str, problem: String| GgufError::Metadata {
             path: path.to_path_buf(),
-            source,
+            key: key.into(),
+            problem,
         };
-        let file = File::open(path).map_err(io)?;
-        // SAFETY: the map is only read, and only while the model loads (it is dropped with
-        // this value); as with every memory-mapped model loader, the file must not be
-        // truncated or rewritten during that time.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        let path = path.to_path_buf();
-        let header = header::parse(&map).map_err(|e| match e {
-            HeaderError::Format(message) => GgufError::Format {
-                path: path.clone(),
-                message,
-            },
-            HeaderError::Metadata { key, problem } => GgufError::Metadata {
-                path: path.clone(),
-                key,
-                problem,
-            },
-            HeaderError::Tensor { name, problem } => GgufError::Tensor {
-                path: path.clone(),
-                name,
-                problem,
-            },
-        })?;
-        Ok(Self { path, header, map })
+        let count = header_uint(&header, "split.count").unwrap_or(1);
+        let mut tensors: HashMap<String, (usize, TensorInfo)> = std::mem::take(&mut header.tensors)
+            .into_iter()
+            .map(|(name, info)| (name, (0, info)))
+            .collect();
+        let mut maps = vec![map];
+        if count > 1 {
+            if count > MAX_SPLIT_PARTS {
+                return Err(meta_error(
+                    "split.count",
+                    format!("is {count}; at most {MAX_SPLIT_PARTS} parts are read"),
+                ));
+            }
+            let no = header_uint(&header, "split.no").unwrap_or(0);
+            if no != 0 {
+                return Err(meta_error(
+                    "split.no",
+                    format!(
+                        "is {no}: this is part {} of {count} of a split model; give the first part (…-00001-of-{count:05}.gguf)",
+                        no + 1
+                    ),
+                ));
+            }
+            let prefix = split_prefix(path, 1, count).ok_or_else(|| {
+                meta_error(
+                    "split.count",
+                    format!("is {count}, but the file's name does not end in -00001-of-{count:05}.gguf, so its other parts cannot be found"),
+                )
+            })?;
+            for part in 1..count {
+                let part_path = PathBuf::from(split_path(&prefix, part + 1, count));
+                let (map, header) = open_part(&part_path)?;
+                let part_no = header_uint(&header, "split.no");
+                if part_no != Some(part) {
+                    return Err(GgufError::Metadata {
+                        path: part_path,
+                        key: "split.no".into(),
+                        problem: format!(
+                            "is {part_no:?}; part {} of {count} must say {part}",
+                            part + 1
+                        ),
+                    });
+                }
+                for (name, info) in header.tensors {
+                    if tensors.contains_key(&name) {
+                        return Err(GgufError::Tensor {
+                            path: part_path,
+                            name,
+                            problem: "is in more than one part of the split model".into(),
+                        });
+                    }
+                    tensors.insert(name, (maps.len(), info));
+                }
+                maps.push(map);
+            }
+            if let Some(n) = header_uint(&header, "split.tensors.count") {
+                if n != tensors.len() as u64 {
+                    return Err(meta_error(
+                        "split.tensors.count",
+                        format!(
+                            "is {n}, but the {count} parts hold {} tensors",
+                            tensors.len()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            header,
+            maps,
+            tensors,
+        })
     }
 
     /// The file's path.
@@ -248,7 +376,7 @@ impl GgufFile {
             .array_opt(key)?
             .ok_or_else(|| self.meta_error(key, "is missing"))?;
         array
-            .strings(&self.map)
+            .strings(&self.maps[0])
             .map_err(|problem| self.meta_error(key, problem))
     }
 
@@ -258,7 +386,7 @@ impl GgufFile {
             return Ok(None);
         };
         array
-            .numbers(&self.map)
+            .numbers(&self.maps[0])
             .map(Some)
             .map_err(|problem| self.meta_error(key, problem))
     }
@@ -298,7 +426,7 @@ impl GgufFile {
 
     /// Whether the file holds a tensor called `name`.
     pub fn has_tensor(&self, name: &str) -> bool {
-        self.header.tensors.contains_key(name)
+        self.tensors.contains_key(name)
     }
 
     fn tensor_error(&self, name: &str, problem: impl Into<String>) -> GgufError {
@@ -311,8 +439,7 @@ impl GgufFile {
 
     /// The bytes of tensor `name`, checked to have dims `want`, as stored, and their type.
     pub fn bytes(&self, name: &str, want: &[usize]) -> Result<(&[u8], GgmlDType), GgufError> {
-        let info = self
-            .header
+        let (part, info) = self
             .tensors
             .get(name)
             .ok_or_else(|| self.tensor_error(name, "is missing"))?;
@@ -321,7 +448,7 @@ impl GgufFile {
             return Err(self.tensor_error(name, format!("has shape {dims:?}, expected {want:?}")));
         }
         // Inside the file: checked when it was opened.
-        self.map
+        self.maps[*part]
             .get(info.start..info.start + info.len)
             .map(|b| (b, info.dtype))
             .ok_or_else(|| self.tensor_error(name, "lies past the end of the file"))
@@ -350,6 +477,6 @@ impl GgufFile {
 
     /// The ggml type of tensor `name`, if present.
     pub fn tensor_type(&self, name: &str) -> Option<GgmlDType> {
-        self.header.tensors.get(name).map(|info| info.dtype)
+        self.tensors.get(name).map(|(_, info)| info.dtype)
     }
 }
