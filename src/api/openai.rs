@@ -12,7 +12,7 @@ use super::generation::{
 };
 use super::{check_count, from_json, Inputs};
 use crate::error::ServiceError;
-use crate::generate::chat::ChatMessage;
+use crate::generate::chat::{check_kwargs, ChatMessage, TemplateKwargs};
 use crate::generate::sampling::SamplingDefaults;
 use crate::generate::service::{GenerateRequest, Length, Prompt};
 
@@ -173,6 +173,9 @@ struct CompletionRequest {
 #[serde(deny_unknown_fields)]
 struct ChatRequest {
     messages: Vec<ChatMessageIn>,
+    /// Further variables for the chat template (vLLM's and llama.cpp's field: Qwen3's
+    /// `enable_thinking`).
+    chat_template_kwargs: Option<TemplateKwargs>,
     max_completion_tokens: Option<i64>,
     logprobs: Option<bool>,
     model: Option<String>,
@@ -357,7 +360,10 @@ pub fn parse_chat(body: &[u8], defaults: &SamplingDefaults) -> Result<GenerateCa
     let format = Format::Chat {
         include_usage: common.include_usage,
     };
-    call(Prompt::Chat(messages), common, defaults, None, format)
+    let kwargs = r.chat_template_kwargs.unwrap_or_default();
+    check_kwargs(&kwargs).map_err(bad)?;
+    let prompt = Prompt::Chat { messages, kwargs };
+    call(prompt, common, defaults, None, format)
 }
 
 /// The call both routes make. `default_new` is the route's default for `max_tokens` (`None`:

@@ -1,7 +1,9 @@
 //! Chat templates: the model's own Jinja template (GGUF `tokenizer.chat_template`) rendered
 //! with minijinja, with the context Hugging Face's `apply_chat_template` gives it (`messages`,
-//! `add_generation_prompt`, `bos_token`, `eos_token`, `raise_exception`) and Python's string
-//! methods (`.strip()`, `.startswith()`, …) that such templates call.
+//! `add_generation_prompt`, `bos_token`, `eos_token`, `raise_exception`, and the request's
+//! `chat_template_kwargs`, as vLLM and llama.cpp's server pass them: Qwen3's
+//! `enable_thinking`) and Python's string methods (`.strip()`, `.startswith()`, …) that such
+//! templates call.
 //!
 //! The template comes from the model file, so a render is bounded: at most [`FUEL`]
 //! instructions and [`MAX_RENDERED_BYTES`] of output, past which it fails with the reason
@@ -23,6 +25,36 @@ pub const FUEL: u64 = 2_000_000;
 /// Most bytes a render may produce: 16 MiB, eight times the default request body limit and
 /// about 4 million tokens of text, past any context this server loads (at most 1 Mi tokens).
 pub const MAX_RENDERED_BYTES: usize = 16 << 20;
+
+/// Extra variables for the template (a request's `chat_template_kwargs`).
+pub type TemplateKwargs = serde_json::Map<String, serde_json::Value>;
+
+/// The variables the server sets itself, which `chat_template_kwargs` may not replace.
+pub const RESERVED_VARIABLES: [&str; 5] = [
+    "messages",
+    "add_generation_prompt",
+    "bos_token",
+    "eos_token",
+    "raise_exception",
+];
+
+/// Checks a request's `chat_template_kwargs`: any JSON values, under names other than
+/// [`RESERVED_VARIABLES`].
+///
+/// # Errors
+///
+/// Naming the first reserved variable the kwargs set.
+pub fn check_kwargs(kwargs: &TemplateKwargs) -> Result<(), String> {
+    match RESERVED_VARIABLES
+        .iter()
+        .find(|name| kwargs.contains_key(**name))
+    {
+        Some(name) => Err(format!(
+            "chat_template_kwargs may not set {name:?}: the server sets it (settable: any other name, e.g. enable_thinking)"
+        )),
+        None => Ok(()),
+    }
+}
 
 /// One chat message.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -104,7 +136,8 @@ impl ChatTemplate {
             role: role.into(),
             content: content.into(),
         };
-        match self.try_render(&[msg("user", "Hello!")], true) {
+        let none = TemplateKwargs::new();
+        match self.try_render(&[msg("user", "Hello!")], true, &none) {
             Ok(_) => {}
             Err(Failure::Unbounded(e) | Failure::Refused(e)) => {
                 return Err(format!("on a conversation of one user message, {e}"))
@@ -118,14 +151,15 @@ impl ChatTemplate {
             msg("assistant", "Hi! How can I help?"),
             msg("user", "Tell me a joke."),
         ];
-        match self.try_render(&longer, true) {
+        match self.try_render(&longer, true, &none) {
             Err(Failure::Unbounded(e)) => Err(format!("on a conversation of four messages, {e}")),
             _ => Ok(()),
         }
     }
 
     /// The prompt for `messages`, ending with the assistant's turn opened when
-    /// `add_generation_prompt`.
+    /// `add_generation_prompt`, with `kwargs` as further variables (checked by
+    /// [`check_kwargs`]).
     ///
     /// # Errors
     ///
@@ -136,8 +170,9 @@ impl ChatTemplate {
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
+        kwargs: &TemplateKwargs,
     ) -> Result<String, String> {
-        self.try_render(messages, add_generation_prompt)
+        self.try_render(messages, add_generation_prompt, kwargs)
             .map_err(|(Failure::Unbounded(e) | Failure::Refused(e))| e)
     }
 
@@ -152,6 +187,7 @@ impl ChatTemplate {
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
+        kwargs: &TemplateKwargs,
         rendered: &str,
     ) -> Option<Vec<std::ops::Range<usize>>> {
         let tag = uuid::Uuid::new_v4().simple().to_string();
@@ -164,7 +200,9 @@ impl ChatTemplate {
                 content: marker(i),
             })
             .collect();
-        let template_out = self.try_render(&marked, add_generation_prompt).ok()?;
+        let template_out = self
+            .try_render(&marked, add_generation_prompt, kwargs)
+            .ok()?;
         // Put the contents back where the markers are, in order of appearance.
         let mut spans = Vec::new();
         let mut rebuilt = String::with_capacity(rendered.len());
@@ -191,6 +229,7 @@ impl ChatTemplate {
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
+        kwargs: &TemplateKwargs,
     ) -> Result<String, Failure> {
         let template = self
             .env
@@ -206,6 +245,9 @@ impl ChatTemplate {
                 add_generation_prompt => add_generation_prompt,
                 bos_token => self.bos_token,
                 eos_token => self.eos_token,
+                // The server's own variables come first, so they win a clash (the front end
+                // refuses one already).
+                ..Value::from_serialize(kwargs)
             },
             &mut out,
         );
@@ -243,13 +285,19 @@ mod tests {
     #[test]
     fn chatml_renders_like_transformers() {
         let t = ChatTemplate::new(CHATML, "<|im_start|>", "<|im_end|>").unwrap();
-        let out = t.render(&[msg("user", "Hi!")], true).unwrap();
+        let out = t
+            .render(&[msg("user", "Hi!")], true, &TemplateKwargs::new())
+            .unwrap();
         assert_eq!(
             out,
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n"
         );
         let out = t
-            .render(&[msg("system", "Be brief."), msg("user", "Hi")], false)
+            .render(
+                &[msg("system", "Be brief."), msg("user", "Hi")],
+                false,
+                &TemplateKwargs::new(),
+            )
             .unwrap();
         assert_eq!(
             out,
@@ -261,9 +309,46 @@ mod tests {
     fn python_methods_and_raise_exception_work() {
         let src = "{% if messages[0].role != 'user' %}{{ raise_exception('Conversation must start with user') }}{% endif %}{{ bos_token }}{{ messages[0].content.strip().upper() }}";
         let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
-        assert_eq!(t.render(&[msg("user", "  hey ")], true).unwrap(), "<s>HEY");
-        let err = t.render(&[msg("assistant", "x")], true).unwrap_err();
+        assert_eq!(
+            t.render(&[msg("user", "  hey ")], true, &TemplateKwargs::new())
+                .unwrap(),
+            "<s>HEY"
+        );
+        let err = t
+            .render(&[msg("assistant", "x")], true, &TemplateKwargs::new())
+            .unwrap_err();
         assert!(err.contains("Conversation must start with user"), "{err}");
+    }
+
+    #[test]
+    fn chat_template_kwargs_reach_the_template_but_not_the_servers_variables() {
+        // Qwen3's generation prompt.
+        let src = "{% for m in messages %}{{ m.content }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\n\n</think>\n\n' }}{% endif %}{% endif %}";
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        let kwargs = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let off = kwargs(serde_json::json!({"enable_thinking": false}));
+        let on = kwargs(serde_json::json!({"enable_thinking": true}));
+        let hi = [msg("user", "hi")];
+        assert_eq!(
+            t.render(&hi, true, &off).unwrap(),
+            "hi<|im_start|>assistant\n<think>\n\n</think>\n\n"
+        );
+        assert_eq!(
+            t.render(&hi, true, &on).unwrap(),
+            "hi<|im_start|>assistant\n"
+        );
+        assert_eq!(
+            t.render(&hi, true, &TemplateKwargs::new()).unwrap(),
+            "hi<|im_start|>assistant\n"
+        );
+        let spans = t.content_spans(&hi, true, &off, &t.render(&hi, true, &off).unwrap());
+        assert_eq!(spans, Some(vec![0..2]));
+        // The server's variables cannot be set, and even past the check they win.
+        let forged = kwargs(serde_json::json!({"messages": [{"role": "user", "content": "x"}]}));
+        let err = check_kwargs(&forged).unwrap_err();
+        assert!(err.contains("\"messages\""), "{err}");
+        assert!(check_kwargs(&off).is_ok());
+        assert_eq!(t.render(&hi, false, &forged).unwrap(), "hi");
     }
 
     #[test]
@@ -281,7 +366,7 @@ mod tests {
 
     /// Why `t` does not render `messages`.
     fn render_error(t: &ChatTemplate, messages: &[ChatMessage]) -> String {
-        match t.render(messages, true) {
+        match t.render(messages, true, &TemplateKwargs::new()) {
             Ok(out) => panic!("rendered {} bytes", out.len()),
             Err(e) => e,
         }
@@ -330,7 +415,9 @@ mod tests {
         let err = render_error(&t, &vec![msg("user", "hi"); 20]);
         assert!(err.contains("bytes"), "{err}");
         assert_eq!(
-            t.render(&[msg("user", "hi")], true).unwrap().len(),
+            t.render(&[msg("user", "hi")], true, &TemplateKwargs::new())
+                .unwrap()
+                .len(),
             1_000_000
         );
         // Growing without looping: a string doubled in a loop is caught when written.
@@ -351,7 +438,11 @@ mod tests {
         // Mistral's and Gemma's templates raise on a system message.
         let src = "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}[{{ m.role }}]{{ m.content }}{% endfor %}";
         let t = ChatTemplate::new(src, "", "").unwrap();
-        assert_eq!(t.render(&[msg("user", "a")], true).unwrap(), "[user]a");
+        assert_eq!(
+            t.render(&[msg("user", "a")], true, &TemplateKwargs::new())
+                .unwrap(),
+            "[user]a"
+        );
         let err = render_error(&t, &[msg("system", "s")]);
         assert!(err.contains("System role not supported"), "{err}");
     }

@@ -8,11 +8,12 @@
 //! token (nearly all) take the plain path: the whole prompt tokenized at once, as before.
 //! `--parse-special-in-chat` restores the old reading for those who rely on it.
 
-use super::chat::{ChatMessage, ChatTemplate};
+use super::chat::{ChatMessage, ChatTemplate, TemplateKwargs};
 use super::tokenizer::GenTokenizer;
 use crate::error::ServiceError;
 
-/// The rendered prompt for `messages` (the assistant's turn opened) and its ids.
+/// The rendered prompt for `messages` (the assistant's turn opened, `kwargs` as further
+/// template variables) and its ids.
 ///
 /// # Errors
 ///
@@ -23,10 +24,11 @@ pub fn chat_prompt(
     template: &ChatTemplate,
     tokenizer: &GenTokenizer,
     messages: &[ChatMessage],
+    kwargs: &TemplateKwargs,
     parse_special: bool,
 ) -> Result<(String, Vec<u32>), ServiceError> {
     let text = template
-        .render(messages, true)
+        .render(messages, true, kwargs)
         .map_err(ServiceError::Invalid)?;
     let tokenize_failed = |e: super::tokenizer::GenTokenizerError| {
         ServiceError::Invalid(format!("the prompt cannot be tokenized: {e}"))
@@ -58,7 +60,7 @@ pub fn chat_prompt(
         let ids = tokenizer.encode(&text, false).map_err(tokenize_failed)?;
         return Ok((text, ids));
     };
-    let Some(spans) = template.content_spans(messages, true, &text) else {
+    let Some(spans) = template.content_spans(messages, true, kwargs, &text) else {
         return Err(ServiceError::Invalid(format!(
             "messages[{first}].content spells the control token {token:?}, and this model's chat template changes message contents, so the server cannot keep it as plain text; remove it (or start the server with --parse-special-in-chat to read it as the control token)"
         )));

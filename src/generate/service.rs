@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use super::chat::{ChatMessage, ChatTemplate};
+use super::chat::{ChatMessage, ChatTemplate, TemplateKwargs};
 use super::engine::{EngineHandle, Event, GenerationRequest, SubmitError};
 use super::prompt::chat_prompt;
 use super::sampling::{SamplingDefaults, SamplingParams};
@@ -30,8 +30,12 @@ pub enum Prompt {
     /// Raw text, tokenized as it is (control tokens written in it are parsed, as TGI and
     /// OpenAI's completions do).
     Text(String),
-    /// A conversation, rendered through the model's chat template.
-    Chat(Vec<ChatMessage>),
+    /// A conversation, rendered through the model's chat template with `kwargs` as further
+    /// variables (checked by [`super::chat::check_kwargs`]).
+    Chat {
+        messages: Vec<ChatMessage>,
+        kwargs: TemplateKwargs,
+    },
 }
 
 impl Prompt {
@@ -39,7 +43,7 @@ impl Prompt {
     pub fn text_bytes(&self) -> usize {
         match self {
             Prompt::Text(t) => t.len(),
-            Prompt::Chat(messages) => messages
+            Prompt::Chat { messages, .. } => messages
                 .iter()
                 .map(|m| m.role.len() + m.content.len())
                 .sum(),
@@ -260,7 +264,7 @@ impl GenerateService {
                     })
                     .await
             }
-            Prompt::Chat(messages) => {
+            Prompt::Chat { messages, kwargs } => {
                 let template = self.chat.clone().ok_or_else(|| {
                     ServiceError::Invalid(
                         "the loaded model has no chat template (tokenizer.chat_template): use /v1/completions or /generate".into(),
@@ -269,7 +273,9 @@ impl GenerateService {
                 let parse_special = self.settings.parse_special_in_chat;
                 // Always off the async threads: a template from a model file may be slow.
                 self.offload
-                    .off(move || chat_prompt(&template, &tokenizer, &messages, parse_special))
+                    .off(move || {
+                        chat_prompt(&template, &tokenizer, &messages, &kwargs, parse_special)
+                    })
                     .await
             }
         }
