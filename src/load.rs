@@ -1,8 +1,8 @@
 //! Loading the model named by `--model` and starting its service, on the loader thread, while
 //! the front end already answers (bind first, then load).
 //!
-//! The task follows from the model: a GGUF file, or a checkpoint whose `model_type` is `gpt2`,
-//! generates; every other checkpoint embeds. Every step (resolving the files, reading them, the
+//! The task follows from the model: a GGUF file (local, or `owner/name:QUANT` from the hub), or
+//! a checkpoint whose `model_type` is `gpt2`, generates; every other checkpoint embeds. Every step (resolving the files, reading them, the
 //! weights, the warm-up pass, starting the threads) runs under `catch_unwind`: a panic that some
 //! model file reaches fails the load like any other error, with the reason in the log and in
 //! `/readyz`, and the process exits non-zero so the platform restarts it. A load never ends in
@@ -81,6 +81,7 @@ fn run(
         dtype: config.dtype,
         kernel_cap: config.kernel_cap,
     };
+    // A local file first; then a GGUF on the hub (owner/name:QUANT).
     if let Some(path) = generate::gguf_path(&config.model) {
         return serve_generation(
             config,
@@ -88,6 +89,26 @@ fn run(
             GenerationSource::Gguf {
                 id: generate::gguf_model_id(&path),
                 path,
+            },
+            options,
+            offload,
+            process_start,
+        );
+    }
+    if let Some(gguf) = model::gguf_hub::GgufRef::parse(&config.model) {
+        let t = Instant::now();
+        let path = gguf
+            .and_then(|g| {
+                model::gguf_hub::resolve(&g, &config.revision, &model::hub::Hub::from_env())
+            })
+            .map_err(|e| e.to_string())?;
+        startup_phase("resolve", t.elapsed());
+        return serve_generation(
+            config,
+            lifecycle,
+            GenerationSource::Gguf {
+                path,
+                id: config.model.clone(),
             },
             options,
             offload,

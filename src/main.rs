@@ -32,14 +32,22 @@ fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Some(Command::Download { model, revision }) => {
-            match zerobatch::model::files::resolve(&model, &revision) {
-                Ok(files) => {
-                    let dir = files
+            use zerobatch::model::{files, gguf_hub, hub::Hub};
+            // A GGUF on the hub: the path of its file (the first part, when split); else the
+            // checkpoint's directory.
+            let path = match gguf_hub::GgufRef::parse(&model) {
+                Some(gguf) => gguf.and_then(|g| gguf_hub::resolve(&g, &revision, &Hub::from_env())),
+                None => files::resolve(&model, &revision).map(|files| {
+                    files
                         .weights
                         .parent()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default();
-                    println!("{dir}");
+                        .map(std::path::Path::to_path_buf)
+                        .unwrap_or_default()
+                }),
+            };
+            match path {
+                Ok(path) => {
+                    println!("{}", path.display());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -35,6 +35,7 @@ pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 const ENV_HELP: &str = "\
 Other environment variables read:
   HF_HOME         Hugging Face cache directory used for hub downloads [default: ~/.cache/huggingface]
+  HF_ENDPOINT     a mirror of the hub to download from instead of the hub itself
   HF_HUB_OFFLINE  when 1, never contact the hub: the model must already be in the cache
   HF_TOKEN        token for private or gated models on the hub
   RUST_LOG        log filter, e.g. info or zerobatch=debug [default: info]
@@ -53,10 +54,12 @@ pub struct Cli {
 /// Subcommands besides serving (the default).
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Download the model's files into the Hugging Face cache and print the local directory.
-    /// Used when building a container image so that a cold start never downloads.
+    /// Download the model's files into the Hugging Face cache and print the local directory
+    /// (for `owner/name:QUANT`, the GGUF file's path). Used when building a container image so
+    /// that a cold start never downloads.
     Download {
-        /// Hub id of the model (or a local directory, which is only checked).
+        /// Hub id of the model, `owner/name:QUANT` for a GGUF file of that quantization (or a
+        /// local directory, which is only checked).
         #[arg(long, env = "MODEL", default_value = DEFAULT_MODEL)]
         model: String,
         /// Hub revision (branch, tag or commit).
@@ -78,7 +81,8 @@ pub struct ServeConfig {
 
     /// Model to serve: a local directory in Hugging Face layout, or a hub id downloaded into
     /// the Hugging Face cache (a BERT-family model embeds, a GPT-2 one generates); or a
-    /// `.gguf` file, or a directory holding one (Llama-family text generation).
+    /// `.gguf` file, a directory holding one, or `owner/name:QUANT`, the hub repository's GGUF
+    /// file of that quantization (text generation: llama, qwen2 and qwen3 architectures).
     #[arg(long, env = "MODEL", default_value = DEFAULT_MODEL)]
     pub model: String,
 

@@ -1,14 +1,15 @@
 //! Finding a model's files: a local directory in Hugging Face layout, or a hub id resolved
 //! through the `hf-hub` crate into the standard Hugging Face cache.
 //!
-//! Hub access honours `HF_HOME` (cache location), `HF_TOKEN` (private models) and
-//! `HF_HUB_OFFLINE=1` (use the cache only, never the network), like the Python libraries.
+//! Hub access ([`super::hub`]) honours `HF_HOME` (cache location), `HF_ENDPOINT` (a mirror),
+//! `HF_TOKEN` (private models) and `HF_HUB_OFFLINE=1` (use the cache only, never the
+//! network), like the Python libraries.
 
 use std::path::{Path, PathBuf};
 
-use hf_hub::api::sync::ApiBuilder;
-use hf_hub::{Cache, Repo, RepoType};
+use hf_hub::{Repo, RepoType};
 
+use super::hub::{is_not_found, Hub};
 use super::ModelError;
 
 /// The name a model is reported by (`/info`, `/`, OpenAI's `model`): the hub id, or the
@@ -79,7 +80,8 @@ pub fn resolve(model: &str, revision: &str) -> Result<ModelFiles, ModelError> {
     from_hub(model, revision)
 }
 
-fn looks_like_a_path(model: &str) -> bool {
+/// Whether `model` is meant as a filesystem path rather than a hub id (`owner/name`).
+pub fn looks_like_a_path(model: &str) -> bool {
     model.starts_with('/')
         || model.starts_with('.')
         || model.starts_with('~')
@@ -116,36 +118,19 @@ pub fn from_directory(dir: &Path) -> Result<ModelFiles, ModelError> {
     })
 }
 
-fn offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE")
-        .is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes"))
-}
-
 /// Fetches one file of the repository: `Ok(None)` when it does not exist.
 type FetchFn = dyn Fn(&str) -> Result<Option<PathBuf>, String>;
 
 fn from_hub(model_id: &str, revision: &str) -> Result<ModelFiles, ModelError> {
     let repo = Repo::with_revision(model_id.to_string(), RepoType::Model, revision.to_string());
-    let cache = Cache::from_env();
-    let fetch: Box<FetchFn> = if offline() {
-        let cached = cache.repo(repo.clone());
+    let hub = Hub::from_env();
+    let offline = hub.offline;
+    let fetch: Box<FetchFn> = if offline {
+        let cached = hub.cache().repo(repo.clone());
         Box::new(move |name: &str| Ok(cached.get(name)))
     } else {
-        let token = std::env::var("HF_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty())
-            .or_else(|| cache.token());
-        let mut builder = ApiBuilder::from_cache(cache.clone())
-            .with_token(token)
-            .with_progress(false);
-        // A hub mirror, as the Python libraries and hf-hub's own `from_env` read it.
-        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
-            if !endpoint.is_empty() {
-                builder = builder.with_endpoint(endpoint);
-            }
-        }
-        let api = builder
-            .build()
+        let api = hub
+            .api()
             .map_err(|e| ModelError::Files(format!("cannot use the Hugging Face hub: {e}")))?
             .repo(repo.clone());
         Box::new(move |name: &str| match api.get(name) {
@@ -158,7 +143,7 @@ fn from_hub(model_id: &str, revision: &str) -> Result<ModelFiles, ModelError> {
     let need = |name: &str| -> Result<PathBuf, ModelError> {
         match fetch(name) {
             Ok(Some(p)) => Ok(p),
-            Ok(None) if offline() => Err(ModelError::Files(format!(
+            Ok(None) if offline => Err(ModelError::Files(format!(
                 "{model_id}: {name} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; {HOW_TO_FIX}"
             ))),
             Ok(None) => Err(ModelError::Files(format!(
@@ -192,10 +177,6 @@ fn from_hub(model_id: &str, revision: &str) -> Result<ModelFiles, ModelError> {
         pooling: maybe(OPTIONAL[1]),
         sentence_bert: maybe(OPTIONAL[2]),
     })
-}
-
-fn is_not_found(e: &hf_hub::api::sync::ApiError) -> bool {
-    e.to_string().contains("404")
 }
 
 #[cfg(test)]

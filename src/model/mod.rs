@@ -7,6 +7,8 @@
 pub mod bert;
 pub mod bert_ops;
 pub mod files;
+pub mod gguf_hub;
+pub mod hub;
 pub mod pooling;
 pub mod tiny;
 pub mod tokenizer;

@@ -1,10 +1,11 @@
 //! Shared test helpers: a tiny generated model, a server on an ephemeral port, and a small
 //! blocking HTTP/1.1 client (raw sockets, so tests see exactly what crosses the wire); in
 //! `gguf`, a tiny Llama GGUF file and ways to vary it; in `decoding`, the reference for
-//! incremental decoding.
+//! incremental decoding; in `fake_hub`, a local server that answers like the Hugging Face hub.
 #![allow(dead_code)]
 
 pub mod decoding;
+pub mod fake_hub;
 pub mod gguf;
 pub mod redis_server;
 
@@ -307,8 +308,25 @@ impl Proc {
             .unwrap_or_default()
     }
 
+    /// Like [`Proc::spawn`], with `env` set for the server.
+    pub fn spawn_env(model: &str, extra: &[&str], env: &[(&str, &str)]) -> Proc {
+        let log = std::env::temp_dir().join(format!(
+            "zerobatch-test-{}-{}.log",
+            std::process::id(),
+            LOG_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let file = std::fs::File::create(&log).expect("creating the server's log file");
+        let mut proc = Self::spawn_inner(model, extra, Stdio::from(file), env);
+        proc.log = Some(log);
+        proc
+    }
+
     /// Like [`Proc::spawn`], with the server's stderr (its logs) sent to `stderr`.
     pub fn spawn_with(model: &str, extra: &[&str], stderr: Stdio) -> Proc {
+        Self::spawn_inner(model, extra, stderr, &[])
+    }
+
+    fn spawn_inner(model: &str, extra: &[&str], stderr: Stdio, env: &[(&str, &str)]) -> Proc {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_zerobatch"))
             .args([
@@ -322,6 +340,7 @@ impl Proc {
                 "2",
             ])
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(stderr)
