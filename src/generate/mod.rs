@@ -88,7 +88,7 @@ pub fn gguf_path(model: &str) -> Option<PathBuf> {
         return Some(one.clone());
     }
     // Every file a part of the same split model: its first part.
-    let first = found.iter().find_map(|p| {
+    found.iter().find_map(|p| {
         let name = p.file_name()?.to_str()?;
         let count: u64 = name
             .strip_suffix(".gguf")?
@@ -105,8 +105,7 @@ pub fn gguf_path(model: &str) -> Option<PathBuf> {
                 .iter()
                 .all(|f| f.to_str().is_some_and(|f| parts.iter().any(|p| p == f)));
         all.then(|| p.clone())
-    });
-    first
+    })
 }
 
 /// The name a GGUF model is reported by: its file's name without `.gguf` and, for a split
