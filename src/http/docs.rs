@@ -238,6 +238,7 @@ fn generation_schemas() -> Value {
         "role": { "type": "string" }, "content": { "oneOf": [ { "type": "string" }, { "type": "array", "items": { "type": "object",
             "properties": { "type": { "type": "string", "enum": ["text"] }, "text": { "type": "string" } } } } ] } } } });
     chat["max_completion_tokens"] = json!({ "type": "integer", "minimum": 1 });
+    chat["chat_template_kwargs"] = json!({ "type": "object", "description": "further chat template variables (vLLM's and llama.cpp's), e.g. {\"enable_thinking\": false} for Qwen3; not messages, add_generation_prompt, bos_token, eos_token or raise_exception" });
     json!({
         "GenerateRequest": { "oneOf": [
             { "type": "object", "required": ["text"], "additionalProperties": false, "properties": { "text": { "type": "string" } } },
