@@ -122,6 +122,17 @@ fn is_model_gguf(path: &str) -> bool {
             .any(|k| name.contains(k))
 }
 
+/// Whether a path from a repository's file list stays inside the snapshot directory it is
+/// downloaded to (relative, no empty, `.` or `..` parts, no backslashes), as llama.cpp checks
+/// (`is_valid_subpath`): the list comes from the network.
+fn stays_inside(path: &str) -> bool {
+    !path.is_empty()
+        && !path.contains('\\')
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+}
+
 /// The quants the model files of `files` are in, for messages.
 pub fn quants(files: &[String]) -> Vec<String> {
     let mut out: Vec<String> = files
@@ -152,7 +163,7 @@ pub enum SelectError {
 ///
 /// When no model file matches, or a matching split model lacks a part.
 pub fn select(files: &[String], quant: &str) -> Result<Vec<String>, SelectError> {
-    let mut sorted: Vec<&String> = files.iter().collect();
+    let mut sorted: Vec<&String> = files.iter().filter(|f| stays_inside(f)).collect();
     sorted.sort();
     let needle = quant.to_ascii_lowercase();
     let matches = |path: &str| {
@@ -342,6 +353,19 @@ mod tests {
                 available: list(&["BF16", "Q4_K_M", "Q8_0"])
             }
         );
+    }
+
+    #[test]
+    fn paths_that_leave_the_snapshot_are_never_chosen() {
+        let repo = list(&[
+            "../../evil-Q8_0.gguf",
+            "/abs/evil-Q8_0.gguf",
+            "a//evil-Q8_0.gguf",
+            "a\\..\\evil-Q8_0.gguf",
+            "ok/model-Q8_0.gguf",
+        ]);
+        assert_eq!(select(&repo, "Q8_0").unwrap(), ["ok/model-Q8_0.gguf"]);
+        assert!(select(&repo[..4], "Q8_0").is_err());
     }
 
     #[test]

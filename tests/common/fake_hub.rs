@@ -149,7 +149,8 @@ fn answer(
             &not_found("Entry"),
         );
     };
-    let size = bytes.len();
+    // (Files here are never empty; `max` keeps the arithmetic safe if one were.)
+    let size = bytes.len().max(1);
     let (start, end) = range
         .as_deref()
         .and_then(|r| r.strip_prefix("bytes="))
@@ -160,11 +161,8 @@ fn answer(
             (s.min(size), e.min(size - 1))
         })
         .unwrap_or((0, size - 1));
-    let body = if start <= end {
-        &bytes[start..=end]
-    } else {
-        &[][..]
-    };
+    let body = bytes.get(start..=end).unwrap_or(&[]);
+    let size = bytes.len();
     respond(
         "206 Partial Content",
         &[
