@@ -1,0 +1,176 @@
+//! The hyperparameters of the Llama family, as llama.cpp reads them from a GGUF file's
+//! `{arch}.*` keys (`llama_model_base::load_hparams`), checked before anything is sized by them.
+
+use crate::generate::decoder::CacheShape;
+use crate::generate::gguf::{GgufError, GgufFile};
+
+/// Largest sizes accepted from a file's metadata (guards against absurd allocations).
+const MAX_DIM: usize = 1 << 16;
+const MAX_LAYERS: usize = 512;
+pub(super) const MAX_VOCAB: usize = 1 << 20;
+const MAX_CONTEXT: usize = 1 << 20;
+
+/// Hyperparameters read from the GGUF metadata (`{arch}.*`, the keys llama.cpp reads).
+#[derive(Debug, Clone)]
+pub struct Hparams {
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    /// Values per query, key and value head: `{arch}.attention.key_length`, else
+    /// `n_embd / n_head` (Qwen3's heads are wider than that).
+    pub head_dim: usize,
+    pub n_ff: usize,
+    pub vocab: usize,
+    pub context: usize,
+    pub rope_base: f32,
+    /// Positions are multiplied by this before rotating (`1 / rope.scaling.factor` for linear
+    /// scaling, else 1).
+    pub rope_freq_scale: f32,
+    pub rms_eps: f32,
+    /// Keys and values are cached in f16 (as llama.cpp does; with quantized weights), else in
+    /// f32 (with f32 weights, so that f32 runs match the reference to 1e-4).
+    pub kv_f16: bool,
+}
+
+impl Hparams {
+    /// Reads and checks the hyperparameters of architecture `arch`.
+    pub fn read(file: &GgufFile, arch: &str) -> Result<Self, GgufError> {
+        let key = |k: &str| format!("{arch}.{k}");
+        let bad = |k: &str, why: String| GgufError::Metadata {
+            path: file.path().to_path_buf(),
+            key: key(k),
+            problem: why,
+        };
+        let n_embd = file.size(&key("embedding_length"), MAX_DIM)?;
+        let n_head = file.size(&key("attention.head_count"), MAX_DIM)?;
+        let n_head_kv = match file.uint_opt(&key("attention.head_count_kv"))? {
+            Some(_) => file.size(&key("attention.head_count_kv"), MAX_DIM)?,
+            None => n_head,
+        };
+        if !n_head.is_multiple_of(n_head_kv) {
+            return Err(bad(
+                "attention.head_count_kv",
+                format!("({n_head_kv}) does not divide head_count {n_head}"),
+            ));
+        }
+        let head_dim = match file.uint_opt(&key("attention.key_length"))? {
+            Some(_) => file.size(&key("attention.key_length"), MAX_DIM)?,
+            None if n_embd.is_multiple_of(n_head) => n_embd / n_head,
+            None => {
+                return Err(bad(
+                    "attention.head_count",
+                    format!("({n_head}) does not split embedding_length {n_embd} into heads, and attention.key_length is not set"),
+                ))
+            }
+        };
+        if head_dim % 2 != 0 {
+            return Err(bad(
+                "attention.key_length",
+                format!("makes heads of {head_dim} values; rotary attention needs an even size"),
+            ));
+        }
+        if let Some(v) = file.uint_opt(&key("attention.value_length"))? {
+            if v as usize != head_dim {
+                return Err(bad(
+                    "attention.value_length",
+                    format!("is {v}; only value heads as wide as the key heads ({head_dim}) are supported"),
+                ));
+            }
+        }
+        if let Some(rot) = file.uint_opt(&key("rope.dimension_count"))? {
+            if rot as usize != head_dim {
+                return Err(bad(
+                    "rope.dimension_count",
+                    format!("is {rot}; only a rotary dimension equal to the head size ({head_dim}) is supported"),
+                ));
+            }
+        }
+        let rms_eps = file.float(&key("attention.layer_norm_rms_epsilon"))?;
+        let rope_base = match file.value(&key("rope.freq_base")) {
+            Some(_) => file.float(&key("rope.freq_base"))?,
+            None => 10_000.0,
+        };
+        if !(rms_eps.is_finite() && rms_eps >= 0.0 && rope_base.is_finite() && rope_base > 1.0) {
+            return Err(bad(
+                "rope.freq_base",
+                "or the RMS epsilon is out of range".into(),
+            ));
+        }
+        Ok(Self {
+            n_layer: file.size(&key("block_count"), MAX_LAYERS)?,
+            n_embd,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_ff: file.size(&key("feed_forward_length"), 4 * MAX_DIM)?,
+            vocab: 0,
+            context: file.size(&key("context_length"), MAX_CONTEXT)?,
+            rope_base,
+            rope_freq_scale: rope_freq_scale(file, arch)?,
+            rms_eps,
+            kv_f16: true,
+        })
+    }
+
+    /// Width of all query heads side by side.
+    pub fn q_width(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+
+    /// Width of the fused Q, K and V projection.
+    pub(super) fn qkv_width(&self) -> usize {
+        (self.n_head + 2 * self.n_head_kv) * self.head_dim
+    }
+
+    /// Width of one token's keys (or values) in the cache.
+    pub fn kv_width(&self) -> usize {
+        self.n_head_kv * self.head_dim
+    }
+
+    /// The sizes of one sequence's KV cache.
+    pub fn cache_shape(&self) -> CacheShape {
+        CacheShape {
+            n_layer: self.n_layer,
+            kv_width: self.kv_width(),
+            f16: self.kv_f16,
+        }
+    }
+}
+
+/// The position scale of `{arch}.rope.scaling.*`, as llama.cpp reads it: no scaling, or linear
+/// scaling by `factor` (older files: `rope.scale_linear`). Other kinds (YaRN, LongRoPE) change
+/// the angles of every position, so a file that asks for one is refused rather than run
+/// wrongly.
+fn rope_freq_scale(file: &GgufFile, arch: &str) -> Result<f32, GgufError> {
+    let kind_key = format!("{arch}.rope.scaling.type");
+    let kind = file.string_opt(&kind_key)?.unwrap_or("linear");
+    if !matches!(kind, "none" | "linear") {
+        return Err(GgufError::Metadata {
+            path: file.path().to_path_buf(),
+            key: kind_key,
+            problem: format!(
+                "is {kind:?}; this server runs RoPE without scaling or with linear scaling"
+            ),
+        });
+    }
+    let mut factor = 0.0;
+    for k in ["rope.scaling.factor", "rope.scale_linear"] {
+        let k = format!("{arch}.{k}");
+        if file.value(&k).is_some() {
+            factor = file.float(&k)?;
+            break;
+        }
+    }
+    if kind == "none" || factor == 0.0 {
+        return Ok(1.0);
+    }
+    if !(factor.is_finite() && factor > 0.0) {
+        return Err(GgufError::Metadata {
+            path: file.path().to_path_buf(),
+            key: format!("{arch}.rope.scaling.factor"),
+            problem: format!("is {factor}; it must be positive"),
+        });
+    }
+    Ok(1.0 / factor)
+}

@@ -1,0 +1,168 @@
+//! The per-row math the Llama family's architectures share: rotary position embeddings, in
+//! llama.cpp's two pairings, and RMSNorm.
+
+use super::Hparams;
+
+/// How RoPE pairs a head's values (llama.cpp's rope types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// `LLAMA_ROPE_TYPE_NORM`: adjacent values `(x[2i], x[2i+1])` (llama.cpp's converter
+    /// permutes Llama's Q and K rows for it).
+    Adjacent,
+    /// `LLAMA_ROPE_TYPE_NEOX`: the two halves, `(x[i], x[i + d/2])` (Hugging Face's
+    /// `rotate_half`; Qwen's tensors are stored as trained).
+    Halves,
+}
+
+/// Rotary embedding angles for the rows of one step.
+pub struct Rope {
+    /// Per row, per pair: (cos, sin).
+    cos_sin: Vec<(f32, f32)>,
+    pairs: usize,
+    style: RopeStyle,
+}
+
+impl Rope {
+    /// The angles of `positions`: pair `i` turns by `position · scale / base^(2i/d) /
+    /// factors[i]` (`factors`: Llama 3.1's `rope_freqs`, or ones).
+    pub(super) fn new(
+        positions: &[usize],
+        hp: &Hparams,
+        factors: &[f32],
+        style: RopeStyle,
+    ) -> Self {
+        let (head_dim, base) = (hp.head_dim, hp.rope_base as f64);
+        let pairs = head_dim / 2;
+        let inv_freq: Vec<f64> = (0..pairs)
+            .map(|i| 1.0 / base.powf(2.0 * i as f64 / head_dim as f64) / factors[i] as f64)
+            .collect();
+        let scale = hp.rope_freq_scale as f64;
+        let mut cos_sin = Vec::with_capacity(positions.len() * pairs);
+        for &p in positions {
+            for f in &inv_freq {
+                let theta = p as f64 * scale * f;
+                cos_sin.push((theta.cos() as f32, theta.sin() as f32));
+            }
+        }
+        Self {
+            cos_sin,
+            pairs,
+            style,
+        }
+    }
+
+    /// Rotates every head of `x` (heads of `2·pairs` values) for row `r`.
+    pub fn apply(&self, r: usize, x: &mut [f32]) {
+        let cs = &self.cos_sin[r * self.pairs..(r + 1) * self.pairs];
+        let half = self.pairs;
+        for head in x.chunks_exact_mut(2 * half) {
+            match self.style {
+                RopeStyle::Adjacent => {
+                    for (pair, &(cos, sin)) in head.chunks_exact_mut(2).zip(cs) {
+                        let (a, b) = (pair[0], pair[1]);
+                        pair[0] = a * cos - b * sin;
+                        pair[1] = a * sin + b * cos;
+                    }
+                }
+                RopeStyle::Halves => {
+                    let (lo, hi) = head.split_at_mut(half);
+                    for ((a, b), &(cos, sin)) in lo.iter_mut().zip(hi.iter_mut()).zip(cs) {
+                        let (x0, x1) = (*a, *b);
+                        *a = x0 * cos - x1 * sin;
+                        *b = x0 * sin + x1 * cos;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `out = x / rms(x) · w`, for every row of `w.len()` values of `x`.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let ss: f32 = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let scale = 1.0 / (ss + eps).sqrt();
+        for ((o, &v), &w) in o.iter_mut().zip(row).zip(w) {
+            *o = v * scale * w;
+        }
+    }
+}
+
+/// [`rms_norm`] in place.
+pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let d = w.len();
+    for row in x.chunks_exact_mut(d) {
+        let ss: f32 = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let scale = 1.0 / (ss + eps).sqrt();
+        for (v, &w) in row.iter_mut().zip(w) {
+            *v = *v * scale * w;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hp(head_dim: usize) -> Hparams {
+        Hparams {
+            n_layer: 1,
+            n_embd: head_dim,
+            n_head: 1,
+            n_head_kv: 1,
+            head_dim,
+            n_ff: 1,
+            vocab: 1,
+            context: 8,
+            rope_base: 10_000.0,
+            rope_freq_scale: 1.0,
+            rms_eps: 1e-6,
+            kv_f16: false,
+        }
+    }
+
+    /// Both styles rotate the same pairs by the same angles; they differ only in which values
+    /// make a pair (adjacent, or one from each half).
+    #[test]
+    fn rope_styles_pair_values_differently_by_the_same_angles() {
+        let h = hp(8);
+        let ones = [1.0f32; 4];
+        let adjacent = Rope::new(&[3], &h, &ones, RopeStyle::Adjacent);
+        let halves = Rope::new(&[3], &h, &ones, RopeStyle::Halves);
+        let x: Vec<f32> = (0..8).map(|i| i as f32 + 1.0).collect();
+        // The same vector laid out for each style: pair i is (x[2i], x[2i+1]) in one,
+        // (x[i], x[i+4]) in the other.
+        let mut a = x.clone();
+        let mut b: Vec<f32> = (0..8)
+            .map(|j| if j < 4 { x[2 * j] } else { x[2 * (j - 4) + 1] })
+            .collect();
+        adjacent.apply(0, &mut a);
+        halves.apply(0, &mut b);
+        for i in 0..4 {
+            assert!((a[2 * i] - b[i]).abs() < 1e-6);
+            assert!((a[2 * i + 1] - b[i + 4]).abs() < 1e-6);
+        }
+        // Position 0 turns nothing; linear scaling by 2 turns position 6 as far as 3.
+        let zero = Rope::new(&[0], &h, &ones, RopeStyle::Halves);
+        let mut c = x.clone();
+        zero.apply(0, &mut c);
+        assert_eq!(c, x);
+        let scaled = Rope::new(
+            &[6],
+            &Hparams {
+                rope_freq_scale: 0.5,
+                ..h.clone()
+            },
+            &ones,
+            RopeStyle::Adjacent,
+        );
+        let mut s = x.clone();
+        scaled.apply(0, &mut s);
+        let mut t = x.clone();
+        adjacent.apply(0, &mut t);
+        for (u, v) in s.iter().zip(&t) {
+            assert!((u - v).abs() < 1e-5);
+        }
+    }
+}
