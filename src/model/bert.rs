@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::bert_ops::{AddLayerNorm, Attention, Linear, LinearWeights};
 use super::weights::{Weight, WeightFile};
 use super::ModelError;
-use crate::kernels::{AttentionShape, Dtype, KernelLevel, LinearPart, PackedLinear};
+use crate::kernels::{AttentionShape, Dtype, KernelLevel, LinearPart, PackedLinear, Products};
 
 /// The fields of a Hugging Face `config.json` the encoder needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -447,6 +447,11 @@ impl Bert {
             },
             threads,
             level: self.level,
+            // The f32 model stays exact; the others already round their linear layers.
+            products: match self.dtype() {
+                Dtype::F32 => Products::F32,
+                _ => Products::Bf16,
+            },
         };
         for layer in &self.layers {
             // The f32 parts live here, so that the ops can borrow them.
