@@ -151,6 +151,19 @@ impl DtypeChoice {
             DtypeChoice::Auto => Dtype::F32,
         }
     }
+
+    /// The dtype of a sequence classifier (a reranker, a text classifier) on `level`: `auto`
+    /// is f32 there. bf16 misses the scores' bar (within 1e-3 of sentence-transformers): a
+    /// score reads one direction of the hidden state, scaled to logits of several units, where
+    /// bf16's ~0.3% relative error of the hidden state becomes 1e-2 of a logit and up to a few
+    /// 1e-3 of a sigmoid score (docs/benchmarks.md, "Rerankers: bf16 or f32"). `--dtype bf16`
+    /// still asks for it.
+    pub fn resolve_for_classifier(self, level: KernelLevel) -> Dtype {
+        match self {
+            DtypeChoice::Auto => Dtype::F32,
+            fixed => fixed.resolve(level),
+        }
+    }
 }
 
 impl std::str::FromStr for DtypeChoice {
@@ -332,7 +345,10 @@ pub fn load_files(
 
     let t = Instant::now();
     let kernel = KernelLevel::capped(options.kernel_cap);
-    let dtype = options.dtype.resolve(kernel);
+    let dtype = match head {
+        bert::Head::Encoder => options.dtype.resolve(kernel),
+        bert::Head::SequenceClassification => options.dtype.resolve_for_classifier(kernel),
+    };
     let task = match &classifier {
         None => Task::Embedding,
         Some(c) if c.labels.len() == 1 => Task::Reranking,
@@ -418,6 +434,15 @@ mod tests {
         }
         for level in KernelLevel::ALL {
             assert_eq!(DtypeChoice::Fixed(Dtype::Int8).resolve(level), Dtype::Int8);
+            assert_eq!(
+                DtypeChoice::Auto.resolve_for_classifier(level),
+                Dtype::F32,
+                "{level}"
+            );
+            assert_eq!(
+                DtypeChoice::Fixed(Dtype::Bf16).resolve_for_classifier(level),
+                Dtype::Bf16
+            );
         }
     }
 }
