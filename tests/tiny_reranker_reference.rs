@@ -252,7 +252,7 @@ fn the_real_binary_reranks_and_classifies_over_http() {
     let (reranker, classifier, embedder) = model_dirs();
     let s = Proc::spawn(
         reranker.to_str().unwrap(),
-        &["--max-client-batch", "8", "--max-batch-delay-ms", "2"],
+        &["--max-client-batch-size", "8", "--max-batch-delay-ms", "2"],
     );
     wait_ready(s.addr);
     let info = get(s.addr, "/info").json();

@@ -240,3 +240,24 @@ fn model_function(info: &crate::model::ModelInfo) -> ScoreFunction {
 fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("answers always serialize")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_job_route_parses_its_own_body() {
+        for (route, body, inputs) in [
+            ("/rerank", r#"{"query": "q", "texts": ["a", "b"]}"#, 2),
+            ("/v1/rerank", r#"{"query": "q", "documents": ["a", {"text": "b"}, "c"]}"#, 3),
+            ("/predict", r#"{"inputs": [["a"], ["a", "b"]]}"#, 2),
+            ("/embed", r#"{"inputs": "a", "prompt_name": "query"}"#, 1),
+        ] {
+            let r = JsonRequest::parse(route, body.as_bytes(), 4).unwrap();
+            assert_eq!(r.inputs(), inputs, "{route}");
+            assert!(r.text_bytes() >= inputs, "{route}");
+        }
+        let e = JsonRequest::parse("/similarity", b"{}", 4).unwrap_err();
+        assert!(e.to_string().contains("/v1/rerank"), "{e}");
+    }
+}

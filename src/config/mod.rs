@@ -170,8 +170,14 @@ pub struct ServeConfig {
     #[arg(long, env = "PARSE_SPECIAL_IN_CHAT")]
     pub parse_special_in_chat: bool,
 
-    /// Most inputs in one request.
-    #[arg(long, env = "MAX_CLIENT_BATCH", default_value_t = 64)]
+    /// Most inputs in one request (texts, pairs, a rerank's passages); more is 413. Also
+    /// spelled --max-client-batch-size, TEI's name.
+    #[arg(
+        long,
+        env = "MAX_CLIENT_BATCH",
+        default_value_t = 64,
+        visible_alias = "max-client-batch-size"
+    )]
     pub max_client_batch: usize,
 
     /// When set, every route except /healthz and /readyz needs `Authorization: Bearer <key>`.
