@@ -2,7 +2,10 @@
 //! three-label classifier, a CLS-pooling embedder with prompts), written again from what the
 //! reference holds: each model's files verbatim, all-MiniLM-L6-v2's tokenizer files, and the
 //! weights from the seeded rule that scripts/make-reranker-reference.py filled them with,
-//! checked bit for bit against its fingerprints. Written once per test binary.
+//! checked bit for bit against its fingerprints. Written once under the temporary directory,
+//! named by the reference's own fingerprint, and reused by later runs (each model directory is
+//! written beside its place and renamed into it, so concurrent test binaries never see half of
+//! one).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -103,10 +106,27 @@ pub fn model_dirs() -> &'static (PathBuf, PathBuf, PathBuf) {
     static DIRS: OnceLock<(PathBuf, PathBuf, PathBuf)> = OnceLock::new();
     DIRS.get_or_init(|| {
         let r = reference();
-        let root = std::env::temp_dir().join(format!("zerobatch-rerankers-{}", std::process::id()));
+        let json = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/tiny_reranker_reference.json"
+        ))
+        .unwrap();
+        let mut h = 0xCBF2_9CE4_8422_2325u64;
+        for b in json {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01B3);
+        }
+        let root = std::env::temp_dir().join(format!("zerobatch-rerankers-{h:016x}"));
         let write = |name: &str, files, tensors, fnv| {
             let dir = root.join(name);
-            write_model(&dir, files, tensors, fnv);
+            if !dir.join("model.safetensors").is_file() {
+                let tmp = root.join(format!(".{name}-{}", std::process::id()));
+                let _ = std::fs::remove_dir_all(&tmp);
+                write_model(&tmp, files, tensors, fnv);
+                // Another test binary may have put it there first: then its copy is used.
+                if std::fs::rename(&tmp, &dir).is_err() {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                }
+            }
             dir
         };
         (
