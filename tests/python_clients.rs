@@ -110,13 +110,7 @@ fn check_clients(python: &Path, server: &Server, api_key: Option<&str>) {
 
 /// Runs tests/clients/`script` against `server` (with `args` after the server's URL); panics
 /// with its output unless every check passed.
-fn run_checks(
-    python: &Path,
-    script: &str,
-    server: &Server,
-    api_key: Option<&str>,
-    args: &[&str],
-) {
+fn run_checks(python: &Path, script: &str, server: &Server, api_key: Option<&str>, args: &[&str]) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/clients")
         .join(script);

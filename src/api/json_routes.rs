@@ -249,7 +249,11 @@ mod tests {
     fn every_job_route_parses_its_own_body() {
         for (route, body, inputs) in [
             ("/rerank", r#"{"query": "q", "texts": ["a", "b"]}"#, 2),
-            ("/v1/rerank", r#"{"query": "q", "documents": ["a", {"text": "b"}, "c"]}"#, 3),
+            (
+                "/v1/rerank",
+                r#"{"query": "q", "documents": ["a", {"text": "b"}, "c"]}"#,
+                3,
+            ),
             ("/predict", r#"{"inputs": [["a"], ["a", "b"]]}"#, 2),
             ("/embed", r#"{"inputs": "a", "prompt_name": "query"}"#, 1),
         ] {
