@@ -242,6 +242,8 @@ fn load_gpt2(
         dtype,
         weight_formats: model.weight_formats().into_iter().collect(),
         kernel: level,
+        classifier: None,
+        prompts: Default::default(),
     };
     Ok(LoadedGenerator {
         info,
@@ -338,6 +340,8 @@ fn load_gguf(
         dtype,
         weight_formats: model.weight_formats().into_iter().collect(),
         kernel: level,
+        classifier: None,
+        prompts: Default::default(),
     };
     Ok(LoadedGenerator {
         info,
