@@ -14,7 +14,8 @@ pub enum ServiceError {
     /// The request asks for more than a limit allows (inputs, tokens, prompt length).
     #[error("{0}")]
     TooLarge(String),
-    /// The route serves another task than the loaded model's.
+    /// The route serves another task than the loaded model's (for this replica the route does
+    /// not exist: 404, naming the model's task and its routes).
     #[error("{0}")]
     WrongTask(String),
     /// The service's queue is full: the request was not queued.
@@ -43,7 +44,8 @@ impl ServiceError {
     /// records alike) and the `reason` label of `zerobatch_rejected_total`.
     pub fn kind(&self) -> &'static str {
         match self {
-            ServiceError::Invalid(_) | ServiceError::WrongTask(_) => "invalid_request",
+            ServiceError::Invalid(_) => "invalid_request",
+            ServiceError::WrongTask(_) => "not_found",
             ServiceError::TooLarge(_) => "payload_too_large",
             ServiceError::QueueFull(_) => "queue_full",
             ServiceError::TimedOut(..) => "timeout",

@@ -26,7 +26,8 @@ use crate::model::ModelInfo;
 
 /// The loaded model's service, which both front ends call.
 pub enum Serving {
-    Embedding(Arc<EmbedService>),
+    /// An encoder model: embeddings, reranking or text classification (its `info().task`).
+    Encoder(Arc<EmbedService>),
     Generation(Arc<GenerateService>),
 }
 
@@ -34,7 +35,7 @@ impl Serving {
     /// Facts about the model.
     pub fn info(&self) -> &ModelInfo {
         match self {
-            Serving::Embedding(s) => s.info(),
+            Serving::Encoder(s) => s.info(),
             Serving::Generation(s) => s.info(),
         }
     }
@@ -42,7 +43,7 @@ impl Serving {
     /// Where request work runs off the async threads.
     pub fn offload(&self) -> &crate::offload::Offload {
         match self {
-            Serving::Embedding(s) => s.offload(),
+            Serving::Encoder(s) => s.offload(),
             Serving::Generation(s) => s.offload(),
         }
     }
@@ -50,7 +51,7 @@ impl Serving {
     /// Requests (generation) or inputs (embeddings) waiting for the model.
     pub fn waiting(&self) -> usize {
         match self {
-            Serving::Embedding(s) => s.waiting(),
+            Serving::Encoder(s) => s.waiting(),
             Serving::Generation(s) => s.waiting(),
         }
     }

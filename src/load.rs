@@ -174,7 +174,7 @@ fn run(
     };
     let (service, pool) = EmbedService::start(loaded, settings, offload, on_warm)
         .map_err(|e| format!("cannot start the worker threads: {e}"))?;
-    lifecycle.loaded(Serving::Embedding(service));
+    lifecycle.loaded(Serving::Encoder(service));
     pool.join();
     Ok(())
 }

@@ -200,7 +200,7 @@ where
     }
     // Drained: the workers or the engine may end.
     match lifecycle.serving_now().as_deref() {
-        Some(Serving::Embedding(s)) => s.close(),
+        Some(Serving::Encoder(s)) => s.close(),
         Some(Serving::Generation(s)) => s.stop(),
         None => {}
     }

@@ -1019,21 +1019,22 @@ fn invalid_requests_and_limits_get_the_right_status_naming_the_field() {
         "max_new_tokens",
     );
 
-    // Embedding routes on a generation model.
-    assert_refused(
-        addr,
-        "/embed",
-        json!({"inputs": "x"}),
-        400,
-        "text-generation",
-    );
-    assert_refused(
-        addr,
-        "/v1/embeddings",
-        json!({"input": "x"}),
-        400,
-        "text-generation",
-    );
+    // Encoder routes on a generation model: 404, naming the model's task and its routes.
+    for (path, body) in [
+        ("/embed", json!({"inputs": "x"})),
+        ("/v1/embeddings", json!({"input": "x"})),
+        ("/rerank", json!({"query": "q", "texts": ["x"]})),
+        ("/v1/rerank", json!({"query": "q", "documents": ["x"]})),
+        ("/predict", json!({"inputs": "x"})),
+    ] {
+        assert_refused(
+            addr,
+            path,
+            body,
+            404,
+            "is a text-generation model: use /generate",
+        );
+    }
 
     // /info and /tokenize on a generation model.
     let info = get(addr, "/info").json();
@@ -1091,7 +1092,7 @@ fn invalid_requests_and_limits_get_the_right_status_naming_the_field() {
             json!({"messages": [{"role": "user", "content": "x"}]}),
         ),
     ] {
-        assert_refused(e.addr, path, body, 400, "embedding");
+        assert_refused(e.addr, path, body, 404, "is an embedding model: use /embed");
     }
 }
 

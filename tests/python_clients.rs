@@ -3,7 +3,10 @@
 //! openai's `OpenAI(base_url=URL + "/v1").embeddings.create` (float and its default base64),
 //! without and with `--api-key` (tests/clients/check_clients.py); and, on SmolLM2, their
 //! generation calls, whole and streamed: `text_generation(stream=True)` posts to `POST /`
-//! with `"stream": true` (tests/clients/check_generation_clients.py). The
+//! with `"stream": true` (tests/clients/check_generation_clients.py); and, on the tiny models of
+//! tests/data/tiny_reranker_reference.json, `text_classification` against `/predict` and
+//! `feature_extraction(prompt_name=...)`, checked against sentence-transformers' answers
+//! (tests/clients/check_scoring_clients.py). The
 //! interpreter comes from `ZEROBATCH_TEST_PYTHON`, which scripts/test.sh sets to the pinned venv
 //! that scripts/test-venv.sh builds. Without it the test says SKIPPED and returns, except under
 //! CI (`CI` set), where a skip would hide a client regression: there it fails unless
@@ -102,12 +105,12 @@ impl Drop for Server {
 
 /// Runs check_clients.py against `server`; panics with its output unless every check passed.
 fn check_clients(python: &Path, server: &Server, api_key: Option<&str>) {
-    run_checks(python, "check_clients.py", server, api_key)
+    run_checks(python, "check_clients.py", server, api_key, &[])
 }
 
-/// Runs tests/clients/`script` against `server`; panics with its output unless every check
-/// passed.
-fn run_checks(python: &Path, script: &str, server: &Server, api_key: Option<&str>) {
+/// Runs tests/clients/`script` against `server` (with `args` after the server's URL); panics
+/// with its output unless every check passed.
+fn run_checks(python: &Path, script: &str, server: &Server, api_key: Option<&str>, args: &[&str]) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/clients")
         .join(script);
@@ -118,7 +121,9 @@ fn run_checks(python: &Path, script: &str, server: &Server, api_key: Option<&str
     ));
     let out = std::fs::File::create(&out_path).unwrap();
     let mut cmd = Command::new(python);
-    cmd.arg(&script).arg(format!("http://{}", server.addr));
+    cmd.arg(&script)
+        .arg(format!("http://{}", server.addr))
+        .args(args);
     if let Some(key) = api_key {
         cmd.args(["--api-key", key]);
     }
@@ -181,5 +186,25 @@ fn huggingface_hub_and_openai_generation_clients_whole_and_streamed() {
     let Some(python) = python() else { return };
     let model = smollm2_path();
     let server = Server::spawn_model(model.to_str().expect("a UTF-8 path"), &[]);
-    run_checks(&python, "check_generation_clients.py", &server, None);
+    run_checks(&python, "check_generation_clients.py", &server, None, &[]);
+}
+
+#[test]
+fn huggingface_hub_text_classification_and_prompt_names_against_sentence_transformers() {
+    let Some(python) = python() else { return };
+    let (_, classifier, embedder) = common::reranker_models::model_dirs();
+    let reference = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/tiny_reranker_reference.json"
+    );
+    for (dir, which) in [(classifier, "classifier"), (embedder, "embedder")] {
+        let server = Server::spawn_model(dir.to_str().expect("a UTF-8 path"), &[]);
+        run_checks(
+            &python,
+            "check_scoring_clients.py",
+            &server,
+            None,
+            &[reference, which],
+        );
+    }
 }

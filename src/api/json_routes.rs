@@ -1,21 +1,36 @@
 //! The routes answered with one JSON body from one JSON body, without streaming: embeddings
-//! (TEI's `/embed` and `POST /` on an embedding model, OpenAI's `/v1/embeddings`) and
+//! (TEI's `/embed` and `POST /` on an embedding model, OpenAI's `/v1/embeddings`), reranking
+//! (TEI's `/rerank`, the Cohere/Jina `/v1/rerank`), classification (TEI's `/predict`) and
 //! `/tokenize`. Both front ends run them the same way: HTTP handlers for their routes, the queue
 //! broker for jobs, which name one of these routes ([`JOB_ROUTES`]). So a job joins the same
 //! batches as HTTP traffic, and its result is byte for byte the HTTP answer.
 
+use std::sync::Arc;
+
+use super::cohere;
 use super::openai::{self, EmbeddingsRequest};
-use super::tei::{EmbedRequest, TokenizeRequest};
+use super::tei::{
+    self, EmbedRequest, PredictInputs, PredictRequest, RerankRequest, TokenizeRequest,
+};
 use crate::embed::queue::Arrival;
 use crate::embed::EmbedOptions;
 use crate::error::ServiceError;
 use crate::lifecycle::{Lifecycle, Serving};
+use crate::model::ScoreFunction;
 
 /// About how many bytes of JSON one token of a `/tokenize` answer takes.
 const TOKEN_JSON_BYTES: usize = 64;
 
-/// The routes a queue job may name.
-pub const JOB_ROUTES: &[&str] = &["/embed", "/", "/v1/embeddings", "/tokenize"];
+/// The routes a queue job may name (`/` is TEI's embedding shape, as `/embed`).
+pub const JOB_ROUTES: &[&str] = &[
+    "/embed",
+    "/",
+    "/v1/embeddings",
+    "/rerank",
+    "/v1/rerank",
+    "/predict",
+    "/tokenize",
+];
 
 /// A parsed and checked body of one of these routes.
 #[derive(Debug)]
@@ -24,6 +39,12 @@ pub enum JsonRequest {
     Embed(EmbedRequest),
     /// `POST /v1/embeddings`.
     Embeddings(EmbeddingsRequest),
+    /// `POST /rerank` (TEI's shape).
+    Rerank(RerankRequest),
+    /// `POST /v1/rerank` (Cohere's and Jina's shape).
+    CohereRerank(cohere::RerankRequest),
+    /// `POST /predict` (TEI's shape).
+    Predict(PredictRequest),
     /// `POST /tokenize`.
     Tokenize(TokenizeRequest),
 }
@@ -39,6 +60,11 @@ impl JsonRequest {
             "/v1/embeddings" => {
                 JsonRequest::Embeddings(EmbeddingsRequest::parse(body, max_client_batch)?)
             }
+            "/rerank" => JsonRequest::Rerank(RerankRequest::parse(body, max_client_batch)?),
+            "/v1/rerank" => {
+                JsonRequest::CohereRerank(cohere::RerankRequest::parse(body, max_client_batch)?)
+            }
+            "/predict" => JsonRequest::Predict(PredictRequest::parse(body, max_client_batch)?),
             "/tokenize" => JsonRequest::Tokenize(TokenizeRequest::parse(body, max_client_batch)?),
             _ => {
                 return Err(ServiceError::Invalid(format!(
@@ -49,23 +75,29 @@ impl JsonRequest {
         })
     }
 
-    /// How many texts the request carries.
+    /// How many inputs (texts, or pairs of texts) the request carries.
     pub fn inputs(&self) -> usize {
         match self {
             JsonRequest::Embed(r) => r.inputs.0.len(),
             JsonRequest::Embeddings(r) => r.input.0.len(),
+            JsonRequest::Rerank(r) => r.texts.len(),
+            JsonRequest::CohereRerank(r) => r.documents.len(),
+            JsonRequest::Predict(r) => r.inputs.len(),
             JsonRequest::Tokenize(r) => r.inputs.0.len(),
         }
     }
 
     /// Bytes of text the parsed request holds (what it keeps of its body).
     pub fn text_bytes(&self) -> usize {
-        let inputs = match self {
-            JsonRequest::Embed(r) => &r.inputs,
-            JsonRequest::Embeddings(r) => &r.input,
-            JsonRequest::Tokenize(r) => &r.inputs,
-        };
-        inputs.0.iter().map(String::len).sum()
+        let sum = |texts: &[String]| texts.iter().map(String::len).sum::<usize>();
+        match self {
+            JsonRequest::Embed(r) => sum(&r.inputs.0),
+            JsonRequest::Embeddings(r) => sum(&r.input.0),
+            JsonRequest::Rerank(r) => r.query.len() + sum(&r.texts),
+            JsonRequest::CohereRerank(r) => r.query.len() + r.texts().map(str::len).sum::<usize>(),
+            JsonRequest::Predict(r) => r.inputs.text_bytes(),
+            JsonRequest::Tokenize(r) => sum(&r.inputs.0),
+        }
     }
 
     /// Answers the request with the loaded model (waiting for it through a cold start), until
@@ -92,6 +124,7 @@ impl JsonRequest {
                     truncate: r.truncate,
                     normalize: r.normalize,
                     dimensions: None,
+                    prompt_name: r.prompt_name,
                 };
                 let service = super::embedding(serving)?;
                 let done = service.embed(arrival, r.inputs.0, options).await?;
@@ -103,6 +136,7 @@ impl JsonRequest {
                     truncate: true,
                     normalize: true,
                     dimensions: r.dimensions,
+                    prompt_name: None,
                 };
                 let service = super::embedding(serving)?;
                 let done = service.embed(arrival, r.input.0, options).await?;
@@ -114,9 +148,70 @@ impl JsonRequest {
                     r.encoding_format,
                 ))
             }
+            JsonRequest::Rerank(r) => {
+                let service = super::reranking(serving)?;
+                let function = if r.raw_scores {
+                    ScoreFunction::Identity
+                } else {
+                    model_function(service.info())
+                };
+                let texts = Arc::new(r.texts);
+                let done = service
+                    .rerank(
+                        arrival,
+                        r.query,
+                        texts.clone(),
+                        r.truncate.unwrap_or(true),
+                        function,
+                    )
+                    .await?;
+                let shown = r.return_text.then_some(texts.as_slice());
+                Ok(tei::rerank_answer(&done.scores, shown))
+            }
+            JsonRequest::CohereRerank(r) => {
+                let service = super::reranking(serving)?;
+                let model = r.model.clone().unwrap_or_else(|| service.info().id.clone());
+                let (query, texts, shape) = r.into_parts();
+                let texts = Arc::new(texts);
+                let function = model_function(service.info());
+                // Cohere's and Jina's routes always truncate (as OpenAI's embeddings do here).
+                let done = service
+                    .rerank(arrival, query, texts.clone(), true, function)
+                    .await?;
+                let id = format!("rerank-{}", arrival.seq(0));
+                Ok(cohere::rerank_answer(
+                    shape,
+                    &texts,
+                    &done.scores,
+                    done.tokens,
+                    &model,
+                    id,
+                ))
+            }
+            JsonRequest::Predict(r) => {
+                let service = super::classification(serving)?;
+                let function = r.score_function(model_function(service.info()));
+                let batch = matches!(r.inputs, PredictInputs::Batch(_));
+                let top_k = r.parameters.as_ref().and_then(|p| p.top_k);
+                let labels = service
+                    .info()
+                    .classifier
+                    .as_ref()
+                    .map(|c| c.labels.clone())
+                    .unwrap_or_default();
+                let done = service
+                    .predict(
+                        arrival,
+                        r.inputs.into_inputs(),
+                        r.truncate.unwrap_or(true),
+                        function,
+                    )
+                    .await?;
+                Ok(tei::predict_answer(&done.scores, &labels, batch, top_k))
+            }
             JsonRequest::Tokenize(r) => {
                 let tokens = match serving {
-                    Serving::Embedding(s) => {
+                    Serving::Encoder(s) => {
                         s.tokenize(r.inputs.0, r.add_special_tokens, r.truncate)
                             .await?
                     }
@@ -133,7 +228,40 @@ impl JsonRequest {
     }
 }
 
+/// What `raw_scores: false` applies to a classifier's logits (the routes that call this
+/// checked that the model is one).
+fn model_function(info: &crate::model::ModelInfo) -> ScoreFunction {
+    info.classifier
+        .as_ref()
+        .map_or(ScoreFunction::Identity, |c| c.score_function)
+}
+
 /// The JSON text of an answer.
 fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("answers always serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_job_route_parses_its_own_body() {
+        for (route, body, inputs) in [
+            ("/rerank", r#"{"query": "q", "texts": ["a", "b"]}"#, 2),
+            (
+                "/v1/rerank",
+                r#"{"query": "q", "documents": ["a", {"text": "b"}, "c"]}"#,
+                3,
+            ),
+            ("/predict", r#"{"inputs": [["a"], ["a", "b"]]}"#, 2),
+            ("/embed", r#"{"inputs": "a", "prompt_name": "query"}"#, 1),
+        ] {
+            let r = JsonRequest::parse(route, body.as_bytes(), 4).unwrap();
+            assert_eq!(r.inputs(), inputs, "{route}");
+            assert!(r.text_bytes() >= inputs, "{route}");
+        }
+        let e = JsonRequest::parse("/similarity", b"{}", 4).unwrap_err();
+        assert!(e.to_string().contains("/v1/rerank"), "{e}");
+    }
 }

@@ -2,11 +2,13 @@
 //! OpenAI, TGI, the upstream `{"text"}` application), parsed into the services' requests and
 //! rendered from their results, with the checks that need no model (schema, counts, ranges).
 //!
-//! - [`tei`], [`openai`], [`tgi`], [`upstream`]: each API style's bodies, one file each;
+//! - [`tei`], [`openai`], [`tgi`], [`upstream`], [`cohere`]: each API style's bodies, one file
+//!   each;
 //! - [`generation`]: what the generation styles share (sampling settings, stop sequences, the
 //!   answer of a finished sequence and the chunks of a streamed one);
 //! - [`answer`]: a generation's answer in the style its call asked for, whole or streamed;
-//! - [`json_routes`]: the routes answered with one JSON body (embeddings, tokenize), parsed and
+//! - [`json_routes`]: the routes answered with one JSON body (embeddings, reranking,
+//!   classification, tokenize), parsed and
 //!   answered in one place for both front ends; a queue job names one of them, so a job's
 //!   result is byte for byte the HTTP answer.
 //!
@@ -14,6 +16,7 @@
 //! codes and the broker to retry decisions.
 
 pub mod answer;
+pub mod cohere;
 pub mod generation;
 pub mod json_routes;
 pub mod openai;
@@ -30,6 +33,7 @@ use crate::embed::EmbedService;
 use crate::error::ServiceError;
 use crate::generate::service::GenerateService;
 use crate::lifecycle::Serving;
+use crate::model::{ModelInfo, Task};
 
 /// Parses a JSON body with error messages for people: an empty body says what the route
 /// expects (`expects`, e.g. `{"inputs": ...}`), a syntax or schema error says where, and a lone
@@ -59,40 +63,96 @@ pub fn from_json<T: serde::de::DeserializeOwned>(
 
 /// 400 for no inputs, 413 for more than `max_client_batch`.
 pub fn check_count(n: usize, max_client_batch: usize) -> Result<(), ServiceError> {
+    check_count_of(n, max_client_batch, "inputs")
+}
+
+/// [`check_count`] for a list whose items are called `what` (`texts`, `documents`).
+pub fn check_count_of(n: usize, max_client_batch: usize, what: &str) -> Result<(), ServiceError> {
     if n == 0 {
-        return Err(ServiceError::Invalid(
-            "the input list is empty; send at least one text".into(),
-        ));
+        let list = if what == "inputs" { "input" } else { what };
+        return Err(ServiceError::Invalid(format!(
+            "the {list} list is empty; send at least one text"
+        )));
     }
     if n > max_client_batch {
         return Err(ServiceError::TooLarge(format!(
-            "{n} inputs in one request; the limit is {max_client_batch} (--max-client-batch)"
+            "{n} {what} in one request; the limit is {max_client_batch} (--max-client-batch)"
         )));
     }
     Ok(())
 }
 
+/// The routes of a task, for the message that sends a client to them.
+fn routes_of(task: Task) -> &'static str {
+    match task {
+        Task::Embedding => "/embed or /v1/embeddings",
+        Task::Reranking => "/rerank, /v1/rerank or /predict",
+        Task::TextClassification => "/predict",
+        Task::TextGeneration => {
+            "/generate, /generate_stream, /v1/completions or /v1/chat/completions"
+        }
+    }
+}
+
+/// The error of a route that `does` something the loaded model (`info`) does not: it names
+/// the model's task and the routes that serve it.
+fn wrong_task(does: &str, info: &ModelInfo) -> ServiceError {
+    let name = info.task.name();
+    let article = if name.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    ServiceError::WrongTask(format!(
+        "this route {does}, but the loaded model ({}) is {article} {name} model: use {}",
+        info.id,
+        routes_of(info.task)
+    ))
+}
+
+/// The encoder service when the loaded model's task is one of `tasks`, or the error that
+/// names the model's task.
+fn encoder<'a>(
+    serving: &'a Serving,
+    tasks: &[Task],
+    does: &str,
+) -> Result<&'a Arc<EmbedService>, ServiceError> {
+    match serving {
+        Serving::Encoder(s) if tasks.contains(&s.info().task) => Ok(s),
+        other => Err(wrong_task(does, other.info())),
+    }
+}
+
 /// The embedding service, or the error that names the loaded model's task.
 pub fn embedding(serving: &Serving) -> Result<&Arc<EmbedService>, ServiceError> {
-    match serving {
-        Serving::Embedding(s) => Ok(s),
-        Serving::Generation(g) => Err(ServiceError::WrongTask(format!(
-            "this route computes embeddings, but the loaded model ({}) is a {} model: use /generate, /generate_stream, /v1/completions or /v1/chat/completions",
-            g.info().id,
-            g.info().task.name()
-        ))),
-    }
+    encoder(serving, &[Task::Embedding], "computes embeddings")
+}
+
+/// The service of a reranker (a one-label cross-encoder), or the error that names the loaded
+/// model's task.
+pub fn reranking(serving: &Serving) -> Result<&Arc<EmbedService>, ServiceError> {
+    encoder(
+        serving,
+        &[Task::Reranking],
+        "reranks passages with a cross-encoder",
+    )
+}
+
+/// The service of a sequence classifier (several labels, or a reranker's one, as TEI's
+/// `/predict` takes both), or the error that names the loaded model's task.
+pub fn classification(serving: &Serving) -> Result<&Arc<EmbedService>, ServiceError> {
+    encoder(
+        serving,
+        &[Task::TextClassification, Task::Reranking],
+        "classifies texts with a sequence classifier",
+    )
 }
 
 /// The generation service, or the error that names the loaded model's task.
 pub fn generation(serving: &Serving) -> Result<&Arc<GenerateService>, ServiceError> {
     match serving {
         Serving::Generation(s) => Ok(s),
-        Serving::Embedding(e) => Err(ServiceError::WrongTask(format!(
-            "this route generates text, but the loaded model ({}) is an {} model: use /embed or /v1/embeddings",
-            e.info().id,
-            e.info().task.name()
-        ))),
+        other => Err(wrong_task("generates text", other.info())),
     }
 }
 
@@ -156,6 +216,35 @@ fn yes() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wrong_task_messages_name_the_task_and_its_routes() {
+        let info = |task| ModelInfo {
+            id: "m".into(),
+            task,
+            dimensions: 4,
+            max_input_length: 8,
+            pooling: crate::model::Pooling::Mean,
+            normalized_by_model: false,
+            dtype: crate::kernels::Dtype::F32,
+            weight_formats: Default::default(),
+            kernel: crate::kernels::KernelLevel::Scalar,
+            classifier: None,
+            prompts: Default::default(),
+        };
+        let m = wrong_task("reranks passages", &info(Task::Embedding)).to_string();
+        assert_eq!(
+            m,
+            "this route reranks passages, but the loaded model (m) is an embedding model: use /embed or /v1/embeddings"
+        );
+        let m = wrong_task("computes embeddings", &info(Task::TextClassification)).to_string();
+        assert!(
+            m.contains("a text-classification model: use /predict"),
+            "{m}"
+        );
+        let m = wrong_task("computes embeddings", &info(Task::Reranking)).to_string();
+        assert!(m.contains("a reranking model: use /rerank"), "{m}");
+    }
 
     #[test]
     fn an_empty_body_says_what_the_route_expects() {

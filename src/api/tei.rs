@@ -1,15 +1,27 @@
-//! Hugging Face TEI's embedding bodies: `POST /embed` (and `POST /` on an embedding model,
-//! what `huggingface_hub`'s `feature_extraction` sends) and `POST /tokenize`.
+//! Hugging Face TEI's bodies: `POST /embed` (and `POST /` on an embedding model, what
+//! `huggingface_hub`'s `feature_extraction` sends), `POST /rerank`, `POST /predict` (and
+//! `POST /` on a reranker or a classifier, as TEI routes it) and `POST /tokenize`, with their
+//! answers.
 
-use serde::Deserialize;
+use std::fmt;
 
-use super::{check_count, from_json, yes, Inputs};
+use serde::de::{self, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::{check_count, check_count_of, from_json, yes, Inputs};
+use crate::embed::score::ScoreInput;
 use crate::error::ServiceError;
+use crate::model::ScoreFunction;
 
 /// What `/embed` expects, for the message about an empty body.
 pub const EMBED_EXPECTS: &str = r#"e.g. {"inputs": "a text"} or {"inputs": ["a text", "another"]}"#;
 /// What `/tokenize` expects.
 pub const TOKENIZE_EXPECTS: &str = r#"e.g. {"inputs": "a text"}"#;
+/// What `/rerank` expects.
+pub const RERANK_EXPECTS: &str =
+    r#"e.g. {"query": "a question", "texts": ["a passage", "another passage"]}"#;
+/// What `/predict` expects.
+pub const PREDICT_EXPECTS: &str = r#"e.g. {"inputs": "a text"}, {"inputs": ["a text", "its pair"]} or {"inputs": [["a text"], ["a text", "its pair"]]}"#;
 
 /// `POST /embed`.
 #[derive(Debug, Deserialize)]
@@ -26,7 +38,8 @@ pub struct EmbedRequest {
     /// TEI's option; only `right` (the default) is implemented.
     #[serde(default)]
     pub truncation_direction: Option<String>,
-    /// TEI's option; prompts are not implemented, so only null is accepted.
+    /// One of the model's prompts (`config_sentence_transformers.json`), put before every
+    /// text; the service refuses a name the model does not have.
     #[serde(default)]
     pub prompt_name: Option<String>,
 }
@@ -36,21 +49,298 @@ impl EmbedRequest {
     /// the number of inputs.
     pub fn parse(body: &[u8], max_client_batch: usize) -> Result<Self, ServiceError> {
         let r: Self = from_json(body, EMBED_EXPECTS)?;
-        if let Some(d) = r.truncation_direction.as_deref() {
-            if !d.eq_ignore_ascii_case("right") {
-                return Err(ServiceError::Invalid(format!(
-                    "truncation_direction {d:?} is not supported; only \"right\""
-                )));
-            }
-        }
-        if r.prompt_name.is_some() {
-            return Err(ServiceError::Invalid(
-                "prompt_name is not supported by this server".into(),
-            ));
-        }
+        check_truncation_direction(r.truncation_direction.as_deref())?;
         check_count(r.inputs.0.len(), max_client_batch)?;
         Ok(r)
     }
+}
+
+/// Only `right` (any case) is implemented.
+fn check_truncation_direction(direction: Option<&str>) -> Result<(), ServiceError> {
+    match direction {
+        Some(d) if !d.eq_ignore_ascii_case("right") => Err(ServiceError::Invalid(format!(
+            "truncation_direction {d:?} is not supported; only \"right\""
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `POST /rerank`: the relevance of each text to the query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RerankRequest {
+    pub query: String,
+    pub texts: Vec<String>,
+    /// Cut pairs longer than the model's maximum instead of refusing them with 413 (default
+    /// true; null is the default, as TEI takes it).
+    #[serde(default)]
+    pub truncate: Option<bool>,
+    /// TEI's option; only `right` (the default) is implemented.
+    #[serde(default)]
+    pub truncation_direction: Option<String>,
+    /// The logits instead of the model's activation of them.
+    #[serde(default)]
+    pub raw_scores: bool,
+    /// Each answer carries its text.
+    #[serde(default)]
+    pub return_text: bool,
+}
+
+impl RerankRequest {
+    /// Parses and checks a body: the schema, the options, and the number of texts (400 when
+    /// none, 413 past `max_client_batch`, as TEI).
+    pub fn parse(body: &[u8], max_client_batch: usize) -> Result<Self, ServiceError> {
+        let r: Self = from_json(body, RERANK_EXPECTS)?;
+        check_truncation_direction(r.truncation_direction.as_deref())?;
+        check_count_of(r.texts.len(), max_client_batch, "texts")?;
+        Ok(r)
+    }
+}
+
+/// One text's place in a `/rerank` answer.
+#[derive(Debug, Serialize)]
+struct Rank<'a> {
+    index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+    score: f32,
+}
+
+/// The indices of `scores` by decreasing score (ties in input order).
+pub fn by_score(scores: &[f32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    order
+}
+
+/// TEI's `/rerank` answer: `[{"index", "text"?, "score"}]`, best first.
+pub fn rerank_answer(scores: &[f32], texts: Option<&[String]>) -> Vec<u8> {
+    let ranks: Vec<Rank> = by_score(scores)
+        .into_iter()
+        .map(|index| Rank {
+            index,
+            text: texts.map(|t| t[index].as_str()),
+            score: scores[index],
+        })
+        .collect();
+    serde_json::to_vec(&ranks).expect("a rerank answer serializes")
+}
+
+/// `POST /predict`: label scores of a text, a pair, or a batch of them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictRequest {
+    pub inputs: PredictInputs,
+    /// Cut inputs longer than the model's maximum instead of refusing them with 413 (default
+    /// true).
+    #[serde(default)]
+    pub truncate: Option<bool>,
+    #[serde(default)]
+    pub truncation_direction: Option<String>,
+    /// The logits instead of the model's scores (softmax over several labels, the
+    /// activation of one).
+    #[serde(default)]
+    pub raw_scores: bool,
+    /// What `huggingface_hub`'s `text_classification` sends beside `inputs`.
+    #[serde(default)]
+    pub parameters: Option<PredictParameters>,
+}
+
+/// The `parameters` of Hugging Face's text-classification task.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictParameters {
+    /// Keep the best `top_k` labels of each input.
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    /// `sigmoid`, `softmax` or `none` (the logits), instead of the model's default.
+    #[serde(default)]
+    pub function_to_apply: Option<FunctionToApply>,
+}
+
+/// Hugging Face's `function_to_apply`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FunctionToApply {
+    Sigmoid,
+    Softmax,
+    None,
+}
+
+/// `/predict`'s `inputs`: one text or one pair, or a batch of texts and pairs (each a list of
+/// one or two strings), as TEI reads them (`["a", "b"]` is one pair, not two texts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PredictInputs {
+    One(ScoreInput),
+    Batch(Vec<ScoreInput>),
+}
+
+impl PredictInputs {
+    /// Every input, in order.
+    pub fn into_inputs(self) -> Vec<ScoreInput> {
+        match self {
+            PredictInputs::One(i) => vec![i],
+            PredictInputs::Batch(b) => b,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            PredictInputs::One(_) => 1,
+            PredictInputs::Batch(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of text held.
+    pub fn text_bytes(&self) -> usize {
+        let bytes = |i: &ScoreInput| match i {
+            ScoreInput::Single(t) => t.len(),
+            ScoreInput::Pair(a, b) => a.len() + b.len(),
+        };
+        match self {
+            PredictInputs::One(i) => bytes(i),
+            PredictInputs::Batch(b) => b.iter().map(bytes).sum(),
+        }
+    }
+}
+
+const PREDICT_SHAPES: &str = "a string, a pair of strings [\"a\", \"b\"], or a batch of single texts and pairs [[\"a\"], [\"a\", \"b\"]]";
+
+impl<'de> Deserialize<'de> for PredictInputs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// A string, or a list of strings (one batch element).
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Item {
+            Text(String),
+            List(Vec<String>),
+        }
+        fn sequence<E: de::Error>(mut texts: Vec<String>) -> Result<ScoreInput, E> {
+            match texts.len() {
+                1 => Ok(ScoreInput::Single(texts.remove(0))),
+                2 => {
+                    let second = texts.remove(1);
+                    Ok(ScoreInput::Pair(texts.remove(0), second))
+                }
+                n => Err(E::custom(format!(
+                    "a batch element has {n} strings; it must be one text [\"a\"] or a pair [\"a\", \"b\"]"
+                ))),
+            }
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = PredictInputs;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(PREDICT_SHAPES)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PredictInputs, E> {
+                Ok(PredictInputs::One(ScoreInput::Single(v.to_string())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<PredictInputs, E> {
+                Ok(PredictInputs::One(ScoreInput::Single(v)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PredictInputs, A::Error> {
+                let Some(first) = seq.next_element::<Item>()? else {
+                    return Ok(PredictInputs::Batch(Vec::new()));
+                };
+                match first {
+                    // A text or a pair: one or two strings, nothing more.
+                    Item::Text(a) => match seq.next_element::<String>()? {
+                        None => Ok(PredictInputs::One(ScoreInput::Single(a))),
+                        Some(b) => {
+                            if seq.next_element::<String>()?.is_some() {
+                                return Err(de::Error::custom(format!(
+                                    "three or more strings: inputs must be {PREDICT_SHAPES}"
+                                )));
+                            }
+                            Ok(PredictInputs::One(ScoreInput::Pair(a, b)))
+                        }
+                    },
+                    Item::List(texts) => {
+                        let mut batch = vec![sequence(texts)?];
+                        while let Some(texts) = seq.next_element::<Vec<String>>()? {
+                            batch.push(sequence(texts)?);
+                        }
+                        Ok(PredictInputs::Batch(batch))
+                    }
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl PredictRequest {
+    /// Parses and checks a body: the schema, the options, the number of inputs.
+    pub fn parse(body: &[u8], max_client_batch: usize) -> Result<Self, ServiceError> {
+        let r: Self = from_json(body, PREDICT_EXPECTS)?;
+        check_truncation_direction(r.truncation_direction.as_deref())?;
+        check_count(r.inputs.len(), max_client_batch)?;
+        let p = r.parameters.as_ref();
+        if p.and_then(|p| p.top_k) == Some(0) {
+            return Err(ServiceError::Invalid(
+                "parameters.top_k must be at least 1".into(),
+            ));
+        }
+        if r.raw_scores && p.is_some_and(|p| p.function_to_apply.is_some()) {
+            return Err(ServiceError::Invalid(
+                "send raw_scores or parameters.function_to_apply, not both".into(),
+            ));
+        }
+        Ok(r)
+    }
+
+    /// What turns the logits into scores: the logits with `raw_scores`, the function
+    /// `parameters.function_to_apply` names, else the model's (`default`).
+    pub fn score_function(&self, default: ScoreFunction) -> ScoreFunction {
+        match self.parameters.as_ref().and_then(|p| p.function_to_apply) {
+            Some(FunctionToApply::Sigmoid) => ScoreFunction::Sigmoid,
+            Some(FunctionToApply::Softmax) => ScoreFunction::Softmax,
+            Some(FunctionToApply::None) => ScoreFunction::Identity,
+            None if self.raw_scores => ScoreFunction::Identity,
+            None => default,
+        }
+    }
+}
+
+/// One label's score in a `/predict` answer.
+#[derive(Debug, Serialize)]
+struct Prediction<'a> {
+    score: f32,
+    label: &'a str,
+}
+
+/// TEI's `/predict` answer: for each input its labels by decreasing score (at most `top_k`),
+/// `[{"score", "label"}]` for one input, a list of those for a batch.
+pub fn predict_answer(
+    scores: &[Vec<f32>],
+    labels: &[String],
+    batch: bool,
+    top_k: Option<usize>,
+) -> Vec<u8> {
+    let ranked: Vec<Vec<Prediction>> = scores
+        .iter()
+        .map(|s| {
+            by_score(s)
+                .into_iter()
+                .take(top_k.unwrap_or(usize::MAX))
+                .map(|i| Prediction {
+                    score: s[i],
+                    label: labels.get(i).map_or("", String::as_str),
+                })
+                .collect()
+        })
+        .collect();
+    if batch {
+        serde_json::to_vec(&ranked)
+    } else {
+        serde_json::to_vec(&ranked.first())
+    }
+    .expect("a predict answer serializes")
 }
 
 /// `POST /tokenize`.
@@ -114,10 +404,7 @@ mod tests {
             Err("payload_too_large")
         );
         assert_eq!(status(r#"{"inputs": []}"#), Err("invalid_request"));
-        assert_eq!(
-            status(r#"{"inputs": "a", "prompt_name": "q"}"#),
-            Err("invalid_request")
-        );
+        assert_eq!(status(r#"{"inputs": "a", "prompt_name": "q"}"#), Ok(()));
         assert_eq!(
             status(r#"{"inputs": "a", "truncation_direction": "Left"}"#),
             Err("invalid_request")
@@ -130,5 +417,153 @@ mod tests {
         let e = EmbedRequest::parse(br#"{"inputs": "\ud800"}"#, 2).unwrap_err();
         assert!(e.to_string().contains("lone UTF-16 surrogate"), "{e}");
         assert!(e.to_string().contains("column"), "{e}");
+    }
+
+    #[test]
+    fn rerank_bodies_are_checked_as_tei_checks_them() {
+        let r = RerankRequest::parse(br#"{"query": "q", "texts": ["a", "b"]}"#, 2).unwrap();
+        assert_eq!(r.texts, vec!["a", "b"]);
+        assert!(r.truncate.is_none() && !r.raw_scores && !r.return_text);
+        let r = RerankRequest::parse(
+            br#"{"query": "q", "texts": ["a"], "truncate": null, "raw_scores": true, "return_text": true, "truncation_direction": "Right"}"#,
+            2,
+        )
+        .unwrap();
+        assert!(r.raw_scores && r.return_text);
+        for (body, kind, says) in [
+            (r#"{"query": "q", "texts": []}"#, "invalid_request", "empty"),
+            (
+                r#"{"query": "q", "texts": ["a", "b", "c"]}"#,
+                "payload_too_large",
+                "3 texts in one request; the limit is 2",
+            ),
+            (
+                r#"{"texts": ["a"]}"#,
+                "invalid_request",
+                "missing field `query`",
+            ),
+            (
+                r#"{"query": "q", "texts": "a"}"#,
+                "invalid_request",
+                "a sequence",
+            ),
+            (
+                r#"{"query": "q", "texts": ["a"], "top_n": 1}"#,
+                "invalid_request",
+                "unknown field `top_n`",
+            ),
+            (
+                r#"{"query": "q", "texts": ["a"], "truncation_direction": "left"}"#,
+                "invalid_request",
+                "truncation_direction",
+            ),
+        ] {
+            let e = RerankRequest::parse(body.as_bytes(), 2).unwrap_err();
+            assert_eq!(e.kind(), kind, "{body}: {e}");
+            assert!(e.to_string().contains(says), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn rerank_answers_are_sorted_best_first_with_ties_in_input_order() {
+        let texts = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let v: serde_json::Value =
+            serde_json::from_slice(&rerank_answer(&[0.25, 0.75, 0.25], Some(&texts))).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([
+                {"index": 1, "text": "b", "score": 0.75},
+                {"index": 0, "text": "a", "score": 0.25},
+                {"index": 2, "text": "c", "score": 0.25}
+            ])
+        );
+        let v: serde_json::Value = serde_json::from_slice(&rerank_answer(&[0.5], None)).unwrap();
+        assert_eq!(v, serde_json::json!([{"index": 0, "score": 0.5}]));
+    }
+
+    #[test]
+    fn predict_inputs_take_tei_shapes() {
+        let one = |s: &str| ScoreInput::Single(s.into());
+        let pair = |a: &str, b: &str| ScoreInput::Pair(a.into(), b.into());
+        for (body, want) in [
+            (r#""a""#, PredictInputs::One(one("a"))),
+            (r#"["a"]"#, PredictInputs::One(one("a"))),
+            (r#"["a", "b"]"#, PredictInputs::One(pair("a", "b"))),
+            (
+                r#"[["a"], ["a", "b"]]"#,
+                PredictInputs::Batch(vec![one("a"), pair("a", "b")]),
+            ),
+        ] {
+            let r =
+                PredictRequest::parse(format!(r#"{{"inputs": {body}}}"#).as_bytes(), 4).unwrap();
+            assert_eq!(r.inputs, want, "{body}");
+        }
+        for (body, kind, says) in [
+            (r#"[]"#, "invalid_request", "empty"),
+            (r#"["a", "b", "c"]"#, "invalid_request", "three or more"),
+            (r#"[["a", "b", "c"]]"#, "invalid_request", "3 strings"),
+            (r#"[["a"], "b"]"#, "invalid_request", "a sequence"),
+            (r#"3"#, "invalid_request", "a pair of strings"),
+            (
+                r#"[["a"], ["b"], ["c"], ["d"], ["e"]]"#,
+                "payload_too_large",
+                "5 inputs",
+            ),
+        ] {
+            let e = PredictRequest::parse(format!(r#"{{"inputs": {body}}}"#).as_bytes(), 4)
+                .unwrap_err();
+            assert_eq!(e.kind(), kind, "{body}: {e}");
+            assert!(e.to_string().contains(says), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn predict_options_choose_the_score_function() {
+        let parse = |body: &str| PredictRequest::parse(body.as_bytes(), 4);
+        let r = parse(r#"{"inputs": "a"}"#).unwrap();
+        assert_eq!(
+            r.score_function(ScoreFunction::Softmax),
+            ScoreFunction::Softmax
+        );
+        let r = parse(r#"{"inputs": "a", "raw_scores": true}"#).unwrap();
+        assert_eq!(
+            r.score_function(ScoreFunction::Softmax),
+            ScoreFunction::Identity
+        );
+        let r =
+            parse(r#"{"inputs": "a", "parameters": {"function_to_apply": "sigmoid", "top_k": 2}}"#)
+                .unwrap();
+        assert_eq!(
+            r.score_function(ScoreFunction::Softmax),
+            ScoreFunction::Sigmoid
+        );
+        // What huggingface_hub sends when no parameter is set.
+        assert!(parse(r#"{"inputs": "a", "parameters": {}}"#).is_ok());
+        for body in [
+            r#"{"inputs": "a", "parameters": {"top_k": 0}}"#,
+            r#"{"inputs": "a", "raw_scores": true, "parameters": {"function_to_apply": "none"}}"#,
+            r#"{"inputs": "a", "parameters": {"function_to_apply": "relu"}}"#,
+        ] {
+            assert_eq!(parse(body).unwrap_err().kind(), "invalid_request", "{body}");
+        }
+    }
+
+    #[test]
+    fn predict_answers_sort_labels_and_keep_top_k() {
+        let labels = vec!["neg".to_string(), "neu".to_string(), "pos".to_string()];
+        let scores = vec![vec![0.25, 0.125, 0.625]];
+        let v: serde_json::Value =
+            serde_json::from_slice(&predict_answer(&scores, &labels, false, None)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([
+                {"score": 0.625, "label": "pos"},
+                {"score": 0.25, "label": "neg"},
+                {"score": 0.125, "label": "neu"}
+            ])
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&predict_answer(&scores, &labels, true, Some(1))).unwrap();
+        assert_eq!(v, serde_json::json!([[{"score": 0.625, "label": "pos"}]]));
     }
 }

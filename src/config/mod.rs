@@ -90,9 +90,10 @@ pub struct ServeConfig {
     #[arg(long, env = "MODEL_REVISION", default_value = "main")]
     pub revision: String,
 
-    /// Number format of the linear layers: f32, bf16, int8, or auto (bf16 where the CPU has
-    /// AVX2 or better, else f32; measured in docs/benchmarks.md). LayerNorm, softmax, attention
-    /// and the residual stream stay in f32.
+    /// Number format of the linear layers: f32, bf16, int8, or auto (for embeddings bf16 where
+    /// the CPU has AVX2 or better, else f32; for rerankers and classifiers f32, whose scores
+    /// bf16 moves by more than 1e-3; measured in docs/benchmarks.md). LayerNorm, softmax,
+    /// attention and the residual stream stay in f32.
     #[arg(long, env = "DTYPE", default_value = "auto", value_parser = parse_dtype)]
     pub dtype: crate::model::DtypeChoice,
 
@@ -173,8 +174,14 @@ pub struct ServeConfig {
     #[arg(long, env = "PARSE_SPECIAL_IN_CHAT")]
     pub parse_special_in_chat: bool,
 
-    /// Most inputs in one request.
-    #[arg(long, env = "MAX_CLIENT_BATCH", default_value_t = 64)]
+    /// Most inputs in one request (texts, pairs, a rerank's passages); more is 413. Also
+    /// spelled --max-client-batch-size, TEI's name.
+    #[arg(
+        long,
+        env = "MAX_CLIENT_BATCH",
+        default_value_t = 64,
+        visible_alias = "max-client-batch-size"
+    )]
     pub max_client_batch: usize,
 
     /// When set, every route except /healthz and /readyz needs `Authorization: Bearer <key>`.

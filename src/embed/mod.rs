@@ -1,21 +1,26 @@
-//! The embedding service: everything between a checked request and its vectors, whichever
-//! front end (HTTP or the queue broker) brought it.
+//! The encoder service: everything between a checked request and its answer, whichever front
+//! end (HTTP or the queue broker) brought it, for the encoder models: embeddings, and the
+//! scores of a sequence classifier (a cross-encoder reranker, a text classifier, [`score`]).
 //!
 //! ```text
-//! EmbedService::embed ─ tokenize (offloaded when long) ─▶ queue (bounded, all or nothing)
-//!     ─▶ batcher (dynamic micro-batches) ─▶ worker pool (one thread per core) ─▶ model
-//!     ◀─ one reply per input, awaited until --request-timeout-ms
+//! EmbedService::embed / rerank / predict ─ tokenize (offloaded when long)
+//!     ─▶ queue (bounded, all or nothing) ─▶ batcher (dynamic micro-batches)
+//!     ─▶ worker pool (one thread per core) ─▶ model
+//!     ◀─ one reply per input (a text, or a pair of texts), awaited until --request-timeout-ms
 //! ```
 //!
 //! - [`queue`]: the bounded channel and its entries (503 `queue_full` when full);
 //! - [`batcher`]: when a worker is free, which waiting inputs form its batch;
-//! - [`worker`]: the fixed pool of inference threads.
+//! - [`worker`]: the fixed pool of inference threads;
+//! - [`score`]: reranking and classification on this pipeline (each pair one entry).
 //!
 //! The service owns the admission rules of its task (input lengths, the queue's capacity, the
-//! deadline, the `dimensions` a request may ask for), so that no front end can skip them.
+//! deadline, the `dimensions` and prompts a request may ask for), so that no front end can skip
+//! them.
 
 pub mod batcher;
 pub mod queue;
+pub mod score;
 pub mod worker;
 
 use std::sync::Arc;
@@ -48,7 +53,7 @@ pub struct EmbedSettings {
 }
 
 /// What an embedding request asks for besides its texts.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EmbedOptions {
     /// Cut inputs longer than the model's maximum instead of refusing them.
     pub truncate: bool,
@@ -56,6 +61,8 @@ pub struct EmbedOptions {
     pub normalize: bool,
     /// The vector size the client expects (OpenAI's `dimensions`): it must be the model's.
     pub dimensions: Option<usize>,
+    /// One of the model's named prompts, put before every text (TEI's `prompt_name`).
+    pub prompt_name: Option<String>,
 }
 
 /// Vectors of a request, in input order.
@@ -156,29 +163,69 @@ impl EmbedService {
                 )));
             }
         }
+        let prompt = match &options.prompt_name {
+            Some(name) => self
+                .info
+                .prompts
+                .get(name)
+                .map_err(ServiceError::Invalid)?
+                .to_string(),
+            None => String::new(),
+        };
         let truncate = options.truncate;
         let ids = self
             .each_text(texts, move |tokenizer, i, text| {
-                tokenizer.encode(i, text, truncate)
+                if prompt.is_empty() {
+                    tokenizer.encode(i, text, truncate)
+                } else {
+                    // As sentence-transformers does: the prompt and the text are one text.
+                    tokenizer.encode(i, &format!("{prompt}{text}"), truncate)
+                }
             })
             .await?;
         let tokens = ids.iter().map(Vec::len).sum();
+        let outputs = self
+            .run(arrival, ids.into_iter().map(|ids| Job::Embed { ids }))
+            .await?;
+        let vectors = outputs
+            .into_iter()
+            .map(|output| match output {
+                Output::Embedding(mut v) => {
+                    if options.normalize {
+                        l2_normalize(&mut v);
+                    }
+                    Ok(v)
+                }
+                Output::Logits(_) => Err(ServiceError::Failed(
+                    "the model answered an embedding with logits".into(),
+                )),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Embedded { vectors, tokens })
+    }
+
+    /// Queues one entry per job (all or none, in order from `arrival`) and awaits every
+    /// output until the request timeout.
+    async fn run(
+        &self,
+        arrival: Arrival,
+        jobs: impl ExactSizeIterator<Item = Job>,
+    ) -> Result<Vec<Output>, ServiceError> {
         // The timeout counts from when the model could serve: a request held through a cold
         // start gets the whole request timeout after it.
         let queued = Instant::now();
         let deadline = queued + self.request_timeout;
-        let mut receivers = Vec::with_capacity(ids.len());
-        let entries: Vec<Entry> = ids
-            .into_iter()
+        let mut receivers = Vec::with_capacity(jobs.len());
+        let entries: Vec<Entry> = jobs
             .enumerate()
-            .map(|(i, ids)| {
+            .map(|(i, job)| {
                 let (reply, rx) = oneshot::channel();
                 receivers.push(rx);
                 Entry {
                     seq: arrival.seq(i),
                     arrived: queued,
                     deadline,
-                    job: Job::Embed { ids },
+                    job,
                     reply,
                 }
             })
@@ -194,25 +241,20 @@ impl EmbedService {
         let timed_out =
             || ServiceError::TimedOut(self.request_timeout.as_millis() as u64, "a worker");
         let wait_all = async {
-            let mut vectors = Vec::with_capacity(receivers.len());
+            let mut outputs = Vec::with_capacity(receivers.len());
             for rx in receivers {
                 match rx.await {
-                    Ok(Ok(Output::Embedding(mut v))) => {
-                        if options.normalize {
-                            l2_normalize(&mut v);
-                        }
-                        vectors.push(v);
-                    }
+                    Ok(Ok(output)) => outputs.push(output),
                     Ok(Err(InferError::TimedOut)) => return Err(timed_out()),
                     Ok(Err(e)) => return Err(ServiceError::Failed(e.to_string())),
                     // The worker dropped the entry: it expired in the queue.
                     Err(_) => return Err(timed_out()),
                 }
             }
-            Ok(vectors)
+            Ok(outputs)
         };
         match tokio::time::timeout_at(deadline.into(), wait_all).await {
-            Ok(vectors) => vectors.map(|vectors| Embedded { vectors, tokens }),
+            Ok(outputs) => outputs,
             Err(_) => Err(timed_out()),
         }
     }

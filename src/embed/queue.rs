@@ -23,6 +23,23 @@ use crate::metrics;
 pub enum Job {
     /// Embed one token sequence.
     Embed { ids: Vec<u32> },
+    /// Score one text or one pair of texts with a classifier (a reranker's (query, passage)
+    /// pair is one entry, batched with everything else); the tokens from `second_from` on
+    /// are the second text's.
+    Score { ids: Vec<u32>, second_from: usize },
+}
+
+impl Job {
+    /// The model's input for this job.
+    pub fn input(&self) -> crate::model::EncoderInput<'_> {
+        match self {
+            Job::Embed { ids } => crate::model::EncoderInput::single(ids),
+            Job::Score { ids, second_from } => crate::model::EncoderInput {
+                ids,
+                second_from: *second_from,
+            },
+        }
+    }
 }
 
 /// What the model answers.
@@ -30,6 +47,8 @@ pub enum Job {
 pub enum Output {
     /// The pooled, not yet normalised vector.
     Embedding(Vec<f32>),
+    /// The classifier's logits, one per label.
+    Logits(Vec<f32>),
 }
 
 /// Why an entry got no output.
@@ -62,9 +81,7 @@ pub struct Entry {
 impl Entry {
     /// Tokens this entry adds to a batch.
     pub fn tokens(&self) -> usize {
-        match &self.job {
-            Job::Embed { ids } => ids.len(),
-        }
+        self.job.input().ids.len()
     }
 }
 

@@ -138,20 +138,20 @@ impl Worker {
     }
 
     fn run_pass(&self, group: Vec<Entry>, threads: usize) {
-        let sequences: Vec<&[u32]> = group
-            .iter()
-            .map(|e| match &e.job {
-                Job::Embed { ids } => ids.as_slice(),
-            })
-            .collect();
-        let padded = sequences.len() * sequences.iter().map(|s| s.len()).max().unwrap_or(0);
+        let inputs: Vec<_> = group.iter().map(|e| e.job.input()).collect();
+        let padded = inputs.len() * inputs.iter().map(|s| s.ids.len()).max().unwrap_or(0);
         let started = Instant::now();
-        let result = catch_unwind(AssertUnwindSafe(|| self.model.embed(&sequences, threads)));
+        let result = catch_unwind(AssertUnwindSafe(|| self.model.forward(&inputs, threads)));
+        drop(inputs);
         metrics::record_forward(padded, started.elapsed());
         match result {
             Ok(Ok(vectors)) if vectors.len() == group.len() => {
                 for (entry, v) in group.into_iter().zip(vectors) {
-                    let _ = entry.reply.send(Ok(Output::Embedding(v)));
+                    let output = match entry.job {
+                        Job::Embed { .. } => Output::Embedding(v),
+                        Job::Score { .. } => Output::Logits(v),
+                    };
+                    let _ = entry.reply.send(Ok(output));
                 }
             }
             Ok(Ok(vectors)) => {
@@ -198,7 +198,7 @@ mod tests {
     use super::*;
     use crate::embed::batcher::BatchLimits;
     use crate::embed::queue::{Arrival, Queue};
-    use crate::model::ModelError;
+    use crate::model::{EncoderInput, ModelError};
     use std::time::Duration;
     use tokio::sync::oneshot;
 
@@ -206,17 +206,17 @@ mod tests {
     struct Summer;
 
     impl Model for Summer {
-        fn embed(
+        fn forward(
             &self,
-            sequences: &[&[u32]],
+            inputs: &[EncoderInput<'_>],
             _threads: usize,
         ) -> Result<Vec<Vec<f32>>, ModelError> {
-            if sequences.iter().any(|s| s.contains(&666)) {
+            if inputs.iter().any(|s| s.ids.contains(&666)) {
                 panic!("poisoned input");
             }
-            Ok(sequences
+            Ok(inputs
                 .iter()
-                .map(|s| vec![s.iter().sum::<u32>() as f32])
+                .map(|s| vec![s.ids.iter().sum::<u32>() as f32])
                 .collect())
         }
     }
@@ -332,11 +332,12 @@ mod tests {
     }
 
     impl Model for Flaky {
-        fn embed(
+        fn forward(
             &self,
-            sequences: &[&[u32]],
+            inputs: &[EncoderInput<'_>],
             _threads: usize,
         ) -> Result<Vec<Vec<f32>>, ModelError> {
+            let sequences: Vec<&[u32]> = inputs.iter().map(|s| s.ids).collect();
             let has = |kind| sequences.iter().any(|s| s[1] == kind);
             let outcome = if has(PANICS) {
                 PassOutcome::Panicked

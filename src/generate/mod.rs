@@ -289,6 +289,8 @@ fn load_gpt2(
         dtype,
         weight_formats: model.weight_formats().into_iter().collect(),
         kernel: level,
+        classifier: None,
+        prompts: Default::default(),
     };
     Ok(LoadedGenerator {
         info,
@@ -414,6 +416,8 @@ fn load_gguf(
         dtype,
         weight_formats: model.weight_formats().into_iter().collect(),
         kernel: level,
+        classifier: None,
+        prompts: Default::default(),
     };
     Ok(LoadedGenerator {
         info,

@@ -38,7 +38,8 @@ fn tokenize_errors() -> Value {
 
 fn post_errors() -> Value {
     json!({
-        "400": error_response("Malformed JSON, wrong schema, or an empty input list"),
+        "400": error_response("Malformed JSON, wrong schema, an empty input list, or an unknown prompt_name"),
+        "404": error_response("The loaded model has another task (the message names it and its routes)"),
         "401": error_response("Missing or wrong API key (when the server has one)"),
         "408": error_response("The body did not arrive within --client-timeout-ms"),
         "413": error_response("Body over --max-body-bytes, more inputs than --max-client-batch, or an input over the model's maximum length with truncate false"),
@@ -71,7 +72,7 @@ pub fn openapi() -> &'static Value {
                         "normalize": { "type": "boolean", "default": true },
                         "truncate": { "type": "boolean", "default": true },
                         "truncation_direction": { "type": "string", "nullable": true, "description": "only \"right\" (any case) is supported" },
-                        "prompt_name": { "type": "string", "nullable": true, "description": "not supported: must be null or absent" } } },
+                        "prompt_name": { "type": "string", "nullable": true, "description": "one of the model's prompts (config_sentence_transformers.json, listed by /info), put before every input; an unknown name is 400" } } },
                     "OpenAiRequest": { "type": "object", "required": ["input"], "additionalProperties": false, "properties": {
                         "input": inputs,
                         "model": { "type": "string" },
@@ -96,7 +97,7 @@ pub fn openapi() -> &'static Value {
                     "Status": { "type": "object", "properties": { "status": { "type": "string" }, "reason": { "type": "string" },
                         "queue": { "type": "object", "description": "with --queue: the broker's status (up or down, with the reason)" } } },
                     "JobRequest": { "type": "object", "required": ["route", "body"], "additionalProperties": false, "properties": {
-                        "route": { "type": "string", "enum": ["/embed", "/", "/v1/embeddings", "/tokenize"] },
+                        "route": { "type": "string", "enum": ["/embed", "/", "/v1/embeddings", "/rerank", "/v1/rerank", "/predict", "/tokenize"] },
                         "body": { "type": "object", "description": "the body that route takes" } } },
                     "Job": { "type": "object", "required": ["id", "state"], "properties": {
                         "id": { "type": "string" },
@@ -166,23 +167,98 @@ pub fn openapi() -> &'static Value {
                 "/": { "get": { "summary": "Human-readable index of the server and its routes",
                     "responses": { "200": { "description": "HTML page", "content": { "text/html": { "schema": { "type": "string" } } } }, "401": error_response("Missing or wrong API key") } },
                     "post": {
-                    "summary": "The loaded model's task, as TEI and TGI answer it (what huggingface_hub's InferenceClient sends): for an embedding model, the same as POST /embed (this schema); for a generation model, the same as POST /generate",
+                    "summary": "The loaded model's task, as TEI and TGI answer it (what huggingface_hub's InferenceClient sends): for an embedding model, the same as POST /embed (this schema); for a reranker, POST /rerank; for a classifier, POST /predict; for a generation model, POST /generate",
                     "requestBody": json_body("EmbedRequest"),
                     "responses": merge(json!({ "200": { "description": "One vector per input, in input order",
                         "content": { "application/json": { "schema": { "type": "array", "items": vector } } } } }), post_errors()) } }
             }
         });
         let paths = doc["paths"].take();
-        doc["paths"] = merge(paths, generation_paths());
+        doc["paths"] = merge(merge(paths, generation_paths()), scoring_paths());
         let schemas = doc["components"]["schemas"].take();
-        doc["components"]["schemas"] = merge(schemas, generation_schemas());
+        doc["components"]["schemas"] =
+            merge(merge(schemas, generation_schemas()), scoring_schemas());
         doc
+    })
+}
+
+fn scoring_errors() -> Value {
+    let mut errors = post_errors();
+    errors["404"] =
+        error_response("The loaded model has another task (the message names it and its routes)");
+    errors["413"] = error_response("Body over --max-body-bytes, more texts (pairs) than --max-client-batch, or a pair over the model's maximum length with truncate false");
+    errors
+}
+
+/// The reranking and classification routes' part of the OpenAPI document.
+fn scoring_paths() -> Value {
+    let ranks = json!({ "type": "array", "items": { "$ref": "#/components/schemas/Rank" } });
+    let predictions =
+        json!({ "type": "array", "items": { "$ref": "#/components/schemas/Prediction" } });
+    json!({
+        "/rerank": { "post": {
+            "summary": "Score each text's relevance to the query with a cross-encoder, best first (Hugging Face TEI API); each (query, text) pair is one row of the batcher",
+            "requestBody": json_body("RerankRequest"),
+            "responses": merge(json!({ "200": { "description": "One rank per text, by decreasing score",
+                "content": { "application/json": { "schema": ranks } } } }), scoring_errors()) } },
+        "/v1/rerank": { "post": {
+            "summary": "Rerank documents, Cohere / Jina style (what LangChain, LlamaIndex and most RAG tools call)",
+            "requestBody": json_body("CohereRerankRequest"),
+            "responses": merge(json!({ "200": { "description": "Results by decreasing relevance_score",
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/CohereRerankResponse" } } } } }), scoring_errors()) } },
+        "/predict": { "post": {
+            "summary": "Label scores of a text, a pair of texts, or a batch of them, with a sequence classifier (Hugging Face TEI API)",
+            "requestBody": json_body("PredictRequest"),
+            "responses": merge(json!({ "200": { "description": "For one input its labels by decreasing score; for a batch, one such list per input",
+                "content": { "application/json": { "schema": { "oneOf": [predictions, { "type": "array", "items": predictions }] } } } } }), scoring_errors()) } },
+    })
+}
+
+/// The reranking and classification request and answer schemas.
+fn scoring_schemas() -> Value {
+    let texts = json!({ "type": "array", "items": { "type": "string" }, "minItems": 1 });
+    let text_or_pair =
+        json!({ "type": "array", "items": { "type": "string" }, "minItems": 1, "maxItems": 2 });
+    json!({
+        "RerankRequest": { "type": "object", "required": ["query", "texts"], "additionalProperties": false, "properties": {
+            "query": { "type": "string" }, "texts": texts,
+            "truncate": { "type": "boolean", "nullable": true, "default": true },
+            "truncation_direction": { "type": "string", "nullable": true, "description": "only \"right\" (any case) is supported" },
+            "raw_scores": { "type": "boolean", "default": false, "description": "the logits instead of the model's activation of them (sigmoid unless config.json names another)" },
+            "return_text": { "type": "boolean", "default": false } } },
+        "Rank": { "type": "object", "required": ["index", "score"], "properties": {
+            "index": { "type": "integer" }, "text": { "type": "string" }, "score": { "type": "number", "format": "float" } } },
+        "CohereRerankRequest": { "type": "object", "required": ["query", "documents"], "additionalProperties": false, "properties": {
+            "model": { "type": "string", "description": "echoed back; not checked" },
+            "query": { "type": "string" },
+            "documents": { "type": "array", "minItems": 1, "items": { "oneOf": [ { "type": "string" },
+                { "type": "object", "required": ["text"], "properties": { "text": { "type": "string" } } } ] } },
+            "top_n": { "type": "integer", "minimum": 0, "description": "the best top_n only; absent or 0: all" },
+            "return_documents": { "type": "boolean", "default": true } } },
+        "CohereRerankResponse": { "type": "object", "properties": {
+            "id": { "type": "string" }, "model": { "type": "string" },
+            "results": { "type": "array", "items": { "type": "object", "required": ["index", "relevance_score"], "properties": {
+                "index": { "type": "integer" }, "relevance_score": { "type": "number", "format": "float" },
+                "document": { "type": "object", "properties": { "text": { "type": "string" } } } } } },
+            "usage": { "type": "object", "properties": { "total_tokens": { "type": "integer" } } } } },
+        "PredictRequest": { "type": "object", "required": ["inputs"], "additionalProperties": false, "properties": {
+            "inputs": { "oneOf": [ { "type": "string" }, text_or_pair, { "type": "array", "minItems": 1, "items": text_or_pair } ],
+                "description": "a text, a pair [text, text], or a batch of texts and pairs [[text], [text, text]]" },
+            "truncate": { "type": "boolean", "nullable": true, "default": true },
+            "truncation_direction": { "type": "string", "nullable": true, "description": "only \"right\" (any case) is supported" },
+            "raw_scores": { "type": "boolean", "default": false, "description": "the logits instead of softmax over several labels (or the activation of one)" },
+            "parameters": { "type": "object", "additionalProperties": false, "description": "what huggingface_hub's text_classification sends", "properties": {
+                "top_k": { "type": "integer", "minimum": 1 },
+                "function_to_apply": { "type": "string", "enum": ["sigmoid", "softmax", "none"] } } } } },
+        "Prediction": { "type": "object", "required": ["score", "label"], "properties": {
+            "score": { "type": "number", "format": "float" }, "label": { "type": "string" } } },
     })
 }
 
 fn generation_errors() -> Value {
     json!({
-        "400": error_response("Malformed JSON, an unknown field, a setting out of range (named in the message: temperature, top_p, top_k, max_new_tokens, ...), an empty prompt, or the loaded model is an embedding model"),
+        "400": error_response("Malformed JSON, an unknown field, a setting out of range (named in the message: temperature, top_p, top_k, max_new_tokens, ...), or an empty prompt"),
+        "404": error_response("The loaded model has another task (the message names it and its routes)"),
         "401": error_response("Missing or wrong API key (when the server has one)"),
         "408": error_response("The body did not arrive within --client-timeout-ms"),
         "413": error_response("Body over --max-body-bytes, a prompt of at least the context (or --max-batch-total-tokens), or max_new_tokens over the room the prompt leaves"),
@@ -300,6 +376,13 @@ fn example(path: &str, method: &hyper::Method, auth: &str) -> String {
         "/v1/embeddings" => {
             post(r#"{"input": "A man is eating food.", "model": "all-MiniLM-L6-v2"}"#)
         }
+        "/rerank" => post(
+            r#"{"query": "What is a panda?", "texts": ["The giant panda is a bear native to China.", "Paris is in France."]}"#,
+        ),
+        "/v1/rerank" => post(
+            r#"{"query": "What is a panda?", "documents": ["The giant panda is a bear native to China.", "Paris is in France."], "top_n": 1}"#,
+        ),
+        "/predict" => post(r#"{"inputs": "I loved this film."}"#),
         "/tokenize" => post(r#"{"inputs": "A man is eating food."}"#),
         "/generate" => post(r#"{"text": "Once upon a time"}"#),
         "/generate_stream" => format!(
@@ -336,6 +419,14 @@ pub fn index_page(state: &AppState, routes: &[(Method, &'static str)]) -> Respon
             "embeddings: {} dimensions, up to {} tokens per input, {:?} pooling, {} weights on the {} kernels",
             i.dimensions, i.max_input_length, i.pooling, i.dtype, i.kernel
         ),
+        crate::model::Task::Reranking | crate::model::Task::TextClassification => format!(
+            "{}: a cross-encoder with {} label(s), up to {} tokens per text or pair, {} weights on the {} kernels",
+            i.task.name(),
+            i.classifier.as_ref().map_or(0, |c| c.labels.len()),
+            i.max_input_length,
+            i.dtype,
+            i.kernel
+        ),
         crate::model::Task::TextGeneration => format!(
             "text generation with continuous batching: a context of {} tokens, {} weights (4-bit GGUF blocks kept as stored, where the file has them) on the {} kernels",
             i.max_input_length, i.dtype, i.kernel
@@ -363,7 +454,7 @@ td{{vertical-align:top;padding:.4em;border-bottom:1px solid #ddd}}pre{{margin:0;
 <p>An inference server for serverless containers: embedding requests are grouped into
 batches by a dynamic micro-batcher and run by a fixed pool of CPU inference threads;
 generation requests join a continuously batched step loop. The task follows from the model
-loaded; the routes of the other task answer 400.</p>
+loaded; the routes of another task answer 404, naming the model's task.</p>
 <p>Model: <b>{model}</b> ({facts}).</p>
 <p>Full API description: <a href="/openapi.json">/openapi.json</a>. Errors are JSON
 <code>{{"error": "...", "error_type": "..."}}</code>.</p>

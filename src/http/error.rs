@@ -172,7 +172,8 @@ impl From<AnswerRefused> for ApiError {
 /// The status of a service error.
 fn service_status(e: &ServiceError) -> StatusCode {
     match e {
-        ServiceError::Invalid(_) | ServiceError::WrongTask(_) => StatusCode::BAD_REQUEST,
+        ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ServiceError::WrongTask(_) => StatusCode::NOT_FOUND,
         ServiceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         ServiceError::QueueFull(_)
         | ServiceError::TimedOut(..)
@@ -234,6 +235,10 @@ mod tests {
             (ServiceError::StillLoading.into(), 503),
             (ServiceError::TimedOut(1, "a worker").into(), 503),
             (ServiceError::Failed("boom".into()).into(), 500),
+            (
+                ServiceError::WrongTask("embedding model".into()).into(),
+                404,
+            ),
             (ApiError::ResourceNotFound("no job".into()), 404),
             (ApiError::Conflict("running".into()), 409),
             (BrokerError::Unreachable("refused".into()).into(), 503),

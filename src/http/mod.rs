@@ -7,8 +7,8 @@
 //!
 //! - [`routes`]: the route table, one line per route, and the checks before a handler;
 //! - one file per API style: [`tei`], [`openai`], [`tgi`] (whose `/generate` also takes the
-//!   upstream `{"text"}` shape); what the generation styles share in [`generation`], and
-//!   Server-Sent Events in [`sse`];
+//!   upstream `{"text"}` shape), [`cohere`] (`/v1/rerank`); what the generation styles share in
+//!   [`generation`], and Server-Sent Events in [`sse`];
 //! - [`jobs`] (`/v1/jobs`), [`probes`] (`/healthz`, `/readyz`, `/metrics`, `/info`), [`docs`]
 //!   (`/openapi.json` and the index page);
 //! - [`json_routes`]: the routes answered with one JSON body, the same for every style;
@@ -24,6 +24,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod cohere;
 pub mod connections;
 pub mod docs;
 pub mod error;

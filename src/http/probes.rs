@@ -72,7 +72,8 @@ pub fn info(state: &AppState) -> Response<Body> {
     let serving = state.lifecycle.serving_now();
     let model = serving.as_deref().map(Serving::info);
     let generation = model.is_some_and(|m| m.task == Task::TextGeneration);
-    let embedding = model.filter(|_| !generation);
+    let embedding = model.filter(|m| m.task == Task::Embedding);
+    let classifier = model.and_then(|m| m.classifier.as_ref());
     let readiness = state.lifecycle.readiness();
     let reason = match &readiness {
         Readiness::Failed(r) => Some(r.clone()),
@@ -87,6 +88,9 @@ pub fn info(state: &AppState) -> Response<Body> {
         "max_input_length": model.map(|m| m.max_input_length),
         "pooling": embedding.map(|m| m.pooling),
         "normalized_by_model": embedding.map(|m| m.normalized_by_model),
+        "prompts": embedding.map(|m| m.prompts.names()),
+        "labels": classifier.map(|c| &c.labels),
+        "score_function": classifier.map(|c| c.score_function),
         "max_batch_total_tokens": generation.then_some(c.max_batch_total_tokens),
         "max_prefill_tokens": generation.then_some(c.max_prefill_tokens),
         "default_max_new_tokens": generation.then_some(c.default_max_new_tokens),
@@ -107,7 +111,7 @@ pub fn info(state: &AppState) -> Response<Body> {
         "max_connections": state.connections.max(),
         "queue": state.broker.as_ref().map(|b| b.display()),
         "tokenizer_bounded": match serving.as_deref() {
-            Some(Serving::Embedding(e)) => Some(e.tokenizer().bounded()),
+            Some(Serving::Encoder(e)) => Some(e.tokenizer().bounded()),
             _ => None,
         },
         "version": env!("CARGO_PKG_VERSION"),

@@ -11,16 +11,21 @@ use hyper::{Method, Request, Response};
 use super::error::ApiError;
 use super::reply::Body;
 use super::state::AppState;
-use super::{auth, docs, jobs, openai, probes, tei, tgi};
+use super::{auth, cohere, docs, jobs, openai, probes, tei, tgi};
+use crate::model::Task;
 
 /// What answers a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Handler {
     IndexPage,
-    /// `POST /`: the loaded model's task, as TEI (embed) or TGI (generate) answers it.
+    /// `POST /`: the loaded model's task, as TEI (embed, rerank, predict) or TGI (generate)
+    /// answers it.
     RootTask,
     Embed,
     Embeddings,
+    Rerank,
+    CohereRerank,
+    Predict,
     Tokenize,
     Generate,
     GenerateStream,
@@ -72,6 +77,9 @@ pub const ROUTES: &[Route] = &[
     route(Method::POST, "/", Handler::RootTask),
     route(Method::POST, "/embed", Handler::Embed),
     route(Method::POST, "/v1/embeddings", Handler::Embeddings),
+    route(Method::POST, "/rerank", Handler::Rerank),
+    route(Method::POST, "/v1/rerank", Handler::CohereRerank),
+    route(Method::POST, "/predict", Handler::Predict),
     route(Method::POST, "/generate", Handler::Generate),
     route(Method::POST, "/generate_stream", Handler::GenerateStream),
     route(Method::POST, "/v1/completions", Handler::Completions),
@@ -167,6 +175,9 @@ pub async fn handle(
         Handler::RootTask => root_task(state, req).await,
         Handler::Embed => tei::embed(&state, req).await,
         Handler::Embeddings => openai::embeddings(&state, req).await,
+        Handler::Rerank => tei::rerank(&state, req).await,
+        Handler::CohereRerank => cohere::rerank(&state, req).await,
+        Handler::Predict => tei::predict(&state, req).await,
         Handler::Tokenize => tei::tokenize(&state, req).await,
         Handler::Generate => tgi::generate(state, req).await,
         Handler::GenerateStream => tgi::generate_stream(state, req).await,
@@ -183,8 +194,8 @@ pub async fn handle(
     }
 }
 
-/// `POST /`: TEI's answers embed, TGI's generate: whichever task the loaded model has (held
-/// through a cold start to know it).
+/// `POST /`: the loaded model's task as TEI (embed, rerank, predict) or TGI (generate) answers
+/// it (held through a cold start to know it).
 async fn root_task(
     state: Arc<AppState>,
     req: Request<Incoming>,
@@ -193,9 +204,13 @@ async fn root_task(
         .lifecycle
         .until_aborted(state.lifecycle.serving())
         .await?;
-    match &*serving {
-        crate::lifecycle::Serving::Generation(_) => tgi::root(state, req).await,
-        crate::lifecycle::Serving::Embedding(_) => tei::embed(&state, req).await,
+    let task = serving.info().task;
+    drop(serving);
+    match task {
+        Task::TextGeneration => tgi::root(state, req).await,
+        Task::Embedding => tei::embed(&state, req).await,
+        Task::Reranking => tei::rerank(&state, req).await,
+        Task::TextClassification => tei::predict(&state, req).await,
     }
 }
 

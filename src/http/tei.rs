@@ -1,4 +1,5 @@
-//! Hugging Face TEI's routes: `POST /embed` (also `POST /` on an embedding model) and
+//! Hugging Face TEI's routes: `POST /embed` (also `POST /` on an embedding model),
+//! `POST /rerank` and `POST /predict` (also `POST /` on a reranker and on a classifier) and
 //! `POST /tokenize`. Their bodies and answers are [`crate::api::tei`]'s.
 
 use hyper::body::Incoming;
@@ -12,6 +13,16 @@ use super::state::AppState;
 /// `POST /embed` (and `POST /` on an embedding model): one vector per input.
 pub async fn embed(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     json_routes::answer(state, req, "/embed").await
+}
+
+/// `POST /rerank` (and `POST /` on a reranker): the texts by relevance to the query.
+pub async fn rerank(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    json_routes::answer(state, req, "/rerank").await
+}
+
+/// `POST /predict` (and `POST /` on a classifier): each input's labels by score.
+pub async fn predict(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    json_routes::answer(state, req, "/predict").await
 }
 
 /// `POST /tokenize`: each input's tokens, ids and byte offsets, as the model sees them.

@@ -5,6 +5,8 @@
 //! math of `math.rs`; the `_at` forms take the widest vectors allowed (`--kernel-cap`).
 
 use super::dispatch::{call, dispatch, dispatch512, variant, Variant};
+#[cfg(target_arch = "x86_64")]
+use super::math::exp_neg_avx512;
 use super::math::{erf, lane_sum, tanh};
 use super::KernelLevel;
 
@@ -54,11 +56,67 @@ pub fn add_layer_norm(x: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f3
     )
 }
 
-dispatch512!(gelu_generic, gelu_avx2, gelu_avx512, (x: &mut [f32]) {
+dispatch!(gelu_generic, gelu_avx2, (x: &mut [f32]) {
     for v in x.iter_mut() {
         *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
     }
 });
+
+/// [`gelu_generic`]'s formula written with AVX-512 intrinsics, 16 values at a time (a masked
+/// load and store for the tail): the reciprocal in erf's `1 / (1 + p·|u|)` is `vrcp14ps` and
+/// one Newton step (relative error ~1e-8) instead of a division, and exp's `2^n` is
+/// `vscalefps`. Measured on MiniLM at 64 × 107 tokens on AMX, GELU went from 18% of the
+/// forward pass (LLVM's vectorisation of the portable loop, one `vdivps` per vector) to
+/// ~6%; same accuracy (the tests below hold every path to 1e-6 of the f64 formula).
+///
+/// # Safety
+///
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gelu_avx512(x: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let set = _mm512_set1_ps;
+    let n = x.len();
+    let ptr = x.as_mut_ptr();
+    let sign = _mm512_set1_epi32(i32::MIN);
+    let mut i = 0;
+    while i < n {
+        let rest = n - i;
+        let mask: __mmask16 = if rest >= 16 {
+            u16::MAX
+        } else {
+            (1u16 << rest) - 1
+        };
+        // SAFETY: the mask keeps the load and the store inside x[i..n].
+        let v = unsafe { _mm512_maskz_loadu_ps(mask, ptr.add(i)) };
+        let u = _mm512_mul_ps(v, set(std::f32::consts::FRAC_1_SQRT_2));
+        // |u| capped at 10 (erf is 1 in f32 long before), so an infinite input still gives
+        // t = 0 and GELU(x) = x; `min(10, a)` returns a NaN a (the second operand).
+        let a = _mm512_min_ps(set(10.0), _mm512_abs_ps(u));
+        // erf (Abramowitz & Stegun 7.1.26, as math::erf): t = 1 / (1 + p·a).
+        let d = _mm512_fmadd_ps(a, set(0.327_591_1), set(1.0));
+        let r = _mm512_rcp14_ps(d);
+        let t = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, set(2.0)));
+        let mut poly = _mm512_fmadd_ps(t, set(1.061_405_4), set(-1.453_152_1));
+        poly = _mm512_fmadd_ps(poly, t, set(1.421_413_8));
+        poly = _mm512_fmadd_ps(poly, t, set(-0.284_496_74));
+        poly = _mm512_fmadd_ps(poly, t, set(0.254_829_6));
+        poly = _mm512_mul_ps(poly, t);
+        // exp(−a²), clamped at −87 as math::exp_neg.
+        let e = exp_neg_avx512(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), a), a));
+        // erf(u) = sign(u)·(1 − poly·e); GELU = v · (0.5 + 0.5·erf).
+        let y = _mm512_fnmadd_ps(poly, e, set(1.0));
+        let erf = _mm512_castsi512_ps(_mm512_or_si512(
+            _mm512_castps_si512(y),
+            _mm512_and_si512(_mm512_castps_si512(u), sign),
+        ));
+        let g = _mm512_mul_ps(v, _mm512_fmadd_ps(erf, set(0.5), set(0.5)));
+        // SAFETY: as the load.
+        unsafe { _mm512_mask_storeu_ps(ptr.add(i), mask, g) };
+        i += 16;
+    }
+}
 
 /// GELU with the exact erf form BERT uses (`hidden_act: "gelu"`), in place, with the best
 /// vectors the CPU has.
@@ -280,6 +338,40 @@ mod tests {
                     got[i]
                 );
                 assert!(close(portable[i], want, 1e-6), "portable len {len} [{i}]");
+            }
+        }
+    }
+
+    #[test]
+    fn every_gelu_path_agrees_on_extreme_inputs() {
+        let xs = [
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            -f32::MAX,
+            1e30,
+            -1e30,
+            20.0,
+            -20.0,
+            14.1,
+            -14.1,
+            5.5,
+            -5.5,
+            1e-30,
+            -1e-30,
+            0.0,
+            -0.0,
+        ];
+        let mut want = xs.to_vec();
+        gelu_generic(&mut want);
+        for level in KernelLevel::ALL {
+            let mut got = xs.to_vec();
+            gelu_at(&mut got, level);
+            for ((g, w), x) in got.iter().zip(&want).zip(&xs) {
+                assert!(
+                    (g.is_nan() && w.is_nan()) || g == w || (g - w).abs() <= 1e-6 * w.abs(),
+                    "gelu({x}) = {g} on {level}, portable {w}"
+                );
             }
         }
     }

@@ -362,7 +362,15 @@ unsafe fn attention_units(
     s: &AttentionShape,
     units: std::ops::Range<usize>,
     level: KernelLevel,
+    products: Products,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if products == Products::Bf16 && level.min(KernelLevel::detected()) >= KernelLevel::Amx {
+        // SAFETY: the level `amx` is detected; the rest is the caller's contract.
+        unsafe { super::attention_amx::attention_amx(qkv, out, s, units) };
+        return;
+    }
+    let _ = products;
     match variant(level) {
         // SAFETY: `variant` never picks a version the CPU lacks the features of; the rest is
         // the caller's contract.
@@ -389,6 +397,16 @@ pub fn attention(qkv: &[f32], out: &mut [f32], s: &AttentionShape, threads: usiz
     attention_at(qkv, out, s, threads, KernelLevel::detected())
 }
 
+/// The precision of attention's two products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Products {
+    /// f32 operands, at every level (the `--dtype f32` model, and the reference).
+    F32,
+    /// bf16 operands with f32 sums where the level has AMX tiles (`attention_amx.rs`), f32
+    /// below it: for the models whose linear layers already round to bf16 or int8.
+    Bf16,
+}
+
 /// [`attention`] with vectors no wider than `level` allows.
 ///
 /// # Panics
@@ -400,6 +418,22 @@ pub fn attention_at(
     s: &AttentionShape,
     threads: usize,
     level: KernelLevel,
+) {
+    attention_with(qkv, out, s, threads, level, Products::F32)
+}
+
+/// [`attention_at`] with the products in the given precision.
+///
+/// # Panics
+///
+/// As [`attention`].
+pub fn attention_with(
+    qkv: &[f32],
+    out: &mut [f32],
+    s: &AttentionShape,
+    threads: usize,
+    level: KernelLevel,
+    products: Products,
 ) {
     let sizes = s.sizes().expect("attention: sizes overflow usize");
     assert_eq!(qkv.len(), sizes.qkv, "attention: qkv size");
@@ -421,7 +455,7 @@ pub fn attention_at(
         // SAFETY: sizes, lengths and buffer lengths checked above; `out` stays mutably
         // borrowed until every call returns (the scope below joins its tasks), and the unit
         // ranges given to concurrent calls are disjoint, so are the elements they write.
-        unsafe { attention_units(qkv, shared.ptr(), s, range, level) }
+        unsafe { attention_units(qkv, shared.ptr(), s, range, level, products) }
     };
     if threads == 1 {
         run(0..units);

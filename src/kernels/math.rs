@@ -74,6 +74,37 @@ pub(super) fn exp_neg(x: f32) -> f32 {
     e * scale
 }
 
+/// [`exp_neg`] on 16 lanes with AVX-512 intrinsics (`vscalefps` for `2^n`), same
+/// polynomial and accuracy; NaN stays NaN.
+///
+/// # Safety
+///
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) fn exp_neg_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let set = _mm512_set1_ps;
+    // `max(-87, x)` returns a NaN x (the second operand).
+    let x = _mm512_max_ps(set(-87.0), x);
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, set(std::f32::consts::LOG2_E)),
+    );
+    let r = _mm512_fmadd_ps(
+        n,
+        set(2.121_944_4e-4),
+        _mm512_fnmadd_ps(n, set(0.693_359_4), x),
+    );
+    let mut p = _mm512_fmadd_ps(r, set(1.987_569_1e-4), set(1.398_199_9e-3));
+    p = _mm512_fmadd_ps(p, r, set(8.333_452e-3));
+    p = _mm512_fmadd_ps(p, r, set(4.166_579_6e-2));
+    p = _mm512_fmadd_ps(p, r, set(1.666_666_5e-1));
+    p = _mm512_fmadd_ps(p, r, set(0.5));
+    let e = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), set(1.0));
+    _mm512_scalef_ps(e, n)
+}
+
 /// erf(x) (Abramowitz & Stegun 7.1.26, |error| ≤ 1.5e-7).
 #[inline(always)]
 pub(super) fn erf(x: f32) -> f32 {

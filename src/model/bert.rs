@@ -4,159 +4,31 @@
 //! Weights are used in place from the memory-mapped `model.safetensors` (see `weights.rs`),
 //! shared by every worker thread; activations are candle tensors that flow through the custom
 //! ops of `bert_ops.rs`. The Q, K and V projections run as one linear op with three parts (one
-//! pass over the input), and the position and token-type-0 embeddings are summed once at load.
+//! pass over the input), and the position and token-type-0 embeddings are summed once at load;
+//! the second text of a pair (token type 1) adds the difference of the two type embeddings.
+//!
+//! `BertForSequenceClassification` checkpoints (cross-encoder rerankers, classifiers) load the
+//! same encoder; their pooler and classifier are `heads.rs`'s.
 
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use serde::Deserialize;
 
 use super::bert_ops::{AddLayerNorm, Attention, Linear, LinearWeights};
 use super::weights::{Weight, WeightFile};
-use super::ModelError;
-use crate::kernels::{AttentionShape, Dtype, KernelLevel, LinearPart, PackedLinear};
+use super::{EncoderInput, ModelError};
+use crate::kernels::{AttentionShape, Dtype, KernelLevel, LinearPart, PackedLinear, Products};
 
-/// The fields of a Hugging Face `config.json` the encoder needs.
-#[derive(Debug, Clone, Deserialize)]
-pub struct BertConfig {
-    pub vocab_size: usize,
-    pub hidden_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    pub intermediate_size: usize,
-    #[serde(default = "default_act")]
-    pub hidden_act: String,
-    pub max_position_embeddings: usize,
-    #[serde(default = "default_type_vocab")]
-    pub type_vocab_size: usize,
-    #[serde(default = "default_eps")]
-    pub layer_norm_eps: f64,
-    #[serde(default)]
-    pub model_type: Option<String>,
-    /// The checkpoint's classes (`BertModel`, `BertForSequenceClassification`, …).
-    #[serde(default)]
-    pub architectures: Vec<String>,
-    #[serde(default)]
-    pub pad_token_id: Option<u32>,
-    #[serde(default)]
-    pub position_embedding_type: Option<String>,
-}
-
-fn default_act() -> String {
-    "gelu".into()
-}
-fn default_type_vocab() -> usize {
-    2
-}
-fn default_eps() -> f64 {
-    1e-12
-}
-
-impl BertConfig {
-    /// Parses `config.json` and refuses what this encoder does not implement, with the reason.
-    pub fn from_json(text: &str) -> Result<Self, ModelError> {
-        let c: BertConfig = serde_json::from_str(text)
-            .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
-        if let Some(t) = &c.model_type {
-            if t != "bert" {
-                return Err(ModelError::Unsupported(format!(
-                    "model_type {t:?}: this server runs BERT-family encoders (model_type \"bert\")"
-                )));
-            }
-        }
-        // A head that turns the encoder's output into scores (a classifier, a cross-encoder
-        // reranker) is not an embedding model: loading its encoder alone would answer /embed
-        // with vectors the checkpoint was never trained to give.
-        const SCORING_HEADS: [&str; 5] = [
-            "ForSequenceClassification",
-            "ForTokenClassification",
-            "ForQuestionAnswering",
-            "ForMultipleChoice",
-            "ForNextSentencePrediction",
-        ];
-        if let Some(a) = c
-            .architectures
-            .iter()
-            .find(|a| SCORING_HEADS.iter().any(|h| a.ends_with(h)))
-        {
-            return Err(ModelError::Unsupported(format!(
-                "architectures names {a:?}: a checkpoint whose head gives scores (a classifier or a cross-encoder reranker), not embeddings; this server embeds with encoders saved as BertModel (or BertForMaskedLM, whose head it leaves out)"
-            )));
-        }
-        if c.hidden_act != "gelu" {
-            return Err(ModelError::Unsupported(format!(
-                "hidden_act {:?}: only exact \"gelu\" is implemented",
-                c.hidden_act
-            )));
-        }
-        if let Some(p) = &c.position_embedding_type {
-            if p != "absolute" {
-                return Err(ModelError::Unsupported(format!(
-                    "position_embedding_type {p:?}"
-                )));
-            }
-        }
-        for (field, value) in [
-            ("vocab_size", c.vocab_size),
-            ("hidden_size", c.hidden_size),
-            ("num_hidden_layers", c.num_hidden_layers),
-            ("num_attention_heads", c.num_attention_heads),
-            ("intermediate_size", c.intermediate_size),
-            ("max_position_embeddings", c.max_position_embeddings),
-            ("type_vocab_size", c.type_vocab_size),
-        ] {
-            if value == 0 {
-                return Err(ModelError::Config(format!(
-                    "config.json: {field} is 0; it must be at least 1"
-                )));
-            }
-        }
-        if !c.hidden_size.is_multiple_of(c.num_attention_heads) {
-            return Err(ModelError::Config(format!(
-                "config.json: hidden_size {} is not a multiple of num_attention_heads {}",
-                c.hidden_size, c.num_attention_heads
-            )));
-        }
-        let eps = c.layer_norm_eps;
-        if !(eps.is_finite() && eps > 0.0 && (eps as f32).is_finite() && eps as f32 > 0.0) {
-            return Err(ModelError::Config(format!(
-                "config.json: layer_norm_eps {eps} must be a finite number greater than 0 \
-                 (also in single precision)"
-            )));
-        }
-        // Every weight matrix must be addressable: rows × hidden_size f32 values, and the
-        // fused QKV output 3 × hidden_size wide.
-        for (field, rows) in [
-            ("vocab_size", c.vocab_size),
-            ("max_position_embeddings", c.max_position_embeddings),
-            ("type_vocab_size", c.type_vocab_size),
-            ("intermediate_size", c.intermediate_size),
-            ("hidden_size", c.hidden_size),
-            ("3 (query, key, value)", 3),
-        ] {
-            let bytes = rows
-                .checked_mul(c.hidden_size)
-                .and_then(|n| n.checked_mul(std::mem::size_of::<f32>()))
-                .filter(|&b| b <= isize::MAX as usize);
-            if bytes.is_none() {
-                return Err(ModelError::Config(format!(
-                    "config.json: {field} × hidden_size ({rows} × {}) is too large",
-                    c.hidden_size
-                )));
-            }
-        }
-        Ok(c)
-    }
-}
+pub use super::bert_config::{BertConfig, Head, SentenceTransformersConfig};
 
 /// A linear layer's weight (`n×k`) and bias (`n`).
-struct Dense {
+pub(super) struct Dense {
     w: Weight,
     b: Weight,
 }
 
 impl Dense {
-    fn part(&self) -> LinearPart<'_> {
+    pub(super) fn part(&self) -> LinearPart<'_> {
         LinearPart {
             w: self.w.as_slice(),
             b: self.b.as_slice(),
@@ -214,17 +86,42 @@ pub struct Bert {
     word: Weight,
     /// Position embeddings plus the token-type-0 embedding, `[max_positions, hidden]`.
     position_and_type: Tensor,
+    /// Token type 1 less token type 0, added to the second text of a pair (`None` when the
+    /// model has one token type).
+    type1_delta: Option<Vec<f32>>,
     embed_norm: Norm,
     layers: Vec<Layer>,
 }
 
-struct Names<'a> {
+/// A weight file's tensors under the checkpoint's prefix (`bert.` for models saved with a
+/// head), with shapes checked against the config.
+pub(super) struct Names<'a> {
     file: &'a WeightFile,
     prefix: &'static str,
 }
 
-impl Names<'_> {
-    fn get(&self, name: &str, dims: &[usize]) -> Result<Weight, ModelError> {
+impl<'a> Names<'a> {
+    /// The encoder's tensors in `file`.
+    pub(super) fn of(file: &'a WeightFile) -> Self {
+        let prefix = if file.contains("bert.embeddings.word_embeddings.weight") {
+            "bert."
+        } else {
+            ""
+        };
+        Names { file, prefix }
+    }
+
+    /// The tensors of a head, stored without the encoder's prefix (`classifier.weight`).
+    pub(super) fn unprefixed(file: &'a WeightFile) -> Self {
+        Names { file, prefix: "" }
+    }
+
+    /// The prefix of the encoder's tensors.
+    pub(super) fn prefix(&self) -> &'static str {
+        self.prefix
+    }
+
+    pub(super) fn get(&self, name: &str, dims: &[usize]) -> Result<Weight, ModelError> {
         let full = format!("{}{name}", self.prefix);
         let w = self.file.get(&full)?;
         if w.shape() != dims {
@@ -237,7 +134,7 @@ impl Names<'_> {
         Ok(w)
     }
 
-    fn dense(&self, name: &str, n: usize, k: usize) -> Result<Dense, ModelError> {
+    pub(super) fn dense(&self, name: &str, n: usize, k: usize) -> Result<Dense, ModelError> {
         Ok(Dense {
             w: self.get(&format!("{name}.weight"), &[n, k])?,
             b: self.get(&format!("{name}.bias"), &[n])?,
@@ -267,16 +164,18 @@ impl Bert {
         dtype: Dtype,
         level: KernelLevel,
     ) -> Result<Self, ModelError> {
-        let file = WeightFile::open(weights)?;
-        let prefix = if file.contains("bert.embeddings.word_embeddings.weight") {
-            "bert."
-        } else {
-            ""
-        };
-        let w = Names {
-            file: &file,
-            prefix,
-        };
+        Self::load_from(config, &WeightFile::open(weights)?, dtype, level)
+    }
+
+    /// [`Bert::load`] from an opened file (whose head, if any, the caller reads too).
+    pub fn load_from(
+        config: BertConfig,
+        file: &WeightFile,
+        dtype: Dtype,
+        level: KernelLevel,
+    ) -> Result<Self, ModelError> {
+        let w = Names::of(file);
+        let prefix = w.prefix();
         let (h, i) = (config.hidden_size, config.intermediate_size);
 
         let word = w.get("embeddings.word_embeddings.weight", &[config.vocab_size, h])?;
@@ -302,6 +201,10 @@ impl Bert {
         let position_and_type =
             Tensor::from_vec(summed, (config.max_position_embeddings, h), &Device::Cpu)
                 .map_err(|e| ModelError::Weights(e.to_string()))?;
+        let type1_delta = types
+            .as_slice()
+            .get(h..2 * h)
+            .map(|type1| type1.iter().zip(type0).map(|(t1, t0)| t1 - t0).collect());
         let embed_norm = w.norm("embeddings.LayerNorm", h)?;
 
         // Not `with_capacity(num_hidden_layers)`: the count comes from config.json, and a
@@ -368,6 +271,7 @@ impl Bert {
             level,
             word,
             position_and_type,
+            type1_delta,
             embed_norm,
             layers,
         })
@@ -387,20 +291,26 @@ impl Bert {
         self.level
     }
 
-    /// Runs the encoder over `sequences` (token ids, unpadded, each at most
-    /// `max_position_embeddings` long) and returns the last hidden state, `[batch·seq_len,
-    /// hidden]`, padded to the longest sequence; `threads` is the intra-op parallelism of the
-    /// matmuls.
+    /// Runs the encoder over `inputs` (token ids, unpadded, each at most
+    /// `max_position_embeddings` long; the tokens from `second_from` on are token type 1) and
+    /// returns the last hidden state, `[batch·seq_len, hidden]`, padded to the longest
+    /// sequence; `threads` is the intra-op parallelism of the matmuls.
     pub fn forward(
         &self,
-        sequences: &[&[u32]],
+        inputs: &[EncoderInput<'_>],
         threads: usize,
     ) -> Result<(Tensor, usize), ModelError> {
         let c = &self.config;
         let h = c.hidden_size;
-        let seq_len = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
-        if sequences.is_empty() || seq_len == 0 || sequences.iter().any(|s| s.is_empty()) {
+        let seq_len = inputs.iter().map(|s| s.ids.len()).max().unwrap_or(0);
+        if inputs.is_empty() || seq_len == 0 || inputs.iter().any(|s| s.ids.is_empty()) {
             return Err(ModelError::Input("empty batch or empty sequence".into()));
+        }
+        if self.type1_delta.is_none() && inputs.iter().any(|s| s.second_from < s.ids.len()) {
+            return Err(ModelError::Input(
+                "a pair of texts needs two token types; this model has one (type_vocab_size 1)"
+                    .into(),
+            ));
         }
         if seq_len > c.max_position_embeddings {
             return Err(ModelError::Input(format!(
@@ -414,14 +324,14 @@ impl Bert {
         let too_large = || {
             ModelError::Input(format!(
                 "a batch of {} sequences of {seq_len} tokens is too large",
-                sequences.len()
+                inputs.len()
             ))
         };
-        let rows = sequences.len().checked_mul(seq_len).ok_or_else(too_large)?;
+        let rows = inputs.len().checked_mul(seq_len).ok_or_else(too_large)?;
         let size = rows.checked_mul(h).ok_or_else(too_large)?;
         let mut embedded = vec![0.0f32; size];
-        for (b, s) in sequences.iter().enumerate() {
-            for (t, &id) in s.iter().enumerate() {
+        for (b, s) in inputs.iter().enumerate() {
+            for (t, &id) in s.ids.iter().enumerate() {
                 let id = id as usize;
                 if id >= c.vocab_size {
                     return Err(ModelError::Input(format!(
@@ -429,7 +339,11 @@ impl Bert {
                         c.vocab_size
                     )));
                 }
-                embedded[(b * seq_len + t) * h..][..h].copy_from_slice(&word[id * h..][..h]);
+                let row = &mut embedded[(b * seq_len + t) * h..][..h];
+                row.copy_from_slice(&word[id * h..][..h]);
+                if let (true, Some(delta)) = (t >= s.second_from, &self.type1_delta) {
+                    row.iter_mut().zip(delta).for_each(|(x, d)| *x += d);
+                }
             }
         }
         let err = |e: candle_core::Error| ModelError::Forward(e.to_string());
@@ -443,10 +357,15 @@ impl Bert {
                 seq_len,
                 heads: c.num_attention_heads,
                 head_dim: h / c.num_attention_heads,
-                lengths: sequences.iter().map(|s| s.len()).collect(),
+                lengths: inputs.iter().map(|s| s.ids.len()).collect(),
             },
             threads,
             level: self.level,
+            // The f32 model stays exact; the others already round their linear layers.
+            products: match self.dtype() {
+                Dtype::F32 => Products::F32,
+                _ => Products::Bf16,
+            },
         };
         for layer in &self.layers {
             // The f32 parts live here, so that the ops can borrow them.
@@ -533,22 +452,47 @@ mod tests {
     }
 
     #[test]
-    fn classifier_and_reranker_checkpoints_are_refused_naming_the_architecture() {
+    fn sequence_classifiers_load_and_other_heads_are_refused_naming_the_architecture() {
         for ok in ["BertModel", "BertForMaskedLM"] {
-            let c = config_with(serde_json::json!({ "architectures": [ok] }));
-            assert!(BertConfig::from_json(&c).is_ok(), "{ok}");
+            let c =
+                BertConfig::from_json(&config_with(serde_json::json!({ "architectures": [ok] })))
+                    .unwrap();
+            assert_eq!(c.head(), Head::Encoder, "{ok}");
+        }
+        let c = BertConfig::from_json(&config_with(serde_json::json!({
+            "architectures": ["BertForSequenceClassification"],
+            "id2label": {"1": "pos", "0": "neg"},
+            "sentence_transformers": {"activation_fn": "torch.nn.modules.linear.Identity"}
+        })))
+        .unwrap();
+        assert_eq!(c.head(), Head::SequenceClassification);
+        assert_eq!(c.labels().unwrap(), vec!["neg", "pos"]);
+        assert_eq!(c.activation_name(), Some("Identity"));
+        // Without id2label, num_labels (default 2) labels named as transformers names them.
+        let c = BertConfig::from_json(&config_with(serde_json::json!({
+            "architectures": ["BertForSequenceClassification"], "num_labels": 1,
+            "sbert_ce_default_activation_function": "torch.nn.modules.activation.Sigmoid"
+        })))
+        .unwrap();
+        assert_eq!(c.labels().unwrap(), vec!["LABEL_0"]);
+        assert_eq!(c.activation_name(), Some("Sigmoid"));
+        for bad in [
+            serde_json::json!({ "architectures": ["BertForSequenceClassification"], "id2label": {"0": "a", "2": "b"} }),
+            serde_json::json!({ "architectures": ["BertForSequenceClassification"], "id2label": {} }),
+        ] {
+            assert!(
+                BertConfig::from_json(&config_with(bad.clone())).is_err(),
+                "{bad}"
+            );
         }
         for head in [
-            "BertForSequenceClassification",
             "BertForTokenClassification",
             "BertForQuestionAnswering",
+            "BertForMultipleChoice",
         ] {
             let c = config_with(serde_json::json!({ "architectures": [head] }));
             let err = BertConfig::from_json(&c).unwrap_err().to_string();
-            assert!(
-                err.contains(head) && err.contains("not embeddings"),
-                "{err}"
-            );
+            assert!(err.contains(head) && err.contains("does not run"), "{err}");
         }
     }
 
@@ -745,7 +689,16 @@ mod tests {
             let outcome = std::panic::catch_unwind(|| {
                 match Bert::load(config.clone(), &path, Dtype::F32, KernelLevel::detected()) {
                     Ok(bert) => {
-                        let _ = bert.forward(&[&[2, 7, 3], &[2, 3]], 1);
+                        let _ = bert.forward(
+                            &[
+                                EncoderInput::single(&[2, 7, 3]),
+                                EncoderInput {
+                                    ids: &[2, 3, 5],
+                                    second_from: 2,
+                                },
+                            ],
+                            1,
+                        );
                         true
                     }
                     Err(_) => false,

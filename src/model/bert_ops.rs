@@ -18,8 +18,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
 
 use crate::kernels::{
-    self, add_layer_norm, attention_at, gelu_at, linear, AttentionShape, Epilogue, KernelLevel,
-    LinearPart, PackedLinear,
+    self, add_layer_norm, attention_with, gelu_at, linear, AttentionShape, Epilogue, KernelLevel,
+    LinearPart, PackedLinear, Products,
 };
 
 /// The f32 values of a contiguous tensor (`what` names it in errors).
@@ -145,6 +145,8 @@ pub struct Attention {
     pub threads: usize,
     /// The widest vectors to use.
     pub level: KernelLevel,
+    /// The precision of the two products (bf16 for the bf16 and int8 models).
+    pub products: Products,
 }
 
 impl CustomOp1 for Attention {
@@ -165,7 +167,14 @@ impl CustomOp1 for Attention {
             candle_core::bail!("attention: lengths outside 1..=seq_len in {shape:?}");
         }
         let mut out = vec![0.0f32; sizes.out];
-        attention_at(qkv, &mut out, shape, self.threads, self.level);
+        attention_with(
+            qkv,
+            &mut out,
+            shape,
+            self.threads,
+            self.level,
+            self.products,
+        );
         Ok((
             CpuStorage::F32(out),
             Shape::from((sizes.rows, sizes.hidden)),
@@ -198,6 +207,7 @@ mod tests {
                 },
                 threads: 1,
                 level: KernelLevel::detected(),
+                products: Products::F32,
             };
             assert!(qkv.apply_op1_no_bwd(&op).is_err(), "{:?}", op.shape);
         }

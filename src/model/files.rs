@@ -53,14 +53,21 @@ pub struct ModelFiles {
     pub pooling: Option<PathBuf>,
     /// `sentence_bert_config.json`: `max_seq_length`.
     pub sentence_bert: Option<PathBuf>,
+    /// `tokenizer_config.json`: `model_max_length`, the limit when the model has no
+    /// `sentence_bert_config.json`.
+    pub tokenizer_config: Option<PathBuf>,
+    /// `config_sentence_transformers.json`: the named `prompts`.
+    pub sentence_transformers: Option<PathBuf>,
 }
 
 const REQUIRED: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
-const OPTIONAL: [&str; 4] = [
+const OPTIONAL: [&str; 6] = [
     "modules.json",
     "1_Pooling/config.json",
     "sentence_bert_config.json",
     "generation_config.json",
+    "tokenizer_config.json",
+    "config_sentence_transformers.json",
 ];
 /// GPT-2's original tokenizer files, used when there is no `tokenizer.json`.
 const VOCAB_MERGES: [&str; 2] = ["vocab.json", "merges.txt"];
@@ -115,6 +122,8 @@ pub fn from_directory(dir: &Path) -> Result<ModelFiles, ModelError> {
         modules: get(OPTIONAL[0]),
         pooling: get(OPTIONAL[1]),
         sentence_bert: get(OPTIONAL[2]),
+        tokenizer_config: get(OPTIONAL[4]),
+        sentence_transformers: get(OPTIONAL[5]),
     })
 }
 
@@ -176,6 +185,8 @@ fn from_hub(model_id: &str, revision: &str) -> Result<ModelFiles, ModelError> {
         modules: maybe(OPTIONAL[0]),
         pooling: maybe(OPTIONAL[1]),
         sentence_bert: maybe(OPTIONAL[2]),
+        tokenizer_config: maybe(OPTIONAL[4]),
+        sentence_transformers: maybe(OPTIONAL[5]),
     })
 }
 

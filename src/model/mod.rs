@@ -1,15 +1,19 @@
 //! Models: the `Model` trait the worker pool calls, and loading a model with its tokenizer.
 //!
-//! The pool knows nothing of BERT: it hands a model groups of token sequences and gets vectors
-//! back. Loading reads each file once (config, tokenizer, memory-mapped weights, pooling) and
-//! reports how long each phase took, for the start-up log and metrics.
+//! The pool knows nothing of BERT: it hands a model groups of token sequences (single texts or
+//! pairs) and gets one vector back per sequence: a pooled embedding, or a classifier's logits.
+//! Loading reads each file once (config, tokenizer, memory-mapped weights, pooling, prompts)
+//! and reports how long each phase took, for the start-up log and metrics.
 
 pub mod bert;
+pub mod bert_config;
 pub mod bert_ops;
 pub mod files;
 pub mod gguf_hub;
+pub mod heads;
 pub mod hub;
 pub mod pooling;
+pub mod prompts;
 pub mod tiny;
 pub mod tokenizer;
 pub mod weights;
@@ -21,8 +25,10 @@ use serde::Serialize;
 
 use crate::kernels::{Dtype, KernelLevel};
 
+pub use heads::ScoreFunction;
 pub use pooling::Pooling;
-pub use tokenizer::{TextTokenizer, TokenInfo, TokenizeError};
+pub use prompts::Prompts;
+pub use tokenizer::{PairIds, TextTokenizer, TokenInfo, TokenizeError};
 
 /// Why a model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +55,11 @@ pub enum ModelError {
 pub enum Task {
     /// Sentence embeddings (a BERT-family encoder in Hugging Face layout).
     Embedding,
+    /// Relevance scores of (query, passage) pairs: a cross-encoder, a sequence classifier with
+    /// one label.
+    Reranking,
+    /// Label scores of texts and pairs: a sequence classifier with several labels.
+    TextClassification,
     /// Text generation (a Llama-family decoder in a GGUF file).
     TextGeneration,
 }
@@ -58,7 +69,36 @@ impl Task {
     pub fn name(self) -> &'static str {
         match self {
             Task::Embedding => "embedding",
+            Task::Reranking => "reranking",
+            Task::TextClassification => "text-classification",
             Task::TextGeneration => "text-generation",
+        }
+    }
+}
+
+/// A sequence classifier's facts: its labels and how its logits become scores.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassifierInfo {
+    /// The label names, in the order of the logits (`id2label`).
+    pub labels: Vec<String>,
+    /// What `raw_scores: false` applies to the logits.
+    pub score_function: ScoreFunction,
+}
+
+/// One input of a forward pass: token ids, and where the second text of a pair starts.
+#[derive(Debug, Clone, Copy)]
+pub struct EncoderInput<'a> {
+    pub ids: &'a [u32],
+    /// The first token of the second text (token type 1); `ids.len()` for a single text.
+    pub second_from: usize,
+}
+
+impl<'a> EncoderInput<'a> {
+    /// A single text's ids (every token of type 0).
+    pub fn single(ids: &'a [u32]) -> Self {
+        Self {
+            ids,
+            second_from: ids.len(),
         }
     }
 }
@@ -82,6 +122,12 @@ pub struct ModelInfo {
     /// The kernel path (instruction set) the bf16/int8 layers run on; f32 layers use the AVX2
     /// kernels and gemm's own dispatch.
     pub kernel: KernelLevel,
+    /// A sequence classifier's labels and score function (reranking and text-classification
+    /// models only).
+    pub classifier: Option<ClassifierInfo>,
+    /// The named prompts a request may ask for (embedding models).
+    #[serde(skip)]
+    pub prompts: Prompts,
 }
 
 /// What `--dtype` asks for: a fixed dtype, or `auto`, the fastest that keeps the accuracy of
@@ -108,6 +154,19 @@ impl DtypeChoice {
             DtypeChoice::Auto => Dtype::F32,
         }
     }
+
+    /// The dtype of a sequence classifier (a reranker, a text classifier) on `level`: `auto`
+    /// is f32 there. bf16 misses the scores' bar (within 1e-3 of sentence-transformers): a
+    /// score reads one direction of the hidden state, scaled to logits of several units, where
+    /// bf16's ~0.3% relative error of the hidden state becomes 1e-2 of a logit and up to a few
+    /// 1e-3 of a sigmoid score (docs/benchmarks.md, "Rerankers: bf16 or f32"). `--dtype bf16`
+    /// still asks for it.
+    pub fn resolve_for_classifier(self, level: KernelLevel) -> Dtype {
+        match self {
+            DtypeChoice::Auto => Dtype::F32,
+            fixed => fixed.resolve(level),
+        }
+    }
 }
 
 impl std::str::FromStr for DtypeChoice {
@@ -130,64 +189,22 @@ pub struct LoadOptions {
     pub kernel_cap: Option<KernelLevel>,
 }
 
-/// A model the worker pool can run: pooled, not yet normalised vectors for each sequence.
+/// A model the worker pool can run: one vector per input, the pooled, not yet normalised
+/// embedding of an embedding model or the logits of a classifier.
 pub trait Model: Send + Sync {
-    /// Embeds `sequences` (unpadded token ids, each within the model's maximum length) in one
+    /// Runs `inputs` (unpadded token ids, each within the model's maximum length) in one
     /// forward pass; `threads` is the intra-op parallelism this call may use.
-    fn embed(&self, sequences: &[&[u32]], threads: usize) -> Result<Vec<Vec<f32>>, ModelError>;
-}
+    fn forward(
+        &self,
+        inputs: &[EncoderInput<'_>],
+        threads: usize,
+    ) -> Result<Vec<Vec<f32>>, ModelError>;
 
-/// A sentence-transformers style encoder: BERT followed by pooling.
-pub struct SentenceEncoder {
-    bert: bert::Bert,
-    pooling: Pooling,
-}
-
-impl Model for SentenceEncoder {
+    /// [`Model::forward`] over single texts.
     fn embed(&self, sequences: &[&[u32]], threads: usize) -> Result<Vec<Vec<f32>>, ModelError> {
-        let (hidden_state, seq_len) = self.bert.forward(sequences, threads)?;
-        let h = self.bert.config().hidden_size;
-        let (storage, layout) = hidden_state.storage_and_layout();
-        let data = match &*storage {
-            candle_core::Storage::Cpu(cpu) => cpu
-                .as_slice::<f32>()
-                .map_err(|e| ModelError::Forward(e.to_string()))?,
-            _ => return Err(ModelError::Forward("hidden state is not on the CPU".into())),
-        };
-        let data = data.get(layout.start_offset()..).unwrap_or_default();
-        if data.len() < sequences.len() * seq_len * h {
-            return Err(ModelError::Forward(format!(
-                "hidden state of {} values for {} sequences of {seq_len} × {h}",
-                data.len(),
-                sequences.len()
-            )));
-        }
-        // NaN or infinity means corrupt weights (or an overflow): an error for this batch,
-        // not vectors that look fine. Checked on every real token's hidden state (max pooling
-        // would skip a NaN) and on the pooled vectors (a mean can overflow).
-        let non_finite = || {
-            ModelError::Forward(
-                "the forward pass produced non-finite values (NaN or infinity): \
-                 the weights may be corrupt"
-                    .into(),
-            )
-        };
-        sequences
-            .iter()
-            .enumerate()
-            .map(|(b, s)| {
-                let rows = &data[b * seq_len * h..][..s.len() * h];
-                if !rows.iter().all(|v| v.is_finite()) {
-                    return Err(non_finite());
-                }
-                let mut out = Vec::with_capacity(h);
-                self.pooling.pool(rows, h, &mut out);
-                if !out.iter().all(|v| v.is_finite()) {
-                    return Err(non_finite());
-                }
-                Ok(out)
-            })
-            .collect()
+        let inputs: Vec<EncoderInput<'_>> =
+            sequences.iter().map(|s| EncoderInput::single(s)).collect();
+        self.forward(&inputs, threads)
     }
 }
 
@@ -202,6 +219,12 @@ pub struct LoadedModel {
 #[derive(serde::Deserialize)]
 struct SentenceBertConfig {
     max_seq_length: Option<usize>,
+}
+
+#[derive(serde::Deserialize)]
+struct TokenizerConfig {
+    /// A float in some files (transformers writes 1e30 for "no limit").
+    model_max_length: Option<f64>,
 }
 
 #[derive(serde::Deserialize)]
@@ -253,7 +276,8 @@ pub fn model_type(files: &files::ModelFiles) -> Result<Option<String>, ModelErro
     Ok(peek.model_type)
 }
 
-/// Loads the embedding model whose files are `files`, as `options` say.
+/// Loads the encoder model whose files are `files` (an embedding model, or a sequence
+/// classifier: a reranker or a text classifier), as `options` say.
 pub fn load_files(
     files: &files::ModelFiles,
     options: LoadOptions,
@@ -261,37 +285,55 @@ pub fn load_files(
 ) -> Result<LoadedModel, ModelError> {
     let t = Instant::now();
     let config = bert::BertConfig::from_json(&read(&files.config)?)?;
+    let head = config.head();
     let mut normalized_by_model = false;
     if let Some(path) = &files.modules {
         let modules: Vec<ModuleEntry> = serde_json::from_str(&read(path)?)
             .map_err(|e| ModelError::Config(format!("modules.json: {e}")))?;
         for m in &modules {
-            match m.kind.rsplit('.').next().unwrap_or_default() {
-                "Transformer" | "Pooling" => {}
-                "Normalize" => normalized_by_model = true,
-                other => {
+            match (m.kind.rsplit('.').next().unwrap_or_default(), head) {
+                ("Transformer", _) | ("Pooling", bert::Head::Encoder) => {}
+                ("Normalize", bert::Head::Encoder) => normalized_by_model = true,
+                (other, bert::Head::Encoder) => {
                     return Err(ModelError::Unsupported(format!(
                         "modules.json has a {other} module; only Transformer, Pooling and Normalize are supported"
+                    )))
+                }
+                (other, bert::Head::SequenceClassification) => {
+                    return Err(ModelError::Unsupported(format!(
+                        "modules.json has a {other} module after a sequence classifier; only its Transformer is supported"
                     )))
                 }
             }
         }
     }
-    let pooling = match &files.pooling {
-        Some(path) => Pooling::from_config_json(&read(path)?)?,
-        None => Pooling::Mean,
+    let (pooling, prompts) = match head {
+        bert::Head::Encoder => (
+            match &files.pooling {
+                Some(path) => Pooling::from_config_json(&read(path)?)?,
+                None => Pooling::Mean,
+            },
+            match &files.sentence_transformers {
+                Some(path) => Prompts::from_config_json(&read(path)?)?,
+                None => Prompts::default(),
+            },
+        ),
+        // A classifier's head reads [CLS] through its pooler; sentence-transformers' pooling
+        // and prompts are an embedding model's.
+        bert::Head::SequenceClassification => (Pooling::Cls, Prompts::default()),
     };
-    let max_seq_length = match &files.sentence_bert {
-        Some(path) => {
-            serde_json::from_str::<SentenceBertConfig>(&read(path)?)
-                .map_err(|e| ModelError::Config(format!("sentence_bert_config.json: {e}")))?
-                .max_seq_length
+    let classifier = match head {
+        bert::Head::Encoder => None,
+        bert::Head::SequenceClassification => {
+            let labels = config.labels()?;
+            let score_function = ScoreFunction::for_model(labels.len(), config.activation_name())?;
+            Some(ClassifierInfo {
+                labels,
+                score_function,
+            })
         }
-        None => None,
     };
-    let max_input_length = max_seq_length
-        .unwrap_or(config.max_position_embeddings)
-        .min(config.max_position_embeddings);
+    let max_input_length = max_input_length(files, &config)?;
     let tokenizer_json = files.tokenizer.as_ref().ok_or_else(|| {
         ModelError::Files(format!(
             "{}: no tokenizer.json beside config.json",
@@ -299,14 +341,25 @@ pub fn load_files(
         ))
     })?;
     let tokenizer = TextTokenizer::load(tokenizer_json, max_input_length)?;
+    if classifier.is_some() {
+        tokenizer.check_pairs_fit().map_err(ModelError::Tokenizer)?;
+    }
     phase("tokenizer", t.elapsed());
 
     let t = Instant::now();
     let kernel = KernelLevel::capped(options.kernel_cap);
-    let dtype = options.dtype.resolve(kernel);
+    let dtype = match head {
+        bert::Head::Encoder => options.dtype.resolve(kernel),
+        bert::Head::SequenceClassification => options.dtype.resolve_for_classifier(kernel),
+    };
+    let task = match &classifier {
+        None => Task::Embedding,
+        Some(c) if c.labels.len() == 1 => Task::Reranking,
+        Some(_) => Task::TextClassification,
+    };
     let info = ModelInfo {
         id: files.source.clone(),
-        task: Task::Embedding,
+        task,
         dimensions: config.hidden_size,
         max_input_length,
         pooling,
@@ -314,14 +367,51 @@ pub fn load_files(
         dtype,
         weight_formats: [("linear", dtype.name().to_string())].into(),
         kernel,
+        classifier,
+        prompts,
     };
-    let bert = bert::Bert::load(config, &files.weights, dtype, kernel)?;
+    let file = weights::WeightFile::open(&files.weights)?;
+    let bert = bert::Bert::load_from(config, &file, dtype, kernel)?;
+    let model: Arc<dyn Model> = match &info.classifier {
+        None => Arc::new(heads::SentenceEncoder { bert, pooling }),
+        Some(c) => Arc::new(heads::SequenceClassifier::load(
+            bert,
+            &file,
+            c.labels.len(),
+        )?),
+    };
     phase("weights", t.elapsed());
     Ok(LoadedModel {
         info,
         tokenizer: Arc::new(tokenizer),
-        model: Arc::new(SentenceEncoder { bert, pooling }),
+        model,
     })
+}
+
+/// Most tokens per input, as sentence-transformers decides it: `max_seq_length` of
+/// `sentence_bert_config.json`, else the tokenizer's `model_max_length` (tokenizer_config.json)
+/// capped at the model's `max_position_embeddings`; never more positions than the model has.
+fn max_input_length(
+    files: &files::ModelFiles,
+    config: &bert::BertConfig,
+) -> Result<usize, ModelError> {
+    let positions = config.max_position_embeddings;
+    if let Some(path) = &files.sentence_bert {
+        let c: SentenceBertConfig = serde_json::from_str(&read(path)?)
+            .map_err(|e| ModelError::Config(format!("sentence_bert_config.json: {e}")))?;
+        if let Some(n) = c.max_seq_length {
+            return Ok(n.min(positions));
+        }
+    }
+    if let Some(path) = &files.tokenizer_config {
+        let c: TokenizerConfig = serde_json::from_str(&read(path)?)
+            .map_err(|e| ModelError::Config(format!("tokenizer_config.json: {e}")))?;
+        if let Some(n) = c.model_max_length.filter(|n| *n >= 1.0) {
+            // `as` saturates: transformers' 1e30 ("no limit") becomes usize::MAX.
+            return Ok((n as usize).min(positions));
+        }
+    }
+    Ok(positions)
 }
 
 #[cfg(test)]
@@ -347,6 +437,15 @@ mod tests {
         }
         for level in KernelLevel::ALL {
             assert_eq!(DtypeChoice::Fixed(Dtype::Int8).resolve(level), Dtype::Int8);
+            assert_eq!(
+                DtypeChoice::Auto.resolve_for_classifier(level),
+                Dtype::F32,
+                "{level}"
+            );
+            assert_eq!(
+                DtypeChoice::Fixed(Dtype::Bf16).resolve_for_classifier(level),
+                Dtype::Bf16
+            );
         }
     }
 }

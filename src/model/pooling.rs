@@ -33,6 +33,15 @@ struct PoolingConfig {
     pooling_mode_mean_sqrt_len_tokens: bool,
     #[serde(default)]
     pooling_mode_lasttoken: bool,
+    #[serde(default)]
+    pooling_mode_weightedmean_tokens: bool,
+    /// Whether a prompt's tokens are pooled with the text's (sentence-transformers' default).
+    #[serde(default = "yes")]
+    include_prompt: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Pooling {
@@ -41,6 +50,16 @@ impl Pooling {
     pub fn from_config_json(text: &str) -> Result<Self, ModelError> {
         let c: PoolingConfig = serde_json::from_str(text)
             .map_err(|e| ModelError::Config(format!("1_Pooling/config.json: {e}")))?;
+        if c.pooling_mode_weightedmean_tokens {
+            return Err(ModelError::Unsupported(
+                "1_Pooling/config.json enables pooling_mode_weightedmean_tokens, which this server does not implement (it pools with cls, mean, max, mean_sqrt_len_tokens or lasttoken)".into(),
+            ));
+        }
+        if !c.include_prompt {
+            return Err(ModelError::Unsupported(
+                "1_Pooling/config.json sets include_prompt false (pooling without the prompt's tokens), which this server does not implement".into(),
+            ));
+        }
         let modes = [
             (c.pooling_mode_mean_tokens, Pooling::Mean),
             (c.pooling_mode_cls_token, Pooling::Cls),
@@ -135,6 +154,21 @@ mod tests {
         let both = r#"{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": true}"#;
         assert!(Pooling::from_config_json(both).is_err());
         assert!(Pooling::from_config_json("{}").is_err());
+        let last = r#"{"pooling_mode_lasttoken": true, "include_prompt": true}"#;
+        assert_eq!(Pooling::from_config_json(last).unwrap(), Pooling::LastToken);
+        for (config, names) in [
+            (
+                r#"{"pooling_mode_weightedmean_tokens": true}"#,
+                "weightedmean",
+            ),
+            (
+                r#"{"pooling_mode_cls_token": true, "include_prompt": false}"#,
+                "include_prompt",
+            ),
+        ] {
+            let err = Pooling::from_config_json(config).unwrap_err().to_string();
+            assert!(err.contains(names), "{err}");
+        }
         assert!(Pooling::from_config_json("not json").is_err());
     }
 

@@ -37,6 +37,15 @@ pub enum TokenizeError {
     Failed { index: usize, reason: String },
 }
 
+/// The ids of a pair of texts, as the model reads them: `[CLS] first [SEP] second [SEP]` for
+/// BERT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairIds {
+    pub ids: Vec<u32>,
+    /// The first token of the second text (token type 1).
+    pub second_from: usize,
+}
+
 /// One token as `/tokenize` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TokenInfo {
@@ -55,6 +64,8 @@ pub struct TextTokenizer {
     max_len: usize,
     /// Special tokens the post-processor adds to one sequence (`[CLS]` and `[SEP]` for BERT).
     added: usize,
+    /// Special tokens it adds to a pair (`[CLS]` and two `[SEP]` for BERT).
+    added_pair: usize,
     /// Where a long text may be cut to be encoded a prefix at a time (see the module docs);
     /// `None`: always encode the whole text.
     cuts: Option<Cuts>,
@@ -94,6 +105,9 @@ impl TextTokenizer {
         let added = whole
             .get_post_processor()
             .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false));
+        let added_pair = whole
+            .get_post_processor()
+            .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, true));
         if max_len <= added {
             return Err(format!(
                 "the maximum input length ({max_len} tokens) leaves no room for text after the {added} special tokens"
@@ -114,6 +128,7 @@ impl TextTokenizer {
             whole,
             max_len,
             added,
+            added_pair,
             cuts,
             whole_text: parking_lot::Mutex::new(()),
         })
@@ -127,6 +142,118 @@ impl TextTokenizer {
     /// Whether long texts are encoded a prefix at a time (see the module docs).
     pub fn bounded(&self) -> bool {
         self.cuts.is_some()
+    }
+
+    /// Refuses a maximum length that leaves no room for a pair's texts after its special
+    /// tokens (a cross-encoder's inputs are pairs).
+    pub fn check_pairs_fit(&self) -> Result<(), String> {
+        if self.max_len <= self.added_pair {
+            return Err(format!(
+                "the maximum input length ({} tokens) leaves no room for a pair of texts after the {} special tokens",
+                self.max_len, self.added_pair
+            ));
+        }
+        Ok(())
+    }
+
+    /// The ids of the pairs (`first`, `seconds[i]`), truncated as a cross-encoder's tokenizer
+    /// call truncates them (`longest_first` at the maximum length: the longer text loses a
+    /// token until the pair fits), or `TooLong` for pair `i` over the maximum when not
+    /// `truncate`. `first` is encoded once, whole; each second text costs what is kept of it
+    /// (see the module docs), which gives the same ids as encoding it whole: truncation only
+    /// compares lengths with the limit and with the first text's, so any second text longer
+    /// than both is cut the same way once it is known to be longer.
+    pub fn encode_pairs(
+        &self,
+        first: &str,
+        seconds: &[String],
+        truncate: bool,
+    ) -> Result<Vec<PairIds>, TokenizeError> {
+        let first_raw = self.raw_whole(0, first)?;
+        seconds
+            .iter()
+            .enumerate()
+            .map(|(i, second)| self.encode_pair_with(i, &first_raw, second, truncate))
+            .collect()
+    }
+
+    /// One pair's ids ([`TextTokenizer::encode_pairs`]); `index` labels errors.
+    pub fn encode_pair(
+        &self,
+        index: usize,
+        first: &str,
+        second: &str,
+        truncate: bool,
+    ) -> Result<PairIds, TokenizeError> {
+        let first_raw = self.raw_whole(index, first)?;
+        self.encode_pair_with(index, &first_raw, second, truncate)
+    }
+
+    /// [`TextTokenizer::encode_pair`] by encoding both texts whole: the reference the bounded
+    /// path is tested against.
+    pub fn encode_pair_unbounded(
+        &self,
+        index: usize,
+        first: &str,
+        second: &str,
+        truncate: bool,
+    ) -> Result<PairIds, TokenizeError> {
+        self.check_pairs_fit().map_err(|e| failed(index, e))?;
+        let tokenizer = if truncate {
+            &self.truncating
+        } else {
+            &self.whole
+        };
+        let encoding = tokenizer
+            .encode_fast((first, second), true)
+            .map_err(|e| failed(index, e))?;
+        if encoding.len() > self.max_len {
+            return Err(TokenizeError::TooLong {
+                index,
+                tokens: encoding.len(),
+                max: self.max_len,
+            });
+        }
+        pair_ids(index, &encoding)
+    }
+
+    /// A text's tokens without special tokens, from encoding it whole.
+    fn raw_whole(&self, index: usize, text: &str) -> Result<Encoding, TokenizeError> {
+        let _one_at_a_time = (text.len() > WHOLE_TEXT_SERIAL_BYTES).then(|| self.whole_text.lock());
+        self.whole
+            .encode_fast(text, false)
+            .map_err(|e| failed(index, e))
+    }
+
+    fn encode_pair_with(
+        &self,
+        index: usize,
+        first: &Encoding,
+        second: &str,
+        truncate: bool,
+    ) -> Result<PairIds, TokenizeError> {
+        self.check_pairs_fit().map_err(|e| failed(index, e))?;
+        // Room for the texts; the second is needed up to one token past both this and the
+        // first text's length (then it is known to be the longer, and over the limit).
+        let room = self.max_len - self.added_pair;
+        let keep = room.max(first.len()) + 1;
+        let mut raw = self.raw_bounded(index, second, keep - 1, false)?;
+        if raw.len() > keep {
+            raw.truncate(keep, 0, TruncationDirection::Right);
+            drop(raw.take_overflowing());
+        }
+        if !truncate && first.len() + raw.len() > room {
+            return Err(TokenizeError::TooLong {
+                index,
+                tokens: first.len() + raw.len() + self.added_pair,
+                max: self.max_len,
+            });
+        }
+        let encoding = self
+            .truncating
+            .post_process(first.clone(), Some(raw), true)
+            .map_err(|e| failed(index, e))?;
+        pair_ids(index, &encoding)
     }
 
     /// Token ids of input `index` (the index only labels errors). When `truncate` is false an
@@ -212,18 +339,30 @@ impl TextTokenizer {
         } else {
             self.max_len
         };
-        let finish = |raw: Encoding| -> Result<Encoding, TokenizeError> {
-            if !truncate && raw.len() > kept {
-                return Err(TokenizeError::TooLong {
-                    index,
-                    tokens: raw.len() + self.max_len - kept,
-                    max: self.max_len,
-                });
-            }
-            self.truncating
-                .post_process(raw, None, add_special_tokens)
-                .map_err(|e| failed(index, e))
-        };
+        let raw = self.raw_bounded(index, text, kept, offsets)?;
+        if !truncate && raw.len() > kept {
+            return Err(TokenizeError::TooLong {
+                index,
+                tokens: raw.len() + self.max_len - kept,
+                max: self.max_len,
+            });
+        }
+        self.truncating
+            .post_process(raw, None, add_special_tokens)
+            .map_err(|e| failed(index, e))
+    }
+
+    /// The tokens of `text` without special tokens: all of them, or, when the text has more
+    /// than `kept`, at least its first `kept + 1` exactly (and possibly more, which may differ
+    /// from the whole text's), encoding no more of a long text than that needs when the
+    /// tokenizer allows it (see the module docs).
+    fn raw_bounded(
+        &self,
+        index: usize,
+        text: &str,
+        kept: usize,
+        offsets: bool,
+    ) -> Result<Encoding, TokenizeError> {
         let mut budget = (kept * PREFIX_BYTES_PER_TOKEN).max(PREFIX_MIN_BYTES);
         if let Some(cuts) = self.cuts {
             while budget < text.len() {
@@ -242,7 +381,7 @@ impl TextTokenizer {
                     // More trusted tokens than are kept: the whole text starts with the same
                     // tokens, so cutting here gives its answer (and proves it too long).
                     if trusted > kept {
-                        return finish(raw);
+                        return Ok(raw);
                     }
                 }
                 budget = budget.saturating_mul(4);
@@ -254,7 +393,7 @@ impl TextTokenizer {
         } else {
             self.whole.encode_fast(text, false)
         };
-        finish(raw.map_err(|e| failed(index, e))?)
+        raw.map_err(|e| failed(index, e))
     }
 }
 
@@ -263,6 +402,21 @@ fn failed(index: usize, e: impl std::fmt::Display) -> TokenizeError {
         index,
         reason: e.to_string(),
     }
+}
+
+/// A pair's ids and where its second text starts: its token types must be 0s then 1s, as
+/// BERT's pair template gives them.
+fn pair_ids(index: usize, encoding: &Encoding) -> Result<PairIds, TokenizeError> {
+    let ids = ids_of(index, encoding)?;
+    let types = encoding.get_type_ids();
+    let second_from = types.iter().position(|&t| t != 0).unwrap_or(types.len());
+    if types.len() != ids.len() || types[second_from..].iter().any(|&t| t != 1) {
+        return Err(TokenizeError::Failed {
+            index,
+            reason: "the tokenizer's pair template gives token types other than 0s then 1s".into(),
+        });
+    }
+    Ok(PairIds { ids, second_from })
 }
 
 fn ids_of(index: usize, encoding: &Encoding) -> Result<Vec<u32>, TokenizeError> {
@@ -517,6 +671,65 @@ mod tests {
                     "seed {seed}, truncate {truncate}: {text:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn the_bounded_pair_path_gives_the_ids_of_the_whole_texts() {
+        let t = tiny();
+        let norm = |r: Result<PairIds, TokenizeError>| {
+            r.map_err(|e| match e {
+                TokenizeError::TooLong { index, max, .. } => TokenizeError::TooLong {
+                    index,
+                    max,
+                    tokens: 0,
+                },
+                other => other,
+            })
+        };
+        // 12 tokens at most: 9 for the texts, an odd room, so when both texts are cut the
+        // longer one keeps the extra token, and which one is longer must be known.
+        let lengths = [0, 1, 3, 4, 5, 9, 10, 11, 50, 700, 3000];
+        let mut cut_both = 0;
+        for seed in 0..300u64 {
+            let first = lcg_text(seed, lengths[seed as usize % lengths.len()]);
+            let second = lcg_text(
+                seed + 1000,
+                lengths[(seed as usize / lengths.len()) % lengths.len()],
+            );
+            for truncate in [true, false] {
+                let want = t.encode_pair_unbounded(2, &first, &second, truncate);
+                if let Ok(p) = &want {
+                    assert!(p.ids.len() <= 12 && p.second_from < p.ids.len());
+                    assert_eq!(p.ids[0], 2, "[CLS] first");
+                    if truncate && p.second_from >= 5 && p.ids.len() - p.second_from >= 5 {
+                        cut_both += 1;
+                    }
+                }
+                assert_eq!(
+                    norm(t.encode_pair(2, &first, &second, truncate)),
+                    norm(want),
+                    "seed {seed}, truncate {truncate}: {first:?} / {second:?}"
+                );
+            }
+        }
+        assert!(cut_both > 10, "both texts cut in only {cut_both} cases");
+        // The query is encoded once for all its pairs, with the same ids.
+        let first = lcg_text(7, 40);
+        let seconds: Vec<String> = (0..20).map(|i| lcg_text(i, i as usize * 37)).collect();
+        let all = t.encode_pairs(&first, &seconds, true).unwrap();
+        for (i, second) in seconds.iter().enumerate() {
+            assert_eq!(all[i], t.encode_pair(i, &first, second, true).unwrap());
+        }
+        // An over-long pair names its index when not truncated.
+        let long = lcg_text(3, 500);
+        match t.encode_pairs("short", &["a".into(), long], false) {
+            Err(TokenizeError::TooLong {
+                index: 1,
+                max: 12,
+                tokens,
+            }) => assert!(tokens > 12),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -8,6 +8,7 @@ pub mod decoding;
 pub mod fake_hub;
 pub mod gguf;
 pub mod redis_server;
+pub mod reranker_models;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,0 +1,508 @@
+//! The encoder's attention on AMX tiles, for the models whose linear layers are bf16 or int8
+//! (`--dtype f32` keeps the exact f32 kernels of `attention.rs`): per (sequence, head), the
+//! scores `Q·Kᵀ` and the weighted values `P·V` with bf16 operands and f32 sums
+//! (`tdpbf16ps`), the softmax between them in f32, as torch's bf16 attention does.
+//!
+//! Why: once the linear layers ran on tiles, attention's two f32 products were the largest
+//! part of MiniLM's pass at 107 tokens (18%); on tiles a (sequence, head) pair of 107 tokens
+//! is ~100 tile products instead of ~1.5 MFLOP of FMAs.
+//!
+//! Per (sequence, head), with `d` the head size and `len` the sequence's real length:
+//! - `q`: the queries (scaled by 1/√d) in bf16, one row per query, `d` padded with zeros to
+//!   whole tiles of 32 values; rows past `len` zero. An activation tile is 16 of these rows.
+//! - `k`: for each tile of 16 keys and each 32 dimensions, a weight tile: row `r` holds, for
+//!   each of the 16 keys, the pair of dimensions `2r, 2r + 1` (the layout `tdpbf16ps` reads:
+//!   a 16×16 transpose of the keys' pairs).
+//! - `v`: for each 16 dimensions and each 32 keys, a weight tile: row `r` holds, for each of
+//!   the 16 dimensions, the values of keys `2r` and `2r + 1` side by side.
+//! - a tile of 16 queries: scores against every key tile (two accumulators at a time), the
+//!   softmax of its rows over the real keys, rounded to bf16 into `p` (zero past `len`), then
+//!   `p` against `v`, 16 dimensions per accumulator.
+
+use super::amx::{load, store, Tiles, ROW_BYTES, TILE_ROWS};
+use super::attention::AttentionShape;
+use super::math::exp_neg_avx512;
+use std::arch::asm;
+use std::arch::x86_64::*;
+
+/// bf16 values in a tile row (16 pairs).
+const ROW_VALUES: usize = ROW_BYTES / 2;
+/// bf16 values in a tile.
+const TILE_VALUES: usize = TILE_ROWS * ROW_VALUES;
+
+/// The first `n` of 16 lanes.
+#[inline(always)]
+fn lanes(n: usize) -> __mmask16 {
+    if n >= 16 {
+        u16::MAX
+    } else {
+        (1u16 << n) - 1
+    }
+}
+
+/// Loads up to 32 values of `row` from `from` (zeros past its end), times `scale`, as 32
+/// bf16 in one register.
+///
+/// # Safety
+///
+/// The CPU has AVX-512 F/BW and BF16.
+#[inline(always)]
+unsafe fn bf16_32(row: &[f32], from: usize, scale: f32) -> __m512i {
+    let n = row.len().saturating_sub(from);
+    // SAFETY: the masks keep both loads inside row[from..].
+    unsafe {
+        let p = row.as_ptr().add(from.min(row.len()));
+        let lo = _mm512_maskz_loadu_ps(lanes(n), p);
+        let hi = _mm512_maskz_loadu_ps(lanes(n.saturating_sub(16)), p.add(16.min(n)));
+        let s = _mm512_set1_ps(scale);
+        std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(
+            _mm512_mul_ps(hi, s),
+            _mm512_mul_ps(lo, s),
+        ))
+    }
+}
+
+/// The softmax of `row` (f32, in place as scratch) into `out` as bf16, zeros past
+/// `row.len()`: max, exponentials and their sum, then scale and round, in three passes of
+/// 16 lanes. A NaN score makes the whole row NaN, as `attention.rs`'s softmax (an infinite
+/// one does too: ∞ − ∞).
+///
+/// # Safety
+///
+/// The CPU has AVX-512 F/BW and BF16; `out` is at least as long as `row`, a multiple of 32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn softmax_to_bf16(row: &mut [f32], out: &mut [u16]) {
+    let n = row.len();
+    debug_assert!(out.len() >= n && out.len().is_multiple_of(32));
+    let p = row.as_mut_ptr();
+    let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut nan: __mmask16 = 0;
+    for i in (0..n).step_by(16) {
+        // SAFETY: the mask keeps the load inside row.
+        let x = unsafe { _mm512_mask_loadu_ps(max, lanes(n - i), p.add(i)) };
+        nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+        max = _mm512_max_ps(max, x);
+    }
+    if nan != 0 {
+        out.fill(0x7fc0); // bf16 NaN
+        return;
+    }
+    let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+    let mut sum = _mm512_setzero_ps();
+    for i in (0..n).step_by(16) {
+        let m = lanes(n - i);
+        // SAFETY: as above.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(m, p.add(i));
+            let e = _mm512_maskz_mov_ps(m, exp_neg_avx512(_mm512_sub_ps(x, max)));
+            sum = _mm512_add_ps(sum, e);
+            _mm512_mask_storeu_ps(p.add(i), m, e);
+        }
+    }
+    let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+    for i in (0..out.len()).step_by(32) {
+        let rest = n.saturating_sub(i);
+        // SAFETY: the masks keep the loads inside row (zeros past it), the store writes 32
+        // values inside out.
+        unsafe {
+            let lo = _mm512_maskz_loadu_ps(lanes(rest), p.add(i.min(n)));
+            let hi = _mm512_maskz_loadu_ps(lanes(rest.saturating_sub(16)), p.add((i + 16).min(n)));
+            let both = _mm512_cvtne2ps_pbh(_mm512_mul_ps(hi, inv), _mm512_mul_ps(lo, inv));
+            _mm512_storeu_si512(
+                out[i..].as_mut_ptr().cast(),
+                std::mem::transmute::<__m512bh, __m512i>(both),
+            );
+        }
+    }
+}
+
+/// Attention of the (sequence, head) pairs `units` on AMX tiles; see [`super::attention`].
+///
+/// # Safety
+///
+/// As `attention_generic` in `attention.rs`; and the CPU has AMX-BF16 with the tile data
+/// granted to the process (the detected level is `amx`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")]
+pub(super) unsafe fn attention_amx(
+    qkv: &[f32],
+    out: *mut f32,
+    s: &AttentionShape,
+    units: std::ops::Range<usize>,
+) {
+    let h = s.heads * s.head_dim;
+    let d = s.head_dim;
+    let scale = 1.0 / (d as f32).sqrt();
+    // Tiles of 32 dimensions (scores' reduction) and of 16 (the output's columns).
+    let (dt, dv) = (d.div_ceil(32), d.div_ceil(16));
+    let dq = dt * ROW_VALUES;
+    // Room for the longest sequence, padded to whole pairs of 16-row tiles.
+    let most = s.seq_len.div_ceil(32) * 32;
+    let mut q = vec![0u16; most * dq];
+    let mut k = vec![0u16; most / TILE_ROWS * dt * TILE_VALUES];
+    let mut v = vec![0u16; dv * most / 32 * TILE_VALUES];
+    let mut scores = vec![0.0f32; TILE_ROWS * most];
+    let mut p = vec![0u16; TILE_ROWS * most];
+    let mut o = vec![0.0f32; 2 * TILE_ROWS * 16];
+    // Row `r` of a value tile: keys 2r, 2r + 1 interleaved value by value.
+    let interleave = {
+        let idx: [i16; 32] = std::array::from_fn(|i| ((i % 2) * 16 + i / 2) as i16);
+        // SAFETY: 64 bytes, read unaligned.
+        unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) }
+    };
+    // Offsets (in pairs) of a column's 16 cells in a tile: one row apart.
+    let rows_apart = _mm512_setr_epi32(
+        0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240,
+    );
+    // SAFETY: the caller's contract (the level `amx` is detected).
+    let _tiles = unsafe { Tiles::configure() };
+    for unit in units {
+        let (b, head) = (unit / s.heads, unit % s.heads);
+        let len = s.lengths[b];
+        let base = b * s.seq_len;
+        let off = head * d;
+        let row = |j: usize, part: usize| &qkv[(base + j) * 3 * h + part * h + off..][..d];
+        let qtiles = len.div_ceil(TILE_ROWS);
+        let kpairs = len.div_ceil(32);
+        // Scores' row width (whole key tiles) and p's (whole pairs of them).
+        let (sw, pw) = (qtiles * TILE_ROWS, kpairs * 32);
+
+        // Queries, scaled; rows past the sequence zero.
+        for j in 0..qtiles * TILE_ROWS {
+            for t in 0..dt {
+                let dst = q[j * dq + t * ROW_VALUES..].as_mut_ptr().cast();
+                // SAFETY: 32 values inside q's row j (dq = 32·dt).
+                unsafe {
+                    if j < len {
+                        _mm512_storeu_si512(dst, bf16_32(row(j, 0), t * 32, scale))
+                    } else {
+                        _mm512_storeu_si512(dst, _mm512_setzero_si512())
+                    }
+                }
+            }
+        }
+        // Keys: each key's pairs of dimensions become a column of its tile (one scatter of
+        // 16 pairs to the 16 rows of its tile per 32 dimensions).
+        k[..qtiles * dt * TILE_VALUES].fill(0);
+        for j in 0..len {
+            let (tile, col) = (j / TILE_ROWS, j % TILE_ROWS);
+            for t in 0..dt {
+                let dst = k[(tile * dt + t) * TILE_VALUES + col * 2..].as_mut_ptr();
+                // SAFETY: the scatter writes a pair (4 bytes) at rows 0..16 of tile
+                // (tile, t), column col: inside k (tile < qtiles).
+                unsafe {
+                    _mm512_i32scatter_epi32::<4>(
+                        dst.cast(),
+                        rows_apart,
+                        bf16_32(row(j, 1), t * 32, 1.0),
+                    )
+                };
+            }
+        }
+        // Values: pairs of keys interleaved; keys past the sequence zero.
+        for t in 0..kpairs {
+            for r in 0..TILE_ROWS {
+                let (a, b) = (t * 32 + 2 * r, t * 32 + 2 * r + 1);
+                for c in 0..dv {
+                    let cols = lanes(d - c * 16);
+                    // SAFETY: the masks keep the loads inside the rows (c·16 < d), the store
+                    // inside v's tile (c, t).
+                    unsafe {
+                        let va = if a < len {
+                            _mm512_maskz_loadu_ps(cols, row(a, 2)[c * 16..].as_ptr())
+                        } else {
+                            _mm512_setzero_ps()
+                        };
+                        let vb = if b < len {
+                            _mm512_maskz_loadu_ps(cols, row(b, 2)[c * 16..].as_ptr())
+                        } else {
+                            _mm512_setzero_ps()
+                        };
+                        let both =
+                            std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(vb, va));
+                        let dst = v[((c * kpairs + t) * TILE_ROWS + r) * ROW_VALUES..].as_mut_ptr();
+                        _mm512_storeu_si512(dst.cast(), _mm512_permutexvar_epi16(interleave, both));
+                    }
+                }
+            }
+        }
+
+        for i in 0..qtiles {
+            let qa = q[i * TILE_ROWS * dq..].as_ptr();
+            // Scores of 16 queries against two key tiles at a time.
+            // SAFETY: tiles configured; every load reads whole tiles inside q (rows
+            // i·16..i·16 + 16 ≤ most) and k (tiles j·dt + t < qtiles·dt), every store writes
+            // 16 rows × 16 f32 inside `scores` (16 × sw, column j·16 + 16 ≤ sw).
+            unsafe {
+                for j in (0..qtiles).step_by(2) {
+                    let two = j + 1 < qtiles;
+                    asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        options(nostack, nomem, preserves_flags)
+                    );
+                    for t in 0..dt {
+                        load!("tmm4", qa.add(t * ROW_VALUES), dq * 2);
+                        load!(
+                            "tmm6",
+                            k.as_ptr().add((j * dt + t) * TILE_VALUES),
+                            ROW_BYTES
+                        );
+                        asm!(
+                            "tdpbf16ps tmm0, tmm4, tmm6",
+                            options(nostack, nomem, preserves_flags)
+                        );
+                        if two {
+                            load!(
+                                "tmm7",
+                                k.as_ptr().add(((j + 1) * dt + t) * TILE_VALUES),
+                                ROW_BYTES
+                            );
+                            asm!(
+                                "tdpbf16ps tmm1, tmm4, tmm7",
+                                options(nostack, nomem, preserves_flags)
+                            );
+                        }
+                    }
+                    store!("tmm0", scores.as_mut_ptr().add(j * TILE_ROWS), sw * 4);
+                    if two {
+                        store!("tmm1", scores.as_mut_ptr().add((j + 1) * TILE_ROWS), sw * 4);
+                    }
+                }
+            }
+            // Softmax of the real queries' rows over the real keys, to bf16.
+            let rows = TILE_ROWS.min(len - i * TILE_ROWS);
+            for r in 0..TILE_ROWS {
+                let pr = &mut p[r * pw..(r + 1) * pw];
+                if r < rows {
+                    // SAFETY: the CPU has AVX-512 F and BF16.
+                    unsafe { softmax_to_bf16(&mut scores[r * sw..r * sw + len], pr) };
+                } else {
+                    pr.fill(0);
+                }
+            }
+            // Weighted values, two tiles of 16 dimensions at a time.
+            for c in (0..dv).step_by(2) {
+                let two = c + 1 < dv;
+                // SAFETY: tiles configured; the loads read p (16 rows × pw, columns
+                // t·32 + 32 ≤ pw) and v's tiles (c·kpairs + t < dv·kpairs), the stores write
+                // the two 16 × 16 tiles of `o`.
+                unsafe {
+                    asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        options(nostack, nomem, preserves_flags)
+                    );
+                    for t in 0..kpairs {
+                        load!("tmm4", p.as_ptr().add(t * 32), pw * 2);
+                        load!(
+                            "tmm6",
+                            v.as_ptr().add((c * kpairs + t) * TILE_VALUES),
+                            ROW_BYTES
+                        );
+                        asm!(
+                            "tdpbf16ps tmm0, tmm4, tmm6",
+                            options(nostack, nomem, preserves_flags)
+                        );
+                        if two {
+                            load!(
+                                "tmm7",
+                                v.as_ptr().add(((c + 1) * kpairs + t) * TILE_VALUES),
+                                ROW_BYTES
+                            );
+                            asm!(
+                                "tdpbf16ps tmm1, tmm4, tmm7",
+                                options(nostack, nomem, preserves_flags)
+                            );
+                        }
+                    }
+                    store!("tmm0", o.as_mut_ptr(), 64usize);
+                    if two {
+                        store!("tmm1", o.as_mut_ptr().add(TILE_ROWS * 16), 64usize);
+                    }
+                }
+                for (half, c) in [c, c + 1].into_iter().enumerate().take(1 + two as usize) {
+                    let cols = 16.min(d - c * 16);
+                    for r in 0..rows {
+                        let src = &o[(half * TILE_ROWS + r) * 16..][..cols];
+                        // SAFETY: row base + i·16 + r < base + len, columns off + c·16 ..+cols
+                        // inside this unit's head: the caller's contract gives this unit
+                        // these elements.
+                        unsafe {
+                            let dst = out.add((base + i * TILE_ROWS + r) * h + off + c * 16);
+                            std::ptr::copy_nonoverlapping(src.as_ptr(), dst, cols);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::attention::{attention_with, Products};
+    use super::super::bf16::{from_bf16, to_bf16};
+    use super::*;
+    use crate::kernels::test_util::lcg;
+    use crate::kernels::KernelLevel;
+
+    fn round(v: f32) -> f64 {
+        from_bf16(to_bf16(v)) as f64
+    }
+
+    /// Masked attention in f64 from the operands the tiles see: queries (scaled), keys,
+    /// values and the softmax's weights rounded to bf16; padding rows zero.
+    fn rounded_reference(qkv: &[f32], s: &AttentionShape) -> Vec<f64> {
+        let (heads, d, seq) = (s.heads, s.head_dim, s.seq_len);
+        let h = heads * d;
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut out = vec![0.0f64; s.lengths.len() * seq * h];
+        for (b, &len) in s.lengths.iter().enumerate() {
+            for head in 0..heads {
+                let at = |t: usize, part: usize, c: usize| {
+                    qkv[(b * seq + t) * 3 * h + part * h + head * d + c]
+                };
+                for i in 0..len {
+                    let scores: Vec<f64> = (0..len)
+                        .map(|j| {
+                            (0..d)
+                                .map(|c| round(at(i, 0, c) * scale) * round(at(j, 1, c)))
+                                .sum::<f64>()
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|v| (v - max).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for c in 0..d {
+                        out[(b * seq + i) * h + head * d + c] = (0..len)
+                            .map(|j| round((e[j] / z) as f32) * round(at(j, 2, c)))
+                            .sum();
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn has_amx() -> bool {
+        let detected = KernelLevel::detected();
+        if detected < KernelLevel::Amx {
+            eprintln!(
+                "skipped: no AMX here (detected {detected}), the AMX attention is not tested"
+            );
+        }
+        detected >= KernelLevel::Amx
+    }
+
+    /// Every shape around the tiles' sizes (16 queries and keys, 32 keys per pair tile, 32
+    /// and 16 dimensions), padded batches, one thread and several: the tiles give the
+    /// rounded reference's values (within one bf16 step of a softmax weight), padding rows
+    /// zero, and the same bits on any thread split.
+    #[test]
+    fn amx_attention_matches_the_rounded_reference_on_edge_shapes() {
+        if !has_amx() {
+            return;
+        }
+        let mut case = 0u64;
+        for seq in [1, 2, 15, 16, 17, 31, 32, 33, 70, 107] {
+            for d in [1, 3, 16, 17, 31, 32, 33, 64, 65, 130] {
+                for heads in [1, 3] {
+                    case += 1;
+                    let shape = AttentionShape {
+                        seq_len: seq,
+                        heads,
+                        head_dim: d,
+                        lengths: vec![seq, 1, seq.div_ceil(2)],
+                    };
+                    let h = heads * d;
+                    let rows = 3 * seq;
+                    let qkv: Vec<f32> = lcg(case, rows * 3 * h).iter().map(|v| v * 2.0).collect();
+                    let want = rounded_reference(&qkv, &shape);
+                    let run = |threads| {
+                        let mut out = vec![f32::NAN; rows * h];
+                        attention_with(
+                            &qkv,
+                            &mut out,
+                            &shape,
+                            threads,
+                            KernelLevel::Amx,
+                            Products::Bf16,
+                        );
+                        out
+                    };
+                    let got = run(1);
+                    assert_eq!(got, run(1 + (case % 4) as usize), "seq {seq} d {d}");
+                    for (e, want) in want.iter().enumerate() {
+                        let padding = e % (seq * h) / h >= shape.lengths[e / (seq * h)];
+                        let ok = if padding {
+                            got[e] == 0.0
+                        } else {
+                            (got[e] as f64 - want).abs() <= 1e-2
+                        };
+                        assert!(
+                            ok,
+                            "seq {seq} d {d} heads {heads}: [{e}] {} vs {want}",
+                            got[e]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Against exact f32 attention the bf16 products stay close on inputs of an encoder's
+    /// scale, and a NaN or infinite score still makes its query's row NaN.
+    #[test]
+    fn amx_attention_is_close_to_f32_and_keeps_nan() {
+        if !has_amx() {
+            return;
+        }
+        let shape = AttentionShape {
+            seq_len: 107,
+            heads: 12,
+            head_dim: 32,
+            lengths: vec![107, 40, 1],
+        };
+        let rows = 3 * 107;
+        let h = 12 * 32;
+        let mut qkv = lcg(7, rows * 3 * h);
+        let mut exact = vec![0.0; rows * h];
+        attention_with(&qkv, &mut exact, &shape, 2, KernelLevel::Amx, Products::F32);
+        let mut tiles = vec![0.0; rows * h];
+        attention_with(
+            &qkv,
+            &mut tiles,
+            &shape,
+            2,
+            KernelLevel::Amx,
+            Products::Bf16,
+        );
+        let worst = exact
+            .iter()
+            .zip(&tiles)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 2e-2, "largest difference {worst}");
+        // A NaN key of sequence 1 (row 107 + 3), head 0: every query of that sequence and
+        // head attends to it.
+        qkv[(107 + 3) * 3 * h + h] = f32::NAN;
+        attention_with(
+            &qkv,
+            &mut tiles,
+            &shape,
+            1,
+            KernelLevel::Amx,
+            Products::Bf16,
+        );
+        for i in 0..40 {
+            assert!(
+                tiles[(107 + i) * h..][..32].iter().all(|v| v.is_nan()),
+                "query {i}"
+            );
+            assert!(tiles[(107 + i) * h + 32..][..32]
+                .iter()
+                .all(|v| v.is_finite()));
+        }
+    }
+}

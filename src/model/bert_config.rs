@@ -1,0 +1,234 @@
+//! The `config.json` of a BERT-family checkpoint (`BertModel` or
+//! `BertForSequenceClassification`): the fields the encoder and its heads need, validated at
+//! load with the field named, so a bad file is an error before any weight is read.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::ModelError;
+
+/// The fields of a Hugging Face `config.json` the encoder needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub model_type: Option<String>,
+    /// The checkpoint's classes (`BertModel`, `BertForSequenceClassification`, …).
+    #[serde(default)]
+    pub architectures: Vec<String>,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+    /// A classifier's labels by index (`{"0": "LABEL_0"}` for a one-label cross-encoder).
+    #[serde(default)]
+    pub id2label: Option<BTreeMap<String, String>>,
+    /// The labels' count when `id2label` is absent (transformers' default is 2).
+    #[serde(default)]
+    pub num_labels: Option<usize>,
+    /// What sentence-transformers (4 and later) saved of a cross-encoder: its activation.
+    #[serde(default)]
+    pub sentence_transformers: Option<SentenceTransformersConfig>,
+    /// A cross-encoder's activation as sentence-transformers before 4 saved it.
+    #[serde(default)]
+    pub sbert_ce_default_activation_function: Option<String>,
+}
+
+/// The `sentence_transformers` object of a cross-encoder's `config.json`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SentenceTransformersConfig {
+    /// A dotted class path, e.g. `torch.nn.modules.activation.Sigmoid`.
+    #[serde(default)]
+    pub activation_fn: Option<String>,
+}
+
+/// What follows the encoder in a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// None that this server runs: the last hidden state is pooled (`BertModel`, or
+    /// `BertForMaskedLM` with its language-model head left out).
+    Encoder,
+    /// `BertForSequenceClassification`: pooler (dense + tanh on `[CLS]`) and a linear
+    /// classifier, one logit per label.
+    SequenceClassification,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+
+impl BertConfig {
+    /// What follows the encoder (from `architectures`).
+    pub fn head(&self) -> Head {
+        if self
+            .architectures
+            .iter()
+            .any(|a| a.ends_with("ForSequenceClassification"))
+        {
+            Head::SequenceClassification
+        } else {
+            Head::Encoder
+        }
+    }
+
+    /// A classifier's label names in index order: `id2label`, whose keys must be 0..n; without
+    /// it, `num_labels` (default 2, as transformers) labels named `LABEL_i`.
+    pub fn labels(&self) -> Result<Vec<String>, ModelError> {
+        let Some(map) = &self.id2label else {
+            let n = self.num_labels.unwrap_or(2);
+            if n > 1 << 16 {
+                return Err(ModelError::Config(format!(
+                    "config.json: num_labels {n} is too large"
+                )));
+            }
+            return Ok((0..n).map(|i| format!("LABEL_{i}")).collect());
+        };
+        let mut labels = vec![None; map.len()];
+        for (key, label) in map {
+            let slot = key
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| labels.get_mut(i))
+                .ok_or_else(|| {
+                    ModelError::Config(format!(
+                        "config.json: id2label key {key:?} is not an index below {}",
+                        map.len()
+                    ))
+                })?;
+            *slot = Some(label.clone());
+        }
+        // n distinct keys, each below n: every index is there.
+        Ok(labels.into_iter().flatten().collect())
+    }
+
+    /// The activation sentence-transformers' `CrossEncoder` applies to the logits, when
+    /// `config.json` names one (`sentence_transformers.activation_fn`, or the older
+    /// `sbert_ce_default_activation_function`): the class's last name, e.g. `Sigmoid`.
+    pub fn activation_name(&self) -> Option<&str> {
+        self.sentence_transformers
+            .as_ref()
+            .and_then(|s| s.activation_fn.as_deref())
+            .or(self.sbert_ce_default_activation_function.as_deref())
+            .map(|path| path.rsplit('.').next().unwrap_or(path))
+    }
+
+    /// Parses `config.json` and refuses what this encoder does not implement, with the reason.
+    pub fn from_json(text: &str) -> Result<Self, ModelError> {
+        let c: BertConfig = serde_json::from_str(text)
+            .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
+        if let Some(t) = &c.model_type {
+            if t != "bert" {
+                return Err(ModelError::Unsupported(format!(
+                    "model_type {t:?}: this server runs BERT-family encoders (model_type \"bert\")"
+                )));
+            }
+        }
+        // Heads that turn the encoder's output into something this server does not compute:
+        // loading their encoder alone would answer /embed with vectors the checkpoint was
+        // never trained to give.
+        const OTHER_HEADS: [&str; 4] = [
+            "ForTokenClassification",
+            "ForQuestionAnswering",
+            "ForMultipleChoice",
+            "ForNextSentencePrediction",
+        ];
+        if let Some(a) = c
+            .architectures
+            .iter()
+            .find(|a| OTHER_HEADS.iter().any(|h| a.ends_with(h)))
+        {
+            return Err(ModelError::Unsupported(format!(
+                "architectures names {a:?}: a head this server does not run; it serves BertModel (or BertForMaskedLM, whose head it leaves out) as an embedding model and BertForSequenceClassification as a reranker or classifier"
+            )));
+        }
+        if c.head() == Head::SequenceClassification {
+            let labels = c.labels()?;
+            if labels.is_empty() {
+                return Err(ModelError::Config(
+                    "config.json: a sequence classifier with no labels (id2label is empty)".into(),
+                ));
+            }
+        }
+        if c.hidden_act != "gelu" {
+            return Err(ModelError::Unsupported(format!(
+                "hidden_act {:?}: only exact \"gelu\" is implemented",
+                c.hidden_act
+            )));
+        }
+        if let Some(p) = &c.position_embedding_type {
+            if p != "absolute" {
+                return Err(ModelError::Unsupported(format!(
+                    "position_embedding_type {p:?}"
+                )));
+            }
+        }
+        for (field, value) in [
+            ("vocab_size", c.vocab_size),
+            ("hidden_size", c.hidden_size),
+            ("num_hidden_layers", c.num_hidden_layers),
+            ("num_attention_heads", c.num_attention_heads),
+            ("intermediate_size", c.intermediate_size),
+            ("max_position_embeddings", c.max_position_embeddings),
+            ("type_vocab_size", c.type_vocab_size),
+        ] {
+            if value == 0 {
+                return Err(ModelError::Config(format!(
+                    "config.json: {field} is 0; it must be at least 1"
+                )));
+            }
+        }
+        if !c.hidden_size.is_multiple_of(c.num_attention_heads) {
+            return Err(ModelError::Config(format!(
+                "config.json: hidden_size {} is not a multiple of num_attention_heads {}",
+                c.hidden_size, c.num_attention_heads
+            )));
+        }
+        let eps = c.layer_norm_eps;
+        if !(eps.is_finite() && eps > 0.0 && (eps as f32).is_finite() && eps as f32 > 0.0) {
+            return Err(ModelError::Config(format!(
+                "config.json: layer_norm_eps {eps} must be a finite number greater than 0 \
+                 (also in single precision)"
+            )));
+        }
+        // Every weight matrix must be addressable: rows × hidden_size f32 values, and the
+        // fused QKV output 3 × hidden_size wide.
+        for (field, rows) in [
+            ("vocab_size", c.vocab_size),
+            ("max_position_embeddings", c.max_position_embeddings),
+            ("type_vocab_size", c.type_vocab_size),
+            ("intermediate_size", c.intermediate_size),
+            ("hidden_size", c.hidden_size),
+            ("3 (query, key, value)", 3),
+        ] {
+            let bytes = rows
+                .checked_mul(c.hidden_size)
+                .and_then(|n| n.checked_mul(std::mem::size_of::<f32>()))
+                .filter(|&b| b <= isize::MAX as usize);
+            if bytes.is_none() {
+                return Err(ModelError::Config(format!(
+                    "config.json: {field} × hidden_size ({rows} × {}) is too large",
+                    c.hidden_size
+                )));
+            }
+        }
+        Ok(c)
+    }
+}

@@ -1,0 +1,251 @@
+//! What turns the encoder's last hidden state into a model's answer: sentence-transformers
+//! pooling (an embedding model) or `BertForSequenceClassification`'s pooler and classifier (a
+//! cross-encoder reranker, a classifier), and the function that turns a classifier's logits
+//! into scores.
+
+use candle_core::Tensor;
+
+use super::bert::{Bert, Dense, Names};
+use super::weights::WeightFile;
+use super::{EncoderInput, Model, ModelError, Pooling};
+use crate::kernels::linear;
+
+/// A sentence-transformers style encoder: BERT followed by pooling.
+pub struct SentenceEncoder {
+    pub(super) bert: Bert,
+    pub(super) pooling: Pooling,
+}
+
+impl Model for SentenceEncoder {
+    fn forward(
+        &self,
+        inputs: &[EncoderInput<'_>],
+        threads: usize,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let (hidden_state, seq_len) = self.bert.forward(inputs, threads)?;
+        let h = self.bert.config().hidden_size;
+        with_hidden_state(&hidden_state, inputs, seq_len, h, |data| {
+            inputs
+                .iter()
+                .enumerate()
+                .map(|(b, s)| {
+                    let rows = &data[b * seq_len * h..][..s.ids.len() * h];
+                    let mut out = Vec::with_capacity(h);
+                    self.pooling.pool(rows, h, &mut out);
+                    // A mean can overflow where every token was finite.
+                    if !out.iter().all(|v| v.is_finite()) {
+                        return Err(non_finite());
+                    }
+                    Ok(out)
+                })
+                .collect()
+        })
+    }
+}
+
+/// `BertForSequenceClassification`: the encoder, then `tanh(pooler · h[CLS])`, then one logit
+/// per label. The head is a few thousand multiply-adds per input: it runs in f32, whatever the
+/// encoder's dtype, on the f32 linear kernel.
+pub struct SequenceClassifier {
+    bert: Bert,
+    pooler: Dense,
+    classifier: Dense,
+    labels: usize,
+}
+
+impl SequenceClassifier {
+    /// Reads the pooler and classifier from `file` (`bert.pooler.dense.*`, `classifier.*`)
+    /// for `labels` labels.
+    pub fn load(bert: Bert, file: &WeightFile, labels: usize) -> Result<Self, ModelError> {
+        let h = bert.config().hidden_size;
+        let pooler = Names::of(file)
+            .dense("pooler.dense", h, h)
+            .map_err(|e| missing_head(e, "pooler"))?;
+        let classifier = Names::unprefixed(file)
+            .dense("classifier", labels, h)
+            .map_err(|e| missing_head(e, "classifier"))?;
+        Ok(Self {
+            bert,
+            pooler,
+            classifier,
+            labels,
+        })
+    }
+}
+
+fn missing_head(e: ModelError, part: &str) -> ModelError {
+    ModelError::Weights(format!(
+        "a sequence classifier needs its {part} weights (as BertForSequenceClassification saves them): {e}"
+    ))
+}
+
+impl Model for SequenceClassifier {
+    fn forward(
+        &self,
+        inputs: &[EncoderInput<'_>],
+        threads: usize,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let (hidden_state, seq_len) = self.bert.forward(inputs, threads)?;
+        let h = self.bert.config().hidden_size;
+        let m = inputs.len();
+        let cls: Vec<f32> = with_hidden_state(&hidden_state, inputs, seq_len, h, |data| {
+            Ok((0..m)
+                .flat_map(|b| data[b * seq_len * h..][..h].iter().copied())
+                .collect())
+        })?;
+        let mut pooled = vec![0.0f32; m * h];
+        linear(&cls, m, h, &[self.pooler.part()], &mut pooled, threads);
+        pooled.iter_mut().for_each(|x| *x = x.tanh());
+        let mut logits = vec![0.0f32; m * self.labels];
+        linear(
+            &pooled,
+            m,
+            h,
+            &[self.classifier.part()],
+            &mut logits,
+            threads,
+        );
+        if !logits.iter().all(|v| v.is_finite()) {
+            return Err(non_finite());
+        }
+        Ok(logits
+            .chunks_exact(self.labels)
+            .map(<[f32]>::to_vec)
+            .collect())
+    }
+}
+
+/// Runs `read` on the hidden state's values, checked to hold `inputs.len() × seq_len × h` of
+/// them with every real token's row finite: NaN or infinity means corrupt weights (or an
+/// overflow), an error for this batch, not an answer that looks fine. (Every real row, not only
+/// those a head reads: max pooling would skip a NaN.)
+fn with_hidden_state<T>(
+    hidden_state: &Tensor,
+    inputs: &[EncoderInput<'_>],
+    seq_len: usize,
+    h: usize,
+    read: impl FnOnce(&[f32]) -> Result<T, ModelError>,
+) -> Result<T, ModelError> {
+    let (storage, layout) = hidden_state.storage_and_layout();
+    let data = match &*storage {
+        candle_core::Storage::Cpu(cpu) => cpu
+            .as_slice::<f32>()
+            .map_err(|e| ModelError::Forward(e.to_string()))?,
+        _ => return Err(ModelError::Forward("hidden state is not on the CPU".into())),
+    };
+    let data = data.get(layout.start_offset()..).unwrap_or_default();
+    if data.len() < inputs.len() * seq_len * h {
+        return Err(ModelError::Forward(format!(
+            "hidden state of {} values for {} sequences of {seq_len} × {h}",
+            data.len(),
+            inputs.len()
+        )));
+    }
+    for (b, s) in inputs.iter().enumerate() {
+        let rows = &data[b * seq_len * h..][..s.ids.len() * h];
+        if !rows.iter().all(|v| v.is_finite()) {
+            return Err(non_finite());
+        }
+    }
+    read(data)
+}
+
+fn non_finite() -> ModelError {
+    ModelError::Forward(
+        "the forward pass produced non-finite values (NaN or infinity): \
+         the weights may be corrupt"
+            .into(),
+    )
+}
+
+/// How a classifier's logits become the scores a request gets (`raw_scores: false`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreFunction {
+    /// The logits themselves.
+    Identity,
+    /// Each logit through the logistic function (a one-label cross-encoder's default).
+    Sigmoid,
+    /// The logits as probabilities over the labels (TEI's default for several labels).
+    Softmax,
+    /// Each logit through tanh.
+    Tanh,
+}
+
+impl ScoreFunction {
+    /// The function for a model of `labels` labels whose `config.json` names `activation`
+    /// (the class name sentence-transformers saved, e.g. `Sigmoid`): that one when it names
+    /// one, else sentence-transformers' `CrossEncoder` default for one label (sigmoid) and
+    /// TEI's for several (softmax).
+    pub fn for_model(labels: usize, activation: Option<&str>) -> Result<Self, ModelError> {
+        Ok(match activation {
+            None if labels == 1 => ScoreFunction::Sigmoid,
+            None => ScoreFunction::Softmax,
+            Some("Sigmoid") => ScoreFunction::Sigmoid,
+            Some("Identity") => ScoreFunction::Identity,
+            Some("Tanh") => ScoreFunction::Tanh,
+            Some("Softmax") => ScoreFunction::Softmax,
+            Some(other) => {
+                return Err(ModelError::Unsupported(format!(
+                    "config.json names the cross-encoder activation {other:?}; this server applies Sigmoid, Identity, Tanh or Softmax"
+                )))
+            }
+        })
+    }
+
+    /// Applies the function to one input's logits, in place.
+    pub fn apply(self, logits: &mut [f32]) {
+        match self {
+            ScoreFunction::Identity => {}
+            ScoreFunction::Sigmoid => logits
+                .iter_mut()
+                .for_each(|x| *x = 1.0 / (1.0 + (-*x).exp())),
+            ScoreFunction::Tanh => logits.iter_mut().for_each(|x| *x = x.tanh()),
+            ScoreFunction::Softmax => {
+                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for x in logits.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                logits.iter_mut().for_each(|x| *x /= sum);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn score_functions_follow_the_config_then_the_defaults() {
+        assert_eq!(
+            ScoreFunction::for_model(1, None).unwrap(),
+            ScoreFunction::Sigmoid
+        );
+        assert_eq!(
+            ScoreFunction::for_model(3, None).unwrap(),
+            ScoreFunction::Softmax
+        );
+        assert_eq!(
+            ScoreFunction::for_model(1, Some("Identity")).unwrap(),
+            ScoreFunction::Identity
+        );
+        let err = ScoreFunction::for_model(1, Some("GELU")).unwrap_err();
+        assert!(err.to_string().contains("GELU"), "{err}");
+
+        let mut v = [0.0, 2.0];
+        ScoreFunction::Sigmoid.apply(&mut v);
+        assert_eq!(v[0], 0.5);
+        assert!((v[1] - 0.880_797).abs() < 1e-6);
+        let mut v = [1.0, 2.0, 3.0];
+        ScoreFunction::Softmax.apply(&mut v);
+        assert!((v.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!((v[2] - 0.665_241).abs() < 1e-6);
+        // Large logits do not overflow.
+        let mut v = [1000.0, 0.0];
+        ScoreFunction::Softmax.apply(&mut v);
+        assert_eq!(v, [1.0, 0.0]);
+    }
+}

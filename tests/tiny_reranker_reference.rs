@@ -1,0 +1,527 @@
+//! Cross-encoders, classifiers, CLS pooling and prompts against sentence-transformers, on the
+//! tiny seeded models of scripts/make-reranker-reference.py (rewritten by
+//! `common::reranker_models`, with all-MiniLM-L6-v2's real WordPiece tokenizer):
+//!
+//! - token ids and token types of every pair exactly as `CrossEncoder` feeds them, long pairs
+//!   truncated `longest_first` at the model's limit, non-ASCII text included;
+//! - `CrossEncoder.predict` scores within 1e-4 in the default dtype (f32 for a classifier:
+//!   bf16 misses the 1e-3 bar, by the bound measured here), the same rank order as
+//!   `CrossEncoder.rank`, and a pair's score the same alone as in a batch;
+//! - the three-label classifier's logits and softmax, texts and pairs;
+//! - the CLS-pooling embedder's `SentenceTransformer.encode`, with and without `prompt_name`,
+//!   at cosine ≥ 0.9999;
+//! - over HTTP against the real binary: TEI's `/rerank` and `/predict`, Cohere's `/v1/rerank`,
+//!   `POST /` following the task, `/embed` with `prompt_name`, `/info`, and the errors (no
+//!   texts 400, too many 413, unknown prompt 400, another task's route 404 naming the task).
+
+mod common;
+
+use common::reranker_models::{model_dirs, reference, PairFeatures};
+use common::*;
+use serde_json::{json, Value};
+use zerobatch::kernels::Dtype;
+use zerobatch::model::{DtypeChoice, EncoderInput, LoadOptions, LoadedModel, Task};
+
+/// Largest |difference| of a score (sigmoid, softmax) in the default dtype, f32 (the issue's
+/// bar is 1e-3).
+const SCORE_TOLERANCE: f32 = 1e-4;
+/// The same with `--dtype bf16`, which the default avoids for classifiers: the largest
+/// difference measured on these models is printed (7.1e-3 for the reranker's sigmoid scores
+/// on avx512-bf16, docs/benchmarks.md); this bound only catches a broken bf16 path.
+const BF16_TOLERANCE: f32 = 2e-2;
+
+fn load(dir: &std::path::Path, dtype: DtypeChoice) -> LoadedModel {
+    zerobatch::model::load_with(
+        dir.to_str().unwrap(),
+        "main",
+        LoadOptions {
+            dtype,
+            kernel_cap: None,
+        },
+        |_, _| {},
+    )
+    .unwrap()
+}
+
+fn bf16_dtype() -> DtypeChoice {
+    DtypeChoice::Fixed(Dtype::Bf16)
+}
+
+/// Checks that `ids`, split at `second_from`, are the reference's ids and token types.
+fn assert_pair(name: &str, ids: &[u32], second_from: usize, want: &PairFeatures) {
+    assert_eq!(ids, want.token_ids, "{name}: token ids");
+    let types: Vec<u32> = (0..ids.len()).map(|i| (i >= second_from) as u32).collect();
+    assert_eq!(types, want.type_ids, "{name}: token types");
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    max_abs_diff(a, b)
+}
+
+/// Passage indices by decreasing score.
+fn order(scores: &[f32]) -> Vec<usize> {
+    let mut o: Vec<usize> = (0..scores.len()).collect();
+    o.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    o
+}
+
+#[test]
+fn cross_encoder_scores_and_rank_order_match_sentence_transformers() {
+    let r = reference();
+    let (dir, _, _) = model_dirs();
+    for (dtype, tolerance) in [
+        (DtypeChoice::Auto, SCORE_TOLERANCE),
+        (bf16_dtype(), BF16_TOLERANCE),
+    ] {
+        let m = load(dir, dtype);
+        if dtype == DtypeChoice::Auto {
+            assert_eq!(m.info.dtype, Dtype::F32, "auto is f32 for a classifier");
+        }
+        assert_eq!(m.info.task, Task::Reranking);
+        assert_eq!(m.info.max_input_length, r.reranker.max_input_length);
+        let classifier = m.info.classifier.as_ref().unwrap();
+        assert_eq!(classifier.labels, vec!["LABEL_0"]);
+        let mut truncated = 0;
+        let mut worst = 0f32;
+        for c in &r.reranker.cases {
+            let pairs = m
+                .tokenizer
+                .encode_pairs(&c.query, &c.passages, true)
+                .unwrap();
+            for (i, (p, want)) in pairs.iter().zip(&c.pairs).enumerate() {
+                assert_pair(&format!("{} pair {i}", c.name), &p.ids, p.second_from, want);
+                truncated += (want.untruncated_token_count > p.ids.len()) as usize;
+            }
+            let inputs: Vec<EncoderInput> = pairs
+                .iter()
+                .map(|p| EncoderInput {
+                    ids: &p.ids,
+                    second_from: p.second_from,
+                })
+                .collect();
+            // Batched, and each pair alone: the same scores.
+            let batched: Vec<f32> = m.model.forward(&inputs, 2).unwrap().concat();
+            for (i, input) in inputs.iter().enumerate() {
+                let alone = m.model.forward(&[*input], 1).unwrap()[0][0];
+                assert!(
+                    (alone - batched[i]).abs() <= 1e-5,
+                    "{} pair {i}: alone {alone}, batched {}",
+                    c.name,
+                    batched[i]
+                );
+            }
+            let scores: Vec<f32> = batched.iter().map(|&l| sigmoid(l)).collect();
+            let d = max_diff(&scores, &c.scores);
+            worst = worst.max(d);
+            assert!(
+                d <= tolerance,
+                "{} ({dtype:?}): scores {scores:?}, want {:?} (max diff {d})",
+                c.name,
+                c.scores
+            );
+            // bf16 may swap near-ties; the default dtype keeps the order.
+            if dtype == DtypeChoice::Auto {
+                assert_eq!(order(&scores), c.order, "{}: rank order", c.name);
+                let d = max_diff(&batched, &c.logits);
+                assert!(d <= 1e-3, "{}: logits differ by {d}", c.name);
+            }
+        }
+        assert!(truncated >= 4, "the reference truncates long pairs");
+        eprintln!("reranker {dtype:?}: largest score difference {worst:e}");
+    }
+}
+
+#[test]
+fn classifier_logits_and_softmax_match_sentence_transformers() {
+    let r = reference();
+    let (_, dir, _) = model_dirs();
+    for (dtype, tolerance) in [
+        (DtypeChoice::Auto, SCORE_TOLERANCE),
+        (bf16_dtype(), BF16_TOLERANCE),
+    ] {
+        let m = load(dir, dtype);
+        assert_eq!(m.info.task, Task::TextClassification);
+        let mut worst = 0f32;
+        let classifier = m.info.classifier.as_ref().unwrap();
+        assert_eq!(classifier.labels, r.classifier.labels);
+        assert_eq!(
+            classifier.score_function,
+            zerobatch::model::ScoreFunction::Softmax
+        );
+        for (i, c) in r.classifier.cases.iter().enumerate() {
+            let p = match &c.inputs {
+                Value::String(text) => {
+                    let ids = m.tokenizer.encode(i, text, true).unwrap();
+                    zerobatch::model::PairIds {
+                        second_from: ids.len(),
+                        ids,
+                    }
+                }
+                Value::Array(pair) => m
+                    .tokenizer
+                    .encode_pair(
+                        i,
+                        pair[0].as_str().unwrap(),
+                        pair[1].as_str().unwrap(),
+                        true,
+                    )
+                    .unwrap(),
+                other => panic!("{other}"),
+            };
+            assert_eq!(p.ids, c.token_ids, "case {i}: token ids");
+            let types: Vec<u32> = (0..p.ids.len())
+                .map(|t| (t >= p.second_from) as u32)
+                .collect();
+            assert_eq!(types, c.type_ids, "case {i}: token types");
+            let input = EncoderInput {
+                ids: &p.ids,
+                second_from: p.second_from,
+            };
+            let logits = m.model.forward(&[input], 1).unwrap().remove(0);
+            let mut softmax = logits.clone();
+            classifier.score_function.apply(&mut softmax);
+            let d = max_diff(&softmax, &c.softmax);
+            worst = worst.max(d);
+            assert!(
+                d <= tolerance,
+                "case {i} ({dtype:?}): softmax differs by {d}"
+            );
+            if dtype == DtypeChoice::Auto {
+                assert_eq!(order(&softmax), order(&c.softmax), "case {i}: label order");
+                let d = max_diff(&logits, &c.logits);
+                assert!(d <= 1e-3, "case {i}: logits differ by {d}");
+            }
+        }
+        eprintln!("classifier {dtype:?}: largest softmax difference {worst:e}");
+    }
+}
+
+#[test]
+fn cls_pooling_and_prompts_match_sentence_transformers() {
+    let r = reference();
+    let (_, _, dir) = model_dirs();
+    let m = load(dir, DtypeChoice::Auto);
+    assert_eq!(m.info.task, Task::Embedding);
+    assert_eq!(m.info.pooling, zerobatch::model::Pooling::Cls);
+    assert_eq!(m.info.max_input_length, r.embedder.max_input_length);
+    assert!(m.info.normalized_by_model);
+    assert!(r
+        .embedder
+        .cases
+        .iter()
+        .any(|c| c.untruncated_token_count > r.embedder.max_input_length));
+    for c in &r.embedder.cases {
+        let mut texts = vec![(None, c.text.clone(), &c.embedding)];
+        for (name, want) in &c.prompted {
+            let prompt = m.info.prompts.get(name).unwrap();
+            assert_eq!(prompt, r.embedder.prompts[name]);
+            texts.push((Some(name), format!("{prompt}{}", c.text), want));
+        }
+        for (name, text, want) in texts {
+            let ids = m.tokenizer.encode(0, &text, true).unwrap();
+            let mut v = m.model.embed(&[&ids], 1).unwrap().remove(0);
+            zerobatch::model::pooling::l2_normalize(&mut v);
+            let cos = cosine(&v, want);
+            assert!(
+                cos >= 0.9999,
+                "{:?} with prompt {name:?}: cosine {cos}",
+                c.text
+            );
+        }
+    }
+}
+
+fn post(addr: std::net::SocketAddr, path: &str, body: Value) -> Resp {
+    post_json(addr, path, &body)
+}
+
+/// Asserts an error answer: its status, and that its message contains `says`.
+fn assert_error(r: &Resp, status: u16, says: &str) {
+    assert_eq!(r.status, status, "{}", r.text());
+    let error = r.json()["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains(says), "{error:?} does not say {says:?}");
+}
+
+#[test]
+fn the_real_binary_reranks_and_classifies_over_http() {
+    let r = reference();
+    let (reranker, classifier, embedder) = model_dirs();
+    let s = Proc::spawn(
+        reranker.to_str().unwrap(),
+        &["--max-client-batch-size", "8", "--max-batch-delay-ms", "2"],
+    );
+    wait_ready(s.addr);
+    let info = get(s.addr, "/info").json();
+    assert_eq!(info["task"], "reranking", "{info}");
+    assert_eq!(info["labels"], json!(["LABEL_0"]));
+    assert_eq!(info["score_function"], "sigmoid");
+    assert_eq!(info["max_input_length"], r.reranker.max_input_length);
+
+    for c in &r.reranker.cases {
+        // TEI's /rerank: best first, the sigmoid of the logit, texts when asked.
+        let answer = post(
+            s.addr,
+            "/rerank",
+            json!({"query": c.query, "texts": c.passages, "return_text": true}),
+        );
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        let ranks = answer.json();
+        let ranks = ranks.as_array().unwrap();
+        let got_order: Vec<usize> = ranks
+            .iter()
+            .map(|x| x["index"].as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(got_order, c.order, "{}: rank order over HTTP", c.name);
+        for x in ranks {
+            let i = x["index"].as_u64().unwrap() as usize;
+            let score = x["score"].as_f64().unwrap() as f32;
+            assert!(
+                (score - c.scores[i]).abs() <= SCORE_TOLERANCE,
+                "{}: {x}",
+                c.name
+            );
+            assert_eq!(x["text"], c.passages[i]);
+        }
+        // raw_scores: the logits.
+        let raw = post(
+            s.addr,
+            "/rerank",
+            json!({"query": c.query, "texts": c.passages, "raw_scores": true}),
+        )
+        .json();
+        for x in raw.as_array().unwrap() {
+            let i = x["index"].as_u64().unwrap() as usize;
+            let logit = x["score"].as_f64().unwrap() as f32;
+            assert!((logit - c.logits[i]).abs() <= 1e-3, "{}: {x}", c.name);
+            assert!(x.get("text").is_none());
+        }
+        // The Cohere/Jina shape, documents as strings and as objects, the best 3.
+        let documents: Vec<Value> = c
+            .passages
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                if i % 2 == 0 {
+                    json!(p)
+                } else {
+                    json!({"text": p})
+                }
+            })
+            .collect();
+        let v1 = post(
+            s.addr,
+            "/v1/rerank",
+            json!({"model": "my-reranker", "query": c.query, "documents": documents, "top_n": 3}),
+        );
+        assert_eq!(v1.status, 200, "{}", v1.text());
+        let v1 = v1.json();
+        assert_eq!(v1["model"], "my-reranker");
+        assert!(v1["usage"]["total_tokens"].as_u64().unwrap() > 0);
+        let results = v1["results"].as_array().unwrap();
+        assert_eq!(results.len(), 3);
+        for (x, &want) in results.iter().zip(&c.order) {
+            assert_eq!(x["index"], want, "{}: {v1}", c.name);
+            assert_eq!(x["document"]["text"], c.passages[want]);
+            let score = x["relevance_score"].as_f64().unwrap() as f32;
+            assert!((score - c.scores[want]).abs() <= SCORE_TOLERANCE);
+        }
+    }
+    // POST / is /rerank on a reranker (TEI routes it so).
+    let c = &r.reranker.cases[0];
+    let root = post(s.addr, "/", json!({"query": c.query, "texts": c.passages}));
+    assert_eq!(root.status, 200, "{}", root.text());
+    assert_eq!(root.json()[0]["index"], c.order[0]);
+    // /predict takes a reranker's pairs too, as TEI's does: one label.
+    let p = post(
+        s.addr,
+        "/predict",
+        json!({"inputs": [c.query, c.passages[0]]}),
+    )
+    .json();
+    assert_eq!(p[0]["label"], "LABEL_0");
+    assert!((p[0]["score"].as_f64().unwrap() as f32 - c.scores[0]).abs() <= SCORE_TOLERANCE);
+
+    // Errors.
+    assert_error(
+        &post(s.addr, "/rerank", json!({"query": "q", "texts": []})),
+        400,
+        "empty",
+    );
+    let nine: Vec<String> = (0..9).map(|i| format!("passage {i}")).collect();
+    assert_error(
+        &post(s.addr, "/rerank", json!({"query": "q", "texts": nine})),
+        413,
+        "9 texts in one request; the limit is 8",
+    );
+    assert_error(
+        &post(
+            s.addr,
+            "/v1/rerank",
+            json!({"query": "q", "documents": nine}),
+        ),
+        413,
+        "9 documents",
+    );
+    let long = c.passages.iter().max_by_key(|p| p.len()).unwrap();
+    assert_error(
+        &post(
+            s.addr,
+            "/rerank",
+            json!({"query": c.query, "texts": [long], "truncate": false}),
+        ),
+        413,
+        "over the model's maximum",
+    );
+    for (path, body) in [
+        ("/embed", json!({"inputs": "x"})),
+        ("/v1/embeddings", json!({"input": "x"})),
+        ("/generate", json!({"inputs": "x"})),
+    ] {
+        let r = post(s.addr, path, body);
+        assert_error(
+            &r,
+            404,
+            "is a reranking model: use /rerank, /v1/rerank or /predict",
+        );
+        assert_eq!(r.json()["error_type"], "not_found");
+    }
+    drop(s);
+
+    // The three-label classifier.
+    let s = Proc::spawn(classifier.to_str().unwrap(), &["--max-client-batch", "8"]);
+    wait_ready(s.addr);
+    let info = get(s.addr, "/info").json();
+    assert_eq!(info["task"], "text-classification", "{info}");
+    assert_eq!(info["labels"], json!(r.classifier.labels));
+    let inputs: Vec<Value> = r
+        .classifier
+        .cases
+        .iter()
+        .map(|c| match &c.inputs {
+            Value::String(t) => json!([t]),
+            pair => pair.clone(),
+        })
+        .collect();
+    let batch = post(s.addr, "/predict", json!({ "inputs": inputs }));
+    assert_eq!(batch.status, 200, "{}", batch.text());
+    let batch = batch.json();
+    for (i, c) in r.classifier.cases.iter().enumerate() {
+        let answer = batch[i].as_array().unwrap();
+        let labels: Vec<&str> = answer
+            .iter()
+            .map(|x| x["label"].as_str().unwrap())
+            .collect();
+        let want: Vec<&str> = order(&c.softmax)
+            .into_iter()
+            .map(|l| r.classifier.labels[l].as_str())
+            .collect();
+        assert_eq!(labels, want, "case {i}: labels by score");
+        for x in answer {
+            let l = r
+                .classifier
+                .labels
+                .iter()
+                .position(|n| n == x["label"].as_str().unwrap())
+                .unwrap();
+            let score = x["score"].as_f64().unwrap() as f32;
+            assert!(
+                (score - c.softmax[l]).abs() <= SCORE_TOLERANCE,
+                "case {i}: {x}"
+            );
+        }
+        // One input alone: a flat list, the same scores as in the batch.
+        let one = post(s.addr, "/predict", json!({ "inputs": c.inputs.clone() })).json();
+        assert_eq!(one.as_array().unwrap().len(), 3, "{one}");
+        assert_eq!(one[0]["label"], answer[0]["label"]);
+        let d = (one[0]["score"].as_f64().unwrap() - answer[0]["score"].as_f64().unwrap()).abs();
+        assert!(d <= 1e-5, "case {i}: alone and batched differ by {d}");
+    }
+    // raw_scores: the logits; top_k and POST / (predict on a classifier).
+    let c = &r.classifier.cases[0];
+    let raw = post(
+        s.addr,
+        "/predict",
+        json!({"inputs": c.inputs, "raw_scores": true}),
+    )
+    .json();
+    for x in raw.as_array().unwrap() {
+        let l = r
+            .classifier
+            .labels
+            .iter()
+            .position(|n| n == x["label"].as_str().unwrap())
+            .unwrap();
+        assert!(
+            (x["score"].as_f64().unwrap() as f32 - c.logits[l]).abs() <= 1e-3,
+            "{x}"
+        );
+    }
+    let top = post(
+        s.addr,
+        "/",
+        json!({"inputs": c.inputs, "parameters": {"top_k": 1}}),
+    )
+    .json();
+    assert_eq!(top.as_array().unwrap().len(), 1, "{top}");
+    assert_error(
+        &post(s.addr, "/rerank", json!({"query": "q", "texts": ["a"]})),
+        404,
+        "is a text-classification model: use /predict",
+    );
+    assert_error(
+        &post(s.addr, "/predict", json!({"inputs": ["a", "b", "c"]})),
+        400,
+        "three or more",
+    );
+    drop(s);
+
+    // The CLS embedder with prompts.
+    let s = Proc::spawn(embedder.to_str().unwrap(), &[]);
+    wait_ready(s.addr);
+    let info = get(s.addr, "/info").json();
+    assert_eq!(info["task"], "embedding");
+    assert_eq!(info["pooling"], "cls");
+    assert_eq!(info["prompts"], json!(["passage", "query"]));
+    assert!(info["labels"].is_null());
+    let texts: Vec<&str> = r.embedder.cases.iter().map(|c| c.text.as_str()).collect();
+    for name in [None, Some("query"), Some("passage")] {
+        let mut body = json!({ "inputs": texts });
+        if let Some(name) = name {
+            body["prompt_name"] = json!(name);
+        }
+        let got = vectors(&post(s.addr, "/embed", body));
+        for (c, v) in r.embedder.cases.iter().zip(&got) {
+            let want = name.map_or(&c.embedding, |n| &c.prompted[n]);
+            let cos = cosine(v, want);
+            assert!(
+                cos >= 0.9999,
+                "{:?} with prompt {name:?}: cosine {cos}",
+                c.text
+            );
+        }
+    }
+    assert_error(
+        &post(
+            s.addr,
+            "/embed",
+            json!({"inputs": "x", "prompt_name": "doc"}),
+        ),
+        400,
+        "prompt_name \"doc\" is not one of this model's prompts: passage, query",
+    );
+    for (path, body) in [
+        ("/rerank", json!({"query": "q", "texts": ["a"]})),
+        ("/v1/rerank", json!({"query": "q", "documents": ["a"]})),
+        ("/predict", json!({"inputs": "a"})),
+    ] {
+        assert_error(
+            &post(s.addr, path, body),
+            404,
+            "is an embedding model: use /embed or /v1/embeddings",
+        );
+    }
+}
