@@ -7,7 +7,6 @@
 //! weights into `tmm6`/`tmm7` (16 pairs × 16 columns × 2: one panel's next 16 pairs,
 //! contiguous), and `tdpbf16ps` adds `A · B` for 32 reduction indices at a time.
 
-use super::bf16::{PAIR_VALUES, TILE_PAIRS};
 use super::tiles::PANEL;
 use std::arch::asm;
 use std::marker::PhantomData;
@@ -129,7 +128,9 @@ pub unsafe fn block(
     acc: *mut f32,
 ) {
     debug_assert!((1..=2).contains(&rt) && (1..=BLOCK_PANELS).contains(&pn));
-    const TILE_VALUES: usize = TILE_PAIRS * PAIR_VALUES;
+    // bf16 values of a tile, and of an activation tile's row (one tile's reduction indices).
+    const TILE_VALUES: usize = TILE_ROWS * ROW_BYTES / 2;
+    const ROW_VALUES: usize = ROW_BYTES / 2;
     let a_stride = lda * 2;
     // SAFETY: the caller's contract: every load reads inside `a` and `w`, every store
     // writes inside `acc`; the tile registers are this thread's, configured.
@@ -144,7 +145,7 @@ pub unsafe fn block(
         let a1 = a.add(TILE_ROWS * lda);
         let w1 = w.add(panel_values);
         for t in 0..ktiles {
-            let (ka, kw) = (t * 2 * TILE_PAIRS, t * TILE_VALUES);
+            let (ka, kw) = (t * ROW_VALUES, t * TILE_VALUES);
             load!("tmm4", a.add(ka), a_stride);
             load!("tmm6", w.add(kw), ROW_BYTES);
             asm!(

@@ -367,7 +367,15 @@ unsafe fn attention_units(
     #[cfg(target_arch = "x86_64")]
     if products == Products::Bf16 && level.min(KernelLevel::detected()) >= KernelLevel::Amx {
         // SAFETY: the level `amx` is detected; the rest is the caller's contract.
-        unsafe { super::attention_amx::attention_amx(qkv, out, s, units) };
+        unsafe {
+            let shape = super::attention_amx::Shape {
+                seq_len: s.seq_len,
+                heads: s.heads,
+                head_dim: s.head_dim,
+                lengths: &s.lengths,
+            };
+            super::attention_amx::attention_amx(qkv, out, &shape, units)
+        };
         return;
     }
     let _ = products;

@@ -29,9 +29,9 @@ use super::tiles::{for_each_tile, in_row_blocks, store_tile, Epilogue, SharedOut
 /// Reduction indices per pair: the two bf16 one f32 lane of `vdpbf16ps` sums.
 const PAIR: usize = 2;
 /// Values of one panel's pair: 16 columns × 2, one AVX-512 register.
-pub(crate) const PAIR_VALUES: usize = PANEL * PAIR;
+const PAIR_VALUES: usize = PANEL * PAIR;
 /// Pairs per AMX tile: 16 rows of a weight tile, 32 bf16 of an activation tile's row.
-pub(crate) const TILE_PAIRS: usize = 16;
+const TILE_PAIRS: usize = 16;
 
 /// f32 → bf16, rounding to nearest even (NaN stays NaN).
 #[inline]

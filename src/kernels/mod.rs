@@ -24,6 +24,8 @@ mod amx;
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod attention_amx;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod attention_amx_tests;
 pub mod bf16;
 pub mod cpu;
 mod dispatch;
