@@ -702,8 +702,20 @@ fn a_client_that_leaves_frees_its_sequence() {
         sample(&metrics_text(addr), "zerobatch_kv_cache_tokens"),
         0.0
     );
-    // Nothing generates for nobody.
-    let idle = produced(addr);
+    // Nothing generates for nobody. The step that was running when the gauge fell may still
+    // count its token (CI saw one token after the gauge read 0): let the counter settle for
+    // 50 ms first. A sequence still generating for nobody adds a token every few ms, so it
+    // never settles and the check below fails.
+    let mut idle = produced(addr);
+    let settle = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = produced(addr);
+        if now == idle || settle.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        idle = now;
+    }
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(produced(addr), idle);
 
