@@ -126,6 +126,56 @@ unsafe fn softmax_to_bf16(row: &mut [f32], out: &mut [u16]) {
     }
 }
 
+/// One or two tiles of f32 sums: `c0 = Σ_t A_t · B_t` and, when `two`, `c1 = Σ_t A_t ·
+/// B'_t`, over `steps` reduction tiles. `A_t` is the 16-row bf16 tile at `a + 32·t` (rows
+/// `a_stride` bytes apart), `B_t` the weight tile at `b + 512·t` and `B'_t` the one `b1_after`
+/// values after it; the sums are stored at `c0` and `c1`, rows `c_stride` bytes apart. The
+/// scores (queries × two key tiles) and the weighted values (probabilities × two tiles of
+/// dimensions) are both this product.
+///
+/// # Safety
+///
+/// The tiles are configured on this thread; every tile read (`A_t`, `B_t`, and `B'_t` when
+/// `two`) lies inside its buffer, and `c0` (and `c1` when `two`) is valid for writing 16 rows
+/// of 16 f32 `c_stride` bytes apart.
+#[inline(always)]
+unsafe fn two_products(
+    (a, a_stride): (*const u16, usize),
+    b: *const u16,
+    b1_after: usize,
+    steps: usize,
+    two: bool,
+    (c0, c1, c_stride): (*mut f32, *mut f32, usize),
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            options(nostack, nomem, preserves_flags)
+        );
+        for t in 0..steps {
+            load!("tmm4", a.add(t * ROW_VALUES), a_stride);
+            load!("tmm6", b.add(t * TILE_VALUES), ROW_BYTES);
+            asm!(
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                options(nostack, nomem, preserves_flags)
+            );
+            if two {
+                load!("tmm7", b.add(b1_after + t * TILE_VALUES), ROW_BYTES);
+                asm!(
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    options(nostack, nomem, preserves_flags)
+                );
+            }
+        }
+        store!("tmm0", c0, c_stride);
+        if two {
+            store!("tmm1", c1, c_stride);
+        }
+    }
+}
+
 /// Attention of the (sequence, head) pairs `units` on AMX tiles; see [`super::attention`].
 ///
 /// # Safety
@@ -244,39 +294,15 @@ pub(super) unsafe fn attention_amx(
             // 16 rows × 16 f32 inside `scores` (16 × sw, column j·16 + 16 ≤ sw).
             unsafe {
                 for j in (0..qtiles).step_by(2) {
-                    let two = j + 1 < qtiles;
-                    asm!(
-                        "tilezero tmm0",
-                        "tilezero tmm1",
-                        options(nostack, nomem, preserves_flags)
+                    let sc = scores.as_mut_ptr().add(j * TILE_ROWS);
+                    two_products(
+                        (qa, dq * 2),
+                        k.as_ptr().add(j * dt * TILE_VALUES),
+                        dt * TILE_VALUES,
+                        dt,
+                        j + 1 < qtiles,
+                        (sc, sc.wrapping_add(TILE_ROWS), sw * 4),
                     );
-                    for t in 0..dt {
-                        load!("tmm4", qa.add(t * ROW_VALUES), dq * 2);
-                        load!(
-                            "tmm6",
-                            k.as_ptr().add((j * dt + t) * TILE_VALUES),
-                            ROW_BYTES
-                        );
-                        asm!(
-                            "tdpbf16ps tmm0, tmm4, tmm6",
-                            options(nostack, nomem, preserves_flags)
-                        );
-                        if two {
-                            load!(
-                                "tmm7",
-                                k.as_ptr().add(((j + 1) * dt + t) * TILE_VALUES),
-                                ROW_BYTES
-                            );
-                            asm!(
-                                "tdpbf16ps tmm1, tmm4, tmm7",
-                                options(nostack, nomem, preserves_flags)
-                            );
-                        }
-                    }
-                    store!("tmm0", scores.as_mut_ptr().add(j * TILE_ROWS), sw * 4);
-                    if two {
-                        store!("tmm1", scores.as_mut_ptr().add((j + 1) * TILE_ROWS), sw * 4);
-                    }
                 }
             }
             // Softmax of the real queries' rows over the real keys, to bf16.
@@ -297,39 +323,19 @@ pub(super) unsafe fn attention_amx(
                 // t·32 + 32 ≤ pw) and v's tiles (c·kpairs + t < dv·kpairs), the stores write
                 // the two 16 × 16 tiles of `o`.
                 unsafe {
-                    asm!(
-                        "tilezero tmm0",
-                        "tilezero tmm1",
-                        options(nostack, nomem, preserves_flags)
-                    );
-                    for t in 0..kpairs {
-                        load!("tmm4", p.as_ptr().add(t * 32), pw * 2);
-                        load!(
-                            "tmm6",
-                            v.as_ptr().add((c * kpairs + t) * TILE_VALUES),
-                            ROW_BYTES
-                        );
-                        asm!(
-                            "tdpbf16ps tmm0, tmm4, tmm6",
-                            options(nostack, nomem, preserves_flags)
-                        );
-                        if two {
-                            load!(
-                                "tmm7",
-                                v.as_ptr().add(((c + 1) * kpairs + t) * TILE_VALUES),
-                                ROW_BYTES
-                            );
-                            asm!(
-                                "tdpbf16ps tmm1, tmm4, tmm7",
-                                options(nostack, nomem, preserves_flags)
-                            );
-                        }
-                    }
-                    store!("tmm0", o.as_mut_ptr(), 64usize);
-                    if two {
-                        store!("tmm1", o.as_mut_ptr().add(TILE_ROWS * 16), 64usize);
-                    }
-                }
+                    two_products(
+                        (p.as_ptr(), pw * 2),
+                        v.as_ptr().add(c * kpairs * TILE_VALUES),
+                        kpairs * TILE_VALUES,
+                        kpairs,
+                        two,
+                        (
+                            o.as_mut_ptr(),
+                            o.as_mut_ptr().wrapping_add(TILE_ROWS * 16),
+                            64,
+                        ),
+                    )
+                };
                 for (half, c) in [c, c + 1].into_iter().enumerate().take(1 + two as usize) {
                     let cols = 16.min(d - c * 16);
                     for r in 0..rows {

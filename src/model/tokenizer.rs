@@ -199,13 +199,25 @@ impl TextTokenizer {
         truncate: bool,
     ) -> Result<PairIds, TokenizeError> {
         self.check_pairs_fit().map_err(|e| failed(index, e))?;
+        let encoding = self.encode_within(index, (first, second), truncate)?;
+        pair_ids(index, &encoding)
+    }
+
+    /// Encodes `input` (a text or a pair) with special tokens, truncated at the model's limit
+    /// or whole, and refuses an encoding longer than `max_len` tokens.
+    fn encode_within<'s>(
+        &self,
+        index: usize,
+        input: impl Into<tokenizers::EncodeInput<'s>>,
+        truncate: bool,
+    ) -> Result<Encoding, TokenizeError> {
         let tokenizer = if truncate {
             &self.truncating
         } else {
             &self.whole
         };
         let encoding = tokenizer
-            .encode_fast((first, second), true)
+            .encode_fast(input, true)
             .map_err(|e| failed(index, e))?;
         if encoding.len() > self.max_len {
             return Err(TokenizeError::TooLong {
@@ -214,7 +226,7 @@ impl TextTokenizer {
                 max: self.max_len,
             });
         }
-        pair_ids(index, &encoding)
+        Ok(encoding)
     }
 
     /// A text's tokens without special tokens, from encoding it whole.
@@ -277,21 +289,7 @@ impl TextTokenizer {
         text: &str,
         truncate: bool,
     ) -> Result<Vec<u32>, TokenizeError> {
-        let tokenizer = if truncate {
-            &self.truncating
-        } else {
-            &self.whole
-        };
-        let encoding = tokenizer
-            .encode_fast(text, true)
-            .map_err(|e| failed(index, e))?;
-        if encoding.len() > self.max_len {
-            return Err(TokenizeError::TooLong {
-                index,
-                tokens: encoding.len(),
-                max: self.max_len,
-            });
-        }
+        let encoding = self.encode_within(index, text, truncate)?;
         ids_of(index, &encoding)
     }
 
