@@ -203,7 +203,7 @@ impl Bf16Linear {
                 // panels; `out` (m×n) stays mutably borrowed for the call.
                 unsafe {
                     store_tile(
-                        &acc,
+                        &mut acc,
                         &self.bias,
                         self.n,
                         (r0, rows),
@@ -255,7 +255,7 @@ impl Bf16Linear {
             // panels; `out` (m×n) stays mutably borrowed for the call.
             unsafe {
                 store_tile(
-                    &acc,
+                    &mut acc,
                     &self.bias,
                     self.n,
                     (r0, rows),
@@ -343,7 +343,7 @@ impl Bf16Linear {
                         // mutably borrowed for the call.
                         unsafe {
                             store_tile(
-                                &acc,
+                                &mut acc,
                                 &self.bias,
                                 self.n,
                                 (r, rn),

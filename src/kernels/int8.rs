@@ -359,7 +359,7 @@ impl Int8Linear {
             // panels; `out` (m×n) stays mutably borrowed for the call.
             unsafe {
                 store_tile(
-                    &acc,
+                    &mut acc,
                     &self.bias,
                     n,
                     (r0, rows),

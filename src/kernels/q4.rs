@@ -290,7 +290,7 @@ impl Q4Linear {
             // mutably borrowed for the call.
             unsafe {
                 store_tile(
-                    &acc,
+                    &mut acc,
                     &self.bias,
                     n,
                     (r0, rows),
