@@ -1,6 +1,12 @@
 //! The `config.json` of a BERT-family checkpoint (`BertModel` or
-//! `BertForSequenceClassification`): the fields the encoder and its heads need, validated at
-//! load with the field named, so a bad file is an error before any weight is read.
+//! `BertForSequenceClassification`, and the XLM-RoBERTa ones, `XLMRobertaModel` and
+//! `XLMRobertaForSequenceClassification`): the fields the encoder and its heads need, validated
+//! at load with the field named, so a bad file is an error before any weight is read.
+//!
+//! XLM-RoBERTa is BERT's encoder with three differences, which [`Family`] names so the encoder
+//! and its head read them from here rather than from a second copy of the code: positions
+//! start after the padding id, every token is of type 0 (its tokenizer gives no token types),
+//! and the classification head is `RobertaClassificationHead`, stored under other names.
 
 use std::collections::BTreeMap;
 
@@ -54,6 +60,39 @@ pub struct SentenceTransformersConfig {
     pub activation_fn: Option<String>,
 }
 
+/// The encoder family of a checkpoint (from `model_type`): what differs between BERT and
+/// (XLM-)RoBERTa, whose layers are otherwise the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `model_type` "bert" (or none): positions from 0, token types 0 and 1, the pooler and
+    /// classifier of `BertForSequenceClassification`, tensors under `bert.`.
+    Bert,
+    /// `model_type` "xlm-roberta" or "roberta": positions from `pad_token_id + 1` (as
+    /// transformers' `create_position_ids_from_input_ids`), one token type, the dense, tanh
+    /// and `out_proj` of `RobertaClassificationHead`, tensors under `roberta.`.
+    Roberta,
+}
+
+impl Family {
+    /// The prefix of the encoder's tensors in a checkpoint saved with a head.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Family::Bert => "bert.",
+            Family::Roberta => "roberta.",
+        }
+    }
+
+    /// The names of a sequence classifier's two dense layers, `tanh(first · h[0])` then
+    /// `second`, as transformers saves them, and whether the first is under the encoder's
+    /// prefix (BERT's pooler is part of `BertModel`; RoBERTa's head is not).
+    pub fn classifier_layers(self) -> (&'static str, bool, &'static str) {
+        match self {
+            Family::Bert => ("pooler.dense", true, "classifier"),
+            Family::Roberta => ("classifier.dense", false, "classifier.out_proj"),
+        }
+    }
+}
+
 /// What follows the encoder in a checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Head {
@@ -76,6 +115,36 @@ fn default_eps() -> f64 {
 }
 
 impl BertConfig {
+    /// The encoder family (from `model_type`, checked by [`BertConfig::from_json`]).
+    pub fn family(&self) -> Family {
+        match self.model_type.as_deref() {
+            Some("xlm-roberta" | "roberta") => Family::Roberta,
+            _ => Family::Bert,
+        }
+    }
+
+    /// The position of the first token: 0 for BERT; `pad_token_id + 1` for RoBERTa, whose
+    /// position ids count from the padding id (a padding token itself sits at `pad_token_id`).
+    pub fn position_offset(&self) -> usize {
+        match self.family() {
+            Family::Bert => 0,
+            Family::Roberta => self.pad_token_id.map_or(0, |p| p as usize + 1),
+        }
+    }
+
+    /// Most tokens per input the position table allows: `max_position_embeddings` less the
+    /// positions RoBERTa skips (514 − 2 = 512 for XLM-R).
+    pub fn max_positions(&self) -> usize {
+        self.max_position_embeddings
+            .saturating_sub(self.position_offset())
+    }
+
+    /// Whether a pair's second text is token type 1. RoBERTa's tokenizers give no token types
+    /// (transformers feeds zeros), so every token of a pair is type 0 there.
+    pub fn uses_token_types(&self) -> bool {
+        self.family() == Family::Bert
+    }
+
     /// What follows the encoder (from `architectures`).
     pub fn head(&self) -> Head {
         if self
@@ -135,9 +204,9 @@ impl BertConfig {
         let c: BertConfig = serde_json::from_str(text)
             .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
         if let Some(t) = &c.model_type {
-            if t != "bert" {
+            if !matches!(t.as_str(), "bert" | "xlm-roberta" | "roberta") {
                 return Err(ModelError::Unsupported(format!(
-                    "model_type {t:?}: this server runs BERT-family encoders (model_type \"bert\")"
+                    "model_type {t:?}: this server runs BERT-family encoders (model_type \"bert\", \"xlm-roberta\" or \"roberta\")"
                 )));
             }
         }
@@ -156,7 +225,7 @@ impl BertConfig {
             .find(|a| OTHER_HEADS.iter().any(|h| a.ends_with(h)))
         {
             return Err(ModelError::Unsupported(format!(
-                "architectures names {a:?}: a head this server does not run; it serves BertModel (or BertForMaskedLM, whose head it leaves out) as an embedding model and BertForSequenceClassification as a reranker or classifier"
+                "architectures names {a:?}: a head this server does not run; it serves BertModel and XLMRobertaModel (or their *ForMaskedLM, whose head it leaves out) as embedding models and BertForSequenceClassification and XLMRobertaForSequenceClassification as rerankers or classifiers"
             )));
         }
         if c.head() == Head::SequenceClassification {
@@ -200,6 +269,15 @@ impl BertConfig {
                 "config.json: hidden_size {} is not a multiple of num_attention_heads {}",
                 c.hidden_size, c.num_attention_heads
             )));
+        }
+        if c.family() == Family::Roberta {
+            let offset = c.position_offset();
+            if c.pad_token_id.is_none() || c.max_positions() == 0 {
+                return Err(ModelError::Config(format!(
+                    "config.json: a RoBERTa model's positions start after pad_token_id; it needs pad_token_id below max_position_embeddings - 1 (pad_token_id {:?}, max_position_embeddings {}, first position {offset})",
+                    c.pad_token_id, c.max_position_embeddings
+                )));
+            }
         }
         let eps = c.layer_norm_eps;
         if !(eps.is_finite() && eps > 0.0 && (eps as f32).is_finite() && eps as f32 > 0.0) {
