@@ -487,6 +487,7 @@ impl Bert {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::bert_config::tests::config_with;
     use crate::model::tiny::{replace_file, write_tiny_bert, TinySpec};
     use std::path::PathBuf;
 
@@ -497,125 +498,12 @@ mod tests {
         dir
     }
 
-    /// The tiny model's config.json with `changes` applied.
-    fn config_with(changes: serde_json::Value) -> String {
-        let mut c = serde_json::json!({
-            "model_type": "bert", "hidden_act": "gelu", "hidden_size": 32,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
-            "max_position_embeddings": 64, "type_vocab_size": 2, "vocab_size": 123,
-            "layer_norm_eps": 1e-12
-        });
-        for (k, v) in changes.as_object().unwrap() {
-            c[k] = v.clone();
-        }
-        c.to_string()
-    }
-
     /// A safetensors file from its header and data, byte for byte.
     fn write_raw(path: &Path, header: &str, data: &[u8]) {
         let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
         bytes.extend_from_slice(header.as_bytes());
         bytes.extend_from_slice(data);
         std::fs::write(path, bytes).unwrap();
-    }
-
-    #[test]
-    fn sequence_classifiers_load_and_other_heads_are_refused_naming_the_architecture() {
-        for ok in ["BertModel", "BertForMaskedLM"] {
-            let c =
-                BertConfig::from_json(&config_with(serde_json::json!({ "architectures": [ok] })))
-                    .unwrap();
-            assert_eq!(c.head(), Head::Encoder, "{ok}");
-        }
-        let c = BertConfig::from_json(&config_with(serde_json::json!({
-            "architectures": ["BertForSequenceClassification"],
-            "id2label": {"1": "pos", "0": "neg"},
-            "sentence_transformers": {"activation_fn": "torch.nn.modules.linear.Identity"}
-        })))
-        .unwrap();
-        assert_eq!(c.head(), Head::SequenceClassification);
-        assert_eq!(c.labels().unwrap(), vec!["neg", "pos"]);
-        assert_eq!(c.activation_name(), Some("Identity"));
-        // Without id2label, num_labels (default 2) labels named as transformers names them.
-        let c = BertConfig::from_json(&config_with(serde_json::json!({
-            "architectures": ["BertForSequenceClassification"], "num_labels": 1,
-            "sbert_ce_default_activation_function": "torch.nn.modules.activation.Sigmoid"
-        })))
-        .unwrap();
-        assert_eq!(c.labels().unwrap(), vec!["LABEL_0"]);
-        assert_eq!(c.activation_name(), Some("Sigmoid"));
-        for bad in [
-            serde_json::json!({ "architectures": ["BertForSequenceClassification"], "id2label": {"0": "a", "2": "b"} }),
-            serde_json::json!({ "architectures": ["BertForSequenceClassification"], "id2label": {} }),
-        ] {
-            assert!(
-                BertConfig::from_json(&config_with(bad.clone())).is_err(),
-                "{bad}"
-            );
-        }
-        for head in [
-            "BertForTokenClassification",
-            "BertForQuestionAnswering",
-            "BertForMultipleChoice",
-        ] {
-            let c = config_with(serde_json::json!({ "architectures": [head] }));
-            let err = BertConfig::from_json(&c).unwrap_err().to_string();
-            assert!(err.contains(head) && err.contains("does not run"), "{err}");
-        }
-    }
-
-    #[test]
-    fn config_values_are_validated_with_the_field_named() {
-        assert!(BertConfig::from_json(&config_with(serde_json::json!({}))).is_ok());
-        for field in [
-            "vocab_size",
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-            "max_position_embeddings",
-            "type_vocab_size",
-        ] {
-            let err = BertConfig::from_json(&config_with(serde_json::json!({ field: 0 })))
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(field) && err.contains("at least 1"), "{err}");
-        }
-        for eps in [0.0, -1e-12, 1e-300, 1e300] {
-            let err =
-                BertConfig::from_json(&config_with(serde_json::json!({ "layer_norm_eps": eps })))
-                    .unwrap_err()
-                    .to_string();
-            assert!(err.contains("layer_norm_eps"), "{eps}: {err}");
-        }
-        for (field, value) in [
-            ("vocab_size", usize::MAX / 16),
-            ("max_position_embeddings", usize::MAX / 2),
-            ("intermediate_size", 1usize << 60),
-            ("type_vocab_size", usize::MAX),
-        ] {
-            let err = BertConfig::from_json(&config_with(serde_json::json!({ field: value })))
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(field) && err.contains("too large"), "{err}");
-        }
-        let err = BertConfig::from_json(&config_with(
-            serde_json::json!({ "hidden_size": 1usize << 62, "num_attention_heads": 1 }),
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("hidden_size") && err.contains("too large"),
-            "{err}"
-        );
-        let err = BertConfig::from_json(&config_with(serde_json::json!({ "hidden_size": 30 })))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("not a multiple"), "{err}");
-        let err = BertConfig::from_json(&config_with(serde_json::json!({ "vocab_size": -1 })))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("config.json: invalid value"), "{err}");
     }
 
     /// The reported panic: a valid file whose token_type_embeddings is [0, 32], with
