@@ -228,7 +228,13 @@ fn llama_index_tei_reranker_against_sentence_transformers() {
     );
     let model = reranker.to_str().expect("a UTF-8 path");
     let server = Server::spawn_model(model, &[]);
-    run_checks(&python, "check_rerank_clients.py", &server, None, &[reference]);
+    run_checks(
+        &python,
+        "check_rerank_clients.py",
+        &server,
+        None,
+        &[reference],
+    );
     drop(server);
     let server = Server::spawn_model(model, &["--api-key", "zb-rerank-key"]);
     run_checks(

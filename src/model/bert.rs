@@ -1,5 +1,6 @@
-//! BERT-family encoder (BERT, MiniLM, and other `BertModel` checkpoints) as a candle forward
-//! pass on the CPU, built from the fused kernels of `crate::kernels`.
+//! BERT-family encoder (BERT, MiniLM, XLM-RoBERTa and other checkpoints of `BertModel`'s
+//! shape) as a candle forward pass on the CPU, built from the fused kernels of
+//! `crate::kernels`.
 //!
 //! Weights are used in place from the memory-mapped `model.safetensors` (see `weights.rs`),
 //! shared by every worker thread; activations are candle tensors that flow through the custom

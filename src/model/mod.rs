@@ -53,7 +53,7 @@ pub enum ModelError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Task {
-    /// Sentence embeddings (a BERT-family encoder in Hugging Face layout).
+    /// Sentence embeddings (a BERT or XLM-RoBERTa encoder in Hugging Face layout).
     Embedding,
     /// Relevance scores of (query, passage) pairs: a cross-encoder, a sequence classifier with
     /// one label.
