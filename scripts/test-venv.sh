@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # test-venv.sh: make the Python venv that tests/python_clients.rs runs the real clients in
-# (huggingface_hub's InferenceClient and openai's OpenAI, pinned in
-# tests/clients/requirements.txt).
+# (huggingface_hub's InferenceClient, openai's OpenAI and LlamaIndex's TEI reranker, pinned
+# in tests/clients/requirements.txt).
 #
 # Usage:
 #   python=$(scripts/test-venv.sh | tail -n 1)
@@ -26,7 +26,7 @@ venv="${ZEROBATCH_TEST_VENV:-$repo_root/target/test-venv}"
 stamp="$venv/zerobatch-requirements.txt"
 python="$venv/bin/python"
 # What the test imports: a venv that cannot import these is rebuilt.
-readonly CHECK='import huggingface_hub, numpy, openai'
+readonly CHECK='import huggingface_hub, numpy, openai, llama_index.postprocessor.tei_rerank'
 
 [[ -f "$requirements" ]] || die "missing $requirements"
 

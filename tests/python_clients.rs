@@ -6,7 +6,10 @@
 //! with `"stream": true` (tests/clients/check_generation_clients.py); and, on the tiny models of
 //! tests/data/tiny_reranker_reference.json, `text_classification` against `/predict` and
 //! `feature_extraction(prompt_name=...)`, checked against sentence-transformers' answers
-//! (tests/clients/check_scoring_clients.py). The
+//! (tests/clients/check_scoring_clients.py); and, on the tiny XLM-R cross-encoder of
+//! tests/data/tiny_xlmr_reference.json, LlamaIndex's TEI reranker
+//! (`llama-index-postprocessor-tei-rerank`, which posts to `/rerank`) without and with an API
+//! key (tests/clients/check_rerank_clients.py). The
 //! interpreter comes from `ZEROBATCH_TEST_PYTHON`, which scripts/test.sh sets to the pinned venv
 //! that scripts/test-venv.sh builds. Without it the test says SKIPPED and returns, except under
 //! CI (`CI` set), where a skip would hide a client regression: there it fails unless
@@ -25,6 +28,13 @@ use common::*;
 
 /// The interpreter to run the clients with, or None (after saying SKIPPED) when there is none.
 fn python() -> Option<PathBuf> {
+    python_importing("huggingface_hub, numpy, openai")
+}
+
+/// [`python`] for a test whose clients are the Python `modules` (a comma-separated import
+/// list): None, after saying SKIPPED, when the interpreter cannot import them (a failure
+/// under CI, as for a missing interpreter).
+fn python_importing(modules: &str) -> Option<PathBuf> {
     let skip = |why: String| {
         let allowed = std::env::var("ZEROBATCH_SKIP_PYTHON_CLIENTS").as_deref() == Ok("1");
         assert!(
@@ -48,16 +58,13 @@ fn python() -> Option<PathBuf> {
     };
     let python = PathBuf::from(python);
     let probe = Command::new(&python)
-        .args(["-c", "import huggingface_hub, numpy, openai"])
+        .args(["-c", &format!("import {modules}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
     match probe {
         Ok(s) if s.success() => Some(python),
-        Ok(_) => skip(format!(
-            "{} cannot import huggingface_hub, numpy and openai",
-            python.display()
-        )),
+        Ok(_) => skip(format!("{} cannot import {modules}", python.display())),
         Err(e) => skip(format!("cannot run {}: {e}", python.display())),
     }
 }
@@ -207,4 +214,34 @@ fn huggingface_hub_text_classification_and_prompt_names_against_sentence_transfo
             &[reference, which],
         );
     }
+}
+
+#[test]
+fn llama_index_tei_reranker_against_sentence_transformers() {
+    let Some(python) = python_importing("llama_index.postprocessor.tei_rerank") else {
+        return;
+    };
+    let (reranker, _, _) = common::xlmr_models::model_dirs();
+    let reference = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/tiny_xlmr_reference.json"
+    );
+    let model = reranker.to_str().expect("a UTF-8 path");
+    let server = Server::spawn_model(model, &[]);
+    run_checks(
+        &python,
+        "check_rerank_clients.py",
+        &server,
+        None,
+        &[reference],
+    );
+    drop(server);
+    let server = Server::spawn_model(model, &["--api-key", "zb-rerank-key"]);
+    run_checks(
+        &python,
+        "check_rerank_clients.py",
+        &server,
+        Some("zb-rerank-key"),
+        &[reference],
+    );
 }

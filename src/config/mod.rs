@@ -80,7 +80,8 @@ pub struct ServeConfig {
     pub port: u16,
 
     /// Model to serve: a local directory in Hugging Face layout, or a hub id downloaded into
-    /// the Hugging Face cache (a BERT-family model embeds, a GPT-2 one generates); or a
+    /// the Hugging Face cache (a BERT or XLM-RoBERTa model embeds, reranks or classifies, a
+    /// GPT-2 one generates); or a
     /// `.gguf` file, a directory holding one, or `owner/name:QUANT`, the hub repository's GGUF
     /// file of that quantization (text generation: llama, qwen2 and qwen3 architectures).
     #[arg(long, env = "MODEL", default_value = DEFAULT_MODEL)]

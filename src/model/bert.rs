@@ -1,5 +1,6 @@
-//! BERT-family encoder (BERT, MiniLM, and other `BertModel` checkpoints) as a candle forward
-//! pass on the CPU, built from the fused kernels of `crate::kernels`.
+//! BERT-family encoder (BERT, MiniLM, XLM-RoBERTa and other checkpoints of `BertModel`'s
+//! shape) as a candle forward pass on the CPU, built from the fused kernels of
+//! `crate::kernels`.
 //!
 //! Weights are used in place from the memory-mapped `model.safetensors` (see `weights.rs`),
 //! shared by every worker thread; activations are candle tensors that flow through the custom
@@ -8,7 +9,10 @@
 //! the second text of a pair (token type 1) adds the difference of the two type embeddings.
 //!
 //! `BertForSequenceClassification` checkpoints (cross-encoder rerankers, classifiers) load the
-//! same encoder; their pooler and classifier are `heads.rs`'s.
+//! same encoder; their pooler and classifier are `heads.rs`'s. XLM-RoBERTa checkpoints
+//! (`XLMRobertaModel`, `XLMRobertaForSequenceClassification`) run the same layers; what
+//! differs (positions after the padding id, one token type, the tensors' prefix) comes from
+//! [`Family`] in `bert_config.rs`.
 
 use std::path::Path;
 
@@ -19,7 +23,7 @@ use super::weights::{Weight, WeightFile};
 use super::{EncoderInput, ModelError};
 use crate::kernels::{AttentionShape, Dtype, KernelLevel, LinearPart, PackedLinear, Products};
 
-pub use super::bert_config::{BertConfig, Head, SentenceTransformersConfig};
+pub use super::bert_config::{BertConfig, Family, Head, SentenceTransformersConfig};
 
 /// A linear layer's weight (`n×k`) and bias (`n`).
 pub(super) struct Dense {
@@ -84,27 +88,33 @@ pub struct Bert {
     /// The kernel path the packed layers run on.
     level: KernelLevel,
     word: Weight,
-    /// Position embeddings plus the token-type-0 embedding, `[max_positions, hidden]`.
+    /// Position embeddings plus the token-type-0 embedding, `[max_position_embeddings, hidden]`.
     position_and_type: Tensor,
+    /// The position of a sequence's first token ([`BertConfig::position_offset`]).
+    position_offset: usize,
+    /// RoBERTa's padding id: a token with this id sits at position `pad` and does not advance
+    /// the positions after it (`None` for BERT, whose positions are the token indices).
+    position_pad: Option<u32>,
     /// Token type 1 less token type 0, added to the second text of a pair (`None` when the
-    /// model has one token type).
+    /// model has one token type, or ignores token types as RoBERTa does).
     type1_delta: Option<Vec<f32>>,
     embed_norm: Norm,
     layers: Vec<Layer>,
 }
 
-/// A weight file's tensors under the checkpoint's prefix (`bert.` for models saved with a
-/// head), with shapes checked against the config.
+/// A weight file's tensors under the checkpoint's prefix (`bert.` or `roberta.` for models
+/// saved with a head), with shapes checked against the config.
 pub(super) struct Names<'a> {
     file: &'a WeightFile,
     prefix: &'static str,
 }
 
 impl<'a> Names<'a> {
-    /// The encoder's tensors in `file`.
-    pub(super) fn of(file: &'a WeightFile) -> Self {
-        let prefix = if file.contains("bert.embeddings.word_embeddings.weight") {
-            "bert."
+    /// The encoder's tensors in `file`, a checkpoint of `family`.
+    pub(super) fn of(file: &'a WeightFile, family: Family) -> Self {
+        let prefixed = family.prefix();
+        let prefix = if file.contains(&format!("{prefixed}embeddings.word_embeddings.weight")) {
+            prefixed
         } else {
             ""
         };
@@ -174,7 +184,7 @@ impl Bert {
         dtype: Dtype,
         level: KernelLevel,
     ) -> Result<Self, ModelError> {
-        let w = Names::of(file);
+        let w = Names::of(file, config.family());
         let prefix = w.prefix();
         let (h, i) = (config.hidden_size, config.intermediate_size);
 
@@ -204,7 +214,12 @@ impl Bert {
         let type1_delta = types
             .as_slice()
             .get(h..2 * h)
+            .filter(|_| config.uses_token_types())
             .map(|type1| type1.iter().zip(type0).map(|(t1, t0)| t1 - t0).collect());
+        let position_offset = config.position_offset();
+        let position_pad = (config.family() == Family::Roberta)
+            .then_some(config.pad_token_id)
+            .flatten();
         let embed_norm = w.norm("embeddings.LayerNorm", h)?;
 
         // Not `with_capacity(num_hidden_layers)`: the count comes from config.json, and a
@@ -271,6 +286,8 @@ impl Bert {
             level,
             word,
             position_and_type,
+            position_offset,
+            position_pad,
             type1_delta,
             embed_norm,
             layers,
@@ -279,6 +296,48 @@ impl Bert {
 
     pub fn config(&self) -> &BertConfig {
         &self.config
+    }
+
+    /// RoBERTa's positions where a sequence holds its padding id (a literal `<pad>` in the
+    /// text): transformers puts that token at position `pad` and does not count it, so the
+    /// tokens after it sit one position earlier per padding token than their index says. The
+    /// embedding layer adds the positions by index (`offset + t`); a token whose position
+    /// differs gets the difference added to its row here. Without a padding id in the
+    /// sequence (the usual case) nothing changes.
+    fn move_positions_after_pads(
+        &self,
+        ids: &[u32],
+        pad: u32,
+        rows: &mut [f32],
+    ) -> Result<(), ModelError> {
+        if !ids.contains(&pad) {
+            return Ok(());
+        }
+        let h = self.config.hidden_size;
+        let row = |p: usize| {
+            self.position_and_type
+                .get(p)
+                .and_then(|r| r.to_vec1::<f32>())
+                .map_err(|e| ModelError::Forward(e.to_string()))
+        };
+        let mut counted = 0;
+        for (t, &id) in ids.iter().enumerate() {
+            let position = if id == pad {
+                pad as usize
+            } else {
+                counted += 1;
+                pad as usize + counted
+            };
+            let by_index = self.position_offset + t;
+            if position != by_index {
+                let (want, added) = (row(position)?, row(by_index)?);
+                rows[t * h..][..h]
+                    .iter_mut()
+                    .zip(want.iter().zip(added))
+                    .for_each(|(x, (w, a))| *x += w - a);
+            }
+        }
+        Ok(())
     }
 
     /// The dtype of the linear layers.
@@ -292,7 +351,8 @@ impl Bert {
     }
 
     /// Runs the encoder over `inputs` (token ids, unpadded, each at most
-    /// `max_position_embeddings` long; the tokens from `second_from` on are token type 1) and
+    /// [`BertConfig::max_positions`] long; the tokens from `second_from` on are token type 1
+    /// for a model that uses token types, type 0 like the rest for RoBERTa) and
     /// returns the last hidden state, `[batch·seq_len, hidden]`, padded to the longest
     /// sequence; `threads` is the intra-op parallelism of the matmuls.
     pub fn forward(
@@ -306,16 +366,19 @@ impl Bert {
         if inputs.is_empty() || seq_len == 0 || inputs.iter().any(|s| s.ids.is_empty()) {
             return Err(ModelError::Input("empty batch or empty sequence".into()));
         }
-        if self.type1_delta.is_none() && inputs.iter().any(|s| s.second_from < s.ids.len()) {
+        if c.uses_token_types()
+            && self.type1_delta.is_none()
+            && inputs.iter().any(|s| s.second_from < s.ids.len())
+        {
             return Err(ModelError::Input(
                 "a pair of texts needs two token types; this model has one (type_vocab_size 1)"
                     .into(),
             ));
         }
-        if seq_len > c.max_position_embeddings {
+        if seq_len > c.max_positions() {
             return Err(ModelError::Input(format!(
                 "sequence of {seq_len} tokens is longer than the model's {} positions",
-                c.max_position_embeddings
+                c.max_positions()
             )));
         }
         // Gather the word embeddings of every position (padding rows stay zero: they are
@@ -345,10 +408,16 @@ impl Bert {
                     row.iter_mut().zip(delta).for_each(|(x, d)| *x += d);
                 }
             }
+            if let Some(pad) = self.position_pad {
+                self.move_positions_after_pads(s.ids, pad, &mut embedded[b * seq_len * h..])?;
+            }
         }
         let err = |e: candle_core::Error| ModelError::Forward(e.to_string());
         let eps = c.layer_norm_eps as f32;
-        let positions = self.position_and_type.narrow(0, 0, seq_len).map_err(err)?;
+        let positions = self
+            .position_and_type
+            .narrow(0, self.position_offset, seq_len)
+            .map_err(err)?;
         let mut x = Tensor::from_vec(embedded, (rows, h), &Device::Cpu)
             .and_then(|x| x.apply_op2_no_bwd(&positions, &self.embed_norm.op(eps)))
             .map_err(err)?;
@@ -419,6 +488,7 @@ impl Bert {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::bert_config::tests::config_with;
     use crate::model::tiny::{replace_file, write_tiny_bert, TinySpec};
     use std::path::PathBuf;
 
@@ -429,125 +499,12 @@ mod tests {
         dir
     }
 
-    /// The tiny model's config.json with `changes` applied.
-    fn config_with(changes: serde_json::Value) -> String {
-        let mut c = serde_json::json!({
-            "model_type": "bert", "hidden_act": "gelu", "hidden_size": 32,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
-            "max_position_embeddings": 64, "type_vocab_size": 2, "vocab_size": 123,
-            "layer_norm_eps": 1e-12
-        });
-        for (k, v) in changes.as_object().unwrap() {
-            c[k] = v.clone();
-        }
-        c.to_string()
-    }
-
     /// A safetensors file from its header and data, byte for byte.
     fn write_raw(path: &Path, header: &str, data: &[u8]) {
         let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
         bytes.extend_from_slice(header.as_bytes());
         bytes.extend_from_slice(data);
         std::fs::write(path, bytes).unwrap();
-    }
-
-    #[test]
-    fn sequence_classifiers_load_and_other_heads_are_refused_naming_the_architecture() {
-        for ok in ["BertModel", "BertForMaskedLM"] {
-            let c =
-                BertConfig::from_json(&config_with(serde_json::json!({ "architectures": [ok] })))
-                    .unwrap();
-            assert_eq!(c.head(), Head::Encoder, "{ok}");
-        }
-        let c = BertConfig::from_json(&config_with(serde_json::json!({
-            "architectures": ["BertForSequenceClassification"],
-            "id2label": {"1": "pos", "0": "neg"},
-            "sentence_transformers": {"activation_fn": "torch.nn.modules.linear.Identity"}
-        })))
-        .unwrap();
-        assert_eq!(c.head(), Head::SequenceClassification);
-        assert_eq!(c.labels().unwrap(), vec!["neg", "pos"]);
-        assert_eq!(c.activation_name(), Some("Identity"));
-        // Without id2label, num_labels (default 2) labels named as transformers names them.
-        let c = BertConfig::from_json(&config_with(serde_json::json!({
-            "architectures": ["BertForSequenceClassification"], "num_labels": 1,
-            "sbert_ce_default_activation_function": "torch.nn.modules.activation.Sigmoid"
-        })))
-        .unwrap();
-        assert_eq!(c.labels().unwrap(), vec!["LABEL_0"]);
-        assert_eq!(c.activation_name(), Some("Sigmoid"));
-        for bad in [
-            serde_json::json!({ "architectures": ["BertForSequenceClassification"], "id2label": {"0": "a", "2": "b"} }),
-            serde_json::json!({ "architectures": ["BertForSequenceClassification"], "id2label": {} }),
-        ] {
-            assert!(
-                BertConfig::from_json(&config_with(bad.clone())).is_err(),
-                "{bad}"
-            );
-        }
-        for head in [
-            "BertForTokenClassification",
-            "BertForQuestionAnswering",
-            "BertForMultipleChoice",
-        ] {
-            let c = config_with(serde_json::json!({ "architectures": [head] }));
-            let err = BertConfig::from_json(&c).unwrap_err().to_string();
-            assert!(err.contains(head) && err.contains("does not run"), "{err}");
-        }
-    }
-
-    #[test]
-    fn config_values_are_validated_with_the_field_named() {
-        assert!(BertConfig::from_json(&config_with(serde_json::json!({}))).is_ok());
-        for field in [
-            "vocab_size",
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-            "max_position_embeddings",
-            "type_vocab_size",
-        ] {
-            let err = BertConfig::from_json(&config_with(serde_json::json!({ field: 0 })))
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(field) && err.contains("at least 1"), "{err}");
-        }
-        for eps in [0.0, -1e-12, 1e-300, 1e300] {
-            let err =
-                BertConfig::from_json(&config_with(serde_json::json!({ "layer_norm_eps": eps })))
-                    .unwrap_err()
-                    .to_string();
-            assert!(err.contains("layer_norm_eps"), "{eps}: {err}");
-        }
-        for (field, value) in [
-            ("vocab_size", usize::MAX / 16),
-            ("max_position_embeddings", usize::MAX / 2),
-            ("intermediate_size", 1usize << 60),
-            ("type_vocab_size", usize::MAX),
-        ] {
-            let err = BertConfig::from_json(&config_with(serde_json::json!({ field: value })))
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(field) && err.contains("too large"), "{err}");
-        }
-        let err = BertConfig::from_json(&config_with(
-            serde_json::json!({ "hidden_size": 1usize << 62, "num_attention_heads": 1 }),
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("hidden_size") && err.contains("too large"),
-            "{err}"
-        );
-        let err = BertConfig::from_json(&config_with(serde_json::json!({ "hidden_size": 30 })))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("not a multiple"), "{err}");
-        let err = BertConfig::from_json(&config_with(serde_json::json!({ "vocab_size": -1 })))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("config.json: invalid value"), "{err}");
     }
 
     /// The reported panic: a valid file whose token_type_embeddings is [0, 32], with

@@ -1,11 +1,12 @@
 //! What turns the encoder's last hidden state into a model's answer: sentence-transformers
-//! pooling (an embedding model) or `BertForSequenceClassification`'s pooler and classifier (a
-//! cross-encoder reranker, a classifier), and the function that turns a classifier's logits
+//! pooling (an embedding model) or a sequence classifier's head (`BertForSequenceClassification`'s
+//! pooler and classifier, XLM-RoBERTa's classification head: a cross-encoder reranker, a
+//! classifier), and the function that turns a classifier's logits
 //! into scores.
 
 use candle_core::Tensor;
 
-use super::bert::{Bert, Dense, Names};
+use super::bert::{Bert, Dense, Family, Names};
 use super::weights::WeightFile;
 use super::{EncoderInput, Model, ModelError, Pooling};
 use crate::kernels::linear;
@@ -43,9 +44,12 @@ impl Model for SentenceEncoder {
     }
 }
 
-/// `BertForSequenceClassification`: the encoder, then `tanh(pooler · h[CLS])`, then one logit
-/// per label. The head is a few thousand multiply-adds per input: it runs in f32, whatever the
-/// encoder's dtype, on the f32 linear kernel.
+/// A sequence classifier: the encoder, then `tanh(dense · h[0])` on the first token (`[CLS]`,
+/// `<s>`), then one logit per label. `BertForSequenceClassification` (its pooler, then
+/// `classifier`) and XLM-RoBERTa's `RobertaClassificationHead` (`classifier.dense`, then
+/// `classifier.out_proj`) are this same computation under other names ([`Family`]). The head
+/// is a few thousand multiply-adds per input: it runs in f32, whatever the encoder's dtype, on
+/// the f32 linear kernel.
 pub struct SequenceClassifier {
     bert: Bert,
     pooler: Dense,
@@ -54,16 +58,23 @@ pub struct SequenceClassifier {
 }
 
 impl SequenceClassifier {
-    /// Reads the pooler and classifier from `file` (`bert.pooler.dense.*`, `classifier.*`)
-    /// for `labels` labels.
+    /// Reads the head's two layers from `file` for `labels` labels: `bert.pooler.dense.*` and
+    /// `classifier.*` for BERT, `classifier.dense.*` and `classifier.out_proj.*` for RoBERTa.
     pub fn load(bert: Bert, file: &WeightFile, labels: usize) -> Result<Self, ModelError> {
         let h = bert.config().hidden_size;
-        let pooler = Names::of(file)
-            .dense("pooler.dense", h, h)
-            .map_err(|e| missing_head(e, "pooler"))?;
+        let family = bert.config().family();
+        let (first, first_prefixed, second) = family.classifier_layers();
+        let names = if first_prefixed {
+            Names::of(file, family)
+        } else {
+            Names::unprefixed(file)
+        };
+        let pooler = names
+            .dense(first, h, h)
+            .map_err(|e| missing_head(e, first, family))?;
         let classifier = Names::unprefixed(file)
-            .dense("classifier", labels, h)
-            .map_err(|e| missing_head(e, "classifier"))?;
+            .dense(second, labels, h)
+            .map_err(|e| missing_head(e, second, family))?;
         Ok(Self {
             bert,
             pooler,
@@ -73,9 +84,13 @@ impl SequenceClassifier {
     }
 }
 
-fn missing_head(e: ModelError, part: &str) -> ModelError {
+fn missing_head(e: ModelError, part: &str, family: Family) -> ModelError {
+    let class = match family {
+        Family::Bert => "BertForSequenceClassification",
+        Family::Roberta => "XLMRobertaForSequenceClassification",
+    };
     ModelError::Weights(format!(
-        "a sequence classifier needs its {part} weights (as BertForSequenceClassification saves them): {e}"
+        "a sequence classifier needs its {part} weights (as {class} saves them): {e}"
     ))
 }
 

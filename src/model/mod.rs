@@ -53,7 +53,7 @@ pub enum ModelError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Task {
-    /// Sentence embeddings (a BERT-family encoder in Hugging Face layout).
+    /// Sentence embeddings (a BERT or XLM-RoBERTa encoder in Hugging Face layout).
     Embedding,
     /// Relevance scores of (query, passage) pairs: a cross-encoder, a sequence classifier with
     /// one label.
@@ -390,12 +390,13 @@ pub fn load_files(
 
 /// Most tokens per input, as sentence-transformers decides it: `max_seq_length` of
 /// `sentence_bert_config.json`, else the tokenizer's `model_max_length` (tokenizer_config.json)
-/// capped at the model's `max_position_embeddings`; never more positions than the model has.
+/// capped at the model's positions; never more positions than the model has (for XLM-R, 2
+/// fewer than `max_position_embeddings`: its positions start after the padding id).
 fn max_input_length(
     files: &files::ModelFiles,
     config: &bert::BertConfig,
 ) -> Result<usize, ModelError> {
-    let positions = config.max_position_embeddings;
+    let positions = config.max_positions();
     if let Some(path) = &files.sentence_bert {
         let c: SentenceBertConfig = serde_json::from_str(&read(path)?)
             .map_err(|e| ModelError::Config(format!("sentence_bert_config.json: {e}")))?;

@@ -190,7 +190,8 @@ impl TextTokenizer {
     }
 
     /// [`TextTokenizer::encode_pair`] by encoding both texts whole: the reference the bounded
-    /// path is tested against.
+    /// path is tested against (and which the tests compare with the `tokenizers` crate's own
+    /// pair truncation on pairs short enough for it, see [`TextTokenizer::pair_from_raw`]).
     pub fn encode_pair_unbounded(
         &self,
         index: usize,
@@ -199,7 +200,45 @@ impl TextTokenizer {
         truncate: bool,
     ) -> Result<PairIds, TokenizeError> {
         self.check_pairs_fit().map_err(|e| failed(index, e))?;
-        let encoding = self.encode_within(index, (first, second), truncate)?;
+        let first = self.raw_whole(index, first)?;
+        let second = self.raw_whole(index, second)?;
+        self.pair_from_raw(index, &first, &second, truncate)
+    }
+
+    /// A pair's ids from its texts' tokens (without special tokens): `TooLong` when not
+    /// `truncate` and the pair is over the maximum, else cut `longest_first` to the maximum and
+    /// put in the pair template.
+    ///
+    /// Not through the `tokenizers` crate's truncation: it keeps what it cuts as "overflowing"
+    /// encodings, and a pair's are multiplied (every overflowing part of the first text with
+    /// every one of the second), so a long query with a long passage took memory quadratic in
+    /// their lengths (an 18 kB query and a 4 kB passage of a character-level vocabulary, 12
+    /// tokens kept: more than 24 GB). The lengths are the crate's `longest_first` rule
+    /// ([`longest_first`]); the tokens are the first that many of each text.
+    fn pair_from_raw(
+        &self,
+        index: usize,
+        first: &Encoding,
+        second: &Encoding,
+        truncate: bool,
+    ) -> Result<PairIds, TokenizeError> {
+        let room = self.max_len - self.added_pair;
+        if !truncate && first.len() + second.len() > room {
+            return Err(TokenizeError::TooLong {
+                index,
+                tokens: first.len() + second.len() + self.added_pair,
+                max: self.max_len,
+            });
+        }
+        let (n1, n2) = longest_first(first.len(), second.len(), room);
+        let encoding = self
+            .whole
+            .post_process(
+                first_tokens(first, n1),
+                Some(first_tokens(second, n2)),
+                true,
+            )
+            .map_err(|e| failed(index, e))?;
         pair_ids(index, &encoding)
     }
 
@@ -249,23 +288,8 @@ impl TextTokenizer {
         // first text's length (then it is known to be the longer, and over the limit).
         let room = self.max_len - self.added_pair;
         let keep = room.max(first.len()) + 1;
-        let mut raw = self.raw_bounded(index, second, keep - 1, false)?;
-        if raw.len() > keep {
-            raw.truncate(keep, 0, TruncationDirection::Right);
-            drop(raw.take_overflowing());
-        }
-        if !truncate && first.len() + raw.len() > room {
-            return Err(TokenizeError::TooLong {
-                index,
-                tokens: first.len() + raw.len() + self.added_pair,
-                max: self.max_len,
-            });
-        }
-        let encoding = self
-            .truncating
-            .post_process(first.clone(), Some(raw), true)
-            .map_err(|e| failed(index, e))?;
-        pair_ids(index, &encoding)
+        let raw = self.raw_bounded(index, second, keep - 1, false)?;
+        self.pair_from_raw(index, first, &first_tokens(&raw, keep), truncate)
     }
 
     /// Token ids of input `index` (the index only labels errors). When `truncate` is false an
@@ -395,6 +419,52 @@ impl TextTokenizer {
     }
 }
 
+/// The lengths the `tokenizers` crate's `longest_first` truncation keeps of a pair of `n1`
+/// and `n2` tokens within `max` (its `truncate_encodings`): both when they fit; else the
+/// shorter whole and the longer cut to what is left, when that leaves the longer at least as
+/// long as the shorter; else `max / 2` each, the extra token of an odd `max` to the longer
+/// (to the second on a tie).
+fn longest_first(n1: usize, n2: usize, max: usize) -> (usize, usize) {
+    if n1 + n2 <= max {
+        return (n1, n2);
+    }
+    let swap = n1 > n2;
+    let (mut short, mut long) = if swap { (n2, n1) } else { (n1, n2) };
+    long = if short > max {
+        short
+    } else {
+        long.min(short.max(max - short))
+    };
+    if short + long > max {
+        short = max / 2;
+        long = short + max % 2;
+    }
+    if swap {
+        (long, short)
+    } else {
+        (short, long)
+    }
+}
+
+/// The first `n` tokens of a text's encoding (without special tokens), and nothing of the
+/// rest: `Encoding::truncate` would keep the rest as overflowing parts.
+fn first_tokens(e: &Encoding, n: usize) -> Encoding {
+    fn head<T: Clone>(v: &[T], n: usize) -> Vec<T> {
+        v[..n.min(v.len())].to_vec()
+    }
+    Encoding::new(
+        head(e.get_ids(), n),
+        head(e.get_type_ids(), n),
+        head(e.get_tokens(), n),
+        head(e.get_word_ids(), n),
+        head(e.get_offsets(), n),
+        head(e.get_special_tokens_mask(), n),
+        head(e.get_attention_mask(), n),
+        Vec::new(),
+        Default::default(),
+    )
+}
+
 fn failed(index: usize, e: impl std::fmt::Display) -> TokenizeError {
     TokenizeError::Failed {
         index,
@@ -503,12 +573,21 @@ fn prefix_cut(text: &str, budget: usize, cuts: Cuts) -> Option<(usize, usize)> {
 /// a space, so that the tokens of a prefix cut before a space are the first tokens of the
 /// whole text — every normalizer is per-character (or only touches the ends), every
 /// pre-tokenizer splits on whitespace, and no added token spans a cut. Checked on the
-/// serialised configuration, so unknown or regex-driven steps (`Replace`, `Split`, byte-level
-/// without its own regex) turn the fast path off rather than risk it. CJK ideographs are cuts
-/// too when BERT's normalizer isolates them (`handle_chinese_chars`).
+/// serialised configuration, so unknown or regex-driven steps (`Split`, byte-level without
+/// its own regex, a `Replace` other than the one below) turn the fast path off rather than
+/// risk it. CJK ideographs are cuts too when BERT's normalizer isolates them
+/// (`handle_chinese_chars`).
+///
+/// SentencePiece's normalizers, as XLM-R's `tokenizer.json` has them, are allowed too:
+/// `Precompiled` maps each grapheme cluster on its own (a cluster never spans the ASCII space
+/// a prefix is cut before: a space is no extender), and `Replace` of the regex ` {2,}` (runs
+/// of spaces) sees the same runs in the prefix as in the whole text, since a prefix ends
+/// before its trailing spaces. What either does at the prefix's end lies in its last word,
+/// which is not trusted.
 fn prefix_cuts(tokenizer: &Tokenizer) -> Option<Cuts> {
     const NORMALIZERS: &[&str] = &[
         "BertNormalizer",
+        "Precompiled",
         "Strip",
         "StripAccents",
         "NFC",
@@ -582,6 +661,7 @@ fn only_types(value: &serde_json::Value, allowed: &[&str]) -> bool {
         serde_json::Value::Object(map) => {
             let type_ok = match map.get("type").and_then(|t| t.as_str()) {
                 Some("ByteLevel") => map.get("use_regex").and_then(|u| u.as_bool()) != Some(false),
+                Some("Replace") => replaces_space_runs(map),
                 Some(t) => allowed.contains(&t),
                 None => true,
             };
@@ -590,6 +670,15 @@ fn only_types(value: &serde_json::Value, allowed: &[&str]) -> bool {
         serde_json::Value::Array(items) => items.iter().all(|v| only_types(v, allowed)),
         _ => true,
     }
+}
+
+/// True for SentencePiece's `Replace` of runs of two or more spaces (the regex ` {2,}`), the
+/// one `Replace` that cannot join text across a cut (see [`prefix_cuts`]).
+fn replaces_space_runs(map: &serde_json::Map<String, serde_json::Value>) -> bool {
+    map.get("pattern")
+        .and_then(|p| p.get("Regex"))
+        .and_then(|r| r.as_str())
+        == Some(" {2,}")
 }
 
 /// True when some step of the pre-tokenizer splits on whitespace (so words never span it).
@@ -613,226 +702,5 @@ fn splits_on_whitespace(value: &serde_json::Value) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tiny() -> TextTokenizer {
-        let dir = std::env::temp_dir().join(format!("zb-tok-{}", std::process::id()));
-        crate::model::tiny::write_tiny_bert(&dir, &crate::model::tiny::TinySpec::default())
-            .unwrap();
-        TextTokenizer::load(&dir.join("tokenizer.json"), 12).unwrap()
-    }
-
-    fn lcg_text(seed: u64, words: usize) -> String {
-        const PIECES: &[&str] = &[
-            "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "é", "naïve", "東京",
-            "a.b", "x,y", "123", "hello", "world", "[SEP]", "[CLS]", "!!", "ü",
-        ];
-        const SPACES: &[&str] = &[" ", "  ", "\n", "\t", " \u{3000}", "\r\n", ""];
-        let mut s = seed;
-        let mut next = |n: usize| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (s >> 33) as usize % n
-        };
-        let mut out = String::new();
-        for _ in 0..words {
-            out.push_str(PIECES[next(PIECES.len())]);
-            out.push_str(SPACES[next(SPACES.len())]);
-        }
-        out
-    }
-
-    #[test]
-    fn the_bounded_path_gives_the_ids_of_the_whole_text() {
-        let t = tiny();
-        assert!(t.bounded(), "the tiny BERT tokenizer is prefix-safe");
-        // The bounded path stops counting a too-long input early: only the variant must agree.
-        let norm = |r: Result<Vec<u32>, TokenizeError>| {
-            r.map_err(|e| match e {
-                TokenizeError::TooLong { index, max, .. } => TokenizeError::TooLong {
-                    index,
-                    max,
-                    tokens: 0,
-                },
-                other => other,
-            })
-        };
-        for seed in 0..200 {
-            let words = [1, 5, 11, 12, 13, 50, 700, 3000][seed as usize % 8];
-            let text = lcg_text(seed, words);
-            for truncate in [true, false] {
-                assert_eq!(
-                    norm(t.encode(0, &text, truncate)),
-                    norm(t.encode_unbounded(0, &text, truncate)),
-                    "seed {seed}, truncate {truncate}: {text:?}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn the_bounded_pair_path_gives_the_ids_of_the_whole_texts() {
-        let t = tiny();
-        let norm = |r: Result<PairIds, TokenizeError>| {
-            r.map_err(|e| match e {
-                TokenizeError::TooLong { index, max, .. } => TokenizeError::TooLong {
-                    index,
-                    max,
-                    tokens: 0,
-                },
-                other => other,
-            })
-        };
-        // 12 tokens at most: 9 for the texts, an odd room, so when both texts are cut the
-        // longer one keeps the extra token, and which one is longer must be known.
-        let lengths = [0, 1, 3, 4, 5, 9, 10, 11, 50, 700, 3000];
-        let mut cut_both = 0;
-        for seed in 0..300u64 {
-            let first = lcg_text(seed, lengths[seed as usize % lengths.len()]);
-            let second = lcg_text(
-                seed + 1000,
-                lengths[(seed as usize / lengths.len()) % lengths.len()],
-            );
-            for truncate in [true, false] {
-                let want = t.encode_pair_unbounded(2, &first, &second, truncate);
-                if let Ok(p) = &want {
-                    assert!(p.ids.len() <= 12 && p.second_from < p.ids.len());
-                    assert_eq!(p.ids[0], 2, "[CLS] first");
-                    if truncate && p.second_from >= 5 && p.ids.len() - p.second_from >= 5 {
-                        cut_both += 1;
-                    }
-                }
-                assert_eq!(
-                    norm(t.encode_pair(2, &first, &second, truncate)),
-                    norm(want),
-                    "seed {seed}, truncate {truncate}: {first:?} / {second:?}"
-                );
-            }
-        }
-        assert!(cut_both > 10, "both texts cut in only {cut_both} cases");
-        // The query is encoded once for all its pairs, with the same ids.
-        let first = lcg_text(7, 40);
-        let seconds: Vec<String> = (0..20).map(|i| lcg_text(i, i as usize * 37)).collect();
-        let all = t.encode_pairs(&first, &seconds, true).unwrap();
-        for (i, second) in seconds.iter().enumerate() {
-            assert_eq!(all[i], t.encode_pair(i, &first, second, true).unwrap());
-        }
-        // An over-long pair names its index when not truncated.
-        let long = lcg_text(3, 500);
-        match t.encode_pairs("short", &["a".into(), long], false) {
-            Err(TokenizeError::TooLong {
-                index: 1,
-                max: 12,
-                tokens,
-            }) => assert!(tokens > 12),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn whitespace_the_normalizer_drops_is_not_a_cut() {
-        // Found by fuzz/fuzz_targets/tokenize.rs: BertNormalizer drops the form feed (and the
-        // U+FFFD after it), so the whole text is one 499-letter word, [UNK]; a prefix cut at a
-        // form feed saw ~100 letters, "s ##s ##s ...", and answered with those tokens (or 413).
-        let t = tiny();
-        let text = format!("s\u{c}{}", "\u{fffd}".repeat(13)).repeat(499);
-        assert_eq!(t.encode_unbounded(0, &text, false).unwrap(), vec![2, 1, 3]);
-        for truncate in [true, false] {
-            assert_eq!(
-                t.encode(0, &text, truncate).unwrap(),
-                vec![2, 1, 3],
-                "truncate {truncate}"
-            );
-        }
-    }
-
-    #[test]
-    fn text_without_spaces_is_cut_at_ideographs_with_the_same_ids() {
-        let t = tiny();
-        let text = "東京都庁舎の展望室から見る夜景は美しい。".repeat(2_000);
-        for truncate in [true, false] {
-            assert_eq!(
-                t.encode(0, &text, truncate)
-                    .map_err(|e| matches!(e, TokenizeError::TooLong { .. })),
-                t.encode_unbounded(0, &text, truncate)
-                    .map_err(|e| matches!(e, TokenizeError::TooLong { .. })),
-                "truncate {truncate}"
-            );
-        }
-    }
-
-    #[test]
-    fn too_long_inputs_are_refused_without_truncation() {
-        let t = tiny();
-        let long = "hello world ".repeat(10_000);
-        match t.encode(3, &long, false) {
-            Err(TokenizeError::TooLong { index, tokens, max }) => {
-                assert_eq!((index, max), (3, 12));
-                assert!(tokens > 12);
-            }
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(t.encode(0, &long, true).unwrap().len(), 12);
-        assert_eq!(t.tokens(0, &long, true, true).unwrap().len(), 12);
-        assert!(t.tokens(0, &long, true, false).is_err());
-    }
-
-    #[test]
-    fn the_prefix_path_stops_early_and_trusts_only_tokens_before_the_last_word() {
-        let t = tiny();
-        // 12 tokens kept of 10 content tokens: a 100 kB text needs one 4 kB prefix.
-        let text = "hello world ".repeat(10_000);
-        assert_eq!(t.encode(0, &text, true), t.encode_unbounded(0, &text, true));
-        // A last word that continues past the cut must not count: only the words that end
-        // before the prefix's last whitespace are trusted (offsets, not a count of tokens).
-        let prefix = "hello ".repeat(700);
-        let (cut, trusted) = prefix_cut(&prefix, 4096, Cuts { cjk: true }).unwrap();
-        let raw = t.whole.encode(&prefix[..cut], false).unwrap();
-        let kept = raw
-            .get_offsets()
-            .iter()
-            .take_while(|&&(_, end)| end <= trusted)
-            .count();
-        assert_eq!(kept + 1, raw.len(), "all but the last word's token");
-    }
-
-    #[test]
-    fn prefix_cuts_fall_before_whitespace_and_distrust_the_last_word() {
-        let spaces = Cuts { cjk: false };
-        let cjk = Cuts { cjk: true };
-        assert_eq!(prefix_cut("hello big world", 13, spaces), Some((9, 6)));
-        assert_eq!(prefix_cut("hello   big world", 15, spaces), Some((11, 8)));
-        assert_eq!(prefix_cut("hello world", 4, spaces), None);
-        assert_eq!(prefix_cut("abcdefgh", 100, spaces), None);
-        // Ideographs start words when the normalizer isolates them.
-        let jp = "東京の夜景";
-        assert_eq!(prefix_cut(jp, jp.len(), spaces), None);
-        // Cut before 景 (byte 12); the prefix's last word is 夜 (byte 9).
-        assert_eq!(prefix_cut(jp, jp.len(), cjk), Some((12, 9)));
-        // With 12 bytes: before 夜 (byte 9); the prefix's last word is "京の" (byte 3).
-        assert_eq!(prefix_cut(jp, 12, cjk), Some((9, 3)));
-        // Never inside a character.
-        let text = "aé é 東é 京 é";
-        for b in 0..text.len() {
-            for cuts in [spaces, cjk] {
-                if let Some((cut, trusted)) = prefix_cut(text, b, cuts) {
-                    assert!(text.is_char_boundary(cut) && text.is_char_boundary(trusted));
-                    assert!(trusted <= cut && cut <= b);
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn regex_splitting_tokenizers_are_not_prefix_safe() {
-        let json = serde_json::json!({
-            "version": "1.0",
-            "pre_tokenizer": { "type": "Split", "pattern": { "Regex": "." }, "behavior": "Isolated", "invert": false },
-            "model": { "type": "WordLevel", "vocab": { "[UNK]": 0, "a": 1 }, "unk_token": "[UNK]" }
-        });
-        let t = TextTokenizer::from_json(json.to_string().as_bytes(), 8).unwrap();
-        assert!(!t.bounded());
-    }
-}
+#[path = "tokenizer_tests.rs"]
+mod tests;

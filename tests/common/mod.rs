@@ -9,6 +9,7 @@ pub mod fake_hub;
 pub mod gguf;
 pub mod redis_server;
 pub mod reranker_models;
+pub mod xlmr_models;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -84,6 +84,9 @@ pub struct ClassifyCase {
 #[derive(Deserialize)]
 pub struct EmbedCase {
     pub text: String,
+    /// The ids sentence-transformers' tokenizer gives, truncated (when the reference has them).
+    #[serde(default)]
+    pub token_ids: Vec<u32>,
     pub untruncated_token_count: usize,
     pub embedding: Vec<f32>,
     /// Prompt name → SentenceTransformer.encode(text, prompt_name=...).
@@ -180,22 +183,39 @@ fn write_model(
         "all-MiniLM-L6-v2's tokenizer is needed (models/all-MiniLM-L6-v2 or $ZEROBATCH_MODEL_DIR): run scripts/fetch-model.sh",
     );
     std::fs::create_dir_all(dir).unwrap();
+    for name in &r.tokenizer_files {
+        std::fs::copy(minilm.join(name), dir.join(name)).unwrap();
+    }
+    assert_eq!(
+        sha256_hex(&dir.join("tokenizer.json")),
+        r.tokenizer_sha256,
+        "MiniLM's tokenizer.json is not the one the reference was made with"
+    );
+    write_files_and_weights(dir, files, tensors, fingerprints);
+}
+
+/// The sha256 of a file, in hex.
+pub fn sha256_hex(path: &Path) -> String {
+    Sha256::digest(std::fs::read(path).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Writes a reference model's `files` verbatim into `dir` and its weights by the rule
+/// ([`fill`]), each tensor checked against the script's fingerprint.
+pub fn write_files_and_weights(
+    dir: &Path,
+    files: &BTreeMap<String, serde_json::Value>,
+    tensors: &[TensorSpec],
+    fingerprints: &BTreeMap<String, String>,
+) {
+    std::fs::create_dir_all(dir).unwrap();
     for (rel, value) in files {
         let path = dir.join(rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, serde_json::to_vec_pretty(value).unwrap()).unwrap();
     }
-    for name in &r.tokenizer_files {
-        std::fs::copy(minilm.join(name), dir.join(name)).unwrap();
-    }
-    let sha: String = Sha256::digest(std::fs::read(dir.join("tokenizer.json")).unwrap())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    assert_eq!(
-        sha, r.tokenizer_sha256,
-        "MiniLM's tokenizer.json is not the one the reference was made with"
-    );
     let mut weights = HashMap::new();
     for spec in tensors {
         let values = fill(spec);

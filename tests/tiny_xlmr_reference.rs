@@ -1,0 +1,355 @@
+//! XLM-RoBERTa encoders, embedders and cross-encoders, against sentence-transformers on the
+//! tiny seeded models of scripts/make-xlmr-reference.py (rewritten by `common::xlmr_models`,
+//! with the SentencePiece Unigram tokenizer that script trained, in XLM-R's tokenizer.json
+//! layout: Precompiled normalizer, Metaspace, `<s> A </s></s> B </s>`):
+//!
+//! - token ids of texts and pairs exactly as sentence-transformers feeds them: non-ASCII and
+//!   CJK text, a literal `<pad>` inside a text (the padding id, which XLM-R's positions skip),
+//!   long texts truncated at the model's limit (2 less than its positions), pairs
+//!   `longest_first`; every token of type 0;
+//! - `CrossEncoder.predict` scores within 1e-4 in the default dtype (f32 for a classifier),
+//!   `CrossEncoder.rank`'s order, a pair the same alone as in a batch; bf16 printed and held
+//!   to the loose bound of the BERT reranker test;
+//! - `SentenceTransformer.encode` of the mean-pooling embedder with e5's prompts and of the CLS
+//!   embedder: within 1e-4 in f32, cosine ≥ 0.9999 in the default dtype (bf16), alone = batched;
+//! - over HTTP against the real binary: `/rerank`, `/v1/rerank`, `/predict`, `/embed` (with
+//!   `prompt_name`), `/v1/embeddings`, `/info`.
+
+mod common;
+
+use common::reranker_models::EmbedCase;
+use common::xlmr_models::{model_dirs, reference};
+use common::*;
+use serde_json::{json, Value};
+use zerobatch::kernels::Dtype;
+use zerobatch::model::{DtypeChoice, EncoderInput, LoadOptions, LoadedModel, Task};
+
+/// Largest |difference| of a score or an embedding's value in f32.
+const F32_TOLERANCE: f32 = 1e-4;
+/// The reranker's scores with `--dtype bf16`, which the default avoids for classifiers (as
+/// tests/tiny_reranker_reference.rs: this bound only catches a broken bf16 path; the largest
+/// difference is printed).
+const BF16_TOLERANCE: f32 = 2e-2;
+
+fn load(dir: &std::path::Path, dtype: DtypeChoice) -> LoadedModel {
+    zerobatch::model::load_with(
+        dir.to_str().unwrap(),
+        "main",
+        LoadOptions {
+            dtype,
+            kernel_cap: None,
+        },
+        |_, _| {},
+    )
+    .unwrap()
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Passage indices by decreasing score.
+fn order(scores: &[f32]) -> Vec<usize> {
+    let mut o: Vec<usize> = (0..scores.len()).collect();
+    o.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    o
+}
+
+const PAD: u32 = 1;
+
+#[test]
+fn the_unigram_tokenizer_gives_sentence_transformers_ids() {
+    let r = reference();
+    let (reranker, embedder, cls_embedder) = model_dirs();
+    let m = load(reranker, DtypeChoice::Auto);
+    assert_eq!(m.info.max_input_length, r.reranker.max_input_length);
+    let (mut truncated, mut pads) = (0, 0);
+    for c in &r.reranker.cases {
+        let pairs = m
+            .tokenizer
+            .encode_pairs(&c.query, &c.passages, true)
+            .unwrap();
+        for (i, (p, want)) in pairs.iter().zip(&c.pairs).enumerate() {
+            assert_eq!(p.ids, want.token_ids, "{} pair {i}", c.name);
+            // XLM-R's pair template gives every token type 0.
+            assert_eq!(p.second_from, p.ids.len(), "{} pair {i}", c.name);
+            assert!(want.type_ids.iter().all(|&t| t == 0));
+            truncated += (want.untruncated_token_count > p.ids.len()) as usize;
+            pads += p.ids.contains(&PAD) as usize;
+        }
+    }
+    assert!(truncated >= 3 && pads >= 1, "{truncated} truncated, {pads}");
+    for (dir, section) in [(embedder, &r.embedder), (cls_embedder, &r.cls_embedder)] {
+        let m = load(dir, DtypeChoice::Auto);
+        assert_eq!(m.info.max_input_length, section.max_input_length);
+        for c in &section.cases {
+            let ids = m.tokenizer.encode(0, &c.text, true).unwrap();
+            assert_eq!(ids, c.token_ids, "{:?}", c.text);
+            if c.untruncated_token_count > section.max_input_length {
+                assert!(
+                    m.tokenizer.encode(0, &c.text, false).is_err(),
+                    "{:?}",
+                    c.text
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn cross_encoder_scores_and_rank_order_match_sentence_transformers() {
+    let r = reference();
+    let (dir, _, _) = model_dirs();
+    for (dtype, tolerance) in [
+        (DtypeChoice::Auto, F32_TOLERANCE),
+        (DtypeChoice::Fixed(Dtype::Bf16), BF16_TOLERANCE),
+    ] {
+        let m = load(dir, dtype);
+        if dtype == DtypeChoice::Auto {
+            assert_eq!(m.info.dtype, Dtype::F32, "auto is f32 for a classifier");
+        }
+        assert_eq!(m.info.task, Task::Reranking);
+        let mut worst = 0f32;
+        for c in &r.reranker.cases {
+            let pairs = m
+                .tokenizer
+                .encode_pairs(&c.query, &c.passages, true)
+                .unwrap();
+            let inputs: Vec<EncoderInput> = pairs
+                .iter()
+                .map(|p| EncoderInput {
+                    ids: &p.ids,
+                    second_from: p.second_from,
+                })
+                .collect();
+            let batched: Vec<f32> = m.model.forward(&inputs, 2).unwrap().concat();
+            for (i, input) in inputs.iter().enumerate() {
+                let alone = m.model.forward(&[*input], 1).unwrap()[0][0];
+                assert!(
+                    (alone - batched[i]).abs() <= 1e-5,
+                    "{} pair {i}: alone {alone}, batched {}",
+                    c.name,
+                    batched[i]
+                );
+            }
+            let scores: Vec<f32> = batched.iter().map(|&l| sigmoid(l)).collect();
+            let d = max_abs_diff(&scores, &c.scores);
+            worst = worst.max(d);
+            assert!(
+                d <= tolerance,
+                "{} ({dtype:?}): scores {scores:?}, want {:?} (max diff {d})",
+                c.name,
+                c.scores
+            );
+            if dtype == DtypeChoice::Auto {
+                assert_eq!(order(&scores), c.order, "{}: rank order", c.name);
+                let d = max_abs_diff(&batched, &c.logits);
+                assert!(d <= 1e-3, "{}: logits differ by {d}", c.name);
+            }
+        }
+        eprintln!("xlm-r reranker {dtype:?}: largest score difference {worst:e}");
+    }
+}
+
+/// The model's vector for `text` (with `prompt`), l2-normalised as the Normalize module does.
+fn embed(m: &LoadedModel, text: &str) -> Vec<f32> {
+    let ids = m.tokenizer.encode(0, text, true).unwrap();
+    let mut v = m.model.embed(&[&ids], 1).unwrap().remove(0);
+    zerobatch::model::pooling::l2_normalize(&mut v);
+    v
+}
+
+/// Every case's text with each of its prompts: (prompt name, text, reference vector).
+fn prompted_texts<'a>(
+    m: &LoadedModel,
+    cases: &'a [EmbedCase],
+) -> Vec<(Option<String>, String, &'a Vec<f32>)> {
+    let mut out = Vec::new();
+    for c in cases {
+        out.push((None, c.text.clone(), &c.embedding));
+        for (name, want) in &c.prompted {
+            let prompt = m.info.prompts.get(name).unwrap();
+            out.push((Some(name.clone()), format!("{prompt}{}", c.text), want));
+        }
+    }
+    out
+}
+
+#[test]
+fn mean_and_cls_embedders_match_sentence_transformers() {
+    let r = reference();
+    let (_, embedder, cls_embedder) = model_dirs();
+    for (dir, section, pooling) in [
+        (embedder, &r.embedder, zerobatch::model::Pooling::Mean),
+        (
+            cls_embedder,
+            &r.cls_embedder,
+            zerobatch::model::Pooling::Cls,
+        ),
+    ] {
+        for dtype in [DtypeChoice::Fixed(Dtype::F32), DtypeChoice::Auto] {
+            let m = load(dir, dtype);
+            assert_eq!(m.info.task, Task::Embedding);
+            assert_eq!(m.info.pooling, pooling);
+            assert!(m.info.normalized_by_model);
+            let (mut worst_diff, mut worst_cos) = (0f32, 1f64);
+            let texts = prompted_texts(&m, &section.cases);
+            for (name, text, want) in &texts {
+                let v = embed(&m, text);
+                let (d, cos) = (max_abs_diff(&v, want), cosine(&v, want));
+                worst_diff = worst_diff.max(d);
+                worst_cos = worst_cos.min(cos);
+                if dtype == DtypeChoice::Fixed(Dtype::F32) {
+                    assert!(d <= F32_TOLERANCE, "{text:?} ({name:?}): differs by {d}");
+                }
+                assert!(cos >= 0.9999, "{text:?} ({name:?}) {dtype:?}: cosine {cos}");
+            }
+            // All in one batch: the vectors of each alone.
+            let ids: Vec<Vec<u32>> = texts
+                .iter()
+                .map(|(_, t, _)| m.tokenizer.encode(0, t, true).unwrap())
+                .collect();
+            let refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+            for ((_, text, _), mut v) in texts.iter().zip(m.model.embed(&refs, 2).unwrap()) {
+                zerobatch::model::pooling::l2_normalize(&mut v);
+                let d = max_abs_diff(&v, &embed(&m, text));
+                assert!(d <= 1e-5, "{text:?}: batched and alone differ by {d}");
+            }
+            eprintln!(
+                "xlm-r {pooling:?} embedder {:?}: largest difference {worst_diff:e}, lowest cosine {worst_cos}",
+                m.info.dtype
+            );
+        }
+    }
+}
+
+fn post(addr: std::net::SocketAddr, path: &str, body: Value) -> Resp {
+    post_json(addr, path, &body)
+}
+
+#[test]
+fn the_real_binary_serves_xlmr_rerankers_and_embedders_over_http() {
+    let r = reference();
+    let (reranker, embedder, cls_embedder) = model_dirs();
+    let s = Proc::spawn(reranker.to_str().unwrap(), &["--max-batch-delay-ms", "2"]);
+    wait_ready(s.addr);
+    let info = get(s.addr, "/info").json();
+    assert_eq!(info["task"], "reranking", "{info}");
+    assert_eq!(info["score_function"], "sigmoid");
+    assert_eq!(info["max_input_length"], r.reranker.max_input_length);
+    for c in &r.reranker.cases {
+        let answer = post(
+            s.addr,
+            "/rerank",
+            json!({"query": c.query, "texts": c.passages, "return_text": true}),
+        );
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        let ranks = answer.json();
+        let got: Vec<usize> = ranks
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["index"].as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(got, c.order, "{}: rank order over HTTP", c.name);
+        for x in ranks.as_array().unwrap() {
+            let i = x["index"].as_u64().unwrap() as usize;
+            let score = x["score"].as_f64().unwrap() as f32;
+            assert!(
+                (score - c.scores[i]).abs() <= F32_TOLERANCE,
+                "{}: {x}",
+                c.name
+            );
+            assert_eq!(x["text"], c.passages[i]);
+        }
+        let raw = post(
+            s.addr,
+            "/rerank",
+            json!({"query": c.query, "texts": c.passages, "raw_scores": true}),
+        )
+        .json();
+        for x in raw.as_array().unwrap() {
+            let i = x["index"].as_u64().unwrap() as usize;
+            let logit = x["score"].as_f64().unwrap() as f32;
+            assert!((logit - c.logits[i]).abs() <= 1e-3, "{}: {x}", c.name);
+        }
+        let v1 = post(
+            s.addr,
+            "/v1/rerank",
+            json!({"model": "bge-reranker", "query": c.query, "documents": c.passages, "top_n": 2, "return_documents": true}),
+        );
+        assert_eq!(v1.status, 200, "{}", v1.text());
+        let v1 = v1.json();
+        let results = v1["results"].as_array().unwrap();
+        assert_eq!(results.len(), 2);
+        for (x, &want) in results.iter().zip(&c.order) {
+            assert_eq!(x["index"], want, "{}: {v1}", c.name);
+            assert_eq!(x["document"]["text"], c.passages[want]);
+            let score = x["relevance_score"].as_f64().unwrap() as f32;
+            assert!((score - c.scores[want]).abs() <= F32_TOLERANCE, "{x}");
+        }
+        // /predict takes one pair, as TEI's does on a reranker.
+        let p = post(
+            s.addr,
+            "/predict",
+            json!({"inputs": [c.query, c.passages[0]]}),
+        )
+        .json();
+        let score = p[0]["score"].as_f64().unwrap() as f32;
+        assert!((score - c.scores[0]).abs() <= F32_TOLERANCE, "{p}");
+    }
+    drop(s);
+
+    // The e5-style embedder: mean pooling, prompts by name.
+    let s = Proc::spawn(embedder.to_str().unwrap(), &[]);
+    wait_ready(s.addr);
+    let info = get(s.addr, "/info").json();
+    assert_eq!(info["task"], "embedding");
+    assert_eq!(info["pooling"], "mean");
+    assert_eq!(info["prompts"], json!(["passage", "query"]));
+    let texts: Vec<&str> = r.embedder.cases.iter().map(|c| c.text.as_str()).collect();
+    for name in [None, Some("query"), Some("passage")] {
+        let mut body = json!({ "inputs": texts });
+        if let Some(name) = name {
+            body["prompt_name"] = json!(name);
+        }
+        let got = vectors(&post(s.addr, "/embed", body));
+        assert_eq!(got.len(), texts.len());
+        for (c, v) in r.embedder.cases.iter().zip(&got) {
+            let want = name.map_or(&c.embedding, |n| &c.prompted[n]);
+            let cos = cosine(v, want);
+            assert!(
+                cos >= 0.9999,
+                "{:?} with prompt {name:?}: cosine {cos}",
+                c.text
+            );
+        }
+    }
+    drop(s);
+
+    // The bge-m3-style CLS embedder in f32, through the OpenAI route too.
+    let s = Proc::spawn(cls_embedder.to_str().unwrap(), &["--dtype", "f32"]);
+    wait_ready(s.addr);
+    assert_eq!(get(s.addr, "/info").json()["pooling"], "cls");
+    let texts: Vec<&str> = r
+        .cls_embedder
+        .cases
+        .iter()
+        .map(|c| c.text.as_str())
+        .collect();
+    let tei = vectors(&post(s.addr, "/embed", json!({ "inputs": texts })));
+    let openai = post(s.addr, "/v1/embeddings", json!({ "input": texts }));
+    assert_eq!(openai.status, 200, "{}", openai.text());
+    let openai = openai.json();
+    for (i, c) in r.cls_embedder.cases.iter().enumerate() {
+        let d = max_abs_diff(&tei[i], &c.embedding);
+        assert!(d <= F32_TOLERANCE, "{:?}: /embed differs by {d}", c.text);
+        let v: Vec<f32> = serde_json::from_value(openai["data"][i]["embedding"].clone()).unwrap();
+        let d = max_abs_diff(&v, &c.embedding);
+        assert!(
+            d <= F32_TOLERANCE,
+            "{:?}: /v1/embeddings differs by {d}",
+            c.text
+        );
+    }
+}
