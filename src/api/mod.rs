@@ -20,6 +20,7 @@ pub mod cohere;
 pub mod generation;
 pub mod json_routes;
 pub mod openai;
+pub mod structured;
 pub mod tei;
 pub mod tgi;
 pub mod upstream;

@@ -10,9 +10,11 @@ use serde_json::{json, Value};
 use super::generation::{
     bad, positive, stops, AnswerContext, Collected, Format, GenerateCall, Sampling, StringOrList,
 };
+use super::structured::{openai_grammar, ResponseFormat, StructuredOutputs};
 use super::{check_count, from_json, Inputs};
 use crate::error::ServiceError;
 use crate::generate::chat::{check_kwargs, ChatMessage, TemplateKwargs};
+use crate::generate::grammar::Grammar;
 use crate::generate::sampling::SamplingDefaults;
 use crate::generate::service::{GenerateRequest, Length, Prompt};
 
@@ -167,6 +169,9 @@ struct CompletionRequest {
     user: Option<String>,
     /// Not OpenAI's: keep generating past end-of-sequence tokens (for load tests).
     ignore_eos: Option<bool>,
+    response_format: Option<ResponseFormat>,
+    /// vLLM's structured-output field.
+    structured_outputs: Option<StructuredOutputs>,
 }
 
 #[derive(Deserialize)]
@@ -192,6 +197,9 @@ struct ChatRequest {
     frequency_penalty: Option<f32>,
     user: Option<String>,
     ignore_eos: Option<bool>,
+    response_format: Option<ResponseFormat>,
+    /// vLLM's structured-output field.
+    structured_outputs: Option<StructuredOutputs>,
 }
 
 #[derive(Deserialize)]
@@ -230,6 +238,7 @@ struct Common {
     stream: bool,
     include_usage: bool,
     ignore_eos: Option<bool>,
+    grammar: Option<Grammar>,
 }
 
 /// Refuses OpenAI settings this server does not implement, naming them.
@@ -295,6 +304,7 @@ pub fn parse_completion(
         stream: r.stream,
         include_usage: r.stream_options.is_some_and(|o| o.include_usage),
         ignore_eos: r.ignore_eos,
+        grammar: openai_grammar(r.response_format, r.structured_outputs)?,
     };
     let format = Format::Completion {
         echo: r.echo,
@@ -356,6 +366,7 @@ pub fn parse_chat(body: &[u8], defaults: &SamplingDefaults) -> Result<GenerateCa
         stream: r.stream,
         include_usage: r.stream_options.is_some_and(|o| o.include_usage),
         ignore_eos: r.ignore_eos,
+        grammar: openai_grammar(r.response_format, r.structured_outputs)?,
     };
     let format = Format::Chat {
         include_usage: common.include_usage,
@@ -402,6 +413,7 @@ fn call(
             length,
             stop: stops(c.stop.map(StringOrList::into_vec))?,
             ignore_eos: c.ignore_eos.unwrap_or(false),
+            grammar: c.grammar,
         },
         format,
         stream: c.stream,
