@@ -26,7 +26,7 @@ venv="${ZEROBATCH_TEST_VENV:-$repo_root/target/test-venv}"
 stamp="$venv/zerobatch-requirements.txt"
 python="$venv/bin/python"
 # What the test imports: a venv that cannot import these is rebuilt.
-readonly CHECK='import huggingface_hub, numpy, openai'
+readonly CHECK='import huggingface_hub, numpy, openai, jsonschema'
 
 [[ -f "$requirements" ]] || die "missing $requirements"
 
