@@ -96,3 +96,65 @@ impl Constraint {
         Ok(self.matcher.is_stopped())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use llguidance::api::TopLevelGrammar;
+    use llguidance::toktrie::{ApproximateTokEnv, TokRxInfo, TokTrie};
+    use llguidance::ParserFactory;
+
+    use super::*;
+
+    /// A vocabulary of `words` (the last one the end token).
+    fn constraint(words: &[&[u8]], grammar: TopLevelGrammar) -> Constraint {
+        let words: Vec<Vec<u8>> = words.iter().map(|w| w.to_vec()).collect();
+        let info = TokRxInfo::new(words.len() as u32, words.len() as u32 - 1);
+        let env = Arc::new(ApproximateTokEnv::new(TokTrie::from(&info, &words)));
+        let mut factory = ParserFactory::new_simple(&(env as _)).unwrap();
+        factory.quiet();
+        Constraint::new(factory.create_parser(grammar).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_mask_allows_the_grammar_s_tokens_then_stops() {
+        let words: &[&[u8]] = &[b"a", b"b", b"ab", b"c", b"\xFF<end>"];
+        let mut c = constraint(words, TopLevelGrammar::from_regex("ab?c"));
+        let mut logits = vec![1.0; 5];
+        c.compute_mask();
+        assert_eq!(c.apply(&mut logits), Masked::Allowed);
+        let allowed: Vec<bool> = logits.iter().map(|l| l.is_finite()).collect();
+        assert_eq!(allowed, [true, false, true, false, false]);
+        assert_eq!(c.commit(2), Ok(false)); // "ab"
+        let mut logits = vec![1.0; 5];
+        assert_eq!(c.apply(&mut logits), Masked::Allowed);
+        let allowed: Vec<bool> = logits.iter().map(|l| l.is_finite()).collect();
+        assert_eq!(allowed, [false, false, false, true, false]);
+        // "c" completes the grammar: nothing more can follow.
+        assert_eq!(c.commit(3), Ok(true));
+    }
+
+    #[test]
+    fn a_grammar_no_token_can_continue_is_reported_not_hung() {
+        // No token spells "z", so the grammar can never start.
+        let words: &[&[u8]] = &[b"a", b"b", b"\xFF<end>"];
+        let mut c = constraint(words, TopLevelGrammar::from_regex("z+"));
+        let mut logits = vec![0.5; 3];
+        match c.apply(&mut logits) {
+            Masked::Nothing(why) => assert!(why.contains("grammar"), "{why}"),
+            Masked::Allowed => panic!("allowed {logits:?}"),
+        }
+    }
+
+    #[test]
+    fn logits_past_the_mask_are_disallowed() {
+        let words: &[&[u8]] = &[b"a", b"\xFF<end>"];
+        let mut c = constraint(words, TopLevelGrammar::from_regex("a"));
+        // The model's logits are wider than the vocabulary (padding rows).
+        let mut logits = vec![0.0; 70];
+        assert_eq!(c.apply(&mut logits), Masked::Allowed);
+        assert!(logits[0].is_finite());
+        assert!(logits[1..].iter().all(|l| *l == f32::NEG_INFINITY));
+    }
+}
