@@ -274,6 +274,11 @@ fn compiled_grammars_are_cached_and_metrics_exported() {
         let v: Value = serde_json::from_str(a["generated_text"].as_str().unwrap()).unwrap();
         assert!(v["k"] == "a" || v["k"] == "b", "{a}");
     }
+    let info = get(server.addr, "/info").json();
+    assert_eq!(
+        info["structured_outputs"],
+        json!(["json_schema", "json_object", "regex", "lark"])
+    );
     let m = get(server.addr, "/metrics").text();
     assert_eq!(
         metric(&m, "zerobatch_grammar_cache_total{result=\"miss\"}"),

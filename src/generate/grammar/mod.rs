@@ -13,4 +13,7 @@ pub mod mask;
 pub mod vocab;
 
 pub use compile::{Grammar, GrammarCompiler, GrammarError};
+
+/// The kinds of grammar a generation request may give (`/info` lists them).
+pub const KINDS: &[&str] = &["json_schema", "json_object", "regex", "lark"];
 pub use mask::Constraint;
