@@ -108,6 +108,12 @@ impl StreamWriter {
     }
 
     fn openai(&mut self, ev: Event, out: &mut Vec<Payload>) {
+        if let Format::Chat {
+            tool_call: true, ..
+        } = self.answer.format
+        {
+            return self.openai_tool_call(ev, out);
+        }
         let a = &self.answer;
         if !self.opened {
             self.opened = true;
@@ -155,19 +161,73 @@ impl StreamWriter {
                     Some(reason.openai()),
                     false,
                 )));
-                let include_usage = match a.format {
-                    Format::Chat { include_usage } | Format::Completion { include_usage, .. } => {
-                        include_usage
+                self.openai_end(out);
+            }
+            Event::Failed(_) => {}
+        }
+    }
+
+    /// The usage chunk (when asked for) and `[DONE]`.
+    fn openai_end(&self, out: &mut Vec<Payload>) {
+        let a = &self.answer;
+        let include_usage = match a.format {
+            Format::Chat { include_usage, .. } | Format::Completion { include_usage, .. } => {
+                include_usage
+            }
+            _ => false,
+        };
+        if include_usage {
+            let mut v = openai::chunk(a, None, None, false);
+            v["choices"] = json!([]);
+            v["usage"] = openai::usage(a, self.index);
+            out.push(Payload::Json(v));
+        }
+        out.push(Payload::Done);
+    }
+
+    /// A forced function call streamed: the call is sent whole when it is finished, as one
+    /// `delta.tool_calls` (its `arguments` in one piece), then `finish_reason: "tool_calls"`;
+    /// cut short (a limit, a stop sequence), its text is sent as content.
+    fn openai_tool_call(&mut self, ev: Event, out: &mut Vec<Payload>) {
+        let a = &self.answer;
+        if !self.opened {
+            self.opened = true;
+            out.push(Payload::Json(openai::chunk(a, Some(""), None, true)));
+        }
+        match ev {
+            Event::Token(t) => {
+                self.index += 1;
+                self.text.push_str(&t.text);
+            }
+            Event::Done { reason, .. } => {
+                let calls = (reason == FinishReason::EosToken)
+                    .then(|| super::tools::tool_calls(&self.text))
+                    .flatten();
+                match calls {
+                    Some(mut calls) => {
+                        calls[0]["index"] = json!(0);
+                        let mut v = openai::chunk(a, None, None, false);
+                        v["choices"][0]["delta"] = json!({ "tool_calls": calls });
+                        out.push(Payload::Json(v));
+                        out.push(Payload::Json(openai::chunk(
+                            a,
+                            None,
+                            Some("tool_calls"),
+                            false,
+                        )));
                     }
-                    _ => false,
-                };
-                if include_usage {
-                    let mut v = openai::chunk(a, None, None, false);
-                    v["choices"] = json!([]);
-                    v["usage"] = openai::usage(a, self.index);
-                    out.push(Payload::Json(v));
+                    None => {
+                        let text = a.trim_stop(&self.text).to_string();
+                        out.push(Payload::Json(openai::chunk(a, Some(&text), None, false)));
+                        out.push(Payload::Json(openai::chunk(
+                            a,
+                            None,
+                            Some(reason.openai()),
+                            false,
+                        )));
+                    }
                 }
-                out.push(Payload::Done);
+                self.openai_end(out);
             }
             Event::Failed(_) => {}
         }

@@ -23,6 +23,7 @@ pub mod openai;
 pub mod structured;
 pub mod tei;
 pub mod tgi;
+pub mod tools;
 pub mod upstream;
 
 use std::sync::Arc;

@@ -17,7 +17,10 @@ Every output is checked by an independent validator, never by the server's own w
   equals the whole answer of the same greedy request;
 - invalid schemas, regexes and grammars: 400 with a message that names the problem;
 - the real `openai` SDK's `client.chat.completions.parse(response_format=<pydantic model>)`:
-  `message.parsed` is an instance of the model.
+  `message.parsed` is an instance of the model;
+- forced function calls through the `openai` SDK (`tools` with `tool_choice: "required"` and
+  each named function, greedy and sampled, whole and streamed): one call, of the named tool,
+  whose `arguments` validate against its `parameters`; `tool_choice` "auto" is a 400.
 
 `--small` is for the tiny random-weight model (context 256, a 300-token vocabulary of mostly
 single bytes): schemas whose every output fits in its context (strings and arrays bounded).
@@ -357,6 +360,57 @@ def openai_parse(base, small):
         print(f"     parse t={temperature}: {parsed!r}", flush=True)
 
 
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
+     "parameters": obj({"city": {"type": "string", "maxLength": 20}, "unit": {"enum": ["c", "f"]}})}},
+    {"type": "function", "function": {"name": "get_time", "description": "The time in a time zone",
+     "parameters": obj({"tz": {"type": "string", "pattern": "^[A-Z][a-z]{1,8}/[A-Z][a-z]{1,8}$"}})}},
+    {"type": "function", "function": {"name": "add", "parameters": obj({
+        "a": {"type": "integer", "minimum": -100, "maximum": 100}, "b": {"type": "integer", "minimum": -100, "maximum": 100}})}},
+]
+
+
+def forced_tool_calls(base, small):
+    """tool_choice "required" and named, greedy and sampled, whole and streamed, through the
+    openai SDK: one call, of a given tool, whose arguments validate against its parameters."""
+    client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=300)
+    by_name = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+    messages = [{"role": "user", "content": "Weather in Paris?" if small else "What is the weather in Paris, in celsius?"}]
+    choices = ["required"] + [{"type": "function", "function": {"name": n}} for n in by_name]
+    for i, choice in enumerate(choices):
+        for temperature in (0, 1.0):
+            r = client.chat.completions.create(model="zerobatch", messages=messages, tools=TOOLS, tool_choice=choice,
+                                               temperature=temperature, seed=40 + i, max_tokens=100)
+            c = r.choices[0]
+            assert c.finish_reason == "tool_calls", c
+            assert c.message.content is None, c.message
+            (call,) = c.message.tool_calls
+            assert call.id.startswith("call_") and call.type == "function", call
+            if isinstance(choice, dict):
+                assert call.function.name == choice["function"]["name"], call
+            jsonschema.validate(json.loads(call.function.arguments), by_name[call.function.name])
+            print(f"     tool {choice if isinstance(choice, str) else choice['function']['name']} t={temperature}: "
+                  f"{call.function.name}({call.function.arguments})", flush=True)
+    stream = client.chat.completions.create(model="zerobatch", messages=messages, tools=TOOLS, tool_choice="required",
+                                            temperature=0, max_tokens=100, stream=True)
+    name, arguments, finish = "", "", None
+    for chunk in stream:
+        delta = chunk.choices[0].delta
+        for tc in delta.tool_calls or []:
+            assert tc.index == 0, tc
+            name += tc.function.name or ""
+            arguments += tc.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls", finish
+    jsonschema.validate(json.loads(arguments), by_name[name])
+    whole = client.chat.completions.create(model="zerobatch", messages=messages, tools=TOOLS, tool_choice="required",
+                                           temperature=0, max_tokens=100).choices[0].message.tool_calls[0].function
+    assert (name, arguments) == (whole.name, whole.arguments), (name, arguments, whole)
+    # "auto" (the default with tools) is not supported yet: a 400 that says so.
+    status, text = post(base, "/v1/chat/completions", {"messages": messages, "tools": TOOLS})
+    assert status == 400 and "auto" in text, (status, text)
+
+
 def main():
     base = sys.argv[1].rstrip("/")
     small = "--small" in sys.argv[2:]
@@ -375,6 +429,11 @@ def main():
     check("streaming with a grammar", streaming, base, max_tokens)
     check("invalid grammars are 400 naming the problem", invalid, base)
     check("openai chat.completions.parse with a pydantic model", openai_parse, base, small)
+    if small:
+        # Its Qwen template renders the tool list into ~530 of its tokens: more than its context.
+        print("skip tool calls: the tiny model's context (256) cannot hold its template's tool list", flush=True)
+    else:
+        check("tool_choice required and named through the openai SDK", forced_tool_calls, base, small)
     print(f"{checked['schema_outputs']} schema outputs parsed and validated; {len(failures)} checks failed", flush=True)
     if failures:
         print("failed: " + ", ".join(failures))
