@@ -5,7 +5,9 @@
 //!   random-weight Qwen2 GGUF (tests/data/gguf: it wants to write garbage, so every valid
 //!   character is the grammar's doing) and on SmolLM2-135M-Instruct: 32 JSON schemas greedy and
 //!   sampled over chat, completions and /generate, every output parsed and validated; regexes,
-//!   choice, Lark, json_object, streaming, invalid grammars, `chat.completions.parse`;
+//!   choice, Lark, json_object, streaming, invalid grammars, `chat.completions.parse`; on
+//!   SmolLM2 also forced function calls (`tools` with `tool_choice` "required" and named,
+//!   whole and streamed: arguments validated against the function's parameters);
 //! - without Python: a grammar's text is exact, stops, max tokens and stop sequences still
 //!   apply, invalid grammars are 400 before anything is queued, the compile cache is used,
 //!   the grammar metrics are exported, and constrained and unconstrained sequences share a

@@ -321,6 +321,14 @@ fn generation_schemas() -> Value {
         "role": { "type": "string" }, "content": { "oneOf": [ { "type": "string" }, { "type": "array", "items": { "type": "object",
             "properties": { "type": { "type": "string", "enum": ["text"] }, "text": { "type": "string" } } } } ] } } } });
     chat["max_completion_tokens"] = json!({ "type": "integer", "minimum": 1 });
+    chat["tools"] = json!({ "type": "array", "items": { "type": "object", "required": ["type", "function"], "properties": {
+        "type": { "type": "string", "enum": ["function"] },
+        "function": { "type": "object", "required": ["name"], "properties": { "name": { "type": "string" }, "description": { "type": "string" }, "parameters": { "type": "object" }, "strict": { "type": "boolean" } } } } } });
+    chat["tool_choice"] = json!({ "description": "\"required\" or {\"type\": \"function\", \"function\": {\"name\"}}: the answer is one call whose arguments follow the function's parameters (message.tool_calls, finish_reason tool_calls); \"none\": text; \"auto\" is not supported yet (400)",
+        "oneOf": [ { "type": "string", "enum": ["none", "auto", "required"] }, { "type": "object", "required": ["type", "function"], "properties": {
+            "type": { "type": "string", "enum": ["function"] }, "function": { "type": "object", "required": ["name"], "properties": { "name": { "type": "string" } } } } } ] });
+    chat["parallel_tool_calls"] =
+        json!({ "type": "boolean", "description": "accepted; a forced answer is one call" });
     chat["chat_template_kwargs"] = json!({ "type": "object", "description": "further chat template variables (vLLM's and llama.cpp's), e.g. {\"enable_thinking\": false} for Qwen3; not messages, add_generation_prompt, bos_token, eos_token or raise_exception" });
     json!({
         "GenerateRequest": { "oneOf": [
