@@ -107,6 +107,12 @@ fn run_checks(python: &Path, server: &Proc, args: &[&str]) {
                 output.contains("64 schema outputs parsed and validated; 0 checks failed"),
                 "{output}"
             );
+            if !args.contains(&"--small") {
+                assert!(
+                    output.contains("ok   tool_choice required and named"),
+                    "{output}"
+                );
+            }
         }
         _ => panic!(
             "check_structured.py {args:?} failed ({status:?}):\n{output}\nserver log:\n{}",

@@ -40,6 +40,8 @@ pub struct StreamWriter {
     pending: String,
     stopped: bool,
     opened: bool,
+    /// A forced function call being streamed.
+    call: super::tools::CallStream,
 }
 
 impl StreamWriter {
@@ -52,6 +54,7 @@ impl StreamWriter {
             pending: String::new(),
             stopped: false,
             opened: false,
+            call: Default::default(),
         }
     }
 
@@ -185,9 +188,10 @@ impl StreamWriter {
         out.push(Payload::Done);
     }
 
-    /// A forced function call streamed: the call is sent whole when it is finished, as one
-    /// `delta.tool_calls` (its `arguments` in one piece), then `finish_reason: "tool_calls"`;
-    /// cut short (a limit, a stop sequence), its text is sent as content.
+    /// A forced function call streamed as OpenAI streams one: the id, type and name in a first
+    /// `delta.tool_calls`, then the `arguments` in pieces, then `finish_reason: "tool_calls"`
+    /// ([`super::tools::CallStream`]). Cut short before its name (a limit), its text is sent
+    /// as content.
     fn openai_tool_call(&mut self, ev: Event, out: &mut Vec<Payload>) {
         let a = &self.answer;
         if !self.opened {
@@ -197,36 +201,26 @@ impl StreamWriter {
         match ev {
             Event::Token(t) => {
                 self.index += 1;
-                self.text.push_str(&t.text);
+                for calls in self.call.push(&t.text) {
+                    out.push(Payload::Json(tool_delta(&self.answer, calls)));
+                }
             }
             Event::Done { reason, .. } => {
-                let calls = (reason == FinishReason::EosToken)
-                    .then(|| super::tools::tool_calls(&self.text))
-                    .flatten();
-                match calls {
-                    Some(mut calls) => {
-                        calls[0]["index"] = json!(0);
-                        let mut v = openai::chunk(a, None, None, false);
-                        v["choices"][0]["delta"] = json!({ "tool_calls": calls });
-                        out.push(Payload::Json(v));
-                        out.push(Payload::Json(openai::chunk(
-                            a,
-                            None,
-                            Some("tool_calls"),
-                            false,
-                        )));
-                    }
-                    None => {
-                        let text = a.trim_stop(&self.text).to_string();
-                        out.push(Payload::Json(openai::chunk(a, Some(&text), None, false)));
-                        out.push(Payload::Json(openai::chunk(
-                            a,
-                            None,
-                            Some(reason.openai()),
-                            false,
-                        )));
-                    }
+                let complete = reason == FinishReason::EosToken;
+                let (last, streamed) = self.call.finish(complete);
+                for calls in last {
+                    out.push(Payload::Json(tool_delta(a, calls)));
                 }
+                if !streamed {
+                    let text = a.trim_stop(self.call.text()).to_string();
+                    out.push(Payload::Json(openai::chunk(a, Some(&text), None, false)));
+                }
+                let finish = if complete && streamed {
+                    "tool_calls"
+                } else {
+                    reason.openai()
+                };
+                out.push(Payload::Json(openai::chunk(a, None, Some(finish), false)));
                 self.openai_end(out);
             }
             Event::Failed(_) => {}
@@ -260,6 +254,13 @@ impl StreamWriter {
         self.pending.drain(..at);
         send
     }
+}
+
+/// A chat chunk whose delta is `tool_calls`.
+fn tool_delta(a: &AnswerContext, calls: Value) -> Value {
+    let mut v = openai::chunk(a, None, None, false);
+    v["choices"][0]["delta"] = json!({ "tool_calls": calls });
+    v
 }
 
 #[cfg(test)]

@@ -3,13 +3,15 @@
 //! (`{"type": "function", "function": {"name": ...}}`) constrain the answer to one call,
 //! `{"name": ..., "arguments": {...}}` whose arguments validate against that function's
 //! `parameters` (a JSON schema grammar, [`crate::generate::grammar`]), answered as
-//! `message.tool_calls` with `finish_reason: "tool_calls"`. `tool_choice: "none"` generates
+//! `message.tool_calls` with `finish_reason: "tool_calls"`, streamed name first and then the
+//! arguments in pieces ([`CallStream`]). `tool_choice: "none"` generates
 //! text. The tools are given to the chat template as its `tools` variable (the Hugging Face
 //! convention), so a template that renders them shows the model what it may call.
 //!
 //! Not (yet) here: `tool_choice: "auto"` (the model choosing between text and a call needs
 //! the model's own call syntax and a lazy grammar) and conversations that carry tool calls or
-//! results (`role: "tool"`): both are refused with a 400 that says so.
+//! results (`tool_calls` on an assistant message, `tool_call_id`): both are refused with a 400
+//! (the second as unknown fields, named).
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -110,8 +112,18 @@ pub(super) fn forced_call(
                 t.kind
             )));
         }
-        if t.function.name.is_empty() {
-            return Err(bad(format!("tools[{i}].function.name must not be empty")));
+        // OpenAI's rule; it also means a name is its own JSON string (no escapes), which
+        // the streamed call relies on.
+        let name = &t.function.name;
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(bad(format!(
+                "tools[{i}].function.name must be 1 to 64 letters, digits, _ or - (got {name:?})"
+            )));
         }
     }
     let chosen: Vec<&Tool> = match &choice {
@@ -181,6 +193,83 @@ pub fn tool_calls(text: &str) -> Option<Value> {
     }]))
 }
 
+/// A forced call streamed as OpenAI streams one: a first `tool_calls` delta with the id,
+/// type and name once the text has shown the name, then the `arguments` text in pieces as it
+/// comes. The grammar writes the call compact and in schema order, `{"name":"NAME",
+/// "arguments":ARGS}` (no spaces), so ARGS starts right after `"arguments":` and ends before
+/// the last `}`, which is held back until the next piece or the end.
+#[derive(Default)]
+pub struct CallStream {
+    text: String,
+    /// Where the arguments start, once the name has been sent.
+    args_start: Option<usize>,
+    /// Bytes of the arguments sent.
+    sent: usize,
+}
+
+impl CallStream {
+    /// Takes a piece of the answer's text; returns the deltas (each a `tool_calls` array) to
+    /// send.
+    pub fn push(&mut self, piece: &str) -> Vec<Value> {
+        self.text.push_str(piece);
+        let mut out = Vec::new();
+        if self.args_start.is_none() {
+            const HEAD: &str = "{\"name\":\"";
+            const ARGS: &str = "\",\"arguments\":";
+            if let Some(rest) = self.text.strip_prefix(HEAD) {
+                if let Some(end) = rest.find(ARGS) {
+                    let name = &rest[..end];
+                    out.push(json!([{
+                        "index": 0,
+                        "id": format!("call_{:016x}", random_seed()),
+                        "type": "function",
+                        "function": {"name": name, "arguments": ""},
+                    }]));
+                    self.args_start = Some(HEAD.len() + end + ARGS.len());
+                }
+            }
+        }
+        if let Some(start) = self.args_start {
+            // All but the last byte (it may be the call's closing brace): ASCII, so a char
+            // boundary whenever the text ends in one.
+            let upto = self.text.len().saturating_sub(1).max(start);
+            if self.text.is_char_boundary(upto) && upto > start + self.sent {
+                out.push(Self::arguments(&self.text[start + self.sent..upto]));
+                self.sent = upto - start;
+            }
+        }
+        out
+    }
+
+    /// The end of the answer; `complete`: the call was finished (not cut by a limit). Returns
+    /// the last deltas, and whether a call was streamed at all.
+    pub fn finish(&mut self, complete: bool) -> (Vec<Value>, bool) {
+        let Some(start) = self.args_start else {
+            return (Vec::new(), false);
+        };
+        let end = if complete && self.text.ends_with('}') {
+            self.text.len() - 1
+        } else {
+            self.text.len()
+        };
+        let mut out = Vec::new();
+        if end > start + self.sent && self.text.is_char_boundary(end) {
+            out.push(Self::arguments(&self.text[start + self.sent..end]));
+            self.sent = end - start;
+        }
+        (out, true)
+    }
+
+    /// The text so far (a call cut before its name was known is answered as text).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    fn arguments(piece: &str) -> Value {
+        json!([{"index": 0, "function": {"arguments": piece}}])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +325,40 @@ mod tests {
         .unwrap();
         assert!(e.to_string().contains("nope"), "{e}");
         assert!(call(Value::Null, json!("required")).is_err());
+    }
+
+    #[test]
+    fn a_streamed_call_sends_the_name_then_the_arguments_in_pieces() {
+        let text = r#"{"name":"get_weather","arguments":{"city":"Paris","unit":"c"}}"#;
+        for split in 1..8 {
+            let mut s = CallStream::default();
+            let mut deltas = Vec::new();
+            let chars: Vec<char> = text.chars().collect();
+            for piece in chars.chunks(split) {
+                deltas.extend(s.push(&piece.iter().collect::<String>()));
+            }
+            let (last, streamed) = s.finish(true);
+            assert!(streamed);
+            deltas.extend(last);
+            assert_eq!(deltas[0][0]["function"]["name"], "get_weather");
+            assert!(deltas[0][0]["id"].as_str().unwrap().starts_with("call_"));
+            let args: String = deltas
+                .iter()
+                .map(|d| d[0]["function"]["arguments"].as_str().unwrap())
+                .collect();
+            assert_eq!(args, r#"{"city":"Paris","unit":"c"}"#, "pieces of {split}");
+        }
+        let mut cut = CallStream::default();
+        assert!(cut.push("{\"na").is_empty());
+        assert_eq!(cut.finish(false), (Vec::new(), false));
+        assert_eq!(cut.text(), "{\"na");
+    }
+
+    #[test]
+    fn tool_names_follow_openai_s_rule() {
+        let t = json!([{"type": "function", "function": {"name": "bad name"}}]);
+        let e = call(t, json!("required")).err().unwrap();
+        assert!(e.to_string().contains("bad name"), "{e}");
     }
 
     #[test]

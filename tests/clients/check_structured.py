@@ -19,8 +19,9 @@ Every output is checked by an independent validator, never by the server's own w
 - the real `openai` SDK's `client.chat.completions.parse(response_format=<pydantic model>)`:
   `message.parsed` is an instance of the model;
 - forced function calls through the `openai` SDK (`tools` with `tool_choice: "required"` and
-  each named function, greedy and sampled, whole and streamed): one call, of the named tool,
-  whose `arguments` validate against its `parameters`; `tool_choice` "auto" is a 400.
+  each named function, greedy and sampled, whole and streamed with the arguments in pieces):
+  one call, of the named tool, whose `arguments` validate against its `parameters`;
+  `tool_choice` "auto" is a 400.
 
 `--small` is for the tiny random-weight model (context 256, a 300-token vocabulary of mostly
 single bytes): schemas whose every output fits in its context (strings and arrays bounded).
@@ -393,15 +394,17 @@ def forced_tool_calls(base, small):
                   f"{call.function.name}({call.function.arguments})", flush=True)
     stream = client.chat.completions.create(model="zerobatch", messages=messages, tools=TOOLS, tool_choice="required",
                                             temperature=0, max_tokens=100, stream=True)
-    name, arguments, finish = "", "", None
+    name, arguments, finish, pieces = "", "", None, 0
     for chunk in stream:
         delta = chunk.choices[0].delta
         for tc in delta.tool_calls or []:
+            pieces += 1
             assert tc.index == 0, tc
             name += tc.function.name or ""
             arguments += tc.function.arguments or ""
         finish = chunk.choices[0].finish_reason or finish
     assert finish == "tool_calls", finish
+    assert pieces > 2, f"the arguments came in {pieces - 1} piece(s), not as they were generated"
     jsonschema.validate(json.loads(arguments), by_name[name])
     whole = client.chat.completions.create(model="zerobatch", messages=messages, tools=TOOLS, tool_choice="required",
                                            temperature=0, max_tokens=100).choices[0].message.tool_calls[0].function
