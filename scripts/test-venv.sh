@@ -26,7 +26,7 @@ venv="${ZEROBATCH_TEST_VENV:-$repo_root/target/test-venv}"
 stamp="$venv/zerobatch-requirements.txt"
 python="$venv/bin/python"
 # What the test imports: a venv that cannot import these is rebuilt.
-readonly CHECK='import huggingface_hub, numpy, openai, llama_index.postprocessor.tei_rerank'
+readonly CHECK='import huggingface_hub, numpy, openai, jsonschema, llama_index.postprocessor.tei_rerank'
 
 [[ -f "$requirements" ]] || die "missing $requirements"
 

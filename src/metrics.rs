@@ -41,9 +41,16 @@ pub const INTER_TOKEN: &str = "zerobatch_inter_token_seconds";
 pub const RUNNING_SEQUENCES: &str = "zerobatch_running_sequences";
 pub const KV_CACHE_TOKENS: &str = "zerobatch_kv_cache_tokens";
 pub const KV_CACHE_BUDGET: &str = "zerobatch_kv_cache_budget_tokens";
+pub const GRAMMAR_COMPILE: &str = "zerobatch_grammar_compile_seconds";
+pub const GRAMMAR_MASK: &str = "zerobatch_grammar_mask_seconds";
+pub const GRAMMAR_CACHE: &str = "zerobatch_grammar_cache_total";
 
 const SECONDS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 120.0,
+];
+/// A token mask takes tens of microseconds to a few milliseconds.
+const MASK_SECONDS: &[f64] = &[
+    0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05,
 ];
 const SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 const TOKENS: &[f64] = &[
@@ -105,6 +112,9 @@ pub fn install() -> &'static PrometheusHandle {
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), SIZES))
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_TOKENS.into()), TOKENS))
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(GRAMMAR_MASK.into()), MASK_SECONDS)
+            })
             .expect("bucket lists are non-empty")
             .install_recorder()
             .expect("no other metrics recorder is installed in this process");
@@ -153,6 +163,20 @@ fn describe() {
     describe_gauge!(
         KV_CACHE_BUDGET,
         "The KV-cache budget in tokens (--max-batch-total-tokens)"
+    );
+    describe_histogram!(
+        GRAMMAR_COMPILE,
+        Unit::Seconds,
+        "Time to compile a request's grammar (JSON schema, regex, Lark) that was not cached"
+    );
+    describe_histogram!(
+        GRAMMAR_MASK,
+        Unit::Seconds,
+        "Time to compute one constrained sequence's token mask (overlapped with the forward pass)"
+    );
+    describe_counter!(
+        GRAMMAR_CACHE,
+        "Grammar compilations asked for, by result (hit: reused from the cache, miss: compiled)"
     );
     describe_gauge!(INFLIGHT, "HTTP requests being handled now");
     describe_histogram!(BATCH_SIZE, "Inputs per batch");
@@ -369,6 +393,22 @@ pub fn set_kv_cache_budget(tokens: usize) {
 /// A sequence's first token, `elapsed` after it was queued.
 pub fn record_time_to_first_token(elapsed: Duration) {
     metrics::histogram!(TIME_TO_FIRST_TOKEN).record(elapsed.as_secs_f64());
+}
+
+/// Time to compile a grammar that was not in the cache.
+pub fn record_grammar_compile(elapsed: Duration) {
+    metrics::histogram!(GRAMMAR_COMPILE).record(elapsed.as_secs_f64());
+}
+
+/// A grammar asked for: found in the cache (`hit`) or compiled.
+pub fn record_grammar_cache(hit: bool) {
+    let result = if hit { "hit" } else { "miss" };
+    metrics::counter!(GRAMMAR_CACHE, "result" => result).increment(1);
+}
+
+/// Time to compute one sequence's token mask.
+pub fn record_grammar_mask(elapsed: Duration) {
+    metrics::histogram!(GRAMMAR_MASK).record(elapsed.as_secs_f64());
 }
 
 /// Time between two tokens of one sequence.

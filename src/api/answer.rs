@@ -40,6 +40,8 @@ pub struct StreamWriter {
     pending: String,
     stopped: bool,
     opened: bool,
+    /// A forced function call being streamed.
+    call: super::tools::CallStream,
 }
 
 impl StreamWriter {
@@ -52,6 +54,7 @@ impl StreamWriter {
             pending: String::new(),
             stopped: false,
             opened: false,
+            call: Default::default(),
         }
     }
 
@@ -108,6 +111,12 @@ impl StreamWriter {
     }
 
     fn openai(&mut self, ev: Event, out: &mut Vec<Payload>) {
+        if let Format::Chat {
+            tool_call: true, ..
+        } = self.answer.format
+        {
+            return self.openai_tool_call(ev, out);
+        }
         let a = &self.answer;
         if !self.opened {
             self.opened = true;
@@ -155,19 +164,64 @@ impl StreamWriter {
                     Some(reason.openai()),
                     false,
                 )));
-                let include_usage = match a.format {
-                    Format::Chat { include_usage } | Format::Completion { include_usage, .. } => {
-                        include_usage
-                    }
-                    _ => false,
-                };
-                if include_usage {
-                    let mut v = openai::chunk(a, None, None, false);
-                    v["choices"] = json!([]);
-                    v["usage"] = openai::usage(a, self.index);
-                    out.push(Payload::Json(v));
+                self.openai_end(out);
+            }
+            Event::Failed(_) => {}
+        }
+    }
+
+    /// The usage chunk (when asked for) and `[DONE]`.
+    fn openai_end(&self, out: &mut Vec<Payload>) {
+        let a = &self.answer;
+        let include_usage = match a.format {
+            Format::Chat { include_usage, .. } | Format::Completion { include_usage, .. } => {
+                include_usage
+            }
+            _ => false,
+        };
+        if include_usage {
+            let mut v = openai::chunk(a, None, None, false);
+            v["choices"] = json!([]);
+            v["usage"] = openai::usage(a, self.index);
+            out.push(Payload::Json(v));
+        }
+        out.push(Payload::Done);
+    }
+
+    /// A forced function call streamed as OpenAI streams one: the id, type and name in a first
+    /// `delta.tool_calls`, then the `arguments` in pieces, then `finish_reason: "tool_calls"`
+    /// ([`super::tools::CallStream`]). Cut short before its name (a limit), its text is sent
+    /// as content.
+    fn openai_tool_call(&mut self, ev: Event, out: &mut Vec<Payload>) {
+        let a = &self.answer;
+        if !self.opened {
+            self.opened = true;
+            out.push(Payload::Json(openai::chunk(a, Some(""), None, true)));
+        }
+        match ev {
+            Event::Token(t) => {
+                self.index += 1;
+                for calls in self.call.push(&t.text) {
+                    out.push(Payload::Json(tool_delta(&self.answer, calls)));
                 }
-                out.push(Payload::Done);
+            }
+            Event::Done { reason, .. } => {
+                let complete = reason == FinishReason::EosToken;
+                let (last, streamed) = self.call.finish(complete);
+                for calls in last {
+                    out.push(Payload::Json(tool_delta(a, calls)));
+                }
+                if !streamed {
+                    let text = a.trim_stop(self.call.text()).to_string();
+                    out.push(Payload::Json(openai::chunk(a, Some(&text), None, false)));
+                }
+                let finish = if complete && streamed {
+                    "tool_calls"
+                } else {
+                    reason.openai()
+                };
+                out.push(Payload::Json(openai::chunk(a, None, Some(finish), false)));
+                self.openai_end(out);
             }
             Event::Failed(_) => {}
         }
@@ -200,6 +254,13 @@ impl StreamWriter {
         self.pending.drain(..at);
         send
     }
+}
+
+/// A chat chunk whose delta is `tool_calls`.
+fn tool_delta(a: &AnswerContext, calls: Value) -> Value {
+    let mut v = openai::chunk(a, None, None, false);
+    v["choices"][0]["delta"] = json!({ "tool_calls": calls });
+    v
 }
 
 #[cfg(test)]

@@ -33,6 +33,8 @@ pub enum Format {
     },
     Chat {
         include_usage: bool,
+        /// The request forces a function call: a finished answer is `message.tool_calls`.
+        tool_call: bool,
     },
 }
 

@@ -20,8 +20,10 @@ pub mod cohere;
 pub mod generation;
 pub mod json_routes;
 pub mod openai;
+pub mod structured;
 pub mod tei;
 pub mod tgi;
+pub mod tools;
 pub mod upstream;
 
 use std::sync::Arc;

@@ -10,9 +10,13 @@ use serde_json::{json, Value};
 use super::generation::{
     bad, positive, stops, AnswerContext, Collected, Format, GenerateCall, Sampling, StringOrList,
 };
+use super::structured::{openai_grammar, ResponseFormat, StructuredOutputs};
+use super::tools::{forced_call, tool_calls, Tool, ToolChoice};
 use super::{check_count, from_json, Inputs};
 use crate::error::ServiceError;
 use crate::generate::chat::{check_kwargs, ChatMessage, TemplateKwargs};
+use crate::generate::engine::FinishReason;
+use crate::generate::grammar::Grammar;
 use crate::generate::sampling::SamplingDefaults;
 use crate::generate::service::{GenerateRequest, Length, Prompt};
 
@@ -167,6 +171,9 @@ struct CompletionRequest {
     user: Option<String>,
     /// Not OpenAI's: keep generating past end-of-sequence tokens (for load tests).
     ignore_eos: Option<bool>,
+    response_format: Option<ResponseFormat>,
+    /// vLLM's structured-output field.
+    structured_outputs: Option<StructuredOutputs>,
 }
 
 #[derive(Deserialize)]
@@ -192,6 +199,14 @@ struct ChatRequest {
     frequency_penalty: Option<f32>,
     user: Option<String>,
     ignore_eos: Option<bool>,
+    response_format: Option<ResponseFormat>,
+    /// vLLM's structured-output field.
+    structured_outputs: Option<StructuredOutputs>,
+    tools: Option<Vec<Tool>>,
+    tool_choice: Option<ToolChoice>,
+    /// Accepted; a forced call is one call.
+    #[allow(dead_code)]
+    parallel_tool_calls: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -230,6 +245,7 @@ struct Common {
     stream: bool,
     include_usage: bool,
     ignore_eos: Option<bool>,
+    grammar: Option<Grammar>,
 }
 
 /// Refuses OpenAI settings this server does not implement, naming them.
@@ -295,6 +311,7 @@ pub fn parse_completion(
         stream: r.stream,
         include_usage: r.stream_options.is_some_and(|o| o.include_usage),
         ignore_eos: r.ignore_eos,
+        grammar: openai_grammar(r.response_format, r.structured_outputs)?,
     };
     let format = Format::Completion {
         echo: r.echo,
@@ -347,6 +364,19 @@ pub fn parse_chat(body: &[u8], defaults: &SamplingDefaults) -> Result<GenerateCa
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let forced = forced_call(r.tools, r.tool_choice)?;
+    let mut grammar = openai_grammar(r.response_format, r.structured_outputs)?;
+    let mut kwargs = r.chat_template_kwargs.unwrap_or_default();
+    check_kwargs(&kwargs).map_err(bad)?;
+    if let Some(call) = &forced {
+        if grammar.is_some() {
+            return Err(bad(
+                "give response_format (or structured_outputs) or a forced tool call, not both",
+            ));
+        }
+        grammar = Some(call.grammar.clone());
+        kwargs.insert("tools".into(), call.template_tools.clone());
+    }
     let common = Common {
         max_tokens: r.max_completion_tokens.or(r.max_tokens),
         temperature: r.temperature,
@@ -356,12 +386,12 @@ pub fn parse_chat(body: &[u8], defaults: &SamplingDefaults) -> Result<GenerateCa
         stream: r.stream,
         include_usage: r.stream_options.is_some_and(|o| o.include_usage),
         ignore_eos: r.ignore_eos,
+        grammar,
     };
     let format = Format::Chat {
         include_usage: common.include_usage,
+        tool_call: forced.is_some(),
     };
-    let kwargs = r.chat_template_kwargs.unwrap_or_default();
-    check_kwargs(&kwargs).map_err(bad)?;
     let prompt = Prompt::Chat { messages, kwargs };
     call(prompt, common, defaults, None, format)
 }
@@ -402,6 +432,7 @@ fn call(
             length,
             stop: stops(c.stop.map(StringOrList::into_vec))?,
             ignore_eos: c.ignore_eos.unwrap_or(false),
+            grammar: c.grammar,
         },
         format,
         stream: c.stream,
@@ -441,9 +472,30 @@ pub fn whole_completion(a: &AnswerContext, c: &Collected, echo: bool) -> Value {
     })
 }
 
-/// The whole chat answer.
+/// The whole chat answer: a forced function call that finished is `message.tool_calls`.
 pub fn whole_chat(a: &AnswerContext, c: &Collected) -> Value {
     let text = c.text();
+    let call = match a.format {
+        Format::Chat {
+            tool_call: true, ..
+        } if c.reason == FinishReason::EosToken => tool_calls(&text),
+        _ => None,
+    };
+    if let Some(calls) = call {
+        return json!({
+            "id": a.id.replacen("cmpl-", "chatcmpl-", 1),
+            "object": "chat.completion",
+            "created": a.created,
+            "model": a.model,
+            "choices": [{
+                "index": 0,
+                "message": { "role": "assistant", "content": null, "tool_calls": calls },
+                "logprobs": null,
+                "finish_reason": "tool_calls",
+            }],
+            "usage": usage(a, c.tokens.len()),
+        });
+    }
     json!({
         "id": a.id.replacen("cmpl-", "chatcmpl-", 1),
         "object": "chat.completion",

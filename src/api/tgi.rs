@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use super::generation::{
     positive, stops, AnswerContext, Collected, Format, GenerateCall, Sampling,
 };
+use super::structured::TgiGrammar;
 use crate::error::ServiceError;
 use crate::generate::engine::{FinishReason, TokenEvent};
 use crate::generate::service::{GenerateRequest, Length, Prompt};
@@ -45,6 +46,8 @@ struct TgiParameters {
     details: Option<bool>,
     /// Not TGI's: keep generating past end-of-sequence tokens (for load tests).
     ignore_eos: Option<bool>,
+    /// Structured output: `{"type": "json" | "regex" | "lark", "value": ...}`.
+    grammar: Option<TgiGrammar>,
 }
 
 /// Which route a TGI body came to: it decides whether the answer streams.
@@ -108,6 +111,7 @@ pub fn parse(value: Value, route: TgiRoute) -> Result<GenerateCall, ServiceError
             length,
             stop: stops(p.stop)?,
             ignore_eos: p.ignore_eos.unwrap_or(false),
+            grammar: p.grammar.map(TgiGrammar::grammar).transpose()?,
         },
         format: Format::Tgi {
             details: p.details.unwrap_or(false),

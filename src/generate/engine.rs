@@ -15,6 +15,11 @@
 //! looks at every waiting request: one whose client left is dropped, one that waited past its
 //! deadline (`--request-timeout-ms`) is answered [`Failure::TimedOut`]; then it admits from
 //! the front, in order.
+//!
+//! A sequence with a grammar ([`super::grammar`]) has its token mask computed on a thread of
+//! its own while the step's forward pass runs on this one (the mask needs only the tokens
+//! committed so far, the forward only the caches), then applied to its logits before sampling;
+//! sequences without one pay nothing, and a step without any spawns nothing.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -26,6 +31,8 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::decoder::{Decoder, KvCache, StepInput};
+use super::grammar::mask::Masked;
+use super::grammar::Constraint;
 use super::incremental::IncrementalDecoder;
 use super::sampling::{Sampler, SamplingParams};
 use super::tokenizer::GenTokenizer;
@@ -40,6 +47,8 @@ pub enum FinishReason {
     EosToken,
     /// The text reached one of the request's stop sequences.
     StopSequence,
+    /// The request's grammar allows no further token (or failed) before it was complete.
+    GrammarError,
 }
 
 impl FinishReason {
@@ -49,6 +58,7 @@ impl FinishReason {
             FinishReason::Length => "length",
             FinishReason::EosToken => "eos_token",
             FinishReason::StopSequence => "stop_sequence",
+            FinishReason::GrammarError => "grammar_error",
         }
     }
 
@@ -57,6 +67,7 @@ impl FinishReason {
         match self {
             FinishReason::Length => "length",
             FinishReason::EosToken | FinishReason::StopSequence => "stop",
+            FinishReason::GrammarError => "grammar_error",
         }
     }
 }
@@ -100,8 +111,10 @@ pub struct GenerationRequest {
     pub params: SamplingParams,
     pub max_new_tokens: usize,
     pub stop: Vec<String>,
-    /// Keep going past end-of-sequence tokens (benchmarks).
+    /// Keep going past end-of-sequence tokens (benchmarks; not past a grammar's end).
     pub ignore_eos: bool,
+    /// The grammar the output must follow, compiled (by the service).
+    pub constraint: Option<Box<Constraint>>,
     pub events: UnboundedSender<Event>,
     pub queued_at: Instant,
     /// Past this, a request still waiting for admission is answered [`Failure::TimedOut`].
@@ -152,6 +165,7 @@ pub struct EngineHandle {
     capacity: usize,
     limits: EngineLimits,
     context: usize,
+    vocab: usize,
 }
 
 impl EngineHandle {
@@ -189,6 +203,11 @@ impl EngineHandle {
     /// The model's context length.
     pub fn context(&self) -> usize {
         self.context
+    }
+
+    /// Entries in the model's logits (the grammar's token trie has as many).
+    pub fn vocab(&self) -> usize {
+        self.vocab
     }
 
     /// Requests waiting for admission.
@@ -245,6 +264,7 @@ impl Engine {
         let (tx, rx) = crossbeam_channel::bounded(capacity + 1);
         let waiting = Arc::new(AtomicUsize::new(0));
         let context = model.shape().context;
+        let vocab = model.shape().vocab;
         metrics::set_kv_cache_budget(limits.max_batch_total_tokens);
         (
             Self {
@@ -264,6 +284,7 @@ impl Engine {
                 capacity,
                 limits,
                 context,
+                vocab,
             },
         )
     }
@@ -401,6 +422,8 @@ impl Engine {
         }
         let result = {
             let mut inputs: Vec<StepInput> = Vec::with_capacity(plan.len());
+            // The constraints of the sequences that sample this step: masked meanwhile.
+            let mut masks: Vec<&mut Constraint> = Vec::new();
             let mut rest: &mut [Running] = &mut self.running;
             let mut base = 0;
             for &(i, from, n, want) in &plan {
@@ -418,9 +441,28 @@ impl Engine {
                     tokens,
                     want_logits: want,
                 });
+                if let Some(c) = r.req.constraint.as_deref_mut().filter(|_| want) {
+                    masks.push(c);
+                }
             }
             let model = &self.model;
-            std::panic::catch_unwind(AssertUnwindSafe(|| model.step(&mut inputs)))
+            let mut forward =
+                || std::panic::catch_unwind(AssertUnwindSafe(|| model.step(&mut inputs)));
+            if masks.is_empty() {
+                forward()
+            } else {
+                std::thread::scope(|s| {
+                    let masker = std::thread::Builder::new()
+                        .name("zerobatch-grammar".into())
+                        .spawn_scoped(s, move || masks.into_iter().for_each(|c| c.compute_mask()));
+                    let result = forward();
+                    // A mask that failed to be computed is computed again when applied.
+                    if let Ok(masker) = masker {
+                        let _ = masker.join();
+                    }
+                    result
+                })
+            }
         };
         let logits = match result {
             Ok(l) => l,
@@ -459,6 +501,13 @@ impl Engine {
             let mut l = logits
                 .next()
                 .expect("one row of logits per sequence that wants them");
+            if let Some(c) = r.req.constraint.as_deref_mut() {
+                if let Masked::Nothing(why) = c.apply(&mut l) {
+                    tracing::debug!("a constrained sequence ends: {why}");
+                    finished.push((i, FinishReason::GrammarError));
+                    continue;
+                }
+            }
             let history: Vec<u32> = if r.sampler.params().repetition_penalty != 1.0 {
                 r.req.prompt.iter().chain(&r.generated).copied().collect()
             } else {
@@ -472,7 +521,16 @@ impl Engine {
             }
             r.last_token_at = Some(now);
             r.generated.push(choice.id);
-            let is_end = self.tokenizer.is_end(choice.id) && !r.req.ignore_eos;
+            let constrained = r.req.constraint.is_some();
+            let is_end = self.tokenizer.is_end(choice.id) && (!r.req.ignore_eos || constrained);
+            // The grammar takes the token; `Some(true)`: it is complete.
+            let grammar = match r.req.constraint.as_deref_mut() {
+                Some(c) if !is_end => Some(c.commit(choice.id).unwrap_or_else(|e| {
+                    tracing::warn!("{e}");
+                    false
+                })),
+                _ => None,
+            };
             let special = self.tokenizer.is_special(choice.id);
             let text = if is_end {
                 String::new()
@@ -487,7 +545,7 @@ impl Engine {
                 special,
             }));
             let context_full = r.prompt_and_generated() >= self.model.shape().context;
-            let reason = if is_end {
+            let reason = if is_end || grammar == Some(true) {
                 Some(FinishReason::EosToken)
             } else if r
                 .req

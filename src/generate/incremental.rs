@@ -349,6 +349,27 @@ impl SentencePieceText {
     }
 }
 
+/// The bytes one (non-special) token adds to decoded text, as the decoders above read it:
+/// for byte-level BPE its characters' bytes (or its own UTF-8 when one of them is not a byte
+/// character); for SentencePiece (and, as the closest reading, any other decoder) `▁` as a
+/// space and a `<0xXX>` token as its byte. What the grammar's token trie is built from
+/// ([`super::grammar`]), so that the bytes a mask allows are the bytes the client receives.
+pub fn token_bytes(kind: DecoderKind, token: &str) -> Vec<u8> {
+    match kind {
+        DecoderKind::ByteLevel => {
+            let mapped: Option<Vec<u8>> = token.chars().map(byte_of_char).collect();
+            mapped.unwrap_or_else(|| token.as_bytes().to_vec())
+        }
+        DecoderKind::SentencePiece | DecoderKind::Other => {
+            let token = token.replace('\u{2581}', " ");
+            match byte_token(&token) {
+                Some(b) => vec![b],
+                None => token.into_bytes(),
+            }
+        }
+    }
+}
+
 /// The byte a `<0xXX>` token stands for, read as the byte-fallback decoder reads it.
 fn byte_token(token: &str) -> Option<u8> {
     if token.len() == 6 && token.starts_with("<0x") && token.ends_with('>') {

@@ -13,7 +13,8 @@
 //!   [`incremental`]: generated ids to text pieces, a token at a time;
 //! - [`chat`]: the model's Jinja chat template; [`prompt`]: a conversation to ids, its
 //!   messages' contents as plain text;
-//! - [`sampling`]: greedy and seeded sampling;
+//! - [`sampling`]: greedy and seeded sampling; [`grammar`]: constrained decoding (structured
+//!   outputs) with llguidance;
 //! - [`engine`]: the step loop (continuous batching) and its bounded queue;
 //! - [`service`]: the generation service the front ends call: it checks, tokenizes and queues a
 //!   request, and the engine's events stream back.
@@ -24,6 +25,7 @@ pub mod end_tokens;
 pub mod engine;
 pub mod gguf;
 pub mod gpt2;
+pub mod grammar;
 pub mod incremental;
 pub mod llama;
 pub mod llama_family;

@@ -8,7 +8,9 @@
 //!   leaves in the model's context and in `--max-batch-total-tokens`;
 //! - a request waits for a place in the running batch until `--request-timeout-ms`, then is
 //!   answered `TimedOut` (the engine checks every waiting request at every step);
-//! - the engine's queue holds at most `--queue-capacity` requests (`QueueFull` past it).
+//! - the engine's queue holds at most `--queue-capacity` requests (`QueueFull` past it);
+//! - a grammar (structured output) is compiled here, off the async threads, before anything
+//!   is queued: an invalid or unsupported one is `Invalid`, naming the problem.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +19,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::chat::{ChatMessage, ChatTemplate, TemplateKwargs};
 use super::engine::{EngineHandle, Event, GenerationRequest, SubmitError};
+use super::grammar::{Grammar, GrammarCompiler};
 use super::prompt::chat_prompt;
 use super::sampling::{SamplingDefaults, SamplingParams};
 use super::tokenizer::GenTokenizer;
@@ -75,6 +78,8 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Keep generating past end-of-sequence tokens (load tests).
     pub ignore_eos: bool,
+    /// What the output must follow (structured output), if anything.
+    pub grammar: Option<Grammar>,
 }
 
 /// A request the engine has queued: what the answer needs, and its events.
@@ -108,6 +113,7 @@ pub struct GenerateService {
     engine: EngineHandle,
     offload: Offload,
     settings: GenerateSettings,
+    grammars: Arc<GrammarCompiler>,
 }
 
 impl GenerateService {
@@ -121,9 +127,11 @@ impl GenerateService {
         offload: Offload,
         settings: GenerateSettings,
     ) -> Self {
+        let grammars = Arc::new(GrammarCompiler::new(tokenizer.clone(), engine.vocab()));
         Self {
             info,
             tokenizer,
+            grammars,
             chat: chat.map(Arc::new),
             defaults,
             engine,
@@ -160,6 +168,19 @@ impl GenerateService {
 
     /// Checks, tokenizes and queues `request`; the answer streams from the returned events.
     pub async fn submit(&self, request: GenerateRequest) -> Result<Generation, ServiceError> {
+        let constraint = match request.grammar {
+            Some(grammar) => {
+                let grammars = self.grammars.clone();
+                let compiled = self
+                    .offload
+                    .off(move || Ok(grammars.compile(&grammar)))
+                    .await?;
+                Some(Box::new(
+                    compiled.map_err(|e| ServiceError::Invalid(e.to_string()))?,
+                ))
+            }
+            None => None,
+        };
         let (prompt_text, ids) = self.prompt_ids(request.prompt).await?;
         let context = self.engine.context();
         let budget = self.engine.limits().max_batch_total_tokens;
@@ -199,6 +220,7 @@ impl GenerateService {
             max_new_tokens,
             stop: request.stop,
             ignore_eos: request.ignore_eos,
+            constraint,
             events,
             queued_at: now,
             deadline: now + self.settings.request_timeout,

@@ -555,6 +555,13 @@ impl GenTokenizer {
         self.end_ids.contains(&id)
     }
 
+    /// The ids that end generation, in order.
+    pub fn end_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.end_ids.iter().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Tokens in the vocabulary.
     pub fn vocab_size(&self) -> usize {
         self.tokens.len()

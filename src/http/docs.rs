@@ -304,7 +304,14 @@ fn generation_schemas() -> Value {
         "stream": { "type": "boolean", "default": false },
         "stream_options": { "type": "object", "properties": { "include_usage": { "type": "boolean" } } },
         "presence_penalty": { "type": "number", "enum": [0] }, "frequency_penalty": { "type": "number", "enum": [0] },
-        "user": { "type": "string" }, "ignore_eos": { "type": "boolean", "description": "not OpenAI's: keep going past end-of-sequence tokens" }
+        "user": { "type": "string" }, "ignore_eos": { "type": "boolean", "description": "not OpenAI's: keep going past end-of-sequence tokens" },
+        "response_format": { "type": "object", "required": ["type"], "description": "structured output, enforced token by token: {\"type\": \"text\"}, {\"type\": \"json_object\"}, {\"type\": \"json_schema\", \"json_schema\": {\"name\", \"schema\", \"strict\"}}; TGI's {\"type\": \"json\" | \"regex\", \"value\"}",
+            "properties": { "type": { "type": "string", "enum": ["text", "json_object", "json_schema", "json", "regex"] },
+                "json_schema": { "type": "object", "properties": { "name": { "type": "string" }, "description": { "type": "string" }, "schema": { "type": "object" }, "strict": { "type": "boolean" } } },
+                "value": {} } },
+        "structured_outputs": { "type": "object", "additionalProperties": false, "description": "vLLM's structured outputs: exactly one of json (a schema), regex, grammar (Lark), choice, json_object",
+            "properties": { "json": {}, "regex": { "type": "string" }, "grammar": { "type": "string" },
+                "choice": { "type": "array", "items": { "type": "string" }, "minItems": 1 }, "json_object": { "type": "boolean" } } }
     });
     let mut completion = openai_common.clone();
     completion["prompt"] = json!({ "oneOf": [ { "type": "string" }, { "type": "array", "items": { "type": "string" }, "minItems": 1, "maxItems": 1 } ] });
@@ -314,6 +321,14 @@ fn generation_schemas() -> Value {
         "role": { "type": "string" }, "content": { "oneOf": [ { "type": "string" }, { "type": "array", "items": { "type": "object",
             "properties": { "type": { "type": "string", "enum": ["text"] }, "text": { "type": "string" } } } } ] } } } });
     chat["max_completion_tokens"] = json!({ "type": "integer", "minimum": 1 });
+    chat["tools"] = json!({ "type": "array", "items": { "type": "object", "required": ["type", "function"], "properties": {
+        "type": { "type": "string", "enum": ["function"] },
+        "function": { "type": "object", "required": ["name"], "properties": { "name": { "type": "string" }, "description": { "type": "string" }, "parameters": { "type": "object" }, "strict": { "type": "boolean" } } } } } });
+    chat["tool_choice"] = json!({ "description": "\"required\" or {\"type\": \"function\", \"function\": {\"name\"}}: the answer is one call whose arguments follow the function's parameters (message.tool_calls, finish_reason tool_calls); \"none\": text; \"auto\" is not supported yet (400)",
+        "oneOf": [ { "type": "string", "enum": ["none", "auto", "required"] }, { "type": "object", "required": ["type", "function"], "properties": {
+            "type": { "type": "string", "enum": ["function"] }, "function": { "type": "object", "required": ["name"], "properties": { "name": { "type": "string" } } } } } ] });
+    chat["parallel_tool_calls"] =
+        json!({ "type": "boolean", "description": "accepted; a forced answer is one call" });
     chat["chat_template_kwargs"] = json!({ "type": "object", "description": "further chat template variables (vLLM's and llama.cpp's), e.g. {\"enable_thinking\": false} for Qwen3; not messages, add_generation_prompt, bos_token, eos_token or raise_exception" });
     json!({
         "GenerateRequest": { "oneOf": [
@@ -334,11 +349,13 @@ fn generation_schemas() -> Value {
                     "do_sample": { "type": "boolean" },
                     "return_full_text": { "type": "boolean" },
                     "details": { "type": "boolean" },
-                    "ignore_eos": { "type": "boolean", "description": "not TGI's: keep going past end-of-sequence tokens" } } } } } ] },
+                    "ignore_eos": { "type": "boolean", "description": "not TGI's: keep going past end-of-sequence tokens" },
+                    "grammar": { "type": "object", "required": ["type", "value"], "description": "structured output, enforced token by token (lark is not TGI's)",
+                        "properties": { "type": { "type": "string", "enum": ["json", "json_schema", "regex", "lark"] }, "value": {} } } } } } } ] },
         "GenerateResponse": { "type": "object", "required": ["generated_text"], "properties": {
             "generated_text": { "type": "string" },
             "details": { "type": "object", "properties": {
-                "finish_reason": { "type": "string", "enum": ["length", "eos_token", "stop_sequence"] },
+                "finish_reason": { "type": "string", "enum": ["length", "eos_token", "stop_sequence", "grammar_error"] },
                 "generated_tokens": { "type": "integer" }, "seed": { "type": "integer", "nullable": true },
                 "tokens": { "type": "array", "items": { "type": "object", "properties": {
                     "id": { "type": "integer" }, "text": { "type": "string" }, "logprob": { "type": "number" }, "special": { "type": "boolean" } } } } } } } },

@@ -1,0 +1,372 @@
+//! OpenAI's function calling on `/v1/chat/completions`, the part that is constrained
+//! decoding: `tools` with `tool_choice: "required"` or a named function
+//! (`{"type": "function", "function": {"name": ...}}`) constrain the answer to one call,
+//! `{"name": ..., "arguments": {...}}` whose arguments validate against that function's
+//! `parameters` (a JSON schema grammar, [`crate::generate::grammar`]), answered as
+//! `message.tool_calls` with `finish_reason: "tool_calls"`, streamed name first and then the
+//! arguments in pieces ([`CallStream`]). `tool_choice: "none"` generates
+//! text. The tools are given to the chat template as its `tools` variable (the Hugging Face
+//! convention), so a template that renders them shows the model what it may call.
+//!
+//! Not (yet) here: `tool_choice: "auto"` (the model choosing between text and a call needs
+//! the model's own call syntax and a lazy grammar) and conversations that carry tool calls or
+//! results (`tool_calls` on an assistant message, `tool_call_id`): both are refused with a 400
+//! (the second as unknown fields, named).
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::generation::{bad, random_seed};
+use crate::error::ServiceError;
+use crate::generate::grammar::Grammar;
+
+/// One entry of `tools`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Tool {
+    #[serde(rename = "type")]
+    kind: String,
+    function: Function,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Function {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    parameters: Option<Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    strict: Option<bool>,
+}
+
+/// `tool_choice`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum ToolChoice {
+    Mode(String),
+    Named {
+        #[serde(rename = "type")]
+        kind: String,
+        function: NamedFunction,
+    },
+}
+
+#[derive(Deserialize)]
+pub(super) struct NamedFunction {
+    name: String,
+}
+
+/// What a chat request's tools ask for: the grammar of the call, and the tools as the
+/// template's `tools` variable.
+pub(super) struct ToolCall {
+    pub grammar: Grammar,
+    pub template_tools: Value,
+}
+
+/// The call the request forces, if any.
+///
+/// # Errors
+///
+/// Malformed tools, an unknown named function, `tool_choice: "auto"` (or left out with
+/// tools given, which means auto), or `tool_choice` without tools.
+pub(super) fn forced_call(
+    tools: Option<Vec<Tool>>,
+    choice: Option<ToolChoice>,
+) -> Result<Option<ToolCall>, ServiceError> {
+    let tools = tools.unwrap_or_default();
+    let mode = match &choice {
+        None if tools.is_empty() => return Ok(None),
+        None => "auto",
+        Some(ToolChoice::Mode(m)) => m.as_str(),
+        Some(ToolChoice::Named { kind, .. }) if kind == "function" => "named",
+        Some(ToolChoice::Named { kind, .. }) => {
+            return Err(bad(format!(
+                "tool_choice.type must be \"function\" (got {kind:?})"
+            )))
+        }
+    };
+    match mode {
+        "none" => return Ok(None),
+        "auto" => {
+            return Err(bad(
+                "tool_choice \"auto\" (the default when tools are given) is not supported yet: give tool_choice \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}, or \"none\"",
+            ))
+        }
+        "required" | "named" => {}
+        other => {
+            return Err(bad(format!(
+                "tool_choice must be \"none\", \"auto\", \"required\" or a named function (got {other:?})"
+            )))
+        }
+    }
+    if tools.is_empty() {
+        return Err(bad("tool_choice needs tools"));
+    }
+    for (i, t) in tools.iter().enumerate() {
+        if t.kind != "function" {
+            return Err(bad(format!(
+                "tools[{i}].type must be \"function\" (got {:?})",
+                t.kind
+            )));
+        }
+        // OpenAI's rule; it also means a name is its own JSON string (no escapes), which
+        // the streamed call relies on.
+        let name = &t.function.name;
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(bad(format!(
+                "tools[{i}].function.name must be 1 to 64 letters, digits, _ or - (got {name:?})"
+            )));
+        }
+    }
+    let chosen: Vec<&Tool> = match &choice {
+        Some(ToolChoice::Named { function, .. }) => {
+            let found: Vec<&Tool> = tools
+                .iter()
+                .filter(|t| t.function.name == function.name)
+                .collect();
+            if found.is_empty() {
+                return Err(bad(format!(
+                    "tool_choice names {:?}, which is not one of the tools",
+                    function.name
+                )));
+            }
+            found
+        }
+        _ => tools.iter().collect(),
+    };
+    let alternatives: Vec<Value> = chosen
+        .iter()
+        .map(|t| {
+            let params = t
+                .function
+                .parameters
+                .clone()
+                .unwrap_or_else(|| json!({"type": "object"}));
+            json!({
+                "type": "object",
+                "properties": {"name": {"const": t.function.name}, "arguments": params},
+                "required": ["name", "arguments"],
+                "additionalProperties": false,
+            })
+        })
+        .collect();
+    let schema = match alternatives.len() {
+        1 => alternatives.into_iter().next().unwrap_or_default(),
+        _ => json!({"anyOf": alternatives}),
+    };
+    let template_tools = Value::Array(
+        tools
+            .iter()
+            .map(|t| {
+                json!({"type": "function", "function": {
+                    "name": t.function.name,
+                    "description": t.function.description,
+                    "parameters": t.function.parameters,
+                }})
+            })
+            .collect(),
+    );
+    Ok(Some(ToolCall {
+        grammar: Grammar::JsonSchema(schema),
+        template_tools,
+    }))
+}
+
+/// The `tool_calls` of an answer whose text is a finished call (`{"name", "arguments"}`),
+/// with a fresh id; `None` when the text is not one (cut by a limit or a stop sequence).
+pub fn tool_calls(text: &str) -> Option<Value> {
+    let v: Value = serde_json::from_str(text).ok()?;
+    let name = v.get("name")?.as_str()?;
+    let arguments = v.get("arguments")?;
+    Some(json!([{
+        "id": format!("call_{:016x}", random_seed()),
+        "type": "function",
+        "function": {"name": name, "arguments": arguments.to_string()},
+    }]))
+}
+
+/// A forced call streamed as OpenAI streams one: a first `tool_calls` delta with the id,
+/// type and name once the text has shown the name, then the `arguments` text in pieces as it
+/// comes. The grammar writes the call compact and in schema order, `{"name":"NAME",
+/// "arguments":ARGS}` (no spaces), so ARGS starts right after `"arguments":` and ends before
+/// the last `}`, which is held back until the next piece or the end.
+#[derive(Default)]
+pub struct CallStream {
+    text: String,
+    /// Where the arguments start, once the name has been sent.
+    args_start: Option<usize>,
+    /// Bytes of the arguments sent.
+    sent: usize,
+}
+
+impl CallStream {
+    /// Takes a piece of the answer's text; returns the deltas (each a `tool_calls` array) to
+    /// send.
+    pub fn push(&mut self, piece: &str) -> Vec<Value> {
+        self.text.push_str(piece);
+        let mut out = Vec::new();
+        if self.args_start.is_none() {
+            const HEAD: &str = "{\"name\":\"";
+            const ARGS: &str = "\",\"arguments\":";
+            if let Some(rest) = self.text.strip_prefix(HEAD) {
+                if let Some(end) = rest.find(ARGS) {
+                    let name = &rest[..end];
+                    out.push(json!([{
+                        "index": 0,
+                        "id": format!("call_{:016x}", random_seed()),
+                        "type": "function",
+                        "function": {"name": name, "arguments": ""},
+                    }]));
+                    self.args_start = Some(HEAD.len() + end + ARGS.len());
+                }
+            }
+        }
+        if let Some(start) = self.args_start {
+            // All but the last byte (it may be the call's closing brace): ASCII, so a char
+            // boundary whenever the text ends in one.
+            let upto = self.text.len().saturating_sub(1).max(start);
+            if self.text.is_char_boundary(upto) && upto > start + self.sent {
+                out.push(Self::arguments(&self.text[start + self.sent..upto]));
+                self.sent = upto - start;
+            }
+        }
+        out
+    }
+
+    /// The end of the answer; `complete`: the call was finished (not cut by a limit). Returns
+    /// the last deltas, and whether a call was streamed at all.
+    pub fn finish(&mut self, complete: bool) -> (Vec<Value>, bool) {
+        let Some(start) = self.args_start else {
+            return (Vec::new(), false);
+        };
+        let end = if complete && self.text.ends_with('}') {
+            self.text.len() - 1
+        } else {
+            self.text.len()
+        };
+        let mut out = Vec::new();
+        if end > start + self.sent && self.text.is_char_boundary(end) {
+            out.push(Self::arguments(&self.text[start + self.sent..end]));
+            self.sent = end - start;
+        }
+        (out, true)
+    }
+
+    /// The text so far (a call cut before its name was known is answered as text).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    fn arguments(piece: &str) -> Value {
+        json!([{"index": 0, "function": {"arguments": piece}}])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(tools: Value, choice: Value) -> Result<Option<ToolCall>, ServiceError> {
+        forced_call(
+            serde_json::from_value(tools).unwrap(),
+            serde_json::from_value(choice).unwrap(),
+        )
+    }
+
+    fn weather() -> Value {
+        json!([
+            {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+            {"type": "function", "function": {"name": "time", "parameters": {"type": "object", "properties": {}}}}
+        ])
+    }
+
+    #[test]
+    fn required_and_named_choices_are_grammars_of_one_call() {
+        let Some(c) = call(weather(), json!("required")).unwrap() else {
+            panic!("a call")
+        };
+        let Grammar::JsonSchema(s) = c.grammar else {
+            panic!("a schema")
+        };
+        assert_eq!(s["anyOf"].as_array().unwrap().len(), 2);
+        assert_eq!(c.template_tools.as_array().unwrap().len(), 2);
+        let Some(c) = call(
+            weather(),
+            json!({"type": "function", "function": {"name": "time"}}),
+        )
+        .unwrap() else {
+            panic!("a call")
+        };
+        let Grammar::JsonSchema(s) = c.grammar else {
+            panic!("a schema")
+        };
+        assert_eq!(s["properties"]["name"]["const"], "time");
+        assert!(call(weather(), json!("none")).unwrap().is_none());
+    }
+
+    #[test]
+    fn auto_unknown_names_and_stray_choices_are_refused() {
+        let e = call(weather(), Value::Null).err().unwrap();
+        assert!(e.to_string().contains("auto"), "{e}");
+        assert!(call(weather(), json!("auto")).is_err());
+        let e = call(
+            weather(),
+            json!({"type": "function", "function": {"name": "nope"}}),
+        )
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("nope"), "{e}");
+        assert!(call(Value::Null, json!("required")).is_err());
+    }
+
+    #[test]
+    fn a_streamed_call_sends_the_name_then_the_arguments_in_pieces() {
+        let text = r#"{"name":"get_weather","arguments":{"city":"Paris","unit":"c"}}"#;
+        for split in 1..8 {
+            let mut s = CallStream::default();
+            let mut deltas = Vec::new();
+            let chars: Vec<char> = text.chars().collect();
+            for piece in chars.chunks(split) {
+                deltas.extend(s.push(&piece.iter().collect::<String>()));
+            }
+            let (last, streamed) = s.finish(true);
+            assert!(streamed);
+            deltas.extend(last);
+            assert_eq!(deltas[0][0]["function"]["name"], "get_weather");
+            assert!(deltas[0][0]["id"].as_str().unwrap().starts_with("call_"));
+            let args: String = deltas
+                .iter()
+                .map(|d| d[0]["function"]["arguments"].as_str().unwrap())
+                .collect();
+            assert_eq!(args, r#"{"city":"Paris","unit":"c"}"#, "pieces of {split}");
+        }
+        let mut cut = CallStream::default();
+        assert!(cut.push("{\"na").is_empty());
+        assert_eq!(cut.finish(false), (Vec::new(), false));
+        assert_eq!(cut.text(), "{\"na");
+    }
+
+    #[test]
+    fn tool_names_follow_openai_s_rule() {
+        let t = json!([{"type": "function", "function": {"name": "bad name"}}]);
+        let e = call(t, json!("required")).err().unwrap();
+        assert!(e.to_string().contains("bad name"), "{e}");
+    }
+
+    #[test]
+    fn a_finished_call_becomes_tool_calls() {
+        let v = tool_calls(r#"{"name":"weather","arguments":{"city":"Paris"}}"#).unwrap();
+        assert_eq!(v[0]["function"]["name"], "weather");
+        assert_eq!(v[0]["function"]["arguments"], r#"{"city":"Paris"}"#);
+        assert!(v[0]["id"].as_str().unwrap().starts_with("call_"));
+        assert!(tool_calls(r#"{"name":"weath"#).is_none());
+    }
+}

@@ -1,0 +1,239 @@
+//! A request's grammar compiled by llguidance, once, before the request is queued: an invalid
+//! or unsupported grammar is the request's error (400), never the engine's.
+//!
+//! Cost is bounded two ways: the grammar text is at most [`MAX_GRAMMAR_BYTES`], and
+//! llguidance's [`ParserLimits`] cap the work of building the lexer (fuel), the grammar's size,
+//! the lexer states (memory) and each mask's work ([`limits`]). Compiled grammars are kept
+//! by their text (kind and canonical JSON or the regex / Lark text) in a least-recently-used
+//! cache of [`CACHE_ENTRIES`] entries: agents send the same schema on every call.
+//!
+//! JSON schemas are compiled compact (no free whitespace: `,` and `:` as separators, as
+//! OpenAI's structured outputs write them) unless the schema sets llguidance's own options
+//! under `"x-guidance"`: free whitespace lets a model pad forever, and costs tokens.
+//! `oneOf` is read as `anyOf` (what pydantic's unions mean in practice).
+//!
+//! The parser factory (the trie and its slices, some tens of milliseconds on a large
+//! vocabulary) is built at the first grammar, not at start-up: servers that never see one do
+//! not pay for it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use llguidance::api::{ParserLimits, TopLevelGrammar};
+use llguidance::{ParserFactory, TokenParser};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+use super::mask::Constraint;
+use super::vocab;
+use crate::generate::tokenizer::GenTokenizer;
+use crate::metrics;
+
+/// The longest grammar text accepted (a schema as JSON, a regex, a Lark grammar).
+pub const MAX_GRAMMAR_BYTES: usize = 128 * 1024;
+/// Compiled grammars kept, least recently used dropped first.
+pub const CACHE_ENTRIES: usize = 32;
+
+/// What a request constrains its output to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Grammar {
+    /// JSON that validates against this schema.
+    JsonSchema(Value),
+    /// Any JSON object (OpenAI's `json_object`).
+    JsonObject,
+    /// Text that matches this regular expression (Rust `regex` syntax), whole.
+    Regex(String),
+    /// A grammar in llguidance's Lark syntax.
+    Lark(String),
+}
+
+impl Grammar {
+    /// The cache key: the kind and the text.
+    fn key(&self) -> String {
+        match self {
+            Grammar::JsonSchema(v) => format!("json:{v}"),
+            Grammar::JsonObject => "json_object".into(),
+            Grammar::Regex(r) => format!("regex:{r}"),
+            Grammar::Lark(l) => format!("lark:{l}"),
+        }
+    }
+
+    /// llguidance's form of the grammar.
+    fn top_level(&self) -> TopLevelGrammar {
+        match self {
+            Grammar::JsonSchema(schema) => TopLevelGrammar::from_json_schema(compact(schema)),
+            Grammar::JsonObject => {
+                TopLevelGrammar::from_json_schema(compact(&json!({"type": "object"})))
+            }
+            Grammar::Regex(r) => TopLevelGrammar::from_regex(r),
+            Grammar::Lark(l) => TopLevelGrammar::from_lark(l.clone()),
+        }
+    }
+}
+
+/// `schema` with the compact options, unless it sets its own (`x-guidance`), or is not an
+/// object (`true`/`false` schemas).
+fn compact(schema: &Value) -> Value {
+    let mut schema = schema.clone();
+    if let Some(o) = schema.as_object_mut() {
+        o.entry("x-guidance").or_insert_with(|| {
+            json!({
+                "whitespace_flexible": false,
+                "item_separator": ",",
+                "key_separator": ":",
+                "coerce_one_of": true,
+            })
+        });
+    }
+    schema
+}
+
+/// Why a grammar was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrammarError {
+    /// The grammar is malformed, unsupported, or over a limit; the message names the problem.
+    #[error("{0}")]
+    Invalid(String),
+    /// This model cannot run grammars (e.g. it has no end-of-sequence token).
+    #[error("structured output is not available with this model: {0}")]
+    Unavailable(String),
+}
+
+/// The limits every grammar compiles and runs under.
+pub fn limits() -> ParserLimits {
+    ParserLimits {
+        // ~50k per ms: at most ~20 ms of lexer building.
+        initial_lexer_fuel: 1_000_000,
+        // ~14k per ms: at most ~15 ms for one token's mask.
+        step_lexer_fuel: 200_000,
+        step_max_items: 50_000,
+        // 1-2 kB each: at most ~40 MB of lexer states per grammar.
+        max_lexer_states: 20_000,
+        // Symbols in productions: a few MB of JSON schema.
+        max_grammar_size: 200_000,
+        // Errors name the problem, not the parser's state.
+        verbose_errors: false,
+        ..ParserLimits::default()
+    }
+}
+
+/// A cache entry: the compiled parser, not yet started, and when it was last used.
+struct Entry {
+    parser: TokenParser,
+    used: u64,
+}
+
+#[derive(Default)]
+struct Cache {
+    entries: HashMap<String, Entry>,
+    clock: u64,
+}
+
+/// Compiles grammars for one model's vocabulary.
+pub struct GrammarCompiler {
+    tokenizer: Arc<GenTokenizer>,
+    vocab: usize,
+    factory: OnceLock<Result<ParserFactory, String>>,
+    cache: Mutex<Cache>,
+}
+
+impl GrammarCompiler {
+    /// A compiler for a model whose logits have `vocab` entries.
+    pub fn new(tokenizer: Arc<GenTokenizer>, vocab: usize) -> Self {
+        Self {
+            tokenizer,
+            vocab,
+            factory: OnceLock::new(),
+            cache: Mutex::new(Cache::default()),
+        }
+    }
+
+    fn factory(&self) -> Result<&ParserFactory, GrammarError> {
+        self.factory
+            .get_or_init(|| {
+                let env = vocab::tok_env(&self.tokenizer, self.vocab)?;
+                let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
+                factory.quiet();
+                *factory.limits_mut() = limits();
+                Ok(factory)
+            })
+            .as_ref()
+            .map_err(|e| GrammarError::Unavailable(e.clone()))
+    }
+
+    /// A fresh constraint for `grammar` (from the cache when it was compiled before). Blocks
+    /// for the compile: call it off the async threads.
+    ///
+    /// # Errors
+    ///
+    /// When the grammar is too long, malformed or unsupported, or the model cannot run one.
+    pub fn compile(&self, grammar: &Grammar) -> Result<Constraint, GrammarError> {
+        let key = grammar.key();
+        if key.len() > MAX_GRAMMAR_BYTES {
+            return Err(GrammarError::Invalid(format!(
+                "the grammar is {} bytes; at most {MAX_GRAMMAR_BYTES} are accepted",
+                key.len()
+            )));
+        }
+        let factory = self.factory()?;
+        {
+            let mut cache = self.cache.lock();
+            cache.clock += 1;
+            let now = cache.clock;
+            if let Some(e) = cache.entries.get_mut(&key) {
+                e.used = now;
+                let parser = e.parser.clone();
+                drop(cache);
+                metrics::record_grammar_cache(true);
+                return Constraint::new(parser);
+            }
+        }
+        metrics::record_grammar_cache(false);
+        let started = Instant::now();
+        let parser = factory
+            .create_parser(grammar.top_level())
+            .map_err(|e| GrammarError::Invalid(first_line(&e.to_string())))?;
+        metrics::record_grammar_compile(started.elapsed());
+        let mut cache = self.cache.lock();
+        if cache.entries.len() >= CACHE_ENTRIES && !cache.entries.contains_key(&key) {
+            let oldest = cache
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.used)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                cache.entries.remove(&k);
+            }
+        }
+        let used = cache.clock;
+        cache.entries.insert(
+            key,
+            Entry {
+                parser: parser.clone(),
+                used,
+            },
+        );
+        drop(cache);
+        Constraint::new(parser)
+    }
+
+    /// Grammars in the cache.
+    pub fn cached(&self) -> usize {
+        self.cache.lock().entries.len()
+    }
+}
+
+/// llguidance's errors can be long (a grammar dump); the first lines name the problem.
+fn first_line(message: &str) -> String {
+    let mut out: String = message.lines().take(4).collect::<Vec<_>>().join(" ");
+    if out.len() > 600 {
+        let mut cut = 600;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    format!("invalid grammar: {out}")
+}
