@@ -18,7 +18,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::bert_ops::{AddLayerNorm, Attention, Linear, LinearWeights};
+use super::bert_ops::{AddLayerNorm, Attention, FeedForward, Linear, LinearWeights};
 use super::weights::{Weight, WeightFile};
 use super::{EncoderInput, ModelError};
 use crate::kernels::{AttentionShape, Dtype, KernelLevel, LinearPart, PackedLinear, Products};
@@ -464,7 +464,6 @@ impl Bert {
             let linear = |weights| Linear {
                 weights,
                 threads,
-                gelu: false,
                 level: self.level,
             };
             x = (|| {
@@ -472,12 +471,13 @@ impl Bert {
                 let context = qkv.apply_op1_no_bwd(&attention)?;
                 let projected = context.apply_op1_no_bwd(&linear(out_w))?;
                 let attended = projected.apply_op2_no_bwd(&x, &layer.attn_norm.op(eps))?;
-                let expanded = attended.apply_op1_no_bwd(&Linear {
-                    gelu: true,
-                    ..linear(up_w)
-                })?;
-                let reduced = expanded.apply_op1_no_bwd(&linear(down_w))?;
-                reduced.apply_op2_no_bwd(&attended, &layer.ffn_norm.op(eps))
+                attended.apply_op1_no_bwd(&FeedForward {
+                    up: up_w,
+                    down: down_w,
+                    norm: layer.ffn_norm.op(eps),
+                    threads,
+                    level: self.level,
+                })
             })()
             .map_err(err)?;
         }
