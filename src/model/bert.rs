@@ -18,7 +18,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::bert_ops::{AddLayerNorm, Attention, FeedForward, Linear, LinearWeights};
+use super::bert_ops::{AddLayerNorm, Attention, Linear, LinearWeights, ProjectAddNorm};
 use super::weights::{Weight, WeightFile};
 use super::{EncoderInput, ModelError};
 use crate::kernels::{AttentionShape, Dtype, KernelLevel, LinearPart, PackedLinear, Products};
@@ -469,15 +469,28 @@ impl Bert {
             x = (|| {
                 let qkv = x.apply_op1_no_bwd(&linear(qkv_w))?;
                 let context = qkv.apply_op1_no_bwd(&attention)?;
-                let projected = context.apply_op1_no_bwd(&linear(out_w))?;
-                let attended = projected.apply_op2_no_bwd(&x, &layer.attn_norm.op(eps))?;
-                attended.apply_op1_no_bwd(&FeedForward {
-                    up: up_w,
-                    down: down_w,
-                    norm: layer.ffn_norm.op(eps),
-                    threads,
-                    level: self.level,
-                })
+                let attended = context.apply_op2_no_bwd(
+                    &x,
+                    &ProjectAddNorm {
+                        first: out_w,
+                        gelu: false,
+                        second: None,
+                        norm: layer.attn_norm.op(eps),
+                        threads,
+                        level: self.level,
+                    },
+                )?;
+                attended.apply_op2_no_bwd(
+                    &attended,
+                    &ProjectAddNorm {
+                        first: up_w,
+                        gelu: true,
+                        second: Some(down_w),
+                        norm: layer.ffn_norm.op(eps),
+                        threads,
+                        level: self.level,
+                    },
+                )
             })()
             .map_err(err)?;
         }

@@ -7,8 +7,9 @@
 //! an additive attention mask that computes scores for padding only to throw them away. Here:
 //! - `Linear` is one kernel call with the bias folded into the destination (no broadcast add),
 //!   with intra-op parallelism chosen per call by the worker (see `embed/worker.rs`);
-//! - `FeedForward` runs a layer's two feed-forward products, GELU (fused into the first's
-//!   store) and the norm a block of rows at a time, so the wide activations stay in cache;
+//! - `ProjectAddNorm` runs a layer's attention output (projection, residual, norm) and its
+//!   feed-forward half (two products with GELU fused into the first's store, residual, norm)
+//!   a block of rows at a time, so the activations stay in cache;
 //! - `AddLayerNorm` adds the residual and normalises in one pass over the row;
 //! - `Attention` reads heads straight out of the fused QKV projection and only visits the real
 //!   (unpadded) tokens of each sequence, which is exact masking at no cost.
@@ -129,86 +130,142 @@ fn linear_width(weights: LinearWeights<'_>, k: usize) -> Option<usize> {
     }
 }
 
-/// Rows of one block of the feed-forward: its `rows × intermediate` activations (f32, and
-/// their bf16 copy for the second product) fit in a core's L2 beside the block's input.
-pub const FEED_FORWARD_ROWS: usize = 96;
+/// Rows of one block of [`ProjectAddNorm`]: a feed-forward block's `rows × intermediate`
+/// activations (f32, and their bf16 copy for the second product) fit in a core's L2 beside
+/// the block's input.
+pub const BLOCK_ROWS: usize = 96;
 
-/// The feed-forward half of a layer, `x → LayerNorm(down(GELU(up(x))) + x)`, one block of
-/// [`FEED_FORWARD_ROWS`] rows at a time.
+/// `(x, residual) → LayerNorm(second(first(x)) + residual)`, one block of [`BLOCK_ROWS`] rows
+/// at a time: a layer's attention output (`first` the output projection, no `second`,
+/// `residual` the layer's input) and its feed-forward half (`first` the up projection with
+/// GELU, `second` the down projection, `residual` = `x`).
 ///
-/// Why one op rather than two linear ops and a norm: as separate ops the whole batch's
-/// `rows × intermediate` activations (42 MB for 64 passages of 107 tokens) were written to
-/// freshly mapped memory, read back, and the output copied once more for the norm; per block
+/// Why one op rather than linear ops and a norm: as separate ops the whole batch's
+/// activations (42 MB of intermediate ones for 64 passages of 107 tokens) were written to
+/// freshly mapped memory, read back, and each output copied once more for the norm; per block
 /// they stay in cache, and one buffer per thread serves every block. Large batches give each
 /// thread its own blocks (no synchronisation inside a block); a batch of one or two blocks
 /// splits each product over the threads instead.
-pub struct FeedForward<'a> {
-    pub up: LinearWeights<'a>,
-    pub down: LinearWeights<'a>,
+pub struct ProjectAddNorm<'a> {
+    pub first: LinearWeights<'a>,
+    /// Whether GELU follows the first product (fused into its store).
+    pub gelu: bool,
+    pub second: Option<LinearWeights<'a>>,
     pub norm: AddLayerNorm<'a>,
     pub threads: usize,
     /// The kernel path of packed layers, and the widest vectors of GELU.
     pub level: KernelLevel,
 }
 
-impl FeedForward<'_> {
-    /// Runs the blocks of `x` (`m × h`) into `out`, with `threads` threads per product.
-    fn blocks(&self, x: &[f32], out: &mut [f32], h: usize, inter: usize, threads: usize) {
-        let rows = x.len() / h;
-        let mut expanded = vec![0.0f32; FEED_FORWARD_ROWS.min(rows) * inter];
-        for (x, out) in x
-            .chunks(FEED_FORWARD_ROWS * h)
-            .zip(out.chunks_mut(FEED_FORWARD_ROWS * h))
-        {
-            let m = x.len() / h;
-            let expanded = &mut expanded[..m * inter];
-            run_linear(self.up, x, m, h, expanded, threads, true, self.level);
-            run_linear(
-                self.down, expanded, m, inter, out, threads, false, self.level,
+/// One thread's run of whole blocks: (input rows, residual rows), output rows.
+type BlockRun<'a> = ((&'a [f32], &'a [f32]), &'a mut [f32]);
+
+impl ProjectAddNorm<'_> {
+    /// Runs the blocks of `x` (`k` values a row) and `residual` into `out` (`h` a row), with
+    /// `threads` threads per product; `inner` is the first product's width when a second
+    /// follows.
+    #[allow(clippy::too_many_arguments)]
+    fn blocks(
+        &self,
+        x: &[f32],
+        residual: &[f32],
+        out: &mut [f32],
+        k: usize,
+        h: usize,
+        inner: usize,
+        threads: usize,
+    ) {
+        let rows = out.len() / h;
+        let mut between = match self.second {
+            Some(_) => vec![0.0f32; BLOCK_ROWS.min(rows) * inner],
+            None => Vec::new(),
+        };
+        let blocks = x
+            .chunks(BLOCK_ROWS * k)
+            .zip(residual.chunks(BLOCK_ROWS * h))
+            .zip(out.chunks_mut(BLOCK_ROWS * h));
+        for ((x, residual), out) in blocks {
+            let m = out.len() / h;
+            match self.second {
+                Some(second) => {
+                    let between = &mut between[..m * inner];
+                    run_linear(self.first, x, m, k, between, threads, self.gelu, self.level);
+                    run_linear(second, between, m, inner, out, threads, false, self.level);
+                }
+                None => run_linear(self.first, x, m, k, out, threads, self.gelu, self.level),
+            }
+            add_layer_norm(
+                out,
+                residual,
+                self.norm.gamma,
+                self.norm.beta,
+                self.norm.eps,
             );
-            add_layer_norm(out, x, self.norm.gamma, self.norm.beta, self.norm.eps);
         }
     }
 }
 
-impl CustomOp1 for FeedForward<'_> {
+impl CustomOp2 for ProjectAddNorm<'_> {
     fn name(&self) -> &'static str {
-        "zerobatch-feed-forward"
+        "zerobatch-project-add-norm"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (m, h) = xl.shape().dims2()?;
-        let x = contiguous(xs, xl, "feed-forward input")?;
-        let inter = linear_width(self.up, h);
-        let fits = inter.is_some_and(|i| i > 0 && linear_width(self.down, i) == Some(h));
-        if !fits || h == 0 || self.norm.gamma.len() != h || self.norm.beta.len() != h {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (m, k) = xl.shape().dims2()?;
+        let (rm, h) = rl.shape().dims2()?;
+        let x = contiguous(xs, xl, "projection input")?;
+        let residual = contiguous(rs, rl, "projection residual")?;
+        let first = linear_width(self.first, k);
+        let (inner, width) = match self.second {
+            Some(second) => (
+                first.unwrap_or(0),
+                first.and_then(|i| linear_width(second, i)),
+            ),
+            None => (0, first),
+        };
+        let norm_fits = self.norm.gamma.len() == h && self.norm.beta.len() == h;
+        if width != Some(h) || h == 0 || rm != m || !norm_fits {
             candle_core::bail!(
-                "feed-forward: input {:?} does not fit the weights",
-                xl.shape()
-            );
-        }
-        let inter = inter.unwrap_or(0);
-        if m.checked_mul(h) != Some(x.len()) || m.checked_mul(inter).is_none() {
-            candle_core::bail!(
-                "feed-forward: input {:?} has {} values",
+                "projection: input {:?} and residual {:?} do not fit the weights",
                 xl.shape(),
-                x.len()
+                rl.shape()
             );
         }
-        let mut out = vec![0.0f32; x.len()];
-        let blocks = m.div_ceil(FEED_FORWARD_ROWS);
+        let sizes_fit = m.checked_mul(k) == Some(x.len())
+            && m.checked_mul(h) == Some(residual.len())
+            && m.checked_mul(inner).is_some();
+        if !sizes_fit {
+            candle_core::bail!(
+                "projection: {} and {} values for shapes {:?} and {:?}",
+                x.len(),
+                residual.len(),
+                xl.shape(),
+                rl.shape()
+            );
+        }
+        let mut out = vec![0.0f32; residual.len()];
+        let blocks = m.div_ceil(BLOCK_ROWS);
         if self.threads > 1 && blocks >= 2 * self.threads {
             // Each thread takes a run of whole blocks and runs them alone.
-            let per = blocks.div_ceil(self.threads) * FEED_FORWARD_ROWS * h;
-            let mut parts: Vec<(&[f32], &mut [f32])> =
-                x.chunks(per).zip(out.chunks_mut(per)).collect();
-            kernels::team::parallel_for_each(&mut parts, self.threads, &|_, (x, out)| {
-                self.blocks(x, out, h, inter, 1)
+            let per = blocks.div_ceil(self.threads) * BLOCK_ROWS;
+            let mut parts: Vec<BlockRun<'_>> = x
+                .chunks(per * k)
+                .zip(residual.chunks(per * h))
+                .zip(out.chunks_mut(per * h))
+                .collect();
+            kernels::team::parallel_for_each(&mut parts, self.threads, &|_, ((x, r), out)| {
+                self.blocks(x, r, out, k, h, inner, 1)
             });
         } else {
-            self.blocks(x, &mut out, h, inter, self.threads);
+            self.blocks(x, residual, &mut out, k, h, inner, self.threads);
         }
-        Ok((CpuStorage::F32(out), xl.shape().clone()))
+        Ok((CpuStorage::F32(out), rl.shape().clone()))
     }
 }
 
@@ -373,7 +430,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod feed_forward_tests {
+mod project_add_norm_tests {
     use super::*;
     use crate::kernels::team::Team;
     use crate::kernels::Dtype;
@@ -385,15 +442,31 @@ mod feed_forward_tests {
             .collect()
     }
 
-    /// The blocked op equals the three ops it replaces (up with GELU, down, add and norm), for
-    /// batches below, at and across block boundaries, on one thread and on a team of two
-    /// (blocks split over threads, or products split within a block), for every dtype.
+    fn tensor(v: Vec<f32>, rows: usize) -> Tensor {
+        let cols = v.len() / rows;
+        Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap()
+    }
+
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// The blocked op equals the ops it replaces (linear layers, then add and norm) in both
+    /// of its forms — one product with a separate residual (attention output), two with GELU
+    /// between and the input as residual (feed-forward) — for batches below, at and across
+    /// block edges, on one thread and on a team of two (blocks split over the threads, or
+    /// each product split), for every dtype.
     #[test]
-    fn feed_forward_equals_the_ops_it_fuses() {
+    fn project_add_norm_equals_the_ops_it_fuses() {
         let (h, inter) = (40, 72);
         let (up_w, up_b) = (values(inter * h, 1), values(inter, 2));
         let (down_w, down_b) = (values(h * inter, 3), values(h, 4));
         let (gamma, beta) = (values(h, 5), values(h, 6));
+        let norm = || AddLayerNorm {
+            gamma: &gamma,
+            beta: &beta,
+            eps: 1e-5,
+        };
         let up_parts = [LinearPart { w: &up_w, b: &up_b }];
         let down_parts = [LinearPart {
             w: &down_w,
@@ -412,71 +485,86 @@ mod feed_forward_tests {
                 ),
             };
             for m in [1, 95, 96, 97, 300, 1000] {
-                let x = Tensor::from_vec(values(m * h, m), (m, h), &Device::Cpu).unwrap();
-                let norm = || AddLayerNorm {
-                    gamma: &gamma,
-                    beta: &beta,
-                    eps: 1e-5,
+                let apply = |x: &Tensor, weights, gelu: bool| {
+                    let (rows, k) = x.dims2().unwrap();
+                    let mut out = vec![0.0f32; rows * linear_width(weights, k).unwrap()];
+                    run_linear(weights, &flat(x), rows, k, &mut out, 1, gelu, level);
+                    tensor(out, rows)
                 };
-                let run_linear_op = |x: &Tensor, weights, gelu: bool| {
-                    let k = x.dims2().unwrap().1;
-                    let n = linear_width(weights, k).unwrap();
-                    let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                    let mut out = vec![0.0f32; m * n];
-                    run_linear(weights, &xs, m, k, &mut out, 1, gelu, level);
-                    Tensor::from_vec(out, (m, n), &Device::Cpu).unwrap()
-                };
-                let expanded = run_linear_op(&x, up, true);
-                let reduced = run_linear_op(&expanded, down, false);
-                let want: Vec<f32> = reduced
-                    .apply_op2_no_bwd(&x, &norm())
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
+                let x = tensor(values(m * h, m), m);
+                let wide = tensor(values(m * inter, m + 1), m);
+                // Feed-forward: LayerNorm(down(GELU(up(x))) + x).
+                let reduced = apply(&apply(&x, up, true), down, false);
+                let want_ffn = flat(&reduced.apply_op2_no_bwd(&x, &norm()).unwrap());
+                // Attention output: LayerNorm(down(wide) + x).
+                let projected = apply(&wide, down, false);
+                let want_out = flat(&projected.apply_op2_no_bwd(&x, &norm()).unwrap());
                 for threads in [1, 2] {
-                    let op = FeedForward {
-                        up,
-                        down,
+                    let ffn = ProjectAddNorm {
+                        first: up,
+                        gelu: true,
+                        second: Some(down),
                         norm: norm(),
                         threads,
                         level,
                     };
-                    let got: Vec<f32> = team.install(|| {
-                        x.apply_op1_no_bwd(&op)
-                            .unwrap()
-                            .flatten_all()
-                            .unwrap()
-                            .to_vec1()
-                            .unwrap()
+                    let out = ProjectAddNorm {
+                        first: down,
+                        gelu: false,
+                        second: None,
+                        norm: norm(),
+                        threads,
+                        level,
+                    };
+                    let (got_ffn, got_out) = team.install(|| {
+                        (
+                            flat(&x.apply_op2_no_bwd(&x, &ffn).unwrap()),
+                            flat(&wide.apply_op2_no_bwd(&x, &out).unwrap()),
+                        )
                     });
-                    let worst = want
-                        .iter()
-                        .zip(&got)
-                        .map(|(a, b)| (a - b).abs())
-                        .fold(0.0f32, f32::max);
-                    assert!(worst <= 1e-5, "{dtype} m={m} threads={threads}: {worst}");
+                    for (what, want, got) in
+                        [("ffn", &want_ffn, &got_ffn), ("out", &want_out, &got_out)]
+                    {
+                        let worst = want
+                            .iter()
+                            .zip(got)
+                            .map(|(a, b)| (a - b).abs())
+                            .fold(0.0f32, f32::max);
+                        assert_eq!(want.len(), got.len());
+                        assert!(
+                            worst <= 1e-5,
+                            "{dtype} {what} m={m} threads={threads}: {worst}"
+                        );
+                    }
                 }
             }
-            // Weights that do not fit the input are an error, not a panic.
-            let op = FeedForward {
-                up: down,
-                down: up,
-                norm: norm_of(&gamma, &beta),
+            // Weights or a residual that do not fit are errors, not panics.
+            let x = tensor(values(3 * h, 0), 3);
+            let swapped = ProjectAddNorm {
+                first: down,
+                gelu: true,
+                second: Some(up),
+                norm: norm(),
                 threads: 1,
                 level,
             };
-            let x = Tensor::from_vec(values(3 * h, 0), (3, h), &Device::Cpu).unwrap();
-            assert!(x.apply_op1_no_bwd(&op).is_err(), "{dtype}: swapped weights");
-        }
-    }
-
-    fn norm_of<'a>(gamma: &'a [f32], beta: &'a [f32]) -> AddLayerNorm<'a> {
-        AddLayerNorm {
-            gamma,
-            beta,
-            eps: 1e-5,
+            assert!(
+                x.apply_op2_no_bwd(&x, &swapped).is_err(),
+                "{dtype}: swapped"
+            );
+            let ffn = ProjectAddNorm {
+                first: up,
+                gelu: true,
+                second: Some(down),
+                norm: norm(),
+                threads: 1,
+                level,
+            };
+            let short = tensor(values(2 * h, 0), 2);
+            assert!(
+                x.apply_op2_no_bwd(&short, &ffn).is_err(),
+                "{dtype}: 2 residual rows"
+            );
         }
     }
 }
