@@ -175,4 +175,33 @@ mod tests {
             assert!((u - v).abs() < 1e-5);
         }
     }
+
+    /// Partial rotary (Phi-3: `n_rot` < head size): each head's first `n_rot` values turn as a
+    /// head of `n_rot` would, the rest pass unchanged; the attention factor scales only the
+    /// turned values.
+    #[test]
+    fn partial_rotary_turns_the_first_values_of_each_head_only() {
+        let full = hp(4);
+        let partial = Hparams {
+            head_dim: 6,
+            n_rot: 4,
+            rope_attn_factor: 1.5,
+            ..full.clone()
+        };
+        let ones = [1.0f32; 2];
+        let x: Vec<f32> = (0..12).map(|i| i as f32 * 0.5 - 2.0).collect();
+        let mut got = x.clone();
+        Rope::new(&[5], &partial, &ones, RopeStyle::Halves).apply(0, &mut got);
+        for head in 0..2 {
+            let mut want = x[head * 6..head * 6 + 4].to_vec();
+            Rope::new(&[5], &full, &ones, RopeStyle::Halves).apply(0, &mut want);
+            for (g, w) in got[head * 6..head * 6 + 4].iter().zip(&want) {
+                assert!((g - 1.5 * w).abs() < 1e-5);
+            }
+            assert_eq!(
+                got[head * 6 + 4..head * 6 + 6],
+                x[head * 6 + 4..head * 6 + 6]
+            );
+        }
+    }
 }
