@@ -62,7 +62,10 @@ Running it twice gives the same bytes.
    weights bit for bit, and its rope factors the config's). Per prompt
    (PROMPT_LENGTHS ids from splitmix64 seeded PROMPT_SEED + i, id = z % vocab):
    "f32", the logits after every position of one causal pass (float32, eager);
-   "q8_0_last", "q4_0_last", those after the last position. The model is also
+   "q8_0_last", "q4_0_last", those after the last position; "short_q8_0_last",
+   those of tiny-phi3-short-q8_0.gguf (the same weights, converted from a checkpoint
+   whose original context is its whole context: the short factors, attention
+   factor 1, in transformers and in llama.cpp alike). The model is also
    run with its KV cache (a first chunk longer than ORIG_CONTEXT, then one token
    at a time) and must agree within 1e-4. "chat": the first CHAT_CANDIDATES
    message whose greedy continuation (f32) ends with <|end|> after CHAT_MIN_NEW
@@ -209,16 +212,16 @@ def read_gguf(gguf, np, path):
     return out, factors, types
 
 
-def hf_model(torch, transformers_mod):
+def hf_model(torch, transformers_mod, orig_context=ORIG_CONTEXT):
     short, long = rope_factors()
     config = transformers_mod.Phi3Config(
         vocab_size=C["vocab"], hidden_size=C["hidden"], intermediate_size=C["ff"],
         num_hidden_layers=C["layers"], num_attention_heads=C["heads"], num_key_value_heads=C["kv_heads"],
-        max_position_embeddings=C["context"], original_max_position_embeddings=ORIG_CONTEXT,
+        max_position_embeddings=C["context"], original_max_position_embeddings=orig_context,
         rms_norm_eps=C["rms_eps"], tie_word_embeddings=True,
         rope_parameters={"rope_type": "longrope", "rope_theta": C["rope_theta"],
                          "partial_rotary_factor": C["partial_rotary_factor"],
-                         "original_max_position_embeddings": ORIG_CONTEXT,
+                         "original_max_position_embeddings": orig_context,
                          "short_factor": short, "long_factor": long},
         bos_token_id=C["bos_id"], eos_token_id=C["eos_id"], pad_token_id=C["bos_id"],
         hidden_act="silu", sliding_window=None,
@@ -401,6 +404,28 @@ def main():
         log(f"phi3 chat: {chat['messages'][0]['content']!r} -> {len(chat['greedy_ids'])} tokens "
             f"{chat['text']!r} (smallest margin {chat['min_margin']})")
 
+        # The short factors: the same weights in a checkpoint whose original context is its
+        # whole context (as Phi-3-mini-4k's), converted to Q8_0; transformers then uses the
+        # short factors and no attention factor, and so does llama.cpp (context not longer
+        # than the original).
+        short_dir = Path(tmp) / "Tiny-Phi3-Short"
+        _, short_model = hf_model(torch, transformers, orig_context=C["context"])
+        qwen_ref.load_weights(torch, short_model, weights, True)
+        short_model.save_pretrained(short_dir, safe_serialization=True)
+        for name in ["tokenizer.json", "tokenizer_config.json"]:
+            (short_dir / name).write_bytes((model_dir / name).read_bytes())
+        short_path = gguf_dir / "tiny-phi3-short-q8_0.gguf"
+        convert(src, short_dir, short_path, ["--outtype", "q8_0"])
+        files["short_q8_0"] = short_path
+        short_weights, _, _ = read_gguf(gguf, np, str(short_path))
+        qwen_ref.load_weights(torch, short_model, short_weights, True)
+        short_last = []
+        with torch.no_grad():
+            for ids in prompts:
+                out = short_model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1]
+                short_last.append([round7(x) for x in out.tolist()])
+        log(f"phi3 short_q8_0: {short_path.name} {short_path.stat().st_size} bytes")
+
         scale = C["context"] / ORIG_CONTEXT
         doc = {
             "about": "transformers Phi3ForCausalLM on a tiny phi3 model converted by llama.cpp's "
@@ -412,7 +437,7 @@ def main():
             "files": {v: [p.name] for v, p in files.items()},
             "file_sha256": {p.name: sha256_of(p) for p in files.values()},
             "stored_types": {v: {n: stored_types[v][n] for n in ["token_embd.weight", "blk.0.attn_qkv.weight",
-                                                                  "blk.0.ffn_up.weight"]} for v in files},
+                                                                  "blk.0.ffn_up.weight"]} for v in stored_types},
             "weight_fnv1a64": {name: f"{fnv1a64(w.astype('<f4').tobytes()):016x}" for name, w in weights.items()},
             "hf_incremental_max_diff": float(f"{incremental_max:.3g}"),
             "special_ids": {t: id_of(t) for t in SPECIAL_TOKENS},
@@ -424,6 +449,7 @@ def main():
                  "q4_0_last": [round7(x) for x in logits["q4_0"][i][-1].tolist()]}
                 for i, ids in enumerate(prompts)
             ],
+            "short_q8_0_last": short_last,
             "chat": chat,
             "tokenization": tokenization_cases(tokenizer_json),
         }

@@ -15,6 +15,9 @@
 //!   file's logits after every position of every prompt (one step, every prefix, chunked
 //!   prefill then one token at a time, continuous batching), the quantized files' after each
 //!   prompt, within 1e-4; the default load (Q4_0 kept, the rest int8) at cosine ≥ 0.99;
+//! - LongRoPE's two branches: the files above (context 256 over an original 8) run with the
+//!   long factors and the attention factor; tiny-phi3-short-q8_0.gguf (the same weights from a
+//!   checkpoint whose original context is 256) with the short factors, within 1e-4;
 //! - the chat: the Phi-3.5 template the file carries, rendered and tokenized by our path,
 //!   gives transformers' ids; greedy decoding gives transformers' ids, ending at `<|end|>`;
 //!   llama.cpp's end-of-generation set (`<|end|>`, `<|endoftext|>`); and the real server
@@ -61,6 +64,8 @@ struct Reference {
     special_ids: BTreeMap<String, u32>,
     end_of_generation_ids: Vec<u32>,
     prompts: Vec<Prompt>,
+    /// transformers' logits after each prompt on tiny-phi3-short-q8_0.gguf (short factors).
+    short_q8_0_last: Vec<Vec<f32>>,
     chat: Chat,
     tokenization: Vec<TokenCase>,
 }
@@ -392,6 +397,29 @@ fn quantized_files_match_transformers_on_their_stored_values() {
         let model = load(variant, Dtype::F32, false);
         check_model(variant, &model, true);
     }
+}
+
+/// LongRoPE's other branch: a file whose original context is its whole context (the same
+/// weights, converted from such a checkpoint) runs with the short factors and no attention
+/// factor, as transformers and llama.cpp do; the long-factor file's logits differ from it.
+#[test]
+fn a_file_whose_context_is_the_original_one_uses_the_short_factors() {
+    let r = reference();
+    let model = load("short_q8_0", Dtype::F32, false);
+    let h = model.config();
+    assert_eq!(h.rope_attn_factor, 1.0);
+    let long = load("q8_0", Dtype::F32, false);
+    let mut ck = Checker::new("phi3 short_q8_0 as f32".into());
+    for (i, (p, want)) in r.prompts.iter().zip(&r.short_q8_0_last).enumerate() {
+        let got = run_alone(&model, &p.ids);
+        ck.check(&format!("prompt {i}"), &got, want, Some(TOLERANCE));
+        let other = run_alone(&long, &p.ids);
+        assert!(
+            max_abs_diff(&other, want) > 100.0 * TOLERANCE,
+            "prompt {i}: the long factors should change the logits"
+        );
+    }
+    ck.report();
 }
 
 /// The default load: Q4_0 weights kept as stored, Q8_0 taken as int8 blocks, f32 quantized
