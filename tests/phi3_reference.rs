@@ -32,6 +32,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::QTensor;
+use candle_core::Device;
 use common::{cosine, max_abs_diff};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -543,4 +546,81 @@ fn the_server_answers_a_chat_completion_that_ends_at_end() {
         r.chat.greedy_ids.len()
     );
     assert_eq!(answer["usage"]["prompt_tokens"], r.chat.prompt_ids.len());
+}
+
+/// The f32 file written again with `metadata` changed (added when absent) and the tensor
+/// `drop` left out.
+fn rewritten(name: &str, metadata: &[(&str, Value)], drop: Option<&str>) -> PathBuf {
+    let src = model_path("f32");
+    let mut reader = std::fs::File::open(&src).unwrap();
+    let content = gguf_file::Content::read(&mut reader).unwrap();
+    let mut meta: BTreeMap<String, Value> = content.metadata.clone().into_iter().collect();
+    for (k, v) in metadata {
+        meta.insert(k.to_string(), v.clone());
+    }
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let tensors: Vec<(String, QTensor)> = names
+        .into_iter()
+        .filter(|n| Some(n.as_str()) != drop)
+        .map(|n| {
+            let t = content.tensor(&mut reader, n, &Device::Cpu).unwrap();
+            (n.clone(), t)
+        })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("zerobatch-phi3-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    let meta: Vec<(String, Value)> = meta.into_iter().collect();
+    common::gguf::write(&path, &meta, &tensors);
+    path
+}
+
+fn load_error(path: &Path) -> String {
+    match Phi3::load(path, Dtype::F32, false, KernelLevel::detected(), 1) {
+        Ok(_) => panic!("{} loaded", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// What the phi3 loader cannot run is refused at load, naming the key or tensor.
+#[test]
+fn bad_rotary_metadata_is_refused_naming_it() {
+    // The rewriting itself keeps a loadable file.
+    let same = rewritten("same.gguf", &[], None);
+    assert_eq!(
+        Phi3::load(&same, Dtype::F32, false, KernelLevel::detected(), 1)
+            .unwrap()
+            .0
+            .config()
+            .n_rot,
+        reference().config.rope_dims
+    );
+    for (rot, name) in [(7u32, "odd.gguf"), (18, "wide.gguf"), (0, "zero.gguf")] {
+        let path = rewritten(
+            name,
+            &[("phi3.rope.dimension_count", Value::U32(rot))],
+            None,
+        );
+        let err = load_error(&path);
+        assert!(err.contains("phi3.rope.dimension_count"), "{err}");
+    }
+    let path = rewritten(
+        "attn.gguf",
+        &[("phi3.rope.scaling.attn_factor", Value::F32(-1.0))],
+        None,
+    );
+    assert!(load_error(&path).contains("phi3.rope.scaling.attn_factor"));
+    // Rotary pairs that the factors do not cover: 8 rotated values need 4 factors, the file
+    // has 6.
+    let path = rewritten(
+        "factors.gguf",
+        &[("phi3.rope.dimension_count", Value::U32(8))],
+        None,
+    );
+    assert!(load_error(&path).contains("rope_factors_long.weight"));
+    // No factors at all: RoPE without them, as llama.cpp runs such a file.
+    let path = rewritten("nofactors.gguf", &[], Some("rope_factors_long.weight"));
+    Phi3::load(&path, Dtype::F32, false, KernelLevel::detected(), 1).unwrap();
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
