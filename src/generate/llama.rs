@@ -18,7 +18,7 @@ impl Arch for LlamaArch {
     type Layer = ();
 
     fn load(file: &GgufFile, hp: &Hparams) -> Result<Self, GgufError> {
-        let pairs = hp.head_dim / 2;
+        let pairs = hp.n_rot / 2;
         let rope_freq_factors = if file.has_tensor("rope_freqs.weight") {
             file.f32("rope_freqs.weight", &[pairs])?
         } else {

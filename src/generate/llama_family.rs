@@ -8,11 +8,13 @@
 //! places, each in its own file through [`Arch`]: [`super::llama`] (adjacent-pair RoPE with
 //! optional per-pair frequency factors), [`super::qwen2`] (rotate-half RoPE, Q/K/V biases) and
 //! [`super::qwen3`] (rotate-half RoPE, an RMSNorm on every query and key head before it, a head
-//! size of its own). What they share is read and run here once: the hyperparameters
+//! size of its own) and [`super::phi3`] (rotate-half RoPE on part of each head, LongRoPE
+//! factors; its fused tensors are read here). What they share is read and run here once: the hyperparameters
 //! ([`Hparams`], the keys llama.cpp reads, in `hparams.rs`; RoPE and RMSNorm in `ops.rs`), the
 //! tensors llama.cpp's loaders name
-//! (`blk.N.attn_q` … or the fused `blk.N.attn_qkv`, optional `attn_q.bias` …, `output.weight`
-//! or the tied embedding table), and the step.
+//! (`blk.N.attn_q` … or the fused `blk.N.attn_qkv`, optional `attn_q.bias` …, `ffn_gate` and
+//! `ffn_up` or the fused `ffn_up` of Phi-3, `output.weight` or the tied embedding table), and
+//! the step.
 //!
 //! Weights are dequantized at load and re-packed for our kernels (`crate::kernels`): int8 in
 //! blocks of 32 (the granularity of GGUF's Q8_0, so Q8_0 weights keep their exact values, and
@@ -266,12 +268,19 @@ impl<A: Arch> Model<A> {
             } else {
                 linear(&separate, d, optional_biases(file, &separate)?)?
             };
+            // Gate and up as one tensor (Phi-3's `ffn_up` of 2·n_ff rows, gate first, as
+            // llama.cpp's fused SwiGLU splits it) when the file has no `ffn_gate`; else two.
+            let gate_up = if file.has_tensor(&t("ffn_gate")) {
+                vec![(t("ffn_gate"), ff), (t("ffn_up"), ff)]
+            } else {
+                vec![(t("ffn_up"), 2 * ff)]
+            };
             Ok(Block {
                 attn_norm: file.f32(&t("attn_norm"), &[d])?,
                 qkv,
                 o: linear(&[(t("attn_output"), d)], qw, None)?,
                 ffn_norm: file.f32(&t("ffn_norm"), &[d])?,
-                gate_up: linear(&[(t("ffn_gate"), ff), (t("ffn_up"), ff)], d, None)?,
+                gate_up: linear(&gate_up, d, None)?,
                 down: linear(&[(t("ffn_down"), d)], ff, None)?,
                 own: own.load_layer(file, &hp, i)?,
             })

@@ -1,4 +1,4 @@
-//! Text generation: a GGUF model of the Llama family (`llama`, `qwen2`, `qwen3`), or a GPT-2
+//! Text generation: a GGUF model of the Llama family (`llama`, `qwen2`, `qwen3`, `phi3`), or a GPT-2
 //! checkpoint in Hugging Face layout, served with continuous batching.
 //!
 //! - [`gguf`]: the file's metadata and tensors (split files merged), with errors that name the
@@ -6,7 +6,7 @@
 //! - [`decoder`]: what every architecture shares (KV caches, attention over them, a step's
 //!   bookkeeping) and [`decoder::Decoder`], the interface of the model the engine runs;
 //! - [`llama_family`]: the model and batched step the GGUF architectures share; [`llama`],
-//!   [`qwen2`], [`qwen3`]: what each of them adds; [`gpt2`]: GPT-2, with its own step;
+//!   [`qwen2`], [`qwen3`], [`phi3`]: what each of them adds; [`gpt2`]: GPT-2, with its own step;
 //! - [`tokenizer`]: the tokenizer (from GGUF metadata or Hugging Face files);
 //!   [`pre_tokenizer`]: the split regexes `tokenizer.ggml.pre` names; [`end_tokens`]: the ids
 //!   that end generation; [`spm_merges`]: a SentencePiece vocabulary's scores as BPE merges;
@@ -29,6 +29,7 @@ pub mod grammar;
 pub mod incremental;
 pub mod llama;
 pub mod llama_family;
+pub mod phi3;
 pub mod pre_tokenizer;
 pub mod prompt;
 pub mod qwen2;
@@ -49,6 +50,7 @@ use chat::ChatTemplate;
 use decoder::Decoder;
 use gpt2::{Gpt2, Gpt2Config};
 use llama::Llama;
+use phi3::Phi3;
 use qwen2::Qwen2;
 use qwen3::Qwen3;
 use sampling::SamplingDefaults;
@@ -337,7 +339,7 @@ fn sampling_defaults(
 
 /// The GGUF architectures this server runs (`general.architecture`), for messages.
 pub const GGUF_ARCHITECTURES: &str =
-    "llama (Llama 2/3, SmolLM2, TinyLlama, …), qwen2 (Qwen2, Qwen2.5) and qwen3 (Qwen3)";
+    "llama (Llama 2/3, SmolLM2, TinyLlama, …), qwen2 (Qwen2, Qwen2.5), qwen3 (Qwen3) and phi3 (Phi-3, Phi-3.5-mini, Phi-4-mini)";
 
 /// The model of an open GGUF file, by its `general.architecture`.
 ///
@@ -356,6 +358,7 @@ pub fn gguf_model(
         "llama" => Arc::new(Llama::from_file(file, dtype, keep_q4, level, threads)?),
         "qwen2" => Arc::new(Qwen2::from_file(file, dtype, keep_q4, level, threads)?),
         "qwen3" => Arc::new(Qwen3::from_file(file, dtype, keep_q4, level, threads)?),
+        "phi3" => Arc::new(Phi3::from_file(file, dtype, keep_q4, level, threads)?),
         other => {
             return Err(gguf::GgufError::Metadata {
                 path: file.path().to_path_buf(),

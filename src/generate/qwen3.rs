@@ -28,7 +28,7 @@ impl Arch for Qwen3Arch {
 
     fn load(_: &GgufFile, hp: &Hparams) -> Result<Self, GgufError> {
         Ok(Self {
-            ones: vec![1.0; hp.head_dim / 2],
+            ones: vec![1.0; hp.n_rot / 2],
         })
     }
 

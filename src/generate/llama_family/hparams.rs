@@ -27,6 +27,12 @@ pub struct Hparams {
     /// Positions are multiplied by this before rotating (`1 / rope.scaling.factor` for linear
     /// scaling, else 1).
     pub rope_freq_scale: f32,
+    /// Values of each query and key head that rotate, the first ones of the head
+    /// (`rope.dimension_count`, else the whole head; Phi-3 and Phi-4-mini rotate part of it).
+    pub n_rot: usize,
+    /// Multiplies the rotated values (`rope.scaling.attn_factor`, else 1; LongRoPE's
+    /// attention factor, as llama.cpp scales its RoPE cos and sin by it).
+    pub rope_attn_factor: f32,
     pub rms_eps: f32,
     /// Keys and values are cached in f16 (as llama.cpp does; with quantized weights), else in
     /// f32 (with f32 weights, so that f32 runs match the reference to 1e-4).
@@ -78,13 +84,25 @@ impl Hparams {
                 ));
             }
         }
-        if let Some(rot) = file.uint_opt(&key("rope.dimension_count"))? {
-            if rot as usize != head_dim {
+        let n_rot = match file.uint_opt(&key("rope.dimension_count"))? {
+            Some(rot) if rot as usize <= head_dim && rot % 2 == 0 && rot > 0 => rot as usize,
+            Some(rot) => {
                 return Err(bad(
                     "rope.dimension_count",
-                    format!("is {rot}; only a rotary dimension equal to the head size ({head_dim}) is supported"),
-                ));
+                    format!("is {rot}; it must be even and at most the head size ({head_dim})"),
+                ))
             }
+            None => head_dim,
+        };
+        let rope_attn_factor = match file.value(&key("rope.scaling.attn_factor")) {
+            Some(_) => file.float(&key("rope.scaling.attn_factor"))?,
+            None => 1.0,
+        };
+        if !(rope_attn_factor.is_finite() && rope_attn_factor > 0.0) {
+            return Err(bad(
+                "rope.scaling.attn_factor",
+                format!("is {rope_attn_factor}; it must be positive"),
+            ));
         }
         let rms_eps = file.float(&key("attention.layer_norm_rms_epsilon"))?;
         let rope_base = match file.value(&key("rope.freq_base")) {
@@ -108,6 +126,8 @@ impl Hparams {
             context: file.size(&key("context_length"), MAX_CONTEXT)?,
             rope_base,
             rope_freq_scale: rope_freq_scale(file, arch)?,
+            n_rot,
+            rope_attn_factor,
             rms_eps,
             kv_f16: true,
         })

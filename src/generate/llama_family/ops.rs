@@ -18,44 +18,52 @@ pub enum RopeStyle {
 pub struct Rope {
     /// Per row, per pair: (cos, sin).
     cos_sin: Vec<(f32, f32)>,
+    /// Rotary pairs per head (`n_rot / 2`).
     pairs: usize,
+    /// Values per head; those after the first `2·pairs` are left as they are.
+    head_dim: usize,
     style: RopeStyle,
 }
 
 impl Rope {
-    /// The angles of `positions`: pair `i` turns by `position · scale / base^(2i/d) /
-    /// factors[i]` (`factors`: Llama 3.1's `rope_freqs`, or ones).
+    /// The angles of `positions`: pair `i` of the `n_rot` rotated values turns by
+    /// `position · scale / base^(2i/n_rot) / factors[i]` (`factors`: Llama 3.1's
+    /// `rope_freqs`, Phi-3's LongRoPE factors, or ones), its cos and sin times
+    /// `rope_attn_factor` (as ggml's `rope_yarn` applies `mscale`).
     pub(super) fn new(
         positions: &[usize],
         hp: &Hparams,
         factors: &[f32],
         style: RopeStyle,
     ) -> Self {
-        let (head_dim, base) = (hp.head_dim, hp.rope_base as f64);
-        let pairs = head_dim / 2;
+        let (n_rot, base) = (hp.n_rot, hp.rope_base as f64);
+        let pairs = n_rot / 2;
         let inv_freq: Vec<f64> = (0..pairs)
-            .map(|i| 1.0 / base.powf(2.0 * i as f64 / head_dim as f64) / factors[i] as f64)
+            .map(|i| 1.0 / base.powf(2.0 * i as f64 / n_rot as f64) / factors[i] as f64)
             .collect();
-        let scale = hp.rope_freq_scale as f64;
+        let (scale, mscale) = (hp.rope_freq_scale as f64, hp.rope_attn_factor as f64);
         let mut cos_sin = Vec::with_capacity(positions.len() * pairs);
         for &p in positions {
             for f in &inv_freq {
                 let theta = p as f64 * scale * f;
-                cos_sin.push((theta.cos() as f32, theta.sin() as f32));
+                cos_sin.push(((theta.cos() * mscale) as f32, (theta.sin() * mscale) as f32));
             }
         }
         Self {
             cos_sin,
             pairs,
+            head_dim: hp.head_dim,
             style,
         }
     }
 
-    /// Rotates every head of `x` (heads of `2·pairs` values) for row `r`.
+    /// Rotates the first `2·pairs` values of every head of `x` (heads of `head_dim`
+    /// values) for row `r`.
     pub fn apply(&self, r: usize, x: &mut [f32]) {
         let cs = &self.cos_sin[r * self.pairs..(r + 1) * self.pairs];
         let half = self.pairs;
-        for head in x.chunks_exact_mut(2 * half) {
+        for head in x.chunks_exact_mut(self.head_dim) {
+            let head = &mut head[..2 * half];
             match self.style {
                 RopeStyle::Adjacent => {
                     for (pair, &(cos, sin)) in head.chunks_exact_mut(2).zip(cs) {
@@ -117,6 +125,8 @@ mod tests {
             context: 8,
             rope_base: 10_000.0,
             rope_freq_scale: 1.0,
+            n_rot: head_dim,
+            rope_attn_factor: 1.0,
             rms_eps: 1e-6,
             kv_f16: false,
         }
@@ -163,6 +173,35 @@ mod tests {
         adjacent.apply(0, &mut t);
         for (u, v) in s.iter().zip(&t) {
             assert!((u - v).abs() < 1e-5);
+        }
+    }
+
+    /// Partial rotary (Phi-3: `n_rot` < head size): each head's first `n_rot` values turn as a
+    /// head of `n_rot` would, the rest pass unchanged; the attention factor scales only the
+    /// turned values.
+    #[test]
+    fn partial_rotary_turns_the_first_values_of_each_head_only() {
+        let full = hp(4);
+        let partial = Hparams {
+            head_dim: 6,
+            n_rot: 4,
+            rope_attn_factor: 1.5,
+            ..full.clone()
+        };
+        let ones = [1.0f32; 2];
+        let x: Vec<f32> = (0..12).map(|i| i as f32 * 0.5 - 2.0).collect();
+        let mut got = x.clone();
+        Rope::new(&[5], &partial, &ones, RopeStyle::Halves).apply(0, &mut got);
+        for head in 0..2 {
+            let mut want = x[head * 6..head * 6 + 4].to_vec();
+            Rope::new(&[5], &full, &ones, RopeStyle::Halves).apply(0, &mut want);
+            for (g, w) in got[head * 6..head * 6 + 4].iter().zip(&want) {
+                assert!((g - 1.5 * w).abs() < 1e-5);
+            }
+            assert_eq!(
+                got[head * 6 + 4..head * 6 + 6],
+                x[head * 6 + 4..head * 6 + 6]
+            );
         }
     }
 }

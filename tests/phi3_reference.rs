@@ -1,0 +1,626 @@
+//! The `phi3` architecture (`zerobatch::generate::phi3`, over `llama_family`) against Hugging
+//! Face transformers' Phi3ForCausalLM, on a tiny model with seeded random weights converted to
+//! GGUF by llama.cpp's own convert_hf_to_gguf.py. The files (tests/data/gguf/tiny-phi3-*.gguf,
+//! 50–290 KB) and the reference (tests/data/tiny_phi3_reference.json) are made by
+//! scripts/make-phi3-reference.py, which documents the model (fused Q/K/V and gate-up, 12 of
+//! each head's 16 values rotated, LongRoPE factors and attention factor, tied embeddings), its
+//! Phi-4-mini-like vocabulary (byte-level BPE, pre-tokenizer `gpt-4o`) and the files: f32,
+//! Q8_0, Q4_0.
+//!
+//! Checked:
+//! - the files hold what llama.cpp's phi3 loader reads (`attn_qkv`, `ffn_up` of 2·n_ff rows,
+//!   no `ffn_gate`, `rope_factors_long`/`short`, `rope.dimension_count` below the head size)
+//!   and our hyperparameters read them;
+//! - every file loaded in f32 against transformers on the values that file stores: the f32
+//!   file's logits after every position of every prompt (one step, every prefix, chunked
+//!   prefill then one token at a time, continuous batching), the quantized files' after each
+//!   prompt, within 1e-4; the default load (Q4_0 kept, the rest int8) at cosine ≥ 0.99;
+//! - LongRoPE's two branches: the files above (context 256 over an original 8) run with the
+//!   long factors and the attention factor; tiny-phi3-short-q8_0.gguf (the same weights from a
+//!   checkpoint whose original context is 256) with the short factors, within 1e-4;
+//! - the chat: the Phi-3.5 template the file carries, rendered and tokenized by our path,
+//!   gives transformers' ids; greedy decoding gives transformers' ids, ending at `<|end|>`;
+//!   llama.cpp's end-of-generation set (`<|end|>`, `<|endoftext|>`); and the real server
+//!   answers an OpenAI chat completion with that text, finish reason `stop`;
+//! - the `gpt-4o` pre-tokenizer on this vocabulary, on hard strings, as llama.cpp splits them.
+//!
+//! Nothing is downloaded.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::QTensor;
+use candle_core::Device;
+use common::{cosine, max_abs_diff};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use zerobatch::config::ServeConfig;
+use zerobatch::generate::chat::{ChatMessage, TemplateKwargs};
+use zerobatch::generate::decoder::{Decoder, KvCache, StepInput};
+use zerobatch::generate::gguf::GgufFile;
+use zerobatch::generate::phi3::Phi3;
+use zerobatch::generate::prompt::chat_prompt;
+use zerobatch::generate::tokenizer::GenTokenizer;
+use zerobatch::kernels::{Dtype, KernelLevel};
+use zerobatch::model::DtypeChoice;
+use zerobatch::server::BackgroundServer;
+
+/// Largest |difference| accepted between our f32 logits and transformers'.
+const TOLERANCE: f32 = 1e-4;
+/// Lowest cosine accepted for the default (int8 / Q4) load against the reference.
+const AUTO_MIN_COSINE: f64 = 0.99;
+/// Largest |difference| between a cached step and a full recompute of the same prefix, in
+/// one load (the same kernels, a different batching of rows).
+const SELF_TOLERANCE: f32 = 1e-3;
+
+#[derive(Deserialize)]
+struct Reference {
+    generator_versions: String,
+    config: Config,
+    files: BTreeMap<String, Vec<String>>,
+    file_sha256: BTreeMap<String, String>,
+    stored_types: BTreeMap<String, BTreeMap<String, String>>,
+    special_ids: BTreeMap<String, u32>,
+    end_of_generation_ids: Vec<u32>,
+    prompts: Vec<Prompt>,
+    /// transformers' logits after each prompt on tiny-phi3-short-q8_0.gguf (short factors).
+    short_q8_0_last: Vec<Vec<f32>>,
+    chat: Chat,
+    tokenization: Vec<TokenCase>,
+}
+
+#[derive(Deserialize)]
+struct Config {
+    vocab: usize,
+    hidden: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    ff: usize,
+    layers: usize,
+    rms_eps: f32,
+    rope_theta: f32,
+    context: usize,
+    original_context: usize,
+    rope_dims: usize,
+    long_factor: Vec<f32>,
+    short_factor: Vec<f32>,
+    attn_factor: f32,
+}
+
+#[derive(Deserialize)]
+struct Prompt {
+    ids: Vec<u32>,
+    /// The logits after every position (f32 file).
+    f32: Vec<Vec<f32>>,
+    q8_0_last: Vec<f32>,
+    q4_0_last: Vec<f32>,
+}
+
+#[derive(Deserialize)]
+struct Chat {
+    messages: Vec<ChatMessage>,
+    prompt_text: String,
+    prompt_ids: Vec<u32>,
+    greedy_ids: Vec<u32>,
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct TokenCase {
+    text: String,
+    ids: Vec<u32>,
+}
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+fn reference() -> &'static Reference {
+    static R: OnceLock<Reference> = OnceLock::new();
+    R.get_or_init(|| {
+        let text =
+            std::fs::read_to_string(data("tiny_phi3_reference.json")).expect("the reference JSON");
+        let r: Reference = serde_json::from_str(&text).unwrap();
+        // The committed files are the ones the reference was made from.
+        for (name, sha) in &r.file_sha256 {
+            let bytes = std::fs::read(data("gguf").join(name)).unwrap();
+            let got = format!("{:x}", Sha256::digest(&bytes));
+            assert_eq!(
+                &got, sha,
+                "{name} is not the file the reference was made from"
+            );
+        }
+        r
+    })
+}
+
+fn model_path(variant: &str) -> PathBuf {
+    data("gguf").join(&reference().files[variant][0])
+}
+
+/// The comparisons of one run: the largest difference and the lowest cosine.
+struct Checker {
+    label: String,
+    max_diff: f32,
+    min_cosine: f64,
+    count: usize,
+}
+
+impl Checker {
+    fn new(label: String) -> Self {
+        Self {
+            label,
+            max_diff: 0.0,
+            min_cosine: 1.0,
+            count: 0,
+        }
+    }
+
+    /// `got` within `tolerance` of `want` (`None`: cosine ≥ [`AUTO_MIN_COSINE`] instead).
+    fn check(&mut self, what: &str, got: &[f32], want: &[f32], tolerance: Option<f32>) {
+        let d = max_abs_diff(got, want);
+        let c = cosine(got, want);
+        self.count += 1;
+        self.max_diff = self.max_diff.max(d);
+        self.min_cosine = self.min_cosine.min(c);
+        match tolerance {
+            Some(t) => assert!(
+                d <= t,
+                "{}: {what}: logits differ by up to {d} (cosine {c}); allowed {t}",
+                self.label
+            ),
+            None => assert!(
+                c >= AUTO_MIN_COSINE,
+                "{}: {what}: cosine {c} (max abs diff {d}); need {AUTO_MIN_COSINE}",
+                self.label
+            ),
+        }
+    }
+
+    fn report(&self) {
+        eprintln!(
+            "{}: {} comparisons, max abs diff {:.3e}, lowest cosine {:.7}",
+            self.label, self.count, self.max_diff, self.min_cosine
+        );
+    }
+}
+
+/// How a prompt of `n` tokens is fed: its first ceil(n/2) tokens in two chunks (one when that
+/// is a single token), then one token at a time. Returns the chunk ends.
+fn schedule(n: usize) -> Vec<usize> {
+    let prefill = n.div_ceil(2);
+    let mut ends = vec![prefill.div_ceil(2), prefill];
+    ends.dedup();
+    ends.extend(prefill + 1..=n);
+    ends
+}
+
+/// The reference logits after position `pos` of prompt `p` for `variant`, if recorded.
+fn wanted<'a>(p: &'a Prompt, variant: &str, pos: usize) -> Option<&'a [f32]> {
+    let last = pos + 1 == p.ids.len();
+    match variant {
+        "f32" => Some(&p.f32[pos]),
+        "q8_0" if last => Some(&p.q8_0_last),
+        "q4_0" if last => Some(&p.q4_0_last),
+        _ => None,
+    }
+}
+
+fn load(variant: &str, dtype: Dtype, keep_q4: bool) -> Phi3 {
+    Phi3::load(
+        &model_path(variant),
+        dtype,
+        keep_q4,
+        KernelLevel::detected(),
+        2,
+    )
+    .unwrap()
+    .0
+}
+
+fn new_cache(model: &Phi3) -> KvCache {
+    KvCache::with_capacity(model.config().cache_shape(), model.config().context)
+}
+
+/// `tokens` from an empty cache in one step: the last position's logits.
+fn run_alone(model: &Phi3, tokens: &[u32]) -> Vec<f32> {
+    let mut cache = new_cache(model);
+    let mut out = model.step(&mut [StepInput {
+        cache: &mut cache,
+        tokens,
+        want_logits: true,
+    }]);
+    assert_eq!(cache.len(), tokens.len());
+    out.pop().unwrap()
+}
+
+/// Every comparison for one file loaded one way. `exact`: f32 weights, held to
+/// [`TOLERANCE`]; else the default load, held to [`AUTO_MIN_COSINE`].
+fn check_model(variant: &str, model: &Phi3, exact: bool) -> Checker {
+    let r = reference();
+    let mut ck = Checker::new(format!(
+        "phi3 {variant} as {}",
+        if exact { "f32" } else { "auto" }
+    ));
+    let to_reference = exact.then_some(TOLERANCE);
+    // Each prefix in one step: against the reference where it has one, and kept as our own
+    // full recompute for the cached runs.
+    let mut full: Vec<Vec<Vec<f32>>> = Vec::new();
+    for (i, p) in r.prompts.iter().enumerate() {
+        let n = p.ids.len();
+        let mut mine = Vec::with_capacity(n);
+        for len in 1..=n {
+            let got = run_alone(model, &p.ids[..len]);
+            if let Some(want) = wanted(p, variant, len - 1) {
+                let what = format!("prompt {i}, prefix of {len} in one step");
+                ck.check(&what, &got, want, to_reference);
+            }
+            mine.push(got);
+        }
+        full.push(mine);
+    }
+    // The same logits from a step, against the reference or our full recompute.
+    let compare = |ck: &mut Checker, what: String, i: usize, end: usize, got: &[f32]| {
+        let p = &r.prompts[i];
+        if let Some(want) = wanted(p, variant, end - 1) {
+            ck.check(&what, got, want, to_reference);
+        }
+        ck.check(
+            &format!("{what} (against the full recompute)"),
+            got,
+            &full[i][end - 1],
+            Some(SELF_TOLERANCE),
+        );
+    };
+    // Chunked prefill, then one token at a time through the KV cache.
+    for (i, p) in r.prompts.iter().enumerate() {
+        let n = p.ids.len();
+        let mut cache = new_cache(model);
+        let mut start = 0;
+        for (s, &end) in schedule(n).iter().enumerate() {
+            let want_logits = !(s == 0 && end < n);
+            let out = model.step(&mut [StepInput {
+                cache: &mut cache,
+                tokens: &p.ids[start..end],
+                want_logits,
+            }]);
+            assert_eq!(cache.len(), end);
+            assert_eq!(out.len(), usize::from(want_logits));
+            if want_logits {
+                let what = format!("prompt {i}, tokens {start}..{end} after a cache of {start}");
+                compare(&mut ck, what, i, end, &out[0]);
+            }
+            start = end;
+        }
+    }
+    // Continuous batching: sequence i joins at step i and follows its schedule.
+    let schedules: Vec<Vec<usize>> = r.prompts.iter().map(|p| schedule(p.ids.len())).collect();
+    let steps = (0..schedules.len())
+        .map(|i| i + schedules[i].len())
+        .max()
+        .unwrap();
+    let mut caches: Vec<KvCache> = r.prompts.iter().map(|_| new_cache(model)).collect();
+    for step in 0..steps {
+        let mut inputs = Vec::new();
+        let mut expected = Vec::new();
+        for (i, (cache, p)) in caches.iter_mut().zip(&r.prompts).enumerate() {
+            let Some(&end) = step.checked_sub(i).and_then(|s| schedules[i].get(s)) else {
+                continue;
+            };
+            let start = cache.len();
+            expected.push((i, start, end));
+            inputs.push(StepInput {
+                cache,
+                tokens: &p.ids[start..end],
+                want_logits: true,
+            });
+        }
+        let out = model.step(&mut inputs);
+        assert_eq!(out.len(), expected.len());
+        for (got, &(i, start, end)) in out.iter().zip(&expected) {
+            let what = format!("step {step} batched: prompt {i} tokens {start}..{end}");
+            compare(&mut ck, what, i, end, got);
+        }
+    }
+    ck.report();
+    ck
+}
+
+#[test]
+fn the_files_hold_what_llama_cpps_phi3_loader_reads() {
+    let r = reference();
+    let c = &r.config;
+    eprintln!("phi3 reference: {}", r.generator_versions);
+    for variant in ["f32", "q8_0", "q4_0"] {
+        let file = GgufFile::open(&model_path(variant)).unwrap();
+        assert_eq!(file.string("general.architecture").unwrap(), "phi3");
+        assert_eq!(file.string("tokenizer.ggml.pre").unwrap(), "gpt-4o");
+        for (name, ty) in &r.stored_types[variant] {
+            let got = format!("{:?}", file.tensor_type(name).unwrap()).to_uppercase();
+            assert_eq!(&got, ty, "{variant} {name}");
+        }
+        // Fused Q/K/V and gate-up, tied embeddings, LongRoPE factors.
+        assert!(file.has_tensor("blk.0.attn_qkv.weight"));
+        assert!(!file.has_tensor("blk.0.attn_q.weight"));
+        assert!(!file.has_tensor("blk.0.ffn_gate.weight"));
+        assert_eq!(
+            file.f32("blk.1.ffn_up.weight", &[2 * c.ff, c.hidden])
+                .unwrap()
+                .len(),
+            2 * c.ff * c.hidden
+        );
+        assert!(!file.has_tensor("output.weight"));
+        assert_eq!(
+            file.f32("rope_factors_long.weight", &[c.rope_dims / 2])
+                .unwrap(),
+            c.long_factor
+        );
+        assert_eq!(
+            file.f32("rope_factors_short.weight", &[c.rope_dims / 2])
+                .unwrap(),
+            c.short_factor
+        );
+        assert_eq!(
+            file.uint_opt("phi3.rope.scaling.original_context_length")
+                .unwrap(),
+            Some(c.original_context as u64)
+        );
+    }
+    let model = load("f32", Dtype::F32, false);
+    let h = model.config();
+    assert_eq!(
+        (h.vocab, h.n_embd, h.n_head, h.n_head_kv, h.head_dim, h.n_ff),
+        (c.vocab, c.hidden, c.heads, c.kv_heads, c.head_dim, c.ff)
+    );
+    assert_eq!((h.n_layer, h.context), (c.layers, c.context));
+    assert_eq!((h.rope_base, h.rms_eps), (c.rope_theta, c.rms_eps));
+    // Partial rotary: 12 of 16 values; LongRoPE's attention factor.
+    assert_eq!(h.n_rot, c.rope_dims);
+    assert!(h.n_rot < h.head_dim);
+    assert!((h.rope_attn_factor - c.attn_factor).abs() < 1e-6);
+    assert_eq!(h.rope_freq_scale, 1.0);
+}
+
+#[test]
+fn f32_file_matches_transformers() {
+    let model = load("f32", Dtype::F32, false);
+    check_model("f32", &model, true);
+}
+
+#[test]
+fn quantized_files_match_transformers_on_their_stored_values() {
+    for variant in ["q8_0", "q4_0"] {
+        let model = load(variant, Dtype::F32, false);
+        check_model(variant, &model, true);
+    }
+}
+
+/// LongRoPE's other branch: a file whose original context is its whole context (the same
+/// weights, converted from such a checkpoint) runs with the short factors and no attention
+/// factor, as transformers and llama.cpp do; the long-factor file's logits differ from it.
+#[test]
+fn a_file_whose_context_is_the_original_one_uses_the_short_factors() {
+    let r = reference();
+    let model = load("short_q8_0", Dtype::F32, false);
+    let h = model.config();
+    assert_eq!(h.rope_attn_factor, 1.0);
+    let long = load("q8_0", Dtype::F32, false);
+    let mut ck = Checker::new("phi3 short_q8_0 as f32".into());
+    for (i, (p, want)) in r.prompts.iter().zip(&r.short_q8_0_last).enumerate() {
+        let got = run_alone(&model, &p.ids);
+        ck.check(&format!("prompt {i}"), &got, want, Some(TOLERANCE));
+        let other = run_alone(&long, &p.ids);
+        assert!(
+            max_abs_diff(&other, want) > 100.0 * TOLERANCE,
+            "prompt {i}: the long factors should change the logits"
+        );
+    }
+    ck.report();
+}
+
+/// The default load: Q4_0 weights kept as stored, Q8_0 taken as int8 blocks, f32 quantized
+/// to int8; KV cache in f16.
+#[test]
+fn the_default_load_stays_close_to_transformers() {
+    for variant in ["f32", "q8_0", "q4_0"] {
+        let model = load(variant, Dtype::Int8, true);
+        let formats: BTreeMap<_, _> = model.weight_formats().into_iter().collect();
+        let want = if variant == "q4_0" { "q4_0" } else { "int8" };
+        assert_eq!(formats["attention"], want, "{variant}");
+        assert_eq!(formats["feed_forward"], want, "{variant}");
+        check_model(variant, &model, false);
+    }
+}
+
+/// The chat prompt through our template path, and greedy decoding on the f32 file.
+#[test]
+fn chat_prompt_and_greedy_decoding_match_transformers() {
+    let r = reference();
+    let path = model_path("f32");
+    let file = GgufFile::open(&path).unwrap();
+    let (tokenizer, template) = zerobatch::generate::gguf_text(&file, &path).unwrap();
+    let template = template.expect("the converter wrote the chat template");
+    let chat = &r.chat;
+    let (text, ids) = chat_prompt(
+        &template,
+        &tokenizer,
+        &chat.messages,
+        &TemplateKwargs::new(),
+        false,
+    )
+    .unwrap();
+    assert_eq!(text, chat.prompt_text);
+    assert_eq!(ids, chat.prompt_ids, "the chat prompt's ids");
+    let model = load("f32", Dtype::F32, false);
+    let mut cache = new_cache(&model);
+    let mut input = ids.clone();
+    let mut out = Vec::new();
+    while out.len() < chat.greedy_ids.len() + 4 {
+        let logits = model
+            .step(&mut [StepInput {
+                cache: &mut cache,
+                tokens: &input,
+                want_logits: true,
+            }])
+            .pop()
+            .unwrap();
+        let next = logits
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0 as u32;
+        out.push(next);
+        if tokenizer.is_end(next) {
+            break;
+        }
+        input = vec![next];
+    }
+    assert_eq!(out, chat.greedy_ids, "greedy ids");
+    assert_eq!(*out.last().unwrap(), r.special_ids["<|end|>"]);
+    assert_eq!(tokenizer.decode(&out), chat.text, "the answer's text");
+}
+
+#[test]
+fn the_end_of_generation_tokens_are_llama_cpps() {
+    let r = reference();
+    let tokenizer = GenTokenizer::from_gguf(&GgufFile::open(&model_path("f32")).unwrap()).unwrap();
+    let ends: Vec<u32> = (0..r.config.vocab as u32)
+        .filter(|&id| tokenizer.is_end(id))
+        .collect();
+    assert_eq!(ends, r.end_of_generation_ids);
+    assert_eq!(
+        ends,
+        [r.special_ids["<|endoftext|>"], r.special_ids["<|end|>"]]
+    );
+    for not_end in ["<|user|>", "<|assistant|>", "<|system|>", "<|tool_call|>"] {
+        assert!(!tokenizer.is_end(r.special_ids[not_end]), "{not_end}");
+        // Control tokens: matched in prompts, left out of decoded text.
+        assert_eq!(tokenizer.decode(&[r.special_ids[not_end]]), "");
+    }
+}
+
+#[test]
+fn the_gpt_4o_pre_tokenizer_splits_as_llama_cpp_does() {
+    let r = reference();
+    let tokenizer = GenTokenizer::from_gguf(&GgufFile::open(&model_path("f32")).unwrap()).unwrap();
+    assert!(r.tokenization.len() > 10);
+    for case in &r.tokenization {
+        assert_eq!(
+            tokenizer.encode(&case.text, false).unwrap(),
+            case.ids,
+            "{:?}",
+            case.text
+        );
+    }
+}
+
+/// The real server on the f32 file: an OpenAI chat completion is transformers' greedy answer,
+/// ended by `<|end|>` (finish reason `stop`; the end token counted, not shown).
+#[test]
+fn the_server_answers_a_chat_completion_that_ends_at_end() {
+    let r = reference();
+    let mut config = ServeConfig::for_tests(model_path("f32").to_str().unwrap());
+    config.dtype = DtypeChoice::Fixed(Dtype::F32);
+    let server = BackgroundServer::start(config).expect("server starts");
+    common::wait_ready(server.addr);
+    let body = serde_json::json!({
+        "messages": r.chat.messages,
+        "temperature": 0,
+        "max_tokens": 64,
+    });
+    let resp = common::post_json(server.addr, "/v1/chat/completions", &body);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let answer = resp.json();
+    assert_eq!(answer["choices"][0]["message"]["content"], r.chat.text);
+    assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        answer["usage"]["completion_tokens"],
+        r.chat.greedy_ids.len()
+    );
+    assert_eq!(answer["usage"]["prompt_tokens"], r.chat.prompt_ids.len());
+}
+
+/// The f32 file written again with `metadata` changed (added when absent) and the tensor
+/// `drop` left out.
+fn rewritten(name: &str, metadata: &[(&str, Value)], drop: Option<&str>) -> PathBuf {
+    let src = model_path("f32");
+    let mut reader = std::fs::File::open(&src).unwrap();
+    let content = gguf_file::Content::read(&mut reader).unwrap();
+    let mut meta: BTreeMap<String, Value> = content.metadata.clone().into_iter().collect();
+    for (k, v) in metadata {
+        meta.insert(k.to_string(), v.clone());
+    }
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let tensors: Vec<(String, QTensor)> = names
+        .into_iter()
+        .filter(|n| Some(n.as_str()) != drop)
+        .map(|n| {
+            let t = content.tensor(&mut reader, n, &Device::Cpu).unwrap();
+            (n.clone(), t)
+        })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("zerobatch-phi3-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    let meta: Vec<(String, Value)> = meta.into_iter().collect();
+    common::gguf::write(&path, &meta, &tensors);
+    path
+}
+
+fn load_error(path: &Path) -> String {
+    match Phi3::load(path, Dtype::F32, false, KernelLevel::detected(), 1) {
+        Ok(_) => panic!("{} loaded", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// What the phi3 loader cannot run is refused at load, naming the key or tensor.
+#[test]
+fn bad_rotary_metadata_is_refused_naming_it() {
+    // The rewriting itself keeps a loadable file.
+    let same = rewritten("same.gguf", &[], None);
+    assert_eq!(
+        Phi3::load(&same, Dtype::F32, false, KernelLevel::detected(), 1)
+            .unwrap()
+            .0
+            .config()
+            .n_rot,
+        reference().config.rope_dims
+    );
+    for (rot, name) in [(7u32, "odd.gguf"), (18, "wide.gguf"), (0, "zero.gguf")] {
+        let path = rewritten(
+            name,
+            &[("phi3.rope.dimension_count", Value::U32(rot))],
+            None,
+        );
+        let err = load_error(&path);
+        assert!(err.contains("phi3.rope.dimension_count"), "{err}");
+    }
+    let path = rewritten(
+        "attn.gguf",
+        &[("phi3.rope.scaling.attn_factor", Value::F32(-1.0))],
+        None,
+    );
+    assert!(load_error(&path).contains("phi3.rope.scaling.attn_factor"));
+    // Rotary pairs that the factors do not cover: 8 rotated values need 4 factors, the file
+    // has 6.
+    let path = rewritten(
+        "factors.gguf",
+        &[("phi3.rope.dimension_count", Value::U32(8))],
+        None,
+    );
+    assert!(load_error(&path).contains("rope_factors_long.weight"));
+    // No factors at all: RoPE without them, as llama.cpp runs such a file.
+    let path = rewritten("nofactors.gguf", &[], Some("rope_factors_long.weight"));
+    Phi3::load(&path, Dtype::F32, false, KernelLevel::detected(), 1).unwrap();
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
