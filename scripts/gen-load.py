@@ -7,7 +7,7 @@ between tokens, which only a client reading the stream sees. It speaks the OpenA
 `/v1/completions` shape with `stream: true`, which zerobatch and llama.cpp's llama-server
 both serve, so the same client measures both.
 
-    scripts/gen-load.py URL --concurrency 8 --duration 20 [--pid PID] [--json]
+    scripts/gen-load.py URL --concurrency 8 --duration 20 [--pid PID] [--json] [--extra JSON]
 
 Prints aggregate generated tokens/s (tokens received over the measured window), time to
 first token and inter-token latency (p50/p99, ms), requests, errors, and the server's peak
@@ -103,6 +103,9 @@ def main():
     ap.add_argument("--pid", type=int, help="server process, for its peak RSS")
     ap.add_argument("--api-key")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--extra", type=json.loads, default={},
+                    help="JSON object merged into every request body, e.g. a response_format "
+                    "(scripts/compare-structured.sh)")
     ap.add_argument("--markdown-row", action="store_true",
                     help="print one Markdown table row (scripts/loadtest.sh MODE=generate)")
     args = ap.parse_args()
@@ -110,7 +113,7 @@ def main():
     u = urllib.parse.urlparse(args.url)
     host, port = u.hostname, u.port or 80
     path = (u.path.rstrip("/") or "") + "/v1/completions"
-    payload = dict(BODY, max_tokens=args.max_tokens)
+    payload = dict(BODY, max_tokens=args.max_tokens, **args.extra)
 
     t0 = time.perf_counter()
     window = (t0 + args.warmup, t0 + args.warmup + args.duration)
