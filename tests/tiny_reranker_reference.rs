@@ -376,6 +376,33 @@ fn the_real_binary_reranks_and_classifies_over_http() {
         413,
         "over the model's maximum",
     );
+    // A long query beside a long passage, truncated to the model's few positions: the
+    // `tokenizers` crate's own pair truncation kept every cut-away part of the query times
+    // every part of the passage (an 18 kB query with a 4 kB passage grew past 24 GB); the
+    // pair is now cut by tokenizer.rs, and the server stays small.
+    let mut rng = SplitMix64(7);
+    let mut words = |n: usize| -> String {
+        (0..n)
+            .map(|_| {
+                let len = 1 + rng.next() % 8;
+                (0..len)
+                    .map(|_| char::from(b'a' + (rng.next() % 26) as u8))
+                    .collect::<String>()
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let (query, passage) = (words(3600), words(800));
+    let answer = post(
+        s.addr,
+        "/rerank",
+        json!({"query": query, "texts": [passage, "short"], "truncate": true}),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json().as_array().unwrap().len(), 2);
+    let peak_mb = s.status_kb("VmHWM") / 1024;
+    // 1.6 GB on the build before the fix (45080f6), this request alone.
+    assert!(peak_mb < 512, "peak RSS {peak_mb} MB after one long pair");
     for (path, body) in [
         ("/embed", json!({"inputs": "x"})),
         ("/v1/embeddings", json!({"input": "x"})),
