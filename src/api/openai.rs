@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::chat_messages::{read_messages, ChatMessageIn};
 use super::generation::{
     bad, positive, stops, AnswerContext, Collected, Format, GenerateCall, Sampling, StringOrList,
 };
@@ -14,7 +15,7 @@ use super::structured::{openai_grammar, ResponseFormat, StructuredOutputs};
 use super::tools::{forced_call, tool_calls, Tool, ToolChoice};
 use super::{check_count, from_json, Inputs};
 use crate::error::ServiceError;
-use crate::generate::chat::{check_kwargs, ChatMessage, TemplateKwargs};
+use crate::generate::chat::{check_kwargs, TemplateKwargs};
 use crate::generate::engine::FinishReason;
 use crate::generate::grammar::Grammar;
 use crate::generate::sampling::SamplingDefaults;
@@ -209,32 +210,6 @@ struct ChatRequest {
     parallel_tool_calls: Option<bool>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ChatMessageIn {
-    role: String,
-    content: ChatContent,
-    #[serde(default)]
-    #[allow(dead_code)]
-    name: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ChatContent {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ContentPart {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    text: Option<String>,
-}
-
 /// The settings both routes share.
 struct Common {
     max_tokens: Option<i64>,
@@ -334,36 +309,7 @@ pub fn parse_chat(body: &[u8], defaults: &SamplingDefaults) -> Result<GenerateCa
         return Err(bad("logprobs is not supported on /v1/chat/completions"));
     }
     let _ = (r.model, r.user);
-    if r.messages.is_empty() {
-        return Err(bad("messages must hold at least one message"));
-    }
-    let messages = r
-        .messages
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let content = match m.content {
-                ChatContent::Text(t) => t,
-                ChatContent::Parts(parts) => {
-                    let mut text = String::new();
-                    for p in parts {
-                        if p.kind != "text" {
-                            return Err(bad(format!(
-                                "messages[{i}].content has a part of type {:?}; only text parts are supported",
-                                p.kind
-                            )));
-                        }
-                        text.push_str(p.text.as_deref().unwrap_or(""));
-                    }
-                    text
-                }
-            };
-            Ok(ChatMessage {
-                role: m.role,
-                content,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let messages = read_messages(r.messages)?;
     let forced = forced_call(r.tools, r.tool_choice)?;
     let mut grammar = openai_grammar(r.response_format, r.structured_outputs)?;
     let mut kwargs = r.chat_template_kwargs.unwrap_or_default();
