@@ -281,6 +281,7 @@ mod tests {
             model: "m".into(),
             id: "cmpl-1".into(),
             created: 0,
+            tool_parsing: None,
         };
         let mut w = StreamWriter::new(answer);
         let mut out = Vec::new();

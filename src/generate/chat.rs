@@ -16,6 +16,8 @@ use std::io::Write;
 use minijinja::{Environment, Error, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 
+use super::tool_syntax::ToolSyntax;
+
 /// Most template instructions one render may run: 2 million. SmolLM2's template runs ~23
 /// per message (23,015 for 1,000 messages), so this is ~87,000 messages, past what a request
 /// body carries; a template that loops is stopped after 50–80 ms of CPU (release build,
@@ -89,6 +91,8 @@ impl ChatMessage {
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// The function-call syntax the template teaches.
+    tool_syntax: ToolSyntax,
     bos_token: String,
     eos_token: String,
 }
@@ -146,11 +150,17 @@ impl ChatTemplate {
             .map_err(|e| format!("the chat template does not parse: {e}"))?;
         let template = Self {
             env,
+            tool_syntax: ToolSyntax::detect(source),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
         };
         template.check()?;
         Ok(template)
+    }
+
+    /// The function-call syntax the template teaches ([`ToolSyntax::detect`]).
+    pub fn tool_syntax(&self) -> ToolSyntax {
+        self.tool_syntax
     }
 
     /// Renders the sample conversations (see [`Self::new`]).
