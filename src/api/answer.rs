@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use super::generation::{AnswerContext, Collected, Format};
 use super::{openai, tgi, upstream};
 use crate::generate::engine::{Event, FinishReason, TokenEvent};
+use crate::generate::tool_syntax::{ToolParsing, ToolSyntax};
 
 /// The whole answer of a finished sequence.
 pub fn whole(a: &AnswerContext, c: &Collected) -> Value {
@@ -42,6 +43,8 @@ pub struct StreamWriter {
     opened: bool,
     /// A forced function call being streamed.
     call: super::tools::CallStream,
+    /// Bytes of `text` sent as content (calls under `tool_choice: "auto"`).
+    sent: usize,
 }
 
 impl StreamWriter {
@@ -55,6 +58,7 @@ impl StreamWriter {
             stopped: false,
             opened: false,
             call: Default::default(),
+            sent: 0,
         }
     }
 
@@ -116,6 +120,9 @@ impl StreamWriter {
         } = self.answer.format
         {
             return self.openai_tool_call(ev, out);
+        }
+        if let (Format::Chat { .. }, Some(tp)) = (self.answer.format, self.answer.tool_parsing) {
+            return self.openai_auto_tools(tp, ev, out);
         }
         let a = &self.answer;
         if !self.opened {
@@ -227,6 +234,97 @@ impl StreamWriter {
         }
     }
 
+    /// An answer that may make calls (`tool_choice: "auto"`): text is sent as content until
+    /// a call may begin ([`ToolSyntax::hold_from`]) or a stop sequence may; the rest waits
+    /// for the end, where its calls are sent whole, one `tool_calls` delta each (id, name
+    /// and all the arguments), then `finish_reason: "tool_calls"`; an answer without calls
+    /// sends what was held as content.
+    fn openai_auto_tools(&mut self, tp: ToolParsing, ev: Event, out: &mut Vec<Payload>) {
+        if !self.opened {
+            self.opened = true;
+            out.push(Payload::Json(openai::chunk(
+                &self.answer,
+                Some(""),
+                None,
+                true,
+            )));
+        }
+        match ev {
+            Event::Token(t) => {
+                self.index += 1;
+                if self.stopped {
+                    return;
+                }
+                self.text.push_str(&t.text);
+                let stops = &self.answer.stop;
+                let mut limit = self.text.len();
+                if let Some(cut) = stops
+                    .iter()
+                    .filter_map(|s| self.text.find(s.as_str()))
+                    .min()
+                {
+                    self.text.truncate(cut);
+                    self.stopped = true;
+                    limit = cut;
+                } else {
+                    for s in stops {
+                        for (i, _) in s.char_indices().skip(1) {
+                            if self.text.ends_with(&s[..i]) {
+                                limit = limit.min(self.text.len() - i);
+                            }
+                        }
+                    }
+                }
+                if let Some(hold) = tp.syntax.hold_from(&self.text) {
+                    limit = limit.min(hold);
+                }
+                // Whitespace before a call is not content: it waits for what follows.
+                limit = self.text[..limit].trim_end().len();
+                if limit > self.sent && self.text.is_char_boundary(limit) {
+                    let piece = self.text[self.sent..limit].to_string();
+                    self.sent = limit;
+                    out.push(Payload::Json(openai::chunk(
+                        &self.answer,
+                        Some(&piece),
+                        None,
+                        false,
+                    )));
+                }
+            }
+            Event::Done { reason, .. } => {
+                let a = &self.answer;
+                let parsed = tp.syntax.parse(&self.text);
+                let finish = if parsed.calls.is_empty() {
+                    let rest = match tp.syntax {
+                        ToolSyntax::Json => parsed.content.unwrap_or_default(),
+                        _ => self.text[self.sent.min(self.text.len())..].to_string(),
+                    };
+                    if !rest.is_empty() {
+                        out.push(Payload::Json(openai::chunk(a, Some(&rest), None, false)));
+                    }
+                    reason.openai()
+                } else {
+                    let end = parsed.content_end.max(self.sent);
+                    let before = self.text[self.sent..end].trim_end();
+                    if !before.is_empty() {
+                        out.push(Payload::Json(openai::chunk(a, Some(before), None, false)));
+                    }
+                    let keep = if tp.parallel { parsed.calls.len() } else { 1 };
+                    let calls = super::tools::openai_calls(&parsed.calls[..keep]);
+                    for (i, mut call) in calls.as_array().into_iter().flatten().cloned().enumerate()
+                    {
+                        call["index"] = json!(i);
+                        out.push(Payload::Json(tool_delta(a, json!([call]))));
+                    }
+                    "tool_calls"
+                };
+                out.push(Payload::Json(openai::chunk(a, None, Some(finish), false)));
+                self.openai_end(out);
+            }
+            Event::Failed(_) => {}
+        }
+    }
+
     /// The part of the pending text that can be sent: up to a stop sequence (then nothing
     /// more is sent), or all but the longest tail that could begin one.
     fn releasable(&mut self) -> String {
@@ -267,6 +365,97 @@ fn tool_delta(a: &AnswerContext, calls: Value) -> Value {
 mod tests {
     use super::*;
 
+    fn token(text: &str) -> Event {
+        Event::Token(TokenEvent {
+            id: 1,
+            text: text.into(),
+            logprob: 0.0,
+            special: false,
+        })
+    }
+
+    /// The content and the calls a stream of `pieces` sends under `tool_choice: "auto"`.
+    fn auto_stream(
+        syntax: ToolSyntax,
+        parallel: bool,
+        pieces: &[&str],
+    ) -> (String, Vec<Value>, String) {
+        let answer = AnswerContext {
+            format: Format::Chat {
+                include_usage: false,
+                tool_call: false,
+            },
+            prompt_text: String::new(),
+            prompt_tokens: 1,
+            seed: None,
+            stop: Vec::new(),
+            model: "m".into(),
+            id: "cmpl-1".into(),
+            created: 0,
+            tool_parsing: Some(ToolParsing { syntax, parallel }),
+        };
+        let mut w = StreamWriter::new(answer);
+        let mut out = Vec::new();
+        let mut content_before_call = true;
+        for p in pieces {
+            w.event(token(p), &mut out);
+        }
+        w.event(
+            Event::Done {
+                reason: FinishReason::EosToken,
+                generated_tokens: pieces.len(),
+                prompt_tokens: 1,
+            },
+            &mut out,
+        );
+        let (mut content, mut calls, mut finish) = (String::new(), Vec::new(), String::new());
+        for p in &out {
+            let Payload::Json(v) = p else { continue };
+            let delta = &v["choices"][0]["delta"];
+            if let Some(c) = delta["content"].as_str() {
+                assert!(content_before_call, "content after a call");
+                content.push_str(c);
+            }
+            if let Some(t) = delta["tool_calls"].as_array() {
+                content_before_call = false;
+                calls.extend(t.iter().cloned());
+            }
+            if let Some(f) = v["choices"][0]["finish_reason"].as_str() {
+                finish = f.into();
+            }
+        }
+        (content, calls, finish)
+    }
+
+    #[test]
+    fn streamed_auto_calls_hold_text_from_the_opener_and_send_calls_whole() {
+        let pieces = ["Let me ", "check.\n<tool", "_call>\n{\"name\": \"weather\", ", "\"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"time\", \"arguments\": {}}\n</tool_call>"];
+        let (content, calls, finish) = auto_stream(ToolSyntax::Hermes, true, &pieces);
+        assert_eq!(content, "Let me check.");
+        assert_eq!(finish, "tool_calls");
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0]["function"]["name"], "weather");
+        assert_eq!(calls[0]["function"]["arguments"], "{\"city\":\"Paris\"}");
+        assert_eq!(
+            (calls[0]["index"].clone(), calls[1]["index"].clone()),
+            (json!(0), json!(1))
+        );
+        assert!(calls[1]["id"].as_str().unwrap().starts_with("call_"));
+        let (_, calls, _) = auto_stream(ToolSyntax::Hermes, false, &pieces);
+        assert_eq!(calls.len(), 1);
+        // A held partial opener that turns out to be text is sent.
+        let (content, calls, finish) =
+            auto_stream(ToolSyntax::Hermes, true, &["a <tool", "box> b"]);
+        assert_eq!(
+            (content.as_str(), calls.len(), finish.as_str()),
+            ("a <toolbox> b", 0, "stop")
+        );
+        // The generic JSON format sends its response as content.
+        let (content, calls, _) =
+            auto_stream(ToolSyntax::Json, true, &["{\"response\": ", "\"Hi!\"}"]);
+        assert_eq!((content.as_str(), calls.len()), ("Hi!", 0));
+    }
+
     #[test]
     fn streamed_openai_text_never_shows_a_stop_sequence() {
         let answer = AnswerContext {
@@ -281,6 +470,7 @@ mod tests {
             model: "m".into(),
             id: "cmpl-1".into(),
             created: 0,
+            tool_parsing: None,
         };
         let mut w = StreamWriter::new(answer);
         let mut out = Vec::new();

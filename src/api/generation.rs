@@ -12,6 +12,7 @@ use crate::error::ServiceError;
 use crate::generate::engine::{FinishReason, TokenEvent};
 use crate::generate::sampling::{check_ranges, SamplingParams};
 use crate::generate::service::{GenerateRequest, Generation};
+use crate::generate::tool_syntax::ToolParsing;
 
 /// The longest stop sequence accepted.
 pub const MAX_STOP_BYTES: usize = 256;
@@ -175,6 +176,8 @@ pub struct AnswerContext {
     pub model: String,
     pub id: String,
     pub created: u64,
+    /// How to read calls in the answer (`tool_choice: "auto"`).
+    pub tool_parsing: Option<ToolParsing>,
 }
 
 impl AnswerContext {
@@ -194,6 +197,7 @@ impl AnswerContext {
             seed: params.do_sample.then_some(params.seed),
             stop,
             model,
+            tool_parsing: generation.tool_parsing,
             id: format!("cmpl-{:016x}", random_seed()),
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)

@@ -16,6 +16,7 @@
 //! codes and the broker to retry decisions.
 
 pub mod answer;
+pub mod chat_messages;
 pub mod cohere;
 pub mod generation;
 pub mod json_routes;

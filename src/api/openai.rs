@@ -7,14 +7,15 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::chat_messages::{read_messages, ChatMessageIn};
 use super::generation::{
     bad, positive, stops, AnswerContext, Collected, Format, GenerateCall, Sampling, StringOrList,
 };
 use super::structured::{openai_grammar, ResponseFormat, StructuredOutputs};
-use super::tools::{forced_call, tool_calls, Tool, ToolChoice};
+use super::tools::{openai_calls, plan, tool_calls, Tool, ToolChoice};
 use super::{check_count, from_json, Inputs};
 use crate::error::ServiceError;
-use crate::generate::chat::{check_kwargs, ChatMessage, TemplateKwargs};
+use crate::generate::chat::{check_kwargs, TemplateKwargs};
 use crate::generate::engine::FinishReason;
 use crate::generate::grammar::Grammar;
 use crate::generate::sampling::SamplingDefaults;
@@ -204,35 +205,8 @@ struct ChatRequest {
     structured_outputs: Option<StructuredOutputs>,
     tools: Option<Vec<Tool>>,
     tool_choice: Option<ToolChoice>,
-    /// Accepted; a forced call is one call.
-    #[allow(dead_code)]
+    /// Under `tool_choice: "auto"`, false keeps at most one call; a forced call is one call.
     parallel_tool_calls: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ChatMessageIn {
-    role: String,
-    content: ChatContent,
-    #[serde(default)]
-    #[allow(dead_code)]
-    name: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ChatContent {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ContentPart {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    text: Option<String>,
 }
 
 /// The settings both routes share.
@@ -334,48 +308,21 @@ pub fn parse_chat(body: &[u8], defaults: &SamplingDefaults) -> Result<GenerateCa
         return Err(bad("logprobs is not supported on /v1/chat/completions"));
     }
     let _ = (r.model, r.user);
-    if r.messages.is_empty() {
-        return Err(bad("messages must hold at least one message"));
-    }
-    let messages = r
-        .messages
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let content = match m.content {
-                ChatContent::Text(t) => t,
-                ChatContent::Parts(parts) => {
-                    let mut text = String::new();
-                    for p in parts {
-                        if p.kind != "text" {
-                            return Err(bad(format!(
-                                "messages[{i}].content has a part of type {:?}; only text parts are supported",
-                                p.kind
-                            )));
-                        }
-                        text.push_str(p.text.as_deref().unwrap_or(""));
-                    }
-                    text
-                }
-            };
-            Ok(ChatMessage {
-                role: m.role,
-                content,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let forced = forced_call(r.tools, r.tool_choice)?;
+    let messages = read_messages(r.messages)?;
+    let tools = plan(r.tools, r.tool_choice, r.parallel_tool_calls)?;
     let mut grammar = openai_grammar(r.response_format, r.structured_outputs)?;
     let mut kwargs = r.chat_template_kwargs.unwrap_or_default();
     check_kwargs(&kwargs).map_err(bad)?;
-    if let Some(call) = &forced {
+    if let Some(forced) = &tools.forced {
         if grammar.is_some() {
             return Err(bad(
                 "give response_format (or structured_outputs) or a forced tool call, not both",
             ));
         }
-        grammar = Some(call.grammar.clone());
-        kwargs.insert("tools".into(), call.template_tools.clone());
+        grammar = Some(forced.clone());
+    }
+    if let Some(template_tools) = tools.template_tools {
+        kwargs.insert("tools".into(), template_tools);
     }
     let common = Common {
         max_tokens: r.max_completion_tokens.or(r.max_tokens),
@@ -390,10 +337,12 @@ pub fn parse_chat(body: &[u8], defaults: &SamplingDefaults) -> Result<GenerateCa
     };
     let format = Format::Chat {
         include_usage: common.include_usage,
-        tool_call: forced.is_some(),
+        tool_call: tools.forced.is_some(),
     };
     let prompt = Prompt::Chat { messages, kwargs };
-    call(prompt, common, defaults, None, format)
+    let mut c = call(prompt, common, defaults, None, format)?;
+    c.request.tools = tools.auto;
+    Ok(c)
 }
 
 /// The call both routes make. `default_new` is the route's default for `max_tokens` (`None`:
@@ -433,6 +382,7 @@ fn call(
             stop: stops(c.stop.map(StringOrList::into_vec))?,
             ignore_eos: c.ignore_eos.unwrap_or(false),
             grammar: c.grammar,
+            tools: None,
         },
         format,
         stream: c.stream,
@@ -472,14 +422,29 @@ pub fn whole_completion(a: &AnswerContext, c: &Collected, echo: bool) -> Value {
     })
 }
 
-/// The whole chat answer: a forced function call that finished is `message.tool_calls`.
+/// The whole chat answer: a forced function call that finished, or the calls an answer
+/// under `tool_choice: "auto"` made, are `message.tool_calls` (with the text before them as
+/// `content`).
 pub fn whole_chat(a: &AnswerContext, c: &Collected) -> Value {
     let text = c.text();
+    let mut content = Value::Null;
     let call = match a.format {
         Format::Chat {
             tool_call: true, ..
         } if c.reason == FinishReason::EosToken => tool_calls(&text),
-        _ => None,
+        _ => match &a.tool_parsing {
+            Some(tp) => {
+                let parsed = tp.syntax.parse(a.trim_stop(&text));
+                if parsed.calls.is_empty() {
+                    let content = parsed.content.unwrap_or_default();
+                    return chat_text(a, c, &content);
+                }
+                content = parsed.content.map_or(Value::Null, Value::String);
+                let keep = if tp.parallel { parsed.calls.len() } else { 1 };
+                Some(openai_calls(&parsed.calls[..keep]))
+            }
+            None => None,
+        },
     };
     if let Some(calls) = call {
         return json!({
@@ -489,13 +454,18 @@ pub fn whole_chat(a: &AnswerContext, c: &Collected) -> Value {
             "model": a.model,
             "choices": [{
                 "index": 0,
-                "message": { "role": "assistant", "content": null, "tool_calls": calls },
+                "message": { "role": "assistant", "content": content, "tool_calls": calls },
                 "logprobs": null,
                 "finish_reason": "tool_calls",
             }],
             "usage": usage(a, c.tokens.len()),
         });
     }
+    chat_text(a, c, a.trim_stop(&text))
+}
+
+/// A chat answer in words.
+fn chat_text(a: &AnswerContext, c: &Collected, content: &str) -> Value {
     json!({
         "id": a.id.replacen("cmpl-", "chatcmpl-", 1),
         "object": "chat.completion",
@@ -503,7 +473,7 @@ pub fn whole_chat(a: &AnswerContext, c: &Collected) -> Value {
         "model": a.model,
         "choices": [{
             "index": 0,
-            "message": { "role": "assistant", "content": a.trim_stop(&text) },
+            "message": { "role": "assistant", "content": content },
             "logprobs": null,
             "finish_reason": c.reason.openai(),
         }],

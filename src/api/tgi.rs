@@ -112,6 +112,7 @@ pub fn parse(value: Value, route: TgiRoute) -> Result<GenerateCall, ServiceError
             stop: stops(p.stop)?,
             ignore_eos: p.ignore_eos.unwrap_or(false),
             grammar: p.grammar.map(TgiGrammar::grammar).transpose()?,
+            tools: None,
         },
         format: Format::Tgi {
             details: p.details.unwrap_or(false),

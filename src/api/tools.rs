@@ -5,13 +5,13 @@
 //! `parameters` (a JSON schema grammar, [`crate::generate::grammar`]), answered as
 //! `message.tool_calls` with `finish_reason: "tool_calls"`, streamed name first and then the
 //! arguments in pieces ([`CallStream`]). `tool_choice: "none"` generates
-//! text. The tools are given to the chat template as its `tools` variable (the Hugging Face
+//! text (the template still sees the tools). The tools are given to the chat template as its `tools` variable (the Hugging Face
 //! convention), so a template that renders them shows the model what it may call.
 //!
-//! Not (yet) here: `tool_choice: "auto"` (the model choosing between text and a call needs
-//! the model's own call syntax and a lazy grammar) and conversations that carry tool calls or
-//! results (`tool_calls` on an assistant message, `tool_call_id`): both are refused with a 400
-//! (the second as unknown fields, named).
+//! `tool_choice: "auto"` (the default when tools are given) lets the model answer text or
+//! calls in its own syntax ([`crate::generate::tool_syntax`]); the calls it made are
+//! [`openai_calls`]. Conversations that carry calls and results are read in
+//! [`super::chat_messages`].
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use super::generation::{bad, random_seed};
 use crate::error::ServiceError;
 use crate::generate::grammar::Grammar;
+use crate::generate::tool_syntax::{any_call_schema, AutoTools, FunctionSpec, ParsedCall};
 
 /// One entry of `tools`.
 #[derive(Deserialize)]
@@ -59,26 +60,29 @@ pub(super) struct NamedFunction {
     name: String,
 }
 
-/// What a chat request's tools ask for: the grammar of the call, and the tools as the
-/// template's `tools` variable.
-pub(super) struct ToolCall {
-    pub grammar: Grammar,
-    pub template_tools: Value,
+/// What a chat request's tools ask for: a forced call's grammar, or the functions the model
+/// may call (`"auto"`), and the tools as the template's `tools` variable (given under every
+/// `tool_choice`, `"none"` too, as OpenAI and vLLM show a model its tools).
+pub(super) struct ToolPlan {
+    pub forced: Option<Grammar>,
+    pub auto: Option<AutoTools>,
+    pub template_tools: Option<Value>,
 }
 
-/// The call the request forces, if any.
+/// What `tools`, `tool_choice` and `parallel_tool_calls` ask for.
 ///
 /// # Errors
 ///
-/// Malformed tools, an unknown named function, `tool_choice: "auto"` (or left out with
-/// tools given, which means auto), or `tool_choice` without tools.
-pub(super) fn forced_call(
+/// Malformed tools, an unknown named function, an unknown mode, or `tool_choice` other than
+/// `"none"` without tools.
+pub(super) fn plan(
     tools: Option<Vec<Tool>>,
     choice: Option<ToolChoice>,
-) -> Result<Option<ToolCall>, ServiceError> {
+    parallel: Option<bool>,
+) -> Result<ToolPlan, ServiceError> {
     let tools = tools.unwrap_or_default();
     let mode = match &choice {
-        None if tools.is_empty() => return Ok(None),
+        None if tools.is_empty() => "none",
         None => "auto",
         Some(ToolChoice::Mode(m)) => m.as_str(),
         Some(ToolChoice::Named { kind, .. }) if kind == "function" => "named",
@@ -88,22 +92,20 @@ pub(super) fn forced_call(
             )))
         }
     };
-    match mode {
-        "none" => return Ok(None),
-        "auto" => {
-            return Err(bad(
-                "tool_choice \"auto\" (the default when tools are given) is not supported yet: give tool_choice \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}, or \"none\"",
-            ))
-        }
-        "required" | "named" => {}
-        other => {
-            return Err(bad(format!(
-                "tool_choice must be \"none\", \"auto\", \"required\" or a named function (got {other:?})"
-            )))
-        }
+    if !matches!(mode, "none" | "auto" | "required" | "named") {
+        return Err(bad(format!(
+            "tool_choice must be \"none\", \"auto\", \"required\" or a named function (got {mode:?})"
+        )));
     }
     if tools.is_empty() {
-        return Err(bad("tool_choice needs tools"));
+        if mode == "none" {
+            return Ok(ToolPlan {
+                forced: None,
+                auto: None,
+                template_tools: None,
+            });
+        }
+        return Err(bad(format!("tool_choice {mode:?} needs tools")));
     }
     for (i, t) in tools.iter().enumerate() {
         if t.kind != "function" {
@@ -126,11 +128,21 @@ pub(super) fn forced_call(
             )));
         }
     }
-    let chosen: Vec<&Tool> = match &choice {
+    let spec = |t: &Tool| FunctionSpec {
+        name: t.function.name.clone(),
+        description: t.function.description.clone(),
+        parameters: t
+            .function
+            .parameters
+            .clone()
+            .unwrap_or_else(|| json!({"type": "object"})),
+    };
+    let chosen: Vec<FunctionSpec> = match &choice {
         Some(ToolChoice::Named { function, .. }) => {
-            let found: Vec<&Tool> = tools
+            let found: Vec<FunctionSpec> = tools
                 .iter()
                 .filter(|t| t.function.name == function.name)
+                .map(spec)
                 .collect();
             if found.is_empty() {
                 return Err(bad(format!(
@@ -140,27 +152,7 @@ pub(super) fn forced_call(
             }
             found
         }
-        _ => tools.iter().collect(),
-    };
-    let alternatives: Vec<Value> = chosen
-        .iter()
-        .map(|t| {
-            let params = t
-                .function
-                .parameters
-                .clone()
-                .unwrap_or_else(|| json!({"type": "object"}));
-            json!({
-                "type": "object",
-                "properties": {"name": {"const": t.function.name}, "arguments": params},
-                "required": ["name", "arguments"],
-                "additionalProperties": false,
-            })
-        })
-        .collect();
-    let schema = match alternatives.len() {
-        1 => alternatives.into_iter().next().unwrap_or_default(),
-        _ => json!({"anyOf": alternatives}),
+        _ => tools.iter().map(spec).collect(),
     };
     let template_tools = Value::Array(
         tools
@@ -174,10 +166,38 @@ pub(super) fn forced_call(
             })
             .collect(),
     );
-    Ok(Some(ToolCall {
-        grammar: Grammar::JsonSchema(schema),
-        template_tools,
-    }))
+    let (forced, auto) = match mode {
+        "none" => (None, None),
+        "auto" => (
+            None,
+            Some(AutoTools {
+                functions: chosen,
+                parallel: parallel.unwrap_or(true),
+            }),
+        ),
+        _ => (Some(Grammar::JsonSchema(any_call_schema(&chosen))), None),
+    };
+    Ok(ToolPlan {
+        forced,
+        auto,
+        template_tools: Some(template_tools),
+    })
+}
+
+/// OpenAI's `tool_calls` for the calls an answer made, each with a fresh id.
+pub fn openai_calls(calls: &[ParsedCall]) -> Value {
+    Value::Array(
+        calls
+            .iter()
+            .map(|c| {
+                json!({
+                    "id": format!("call_{:016x}", random_seed()),
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments.to_string()},
+                })
+            })
+            .collect(),
+    )
 }
 
 /// The `tool_calls` of an answer whose text is a finished call (`{"name", "arguments"}`),
@@ -274,11 +294,13 @@ impl CallStream {
 mod tests {
     use super::*;
 
-    fn call(tools: Value, choice: Value) -> Result<Option<ToolCall>, ServiceError> {
-        forced_call(
+    fn call(tools: Value, choice: Value) -> Result<Option<ToolPlan>, ServiceError> {
+        let p = plan(
             serde_json::from_value(tools).unwrap(),
             serde_json::from_value(choice).unwrap(),
-        )
+            None,
+        )?;
+        Ok(p.forced.is_some().then_some(p))
     }
 
     fn weather() -> Value {
@@ -293,11 +315,11 @@ mod tests {
         let Some(c) = call(weather(), json!("required")).unwrap() else {
             panic!("a call")
         };
-        let Grammar::JsonSchema(s) = c.grammar else {
+        let Some(Grammar::JsonSchema(s)) = c.forced else {
             panic!("a schema")
         };
         assert_eq!(s["anyOf"].as_array().unwrap().len(), 2);
-        assert_eq!(c.template_tools.as_array().unwrap().len(), 2);
+        assert_eq!(c.template_tools.unwrap().as_array().unwrap().len(), 2);
         let Some(c) = call(
             weather(),
             json!({"type": "function", "function": {"name": "time"}}),
@@ -305,7 +327,7 @@ mod tests {
         .unwrap() else {
             panic!("a call")
         };
-        let Grammar::JsonSchema(s) = c.grammar else {
+        let Some(Grammar::JsonSchema(s)) = c.forced else {
             panic!("a schema")
         };
         assert_eq!(s["properties"]["name"]["const"], "time");
@@ -313,10 +335,23 @@ mod tests {
     }
 
     #[test]
-    fn auto_unknown_names_and_stray_choices_are_refused() {
-        let e = call(weather(), Value::Null).err().unwrap();
-        assert!(e.to_string().contains("auto"), "{e}");
-        assert!(call(weather(), json!("auto")).is_err());
+    fn auto_is_the_default_with_tools_and_unknown_names_are_refused() {
+        let t = |choice: Value, parallel| {
+            plan(
+                serde_json::from_value(weather()).unwrap(),
+                serde_json::from_value(choice).unwrap(),
+                parallel,
+            )
+            .unwrap()
+        };
+        let p = t(Value::Null, None);
+        let auto = p.auto.unwrap();
+        assert_eq!((auto.functions.len(), auto.parallel), (2, true));
+        assert!(p.forced.is_none() && p.template_tools.is_some());
+        assert!(!t(json!("auto"), Some(false)).auto.unwrap().parallel);
+        // "none": no call, no grammar, but the template still sees the tools.
+        let p = t(json!("none"), None);
+        assert!(p.auto.is_none() && p.forced.is_none() && p.template_tools.is_some());
         let e = call(
             weather(),
             json!({"type": "function", "function": {"name": "nope"}}),
@@ -325,6 +360,7 @@ mod tests {
         .unwrap();
         assert!(e.to_string().contains("nope"), "{e}");
         assert!(call(Value::Null, json!("required")).is_err());
+        assert!(call(weather(), json!("sometimes")).is_err());
     }
 
     #[test]
@@ -359,6 +395,16 @@ mod tests {
         let t = json!([{"type": "function", "function": {"name": "bad name"}}]);
         let e = call(t, json!("required")).err().unwrap();
         assert!(e.to_string().contains("bad name"), "{e}");
+    }
+
+    #[test]
+    fn parsed_calls_become_openai_tool_calls() {
+        let v = openai_calls(&[ParsedCall {
+            name: "weather".into(),
+            arguments: json!({"city": "Paris"}),
+        }]);
+        assert_eq!(v[0]["function"]["arguments"], r#"{"city":"Paris"}"#);
+        assert!(v[0]["id"].as_str().unwrap().starts_with("call_"));
     }
 
     #[test]

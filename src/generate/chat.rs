@@ -16,6 +16,8 @@ use std::io::Write;
 use minijinja::{Environment, Error, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 
+use super::tool_syntax::ToolSyntax;
+
 /// Most template instructions one render may run: 2 million. SmolLM2's template runs ~23
 /// per message (23,015 for 1,000 messages), so this is ~87,000 messages, past what a request
 /// body carries; a template that loops is stopped after 50–80 ms of CPU (release build,
@@ -56,16 +58,41 @@ pub fn check_kwargs(kwargs: &TemplateKwargs) -> Result<(), String> {
     }
 }
 
-/// One chat message.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// One chat message, as Hugging Face templates read it.
+///
+/// An assistant's earlier function calls are `tool_calls`, each `{"id", "type": "function",
+/// "function": {"name", "arguments"}}` with `arguments` a JSON object (templates write it
+/// with `| tojson`; vLLM and llama.cpp pass it parsed, too); a function's result is a
+/// message of role `tool` with `tool_call_id` and the function's `name`. A call's content is
+/// `""` (templates test it with `if message.content`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl ChatMessage {
+    /// A message of `role` saying `content`.
+    pub fn new(role: &str, content: &str) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+            ..Self::default()
+        }
+    }
 }
 
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// The function-call syntax the template teaches.
+    tool_syntax: ToolSyntax,
     bos_token: String,
     eos_token: String,
 }
@@ -123,6 +150,7 @@ impl ChatTemplate {
             .map_err(|e| format!("the chat template does not parse: {e}"))?;
         let template = Self {
             env,
+            tool_syntax: ToolSyntax::detect(source),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
         };
@@ -130,12 +158,14 @@ impl ChatTemplate {
         Ok(template)
     }
 
+    /// The function-call syntax the template teaches ([`ToolSyntax::detect`]).
+    pub fn tool_syntax(&self) -> ToolSyntax {
+        self.tool_syntax
+    }
+
     /// Renders the sample conversations (see [`Self::new`]).
     fn check(&self) -> Result<(), String> {
-        let msg = |role: &str, content: &str| ChatMessage {
-            role: role.into(),
-            content: content.into(),
-        };
+        let msg = ChatMessage::new;
         let none = TemplateKwargs::new();
         match self.try_render(&[msg("user", "Hello!")], true, &none) {
             Ok(_) => {}
@@ -196,8 +226,8 @@ impl ChatTemplate {
             .iter()
             .enumerate()
             .map(|(i, m)| ChatMessage {
-                role: m.role.clone(),
                 content: marker(i),
+                ..m.clone()
             })
             .collect();
         let template_out = self
@@ -276,10 +306,7 @@ mod tests {
     const CHATML: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
     fn msg(role: &str, content: &str) -> ChatMessage {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-        }
+        ChatMessage::new(role, content)
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub mod sampling;
 pub mod service;
 pub mod spm_merges;
 pub mod tokenizer;
+pub mod tool_syntax;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -51,6 +51,23 @@ pub fn chat_prompt(
                 "messages[{i}].role spells the control token {token:?}; a role is a plain name such as \"user\""
             )));
         }
+        // Calls, ids and names are written by the template as they are (arguments as JSON):
+        // none may spell a control token.
+        let calls = m
+            .tool_calls
+            .as_ref()
+            .map(|c| serde_json::Value::from(c.clone()).to_string());
+        for (field, text) in [
+            ("tool_calls", calls.as_deref()),
+            ("tool_call_id", m.tool_call_id.as_deref()),
+            ("name", m.name.as_deref()),
+        ] {
+            if let Some(token) = text.and_then(spelled) {
+                return Err(ServiceError::Invalid(format!(
+                    "messages[{i}].{field} spells the control token {token:?}"
+                )));
+            }
+        }
     }
     let Some((first, token)) = messages
         .iter()

@@ -23,6 +23,7 @@ use super::grammar::{Grammar, GrammarCompiler};
 use super::prompt::chat_prompt;
 use super::sampling::{SamplingDefaults, SamplingParams};
 use super::tokenizer::GenTokenizer;
+use super::tool_syntax::{AutoTools, ToolParsing, ToolSyntax};
 use crate::error::ServiceError;
 use crate::model::{ModelInfo, TokenInfo};
 use crate::offload::Offload;
@@ -80,6 +81,9 @@ pub struct GenerateRequest {
     pub ignore_eos: bool,
     /// What the output must follow (structured output), if anything.
     pub grammar: Option<Grammar>,
+    /// Functions the model may call or not (`tool_choice: "auto"`; chat prompts only): the
+    /// answer follows the template's call syntax ([`super::tool_syntax`]).
+    pub tools: Option<AutoTools>,
 }
 
 /// A request the engine has queued: what the answer needs, and its events.
@@ -87,6 +91,8 @@ pub struct Generation {
     /// The prompt as the model reads it (a chat rendered through its template).
     pub prompt_text: String,
     pub prompt_tokens: usize,
+    /// How to read calls in the answer (a request with `tools` under `tool_choice: "auto"`).
+    pub tool_parsing: Option<ToolParsing>,
     /// Tokens, then one `Done` or `Failed`. Dropping it cancels the sequence (the engine
     /// retires it at its next step).
     pub events: UnboundedReceiver<Event>,
@@ -167,7 +173,8 @@ impl GenerateService {
     }
 
     /// Checks, tokenizes and queues `request`; the answer streams from the returned events.
-    pub async fn submit(&self, request: GenerateRequest) -> Result<Generation, ServiceError> {
+    pub async fn submit(&self, mut request: GenerateRequest) -> Result<Generation, ServiceError> {
+        let tool_parsing = self.prepare_tools(&mut request)?;
         let constraint = match request.grammar {
             Some(grammar) => {
                 let grammars = self.grammars.clone();
@@ -229,6 +236,7 @@ impl GenerateService {
             Ok(()) => Ok(Generation {
                 prompt_text,
                 prompt_tokens,
+                tool_parsing,
                 events: rx,
             }),
             Err(SubmitError::Full) => Err(ServiceError::QueueFull(format!(
@@ -239,6 +247,39 @@ impl GenerateService {
                 "the generation engine has stopped; retry on another replica".into(),
             )),
         }
+    }
+
+    /// A chat request's conversation and grammar made ready for the template's call syntax:
+    /// messages as the template needs them, and (under `tool_choice: "auto"`) the syntax's
+    /// grammar, unless the request gives its own or the syntax's opener is a control token
+    /// (then the answer is only parsed).
+    fn prepare_tools(
+        &self,
+        request: &mut GenerateRequest,
+    ) -> Result<Option<ToolParsing>, ServiceError> {
+        let (Prompt::Chat { messages, .. }, Some(template)) = (&mut request.prompt, &self.chat)
+        else {
+            return Ok(None);
+        };
+        let syntax = template.tool_syntax();
+        *messages = syntax.prepare(std::mem::take(messages), request.tools.as_ref());
+        let Some(tools) = &request.tools else {
+            return Ok(None);
+        };
+        if request.grammar.is_none() {
+            let opener_special = match syntax {
+                ToolSyntax::Hermes => self
+                    .tokenizer
+                    .special_texts()
+                    .any(|t| t == super::tool_syntax::hermes::OPENER),
+                _ => false,
+            };
+            request.grammar = syntax.grammar(tools, opener_special);
+        }
+        Ok(Some(ToolParsing {
+            syntax,
+            parallel: tools.parallel,
+        }))
     }
 
     /// The error a sequence that waited past its deadline ends in.

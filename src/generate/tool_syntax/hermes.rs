@@ -1,0 +1,114 @@
+//! Hermes / Qwen calls: `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`, one
+//! block per call, text before the first is content (Qwen 2.5 / 3's, Hermes 2 Pro's and
+//! SmolLM3's templates).
+
+use super::{any_call_schema, read_call, AutoTools, Parsed};
+use crate::generate::grammar::Grammar;
+
+pub const OPENER: &str = "<tool_call>";
+pub const CLOSER: &str = "</tool_call>";
+
+/// The calls in `text`. A block that does not hold a well-formed call, or text after the
+/// calls, makes the whole answer text (as vLLM's Hermes parser answers it). The last block
+/// may lack its closer (the model may end right after the JSON).
+pub fn parse(text: &str) -> Parsed {
+    let Some(start) = text.find(OPENER) else {
+        return Parsed::text(text);
+    };
+    let mut calls = Vec::new();
+    let mut rest = &text[start..];
+    while let Some(body) = rest.strip_prefix(OPENER) {
+        let (inside, after) = match body.find(CLOSER) {
+            Some(end) => (&body[..end], &body[end + CLOSER.len()..]),
+            None => (body, ""),
+        };
+        let Some(call) = serde_json::from_str(inside.trim())
+            .ok()
+            .and_then(|v| read_call(&v))
+        else {
+            return Parsed::text(text);
+        };
+        calls.push(call);
+        rest = after.trim_start();
+    }
+    if !rest.is_empty() {
+        return Parsed::text(text);
+    }
+    Parsed {
+        content: super::non_empty(text[..start].trim_end()),
+        content_end: start,
+        calls,
+    }
+}
+
+/// The lazy grammar of an answer: free text that never writes the opener, or text, then
+/// the opener, then a call whose arguments validate, closed, and (with `parallel`) more
+/// calls; nothing after the last call.
+///
+/// The text before a call and the opener are one lazy lexeme (it ends at the first
+/// opener), and text alone is a lexeme that cannot hold the opener: so a call, once begun,
+/// is always the grammar's.
+pub fn grammar(tools: &AutoTools) -> Grammar {
+    let mut schema = any_call_schema(&tools.functions);
+    // Written as the templates write calls (`| tojson`), with no free whitespace (a model
+    // could pad forever).
+    schema["x-guidance"] = serde_json::json!({
+        "whitespace_flexible": false,
+        "item_separator": ", ",
+        "key_separator": ": ",
+        "coerce_one_of": true,
+    });
+    let more = if tools.parallel {
+        "(WS \"<tool_call>\" call)*"
+    } else {
+        ""
+    };
+    Grammar::Lark(format!(
+        r#"start: TEXT | open call {more} WS?
+open[lazy]: /(?s:.*)<tool_call>/
+TEXT: /(?s:.*)/ & ~/(?s:.*)<tool_call>(?s:.*)/
+call: "\n"? body "\n"? "</tool_call>"
+body: %json {schema}
+WS: /[ \t\n]+/
+"#
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn blocks_are_calls_and_text_before_them_content() {
+        let p = parse("Let me check.\n<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>");
+        assert_eq!(p.content.as_deref(), Some("Let me check."));
+        assert_eq!(p.content_end, 14);
+        assert_eq!(p.calls.len(), 1);
+        assert_eq!(p.calls[0].name, "weather");
+        assert_eq!(p.calls[0].arguments, json!({"city": "Paris"}));
+    }
+
+    #[test]
+    fn several_blocks_are_several_calls_and_the_last_may_be_unclosed() {
+        let p = parse("<tool_call>\n{\"name\": \"a\", \"arguments\": {}}\n</tool_call>\n<tool_call>\n{\"name\": \"b\", \"arguments\": {\"x\": 1}}");
+        assert_eq!(p.content, None);
+        let names: Vec<&str> = p.calls.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn malformed_calls_are_text() {
+        for text in [
+            "<tool_call>\n{\"name\": \"a\", \"argu",
+            "<tool_call>{\"arguments\": {}}</tool_call>",
+            "<tool_call>{\"name\": \"a\", \"arguments\": {}}</tool_call> and more text",
+            "no calls here",
+        ] {
+            let p = parse(text);
+            assert!(p.calls.is_empty(), "{text}");
+            assert_eq!(p.content.as_deref(), Some(text));
+            assert_eq!(p.content_end, text.len());
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Templates that know no tools (SmolLM2's ChatML, Llama 2's, …): llama.cpp's generic
+//! format. The tools are described in the system message, and the answer is JSON, either
+//! `{"tool_calls": [{"name": ..., "arguments": {...}}]}` or `{"response": "..."}`, which a
+//! JSON schema constrains: a call always names a tool and its arguments validate; an answer
+//! in words is the `response` string. Earlier calls in the conversation are written as that
+//! JSON in the assistant's content, so the model sees its own format.
+
+use serde_json::{json, Value};
+
+use super::{any_call_schema, read_call, AutoTools, Parsed};
+use crate::generate::chat::ChatMessage;
+use crate::generate::grammar::Grammar;
+
+/// The schema of an answer: calls (at most one unless parallel) or a response.
+pub fn grammar(tools: &AutoTools) -> Grammar {
+    let mut calls =
+        json!({"type": "array", "items": any_call_schema(&tools.functions), "minItems": 1});
+    if !tools.parallel {
+        calls["maxItems"] = json!(1);
+    }
+    Grammar::JsonSchema(json!({"anyOf": [
+        {"type": "object", "properties": {"tool_calls": calls}, "required": ["tool_calls"], "additionalProperties": false},
+        {"type": "object", "properties": {"response": {"type": "string"}}, "required": ["response"], "additionalProperties": false},
+    ]}))
+}
+
+/// The calls, or the response, in `text`; anything else is text.
+pub fn parse(text: &str) -> Parsed {
+    let Ok(v) = serde_json::from_str::<Value>(text.trim()) else {
+        return Parsed::text(text);
+    };
+    if let Some(Value::String(response)) = v.get("response") {
+        return Parsed {
+            content: super::non_empty(response),
+            content_end: 0,
+            calls: Vec::new(),
+        };
+    }
+    let calls = match (v.get("tool_calls"), v.get("tool_call")) {
+        (Some(Value::Array(items)), _) if !items.is_empty() => {
+            items.iter().map(read_call).collect::<Option<Vec<_>>>()
+        }
+        (_, Some(one)) => read_call(one).map(|c| vec![c]),
+        _ => None,
+    };
+    match calls {
+        Some(calls) => Parsed {
+            content: None,
+            content_end: 0,
+            calls,
+        },
+        None => Parsed::text(text),
+    }
+}
+
+/// The system message that teaches the format.
+fn instructions(tools: &AutoTools) -> String {
+    let list: Vec<Value> = tools
+        .functions
+        .iter()
+        .map(|f| json!({"name": f.name, "description": f.description, "parameters": f.parameters}))
+        .collect();
+    format!(
+        "You can call these tools:\n{}\nAnswer in JSON: {{\"tool_calls\": [{{\"name\": <tool name>, \"arguments\": <its arguments>}}]}} to call tools, or {{\"response\": <your answer>}} to answer the user.",
+        Value::Array(list)
+    )
+}
+
+/// `messages` for a template that knows no tools: the instructions (when tools are offered)
+/// joined to the system message (or a new one first), and each earlier call written as the
+/// answer that made it.
+pub fn prepare(mut messages: Vec<ChatMessage>, tools: Option<&AutoTools>) -> Vec<ChatMessage> {
+    for m in &mut messages {
+        if let Some(calls) = m.tool_calls.take() {
+            let calls: Vec<Value> = calls
+                .iter()
+                .map(|c| json!({"name": c["function"]["name"], "arguments": c["function"]["arguments"]}))
+                .collect();
+            m.content = json!({"tool_calls": calls}).to_string();
+        }
+    }
+    if let Some(tools) = tools {
+        let text = instructions(tools);
+        match messages.first_mut() {
+            Some(first) if first.role == "system" => {
+                first.content = format!("{}\n\n{text}", first.content);
+            }
+            _ => messages.insert(0, ChatMessage::new("system", &text)),
+        }
+    }
+    messages
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::tool_syntax::FunctionSpec;
+
+    fn tools(parallel: bool) -> AutoTools {
+        AutoTools {
+            functions: vec![FunctionSpec {
+                name: "weather".into(),
+                description: Some("Weather now".into()),
+                parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+            }],
+            parallel,
+        }
+    }
+
+    #[test]
+    fn calls_and_responses_parse() {
+        let p = parse(
+            "{\"tool_calls\": [{\"name\": \"weather\", \"arguments\": {\"city\": \"Oslo\"}}]}",
+        );
+        assert_eq!(p.calls[0].name, "weather");
+        assert_eq!(p.content, None);
+        let p = parse("{\"response\": \"Hello!\"}");
+        assert!(p.calls.is_empty());
+        assert_eq!(p.content.as_deref(), Some("Hello!"));
+        for text in ["{\"tool_calls\": []}", "{\"tool_calls\": [{\"nam", "plain"] {
+            let p = parse(text);
+            assert!(p.calls.is_empty());
+            assert_eq!(p.content.as_deref(), Some(text));
+        }
+    }
+
+    #[test]
+    fn the_schema_allows_one_call_unless_parallel() {
+        let Grammar::JsonSchema(s) = grammar(&tools(false)) else {
+            panic!("a schema")
+        };
+        assert_eq!(s["anyOf"][0]["properties"]["tool_calls"]["maxItems"], 1);
+        let Grammar::JsonSchema(s) = grammar(&tools(true)) else {
+            panic!("a schema")
+        };
+        assert!(s["anyOf"][0]["properties"]["tool_calls"]
+            .get("maxItems")
+            .is_none());
+    }
+
+    #[test]
+    fn tools_join_the_system_message_and_calls_become_content() {
+        let mut call = ChatMessage::new("assistant", "");
+        call.tool_calls = Some(vec![
+            json!({"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": {"city": "Oslo"}}}),
+        ]);
+        let m = prepare(
+            vec![ChatMessage::new("user", "Weather?"), call],
+            Some(&tools(true)),
+        );
+        assert_eq!(m[0].role, "system");
+        assert!(m[0].content.contains("\"weather\""), "{}", m[0].content);
+        assert_eq!(
+            m[2].content,
+            "{\"tool_calls\":[{\"name\":\"weather\",\"arguments\":{\"city\":\"Oslo\"}}]}"
+        );
+        assert!(m[2].tool_calls.is_none());
+        let m = prepare(
+            vec![
+                ChatMessage::new("system", "Be brief."),
+                ChatMessage::new("user", "x"),
+            ],
+            Some(&tools(true)),
+        );
+        assert!(m[0].content.starts_with("Be brief.\n\nYou can call"));
+        assert_eq!(m.len(), 2);
+    }
+}

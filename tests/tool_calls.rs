@@ -1,0 +1,110 @@
+//! Function calling under `tool_choice` "auto" and "none" and a whole agent loop, through
+//! the real binary, real HTTP and the real clients: tests/clients/check_tools.py drives
+//! SmolLM2-135M-Instruct (whose template knows no tools: the generic JSON format) with the
+//! `openai` SDK (the loop call → tool result → answer, auto answers, parallel_tool_calls,
+//! streaming) and `huggingface_hub`'s `InferenceClient.chat_completion(tools=...)`, and
+//! validates every call's arguments with `jsonschema`. The Hermes grammar is driven token by
+//! token in tests/tool_syntax_grammar.rs (the tiny Qwen's context cannot hold its template's
+//! tool list).
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The interpreter with `jsonschema`, `openai` and `huggingface_hub`, or None (after saying
+/// SKIPPED) when there is none; under CI a missing one fails.
+fn python() -> Option<PathBuf> {
+    let skip = |why: String| {
+        let allowed = std::env::var("ZEROBATCH_SKIP_PYTHON_CLIENTS").as_deref() == Ok("1");
+        assert!(
+            allowed || std::env::var_os("CI").is_none(),
+            "{why}: under CI the tool-call checks must run (scripts/test.sh builds the venv); \
+             set ZEROBATCH_SKIP_PYTHON_CLIENTS=1 to skip them knowingly"
+        );
+        static SAID: Once = Once::new();
+        SAID.call_once(|| {
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n**** SKIPPED tool_calls (Python checks): {why} ****\n**** run: \
+                 ZEROBATCH_TEST_PYTHON=$(scripts/test-venv.sh | tail -n 1) cargo test --test tool_calls ****\n"
+            );
+        });
+        None
+    };
+    let Some(python) = std::env::var_os("ZEROBATCH_TEST_PYTHON") else {
+        return skip("ZEROBATCH_TEST_PYTHON is not set".into());
+    };
+    let python = PathBuf::from(python);
+    let probe = Command::new(&python)
+        .args(["-c", "import jsonschema, openai, huggingface_hub"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match probe {
+        Ok(s) if s.success() => Some(python),
+        Ok(_) => skip(format!(
+            "{} cannot import jsonschema, openai and huggingface_hub (scripts/test-venv.sh installs them)",
+            python.display()
+        )),
+        Err(e) => skip(format!("cannot run {}: {e}", python.display())),
+    }
+}
+
+#[test]
+fn an_agent_loop_and_auto_tool_calls_work_with_the_real_clients_on_smollm2() {
+    let Some(python) = python() else { return };
+    let server = Proc::spawn(smollm2_path().to_str().unwrap(), &[]);
+    connect_until_up(server.addr);
+    wait_ready(server.addr);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/check_tools.py");
+    let mut child = Command::new(&python)
+        .arg(&script)
+        .arg(format!("http://{}", server.addr))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting check_tools.py");
+    let t = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if t.elapsed() > Duration::from_secs(600) {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = child.wait_with_output().unwrap();
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match status {
+        Some(s) if s.success() => {
+            eprintln!("{output}");
+            for check in [
+                "ok   an agent loop through the openai SDK",
+                "ok   tool_choice auto answers text or valid calls",
+                "ok   streamed auto answers equal the whole ones",
+                "ok   huggingface_hub chat_completion with tools",
+                "0 tool checks failed",
+            ] {
+                assert!(output.contains(check), "{check}\n{output}");
+            }
+        }
+        _ => panic!(
+            "check_tools.py failed ({status:?}):\n{output}\nserver log:\n{}",
+            server.log()
+        ),
+    }
+}
