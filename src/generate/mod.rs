@@ -20,6 +20,7 @@
 //!   request, and the engine's events stream back.
 
 pub mod chat;
+pub mod chat_message;
 pub mod decoder;
 pub mod end_tokens;
 pub mod engine;

@@ -25,6 +25,7 @@ use llguidance::{ParserFactory, TokenParser};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
+pub use super::error::GrammarError;
 use super::mask::Constraint;
 use super::vocab;
 use crate::generate::tokenizer::GenTokenizer;
@@ -87,17 +88,6 @@ fn compact(schema: &Value) -> Value {
         });
     }
     schema
-}
-
-/// Why a grammar was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum GrammarError {
-    /// The grammar is malformed, unsupported, or over a limit; the message names the problem.
-    #[error("{0}")]
-    Invalid(String),
-    /// This model cannot run grammars (e.g. it has no end-of-sequence token).
-    #[error("structured output is not available with this model: {0}")]
-    Unavailable(String),
 }
 
 /// The limits every grammar compiles and runs under.

@@ -8,7 +8,7 @@ use std::time::Instant;
 use llguidance::toktrie::SimpleVob;
 use llguidance::{Matcher, TokenParser};
 
-use super::compile::GrammarError;
+use super::error::GrammarError;
 use crate::metrics;
 
 /// What applying the mask left.

@@ -6,13 +6,16 @@
 //!
 //! - [`vocab`]: the model's vocabulary as llguidance's token trie;
 //! - [`compile`]: grammar text → a compiled parser, with bounded cost and an LRU cache;
-//! - [`mask`]: a sequence's matcher: mask, commit, stop.
+//! - [`mask`]: a sequence's matcher: mask, commit, stop;
+//! - [`error`]: why a grammar was refused.
 
 pub mod compile;
+pub mod error;
 pub mod mask;
 pub mod vocab;
 
-pub use compile::{Grammar, GrammarCompiler, GrammarError};
+pub use compile::{Grammar, GrammarCompiler};
+pub use error::GrammarError;
 
 /// The kinds of grammar a generation request may give (`/info` lists them).
 pub const KINDS: &[&str] = &["json_schema", "json_object", "regex", "lark"];

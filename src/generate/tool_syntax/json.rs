@@ -8,7 +8,7 @@
 use serde_json::{json, Value};
 
 use super::{any_call_schema, read_call, AutoTools, Parsed};
-use crate::generate::chat::ChatMessage;
+use crate::generate::chat_message::ChatMessage;
 use crate::generate::grammar::Grammar;
 
 /// The schema of an answer: calls (at most one unless parallel) or a response.

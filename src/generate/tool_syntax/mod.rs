@@ -23,7 +23,7 @@ pub mod mistral;
 
 use serde_json::{json, Value};
 
-use super::chat::ChatMessage;
+use super::chat_message::ChatMessage;
 use super::grammar::Grammar;
 
 /// A function the model may call.
