@@ -17,56 +17,16 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 /// The interpreter to run the clients with, or None (after saying SKIPPED) when there is none.
 fn python() -> Option<PathBuf> {
-    python_importing("huggingface_hub, numpy, openai")
-}
-
-/// [`python`] for a test whose clients are the Python `modules` (a comma-separated import
-/// list): None, after saying SKIPPED, when the interpreter cannot import them (a failure
-/// under CI, as for a missing interpreter).
-fn python_importing(modules: &str) -> Option<PathBuf> {
-    let skip = |why: String| {
-        let allowed = std::env::var("ZEROBATCH_SKIP_PYTHON_CLIENTS").as_deref() == Ok("1");
-        assert!(
-            allowed || std::env::var_os("CI").is_none(),
-            "{why}: under CI the Python client test must run (scripts/test.sh builds the venv); \
-             set ZEROBATCH_SKIP_PYTHON_CLIENTS=1 to skip it knowingly"
-        );
-        // Straight to the process's stderr: libtest captures eprintln! of passing tests.
-        static SAID: Once = Once::new();
-        SAID.call_once(|| {
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n**** SKIPPED python_clients: {why} ****\n**** run ./scripts/test.sh, or: \
-                 ZEROBATCH_TEST_PYTHON=$(scripts/test-venv.sh | tail -n 1) cargo test --test python_clients ****\n"
-            );
-        });
-        None
-    };
-    let Some(python) = std::env::var_os("ZEROBATCH_TEST_PYTHON") else {
-        return skip("ZEROBATCH_TEST_PYTHON is not set".into());
-    };
-    let python = PathBuf::from(python);
-    let probe = Command::new(&python)
-        .args(["-c", &format!("import {modules}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    match probe {
-        Ok(s) if s.success() => Some(python),
-        Ok(_) => skip(format!("{} cannot import {modules}", python.display())),
-        Err(e) => skip(format!("cannot run {}: {e}", python.display())),
-    }
+    test_python("python_clients", "huggingface_hub, numpy, openai")
 }
 
 struct Server {
@@ -218,7 +178,7 @@ fn huggingface_hub_text_classification_and_prompt_names_against_sentence_transfo
 
 #[test]
 fn llama_index_tei_reranker_against_sentence_transformers() {
-    let Some(python) = python_importing("llama_index.postprocessor.tei_rerank") else {
+    let Some(python) = test_python("python_clients", "llama_index.postprocessor.tei_rerank") else {
         return;
     };
     let (reranker, _, _) = common::xlmr_models::model_dirs();

@@ -15,10 +15,8 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -31,43 +29,10 @@ fn tiny_qwen() -> String {
         .into_owned()
 }
 
-/// The interpreter with `jsonschema` and `openai`, or None (after saying SKIPPED) when there is
-/// none; under CI a missing one fails.
+/// The interpreter with `jsonschema`, `openai` and `pydantic`, or None (after saying SKIPPED)
+/// when there is none; under CI a missing one fails.
 fn python() -> Option<PathBuf> {
-    let skip = |why: String| {
-        let allowed = std::env::var("ZEROBATCH_SKIP_PYTHON_CLIENTS").as_deref() == Ok("1");
-        assert!(
-            allowed || std::env::var_os("CI").is_none(),
-            "{why}: under CI the structured-output checks must run (scripts/test.sh builds the venv); \
-             set ZEROBATCH_SKIP_PYTHON_CLIENTS=1 to skip them knowingly"
-        );
-        static SAID: Once = Once::new();
-        SAID.call_once(|| {
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n**** SKIPPED structured_outputs (Python checks): {why} ****\n**** run: \
-                 ZEROBATCH_TEST_PYTHON=$(scripts/test-venv.sh | tail -n 1) cargo test --test structured_outputs ****\n"
-            );
-        });
-        None
-    };
-    let Some(python) = std::env::var_os("ZEROBATCH_TEST_PYTHON") else {
-        return skip("ZEROBATCH_TEST_PYTHON is not set".into());
-    };
-    let python = PathBuf::from(python);
-    let probe = Command::new(&python)
-        .args(["-c", "import jsonschema, openai, pydantic"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    match probe {
-        Ok(s) if s.success() => Some(python),
-        Ok(_) => skip(format!(
-            "{} cannot import jsonschema, openai and pydantic (scripts/test-venv.sh installs them)",
-            python.display()
-        )),
-        Err(e) => skip(format!("cannot run {}: {e}", python.display())),
-    }
+    test_python("structured_outputs", "jsonschema, openai, pydantic")
 }
 
 /// Runs check_structured.py against `server`; panics with its output unless every check passed.

@@ -9,10 +9,8 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -20,40 +18,7 @@ use common::*;
 /// The interpreter with `jsonschema`, `openai` and `huggingface_hub`, or None (after saying
 /// SKIPPED) when there is none; under CI a missing one fails.
 fn python() -> Option<PathBuf> {
-    let skip = |why: String| {
-        let allowed = std::env::var("ZEROBATCH_SKIP_PYTHON_CLIENTS").as_deref() == Ok("1");
-        assert!(
-            allowed || std::env::var_os("CI").is_none(),
-            "{why}: under CI the tool-call checks must run (scripts/test.sh builds the venv); \
-             set ZEROBATCH_SKIP_PYTHON_CLIENTS=1 to skip them knowingly"
-        );
-        static SAID: Once = Once::new();
-        SAID.call_once(|| {
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n**** SKIPPED tool_calls (Python checks): {why} ****\n**** run: \
-                 ZEROBATCH_TEST_PYTHON=$(scripts/test-venv.sh | tail -n 1) cargo test --test tool_calls ****\n"
-            );
-        });
-        None
-    };
-    let Some(python) = std::env::var_os("ZEROBATCH_TEST_PYTHON") else {
-        return skip("ZEROBATCH_TEST_PYTHON is not set".into());
-    };
-    let python = PathBuf::from(python);
-    let probe = Command::new(&python)
-        .args(["-c", "import jsonschema, openai, huggingface_hub"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    match probe {
-        Ok(s) if s.success() => Some(python),
-        Ok(_) => skip(format!(
-            "{} cannot import jsonschema, openai and huggingface_hub (scripts/test-venv.sh installs them)",
-            python.display()
-        )),
-        Err(e) => skip(format!("cannot run {}: {e}", python.display())),
-    }
+    test_python("tool_calls", "jsonschema, openai, huggingface_hub")
 }
 
 #[test]

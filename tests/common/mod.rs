@@ -15,7 +15,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
 
 use zerobatch::config::ServeConfig;
@@ -458,5 +458,47 @@ pub fn assert_same_answer(job: &serde_json::Value, http: &serde_json::Value, wha
             }
         }
         _ => assert_eq!(job, http, "{what}"),
+    }
+}
+
+/// The interpreter of the Python client checks (`ZEROBATCH_TEST_PYTHON`, which scripts/test.sh
+/// sets to the pinned venv) if it can import `modules` (a comma-separated import list); else
+/// None, after saying SKIPPED once for the test binary `test`. A missing or incomplete
+/// interpreter fails under CI unless `ZEROBATCH_SKIP_PYTHON_CLIENTS=1` says to skip knowingly.
+pub fn test_python(test: &str, modules: &str) -> Option<PathBuf> {
+    let skip = |why: String| {
+        let allowed = std::env::var("ZEROBATCH_SKIP_PYTHON_CLIENTS").as_deref() == Ok("1");
+        assert!(
+            allowed || std::env::var_os("CI").is_none(),
+            "{why}: under CI the Python checks of {test} must run (scripts/test.sh builds the \
+             venv); set ZEROBATCH_SKIP_PYTHON_CLIENTS=1 to skip them knowingly"
+        );
+        // Straight to the process's stderr: libtest captures eprintln! of passing tests.
+        static SAID: Once = Once::new();
+        SAID.call_once(|| {
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n**** SKIPPED {test} (Python checks): {why} ****\n**** run ./scripts/test.sh, or: \
+                 ZEROBATCH_TEST_PYTHON=$(scripts/test-venv.sh | tail -n 1) cargo test --test {test} ****\n"
+            );
+        });
+        None
+    };
+    let Some(python) = std::env::var_os("ZEROBATCH_TEST_PYTHON") else {
+        return skip("ZEROBATCH_TEST_PYTHON is not set".into());
+    };
+    let python = PathBuf::from(python);
+    let probe = Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match probe {
+        Ok(s) if s.success() => Some(python),
+        Ok(_) => skip(format!(
+            "{} cannot import {modules} (scripts/test-venv.sh installs them)",
+            python.display()
+        )),
+        Err(e) => skip(format!("cannot run {}: {e}", python.display())),
     }
 }
