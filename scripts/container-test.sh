@@ -195,6 +195,14 @@ for m in "$model_rel" "$gen_model_rel"; do
     fi
 done
 
+# Where podman keeps image layers, and the room left there: a full disk shows up in podman
+# only as "read/write on closed pipe" while it commits a layer.
+graph_root="$("${podman[@]}" info --format '{{.Store.GraphRoot}}' 2>/dev/null || echo /var/lib/containers)"
+free_mib() { df -Pm "$1" 2>/dev/null | awk 'NR == 2 { print $4 }'; }
+storage_free="$(free_mib "$graph_root")"
+if [[ -n "$storage_free" && "$storage_free" -lt 2048 ]]; then
+    die "only ${storage_free} MiB free in podman's storage ($graph_root); the images need about 2 GiB"
+fi
 build_image() { # build_image TAG LOG BUILD-ARG...: the runtime stage, from the context
     local tag="$1" logfile="$2"
     shift 2
@@ -204,7 +212,8 @@ build_image() { # build_image TAG LOG BUILD-ARG...: the runtime stage, from the 
         -f "$repo_root/container/Dockerfile" --target runtime \
         --build-arg BINARY_SOURCE=context --build-arg BINARY=zerobatch \
         "${args[@]}" -t "$tag" "$context" >"$logfile" 2>&1 \
-        || { tail -n 30 "$logfile" >&2; die "podman build of $tag failed"; }
+        || { tail -n 30 "$logfile" >&2
+            die "podman build of $tag failed ($(free_mib "$graph_root") MiB free in $graph_root)"; }
 }
 
 log "building $image (runtime stage of container/Dockerfile)"
