@@ -8,6 +8,7 @@ between tokens, which only a client reading the stream sees. It speaks the OpenA
 both serve, so the same client measures both.
 
     scripts/gen-load.py URL --concurrency 8 --duration 20 [--pid PID] [--json] [--extra JSON]
+                        [--prompts FILE]
 
 Prints aggregate generated tokens/s (tokens received over the measured window), time to
 first token and inter-token latency (p50/p99, ms), requests, errors, and the server's peak
@@ -106,6 +107,9 @@ def main():
     ap.add_argument("--extra", type=json.loads, default={},
                     help="JSON object merged into every request body, e.g. a response_format "
                     "(scripts/compare-structured.sh)")
+    ap.add_argument("--prompts",
+                    help="a JSON list of prompts, sent in turn over all clients (default: one "
+                    "short prompt; scripts/compare-prefix.sh sends long ones sharing a prefix)")
     ap.add_argument("--markdown-row", action="store_true",
                     help="print one Markdown table row (scripts/loadtest.sh MODE=generate)")
     args = ap.parse_args()
@@ -114,6 +118,11 @@ def main():
     host, port = u.hostname, u.port or 80
     path = (u.path.rstrip("/") or "") + "/v1/completions"
     payload = dict(BODY, max_tokens=args.max_tokens, **args.extra)
+    prompts = [payload["prompt"]]
+    if args.prompts:
+        with open(args.prompts) as f:
+            prompts = json.load(f)
+    sent = 0
 
     t0 = time.perf_counter()
     window = (t0 + args.warmup, t0 + args.warmup + args.duration)
@@ -122,10 +131,13 @@ def main():
     ttft, itl, requests, errors = [], [], 0, []
 
     def client():
-        nonlocal tokens_in_window, requests
+        nonlocal tokens_in_window, requests, sent
         while time.perf_counter() < window[1]:
+            with lock:
+                body = dict(payload, prompt=prompts[sent % len(prompts)])
+                sent += 1
             try:
-                start, times = one_request(host, port, path, payload, args.api_key, 120)
+                start, times = one_request(host, port, path, body, args.api_key, 120)
             except Exception as e:  # noqa: BLE001 - counted and reported
                 with lock:
                     errors.append(str(e))

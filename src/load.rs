@@ -220,7 +220,19 @@ fn serve_generation(
         max_batch_total_tokens: config.max_batch_total_tokens,
         max_running: config.max_batch_size,
         prefill_chunk: config.max_prefill_tokens,
+        prefix_cache_bytes: config
+            .prefix_cache_bytes
+            .unwrap_or(config.max_batch_total_tokens * c.cache.bytes_per_token() / 2),
     };
+    tracing::info!(
+        prefix_cache_mb = limits.prefix_cache_bytes / 1_000_000,
+        "prefix cache: {}",
+        if limits.prefix_cache_bytes == 0 {
+            "off"
+        } else {
+            "on"
+        }
+    );
     let (engine, handle) = Engine::new(
         loaded.model.clone(),
         loaded.tokenizer.clone(),

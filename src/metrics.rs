@@ -44,6 +44,10 @@ pub const KV_CACHE_BUDGET: &str = "zerobatch_kv_cache_budget_tokens";
 pub const GRAMMAR_COMPILE: &str = "zerobatch_grammar_compile_seconds";
 pub const GRAMMAR_MASK: &str = "zerobatch_grammar_mask_seconds";
 pub const GRAMMAR_CACHE: &str = "zerobatch_grammar_cache_total";
+pub const PREFIX_CACHE_TOKENS: &str = "zerobatch_prefix_cache_tokens_total";
+pub const PREFIX_CACHE_BYTES: &str = "zerobatch_prefix_cache_bytes";
+pub const PREFIX_CACHE_BLOCKS: &str = "zerobatch_prefix_cache_blocks";
+pub const PREFIX_CACHE_BUDGET: &str = "zerobatch_prefix_cache_budget_bytes";
 
 const SECONDS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 120.0,
@@ -163,6 +167,21 @@ fn describe() {
     describe_gauge!(
         KV_CACHE_BUDGET,
         "The KV-cache budget in tokens (--max-batch-total-tokens)"
+    );
+    describe_counter!(
+        PREFIX_CACHE_TOKENS,
+        "Prompt tokens restored from the prefix cache (result=hit) or prefilled (result=miss)"
+    );
+    describe_gauge!(
+        PREFIX_CACHE_BYTES,
+        Unit::Bytes,
+        "Bytes of keys and values held by the prefix cache"
+    );
+    describe_gauge!(PREFIX_CACHE_BLOCKS, "Blocks held by the prefix cache");
+    describe_gauge!(
+        PREFIX_CACHE_BUDGET,
+        Unit::Bytes,
+        "The prefix cache's budget (--prefix-cache-bytes; 0: off)"
     );
     describe_histogram!(
         GRAMMAR_COMPILE,
@@ -409,6 +428,23 @@ pub fn record_grammar_cache(hit: bool) {
 /// Time to compute one sequence's token mask.
 pub fn record_grammar_mask(elapsed: Duration) {
     metrics::histogram!(GRAMMAR_MASK).record(elapsed.as_secs_f64());
+}
+
+/// A prompt looked up in the prefix cache: `hit` tokens restored, `miss` left to prefill.
+pub fn record_prefix_cache_lookup(hit: usize, miss: usize) {
+    metrics::counter!(PREFIX_CACHE_TOKENS, "result" => "hit").increment(hit as u64);
+    metrics::counter!(PREFIX_CACHE_TOKENS, "result" => "miss").increment(miss as u64);
+}
+
+/// What the prefix cache holds, after it changed.
+pub fn set_prefix_cache_size(bytes: usize, blocks: usize) {
+    metrics::gauge!(PREFIX_CACHE_BYTES).set(bytes as f64);
+    metrics::gauge!(PREFIX_CACHE_BLOCKS).set(blocks as f64);
+}
+
+/// The prefix cache's budget, once at start (0: off).
+pub fn set_prefix_cache_budget(bytes: usize) {
+    metrics::gauge!(PREFIX_CACHE_BUDGET).set(bytes as f64);
 }
 
 /// Time between two tokens of one sequence.

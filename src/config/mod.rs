@@ -164,6 +164,14 @@ pub struct ServeConfig {
     #[arg(long, env = "MAX_PREFILL_TOKENS", default_value_t = 512)]
     pub max_prefill_tokens: usize,
 
+    /// Generation: bytes of keys and values kept from earlier prompts, so that a prompt that
+    /// starts as one of them (a shared system prompt, a tool list, a conversation so far)
+    /// prefills only the rest. Least recently used blocks of 16 tokens go first past it; 0
+    /// switches reuse off. Default: half the KV-cache budget (--max-batch-total-tokens times
+    /// the model's bytes per token).
+    #[arg(long, env = "PREFIX_CACHE_BYTES")]
+    pub prefix_cache_bytes: Option<usize>,
+
     /// Generation: new tokens when a request does not say (TGI's `max_new_tokens`; OpenAI's
     /// routes default to 16 as OpenAI does).
     #[arg(long, env = "DEFAULT_MAX_NEW_TOKENS", default_value_t = 100)]

@@ -22,6 +22,13 @@ pub struct CacheShape {
     pub f16: bool,
 }
 
+impl CacheShape {
+    /// Bytes one token takes over every layer, keys and values.
+    pub fn bytes_per_token(&self) -> usize {
+        2 * self.n_layer * self.kv_width * if self.f16 { 2 } else { 4 }
+    }
+}
+
 /// The sizes the front end and the engine need to know.
 #[derive(Debug, Clone, Copy)]
 pub struct DecoderShape {
@@ -153,6 +160,64 @@ impl Linear {
 pub struct KvCache {
     layers: Vec<KvLayer>,
     len: usize,
+    /// Values per token per layer, for keys (and as many for values).
+    kv_width: usize,
+}
+
+/// The keys and values of a run of tokens, every layer, copied out of a [`KvCache`] (for the
+/// prefix cache): layer by layer, the keys then the values, `tokens × kv_width` each.
+pub struct KvBlock {
+    tokens: usize,
+    data: KvData,
+}
+
+enum KvData {
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+}
+
+impl KvData {
+    fn len(&self) -> usize {
+        match self {
+            KvData::F16(d) => d.len(),
+            KvData::F32(d) => d.len(),
+        }
+    }
+}
+
+impl KvBlock {
+    /// Tokens held.
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            KvData::F16(d) => 2 * d.len(),
+            KvData::F32(d) => 4 * d.len(),
+        }
+    }
+
+    /// One f32 token whose key and value are `kv` in every layer of `shape`.
+    #[cfg(test)]
+    pub(crate) fn for_tests(shape: CacheShape, kv: &[f32]) -> Self {
+        assert_eq!(kv.len(), shape.kv_width);
+        let data = (0..2 * shape.n_layer).flat_map(|_| kv.iter().copied());
+        Self {
+            tokens: 1,
+            data: KvData::F32(data.collect()),
+        }
+    }
+
+    /// Every value held, widened to f32.
+    #[cfg(test)]
+    pub(crate) fn values_for_tests(&self) -> Vec<f32> {
+        match &self.data {
+            KvData::F16(d) => d.iter().map(|x| x.to_f32()).collect(),
+            KvData::F32(d) => d.clone(),
+        }
+    }
 }
 
 /// One layer's keys and values.
@@ -208,6 +273,7 @@ impl KvCache {
                 })
                 .collect(),
             len: 0,
+            kv_width: shape.kv_width,
         }
     }
 
@@ -219,6 +285,77 @@ impl KvCache {
     /// Whether the cache holds no token.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// A copy of the keys and values of tokens `from..from + tokens`, every layer (for the
+    /// prefix cache, [`super::prefix_cache`]).
+    ///
+    /// # Panics
+    ///
+    /// When the cache does not hold those tokens.
+    pub fn export(&self, from: usize, tokens: usize) -> KvBlock {
+        assert!(
+            from + tokens <= self.len,
+            "exporting tokens the cache lacks"
+        );
+        let kvw = self.kv_width;
+        let span = from * kvw..(from + tokens) * kvw;
+        let data = match self.layers.first() {
+            Some(KvLayer::F32(..)) => KvData::F32(
+                self.layers
+                    .iter()
+                    .flat_map(|l| match l {
+                        KvLayer::F32(k, v) => [&k[span.clone()], &v[span.clone()]],
+                        KvLayer::F16(..) => unreachable!("one element type per cache"),
+                    })
+                    .flatten()
+                    .copied()
+                    .collect(),
+            ),
+            _ => KvData::F16(
+                self.layers
+                    .iter()
+                    .flat_map(|l| match l {
+                        KvLayer::F16(k, v) => [&k[span.clone()], &v[span.clone()]],
+                        KvLayer::F32(..) => unreachable!("one element type per cache"),
+                    })
+                    .flatten()
+                    .copied()
+                    .collect(),
+            ),
+        };
+        KvBlock { tokens, data }
+    }
+
+    /// Appends the tokens of `block` (made by [`Self::export`] from a cache of the same
+    /// shape) after the ones held.
+    ///
+    /// # Panics
+    ///
+    /// When `block` comes from a cache of another shape.
+    pub fn import(&mut self, block: &KvBlock) {
+        let kvw = self.kv_width;
+        let n = block.tokens * kvw;
+        assert_eq!(
+            block.data.len(),
+            2 * n * self.layers.len(),
+            "a block of another cache shape"
+        );
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let at = 2 * n * i;
+            match (layer, &block.data) {
+                (KvLayer::F16(k, v), KvData::F16(d)) => {
+                    k.extend_from_slice(&d[at..at + n]);
+                    v.extend_from_slice(&d[at + n..at + 2 * n]);
+                }
+                (KvLayer::F32(k, v), KvData::F32(d)) => {
+                    k.extend_from_slice(&d[at..at + n]);
+                    v.extend_from_slice(&d[at + n..at + 2 * n]);
+                }
+                _ => panic!("a block of another element type"),
+            }
+        }
+        self.len += block.tokens;
     }
 }
 

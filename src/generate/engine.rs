@@ -34,6 +34,7 @@ use super::decoder::{Decoder, KvCache, StepInput};
 use super::grammar::mask::Masked;
 use super::grammar::Constraint;
 use super::incremental::IncrementalDecoder;
+use super::prefix_cache::PrefixCache;
 use super::sampling::{Sampler, SamplingParams};
 use super::tokenizer::GenTokenizer;
 use crate::metrics;
@@ -138,6 +139,9 @@ pub struct EngineLimits {
     /// Most prompt tokens prefilled in one step, over all sequences, so that running streams
     /// keep flowing while a long prompt is read.
     pub prefill_chunk: usize,
+    /// Bytes of keys and values kept for reuse by later prompts (`--prefix-cache-bytes`;
+    /// 0: none).
+    pub prefix_cache_bytes: usize,
 }
 
 /// Why a request could not be queued.
@@ -249,6 +253,9 @@ pub struct Engine {
     /// Requests taken from the channel and not yet admitted, oldest first.
     queue: VecDeque<GenerationRequest>,
     reserved: usize,
+    /// Keys and values of earlier prompts, for the ones that start the same way (`None`
+    /// when switched off).
+    prefix: Option<PrefixCache>,
 }
 
 impl Engine {
@@ -266,6 +273,7 @@ impl Engine {
         let context = model.shape().context;
         let vocab = model.shape().vocab;
         metrics::set_kv_cache_budget(limits.max_batch_total_tokens);
+        metrics::set_prefix_cache_budget(limits.prefix_cache_bytes);
         (
             Self {
                 model,
@@ -277,6 +285,8 @@ impl Engine {
                 running: Vec::new(),
                 queue: VecDeque::new(),
                 reserved: 0,
+                prefix: (limits.prefix_cache_bytes > 0)
+                    .then(|| PrefixCache::new(limits.prefix_cache_bytes)),
             },
             EngineHandle {
                 tx,
@@ -360,13 +370,18 @@ impl Engine {
             let req = self.queue.pop_front().expect("the front exists");
             left += 1;
             self.reserved += need;
-            let cache = self.model.new_cache(need);
+            let mut cache = self.model.new_cache(need);
+            // The prompt's longest cached prefix is copied in; only the rest is prefilled.
+            let restored = match self.prefix.as_mut() {
+                Some(prefix) => prefix.restore(&req.prompt, &mut cache),
+                None => 0,
+            };
             let sampler = Sampler::new(req.params.clone());
             self.running.push(Running {
                 req,
                 cache,
                 sampler,
-                prefilled: 0,
+                prefilled: restored,
                 generated: Vec::new(),
                 decoder: IncrementalDecoder::new(),
                 text: String::new(),
@@ -494,6 +509,12 @@ impl Engine {
             let r = &mut self.running[i];
             if r.prefilled < r.req.prompt.len() {
                 r.prefilled += n;
+                // The prompt is read: later prompts that start the same way can reuse it
+                // while this sequence still runs.
+                if let (true, Some(prefix)) = (r.prefilled == r.req.prompt.len(), &mut self.prefix)
+                {
+                    prefix.store(&r.req.prompt, &r.cache);
+                }
             }
             if !want {
                 continue;
@@ -570,6 +591,11 @@ impl Engine {
             .collect();
         for (r, _) in &done {
             self.reserved -= r.req.reservation();
+            // What it generated is kept too: the next turn of a conversation repeats it.
+            if let Some(prefix) = self.prefix.as_mut() {
+                let tokens: Vec<u32> = r.req.prompt.iter().chain(&r.generated).copied().collect();
+                prefix.store(&tokens, &r.cache);
+            }
         }
         // The metrics first: a client that has its answer sees its tokens counted.
         let kv: usize = self.running.iter().map(Running::cached).sum();

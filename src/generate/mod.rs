@@ -32,6 +32,7 @@ pub mod llama;
 pub mod llama_family;
 pub mod phi3;
 pub mod pre_tokenizer;
+pub mod prefix_cache;
 pub mod prompt;
 pub mod qwen2;
 pub mod qwen3;

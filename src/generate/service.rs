@@ -162,6 +162,11 @@ impl GenerateService {
         &self.offload
     }
 
+    /// The engine's limits (what `/info` shows).
+    pub fn limits(&self) -> super::engine::EngineLimits {
+        self.engine.limits()
+    }
+
     /// Requests waiting for a place in the running batch.
     pub fn waiting(&self) -> usize {
         self.engine.waiting()

@@ -94,6 +94,10 @@ pub fn info(state: &AppState) -> Response<Body> {
         "max_batch_total_tokens": generation.then_some(c.max_batch_total_tokens),
         "max_prefill_tokens": generation.then_some(c.max_prefill_tokens),
         "default_max_new_tokens": generation.then_some(c.default_max_new_tokens),
+        "prefix_cache_bytes": match serving.as_deref() {
+            Some(Serving::Generation(g)) => Some(g.limits().prefix_cache_bytes),
+            _ => None,
+        },
         "structured_outputs": generation.then_some(crate::generate::grammar::KINDS),
         "dtype": model.map(|m| m.dtype),
         "weight_formats": model.map(|m| &m.weight_formats),
