@@ -242,6 +242,7 @@ fn serve_generation(
     let settings = GenerateSettings {
         default_max_new_tokens: config.default_max_new_tokens,
         parse_special_in_chat: config.parse_special_in_chat,
+        split_reasoning: config.reasoning_format.splits(),
         request_timeout: config.request_timeout(),
     };
     let service = GenerateService::new(

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use super::generation::{AnswerContext, Collected, Format};
 use super::{openai, tgi, upstream};
 use crate::generate::engine::{Event, FinishReason, TokenEvent};
+use crate::generate::reasoning::ReasoningSplit;
 use crate::generate::tool_syntax::{ToolParsing, ToolSyntax};
 
 /// The whole answer of a finished sequence.
@@ -45,10 +46,20 @@ pub struct StreamWriter {
     call: super::tools::CallStream,
     /// Bytes of `text` sent as content (calls under `tool_choice: "auto"`).
     sent: usize,
+    /// A reasoning model's chat answer: its thinking is sent as `reasoning_content`, the
+    /// rest goes on as the content the other paths send.
+    reasoning: Option<ReasoningSplit>,
+    /// Generated text not yet split, because it may begin a stop sequence.
+    raw: String,
+    raw_stopped: bool,
 }
 
 impl StreamWriter {
     pub fn new(answer: AnswerContext) -> Self {
+        let reasoning = match answer.format {
+            Format::Chat { .. } => answer.reasoning.map(ReasoningSplit::new),
+            _ => None,
+        };
         Self {
             answer,
             held: None,
@@ -59,6 +70,9 @@ impl StreamWriter {
             opened: false,
             call: Default::default(),
             sent: 0,
+            reasoning,
+            raw: String::new(),
+            raw_stopped: false,
         }
     }
 
@@ -115,6 +129,91 @@ impl StreamWriter {
     }
 
     fn openai(&mut self, ev: Event, out: &mut Vec<Payload>) {
+        if self.reasoning.is_some() {
+            return self.openai_reasoning(ev, out);
+        }
+        self.openai_content(ev, out)
+    }
+
+    /// A reasoning model's answer: each token's text is split ([`ReasoningSplit`]) after
+    /// stop sequences are cut; its reasoning is sent as `delta.reasoning_content`, its content
+    /// goes on to [`Self::openai_content`] as the token's text (so calls and content are read
+    /// from the content alone). Every token goes on, its content empty or not, so each is
+    /// counted once.
+    fn openai_reasoning(&mut self, ev: Event, out: &mut Vec<Payload>) {
+        if !self.opened {
+            self.opened = true;
+            out.push(Payload::Json(openai::chunk(
+                &self.answer,
+                Some(""),
+                None,
+                true,
+            )));
+        }
+        let Some(split) = self.reasoning.as_mut() else {
+            return;
+        };
+        match ev {
+            Event::Token(mut t) => {
+                let text = if self.raw_stopped {
+                    String::new()
+                } else {
+                    self.raw.push_str(&t.text);
+                    release(&mut self.raw, &self.answer.stop, &mut self.raw_stopped)
+                };
+                let pieces = split.push(&text);
+                if !pieces.reasoning.is_empty() {
+                    out.push(Payload::Json(openai::reasoning_chunk(
+                        &self.answer,
+                        &pieces.reasoning,
+                    )));
+                }
+                t.text = pieces.content;
+                self.openai_content(Event::Token(t), out);
+            }
+            Event::Done {
+                reason,
+                generated_tokens,
+                prompt_tokens,
+            } => {
+                let mut pieces = split.push_uncounted(&std::mem::take(&mut self.raw));
+                let end = split.finish();
+                pieces.reasoning.push_str(&end.reasoning);
+                pieces.content.push_str(&end.content);
+                if !pieces.reasoning.is_empty() {
+                    out.push(Payload::Json(openai::reasoning_chunk(
+                        &self.answer,
+                        &pieces.reasoning,
+                    )));
+                }
+                if !pieces.content.is_empty() {
+                    // Held text, not a token: it is not counted.
+                    self.openai_content(
+                        Event::Token(TokenEvent {
+                            id: 0,
+                            text: pieces.content,
+                            logprob: 0.0,
+                            special: false,
+                        }),
+                        out,
+                    );
+                    self.index -= 1;
+                }
+                self.openai_content(
+                    Event::Done {
+                        reason,
+                        generated_tokens,
+                        prompt_tokens,
+                    },
+                    out,
+                );
+            }
+            Event::Failed(_) => {}
+        }
+    }
+
+    /// The answer's content (all of it but a reasoning model's thinking).
+    fn openai_content(&mut self, ev: Event, out: &mut Vec<Payload>) {
         if let Format::Chat {
             tool_call: true, ..
         } = self.answer.format
@@ -189,7 +288,12 @@ impl StreamWriter {
         if include_usage {
             let mut v = openai::chunk(a, None, None, false);
             v["choices"] = json!([]);
-            v["usage"] = openai::usage(a, self.index);
+            v["usage"] = match &self.reasoning {
+                Some(split) => {
+                    openai::usage_with_reasoning(a, self.index, split.reasoning_pieces())
+                }
+                None => openai::usage(a, self.index),
+            };
             out.push(Payload::Json(v));
         }
         out.push(Payload::Done);
@@ -325,33 +429,33 @@ impl StreamWriter {
         }
     }
 
-    /// The part of the pending text that can be sent: up to a stop sequence (then nothing
-    /// more is sent), or all but the longest tail that could begin one.
+    /// The part of the pending text that can be sent ([`release`]).
     fn releasable(&mut self) -> String {
-        let stops = &self.answer.stop;
-        if let Some(cut) = stops
-            .iter()
-            .filter_map(|s| self.pending.find(s.as_str()))
-            .min()
-        {
-            self.stopped = true;
-            let send = self.pending[..cut].to_string();
-            self.pending.clear();
-            return send;
-        }
-        let mut keep = 0;
-        for s in stops {
-            for (i, _) in s.char_indices().skip(1) {
-                if self.pending.ends_with(&s[..i]) {
-                    keep = keep.max(i);
-                }
+        release(&mut self.pending, &self.answer.stop, &mut self.stopped)
+    }
+}
+
+/// The part of `pending` that can be sent: up to a stop sequence (then `stopped`, and
+/// nothing more is sent), or all but the longest tail that could begin one.
+fn release(pending: &mut String, stops: &[String], stopped: &mut bool) -> String {
+    if let Some(cut) = stops.iter().filter_map(|s| pending.find(s.as_str())).min() {
+        *stopped = true;
+        let send = pending[..cut].to_string();
+        pending.clear();
+        return send;
+    }
+    let mut keep = 0;
+    for s in stops {
+        for (i, _) in s.char_indices().skip(1) {
+            if pending.ends_with(&s[..i]) {
+                keep = keep.max(i);
             }
         }
-        let at = self.pending.len() - keep;
-        let send = self.pending[..at].to_string();
-        self.pending.drain(..at);
-        send
     }
+    let at = pending.len() - keep;
+    let send = pending[..at].to_string();
+    pending.drain(..at);
+    send
 }
 
 /// A chat chunk whose delta is `tool_calls`.
@@ -393,6 +497,7 @@ mod tests {
             id: "cmpl-1".into(),
             created: 0,
             tool_parsing: Some(ToolParsing { syntax, parallel }),
+            reasoning: None,
         };
         let mut w = StreamWriter::new(answer);
         let mut out = Vec::new();
@@ -456,6 +561,176 @@ mod tests {
         assert_eq!((content.as_str(), calls.len()), ("Hi!", 0));
     }
 
+    /// A chat answer of a reasoning model (`<think>` tags; `open`: the prompt opened the
+    /// block), with usage.
+    fn reasoning_answer(open: bool, tools: Option<ToolParsing>, stop: &[&str]) -> AnswerContext {
+        use crate::generate::reasoning::{ReasoningParsing, ThinkingTags};
+        AnswerContext {
+            format: Format::Chat {
+                include_usage: true,
+                tool_call: false,
+            },
+            prompt_text: String::new(),
+            prompt_tokens: 1,
+            seed: None,
+            stop: stop.iter().map(|s| s.to_string()).collect(),
+            model: "m".into(),
+            id: "cmpl-1".into(),
+            created: 0,
+            tool_parsing: tools,
+            reasoning: Some(ReasoningParsing {
+                tags: ThinkingTags {
+                    start: "<think>",
+                    end: "</think>",
+                },
+                open,
+            }),
+        }
+    }
+
+    /// What a stream of `pieces` sends: reasoning, content, calls, usage.
+    fn reasoning_stream(
+        answer: AnswerContext,
+        pieces: &[&str],
+    ) -> (String, String, Vec<Value>, Value) {
+        let mut w = StreamWriter::new(answer);
+        let mut out = Vec::new();
+        for p in pieces {
+            w.event(token(p), &mut out);
+        }
+        w.event(
+            Event::Done {
+                reason: FinishReason::EosToken,
+                generated_tokens: pieces.len(),
+                prompt_tokens: 1,
+            },
+            &mut out,
+        );
+        let (mut reasoning, mut content, mut calls, mut usage) =
+            (String::new(), String::new(), Vec::new(), Value::Null);
+        for p in &out {
+            let Payload::Json(v) = p else { continue };
+            let delta = &v["choices"][0]["delta"];
+            if let Some(r) = delta["reasoning_content"].as_str() {
+                assert!(
+                    content.is_empty() && calls.is_empty(),
+                    "reasoning after content"
+                );
+                reasoning.push_str(r);
+            }
+            if let Some(c) = delta["content"].as_str() {
+                content.push_str(c);
+            }
+            if let Some(t) = delta["tool_calls"].as_array() {
+                calls.extend(t.iter().cloned());
+            }
+            if !v["usage"].is_null() {
+                usage = v["usage"].clone();
+            }
+        }
+        (reasoning, content, calls, usage)
+    }
+
+    fn collected(pieces: &[&str]) -> Collected {
+        let tokens = pieces
+            .iter()
+            .map(|p| TokenEvent {
+                id: 1,
+                text: p.to_string(),
+                logprob: 0.0,
+                special: false,
+            })
+            .collect();
+        Collected {
+            tokens,
+            reason: FinishReason::EosToken,
+        }
+    }
+
+    #[test]
+    fn streamed_reasoning_is_sent_apart_and_adds_up_to_the_whole_answer() {
+        let cases: [(bool, &[&str], &str, &str, usize); 3] = [
+            (
+                false,
+                &[
+                    "<thi",
+                    "nk>\nI should",
+                    " think.\n</th",
+                    "ink>\n\nIt is ",
+                    "4.",
+                ],
+                "I should think.",
+                "It is 4.",
+                3,
+            ),
+            (true, &["\nhmm", "</think>", "\n\n", "ok"], "hmm", "ok", 2),
+            // Cut before the end tag: all reasoning.
+            (
+                true,
+                &["\nstill", " going </thi"],
+                "still going </thi",
+                "",
+                2,
+            ),
+        ];
+        for (open, pieces, want_reasoning, want_content, n) in cases {
+            let (reasoning, content, _, usage) =
+                reasoning_stream(reasoning_answer(open, None, &[]), pieces);
+            assert_eq!(
+                (reasoning.as_str(), content.as_str()),
+                (want_reasoning, want_content)
+            );
+            assert_eq!(usage["completion_tokens_details"]["reasoning_tokens"], n);
+            assert_eq!(usage["completion_tokens"], pieces.len());
+            let whole = openai::whole_chat(&reasoning_answer(open, None, &[]), &collected(pieces));
+            let message = &whole["choices"][0]["message"];
+            assert_eq!(message["content"], want_content);
+            assert_eq!(message["reasoning_content"], json!(want_reasoning));
+            assert_eq!(whole["usage"], usage);
+        }
+    }
+
+    #[test]
+    fn calls_and_stop_sequences_are_read_from_the_content_only() {
+        let tools = Some(ToolParsing {
+            syntax: ToolSyntax::Hermes,
+            parallel: true,
+        });
+        // A call written in the reasoning is thought, not called.
+        let pieces = [
+            "<think>\nMaybe <tool_call>{\"name\": \"x\", \"arguments\": {}}</tool_call>?",
+            "</think>\n\n",
+            "<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>",
+        ];
+        let (reasoning, content, calls, _) =
+            reasoning_stream(reasoning_answer(false, tools, &[]), &pieces);
+        assert!(reasoning.starts_with("Maybe <tool_call>"), "{reasoning}");
+        assert_eq!(content, "");
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0]["function"]["name"], "weather");
+        let whole = openai::whole_chat(&reasoning_answer(false, tools, &[]), &collected(&pieces));
+        assert_eq!(whole["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(
+            whole["choices"][0]["message"]["reasoning_content"],
+            json!(reasoning)
+        );
+        let whole_calls = whole["choices"][0]["message"]["tool_calls"]
+            .as_array()
+            .unwrap();
+        assert_eq!(whole_calls.len(), 1);
+        // A stop sequence cuts the reasoning too, split across tokens or not.
+        let pieces = ["<think>a b S", "TOP c</think>d"];
+        let (reasoning, content, _, _) =
+            reasoning_stream(reasoning_answer(false, None, &["STOP"]), &pieces);
+        assert_eq!((reasoning.as_str(), content.as_str()), ("a b", ""));
+        let whole = openai::whole_chat(
+            &reasoning_answer(false, None, &["STOP"]),
+            &collected(&pieces),
+        );
+        assert_eq!(whole["choices"][0]["message"]["reasoning_content"], "a b");
+        assert_eq!(whole["choices"][0]["message"]["content"], "");
+    }
+
     #[test]
     fn streamed_openai_text_never_shows_a_stop_sequence() {
         let answer = AnswerContext {
@@ -471,6 +746,7 @@ mod tests {
             id: "cmpl-1".into(),
             created: 0,
             tool_parsing: None,
+            reasoning: None,
         };
         let mut w = StreamWriter::new(answer);
         let mut out = Vec::new();

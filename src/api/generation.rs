@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::error::ServiceError;
 use crate::generate::engine::{FinishReason, TokenEvent};
+use crate::generate::reasoning::ReasoningParsing;
 use crate::generate::sampling::{check_ranges, SamplingParams};
 use crate::generate::service::{GenerateRequest, Generation};
 use crate::generate::tool_syntax::ToolParsing;
@@ -178,6 +179,8 @@ pub struct AnswerContext {
     pub created: u64,
     /// How to read calls in the answer (`tool_choice: "auto"`).
     pub tool_parsing: Option<ToolParsing>,
+    /// How to tell a reasoning model's thinking apart (`reasoning_content`).
+    pub reasoning: Option<ReasoningParsing>,
 }
 
 impl AnswerContext {
@@ -198,6 +201,7 @@ impl AnswerContext {
             stop,
             model,
             tool_parsing: generation.tool_parsing,
+            reasoning: generation.reasoning,
             id: format!("cmpl-{:016x}", random_seed()),
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)

@@ -18,6 +18,7 @@ use crate::error::ServiceError;
 use crate::generate::chat::{check_kwargs, TemplateKwargs};
 use crate::generate::engine::FinishReason;
 use crate::generate::grammar::Grammar;
+use crate::generate::reasoning::{split_tokens, ReasoningFormat};
 use crate::generate::sampling::SamplingDefaults;
 use crate::generate::service::{GenerateRequest, Length, Prompt};
 
@@ -207,6 +208,10 @@ struct ChatRequest {
     tool_choice: Option<ToolChoice>,
     /// Under `tool_choice: "auto"`, false keeps at most one call; a forced call is one call.
     parallel_tool_calls: Option<bool>,
+    /// llama.cpp's: `"none"` keeps a reasoning model's thinking inline in `content`;
+    /// `"deepseek"` or `"auto"` answer it as `reasoning_content` (the server's default,
+    /// `--reasoning-format`, when absent).
+    reasoning_format: Option<String>,
 }
 
 /// The settings both routes share.
@@ -342,6 +347,10 @@ pub fn parse_chat(body: &[u8], defaults: &SamplingDefaults) -> Result<GenerateCa
     let prompt = Prompt::Chat { messages, kwargs };
     let mut c = call(prompt, common, defaults, None, format)?;
     c.request.tools = tools.auto;
+    c.request.split_reasoning = match r.reasoning_format {
+        Some(f) => Some(f.parse::<ReasoningFormat>().map_err(bad)?.splits()),
+        None => None,
+    };
     Ok(c)
 }
 
@@ -383,6 +392,7 @@ fn call(
             ignore_eos: c.ignore_eos.unwrap_or(false),
             grammar: c.grammar,
             tools: None,
+            split_reasoning: None,
         },
         format,
         stream: c.stream,
@@ -424,9 +434,41 @@ pub fn whole_completion(a: &AnswerContext, c: &Collected, echo: bool) -> Value {
 
 /// The whole chat answer: a forced function call that finished, or the calls an answer
 /// under `tool_choice: "auto"` made, are `message.tool_calls` (with the text before them as
-/// `content`).
+/// `content`). A reasoning model's thinking is `message.reasoning_content` (null when it
+/// wrote none), and the calls and content are read from the rest.
 pub fn whole_chat(a: &AnswerContext, c: &Collected) -> Value {
+    let Some(parsing) = a.reasoning else {
+        return chat_answer(a, c, &c.text());
+    };
     let text = c.text();
+    let limit = a.trim_stop(&text).len();
+    let (pieces, reasoning_tokens) =
+        split_tokens(parsing, c.tokens.iter().map(|t| t.text.as_str()), limit);
+    let mut v = chat_answer(a, c, &pieces.content);
+    let reasoning = match pieces.reasoning.as_str() {
+        "" => Value::Null,
+        r => json!(r),
+    };
+    v["choices"][0]["message"]["reasoning_content"] = reasoning;
+    v["usage"] = usage_with_reasoning(a, c.tokens.len(), reasoning_tokens);
+    v
+}
+
+/// The usage of an answer that had reasoning: with OpenAI's
+/// `completion_tokens_details.reasoning_tokens`.
+pub fn usage_with_reasoning(
+    a: &AnswerContext,
+    completion_tokens: usize,
+    reasoning_tokens: usize,
+) -> Value {
+    let mut u = usage(a, completion_tokens);
+    u["completion_tokens_details"] = json!({ "reasoning_tokens": reasoning_tokens });
+    u
+}
+
+/// The chat answer of `text` (the content part when a reasoning model's thinking is apart).
+fn chat_answer(a: &AnswerContext, c: &Collected, text: &str) -> Value {
+    let text = text.to_string();
     let mut content = Value::Null;
     let call = match a.format {
         Format::Chat {
@@ -479,6 +521,13 @@ fn chat_text(a: &AnswerContext, c: &Collected, content: &str) -> Value {
         }],
         "usage": usage(a, c.tokens.len()),
     })
+}
+
+/// A streamed chat chunk whose delta is a piece of a reasoning model's thinking.
+pub fn reasoning_chunk(a: &AnswerContext, piece: &str) -> Value {
+    let mut v = chunk(a, None, None, false);
+    v["choices"][0]["delta"] = json!({ "reasoning_content": piece });
+    v
 }
 
 /// One streamed chunk: a piece of text, a finish reason, or (chat) the opening role.

@@ -113,6 +113,7 @@ pub fn parse(value: Value, route: TgiRoute) -> Result<GenerateCall, ServiceError
             ignore_eos: p.ignore_eos.unwrap_or(false),
             grammar: p.grammar.map(TgiGrammar::grammar).transpose()?,
             tools: None,
+            split_reasoning: None,
         },
         format: Format::Tgi {
             details: p.details.unwrap_or(false),

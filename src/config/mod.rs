@@ -25,6 +25,10 @@ fn parse_dtype(s: &str) -> Result<crate::model::DtypeChoice, String> {
     s.parse()
 }
 
+fn parse_reasoning_format(s: &str) -> Result<crate::generate::reasoning::ReasoningFormat, String> {
+    s.parse()
+}
+
 fn parse_kernel_level(s: &str) -> Result<crate::kernels::KernelLevel, String> {
     s.parse()
 }
@@ -182,6 +186,13 @@ pub struct ServeConfig {
     /// contents are plain text, so a user cannot forge turns.
     #[arg(long, env = "PARSE_SPECIAL_IN_CHAT")]
     pub parse_special_in_chat: bool,
+
+    /// Generation: a reasoning model's thinking text (between its chat template's `<think>`
+    /// tags) in chat answers: `auto` or `deepseek` answer it as `message.reasoning_content`,
+    /// `none` keeps it in `content` as the model wrote it (llama.cpp's `--reasoning-format`).
+    /// A request's `reasoning_format` overrides it.
+    #[arg(long, env = "REASONING_FORMAT", default_value = "auto", value_parser = parse_reasoning_format)]
+    pub reasoning_format: crate::generate::reasoning::ReasoningFormat,
 
     /// Most inputs in one request (texts, pairs, a rerank's passages); more is 413. Also
     /// spelled --max-client-batch-size, TEI's name.

@@ -16,6 +16,7 @@ use std::io::Write;
 use minijinja::{Environment, Error, ErrorKind, Value};
 
 pub use super::chat_message::ChatMessage;
+use super::reasoning::ThinkingTags;
 use super::tool_syntax::ToolSyntax;
 
 /// Most template instructions one render may run: 2 million. SmolLM2's template runs ~23
@@ -63,6 +64,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     /// The function-call syntax the template teaches.
     tool_syntax: ToolSyntax,
+    /// The thinking tags the template writes, if it does (a reasoning model's).
+    thinking: Option<ThinkingTags>,
     bos_token: String,
     eos_token: String,
 }
@@ -121,6 +124,7 @@ impl ChatTemplate {
         let template = Self {
             env,
             tool_syntax: ToolSyntax::detect(source),
+            thinking: ThinkingTags::detect(source),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
         };
@@ -131,6 +135,11 @@ impl ChatTemplate {
     /// The function-call syntax the template teaches ([`ToolSyntax::detect`]).
     pub fn tool_syntax(&self) -> ToolSyntax {
         self.tool_syntax
+    }
+
+    /// The thinking tags the template writes ([`ThinkingTags::detect`]): its model reasons.
+    pub fn thinking(&self) -> Option<ThinkingTags> {
+        self.thinking
     }
 
     /// Renders the sample conversations (see [`Self::new`]).

@@ -12,7 +12,8 @@
 //!   that end generation; [`spm_merges`]: a SentencePiece vocabulary's scores as BPE merges;
 //!   [`incremental`]: generated ids to text pieces, a token at a time;
 //! - [`chat`]: the model's Jinja chat template; [`prompt`]: a conversation to ids, its
-//!   messages' contents as plain text;
+//!   messages' contents as plain text; [`reasoning`]: a reasoning model's thinking text, told
+//!   apart from its answer by the template's tags;
 //! - [`sampling`]: greedy and seeded sampling; [`grammar`]: constrained decoding (structured
 //!   outputs) with llguidance;
 //! - [`engine`]: the step loop (continuous batching) and its bounded queue;
@@ -36,6 +37,7 @@ pub mod prefix_cache;
 pub mod prompt;
 pub mod qwen2;
 pub mod qwen3;
+pub mod reasoning;
 pub mod sampling;
 pub mod service;
 pub mod spm_merges;

@@ -10,7 +10,10 @@
 //!   answered `TimedOut` (the engine checks every waiting request at every step);
 //! - the engine's queue holds at most `--queue-capacity` requests (`QueueFull` past it);
 //! - a grammar (structured output) is compiled here, off the async threads, before anything
-//!   is queued: an invalid or unsupported one is `Invalid`, naming the problem.
+//!   is queued: an invalid or unsupported one is `Invalid`, naming the problem;
+//! - a reasoning model's chat answer is read for its thinking text ([`super::reasoning`]),
+//!   and a grammar then applies to what follows the reasoning
+//!   ([`Grammar::AfterReasoning`]), as vLLM applies it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +24,7 @@ use super::chat::{ChatMessage, ChatTemplate, TemplateKwargs};
 use super::engine::{EngineHandle, Event, GenerationRequest, SubmitError};
 use super::grammar::{Grammar, GrammarCompiler};
 use super::prompt::chat_prompt;
+use super::reasoning::ReasoningParsing;
 use super::sampling::{SamplingDefaults, SamplingParams};
 use super::tokenizer::GenTokenizer;
 use super::tool_syntax::{AutoTools, ToolParsing, ToolSyntax};
@@ -84,6 +88,10 @@ pub struct GenerateRequest {
     /// Functions the model may call or not (`tool_choice: "auto"`; chat prompts only): the
     /// answer follows the template's call syntax ([`super::tool_syntax`]).
     pub tools: Option<AutoTools>,
+    /// Tell a reasoning model's thinking text apart from its answer (chat prompts whose
+    /// template has thinking tags; [`super::reasoning`]): `Some(false)` keeps it inline,
+    /// `None` is the server's `--reasoning-format`.
+    pub split_reasoning: Option<bool>,
 }
 
 /// A request the engine has queued: what the answer needs, and its events.
@@ -93,6 +101,8 @@ pub struct Generation {
     pub prompt_tokens: usize,
     /// How to read calls in the answer (a request with `tools` under `tool_choice: "auto"`).
     pub tool_parsing: Option<ToolParsing>,
+    /// How to tell the reasoning in the answer apart (a reasoning model's chat answer).
+    pub reasoning: Option<ReasoningParsing>,
     /// Tokens, then one `Done` or `Failed`. Dropping it cancels the sequence (the engine
     /// retires it at its next step).
     pub events: UnboundedReceiver<Event>,
@@ -108,6 +118,9 @@ pub struct GenerateSettings {
     /// Read control tokens spelled in chat messages as control tokens
     /// (`--parse-special-in-chat`; see [`super::prompt`]).
     pub parse_special_in_chat: bool,
+    /// Split a reasoning model's thinking text from its answer when a request does not say
+    /// (`--reasoning-format`, not `none`).
+    pub split_reasoning: bool,
 }
 
 /// The generation model's service.
@@ -180,7 +193,19 @@ impl GenerateService {
     /// Checks, tokenizes and queues `request`; the answer streams from the returned events.
     pub async fn submit(&self, mut request: GenerateRequest) -> Result<Generation, ServiceError> {
         let tool_parsing = self.prepare_tools(&mut request)?;
-        let constraint = match request.grammar {
+        let is_chat = matches!(request.prompt, Prompt::Chat { .. });
+        let (prompt_text, ids) = self.prompt_ids(request.prompt).await?;
+        let reasoning = self.reasoning(is_chat, request.split_reasoning, &prompt_text);
+        let grammar = match (request.grammar, reasoning) {
+            (Some(g), Some(r)) => Some(Grammar::AfterReasoning {
+                start: r.tags.start.into(),
+                end: r.tags.end.into(),
+                open: r.open,
+                then: Box::new(g),
+            }),
+            (g, _) => g,
+        };
+        let constraint = match grammar {
             Some(grammar) => {
                 let grammars = self.grammars.clone();
                 let compiled = self
@@ -193,7 +218,6 @@ impl GenerateService {
             }
             None => None,
         };
-        let (prompt_text, ids) = self.prompt_ids(request.prompt).await?;
         let context = self.engine.context();
         let budget = self.engine.limits().max_batch_total_tokens;
         let limit = context.min(budget);
@@ -242,6 +266,7 @@ impl GenerateService {
                 prompt_text,
                 prompt_tokens,
                 tool_parsing,
+                reasoning,
                 events: rx,
             }),
             Err(SubmitError::Full) => Err(ServiceError::QueueFull(format!(
@@ -285,6 +310,25 @@ impl GenerateService {
             syntax,
             parallel: tools.parallel,
         }))
+    }
+
+    /// How a chat answer's reasoning is told apart: when the request (or the server's
+    /// default) splits it and the template has thinking tags; the answer starts inside the
+    /// reasoning when the rendered prompt opened the block.
+    fn reasoning(
+        &self,
+        is_chat: bool,
+        split: Option<bool>,
+        prompt_text: &str,
+    ) -> Option<ReasoningParsing> {
+        if !is_chat || !split.unwrap_or(self.settings.split_reasoning) {
+            return None;
+        }
+        let tags = self.chat.as_ref()?.thinking()?;
+        Some(ReasoningParsing {
+            tags,
+            open: tags.opened_by(prompt_text),
+        })
     }
 
     /// The error a sequence that waited past its deadline ends in.

@@ -329,6 +329,7 @@ fn generation_schemas() -> Value {
             "type": { "type": "string", "enum": ["function"] }, "function": { "type": "object", "required": ["name"], "properties": { "name": { "type": "string" } } } } } ] });
     chat["parallel_tool_calls"] =
         json!({ "type": "boolean", "description": "accepted; a forced answer is one call" });
+    chat["reasoning_format"] = json!({ "type": "string", "enum": ["none", "deepseek", "auto"], "description": "llama.cpp's: a reasoning model's thinking (between its template's <think> tags) as message.reasoning_content (deepseek, auto) or inline in content (none); default --reasoning-format" });
     chat["chat_template_kwargs"] = json!({ "type": "object", "description": "further chat template variables (vLLM's and llama.cpp's), e.g. {\"enable_thinking\": false} for Qwen3; not messages, add_generation_prompt, bos_token, eos_token or raise_exception" });
     json!({
         "GenerateRequest": { "oneOf": [

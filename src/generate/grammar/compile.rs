@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use llguidance::api::{ParserLimits, TopLevelGrammar};
+use llguidance::api::{GrammarWithLexer, ParserLimits, TopLevelGrammar};
 use llguidance::{ParserFactory, TokenParser};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -47,6 +47,16 @@ pub enum Grammar {
     Regex(String),
     /// A grammar in llguidance's Lark syntax.
     Lark(String),
+    /// A reasoning model's answer: free reasoning text up to the `end` tag, then `then`
+    /// (vLLM applies a grammar once the reasoning has ended). With `open` the prompt opened
+    /// the block and the answer starts inside it; otherwise a block opened by `start` (at the
+    /// answer's start, after whitespace) may come first, or none.
+    AfterReasoning {
+        start: String,
+        end: String,
+        open: bool,
+        then: Box<Grammar>,
+    },
 }
 
 impl Grammar {
@@ -57,6 +67,12 @@ impl Grammar {
             Grammar::JsonObject => "json_object".into(),
             Grammar::Regex(r) => format!("regex:{r}"),
             Grammar::Lark(l) => format!("lark:{l}"),
+            Grammar::AfterReasoning {
+                start,
+                end,
+                open,
+                then,
+            } => format!("reasoning:{start}:{end}:{open}:{}", then.key()),
         }
     }
 
@@ -69,8 +85,47 @@ impl Grammar {
             }
             Grammar::Regex(r) => TopLevelGrammar::from_regex(r),
             Grammar::Lark(l) => TopLevelGrammar::from_lark(l.clone()),
+            Grammar::AfterReasoning {
+                start,
+                end,
+                open,
+                then,
+            } => {
+                // The reasoning is one lazy lexeme (it ends at the first end tag), then the
+                // request's grammar, referenced by name, with its own lexer.
+                let (start, end) = (lark_regex(start), lark_regex(end));
+                let think = if *open {
+                    format!("think[lazy]: /(?s:.*){end}/")
+                } else {
+                    format!("think[lazy]: /[ \\t\\n]*{start}(?s:.*){end}/")
+                };
+                let first = if *open { "think WS?" } else { "(think WS?)?" };
+                let lark = format!("start: {first} @content\n{think}\nWS: /[ \\t\\n]+/\n");
+                let mut inner = then.top_level();
+                if let Some(g) = inner.grammars.first_mut() {
+                    g.name = Some("content".into());
+                }
+                let mut grammars = vec![GrammarWithLexer::from_lark(lark)];
+                grammars.append(&mut inner.grammars);
+                TopLevelGrammar {
+                    grammars,
+                    max_tokens: None,
+                }
+            }
         }
     }
+}
+
+/// `text` as a regular expression matching it, inside a Lark `/.../` literal.
+fn lark_regex(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$#&-~/".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// `schema` with the compact options, unless it sets its own (`x-guidance`), or is not an
