@@ -189,7 +189,9 @@ fn the_cache_stays_within_its_budget() {
 fn the_next_turn_of_a_conversation_reuses_the_turns_before_it() {
     let _serial = serial();
     let server = smollm2_server(|_| {});
-    let chat = |messages: &Value| -> (String, usize) {
+    // The reply, the prompt's tokens, and how many of them came from the cache (OpenAI's
+    // usage.prompt_tokens_details.cached_tokens).
+    let chat = |messages: &Value| -> (String, usize, usize) {
         let r = post_json(
             server.addr,
             "/v1/chat/completions",
@@ -203,13 +205,16 @@ fn the_next_turn_of_a_conversation_reuses_the_turns_before_it() {
                 .unwrap()
                 .to_string(),
             v["usage"]["prompt_tokens"].as_u64().unwrap() as usize,
+            v["usage"]["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap() as usize,
         )
     };
     let mut messages = json!([
         {"role": "system", "content": system_prompt()},
         {"role": "user", "content": "When does the library open on Sunday?"},
     ]);
-    let (reply, first_prompt) = chat(&messages);
+    let (reply, first_prompt, _) = chat(&messages);
     messages
         .as_array_mut()
         .unwrap()
@@ -219,9 +224,10 @@ fn the_next_turn_of_a_conversation_reuses_the_turns_before_it() {
         .unwrap()
         .push(json!({"role": "user", "content": "And on Monday?"}));
     let before = hits(server.addr);
-    let (_, second_prompt) = chat(&messages);
+    let (_, second_prompt, cached) = chat(&messages);
     let reused = hits(server.addr) - before;
     assert!(second_prompt > first_prompt);
+    assert_eq!(cached as f64, reused, "usage and the metrics disagree");
     // At least the first turn's prompt, but for its last partial block.
     assert!(
         reused >= (first_prompt - BLOCK_TOKENS) as f64,

@@ -52,6 +52,8 @@ pub struct StreamWriter {
     /// Generated text not yet split, because it may begin a stop sequence.
     raw: String,
     raw_stopped: bool,
+    /// Prompt tokens restored from the prefix cache (known at the end).
+    cached_tokens: usize,
 }
 
 impl StreamWriter {
@@ -73,11 +75,15 @@ impl StreamWriter {
             reasoning,
             raw: String::new(),
             raw_stopped: false,
+            cached_tokens: 0,
         }
     }
 
     /// Appends the payloads `ev` produces to `out`.
     pub fn event(&mut self, ev: Event, out: &mut Vec<Payload>) {
+        if let Event::Done { cached_tokens, .. } = &ev {
+            self.cached_tokens = *cached_tokens;
+        }
         if let Event::Failed(failure) = &ev {
             // The stream is already 200: the error goes in the stream, as TGI does.
             out.push(Payload::Json(json!({
@@ -175,6 +181,7 @@ impl StreamWriter {
                 reason,
                 generated_tokens,
                 prompt_tokens,
+                cached_tokens,
             } => {
                 let mut pieces = split.push_uncounted(&std::mem::take(&mut self.raw));
                 let end = split.finish();
@@ -204,6 +211,7 @@ impl StreamWriter {
                         reason,
                         generated_tokens,
                         prompt_tokens,
+                        cached_tokens,
                     },
                     out,
                 );
@@ -289,10 +297,13 @@ impl StreamWriter {
             let mut v = openai::chunk(a, None, None, false);
             v["choices"] = json!([]);
             v["usage"] = match &self.reasoning {
-                Some(split) => {
-                    openai::usage_with_reasoning(a, self.index, split.reasoning_pieces())
-                }
-                None => openai::usage(a, self.index),
+                Some(split) => openai::usage_with_reasoning(
+                    a,
+                    self.index,
+                    self.cached_tokens,
+                    split.reasoning_pieces(),
+                ),
+                None => openai::usage(a, self.index, self.cached_tokens),
             };
             out.push(Payload::Json(v));
         }
@@ -510,6 +521,7 @@ mod tests {
                 reason: FinishReason::EosToken,
                 generated_tokens: pieces.len(),
                 prompt_tokens: 1,
+                cached_tokens: 0,
             },
             &mut out,
         );
@@ -603,6 +615,7 @@ mod tests {
                 reason: FinishReason::EosToken,
                 generated_tokens: pieces.len(),
                 prompt_tokens: 1,
+                cached_tokens: 0,
             },
             &mut out,
         );
@@ -644,6 +657,7 @@ mod tests {
         Collected {
             tokens,
             reason: FinishReason::EosToken,
+            cached_tokens: 0,
         }
     }
 
@@ -766,6 +780,7 @@ mod tests {
                 reason: FinishReason::StopSequence,
                 generated_tokens: 3,
                 prompt_tokens: 1,
+                cached_tokens: 0,
             },
             &mut out,
         );

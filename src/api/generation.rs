@@ -226,6 +226,8 @@ impl AnswerContext {
 pub struct Collected {
     pub tokens: Vec<TokenEvent>,
     pub reason: FinishReason,
+    /// Prompt tokens restored from the prefix cache (OpenAI's `cached_tokens`).
+    pub cached_tokens: usize,
 }
 
 impl Collected {

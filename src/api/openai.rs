@@ -400,11 +400,12 @@ fn call(
 }
 
 /// The `usage` object.
-pub fn usage(a: &AnswerContext, completion_tokens: usize) -> Value {
+pub fn usage(a: &AnswerContext, completion_tokens: usize, cached_tokens: usize) -> Value {
     json!({
         "prompt_tokens": a.prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": a.prompt_tokens + completion_tokens,
+        "prompt_tokens_details": { "cached_tokens": cached_tokens },
     })
 }
 
@@ -428,7 +429,7 @@ pub fn whole_completion(a: &AnswerContext, c: &Collected, echo: bool) -> Value {
             "logprobs": null,
             "finish_reason": c.reason.openai(),
         }],
-        "usage": usage(a, c.tokens.len()),
+        "usage": usage(a, c.tokens.len(), c.cached_tokens),
     })
 }
 
@@ -450,7 +451,7 @@ pub fn whole_chat(a: &AnswerContext, c: &Collected) -> Value {
         r => json!(r),
     };
     v["choices"][0]["message"]["reasoning_content"] = reasoning;
-    v["usage"] = usage_with_reasoning(a, c.tokens.len(), reasoning_tokens);
+    v["usage"] = usage_with_reasoning(a, c.tokens.len(), c.cached_tokens, reasoning_tokens);
     v
 }
 
@@ -459,9 +460,10 @@ pub fn whole_chat(a: &AnswerContext, c: &Collected) -> Value {
 pub fn usage_with_reasoning(
     a: &AnswerContext,
     completion_tokens: usize,
+    cached_tokens: usize,
     reasoning_tokens: usize,
 ) -> Value {
-    let mut u = usage(a, completion_tokens);
+    let mut u = usage(a, completion_tokens, cached_tokens);
     u["completion_tokens_details"] = json!({ "reasoning_tokens": reasoning_tokens });
     u
 }
@@ -500,7 +502,7 @@ fn chat_answer(a: &AnswerContext, c: &Collected, text: &str) -> Value {
                 "logprobs": null,
                 "finish_reason": "tool_calls",
             }],
-            "usage": usage(a, c.tokens.len()),
+            "usage": usage(a, c.tokens.len(), c.cached_tokens),
         });
     }
     chat_text(a, c, a.trim_stop(&text))
@@ -519,7 +521,7 @@ fn chat_text(a: &AnswerContext, c: &Collected, content: &str) -> Value {
             "logprobs": null,
             "finish_reason": c.reason.openai(),
         }],
-        "usage": usage(a, c.tokens.len()),
+        "usage": usage(a, c.tokens.len(), c.cached_tokens),
     })
 }
 

@@ -91,6 +91,8 @@ pub enum Event {
         reason: FinishReason,
         generated_tokens: usize,
         prompt_tokens: usize,
+        /// Prompt tokens restored from the prefix cache rather than prefilled.
+        cached_tokens: usize,
     },
     Failed(Failure),
 }
@@ -227,6 +229,8 @@ struct Running {
     sampler: Sampler,
     /// Prompt tokens already in the cache.
     prefilled: usize,
+    /// Prompt tokens restored from the prefix cache at admission.
+    restored: usize,
     generated: Vec<u32>,
     decoder: IncrementalDecoder,
     /// Text generated so far (for stop sequences).
@@ -382,6 +386,7 @@ impl Engine {
                 cache,
                 sampler,
                 prefilled: restored,
+                restored,
                 generated: Vec::new(),
                 decoder: IncrementalDecoder::new(),
                 text: String::new(),
@@ -605,6 +610,7 @@ impl Engine {
                 reason,
                 generated_tokens: r.generated.len(),
                 prompt_tokens: r.req.prompt.len(),
+                cached_tokens: r.restored,
             });
         }
     }

@@ -101,7 +101,17 @@ async fn collect(
     while let Some(ev) = events.recv().await {
         match ev {
             Event::Token(t) => tokens.push(t),
-            Event::Done { reason, .. } => return Ok(Collected { tokens, reason }),
+            Event::Done {
+                reason,
+                cached_tokens,
+                ..
+            } => {
+                return Ok(Collected {
+                    tokens,
+                    reason,
+                    cached_tokens,
+                })
+            }
             Event::Failed(f) => return Err(failed(service, f)),
         }
     }
