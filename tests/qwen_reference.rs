@@ -37,12 +37,12 @@ use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::QTensor;
-use common::{cosine, max_abs_diff};
+use common::decoder_reference::{check_model, new_cache, Prompt};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use zerobatch::config::ServeConfig;
 use zerobatch::generate::chat::{ChatMessage, TemplateKwargs};
-use zerobatch::generate::decoder::{Decoder, KvCache, StepInput};
+use zerobatch::generate::decoder::{Decoder, StepInput};
 use zerobatch::generate::gguf::GgufFile;
 use zerobatch::generate::llama_family::{Arch, Hparams, Model};
 use zerobatch::generate::prompt::chat_prompt;
@@ -52,14 +52,6 @@ use zerobatch::generate::tokenizer::GenTokenizer;
 use zerobatch::kernels::{Dtype, KernelLevel};
 use zerobatch::model::DtypeChoice;
 use zerobatch::server::BackgroundServer;
-
-/// Largest |difference| accepted between our f32 logits and transformers'.
-const TOLERANCE: f32 = 1e-4;
-/// Lowest cosine accepted for the default (int8 / Q4) load against the reference.
-const AUTO_MIN_COSINE: f64 = 0.99;
-/// Largest |difference| between a cached step and a full recompute of the same prefix, in
-/// one load (the same kernels, a different batching of rows).
-const SELF_TOLERANCE: f32 = 1e-3;
 
 #[derive(Deserialize)]
 struct Reference {
@@ -89,15 +81,6 @@ struct Config {
     rope_theta: f32,
     context: usize,
     tied: bool,
-}
-
-#[derive(Deserialize)]
-struct Prompt {
-    ids: Vec<u32>,
-    /// The logits after every position (f32 file).
-    f32: Vec<Vec<f32>>,
-    q8_0_last: Vec<f32>,
-    q4_0_last: Vec<f32>,
 }
 
 #[derive(Deserialize)]
@@ -153,74 +136,6 @@ fn model_path(arch: &str, variant: &str) -> PathBuf {
     data("gguf").join(&reference(arch).files[variant][0])
 }
 
-/// The comparisons of one run: the largest difference and the lowest cosine.
-struct Checker {
-    label: String,
-    max_diff: f32,
-    min_cosine: f64,
-    count: usize,
-}
-
-impl Checker {
-    fn new(label: String) -> Self {
-        Self {
-            label,
-            max_diff: 0.0,
-            min_cosine: 1.0,
-            count: 0,
-        }
-    }
-
-    /// `got` within `tolerance` of `want` (`None`: cosine ≥ [`AUTO_MIN_COSINE`] instead).
-    fn check(&mut self, what: &str, got: &[f32], want: &[f32], tolerance: Option<f32>) {
-        let d = max_abs_diff(got, want);
-        let c = cosine(got, want);
-        self.count += 1;
-        self.max_diff = self.max_diff.max(d);
-        self.min_cosine = self.min_cosine.min(c);
-        match tolerance {
-            Some(t) => assert!(
-                d <= t,
-                "{}: {what}: logits differ by up to {d} (cosine {c}); allowed {t}",
-                self.label
-            ),
-            None => assert!(
-                c >= AUTO_MIN_COSINE,
-                "{}: {what}: cosine {c} (max abs diff {d}); need {AUTO_MIN_COSINE}",
-                self.label
-            ),
-        }
-    }
-
-    fn report(&self) {
-        eprintln!(
-            "{}: {} comparisons, max abs diff {:.3e}, lowest cosine {:.7}",
-            self.label, self.count, self.max_diff, self.min_cosine
-        );
-    }
-}
-
-/// How a prompt of `n` tokens is fed: its first ceil(n/2) tokens in two chunks (one when that
-/// is a single token), then one token at a time. Returns the chunk ends.
-fn schedule(n: usize) -> Vec<usize> {
-    let prefill = n.div_ceil(2);
-    let mut ends = vec![prefill.div_ceil(2), prefill];
-    ends.dedup();
-    ends.extend(prefill + 1..=n);
-    ends
-}
-
-/// The reference logits after position `pos` of prompt `p` for `variant`, if recorded.
-fn wanted<'a>(p: &'a Prompt, variant: &str, pos: usize) -> Option<&'a [f32]> {
-    let last = pos + 1 == p.ids.len();
-    match variant {
-        "f32" => Some(&p.f32[pos]),
-        "q8_0" if last => Some(&p.q8_0_last),
-        "q4_0" if last => Some(&p.q4_0_last),
-        _ => None,
-    }
-}
-
 /// A model of either architecture, behind the methods the checks use.
 trait Loaded: Decoder {
     fn hparams(&self) -> &Hparams;
@@ -247,114 +162,6 @@ fn load(arch: &str, variant: &str, dtype: Dtype, keep_q4: bool) -> Box<dyn Loade
                 .0,
         ),
     }
-}
-
-fn new_cache(model: &dyn Loaded) -> KvCache {
-    KvCache::with_capacity(model.hparams().cache_shape(), model.hparams().context)
-}
-
-/// `tokens` from an empty cache in one step: the last position's logits.
-fn run_alone(model: &dyn Loaded, tokens: &[u32]) -> Vec<f32> {
-    let mut cache = new_cache(model);
-    let mut out = model.step(&mut [StepInput {
-        cache: &mut cache,
-        tokens,
-        want_logits: true,
-    }]);
-    assert_eq!(cache.len(), tokens.len());
-    out.pop().unwrap()
-}
-
-/// Every comparison for one file loaded one way. `exact`: f32 weights, held to
-/// [`TOLERANCE`]; else the default load, held to [`AUTO_MIN_COSINE`].
-fn check_model(arch: &str, variant: &str, model: &dyn Loaded, exact: bool) -> Checker {
-    let r = reference(arch);
-    let mut ck = Checker::new(format!(
-        "{arch} {variant} as {}",
-        if exact { "f32" } else { "auto" }
-    ));
-    let to_reference = exact.then_some(TOLERANCE);
-    // Each prefix in one step: against the reference where it has one, and kept as our own
-    // full recompute for the cached runs.
-    let mut full: Vec<Vec<Vec<f32>>> = Vec::new();
-    for (i, p) in r.prompts.iter().enumerate() {
-        let n = p.ids.len();
-        let mut mine = Vec::with_capacity(n);
-        for len in 1..=n {
-            let got = run_alone(model, &p.ids[..len]);
-            if let Some(want) = wanted(p, variant, len - 1) {
-                let what = format!("prompt {i}, prefix of {len} in one step");
-                ck.check(&what, &got, want, to_reference);
-            }
-            mine.push(got);
-        }
-        full.push(mine);
-    }
-    // The same logits from a step, against the reference or our full recompute.
-    let compare = |ck: &mut Checker, what: String, i: usize, end: usize, got: &[f32]| {
-        let p = &r.prompts[i];
-        if let Some(want) = wanted(p, variant, end - 1) {
-            ck.check(&what, got, want, to_reference);
-        }
-        ck.check(
-            &format!("{what} (against the full recompute)"),
-            got,
-            &full[i][end - 1],
-            Some(SELF_TOLERANCE),
-        );
-    };
-    // Chunked prefill, then one token at a time through the KV cache.
-    for (i, p) in r.prompts.iter().enumerate() {
-        let n = p.ids.len();
-        let mut cache = new_cache(model);
-        let mut start = 0;
-        for (s, &end) in schedule(n).iter().enumerate() {
-            let want_logits = !(s == 0 && end < n);
-            let out = model.step(&mut [StepInput {
-                cache: &mut cache,
-                tokens: &p.ids[start..end],
-                want_logits,
-            }]);
-            assert_eq!(cache.len(), end);
-            assert_eq!(out.len(), usize::from(want_logits));
-            if want_logits {
-                let what = format!("prompt {i}, tokens {start}..{end} after a cache of {start}");
-                compare(&mut ck, what, i, end, &out[0]);
-            }
-            start = end;
-        }
-    }
-    // Continuous batching: sequence i joins at step i and follows its schedule.
-    let schedules: Vec<Vec<usize>> = r.prompts.iter().map(|p| schedule(p.ids.len())).collect();
-    let steps = (0..schedules.len())
-        .map(|i| i + schedules[i].len())
-        .max()
-        .unwrap();
-    let mut caches: Vec<KvCache> = r.prompts.iter().map(|_| new_cache(model)).collect();
-    for step in 0..steps {
-        let mut inputs = Vec::new();
-        let mut expected = Vec::new();
-        for (i, (cache, p)) in caches.iter_mut().zip(&r.prompts).enumerate() {
-            let Some(&end) = step.checked_sub(i).and_then(|s| schedules[i].get(s)) else {
-                continue;
-            };
-            let start = cache.len();
-            expected.push((i, start, end));
-            inputs.push(StepInput {
-                cache,
-                tokens: &p.ids[start..end],
-                want_logits: true,
-            });
-        }
-        let out = model.step(&mut inputs);
-        assert_eq!(out.len(), expected.len());
-        for (got, &(i, start, end)) in out.iter().zip(&expected) {
-            let what = format!("step {step} batched: prompt {i} tokens {start}..{end}");
-            compare(&mut ck, what, i, end, got);
-        }
-    }
-    ck.report();
-    ck
 }
 
 fn check_shape(arch: &str, model: &dyn Loaded) {
@@ -412,7 +219,7 @@ fn f32_files_match_transformers() {
     for arch in ["qwen2", "qwen3"] {
         let model = load(arch, "f32", Dtype::F32, false);
         check_shape(arch, model.as_ref());
-        check_model(arch, "f32", model.as_ref(), true);
+        check_model(arch, &reference(arch).prompts, "f32", model.as_ref(), true);
     }
 }
 
@@ -422,7 +229,13 @@ fn quantized_files_match_transformers_on_their_stored_values() {
         for variant in ["q8_0", "q4_0"] {
             let model = load(arch, variant, Dtype::F32, false);
             check_shape(arch, model.as_ref());
-            check_model(arch, variant, model.as_ref(), true);
+            check_model(
+                arch,
+                &reference(arch).prompts,
+                variant,
+                model.as_ref(),
+                true,
+            );
         }
     }
 }
@@ -441,7 +254,13 @@ fn the_default_load_stays_close_to_transformers() {
             } else {
                 assert_eq!(formats["attention"], "int8", "{arch} {variant}");
             }
-            check_model(arch, variant, model.as_ref(), false);
+            check_model(
+                arch,
+                &reference(arch).prompts,
+                variant,
+                model.as_ref(),
+                false,
+            );
         }
     }
 }

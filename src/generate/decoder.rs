@@ -492,11 +492,32 @@ pub(super) struct AttnShape {
     pub head_dim: usize,
     /// Width of one row of Q, K and V side by side.
     pub qkvw: usize,
+    /// Multiplies every query·key product (`1/√head_dim` for most models; Gemma 3's
+    /// `query_pre_attn_scalar`).
+    pub scale: f32,
+    /// Sliding-window attention: a query at position `p` sees the keys at positions
+    /// `p + 1 - window ..= p` only (llama.cpp's `LLAMA_SWA_TYPE_STANDARD`, transformers'
+    /// `sliding_window`). `None`: every earlier position.
+    pub window: Option<usize>,
+}
+
+impl AttnShape {
+    /// Full causal attention scaled by `1/√head_dim`.
+    pub(super) fn causal(n_head: usize, n_head_kv: usize, head_dim: usize, qkvw: usize) -> Self {
+        Self {
+            n_head,
+            n_head_kv,
+            head_dim,
+            qkvw,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            window: None,
+        }
+    }
 }
 
 /// Causal attention of one sequence's new rows (queries in `qkv`, rows at positions
-/// `start..`) over its cache (`k`, `v`: every position up to the last new row), into `out`
-/// (`rows × n_head·head_dim`). Each cached key and value is widened once per row and used by
+/// `start..`) over its cache (`k`, `v`: every position up to the last new row; with a window,
+/// only the window's last positions are read), into `out` (`rows × n_head·head_dim`). Each cached key and value is widened once per row and used by
 /// every query head of its group (grouped-query attention).
 fn attend<T: KvElem>(
     s: &AttnShape,
@@ -542,7 +563,7 @@ fn attend_portable<T: KvElem>(
     let hd = s.head_dim;
     let group = s.n_head / s.n_head_kv;
     let kvw = s.n_head_kv * hd;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = s.scale;
     let rows = qkv.len() / s.qkvw;
     let span = start + rows;
     let mut scores = vec![0.0f32; group * span];
@@ -551,12 +572,14 @@ fn attend_portable<T: KvElem>(
     let mut inv = vec![0.0f32; group];
     for r in 0..rows {
         let visible = start + r + 1;
+        // The first key this row sees: 0, or the window's first position.
+        let first = s.window.map_or(0, |w| visible.saturating_sub(w));
         let q_row = &qkv[r * s.qkvw..r * s.qkvw + s.n_head * hd];
         let o_row = &mut out[r * s.n_head * hd..(r + 1) * s.n_head * hd];
         for kvh in 0..s.n_head_kv {
             let heads = kvh * group..(kvh + 1) * group;
             max.fill(f32::NEG_INFINITY);
-            for t in 0..visible {
+            for t in first..visible {
                 T::widen(&k[t * kvw + kvh * hd..][..hd], &mut wide);
                 for (gi, h) in heads.clone().enumerate() {
                     let score = dot(&q_row[h * hd..(h + 1) * hd], &wide) * scale;
@@ -566,7 +589,7 @@ fn attend_portable<T: KvElem>(
             }
             for gi in 0..group {
                 let mut sum = 0.0f32;
-                for score in &mut scores[gi * span..gi * span + visible] {
+                for score in &mut scores[gi * span + first..gi * span + visible] {
                     *score = (*score - max[gi]).exp();
                     sum += *score;
                 }
@@ -575,7 +598,7 @@ fn attend_portable<T: KvElem>(
             for h in heads.clone() {
                 o_row[h * hd..(h + 1) * hd].fill(0.0);
             }
-            for t in 0..visible {
+            for t in first..visible {
                 T::widen(&v[t * kvw + kvh * hd..][..hd], &mut wide);
                 for (gi, h) in heads.clone().enumerate() {
                     let w = scores[gi * span + t] * inv[gi];
@@ -603,4 +626,59 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         sum += a[i] * b[i];
     }
     sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A query row with a window of `w` attends exactly as it would over a cache holding only
+    /// the last `w` positions; a window at least as long as the sequence changes nothing.
+    #[test]
+    fn a_window_attends_to_the_last_positions_only() {
+        let (n_head, n_head_kv, hd) = (4, 2, 8);
+        let qkvw = (n_head + 2 * n_head_kv) * hd;
+        let kvw = n_head_kv * hd;
+        let n = 11;
+        let mut seed = 7u32;
+        let mut next = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        let qkv: Vec<f32> = (0..n * qkvw).map(|_| next()).collect();
+        let k: Vec<f32> = (0..n * kvw).map(|_| next()).collect();
+        let v: Vec<f32> = (0..n * kvw).map(|_| next()).collect();
+        let shape = |window| AttnShape {
+            window,
+            ..AttnShape::causal(n_head, n_head_kv, hd, qkvw)
+        };
+        // The last three rows at positions n-3..n, with a window of 4.
+        let rows = 3;
+        let q = &qkv[(n - rows) * qkvw..];
+        let mut windowed = vec![0.0f32; rows * n_head * hd];
+        attend_portable(&shape(Some(4)), q, &k, &v, n - rows, &mut windowed);
+        for r in 0..rows {
+            let last = n - rows + r;
+            let first = last + 1 - 4;
+            let mut alone = vec![0.0f32; n_head * hd];
+            attend_portable(
+                &shape(None),
+                &q[r * qkvw..(r + 1) * qkvw],
+                &k[first * kvw..(last + 1) * kvw],
+                &v[first * kvw..(last + 1) * kvw],
+                3,
+                &mut alone,
+            );
+            assert_eq!(
+                &windowed[r * n_head * hd..(r + 1) * n_head * hd],
+                &alone[..]
+            );
+        }
+        let mut full = vec![0.0f32; rows * n_head * hd];
+        attend_portable(&shape(None), q, &k, &v, n - rows, &mut full);
+        let mut wide = vec![0.0f32; rows * n_head * hd];
+        attend_portable(&shape(Some(n)), q, &k, &v, n - rows, &mut wide);
+        assert_eq!(full, wide);
+        assert_ne!(full, windowed);
+    }
 }

@@ -379,12 +379,7 @@ impl Gpt2 {
             let (tok, pos) = (&wte[t * d..(t + 1) * d], &wpe[p * d..(p + 1) * d]);
             x.extend(tok.iter().zip(pos).map(|(a, b)| a + b));
         }
-        let shape = AttnShape {
-            n_head: c.n_head,
-            n_head_kv: c.n_head,
-            head_dim: c.head_dim,
-            qkvw: 3 * d,
-        };
+        let shape = AttnShape::causal(c.n_head, c.n_head, c.head_dim, 3 * d);
         let act = match c.activation {
             Activation::GeluTanh => Epilogue::BiasGeluTanh,
             Activation::Gelu => Epilogue::BiasGelu,

@@ -417,12 +417,7 @@ impl<A: Arch> Model<A> {
         let mut gate_up = vec![0.0f32; m * 2 * ff];
         let mut act = vec![0.0f32; m * ff];
         let (threads, level) = (self.threads, self.level);
-        let shape = AttnShape {
-            n_head: c.n_head,
-            n_head_kv: c.n_head_kv,
-            head_dim: c.head_dim,
-            qkvw,
-        };
+        let shape = AttnShape::causal(c.n_head, c.n_head_kv, c.head_dim, qkvw);
         for (l, block) in self.blocks.iter().enumerate() {
             rms_norm(&x, &block.attn_norm, c.rms_eps, &mut xn);
             block

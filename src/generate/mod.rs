@@ -1,12 +1,15 @@
-//! Text generation: a GGUF model of the Llama family (`llama`, `qwen2`, `qwen3`, `phi3`), or a GPT-2
-//! checkpoint in Hugging Face layout, served with continuous batching.
+//! Text generation: a GGUF model of the Llama family (`llama`, `qwen2`, `qwen3`, `phi3`) or of
+//! Gemma 3 (`gemma3`), or a GPT-2 checkpoint in Hugging Face layout, served with continuous
+//! batching.
 //!
 //! - [`gguf`]: the file's metadata and tensors (split files merged), with errors that name the
 //!   key or tensor;
 //! - [`decoder`]: what every architecture shares (KV caches, attention over them, a step's
 //!   bookkeeping) and [`decoder::Decoder`], the interface of the model the engine runs;
 //! - [`llama_family`]: the model and batched step the GGUF architectures share; [`llama`],
-//!   [`qwen2`], [`qwen3`], [`phi3`]: what each of them adds; [`gpt2`]: GPT-2, with its own step;
+//!   [`qwen2`], [`qwen3`], [`phi3`]: what each of them adds; [`gemma3`]: Gemma 3 (sandwich
+//!   norms, sliding-window layers), with its own step over the family's parts; [`gpt2`]: GPT-2,
+//!   with its own step;
 //! - [`tokenizer`]: the tokenizer (from GGUF metadata or Hugging Face files);
 //!   [`pre_tokenizer`]: the split regexes `tokenizer.ggml.pre` names; [`end_tokens`]: the ids
 //!   that end generation; [`spm_merges`]: a SentencePiece vocabulary's scores as BPE merges;
@@ -25,6 +28,7 @@ pub mod chat_message;
 pub mod decoder;
 pub mod end_tokens;
 pub mod engine;
+pub mod gemma3;
 pub mod gguf;
 pub mod gpt2;
 pub mod grammar;
@@ -53,6 +57,7 @@ use crate::model::files::ModelFiles;
 use crate::model::{DtypeChoice, LoadOptions, ModelError, ModelInfo, Pooling, Task};
 use chat::ChatTemplate;
 use decoder::Decoder;
+use gemma3::Gemma3;
 use gpt2::{Gpt2, Gpt2Config};
 use llama::Llama;
 use phi3::Phi3;
@@ -344,7 +349,7 @@ fn sampling_defaults(
 
 /// The GGUF architectures this server runs (`general.architecture`), for messages.
 pub const GGUF_ARCHITECTURES: &str =
-    "llama (Llama 2/3, SmolLM2, TinyLlama, …), qwen2 (Qwen2, Qwen2.5), qwen3 (Qwen3) and phi3 (Phi-3, Phi-3.5-mini, Phi-4-mini)";
+    "llama (Llama 2/3, SmolLM2, TinyLlama, …), qwen2 (Qwen2, Qwen2.5), qwen3 (Qwen3), phi3 (Phi-3, Phi-3.5-mini, Phi-4-mini) and gemma3 (Gemma 3 270M, 1B; text)";
 
 /// The model of an open GGUF file, by its `general.architecture`.
 ///
@@ -364,6 +369,7 @@ pub fn gguf_model(
         "qwen2" => Arc::new(Qwen2::from_file(file, dtype, keep_q4, level, threads)?),
         "qwen3" => Arc::new(Qwen3::from_file(file, dtype, keep_q4, level, threads)?),
         "phi3" => Arc::new(Phi3::from_file(file, dtype, keep_q4, level, threads)?),
+        "gemma3" => Arc::new(Gemma3::from_file(file, dtype, keep_q4, level, threads)?),
         other => {
             return Err(gguf::GgufError::Metadata {
                 path: file.path().to_path_buf(),

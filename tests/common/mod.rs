@@ -1,9 +1,11 @@
 //! Shared test helpers: a tiny generated model, a server on an ephemeral port, and a small
 //! blocking HTTP/1.1 client (raw sockets, so tests see exactly what crosses the wire); in
 //! `gguf`, a tiny Llama GGUF file and ways to vary it; in `decoding`, the reference for
-//! incremental decoding; in `fake_hub`, a local server that answers like the Hugging Face hub.
+//! incremental decoding; in `decoder_reference`, the checks of the tiny decoder references
+//! against transformers; in `fake_hub`, a local server that answers like the Hugging Face hub.
 #![allow(dead_code)]
 
+pub mod decoder_reference;
 pub mod decoding;
 pub mod fake_hub;
 pub mod gguf;

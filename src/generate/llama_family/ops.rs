@@ -30,7 +30,7 @@ impl Rope {
     /// `position · scale / base^(2i/n_rot) / factors[i]` (`factors`: Llama 3.1's
     /// `rope_freqs`, Phi-3's LongRoPE factors, or ones), its cos and sin times
     /// `rope_attn_factor` (as ggml's `rope_yarn` applies `mscale`).
-    pub(super) fn new(
+    pub(crate) fn new(
         positions: &[usize],
         hp: &Hparams,
         factors: &[f32],
