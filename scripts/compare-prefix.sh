@@ -55,7 +55,7 @@ subjects = ["loans", "opening hours", "events", "the reading room", "printing", 
 def system(k):
     rng = random.Random(k)
     lines = [f"You are assistant number {k} of the city library. Follow every rule below.\n"]
-    for i in range(1, 121):
+    for i in range(1, 51):
         a, b = rng.sample(subjects, 2)
         lines.append(f"Rule {i}: when asked about {a}, mention {b} only if shelf "
                      f"{rng.randint(1, 400)} is open, and keep the answer under {rng.randint(2, 9)} sentences.\n")
@@ -65,7 +65,19 @@ questions = [f"\nVisitor {j}: what should I know about {subjects[j % len(subject
 print(json.dumps([system(j % systems) + questions[j] for j in range(64)]))
 PY
 
-declare -A url
+# Waits until process PID has used no CPU for a second: a run's leftover requests (the load
+# generator's last ones, still being prefilled) must not slow the next server's run.
+wait_idle() {
+  local before after
+  for _ in $(seq 300); do
+    before=$(awk '{ print $14 + $15 }' "/proc/$1/stat")
+    sleep 1
+    after=$(awk '{ print $14 + $15 }' "/proc/$1/stat")
+    [ $((after - before)) -le 5 ] && return 0
+  done
+}
+
+declare -A url pid
 start_zerobatch() { # start_zerobatch NAME ARGS...: sets url[NAME]
   local name="$1" port
   shift
@@ -74,6 +86,7 @@ start_zerobatch() { # start_zerobatch NAME ARGS...: sets url[NAME]
   # servers wait up to two minutes (the default answers 503 after 30 s).
   "$binary" --port "$port" --model "$model" --request-timeout-ms 120000 "$@" >"$work/$name.log" 2>&1 &
   pids+=($!)
+  pid[$name]=$!
   wait_up "http://127.0.0.1:$port/readyz" "$!" "$work/$name.log"
   url[$name]="http://127.0.0.1:$port"
 }
@@ -87,6 +100,7 @@ if [ -n "$llama_server" ]; then
   if grep -q amx_tile /proc/cpuinfo; then extra+=(--no-repack); fi
   "$llama_server" -m "$model" --port "$port" -np 8 -c 32768 -t 2 "${extra[@]}" >"$work/llama.log" 2>&1 &
   pids+=($!)
+  pid[llama]=$!
   wait_up "http://127.0.0.1:$port/health" "$!" "$work/llama.log"
   url[llama]="http://127.0.0.1:$port"
   servers+=(llama)
@@ -101,6 +115,7 @@ for round in $(seq "$rounds"); do
       python3 scripts/gen-load.py "${url[$s]}" --concurrency "$c" --duration "$duration" --warmup 8 \
         --prompts "$work/prompts.json" --json |
         python3 -c "import json,sys; d=json.load(sys.stdin); print('$s', $c, $round, d['tokens_per_s'], d['ttft_p50_ms'], d['errors'])" | tee -a "$work/runs"
+      wait_idle "${pid[$s]}"
     done
   done
 done

@@ -232,6 +232,10 @@ trait KvElem: Copy + Send + Sync {
     fn append(cache: &mut Vec<Self>, src: &[f32]);
     /// Widens `src` into `dst`.
     fn widen(src: &[Self], dst: &mut [f32]);
+    /// `src` as f32: itself when it is, else widened into `scratch`.
+    fn view<'a>(src: &'a [Self], scratch: &'a mut [f32]) -> &'a [f32];
+    /// Whether [`Self::view`] has to widen (then a prefill widens the cache once instead).
+    const NARROW: bool;
 }
 
 impl KvElem for f16 {
@@ -245,6 +249,14 @@ impl KvElem for f16 {
     fn widen(src: &[Self], dst: &mut [f32]) {
         src.convert_to_f32_slice(dst);
     }
+
+    #[inline(always)]
+    fn view<'a>(src: &'a [Self], scratch: &'a mut [f32]) -> &'a [f32] {
+        src.convert_to_f32_slice(scratch);
+        scratch
+    }
+
+    const NARROW: bool = true;
 }
 
 impl KvElem for f32 {
@@ -256,6 +268,13 @@ impl KvElem for f32 {
     fn widen(src: &[Self], dst: &mut [f32]) {
         dst.copy_from_slice(src);
     }
+
+    #[inline(always)]
+    fn view<'a>(src: &'a [Self], _scratch: &'a mut [f32]) -> &'a [f32] {
+        src
+    }
+
+    const NARROW: bool = false;
 }
 
 impl KvCache {
@@ -367,6 +386,10 @@ pub struct StepInput<'a> {
     pub want_logits: bool,
 }
 
+/// Query rows of one sequence per attention task: a prompt's chunk is split so the cores
+/// share it (its last rows see the most keys, and tasks are taken as cores come free).
+const ATTENTION_ROWS_PER_TASK: usize = 16;
+
 /// Appends every input's new keys and values (from its rows of `qkv`: each row is Q, then
 /// K, then V, `shape.qkvw` wide) to layer `l` of its cache, then attends, sequence by sequence
 /// in parallel, writing each row's heads into `attn` (`rows × n_head·head_dim`).
@@ -405,12 +428,18 @@ pub(super) fn cached_attention(
             }
         }
         let start = input.cache.len;
-        jobs.push((
-            &qkv[row0 * qkvw..(row0 + rows) * qkvw],
-            &*layer,
-            start,
-            (SharedOut(mine.as_mut_ptr()), mine.len()),
-        ));
+        // A long prompt's rows are split into tasks, so that both cores attend for it.
+        let layer = &*layer;
+        for (c, out) in mine.chunks_mut(ATTENTION_ROWS_PER_TASK * qw).enumerate() {
+            let r0 = c * ATTENTION_ROWS_PER_TASK;
+            let n = out.len() / qw;
+            jobs.push((
+                &qkv[(row0 + r0) * qkvw..(row0 + r0 + n) * qkvw],
+                layer,
+                start + r0,
+                (SharedOut(out.as_mut_ptr()), out.len()),
+            ));
+        }
         row0 += rows;
     }
     parallel_for(jobs.len(), threads, &|i| {
@@ -528,6 +557,44 @@ fn attend<T: KvElem>(
     out: &mut [f32],
     level: KernelLevel,
 ) {
+    let rows = qkv.len() / s.qkvw;
+    if T::NARROW && rows > 1 {
+        // Several rows read the same keys and values: widen them once (the f16 → f32
+        // conversion is exact, so the result is the same) rather than once per row.
+        WIDENED.with(|w| {
+            let mut guard = w.borrow_mut();
+            let (kw, vw) = &mut *guard;
+            let kvw = s.n_head_kv * s.head_dim;
+            let span = start + rows;
+            let lo = s.window.map_or(0, |w| (start + 1).saturating_sub(w));
+            for (wide, narrow) in [(&mut *kw, k), (&mut *vw, v)] {
+                wide.resize(span * kvw, 0.0);
+                T::widen(&narrow[lo * kvw..span * kvw], &mut wide[lo * kvw..]);
+            }
+            attend_at(s, qkv, &kw[..], &vw[..], start, out, level)
+        });
+        return;
+    }
+    attend_at(s, qkv, k, v, start, out, level)
+}
+
+thread_local! {
+    /// A prefill's keys and values widened to f32 (see [`attend`]), kept for the next one.
+    static WIDENED: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const {
+        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    };
+}
+
+/// [`attend`] on the best code path `level` allows.
+fn attend_at<T: KvElem>(
+    s: &AttnShape,
+    qkv: &[f32],
+    k: &[T],
+    v: &[T],
+    start: usize,
+    out: &mut [f32],
+    level: KernelLevel,
+) {
     #[cfg(target_arch = "x86_64")]
     if level >= KernelLevel::Avx2 && KernelLevel::detected() >= KernelLevel::Avx2 {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
@@ -580,9 +647,9 @@ fn attend_portable<T: KvElem>(
             let heads = kvh * group..(kvh + 1) * group;
             max.fill(f32::NEG_INFINITY);
             for t in first..visible {
-                T::widen(&k[t * kvw + kvh * hd..][..hd], &mut wide);
+                let key = T::view(&k[t * kvw + kvh * hd..][..hd], &mut wide);
                 for (gi, h) in heads.clone().enumerate() {
-                    let score = dot(&q_row[h * hd..(h + 1) * hd], &wide) * scale;
+                    let score = dot(&q_row[h * hd..(h + 1) * hd], key) * scale;
                     scores[gi * span + t] = score;
                     max[gi] = max[gi].max(score);
                 }
@@ -599,10 +666,10 @@ fn attend_portable<T: KvElem>(
                 o_row[h * hd..(h + 1) * hd].fill(0.0);
             }
             for t in first..visible {
-                T::widen(&v[t * kvw + kvh * hd..][..hd], &mut wide);
+                let value = T::view(&v[t * kvw + kvh * hd..][..hd], &mut wide);
                 for (gi, h) in heads.clone().enumerate() {
                     let w = scores[gi * span + t] * inv[gi];
-                    for (o, &vv) in o_row[h * hd..(h + 1) * hd].iter_mut().zip(&wide) {
+                    for (o, &vv) in o_row[h * hd..(h + 1) * hd].iter_mut().zip(value) {
                         *o += w * vv;
                     }
                 }
