@@ -107,7 +107,7 @@ if [ -n "$llama_server" ]; then
 fi
 tokens=$(curl -sf "${url[on]}/tokenize" -H 'content-type: application/json' \
   -d "$(python3 -c 'import json,sys; print(json.dumps({"inputs": json.load(open(sys.argv[1]))[0]}))' "$work/prompts.json")" |
-  python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
+  python3 -c 'import json,sys; print(len(json.load(sys.stdin)[0]))')
 
 for round in $(seq "$rounds"); do
   for c in 1 8; do
@@ -146,8 +146,10 @@ for s in ["off", "on", "llama"]:
         row += [f"{ttft:.0f}", f"{tps:.1f}"]
     row.append(str(errs[(s, 1)] + errs[(s, 8)]))
     print(f"| {names[s]} | " + " | ".join(row) + " |")
-print(f"\nwith the cache: c=1 TTFT {med[('off', 1)][1] / med[('on', 1)][1]:.1f}x lower, "
-      f"c=8 tokens/s {med[('on', 8)][0] / med[('off', 8)][0]:.2f}x")
+def ratio(a, b):
+    return f"{a / b:.2f}x" if b and a == a and b == b else "n/a"
+print(f"\nwith the cache: c=1 TTFT {ratio(med[('off', 1)][1], med[('on', 1)][1])} lower, "
+      f"c=8 tokens/s {ratio(med[('on', 8)][0], med[('off', 8)][0])}")
 hit = miss = 0.0
 for line in open(metrics):
     m = re.match(r'zerobatch_prefix_cache_tokens_total\{result="(hit|miss)"\} (\S+)', line)

@@ -35,12 +35,12 @@ use std::sync::OnceLock;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::QTensor;
 use candle_core::Device;
-use common::decoder_reference::{check_model, new_cache, run_alone, Checker, Prompt, TOLERANCE};
+use common::decoder_reference::{check_model, greedy, run_alone, Checker, Prompt, TOLERANCE};
 use common::max_abs_diff;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use zerobatch::generate::chat::{ChatMessage, TemplateKwargs};
-use zerobatch::generate::decoder::{Decoder, StepInput};
+use zerobatch::generate::decoder::Decoder;
 use zerobatch::generate::gemma3::Gemma3;
 use zerobatch::generate::gguf::GgufFile;
 use zerobatch::generate::prompt::chat_prompt;
@@ -322,30 +322,12 @@ fn chat_prompt_and_greedy_decoding_match_transformers() {
     assert_eq!(ids, chat.prompt_ids, "the chat prompt's ids");
     assert_eq!(ids[0], r.special_ids["<bos>"]);
     let model = load("f32", Dtype::F32, false);
-    let mut cache = new_cache(&model);
-    let mut input = ids.clone();
-    let mut out = Vec::new();
-    while out.len() < chat.greedy_ids.len() + 4 {
-        let logits = model
-            .step(&mut [StepInput {
-                cache: &mut cache,
-                tokens: &input,
-                want_logits: true,
-            }])
-            .pop()
-            .unwrap();
-        let next = logits
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .unwrap()
-            .0 as u32;
-        out.push(next);
-        if tokenizer.is_end(next) {
-            break;
-        }
-        input = vec![next];
-    }
+    let out = greedy(
+        &model,
+        |id| tokenizer.is_end(id),
+        &ids,
+        chat.greedy_ids.len() + 4,
+    );
     assert_eq!(out, chat.greedy_ids, "greedy ids");
     assert_eq!(*out.last().unwrap(), r.special_ids["<end_of_turn>"]);
     assert_eq!(tokenizer.decode(&out), chat.text, "the answer's text");

@@ -35,13 +35,13 @@ use std::sync::OnceLock;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::QTensor;
 use candle_core::Device;
-use common::decoder_reference::{check_model, new_cache, run_alone, Checker, Prompt, TOLERANCE};
+use common::decoder_reference::{check_model, greedy, run_alone, Checker, Prompt, TOLERANCE};
 use common::max_abs_diff;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use zerobatch::config::ServeConfig;
 use zerobatch::generate::chat::{ChatMessage, TemplateKwargs};
-use zerobatch::generate::decoder::{Decoder, StepInput};
+use zerobatch::generate::decoder::Decoder;
 use zerobatch::generate::gguf::GgufFile;
 use zerobatch::generate::phi3::Phi3;
 use zerobatch::generate::prompt::chat_prompt;
@@ -267,30 +267,12 @@ fn chat_prompt_and_greedy_decoding_match_transformers() {
     assert_eq!(text, chat.prompt_text);
     assert_eq!(ids, chat.prompt_ids, "the chat prompt's ids");
     let model = load("f32", Dtype::F32, false);
-    let mut cache = new_cache(&model);
-    let mut input = ids.clone();
-    let mut out = Vec::new();
-    while out.len() < chat.greedy_ids.len() + 4 {
-        let logits = model
-            .step(&mut [StepInput {
-                cache: &mut cache,
-                tokens: &input,
-                want_logits: true,
-            }])
-            .pop()
-            .unwrap();
-        let next = logits
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .unwrap()
-            .0 as u32;
-        out.push(next);
-        if tokenizer.is_end(next) {
-            break;
-        }
-        input = vec![next];
-    }
+    let out = greedy(
+        &model,
+        |id| tokenizer.is_end(id),
+        &ids,
+        chat.greedy_ids.len() + 4,
+    );
     assert_eq!(out, chat.greedy_ids, "greedy ids");
     assert_eq!(*out.last().unwrap(), r.special_ids["<|end|>"]);
     assert_eq!(tokenizer.decode(&out), chat.text, "the answer's text");

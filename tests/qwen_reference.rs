@@ -37,12 +37,12 @@ use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::QTensor;
-use common::decoder_reference::{check_model, new_cache, Prompt};
+use common::decoder_reference::{check_model, greedy, Prompt};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use zerobatch::config::ServeConfig;
 use zerobatch::generate::chat::{ChatMessage, TemplateKwargs};
-use zerobatch::generate::decoder::{Decoder, StepInput};
+use zerobatch::generate::decoder::Decoder;
 use zerobatch::generate::gguf::GgufFile;
 use zerobatch::generate::llama_family::{Arch, Hparams, Model};
 use zerobatch::generate::prompt::chat_prompt;
@@ -297,30 +297,12 @@ fn chat_prompts_and_greedy_decoding_match_transformers() {
             assert!(!text.contains("<think>"));
         }
         let model = load(arch, "f32", Dtype::F32, false);
-        let mut cache = new_cache(model.as_ref());
-        let mut input = ids.clone();
-        let mut out = Vec::new();
-        while out.len() < chat.greedy_ids.len() + 4 {
-            let logits = model
-                .step(&mut [StepInput {
-                    cache: &mut cache,
-                    tokens: &input,
-                    want_logits: true,
-                }])
-                .pop()
-                .unwrap();
-            let next = logits
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .unwrap()
-                .0 as u32;
-            out.push(next);
-            if tokenizer.is_end(next) {
-                break;
-            }
-            input = vec![next];
-        }
+        let out = greedy(
+            model.as_ref(),
+            |id| tokenizer.is_end(id),
+            &ids,
+            chat.greedy_ids.len() + 4,
+        );
         assert_eq!(out, chat.greedy_ids, "{arch}: greedy ids");
         assert_eq!(*out.last().unwrap(), r.special_ids["<|im_end|>"]);
         assert_eq!(

@@ -19,9 +19,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use candle_core::quantized::gguf_file::{self, Value as GgufValue};
 use candle_core::quantized::QTensor;
@@ -36,7 +35,7 @@ use zerobatch::kernels::Dtype;
 use zerobatch::model::DtypeChoice;
 use zerobatch::server::BackgroundServer;
 
-use common::{post_json, test_python, wait_ready};
+use common::{post_json, run_client_script, test_python, wait_ready};
 
 /// The tiny Qwen3 file.
 fn qwen3() -> PathBuf {
@@ -322,32 +321,12 @@ fn the_openai_sdk_reads_reasoning_content_streamed_and_whole() {
         return;
     };
     let server = serve(thinking_model());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/check_reasoning.py");
-    let mut child = Command::new(&python)
-        .arg(&script)
-        .arg(format!("http://{}", server.addr))
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting check_reasoning.py");
-    let t = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if t.elapsed() > Duration::from_secs(300) {
-            let _ = child.kill();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let out = child.wait_with_output().unwrap();
-    let output = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (status, output) = run_client_script(
+        &python,
+        "check_reasoning.py",
+        &format!("http://{}", server.addr),
+        &[],
+        Duration::from_secs(300),
     );
     assert!(
         status.is_some_and(|s| s.success()),

@@ -16,8 +16,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -37,33 +36,12 @@ fn python() -> Option<PathBuf> {
 
 /// Runs check_structured.py against `server`; panics with its output unless every check passed.
 fn run_checks(python: &Path, server: &Proc, args: &[&str]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/check_structured.py");
-    let mut child = Command::new(python)
-        .arg(&script)
-        .arg(format!("http://{}", server.addr))
-        .args(args)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting check_structured.py");
-    let t = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if t.elapsed() > Duration::from_secs(900) {
-            let _ = child.kill();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let out = child.wait_with_output().unwrap();
-    let output = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (status, output) = run_client_script(
+        python,
+        "check_structured.py",
+        &format!("http://{}", server.addr),
+        args,
+        Duration::from_secs(900),
     );
     match status {
         Some(s) if s.success() => {

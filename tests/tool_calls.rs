@@ -9,9 +9,8 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use common::*;
 
@@ -27,32 +26,12 @@ fn an_agent_loop_and_auto_tool_calls_work_with_the_real_clients_on_smollm2() {
     let server = Proc::spawn(smollm2_path().to_str().unwrap(), &[]);
     connect_until_up(server.addr);
     wait_ready(server.addr);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/check_tools.py");
-    let mut child = Command::new(&python)
-        .arg(&script)
-        .arg(format!("http://{}", server.addr))
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting check_tools.py");
-    let t = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if t.elapsed() > Duration::from_secs(600) {
-            let _ = child.kill();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let out = child.wait_with_output().unwrap();
-    let output = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (status, output) = run_client_script(
+        &python,
+        "check_tools.py",
+        &format!("http://{}", server.addr),
+        &[],
+        Duration::from_secs(600),
     );
     match status {
         Some(s) if s.success() => {

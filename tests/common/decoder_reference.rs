@@ -112,6 +112,41 @@ pub fn run_alone<M: Decoder + ?Sized>(model: &M, tokens: &[u32]) -> Vec<f32> {
     out.pop().unwrap()
 }
 
+/// Greedy decoding of `prompt` through the KV cache, one token per step after the prompt,
+/// until an end token (kept) or `limit` tokens.
+pub fn greedy<M: Decoder + ?Sized>(
+    model: &M,
+    is_end: impl Fn(u32) -> bool,
+    prompt: &[u32],
+    limit: usize,
+) -> Vec<u32> {
+    let mut cache = new_cache(model);
+    let mut input = prompt.to_vec();
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let logits = model
+            .step(&mut [StepInput {
+                cache: &mut cache,
+                tokens: &input,
+                want_logits: true,
+            }])
+            .pop()
+            .unwrap();
+        let next = logits
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0 as u32;
+        out.push(next);
+        if is_end(next) {
+            break;
+        }
+        input = vec![next];
+    }
+    out
+}
+
 /// Every comparison for one file loaded one way. `exact`: f32 weights, held to
 /// [`TOLERANCE`]; else the default load, held to [`AUTO_MIN_COSINE`].
 pub fn check_model<M: Decoder + ?Sized>(

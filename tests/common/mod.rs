@@ -463,6 +463,48 @@ pub fn assert_same_answer(job: &serde_json::Value, http: &serde_json::Value, wha
     }
 }
 
+/// Runs the client check tests/clients/`script` with `python` against `url` (then `args`),
+/// killed after `limit`: its exit status (`None`: killed) and its output, stdout then stderr.
+pub fn run_client_script(
+    python: &std::path::Path,
+    script: &str,
+    url: &str,
+    args: &[&str],
+    limit: Duration,
+) -> (Option<std::process::ExitStatus>, String) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(script);
+    let mut child = Command::new(python)
+        .arg(&path)
+        .arg(url)
+        .args(args)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {script}: {e}"));
+    let t = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = child.wait_with_output().unwrap();
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (status, output)
+}
+
 /// The interpreter of the Python client checks (`ZEROBATCH_TEST_PYTHON`, which scripts/test.sh
 /// sets to the pinned venv) if it can import `modules` (a comma-separated import list); else
 /// None, after saying SKIPPED once for the test binary `test`. A missing or incomplete
