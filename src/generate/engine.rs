@@ -516,8 +516,8 @@ impl Engine {
                 r.prefilled += n;
                 // The prompt is read: later prompts that start the same way can reuse it
                 // while this sequence still runs.
-                if let (true, Some(prefix)) = (r.prefilled == r.req.prompt.len(), &mut self.prefix)
-                {
+                let read = r.prefilled == r.req.prompt.len();
+                if let Some(prefix) = self.prefix.as_mut().filter(|_| read) {
                     prefix.store(&r.req.prompt, &r.cache);
                 }
             }

@@ -135,9 +135,8 @@ impl PrefixCache {
     pub fn store(&mut self, tokens: &[u32], cache: &KvCache) {
         let held = tokens.len().min(cache.len());
         let whole = held / BLOCK_TOKENS;
+        // The prefix found so far is kept from eviction while the rest is stored (`make_room`).
         let mut chain = self.walk(&tokens[..whole * BLOCK_TOKENS]);
-        // Keep the prefix found so far from being evicted while the rest is stored.
-        self.touch(&chain);
         let (mut parent_key, mut parent_serial) = match chain.last() {
             Some(&key) => (key, self.blocks[&key].serial),
             None => (0, 0),
