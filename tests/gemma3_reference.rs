@@ -17,6 +17,8 @@
 //!   files' after each prompt, within 1e-4; the default load at cosine ≥ 0.99;
 //! - the window matters: the same file with no window runs every layer globally and matches
 //!   transformers' all-global model instead;
+//! - the sliding layers' caches keep their window only, with the very same logits as a cache
+//!   that keeps every position;
 //! - the chat: Gemma 3's template rendered and tokenized by our path gives transformers' ids;
 //!   greedy decoding gives transformers' ids, ending at `<end_of_turn>`; the end-of-generation
 //!   set (`<eos>`, `<end_of_turn>`); the real server answers an OpenAI chat completion with
@@ -40,9 +42,10 @@ use common::max_abs_diff;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use zerobatch::generate::chat::{ChatMessage, TemplateKwargs};
-use zerobatch::generate::decoder::Decoder;
+use zerobatch::generate::decoder::{Decoder, StepInput};
 use zerobatch::generate::gemma3::Gemma3;
 use zerobatch::generate::gguf::GgufFile;
+use zerobatch::generate::kv_cache::KvCache;
 use zerobatch::generate::prompt::chat_prompt;
 use zerobatch::generate::tokenizer::GenTokenizer;
 use zerobatch::kernels::{Dtype, KernelLevel};
@@ -218,6 +221,47 @@ fn quantized_files_match_transformers_on_their_stored_values() {
         let model = load(variant, Dtype::F32, false);
         check_model("gemma3", &reference().prompts, variant, &model, true);
     }
+}
+
+/// A sliding layer's cache keeps its window only: fed a token at a time, the model's own
+/// cache stays under two windows per sliding layer (plus the global layer's every position),
+/// and its logits are the very same as with a cache that keeps every position everywhere.
+#[test]
+fn sliding_layers_keep_only_their_window_and_change_no_logit() {
+    let r = reference();
+    let model = load("f32", Dtype::F32, false);
+    let c = &r.config;
+    let shape = model.shape();
+    let mut windowed = model.new_cache(shape.context);
+    let mut full = KvCache::with_capacity(shape.cache, shape.context);
+    let prompt = &r.prompts.iter().max_by_key(|p| p.ids.len()).unwrap().ids;
+    // The prompt, then its tokens again: a sequence many windows long.
+    let tokens: Vec<u32> = prompt.iter().chain(prompt).copied().collect();
+    assert!(tokens.len() > 6 * c.window);
+    let per_position = shape.cache.bytes_per_token() / c.layers;
+    let sliding = model.sliding_layers().iter().filter(|&&s| s).count();
+    for (i, t) in tokens.iter().enumerate() {
+        let step = |cache: &mut KvCache| {
+            model
+                .step(&mut [StepInput {
+                    cache,
+                    tokens: std::slice::from_ref(t),
+                    want_logits: true,
+                }])
+                .pop()
+                .unwrap()
+        };
+        assert_eq!(step(&mut windowed), step(&mut full), "position {i}");
+        let len = i + 1;
+        let bound = ((c.layers - sliding) * len + sliding * (2 * c.window)) * per_position;
+        assert!(
+            windowed.bytes() <= bound,
+            "{} bytes held after {len} tokens, more than {bound}",
+            windowed.bytes()
+        );
+    }
+    assert_eq!(full.bytes(), tokens.len() * shape.cache.bytes_per_token());
+    assert!(windowed.bytes() * 3 < full.bytes());
 }
 
 /// The default load: Q4_0 weights kept as stored, Q8_0 taken as int8 blocks, f32 quantized

@@ -18,7 +18,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use common::cosine;
 use common::gguf::{vocabulary, TinyLlama};
-use zerobatch::generate::decoder::{KvCache, StepInput};
+use zerobatch::generate::decoder::StepInput;
+use zerobatch::generate::kv_cache::KvCache;
 use zerobatch::generate::llama::Llama;
 use zerobatch::kernels::{Dtype, KernelLevel};
 

@@ -25,8 +25,9 @@ use candle_core::{Device, Tensor};
 use common::{cosine, fnv1a64, max_abs_diff, SplitMix64};
 use serde::Deserialize;
 use serde_json::json;
-use zerobatch::generate::decoder::{KvCache, StepInput};
+use zerobatch::generate::decoder::StepInput;
 use zerobatch::generate::gpt2::{Gpt2, Gpt2Config};
+use zerobatch::generate::kv_cache::KvCache;
 use zerobatch::kernels::{Dtype, KernelLevel};
 
 const TOLERANCE: f32 = 1e-4;

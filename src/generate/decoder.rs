@@ -1,33 +1,14 @@
 //! What every decoder shares: [`Decoder`], the interface the generation engine runs whatever
-//! the architecture, each sequence's KV cache, one step's inputs, and causal attention of a
-//! step's new rows over their own caches (run in parallel, one sequence per task).
+//! the architecture, one step's inputs, and causal attention of a step's new rows over their
+//! own caches ([`super::kv_cache`]), run in parallel.
 //!
 //! Architectures differ in how they make Q, K and V and what follows attention; the cache,
 //! the attention and the bookkeeping of a step are the same, so they live here once.
 
-use half::f16;
-use half::slice::HalfFloatSliceExt;
-
+use super::kv_cache::{CacheShape, KvCache, KvElem, KvLayer};
 use crate::kernels::team::parallel_for;
 use crate::kernels::tiles::SharedOut;
 use crate::kernels::{self, Dtype, Epilogue, KernelLevel, LinearPart, PackedLinear};
-
-/// The sizes of one sequence's KV cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CacheShape {
-    pub n_layer: usize,
-    /// Values per token per layer for keys (and as many for values).
-    pub kv_width: usize,
-    /// Cached in f16 (with quantized or low-precision weights), else f32.
-    pub f16: bool,
-}
-
-impl CacheShape {
-    /// Bytes one token takes over every layer, keys and values.
-    pub fn bytes_per_token(&self) -> usize {
-        2 * self.n_layer * self.kv_width * if self.f16 { 2 } else { 4 }
-    }
-}
 
 /// The sizes the front end and the engine need to know.
 #[derive(Debug, Clone, Copy)]
@@ -152,232 +133,6 @@ impl Linear {
     }
 }
 
-/// One sequence's keys and values, layer by layer (`len × kv_width` each, grown as it goes).
-///
-/// In f16 with quantized weights, as llama.cpp keeps them: half the memory of f32, and
-/// measured to matter for agreeing with llama.cpp's greedy tokens on long prompts
-/// (tests/smollm2_reference.rs). In f32 with f32 weights (exact reference runs).
-pub struct KvCache {
-    layers: Vec<KvLayer>,
-    len: usize,
-    /// Values per token per layer, for keys (and as many for values).
-    kv_width: usize,
-}
-
-/// The keys and values of a run of tokens, every layer, copied out of a [`KvCache`] (for the
-/// prefix cache): layer by layer, the keys then the values, `tokens × kv_width` each.
-pub struct KvBlock {
-    tokens: usize,
-    data: KvData,
-}
-
-enum KvData {
-    F16(Vec<f16>),
-    F32(Vec<f32>),
-}
-
-impl KvData {
-    fn len(&self) -> usize {
-        match self {
-            KvData::F16(d) => d.len(),
-            KvData::F32(d) => d.len(),
-        }
-    }
-}
-
-impl KvBlock {
-    /// Tokens held.
-    pub fn tokens(&self) -> usize {
-        self.tokens
-    }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        match &self.data {
-            KvData::F16(d) => 2 * d.len(),
-            KvData::F32(d) => 4 * d.len(),
-        }
-    }
-
-    /// One f32 token whose key and value are `kv` in every layer of `shape`.
-    #[cfg(test)]
-    pub(crate) fn for_tests(shape: CacheShape, kv: &[f32]) -> Self {
-        assert_eq!(kv.len(), shape.kv_width);
-        let data = (0..2 * shape.n_layer).flat_map(|_| kv.iter().copied());
-        Self {
-            tokens: 1,
-            data: KvData::F32(data.collect()),
-        }
-    }
-
-    /// Every value held, widened to f32.
-    #[cfg(test)]
-    pub(crate) fn values_for_tests(&self) -> Vec<f32> {
-        match &self.data {
-            KvData::F16(d) => d.iter().map(|x| x.to_f32()).collect(),
-            KvData::F32(d) => d.clone(),
-        }
-    }
-}
-
-/// One layer's keys and values.
-enum KvLayer {
-    F16(Vec<f16>, Vec<f16>),
-    F32(Vec<f32>, Vec<f32>),
-}
-
-/// An element type of the KV cache.
-trait KvElem: Copy + Send + Sync {
-    /// Appends `src` converted.
-    fn append(cache: &mut Vec<Self>, src: &[f32]);
-    /// Widens `src` into `dst`.
-    fn widen(src: &[Self], dst: &mut [f32]);
-    /// `src` as f32: itself when it is, else widened into `scratch`.
-    fn view<'a>(src: &'a [Self], scratch: &'a mut [f32]) -> &'a [f32];
-    /// Whether [`Self::view`] has to widen (then a prefill widens the cache once instead).
-    const NARROW: bool;
-}
-
-impl KvElem for f16 {
-    fn append(cache: &mut Vec<Self>, src: &[f32]) {
-        let at = cache.len();
-        cache.resize(at + src.len(), f16::ZERO);
-        cache[at..].convert_from_f32_slice(src);
-    }
-
-    #[inline(always)]
-    fn widen(src: &[Self], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst);
-    }
-
-    #[inline(always)]
-    fn view<'a>(src: &'a [Self], scratch: &'a mut [f32]) -> &'a [f32] {
-        src.convert_to_f32_slice(scratch);
-        scratch
-    }
-
-    const NARROW: bool = true;
-}
-
-impl KvElem for f32 {
-    fn append(cache: &mut Vec<Self>, src: &[f32]) {
-        cache.extend_from_slice(src);
-    }
-
-    #[inline(always)]
-    fn widen(src: &[Self], dst: &mut [f32]) {
-        dst.copy_from_slice(src);
-    }
-
-    #[inline(always)]
-    fn view<'a>(src: &'a [Self], _scratch: &'a mut [f32]) -> &'a [f32] {
-        src
-    }
-
-    const NARROW: bool = false;
-}
-
-impl KvCache {
-    /// An empty cache with room reserved for `tokens` tokens.
-    pub fn with_capacity(shape: CacheShape, tokens: usize) -> Self {
-        Self {
-            layers: (0..shape.n_layer)
-                .map(|_| {
-                    let n = tokens * shape.kv_width;
-                    if shape.f16 {
-                        KvLayer::F16(Vec::with_capacity(n), Vec::with_capacity(n))
-                    } else {
-                        KvLayer::F32(Vec::with_capacity(n), Vec::with_capacity(n))
-                    }
-                })
-                .collect(),
-            len: 0,
-            kv_width: shape.kv_width,
-        }
-    }
-
-    /// Tokens held.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the cache holds no token.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// A copy of the keys and values of tokens `from..from + tokens`, every layer (for the
-    /// prefix cache, [`super::prefix_cache`]).
-    ///
-    /// # Panics
-    ///
-    /// When the cache does not hold those tokens.
-    pub fn export(&self, from: usize, tokens: usize) -> KvBlock {
-        assert!(
-            from + tokens <= self.len,
-            "exporting tokens the cache lacks"
-        );
-        let kvw = self.kv_width;
-        let span = from * kvw..(from + tokens) * kvw;
-        let data = match self.layers.first() {
-            Some(KvLayer::F32(..)) => KvData::F32(
-                self.layers
-                    .iter()
-                    .flat_map(|l| match l {
-                        KvLayer::F32(k, v) => [&k[span.clone()], &v[span.clone()]],
-                        KvLayer::F16(..) => unreachable!("one element type per cache"),
-                    })
-                    .flatten()
-                    .copied()
-                    .collect(),
-            ),
-            _ => KvData::F16(
-                self.layers
-                    .iter()
-                    .flat_map(|l| match l {
-                        KvLayer::F16(k, v) => [&k[span.clone()], &v[span.clone()]],
-                        KvLayer::F32(..) => unreachable!("one element type per cache"),
-                    })
-                    .flatten()
-                    .copied()
-                    .collect(),
-            ),
-        };
-        KvBlock { tokens, data }
-    }
-
-    /// Appends the tokens of `block` (made by [`Self::export`] from a cache of the same
-    /// shape) after the ones held.
-    ///
-    /// # Panics
-    ///
-    /// When `block` comes from a cache of another shape.
-    pub fn import(&mut self, block: &KvBlock) {
-        let kvw = self.kv_width;
-        let n = block.tokens * kvw;
-        assert_eq!(
-            block.data.len(),
-            2 * n * self.layers.len(),
-            "a block of another cache shape"
-        );
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            let at = 2 * n * i;
-            match (layer, &block.data) {
-                (KvLayer::F16(k, v), KvData::F16(d)) => {
-                    k.extend_from_slice(&d[at..at + n]);
-                    v.extend_from_slice(&d[at + n..at + 2 * n]);
-                }
-                (KvLayer::F32(k, v), KvData::F32(d)) => {
-                    k.extend_from_slice(&d[at..at + n]);
-                    v.extend_from_slice(&d[at + n..at + 2 * n]);
-                }
-                _ => panic!("a block of another element type"),
-            }
-        }
-        self.len += block.tokens;
-    }
-}
-
 /// One sequence's part of a step: the tokens to run (at positions `cache.len()..`), and
 /// whether the logits after its last token are wanted.
 pub struct StepInput<'a> {
@@ -412,24 +167,16 @@ pub(super) fn cached_attention(
         let rows = input.tokens.len();
         let (mine, rest) = attn_rest.split_at_mut(rows * qw);
         attn_rest = rest;
-        let layer = &mut input.cache.layers[l];
-        for r in row0..row0 + rows {
-            let row = &qkv[r * qkvw..(r + 1) * qkvw];
-            let (k, v) = (&row[qw..qw + kvw], &row[qw + kvw..qw + 2 * kvw]);
-            match layer {
-                KvLayer::F16(kc, vc) => {
-                    KvElem::append(kc, k);
-                    KvElem::append(vc, v);
-                }
-                KvLayer::F32(kc, vc) => {
-                    KvElem::append(kc, k);
-                    KvElem::append(vc, v);
-                }
-            }
-        }
-        let start = input.cache.len;
+        input.cache.append(l, rows, |r| {
+            let row = &qkv[(row0 + r) * qkvw..(row0 + r + 1) * qkvw];
+            (&row[qw..qw + kvw], &row[qw + kvw..qw + 2 * kvw])
+        });
+        // Positions are counted from the first one the layer holds (a sliding layer drops
+        // the ones no query can see any more): the window's arithmetic is the same.
+        let layer = input.cache.layer(l);
+        let start = input.cache.len() - layer.first;
+        let layer = layer.kv;
         // A long prompt's rows are split into tasks, so that both cores attend for it.
-        let layer = &*layer;
         for (c, out) in mine.chunks_mut(ATTENTION_ROWS_PER_TASK * qw).enumerate() {
             let r0 = c * ATTENTION_ROWS_PER_TASK;
             let n = out.len() / qw;
@@ -461,7 +208,7 @@ pub(super) fn finish_step(inputs: &mut [StepInput]) -> Vec<usize> {
     let mut row0 = 0;
     for input in inputs.iter_mut() {
         row0 += input.tokens.len();
-        input.cache.len += input.tokens.len();
+        input.cache.advance(input.tokens.len());
         if input.want_logits && !input.tokens.is_empty() {
             last_rows.push(row0 - 1);
         }
@@ -506,10 +253,10 @@ pub(super) fn positions(inputs: &[StepInput], context: usize) -> Vec<usize> {
     let mut positions = Vec::new();
     for input in inputs {
         assert!(
-            input.cache.len + input.tokens.len() <= context,
+            input.cache.len() + input.tokens.len() <= context,
             "a sequence passed the context length"
         );
-        positions.extend(input.cache.len..input.cache.len + input.tokens.len());
+        positions.extend(input.cache.len()..input.cache.len() + input.tokens.len());
     }
     positions
 }

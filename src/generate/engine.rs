@@ -30,10 +30,11 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::decoder::{Decoder, KvCache, StepInput};
+use super::decoder::{Decoder, StepInput};
 use super::grammar::mask::Masked;
 use super::grammar::Constraint;
 use super::incremental::IncrementalDecoder;
+use super::kv_cache::KvCache;
 use super::prefix_cache::PrefixCache;
 use super::sampling::{Sampler, SamplingParams};
 use super::tokenizer::GenTokenizer;
@@ -514,11 +515,12 @@ impl Engine {
             let r = &mut self.running[i];
             if r.prefilled < r.req.prompt.len() {
                 r.prefilled += n;
-                // The prompt is read: later prompts that start the same way can reuse it
-                // while this sequence still runs.
-                let read = r.prefilled == r.req.prompt.len();
-                if let Some(prefix) = self.prefix.as_mut().filter(|_| read) {
-                    prefix.store(&r.req.prompt, &r.cache);
+                // What is read of the prompt is stored at once: later prompts that start the
+                // same way reuse it while this sequence still runs, and a sliding-window
+                // layer still holds all of this chunk (it drops old positions as the next
+                // chunk comes in).
+                if let Some(prefix) = self.prefix.as_mut() {
+                    prefix.store(&r.req.prompt[..r.prefilled], &r.cache);
                 }
             }
             if !want {

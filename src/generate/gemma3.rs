@@ -28,14 +28,15 @@
 //!   final logits soft-capped, `c · tanh(logits / c)`, when the file has
 //!   `gemma3.final_logit_softcapping`.
 //!
-//! The KV cache keeps every position on every layer, sliding or not: attention reads only the
-//! window, but a sliding layer's memory still grows with the context (keeping only the window
-//! is a later step).
+//! A sliding layer's KV cache keeps about its window only (fewer than two windows plus a
+//! step's rows; see [`super::kv_cache`]), so a sequence's memory grows with the context on the
+//! global layers alone (one in six): llama.cpp's `--swa-full` off, its default.
 
 use std::path::Path;
 
 use super::decoder::{self, AttnShape, Decoder, DecoderShape, Linear, StepInput};
 use super::gguf::{GgufError, GgufFile, RawTensor};
+use super::kv_cache::KvCache;
 use super::llama_family::{load_linear, rms_norm, rms_norm_in_place, Hparams, Rope, RopeStyle};
 use crate::kernels::{self, Dtype, Epilogue, KernelLevel};
 
@@ -439,6 +440,16 @@ impl Decoder for Gemma3 {
 
     fn step(&self, inputs: &mut [StepInput]) -> Vec<Vec<f32>> {
         Gemma3::step(self, inputs)
+    }
+
+    /// A cache whose sliding layers keep their window only.
+    fn new_cache(&self, tokens: usize) -> KvCache {
+        let windows: Vec<Option<usize>> = self
+            .blocks
+            .iter()
+            .map(|b| b.sliding.then_some(self.window))
+            .collect();
+        KvCache::with_windows(self.hp.cache_shape(), tokens, &windows)
     }
 
     fn weight_bytes(&self) -> usize {

@@ -14,7 +14,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::decoder::{self, AttnShape, CacheShape, Decoder, DecoderShape, Linear, StepInput};
+use super::decoder::{self, AttnShape, Decoder, DecoderShape, Linear, StepInput};
+use super::kv_cache::CacheShape;
 use crate::kernels::{Dtype, Epilogue, KernelLevel};
 use crate::model::weights::{Weight, WeightFile};
 use crate::model::ModelError;

@@ -33,6 +33,7 @@ pub mod gguf;
 pub mod gpt2;
 pub mod grammar;
 pub mod incremental;
+pub mod kv_cache;
 pub mod llama;
 pub mod llama_family;
 pub mod phi3;

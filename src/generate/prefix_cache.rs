@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 
-use super::decoder::{KvBlock, KvCache};
+use super::kv_cache::{KvBlock, KvCache};
 use crate::metrics;
 
 /// Tokens per block (vLLM's default): a hit reuses whole blocks, so at most this many tokens
@@ -149,7 +149,10 @@ impl PrefixCache {
                 // parent was evicted): this one's chain cannot be stored past it.
                 break;
             }
-            let kv = cache.export(b * BLOCK_TOKENS, BLOCK_TOKENS);
+            // A sliding-window layer may have dropped the block's first positions already.
+            let Some(kv) = cache.export(b * BLOCK_TOKENS, BLOCK_TOKENS) else {
+                break;
+            };
             if !self.make_room(kv.bytes(), &chain) {
                 break;
             }
@@ -205,7 +208,7 @@ impl PrefixCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generate::decoder::CacheShape;
+    use crate::generate::kv_cache::CacheShape;
 
     const SHAPE: CacheShape = CacheShape {
         n_layer: 2,
@@ -235,7 +238,7 @@ mod tests {
     /// The contents of a cache, token by token.
     fn contents(cache: &KvCache) -> Vec<Vec<f32>> {
         (0..cache.len())
-            .map(|t| cache.export(t, 1).values_for_tests())
+            .map(|t| cache.export(t, 1).expect("held").values_for_tests())
             .collect()
     }
 

@@ -5,7 +5,8 @@
 //! batching, against the reference where it has logits and against our own full recompute.
 
 use serde::Deserialize;
-use zerobatch::generate::decoder::{Decoder, KvCache, StepInput};
+use zerobatch::generate::decoder::{Decoder, StepInput};
+use zerobatch::generate::kv_cache::KvCache;
 
 use super::{cosine, max_abs_diff};
 

@@ -1,8 +1,8 @@
 //! The hyperparameters of the Llama family, as llama.cpp reads them from a GGUF file's
 //! `{arch}.*` keys (`llama_model_base::load_hparams`), checked before anything is sized by them.
 
-use crate::generate::decoder::CacheShape;
 use crate::generate::gguf::{GgufError, GgufFile};
+use crate::generate::kv_cache::CacheShape;
 
 /// Largest sizes accepted from a file's metadata (guards against absurd allocations).
 const MAX_DIM: usize = 1 << 16;
