@@ -19,8 +19,8 @@
 //!
 //! An f16 cache is widened to f32 one key block at a time (exact); an f32 cache is read in
 //! place. All math is f32 (the reference tests hold logits to 1e-4). One body, compiled for
-//! AVX-512, AVX2+FMA and the portable baseline, picked at run time (`dispatch.rs`), with
-//! unfused multiply-adds on every path (see [`madd`]).
+//! AVX-512, AVX2+FMA and the portable baseline, picked at run time (`dispatch.rs`); the wide
+//! layout fuses multiply-adds in the AVX builds, the narrow one never does (see [`madd`]).
 
 use std::cell::RefCell;
 
@@ -114,7 +114,7 @@ pub fn causal_attention<T: KvValue>(
     }
     let rows = out.len() / qw;
     assert!(
-        s.n_head_kv > 0 && s.n_head % s.n_head_kv == 0 && out.len() == rows * qw,
+        s.n_head_kv > 0 && s.n_head.is_multiple_of(s.n_head_kv) && out.len() == rows * qw,
         "causal_attention: heads or output do not fit the shape"
     );
     assert!(
@@ -138,8 +138,8 @@ pub fn causal_attention<T: KvValue>(
         let sc = &mut *cell.borrow_mut();
         // The narrow layout (decode) runs its AVX2 build on AVX-512 CPUs too: its vectors
         // are head_dim long and its dot products end in a horizontal sum, and on 256-bit
-        // vectors it measured faster (benches/causal_attention.rs, 32 decode rows at 512:
-        // 4.2 ms against 4.9 ms).
+        // vectors it measured faster (benches/causal_attention.rs, 32 decode rows at 512, with
+        // fused multiply-adds then: 4.2 ms against 4.9 ms).
         let wide = rows * (s.n_head / s.n_head_kv) >= WIDE_PAIRS;
         match variant(level) {
             // SAFETY: `variant` never picks a version the CPU lacks the features of.
@@ -151,7 +151,7 @@ pub fn causal_attention<T: KvValue>(
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             Variant::Avx2 => unsafe { attend_avx2(&call, k, v, out, sc) },
-            Variant::Generic => attend::<T>(&call, k, v, out, sc),
+            Variant::Generic => attend::<T, false>(&call, k, v, out, sc),
         }
     })
 }
@@ -173,7 +173,7 @@ struct Call<'a> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
 unsafe fn attend_avx512<T: KvValue>(c: &Call, k: &[T], v: &[T], out: &mut [f32], sc: &mut Scratch) {
-    attend::<T>(c, k, v, out, sc)
+    attend::<T, true>(c, k, v, out, sc)
 }
 
 /// [`attend`] compiled for AVX2 and FMA.
@@ -184,7 +184,7 @@ unsafe fn attend_avx512<T: KvValue>(c: &Call, k: &[T], v: &[T], out: &mut [f32],
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn attend_avx2<T: KvValue>(c: &Call, k: &[T], v: &[T], out: &mut [f32], sc: &mut Scratch) {
-    attend::<T>(c, k, v, out, sc)
+    attend::<T, true>(c, k, v, out, sc)
 }
 
 /// Reused buffers (one set per thread), so that a decode step allocates nothing.
@@ -231,13 +231,18 @@ fn reset(v: &mut Vec<f32>, len: usize, x: f32) {
     v.resize(len, x);
 }
 
-/// `a·b + c`, rounded twice (not fused) on every path: fused multiply-adds change the last
-/// bits of attention, and on SmolLM2 that was enough to move a greedy token away from
-/// llama.cpp's where its margin is 0.26 (tests/smollm2_reference.rs); unfused, every path
-/// gives the portable path's results.
+/// `a·b + c`: fused in the wide layout's AVX builds (`FMA`), rounded twice elsewhere. The
+/// narrow layout (decode) stays unfused on every path: with fused multiply-adds in both
+/// layouts SmolLM2's greedy tokens left llama.cpp's at a margin of 0.26
+/// (tests/smollm2_reference.rs), and unfused throughout the wide layout ran at a quarter of
+/// its fused speed (benches/causal_attention.rs).
 #[inline(always)]
-fn madd(a: f32, b: f32, c: f32) -> f32 {
-    a * b + c
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
 }
 
 /// Whether a query at `pos` cannot see the key at `t`.
@@ -278,11 +283,17 @@ fn block<'a, T: KvValue>(
 
 /// Every KV head of the call, in the layout its number of pairs calls for.
 #[inline(always)]
-fn attend<T: KvValue>(c: &Call, k: &[T], v: &[T], out: &mut [f32], sc: &mut Scratch) {
+fn attend<T: KvValue, const FMA: bool>(
+    c: &Call,
+    k: &[T],
+    v: &[T],
+    out: &mut [f32],
+    sc: &mut Scratch,
+) {
     let group = c.s.n_head / c.s.n_head_kv;
     for kvh in 0..c.s.n_head_kv {
         if c.rows * group >= WIDE_PAIRS {
-            wide::<T>(c, k, v, kvh, out, sc);
+            wide::<T, FMA>(c, k, v, kvh, out, sc);
         } else {
             narrow::<T>(c, k, v, kvh, out, sc);
         }
@@ -292,12 +303,19 @@ fn attend<T: KvValue>(c: &Call, k: &[T], v: &[T], out: &mut [f32], sc: &mut Scra
 /// Whether some pair of the call cannot see some key of `t0..t1` (the block needs its mask).
 #[inline(always)]
 fn block_needs_mask(c: &Call, t0: usize, t1: usize) -> bool {
-    t1 - 1 > c.start || c.s.window.is_some_and(|w| t0 + w <= c.start + c.rows - 1)
+    t1 > c.start + 1 || c.s.window.is_some_and(|w| t0 + w < c.start + c.rows)
 }
 
 /// The wide layout: pair `i = r·group + g` (row `r`, head `kvh·group + g`) in lane `i`.
 #[inline(always)]
-fn wide<T: KvValue>(c: &Call, k: &[T], v: &[T], kvh: usize, out: &mut [f32], sc: &mut Scratch) {
+fn wide<T: KvValue, const FMA: bool>(
+    c: &Call,
+    k: &[T],
+    v: &[T],
+    kvh: usize,
+    out: &mut [f32],
+    sc: &mut Scratch,
+) {
     let s = c.s;
     let (hd, group) = (s.head_dim, s.n_head / s.n_head_kv);
     let (kvw, qw) = (s.n_head_kv * hd, s.n_head * hd);
@@ -337,7 +355,7 @@ fn wide<T: KvValue>(c: &Call, k: &[T], v: &[T], kvh: usize, out: &mut [f32], sc:
     while t0 < hi {
         let nb = KEY_BLOCK.min(hi - t0);
         let (kb, ks) = block(k, kvw, hd, kvh, t0, nb, keys);
-        scores_wide(qt, np, kb, ks, nb, hd, p);
+        scores_wide::<FMA>(qt, np, kb, ks, nb, hd, p);
         if block_needs_mask(c, t0, t0 + nb) {
             for j in 0..nb {
                 let row = &mut p[j * np..][..n];
@@ -364,13 +382,9 @@ fn wide<T: KvValue>(c: &Call, k: &[T], v: &[T], kvh: usize, out: &mut [f32], sc:
                     *m = if x > *m { x } else { *m };
                 }
             }
-            for x in 0..LANES {
+            for (x, &bm) in block_max.iter().enumerate() {
                 let i = l0 + x;
-                let new = if block_max[x] > max[i] {
-                    block_max[x]
-                } else {
-                    max[i]
-                };
+                let new = if bm > max[i] { bm } else { max[i] };
                 // A lane that has seen no key yet keeps a maximum of −∞: its
                 // probabilities are 0, not exp(−∞ + ∞).
                 base[i] = if new == f32::NEG_INFINITY { 0.0 } else { new };
@@ -398,7 +412,7 @@ fn wide<T: KvValue>(c: &Call, k: &[T], v: &[T], kvh: usize, out: &mut [f32], sc:
             *s = *s * a + b;
         }
         let (vb, vs) = block(v, kvw, hd, kvh, t0, nb, values);
-        values_wide(p, np, vb, vs, nb, hd, alpha, ot);
+        values_wide::<FMA>(p, np, vb, vs, nb, hd, alpha, ot);
         t0 += nb;
     }
     for r in 0..c.rows {
@@ -416,7 +430,15 @@ fn wide<T: KvValue>(c: &Call, k: &[T], v: &[T], kvh: usize, out: &mut [f32], sc:
 /// `p[j][i] = Σ_d k[j][d]·qt[d][i]` for the block's `nb` keys (`p`: `keys × np`), four keys
 /// by 16 lanes at a time.
 #[inline(always)]
-fn scores_wide(qt: &[f32], np: usize, kb: &[f32], ks: usize, nb: usize, hd: usize, p: &mut [f32]) {
+fn scores_wide<const FMA: bool>(
+    qt: &[f32],
+    np: usize,
+    kb: &[f32],
+    ks: usize,
+    nb: usize,
+    hd: usize,
+    p: &mut [f32],
+) {
     for l0 in (0..np).step_by(LANES) {
         let mut j = 0;
         while j + 4 <= nb {
@@ -432,7 +454,7 @@ fn scores_wide(qt: &[f32], np: usize, kb: &[f32], ks: usize, nb: usize, hd: usiz
                 for (a, kr) in acc.iter_mut().zip(&kr) {
                     let kx = kr[d];
                     for (a, &qx) in a.iter_mut().zip(qv) {
-                        *a = madd(kx, qx, *a);
+                        *a = madd::<FMA>(kx, qx, *a);
                     }
                 }
             }
@@ -447,7 +469,7 @@ fn scores_wide(qt: &[f32], np: usize, kb: &[f32], ks: usize, nb: usize, hd: usiz
             for (d, &kx) in kr.iter().enumerate() {
                 let qv: &[f32; LANES] = qt[d * np + l0..][..LANES].try_into().unwrap();
                 for (a, &qx) in acc.iter_mut().zip(qv) {
-                    *a = madd(kx, qx, *a);
+                    *a = madd::<FMA>(kx, qx, *a);
                 }
             }
             p[j * np + l0..][..LANES].copy_from_slice(&acc);
@@ -459,7 +481,7 @@ fn scores_wide(qt: &[f32], np: usize, kb: &[f32], ks: usize, nb: usize, hd: usiz
 /// `ot[d][i] = ot[d][i]·alpha[i] + Σ_j v[j][d]·p[j][i]`, four `d` by 16 lanes at a time.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn values_wide(
+fn values_wide<const FMA: bool>(
     p: &[f32],
     np: usize,
     vb: &[f32],
@@ -485,7 +507,7 @@ fn values_wide(
                 let vr = &vb[j * vs + d..][..4];
                 for (a, &vx) in acc.iter_mut().zip(vr) {
                     for (a, &px) in a.iter_mut().zip(pv) {
-                        *a = madd(vx, px, *a);
+                        *a = madd::<FMA>(vx, px, *a);
                     }
                 }
             }
@@ -504,7 +526,7 @@ fn values_wide(
                 let pv: &[f32; LANES] = p[j * np + l0..][..LANES].try_into().unwrap();
                 let vx = vb[j * vs + d];
                 for (a, &px) in acc.iter_mut().zip(pv) {
-                    *a = madd(vx, px, *a);
+                    *a = madd::<FMA>(vx, px, *a);
                 }
             }
             ot[d * np + l0..][..LANES].copy_from_slice(&acc);
@@ -598,7 +620,7 @@ fn narrow<T: KvValue>(c: &Call, k: &[T], v: &[T], kvh: usize, out: &mut [f32], s
             for i in 0..n {
                 let w = p[i * KEY_BLOCK + j];
                 for (x, &y) in o[i * hd..][..hd].iter_mut().zip(vr) {
-                    *x = madd(w, y, *x);
+                    *x = madd::<false>(w, y, *x);
                 }
             }
         }
@@ -624,12 +646,12 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     let (at, bt) = (ac.remainder(), bc.remainder());
     for (x, y) in ac.zip(bc) {
         for l in 0..LANES {
-            acc[l] = madd(x[l], y[l], acc[l]);
+            acc[l] = madd::<false>(x[l], y[l], acc[l]);
         }
     }
     let mut s: f32 = acc.iter().sum();
     for (x, y) in at.iter().zip(bt) {
-        s = madd(*x, *y, s);
+        s = madd::<false>(*x, *y, s);
     }
     s
 }
