@@ -97,8 +97,8 @@ struct Block<L> {
 }
 
 /// Loads the linear layer made of `parts` (tensor name, rows) stacked, each `rows × k`, with
-/// `bias` (`None`: zeros): as stored when they are all Q4_0 or all Q4_1 and `keep_q4`, or all
-/// Q8_0 and `dtype` is int8; else dequantized and packed as `dtype`.
+/// `bias` (`None`: zeros): as stored when they are all Q4_0, all Q4_1 or all Q4_K and
+/// `keep_q4`, or all Q8_0 and `dtype` is int8; else dequantized and packed as `dtype`.
 pub(super) fn load_linear(
     file: &GgufFile,
     parts: &[(String, usize)],
@@ -110,6 +110,7 @@ pub(super) fn load_linear(
     let q4 = |t| match t {
         Some(GgmlDType::Q4_0) => Some(Q4Format::Q4_0),
         Some(GgmlDType::Q4_1) => Some(Q4Format::Q4_1),
+        Some(GgmlDType::Q4K) => Some(Q4Format::Q4K),
         _ => None,
     };
     let types: Vec<_> = parts
@@ -206,7 +207,7 @@ impl<A: Arch> Model<A> {
     /// # Errors
     ///
     /// When the file is not a usable model of this architecture (each error names the key or
-    /// tensor). `keep_q4`: Q4_0 and Q4_1 weights stay as stored (run by
+    /// tensor). `keep_q4`: Q4_0, Q4_1 and Q4_K weights stay as stored (run by
     /// [`kernels::Q4Linear`]) instead of being converted to `dtype`.
     pub fn load(
         path: &Path,
