@@ -143,3 +143,37 @@ fn every_gguf_tensor_type_loads_as_stored_and_runs() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A weight holding a NaN is refused at load with its name, whichever path converts it (int8
+/// a row at a time, f32 whole), rather than running and answering NaN.
+#[test]
+fn a_weight_with_a_nan_is_refused_at_load() {
+    let dir = std::env::temp_dir().join(format!("zb-gguf-nan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = vocabulary();
+    let tensors: Vec<(String, QTensor)> = SPEC
+        .weights(tokens.len())
+        .into_iter()
+        .map(|(name, shape, mut v)| {
+            if name == "blk.0.ffn_up.weight" {
+                let middle = v.len() / 2;
+                v[middle] = f32::NAN;
+            }
+            let t = Tensor::from_vec(v, shape.as_slice(), &Device::Cpu).unwrap();
+            (name, QTensor::quantize(&t, GgmlDType::F32).unwrap())
+        })
+        .collect();
+    let path = dir.join("tiny-nan.gguf");
+    common::gguf::write(&path, &SPEC.metadata(&tokens), &tensors);
+    for dtype in [Dtype::Int8, Dtype::F32] {
+        let err = Llama::load(&path, dtype, true, KernelLevel::detected(), 2)
+            .err()
+            .unwrap_or_else(|| panic!("{dtype:?}: a NaN weight loaded"))
+            .to_string();
+        assert!(
+            err.contains("ffn_up") && err.contains("NaN"),
+            "{dtype:?}: {err}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

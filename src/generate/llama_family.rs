@@ -156,6 +156,35 @@ pub(super) fn load_linear(
         let layer = kernels::Int8Linear::from_q8_0(&bytes, &bias, k).map_err(error)?;
         return Ok(Linear::Packed(PackedLinear::Int8(layer)));
     }
+    if dtype == Dtype::Int8 {
+        // Row by row: never the whole weight in f32 (the LM head of a 150k-token vocabulary
+        // is 600 MB of it, at the peak of loading).
+        let mut rows: Vec<(&[u8], GgmlDType)> = Vec::with_capacity(n);
+        for (name, count) in parts {
+            let (bytes, t) = file.bytes(name, &[*count, k])?;
+            rows.extend(bytes.chunks_exact(bytes.len() / count).map(|r| (r, t)));
+        }
+        let bad = std::sync::Mutex::new(None);
+        let layer = kernels::Int8Linear::quantize_rows(&bias, k, |c, out| {
+            let (row, t) = rows[c];
+            match super::gguf::dequantize(t, row, k) {
+                Ok(v) if v.iter().all(|x| x.is_finite()) => out.copy_from_slice(&v),
+                result => {
+                    let why = match result {
+                        Ok(_) => "holds NaN or infinite values".to_string(),
+                        Err(e) => format!("cannot be dequantized: {e}"),
+                    };
+                    *bad.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                    out.fill(0.0);
+                }
+            }
+        })
+        .map_err(&error)?;
+        if let Some(why) = bad.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(error(why));
+        }
+        return Ok(Linear::Packed(PackedLinear::Int8(layer)));
+    }
     let mut w = Vec::with_capacity(n * k);
     for (name, rows) in parts {
         w.extend(file.f32(name, &[*rows, k])?);
