@@ -485,7 +485,7 @@ fn chat_answer(a: &AnswerContext, c: &Collected, text: &str) -> Value {
                 }
                 content = parsed.content.map_or(Value::Null, Value::String);
                 let keep = if tp.parallel { parsed.calls.len() } else { 1 };
-                Some(openai_calls(&parsed.calls[..keep]))
+                Some(openai_calls(&parsed.calls[..keep], tp.syntax))
             }
             None => None,
         },

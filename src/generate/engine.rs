@@ -118,6 +118,9 @@ pub struct GenerationRequest {
     pub ignore_eos: bool,
     /// The grammar the output must follow, compiled (by the service).
     pub constraint: Option<Box<Constraint>>,
+    /// Control tokens whose text the answer keeps (decoding leaves the others out): a call
+    /// syntax's markers, which the answer's parser reads (llama.cpp's `preserved_tokens`).
+    pub keep_special: Vec<u32>,
     pub events: UnboundedSender<Event>,
     pub queued_at: Instant,
     /// Past this, a request still waiting for admission is answered [`Failure::TimedOut`].
@@ -560,6 +563,11 @@ impl Engine {
             let special = self.tokenizer.is_special(choice.id);
             let text = if is_end {
                 String::new()
+            } else if special && r.req.keep_special.contains(&choice.id) {
+                self.tokenizer
+                    .token_text(choice.id)
+                    .unwrap_or_default()
+                    .to_string()
             } else {
                 r.decoder.push(&self.tokenizer, choice.id)
             };

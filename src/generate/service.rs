@@ -27,7 +27,7 @@ use super::prompt::chat_prompt;
 use super::reasoning::ReasoningParsing;
 use super::sampling::{SamplingDefaults, SamplingParams};
 use super::tokenizer::GenTokenizer;
-use super::tool_syntax::{AutoTools, ToolParsing, ToolSyntax};
+use super::tool_syntax::{AutoTools, ToolParsing};
 use crate::error::ServiceError;
 use crate::model::{ModelInfo, TokenInfo};
 use crate::offload::Offload;
@@ -257,6 +257,7 @@ impl GenerateService {
             stop: request.stop,
             ignore_eos: request.ignore_eos,
             constraint,
+            keep_special: self.kept_markers(tool_parsing),
             events,
             queued_at: now,
             deadline: now + self.settings.request_timeout,
@@ -281,8 +282,7 @@ impl GenerateService {
 
     /// A chat request's conversation and grammar made ready for the template's call syntax:
     /// messages as the template needs them, and (under `tool_choice: "auto"`) the syntax's
-    /// grammar, unless the request gives its own or the syntax's opener is a control token
-    /// (then the answer is only parsed).
+    /// lazy grammar, unless the request gives its own.
     fn prepare_tools(
         &self,
         request: &mut GenerateRequest,
@@ -297,19 +297,23 @@ impl GenerateService {
             return Ok(None);
         };
         if request.grammar.is_none() {
-            let opener_special = match syntax {
-                ToolSyntax::Hermes => self
-                    .tokenizer
-                    .special_texts()
-                    .any(|t| t == super::tool_syntax::hermes::OPENER),
-                _ => false,
-            };
-            request.grammar = syntax.grammar(tools, opener_special);
+            let tokenizer = &self.tokenizer;
+            request.grammar = Some(syntax.grammar(tools, &|t| tokenizer.special_id(t)));
         }
         Ok(Some(ToolParsing {
             syntax,
             parallel: tools.parallel,
         }))
+    }
+
+    /// The control tokens an answer read for calls keeps as text: its syntax's markers.
+    fn kept_markers(&self, tool_parsing: Option<ToolParsing>) -> Vec<u32> {
+        tool_parsing
+            .map(|tp| tp.syntax.markers())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|m| self.tokenizer.special_id(m))
+            .collect()
     }
 
     /// How a chat answer's reasoning is told apart: when the request (or the server's

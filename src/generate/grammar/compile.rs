@@ -117,7 +117,7 @@ impl Grammar {
 }
 
 /// `text` as a regular expression matching it, inside a Lark `/.../` literal.
-fn lark_regex(text: &str) -> String {
+pub fn lark_regex(text: &str) -> String {
     let mut out = String::new();
     for c in text.chars() {
         if "\\.+*?()|[]{}^$#&-~/".contains(c) {
