@@ -121,6 +121,8 @@ pub struct GenerationRequest {
     /// Control tokens whose text the answer keeps (decoding leaves the others out): a call
     /// syntax's markers, which the answer's parser reads (llama.cpp's `preserved_tokens`).
     pub keep_special: Vec<u32>,
+    /// Added to these tokens' logits before the mask and sampling (ids inside the logits).
+    pub logit_bias: Vec<(u32, f32)>,
     pub events: UnboundedSender<Event>,
     pub queued_at: Instant,
     /// Past this, a request still waiting for admission is answered [`Failure::TimedOut`].
@@ -530,6 +532,11 @@ impl Engine {
             let mut l = logits
                 .next()
                 .expect("one row of logits per sequence that wants them");
+            for &(id, bias) in &r.req.logit_bias {
+                if let Some(v) = l.get_mut(id as usize) {
+                    *v += bias;
+                }
+            }
             if let Some(c) = r.req.constraint.as_deref_mut() {
                 if let Masked::Nothing(why) = c.apply(&mut l) {
                     tracing::debug!("a constrained sequence ends: {why}");

@@ -92,6 +92,9 @@ pub struct GenerateRequest {
     /// template has thinking tags; [`super::reasoning`]): `Some(false)` keeps it inline,
     /// `None` is the server's `--reasoning-format`.
     pub split_reasoning: Option<bool>,
+    /// Added to these tokens' logits before the grammar's mask and sampling (OpenAI's
+    /// `logit_bias`: token id, −100 to 100).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 /// A request the engine has queued: what the answer needs, and its events.
@@ -192,6 +195,16 @@ impl GenerateService {
 
     /// Checks, tokenizes and queues `request`; the answer streams from the returned events.
     pub async fn submit(&self, mut request: GenerateRequest) -> Result<Generation, ServiceError> {
+        let vocab = self.engine.vocab();
+        if let Some((id, _)) = request
+            .logit_bias
+            .iter()
+            .find(|(id, _)| *id as usize >= vocab)
+        {
+            return Err(ServiceError::Invalid(format!(
+                "logit_bias names token {id}, outside the model's vocabulary of {vocab}"
+            )));
+        }
         let tool_parsing = self.prepare_tools(&mut request)?;
         let is_chat = matches!(request.prompt, Prompt::Chat { .. });
         let (prompt_text, ids) = self.prompt_ids(request.prompt).await?;
@@ -258,6 +271,7 @@ impl GenerateService {
             ignore_eos: request.ignore_eos,
             constraint,
             keep_special: self.kept_markers(tool_parsing),
+            logit_bias: request.logit_bias,
             events,
             queued_at: now,
             deadline: now + self.settings.request_timeout,
