@@ -124,6 +124,8 @@ pub struct GenerateSettings {
     /// Split a reasoning model's thinking text from its answer when a request does not say
     /// (`--reasoning-format`, not `none`).
     pub split_reasoning: bool,
+    /// The compiled grammars' cache budget (`--grammar-cache-bytes`).
+    pub grammar_cache_bytes: usize,
 }
 
 /// The generation model's service.
@@ -149,7 +151,10 @@ impl GenerateService {
         offload: Offload,
         settings: GenerateSettings,
     ) -> Self {
-        let grammars = Arc::new(GrammarCompiler::new(tokenizer.clone(), engine.vocab()));
+        let grammars = Arc::new(
+            GrammarCompiler::new(tokenizer.clone(), engine.vocab())
+                .with_cache_bytes(settings.grammar_cache_bytes),
+        );
         Self {
             info,
             tokenizer,
