@@ -14,6 +14,11 @@
 //! call, the end of the turn is then the grammar's only likely token); the answer must be a
 //! call whose arguments validate, whole and streamed. Without the bias the same request
 //! answers free text: the grammar does not force a call.
+//!
+//! Mistral v11's syntax runs the same way on a tiny random Llama written here whose
+//! vocabulary has `[TOOL_CALLS]`, `[ARGS]` and `[CALL_ID]` as control tokens and whose
+//! template writes calls as Mistral Small 3.2's does: steered into `[TOOL_CALLS]`, the answer
+//! (whose text keeps the control tokens for the parser) is a call with a Mistral id.
 
 mod common;
 
@@ -263,5 +268,111 @@ fn a_hermes_call_under_tool_choice_auto_validates_through_the_binary() {
     assert_eq!(
         post_json(server.addr, "/v1/chat/completions", &bad).status,
         400
+    );
+}
+
+/// A tiny random Llama whose vocabulary is printable ASCII, space and newline (byte-level
+/// characters), Mistral's call markers as control tokens and `</s>`, with a template that
+/// writes tools, calls and results as Mistral Small 3.2's does; written once.
+fn tiny_mistral_v11() -> &'static Path {
+    use common::gguf::{quantize, write, TinyLlama};
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        const TEMPLATE: &str = r#"{{- bos_token }}{%- if tools %}{{- '[AVAILABLE_TOOLS]' + (tools | tojson) + '[/AVAILABLE_TOOLS]' }}{%- endif %}{%- for message in messages %}{%- if message['role'] == 'user' %}{{- '[INST]' + message['content'] + '[/INST]' }}{%- elif message['role'] == 'assistant' %}{{- message['content'] }}{%- for tool in message['tool_calls'] or [] %}{%- set arguments = tool['function']['arguments'] %}{%- if arguments is not string %}{%- set arguments = arguments|tojson %}{%- endif %}{{- '[TOOL_CALLS]' + tool['function']['name'] + '[ARGS]' + arguments }}{%- endfor %}{{- eos_token }}{%- elif message['role'] == 'tool' %}{{- '[TOOL_RESULTS]' + message['content']|string + '[/TOOL_RESULTS]' }}{%- endif %}{%- endfor %}"#;
+        let mut tokens: Vec<String> = (33u8..=126).map(|b| (b as char).to_string()).collect();
+        tokens.extend(["\u{120}", "\u{10A}"].map(String::from));
+        let markers = ["[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"];
+        tokens.extend(markers.map(String::from));
+        tokens.push("</s>".into());
+        let shape = TinyLlama {
+            context: 2048,
+            ..TinyLlama::DEFAULT
+        };
+        let mut metadata = shape.metadata(&tokens);
+        for (k, v) in &mut metadata {
+            if k == "tokenizer.ggml.token_type" {
+                let GgufValue::Array(types) = v else { panic!("token types") };
+                let n = types.len();
+                for t in &mut types[n - 4..] {
+                    *t = GgufValue::I32(3);
+                }
+            }
+        }
+        metadata.push((
+            "tokenizer.chat_template".into(),
+            GgufValue::String(TEMPLATE.into()),
+        ));
+        let tensors: Vec<(String, QTensor)> = shape
+            .weights(tokens.len())
+            .into_iter()
+            .map(|(name, dims, v)| (name, quantize(v, &dims, candle_core::quantized::GgmlDType::F32)))
+            .collect();
+        let dir = std::env::temp_dir().join(format!("zerobatch-tool-calls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tiny-mistral-v11.gguf");
+        write(&path, &metadata, &tensors);
+        path
+    })
+}
+
+#[test]
+fn a_mistral_v11_call_keeps_its_control_tokens_and_validates_through_the_binary() {
+    let path = tiny_mistral_v11();
+    let tok = GenTokenizer::from_gguf(&GgufFile::open(path).unwrap()).unwrap();
+    let open = tok
+        .special_id("[TOOL_CALLS]")
+        .expect("[TOOL_CALLS] is a control token");
+    let bias = json!({ open.to_string(): 100 });
+    let server = Proc::spawn(path.to_str().unwrap(), &[]);
+    connect_until_up(server.addr);
+    wait_ready(server.addr);
+
+    let resp = post_json(
+        server.addr,
+        "/v1/chat/completions",
+        &weather_request(Some(&bias), false),
+    );
+    assert_eq!(resp.status, 200, "{}\n{}", resp.text(), server.log());
+    let v = resp.json();
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{v}");
+    let calls = choice["message"]["tool_calls"]
+        .as_array()
+        .expect("tool_calls");
+    assert_eq!(calls.len(), 1, "{v}");
+    assert_eq!(calls[0]["function"]["name"], "weather", "{v}");
+    assert_valid_weather_arguments(&calls[0]["function"]["arguments"]);
+    // The call was the whole answer: no control token's text leaked into the content.
+    assert_eq!(choice["message"]["content"], Value::Null, "{v}");
+    let id = calls[0]["id"].as_str().unwrap();
+    assert!(
+        id.len() == 9 && id.bytes().all(|b| b.is_ascii_alphanumeric()),
+        "a Mistral id: {id}"
+    );
+
+    let body = stream_http10(server.addr, &weather_request(Some(&bias), true));
+    let mut streamed = Vec::new();
+    let mut finish = Value::Null;
+    for line in body.lines() {
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            continue;
+        }
+        let chunk: Value = serde_json::from_str(data).unwrap();
+        let c = &chunk["choices"][0];
+        if let Some(t) = c["delta"]["tool_calls"].as_array() {
+            streamed.extend(t.iter().cloned());
+        }
+        if !c["finish_reason"].is_null() {
+            finish = c["finish_reason"].clone();
+        }
+    }
+    assert_eq!(finish, "tool_calls", "{body}");
+    assert_eq!(streamed.len(), 1, "{body}");
+    assert_eq!(
+        streamed[0]["function"]["arguments"],
+        calls[0]["function"]["arguments"]
     );
 }

@@ -162,7 +162,7 @@ pub enum SubmitError {
 
 /// What the queue carries to the engine.
 enum Message {
-    Request(GenerationRequest),
+    Request(Box<GenerationRequest>),
     /// Finish the running sequences, then end the loop (the server has drained).
     Stop,
 }
@@ -186,7 +186,7 @@ impl EngineHandle {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(SubmitError::Full);
         }
-        match self.tx.try_send(Message::Request(request)) {
+        match self.tx.try_send(Message::Request(Box::new(request))) {
             Ok(()) => {
                 metrics::set_queue_depth(self.waiting());
                 Ok(())
@@ -321,7 +321,7 @@ impl Engine {
                     return;
                 }
                 match self.rx.recv() {
-                    Ok(Message::Request(r)) => self.queue.push_back(r),
+                    Ok(Message::Request(r)) => self.queue.push_back(*r),
                     Ok(Message::Stop) | Err(_) => self.stopping = true,
                 }
             }
@@ -340,7 +340,7 @@ impl Engine {
     fn admit(&mut self) {
         loop {
             match self.rx.try_recv() {
-                Ok(Message::Request(r)) => self.queue.push_back(r),
+                Ok(Message::Request(r)) => self.queue.push_back(*r),
                 Ok(Message::Stop) => self.stopping = true,
                 Err(_) => break,
             }

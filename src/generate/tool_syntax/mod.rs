@@ -395,6 +395,6 @@ mod tests {
         assert_eq!(s["required"], json!(["name", "parameters"]));
         assert_eq!(s["properties"]["parameters"], json!({"type": "object"}));
         assert!(s["properties"].get("arguments").is_none());
-        assert_eq!(any_call_schema(&[f.clone()]), f.call_schema());
+        assert_eq!(any_call_schema(std::slice::from_ref(&f)), f.call_schema());
     }
 }
