@@ -425,7 +425,7 @@ impl StreamWriter {
                         out.push(Payload::Json(openai::chunk(a, Some(before), None, false)));
                     }
                     let keep = if tp.parallel { parsed.calls.len() } else { 1 };
-                    let calls = super::tools::openai_calls(&parsed.calls[..keep]);
+                    let calls = super::tools::openai_calls(&parsed.calls[..keep], tp.syntax);
                     for (i, mut call) in calls.as_array().into_iter().flatten().cloned().enumerate()
                     {
                         call["index"] = json!(i);
@@ -571,6 +571,43 @@ mod tests {
         let (content, calls, _) =
             auto_stream(ToolSyntax::Json, true, &["{\"response\": ", "\"Hi!\"}"]);
         assert_eq!((content.as_str(), calls.len()), ("Hi!", 0));
+    }
+
+    #[test]
+    fn streamed_mistral_args_calls_hold_text_from_the_opener_and_keep_the_model_s_ids() {
+        // The markers arrive as pieces of their own (control tokens kept as text).
+        let pieces = [
+            "Checking",
+            " now.",
+            "[TOOL_CALLS]",
+            "weather",
+            "[ARGS]",
+            "{\"city\": ",
+            "\"Paris\"}",
+            "[TOOL_CALLS]",
+            "add",
+            "[CALL_ID]",
+            "a1B2c3D4e",
+            "[ARGS]",
+            "{\"a\": 1}",
+        ];
+        let (content, calls, finish) = auto_stream(ToolSyntax::MistralArgs, true, &pieces);
+        assert_eq!(content, "Checking now.");
+        assert_eq!(finish, "tool_calls");
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0]["function"]["name"], "weather");
+        assert_eq!(calls[0]["function"]["arguments"], "{\"city\":\"Paris\"}");
+        let id = calls[0]["id"].as_str().unwrap();
+        assert!(
+            id.len() == 9 && id.bytes().all(|b| b.is_ascii_alphanumeric()),
+            "{id}"
+        );
+        assert_eq!(calls[1]["id"], "a1B2c3D4e");
+        assert_eq!(calls[1]["index"], 1);
+        // A partial opener is held, then sent when it is not one.
+        let (content, calls, _) =
+            auto_stream(ToolSyntax::MistralArgs, true, &["see [TOOL", "S] list"]);
+        assert_eq!((content.as_str(), calls.len()), ("see [TOOLS] list", 0));
     }
 
     /// A chat answer of a reasoning model (`<think>` tags; `open`: the prompt opened the
