@@ -218,24 +218,7 @@ fn a_hermes_call_under_tool_choice_auto_validates_through_the_binary() {
 
     // Streamed: the same call in one tool_calls delta, then finish_reason tool_calls.
     let body = stream_http10(server.addr, &weather_request(Some(&bias), true));
-    let mut streamed = Vec::new();
-    let mut finish = Value::Null;
-    for line in body.lines() {
-        let Some(data) = line.strip_prefix("data: ") else {
-            continue;
-        };
-        if data == "[DONE]" {
-            continue;
-        }
-        let chunk: Value = serde_json::from_str(data).unwrap();
-        let c = &chunk["choices"][0];
-        if let Some(t) = c["delta"]["tool_calls"].as_array() {
-            streamed.extend(t.iter().cloned());
-        }
-        if !c["finish_reason"].is_null() {
-            finish = c["finish_reason"].clone();
-        }
-    }
+    let (streamed, finish) = streamed_tool_calls(&body);
     assert_eq!(finish, "tool_calls");
     assert_eq!(streamed.len(), 1, "{streamed:?}");
     assert_eq!(streamed[0]["index"], 0);
@@ -351,6 +334,17 @@ fn a_mistral_v11_call_keeps_its_control_tokens_and_validates_through_the_binary(
     );
 
     let body = stream_http10(server.addr, &weather_request(Some(&bias), true));
+    let (streamed, finish) = streamed_tool_calls(&body);
+    assert_eq!(finish, "tool_calls", "{body}");
+    assert_eq!(streamed.len(), 1, "{body}");
+    assert_eq!(
+        streamed[0]["function"]["arguments"],
+        calls[0]["function"]["arguments"]
+    );
+}
+
+/// A streamed chat completion's `tool_calls` deltas, in order, and its finish reason.
+fn streamed_tool_calls(body: &str) -> (Vec<Value>, Value) {
     let mut streamed = Vec::new();
     let mut finish = Value::Null;
     for line in body.lines() {
@@ -369,10 +363,5 @@ fn a_mistral_v11_call_keeps_its_control_tokens_and_validates_through_the_binary(
             finish = c["finish_reason"].clone();
         }
     }
-    assert_eq!(finish, "tool_calls", "{body}");
-    assert_eq!(streamed.len(), 1, "{body}");
-    assert_eq!(
-        streamed[0]["function"]["arguments"],
-        calls[0]["function"]["arguments"]
-    );
+    (streamed, finish)
 }
