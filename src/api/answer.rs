@@ -510,21 +510,8 @@ mod tests {
             tool_parsing: Some(ToolParsing { syntax, parallel }),
             reasoning: None,
         };
-        let mut w = StreamWriter::new(answer);
-        let mut out = Vec::new();
+        let out = stream_of(answer, pieces);
         let mut content_before_call = true;
-        for p in pieces {
-            w.event(token(p), &mut out);
-        }
-        w.event(
-            Event::Done {
-                reason: FinishReason::EosToken,
-                generated_tokens: pieces.len(),
-                prompt_tokens: 1,
-                cached_tokens: 0,
-            },
-            &mut out,
-        );
         let (mut content, mut calls, mut finish) = (String::new(), Vec::new(), String::new());
         for p in &out {
             let Payload::Json(v) = p else { continue };
@@ -637,11 +624,8 @@ mod tests {
         }
     }
 
-    /// What a stream of `pieces` sends: reasoning, content, calls, usage.
-    fn reasoning_stream(
-        answer: AnswerContext,
-        pieces: &[&str],
-    ) -> (String, String, Vec<Value>, Value) {
+    /// The payloads a stream sends for `pieces`, then the end of generation.
+    fn stream_of(answer: AnswerContext, pieces: &[&str]) -> Vec<Payload> {
         let mut w = StreamWriter::new(answer);
         let mut out = Vec::new();
         for p in pieces {
@@ -656,6 +640,15 @@ mod tests {
             },
             &mut out,
         );
+        out
+    }
+
+    /// What a stream of `pieces` sends: reasoning, content, calls, usage.
+    fn reasoning_stream(
+        answer: AnswerContext,
+        pieces: &[&str],
+    ) -> (String, String, Vec<Value>, Value) {
+        let out = stream_of(answer, pieces);
         let (mut reasoning, mut content, mut calls, mut usage) =
             (String::new(), String::new(), Vec::new(), Value::Null);
         for p in &out {

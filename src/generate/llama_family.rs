@@ -165,19 +165,15 @@ pub(super) fn load_linear(
             rows.extend(bytes.chunks_exact(bytes.len() / count).map(|r| (r, t)));
         }
         let bad = std::sync::Mutex::new(None);
-        let layer = kernels::Int8Linear::quantize_rows(&bias, k, |c, out| {
+        let layer = kernels::Int8Linear::quantize_rows(&bias, k, |c| {
             let (row, t) = rows[c];
-            match super::gguf::dequantize(t, row, k) {
-                Ok(v) if v.iter().all(|x| x.is_finite()) => out.copy_from_slice(&v),
-                result => {
-                    let why = match result {
-                        Ok(_) => "holds NaN or infinite values".to_string(),
-                        Err(e) => format!("cannot be dequantized: {e}"),
-                    };
-                    *bad.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
-                    out.fill(0.0);
-                }
-            }
+            let why = match super::gguf::dequantize(t, row, k) {
+                Ok(v) if v.iter().all(|x| x.is_finite()) => return v,
+                Ok(_) => "holds NaN or infinite values".to_string(),
+                Err(e) => format!("cannot be dequantized: {e}"),
+            };
+            *bad.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+            vec![0.0; k]
         })
         .map_err(&error)?;
         if let Some(why) = bad.into_inner().unwrap_or_else(|p| p.into_inner()) {

@@ -156,6 +156,14 @@ pub(crate) fn quantize_activations(
     }
 }
 
+/// Quantizes one column's `values` into `q` a block of 32 at a time, each block's scale into
+/// `scales`.
+fn quantize_column(values: &[f32], q: &mut [i8], scales: &mut [f32]) {
+    for ((v, q), scale) in values.chunks(BLOCK).zip(q.chunks_mut(BLOCK)).zip(scales) {
+        *scale = quantize_row(v, q);
+    }
+}
+
 impl Int8Linear {
     /// Quantizes `w` (`n×k`, PyTorch layout, `n = bias.len()`) per output column.
     ///
@@ -170,54 +178,46 @@ impl Int8Linear {
                 w.len()
             ));
         }
-        Ok(Self::pack(bias, k, |c, b, q| {
-            quantize_row(&w[c * k + b * BLOCK..][..q.len()], q)
+        Ok(Self::pack(bias, k, |c, q, scales| {
+            quantize_column(&w[c * k..][..k], q, scales)
         }))
     }
 
-    /// Quantizes per output column the `n×k` weight (`n = bias.len()`) whose row `c` `row(c,
-    /// out)` writes into `out` (`k` values): as [`Self::quantize`], with one row in f32 at a
-    /// time per thread instead of the whole weight (a 150k-token vocabulary's LM head is
-    /// 600 MB in f32, all of it at once at the peak of loading).
+    /// Quantizes per output column the `n×k` weight (`n = bias.len()`) whose row `c` is
+    /// `row(c)` (`k` values): as [`Self::quantize`], with one row in f32 at a time per thread
+    /// instead of the whole weight (a 150k-token vocabulary's LM head is 600 MB in f32, all of
+    /// it at once at the peak of loading).
     ///
     /// # Errors
     ///
-    /// When `k` is 0.
+    /// When `k` is 0, or a row is not `k` values.
     pub fn quantize_rows(
         bias: &[f32],
         k: usize,
-        row: impl Fn(usize, &mut [f32]) + Sync,
+        row: impl Fn(usize) -> Vec<f32> + Sync,
     ) -> Result<Self, String> {
-        use std::cell::RefCell;
-        use std::sync::atomic::{AtomicU64, Ordering};
         if k == 0 {
             return Err("int8: a weight of rows of 0 values".into());
         }
-        /// Which call and column a thread's row belongs to (a thread packs a column's
-        /// blocks one after the other, so one row per thread is enough).
-        static CALLS: AtomicU64 = AtomicU64::new(1);
-        thread_local! {
-            static ROW: RefCell<((u64, usize), Vec<f32>)> = const { RefCell::new(((0, 0), Vec::new())) };
+        let short = std::sync::atomic::AtomicBool::new(false);
+        let layer = Self::pack(bias, k, |c, q, scales| {
+            let values = row(c);
+            if values.len() == k {
+                quantize_column(&values, q, scales);
+            } else {
+                short.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        if short.into_inner() {
+            return Err(format!("int8: a row is not {k} values"));
         }
-        let call = CALLS.fetch_add(1, Ordering::Relaxed);
-        Ok(Self::pack(bias, k, |c, b, q| {
-            ROW.with(|cell| {
-                let mut held = cell.borrow_mut();
-                let (key, values) = &mut *held;
-                if *key != (call, c) {
-                    values.resize(k, 0.0);
-                    row(c, values);
-                    *key = (call, c);
-                }
-                quantize_row(&values[b * BLOCK..][..q.len()], q)
-            })
-        }))
+        Ok(layer)
     }
 
-    /// Packs a layer of `bias.len()` columns × `k` from `block(column, block, q)`, which fills
-    /// `q` (the block's values, 32 or fewer in a last partial block) and returns its scale.
+    /// Packs a layer of `bias.len()` columns × `k` from `column(c, q, scales)`, which fills
+    /// `q` (column `c`'s `k` values) and `scales` (one per block of 32, the last one partial).
     /// Panels pack in parallel (start-up is on the cold-start path).
-    fn pack(bias: &[f32], k: usize, block: impl Fn(usize, usize, &mut [i8]) -> f32 + Sync) -> Self {
+    fn pack(bias: &[f32], k: usize, column: impl Fn(usize, &mut [i8], &mut [f32]) + Sync) -> Self {
         let n = bias.len();
         let blocks = k.div_ceil(BLOCK);
         let groups = blocks * BLOCK_GROUPS;
@@ -236,12 +236,13 @@ impl Int8Linear {
             &mut panel_parts,
             available_threads(),
             &|panel, ((w, s), o)| {
-                let mut q = [0i8; BLOCK];
+                let mut q = vec![0i8; k];
+                let mut scales = vec![0.0f32; blocks];
                 for lane in 0..PANEL.min(n - panel * PANEL) {
                     let c = panel * PANEL + lane;
-                    for b in 0..blocks {
-                        let q = &mut q[..BLOCK.min(k - b * BLOCK)];
-                        s[b * PANEL + lane] = block(c, b, q);
+                    column(c, &mut q, &mut scales);
+                    for (b, q) in q.chunks(BLOCK).enumerate() {
+                        s[b * PANEL + lane] = scales[b];
                         o[b * PANEL + lane] = -128 * q.iter().map(|&v| v as i32).sum::<i32>();
                         for (j, &v) in q.iter().enumerate() {
                             let i = b * BLOCK + j;
@@ -286,12 +287,14 @@ impl Int8Linear {
                 rows.len()
             ));
         }
-        Ok(Self::pack(bias, k, |c, b, q| {
-            let block = &rows[(c * blocks + b) * BB..][..BB];
-            for (q, &byte) in q.iter_mut().zip(&block[2..]) {
-                *q = byte as i8;
+        Ok(Self::pack(bias, k, |c, q, scales| {
+            for (b, (q, scale)) in q.chunks_mut(BLOCK).zip(scales).enumerate() {
+                let block = &rows[(c * blocks + b) * BB..][..BB];
+                for (q, &byte) in q.iter_mut().zip(&block[2..]) {
+                    *q = byte as i8;
+                }
+                *scale = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
             }
-            half::f16::from_le_bytes([block[0], block[1]]).to_f32()
         }))
     }
 

@@ -67,9 +67,7 @@ impl Q4Format {
     }
 
     /// Block `b` (of 32 values) of a row stored in this format: its scale `d`, its offset
-    /// `m` (`w = d·q + m`) and its 16 bytes of nibbles, as four little-endian words `W`, in
-    /// which value `i` is nibble `i` of the low nibbles of `W[0..4]` for `i < 16`… see
-    /// [`Nibbles`].
+    /// `m` (`w = d·q + m`) and its nibbles as stored ([`Nibbles`]).
     fn block(self, row: &[u8], b: usize) -> (f32, f32, Nibbles) {
         let word = |q: &[u8], i: usize| {
             u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]])
