@@ -6,6 +6,14 @@
 #
 #   scripts/compare-generation.sh                  # writes docs/bench-data/generation.csv
 #   ROUNDS=3 DURATION=15 CONCURRENCY="1 8 16 32" OUT=/tmp/gen.csv scripts/compare-generation.sh
+#   MODEL=/tmp/qwen3-0.6b-q4_k_m.gguf BEFORE=/tmp/zerobatch-old \
+#     SYSTEMS="zerobatch zerobatch-before llama.cpp" scripts/compare-generation.sh
+#
+# MODEL: another GGUF (e.g. one of scripts/make-shaped-gguf.py's files of real shapes);
+# SYSTEMS: which servers take turns (default "zerobatch llama.cpp"); "zerobatch-before" runs
+# the binary BEFORE (another build, for a before/after in the same run); ZB_ARGS: extra flags
+# for zerobatch. On a CPU with AMX llama-server runs with --no-repack (its AMX path crashes in
+# b11434 built with GGML_NATIVE).
 #
 # Each measurement starts a fresh server process (so its peak RSS belongs to that
 # concurrency) and records how long it took from exec to ready (/readyz or /health 200).
@@ -21,7 +29,11 @@ concurrency="${CONCURRENCY:-1 8 16 32}"
 out="${OUT:-docs/bench-data/generation.csv}"
 port=18700
 
-model=$(scripts/fetch-model.sh --generation | tail -n 1)
+model="${MODEL:-$(scripts/fetch-model.sh --generation | tail -n 1)}"
+systems="${SYSTEMS:-zerobatch llama.cpp}"
+read -r -a zb_args <<<"${ZB_ARGS:-}"
+llama_extra=()
+if grep -q amx_tile /proc/cpuinfo; then llama_extra+=(--no-repack); fi
 scripts/build-llama-cpp.sh >&2
 cargo build --release --locked >&2
 llama=target/llama-cpp/bin/llama-server
@@ -32,10 +44,13 @@ start_server() {
   start=$(date +%s%N)
   case "$name" in
     zerobatch)
-      PORT=$port SHUTDOWN_DELAY_MS=0 target/release/zerobatch --model "$model" >/tmp/compare-zerobatch.log 2>&1 &
+      PORT=$port SHUTDOWN_DELAY_MS=0 "${CARGO_TARGET_DIR:-target}/release/zerobatch" --model "$model" "${zb_args[@]}" >/tmp/compare-zerobatch.log 2>&1 &
+      probe=/readyz ;;
+    zerobatch-before)
+      PORT=$port SHUTDOWN_DELAY_MS=0 "${BEFORE:?BEFORE names the other build}" --model "$model" "${zb_args[@]}" >/tmp/compare-zerobatch-before.log 2>&1 &
       probe=/readyz ;;
     llama.cpp)
-      "$llama" -m "$model" -t 2 --parallel 32 -c 8192 --host 127.0.0.1 --port $port --metrics >/tmp/compare-llama.log 2>&1 &
+      "$llama" -m "$model" -t 2 --parallel 32 -c 8192 "${llama_extra[@]}" --host 127.0.0.1 --port $port --metrics >/tmp/compare-llama.log 2>&1 &
       probe=/health ;;
   esac
   pid=$!
@@ -60,7 +75,7 @@ machine="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | s
 echo "round,system,concurrency,tokens_per_s,ttft_p50_ms,ttft_p99_ms,itl_p50_ms,itl_p99_ms,requests,errors,peak_rss_mb,ready_ms" >"$out.raw"
 for round in $(seq "$rounds"); do
   for c in $concurrency; do
-    for system in zerobatch llama.cpp; do
+    for system in $systems; do
       start_server "$system"
       result=$(python3 scripts/gen-load.py "http://127.0.0.1:$port" --concurrency "$c" --duration "$duration" --pid "$pid" --json)
       stop_server
@@ -77,9 +92,9 @@ print(",".join([round_, system] + [str(round(r[c], 2)) if isinstance(r[c], float
 done
 
 # Medians over the rounds, one row per system and concurrency, in the plot script's columns.
-python3 - "$out.raw" "$out" "$machine" <<'EOF'
+python3 - "$out.raw" "$out" "$machine" "$(basename "$model")" <<'EOF'
 import csv, statistics, sys
-raw, out, machine = sys.argv[1:4]
+raw, out, machine, model = sys.argv[1:5]
 rows = list(csv.DictReader(open(raw)))
 keys = []
 for r in rows:
@@ -94,6 +109,6 @@ with open(out, "w", newline="") as f:
         sel = [r for r in rows if r["system"] == system and int(r["concurrency"]) == c]
         med = [round(statistics.median(float(r[m]) for r in sel), 2) for m in metrics]
         errors = sum(int(r["errors"]) for r in sel)
-        w.writerow(["Once upon a time, 64 new tokens", system, c] + med + [len(sel), errors, machine])
+        w.writerow([f"{model}: Once upon a time, 64 new tokens", system, c] + med + [len(sel), errors, machine])
 print(open(out).read())
 EOF

@@ -243,6 +243,7 @@ fn serve_generation(
         default_max_new_tokens: config.default_max_new_tokens,
         parse_special_in_chat: config.parse_special_in_chat,
         split_reasoning: config.reasoning_format.splits(),
+        grammar_cache_bytes: config.grammar_cache_bytes,
         request_timeout: config.request_timeout(),
     };
     let service = GenerateService::new(

@@ -44,6 +44,7 @@ pub const KV_CACHE_BUDGET: &str = "zerobatch_kv_cache_budget_tokens";
 pub const GRAMMAR_COMPILE: &str = "zerobatch_grammar_compile_seconds";
 pub const GRAMMAR_MASK: &str = "zerobatch_grammar_mask_seconds";
 pub const GRAMMAR_CACHE: &str = "zerobatch_grammar_cache_total";
+pub const GRAMMAR_CACHE_BYTES: &str = "zerobatch_grammar_cache_bytes";
 pub const PREFIX_CACHE_TOKENS: &str = "zerobatch_prefix_cache_tokens_total";
 pub const PREFIX_CACHE_BYTES: &str = "zerobatch_prefix_cache_bytes";
 pub const PREFIX_CACHE_BLOCKS: &str = "zerobatch_prefix_cache_blocks";
@@ -423,6 +424,11 @@ pub fn record_grammar_compile(elapsed: Duration) {
 pub fn record_grammar_cache(hit: bool) {
     let result = if hit { "hit" } else { "miss" };
     metrics::counter!(GRAMMAR_CACHE, "result" => result).increment(1);
+}
+
+/// The grammar cache's estimated bytes, after it changed.
+pub fn set_grammar_cache_bytes(bytes: usize) {
+    metrics::gauge!(GRAMMAR_CACHE_BYTES).set(bytes as f64);
 }
 
 /// Time to compute one sequence's token mask.

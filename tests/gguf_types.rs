@@ -7,8 +7,8 @@
 //! (candle's dequantization). Loaded in f32, the two files must give the same logits: the
 //! loader reads each type's blocks, shapes and rows (the embedding table stays as stored and
 //! is dequantized row by row) as candle stores them. The default `auto` load of the quantized
-//! file (4-bit blocks kept, others in int8) must stay close (cosine ≥ 0.99), prefill and
-//! through the KV cache. Nothing is downloaded.
+//! file (Q4_0, Q4_1 and Q4_K blocks kept, others in int8) must stay close (cosine ≥ 0.99),
+//! prefill and through the KV cache. Nothing is downloaded.
 
 mod common;
 
@@ -18,7 +18,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use common::cosine;
 use common::gguf::{vocabulary, TinyLlama};
-use zerobatch::generate::decoder::StepInput;
+use zerobatch::generate::decoder::{Decoder, StepInput};
 use zerobatch::generate::kv_cache::KvCache;
 use zerobatch::generate::llama::Llama;
 use zerobatch::kernels::{Dtype, KernelLevel};
@@ -124,13 +124,56 @@ fn every_gguf_tensor_type_loads_as_stored_and_runs() {
                 .fold(0.0, f32::max);
             assert!(diff <= 1e-5, "{variant} in f32: logits differ by {diff}");
         }
-        // The serving default: Q4_0/Q4_1 kept as stored, every other type in int8.
+        // The serving default: Q4_0/Q4_1/Q4_K kept as stored, every other type in int8.
         let (served, _) = Llama::load(&quantized, Dtype::Int8, true, level, 2).unwrap();
+        let formats: std::collections::BTreeMap<_, _> =
+            served.weight_formats().into_iter().collect();
+        let kept = match variant {
+            "q4_0" | "q4_1" | "q4_k" => variant,
+            // Q6_K's attn_v and ffn_down make those layers int8; gate and up stay Q4_K.
+            "q4_k_m" => "q4_k+int8",
+            _ => "int8",
+        };
+        assert_eq!(formats["feed_forward"], kept, "{variant}");
         let got = run(&served, &ids, &more);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             let c = cosine(g, w);
             assert!(c >= 0.99, "{variant} as served, output {i}: cosine {c}");
         }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A weight holding a NaN is refused at load with its name, whichever path converts it (int8
+/// a row at a time, f32 whole), rather than running and answering NaN.
+#[test]
+fn a_weight_with_a_nan_is_refused_at_load() {
+    let dir = std::env::temp_dir().join(format!("zb-gguf-nan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = vocabulary();
+    let tensors: Vec<(String, QTensor)> = SPEC
+        .weights(tokens.len())
+        .into_iter()
+        .map(|(name, shape, mut v)| {
+            if name == "blk.0.ffn_up.weight" {
+                let middle = v.len() / 2;
+                v[middle] = f32::NAN;
+            }
+            let t = Tensor::from_vec(v, shape.as_slice(), &Device::Cpu).unwrap();
+            (name, QTensor::quantize(&t, GgmlDType::F32).unwrap())
+        })
+        .collect();
+    let path = dir.join("tiny-nan.gguf");
+    common::gguf::write(&path, &SPEC.metadata(&tokens), &tensors);
+    for dtype in [Dtype::Int8, Dtype::F32] {
+        let err = Llama::load(&path, dtype, true, KernelLevel::detected(), 2)
+            .err()
+            .unwrap_or_else(|| panic!("{dtype:?}: a NaN weight loaded"))
+            .to_string();
+        assert!(
+            err.contains("ffn_up") && err.contains("NaN"),
+            "{dtype:?}: {err}"
+        );
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

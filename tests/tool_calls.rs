@@ -3,14 +3,35 @@
 //! SmolLM2-135M-Instruct (whose template knows no tools: the generic JSON format) with the
 //! `openai` SDK (the loop call → tool result → answer, auto answers, parallel_tool_calls,
 //! streaming) and `huggingface_hub`'s `InferenceClient.chat_completion(tools=...)`, and
-//! validates every call's arguments with `jsonschema`. The Hermes grammar is driven token by
-//! token in tests/tool_syntax_grammar.rs (the tiny Qwen's context cannot hold its template's
-//! tool list).
+//! validates every call's arguments with `jsonschema`. The grammars are driven token by
+//! token in tests/tool_syntax_grammar.rs.
+//!
+//! The Hermes lazy grammar runs end to end through the binary on the tiny Qwen3 GGUF
+//! (Qwen3's own template, whose `<tool_call>` is a text token), its context raised from 256
+//! to 4,096 in a copy written here so the template's tool list fits. Its random weights make
+//! `<tool_call>` unlikely (scripts/make-qwen-reference.py), so OpenAI's `logit_bias` steers
+//! it: +100 on `<tool_call>` (the call begins), −100 on the whitespace tokens (after the
+//! call, the end of the turn is then the grammar's only likely token); the answer must be a
+//! call whose arguments validate, whole and streamed. Without the bias the same request
+//! answers free text: the grammar does not force a call.
+//!
+//! Mistral v11's syntax runs the same way on a tiny random Llama written here whose
+//! vocabulary has `[TOOL_CALLS]`, `[ARGS]` and `[CALL_ID]` as control tokens and whose
+//! template writes calls as Mistral Small 3.2's does: steered into `[TOOL_CALLS]`, the answer
+//! (whose text keeps the control tokens for the parser) is a call with a Mistral id.
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use candle_core::quantized::gguf_file::{self, Value as GgufValue};
+use candle_core::quantized::QTensor;
+use candle_core::Device;
+use serde_json::{json, Value};
+use zerobatch::generate::gguf::GgufFile;
+use zerobatch::generate::tokenizer::GenTokenizer;
 
 use common::*;
 
@@ -51,4 +72,296 @@ fn an_agent_loop_and_auto_tool_calls_work_with_the_real_clients_on_smollm2() {
             server.log()
         ),
     }
+}
+
+/// The tiny Qwen3 file with a context of 4,096, written once per test binary.
+fn long_context_qwen3() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let source =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/gguf/tiny-qwen3-f32.gguf");
+        let mut file = std::fs::File::open(&source).unwrap();
+        let content = gguf_file::Content::read(&mut file).unwrap();
+        let mut metadata: Vec<(String, GgufValue)> = content
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        metadata.sort_by(|a, b| a.0.cmp(&b.0));
+        let context = metadata
+            .iter_mut()
+            .find(|(k, _)| k == "qwen3.context_length")
+            .expect("the file names its context");
+        assert_eq!(context.1.to_u32().unwrap(), 256);
+        context.1 = GgufValue::U32(4096);
+        let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+        names.sort();
+        let tensors: Vec<(String, QTensor)> = names
+            .into_iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    content.tensor(&mut file, n, &Device::Cpu).unwrap(),
+                )
+            })
+            .collect();
+        let dir = std::env::temp_dir().join(format!("zerobatch-tool-calls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tiny-qwen3-4k.gguf");
+        let meta: Vec<(&str, &GgufValue)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        gguf_file::write(&mut std::fs::File::create(&path).unwrap(), &meta, &tensors).unwrap();
+        path
+    })
+}
+
+/// The body of a streamed chat answer, asked over HTTP/1.0 (no chunked encoding: the
+/// server closes the connection at the end).
+fn stream_http10(addr: std::net::SocketAddr, body: &Value) -> String {
+    use std::io::{Read, Write};
+    let body = body.to_string();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, rest) = raw.split_once("\r\n\r\n").expect("a response head");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{raw}"
+    );
+    assert!(!head.to_ascii_lowercase().contains("chunked"), "{head}");
+    rest.to_string()
+}
+
+/// A chat request with one tool whose only argument is an enum (so a steered call ends).
+fn weather_request(bias: Option<&Value>, stream: bool) -> Value {
+    let mut body = json!({
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": [{"type": "function", "function": {
+            "name": "weather",
+            "description": "The weather now in a city",
+            "parameters": {"type": "object", "properties": {"city": {"enum": ["Paris", "Oslo"]}}, "required": ["city"], "additionalProperties": false},
+        }}],
+        "tool_choice": "auto",
+        "parallel_tool_calls": false,
+        "temperature": 0,
+        "max_tokens": 60,
+        "stream": stream,
+    });
+    if let Some(b) = bias {
+        body["logit_bias"] = b.clone();
+    }
+    body
+}
+
+/// `arguments` (OpenAI's JSON text) is `{"city": "Paris" | "Oslo"}` and nothing else.
+fn assert_valid_weather_arguments(arguments: &Value) {
+    let text = arguments.as_str().expect("arguments are text");
+    let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+    let o = v.as_object().expect("an object");
+    assert_eq!(o.len(), 1, "{text}");
+    assert!(
+        matches!(o["city"].as_str(), Some("Paris" | "Oslo")),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_hermes_call_under_tool_choice_auto_validates_through_the_binary() {
+    let path = long_context_qwen3();
+    let tok = GenTokenizer::from_gguf(&GgufFile::open(path).unwrap()).unwrap();
+    let open = tok.encode("<tool_call>", false).unwrap();
+    assert_eq!(open.len(), 1, "<tool_call> is one token");
+    assert!(!tok.is_special(open[0]), "<tool_call> is a text token");
+    let mut bias = serde_json::Map::new();
+    bias.insert(open[0].to_string(), json!(100));
+    for id in 0..tok.vocab_size() as u32 {
+        let text = tok.decode(&[id]);
+        if !text.is_empty() && text.trim().is_empty() {
+            bias.insert(id.to_string(), json!(-100));
+        }
+    }
+    assert!(bias.len() > 1, "the vocabulary has whitespace tokens");
+    let bias = Value::Object(bias);
+
+    let server = Proc::spawn(path.to_str().unwrap(), &[]);
+    connect_until_up(server.addr);
+    wait_ready(server.addr);
+    let log = || server.log();
+
+    // Steered: a call that validates.
+    let resp = post_json(
+        server.addr,
+        "/v1/chat/completions",
+        &weather_request(Some(&bias), false),
+    );
+    assert_eq!(resp.status, 200, "{}\n{}", resp.text(), log());
+    let v = resp.json();
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{v}");
+    let calls = choice["message"]["tool_calls"]
+        .as_array()
+        .expect("tool_calls");
+    assert_eq!(calls.len(), 1, "{v}");
+    assert_eq!(calls[0]["type"], "function");
+    assert_eq!(calls[0]["function"]["name"], "weather", "{v}");
+    assert!(calls[0]["id"].as_str().unwrap().starts_with("call_"));
+    assert_valid_weather_arguments(&calls[0]["function"]["arguments"]);
+    // The prompt held the template's tool list: more than the file's own context.
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 256, "{v}");
+
+    // Streamed: the same call in one tool_calls delta, then finish_reason tool_calls.
+    let body = stream_http10(server.addr, &weather_request(Some(&bias), true));
+    let (streamed, finish) = streamed_tool_calls(&body);
+    assert_eq!(finish, "tool_calls");
+    assert_eq!(streamed.len(), 1, "{streamed:?}");
+    assert_eq!(streamed[0]["index"], 0);
+    assert_eq!(streamed[0]["function"]["name"], "weather");
+    assert_eq!(
+        streamed[0]["function"]["arguments"],
+        calls[0]["function"]["arguments"]
+    );
+
+    // Unsteered: the lazy grammar leaves the model its free text.
+    let resp = post_json(
+        server.addr,
+        "/v1/chat/completions",
+        &weather_request(None, false),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let v = resp.json();
+    let choice = &v["choices"][0];
+    assert_ne!(choice["finish_reason"], "tool_calls", "{v}");
+    assert!(choice["message"].get("tool_calls").is_none(), "{v}");
+    assert!(choice["message"]["content"].is_string(), "{v}");
+
+    // A bias outside the vocabulary, or out of range, is the request's error.
+    let mut bad = weather_request(None, false);
+    bad["logit_bias"] = json!({ (tok.vocab_size() + 5).to_string(): 1 });
+    let resp = post_json(server.addr, "/v1/chat/completions", &bad);
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert!(resp.text().contains("logit_bias"), "{}", resp.text());
+    bad["logit_bias"] = json!({"1": 101});
+    assert_eq!(
+        post_json(server.addr, "/v1/chat/completions", &bad).status,
+        400
+    );
+}
+
+/// A tiny random Llama whose vocabulary is printable ASCII, space and newline (byte-level
+/// characters), Mistral's call markers as control tokens and `</s>`, with a template that
+/// writes tools, calls and results as Mistral Small 3.2's does; written once.
+fn tiny_mistral_v11() -> &'static Path {
+    use common::gguf::{quantize, write, TinyLlama};
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        const TEMPLATE: &str = r#"{{- bos_token }}{%- if tools %}{{- '[AVAILABLE_TOOLS]' + (tools | tojson) + '[/AVAILABLE_TOOLS]' }}{%- endif %}{%- for message in messages %}{%- if message['role'] == 'user' %}{{- '[INST]' + message['content'] + '[/INST]' }}{%- elif message['role'] == 'assistant' %}{{- message['content'] }}{%- for tool in message['tool_calls'] or [] %}{%- set arguments = tool['function']['arguments'] %}{%- if arguments is not string %}{%- set arguments = arguments|tojson %}{%- endif %}{{- '[TOOL_CALLS]' + tool['function']['name'] + '[ARGS]' + arguments }}{%- endfor %}{{- eos_token }}{%- elif message['role'] == 'tool' %}{{- '[TOOL_RESULTS]' + message['content']|string + '[/TOOL_RESULTS]' }}{%- endif %}{%- endfor %}"#;
+        let mut tokens: Vec<String> = (33u8..=126).map(|b| (b as char).to_string()).collect();
+        tokens.extend(["\u{120}", "\u{10A}"].map(String::from));
+        let markers = ["[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"];
+        tokens.extend(markers.map(String::from));
+        tokens.push("</s>".into());
+        let shape = TinyLlama {
+            context: 2048,
+            ..TinyLlama::DEFAULT
+        };
+        let mut metadata = shape.metadata(&tokens);
+        for (k, v) in &mut metadata {
+            if k == "tokenizer.ggml.token_type" {
+                let GgufValue::Array(types) = v else { panic!("token types") };
+                let n = types.len();
+                for t in &mut types[n - 4..] {
+                    *t = GgufValue::I32(3);
+                }
+            }
+        }
+        metadata.push((
+            "tokenizer.chat_template".into(),
+            GgufValue::String(TEMPLATE.into()),
+        ));
+        let tensors: Vec<(String, QTensor)> = shape
+            .weights(tokens.len())
+            .into_iter()
+            .map(|(name, dims, v)| (name, quantize(v, &dims, candle_core::quantized::GgmlDType::F32)))
+            .collect();
+        let dir = std::env::temp_dir().join(format!("zerobatch-tool-calls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tiny-mistral-v11.gguf");
+        write(&path, &metadata, &tensors);
+        path
+    })
+}
+
+#[test]
+fn a_mistral_v11_call_keeps_its_control_tokens_and_validates_through_the_binary() {
+    let path = tiny_mistral_v11();
+    let tok = GenTokenizer::from_gguf(&GgufFile::open(path).unwrap()).unwrap();
+    let open = tok
+        .special_id("[TOOL_CALLS]")
+        .expect("[TOOL_CALLS] is a control token");
+    let bias = json!({ open.to_string(): 100 });
+    let server = Proc::spawn(path.to_str().unwrap(), &[]);
+    connect_until_up(server.addr);
+    wait_ready(server.addr);
+
+    let resp = post_json(
+        server.addr,
+        "/v1/chat/completions",
+        &weather_request(Some(&bias), false),
+    );
+    assert_eq!(resp.status, 200, "{}\n{}", resp.text(), server.log());
+    let v = resp.json();
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{v}");
+    let calls = choice["message"]["tool_calls"]
+        .as_array()
+        .expect("tool_calls");
+    assert_eq!(calls.len(), 1, "{v}");
+    assert_eq!(calls[0]["function"]["name"], "weather", "{v}");
+    assert_valid_weather_arguments(&calls[0]["function"]["arguments"]);
+    // The call was the whole answer: no control token's text leaked into the content.
+    assert_eq!(choice["message"]["content"], Value::Null, "{v}");
+    let id = calls[0]["id"].as_str().unwrap();
+    assert!(
+        id.len() == 9 && id.bytes().all(|b| b.is_ascii_alphanumeric()),
+        "a Mistral id: {id}"
+    );
+
+    let body = stream_http10(server.addr, &weather_request(Some(&bias), true));
+    let (streamed, finish) = streamed_tool_calls(&body);
+    assert_eq!(finish, "tool_calls", "{body}");
+    assert_eq!(streamed.len(), 1, "{body}");
+    assert_eq!(
+        streamed[0]["function"]["arguments"],
+        calls[0]["function"]["arguments"]
+    );
+}
+
+/// A streamed chat completion's `tool_calls` deltas, in order, and its finish reason.
+fn streamed_tool_calls(body: &str) -> (Vec<Value>, Value) {
+    let mut streamed = Vec::new();
+    let mut finish = Value::Null;
+    for line in body.lines() {
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            continue;
+        }
+        let chunk: Value = serde_json::from_str(data).unwrap();
+        let c = &chunk["choices"][0];
+        if let Some(t) = c["delta"]["tool_calls"].as_array() {
+            streamed.extend(t.iter().cloned());
+        }
+        if !c["finish_reason"].is_null() {
+            finish = c["finish_reason"].clone();
+        }
+    }
+    (streamed, finish)
 }

@@ -425,7 +425,7 @@ impl StreamWriter {
                         out.push(Payload::Json(openai::chunk(a, Some(before), None, false)));
                     }
                     let keep = if tp.parallel { parsed.calls.len() } else { 1 };
-                    let calls = super::tools::openai_calls(&parsed.calls[..keep]);
+                    let calls = super::tools::openai_calls(&parsed.calls[..keep], tp.syntax);
                     for (i, mut call) in calls.as_array().into_iter().flatten().cloned().enumerate()
                     {
                         call["index"] = json!(i);
@@ -510,21 +510,8 @@ mod tests {
             tool_parsing: Some(ToolParsing { syntax, parallel }),
             reasoning: None,
         };
-        let mut w = StreamWriter::new(answer);
-        let mut out = Vec::new();
+        let out = stream_of(answer, pieces);
         let mut content_before_call = true;
-        for p in pieces {
-            w.event(token(p), &mut out);
-        }
-        w.event(
-            Event::Done {
-                reason: FinishReason::EosToken,
-                generated_tokens: pieces.len(),
-                prompt_tokens: 1,
-                cached_tokens: 0,
-            },
-            &mut out,
-        );
         let (mut content, mut calls, mut finish) = (String::new(), Vec::new(), String::new());
         for p in &out {
             let Payload::Json(v) = p else { continue };
@@ -573,6 +560,43 @@ mod tests {
         assert_eq!((content.as_str(), calls.len()), ("Hi!", 0));
     }
 
+    #[test]
+    fn streamed_mistral_args_calls_hold_text_from_the_opener_and_keep_the_model_s_ids() {
+        // The markers arrive as pieces of their own (control tokens kept as text).
+        let pieces = [
+            "Checking",
+            " now.",
+            "[TOOL_CALLS]",
+            "weather",
+            "[ARGS]",
+            "{\"city\": ",
+            "\"Paris\"}",
+            "[TOOL_CALLS]",
+            "add",
+            "[CALL_ID]",
+            "a1B2c3D4e",
+            "[ARGS]",
+            "{\"a\": 1}",
+        ];
+        let (content, calls, finish) = auto_stream(ToolSyntax::MistralArgs, true, &pieces);
+        assert_eq!(content, "Checking now.");
+        assert_eq!(finish, "tool_calls");
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0]["function"]["name"], "weather");
+        assert_eq!(calls[0]["function"]["arguments"], "{\"city\":\"Paris\"}");
+        let id = calls[0]["id"].as_str().unwrap();
+        assert!(
+            id.len() == 9 && id.bytes().all(|b| b.is_ascii_alphanumeric()),
+            "{id}"
+        );
+        assert_eq!(calls[1]["id"], "a1B2c3D4e");
+        assert_eq!(calls[1]["index"], 1);
+        // A partial opener is held, then sent when it is not one.
+        let (content, calls, _) =
+            auto_stream(ToolSyntax::MistralArgs, true, &["see [TOOL", "S] list"]);
+        assert_eq!((content.as_str(), calls.len()), ("see [TOOLS] list", 0));
+    }
+
     /// A chat answer of a reasoning model (`<think>` tags; `open`: the prompt opened the
     /// block), with usage.
     fn reasoning_answer(open: bool, tools: Option<ToolParsing>, stop: &[&str]) -> AnswerContext {
@@ -600,11 +624,8 @@ mod tests {
         }
     }
 
-    /// What a stream of `pieces` sends: reasoning, content, calls, usage.
-    fn reasoning_stream(
-        answer: AnswerContext,
-        pieces: &[&str],
-    ) -> (String, String, Vec<Value>, Value) {
+    /// The payloads a stream sends for `pieces`, then the end of generation.
+    fn stream_of(answer: AnswerContext, pieces: &[&str]) -> Vec<Payload> {
         let mut w = StreamWriter::new(answer);
         let mut out = Vec::new();
         for p in pieces {
@@ -619,6 +640,15 @@ mod tests {
             },
             &mut out,
         );
+        out
+    }
+
+    /// What a stream of `pieces` sends: reasoning, content, calls, usage.
+    fn reasoning_stream(
+        answer: AnswerContext,
+        pieces: &[&str],
+    ) -> (String, String, Vec<Value>, Value) {
+        let out = stream_of(answer, pieces);
         let (mut reasoning, mut content, mut calls, mut usage) =
             (String::new(), String::new(), Vec::new(), Value::Null);
         for p in &out {

@@ -4,6 +4,8 @@
 //! Settings OpenAI has and this server does not implement are refused by name, never ignored;
 //! the model's own sampling settings fill what a request leaves out (as vLLM does).
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -176,6 +178,7 @@ struct CompletionRequest {
     response_format: Option<ResponseFormat>,
     /// vLLM's structured-output field.
     structured_outputs: Option<StructuredOutputs>,
+    logit_bias: Option<HashMap<String, f32>>,
 }
 
 #[derive(Deserialize)]
@@ -204,6 +207,7 @@ struct ChatRequest {
     response_format: Option<ResponseFormat>,
     /// vLLM's structured-output field.
     structured_outputs: Option<StructuredOutputs>,
+    logit_bias: Option<HashMap<String, f32>>,
     tools: Option<Vec<Tool>>,
     tool_choice: Option<ToolChoice>,
     /// Under `tool_choice: "auto"`, false keeps at most one call; a forced call is one call.
@@ -225,6 +229,38 @@ struct Common {
     include_usage: bool,
     ignore_eos: Option<bool>,
     grammar: Option<Grammar>,
+    logit_bias: Option<HashMap<String, f32>>,
+}
+
+/// The most entries `logit_bias` may have (OpenAI's limit).
+pub const MAX_LOGIT_BIAS: usize = 300;
+
+/// OpenAI's `logit_bias`: token ids (as JSON object keys) to a bias from −100 to 100, added
+/// to the token's logit before sampling (the vocabulary is checked by the service).
+fn logit_bias(bias: Option<HashMap<String, f32>>) -> Result<Vec<(u32, f32)>, ServiceError> {
+    let bias = bias.unwrap_or_default();
+    if bias.len() > MAX_LOGIT_BIAS {
+        return Err(bad(format!(
+            "logit_bias may hold at most {MAX_LOGIT_BIAS} tokens (got {})",
+            bias.len()
+        )));
+    }
+    let mut out: Vec<(u32, f32)> = bias
+        .into_iter()
+        .map(|(k, v)| {
+            let id = k
+                .parse::<u32>()
+                .map_err(|_| bad(format!("logit_bias keys are token ids (got {k:?})")))?;
+            if !(-100.0..=100.0).contains(&v) {
+                return Err(bad(format!(
+                    "logit_bias values are from -100 to 100 (got {v} for token {id})"
+                )));
+            }
+            Ok((id, v))
+        })
+        .collect::<Result<_, _>>()?;
+    out.sort_unstable_by_key(|(id, _)| *id);
+    Ok(out)
 }
 
 /// Refuses OpenAI settings this server does not implement, naming them.
@@ -291,6 +327,7 @@ pub fn parse_completion(
         include_usage: r.stream_options.is_some_and(|o| o.include_usage),
         ignore_eos: r.ignore_eos,
         grammar: openai_grammar(r.response_format, r.structured_outputs)?,
+        logit_bias: r.logit_bias,
     };
     let format = Format::Completion {
         echo: r.echo,
@@ -339,6 +376,7 @@ pub fn parse_chat(body: &[u8], defaults: &SamplingDefaults) -> Result<GenerateCa
         include_usage: r.stream_options.is_some_and(|o| o.include_usage),
         ignore_eos: r.ignore_eos,
         grammar,
+        logit_bias: r.logit_bias,
     };
     let format = Format::Chat {
         include_usage: common.include_usage,
@@ -393,6 +431,7 @@ fn call(
             grammar: c.grammar,
             tools: None,
             split_reasoning: None,
+            logit_bias: logit_bias(c.logit_bias)?,
         },
         format,
         stream: c.stream,
@@ -485,7 +524,7 @@ fn chat_answer(a: &AnswerContext, c: &Collected, text: &str) -> Value {
                 }
                 content = parsed.content.map_or(Value::Null, Value::String);
                 let keep = if tp.parallel { parsed.calls.len() } else { 1 };
-                Some(openai_calls(&parsed.calls[..keep]))
+                Some(openai_calls(&parsed.calls[..keep], tp.syntax))
             }
             None => None,
         },

@@ -114,6 +114,7 @@ pub fn parse(value: Value, route: TgiRoute) -> Result<GenerateCall, ServiceError
             grammar: p.grammar.map(TgiGrammar::grammar).transpose()?,
             tools: None,
             split_reasoning: None,
+            logit_bias: Vec::new(),
         },
         format: Format::Tgi {
             details: p.details.unwrap_or(false),

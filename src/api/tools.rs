@@ -19,7 +19,9 @@ use serde_json::{json, Value};
 use super::generation::{bad, random_seed};
 use crate::error::ServiceError;
 use crate::generate::grammar::Grammar;
-use crate::generate::tool_syntax::{any_call_schema, AutoTools, FunctionSpec, ParsedCall};
+use crate::generate::tool_syntax::{
+    any_call_schema, AutoTools, FunctionSpec, ParsedCall, ToolSyntax,
+};
 
 /// One entry of `tools`.
 #[derive(Deserialize)]
@@ -184,14 +186,18 @@ pub(super) fn plan(
     })
 }
 
-/// OpenAI's `tool_calls` for the calls an answer made, each with a fresh id.
-pub fn openai_calls(calls: &[ParsedCall]) -> Value {
+/// OpenAI's `tool_calls` for the calls an answer in `syntax` made, each with the id the
+/// model gave it or a fresh one of the form the syntax's templates take.
+pub fn openai_calls(calls: &[ParsedCall], syntax: ToolSyntax) -> Value {
     Value::Array(
         calls
             .iter()
             .map(|c| {
+                let id =
+                    c.id.clone()
+                        .unwrap_or_else(|| syntax.new_call_id(random_seed()));
                 json!({
-                    "id": format!("call_{:016x}", random_seed()),
+                    "id": id,
                     "type": "function",
                     "function": {"name": c.name, "arguments": c.arguments.to_string()},
                 })
@@ -399,12 +405,27 @@ mod tests {
 
     #[test]
     fn parsed_calls_become_openai_tool_calls() {
-        let v = openai_calls(&[ParsedCall {
+        let call = ParsedCall {
             name: "weather".into(),
             arguments: json!({"city": "Paris"}),
-        }]);
+            id: None,
+        };
+        let v = openai_calls(std::slice::from_ref(&call), ToolSyntax::Hermes);
         assert_eq!(v[0]["function"]["arguments"], r#"{"city":"Paris"}"#);
         assert!(v[0]["id"].as_str().unwrap().starts_with("call_"));
+        // Mistral's templates take 9 letters or digits; the model's own id is kept.
+        let v = openai_calls(std::slice::from_ref(&call), ToolSyntax::MistralArgs);
+        let id = v[0]["id"].as_str().unwrap();
+        assert!(
+            id.len() == 9 && id.bytes().all(|b| b.is_ascii_alphanumeric()),
+            "{id}"
+        );
+        let own = ParsedCall {
+            id: Some("a1B2c3D4e".into()),
+            ..call
+        };
+        let v = openai_calls(&[own], ToolSyntax::MistralArgs);
+        assert_eq!(v[0]["id"], "a1B2c3D4e");
     }
 
     #[test]

@@ -176,6 +176,13 @@ pub struct ServeConfig {
     #[arg(long, env = "PREFIX_CACHE_BYTES")]
     pub prefix_cache_bytes: Option<usize>,
 
+    /// Generation: bytes of compiled grammars (JSON schemas, regexes, Lark, tool-call
+    /// grammars) kept for requests that send the same one again, as estimated from each
+    /// grammar's text and lexer; least recently used go first past it (and past 32 grammars).
+    /// 0 switches the cache off.
+    #[arg(long, env = "GRAMMAR_CACHE_BYTES", default_value_t = crate::generate::grammar::compile::DEFAULT_CACHE_BYTES)]
+    pub grammar_cache_bytes: usize,
+
     /// Generation: new tokens when a request does not say (TGI's `max_new_tokens`; OpenAI's
     /// routes default to 16 as OpenAI does).
     #[arg(long, env = "DEFAULT_MAX_NEW_TOKENS", default_value_t = 100)]

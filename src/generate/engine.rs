@@ -119,6 +119,11 @@ pub struct GenerationRequest {
     pub ignore_eos: bool,
     /// The grammar the output must follow, compiled (by the service).
     pub constraint: Option<Box<Constraint>>,
+    /// Control tokens whose text the answer keeps (decoding leaves the others out): a call
+    /// syntax's markers, which the answer's parser reads (llama.cpp's `preserved_tokens`).
+    pub keep_special: Vec<u32>,
+    /// Added to these tokens' logits before the mask and sampling (ids inside the logits).
+    pub logit_bias: Vec<(u32, f32)>,
     pub events: UnboundedSender<Event>,
     pub queued_at: Instant,
     /// Past this, a request still waiting for admission is answered [`Failure::TimedOut`].
@@ -158,7 +163,7 @@ pub enum SubmitError {
 
 /// What the queue carries to the engine.
 enum Message {
-    Request(GenerationRequest),
+    Request(Box<GenerationRequest>),
     /// Finish the running sequences, then end the loop (the server has drained).
     Stop,
 }
@@ -182,7 +187,7 @@ impl EngineHandle {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(SubmitError::Full);
         }
-        match self.tx.try_send(Message::Request(request)) {
+        match self.tx.try_send(Message::Request(Box::new(request))) {
             Ok(()) => {
                 metrics::set_queue_depth(self.waiting());
                 Ok(())
@@ -317,7 +322,7 @@ impl Engine {
                     return;
                 }
                 match self.rx.recv() {
-                    Ok(Message::Request(r)) => self.queue.push_back(r),
+                    Ok(Message::Request(r)) => self.queue.push_back(*r),
                     Ok(Message::Stop) | Err(_) => self.stopping = true,
                 }
             }
@@ -336,7 +341,7 @@ impl Engine {
     fn admit(&mut self) {
         loop {
             match self.rx.try_recv() {
-                Ok(Message::Request(r)) => self.queue.push_back(r),
+                Ok(Message::Request(r)) => self.queue.push_back(*r),
                 Ok(Message::Stop) => self.stopping = true,
                 Err(_) => break,
             }
@@ -529,6 +534,11 @@ impl Engine {
             let mut l = logits
                 .next()
                 .expect("one row of logits per sequence that wants them");
+            for &(id, bias) in &r.req.logit_bias {
+                if let Some(v) = l.get_mut(id as usize) {
+                    *v += bias;
+                }
+            }
             if let Some(c) = r.req.constraint.as_deref_mut() {
                 if let Masked::Nothing(why) = c.apply(&mut l) {
                     tracing::debug!("a constrained sequence ends: {why}");
@@ -562,6 +572,11 @@ impl Engine {
             let special = self.tokenizer.is_special(choice.id);
             let text = if is_end {
                 String::new()
+            } else if special && r.req.keep_special.contains(&choice.id) {
+                self.tokenizer
+                    .token_text(choice.id)
+                    .unwrap_or_default()
+                    .to_string()
             } else {
                 r.decoder.push(&self.tokenizer, choice.id)
             };

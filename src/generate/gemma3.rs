@@ -137,7 +137,7 @@ impl Gemma3 {
     /// # Errors
     ///
     /// When the file is not a usable Gemma 3 model (each error names the key or tensor).
-    /// `keep_q4`: Q4_0 and Q4_1 weights stay as stored instead of being converted to `dtype`.
+    /// `keep_q4`: Q4_0, Q4_1 and Q4_K weights stay as stored instead of being converted to `dtype`.
     pub fn load(
         path: &Path,
         dtype: Dtype,

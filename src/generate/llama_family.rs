@@ -97,8 +97,8 @@ struct Block<L> {
 }
 
 /// Loads the linear layer made of `parts` (tensor name, rows) stacked, each `rows × k`, with
-/// `bias` (`None`: zeros): as stored when they are all Q4_0 or all Q4_1 and `keep_q4`, or all
-/// Q8_0 and `dtype` is int8; else dequantized and packed as `dtype`.
+/// `bias` (`None`: zeros): as stored when they are all Q4_0, all Q4_1 or all Q4_K and
+/// `keep_q4`, or all Q8_0 and `dtype` is int8; else dequantized and packed as `dtype`.
 pub(super) fn load_linear(
     file: &GgufFile,
     parts: &[(String, usize)],
@@ -110,6 +110,7 @@ pub(super) fn load_linear(
     let q4 = |t| match t {
         Some(GgmlDType::Q4_0) => Some(Q4Format::Q4_0),
         Some(GgmlDType::Q4_1) => Some(Q4Format::Q4_1),
+        Some(GgmlDType::Q4K) => Some(Q4Format::Q4K),
         _ => None,
     };
     let types: Vec<_> = parts
@@ -153,6 +154,31 @@ pub(super) fn load_linear(
             }
         };
         let layer = kernels::Int8Linear::from_q8_0(&bytes, &bias, k).map_err(error)?;
+        return Ok(Linear::Packed(PackedLinear::Int8(layer)));
+    }
+    if dtype == Dtype::Int8 {
+        // Row by row: never the whole weight in f32 (the LM head of a 150k-token vocabulary
+        // is 600 MB of it, at the peak of loading).
+        let mut rows: Vec<(&[u8], GgmlDType)> = Vec::with_capacity(n);
+        for (name, count) in parts {
+            let (bytes, t) = file.bytes(name, &[*count, k])?;
+            rows.extend(bytes.chunks_exact(bytes.len() / count).map(|r| (r, t)));
+        }
+        let bad = std::sync::Mutex::new(None);
+        let layer = kernels::Int8Linear::quantize_rows(&bias, k, |c| {
+            let (row, t) = rows[c];
+            let why = match super::gguf::dequantize(t, row, k) {
+                Ok(v) if v.iter().all(|x| x.is_finite()) => return v,
+                Ok(_) => "holds NaN or infinite values".to_string(),
+                Err(e) => format!("cannot be dequantized: {e}"),
+            };
+            *bad.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+            vec![0.0; k]
+        })
+        .map_err(&error)?;
+        if let Some(why) = bad.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(error(why));
+        }
         return Ok(Linear::Packed(PackedLinear::Int8(layer)));
     }
     let mut w = Vec::with_capacity(n * k);
@@ -206,7 +232,7 @@ impl<A: Arch> Model<A> {
     /// # Errors
     ///
     /// When the file is not a usable model of this architecture (each error names the key or
-    /// tensor). `keep_q4`: Q4_0 and Q4_1 weights stay as stored (run by
+    /// tensor). `keep_q4`: Q4_0, Q4_1 and Q4_K weights stay as stored (run by
     /// [`kernels::Q4Linear`]) instead of being converted to `dtype`.
     pub fn load(
         path: &Path,

@@ -138,7 +138,7 @@ pub fn gguf_model_id(path: &Path) -> String {
     }
 }
 
-/// The dtype `auto` picks for generation, and whether Q4_0/Q4_1 weights stay as stored:
+/// The dtype `auto` picks for generation, and whether Q4_0/Q4_1/Q4_K weights stay as stored:
 /// `auto` keeps 4-bit weights as they are and runs every other weight in int8 blocks of 32
 /// (exact for Q8_0; for GPT-2's f32 weights, the precision of Q8_0 at a quarter of the
 /// bytes a step reads); a fixed dtype converts every weight to it (for comparisons and tests).

@@ -27,7 +27,7 @@ use super::prompt::chat_prompt;
 use super::reasoning::ReasoningParsing;
 use super::sampling::{SamplingDefaults, SamplingParams};
 use super::tokenizer::GenTokenizer;
-use super::tool_syntax::{AutoTools, ToolParsing, ToolSyntax};
+use super::tool_syntax::{AutoTools, ToolParsing};
 use crate::error::ServiceError;
 use crate::model::{ModelInfo, TokenInfo};
 use crate::offload::Offload;
@@ -92,6 +92,9 @@ pub struct GenerateRequest {
     /// template has thinking tags; [`super::reasoning`]): `Some(false)` keeps it inline,
     /// `None` is the server's `--reasoning-format`.
     pub split_reasoning: Option<bool>,
+    /// Added to these tokens' logits before the grammar's mask and sampling (OpenAI's
+    /// `logit_bias`: token id, −100 to 100).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 /// A request the engine has queued: what the answer needs, and its events.
@@ -121,6 +124,8 @@ pub struct GenerateSettings {
     /// Split a reasoning model's thinking text from its answer when a request does not say
     /// (`--reasoning-format`, not `none`).
     pub split_reasoning: bool,
+    /// The compiled grammars' cache budget (`--grammar-cache-bytes`).
+    pub grammar_cache_bytes: usize,
 }
 
 /// The generation model's service.
@@ -146,7 +151,10 @@ impl GenerateService {
         offload: Offload,
         settings: GenerateSettings,
     ) -> Self {
-        let grammars = Arc::new(GrammarCompiler::new(tokenizer.clone(), engine.vocab()));
+        let grammars = Arc::new(
+            GrammarCompiler::new(tokenizer.clone(), engine.vocab())
+                .with_cache_bytes(settings.grammar_cache_bytes),
+        );
         Self {
             info,
             tokenizer,
@@ -192,6 +200,16 @@ impl GenerateService {
 
     /// Checks, tokenizes and queues `request`; the answer streams from the returned events.
     pub async fn submit(&self, mut request: GenerateRequest) -> Result<Generation, ServiceError> {
+        let vocab = self.engine.vocab();
+        if let Some((id, _)) = request
+            .logit_bias
+            .iter()
+            .find(|(id, _)| *id as usize >= vocab)
+        {
+            return Err(ServiceError::Invalid(format!(
+                "logit_bias names token {id}, outside the model's vocabulary of {vocab}"
+            )));
+        }
         let tool_parsing = self.prepare_tools(&mut request)?;
         let is_chat = matches!(request.prompt, Prompt::Chat { .. });
         let (prompt_text, ids) = self.prompt_ids(request.prompt).await?;
@@ -257,6 +275,8 @@ impl GenerateService {
             stop: request.stop,
             ignore_eos: request.ignore_eos,
             constraint,
+            keep_special: self.kept_markers(tool_parsing),
+            logit_bias: request.logit_bias,
             events,
             queued_at: now,
             deadline: now + self.settings.request_timeout,
@@ -281,8 +301,7 @@ impl GenerateService {
 
     /// A chat request's conversation and grammar made ready for the template's call syntax:
     /// messages as the template needs them, and (under `tool_choice: "auto"`) the syntax's
-    /// grammar, unless the request gives its own or the syntax's opener is a control token
-    /// (then the answer is only parsed).
+    /// lazy grammar, unless the request gives its own.
     fn prepare_tools(
         &self,
         request: &mut GenerateRequest,
@@ -297,19 +316,23 @@ impl GenerateService {
             return Ok(None);
         };
         if request.grammar.is_none() {
-            let opener_special = match syntax {
-                ToolSyntax::Hermes => self
-                    .tokenizer
-                    .special_texts()
-                    .any(|t| t == super::tool_syntax::hermes::OPENER),
-                _ => false,
-            };
-            request.grammar = syntax.grammar(tools, opener_special);
+            let tokenizer = &self.tokenizer;
+            request.grammar = Some(syntax.grammar(tools, &|t| tokenizer.special_id(t)));
         }
         Ok(Some(ToolParsing {
             syntax,
             parallel: tools.parallel,
         }))
+    }
+
+    /// The control tokens an answer read for calls keeps as text: its syntax's markers.
+    fn kept_markers(&self, tool_parsing: Option<ToolParsing>) -> Vec<u32> {
+        tool_parsing
+            .map(|tp| tp.syntax.markers())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|m| self.tokenizer.special_id(m))
+            .collect()
     }
 
     /// How a chat answer's reasoning is told apart: when the request (or the server's

@@ -443,6 +443,13 @@ impl GenTokenizer {
         self.special_texts.iter().map(String::as_str)
     }
 
+    /// The id of the special (control) token whose text is `text`, if there is one.
+    pub fn special_id(&self, text: &str) -> Option<u32> {
+        self.inner
+            .token_to_id(text)
+            .filter(|&id| self.is_special(id))
+    }
+
     /// Ids of `text` as [`Self::encode`] gives them without BOS, except that special tokens
     /// whose text overlaps a range of `plain` (byte ranges of `text`) are tokenized as the
     /// plain text they spell: a chat message's content is what its user wrote, never the

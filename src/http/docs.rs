@@ -305,6 +305,8 @@ fn generation_schemas() -> Value {
         "stream_options": { "type": "object", "properties": { "include_usage": { "type": "boolean" } } },
         "presence_penalty": { "type": "number", "enum": [0] }, "frequency_penalty": { "type": "number", "enum": [0] },
         "user": { "type": "string" }, "ignore_eos": { "type": "boolean", "description": "not OpenAI's: keep going past end-of-sequence tokens" },
+        "logit_bias": { "type": "object", "maxProperties": 300, "additionalProperties": { "type": "number", "minimum": -100, "maximum": 100 },
+            "description": "token id (as a key) to a bias added to its logit before sampling (and before a grammar's mask)" },
         "response_format": { "type": "object", "required": ["type"], "description": "structured output, enforced token by token: {\"type\": \"text\"}, {\"type\": \"json_object\"}, {\"type\": \"json_schema\", \"json_schema\": {\"name\", \"schema\", \"strict\"}}; TGI's {\"type\": \"json\" | \"regex\", \"value\"}",
             "properties": { "type": { "type": "string", "enum": ["text", "json_object", "json_schema", "json", "regex"] },
                 "json_schema": { "type": "object", "properties": { "name": { "type": "string" }, "description": { "type": "string" }, "schema": { "type": "object" }, "strict": { "type": "boolean" } } },
@@ -324,11 +326,10 @@ fn generation_schemas() -> Value {
     chat["tools"] = json!({ "type": "array", "items": { "type": "object", "required": ["type", "function"], "properties": {
         "type": { "type": "string", "enum": ["function"] },
         "function": { "type": "object", "required": ["name"], "properties": { "name": { "type": "string" }, "description": { "type": "string" }, "parameters": { "type": "object" }, "strict": { "type": "boolean" } } } } } });
-    chat["tool_choice"] = json!({ "description": "\"required\" or {\"type\": \"function\", \"function\": {\"name\"}}: the answer is one call whose arguments follow the function's parameters (message.tool_calls, finish_reason tool_calls); \"none\": text; \"auto\" is not supported yet (400)",
+    chat["tool_choice"] = json!({ "description": "\"auto\" (the default with tools): text or calls in the model's own syntax (Hermes <tool_call>, Mistral [TOOL_CALLS], Llama 3.x JSON, or a generic JSON format), a started call constrained to validate; \"required\" or {\"type\": \"function\", \"function\": {\"name\"}}: the answer is one call whose arguments follow the function's parameters (message.tool_calls, finish_reason tool_calls); \"none\": text",
         "oneOf": [ { "type": "string", "enum": ["none", "auto", "required"] }, { "type": "object", "required": ["type", "function"], "properties": {
             "type": { "type": "string", "enum": ["function"] }, "function": { "type": "object", "required": ["name"], "properties": { "name": { "type": "string" } } } } } ] });
-    chat["parallel_tool_calls"] =
-        json!({ "type": "boolean", "description": "accepted; a forced answer is one call" });
+    chat["parallel_tool_calls"] = json!({ "type": "boolean", "default": true, "description": "under auto, false keeps at most one call; a forced answer is one call" });
     chat["reasoning_format"] = json!({ "type": "string", "enum": ["none", "deepseek", "auto"], "description": "llama.cpp's: a reasoning model's thinking (between its template's <think> tags) as message.reasoning_content (deepseek, auto) or inline in content (none); default --reasoning-format" });
     chat["chat_template_kwargs"] = json!({ "type": "object", "description": "further chat template variables (vLLM's and llama.cpp's), e.g. {\"enable_thinking\": false} for Qwen3; not messages, add_generation_prompt, bos_token, eos_token or raise_exception" });
     json!({

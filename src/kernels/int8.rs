@@ -156,6 +156,14 @@ pub(crate) fn quantize_activations(
     }
 }
 
+/// Quantizes one column's `values` into `q` a block of 32 at a time, each block's scale into
+/// `scales`.
+fn quantize_column(values: &[f32], q: &mut [i8], scales: &mut [f32]) {
+    for ((v, q), scale) in values.chunks(BLOCK).zip(q.chunks_mut(BLOCK)).zip(scales) {
+        *scale = quantize_row(v, q);
+    }
+}
+
 impl Int8Linear {
     /// Quantizes `w` (`n×k`, PyTorch layout, `n = bias.len()`) per output column.
     ///
@@ -170,15 +178,46 @@ impl Int8Linear {
                 w.len()
             ));
         }
-        Ok(Self::pack(bias, k, |c, b, q| {
-            quantize_row(&w[c * k + b * BLOCK..][..q.len()], q)
+        Ok(Self::pack(bias, k, |c, q, scales| {
+            quantize_column(&w[c * k..][..k], q, scales)
         }))
     }
 
-    /// Packs a layer of `bias.len()` columns × `k` from `block(column, block, q)`, which fills
-    /// `q` (the block's values, 32 or fewer in a last partial block) and returns its scale.
+    /// Quantizes per output column the `n×k` weight (`n = bias.len()`) whose row `c` is
+    /// `row(c)` (`k` values): as [`Self::quantize`], with one row in f32 at a time per thread
+    /// instead of the whole weight (a 150k-token vocabulary's LM head is 600 MB in f32, all of
+    /// it at once at the peak of loading).
+    ///
+    /// # Errors
+    ///
+    /// When `k` is 0, or a row is not `k` values.
+    pub fn quantize_rows(
+        bias: &[f32],
+        k: usize,
+        row: impl Fn(usize) -> Vec<f32> + Sync,
+    ) -> Result<Self, String> {
+        if k == 0 {
+            return Err("int8: a weight of rows of 0 values".into());
+        }
+        let short = std::sync::atomic::AtomicBool::new(false);
+        let layer = Self::pack(bias, k, |c, q, scales| {
+            let values = row(c);
+            if values.len() == k {
+                quantize_column(&values, q, scales);
+            } else {
+                short.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        if short.into_inner() {
+            return Err(format!("int8: a row is not {k} values"));
+        }
+        Ok(layer)
+    }
+
+    /// Packs a layer of `bias.len()` columns × `k` from `column(c, q, scales)`, which fills
+    /// `q` (column `c`'s `k` values) and `scales` (one per block of 32, the last one partial).
     /// Panels pack in parallel (start-up is on the cold-start path).
-    fn pack(bias: &[f32], k: usize, block: impl Fn(usize, usize, &mut [i8]) -> f32 + Sync) -> Self {
+    fn pack(bias: &[f32], k: usize, column: impl Fn(usize, &mut [i8], &mut [f32]) + Sync) -> Self {
         let n = bias.len();
         let blocks = k.div_ceil(BLOCK);
         let groups = blocks * BLOCK_GROUPS;
@@ -197,12 +236,13 @@ impl Int8Linear {
             &mut panel_parts,
             available_threads(),
             &|panel, ((w, s), o)| {
-                let mut q = [0i8; BLOCK];
+                let mut q = vec![0i8; k];
+                let mut scales = vec![0.0f32; blocks];
                 for lane in 0..PANEL.min(n - panel * PANEL) {
                     let c = panel * PANEL + lane;
-                    for b in 0..blocks {
-                        let q = &mut q[..BLOCK.min(k - b * BLOCK)];
-                        s[b * PANEL + lane] = block(c, b, q);
+                    column(c, &mut q, &mut scales);
+                    for (b, q) in q.chunks(BLOCK).enumerate() {
+                        s[b * PANEL + lane] = scales[b];
                         o[b * PANEL + lane] = -128 * q.iter().map(|&v| v as i32).sum::<i32>();
                         for (j, &v) in q.iter().enumerate() {
                             let i = b * BLOCK + j;
@@ -247,12 +287,14 @@ impl Int8Linear {
                 rows.len()
             ));
         }
-        Ok(Self::pack(bias, k, |c, b, q| {
-            let block = &rows[(c * blocks + b) * BB..][..BB];
-            for (q, &byte) in q.iter_mut().zip(&block[2..]) {
-                *q = byte as i8;
+        Ok(Self::pack(bias, k, |c, q, scales| {
+            for (b, (q, scale)) in q.chunks_mut(BLOCK).zip(scales).enumerate() {
+                let block = &rows[(c * blocks + b) * BB..][..BB];
+                for (q, &byte) in q.iter_mut().zip(&block[2..]) {
+                    *q = byte as i8;
+                }
+                *scale = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
             }
-            half::f16::from_le_bytes([block[0], block[1]]).to_f32()
         }))
     }
 
@@ -579,176 +621,5 @@ mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::kernels::test_util::test_values as values;
-
-    /// The naive reference: quantize both sides per block of 32 exactly as documented,
-    /// multiply in i64, scale in the documented order.
-    fn naive(x: &[f32], m: usize, w: &[f32], b: &[f32], k: usize) -> Vec<f32> {
-        let n = b.len();
-        let quant = |v: &[f32]| {
-            let amax = v.iter().fold(0.0f32, |a, x| a.max(x.abs()));
-            let s = amax / 127.0;
-            let q: Vec<i64> = v
-                .iter()
-                .map(|x| {
-                    if amax == 0.0 {
-                        0
-                    } else {
-                        (x * (127.0 / amax)).round_ties_even() as i64
-                    }
-                })
-                .collect();
-            (q, s)
-        };
-        let mut out = vec![0.0; m * n];
-        for i in 0..m {
-            let blocks: Vec<_> = x[i * k..][..k].chunks(BLOCK).map(quant).collect();
-            for c in 0..n {
-                let mut sum = 0.0f32;
-                let w_blocks = w[c * k..][..k].chunks(BLOCK).map(quant);
-                for ((qx, sx), (qw, sw)) in blocks.iter().zip(w_blocks) {
-                    let dot: i64 = qx.iter().zip(&qw).map(|(a, b)| a * b).sum();
-                    sum = (dot as f32).mul_add(sx * sw, sum);
-                }
-                out[i * n + c] = sum + b[c];
-            }
-        }
-        out
-    }
-
-    fn levels() -> Vec<KernelLevel> {
-        KernelLevel::ALL
-            .into_iter()
-            .filter(|&l| l <= KernelLevel::detected())
-            .collect()
-    }
-
-    #[test]
-    fn every_path_matches_the_naive_reference_exactly() {
-        // Shapes around every edge: k not a multiple of 4, n not a multiple of 16, rows not a
-        // multiple of 6 or 4, single rows and columns, several chunks.
-        for (m, n, k) in [
-            (1, 1, 1),
-            (1, 16, 4),
-            (3, 17, 5),
-            (7, 33, 13),
-            (13, 64, 64),
-            (6, 384, 384),
-            (100, 40, 37),
-            (200, 96, 24),
-            (5, 48, 100),
-            (1000, 20, 10),
-        ] {
-            let x = values(1 + m as u64, m * k);
-            let w = values(7 + n as u64, n * k);
-            let b = values(3, n);
-            let layer = Int8Linear::quantize(&w, &b, k).unwrap();
-            let want = naive(&x, m, &w, &b, k);
-            for level in levels() {
-                for threads in [1, 2] {
-                    let mut got = vec![f32::NAN; m * n];
-                    layer.forward(&x, m, &mut got, level, threads, Epilogue::Bias);
-                    assert_eq!(got, want, "{m}×{n}×{k} on {level} with {threads} threads");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn quantization_error_is_small_relative_to_the_f32_product() {
-        let (m, n, k) = (8, 64, 384);
-        let x = values(11, m * k);
-        let w = values(12, n * k);
-        let b = vec![0.0; n];
-        let layer = Int8Linear::quantize(&w, &b, k).unwrap();
-        let mut got = vec![0.0; m * n];
-        layer.forward(&x, m, &mut got, KernelLevel::detected(), 1, Epilogue::Bias);
-        let mut err2 = 0.0f64;
-        let mut ref2 = 0.0f64;
-        for i in 0..m {
-            for c in 0..n {
-                let exact: f64 = (0..k)
-                    .map(|t| x[i * k + t] as f64 * w[c * k + t] as f64)
-                    .sum();
-                err2 += (got[i * n + c] as f64 - exact).powi(2);
-                ref2 += exact.powi(2);
-            }
-        }
-        let rel = (err2 / ref2).sqrt();
-        assert!(rel < 0.02, "relative error {rel}");
-    }
-
-    #[test]
-    fn zero_rows_and_non_finite_values() {
-        let (n, k) = (16, 8);
-        let w = values(5, n * k);
-        let layer = Int8Linear::quantize(&w, &vec![0.5; n], k).unwrap();
-        for level in levels() {
-            // An all-zero row gives the bias; a row holding NaN or infinity gives NaN, not a
-            // silently finite vector.
-            let mut x = vec![0.0f32; 3 * k];
-            x[k + 2] = f32::NAN;
-            x[2 * k] = f32::INFINITY;
-            let mut out = vec![0.0; 3 * n];
-            layer.forward(&x, 3, &mut out, level, 1, Epilogue::Bias);
-            assert!(out[..n].iter().all(|&v| v == 0.5), "{level}");
-            assert!(out[n..].iter().all(|v| v.is_nan()), "{level}");
-        }
-        let mut bad = w.clone();
-        bad[3] = f32::NAN;
-        let layer = Int8Linear::quantize(&bad, &vec![0.0; n], k).unwrap();
-        let mut out = vec![0.0; n];
-        layer.forward(
-            &values(9, k),
-            1,
-            &mut out,
-            KernelLevel::Scalar,
-            1,
-            Epilogue::Bias,
-        );
-        assert!(out[0].is_nan() && out[1..].iter().all(|v| v.is_finite()));
-    }
-
-    #[test]
-    fn q8_0_blocks_load_exactly_as_quantizing_their_values_does() {
-        let (n, k) = (37, 64);
-        // Q8_0 blocks as ggml writes them: d = amax / 127 in f16, q = round(x / d).
-        let w = values(21, n * k);
-        let mut bytes = Vec::new();
-        let mut dequantized = Vec::new();
-        for block in w.chunks(BLOCK) {
-            let amax = block.iter().fold(0.0f32, |a, x| a.max(x.abs()));
-            let d = half::f16::from_f32(amax / 127.0);
-            bytes.extend_from_slice(&d.to_le_bytes());
-            for &x in block {
-                let q = (x / d.to_f32()).round().clamp(-127.0, 127.0) as i8;
-                bytes.push(q as u8);
-                dequantized.push(q as f32 * d.to_f32());
-            }
-        }
-        let b = values(4, n);
-        let from_blocks = Int8Linear::from_q8_0(&bytes, &b, k).unwrap();
-        let x = values(8, 3 * k);
-        let mut got = vec![0.0; 3 * n];
-        from_blocks.forward(&x, 3, &mut got, KernelLevel::detected(), 1, Epilogue::Bias);
-        // The same weights given as f32: the int8 kernel's arithmetic on the same values.
-        let mut want = vec![0.0; 3 * n];
-        let naive_want = naive(&x, 3, &dequantized, &b, k);
-        want.copy_from_slice(&naive_want);
-        let worst = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
-        assert!(worst < 1e-4, "{worst}");
-        assert!(Int8Linear::from_q8_0(&bytes[1..], &b, k).is_err());
-    }
-
-    #[test]
-    fn bad_shapes_are_errors() {
-        assert!(Int8Linear::quantize(&[1.0; 6], &[0.0; 2], 4).is_err());
-        assert!(Int8Linear::quantize(&[], &[], 0).is_err());
-    }
-}
+#[path = "int8_tests.rs"]
+mod tests;

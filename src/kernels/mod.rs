@@ -114,6 +114,7 @@ impl PackedLinear {
             PackedLinear::Q4(q) => match q.format() {
                 Q4Format::Q4_0 => "q4_0",
                 Q4Format::Q4_1 => "q4_1",
+                Q4Format::Q4K => "q4_k",
             },
         }
     }

@@ -1,6 +1,12 @@
 //! Linear layers on 4-bit weights kept as GGUF stores them (Q4_0 and Q4_1: blocks of 32
-//! values, `w = d·q + m` with `q` in 0..=15), against activations quantized to int8 per block
-//! of 32 as in [`super::int8`].
+//! values, `w = d·q + m` with `q` in 0..=15; Q4_K: super-blocks of 256 whose eight
+//! sub-blocks of 32 are the same form, `d·sc_j · q − dmin·m_j`, with 6-bit `sc_j` and `m_j`),
+//! against activations quantized to int8 per block of 32 as in [`super::int8`].
+//!
+//! Q4_K is the bulk of the `Q4_K_M` files most people download. Each of its sub-blocks is
+//! unpacked at load into the Q4_1 form, `d = d·sc_j` and `m = −dmin·m_j` computed in f32 as
+//! ggml's dequantization computes them, so the weights keep their exact values and run on the
+//! same kernels.
 //!
 //! Why: generation reads every weight once per step. At a batch of one the step is bound by
 //! memory traffic, and 4-bit weights are half the bytes of int8 ones (0.75 byte per weight with
@@ -37,14 +43,115 @@ pub enum Q4Format {
     Q4_0,
     /// `{d: f16, m: f16, qs: [u8; 16]}`, `w = d·q + m`.
     Q4_1,
+    /// `{d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]}` for 256 values: sub-block `j`
+    /// is `w = d·sc_j · q − dmin·m_j` (ggml's `block_q4_K`).
+    Q4K,
 }
 
 impl Q4Format {
-    /// Bytes per block of 32 values.
+    /// Bytes per block.
     pub fn block_bytes(self) -> usize {
         match self {
             Q4Format::Q4_0 => 18,
             Q4Format::Q4_1 => 20,
+            Q4Format::Q4K => 144,
+        }
+    }
+
+    /// Values per block.
+    pub fn block_values(self) -> usize {
+        match self {
+            Q4Format::Q4_0 | Q4Format::Q4_1 => BLOCK,
+            Q4Format::Q4K => Q4K_VALUES,
+        }
+    }
+
+    /// Block `b` (of 32 values) of a row stored in this format: its scale `d`, its offset
+    /// `m` (`w = d·q + m`) and its nibbles as stored ([`Nibbles`]).
+    fn block(self, row: &[u8], b: usize) -> (f32, f32, Nibbles) {
+        let word = |q: &[u8], i: usize| {
+            u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]])
+        };
+        match self {
+            Q4Format::Q4_0 | Q4Format::Q4_1 => {
+                let block = &row[b * self.block_bytes()..][..self.block_bytes()];
+                let d = f16(block);
+                let (m, qs) = match self {
+                    Q4Format::Q4_0 => (-8.0 * d, &block[2..18]),
+                    _ => (f16(&block[2..]), &block[4..20]),
+                };
+                (
+                    d,
+                    m,
+                    Nibbles::Split([word(qs, 0), word(qs, 1), word(qs, 2), word(qs, 3)]),
+                )
+            }
+            Q4Format::Q4K => {
+                let (sb, j) = (b / 8, b % 8);
+                let block = &row[sb * 144..][..144];
+                let (d, dmin) = (f16(block), f16(&block[2..]));
+                let (sc, mn) = q4k_scale_min(j, &block[4..16]);
+                // Sub-blocks 2g and 2g + 1 share the 32 bytes of group g: the low nibbles
+                // and the high nibbles.
+                let qs = &block[16 + 32 * (j / 2)..][..32];
+                let words = std::array::from_fn(|i| word(qs, i));
+                (
+                    d * sc as f32,
+                    -(dmin * mn as f32),
+                    Nibbles::Whole {
+                        words,
+                        high: j % 2 == 1,
+                    },
+                )
+            }
+        }
+    }
+}
+
+/// Values per Q4_K super-block.
+const Q4K_VALUES: usize = 256;
+
+/// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` of a Q4_K block.
+fn q4k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// The 32 nibbles of one block, as stored.
+enum Nibbles {
+    /// Q4_0 / Q4_1: 16 bytes, value `i` in the low nibble of byte `i` and value `i + 16` in its
+    /// high nibble.
+    Split([u32; 4]),
+    /// Q4_K: value `i` in byte `i` of 32, in its low or its high nibble.
+    Whole { words: [u32; 8], high: bool },
+}
+
+impl Nibbles {
+    /// The four chunks of the kernels' layout: chunk `j` holds values `8j..8j+4` in its low
+    /// nibbles and `8j+4..8j+8` in its high ones, four bytes (one per value) per word.
+    fn chunks(&self) -> [u32; 4] {
+        const LOW: u32 = 0x0F0F_0F0F;
+        match *self {
+            Nibbles::Split([a, b, c, d]) => [
+                (a & LOW) | ((b & LOW) << 4),
+                (c & LOW) | ((d & LOW) << 4),
+                ((a >> 4) & LOW) | (b & !LOW),
+                ((c >> 4) & LOW) | (d & !LOW),
+            ],
+            Nibbles::Whole { words: w, high } => std::array::from_fn(|j| {
+                let (lo, hi) = (w[2 * j], w[2 * j + 1]);
+                if high {
+                    ((lo >> 4) & LOW) | (hi & !LOW)
+                } else {
+                    (lo & LOW) | ((hi & LOW) << 4)
+                }
+            }),
         }
     }
 }
@@ -99,19 +206,21 @@ impl Q4Linear {
         k: usize,
     ) -> Result<Self, String> {
         let n = bias.len();
-        if k == 0 || !k.is_multiple_of(BLOCK) {
+        let per_block = format.block_values();
+        if k == 0 || !k.is_multiple_of(per_block) {
             return Err(format!(
-                "q4: a row of {k} values is not whole blocks of {BLOCK}"
+                "{format:?}: a row of {k} values is not whole blocks of {per_block}"
             ));
         }
         let blocks = k / BLOCK;
-        let bb = format.block_bytes();
-        let row_bytes = blocks * bb;
+        let row_bytes = k / per_block * format.block_bytes();
         let total: usize = parts.iter().map(|p| p.len()).sum();
         if Some(total) != n.checked_mul(row_bytes)
             || parts.iter().any(|p| !p.len().is_multiple_of(row_bytes))
         {
-            return Err(format!("q4: {total} bytes are not {n} rows of {k} values"));
+            return Err(format!(
+                "{format:?}: {total} bytes are not {n} rows of {k} values"
+            ));
         }
         let row_slices: Vec<&[u8]> = parts
             .iter()
@@ -137,35 +246,10 @@ impl Q4Linear {
                 for lane in 0..PANEL.min(n - panel * PANEL) {
                     let c = panel * PANEL + lane;
                     for b in 0..blocks {
-                        let block = &row_slices[c][b * bb..][..bb];
-                        let (d, m, qs) = match format {
-                            Q4Format::Q4_0 => {
-                                let d = f16(block);
-                                (d, -8.0 * d, &block[2..18])
-                            }
-                            Q4Format::Q4_1 => (f16(block), f16(&block[2..]), &block[4..20]),
-                        };
+                        let (d, m, nibbles) = format.block(row_slices[c], b);
                         s[b * PANEL + lane] = d;
                         mn[b * PANEL + lane] = m;
-                        // ggml's order: byte i holds value i (low nibble) and i + 16 (high).
-                        // Chunk j takes values 8j..8j+4 in its low nibbles and 8j+4..8j+8 in
-                        // its high ones, four at a time: words of 4 bytes of `qs`.
-                        let word = |i: usize| {
-                            u32::from_le_bytes([
-                                qs[4 * i],
-                                qs[4 * i + 1],
-                                qs[4 * i + 2],
-                                qs[4 * i + 3],
-                            ])
-                        };
-                        let (a, bw, cw, dw) = (word(0), word(1), word(2), word(3));
-                        const LOW: u32 = 0x0F0F_0F0F;
-                        let chunks = [
-                            (a & LOW) | ((bw & LOW) << 4),
-                            (cw & LOW) | ((dw & LOW) << 4),
-                            ((a >> 4) & LOW) | (bw & !LOW),
-                            ((cw >> 4) & LOW) | (dw & !LOW),
-                        ];
+                        let chunks = nibbles.chunks();
                         let base = b * BLOCK_CHUNKS * CHUNK_BYTES + lane * 4;
                         for (j, chunk) in chunks.iter().enumerate() {
                             w[base + j * CHUNK_BYTES..][..4].copy_from_slice(&chunk.to_le_bytes());
@@ -508,148 +592,5 @@ mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::kernels::test_util::test_values as values;
-
-    /// GGUF blocks of `n` rows of `k` values with random nibbles and scales.
-    fn random_blocks(format: Q4Format, n: usize, k: usize, seed: u64) -> Vec<u8> {
-        let v = values(seed, n * k / BLOCK * format.block_bytes());
-        let mut out = Vec::new();
-        for chunk in v.chunks(format.block_bytes()) {
-            let d = half::f16::from_f32(0.01 + 0.02 * chunk[0].abs());
-            out.extend_from_slice(&d.to_le_bytes());
-            if format == Q4Format::Q4_1 {
-                out.extend_from_slice(&half::f16::from_f32(-0.1 * chunk[1]).to_le_bytes());
-            }
-            for &x in &chunk[chunk.len() - 16..] {
-                out.push(((x + 1.0) * 127.9) as u8);
-            }
-        }
-        out
-    }
-
-    /// The weights as f32, decoded the way ggml documents the formats.
-    fn dequantize(format: Q4Format, bytes: &[u8], n: usize, k: usize) -> Vec<f32> {
-        let mut w = Vec::with_capacity(n * k);
-        for block in bytes.chunks(format.block_bytes()) {
-            let d = f16(block);
-            let (m, qs) = match format {
-                Q4Format::Q4_0 => (-8.0 * d, &block[2..]),
-                Q4Format::Q4_1 => (f16(&block[2..]), &block[4..]),
-            };
-            let mut vals = [0.0f32; 32];
-            for (j, &b) in qs.iter().enumerate() {
-                vals[j] = d * (b & 15) as f32 + m;
-                vals[j + 16] = d * (b >> 4) as f32 + m;
-            }
-            w.extend_from_slice(&vals);
-        }
-        w
-    }
-
-    /// The documented arithmetic, naively.
-    fn naive(
-        layer_w: &[u8],
-        format: Q4Format,
-        x: &[f32],
-        m: usize,
-        n: usize,
-        k: usize,
-        b: &[f32],
-    ) -> Vec<f32> {
-        let mut out = vec![0.0; m * n];
-        let bb = format.block_bytes();
-        for i in 0..m {
-            let mut xq = vec![0i8; k];
-            let mut sx = vec![0.0f32; k / BLOCK];
-            quantize_activations(
-                &x[i * k..][..k],
-                k,
-                k,
-                false,
-                &mut xq,
-                &mut sx,
-                KernelLevel::Scalar,
-            );
-            for c in 0..n {
-                let mut s = 0.0f32;
-                for blk in 0..k / BLOCK {
-                    let block = &layer_w[(c * k / BLOCK + blk) * bb..][..bb];
-                    let d = f16(block);
-                    let (mn, qs) = match format {
-                        Q4Format::Q4_0 => (-8.0 * d, &block[2..]),
-                        Q4Format::Q4_1 => (f16(&block[2..]), &block[4..]),
-                    };
-                    let mut dot = 0i32;
-                    let mut sum = 0i32;
-                    for j in 0..16 {
-                        dot += (qs[j] & 15) as i32 * xq[blk * 32 + j] as i32;
-                        dot += (qs[j] >> 4) as i32 * xq[blk * 32 + j + 16] as i32;
-                    }
-                    for j in 0..32 {
-                        sum += xq[blk * 32 + j] as i32;
-                    }
-                    s = (dot as f32).mul_add(sx[blk] * d, s);
-                    s = mn.mul_add(sx[blk] * sum as f32, s);
-                }
-                out[i * n + c] = s + b[c];
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn every_path_matches_the_naive_reference_exactly_and_the_f32_product_closely() {
-        for format in [Q4Format::Q4_0, Q4Format::Q4_1] {
-            for (m, n, k) in [
-                (1, 1, 32),
-                (3, 17, 64),
-                (7, 48, 96),
-                (13, 64, 576),
-                (100, 40, 32),
-            ] {
-                let bytes = random_blocks(format, n, k, 3 + n as u64);
-                let b = values(9, n);
-                let x = values(1 + m as u64, m * k);
-                let layer = Q4Linear::from_blocks(format, &bytes, &b, k).unwrap();
-                let want = naive(&bytes, format, &x, m, n, k, &b);
-                for level in KernelLevel::ALL {
-                    if level > KernelLevel::detected() {
-                        continue;
-                    }
-                    for threads in [1, 2] {
-                        let mut got = vec![f32::NAN; m * n];
-                        layer.forward(&x, m, &mut got, level, threads, Epilogue::Bias);
-                        assert_eq!(got, want, "{format:?} {m}×{n}×{k} on {level}");
-                    }
-                }
-                // Only the activations are quantized: close to the exact product.
-                let w = dequantize(format, &bytes, n, k);
-                let (mut err, mut norm) = (0.0f64, 0.0f64);
-                for i in 0..m {
-                    for c in 0..n {
-                        let exact: f64 = (0..k)
-                            .map(|t| x[i * k + t] as f64 * w[c * k + t] as f64)
-                            .sum::<f64>()
-                            + b[c] as f64;
-                        err += (want[i * n + c] as f64 - exact).powi(2);
-                        norm += exact.powi(2);
-                    }
-                }
-                assert!(
-                    (err / norm).sqrt() < 0.01,
-                    "{format:?} {m}×{n}×{k}: {}",
-                    (err / norm).sqrt()
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn bad_shapes_are_errors() {
-        assert!(Q4Linear::from_blocks(Q4Format::Q4_1, &[0; 20], &[0.0], 16).is_err());
-        assert!(Q4Linear::from_blocks(Q4Format::Q4_1, &[0; 19], &[0.0], 32).is_err());
-        assert!(Q4Linear::from_blocks(Q4Format::Q4_0, &[0; 18], &[0.0], 32).is_ok());
-    }
-}
+#[path = "q4_tests.rs"]
+mod tests;

@@ -5,7 +5,10 @@
 //! llguidance's [`ParserLimits`] cap the work of building the lexer (fuel), the grammar's size,
 //! the lexer states (memory) and each mask's work ([`limits`]). Compiled grammars are kept
 //! by their text (kind and canonical JSON or the regex / Lark text) in a least-recently-used
-//! cache of [`CACHE_ENTRIES`] entries: agents send the same schema on every call.
+//! cache of at most [`CACHE_ENTRIES`] entries and a byte budget (`--grammar-cache-bytes`,
+//! [`DEFAULT_CACHE_BYTES`]): agents send the same schema on every call, and a huge schema's
+//! compiled grammar is megabytes. An entry's bytes are estimated ([`entry_bytes`]) and
+//! updated on each use, as its lexer grows.
 //!
 //! JSON schemas are compiled compact (no free whitespace: `,` and `:` as separators, as
 //! OpenAI's structured outputs write them) unless the schema sets llguidance's own options
@@ -35,6 +38,27 @@ use crate::metrics;
 pub const MAX_GRAMMAR_BYTES: usize = 128 * 1024;
 /// Compiled grammars kept, least recently used dropped first.
 pub const CACHE_ENTRIES: usize = 32;
+/// The cache's default byte budget (`--grammar-cache-bytes`): 256 MiB, some twenty of the
+/// largest grammars accepted (a [`MAX_GRAMMAR_BYTES`] schema is ~11 MB compiled).
+pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
+
+/// What a compiled grammar holds besides its text's share: measured at ~125 KiB for the
+/// smallest schemas (tests/grammar_cache_bytes.rs).
+pub const ENTRY_BASE_BYTES: usize = 128 << 10;
+/// Bytes a compiled grammar holds per byte of its text (the cache key): llguidance 1.9.1
+/// kept 67–89 bytes per key byte for JSON schemas of 4.4–77 kB of assorted fields
+/// (counting the allocations a compile leaves live, on a 336- and a 49,152-token
+/// vocabulary alike: the grammar does not depend on it). 96 covers them with some room;
+/// tests/grammar_cache_bytes.rs checks that it still covers what a compile keeps and is
+/// within twice of it.
+pub const BYTES_PER_KEY_BYTE: usize = 96;
+
+/// The estimated bytes of a cache entry: [`ENTRY_BASE_BYTES`], [`BYTES_PER_KEY_BYTE`] per
+/// byte of its key, and what its lexer (shared by every sequence that runs the grammar,
+/// built lazily as they go) has grown since the compile.
+pub fn entry_bytes(key_len: usize, lexer_growth: usize) -> usize {
+    ENTRY_BASE_BYTES + key_len * BYTES_PER_KEY_BYTE + lexer_growth
+}
 
 /// What a request constrains its output to.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,7 +141,7 @@ impl Grammar {
 }
 
 /// `text` as a regular expression matching it, inside a Lark `/.../` literal.
-fn lark_regex(text: &str) -> String {
+pub fn lark_regex(text: &str) -> String {
     let mut out = String::new();
     for c in text.chars() {
         if "\\.+*?()|[]{}^$#&-~/".contains(c) {
@@ -163,16 +187,54 @@ pub fn limits() -> ParserLimits {
     }
 }
 
-/// A cache entry: the compiled parser, not yet started, and when it was last used.
+/// A cache entry: the compiled parser, not yet started, when it was last used, and its
+/// estimated bytes.
 struct Entry {
     parser: TokenParser,
     used: u64,
+    /// The lexer's bytes at the compile.
+    lexer_at_compile: usize,
+    bytes: usize,
+}
+
+impl Entry {
+    /// Updates the estimate from the lexer's bytes now.
+    fn measure(&mut self, key_len: usize) {
+        let lexer = self.parser.parser.lexer_stats().num_bytes;
+        self.bytes = entry_bytes(key_len, lexer.saturating_sub(self.lexer_at_compile));
+    }
 }
 
 #[derive(Default)]
 struct Cache {
     entries: HashMap<String, Entry>,
     clock: u64,
+    /// The sum of the entries' bytes.
+    bytes: usize,
+    budget: usize,
+}
+
+impl Cache {
+    /// Drops least recently used entries, never `keep`, until at most [`CACHE_ENTRIES`]
+    /// remain within the budget; `keep` goes too when it alone is over the budget.
+    fn evict(&mut self, keep: &str) {
+        while self.entries.len() > CACHE_ENTRIES || self.bytes > self.budget {
+            let oldest = self
+                .entries
+                .iter()
+                .filter(|(k, _)| k.as_str() != keep)
+                .min_by_key(|(_, e)| e.used)
+                .map(|(k, _)| k.clone());
+            let Some(k) = oldest.or_else(|| self.entries.contains_key(keep).then(|| keep.into()))
+            else {
+                break;
+            };
+            if let Some(e) = self.entries.remove(&k) {
+                self.bytes -= e.bytes;
+            }
+        }
+        metrics::set_grammar_cache_bytes(self.bytes);
+    }
 }
 
 /// Compiles grammars for one model's vocabulary.
@@ -184,14 +246,27 @@ pub struct GrammarCompiler {
 }
 
 impl GrammarCompiler {
-    /// A compiler for a model whose logits have `vocab` entries.
+    /// A compiler for a model whose logits have `vocab` entries, its cache within
+    /// [`DEFAULT_CACHE_BYTES`].
     pub fn new(tokenizer: Arc<GenTokenizer>, vocab: usize) -> Self {
         Self {
             tokenizer,
             vocab,
             factory: OnceLock::new(),
-            cache: Mutex::new(Cache::default()),
+            cache: Mutex::new(Cache {
+                budget: DEFAULT_CACHE_BYTES,
+                ..Cache::default()
+            }),
         }
+    }
+
+    /// The compiler with its cache within `bytes` (0: nothing is kept).
+    pub fn with_cache_bytes(self, bytes: usize) -> Self {
+        let mut cache = self.cache.lock();
+        cache.budget = bytes;
+        cache.evict("");
+        drop(cache);
+        self
     }
 
     fn factory(&self) -> Result<&ParserFactory, GrammarError> {
@@ -229,6 +304,13 @@ impl GrammarCompiler {
             if let Some(e) = cache.entries.get_mut(&key) {
                 e.used = now;
                 let parser = e.parser.clone();
+                let before = e.bytes;
+                e.measure(key.len());
+                let after = e.bytes;
+                cache.bytes = cache.bytes - before + after;
+                if after != before {
+                    cache.evict(&key);
+                }
                 drop(cache);
                 metrics::record_grammar_cache(true);
                 return Constraint::new(parser);
@@ -240,25 +322,28 @@ impl GrammarCompiler {
             .create_parser(grammar.top_level())
             .map_err(|e| GrammarError::Invalid(first_line(&e.to_string())))?;
         metrics::record_grammar_compile(started.elapsed());
+        let lexer_at_compile = parser.parser.lexer_stats().num_bytes;
         let mut cache = self.cache.lock();
-        if cache.entries.len() >= CACHE_ENTRIES && !cache.entries.contains_key(&key) {
-            let oldest = cache
-                .entries
-                .iter()
-                .min_by_key(|(_, e)| e.used)
-                .map(|(k, _)| k.clone());
-            if let Some(k) = oldest {
-                cache.entries.remove(&k);
-            }
-        }
         let used = cache.clock;
-        cache.entries.insert(
-            key,
+        let bytes = entry_bytes(key.len(), 0);
+        if bytes > cache.budget {
+            // Kept, it would push out every other grammar and then itself.
+            drop(cache);
+            return Constraint::new(parser);
+        }
+        if let Some(old) = cache.entries.insert(
+            key.clone(),
             Entry {
                 parser: parser.clone(),
                 used,
+                lexer_at_compile,
+                bytes,
             },
-        );
+        ) {
+            cache.bytes -= old.bytes;
+        }
+        cache.bytes += bytes;
+        cache.evict(&key);
         drop(cache);
         Constraint::new(parser)
     }
@@ -266,6 +351,16 @@ impl GrammarCompiler {
     /// Grammars in the cache.
     pub fn cached(&self) -> usize {
         self.cache.lock().entries.len()
+    }
+
+    /// The estimated bytes of the grammars in the cache ([`entry_bytes`]).
+    pub fn cached_bytes(&self) -> usize {
+        self.cache.lock().bytes
+    }
+
+    /// Whether `grammar` is in the cache.
+    pub fn is_cached(&self, grammar: &Grammar) -> bool {
+        self.cache.lock().entries.contains_key(&grammar.key())
     }
 }
 

@@ -14,7 +14,7 @@ pub mod error;
 pub mod mask;
 pub mod vocab;
 
-pub use compile::{Grammar, GrammarCompiler};
+pub use compile::{lark_regex, Grammar, GrammarCompiler};
 pub use error::GrammarError;
 
 /// The kinds of grammar a generation request may give (`/info` lists them).

@@ -2,7 +2,9 @@
 //! block per call, text before the first is content (Qwen 2.5 / 3's, Hermes 2 Pro's and
 //! SmolLM3's templates).
 
-use super::{any_call_schema, read_call, AutoTools, Parsed};
+use super::{
+    any_call_schema, as_templates_write, lazy_start, read_call, AutoTools, Marker, Parsed,
+};
 use crate::generate::grammar::Grammar;
 
 pub const OPENER: &str = "<tool_call>";
@@ -43,31 +45,21 @@ pub fn parse(text: &str) -> Parsed {
 
 /// The lazy grammar of an answer: free text that never writes the opener, or text, then
 /// the opener, then a call whose arguments validate, closed, and (with `parallel`) more
-/// calls; nothing after the last call.
-///
-/// The text before a call and the opener are one lazy lexeme (it ends at the first
-/// opener), and text alone is a lexeme that cannot hold the opener: so a call, once begun,
-/// is always the grammar's.
-pub fn grammar(tools: &AutoTools) -> Grammar {
-    let mut schema = any_call_schema(&tools.functions);
-    // Written as the templates write calls (`| tojson`), with no free whitespace (a model
-    // could pad forever).
-    schema["x-guidance"] = serde_json::json!({
-        "whitespace_flexible": false,
-        "item_separator": ", ",
-        "key_separator": ": ",
-        "coerce_one_of": true,
-    });
+/// calls; nothing after the last call ([`super::lazy_start`]). The opener and closer are
+/// text in Qwen's vocabularies, control tokens in some others.
+pub fn grammar(tools: &AutoTools, special: &dyn Fn(&str) -> Option<u32>) -> Grammar {
+    let opener = Marker::of(OPENER, special);
+    let closer = Marker::of(CLOSER, special).lark();
+    // Written as the templates write calls (`| tojson`).
+    let schema = as_templates_write(any_call_schema(&tools.functions));
     let more = if tools.parallel {
-        "(WS \"<tool_call>\" call)*"
+        format!("(WS {} call)*", opener.lark())
     } else {
-        ""
+        String::new()
     };
+    let start = lazy_start(opener, &format!("call {more} WS?"));
     Grammar::Lark(format!(
-        r#"start: TEXT | open call {more} WS?
-open[lazy]: /(?s:.*)<tool_call>/
-TEXT: /(?s:.*)/ & ~/(?s:.*)<tool_call>(?s:.*)/
-call: "\n"? body "\n"? "</tool_call>"
+        r#"{start}call: "\n"? body "\n"? {closer}
 body: %json {schema}
 WS: /[ \t\n]+/
 "#

@@ -1,8 +1,15 @@
 //! Llama 3.x calls: the whole answer is `{"name": ..., "parameters": {...}}` (Llama 3.1's
 //! and 3.2's JSON tool calling), after an optional `<|python_tag|>`; several calls are
 //! separated by `;` (as llama.cpp reads them).
+//!
+//! The grammar cannot wait for an opener (the JSON call has none but its `{`), so it decides
+//! at the answer's first character: an answer that begins with `{` (after whitespace) or
+//! `<|python_tag|>` is calls whose arguments validate; any other answer is free text. A
+//! Llama 3 model given tools answers in JSON only to call (llama.cpp's lazy trigger is the
+//! same `{"name"` at the start), so the JSON it may want to write as content costs little.
 
-use super::{read_call, Parsed};
+use super::{any_call_schema_keyed, as_templates_write, read_call, AutoTools, Marker, Parsed};
+use crate::generate::grammar::Grammar;
 
 pub const PYTHON_TAG: &str = "<|python_tag|>";
 
@@ -43,6 +50,28 @@ pub fn hold_from(text: &str) -> Option<usize> {
         || t.starts_with(PYTHON_TAG)
         || PYTHON_TAG.starts_with(t);
     may_be_call.then_some(0)
+}
+
+/// The grammar of an answer: free text that does not begin with `{`, or calls (after
+/// `<|python_tag|>` where it is a control token), `;`-separated when `parallel`.
+pub fn grammar(tools: &AutoTools, special: &dyn Fn(&str) -> Option<u32>) -> Grammar {
+    let schema = as_templates_write(any_call_schema_keyed(&tools.functions, "parameters"));
+    let tag = match Marker::of(PYTHON_TAG, special) {
+        Marker::Token(id) => format!("(<[{id}]> WS?)?"),
+        Marker::Text(_) => String::new(),
+    };
+    let more = if tools.parallel {
+        "(WS? \";\" WS? body)*"
+    } else {
+        ""
+    };
+    Grammar::Lark(format!(
+        r#"start: TEXT? | WS? {tag} body {more} WS?
+body: %json {schema}
+TEXT: /[ \t\n]*[^{{ \t\n](?s:.*)/
+WS: /[ \t\n]+/
+"#
+    ))
 }
 
 #[cfg(test)]

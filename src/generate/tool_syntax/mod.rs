@@ -8,13 +8,20 @@
 //!   once `<tool_call>` is written, a call whose arguments validate;
 //! - [`llama3`]: Llama 3.x's `{"name", "parameters"}` as the whole answer, after an optional
 //!   `<|python_tag|>`;
-//! - [`mistral`]: `[TOOL_CALLS][{"name", "arguments"}, ...]`;
+//! - [`mistral`]: `[TOOL_CALLS][{"name", "arguments"}, ...]` (the v3 tokenizers' templates),
+//!   and `[TOOL_CALLS]name[ARGS]{...}` once per call, with an optional `[CALL_ID]id` after the
+//!   name (v11 and later: Mistral Small 3.1 / 3.2, Magistral, Devstral);
 //! - [`json`]: templates that know no tools: the tools are described in a system message and
 //!   the answer is JSON, `{"tool_calls": [...]}` or `{"response": "..."}` (llama.cpp's generic
 //!   format), constrained by a JSON schema.
 //!
-//! Llama 3.x and Mistral answers are parsed, not constrained (their openers are control
-//! tokens, which the grammar engine only sees as tokens).
+//! Every grammar but the generic format's is lazy: free text, and once the call's opener is
+//! written, a call whose arguments validate. Openers that are control tokens of the model's
+//! vocabulary (`<|python_tag|>`, `[TOOL_CALLS]`, `[ARGS]`, …) are named in the grammar by id
+//! (llguidance's `<[id]>`); openers that are text are a lazy lexeme ending at the opener.
+//! Control tokens are left out of decoded text, so a syntax's markers
+//! ([`ToolSyntax::markers`]) are kept in the answer's text when the request may call (as
+//! llama.cpp's `preserved_tokens`): the parsers read them there.
 
 pub mod hermes;
 pub mod json;
@@ -49,9 +56,79 @@ impl FunctionSpec {
 
 /// The schema of one call to any of `functions`.
 pub fn any_call_schema(functions: &[FunctionSpec]) -> Value {
+    any_call_schema_keyed(functions, "arguments")
+}
+
+/// The schema of one call to any of `functions`, its arguments under `key` (Llama 3.x
+/// writes `parameters`).
+pub fn any_call_schema_keyed(functions: &[FunctionSpec], key: &str) -> Value {
+    let one = |f: &FunctionSpec| {
+        let mut s = f.call_schema();
+        if key != "arguments" {
+            let args = s["properties"]["arguments"].take();
+            s["properties"] = json!({"name": {"const": f.name}, key: args});
+            s["required"] = json!(["name", key]);
+        }
+        s
+    };
     match functions {
-        [one] => one.call_schema(),
-        _ => json!({"anyOf": functions.iter().map(FunctionSpec::call_schema).collect::<Vec<_>>()}),
+        [f] => one(f),
+        _ => json!({"anyOf": functions.iter().map(one).collect::<Vec<_>>()}),
+    }
+}
+
+/// A JSON schema with the separators the templates write (`| tojson`: `", "` and `": "`)
+/// and no free whitespace (a model could pad forever).
+pub(crate) fn as_templates_write(mut schema: Value) -> Value {
+    schema["x-guidance"] = json!({
+        "whitespace_flexible": false,
+        "item_separator": ", ",
+        "key_separator": ": ",
+        "coerce_one_of": true,
+    });
+    schema
+}
+
+/// How a syntax's marker is written in the model's vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    /// A control token, by id (it has no text the grammar could match).
+    Token(u32),
+    /// Text.
+    Text(&'static str),
+}
+
+impl Marker {
+    /// `text` as `special` (a control token's id by its text) finds it.
+    pub fn of(text: &'static str, special: &dyn Fn(&str) -> Option<u32>) -> Self {
+        special(text).map_or(Marker::Text(text), Marker::Token)
+    }
+
+    /// The marker as an item of a Lark rule.
+    pub(crate) fn lark(self) -> String {
+        match self {
+            Marker::Token(id) => format!("<[{id}]>"),
+            Marker::Text(t) => Value::from(t).to_string(),
+        }
+    }
+}
+
+/// A lazy grammar's start: free text (that never writes `opener`), or text, then `opener`,
+/// then `rest` (Lark items). With a text opener, the text before it and the opener are one
+/// lazy lexeme (it ends at the first opener) and text alone cannot hold it: a call, once
+/// begun, is always the grammar's. A control-token opener has no text, so free text cannot
+/// spell it, and the token ends the text.
+pub(crate) fn lazy_start(opener: Marker, rest: &str) -> String {
+    match opener {
+        Marker::Text(t) => {
+            let rx = crate::generate::grammar::lark_regex(t);
+            format!(
+                "start: TEXT | open {rest}\nopen[lazy]: /(?s:.*){rx}/\nTEXT: /(?s:.*)/ & ~/(?s:.*){rx}(?s:.*)/\n"
+            )
+        }
+        Marker::Token(id) => {
+            format!("start: TEXT? | TEXT? <[{id}]> {rest}\nTEXT: /(?s:.+)/\n")
+        }
     }
 }
 
@@ -68,7 +145,10 @@ pub struct AutoTools {
 pub enum ToolSyntax {
     Hermes,
     Llama3,
+    /// `[TOOL_CALLS]` and a JSON list of calls.
     Mistral,
+    /// `[TOOL_CALLS]name[ARGS]{...}` per call.
+    MistralArgs,
     Json,
 }
 
@@ -85,6 +165,8 @@ pub struct ParsedCall {
     pub name: String,
     /// A JSON object.
     pub arguments: Value,
+    /// The id the model gave the call (Mistral's `[CALL_ID]`), if it gave one.
+    pub id: Option<String>,
 }
 
 /// An answer read for calls.
@@ -123,9 +205,11 @@ pub(crate) fn read_call(v: &Value) -> Option<ParsedCall> {
         Some(Value::String(text)) => serde_json::from_str(text).ok()?,
         Some(a) => a.clone(),
     };
-    arguments
-        .is_object()
-        .then_some(ParsedCall { name, arguments })
+    arguments.is_object().then_some(ParsedCall {
+        name,
+        arguments,
+        id: None,
+    })
 }
 
 impl ToolSyntax {
@@ -133,7 +217,9 @@ impl ToolSyntax {
     pub fn detect(template: &str) -> Self {
         if template.contains("<tool_call>") {
             ToolSyntax::Hermes
-        } else if template.contains("[TOOL_CALLS]") {
+        } else if template.contains(mistral::OPENER) && template.contains(mistral::ARGS) {
+            ToolSyntax::MistralArgs
+        } else if template.contains(mistral::OPENER) {
             ToolSyntax::Mistral
         } else if template.contains("<|python_tag|>")
             || (template.contains("<|start_header_id|>") && template.contains("tools"))
@@ -151,6 +237,7 @@ impl ToolSyntax {
             ToolSyntax::Hermes => hermes::parse(text),
             ToolSyntax::Llama3 => llama3::parse(text),
             ToolSyntax::Mistral => mistral::parse(text),
+            ToolSyntax::MistralArgs => mistral::parse_args(text),
             ToolSyntax::Json => json::parse(text),
         }
     }
@@ -160,19 +247,53 @@ impl ToolSyntax {
     pub fn hold_from(self, text: &str) -> Option<usize> {
         match self {
             ToolSyntax::Hermes => opener_from(text, hermes::OPENER),
-            ToolSyntax::Mistral => opener_from(text, mistral::OPENER),
+            ToolSyntax::Mistral | ToolSyntax::MistralArgs => opener_from(text, mistral::OPENER),
             ToolSyntax::Llama3 => llama3::hold_from(text),
             ToolSyntax::Json => Some(0),
         }
     }
 
-    /// The grammar an answer follows, if any: `opener_special` says whether the syntax's
-    /// opener is a control token of the model's vocabulary.
-    pub fn grammar(self, tools: &AutoTools, opener_special: bool) -> Option<Grammar> {
+    /// The texts of the syntax's markers, which the answer's text keeps where they are
+    /// control tokens (decoding leaves those out; the parsers read the markers).
+    pub fn markers(self) -> &'static [&'static str] {
         match self {
-            ToolSyntax::Hermes if !opener_special => Some(hermes::grammar(tools)),
-            ToolSyntax::Json => Some(json::grammar(tools)),
-            _ => None,
+            ToolSyntax::Hermes => &[hermes::OPENER, hermes::CLOSER],
+            ToolSyntax::Llama3 => &[llama3::PYTHON_TAG],
+            ToolSyntax::Mistral => &[mistral::OPENER],
+            ToolSyntax::MistralArgs => &[mistral::OPENER, mistral::ARGS, mistral::CALL_ID],
+            ToolSyntax::Json => &[],
+        }
+    }
+
+    /// The grammar an answer follows: `special` gives the id of a control token of the
+    /// model's vocabulary by its text (markers it finds are named by id in the grammar).
+    pub fn grammar(self, tools: &AutoTools, special: &dyn Fn(&str) -> Option<u32>) -> Grammar {
+        match self {
+            ToolSyntax::Hermes => hermes::grammar(tools, special),
+            ToolSyntax::Llama3 => llama3::grammar(tools, special),
+            ToolSyntax::Mistral => mistral::grammar(tools, special),
+            ToolSyntax::MistralArgs => mistral::grammar_args(tools, special),
+            ToolSyntax::Json => json::grammar(tools),
+        }
+    }
+
+    /// A fresh id for a call the model gave none: Mistral's templates take ids of 9 letters
+    /// and digits (v3's refuse any other), the others OpenAI's `call_…`.
+    pub fn new_call_id(self, random: u64) -> String {
+        match self {
+            ToolSyntax::Mistral | ToolSyntax::MistralArgs => {
+                const DIGITS: &[u8] =
+                    b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+                let mut r = random;
+                (0..9)
+                    .map(|_| {
+                        let c = DIGITS[(r % 62) as usize] as char;
+                        r /= 62;
+                        c
+                    })
+                    .collect()
+            }
+            _ => format!("call_{random:016x}"),
         }
     }
 
@@ -213,8 +334,13 @@ mod tests {
             ToolSyntax::Hermes
         );
         assert_eq!(
-            ToolSyntax::detect("{{ '[TOOL_CALLS]' }}"),
+            ToolSyntax::detect("{{ '[TOOL_CALLS] [' }}{{ tool_call.function|tojson }}"),
             ToolSyntax::Mistral
+        );
+        // Mistral Small 3.2's (v11 tokenizer): one `[TOOL_CALLS]name[ARGS]` per call.
+        assert_eq!(
+            ToolSyntax::detect("{%- for tool in message['tool_calls'] %}{{- '[TOOL_CALLS]' + tool['function']['name'] + '[ARGS]' + arguments }}{%- endfor %}"),
+            ToolSyntax::MistralArgs
         );
         assert_eq!(
             ToolSyntax::detect("<|start_header_id|>ipython{% if tools %}<|python_tag|>"),
@@ -242,5 +368,33 @@ mod tests {
         assert_eq!(c.arguments, json!({"a": 1}));
         assert!(read_call(&json!({"name": "f", "arguments": "[1]"})).is_none());
         assert!(read_call(&json!({"arguments": {}})).is_none());
+    }
+
+    #[test]
+    fn mistral_ids_are_nine_letters_or_digits() {
+        for r in [0, 1, 61, u64::MAX, 0x1234_5678_9abc_def0] {
+            let id = ToolSyntax::MistralArgs.new_call_id(r);
+            assert_eq!(id.len(), 9, "{id}");
+            assert!(id.bytes().all(|b| b.is_ascii_alphanumeric()), "{id}");
+        }
+        assert_ne!(
+            ToolSyntax::Mistral.new_call_id(1),
+            ToolSyntax::Mistral.new_call_id(2)
+        );
+        assert_eq!(ToolSyntax::Hermes.new_call_id(255), "call_00000000000000ff");
+    }
+
+    #[test]
+    fn llama3_calls_put_their_arguments_under_parameters() {
+        let f = FunctionSpec {
+            name: "f".into(),
+            description: None,
+            parameters: json!({"type": "object"}),
+        };
+        let s = any_call_schema_keyed(std::slice::from_ref(&f), "parameters");
+        assert_eq!(s["required"], json!(["name", "parameters"]));
+        assert_eq!(s["properties"]["parameters"], json!({"type": "object"}));
+        assert!(s["properties"].get("arguments").is_none());
+        assert_eq!(any_call_schema(std::slice::from_ref(&f)), f.call_schema());
     }
 }

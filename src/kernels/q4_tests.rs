@@ -1,0 +1,207 @@
+//! Tests of the 4-bit linear layers (`q4.rs`): the blocks of every format read as ggml
+//! dequantizes them, every kernel path against the naive arithmetic, bad shapes refused.
+
+use super::*;
+use crate::kernels::test_util::test_values as values;
+
+const FORMATS: [Q4Format; 3] = [Q4Format::Q4_0, Q4Format::Q4_1, Q4Format::Q4K];
+
+/// GGUF blocks of `n` rows of `k` values with random nibbles and scales (Q4_K: random
+/// values quantized by candle, which uses every scale and min bit).
+fn random_blocks(format: Q4Format, n: usize, k: usize, seed: u64) -> Vec<u8> {
+    if format == Q4Format::Q4K {
+        let v: Vec<f32> = values(seed, n * k).iter().map(|x| x * x * x).collect();
+        let t = candle_core::Tensor::from_vec(v, (n, k), &candle_core::Device::Cpu).unwrap();
+        let q = candle_core::quantized::QTensor::quantize(&t, GgmlDType::Q4K).unwrap();
+        return q.data().unwrap().into_owned();
+    }
+    let v = values(seed, n * k / BLOCK * format.block_bytes());
+    let mut out = Vec::new();
+    for chunk in v.chunks(format.block_bytes()) {
+        let d = half::f16::from_f32(0.01 + 0.02 * chunk[0].abs());
+        out.extend_from_slice(&d.to_le_bytes());
+        if format == Q4Format::Q4_1 {
+            out.extend_from_slice(&half::f16::from_f32(-0.1 * chunk[1]).to_le_bytes());
+        }
+        for &x in &chunk[chunk.len() - 16..] {
+            out.push(((x + 1.0) * 127.9) as u8);
+        }
+    }
+    out
+}
+
+use candle_core::quantized::GgmlDType;
+
+/// Every block of 32 of `n` rows of `k` values: `(d, m, q)`, as `Q4Format::block` reads it.
+fn decode(format: Q4Format, bytes: &[u8], n: usize, k: usize) -> Vec<(f32, f32, [u8; 32])> {
+    let row_bytes = k / format.block_values() * format.block_bytes();
+    let mut out = Vec::new();
+    for row in bytes.chunks(row_bytes).take(n) {
+        for b in 0..k / BLOCK {
+            let (d, m, nibbles) = format.block(row, b);
+            // The kernels' chunk layout, read back: chunk j holds 8j..8j+4 low, 8j+4.. high.
+            let mut q = [0u8; 32];
+            for (j, chunk) in nibbles.chunks().iter().enumerate() {
+                for (t, byte) in chunk.to_le_bytes().iter().enumerate() {
+                    q[8 * j + t] = byte & 15;
+                    q[8 * j + 4 + t] = byte >> 4;
+                }
+            }
+            out.push((d, m, q));
+        }
+    }
+    out
+}
+
+/// The weights as f32: `d·q + m` per value.
+fn dequantize(format: Q4Format, bytes: &[u8], n: usize, k: usize) -> Vec<f32> {
+    decode(format, bytes, n, k)
+        .iter()
+        .flat_map(|(d, m, q)| q.map(|q| d * q as f32 + m))
+        .collect()
+}
+
+/// The values as read are ggml's: candle's dequantization of the same bytes, bit for bit.
+#[test]
+fn blocks_are_read_as_ggml_dequantizes_them() {
+    for (format, dtype) in [
+        (Q4Format::Q4_0, GgmlDType::Q4_0),
+        (Q4Format::Q4_1, GgmlDType::Q4_1),
+        (Q4Format::Q4K, GgmlDType::Q4K),
+    ] {
+        let (n, k) = (5, 512);
+        let bytes = random_blocks(format, n, k, 11);
+        let ours = dequantize(format, &bytes, n, k);
+        let q = candle_core::quantized::QTensor::new(
+            candle_core::quantized::QStorage::from_data(
+                std::borrow::Cow::Borrowed(&bytes),
+                &candle_core::Device::Cpu,
+                dtype,
+            )
+            .unwrap(),
+            (n, k),
+        )
+        .unwrap();
+        let theirs: Vec<f32> = q
+            .dequantize(&candle_core::Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let differ = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
+        assert_eq!(differ, 0, "{format:?}: {differ} of {} values differ", n * k);
+        // Every nibble value and both halves of a group occur.
+        let qs: std::collections::BTreeSet<u8> = decode(format, &bytes, n, k)
+            .iter()
+            .flat_map(|b| b.2)
+            .collect();
+        assert_eq!(qs.len(), 16, "{format:?}");
+    }
+}
+
+/// The documented arithmetic, naively.
+fn naive(
+    layer_w: &[u8],
+    format: Q4Format,
+    x: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    b: &[f32],
+) -> Vec<f32> {
+    let mut out = vec![0.0; m * n];
+    let blocks = decode(format, layer_w, n, k);
+    for i in 0..m {
+        let mut xq = vec![0i8; k];
+        let mut sx = vec![0.0f32; k / BLOCK];
+        quantize_activations(
+            &x[i * k..][..k],
+            k,
+            k,
+            false,
+            &mut xq,
+            &mut sx,
+            KernelLevel::Scalar,
+        );
+        for c in 0..n {
+            let mut s = 0.0f32;
+            for blk in 0..k / BLOCK {
+                let (d, mn, q) = &blocks[c * k / BLOCK + blk];
+                let mut dot = 0i32;
+                let mut sum = 0i32;
+                for j in 0..32 {
+                    dot += q[j] as i32 * xq[blk * 32 + j] as i32;
+                    sum += xq[blk * 32 + j] as i32;
+                }
+                s = (dot as f32).mul_add(sx[blk] * d, s);
+                s = mn.mul_add(sx[blk] * sum as f32, s);
+            }
+            out[i * n + c] = s + b[c];
+        }
+    }
+    out
+}
+
+#[test]
+fn every_path_matches_the_naive_reference_exactly_and_the_f32_product_closely() {
+    for format in FORMATS {
+        for (m, n, k) in [
+            (1usize, 1usize, 32usize),
+            (3, 17, 64),
+            (7, 48, 96),
+            (13, 64, 576),
+            (100, 40, 32),
+            (2, 3, 256),
+            (5, 33, 768),
+        ] {
+            if !k.is_multiple_of(format.block_values()) {
+                continue;
+            }
+            let bytes = random_blocks(format, n, k, 3 + n as u64);
+            let b = values(9, n);
+            let x = values(1 + m as u64, m * k);
+            let layer = Q4Linear::from_blocks(format, &bytes, &b, k).unwrap();
+            let want = naive(&bytes, format, &x, m, n, k, &b);
+            for level in KernelLevel::ALL {
+                if level > KernelLevel::detected() {
+                    continue;
+                }
+                for threads in [1, 2] {
+                    let mut got = vec![f32::NAN; m * n];
+                    layer.forward(&x, m, &mut got, level, threads, Epilogue::Bias);
+                    assert_eq!(got, want, "{format:?} {m}×{n}×{k} on {level}");
+                }
+            }
+            // Only the activations are quantized: close to the exact product.
+            let w = dequantize(format, &bytes, n, k);
+            let (mut err, mut norm) = (0.0f64, 0.0f64);
+            for i in 0..m {
+                for c in 0..n {
+                    let exact: f64 = (0..k)
+                        .map(|t| x[i * k + t] as f64 * w[c * k + t] as f64)
+                        .sum::<f64>()
+                        + b[c] as f64;
+                    err += (want[i * n + c] as f64 - exact).powi(2);
+                    norm += exact.powi(2);
+                }
+            }
+            assert!(
+                (err / norm).sqrt() < 0.01,
+                "{format:?} {m}×{n}×{k}: {}",
+                (err / norm).sqrt()
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    assert!(Q4Linear::from_blocks(Q4Format::Q4_1, &[0; 20], &[0.0], 16).is_err());
+    assert!(Q4Linear::from_blocks(Q4Format::Q4_1, &[0; 19], &[0.0], 32).is_err());
+    assert!(Q4Linear::from_blocks(Q4Format::Q4_0, &[0; 18], &[0.0], 32).is_ok());
+    // Q4_K rows are whole super-blocks of 256.
+    assert!(Q4Linear::from_blocks(Q4Format::Q4K, &[0; 144], &[0.0], 32).is_err());
+    assert!(Q4Linear::from_blocks(Q4Format::Q4K, &[0; 143], &[0.0], 256).is_err());
+    assert!(Q4Linear::from_blocks(Q4Format::Q4K, &[0; 144], &[0.0], 256).is_ok());
+}
