@@ -12,7 +12,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use zerobatch::kernels::{causal_attention, CausalShape, KernelLevel};
+use zerobatch::kernels::{causal_attention, CausalShape, KernelLevel, KvRows};
 
 const N_HEAD: usize = 9;
 const N_HEAD_KV: usize = 3;
@@ -71,7 +71,12 @@ fn new(s: &Seq, out: &mut [f32], level: KernelLevel) {
     for (c, o) in out.chunks_mut(TASK_ROWS * QW).enumerate() {
         let r0 = c * TASK_ROWS;
         let q = &s.q[r0 * QKVW..];
-        causal_attention(&SHAPE, q, QKVW, &s.k, &s.v, s.start + r0, o, level);
+        let kv = KvRows {
+            k: &s.k,
+            v: &s.v,
+            first: 0,
+        };
+        causal_attention(&SHAPE, q, QKVW, kv, s.start + r0, o, level);
     }
 }
 

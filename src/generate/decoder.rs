@@ -8,7 +8,9 @@
 use super::kv_cache::{CacheShape, KvCache, KvElem, KvLayer};
 use crate::kernels::team::parallel_for;
 use crate::kernels::tiles::SharedOut;
-use crate::kernels::{self, CausalShape, Dtype, Epilogue, KernelLevel, LinearPart, PackedLinear};
+use crate::kernels::{
+    self, CausalShape, Dtype, Epilogue, KernelLevel, KvRows, LinearPart, PackedLinear,
+};
 
 /// The sizes the front end and the engine need to know.
 #[derive(Debug, Clone, Copy)]
@@ -171,10 +173,10 @@ pub(super) fn cached_attention(
             let row = &qkv[(row0 + r) * qkvw..(row0 + r + 1) * qkvw];
             (&row[qw..qw + kvw], &row[qw + kvw..qw + 2 * kvw])
         });
-        // Positions are counted from the first one the layer holds (a sliding layer drops
-        // the ones no query can see any more): the window's arithmetic is the same.
+        // A sliding layer holds positions `first..` only (it drops the ones no query can
+        // see any more).
         let layer = input.cache.layer(l);
-        let start = input.cache.len() - layer.first;
+        let (start, first) = (input.cache.len(), layer.first);
         let layer = layer.kv;
         // A long prompt's rows are split into tasks, so that both cores attend for it.
         for (c, out) in mine.chunks_mut(ATTENTION_ROWS_PER_TASK * qw).enumerate() {
@@ -182,7 +184,7 @@ pub(super) fn cached_attention(
             let n = out.len() / qw;
             jobs.push((
                 &qkv[(row0 + r0) * qkvw..(row0 + r0 + n) * qkvw],
-                layer,
+                (layer, first),
                 start + r0,
                 (SharedOut(out.as_mut_ptr()), out.len()),
             ));
@@ -190,13 +192,13 @@ pub(super) fn cached_attention(
         row0 += rows;
     }
     parallel_for(jobs.len(), threads, &|i| {
-        let (q, layer, start, (out, len)) = jobs[i];
+        let (q, (layer, first), start, (out, len)) = jobs[i];
         // SAFETY: each job's output is its own rows of `attn` (split above), which stays
         // mutably borrowed until this call returns.
         let out = unsafe { std::slice::from_raw_parts_mut(out.ptr(), len) };
         match layer {
-            KvLayer::F16(k, v) => attend(shape, q, k, v, start, out, level),
-            KvLayer::F32(k, v) => attend(shape, q, k, v, start, out, level),
+            KvLayer::F16(k, v) => attend(shape, q, KvRows { k, v, first }, start, out, level),
+            KvLayer::F32(k, v) => attend(shape, q, KvRows { k, v, first }, start, out, level),
         }
     });
 }
@@ -292,15 +294,13 @@ impl AttnShape {
 }
 
 /// Causal attention of one sequence's new rows (queries in `qkv`, rows at positions
-/// `start..`) over its cache (`k`, `v`: every position up to the last new row; with a window,
-/// only the window's last positions are read), into `out` (`rows × n_head·head_dim`): the
-/// blocked kernel of `kernels/causal_attention.rs`, which widens an f16 cache a key block at
-/// a time.
+/// `start..`) over its cache (`kv`: every position up to the last new row the rows see), into
+/// `out` (`rows × n_head·head_dim`): the blocked kernel of `kernels/causal_attention.rs`,
+/// which widens an f16 cache a key block at a time.
 fn attend<T: KvElem>(
     s: &AttnShape,
     qkv: &[f32],
-    k: &[T],
-    v: &[T],
+    kv: KvRows<T>,
     start: usize,
     out: &mut [f32],
     level: KernelLevel,
@@ -312,7 +312,7 @@ fn attend<T: KvElem>(
         scale: s.scale,
         window: s.window,
     };
-    kernels::causal_attention(&shape, qkv, s.qkvw, k, v, start, out, level);
+    kernels::causal_attention(&shape, qkv, s.qkvw, kv, start, out, level);
 }
 
 #[cfg(test)]
@@ -344,7 +344,12 @@ mod tests {
             let rows = 3;
             let q = &qkv[(n - rows) * qkvw..];
             let mut windowed = vec![0.0f32; rows * n_head * hd];
-            attend(&shape(Some(4)), q, &k, &v, n - rows, &mut windowed, level);
+            let all = KvRows {
+                k: &k[..],
+                v: &v[..],
+                first: 0,
+            };
+            attend(&shape(Some(4)), q, all, n - rows, &mut windowed, level);
             for r in 0..rows {
                 let last = n - rows + r;
                 let first = last + 1 - 4;
@@ -352,8 +357,11 @@ mod tests {
                 attend(
                     &shape(None),
                     &q[r * qkvw..(r + 1) * qkvw],
-                    &k[first * kvw..(last + 1) * kvw],
-                    &v[first * kvw..(last + 1) * kvw],
+                    KvRows {
+                        k: &k[first * kvw..(last + 1) * kvw],
+                        v: &v[first * kvw..(last + 1) * kvw],
+                        first: 0,
+                    },
                     3,
                     &mut alone,
                     level,
@@ -364,9 +372,9 @@ mod tests {
                 );
             }
             let mut full = vec![0.0f32; rows * n_head * hd];
-            attend(&shape(None), q, &k, &v, n - rows, &mut full, level);
+            attend(&shape(None), q, all, n - rows, &mut full, level);
             let mut wide = vec![0.0f32; rows * n_head * hd];
-            attend(&shape(Some(n)), q, &k, &v, n - rows, &mut wide, level);
+            attend(&shape(Some(n)), q, all, n - rows, &mut wide, level);
             assert_eq!(full, wide);
             assert_ne!(full, windowed);
         }

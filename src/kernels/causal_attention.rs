@@ -15,12 +15,17 @@
 //!   whose inner step is one broadcast key (or value) element times a vector of pairs, and the
 //!   softmax's maximum, sum and rescaling are vector operations across pairs;
 //! - narrow (decode: one row, a group of 3 heads): too few pairs to fill a vector, so the
-//!   lanes run along `head_dim` (dot products for the scores, `axpy` for the values).
+//!   lanes run along the block's keys for the scores (over the key block transposed) and
+//!   along `head_dim` for the values (`axpy`).
+//!
+//! Both layouts do the same operations in the same order for every (row, head) pair, so a
+//! row's output is the same bit for bit whichever layout ran it and whatever rows shared its
+//! call: a sequence's tokens do not depend on how its prompt was chunked or batched.
 //!
 //! An f16 cache is widened to f32 one key block at a time (exact); an f32 cache is read in
 //! place. All math is f32 (the reference tests hold logits to 1e-4). One body, compiled for
-//! AVX-512, AVX2+FMA and the portable baseline, picked at run time (`dispatch.rs`), every one
-//! with unfused multiply-adds for now (see [`FUSED`]).
+//! AVX-512, AVX2+FMA and the portable baseline, picked at run time (`dispatch.rs`); the AVX
+//! builds fuse their multiply-adds (see [`FUSED`]).
 
 use std::cell::RefCell;
 
@@ -28,7 +33,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use super::dispatch::{variant, Variant};
-use super::math::{exp_neg, lane_sum, max_or_nan};
+use super::math::exp_neg;
 use super::KernelLevel;
 
 /// Keys per block: a block's keys, values and scores stay in L1 beside the queries and the
@@ -87,22 +92,35 @@ impl KvValue for f16 {
     }
 }
 
+/// A sequence's cached keys and values for one layer, `position × n_head_kv·head_dim`, from
+/// position `first` on (a sliding-window layer drops the positions no query can see).
+#[derive(Debug, Clone, Copy)]
+pub struct KvRows<'a, T> {
+    pub k: &'a [T],
+    pub v: &'a [T],
+    /// The position of the first row of `k` and `v`.
+    pub first: usize,
+}
+
 /// Attends `rows = out.len() / (n_head·head_dim)` query rows at positions `start..start +
-/// rows` over keys and values `k`, `v` (`position × n_head_kv·head_dim`, indexed from
-/// position 0; positions the rows cannot see are not read). Query row `r` is
-/// `q[r·q_stride..]`, its heads side by side; output row `r` is `out[r·n_head·head_dim..]`.
+/// rows` over the cached keys and values `kv` (positions the rows cannot see are not read).
+/// Query row `r` is `q[r·q_stride..]`, its heads side by side; output row `r` is
+/// `out[r·n_head·head_dim..]`.
+///
+/// Key blocks are cut at multiples of [`KEY_BLOCK`] positions, so a row meets the same
+/// blocks whatever rows share its call and whatever the cache has dropped: with the two
+/// layouts' shared order, its result is the same bit for bit.
 ///
 /// # Panics
 ///
-/// When the slices are shorter than the shape says, or `n_head` is not a multiple of
-/// `n_head_kv` (the callers' shapes come from a validated model config).
-#[allow(clippy::too_many_arguments)]
+/// When the slices are shorter than the shape says, the cache has dropped a position the
+/// rows see, or `n_head` is not a multiple of `n_head_kv` (the callers' shapes come from a
+/// validated model config and their caches keep each layer's window).
 pub fn causal_attention<T: KvValue>(
     s: &CausalShape,
     q: &[f32],
     q_stride: usize,
-    k: &[T],
-    v: &[T],
+    kv: KvRows<T>,
     start: usize,
     out: &mut [f32],
     level: KernelLevel,
@@ -122,7 +140,12 @@ pub fn causal_attention<T: KvValue>(
         "causal_attention: queries shorter than the shape"
     );
     assert!(
-        k.len() >= (start + rows) * kvw && v.len() >= (start + rows) * kvw,
+        first_key(start, s.window) >= kv.first,
+        "causal_attention: the cache has dropped positions the rows see"
+    );
+    let held = start + rows - kv.first;
+    assert!(
+        kv.k.len() >= held * kvw && kv.v.len() >= held * kvw,
         "causal_attention: cache shorter than the rows' positions"
     );
     let call = Call {
@@ -131,23 +154,17 @@ pub fn causal_attention<T: KvValue>(
         q_stride,
         start,
         rows,
+        first: kv.first,
     };
+    let (k, v) = (kv.k, kv.v);
     // The scratch is taken here, outside the compiled versions: a closure inside them would
     // be compiled without their features (and `mul_add` would call libm).
     SCRATCH.with(|cell| {
         let sc = &mut *cell.borrow_mut();
-        // The narrow layout (decode) runs its AVX2 build on AVX-512 CPUs too: its vectors
-        // are head_dim long and its dot products end in a horizontal sum, and on 256-bit
-        // vectors it measured faster (benches/causal_attention.rs, 32 decode rows at 512, with
-        // fused multiply-adds then: 4.2 ms against 4.9 ms).
-        let wide = rows * (s.n_head / s.n_head_kv) >= WIDE_PAIRS;
         match variant(level) {
             // SAFETY: `variant` never picks a version the CPU lacks the features of.
             #[cfg(target_arch = "x86_64")]
-            Variant::Avx512 if wide => unsafe { attend_avx512(&call, k, v, out, sc) },
-            // SAFETY: as above (AVX-512 CPUs have AVX2 and FMA).
-            #[cfg(target_arch = "x86_64")]
-            Variant::Avx512 => unsafe { attend_avx2(&call, k, v, out, sc) },
+            Variant::Avx512 => unsafe { attend_avx512(&call, k, v, out, sc) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             Variant::Avx2 => unsafe { attend_avx2(&call, k, v, out, sc) },
@@ -163,6 +180,8 @@ struct Call<'a> {
     q_stride: usize,
     start: usize,
     rows: usize,
+    /// The position of the cache slices' first row.
+    first: usize,
 }
 
 /// [`attend`] compiled for AVX-512.
@@ -205,6 +224,8 @@ struct Scratch {
     /// A key block and a value block widened from f16 (`keys × head_dim`).
     keys: Vec<f32>,
     values: Vec<f32>,
+    /// The narrow layout's key block transposed (`head_dim × KEY_BLOCK`).
+    kt: Vec<f32>,
 }
 
 thread_local! {
@@ -220,6 +241,7 @@ thread_local! {
             block_sum: Vec::new(),
             keys: Vec::new(),
             values: Vec::new(),
+            kt: Vec::new(),
         })
     };
 }
@@ -231,12 +253,10 @@ fn reset(v: &mut Vec<f32>, len: usize, x: f32) {
     v.resize(len, x);
 }
 
-/// Whether the AVX builds fuse the wide layout's multiply-adds. Off: fused (and fused in the
-/// narrow layout too) SmolLM2's greedy `capital_of_france` continuation leaves llama.cpp's at
-/// a step where llama.cpp's margin is 0.26 (tests/smollm2_reference.rs), while the portable
-/// build (same algorithm, unfused) passes. Fused, the prefill bench ran ~4× faster
-/// (docs/benchmarks.md): the open question is that cost, not the math.
-const FUSED: bool = false;
+/// Whether the AVX builds fuse their multiply-adds (both layouts, so they stay alike). Fused,
+/// prefill ran ~4× faster than unfused in benches/causal_attention.rs; the portable build
+/// runs unfused (a fused multiply-add without FMA hardware is a libm call).
+const FUSED: bool = true;
 
 /// `a·b + c`, fused when `FMA`.
 #[inline(always)]
@@ -260,7 +280,14 @@ fn first_key(pos: usize, window: Option<usize>) -> usize {
     window.map_or(0, |w| (pos + 1).saturating_sub(w))
 }
 
-/// Keys (or values) `t0..t0 + n` of KV head `kvh`, row `j` at `j·stride` of the slice: the
+/// The keys of the block from position `t0`: up to the next multiple of [`KEY_BLOCK`], and
+/// not past `hi`.
+#[inline(always)]
+fn block_len(t0: usize, hi: usize) -> usize {
+    (KEY_BLOCK - t0 % KEY_BLOCK).min(hi - t0)
+}
+
+/// Keys (or values) `t0..t0 + n` (rows of the slice) of KV head `kvh`, row `j` at `j·stride` of the slice: the
 /// cache in place when it is f32, else widened into `scratch`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -298,7 +325,7 @@ fn attend<T: KvValue, const FMA: bool>(
         if c.rows * group >= WIDE_PAIRS {
             wide::<T, FMA>(c, k, v, kvh, out, sc);
         } else {
-            narrow::<T>(c, k, v, kvh, out, sc);
+            narrow::<T, FMA>(c, k, v, kvh, out, sc);
         }
     }
 }
@@ -335,6 +362,7 @@ fn wide<T: KvValue, const FMA: bool>(
         block_sum,
         keys,
         values,
+        ..
     } = sc;
     reset(qt, hd * np, 0.0);
     for r in 0..c.rows {
@@ -356,8 +384,8 @@ fn wide<T: KvValue, const FMA: bool>(
     let hi = c.start + c.rows;
     let mut t0 = first_key(c.start, s.window);
     while t0 < hi {
-        let nb = KEY_BLOCK.min(hi - t0);
-        let (kb, ks) = block(k, kvw, hd, kvh, t0, nb, keys);
+        let nb = block_len(t0, hi);
+        let (kb, ks) = block(k, kvw, hd, kvh, t0 - c.first, nb, keys);
         scores_wide::<FMA>(qt, np, kb, ks, nb, hd, p);
         if block_needs_mask(c, t0, t0 + nb) {
             for j in 0..nb {
@@ -414,7 +442,7 @@ fn wide<T: KvValue, const FMA: bool>(
         for ((s, &a), &b) in sum.iter_mut().zip(&*alpha).zip(&*block_sum) {
             *s = *s * a + b;
         }
-        let (vb, vs) = block(v, kvw, hd, kvh, t0, nb, values);
+        let (vb, vs) = block(v, kvw, hd, kvh, t0 - c.first, nb, values);
         values_wide::<FMA>(p, np, vb, vs, nb, hd, alpha, ot);
         t0 += nb;
     }
@@ -539,8 +567,20 @@ fn values_wide<const FMA: bool>(
 }
 
 /// The narrow layout: pair `i = r·group + g`'s query and accumulator are rows of `head_dim`.
+/// Its arithmetic is the wide layout's, operation for operation (a score sums `d` in order
+/// from 0, a block's sum adds keys in order, the accumulator is rescaled then takes the keys in
+/// order), so a row's output does not depend on which layout ran it: a sequence's tokens do
+/// not depend on how its prompt was chunked or batched. For that the scores run with the keys
+/// along the lanes, over the key block transposed (`head_dim × KEY_BLOCK`).
 #[inline(always)]
-fn narrow<T: KvValue>(c: &Call, k: &[T], v: &[T], kvh: usize, out: &mut [f32], sc: &mut Scratch) {
+fn narrow<T: KvValue, const FMA: bool>(
+    c: &Call,
+    k: &[T],
+    v: &[T],
+    kvh: usize,
+    out: &mut [f32],
+    sc: &mut Scratch,
+) {
     let s = c.s;
     let (hd, group) = (s.head_dim, s.n_head / s.n_head_kv);
     let (kvw, qw) = (s.n_head_kv * hd, s.n_head * hd);
@@ -553,6 +593,7 @@ fn narrow<T: KvValue>(c: &Call, k: &[T], v: &[T], kvh: usize, out: &mut [f32], s
         sum,
         keys,
         values,
+        kt,
         ..
     } = sc;
     reset(qn, n * hd, 0.0);
@@ -569,19 +610,28 @@ fn narrow<T: KvValue>(c: &Call, k: &[T], v: &[T], kvh: usize, out: &mut [f32], s
     reset(max, n, f32::NEG_INFINITY);
     reset(sum, n, 0.0);
     reset(p, n * KEY_BLOCK, 0.0);
+    reset(kt, hd * KEY_BLOCK, 0.0);
     let hi = c.start + c.rows;
     let mut t0 = first_key(c.start, s.window);
     while t0 < hi {
-        let nb = KEY_BLOCK.min(hi - t0);
-        let (kb, ks) = block(k, kvw, hd, kvh, t0, nb, keys);
+        let nb = block_len(t0, hi);
+        let (kb, ks) = block(k, kvw, hd, kvh, t0 - c.first, nb, keys);
         for j in 0..nb {
-            let kr = &kb[j * ks..][..hd];
-            for i in 0..n {
-                p[i * KEY_BLOCK + j] = dot(&qn[i * hd..][..hd], kr);
+            for (d, &x) in kb[j * ks..][..hd].iter().enumerate() {
+                kt[d * KEY_BLOCK + j] = x;
             }
         }
+        for i in 0..n {
+            let mut acc = [0.0f32; KEY_BLOCK];
+            for (d, &qx) in qn[i * hd..][..hd].iter().enumerate() {
+                let kv: &[f32; KEY_BLOCK] = kt[d * KEY_BLOCK..][..KEY_BLOCK].try_into().unwrap();
+                for (a, &kx) in acc.iter_mut().zip(kv) {
+                    *a = madd::<FMA>(kx, qx, *a);
+                }
+            }
+            p[i * KEY_BLOCK..][..nb].copy_from_slice(&acc[..nb]);
+        }
         let mask = block_needs_mask(c, t0, t0 + nb);
-        let mut alpha = [0.0f32; WIDE_PAIRS];
         for i in 0..n {
             let row = &mut p[i * KEY_BLOCK..][..nb];
             if mask {
@@ -592,38 +642,43 @@ fn narrow<T: KvValue>(c: &Call, k: &[T], v: &[T], kvh: usize, out: &mut [f32], s
                     }
                 }
             }
-            let block_max = max_or_nan(row);
+            let mut block_max = f32::NEG_INFINITY;
+            for &x in row.iter() {
+                block_max = if x > block_max { x } else { block_max };
+            }
             let new = if block_max > max[i] {
                 block_max
             } else {
                 max[i]
             };
             let base = if new == f32::NEG_INFINITY { 0.0 } else { new };
-            alpha[i] = if max[i] == f32::NEG_INFINITY {
+            let alpha = if max[i] == f32::NEG_INFINITY {
                 0.0
             } else {
                 exp_neg(max[i] - base)
             };
             max[i] = new;
+            let mut block_sum = 0.0f32;
             for x in row.iter_mut() {
                 *x = if *x == f32::NEG_INFINITY {
                     0.0
                 } else {
                     exp_neg(*x - base)
                 };
+                block_sum += *x;
             }
-            sum[i] = sum[i] * alpha[i] + lane_sum(row, |x| x);
+            sum[i] = sum[i] * alpha + block_sum;
             for x in &mut o[i * hd..][..hd] {
-                *x *= alpha[i];
+                *x *= alpha;
             }
         }
-        let (vb, vs) = block(v, kvw, hd, kvh, t0, nb, values);
+        let (vb, vs) = block(v, kvw, hd, kvh, t0 - c.first, nb, values);
         for j in 0..nb {
             let vr = &vb[j * vs..][..hd];
             for i in 0..n {
                 let w = p[i * KEY_BLOCK + j];
                 for (x, &y) in o[i * hd..][..hd].iter_mut().zip(vr) {
-                    *x = madd::<false>(w, y, *x);
+                    *x = madd::<FMA>(y, w, *x);
                 }
             }
         }
@@ -639,24 +694,6 @@ fn narrow<T: KvValue>(c: &Call, k: &[T], v: &[T], kvh: usize, out: &mut [f32], s
             }
         }
     }
-}
-
-/// A dot product in 16 independent lanes (so it vectorises).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (at, bt) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
-        for l in 0..LANES {
-            acc[l] = madd::<false>(x[l], y[l], acc[l]);
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in at.iter().zip(bt) {
-        s = madd::<false>(*x, *y, s);
-    }
-    s
 }
 
 #[cfg(test)]

@@ -115,6 +115,11 @@ fn inputs(c: &Case, seed: u64) -> Inputs {
     Inputs { q, q_stride, k, v }
 }
 
+/// A cache that holds every position from 0.
+fn held_all<'a, T>(k: &'a [T], v: &'a [T]) -> KvRows<'a, T> {
+    KvRows { k, v, first: 0 }
+}
+
 fn shape(c: &Case) -> CausalShape {
     CausalShape {
         n_head: c.n_head_kv * c.group,
@@ -190,7 +195,15 @@ fn every_path_matches_softmax_attention_in_f64() {
         let s = shape(c);
         for level in levels() {
             let mut got = vec![f32::NAN; want.len()];
-            causal_attention(&s, &x.q, x.q_stride, &x.k, &x.v, c.start, &mut got, level);
+            causal_attention(
+                &s,
+                &x.q,
+                x.q_stride,
+                held_all(&x.k, &x.v),
+                c.start,
+                &mut got,
+                level,
+            );
             check(c, &got, &want, &format!("f32 cache on {level}"));
         }
     }
@@ -209,36 +222,148 @@ fn an_f16_cache_is_widened_exactly() {
         let s = shape(c);
         for level in levels() {
             let mut got = vec![f32::NAN; want.len()];
-            causal_attention(&s, &x.q, x.q_stride, &k16, &v16, c.start, &mut got, level);
+            causal_attention(
+                &s,
+                &x.q,
+                x.q_stride,
+                held_all(&k16, &v16),
+                c.start,
+                &mut got,
+                level,
+            );
             check(c, &got, &want, &format!("f16 cache on {level}"));
             // And exactly what the f32 cache of the same values gives.
             let mut wide = vec![f32::NAN; want.len()];
-            causal_attention(&s, &x.q, x.q_stride, &x.k, &x.v, c.start, &mut wide, level);
+            causal_attention(
+                &s,
+                &x.q,
+                x.q_stride,
+                held_all(&x.k, &x.v),
+                c.start,
+                &mut wide,
+                level,
+            );
             assert_eq!(got, wide, "{c:?} on {level}");
         }
     }
 }
 
-/// A row's result does not depend on which other rows share its call (the wide layout's
-/// lanes and the narrow layout's rows are independent), up to the layouts' rounding.
+/// A row's result does not depend on which other rows share its call, bit for bit: the wide
+/// layout (a prefill task) and the narrow one (decode, a few rows) do the same arithmetic in
+/// the same order, so a sequence's tokens do not depend on how its prompt was chunked.
 #[test]
-fn rows_attend_alike_alone_and_in_a_task() {
-    let c = case(16, 40, Some(24), 64, 3, 3);
-    let x = inputs(&c, 99);
-    let s = shape(&c);
-    let qw = s.n_head * c.head_dim;
-    for level in levels() {
-        let mut all = vec![0.0f32; c.rows * qw];
-        causal_attention(&s, &x.q, x.q_stride, &x.k, &x.v, c.start, &mut all, level);
-        for r in [0, 7, 15] {
-            let mut one = vec![0.0f32; qw];
-            let q = &x.q[r * x.q_stride..];
-            causal_attention(&s, q, x.q_stride, &x.k, &x.v, c.start + r, &mut one, level);
-            for (a, b) in all[r * qw..(r + 1) * qw].iter().zip(&one) {
-                assert!((a - b).abs() <= 1e-5, "row {r} on {level}: {a} vs {b}");
+fn rows_attend_alike_alone_and_in_a_task_bit_for_bit() {
+    let cases = [
+        case(16, 40, Some(24), 64, 3, 3),
+        case(16, 0, None, 64, 3, 3),
+        case(9, 70, None, 256, 1, 4),
+        case(12, 31, Some(5), 7, 2, 1),
+        case(40, 3, None, 80, 1, 2),
+    ];
+    for (n, c) in cases.iter().enumerate() {
+        let x = inputs(c, 99 + n as u64);
+        let s = shape(c);
+        let qw = s.n_head * c.head_dim;
+        for level in levels() {
+            let mut all = vec![0.0f32; c.rows * qw];
+            causal_attention(
+                &s,
+                &x.q,
+                x.q_stride,
+                held_all(&x.k, &x.v),
+                c.start,
+                &mut all,
+                level,
+            );
+            // Every row alone, and the rows in chunks of 2 and 5.
+            for chunk in [1, 2, 5] {
+                for r0 in (0..c.rows).step_by(chunk) {
+                    let rows = chunk.min(c.rows - r0);
+                    let mut part = vec![0.0f32; rows * qw];
+                    let q = &x.q[r0 * x.q_stride..];
+                    causal_attention(
+                        &s,
+                        q,
+                        x.q_stride,
+                        held_all(&x.k, &x.v),
+                        c.start + r0,
+                        &mut part,
+                        level,
+                    );
+                    let whole = &all[r0 * qw..(r0 + rows) * qw];
+                    let same = whole
+                        .iter()
+                        .zip(&part)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{c:?} on {level}: rows {r0}.. in chunks of {chunk} differ"
+                    );
+                }
             }
         }
     }
+}
+
+/// A sliding layer's cache that has dropped the positions before `first` gives the very
+/// same result as one that kept them (blocks are cut at absolute positions).
+#[test]
+fn a_cache_that_dropped_what_the_window_hides_attends_alike() {
+    let c = case(6, 90, Some(40), 32, 2, 3);
+    let x = inputs(&c, 7);
+    let s = shape(&c);
+    let kvw = c.n_head_kv * c.head_dim;
+    let qw = s.n_head * c.head_dim;
+    for level in levels() {
+        let mut kept = vec![0.0f32; c.rows * qw];
+        causal_attention(
+            &s,
+            &x.q,
+            x.q_stride,
+            held_all(&x.k, &x.v),
+            c.start,
+            &mut kept,
+            level,
+        );
+        // The first row at 90 sees 51..; any first up to 51 holds what every row sees.
+        for first in [1, 13, 32, 33, 50, 51] {
+            let held = KvRows {
+                k: &x.k[first * kvw..],
+                v: &x.v[first * kvw..],
+                first,
+            };
+            let mut got = vec![0.0f32; c.rows * qw];
+            causal_attention(&s, &x.q, x.q_stride, held, c.start, &mut got, level);
+            let same = kept
+                .iter()
+                .zip(&got)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "first {first} on {level}");
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "dropped positions")]
+fn a_cache_that_dropped_a_seen_position_is_refused() {
+    let c = case(2, 20, Some(8), 8, 1, 3);
+    let x = inputs(&c, 3);
+    let s = shape(&c);
+    let mut out = vec![0.0f32; 2 * 3 * 8];
+    let held = KvRows {
+        k: &x.k[14 * 8..],
+        v: &x.v[14 * 8..],
+        first: 14,
+    };
+    causal_attention(
+        &s,
+        &x.q,
+        x.q_stride,
+        held,
+        c.start,
+        &mut out,
+        KernelLevel::Scalar,
+    );
 }
 
 #[test]
@@ -252,8 +377,7 @@ fn a_cache_shorter_than_the_rows_is_refused() {
         &s,
         &x.q,
         x.q_stride,
-        &x.k[..12 * 8],
-        &x.v,
+        held_all(&x.k[..12 * 8], &x.v),
         c.start,
         &mut out,
         KernelLevel::Scalar,

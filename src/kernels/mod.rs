@@ -49,7 +49,7 @@ use serde::Serialize;
 pub use activations::{add_layer_norm, gelu, gelu_at, gelu_tanh_at};
 pub use attention::{attention, attention_at, attention_with, AttentionShape, Products};
 pub use bf16::Bf16Linear;
-pub use causal_attention::{causal_attention, CausalShape, KvValue};
+pub use causal_attention::{causal_attention, CausalShape, KvRows, KvValue};
 pub use cpu::KernelLevel;
 pub use int8::Int8Linear;
 pub use linear_f32::{linear, linear_with, LinearPart, MatmulKernel, SMALL_M};
