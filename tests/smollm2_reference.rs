@@ -1,7 +1,8 @@
 //! SmolLM2-135M-Instruct (Q4_1 GGUF) against llama.cpp, the reference implementation: the
 //! tokenizer built from the GGUF metadata gives llama.cpp's ids, and greedy generation gives
-//! llama.cpp's tokens up to the first step where llama.cpp's top two candidates are within
-//! 0.1 of each other (a difference of rounding may then pick either).
+//! llama.cpp's tokens up to the first near-tie, where llama.cpp's top two candidates are
+//! within 0.1 of each other or llama.cpp's token is within 0.1 of ours (a difference of
+//! rounding may then pick either).
 //!
 //! The reference data and the script that made it: tests/data/smollm2_reference.json,
 //! scripts/make-generation-reference.py (llama.cpp built by scripts/build-llama-cpp.sh).
@@ -115,6 +116,12 @@ fn check_greedy(options: zerobatch::model::LoadOptions, max_logprob_diff: f32) {
             // comparison ends there. Where its best token was an end token it was suppressed,
             // so the margin of the token it took is unknown: that ends it too.
             if step.lp1 - step.lp2 < 0.1 || step.top1 != step.id {
+                break;
+            }
+            // The same on our side: where llama.cpp's token is within 0.1 of our best, our
+            // rounding may pick either (both sides quantize activations differently: our
+            // log-probabilities differ from llama.cpp's by up to ~0.19, measured below).
+            if ours != step.id && logits[ours as usize] - logits[step.id as usize] < 0.1 {
                 break;
             }
             assert_eq!(

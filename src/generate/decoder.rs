@@ -8,7 +8,9 @@
 use super::kv_cache::{CacheShape, KvCache, KvElem, KvLayer};
 use crate::kernels::team::parallel_for;
 use crate::kernels::tiles::SharedOut;
-use crate::kernels::{self, Dtype, Epilogue, KernelLevel, LinearPart, PackedLinear};
+use crate::kernels::{
+    self, CausalShape, Dtype, Epilogue, KernelLevel, KvRows, LinearPart, PackedLinear,
+};
 
 /// The sizes the front end and the engine need to know.
 #[derive(Debug, Clone, Copy)]
@@ -171,10 +173,10 @@ pub(super) fn cached_attention(
             let row = &qkv[(row0 + r) * qkvw..(row0 + r + 1) * qkvw];
             (&row[qw..qw + kvw], &row[qw + kvw..qw + 2 * kvw])
         });
-        // Positions are counted from the first one the layer holds (a sliding layer drops
-        // the ones no query can see any more): the window's arithmetic is the same.
+        // A sliding layer holds positions `first..` only (it drops the ones no query can
+        // see any more).
         let layer = input.cache.layer(l);
-        let start = input.cache.len() - layer.first;
+        let (start, first) = (input.cache.len(), layer.first);
         let layer = layer.kv;
         // A long prompt's rows are split into tasks, so that both cores attend for it.
         for (c, out) in mine.chunks_mut(ATTENTION_ROWS_PER_TASK * qw).enumerate() {
@@ -182,7 +184,7 @@ pub(super) fn cached_attention(
             let n = out.len() / qw;
             jobs.push((
                 &qkv[(row0 + r0) * qkvw..(row0 + r0 + n) * qkvw],
-                layer,
+                (layer, first),
                 start + r0,
                 (SharedOut(out.as_mut_ptr()), out.len()),
             ));
@@ -190,13 +192,13 @@ pub(super) fn cached_attention(
         row0 += rows;
     }
     parallel_for(jobs.len(), threads, &|i| {
-        let (q, layer, start, (out, len)) = jobs[i];
+        let (q, (layer, first), start, (out, len)) = jobs[i];
         // SAFETY: each job's output is its own rows of `attn` (split above), which stays
         // mutably borrowed until this call returns.
         let out = unsafe { std::slice::from_raw_parts_mut(out.ptr(), len) };
         match layer {
-            KvLayer::F16(k, v) => attend(shape, q, k, v, start, out, level),
-            KvLayer::F32(k, v) => attend(shape, q, k, v, start, out, level),
+            KvLayer::F16(k, v) => attend(shape, q, KvRows { k, v, first }, start, out, level),
+            KvLayer::F32(k, v) => attend(shape, q, KvRows { k, v, first }, start, out, level),
         }
     });
 }
@@ -292,154 +294,25 @@ impl AttnShape {
 }
 
 /// Causal attention of one sequence's new rows (queries in `qkv`, rows at positions
-/// `start..`) over its cache (`k`, `v`: every position up to the last new row; with a window,
-/// only the window's last positions are read), into `out` (`rows × n_head·head_dim`). Each cached key and value is widened once per row and used by
-/// every query head of its group (grouped-query attention).
+/// `start..`) over its cache (`kv`: every position up to the last new row the rows see), into
+/// `out` (`rows × n_head·head_dim`): the blocked kernel of `kernels/causal_attention.rs`,
+/// which widens an f16 cache a key block at a time.
 fn attend<T: KvElem>(
     s: &AttnShape,
     qkv: &[f32],
-    k: &[T],
-    v: &[T],
+    kv: KvRows<T>,
     start: usize,
     out: &mut [f32],
     level: KernelLevel,
 ) {
-    let rows = qkv.len() / s.qkvw;
-    if T::NARROW && rows > 1 {
-        // Several rows read the same keys and values: widen them once (the f16 → f32
-        // conversion is exact, so the result is the same) rather than once per row.
-        WIDENED.with(|w| {
-            let mut guard = w.borrow_mut();
-            let (kw, vw) = &mut *guard;
-            let kvw = s.n_head_kv * s.head_dim;
-            let span = start + rows;
-            let lo = s.window.map_or(0, |w| (start + 1).saturating_sub(w));
-            for (wide, narrow) in [(&mut *kw, k), (&mut *vw, v)] {
-                wide.resize(span * kvw, 0.0);
-                T::widen(&narrow[lo * kvw..span * kvw], &mut wide[lo * kvw..]);
-            }
-            attend_at(s, qkv, &kw[..], &vw[..], start, out, level)
-        });
-        return;
-    }
-    attend_at(s, qkv, k, v, start, out, level)
-}
-
-thread_local! {
-    /// A prefill's keys and values widened to f32 (see [`attend`]), kept for the next one.
-    static WIDENED: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const {
-        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    let shape = CausalShape {
+        n_head: s.n_head,
+        n_head_kv: s.n_head_kv,
+        head_dim: s.head_dim,
+        scale: s.scale,
+        window: s.window,
     };
-}
-
-/// [`attend`] on the best code path `level` allows.
-fn attend_at<T: KvElem>(
-    s: &AttnShape,
-    qkv: &[f32],
-    k: &[T],
-    v: &[T],
-    start: usize,
-    out: &mut [f32],
-    level: KernelLevel,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if level >= KernelLevel::Avx2 && KernelLevel::detected() >= KernelLevel::Avx2 {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        unsafe { attend_avx2(s, qkv, k, v, start, out) };
-        return;
-    }
-    let _ = level;
-    attend_portable(s, qkv, k, v, start, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2<T: KvElem>(
-    s: &AttnShape,
-    qkv: &[f32],
-    k: &[T],
-    v: &[T],
-    start: usize,
-    out: &mut [f32],
-) {
-    attend_portable(s, qkv, k, v, start, out)
-}
-
-#[inline(always)]
-fn attend_portable<T: KvElem>(
-    s: &AttnShape,
-    qkv: &[f32],
-    k: &[T],
-    v: &[T],
-    start: usize,
-    out: &mut [f32],
-) {
-    let hd = s.head_dim;
-    let group = s.n_head / s.n_head_kv;
-    let kvw = s.n_head_kv * hd;
-    let scale = s.scale;
-    let rows = qkv.len() / s.qkvw;
-    let span = start + rows;
-    let mut scores = vec![0.0f32; group * span];
-    let mut wide = vec![0.0f32; hd];
-    let mut max = vec![0.0f32; group];
-    let mut inv = vec![0.0f32; group];
-    for r in 0..rows {
-        let visible = start + r + 1;
-        // The first key this row sees: 0, or the window's first position.
-        let first = s.window.map_or(0, |w| visible.saturating_sub(w));
-        let q_row = &qkv[r * s.qkvw..r * s.qkvw + s.n_head * hd];
-        let o_row = &mut out[r * s.n_head * hd..(r + 1) * s.n_head * hd];
-        for kvh in 0..s.n_head_kv {
-            let heads = kvh * group..(kvh + 1) * group;
-            max.fill(f32::NEG_INFINITY);
-            for t in first..visible {
-                let key = T::view(&k[t * kvw + kvh * hd..][..hd], &mut wide);
-                for (gi, h) in heads.clone().enumerate() {
-                    let score = dot(&q_row[h * hd..(h + 1) * hd], key) * scale;
-                    scores[gi * span + t] = score;
-                    max[gi] = max[gi].max(score);
-                }
-            }
-            for gi in 0..group {
-                let mut sum = 0.0f32;
-                for score in &mut scores[gi * span + first..gi * span + visible] {
-                    *score = (*score - max[gi]).exp();
-                    sum += *score;
-                }
-                inv[gi] = 1.0 / sum;
-            }
-            for h in heads.clone() {
-                o_row[h * hd..(h + 1) * hd].fill(0.0);
-            }
-            for t in first..visible {
-                let value = T::view(&v[t * kvw + kvh * hd..][..hd], &mut wide);
-                for (gi, h) in heads.clone().enumerate() {
-                    let w = scores[gi * span + t] * inv[gi];
-                    for (o, &vv) in o_row[h * hd..(h + 1) * hd].iter_mut().zip(value) {
-                        *o += w * vv;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// A dot product in 16 independent lanes (so it vectorizes).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let chunks = a.len() / 16;
-    for c in 0..chunks {
-        for l in 0..16 {
-            acc[l] += a[c * 16 + l] * b[c * 16 + l];
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for i in chunks * 16..a.len() {
-        sum += a[i] * b[i];
-    }
-    sum
+    kernels::causal_attention(&shape, qkv, s.qkvw, kv, start, out, level);
 }
 
 #[cfg(test)]
@@ -466,33 +339,44 @@ mod tests {
             window,
             ..AttnShape::causal(n_head, n_head_kv, hd, qkvw)
         };
-        // The last three rows at positions n-3..n, with a window of 4.
-        let rows = 3;
-        let q = &qkv[(n - rows) * qkvw..];
-        let mut windowed = vec![0.0f32; rows * n_head * hd];
-        attend_portable(&shape(Some(4)), q, &k, &v, n - rows, &mut windowed);
-        for r in 0..rows {
-            let last = n - rows + r;
-            let first = last + 1 - 4;
-            let mut alone = vec![0.0f32; n_head * hd];
-            attend_portable(
-                &shape(None),
-                &q[r * qkvw..(r + 1) * qkvw],
-                &k[first * kvw..(last + 1) * kvw],
-                &v[first * kvw..(last + 1) * kvw],
-                3,
-                &mut alone,
-            );
-            assert_eq!(
-                &windowed[r * n_head * hd..(r + 1) * n_head * hd],
-                &alone[..]
-            );
+        for level in [KernelLevel::Scalar, KernelLevel::detected()] {
+            // The last three rows at positions n-3..n, with a window of 4.
+            let rows = 3;
+            let q = &qkv[(n - rows) * qkvw..];
+            let mut windowed = vec![0.0f32; rows * n_head * hd];
+            let all = KvRows {
+                k: &k[..],
+                v: &v[..],
+                first: 0,
+            };
+            attend(&shape(Some(4)), q, all, n - rows, &mut windowed, level);
+            for r in 0..rows {
+                let last = n - rows + r;
+                let first = last + 1 - 4;
+                let mut alone = vec![0.0f32; n_head * hd];
+                attend(
+                    &shape(None),
+                    &q[r * qkvw..(r + 1) * qkvw],
+                    KvRows {
+                        k: &k[first * kvw..(last + 1) * kvw],
+                        v: &v[first * kvw..(last + 1) * kvw],
+                        first: 0,
+                    },
+                    3,
+                    &mut alone,
+                    level,
+                );
+                assert_eq!(
+                    &windowed[r * n_head * hd..(r + 1) * n_head * hd],
+                    &alone[..]
+                );
+            }
+            let mut full = vec![0.0f32; rows * n_head * hd];
+            attend(&shape(None), q, all, n - rows, &mut full, level);
+            let mut wide = vec![0.0f32; rows * n_head * hd];
+            attend(&shape(Some(n)), q, all, n - rows, &mut wide, level);
+            assert_eq!(full, wide);
+            assert_ne!(full, windowed);
         }
-        let mut full = vec![0.0f32; rows * n_head * hd];
-        attend_portable(&shape(None), q, &k, &v, n - rows, &mut full);
-        let mut wide = vec![0.0f32; rows * n_head * hd];
-        attend_portable(&shape(Some(n)), q, &k, &v, n - rows, &mut wide);
-        assert_eq!(full, wide);
-        assert_ne!(full, windowed);
     }
 }

@@ -9,6 +9,8 @@
 //! - [`activations`]: residual + LayerNorm, exact and tanh GELU (on the vectorisable math of
 //!   `math.rs`);
 //! - [`attention`]: multi-head attention over a fused QKV projection, padding skipped;
+//! - [`causal_attention`]: generation's causal attention over a KV cache, blocked over keys
+//!   with an online softmax (grouped-query heads, sliding windows, f16 or f32 caches);
 //! - [`bf16`], [`int8`]: linear layers on packed low-precision weights, each with an AVX-512,
 //!   an AVX2 and a portable path that give the same results (tested against naive references);
 //! - [`q4`]: linear layers on GGUF's 4-bit blocks as stored, against int8 activations;
@@ -27,6 +29,7 @@ mod attention_amx;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod attention_amx_tests;
 pub mod bf16;
+pub mod causal_attention;
 pub mod cpu;
 mod dispatch;
 pub mod int8;
@@ -46,6 +49,7 @@ use serde::Serialize;
 pub use activations::{add_layer_norm, gelu, gelu_at, gelu_tanh_at};
 pub use attention::{attention, attention_at, attention_with, AttentionShape, Products};
 pub use bf16::Bf16Linear;
+pub use causal_attention::{causal_attention, CausalShape, KvRows, KvValue};
 pub use cpu::KernelLevel;
 pub use int8::Int8Linear;
 pub use linear_f32::{linear, linear_with, LinearPart, MatmulKernel, SMALL_M};
