@@ -10,7 +10,8 @@
 //! plus one step's rows: its memory follows the window, not the context.
 
 use half::f16;
-use half::slice::HalfFloatSliceExt;
+
+use crate::kernels::causal_attention::KvElem;
 
 /// The sizes of one sequence's KV cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,57 +126,6 @@ impl KvBlock {
             KvData::F32(d) => d.clone(),
         }
     }
-}
-
-/// An element type of the KV cache.
-pub(super) trait KvElem: Copy + Send + Sync {
-    /// Appends `src` converted.
-    fn append(cache: &mut Vec<Self>, src: &[f32]);
-    /// Widens `src` into `dst`.
-    fn widen(src: &[Self], dst: &mut [f32]);
-    /// `src` as f32: itself when it is, else widened into `scratch`.
-    fn view<'a>(src: &'a [Self], scratch: &'a mut [f32]) -> &'a [f32];
-    /// Whether [`Self::view`] has to widen (then a prefill widens the cache once instead).
-    const NARROW: bool;
-}
-
-impl KvElem for f16 {
-    fn append(cache: &mut Vec<Self>, src: &[f32]) {
-        let at = cache.len();
-        cache.resize(at + src.len(), f16::ZERO);
-        cache[at..].convert_from_f32_slice(src);
-    }
-
-    #[inline(always)]
-    fn widen(src: &[Self], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst);
-    }
-
-    #[inline(always)]
-    fn view<'a>(src: &'a [Self], scratch: &'a mut [f32]) -> &'a [f32] {
-        src.convert_to_f32_slice(scratch);
-        scratch
-    }
-
-    const NARROW: bool = true;
-}
-
-impl KvElem for f32 {
-    fn append(cache: &mut Vec<Self>, src: &[f32]) {
-        cache.extend_from_slice(src);
-    }
-
-    #[inline(always)]
-    fn widen(src: &[Self], dst: &mut [f32]) {
-        dst.copy_from_slice(src);
-    }
-
-    #[inline(always)]
-    fn view<'a>(src: &'a [Self], _scratch: &'a mut [f32]) -> &'a [f32] {
-        src
-    }
-
-    const NARROW: bool = false;
 }
 
 impl LayerCache {

@@ -27,12 +27,14 @@ mod attention_amx;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod attention_amx_tests;
 pub mod bf16;
+pub mod causal_attention;
 pub mod cpu;
 mod dispatch;
 pub mod int8;
 pub mod linear_f32;
 mod math;
 pub mod q4;
+pub mod rope;
 pub mod team;
 #[cfg(test)]
 pub(crate) mod test_util;
