@@ -224,6 +224,7 @@ mod tests {
     fn wrong_task_messages_name_the_task_and_its_routes() {
         let info = |task| ModelInfo {
             id: "m".into(),
+            model_type: "bert".into(),
             task,
             dimensions: 4,
             max_input_length: 8,

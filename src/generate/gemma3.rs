@@ -348,8 +348,8 @@ impl Gemma3 {
             }
         }
         let ones = vec![1.0f32; c.head_dim / 2];
-        let rope_global = Rope::new(&positions, c, &ones, RopeStyle::Halves);
-        let rope_local = Rope::new(&positions, &self.hp_local, &ones, RopeStyle::Halves);
+        let rope_global = Rope::new(&positions, &c.rope(), &ones, RopeStyle::Halves);
+        let rope_local = Rope::new(&positions, &self.hp_local.rope(), &ones, RopeStyle::Halves);
         let mut xn = vec![0.0f32; m * d];
         let mut qkv = vec![0.0f32; m * qkvw];
         let mut attn = vec![0.0f32; m * qw];

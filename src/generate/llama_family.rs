@@ -10,7 +10,8 @@
 //! [`super::qwen3`] (rotate-half RoPE, an RMSNorm on every query and key head before it, a head
 //! size of its own) and [`super::phi3`] (rotate-half RoPE on part of each head, LongRoPE
 //! factors; its fused tensors are read here). What they share is read and run here once: the hyperparameters
-//! ([`Hparams`], the keys llama.cpp reads, in `hparams.rs`; RoPE and RMSNorm in `ops.rs`), the
+//! ([`Hparams`], the keys llama.cpp reads, in `hparams.rs`; RoPE, RMSNorm and SwiGLU are
+//! `crate::kernels::rope`'s, shared with the Qwen3 embedder), the
 //! tensors llama.cpp's loaders name
 //! (`blk.N.attn_q` … or the fused `blk.N.attn_qkv`, optional `attn_q.bias` …, `ffn_gate` and
 //! `ffn_up` or the fused `ffn_up` of Phi-3, `output.weight` or the tied embedding table), and
@@ -23,7 +24,6 @@
 //! row per token.
 
 mod hparams;
-mod ops;
 
 use std::path::Path;
 
@@ -31,10 +31,10 @@ use super::decoder::{self, AttnShape, Decoder, DecoderShape, Linear, StepInput};
 use super::gguf::{GgufError, GgufFile, RawTensor};
 use candle_core::quantized::GgmlDType;
 
+pub use crate::kernels::rope::{rms_norm, rms_norm_in_place, swiglu, Rope, RopeStyle};
 use crate::kernels::{self, Dtype, Epilogue, KernelLevel, PackedLinear, Q4Format, Q4Linear};
 pub use hparams::Hparams;
 use hparams::MAX_VOCAB;
-pub use ops::{rms_norm, rms_norm_in_place, Rope, RopeStyle};
 
 fn add(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
@@ -435,7 +435,12 @@ impl<A: Arch> Model<A> {
                 x.extend_from_slice(&row);
             }
         }
-        let rope = Rope::new(&positions, c, self.arch.rope_freq_factors(), A::ROPE);
+        let rope = Rope::new(
+            &positions,
+            &c.rope(),
+            self.arch.rope_freq_factors(),
+            A::ROPE,
+        );
         let mut xn = vec![0.0f32; m * d];
         let mut qkv = vec![0.0f32; m * qkvw];
         let mut attn = vec![0.0f32; m * qw];
@@ -463,12 +468,7 @@ impl<A: Arch> Model<A> {
             block
                 .gate_up
                 .forward(&xn, m, &mut gate_up, level, threads, Epilogue::Bias);
-            for (gu, a) in gate_up.chunks_exact(2 * ff).zip(act.chunks_exact_mut(ff)) {
-                let (g, u) = gu.split_at(ff);
-                for ((a, &g), &u) in a.iter_mut().zip(g).zip(u) {
-                    *a = g / (1.0 + (-g).exp()) * u;
-                }
-            }
+            swiglu(&gate_up, ff, &mut act);
             block
                 .down
                 .forward(&act, m, &mut proj, level, threads, Epilogue::Bias);

@@ -296,6 +296,7 @@ fn load_gpt2(
     let c = model.config();
     let info = ModelInfo {
         id: files.source.clone(),
+        model_type: "gpt2".into(),
         task: Task::TextGeneration,
         dimensions: c.n_embd,
         max_input_length: c.context,
@@ -425,6 +426,11 @@ fn load_gguf(
     let id = id.to_string();
     let info = ModelInfo {
         id,
+        // The architecture was read (and checked) when the model loaded.
+        model_type: file
+            .string("general.architecture")
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
         task: Task::TextGeneration,
         dimensions: shape.n_embd,
         max_input_length: shape.context,

@@ -84,6 +84,7 @@ pub fn info(state: &AppState) -> Response<Body> {
         "status": readiness.as_str(),
         "status_reason": reason,
         "task": model.map(|m| m.task),
+        "model_type": model.map(|m| &m.model_type),
         "dimensions": embedding.map(|m| m.dimensions),
         "max_input_length": model.map(|m| m.max_input_length),
         "pooling": embedding.map(|m| m.pooling),

@@ -1,5 +1,5 @@
-//! Causal attention for generation: a sequence's new query rows (at positions `start..`)
-//! over its cached keys and values, with grouped-query heads and an optional sliding window.
+//! Causal attention of decoder rows (the generation caches, the Qwen3 embedder's forward pass):
+//! a sequence's new query rows (at positions `start..`) over its cached keys and values, with grouped-query heads and an optional sliding window.
 //!
 //! Why blocked: attending one query row at a time streams the whole cache through the core
 //! once per row and head (a long prompt's keys do not stay in L1), and a softmax over a full

@@ -36,6 +36,7 @@ pub mod int8;
 pub mod linear_f32;
 mod math;
 pub mod q4;
+pub mod rope;
 pub mod team;
 #[cfg(test)]
 pub(crate) mod test_util;

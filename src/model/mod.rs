@@ -14,6 +14,7 @@ pub mod heads;
 pub mod hub;
 pub mod pooling;
 pub mod prompts;
+pub mod qwen3;
 pub mod tiny;
 pub mod tokenizer;
 pub mod weights;
@@ -53,7 +54,8 @@ pub enum ModelError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Task {
-    /// Sentence embeddings (a BERT or XLM-RoBERTa encoder in Hugging Face layout).
+    /// Sentence embeddings (a BERT or XLM-RoBERTa encoder, or a Qwen3 decoder run as one, in
+    /// Hugging Face layout).
     Embedding,
     /// Relevance scores of (query, passage) pairs: a cross-encoder, a sequence classifier with
     /// one label.
@@ -107,6 +109,9 @@ impl<'a> EncoderInput<'a> {
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelInfo {
     pub id: String,
+    /// The architecture: `config.json`'s `model_type` (`bert`, `xlm-roberta`, `qwen3`,
+    /// `gpt2`), or a GGUF file's `general.architecture`.
+    pub model_type: String,
     pub task: Task,
     pub dimensions: usize,
     /// Most tokens per input, special tokens included.
@@ -283,6 +288,9 @@ pub fn load_files(
     options: LoadOptions,
     mut phase: impl FnMut(&'static str, Duration),
 ) -> Result<LoadedModel, ModelError> {
+    if model_type(files)?.as_deref() == Some("qwen3") {
+        return load_qwen3(files, options, phase);
+    }
     let t = Instant::now();
     let config = bert::BertConfig::from_json(&read(&files.config)?)?;
     let head = config.head();
@@ -333,7 +341,7 @@ pub fn load_files(
             })
         }
     };
-    let max_input_length = max_input_length(files, &config)?;
+    let max_input_length = max_input_length(files, config.max_positions())?;
     let tokenizer_json = files.tokenizer.as_ref().ok_or_else(|| {
         ModelError::Files(format!(
             "{}: no tokenizer.json beside config.json",
@@ -359,6 +367,7 @@ pub fn load_files(
     };
     let info = ModelInfo {
         id: files.source.clone(),
+        model_type: config.model_type.clone().unwrap_or_else(|| "bert".into()),
         task,
         dimensions: config.hidden_size,
         max_input_length,
@@ -388,15 +397,86 @@ pub fn load_files(
     })
 }
 
+/// Loads a Qwen3 checkpoint as an embedding model (Qwen3-Embedding): sentence-transformers'
+/// files say how (`modules.json`: Transformer, Pooling, optionally Normalize; the pooling mode
+/// of `1_Pooling/config.json`, last-token for Qwen3-Embedding; `prompts`), the decoder runs as
+/// an encoder ([`qwen3::Qwen3Encoder`]) in the embedding models' dtype (`auto`: bf16 on a SIMD
+/// path). A Qwen3 checkpoint without those files is a chat model, which this server generates
+/// with from a GGUF file: it is refused with a message saying so.
+fn load_qwen3(
+    files: &files::ModelFiles,
+    options: LoadOptions,
+    mut phase: impl FnMut(&'static str, Duration),
+) -> Result<LoadedModel, ModelError> {
+    let t = Instant::now();
+    let config = qwen3::Qwen3Config::from_json(&read(&files.config)?)?;
+    let (Some(modules_path), Some(pooling_path)) = (&files.modules, &files.pooling) else {
+        return Err(ModelError::Unsupported(format!(
+            "{}: a Qwen3 checkpoint is served as an embedding model (Qwen3-Embedding), which needs sentence-transformers' modules.json and 1_Pooling/config.json; to generate text with Qwen3, serve a GGUF file",
+            files.source
+        )));
+    };
+    let modules: Vec<ModuleEntry> = serde_json::from_str(&read(modules_path)?)
+        .map_err(|e| ModelError::Config(format!("modules.json: {e}")))?;
+    let mut normalized_by_model = false;
+    for m in &modules {
+        match m.kind.rsplit('.').next().unwrap_or_default() {
+            "Transformer" | "Pooling" => {}
+            "Normalize" => normalized_by_model = true,
+            other => {
+                return Err(ModelError::Unsupported(format!(
+                    "modules.json has a {other} module; only Transformer, Pooling and Normalize are supported"
+                )))
+            }
+        }
+    }
+    let pooling = Pooling::from_config_json(&read(pooling_path)?)?;
+    let prompts = match &files.sentence_transformers {
+        Some(path) => Prompts::from_config_json(&read(path)?)?,
+        None => Prompts::default(),
+    };
+    let max_input_length = max_input_length(files, config.max_position_embeddings)?;
+    let tokenizer_json = files.tokenizer.as_ref().ok_or_else(|| {
+        ModelError::Files(format!(
+            "{}: no tokenizer.json beside config.json",
+            files.source
+        ))
+    })?;
+    let tokenizer = TextTokenizer::load(tokenizer_json, max_input_length)?;
+    phase("tokenizer", t.elapsed());
+
+    let t = Instant::now();
+    let kernel = KernelLevel::capped(options.kernel_cap);
+    let dtype = options.dtype.resolve(kernel);
+    let info = ModelInfo {
+        id: files.source.clone(),
+        model_type: "qwen3".into(),
+        task: Task::Embedding,
+        dimensions: config.hidden_size,
+        max_input_length,
+        pooling,
+        normalized_by_model,
+        dtype,
+        weight_formats: [("linear", dtype.name().to_string())].into(),
+        kernel,
+        classifier: None,
+        prompts,
+    };
+    let file = weights::WeightFile::open(&files.weights)?;
+    let model = qwen3::Qwen3Encoder::load(config, &file, dtype, kernel, pooling)?;
+    phase("weights", t.elapsed());
+    Ok(LoadedModel {
+        info,
+        tokenizer: Arc::new(tokenizer),
+        model: Arc::new(model),
+    })
+}
+
 /// Most tokens per input, as sentence-transformers decides it: `max_seq_length` of
 /// `sentence_bert_config.json`, else the tokenizer's `model_max_length` (tokenizer_config.json)
-/// capped at the model's positions; never more positions than the model has (for XLM-R, 2
+/// capped at the model's positions; never more than the model's `positions` (for XLM-R, 2
 /// fewer than `max_position_embeddings`: its positions start after the padding id).
-fn max_input_length(
-    files: &files::ModelFiles,
-    config: &bert::BertConfig,
-) -> Result<usize, ModelError> {
-    let positions = config.max_positions();
+fn max_input_length(files: &files::ModelFiles, positions: usize) -> Result<usize, ModelError> {
     if let Some(path) = &files.sentence_bert {
         let c: SentenceBertConfig = serde_json::from_str(&read(path)?)
             .map_err(|e| ModelError::Config(format!("sentence_bert_config.json: {e}")))?;

@@ -2,13 +2,16 @@
 //! blocking HTTP/1.1 client (raw sockets, so tests see exactly what crosses the wire); in
 //! `gguf`, a tiny Llama GGUF file and ways to vary it; in `decoding`, the reference for
 //! incremental decoding; in `decoder_reference`, the checks of the tiny decoder references
-//! against transformers; in `fake_hub`, a local server that answers like the Hugging Face hub.
+//! against transformers; in `fake_hub`, a local server that answers like the Hugging Face hub;
+//! the tiny reference models of the embedding and reranking tests in `reranker_models`,
+//! `xlmr_models` and `qwen3_embedding_model`.
 #![allow(dead_code)]
 
 pub mod decoder_reference;
 pub mod decoding;
 pub mod fake_hub;
 pub mod gguf;
+pub mod qwen3_embedding_model;
 pub mod redis_server;
 pub mod reranker_models;
 pub mod xlmr_models;

@@ -133,6 +133,17 @@ impl Hparams {
         })
     }
 
+    /// What RoPE reads of the hyperparameters.
+    pub fn rope(&self) -> crate::kernels::rope::RopeParams {
+        crate::kernels::rope::RopeParams {
+            n_rot: self.n_rot,
+            head_dim: self.head_dim,
+            base: self.rope_base,
+            freq_scale: self.rope_freq_scale,
+            attn_factor: self.rope_attn_factor,
+        }
+    }
+
     /// Width of all query heads side by side.
     pub fn q_width(&self) -> usize {
         self.n_head * self.head_dim

@@ -1,7 +1,22 @@
-//! The per-row math the Llama family's architectures share: rotary position embeddings, in
-//! llama.cpp's two pairings, and RMSNorm.
+//! The per-row math of rotary decoders (the Llama family's generation models, the Qwen3
+//! embedder run as an encoder): rotary position embeddings, in llama.cpp's two pairings,
+//! RMSNorm and the SwiGLU activation. It lives among the kernels so that both the generation
+//! side (`crate::generate`) and the encoders (`crate::model`) use the one copy.
 
-use super::Hparams;
+/// What RoPE needs of a model's hyperparameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RopeParams {
+    /// Rotated values per head (`2·pairs`; all of `head_dim` unless rotary is partial).
+    pub n_rot: usize,
+    /// Values per head.
+    pub head_dim: usize,
+    /// The frequency base (`rope_theta`).
+    pub base: f32,
+    /// Linear position scaling (1 for none).
+    pub freq_scale: f32,
+    /// Multiplies cos and sin (ggml's `mscale`; 1 for none).
+    pub attn_factor: f32,
+}
 
 /// How RoPE pairs a head's values (llama.cpp's rope types).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,18 +45,13 @@ impl Rope {
     /// `position · scale / base^(2i/n_rot) / factors[i]` (`factors`: Llama 3.1's
     /// `rope_freqs`, Phi-3's LongRoPE factors, or ones), its cos and sin times
     /// `rope_attn_factor` (as ggml's `rope_yarn` applies `mscale`).
-    pub(crate) fn new(
-        positions: &[usize],
-        hp: &Hparams,
-        factors: &[f32],
-        style: RopeStyle,
-    ) -> Self {
-        let (n_rot, base) = (hp.n_rot, hp.rope_base as f64);
+    pub fn new(positions: &[usize], hp: &RopeParams, factors: &[f32], style: RopeStyle) -> Self {
+        let (n_rot, base) = (hp.n_rot, hp.base as f64);
         let pairs = n_rot / 2;
         let inv_freq: Vec<f64> = (0..pairs)
             .map(|i| 1.0 / base.powf(2.0 * i as f64 / n_rot as f64) / factors[i] as f64)
             .collect();
-        let (scale, mscale) = (hp.rope_freq_scale as f64, hp.rope_attn_factor as f64);
+        let (scale, mscale) = (hp.freq_scale as f64, hp.attn_factor as f64);
         let mut cos_sin = Vec::with_capacity(positions.len() * pairs);
         for &p in positions {
             for f in &inv_freq {
@@ -109,26 +119,28 @@ pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
     }
 }
 
+/// SwiGLU: `act[i] = silu(gate[i]) · up[i]` for every row of `gate_up` (`2·ff` values: the
+/// gate's `ff`, then the up projection's), into the rows of `act` (`ff` values).
+pub fn swiglu(gate_up: &[f32], ff: usize, act: &mut [f32]) {
+    for (gu, a) in gate_up.chunks_exact(2 * ff).zip(act.chunks_exact_mut(ff)) {
+        let (g, u) = gu.split_at(ff);
+        for ((a, &g), &u) in a.iter_mut().zip(g).zip(u) {
+            *a = g / (1.0 + (-g).exp()) * u;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn hp(head_dim: usize) -> Hparams {
-        Hparams {
-            n_layer: 1,
-            n_embd: head_dim,
-            n_head: 1,
-            n_head_kv: 1,
-            head_dim,
-            n_ff: 1,
-            vocab: 1,
-            context: 8,
-            rope_base: 10_000.0,
-            rope_freq_scale: 1.0,
+    fn hp(head_dim: usize) -> RopeParams {
+        RopeParams {
             n_rot: head_dim,
-            rope_attn_factor: 1.0,
-            rms_eps: 1e-6,
-            kv_f16: false,
+            head_dim,
+            base: 10_000.0,
+            freq_scale: 1.0,
+            attn_factor: 1.0,
         }
     }
 
@@ -160,9 +172,9 @@ mod tests {
         assert_eq!(c, x);
         let scaled = Rope::new(
             &[6],
-            &Hparams {
-                rope_freq_scale: 0.5,
-                ..h.clone()
+            &RopeParams {
+                freq_scale: 0.5,
+                ..h
             },
             &ones,
             RopeStyle::Adjacent,
@@ -182,11 +194,11 @@ mod tests {
     #[test]
     fn partial_rotary_turns_the_first_values_of_each_head_only() {
         let full = hp(4);
-        let partial = Hparams {
+        let partial = RopeParams {
             head_dim: 6,
             n_rot: 4,
-            rope_attn_factor: 1.5,
-            ..full.clone()
+            attn_factor: 1.5,
+            ..full
         };
         let ones = [1.0f32; 2];
         let x: Vec<f32> = (0..12).map(|i| i as f32 * 0.5 - 2.0).collect();
