@@ -391,7 +391,7 @@ fn streamed_tool_calls(body: &str) -> (Vec<Value>, Value) {
 }
 
 /// The `openai` SDK streams the tiny Qwen3's Hermes call (steered into `<tool_call>` as
-/// above, greedy) and a forced call: tests/clients/check_tool_deltas.py accumulates the
+/// above, greedy) and a forced call (`tool_choice: "required"`): tests/clients/check_tool_deltas.py accumulates the
 /// deltas as the SDK hands them out and compares them with the whole answer's calls; a
 /// call's arguments (several tokens) arrive in more than one delta.
 #[test]
@@ -416,7 +416,15 @@ fn streamed_calls_add_up_to_the_whole_answer_through_the_openai_sdk() {
     let mut auto = weather_request(Some(&Value::Object(bias)), false);
     auto.as_object_mut().unwrap().remove("stream");
     auto["model"] = json!("zerobatch");
+    // Forced: the reasoning not split (the grammar then holds from the answer's first token;
+    // the random model would otherwise think forever), nor steered into `<tool_call>`; the
+    // bias keeps it from the whitespace a JSON answer may start with.
     let mut forced = auto.clone();
+    forced["logit_bias"]
+        .as_object_mut()
+        .unwrap()
+        .remove(&open[0].to_string());
+    forced["reasoning_format"] = json!("none");
     forced["tool_choice"] = json!("required");
     forced["max_tokens"] = json!(100);
     for (what, body) in [("auto", auto), ("required", forced)] {

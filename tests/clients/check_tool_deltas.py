@@ -5,8 +5,8 @@ arguments must arrive in more than one delta.
 
     python check_tool_deltas.py BASE_URL REQUEST_JSON
 
-REQUEST_JSON is the body of the chat request (without `stream`; fields the SDK does not
-name, such as `logit_bias` keys, go through as they are). Prints one line per check, then
+REQUEST_JSON is the body of the chat request (without `stream`; `chat_template_kwargs` and
+`reasoning_format`, which the SDK does not name, go in its `extra_body`). Prints one line per check, then
 `deltas N` per call (the number of deltas that carried a piece of its arguments); exits 1 if a
 check failed. Run by tests/tool_calls.rs.
 """
@@ -25,6 +25,8 @@ import openai  # noqa: E402
 def main():
     base, body = sys.argv[1].rstrip("/"), json.loads(sys.argv[2])
     c = openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=300)
+    extra = {k: body.pop(k) for k in ("chat_template_kwargs", "reasoning_format") if k in body}
+    body["extra_body"] = extra
     whole = c.chat.completions.create(**body).choices[0]
     assert whole.finish_reason == "tool_calls", whole
     content, calls, finish = "", {}, None
