@@ -216,7 +216,7 @@ fn a_hermes_call_under_tool_choice_auto_validates_through_the_binary() {
     // The prompt held the template's tool list: more than the file's own context.
     assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 256, "{v}");
 
-    // Streamed: the same call in one tool_calls delta, then finish_reason tool_calls.
+    // Streamed: the same call, its arguments in pieces, then finish_reason tool_calls.
     let body = stream_http10(server.addr, &weather_request(Some(&bias), true));
     let (streamed, finish) = streamed_tool_calls(&body);
     assert_eq!(finish, "tool_calls");
@@ -227,6 +227,7 @@ fn a_hermes_call_under_tool_choice_auto_validates_through_the_binary() {
         streamed[0]["function"]["arguments"],
         calls[0]["function"]["arguments"]
     );
+    assert!(streamed[0]["deltas"].as_u64().unwrap() > 1, "{body}");
 
     // Unsteered: the lazy grammar leaves the model its free text.
     let resp = post_json(
@@ -343,9 +344,12 @@ fn a_mistral_v11_call_keeps_its_control_tokens_and_validates_through_the_binary(
     );
 }
 
-/// A streamed chat completion's `tool_calls` deltas, in order, and its finish reason.
+/// A streamed chat completion's calls, accumulated from their `tool_calls` deltas as a
+/// client does (the first delta of an index has its id, type and name; the next ones only
+/// pieces of its arguments), each with `deltas`: how many deltas carried a piece of its
+/// arguments; and its finish reason.
 fn streamed_tool_calls(body: &str) -> (Vec<Value>, Value) {
-    let mut streamed = Vec::new();
+    let mut calls: Vec<Value> = Vec::new();
     let mut finish = Value::Null;
     for line in body.lines() {
         let Some(data) = line.strip_prefix("data: ") else {
@@ -356,12 +360,93 @@ fn streamed_tool_calls(body: &str) -> (Vec<Value>, Value) {
         }
         let chunk: Value = serde_json::from_str(data).unwrap();
         let c = &chunk["choices"][0];
-        if let Some(t) = c["delta"]["tool_calls"].as_array() {
-            streamed.extend(t.iter().cloned());
+        for d in c["delta"]["tool_calls"].as_array().into_iter().flatten() {
+            let i = d["index"].as_u64().unwrap() as usize;
+            let piece = d["function"]["arguments"].as_str().unwrap();
+            if i == calls.len() {
+                assert_eq!(d["type"], "function", "{d}");
+                assert!(
+                    d["id"].is_string() && d["function"]["name"].is_string(),
+                    "{d}"
+                );
+                let mut call = d.clone();
+                call["deltas"] = json!(usize::from(!piece.is_empty()));
+                calls.push(call);
+            } else {
+                assert!(
+                    d.get("id").is_none() && d["function"].get("name").is_none(),
+                    "{d}"
+                );
+                let call = &mut calls[i];
+                let args = format!("{}{piece}", call["function"]["arguments"].as_str().unwrap());
+                call["function"]["arguments"] = json!(args);
+                call["deltas"] = json!(call["deltas"].as_u64().unwrap() + 1);
+            }
         }
         if !c["finish_reason"].is_null() {
             finish = c["finish_reason"].clone();
         }
     }
-    (streamed, finish)
+    (calls, finish)
+}
+
+/// The `openai` SDK streams the tiny Qwen3's Hermes call (steered into `<tool_call>` as
+/// above, greedy) and a forced call (`tool_choice: "required"`): tests/clients/check_tool_deltas.py accumulates the
+/// deltas as the SDK hands them out and compares them with the whole answer's calls; a
+/// call's arguments (several tokens) arrive in more than one delta.
+#[test]
+fn streamed_calls_add_up_to_the_whole_answer_through_the_openai_sdk() {
+    let Some(python) = python() else { return };
+    let path = long_context_qwen3();
+    let tok = GenTokenizer::from_gguf(&GgufFile::open(path).unwrap()).unwrap();
+    let open = tok.encode("<tool_call>", false).unwrap();
+    let mut bias = serde_json::Map::new();
+    bias.insert(open[0].to_string(), json!(100));
+    for id in 0..tok.vocab_size() as u32 {
+        let text = tok.decode(&[id]);
+        if !text.is_empty() && text.trim().is_empty() {
+            bias.insert(id.to_string(), json!(-100));
+        }
+    }
+    // The arguments are several tokens, so a stream that sends them as written sends pieces.
+    assert!(tok.encode("{\"city\":\"Paris\"}", false).unwrap().len() > 2);
+    let server = Proc::spawn(path.to_str().unwrap(), &[]);
+    connect_until_up(server.addr);
+    wait_ready(server.addr);
+    let mut auto = weather_request(Some(&Value::Object(bias)), false);
+    auto.as_object_mut().unwrap().remove("stream");
+    auto["model"] = json!("zerobatch");
+    // Forced: the reasoning not split (the grammar then holds from the answer's first token;
+    // the random model would otherwise think forever), nor steered into `<tool_call>`; the
+    // bias keeps it from the whitespace a JSON answer may start with.
+    let mut forced = auto.clone();
+    forced["logit_bias"]
+        .as_object_mut()
+        .unwrap()
+        .remove(&open[0].to_string());
+    forced["reasoning_format"] = json!("none");
+    forced["tool_choice"] = json!("required");
+    forced["max_tokens"] = json!(100);
+    for (what, body) in [("auto", auto), ("required", forced)] {
+        let (status, output) = run_client_script(
+            &python,
+            "check_tool_deltas.py",
+            &format!("http://{}", server.addr),
+            &[&body.to_string()],
+            Duration::from_secs(300),
+        );
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{what}: check_tool_deltas.py failed ({status:?}):\n{output}\nserver log:\n{}",
+            server.log()
+        );
+        eprintln!("{what}: {output}");
+        let deltas: Vec<u64> = output
+            .lines()
+            .filter_map(|l| l.strip_prefix("deltas "))
+            .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(deltas.len(), 1, "{what}: {output}");
+        assert!(deltas[0] > 1, "{what}: arguments in one piece\n{output}");
+    }
 }

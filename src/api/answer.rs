@@ -5,10 +5,11 @@
 use serde_json::{json, Value};
 
 use super::generation::{AnswerContext, Collected, Format};
+use super::tools::CallStream;
 use super::{openai, tgi, upstream};
 use crate::generate::engine::{Event, FinishReason, TokenEvent};
 use crate::generate::reasoning::ReasoningSplit;
-use crate::generate::tool_syntax::{ToolParsing, ToolSyntax};
+use crate::generate::tool_syntax::{CallText, Parsed, ToolSyntax};
 
 /// The whole answer of a finished sequence.
 pub fn whole(a: &AnswerContext, c: &Collected) -> Value {
@@ -42,9 +43,10 @@ pub struct StreamWriter {
     pending: String,
     stopped: bool,
     opened: bool,
-    /// A forced function call being streamed.
-    call: super::tools::CallStream,
-    /// Bytes of `text` sent as content (calls under `tool_choice: "auto"`).
+    /// A chat answer's calls (forced, or the model's own under `tool_choice: "auto"`), how
+    /// they are written and streamed.
+    calls: Option<(CallText, CallStream)>,
+    /// Bytes of `text` sent as content (an answer that may call).
     sent: usize,
     /// A reasoning model's chat answer: its thinking is sent as `reasoning_content`, the
     /// rest goes on as the content the other paths send.
@@ -62,6 +64,17 @@ impl StreamWriter {
             Format::Chat { .. } => answer.reasoning.map(ReasoningSplit::new),
             _ => None,
         };
+        let calls = match (answer.format, answer.tool_parsing) {
+            (
+                Format::Chat {
+                    tool_call: true, ..
+                },
+                _,
+            ) => Some((CallText::Forced, false)),
+            (Format::Chat { .. }, Some(tp)) => Some((CallText::Auto(tp.syntax), tp.parallel)),
+            _ => None,
+        }
+        .map(|(text, parallel)| (text, CallStream::new(text, parallel)));
         Self {
             answer,
             held: None,
@@ -70,7 +83,7 @@ impl StreamWriter {
             pending: String::new(),
             stopped: false,
             opened: false,
-            call: Default::default(),
+            calls,
             sent: 0,
             reasoning,
             raw: String::new(),
@@ -222,14 +235,8 @@ impl StreamWriter {
 
     /// The answer's content (all of it but a reasoning model's thinking).
     fn openai_content(&mut self, ev: Event, out: &mut Vec<Payload>) {
-        if let Format::Chat {
-            tool_call: true, ..
-        } = self.answer.format
-        {
-            return self.openai_tool_call(ev, out);
-        }
-        if let (Format::Chat { .. }, Some(tp)) = (self.answer.format, self.answer.tool_parsing) {
-            return self.openai_auto_tools(tp, ev, out);
+        if self.calls.is_some() {
+            return self.openai_calls(ev, out);
         }
         let a = &self.answer;
         if !self.opened {
@@ -310,51 +317,21 @@ impl StreamWriter {
         out.push(Payload::Done);
     }
 
-    /// A forced function call streamed as OpenAI streams one: the id, type and name in a first
-    /// `delta.tool_calls`, then the `arguments` in pieces, then `finish_reason: "tool_calls"`
-    /// ([`super::tools::CallStream`]). Cut short before its name (a limit), its text is sent
-    /// as content.
-    fn openai_tool_call(&mut self, ev: Event, out: &mut Vec<Payload>) {
-        let a = &self.answer;
-        if !self.opened {
-            self.opened = true;
-            out.push(Payload::Json(openai::chunk(a, Some(""), None, true)));
-        }
-        match ev {
-            Event::Token(t) => {
-                self.index += 1;
-                for calls in self.call.push(&t.text) {
-                    out.push(Payload::Json(tool_delta(&self.answer, calls)));
-                }
-            }
-            Event::Done { reason, .. } => {
-                let complete = reason == FinishReason::EosToken;
-                let (last, streamed) = self.call.finish(complete);
-                for calls in last {
-                    out.push(Payload::Json(tool_delta(a, calls)));
-                }
-                if !streamed {
-                    let text = a.trim_stop(self.call.text()).to_string();
-                    out.push(Payload::Json(openai::chunk(a, Some(&text), None, false)));
-                }
-                let finish = if complete && streamed {
-                    "tool_calls"
-                } else {
-                    reason.openai()
-                };
-                out.push(Payload::Json(openai::chunk(a, None, Some(finish), false)));
-                self.openai_end(out);
-            }
-            Event::Failed(_) => {}
-        }
-    }
-
-    /// An answer that may make calls (`tool_choice: "auto"`): text is sent as content until
-    /// a call may begin ([`ToolSyntax::hold_from`]) or a stop sequence may; the rest waits
-    /// for the end, where its calls are sent whole, one `tool_calls` delta each (id, name
-    /// and all the arguments), then `finish_reason: "tool_calls"`; an answer without calls
-    /// sends what was held as content.
-    fn openai_auto_tools(&mut self, tp: ToolParsing, ev: Event, out: &mut Vec<Payload>) {
+    /// An answer that may make calls (forced, or under `tool_choice: "auto"`): text is sent
+    /// as content until a call may begin ([`ToolSyntax::hold_from`]; a forced call's answer
+    /// holds all of it) or a stop sequence may; from there calls are sent as they are written
+    /// ([`CallStream`]), then `finish_reason: "tool_calls"`.
+    ///
+    /// Whether the answer made calls is decided at the end, by the parser of the whole answer
+    /// ([`CallText::parse`]), so a stream ends as the same request answered whole does. When
+    /// the text turns out to hold no call (cut by `max_tokens` or a stop sequence while a call
+    /// was being written, or, without a grammar, malformed), the whole answer is content
+    /// with the finish reason of the generation: the stream sends the rest of the text as
+    /// content, so the content it sent adds up to the whole answer's, and the finish reason
+    /// is not `tool_calls`. The call deltas it already sent cannot be taken back; the finish
+    /// reason tells a client not to run them (OpenAI ends a call cut by `max_tokens` the
+    /// same way, its deltas sent and `finish_reason: "length"`).
+    fn openai_calls(&mut self, ev: Event, out: &mut Vec<Payload>) {
         if !self.opened {
             self.opened = true;
             out.push(Payload::Json(openai::chunk(
@@ -364,6 +341,10 @@ impl StreamWriter {
                 true,
             )));
         }
+        let Some((text, calls)) = self.calls.as_mut() else {
+            return;
+        };
+        let text = *text;
         match ev {
             Event::Token(t) => {
                 self.index += 1;
@@ -372,7 +353,8 @@ impl StreamWriter {
                 }
                 self.text.push_str(&t.text);
                 let stops = &self.answer.stop;
-                let mut limit = self.text.len();
+                // Text that cannot be part of a stop sequence.
+                let mut safe = self.text.len();
                 if let Some(cut) = stops
                     .iter()
                     .filter_map(|s| self.text.find(s.as_str()))
@@ -380,19 +362,21 @@ impl StreamWriter {
                 {
                     self.text.truncate(cut);
                     self.stopped = true;
-                    limit = cut;
+                    safe = cut;
                 } else {
                     for s in stops {
                         for (i, _) in s.char_indices().skip(1) {
                             if self.text.ends_with(&s[..i]) {
-                                limit = limit.min(self.text.len() - i);
+                                safe = safe.min(self.text.len() - i);
                             }
                         }
                     }
                 }
-                if let Some(hold) = tp.syntax.hold_from(&self.text) {
-                    limit = limit.min(hold);
-                }
+                let hold = match text {
+                    CallText::Forced => Some(0),
+                    CallText::Auto(syntax) => syntax.hold_from(&self.text),
+                };
+                let mut limit = hold.map_or(safe, |h| h.min(safe));
                 // Whitespace before a call is not content: it waits for what follows.
                 limit = self.text[..limit].trim_end().len();
                 if limit > self.sent && self.text.is_char_boundary(limit) {
@@ -405,17 +389,31 @@ impl StreamWriter {
                         false,
                     )));
                 }
+                if self.text.is_char_boundary(safe) {
+                    for d in calls.update(&self.text[..safe]) {
+                        out.push(Payload::Json(tool_delta(&self.answer, d)));
+                    }
+                }
             }
             Event::Done { reason, .. } => {
                 let a = &self.answer;
-                let parsed = tp.syntax.parse(&self.text);
+                let parsed = match text {
+                    // A forced call ends with the end of its grammar.
+                    CallText::Forced if reason != FinishReason::EosToken => {
+                        Parsed::text(&self.text)
+                    }
+                    _ => text.parse(&self.text),
+                };
                 let finish = if parsed.calls.is_empty() {
-                    let rest = match tp.syntax {
-                        ToolSyntax::Json => parsed.content.unwrap_or_default(),
-                        _ => self.text[self.sent.min(self.text.len())..].to_string(),
+                    let content = parsed.content;
+                    let rest = match (text, &content) {
+                        (CallText::Forced, _) => &self.text[self.sent..],
+                        (_, None) => "",
+                        (CallText::Auto(ToolSyntax::Json), Some(c)) => c.as_str(),
+                        (_, Some(_)) => &self.text[self.sent..],
                     };
                     if !rest.is_empty() {
-                        out.push(Payload::Json(openai::chunk(a, Some(&rest), None, false)));
+                        out.push(Payload::Json(openai::chunk(a, Some(rest), None, false)));
                     }
                     reason.openai()
                 } else {
@@ -424,12 +422,8 @@ impl StreamWriter {
                     if !before.is_empty() {
                         out.push(Payload::Json(openai::chunk(a, Some(before), None, false)));
                     }
-                    let keep = if tp.parallel { parsed.calls.len() } else { 1 };
-                    let calls = super::tools::openai_calls(&parsed.calls[..keep], tp.syntax);
-                    for (i, mut call) in calls.as_array().into_iter().flatten().cloned().enumerate()
-                    {
-                        call["index"] = json!(i);
-                        out.push(Payload::Json(tool_delta(a, json!([call]))));
+                    for d in calls.finish(&parsed.calls) {
+                        out.push(Payload::Json(tool_delta(a, d)));
                     }
                     "tool_calls"
                 };
@@ -479,6 +473,7 @@ fn tool_delta(a: &AnswerContext, calls: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generate::tool_syntax::ToolParsing;
 
     fn token(text: &str) -> Event {
         Event::Token(TokenEvent {
@@ -489,16 +484,30 @@ mod tests {
         })
     }
 
-    /// The content and the calls a stream of `pieces` sends under `tool_choice: "auto"`.
-    fn auto_stream(
-        syntax: ToolSyntax,
-        parallel: bool,
-        pieces: &[&str],
-    ) -> (String, Vec<Value>, String) {
-        let answer = AnswerContext {
+    /// A client's calls after a `tool_calls` delta: a new index is a new call, a known one
+    /// appends its arguments.
+    fn accumulate(calls: &mut Vec<Value>, delta: &[Value]) {
+        for d in delta {
+            let i = d["index"].as_u64().unwrap() as usize;
+            let piece = d["function"]["arguments"].as_str().unwrap();
+            if i == calls.len() {
+                calls.push(d.clone());
+            } else {
+                let args = format!(
+                    "{}{piece}",
+                    calls[i]["function"]["arguments"].as_str().unwrap()
+                );
+                calls[i]["function"]["arguments"] = json!(args);
+            }
+        }
+    }
+
+    /// A chat answer's context: a forced call (`tool_call`), or calls read as `tools`.
+    fn chat_context(tool_call: bool, tools: Option<ToolParsing>) -> AnswerContext {
+        AnswerContext {
             format: Format::Chat {
                 include_usage: false,
-                tool_call: false,
+                tool_call,
             },
             prompt_text: String::new(),
             prompt_tokens: 1,
@@ -507,22 +516,44 @@ mod tests {
             model: "m".into(),
             id: "cmpl-1".into(),
             created: 0,
-            tool_parsing: Some(ToolParsing { syntax, parallel }),
+            tool_parsing: tools,
             reasoning: None,
-        };
-        let out = stream_of(answer, pieces);
+        }
+    }
+
+    /// The content and the calls a stream of `pieces` sends under `tool_choice: "auto"`.
+    fn auto_stream(
+        syntax: ToolSyntax,
+        parallel: bool,
+        pieces: &[&str],
+    ) -> (String, Vec<Value>, String) {
+        let answer = chat_context(false, Some(ToolParsing { syntax, parallel }));
+        calls_stream(answer, pieces, FinishReason::EosToken)
+    }
+
+    /// The content, the calls (accumulated) and the finish reason a stream of `pieces`
+    /// ending for `reason` sends; content never follows a call delta.
+    fn calls_stream(
+        answer: AnswerContext,
+        pieces: &[&str],
+        reason: FinishReason,
+    ) -> (String, Vec<Value>, String) {
+        let out = stream_ending(answer, pieces, reason);
         let mut content_before_call = true;
         let (mut content, mut calls, mut finish) = (String::new(), Vec::new(), String::new());
         for p in &out {
             let Payload::Json(v) = p else { continue };
             let delta = &v["choices"][0]["delta"];
             if let Some(c) = delta["content"].as_str() {
-                assert!(content_before_call, "content after a call");
+                assert!(
+                    content_before_call || reason != FinishReason::EosToken,
+                    "content after a call"
+                );
                 content.push_str(c);
             }
             if let Some(t) = delta["tool_calls"].as_array() {
                 content_before_call = false;
-                calls.extend(t.iter().cloned());
+                accumulate(&mut calls, t);
             }
             if let Some(f) = v["choices"][0]["finish_reason"].as_str() {
                 finish = f.into();
@@ -532,7 +563,93 @@ mod tests {
     }
 
     #[test]
-    fn streamed_auto_calls_hold_text_from_the_opener_and_send_calls_whole() {
+    fn a_call_cut_short_ends_as_the_whole_answer_does() {
+        let hermes = Some(ToolParsing {
+            syntax: ToolSyntax::Hermes,
+            parallel: true,
+        });
+        let cases: [(bool, Option<ToolParsing>, &[&str]); 3] = [
+            (
+                false,
+                hermes,
+                &[
+                    "Checking.",
+                    "\n<tool_call>\n{\"name\": \"weather\", ",
+                    "\"arguments\": {\"city\": \"Pa",
+                ],
+            ),
+            (
+                true,
+                None,
+                &["{\"name\":\"weather\",", "\"arguments\":{\"city\":", "\"Pa"],
+            ),
+            // Cut before the name: nothing was sent as a call.
+            (true, None, &["{\"na"]),
+        ];
+        for (forced, tools, pieces) in cases {
+            let (content, calls, finish) =
+                calls_stream(chat_context(forced, tools), pieces, FinishReason::Length);
+            let c = collected(pieces);
+            let c = Collected {
+                reason: FinishReason::Length,
+                ..c
+            };
+            let whole = openai::whole_chat(&chat_context(forced, tools), &c);
+            let choice = &whole["choices"][0];
+            assert_eq!(choice["finish_reason"], "length");
+            assert_eq!(finish, "length");
+            assert!(choice["message"].get("tool_calls").is_none(), "{whole}");
+            // The whole answer's content is all the text; so is what the stream sent.
+            assert_eq!(choice["message"]["content"], pieces.concat());
+            assert_eq!(content, pieces.concat());
+            // The call begun was sent as written so far.
+            if pieces.len() > 1 {
+                assert_eq!(calls.len(), 1);
+                assert_eq!(calls[0]["function"]["arguments"], "{\"city\":\"Pa");
+            }
+        }
+    }
+
+    #[test]
+    fn a_streamed_answer_s_calls_grow_and_no_marker_is_content() {
+        // One token a piece, as a model writes it; a reasoning-free Hermes answer.
+        let text = "I will look.\n<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"Paris\", \"days\": 3}}\n</tool_call>";
+        let chars: Vec<String> = text.chars().map(String::from).collect();
+        let pieces: Vec<&str> = chars.iter().map(String::as_str).collect();
+        let answer = || {
+            chat_context(
+                false,
+                Some(ToolParsing {
+                    syntax: ToolSyntax::Hermes,
+                    parallel: true,
+                }),
+            )
+        };
+        let out = stream_ending(answer(), &pieces, FinishReason::EosToken);
+        let (mut content, mut calls, mut argument_deltas) = (String::new(), Vec::new(), 0);
+        for p in &out {
+            let Payload::Json(v) = p else { continue };
+            let delta = &v["choices"][0]["delta"];
+            content.push_str(delta["content"].as_str().unwrap_or(""));
+            if let Some(t) = delta["tool_calls"].as_array() {
+                argument_deltas += 1;
+                accumulate(&mut calls, t);
+            }
+        }
+        assert_eq!(content, "I will look.");
+        assert!(argument_deltas > 10, "{argument_deltas}");
+        let whole = openai::whole_chat(&answer(), &collected(&pieces));
+        let message = &whole["choices"][0]["message"];
+        assert_eq!(message["content"], content);
+        assert_eq!(calls[0]["function"], message["tool_calls"][0]["function"]);
+        assert_eq!(
+            calls[0]["function"]["arguments"],
+            "{\"city\":\"Paris\",\"days\":3}"
+        );
+    }
+
+    #[test]
+    fn streamed_auto_calls_hold_text_from_the_opener_and_send_calls_as_written() {
         let pieces = ["Let me ", "check.\n<tool", "_call>\n{\"name\": \"weather\", ", "\"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"time\", \"arguments\": {}}\n</tool_call>"];
         let (content, calls, finish) = auto_stream(ToolSyntax::Hermes, true, &pieces);
         assert_eq!(content, "Let me check.");
@@ -626,6 +743,11 @@ mod tests {
 
     /// The payloads a stream sends for `pieces`, then the end of generation.
     fn stream_of(answer: AnswerContext, pieces: &[&str]) -> Vec<Payload> {
+        stream_ending(answer, pieces, FinishReason::EosToken)
+    }
+
+    /// The payloads a stream sends for `pieces`, then the end of generation for `reason`.
+    fn stream_ending(answer: AnswerContext, pieces: &[&str], reason: FinishReason) -> Vec<Payload> {
         let mut w = StreamWriter::new(answer);
         let mut out = Vec::new();
         for p in pieces {
@@ -633,7 +755,7 @@ mod tests {
         }
         w.event(
             Event::Done {
-                reason: FinishReason::EosToken,
+                reason,
                 generated_tokens: pieces.len(),
                 prompt_tokens: 1,
                 cached_tokens: 0,
@@ -665,7 +787,7 @@ mod tests {
                 content.push_str(c);
             }
             if let Some(t) = delta["tool_calls"].as_array() {
-                calls.extend(t.iter().cloned());
+                accumulate(&mut calls, t);
             }
             if !v["usage"].is_null() {
                 usage = v["usage"].clone();

@@ -14,7 +14,7 @@ use super::generation::{
     bad, positive, stops, AnswerContext, Collected, Format, GenerateCall, Sampling, StringOrList,
 };
 use super::structured::{openai_grammar, ResponseFormat, StructuredOutputs};
-use super::tools::{openai_calls, plan, tool_calls, Tool, ToolChoice};
+use super::tools::{openai_calls, plan, Tool, ToolChoice};
 use super::{check_count, from_json, Inputs};
 use crate::error::ServiceError;
 use crate::generate::chat::{check_kwargs, TemplateKwargs};
@@ -23,6 +23,7 @@ use crate::generate::grammar::Grammar;
 use crate::generate::reasoning::{split_tokens, ReasoningFormat};
 use crate::generate::sampling::SamplingDefaults;
 use crate::generate::service::{GenerateRequest, Length, Prompt};
+use crate::generate::tool_syntax::CallText;
 
 /// OpenAI's default `max_tokens` for completions.
 pub const COMPLETIONS_MAX_TOKENS: usize = 16;
@@ -514,7 +515,10 @@ fn chat_answer(a: &AnswerContext, c: &Collected, text: &str) -> Value {
     let call = match a.format {
         Format::Chat {
             tool_call: true, ..
-        } if c.reason == FinishReason::EosToken => tool_calls(&text),
+        } if c.reason == FinishReason::EosToken => {
+            let parsed = CallText::Forced.parse(&text);
+            (!parsed.calls.is_empty()).then(|| openai_calls(&parsed.calls, CallText::Forced))
+        }
         _ => match &a.tool_parsing {
             Some(tp) => {
                 let parsed = tp.syntax.parse(a.trim_stop(&text));
@@ -524,7 +528,10 @@ fn chat_answer(a: &AnswerContext, c: &Collected, text: &str) -> Value {
                 }
                 content = parsed.content.map_or(Value::Null, Value::String);
                 let keep = if tp.parallel { parsed.calls.len() } else { 1 };
-                Some(openai_calls(&parsed.calls[..keep], tp.syntax))
+                Some(openai_calls(
+                    &parsed.calls[..keep],
+                    CallText::Auto(tp.syntax),
+                ))
             }
             None => None,
         },

@@ -3,8 +3,8 @@
 //! (`{"type": "function", "function": {"name": ...}}`) constrain the answer to one call,
 //! `{"name": ..., "arguments": {...}}` whose arguments validate against that function's
 //! `parameters` (a JSON schema grammar, [`crate::generate::grammar`]), answered as
-//! `message.tool_calls` with `finish_reason: "tool_calls"`, streamed name first and then the
-//! arguments in pieces ([`CallStream`]). `tool_choice: "none"` generates
+//! `message.tool_calls` with `finish_reason: "tool_calls"`, streamed id and name first and
+//! then the arguments in pieces ([`CallStream`], as every call is streamed). `tool_choice: "none"` generates
 //! text (the template still sees the tools). The tools are given to the chat template as its `tools` variable (the Hugging Face
 //! convention), so a template that renders them shows the model what it may call.
 //!
@@ -20,7 +20,7 @@ use super::generation::{bad, random_seed};
 use crate::error::ServiceError;
 use crate::generate::grammar::Grammar;
 use crate::generate::tool_syntax::{
-    any_call_schema, AutoTools, FunctionSpec, ParsedCall, ToolSyntax,
+    any_call_schema, AutoTools, CallText, FunctionSpec, ParsedCall,
 };
 
 /// One entry of `tools`.
@@ -186,119 +186,119 @@ pub(super) fn plan(
     })
 }
 
-/// OpenAI's `tool_calls` for the calls an answer in `syntax` made, each with the id the
-/// model gave it or a fresh one of the form the syntax's templates take.
-pub fn openai_calls(calls: &[ParsedCall], syntax: ToolSyntax) -> Value {
+/// OpenAI's `tool_calls` for the calls an answer made, each with the id the model gave it
+/// or a fresh one of the form the syntax's templates take.
+pub fn openai_calls(calls: &[ParsedCall], text: CallText) -> Value {
     Value::Array(
         calls
             .iter()
             .map(|c| {
                 let id =
                     c.id.clone()
-                        .unwrap_or_else(|| syntax.new_call_id(random_seed()));
+                        .unwrap_or_else(|| text.new_call_id(random_seed()));
                 json!({
                     "id": id,
                     "type": "function",
-                    "function": {"name": c.name, "arguments": c.arguments.to_string()},
+                    "function": {"name": c.name, "arguments": c.arguments},
                 })
             })
             .collect(),
     )
 }
 
-/// The `tool_calls` of an answer whose text is a finished call (`{"name", "arguments"}`),
-/// with a fresh id; `None` when the text is not one (cut by a limit or a stop sequence).
-pub fn tool_calls(text: &str) -> Option<Value> {
-    let v: Value = serde_json::from_str(text).ok()?;
-    let name = v.get("name")?.as_str()?;
-    let arguments = v.get("arguments")?;
-    Some(json!([{
-        "id": format!("call_{:016x}", random_seed()),
-        "type": "function",
-        "function": {"name": name, "arguments": arguments.to_string()},
-    }]))
-}
-
-/// A forced call streamed as OpenAI streams one: a first `tool_calls` delta with the id,
-/// type and name once the text has shown the name, then the `arguments` text in pieces as it
-/// comes. The grammar writes the call compact and in schema order, `{"name":"NAME",
-/// "arguments":ARGS}` (no spaces), so ARGS starts right after `"arguments":` and ends before
-/// the last `}`, which is held back until the next piece or the end.
-#[derive(Default)]
+/// An answer's calls streamed as OpenAI streams them, forced or not: call `i`'s first
+/// `tool_calls` delta is `{"index": i, "id", "type": "function", "function": {"name",
+/// "arguments"}}` (the arguments written so far, often `""`), sent once its name is known;
+/// the next ones are `{"index": i, "function": {"arguments": PIECE}}` as the model writes
+/// them ([`CallText::partial`]). The pieces of a call add up to the `arguments` the whole
+/// answer gives ([`openai_calls`]): the end ([`CallStream::finish`]) sends what the text
+/// showed only once complete.
 pub struct CallStream {
-    text: String,
-    /// Where the arguments start, once the name has been sent.
-    args_start: Option<usize>,
-    /// Bytes of the arguments sent.
-    sent: usize,
+    text: CallText,
+    parallel: bool,
+    /// Each call begun: its id and the arguments sent.
+    begun: Vec<(String, String)>,
 }
 
 impl CallStream {
-    /// Takes a piece of the answer's text; returns the deltas (each a `tool_calls` array) to
-    /// send.
-    pub fn push(&mut self, piece: &str) -> Vec<Value> {
-        self.text.push_str(piece);
-        let mut out = Vec::new();
-        if self.args_start.is_none() {
-            const HEAD: &str = "{\"name\":\"";
-            const ARGS: &str = "\",\"arguments\":";
-            if let Some(rest) = self.text.strip_prefix(HEAD) {
-                if let Some(end) = rest.find(ARGS) {
-                    let name = &rest[..end];
-                    out.push(json!([{
-                        "index": 0,
-                        "id": format!("call_{:016x}", random_seed()),
-                        "type": "function",
-                        "function": {"name": name, "arguments": ""},
-                    }]));
-                    self.args_start = Some(HEAD.len() + end + ARGS.len());
-                }
-            }
+    /// Calls written as `text`; `parallel`: more than the first are sent.
+    pub fn new(text: CallText, parallel: bool) -> Self {
+        Self {
+            text,
+            parallel,
+            begun: Vec::new(),
         }
-        if let Some(start) = self.args_start {
-            // All but the last byte (it may be the call's closing brace): ASCII, so a char
-            // boundary whenever the text ends in one.
-            let upto = self.text.len().saturating_sub(1).max(start);
-            if self.text.is_char_boundary(upto) && upto > start + self.sent {
-                out.push(Self::arguments(&self.text[start + self.sent..upto]));
-                self.sent = upto - start;
-            }
+    }
+
+    /// The deltas (each a `tool_calls` array) that the answer so far, `answer`, adds to
+    /// those already sent.
+    pub fn update(&mut self, answer: &str) -> Vec<Value> {
+        let calls = self.text.partial(answer);
+        let keep = if self.parallel { calls.len() } else { 1 };
+        let mut out = Vec::new();
+        for (i, c) in calls.iter().take(keep).enumerate() {
+            let Some(name) = &c.name else { break };
+            self.send(i, name, c.id.as_deref(), &c.arguments, &mut out);
         }
         out
     }
 
-    /// The end of the answer; `complete`: the call was finished (not cut by a limit). Returns
-    /// the last deltas, and whether a call was streamed at all.
-    pub fn finish(&mut self, complete: bool) -> (Vec<Value>, bool) {
-        let Some(start) = self.args_start else {
-            return (Vec::new(), false);
-        };
-        let end = if complete && self.text.ends_with('}') {
-            self.text.len() - 1
-        } else {
-            self.text.len()
-        };
+    /// The end of the answer, whose calls are `calls` (the whole answer's reading; only the
+    /// first is kept unless parallel): the deltas still to send (a call, or the part of its
+    /// arguments, that was not sent yet).
+    pub fn finish(&mut self, calls: &[ParsedCall]) -> Vec<Value> {
+        let keep = if self.parallel { calls.len() } else { 1 };
         let mut out = Vec::new();
-        if end > start + self.sent && self.text.is_char_boundary(end) {
-            out.push(Self::arguments(&self.text[start + self.sent..end]));
-            self.sent = end - start;
+        for (i, c) in calls.iter().take(keep).enumerate() {
+            self.send(i, &c.name, c.id.as_deref(), &c.arguments, &mut out);
         }
-        (out, true)
+        out
     }
 
-    /// The text so far (a call cut before its name was known is answered as text).
-    pub fn text(&self) -> &str {
-        &self.text
+    /// Call `i`'s delta, if it adds anything: the first (id, type, name and the arguments
+    /// so far) or more of the arguments.
+    fn send(
+        &mut self,
+        i: usize,
+        name: &str,
+        id: Option<&str>,
+        arguments: &str,
+        out: &mut Vec<Value>,
+    ) {
+        let begun = self.begun.len();
+        match self.begun.get_mut(i) {
+            None if i == begun => {
+                let id = id.map_or_else(|| self.text.new_call_id(random_seed()), str::to_string);
+                out.push(json!([{
+                    "index": i,
+                    "id": id,
+                    "type": "function",
+                    "function": {"name": name, "arguments": arguments},
+                }]));
+                self.begun.push((id, arguments.to_string()));
+            }
+            None => {}
+            Some((_, sent)) => {
+                if let Some(more) = arguments.strip_prefix(sent.as_str()) {
+                    if !more.is_empty() {
+                        out.push(json!([{"index": i, "function": {"arguments": more}}]));
+                        sent.push_str(more);
+                    }
+                }
+            }
+        }
     }
 
-    fn arguments(piece: &str) -> Value {
-        json!([{"index": 0, "function": {"arguments": piece}}])
+    /// Whether any call was begun.
+    pub fn begun(&self) -> bool {
+        !self.begun.is_empty()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generate::tool_syntax::ToolSyntax;
 
     fn call(tools: Value, choice: Value) -> Result<Option<ToolPlan>, ServiceError> {
         let p = plan(
@@ -369,31 +369,107 @@ mod tests {
         assert!(call(weather(), json!("sometimes")).is_err());
     }
 
-    #[test]
-    fn a_streamed_call_sends_the_name_then_the_arguments_in_pieces() {
-        let text = r#"{"name":"get_weather","arguments":{"city":"Paris","unit":"c"}}"#;
-        for split in 1..8 {
-            let mut s = CallStream::default();
-            let mut deltas = Vec::new();
-            let chars: Vec<char> = text.chars().collect();
-            for piece in chars.chunks(split) {
-                deltas.extend(s.push(&piece.iter().collect::<String>()));
-            }
-            let (last, streamed) = s.finish(true);
-            assert!(streamed);
-            deltas.extend(last);
-            assert_eq!(deltas[0][0]["function"]["name"], "get_weather");
-            assert!(deltas[0][0]["id"].as_str().unwrap().starts_with("call_"));
-            let args: String = deltas
-                .iter()
-                .map(|d| d[0]["function"]["arguments"].as_str().unwrap())
-                .collect();
-            assert_eq!(args, r#"{"city":"Paris","unit":"c"}"#, "pieces of {split}");
+    /// The calls a stream of `pieces` sends, accumulated by index as a client does, with
+    /// the number of deltas of each; every delta is checked for OpenAI's shape.
+    fn streamed(text: CallText, parallel: bool, pieces: &[&str]) -> Vec<(Value, usize)> {
+        let mut s = CallStream::new(text, parallel);
+        let mut answer = String::new();
+        let mut deltas = Vec::new();
+        for p in pieces {
+            answer.push_str(p);
+            deltas.extend(s.update(&answer));
         }
-        let mut cut = CallStream::default();
-        assert!(cut.push("{\"na").is_empty());
-        assert_eq!(cut.finish(false), (Vec::new(), false));
-        assert_eq!(cut.text(), "{\"na");
+        deltas.extend(s.finish(&text.parse(&answer).calls));
+        let mut calls: Vec<(Value, usize)> = Vec::new();
+        for d in deltas {
+            let [one] = d.as_array().unwrap().as_slice() else {
+                panic!("one call a delta: {d}")
+            };
+            let i = one["index"].as_u64().unwrap() as usize;
+            let piece = one["function"]["arguments"].as_str().unwrap();
+            if i == calls.len() {
+                assert_eq!(one["type"], "function", "{one}");
+                assert!(
+                    one["id"].is_string() && one["function"]["name"].is_string(),
+                    "{one}"
+                );
+                calls.push((one.clone(), 1));
+            } else {
+                assert_eq!(
+                    one.as_object().unwrap().len(),
+                    2,
+                    "only index and function: {one}"
+                );
+                assert_eq!(one["function"].as_object().unwrap().len(), 1, "{one}");
+                let (call, n) = &mut calls[i];
+                let args = format!("{}{piece}", call["function"]["arguments"].as_str().unwrap());
+                call["function"]["arguments"] = json!(args);
+                *n += 1;
+            }
+        }
+        calls
+    }
+
+    #[test]
+    fn streamed_calls_add_up_to_the_whole_answer_s_at_every_split() {
+        let cases: [(CallText, &str); 6] = [
+            (CallText::Forced, r#"{"name":"get_weather","arguments":{"city":"Paris","unit":"c"}}"#),
+            (
+                CallText::Auto(ToolSyntax::Hermes),
+                "Sure.\n<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n<tool_call>\n{\"arguments\": {}, \"name\": \"time\"}\n</tool_call>",
+            ),
+            (
+                CallText::Auto(ToolSyntax::Llama3),
+                "{\"name\": \"weather\", \"parameters\": {\"city\": \"Oslo\"}}",
+            ),
+            (
+                CallText::Auto(ToolSyntax::Mistral),
+                "[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {\"x\": 1}}]",
+            ),
+            (
+                CallText::Auto(ToolSyntax::MistralArgs),
+                "[TOOL_CALLS]weather[ARGS]{\"city\": \"Paris\"}[TOOL_CALLS]add[CALL_ID]a1B2c3D4e[ARGS]{\"a\": 1}",
+            ),
+            (
+                CallText::Auto(ToolSyntax::Json),
+                "{\"tool_calls\": [{\"name\": \"add\", \"arguments\": {\"a\": 2, \"b\": 3}}]}",
+            ),
+        ];
+        for (text, answer) in cases {
+            let parsed = text.parse(answer);
+            let whole = openai_calls(&parsed.calls, text);
+            let whole = whole.as_array().unwrap();
+            let check = |got: &[(Value, usize)], how: &str| {
+                assert_eq!(got.len(), whole.len(), "{how}: {answer}");
+                for (i, ((call, _), want)) in got.iter().zip(whole).enumerate() {
+                    assert_eq!(call["index"], i);
+                    assert_eq!(call["function"], want["function"], "{how}: {answer}");
+                    if let Some(id) = parsed.calls[i].id.as_deref() {
+                        assert_eq!(call["id"], id);
+                    }
+                }
+            };
+            let chars: Vec<String> = answer.chars().map(String::from).collect();
+            let chars: Vec<&str> = chars.iter().map(String::as_str).collect();
+            let got = streamed(text, true, &chars);
+            check(&got, "char by char");
+            assert!(got[0].1 > 1, "arguments in pieces: {got:?}");
+            for (at, _) in answer.char_indices().skip(1) {
+                check(
+                    &streamed(text, true, &[&answer[..at], &answer[at..]]),
+                    "split",
+                );
+            }
+            check(&streamed(text, true, &[answer]), "whole");
+        }
+        // Not parallel: only the first call.
+        let two = "<tool_call>{\"name\": \"a\", \"arguments\": {}}</tool_call><tool_call>{\"name\": \"b\", \"arguments\": {}}</tool_call>";
+        let got = streamed(CallText::Auto(ToolSyntax::Hermes), false, &[two]);
+        assert_eq!(got.len(), 1);
+        // Cut before the name: nothing is sent.
+        let mut cut = CallStream::new(CallText::Forced, false);
+        assert!(cut.update("{\"na").is_empty());
+        assert!(!cut.begun());
     }
 
     #[test]
@@ -407,14 +483,22 @@ mod tests {
     fn parsed_calls_become_openai_tool_calls() {
         let call = ParsedCall {
             name: "weather".into(),
-            arguments: json!({"city": "Paris"}),
+            arguments: r#"{"city":"Paris"}"#.into(),
             id: None,
         };
-        let v = openai_calls(std::slice::from_ref(&call), ToolSyntax::Hermes);
+        let v = openai_calls(
+            std::slice::from_ref(&call),
+            CallText::Auto(ToolSyntax::Hermes),
+        );
         assert_eq!(v[0]["function"]["arguments"], r#"{"city":"Paris"}"#);
         assert!(v[0]["id"].as_str().unwrap().starts_with("call_"));
+        let v = openai_calls(std::slice::from_ref(&call), CallText::Forced);
+        assert!(v[0]["id"].as_str().unwrap().starts_with("call_"));
         // Mistral's templates take 9 letters or digits; the model's own id is kept.
-        let v = openai_calls(std::slice::from_ref(&call), ToolSyntax::MistralArgs);
+        let v = openai_calls(
+            std::slice::from_ref(&call),
+            CallText::Auto(ToolSyntax::MistralArgs),
+        );
         let id = v[0]["id"].as_str().unwrap();
         assert!(
             id.len() == 9 && id.bytes().all(|b| b.is_ascii_alphanumeric()),
@@ -424,16 +508,7 @@ mod tests {
             id: Some("a1B2c3D4e".into()),
             ..call
         };
-        let v = openai_calls(&[own], ToolSyntax::MistralArgs);
+        let v = openai_calls(&[own], CallText::Auto(ToolSyntax::MistralArgs));
         assert_eq!(v[0]["id"], "a1B2c3D4e");
-    }
-
-    #[test]
-    fn a_finished_call_becomes_tool_calls() {
-        let v = tool_calls(r#"{"name":"weather","arguments":{"city":"Paris"}}"#).unwrap();
-        assert_eq!(v[0]["function"]["name"], "weather");
-        assert_eq!(v[0]["function"]["arguments"], r#"{"city":"Paris"}"#);
-        assert!(v[0]["id"].as_str().unwrap().starts_with("call_"));
-        assert!(tool_calls(r#"{"name":"weath"#).is_none());
     }
 }

@@ -13,7 +13,8 @@ Checked with the real clients, every call validated by `jsonschema`, never by th
   non-empty string, no calls) or calls (`finish_reason` "tool_calls", ids `call_...`, a known
   name, arguments that validate), and at least one of each happens;
 - `parallel_tool_calls: false`: at most one call;
-- streaming auto with the SDK: the content and calls streamed equal the whole answer's;
+- streaming auto with the SDK: the content and calls streamed equal the whole answer's, a
+  call's arguments arriving in several deltas;
 - `huggingface_hub`'s `InferenceClient.chat_completion(tools=..., tool_choice=...)`;
 - malformed tool messages are 400s naming the message.
 
@@ -165,15 +166,18 @@ def streamed(base):
             delta = chunk.choices[0].delta
             content += delta.content or ""
             for tc in delta.tool_calls or []:
-                got = calls.setdefault(tc.index, {"id": tc.id, "name": "", "arguments": ""})
+                got = calls.setdefault(tc.index, {"id": tc.id, "name": "", "arguments": "", "deltas": 0})
                 got["name"] += tc.function.name or ""
                 got["arguments"] += tc.function.arguments or ""
+                got["deltas"] += 1 if tc.function.arguments else 0
             finish = chunk.choices[0].finish_reason or finish
         assert finish == whole.finish_reason, (finish, whole)
         assert content == (whole.message.content or ""), (content, whole.message.content)
         want = [(t.function.name, t.function.arguments) for t in whole.message.tool_calls or []]
         assert [(calls[i]["name"], calls[i]["arguments"]) for i in sorted(calls)] == want, (calls, want)
         assert all(calls[i]["id"].startswith("call_") for i in calls), calls
+        # Arguments of several tokens arrive in several pieces, as they are written.
+        assert all(calls[i]["deltas"] > 1 for i in calls if len(calls[i]["arguments"]) > 8), calls
 
 
 def hf_client(base):

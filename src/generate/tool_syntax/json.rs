@@ -5,6 +5,9 @@
 //! in words is the `response` string. Earlier calls in the conversation are written as that
 //! JSON in the assistant's content, so the model sees its own format.
 
+use std::collections::HashMap;
+
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::{any_call_schema, read_call, AutoTools, Parsed};
@@ -26,21 +29,29 @@ pub fn grammar(tools: &AutoTools) -> Grammar {
 
 /// The calls, or the response, in `text`; anything else is text.
 pub fn parse(text: &str) -> Parsed {
-    let Ok(v) = serde_json::from_str::<Value>(text.trim()) else {
+    let Ok(v) = serde_json::from_str::<HashMap<String, &RawValue>>(text.trim()) else {
         return Parsed::text(text);
     };
-    if let Some(Value::String(response)) = v.get("response") {
+    if let Some(Ok(response)) = v
+        .get("response")
+        .map(|r| serde_json::from_str::<String>(r.get()))
+    {
         return Parsed {
-            content: super::non_empty(response),
+            content: super::non_empty(&response),
             content_end: 0,
             calls: Vec::new(),
         };
     }
-    let calls = match (v.get("tool_calls"), v.get("tool_call")) {
-        (Some(Value::Array(items)), _) if !items.is_empty() => {
-            items.iter().map(read_call).collect::<Option<Vec<_>>>()
-        }
-        (_, Some(one)) => read_call(one).map(|c| vec![c]),
+    let items = v
+        .get("tool_calls")
+        .and_then(|l| serde_json::from_str::<Vec<&RawValue>>(l.get()).ok())
+        .filter(|items| !items.is_empty());
+    let calls = match (items, v.get("tool_call")) {
+        (Some(items), _) => items
+            .iter()
+            .map(|c| read_call(c.get(), "arguments"))
+            .collect::<Option<Vec<_>>>(),
+        (None, Some(one)) => read_call(one.get(), "arguments").map(|c| vec![c]),
         _ => None,
     };
     match calls {

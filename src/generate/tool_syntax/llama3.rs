@@ -8,6 +8,8 @@
 //! Llama 3 model given tools answers in JSON only to call (llama.cpp's lazy trigger is the
 //! same `{"name"` at the start), so the JSON it may want to write as content costs little.
 
+use serde_json::value::RawValue;
+
 use super::{any_call_schema_keyed, as_templates_write, read_call, AutoTools, Marker, Parsed};
 use crate::generate::grammar::Grammar;
 
@@ -23,11 +25,11 @@ pub fn parse(text: &str) -> Parsed {
     let mut calls = Vec::new();
     let mut rest = body;
     while !rest.is_empty() {
-        let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<serde_json::Value>();
+        let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<&RawValue>();
         let Some(Ok(v)) = stream.next() else {
             return Parsed::text(text);
         };
-        let Some(call) = read_call(&v) else {
+        let Some(call) = read_call(v.get(), "parameters") else {
             return Parsed::text(text);
         };
         calls.push(call);
@@ -77,7 +79,6 @@ WS: /[ \t\n]+/
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn a_json_answer_is_a_call_with_or_without_the_python_tag() {
@@ -87,7 +88,7 @@ mod tests {
         ] {
             let p = parse(text);
             assert_eq!(p.calls.len(), 1, "{text}");
-            assert_eq!(p.calls[0].arguments, json!({"city": "Paris"}));
+            assert_eq!(p.calls[0].arguments, r#"{"city":"Paris"}"#);
             assert_eq!(p.content, None);
         }
         let p =

@@ -8,6 +8,7 @@
 //! All four markers are control tokens in Mistral's vocabularies; the answer's text keeps
 //! them ([`super::ToolSyntax::markers`]).
 
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::{
@@ -26,12 +27,16 @@ pub fn parse(text: &str) -> Parsed {
         return Parsed::text(text);
     };
     let body = text[start + OPENER.len()..].trim();
-    let calls = match serde_json::from_str::<serde_json::Value>(body) {
-        Ok(serde_json::Value::Array(items)) if !items.is_empty() => {
-            items.iter().map(read_call).collect::<Option<Vec<_>>>()
+    let calls = if body.starts_with('[') {
+        match serde_json::from_str::<Vec<&RawValue>>(body) {
+            Ok(items) if !items.is_empty() => items
+                .iter()
+                .map(|c| read_call(c.get(), "arguments"))
+                .collect::<Option<Vec<_>>>(),
+            _ => None,
         }
-        Ok(v @ serde_json::Value::Object(_)) => read_call(&v).map(|c| vec![c]),
-        _ => None,
+    } else {
+        read_call(body, "arguments").map(|c| vec![c])
     };
     match calls {
         Some(calls) => Parsed {
@@ -71,7 +76,7 @@ pub fn parse_args(text: &str) -> Parsed {
 
 /// The call at the start of `body` (`name[ARGS]{...}`, the opener taken off) and the text
 /// after its arguments.
-fn args_call(body: &str) -> Option<(ParsedCall, &str)> {
+pub(super) fn args_call(body: &str) -> Option<(ParsedCall, &str)> {
     let (head, after) = body.split_once(ARGS)?;
     let (name, id) = match head.split_once(CALL_ID) {
         Some((name, id)) => (name, Some(id.trim())),
@@ -86,9 +91,9 @@ fn args_call(body: &str) -> Option<(ParsedCall, &str)> {
     if !word(name) || id.is_some_and(|id| !word(id)) {
         return None;
     }
-    let mut stream = serde_json::Deserializer::from_str(after).into_iter::<Value>();
+    let mut stream = serde_json::Deserializer::from_str(after).into_iter::<&RawValue>();
     let arguments = match stream.next() {
-        Some(Ok(v @ Value::Object(_))) => v,
+        Some(Ok(v)) if v.get().starts_with('{') => super::compact(v.get()),
         _ => return None,
     };
     let rest = &after[stream.byte_offset()..];
@@ -180,16 +185,16 @@ mod tests {
         let p = parse_args("Let me check.[TOOL_CALLS]weather[ARGS]{\"city\": \"Paris\"}[TOOL_CALLS]add[ARGS]{\"a\": 1, \"b\": [2]}");
         assert_eq!(p.content.as_deref(), Some("Let me check."));
         assert_eq!(p.content_end, 13);
-        let calls: Vec<(&str, &Value)> = p
+        let calls: Vec<(&str, &str)> = p
             .calls
             .iter()
-            .map(|c| (c.name.as_str(), &c.arguments))
+            .map(|c| (c.name.as_str(), c.arguments.as_str()))
             .collect();
         assert_eq!(
             calls,
             [
-                ("weather", &json!({"city": "Paris"})),
-                ("add", &json!({"a": 1, "b": [2]}))
+                ("weather", r#"{"city":"Paris"}"#),
+                ("add", r#"{"a":1,"b":[2]}"#)
             ]
         );
         assert!(p.calls.iter().all(|c| c.id.is_none()));
@@ -200,7 +205,7 @@ mod tests {
         assert_eq!(p.content, None);
         let ids: Vec<Option<&str>> = p.calls.iter().map(|c| c.id.as_deref()).collect();
         assert_eq!(ids, [Some("a1B2c3D4e"), Some("zzzzzzzz9")]);
-        assert_eq!(p.calls[1].arguments, json!({"tz": "UTC"}));
+        assert_eq!(p.calls[1].arguments, r#"{"tz":"UTC"}"#);
     }
 
     #[test]
@@ -288,6 +293,6 @@ mod tests {
         let answer = &out[out.find("[TOOL_CALLS]").unwrap()..out.find("</s>").unwrap()];
         let p = parse_args(answer);
         assert_eq!(p.calls.len(), 2);
-        assert_eq!(p.calls[0].arguments, json!({"city": "Paris"}));
+        assert_eq!(p.calls[0].arguments, r#"{"city":"Paris"}"#);
     }
 }

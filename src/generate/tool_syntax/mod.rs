@@ -27,7 +27,11 @@ pub mod hermes;
 pub mod json;
 pub mod llama3;
 pub mod mistral;
+pub mod partial;
 
+pub use partial::{CallText, PartialCall};
+
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::chat_message::ChatMessage;
@@ -163,8 +167,10 @@ pub struct ToolParsing {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedCall {
     pub name: String,
-    /// A JSON object.
-    pub arguments: Value,
+    /// The text of a JSON object: the arguments as the model wrote them, whitespace outside
+    /// strings taken out ([`compact`]), so a streamed call's pieces add up to it exactly
+    /// ([`partial`]).
+    pub arguments: String,
     /// The id the model gave the call (Mistral's `[CALL_ID]`), if it gave one.
     pub id: Option<String>,
 }
@@ -196,20 +202,73 @@ fn non_empty(text: &str) -> Option<String> {
     (!text.trim().is_empty()).then(|| text.to_string())
 }
 
-/// A call object `{"name": ..., "arguments" (or `parameters`): {...}}`, arguments given as an
-/// object or as its JSON text.
-pub(crate) fn read_call(v: &Value) -> Option<ParsedCall> {
-    let name = v.get("name")?.as_str()?.to_string();
-    let arguments = match v.get("arguments").or_else(|| v.get("parameters")) {
-        None => json!({}),
-        Some(Value::String(text)) => serde_json::from_str(text).ok()?,
-        Some(a) => a.clone(),
+/// A call object's members as written.
+#[derive(serde::Deserialize)]
+struct RawCall<'a> {
+    name: String,
+    #[serde(borrow, default)]
+    arguments: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    parameters: Option<&'a RawValue>,
+}
+
+/// The call object that is all of `text`, `{"name": ..., "arguments" (or "parameters"):
+/// {...}}`, its arguments given as an object or as its JSON text; `key` (the syntax's own,
+/// [`ToolSyntax::arguments_key`]) is read first. A repeated member makes it no call.
+pub(crate) fn read_call(text: &str, key: &str) -> Option<ParsedCall> {
+    let raw: RawCall = serde_json::from_str(text).ok()?;
+    let (first, second) = if key == "parameters" {
+        (raw.parameters, raw.arguments)
+    } else {
+        (raw.arguments, raw.parameters)
     };
-    arguments.is_object().then_some(ParsedCall {
-        name,
+    let arguments = match first.or(second) {
+        None => "{}".to_string(),
+        Some(a) => arguments_text(a.get())?,
+    };
+    Some(ParsedCall {
+        name: raw.name,
         arguments,
         id: None,
     })
+}
+
+/// The arguments' text from a JSON value's text: an object compacted, or a string that
+/// holds an object's text, that text compacted; anything else is no arguments.
+pub(crate) fn arguments_text(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    if raw.starts_with('{') {
+        return Some(compact(raw));
+    }
+    let inner: String = serde_json::from_str(raw).ok()?;
+    let inner = inner.trim();
+    serde_json::from_str::<serde_json::Map<String, Value>>(inner).ok()?;
+    Some(compact(inner))
+}
+
+/// `json` without the whitespace outside its strings. Applied to a prefix of a text, it
+/// gives a prefix of what it gives for the whole (it looks at no byte ahead), which is what
+/// lets a call's arguments stream in pieces that add up to the finished text.
+pub fn compact(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if matches!(c, ' ' | '\t' | '\n' | '\r') {
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 impl ToolSyntax {
@@ -239,6 +298,15 @@ impl ToolSyntax {
             ToolSyntax::Mistral => mistral::parse(text),
             ToolSyntax::MistralArgs => mistral::parse_args(text),
             ToolSyntax::Json => json::parse(text),
+        }
+    }
+
+    /// The member of a call object that holds its arguments (Llama 3.x writes
+    /// `parameters`); the other name is read when it is missing.
+    pub fn arguments_key(self) -> &'static str {
+        match self {
+            ToolSyntax::Llama3 => "parameters",
+            _ => "arguments",
         }
     }
 
@@ -362,12 +430,54 @@ mod tests {
 
     #[test]
     fn calls_take_arguments_or_parameters_as_objects_or_text() {
-        let c = read_call(&json!({"name": "f", "arguments": "{\"a\": 1}"})).unwrap();
-        assert_eq!(c.arguments, json!({"a": 1}));
-        let c = read_call(&json!({"name": "f", "parameters": {"a": 1}})).unwrap();
-        assert_eq!(c.arguments, json!({"a": 1}));
-        assert!(read_call(&json!({"name": "f", "arguments": "[1]"})).is_none());
-        assert!(read_call(&json!({"arguments": {}})).is_none());
+        let c = read_call(r#"{"name": "f", "arguments": "{\"a\": 1}"}"#, "arguments").unwrap();
+        assert_eq!(c.arguments, r#"{"a":1}"#);
+        let c = read_call(r#"{"name": "f", "parameters": {"a": 1}}"#, "arguments").unwrap();
+        assert_eq!(c.arguments, r#"{"a":1}"#);
+        // The syntax's own key first.
+        let both = r#"{"name": "f", "parameters": {"p": 1}, "arguments": {"a": 2}}"#;
+        assert_eq!(
+            read_call(both, "arguments").unwrap().arguments,
+            r#"{"a":2}"#
+        );
+        assert_eq!(
+            read_call(both, "parameters").unwrap().arguments,
+            r#"{"p":1}"#
+        );
+        assert_eq!(
+            read_call(r#"{"name": "f"}"#, "arguments")
+                .unwrap()
+                .arguments,
+            "{}"
+        );
+        for bad in [
+            r#"{"name": "f", "arguments": "[1]"}"#,
+            r#"{"name": "f", "arguments": [1]}"#,
+            r#"{"arguments": {}}"#,
+            r#"{"name": "f", "name": "g", "arguments": {}}"#,
+            r#"{"name": "f", "arguments": {}} tail"#,
+            "[1]",
+        ] {
+            assert!(read_call(bad, "arguments").is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn arguments_keep_the_model_s_text_but_its_whitespace() {
+        let c = read_call(
+            "{\"name\": \"f\", \"arguments\": {\"b\": 1.50, \"a\": \"x \\\" \\u00e9\\n\",\n \"c\": [1, 2]}}",
+            "arguments",
+        )
+        .unwrap();
+        // Key order, numbers and escapes as written: only the whitespace goes.
+        assert_eq!(
+            c.arguments,
+            "{\"b\":1.50,\"a\":\"x \\\" \\u00e9\\n\",\"c\":[1,2]}"
+        );
+        let whole = "{\"s\": \"a b\\\\\", \"t\": [ 1 , {} ]}";
+        for cut in 0..=whole.len() {
+            assert!(compact(whole).starts_with(&compact(&whole[..cut])), "{cut}");
+        }
     }
 
     #[test]
