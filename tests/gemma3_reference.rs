@@ -37,7 +37,9 @@ use std::sync::OnceLock;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::QTensor;
 use candle_core::Device;
-use common::decoder_reference::{check_model, greedy, run_alone, Checker, Prompt, TOLERANCE};
+use common::decoder_reference::{
+    check_llama_cpp, check_model, greedy, run_alone, Checker, LlamaCpp, Prompt, TOLERANCE,
+};
 use common::max_abs_diff;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -50,6 +52,12 @@ use zerobatch::generate::prompt::chat_prompt;
 use zerobatch::generate::tokenizer::GenTokenizer;
 use zerobatch::kernels::{Dtype, KernelLevel};
 
+/// Steps each greedy comparison with llama.cpp must cover before a near tie, or the whole run
+/// when shorter (the chat's answer is 6 tokens; llama.cpp's Q4_0 run has a near tie at its last step).
+const MIN_LLAMA_CPP_STEPS: usize = 5;
+/// Steps all greedy comparisons with llama.cpp must cover together (measured on an AMX
+/// machine: 31; the floor leaves room for other kernel paths' rounding).
+const MIN_LLAMA_CPP_TOTAL: usize = 25;
 #[derive(Deserialize)]
 struct Reference {
     generator_versions: String,
@@ -64,6 +72,7 @@ struct Reference {
     no_window_f32_last: Vec<Vec<f32>>,
     chat: Chat,
     tokenization: Vec<TokenCase>,
+    llama_cpp: LlamaCpp,
 }
 
 #[derive(Deserialize)]
@@ -444,4 +453,22 @@ fn the_binary_answers_a_chat_completion_that_ends_at_end_of_turn() {
         r.chat.greedy_ids.len()
     );
     assert_eq!(answer["usage"]["prompt_tokens"], r.chat.prompt_ids.len());
+}
+
+/// Greedy decoding of the chat prompt on every file, in f32 and the default load, against
+/// llama.cpp's llama-server on the same file (its ids recorded by
+/// scripts/make-gemma3-reference.py), up to the first near tie on either side; and
+/// llama.cpp's ids on the f32 file against transformers'.
+#[test]
+fn greedy_decoding_matches_llama_cpp_up_to_a_near_tie() {
+    let r = reference();
+    check_llama_cpp(
+        "gemma3",
+        &r.llama_cpp,
+        &r.chat.prompt_ids,
+        &r.chat.greedy_ids,
+        MIN_LLAMA_CPP_STEPS,
+        MIN_LLAMA_CPP_TOTAL,
+        |variant, dtype, keep_q4| -> Box<dyn Decoder> { Box::new(load(variant, dtype, keep_q4)) },
+    );
 }

@@ -37,7 +37,7 @@ use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::QTensor;
-use common::decoder_reference::{check_model, greedy, Prompt};
+use common::decoder_reference::{check_llama_cpp, check_model, greedy, LlamaCpp, Prompt};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use zerobatch::config::ServeConfig;
@@ -53,6 +53,12 @@ use zerobatch::kernels::{Dtype, KernelLevel};
 use zerobatch::model::DtypeChoice;
 use zerobatch::server::BackgroundServer;
 
+/// Steps each greedy comparison with llama.cpp must cover before a near tie, or the whole run
+/// when shorter (qwen3's Q4_0 run is 15 steps long; qwen3's Q8_0 run has a near tie at step 20).
+const MIN_LLAMA_CPP_STEPS: usize = 15;
+/// Steps all greedy comparisons with llama.cpp must cover together (measured on an AMX
+/// machine: qwen2 113, qwen3 52 (its quantized files: one step each before a near tie); the floor leaves room for other kernel paths' rounding).
+const MIN_LLAMA_CPP_TOTAL: usize = 40;
 #[derive(Deserialize)]
 struct Reference {
     generator_versions: String,
@@ -66,6 +72,7 @@ struct Reference {
     chat: Chat,
     #[serde(default)]
     tokenization: BTreeMap<String, Vec<TokenCase>>,
+    llama_cpp: LlamaCpp,
 }
 
 #[derive(Deserialize)]
@@ -478,6 +485,52 @@ fn the_server_answers_a_chat_completion_that_ends_at_im_end() {
             resp.text().contains("add_generation_prompt"),
             "{}",
             resp.text()
+        );
+    }
+}
+
+/// Greedy decoding of the chat prompt on every file, in f32 and the default load, against
+/// llama.cpp's llama-server on the same file (its ids recorded by
+/// scripts/make-qwen-reference.py), up to the first near tie on either side; and llama.cpp's
+/// ids on the f32 file against transformers'.
+#[test]
+fn greedy_decoding_matches_llama_cpp_up_to_a_near_tie() {
+    for arch in ["qwen2", "qwen3"] {
+        let r = reference(arch);
+        check_llama_cpp(
+            arch,
+            &r.llama_cpp,
+            &r.chat.prompt_ids,
+            &r.chat.greedy_ids,
+            MIN_LLAMA_CPP_STEPS,
+            MIN_LLAMA_CPP_TOTAL,
+            |variant, dtype, keep_q4| {
+                let model: Box<dyn Decoder> = match arch {
+                    "qwen2" => Box::new(
+                        Model::<Qwen2Arch>::load(
+                            &model_path(arch, variant),
+                            dtype,
+                            keep_q4,
+                            KernelLevel::detected(),
+                            2,
+                        )
+                        .unwrap()
+                        .0,
+                    ),
+                    _ => Box::new(
+                        Model::<Qwen3Arch>::load(
+                            &model_path(arch, variant),
+                            dtype,
+                            keep_q4,
+                            KernelLevel::detected(),
+                            2,
+                        )
+                        .unwrap()
+                        .0,
+                    ),
+                };
+                model
+            },
         );
     }
 }

@@ -87,7 +87,8 @@ pub struct ServeConfig {
     /// the Hugging Face cache (a BERT or XLM-RoBERTa model embeds, reranks or classifies, a
     /// GPT-2 one generates); or a
     /// `.gguf` file, a directory holding one, or `owner/name:QUANT`, the hub repository's GGUF
-    /// file of that quantization (text generation: llama, qwen2, qwen3 and phi3 architectures).
+    /// file of that quantization (text generation: llama, qwen2, qwen3, phi3, smollm3 and gemma3
+    /// architectures).
     #[arg(long, env = "MODEL", default_value = DEFAULT_MODEL)]
     pub model: String,
 

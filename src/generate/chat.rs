@@ -110,6 +110,12 @@ impl ChatTemplate {
     /// passes [`FUEL`] or [`MAX_RENDERED_BYTES`] on a system, user, assistant, user one.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, String> {
         let mut env = Environment::new();
+        // As transformers (`trim_blocks=True, lstrip_blocks=True`) and llama.cpp's Jinja
+        // engine compile chat templates: a block or comment tag takes the newline after it and
+        // the indentation before it (SmolLM3's template starts with comments on their own
+        // lines, which otherwise put a newline before the prompt).
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
@@ -286,6 +292,23 @@ mod tests {
 
     fn msg(role: &str, content: &str) -> ChatMessage {
         ChatMessage::new(role, content)
+    }
+
+    /// Block and comment tags take the newline after them and the indentation before them,
+    /// as transformers' and llama.cpp's Jinja settings do (the rendering below is jinja2's
+    /// with `trim_blocks` and `lstrip_blocks`).
+    #[test]
+    fn tags_on_their_own_lines_leave_no_whitespace() {
+        let source = "{# a comment #}\n{% for message in messages %}\n    {% if message.role == 'user' %}\n<{{ message.content }}>\n    {% endif %}\n{% endfor %}\n";
+        let t = ChatTemplate::new(source, "", "").unwrap();
+        let out = t
+            .render(
+                &[msg("user", "a"), msg("user", "b")],
+                false,
+                &TemplateKwargs::new(),
+            )
+            .unwrap();
+        assert_eq!(out, "<a>\n<b>\n");
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! places, each in its own file through [`Arch`]: [`super::llama`] (adjacent-pair RoPE with
 //! optional per-pair frequency factors), [`super::qwen2`] (rotate-half RoPE, Q/K/V biases) and
 //! [`super::qwen3`] (rotate-half RoPE, an RMSNorm on every query and key head before it, a head
-//! size of its own) and [`super::phi3`] (rotate-half RoPE on part of each head, LongRoPE
-//! factors; its fused tensors are read here). What they share is read and run here once: the hyperparameters
+//! size of its own), [`super::phi3`] (rotate-half RoPE on part of each head, LongRoPE
+//! factors; its fused tensors are read here) and [`super::smollm3`] (adjacent-pair RoPE, none
+//! on every fourth layer). What they share is read and run here once: the hyperparameters
 //! ([`Hparams`], the keys llama.cpp reads, in `hparams.rs`; RoPE, RMSNorm and SwiGLU are
 //! `crate::kernels::rope`'s, shared with the Qwen3 embedder), the
 //! tensors llama.cpp's loaders name

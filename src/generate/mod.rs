@@ -1,13 +1,13 @@
-//! Text generation: a GGUF model of the Llama family (`llama`, `qwen2`, `qwen3`, `phi3`) or of
-//! Gemma 3 (`gemma3`), or a GPT-2 checkpoint in Hugging Face layout, served with continuous
-//! batching.
+//! Text generation: a GGUF model of the Llama family (`llama`, `qwen2`, `qwen3`, `phi3`,
+//! `smollm3`) or of Gemma 3 (`gemma3`), or a GPT-2 checkpoint in Hugging Face layout, served
+//! with continuous batching.
 //!
 //! - [`gguf`]: the file's metadata and tensors (split files merged), with errors that name the
 //!   key or tensor;
 //! - [`decoder`]: what every architecture shares (KV caches, attention over them, a step's
 //!   bookkeeping) and [`decoder::Decoder`], the interface of the model the engine runs;
 //! - [`llama_family`]: the model and batched step the GGUF architectures share; [`llama`],
-//!   [`qwen2`], [`qwen3`], [`phi3`]: what each of them adds; [`gemma3`]: Gemma 3 (sandwich
+//!   [`qwen2`], [`qwen3`], [`phi3`], [`smollm3`]: what each of them adds; [`gemma3`]: Gemma 3 (sandwich
 //!   norms, sliding-window layers), with its own step over the family's parts; [`gpt2`]: GPT-2,
 //!   with its own step;
 //! - [`tokenizer`]: the tokenizer (from GGUF metadata or Hugging Face files);
@@ -45,6 +45,7 @@ pub mod qwen3;
 pub mod reasoning;
 pub mod sampling;
 pub mod service;
+pub mod smollm3;
 pub mod spm_merges;
 pub mod tokenizer;
 pub mod tool_syntax;
@@ -65,6 +66,7 @@ use phi3::Phi3;
 use qwen2::Qwen2;
 use qwen3::Qwen3;
 use sampling::SamplingDefaults;
+use smollm3::SmolLm3;
 use tokenizer::{GenTokenizer, HfTokenizerFiles};
 
 /// A generation model loaded, before its engine starts.
@@ -351,7 +353,7 @@ fn sampling_defaults(
 
 /// The GGUF architectures this server runs (`general.architecture`), for messages.
 pub const GGUF_ARCHITECTURES: &str =
-    "llama (Llama 2/3, SmolLM2, TinyLlama, …), qwen2 (Qwen2, Qwen2.5), qwen3 (Qwen3), phi3 (Phi-3, Phi-3.5-mini, Phi-4-mini) and gemma3 (Gemma 3 270M, 1B; text)";
+    "llama (Llama 2/3, SmolLM2, TinyLlama, …), qwen2 (Qwen2, Qwen2.5), qwen3 (Qwen3), phi3 (Phi-3, Phi-3.5-mini, Phi-4-mini), smollm3 (SmolLM3) and gemma3 (Gemma 3 270M, 1B; text)";
 
 /// The model of an open GGUF file, by its `general.architecture`.
 ///
@@ -371,6 +373,7 @@ pub fn gguf_model(
         "qwen2" => Arc::new(Qwen2::from_file(file, dtype, keep_q4, level, threads)?),
         "qwen3" => Arc::new(Qwen3::from_file(file, dtype, keep_q4, level, threads)?),
         "phi3" => Arc::new(Phi3::from_file(file, dtype, keep_q4, level, threads)?),
+        "smollm3" => Arc::new(SmolLm3::from_file(file, dtype, keep_q4, level, threads)?),
         "gemma3" => Arc::new(Gemma3::from_file(file, dtype, keep_q4, level, threads)?),
         other => {
             return Err(gguf::GgufError::Metadata {

@@ -2,11 +2,15 @@
 //! gemma3_reference.rs): the prompts' reference logits as the make-*-reference.py scripts
 //! write them, and one run of every comparison for a file loaded one way: each prefix in one
 //! step, chunked prefill then one token at a time through the KV cache, and continuous
-//! batching, against the reference where it has logits and against our own full recompute.
+//! batching, against the reference where it has logits and against our own full recompute;
+//! and greedy decoding against llama.cpp's on the same file ([`check_llama_cpp_greedy`]).
+
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use zerobatch::generate::decoder::{Decoder, StepInput};
 use zerobatch::generate::kv_cache::KvCache;
+use zerobatch::kernels::Dtype;
 
 use super::{cosine, max_abs_diff};
 
@@ -243,4 +247,166 @@ pub fn check_model<M: Decoder + ?Sized>(
     }
     ck.report();
     ck
+}
+
+/// Where the top two logits of a step are closer than this on either side (ours, or
+/// llama.cpp's log-probabilities), the two may pick different tokens: a greedy comparison
+/// with llama.cpp on an f32 file ends there (llama.cpp keeps its KV cache in f16).
+pub const NEAR_TIE: f32 = 0.1;
+/// The same on a quantized file: llama.cpp multiplies Q8_0 and Q4_0 weights by activations
+/// quantized to 8 bits per block of 32, which moves the tiny models' logits (spread over
+/// ±30) by up to 0.26 between the top two (measured: phi3's Q4_0 file, where our f32 load
+/// matches transformers on the stored values to 1e-4).
+pub const NEAR_TIE_QUANTIZED: f32 = 0.3;
+
+/// The near-tie bound for a file variant (`f32`, `q8_0`, `q4_0`).
+pub fn near_tie(variant: &str) -> f32 {
+    if variant == "f32" {
+        NEAR_TIE
+    } else {
+        NEAR_TIE_QUANTIZED
+    }
+}
+
+/// The `llama_cpp` entry of a tiny model's reference: llama.cpp's llama-server's greedy
+/// continuation of the chat's prompt on each file (scripts/reference_common.py,
+/// `llama_cpp_block`).
+#[derive(Deserialize)]
+pub struct LlamaCpp {
+    pub version: String,
+    /// Per file variant (`f32`, `q8_0`, `q4_0`).
+    pub greedy: BTreeMap<String, LlamaCppRun>,
+}
+
+/// llama.cpp's greedy ids (up to and including an end-of-generation token) and, per step,
+/// the gap between its two largest log-probabilities.
+#[derive(Deserialize)]
+pub struct LlamaCppRun {
+    pub ids: Vec<u32>,
+    pub margins: Vec<f32>,
+}
+
+impl LlamaCppRun {
+    /// The steps before llama.cpp's first margin below `tie`.
+    pub fn clear_steps(&self, tie: f32) -> usize {
+        self.margins
+            .iter()
+            .position(|&m| m < tie)
+            .unwrap_or(self.margins.len())
+    }
+}
+
+/// Greedy decoding of `prompt` through the KV cache against llama.cpp's `run` on the same
+/// file: the same token at every step up to the first where either side's two best
+/// candidates are within `tie` ([`near_tie`]; a symmetric rule: a near tie on our side ends it as
+/// well as one on llama.cpp's). Returns the number of steps compared; the caller says how
+/// many it needs.
+pub fn check_llama_cpp_greedy<M: Decoder + ?Sized>(
+    label: &str,
+    model: &M,
+    prompt: &[u32],
+    run: &LlamaCppRun,
+    tie: f32,
+) -> usize {
+    assert_eq!(run.ids.len(), run.margins.len(), "{label}");
+    let mut cache = new_cache(model);
+    let mut input = prompt.to_vec();
+    for (s, (&want, &theirs)) in run.ids.iter().zip(&run.margins).enumerate() {
+        let logits = model
+            .step(&mut [StepInput {
+                cache: &mut cache,
+                tokens: &input,
+                want_logits: true,
+            }])
+            .pop()
+            .unwrap();
+        let (best, margin) = top_two(&logits);
+        if margin < tie || theirs < tie {
+            eprintln!(
+                "{label}: {s} of {} steps compared (near tie: ours {margin:.4}, llama.cpp's {theirs:.4})",
+                run.ids.len()
+            );
+            return s;
+        }
+        assert_eq!(
+            best, want,
+            "{label}: step {s}: our greedy token differs from llama.cpp's (margins: ours {margin:.4}, \
+             llama.cpp's {theirs:.4}; ours {:.4} for {want})",
+            logits[want as usize]
+        );
+        input = vec![best];
+    }
+    eprintln!("{label}: all {} steps compared", run.ids.len());
+    run.ids.len()
+}
+
+/// Every file llama.cpp ran (`lc.greedy`), loaded in f32 and the default way (int8, Q4
+/// weights kept as stored) by `load(variant, dtype, keep_q4)`, decoded greedily from `prompt`
+/// against llama.cpp's run on it ([`check_llama_cpp_greedy`]); and llama.cpp's f32 run
+/// against transformers' greedy ids, up to its first near tie.
+///
+/// The f32 file loaded in f32 (transformers' arithmetic, within 1e-4) must cover llama.cpp's
+/// whole run up to its first near tie, and at least `min_steps` steps (or the whole run when
+/// shorter). The other loads may meet a near tie of their own sooner: a quantized load's
+/// logits differ from llama.cpp's by more than rounding (llama.cpp quantizes activations for
+/// quantized weights and runs f32 weights as they are; our default load quantizes f32
+/// weights to int8), and the tiny models' margins are small; all runs together must
+/// still compare at least `min_total` steps. Returns that total.
+pub fn check_llama_cpp<L: Fn(&str, Dtype, bool) -> Box<dyn Decoder>>(
+    label: &str,
+    lc: &LlamaCpp,
+    prompt: &[u32],
+    transformers_ids: &[u32],
+    min_steps: usize,
+    min_total: usize,
+    load: L,
+) -> usize {
+    eprintln!(
+        "{label}: llama.cpp {}",
+        lc.version.lines().next().unwrap_or("")
+    );
+    assert_eq!(
+        lc.greedy.keys().collect::<Vec<_>>(),
+        ["f32", "q4_0", "q8_0"],
+        "{label}"
+    );
+    let f32_run = &lc.greedy["f32"];
+    let k = f32_run.clear_steps(NEAR_TIE);
+    assert!(
+        k >= min_steps.min(f32_run.ids.len()),
+        "{label}: {k} clear steps"
+    );
+    assert_eq!(
+        f32_run.ids[..k],
+        transformers_ids[..k.min(transformers_ids.len())],
+        "{label}: llama.cpp's greedy ids on the f32 file against transformers'"
+    );
+    let mut total = 0;
+    for (variant, run) in &lc.greedy {
+        for (dtype, keep_q4) in [(Dtype::F32, false), (Dtype::Int8, true)] {
+            let model = load(variant, dtype, keep_q4);
+            let what = format!("{label} {variant} loaded as {dtype:?}");
+            let n = check_llama_cpp_greedy(&what, model.as_ref(), prompt, run, near_tie(variant));
+            if variant == "f32" && dtype == Dtype::F32 {
+                assert_eq!(n, k, "{what}: a near tie of ours before llama.cpp's");
+            }
+            total += n;
+        }
+    }
+    eprintln!("{label}: {total} steps compared with llama.cpp in all");
+    assert!(total >= min_total, "{label}: only {total} steps compared");
+    total
+}
+
+/// The largest logit's index and its gap to the second largest.
+fn top_two(logits: &[f32]) -> (u32, f32) {
+    let (mut best, mut first, mut second) = (0, f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for (i, &l) in logits.iter().enumerate() {
+        if l > first {
+            (second, first, best) = (first, l, i);
+        } else if l > second {
+            second = l;
+        }
+    }
+    (best as u32, first - second)
 }
