@@ -190,7 +190,13 @@ fn past_the_connection_limit_only_probes_are_served_then_connections_close_and_t
     assert_eq!(refused.status, 503, "{}", refused.text());
     assert!(refused.header("Retry-After").is_some());
     assert_eq!(refused.json()["error_type"], "connection_limit");
-    let metrics = get(p.addr, "/metrics").text();
+    // The gauge counts a connection once its task has started: poll it rather than race it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut metrics = get(p.addr, "/metrics").text();
+    while metric(&metrics, "zerobatch_open_connections") < 5.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        metrics = get(p.addr, "/metrics").text();
+    }
     assert!(
         metric(&metrics, "zerobatch_open_connections") >= 5.0,
         "{metrics}"
