@@ -159,8 +159,9 @@ pub(super) fn cached_attention(
     level: KernelLevel,
     threads: usize,
 ) {
-    let qw = shape.n_head * shape.head_dim;
-    let kvw = shape.n_head_kv * shape.head_dim;
+    let h = &shape.heads;
+    let qw = h.n_head * h.head_dim;
+    let kvw = h.n_head_kv * h.head_dim;
     let qkvw = shape.qkvw;
     let mut row0 = 0;
     let mut jobs = Vec::with_capacity(inputs.len());
@@ -263,32 +264,23 @@ pub(super) fn positions(inputs: &[StepInput], context: usize) -> Vec<usize> {
     positions
 }
 
-/// The shape of one attention call.
+/// The shape of one attention call: the heads, scale and window the kernel reads, and where
+/// the rows of Q, K and V side by side end.
 pub(super) struct AttnShape {
-    pub n_head: usize,
-    pub n_head_kv: usize,
-    pub head_dim: usize,
+    /// Heads, scale (`1/√head_dim` for most models; Gemma 3's `query_pre_attn_scalar`) and
+    /// sliding window (a query at `p` sees `p + 1 - window ..= p` only: llama.cpp's
+    /// `LLAMA_SWA_TYPE_STANDARD`, transformers' `sliding_window`).
+    pub heads: CausalShape,
     /// Width of one row of Q, K and V side by side.
     pub qkvw: usize,
-    /// Multiplies every query·key product (`1/√head_dim` for most models; Gemma 3's
-    /// `query_pre_attn_scalar`).
-    pub scale: f32,
-    /// Sliding-window attention: a query at position `p` sees the keys at positions
-    /// `p + 1 - window ..= p` only (llama.cpp's `LLAMA_SWA_TYPE_STANDARD`, transformers'
-    /// `sliding_window`). `None`: every earlier position.
-    pub window: Option<usize>,
 }
 
 impl AttnShape {
     /// Full causal attention scaled by `1/√head_dim`.
     pub(super) fn causal(n_head: usize, n_head_kv: usize, head_dim: usize, qkvw: usize) -> Self {
         Self {
-            n_head,
-            n_head_kv,
-            head_dim,
+            heads: CausalShape::new(n_head, n_head_kv, head_dim),
             qkvw,
-            scale: 1.0 / (head_dim as f32).sqrt(),
-            window: None,
         }
     }
 }
@@ -305,14 +297,7 @@ fn attend<T: KvElem>(
     out: &mut [f32],
     level: KernelLevel,
 ) {
-    let shape = CausalShape {
-        n_head: s.n_head,
-        n_head_kv: s.n_head_kv,
-        head_dim: s.head_dim,
-        scale: s.scale,
-        window: s.window,
-    };
-    kernels::causal_attention(&shape, qkv, s.qkvw, kv, start, out, level);
+    kernels::causal_attention(&s.heads, qkv, s.qkvw, kv, start, out, level);
 }
 
 #[cfg(test)]
@@ -335,9 +320,10 @@ mod tests {
         let qkv: Vec<f32> = (0..n * qkvw).map(|_| next()).collect();
         let k: Vec<f32> = (0..n * kvw).map(|_| next()).collect();
         let v: Vec<f32> = (0..n * kvw).map(|_| next()).collect();
-        let shape = |window| AttnShape {
-            window,
-            ..AttnShape::causal(n_head, n_head_kv, hd, qkvw)
+        let shape = |window| {
+            let mut s = AttnShape::causal(n_head, n_head_kv, hd, qkvw);
+            s.heads.window = window;
+            s
         };
         for level in [KernelLevel::Scalar, KernelLevel::detected()] {
             // The last three rows at positions n-3..n, with a window of 4.

@@ -357,10 +357,11 @@ impl Gemma3 {
         let mut gate_up = vec![0.0f32; m * 2 * ff];
         let mut act = vec![0.0f32; m * ff];
         let (threads, level) = (self.threads, self.level);
-        let shape = |window| AttnShape {
-            scale: self.attn_scale,
-            window,
-            ..AttnShape::causal(c.n_head, c.n_head_kv, c.head_dim, qkvw)
+        let shape = |window| {
+            let mut s = AttnShape::causal(c.n_head, c.n_head_kv, c.head_dim, qkvw);
+            s.heads.scale = self.attn_scale;
+            s.heads.window = window;
+            s
         };
         let (global, local) = (shape(None), shape(Some(self.window)));
         for (l, block) in self.blocks.iter().enumerate() {

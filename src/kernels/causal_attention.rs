@@ -62,6 +62,19 @@ pub struct CausalShape {
     pub window: Option<usize>,
 }
 
+impl CausalShape {
+    /// Full causal attention scaled by `1/√head_dim`, no window.
+    pub fn new(n_head: usize, n_head_kv: usize, head_dim: usize) -> Self {
+        Self {
+            n_head,
+            n_head_kv,
+            head_dim,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            window: None,
+        }
+    }
+}
+
 /// An element type of a KV cache: f32, or f16 (widened a block at a time).
 pub trait KvValue: Copy + Send + Sync + 'static {
     /// The values as f32 if they are (read in place), else `None`.

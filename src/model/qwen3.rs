@@ -374,13 +374,7 @@ impl Qwen3Encoder {
         // Qwen3 has no per-pair frequency factors.
         let ones = vec![1.0f32; hd / 2];
         let rope = Rope::new(&positions, &rope, &ones, RopeStyle::Halves);
-        let shape = CausalShape {
-            n_head: c.num_attention_heads,
-            n_head_kv: c.num_key_value_heads,
-            head_dim: hd,
-            scale: 1.0 / (hd as f32).sqrt(),
-            window: None,
-        };
+        let shape = CausalShape::new(c.num_attention_heads, c.num_key_value_heads, hd);
         let (level, eps) = (self.level, c.rms_norm_eps);
         let mut xn = vec![0.0f32; m * d];
         let mut qkv = vec![0.0f32; m * qkvw];
