@@ -188,7 +188,7 @@ pub fn causal_attention<T: KvValue>(
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             Variant::Avx2 => unsafe { attend_avx2(&call, k, v, out, sc) },
-            Variant::Generic => attend::<T, false>(&call, k, v, out, sc),
+            Variant::Generic => attend::<T, false, false>(&call, k, v, out, sc),
         }
     })
 }
@@ -212,7 +212,7 @@ struct Call<'a> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
 unsafe fn attend_avx512<T: KvValue>(c: &Call, k: &[T], v: &[T], out: &mut [f32], sc: &mut Scratch) {
-    attend::<T, FUSED>(c, k, v, out, sc)
+    attend::<T, FUSED, true>(c, k, v, out, sc)
 }
 
 /// [`attend`] compiled for AVX2 and FMA.
@@ -223,7 +223,7 @@ unsafe fn attend_avx512<T: KvValue>(c: &Call, k: &[T], v: &[T], out: &mut [f32],
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn attend_avx2<T: KvValue>(c: &Call, k: &[T], v: &[T], out: &mut [f32], sc: &mut Scratch) {
-    attend::<T, FUSED>(c, k, v, out, sc)
+    attend::<T, FUSED, true>(c, k, v, out, sc)
 }
 
 /// Reused buffers (one set per thread), so that a decode step allocates nothing.
@@ -331,9 +331,10 @@ fn block<'a, T: KvValue>(
     (&scratch[..n * hd], hd)
 }
 
-/// Every KV head of the call, in the layout its number of pairs calls for.
+/// Every KV head of the call, in the layout its number of pairs calls for. `AVX`: compiled
+/// into a function with AVX enabled (the narrow layout then transposes with its intrinsics).
 #[inline(always)]
-fn attend<T: KvValue, const FMA: bool>(
+fn attend<T: KvValue, const FMA: bool, const AVX: bool>(
     c: &Call,
     k: &[T],
     v: &[T],
@@ -345,7 +346,7 @@ fn attend<T: KvValue, const FMA: bool>(
         if c.rows * group >= WIDE_PAIRS {
             wide::<T, FMA>(c, k, v, kvh, out, sc);
         } else {
-            narrow::<T, FMA>(c, k, v, kvh, out, sc);
+            narrow::<T, FMA, AVX>(c, k, v, kvh, out, sc);
         }
     }
 }
@@ -593,7 +594,7 @@ fn values_wide<const FMA: bool>(
 /// not depend on how its prompt was chunked or batched. For that the scores run with the keys
 /// along the lanes, over the key block transposed (`head_dim × KEY_BLOCK`).
 #[inline(always)]
-fn narrow<T: KvValue, const FMA: bool>(
+fn narrow<T: KvValue, const FMA: bool, const AVX: bool>(
     c: &Call,
     k: &[T],
     v: &[T],
@@ -636,11 +637,7 @@ fn narrow<T: KvValue, const FMA: bool>(
     while t0 < hi {
         let nb = block_len(t0, hi);
         let (kb, ks) = block(k, kvw, hd, kvh, t0 - c.first, nb, keys);
-        for j in 0..nb {
-            for (d, &x) in kb[j * ks..][..hd].iter().enumerate() {
-                kt[d * KEY_BLOCK + j] = x;
-            }
-        }
+        transpose_keys::<AVX>(kb, ks, nb, hd, kt);
         for i in 0..n {
             let mut acc = [0.0f32; KEY_BLOCK];
             for (d, &qx) in qn[i * hd..][..hd].iter().enumerate() {
@@ -716,6 +713,98 @@ fn narrow<T: KvValue, const FMA: bool>(
                 *y = x * inv;
             }
         }
+    }
+}
+
+/// Key block `kb` (`nb` rows of `hd`, row `j` at `j·ks`) transposed into `kt` (`hd ×
+/// KEY_BLOCK`, key `j` of dimension `d` at `d·KEY_BLOCK + j`; columns from `nb` on keep what
+/// they held, and are not read). A plain copy: the same values whichever way it runs. With
+/// `AVX` (the caller is compiled with AVX), 8×8 tiles go through registers: the scalar loop
+/// cost more than the scores it feeds in decode (one row, three heads per key block).
+#[inline(always)]
+fn transpose_keys<const AVX: bool>(kb: &[f32], ks: usize, nb: usize, hd: usize, kt: &mut [f32]) {
+    assert!(nb <= KEY_BLOCK && kt.len() >= hd * KEY_BLOCK);
+    assert!(nb == 0 || kb.len() >= (nb - 1) * ks + hd);
+    let (mut j0, mut d_tiles) = (0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        d_tiles = hd / 8 * 8;
+        while j0 + 8 <= nb {
+            for d0 in (0..d_tiles).step_by(8) {
+                // SAFETY: the caller runs with AVX (`AVX`); rows `j0..j0 + 8` of `kb` hold
+                // columns `d0..d0 + 8` (`d0 + 8 <= hd`, asserted lengths above), and `kt`
+                // holds rows `d0..d0 + 8` of `KEY_BLOCK` from column `j0 + 8 <= nb`.
+                unsafe {
+                    transpose8x8(
+                        kb.as_ptr().add(j0 * ks + d0),
+                        ks,
+                        kt.as_mut_ptr().add(d0 * KEY_BLOCK + j0),
+                        KEY_BLOCK,
+                    )
+                };
+            }
+            j0 += 8;
+        }
+    }
+    // What the tiles did not cover: the last rows (fewer than 8), the last columns (`hd` not
+    // a multiple of 8), or everything (no AVX).
+    for j in 0..nb {
+        let from = if j < j0 { d_tiles } else { 0 };
+        for d in from..hd {
+            kt[d * KEY_BLOCK + j] = kb[j * ks + d];
+        }
+    }
+}
+
+/// The 8×8 block at `src` (rows `src_stride` apart) transposed to `dst` (rows `dst_stride`
+/// apart), in registers.
+///
+/// # Safety
+///
+/// The CPU has AVX; `src` and `dst` point at 8 rows of 8 readable (writable) f32 each.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[inline]
+unsafe fn transpose8x8(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract.
+    unsafe {
+        let r0 = _mm256_loadu_ps(src);
+        let r1 = _mm256_loadu_ps(src.add(src_stride));
+        let r2 = _mm256_loadu_ps(src.add(2 * src_stride));
+        let r3 = _mm256_loadu_ps(src.add(3 * src_stride));
+        let r4 = _mm256_loadu_ps(src.add(4 * src_stride));
+        let r5 = _mm256_loadu_ps(src.add(5 * src_stride));
+        let r6 = _mm256_loadu_ps(src.add(6 * src_stride));
+        let r7 = _mm256_loadu_ps(src.add(7 * src_stride));
+        // Pairs of rows interleaved: t0 = [a00 a10 a01 a11 | a04 a14 a05 a15], ...
+        let t0 = _mm256_unpacklo_ps(r0, r1);
+        let t1 = _mm256_unpackhi_ps(r0, r1);
+        let t2 = _mm256_unpacklo_ps(r2, r3);
+        let t3 = _mm256_unpackhi_ps(r2, r3);
+        let t4 = _mm256_unpacklo_ps(r4, r5);
+        let t5 = _mm256_unpackhi_ps(r4, r5);
+        let t6 = _mm256_unpacklo_ps(r6, r7);
+        let t7 = _mm256_unpackhi_ps(r6, r7);
+        // Four rows' column pieces: s0 = [a00 a10 a20 a30 | a04 a14 a24 a34], ...
+        let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        // Halves joined: column c of the source is row c of the result.
+        let d = |i: usize| dst.add(i * dst_stride);
+        _mm256_storeu_ps(d(0), _mm256_permute2f128_ps::<0x20>(s0, s4));
+        _mm256_storeu_ps(d(1), _mm256_permute2f128_ps::<0x20>(s1, s5));
+        _mm256_storeu_ps(d(2), _mm256_permute2f128_ps::<0x20>(s2, s6));
+        _mm256_storeu_ps(d(3), _mm256_permute2f128_ps::<0x20>(s3, s7));
+        _mm256_storeu_ps(d(4), _mm256_permute2f128_ps::<0x31>(s0, s4));
+        _mm256_storeu_ps(d(5), _mm256_permute2f128_ps::<0x31>(s1, s5));
+        _mm256_storeu_ps(d(6), _mm256_permute2f128_ps::<0x31>(s2, s6));
+        _mm256_storeu_ps(d(7), _mm256_permute2f128_ps::<0x31>(s3, s7));
     }
 }
 

@@ -383,3 +383,53 @@ fn a_cache_shorter_than_the_rows_is_refused() {
         KernelLevel::Scalar,
     );
 }
+
+/// The decode layout's key-block transpose: the AVX tiles give what the scalar loop gives on
+/// every ragged shape (rows and columns not multiples of 8, rows padded apart, an empty block),
+/// and columns past the block's rows are left as they were.
+#[test]
+fn the_key_block_transposes_alike_with_and_without_avx() {
+    #[cfg(target_arch = "x86_64")]
+    if !std::arch::is_x86_feature_detected!("avx") {
+        eprintln!("skipped: this CPU has no AVX");
+        return;
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    eprintln!("skipped: not x86_64 (the AVX transpose is not compiled)");
+    for hd in [1usize, 7, 8, 13, 16, 64, 67] {
+        for pad in [0usize, 3] {
+            let ks = hd + pad;
+            for nb in [0usize, 1, 7, 8, 9, 16, 31, 32] {
+                let kb: Vec<f32> = (0..nb.max(1) * ks).map(|i| i as f32 + 0.5).collect();
+                let mut scalar = vec![-1.0f32; hd * KEY_BLOCK];
+                let mut tiled = scalar.clone();
+                transpose_keys::<false>(&kb, ks, nb, hd, &mut scalar);
+                // SAFETY: checked above that the CPU has AVX.
+                unsafe { transpose_keys_with_avx(&kb, ks, nb, hd, &mut tiled) };
+                assert_eq!(scalar, tiled, "hd {hd}, stride {ks}, {nb} keys");
+                for d in 0..hd {
+                    for j in 0..KEY_BLOCK {
+                        let want = if j < nb { kb[j * ks + d] } else { -1.0 };
+                        assert_eq!(scalar[d * KEY_BLOCK + j], want, "hd {hd}, {nb} keys");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `transpose_keys::<true>` compiled with AVX, as the kernel's AVX builds inline it.
+///
+/// # Safety
+///
+/// The CPU has AVX.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose_keys_with_avx(kb: &[f32], ks: usize, nb: usize, hd: usize, kt: &mut [f32]) {
+    transpose_keys::<true>(kb, ks, nb, hd, kt)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn transpose_keys_with_avx(kb: &[f32], ks: usize, nb: usize, hd: usize, kt: &mut [f32]) {
+    transpose_keys::<false>(kb, ks, nb, hd, kt)
+}
