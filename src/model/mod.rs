@@ -14,6 +14,7 @@ pub mod heads;
 pub mod hub;
 pub mod pooling;
 pub mod prompts;
+mod proj;
 pub mod qwen3;
 pub mod tiny;
 pub mod tokenizer;
