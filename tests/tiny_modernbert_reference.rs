@@ -12,7 +12,9 @@
 //!   path); every text the same alone as in one batch with texts of other lengths (the
 //!   reference's batch was padded);
 //! - over HTTP against the real binary: `/info`, `/embed` (413 without truncation,
-//!   `prompt_name`, `truncate`), `/v1/embeddings`, one text per request = all in one request.
+//!   `prompt_name`, `truncate`), `/v1/embeddings`, one text per request = all in one request;
+//! - a ModernBertForMaskedLM checkpoint (tensors under `model.`, a head beside them) gives
+//!   the same vectors; a ModernBertForSequenceClassification one is refused by name.
 
 mod common;
 
@@ -234,4 +236,96 @@ fn the_real_binary_serves_modernbert_over_http() {
             }
         }
     }
+}
+
+/// A copy of the mean model's directory with `config.json` edited by `edit` and its tensors
+/// renamed by `rename`, plus `extra` tensors.
+fn variant(
+    name: &str,
+    edit: impl Fn(&mut Value),
+    rename: impl Fn(&str) -> String,
+    extra: &[(&str, Vec<usize>)],
+) -> std::path::PathBuf {
+    use candle_core::{Device, Tensor};
+    let src = &model_dirs().0;
+    let dir = std::env::temp_dir().join(format!(
+        "zerobatch-modernbert-{name}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    for entry in walk(src) {
+        let rel = entry.strip_prefix(src).unwrap();
+        std::fs::create_dir_all(dir.join(rel).parent().unwrap()).unwrap();
+        std::fs::copy(&entry, dir.join(rel)).unwrap();
+    }
+    let mut config: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let tensors =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut out: std::collections::HashMap<String, Tensor> =
+        tensors.into_iter().map(|(k, v)| (rename(&k), v)).collect();
+    for (n, shape) in extra {
+        out.insert(
+            n.to_string(),
+            Tensor::ones(shape.as_slice(), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        );
+    }
+    candle_core::safetensors::save(&out, dir.join("model.safetensors")).unwrap();
+    dir
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_masked_lm_checkpoint_embeds_the_same_and_classifiers_are_refused() {
+    // ModernBertForMaskedLM saves the encoder under "model." beside its head: the head is
+    // left out, the vectors are the encoder's.
+    let mlm = variant(
+        "mlm",
+        |c| c["architectures"] = json!(["ModernBertForMaskedLM"]),
+        |n| format!("model.{n}"),
+        &[
+            ("head.dense.weight", vec![64, 64]),
+            ("head.norm.weight", vec![64]),
+            ("decoder.weight", vec![50304, 64]),
+            ("decoder.bias", vec![50304]),
+        ],
+    );
+    let f32 = DtypeChoice::Fixed(Dtype::F32);
+    let (plain, prefixed) = (load(&model_dirs().0, f32), load(&mlm, f32));
+    for c in &reference().mean.cases {
+        assert_eq!(
+            embed(&prefixed, &c.text),
+            embed(&plain, &c.text),
+            "{:?}",
+            c.text
+        );
+    }
+    std::fs::remove_dir_all(&mlm).unwrap();
+
+    let classifier = variant(
+        "classifier",
+        |c| c["architectures"] = json!(["ModernBertForSequenceClassification"]),
+        |n| n.to_string(),
+        &[],
+    );
+    let err = zerobatch::model::load(classifier.to_str().unwrap(), "main", |_, _| {})
+        .err()
+        .expect("a ModernBERT classifier loads")
+        .to_string();
+    std::fs::remove_dir_all(&classifier).unwrap();
+    assert!(err.contains("ModernBertForSequenceClassification"), "{err}");
 }
