@@ -11,6 +11,8 @@
 //! - [`attention`]: multi-head attention over a fused QKV projection, padding skipped;
 //! - [`causal_attention`]: generation's causal attention over a KV cache, blocked over keys
 //!   with an online softmax (grouped-query heads, sliding windows, f16 or f32 caches);
+//! - [`window_attention`]: bidirectional attention within a window of positions (ModernBERT's
+//!   local layers);
 //! - [`bf16`], [`int8`]: linear layers on packed low-precision weights, each with an AVX-512,
 //!   an AVX2 and a portable path that give the same results (tested against naive references);
 //! - [`q4`]: linear layers on GGUF's 4-bit blocks as stored, against int8 activations;
@@ -41,6 +43,7 @@ pub mod team;
 #[cfg(test)]
 pub(crate) mod test_util;
 pub mod tiles;
+pub mod window_attention;
 
 use std::fmt;
 use std::str::FromStr;
@@ -56,6 +59,7 @@ pub use int8::Int8Linear;
 pub use linear_f32::{linear, linear_with, LinearPart, MatmulKernel, SMALL_M};
 pub use q4::{Q4Format, Q4Linear};
 pub use tiles::Epilogue;
+pub use window_attention::{window_attention, WindowShape};
 
 /// The number format of a model's linear-layer weights (LayerNorm, softmax, attention and the
 /// residual stream always stay in f32).

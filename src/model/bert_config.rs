@@ -206,7 +206,7 @@ impl BertConfig {
         if let Some(t) = &c.model_type {
             if !matches!(t.as_str(), "bert" | "xlm-roberta" | "roberta") {
                 return Err(ModelError::Unsupported(format!(
-                    "model_type {t:?}: this server runs BERT-family encoders (model_type \"bert\", \"xlm-roberta\" or \"roberta\"), Qwen3-Embedding (\"qwen3\") and GPT-2 (\"gpt2\") in Hugging Face layout; other generation models as GGUF files"
+                    "model_type {t:?}: this server runs BERT-family encoders (model_type \"bert\", \"xlm-roberta\" or \"roberta\"), ModernBERT (\"modernbert\"), Qwen3-Embedding (\"qwen3\") and GPT-2 (\"gpt2\") in Hugging Face layout; other generation models as GGUF files"
                 )));
             }
         }

@@ -12,7 +12,10 @@ pub mod files;
 pub mod gguf_hub;
 pub mod heads;
 pub mod hub;
+pub mod modernbert;
+pub mod modernbert_config;
 pub mod pooling;
+mod proj;
 pub mod prompts;
 pub mod qwen3;
 pub mod tiny;
@@ -54,8 +57,8 @@ pub enum ModelError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Task {
-    /// Sentence embeddings (a BERT or XLM-RoBERTa encoder, or a Qwen3 decoder run as one, in
-    /// Hugging Face layout).
+    /// Sentence embeddings (a BERT, XLM-RoBERTa or ModernBERT encoder, or a Qwen3 decoder run
+    /// as one, in Hugging Face layout).
     Embedding,
     /// Relevance scores of (query, passage) pairs: a cross-encoder, a sequence classifier with
     /// one label.
@@ -109,8 +112,8 @@ impl<'a> EncoderInput<'a> {
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelInfo {
     pub id: String,
-    /// The architecture: `config.json`'s `model_type` (`bert`, `xlm-roberta`, `qwen3`,
-    /// `gpt2`), or a GGUF file's `general.architecture`.
+    /// The architecture: `config.json`'s `model_type` (`bert`, `xlm-roberta`, `modernbert`,
+    /// `qwen3`, `gpt2`), or a GGUF file's `general.architecture`.
     pub model_type: String,
     pub task: Task,
     pub dimensions: usize,
@@ -288,8 +291,10 @@ pub fn load_files(
     options: LoadOptions,
     mut phase: impl FnMut(&'static str, Duration),
 ) -> Result<LoadedModel, ModelError> {
-    if model_type(files)?.as_deref() == Some("qwen3") {
-        return load_qwen3(files, options, phase);
+    match model_type(files)?.as_deref() {
+        Some("qwen3") => return load_qwen3(files, options, phase),
+        Some("modernbert") => return load_modernbert(files, options, phase),
+        _ => {}
     }
     let t = Instant::now();
     let config = bert::BertConfig::from_json(&read(&files.config)?)?;
@@ -416,20 +421,7 @@ fn load_qwen3(
             files.source
         )));
     };
-    let modules: Vec<ModuleEntry> = serde_json::from_str(&read(modules_path)?)
-        .map_err(|e| ModelError::Config(format!("modules.json: {e}")))?;
-    let mut normalized_by_model = false;
-    for m in &modules {
-        match m.kind.rsplit('.').next().unwrap_or_default() {
-            "Transformer" | "Pooling" => {}
-            "Normalize" => normalized_by_model = true,
-            other => {
-                return Err(ModelError::Unsupported(format!(
-                    "modules.json has a {other} module; only Transformer, Pooling and Normalize are supported"
-                )))
-            }
-        }
-    }
+    let normalized_by_model = embedder_modules(modules_path)?;
     let pooling = Pooling::from_config_json(&read(pooling_path)?)?;
     let prompts = match &files.sentence_transformers {
         Some(path) => Prompts::from_config_json(&read(path)?)?,
@@ -464,6 +456,87 @@ fn load_qwen3(
     };
     let file = weights::WeightFile::open(&files.weights)?;
     let model = qwen3::Qwen3Encoder::load(config, &file, dtype, kernel, pooling)?;
+    phase("weights", t.elapsed());
+    Ok(LoadedModel {
+        info,
+        tokenizer: Arc::new(tokenizer),
+        model: Arc::new(model),
+    })
+}
+
+/// Whether an embedder's sentence-transformers `modules.json` ends in `Normalize`; any module
+/// but Transformer, Pooling and Normalize is refused.
+fn embedder_modules(path: &std::path::Path) -> Result<bool, ModelError> {
+    let modules: Vec<ModuleEntry> = serde_json::from_str(&read(path)?)
+        .map_err(|e| ModelError::Config(format!("modules.json: {e}")))?;
+    let mut normalized_by_model = false;
+    for m in &modules {
+        match m.kind.rsplit('.').next().unwrap_or_default() {
+            "Transformer" | "Pooling" => {}
+            "Normalize" => normalized_by_model = true,
+            other => {
+                return Err(ModelError::Unsupported(format!(
+                    "modules.json has a {other} module; only Transformer, Pooling and Normalize are supported"
+                )))
+            }
+        }
+    }
+    Ok(normalized_by_model)
+}
+
+/// Loads a ModernBERT checkpoint (`gte-modernbert`, `modernbert-embed`) as an embedding
+/// model, as BERT's are: sentence-transformers' `modules.json`, pooling mode
+/// (`1_Pooling/config.json`; mean without one) and `prompts` when the directory has them, the
+/// encoder ([`modernbert::ModernBertEncoder`]) in the embedding models' dtype (`auto`: bf16
+/// on a SIMD path).
+fn load_modernbert(
+    files: &files::ModelFiles,
+    options: LoadOptions,
+    mut phase: impl FnMut(&'static str, Duration),
+) -> Result<LoadedModel, ModelError> {
+    let t = Instant::now();
+    let config = modernbert_config::ModernBertConfig::from_json(&read(&files.config)?)?;
+    let normalized_by_model = match &files.modules {
+        Some(path) => embedder_modules(path)?,
+        None => false,
+    };
+    let pooling = match &files.pooling {
+        Some(path) => Pooling::from_config_json(&read(path)?)?,
+        None => Pooling::Mean,
+    };
+    let prompts = match &files.sentence_transformers {
+        Some(path) => Prompts::from_config_json(&read(path)?)?,
+        None => Prompts::default(),
+    };
+    let max_input_length = max_input_length(files, config.max_position_embeddings)?;
+    let tokenizer_json = files.tokenizer.as_ref().ok_or_else(|| {
+        ModelError::Files(format!(
+            "{}: no tokenizer.json beside config.json",
+            files.source
+        ))
+    })?;
+    let tokenizer = TextTokenizer::load(tokenizer_json, max_input_length)?;
+    phase("tokenizer", t.elapsed());
+
+    let t = Instant::now();
+    let kernel = KernelLevel::capped(options.kernel_cap);
+    let dtype = options.dtype.resolve(kernel);
+    let info = ModelInfo {
+        id: files.source.clone(),
+        model_type: "modernbert".into(),
+        task: Task::Embedding,
+        dimensions: config.hidden_size,
+        max_input_length,
+        pooling,
+        normalized_by_model,
+        dtype,
+        weight_formats: [("linear", dtype.name().to_string())].into(),
+        kernel,
+        classifier: None,
+        prompts,
+    };
+    let file = weights::WeightFile::open(&files.weights)?;
+    let model = modernbert::ModernBertEncoder::load(config, &file, dtype, kernel, pooling)?;
     phase("weights", t.elapsed());
     Ok(LoadedModel {
         info,

@@ -16,12 +16,13 @@
 
 use serde::Deserialize;
 
+use super::proj::Proj;
 use super::weights::{Weight, WeightFile};
 use super::{EncoderInput, Model, ModelError, Pooling};
 use crate::kernels::rope::{rms_norm, rms_norm_in_place, swiglu, Rope, RopeParams, RopeStyle};
 use crate::kernels::team::parallel_for_each;
 use crate::kernels::{causal_attention, CausalShape, KvRows};
-use crate::kernels::{linear, Dtype, Epilogue, KernelLevel, LinearPart, PackedLinear};
+use crate::kernels::{Dtype, KernelLevel};
 
 /// Query rows per attention task (as the generation side splits a prompt's rows).
 const ATTENTION_ROWS_PER_TASK: usize = 16;
@@ -159,53 +160,6 @@ impl Qwen3Config {
     }
 }
 
-/// A linear layer without bias: f32 in place from the mapping (its parts side by side), or
-/// packed for `dtype`.
-enum Proj {
-    F32 { parts: Vec<Weight>, zeros: Vec<f32> },
-    Packed(PackedLinear),
-}
-
-impl Proj {
-    /// The layer whose weight is `parts` stacked (each `rows × k`).
-    fn new(parts: Vec<Weight>, k: usize, dtype: Dtype) -> Result<Self, ModelError> {
-        let n: usize = parts.iter().map(|w| w.shape()[0]).sum();
-        if dtype == Dtype::F32 {
-            let rows = parts.iter().map(|w| w.shape()[0]).max().unwrap_or(0);
-            return Ok(Proj::F32 {
-                parts,
-                zeros: vec![0.0; rows],
-            });
-        }
-        let w: Vec<f32> = parts
-            .iter()
-            .flat_map(|w| w.as_slice().iter().copied())
-            .collect();
-        PackedLinear::pack(dtype, &w, &vec![0.0; n], k)
-            .map_err(ModelError::Weights)?
-            .map(Proj::Packed)
-            .ok_or_else(|| ModelError::Weights(format!("{dtype} packs nothing")))
-    }
-
-    /// `out[m×n] = x[m×k] · Wᵀ`.
-    fn forward(&self, x: &[f32], m: usize, out: &mut [f32], level: KernelLevel, threads: usize) {
-        match self {
-            Proj::F32 { parts, zeros } => {
-                let k = x.len() / m;
-                let parts: Vec<LinearPart> = parts
-                    .iter()
-                    .map(|w| LinearPart {
-                        w: w.as_slice(),
-                        b: &zeros[..w.shape()[0]],
-                    })
-                    .collect();
-                linear(x, m, k, &parts, out, threads);
-            }
-            Proj::Packed(p) => p.forward(x, m, out, level, threads, Epilogue::Bias),
-        }
-    }
-}
-
 struct Layer {
     attn_norm: Weight,
     /// Q, K and V side by side.
@@ -280,22 +234,24 @@ impl Qwen3Encoder {
                         w("self_attn.k_proj.weight", kvw, d)?,
                         w("self_attn.v_proj.weight", kvw, d)?,
                     ],
+                    None,
                     d,
                     qkv_dtype,
                 )?,
                 q_norm: get(&p("self_attn.q_norm.weight"), &[hd])?,
                 k_norm: get(&p("self_attn.k_norm.weight"), &[hd])?,
-                o: Proj::new(vec![w("self_attn.o_proj.weight", d, qw)?], qw, dtype)?,
+                o: Proj::new(vec![w("self_attn.o_proj.weight", d, qw)?], None, qw, dtype)?,
                 ffn_norm: get(&p("post_attention_layernorm.weight"), &[d])?,
                 gate_up: Proj::new(
                     vec![
                         w("mlp.gate_proj.weight", ff, d)?,
                         w("mlp.up_proj.weight", ff, d)?,
                     ],
+                    None,
                     d,
                     dtype,
                 )?,
-                down: Proj::new(vec![w("mlp.down_proj.weight", d, ff)?], ff, dtype)?,
+                down: Proj::new(vec![w("mlp.down_proj.weight", d, ff)?], None, ff, dtype)?,
             });
         }
         let norm = get("norm.weight", &[d])?;

@@ -4,13 +4,14 @@
 //! incremental decoding; in `decoder_reference`, the checks of the tiny decoder references
 //! against transformers; in `fake_hub`, a local server that answers like the Hugging Face hub;
 //! the tiny reference models of the embedding and reranking tests in `reranker_models`,
-//! `xlmr_models` and `qwen3_embedding_model`.
+//! `xlmr_models`, `qwen3_embedding_model` and `modernbert_model`.
 #![allow(dead_code)]
 
 pub mod decoder_reference;
 pub mod decoding;
 pub mod fake_hub;
 pub mod gguf;
+pub mod modernbert_model;
 pub mod qwen3_embedding_model;
 pub mod redis_server;
 pub mod reranker_models;

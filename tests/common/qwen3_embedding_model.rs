@@ -34,7 +34,7 @@ pub fn reference() -> &'static Reference {
 }
 
 /// GPT-2's tokenizer files (`$ZEROBATCH_GPT2_TOKENIZER_DIR`, else models/gpt2-tokenizer).
-fn gpt2_dir() -> PathBuf {
+pub fn gpt2_dir() -> PathBuf {
     let dir = std::env::var("ZEROBATCH_GPT2_TOKENIZER_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
@@ -48,23 +48,37 @@ fn gpt2_dir() -> PathBuf {
     dir
 }
 
+/// `skeleton` (a tokenizer.json without its vocabulary and merges) with GPT-2's vocabulary
+/// and merges put back, after checking GPT-2's files against the digests the reference
+/// recorded.
+pub fn gpt2_tokenizer_json(
+    skeleton: &serde_json::Value,
+    vocab_sha256: &str,
+    merges_sha256: &str,
+) -> serde_json::Value {
+    let gpt2 = gpt2_dir();
+    let (vocab, merges) = (gpt2.join("vocab.json"), gpt2.join("merges.txt"));
+    assert_eq!(sha256_hex(&vocab), vocab_sha256, "GPT-2's vocab.json");
+    assert_eq!(sha256_hex(&merges), merges_sha256, "GPT-2's merges.txt");
+    let mut tokenizer = skeleton.clone();
+    tokenizer["model"]["vocab"] = serde_json::from_slice(&std::fs::read(&vocab).unwrap()).unwrap();
+    // merges.txt: a "#version" line, then one merge per line in rank order.
+    let merges: Vec<String> = std::fs::read_to_string(&merges)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with("#version"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(merges.len(), 50_000);
+    tokenizer["model"]["merges"] = serde_json::json!(merges);
+    tokenizer
+}
+
 /// The model directory, written once.
 pub fn model_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let r = reference();
-        let gpt2 = gpt2_dir();
-        let (vocab, merges) = (gpt2.join("vocab.json"), gpt2.join("merges.txt"));
-        assert_eq!(
-            sha256_hex(&vocab),
-            r.gpt2_vocab_sha256,
-            "GPT-2's vocab.json"
-        );
-        assert_eq!(
-            sha256_hex(&merges),
-            r.gpt2_merges_sha256,
-            "GPT-2's merges.txt"
-        );
         let mut h = 0xCBF2_9CE4_8422_2325u64;
         for b in std::fs::read(REFERENCE).unwrap() {
             h = (h ^ b as u64).wrapping_mul(0x0100_0000_01B3);
@@ -76,18 +90,11 @@ pub fn model_dir() -> &'static PathBuf {
             let _ = std::fs::remove_dir_all(&tmp);
             let s = &r.embedder;
             write_files_and_weights(&tmp, &s.files, &s.tensors, &s.weight_fnv1a64);
-            let mut tokenizer = r.tokenizer_json.clone();
-            tokenizer["model"]["vocab"] =
-                serde_json::from_slice(&std::fs::read(&vocab).unwrap()).unwrap();
-            // merges.txt: a "#version" line, then one merge per line in rank order.
-            let merges: Vec<String> = std::fs::read_to_string(&merges)
-                .unwrap()
-                .lines()
-                .filter(|l| !l.is_empty() && !l.starts_with("#version"))
-                .map(str::to_string)
-                .collect();
-            assert_eq!(merges.len(), 50_000);
-            tokenizer["model"]["merges"] = serde_json::json!(merges);
+            let tokenizer = gpt2_tokenizer_json(
+                &r.tokenizer_json,
+                &r.gpt2_vocab_sha256,
+                &r.gpt2_merges_sha256,
+            );
             std::fs::write(
                 tmp.join("tokenizer.json"),
                 serde_json::to_vec(&tokenizer).unwrap(),
