@@ -20,6 +20,7 @@ pub mod prompts;
 pub mod qwen3;
 pub mod tiny;
 pub mod tokenizer;
+mod unpadded;
 pub mod weights;
 
 use std::sync::Arc;

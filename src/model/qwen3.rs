@@ -17,6 +17,7 @@
 use serde::Deserialize;
 
 use super::proj::Proj;
+use super::unpadded::embedding_rows;
 use super::weights::{Weight, WeightFile};
 use super::{EncoderInput, Model, ModelError, Pooling};
 use crate::kernels::rope::{rms_norm, rms_norm_in_place, swiglu, Rope, RopeParams, RopeStyle};
@@ -284,42 +285,15 @@ impl Qwen3Encoder {
         let (d, ff, hd) = (c.hidden_size, c.intermediate_size, c.head_dim());
         let (qw, kvw) = (c.q_width(), c.kv_width());
         let qkvw = qw + 2 * kvw;
-        if inputs.is_empty() || inputs.iter().any(|s| s.ids.is_empty()) {
-            return Err(ModelError::Input("empty batch or empty sequence".into()));
-        }
-        if inputs.iter().any(|s| s.second_from < s.ids.len()) {
-            return Err(ModelError::Input(
-                "a Qwen3 embedder encodes single texts, not pairs".into(),
-            ));
-        }
-        if let Some(s) = inputs
-            .iter()
-            .find(|s| s.ids.len() > c.max_position_embeddings)
-        {
-            return Err(ModelError::Input(format!(
-                "sequence of {} tokens is longer than the model's {} positions",
-                s.ids.len(),
-                c.max_position_embeddings
-            )));
-        }
-        let m: usize = inputs.iter().map(|s| s.ids.len()).sum();
-        let embed = self.embed.as_slice();
-        let mut x = Vec::with_capacity(m * d);
-        let mut positions = Vec::with_capacity(m);
-        for s in inputs {
-            for (t, &id) in s.ids.iter().enumerate() {
-                let row = embed
-                    .get(id as usize * d..(id as usize + 1) * d)
-                    .ok_or_else(|| {
-                        ModelError::Input(format!(
-                            "token id {id} is outside the vocabulary of {}",
-                            c.vocab_size
-                        ))
-                    })?;
-                x.extend_from_slice(row);
-                positions.push(t);
-            }
-        }
+        let (mut x, positions) = embedding_rows(
+            inputs,
+            self.embed.as_slice(),
+            d,
+            c.vocab_size,
+            c.max_position_embeddings,
+            "Qwen3",
+        )?;
+        let m = positions.len();
         let rope = RopeParams {
             n_rot: hd,
             head_dim: hd,

@@ -1,0 +1,53 @@
+//! The input side of the unpadded encoders (the Qwen3 embedder, ModernBERT): every sequence
+//! runs as its own rows at positions `0..len`, nothing padded, so a text's vector is the same
+//! alone as in any batch. Both check their batch and gather embedding rows the same way.
+
+use super::{EncoderInput, ModelError};
+
+/// The rows of a batch of single texts: each token's embedding row (`Σ len × d`) and its
+/// position within its own sequence.
+///
+/// # Errors
+///
+/// [`ModelError::Input`] for an empty batch or sequence, a pair (`model` encodes single
+/// texts), a sequence longer than `max_positions`, or a token outside the vocabulary.
+pub(crate) fn embedding_rows(
+    inputs: &[EncoderInput<'_>],
+    embed: &[f32],
+    d: usize,
+    vocab_size: usize,
+    max_positions: usize,
+    model: &str,
+) -> Result<(Vec<f32>, Vec<usize>), ModelError> {
+    if inputs.is_empty() || inputs.iter().any(|s| s.ids.is_empty()) {
+        return Err(ModelError::Input("empty batch or empty sequence".into()));
+    }
+    if inputs.iter().any(|s| s.second_from < s.ids.len()) {
+        return Err(ModelError::Input(format!(
+            "a {model} embedder encodes single texts, not pairs"
+        )));
+    }
+    if let Some(s) = inputs.iter().find(|s| s.ids.len() > max_positions) {
+        return Err(ModelError::Input(format!(
+            "sequence of {} tokens is longer than the model's {max_positions} positions",
+            s.ids.len(),
+        )));
+    }
+    let m: usize = inputs.iter().map(|s| s.ids.len()).sum();
+    let mut x = Vec::with_capacity(m * d);
+    let mut positions = Vec::with_capacity(m);
+    for s in inputs {
+        for (t, &id) in s.ids.iter().enumerate() {
+            let row = embed
+                .get(id as usize * d..(id as usize + 1) * d)
+                .ok_or_else(|| {
+                    ModelError::Input(format!(
+                        "token id {id} is outside the vocabulary of {vocab_size}"
+                    ))
+                })?;
+            x.extend_from_slice(row);
+            positions.push(t);
+        }
+    }
+    Ok((x, positions))
+}
