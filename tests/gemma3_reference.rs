@@ -283,6 +283,13 @@ fn the_default_load_stays_close_to_transformers() {
         let want = if variant == "q4_0" { "q4_0" } else { "int8" };
         assert_eq!(formats["attention"], want, "{variant}");
         assert_eq!(formats["feed_forward"], want, "{variant}");
+        // The tied Q8_0 table is held once: the int8 LM head's rows are its values.
+        assert_eq!(
+            formats["token_embedding"].contains("tied int8 LM head"),
+            variant == "q8_0",
+            "{variant}: {}",
+            formats["token_embedding"]
+        );
         check_model("gemma3", &reference().prompts, variant, &model, false);
     }
 }

@@ -35,9 +35,10 @@
 use std::path::Path;
 
 use super::decoder::{self, AttnShape, Decoder, DecoderShape, Linear, StepInput};
-use super::gguf::{GgufError, GgufFile, RawTensor};
+use super::gguf::{GgufError, GgufFile};
 use super::kv_cache::KvCache;
 use super::llama_family::{load_linear, rms_norm, rms_norm_in_place, Hparams, Rope, RopeStyle};
+use super::token_embeddings::{load_head_and_embeddings, TokenEmbeddings};
 use crate::kernels::{self, Dtype, Epilogue, KernelLevel};
 
 /// `general.architecture`, as llama.cpp names it.
@@ -89,7 +90,7 @@ pub struct Gemma3 {
     attn_scale: f32,
     /// `c` of the final `c · tanh(logits / c)`, if any.
     final_softcap: Option<f32>,
-    token_embd: RawTensor,
+    token_embd: TokenEmbeddings,
     /// `√n_embd`, applied to every embedding row.
     embd_scale: f32,
     blocks: Vec<Block>,
@@ -247,38 +248,14 @@ impl Gemma3 {
                 sliding: sliding[i],
             })
         };
-        let head_name = if file.has_tensor("output.weight") {
-            "output.weight"
-        } else {
-            "token_embd.weight"
-        };
-        let ((lm_head, token_embd), blocks) = kernels::team::join_map(
-            || {
-                (
-                    load_linear(
-                        file,
-                        &[(head_name.to_string(), vocab)],
-                        d,
-                        None,
-                        dtype,
-                        keep_q4,
-                    ),
-                    file.raw("token_embd.weight", &[vocab, d]),
-                )
-            },
+        let (head, blocks) = kernels::team::join_map(
+            || load_head_and_embeddings(file, vocab, d, dtype, keep_q4),
             hp.n_layer,
             threads,
             &layer,
         );
         let blocks = blocks.into_iter().collect::<Result<Vec<_>, _>>()?;
-        let (lm_head, token_embd) = (lm_head?, token_embd?);
-        if token_embd.row(vocab - 1).is_none() {
-            return Err(GgufError::Tensor {
-                path: path.to_path_buf(),
-                name: "token_embd.weight".into(),
-                problem: "has rows that cannot be dequantized".into(),
-            });
-        }
+        let (lm_head, token_embd) = head?;
         let output_norm = file.f32("output_norm.weight", &[d])?;
         Ok(Self {
             embd_scale: (d as f32).sqrt(),
@@ -342,7 +319,7 @@ impl Gemma3 {
             for &t in input.tokens {
                 let row = self
                     .token_embd
-                    .row(t as usize)
+                    .row(&self.lm_head, t as usize)
                     .expect("token ids are checked against the vocabulary");
                 x.extend(row.iter().map(|v| v * self.embd_scale));
             }
@@ -455,7 +432,7 @@ impl Decoder for Gemma3 {
 
     fn weight_bytes(&self) -> usize {
         let layers: usize = self.blocks.iter().map(Block::bytes).sum();
-        layers + self.lm_head.bytes() + self.token_embd.bytes.len() + 4 * self.output_norm.len()
+        layers + self.lm_head.bytes() + self.token_embd.bytes() + 4 * self.output_norm.len()
     }
 
     fn dtype(&self) -> Dtype {
@@ -464,13 +441,7 @@ impl Decoder for Gemma3 {
 
     fn weight_formats(&self) -> Vec<(&'static str, String)> {
         vec![
-            (
-                "token_embedding",
-                format!(
-                    "{} as stored, a row dequantized per token",
-                    format!("{:?}", self.token_embd.dtype).to_lowercase()
-                ),
-            ),
+            ("token_embedding", self.token_embd.describe()),
             (
                 "attention",
                 decoder::formats_of(self.blocks.iter().flat_map(|l| [&l.qkv, &l.o])),

@@ -29,7 +29,8 @@ mod hparams;
 use std::path::Path;
 
 use super::decoder::{self, AttnShape, Decoder, DecoderShape, Linear, StepInput};
-use super::gguf::{GgufError, GgufFile, RawTensor};
+use super::gguf::{GgufError, GgufFile};
+use super::token_embeddings::{load_head_and_embeddings, TokenEmbeddings};
 use candle_core::quantized::GgmlDType;
 
 pub use crate::kernels::rope::{rms_norm, rms_norm_in_place, swiglu, Rope, RopeStyle};
@@ -101,6 +102,23 @@ struct Block<L> {
 /// `bias` (`None`: zeros): as stored when they are all Q4_0, all Q4_1 or all Q4_K and
 /// `keep_q4`, or all Q8_0 and `dtype` is int8; else dequantized and packed as `dtype`.
 pub(super) fn load_linear(
+    file: &GgufFile,
+    parts: &[(String, usize)],
+    k: usize,
+    bias: Option<Vec<f32>>,
+    dtype: Dtype,
+    keep_q4: bool,
+) -> Result<Linear, GgufError> {
+    let layer = convert_linear(file, parts, k, bias, dtype, keep_q4);
+    // Converted (or failed): its bytes in the file are not read again.
+    for (name, _) in parts {
+        file.release(name);
+    }
+    layer
+}
+
+/// [`load_linear`] but for releasing the file's pages.
+fn convert_linear(
     file: &GgufFile,
     parts: &[(String, usize)],
     k: usize,
@@ -218,7 +236,7 @@ fn optional_biases(
 pub struct Model<A: Arch> {
     hp: Hparams,
     arch: A,
-    token_embd: RawTensor,
+    token_embd: TokenEmbeddings,
     blocks: Vec<Block<A::Layer>>,
     output_norm: Vec<f32>,
     lm_head: Linear,
@@ -312,45 +330,16 @@ impl<A: Arch> Model<A> {
                 own: own.load_layer(file, &hp, i)?,
             })
         };
-        // Tied embeddings (no output.weight) reuse the embedding table as the LM head.
-        let head_name = if file.has_tensor("output.weight") {
-            "output.weight"
-        } else {
-            "token_embd.weight"
-        };
         // Layers convert in parallel, beside the head (the largest single tensor: a fifth of
         // SmolLM2-135M's bytes, so it starts first): loading is on the cold-start path.
-        // The embedding table is copied as stored, after the head.
-        let ((lm_head, token_embd), blocks) = kernels::team::join_map(
-            || {
-                (
-                    load_linear(
-                        file,
-                        &[(head_name.to_string(), vocab)],
-                        d,
-                        None,
-                        dtype,
-                        keep_q4,
-                    ),
-                    file.raw("token_embd.weight", &[vocab, d]),
-                )
-            },
+        let (head, blocks) = kernels::team::join_map(
+            || load_head_and_embeddings(file, vocab, d, dtype, keep_q4),
             hp.n_layer,
             threads,
             &layer,
         );
         let blocks = blocks.into_iter().collect::<Result<Vec<_>, _>>()?;
-        let (lm_head, token_embd) = (lm_head?, token_embd?);
-        // Steps dequantize the table a row at a time; the file's checks (rows of whole
-        // blocks) make every row decode, and one is decoded here to fail the load, not a
-        // step, if that ever stops being so.
-        if token_embd.row(vocab - 1).is_none() {
-            return Err(GgufError::Tensor {
-                path: path.to_path_buf(),
-                name: "token_embd.weight".into(),
-                problem: "has rows that cannot be dequantized".into(),
-            });
-        }
+        let (lm_head, token_embd) = head?;
         let output_norm = file.f32("output_norm.weight", &[d])?;
         Ok(Self {
             hp,
@@ -406,7 +395,7 @@ impl<A: Arch> Model<A> {
                     + A::layer_bytes(&l.own)
             })
             .sum();
-        layers + self.lm_head.bytes() + self.token_embd.bytes.len() + 4 * self.output_norm.len()
+        layers + self.lm_head.bytes() + self.token_embd.bytes() + 4 * self.output_norm.len()
     }
 
     /// Runs one step: every input's tokens go through the model at their positions, their
@@ -431,7 +420,7 @@ impl<A: Arch> Model<A> {
             for &t in input.tokens {
                 let row = self
                     .token_embd
-                    .row(t as usize)
+                    .row(&self.lm_head, t as usize)
                     .expect("token ids are checked against the vocabulary");
                 x.extend_from_slice(&row);
             }
@@ -502,13 +491,7 @@ impl<A: Arch> Decoder for Model<A> {
 
     fn weight_formats(&self) -> Vec<(&'static str, String)> {
         vec![
-            (
-                "token_embedding",
-                format!(
-                    "{} as stored, a row dequantized per token",
-                    format!("{:?}", self.token_embd.dtype).to_lowercase()
-                ),
-            ),
+            ("token_embedding", self.token_embd.describe()),
             (
                 "attention",
                 decoder::formats_of(self.blocks.iter().flat_map(|l| [&l.qkv, &l.o])),

@@ -47,6 +47,7 @@ pub mod sampling;
 pub mod service;
 pub mod smollm3;
 pub mod spm_merges;
+pub mod token_embeddings;
 pub mod tokenizer;
 pub mod tool_syntax;
 

@@ -298,6 +298,27 @@ impl Int8Linear {
         }))
     }
 
+    /// Row `c` of the weight (`k` values; output column `c`): each int8 value times its
+    /// block's scale, in f32. For a layer made by [`Self::from_q8_0`] these are the values
+    /// the Q8_0 row dequantizes to, bit for bit (the same product of the same two numbers), so
+    /// a tied embedding table can be read from its LM head. `None` when `c` is out of range.
+    pub fn weight_row(&self, c: usize) -> Option<Vec<f32>> {
+        if c >= self.n {
+            return None;
+        }
+        let (panel, lane) = (c / PANEL, c % PANEL);
+        let w = &self.weights[panel * self.groups * GROUP_BYTES..];
+        let s = &self.scales[panel * self.blocks * PANEL..];
+        Some(
+            (0..self.k)
+                .map(|i| {
+                    w[(i / GROUP) * GROUP_BYTES + lane * GROUP + i % GROUP] as f32
+                        * s[(i / BLOCK) * PANEL + lane]
+                })
+                .collect(),
+        )
+    }
+
     /// Output columns.
     pub fn n(&self) -> usize {
         self.n

@@ -166,6 +166,13 @@ fn q8_0_blocks_load_exactly_as_quantizing_their_values_does() {
         .fold(0.0, f32::max);
     assert!(worst < 1e-4, "{worst}");
     assert!(Int8Linear::from_q8_0(&bytes[1..], &b, k).is_err());
+    // Each weight row reads back as the block dequantizes (q · d in f32), bit for bit: a
+    // tied embedding table is read from its LM head.
+    for c in 0..n {
+        let row = from_blocks.weight_row(c).unwrap();
+        assert_eq!(row, dequantized[c * k..][..k], "row {c}");
+    }
+    assert_eq!(from_blocks.weight_row(n), None);
 }
 
 /// A layer quantized a row at a time holds the very same bytes as one quantized whole,
