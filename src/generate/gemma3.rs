@@ -36,9 +36,9 @@ use std::path::Path;
 
 use super::decoder::{self, AttnShape, Decoder, DecoderShape, Linear, StepInput};
 use super::gguf::{GgufError, GgufFile};
+use super::gguf_weights::{load_head_and_embeddings, load_linear, TokenEmbeddings};
 use super::kv_cache::KvCache;
-use super::llama_family::{load_linear, rms_norm, rms_norm_in_place, Hparams, Rope, RopeStyle};
-use super::token_embeddings::{load_head_and_embeddings, TokenEmbeddings};
+use super::llama_family::{rms_norm, rms_norm_in_place, Hparams, Rope, RopeStyle};
 use crate::kernels::{self, Dtype, Epilogue, KernelLevel};
 
 /// `general.architecture`, as llama.cpp names it.

@@ -21,8 +21,8 @@
 //! Weights are dequantized at load and re-packed for our kernels (`crate::kernels`): int8 in
 //! blocks of 32 (the granularity of GGUF's Q8_0, so Q8_0 weights keep their exact values, and
 //! VNNI dot products run the batched steps), bf16, or f32 (exact, for reference tests); Q4_0
-//! and Q4_1 may stay as stored. The embedding table stays as stored and is dequantized one
-//! row per token.
+//! and Q4_1 may stay as stored (`gguf_weights.rs`). The embedding table stays as stored and
+//! is dequantized one row per token, or, tied and Q8_0, is read from the int8 LM head.
 
 mod hparams;
 
@@ -30,11 +30,10 @@ use std::path::Path;
 
 use super::decoder::{self, AttnShape, Decoder, DecoderShape, Linear, StepInput};
 use super::gguf::{GgufError, GgufFile};
-use super::token_embeddings::{load_head_and_embeddings, TokenEmbeddings};
-use candle_core::quantized::GgmlDType;
+use super::gguf_weights::{load_head_and_embeddings, load_linear, TokenEmbeddings};
 
 pub use crate::kernels::rope::{rms_norm, rms_norm_in_place, swiglu, Rope, RopeStyle};
-use crate::kernels::{self, Dtype, Epilogue, KernelLevel, PackedLinear, Q4Format, Q4Linear};
+use crate::kernels::{self, Dtype, Epilogue, KernelLevel};
 pub use hparams::Hparams;
 use hparams::MAX_VOCAB;
 
@@ -96,115 +95,6 @@ struct Block<L> {
     down: Linear,
     /// The architecture's own tensors.
     own: L,
-}
-
-/// Loads the linear layer made of `parts` (tensor name, rows) stacked, each `rows × k`, with
-/// `bias` (`None`: zeros): as stored when they are all Q4_0, all Q4_1 or all Q4_K and
-/// `keep_q4`, or all Q8_0 and `dtype` is int8; else dequantized and packed as `dtype`.
-pub(super) fn load_linear(
-    file: &GgufFile,
-    parts: &[(String, usize)],
-    k: usize,
-    bias: Option<Vec<f32>>,
-    dtype: Dtype,
-    keep_q4: bool,
-) -> Result<Linear, GgufError> {
-    let layer = convert_linear(file, parts, k, bias, dtype, keep_q4);
-    // Converted (or failed): its bytes in the file are not read again.
-    for (name, _) in parts {
-        file.release(name);
-    }
-    layer
-}
-
-/// [`load_linear`] but for releasing the file's pages.
-fn convert_linear(
-    file: &GgufFile,
-    parts: &[(String, usize)],
-    k: usize,
-    bias: Option<Vec<f32>>,
-    dtype: Dtype,
-    keep_q4: bool,
-) -> Result<Linear, GgufError> {
-    let q4 = |t| match t {
-        Some(GgmlDType::Q4_0) => Some(Q4Format::Q4_0),
-        Some(GgmlDType::Q4_1) => Some(Q4Format::Q4_1),
-        Some(GgmlDType::Q4K) => Some(Q4Format::Q4K),
-        _ => None,
-    };
-    let types: Vec<_> = parts
-        .iter()
-        .map(|(name, _)| file.tensor_type(name))
-        .collect();
-    let formats: Vec<_> = types.iter().map(|&t| q4(t)).collect();
-    let n: usize = parts.iter().map(|p| p.1).sum();
-    let bias = bias.unwrap_or_else(|| vec![0.0; n]);
-    let name = parts
-        .iter()
-        .map(|p| p.0.as_str())
-        .collect::<Vec<_>>()
-        .join("+");
-    let error = |problem: String| GgufError::Tensor {
-        path: file.path().to_path_buf(),
-        name: name.clone(),
-        problem,
-    };
-    if let (true, Some(Some(format))) = (keep_q4, formats.first()) {
-        if formats.iter().all(|f| *f == Some(*format)) {
-            let mut stacked = Vec::with_capacity(parts.len());
-            for (name, rows) in parts {
-                stacked.push(file.bytes(name, &[*rows, k])?.0);
-            }
-            let layer = Q4Linear::from_parts(*format, &stacked, &bias, k).map_err(error)?;
-            return Ok(Linear::Packed(PackedLinear::Q4(layer)));
-        }
-    }
-    if dtype == Dtype::Int8 && types.iter().all(|t| *t == Some(GgmlDType::Q8_0)) {
-        // Q8_0 is the int8 kernel's own format: taken as stored, exactly.
-        // One tensor (the LM head, the largest) is read in place; stacked ones are joined.
-        let bytes: std::borrow::Cow<[u8]> = match parts {
-            [(name, rows)] => file.bytes(name, &[*rows, k])?.0.into(),
-            _ => {
-                let mut joined = Vec::new();
-                for (name, rows) in parts {
-                    joined.extend_from_slice(file.bytes(name, &[*rows, k])?.0);
-                }
-                joined.into()
-            }
-        };
-        let layer = kernels::Int8Linear::from_q8_0(&bytes, &bias, k).map_err(error)?;
-        return Ok(Linear::Packed(PackedLinear::Int8(layer)));
-    }
-    if dtype == Dtype::Int8 {
-        // Row by row: never the whole weight in f32 (the LM head of a 150k-token vocabulary
-        // is 600 MB of it, at the peak of loading).
-        let mut rows: Vec<(&[u8], GgmlDType)> = Vec::with_capacity(n);
-        for (name, count) in parts {
-            let (bytes, t) = file.bytes(name, &[*count, k])?;
-            rows.extend(bytes.chunks_exact(bytes.len() / count).map(|r| (r, t)));
-        }
-        let bad = std::sync::Mutex::new(None);
-        let layer = kernels::Int8Linear::quantize_rows(&bias, k, |c| {
-            let (row, t) = rows[c];
-            let why = match super::gguf::dequantize(t, row, k) {
-                Ok(v) if v.iter().all(|x| x.is_finite()) => return v,
-                Ok(_) => "holds NaN or infinite values".to_string(),
-                Err(e) => format!("cannot be dequantized: {e}"),
-            };
-            *bad.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
-            vec![0.0; k]
-        })
-        .map_err(&error)?;
-        if let Some(why) = bad.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            return Err(error(why));
-        }
-        return Ok(Linear::Packed(PackedLinear::Int8(layer)));
-    }
-    let mut w = Vec::with_capacity(n * k);
-    for (name, rows) in parts {
-        w.extend(file.f32(name, &[*rows, k])?);
-    }
-    Linear::new(dtype, &w, bias, k).map_err(error)
 }
 
 /// The biases of `parts` (`{name}.bias` beside each `{name}.weight`), as one vector; `None`

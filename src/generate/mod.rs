@@ -30,6 +30,7 @@ pub mod end_tokens;
 pub mod engine;
 pub mod gemma3;
 pub mod gguf;
+pub mod gguf_weights;
 pub mod gpt2;
 pub mod grammar;
 pub mod incremental;
@@ -47,7 +48,6 @@ pub mod sampling;
 pub mod service;
 pub mod smollm3;
 pub mod spm_merges;
-pub mod token_embeddings;
 pub mod tokenizer;
 pub mod tool_syntax;
 

@@ -1,0 +1,217 @@
+//! A GGUF decoder's tensors converted for the kernels (`crate::kernels`): its linear layers
+//! ([`load_linear`]: 4-bit blocks kept as stored, Q8_0 taken as int8 exactly, the rest
+//! dequantized a row at a time and packed), and its LM head with the token embedding table.
+//! Each tensor's pages in the file are dropped once converted (`GgufFile::release`).
+//!
+//! Why the head and the table together: most small models tie them (no `output.weight`: the
+//! head is the embedding table), and the table is the largest tensor (Gemma 3 1B's 262,144 ×
+//! 1,152). The head is converted for the kernels and the table kept as stored, a row
+//! dequantized per token, so a tied table would be held twice. When it is Q8_0 and the head
+//! int8, the head keeps the file's int8 values and scales exactly, and a token's row is read
+//! back from the head: the same f32 values bit for bit, one copy instead of two (Gemma 3 1B
+//! Q4_K_M: 321 MB less).
+
+use candle_core::quantized::GgmlDType;
+
+use super::decoder::Linear;
+use super::gguf::{GgufError, GgufFile, RawTensor};
+use crate::kernels::{self, Dtype, PackedLinear, Q4Format, Q4Linear};
+
+/// Where a token's embedding row is read from.
+pub(super) enum TokenEmbeddings {
+    /// The table as stored in the file, a row dequantized per token.
+    Stored(RawTensor),
+    /// The rows of the tied int8 LM head, made from the file's Q8_0 table as stored.
+    TiedHead,
+}
+
+impl TokenEmbeddings {
+    /// Token `id`'s row (`d` values); `None` when out of range.
+    pub(super) fn row(&self, head: &Linear, id: usize) -> Option<Vec<f32>> {
+        match (self, head) {
+            (TokenEmbeddings::Stored(t), _) => t.row(id),
+            (TokenEmbeddings::TiedHead, Linear::Packed(PackedLinear::Int8(l))) => l.weight_row(id),
+            // `load` makes `TiedHead` only beside an int8 head.
+            (TokenEmbeddings::TiedHead, _) => None,
+        }
+    }
+
+    /// Bytes held beside the head.
+    pub(super) fn bytes(&self) -> usize {
+        match self {
+            TokenEmbeddings::Stored(t) => t.bytes.len(),
+            TokenEmbeddings::TiedHead => 0,
+        }
+    }
+
+    /// How `/info` describes it.
+    pub(super) fn describe(&self) -> String {
+        match self {
+            TokenEmbeddings::Stored(t) => format!(
+                "{} as stored, a row dequantized per token",
+                format!("{:?}", t.dtype).to_lowercase()
+            ),
+            TokenEmbeddings::TiedHead => {
+                "q8_0, read from the tied int8 LM head's rows (the same values)".to_string()
+            }
+        }
+    }
+}
+
+/// The LM head (`output.weight`, or the embedding table when tied) converted for `dtype`
+/// and `keep_q4` as [`load_linear`] does, and the embedding table (`vocab × d`).
+///
+/// # Errors
+///
+/// A missing or malformed tensor, or a table whose last row does not dequantize (checked
+/// here so that a load fails, not a step).
+pub(super) fn load_head_and_embeddings(
+    file: &GgufFile,
+    vocab: usize,
+    d: usize,
+    dtype: Dtype,
+    keep_q4: bool,
+) -> Result<(Linear, TokenEmbeddings), GgufError> {
+    const TABLE: &str = "token_embd.weight";
+    let tied = !file.has_tensor("output.weight");
+    let head_name = if tied { TABLE } else { "output.weight" };
+    let head = load_linear(
+        file,
+        &[(head_name.to_string(), vocab)],
+        d,
+        None,
+        dtype,
+        keep_q4,
+    )?;
+    let from_head = tied
+        && file.tensor_type(TABLE) == Some(GgmlDType::Q8_0)
+        && matches!(head, Linear::Packed(PackedLinear::Int8(_)));
+    let table = if from_head {
+        TokenEmbeddings::TiedHead
+    } else {
+        let raw = file.raw(TABLE, &[vocab, d])?;
+        // Copied: the mapping's pages are not read again.
+        file.release(TABLE);
+        TokenEmbeddings::Stored(raw)
+    };
+    // Steps dequantize the table a row at a time; the file's checks (rows of whole blocks)
+    // make every row decode, and one is decoded here to fail the load, not a step, if that
+    // ever stops being so.
+    if vocab == 0 || table.row(&head, vocab - 1).is_none() {
+        return Err(GgufError::Tensor {
+            path: file.path().to_path_buf(),
+            name: TABLE.into(),
+            problem: "has rows that cannot be dequantized".into(),
+        });
+    }
+    Ok((head, table))
+}
+
+/// Loads the linear layer made of `parts` (tensor name, rows) stacked, each `rows × k`, with
+/// `bias` (`None`: zeros): as stored when they are all Q4_0, all Q4_1 or all Q4_K and
+/// `keep_q4`, or all Q8_0 and `dtype` is int8; else dequantized and packed as `dtype`.
+pub(super) fn load_linear(
+    file: &GgufFile,
+    parts: &[(String, usize)],
+    k: usize,
+    bias: Option<Vec<f32>>,
+    dtype: Dtype,
+    keep_q4: bool,
+) -> Result<Linear, GgufError> {
+    let layer = convert_linear(file, parts, k, bias, dtype, keep_q4);
+    // Converted (or failed): its bytes in the file are not read again.
+    for (name, _) in parts {
+        file.release(name);
+    }
+    layer
+}
+
+/// [`load_linear`] but for releasing the file's pages.
+fn convert_linear(
+    file: &GgufFile,
+    parts: &[(String, usize)],
+    k: usize,
+    bias: Option<Vec<f32>>,
+    dtype: Dtype,
+    keep_q4: bool,
+) -> Result<Linear, GgufError> {
+    let q4 = |t| match t {
+        Some(GgmlDType::Q4_0) => Some(Q4Format::Q4_0),
+        Some(GgmlDType::Q4_1) => Some(Q4Format::Q4_1),
+        Some(GgmlDType::Q4K) => Some(Q4Format::Q4K),
+        _ => None,
+    };
+    let types: Vec<_> = parts
+        .iter()
+        .map(|(name, _)| file.tensor_type(name))
+        .collect();
+    let formats: Vec<_> = types.iter().map(|&t| q4(t)).collect();
+    let n: usize = parts.iter().map(|p| p.1).sum();
+    let bias = bias.unwrap_or_else(|| vec![0.0; n]);
+    let name = parts
+        .iter()
+        .map(|p| p.0.as_str())
+        .collect::<Vec<_>>()
+        .join("+");
+    let error = |problem: String| GgufError::Tensor {
+        path: file.path().to_path_buf(),
+        name: name.clone(),
+        problem,
+    };
+    if let (true, Some(Some(format))) = (keep_q4, formats.first()) {
+        if formats.iter().all(|f| *f == Some(*format)) {
+            let mut stacked = Vec::with_capacity(parts.len());
+            for (name, rows) in parts {
+                stacked.push(file.bytes(name, &[*rows, k])?.0);
+            }
+            let layer = Q4Linear::from_parts(*format, &stacked, &bias, k).map_err(error)?;
+            return Ok(Linear::Packed(PackedLinear::Q4(layer)));
+        }
+    }
+    if dtype == Dtype::Int8 && types.iter().all(|t| *t == Some(GgmlDType::Q8_0)) {
+        // Q8_0 is the int8 kernel's own format: taken as stored, exactly.
+        // One tensor (the LM head, the largest) is read in place; stacked ones are joined.
+        let bytes: std::borrow::Cow<[u8]> = match parts {
+            [(name, rows)] => file.bytes(name, &[*rows, k])?.0.into(),
+            _ => {
+                let mut joined = Vec::new();
+                for (name, rows) in parts {
+                    joined.extend_from_slice(file.bytes(name, &[*rows, k])?.0);
+                }
+                joined.into()
+            }
+        };
+        let layer = kernels::Int8Linear::from_q8_0(&bytes, &bias, k).map_err(error)?;
+        return Ok(Linear::Packed(PackedLinear::Int8(layer)));
+    }
+    if dtype == Dtype::Int8 {
+        // Row by row: never the whole weight in f32 (the LM head of a 150k-token vocabulary
+        // is 600 MB of it, at the peak of loading).
+        let mut rows: Vec<(&[u8], GgmlDType)> = Vec::with_capacity(n);
+        for (name, count) in parts {
+            let (bytes, t) = file.bytes(name, &[*count, k])?;
+            rows.extend(bytes.chunks_exact(bytes.len() / count).map(|r| (r, t)));
+        }
+        let bad = std::sync::Mutex::new(None);
+        let layer = kernels::Int8Linear::quantize_rows(&bias, k, |c| {
+            let (row, t) = rows[c];
+            let why = match super::gguf::dequantize(t, row, k) {
+                Ok(v) if v.iter().all(|x| x.is_finite()) => return v,
+                Ok(_) => "holds NaN or infinite values".to_string(),
+                Err(e) => format!("cannot be dequantized: {e}"),
+            };
+            *bad.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+            vec![0.0; k]
+        })
+        .map_err(&error)?;
+        if let Some(why) = bad.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(error(why));
+        }
+        return Ok(Linear::Packed(PackedLinear::Int8(layer)));
+    }
+    let mut w = Vec::with_capacity(n * k);
+    for (name, rows) in parts {
+        w.extend(file.f32(name, &[*rows, k])?);
+    }
+    Linear::new(dtype, &w, bias, k).map_err(error)
+}
