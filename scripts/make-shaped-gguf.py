@@ -9,8 +9,11 @@ on the values, and the real files cannot be downloaded here.
 Needs numpy and gguf-py (llama.cpp's, from the tree scripts/build-llama-cpp.sh unpacks).
 
 Shapes (from the models' config.json): qwen3-0.6b (28 layers, hidden 1024, 16 query heads
-and 8 KV heads of 128, FF 3072, vocabulary 151,936, tied embeddings) and qwen2.5-0.5b (24
-layers, hidden 896, 14 and 2 heads of 64, FF 4864, vocabulary 151,936, Q/K/V biases, tied).
+and 8 KV heads of 128, FF 3072, vocabulary 151,936, tied embeddings), qwen2.5-0.5b (24
+layers, hidden 896, 14 and 2 heads of 64, FF 4864, vocabulary 151,936, Q/K/V biases, tied)
+and gemma3-1b (26 layers, hidden 1152, 4 query heads and 1 KV head of 256, FF 6912,
+vocabulary 262,144, tied; five of six layers slide over 512 positions at RoPE base 10,000,
+the sixth global at 1,000,000; Q/K norms and the post-attention and post-FFN norms).
 
 Quantization mixes, as llama-quantize chooses them (llama.cpp's llama_tensor_get_type):
 - q4_k_m: Q4_K everywhere but attn_v and ffn_down on the layers `use_more_bits` picks (the
@@ -19,9 +22,13 @@ Quantization mixes, as llama-quantize chooses them (llama.cpp's llama_tensor_get
   Q5_0 for Q4_K, Q8_0 for Q6_K); norms and biases F32;
 - q8_0: every 2-D tensor Q8_0.
 
+Gemma 3's 1152-wide rows are not a multiple of 256 either, so its Q/K/V, gate and up
+projections are Q5_0 and its embedding table Q8_0 in q4_k_m, as llama-quantize writes them.
+
 Blocks are random bytes with small, finite f16 scales, so activations stay finite. The
 vocabulary is GPT-2's byte-level BPE (models/gpt2-tokenizer, or --gpt2-dir) padded with
-plain-text tokens (` w123`) to the model's size, pre-tokenizer `qwen2`, `<|im_end|>` as end of turn.
+plain-text tokens (` w123`) to the model's size, pre-tokenizer `qwen2`, `<|im_end|>` as end of turn
+(for every shape: speed does not depend on the vocabulary's contents, only on its size).
 """
 
 import argparse
@@ -38,6 +45,9 @@ SHAPES = {
     "qwen2.5-0.5b": dict(arch="qwen2", layers=24, hidden=896, heads=14, kv_heads=2, head_dim=64,
                          ff=4864, vocab=151936, rope_base=1_000_000.0, eps=1e-6, qkv_bias=True,
                          qk_norm=False, context=32768),
+    "gemma3-1b": dict(arch="gemma3", layers=26, hidden=1152, heads=4, kv_heads=1, head_dim=256,
+                      ff=6912, vocab=262144, rope_base=1_000_000.0, eps=1e-6, qkv_bias=False,
+                      qk_norm=True, context=32768, sliding_window=512, sandwich_norms=True),
 }
 
 Q = gguf.GGMLQuantizationType
@@ -122,6 +132,10 @@ def main():
     w.add_value_length(s["head_dim"])
     w.add_rope_freq_base(s["rope_base"])
     w.add_layer_norm_rms_eps(s["eps"])
+    if "sliding_window" in s:
+        # llama.cpp's gemma3 graph: every sixth layer global, the others sliding at base 10,000
+        # (both its defaults, as in the released files).
+        w.add_sliding_window(s["sliding_window"])
     w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M if a.quant == "q4_k_m"
                     else gguf.LlamaFileType.MOSTLY_Q8_0)
     tokens, types, merges = vocabulary(a.gpt2_dir, s["vocab"])
@@ -158,10 +172,14 @@ def main():
             norm(p + "attn_q_norm.weight", s["head_dim"])
             norm(p + "attn_k_norm.weight", s["head_dim"])
         linear(p + "attn_output.weight", "attn_output", i, d, qw)
+        if s.get("sandwich_norms"):
+            norm(p + "post_attention_norm.weight", d)
         norm(p + "ffn_norm.weight", d)
         linear(p + "ffn_gate.weight", "ffn_gate", i, s["ff"], d)
         linear(p + "ffn_up.weight", "ffn_up", i, s["ff"], d)
         linear(p + "ffn_down.weight", "ffn_down", i, d, s["ff"])
+        if s.get("sandwich_norms"):
+            norm(p + "post_ffw_norm.weight", d)
     norm("output_norm.weight", d)
     w.write_header_to_file()
     w.write_kv_data_to_file()
