@@ -22,7 +22,7 @@
 
 use super::modernbert_config::{Activation, LayerKind, ModernBertConfig};
 use super::proj::Proj;
-use super::unpadded::embedding_rows;
+use super::unpadded::{add, embedding_rows, pool_each};
 use super::weights::{Weight, WeightFile};
 use super::{EncoderInput, Model, ModelError, Pooling};
 use crate::kernels::rope::{Rope, RopeParams, RopeStyle};
@@ -313,12 +313,6 @@ impl ModernBertEncoder {
     }
 }
 
-fn add(x: &mut [f32], y: &[f32]) {
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += b;
-    }
-}
-
 impl Model for ModernBertEncoder {
     fn forward(
         &self,
@@ -327,21 +321,6 @@ impl Model for ModernBertEncoder {
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let h = self.config.hidden_size;
         let hidden = self.hidden_states(inputs, threads)?;
-        let mut row0 = 0;
-        inputs
-            .iter()
-            .map(|s| {
-                let rows = &hidden[row0 * h..(row0 + s.ids.len()) * h];
-                row0 += s.ids.len();
-                let mut out = Vec::with_capacity(h);
-                self.pooling.pool(rows, h, &mut out);
-                if !out.iter().all(|v| v.is_finite()) {
-                    return Err(ModelError::Forward(
-                        "the model produced a non-finite value".into(),
-                    ));
-                }
-                Ok(out)
-            })
-            .collect()
+        pool_each(&hidden, inputs, h, self.pooling)
     }
 }

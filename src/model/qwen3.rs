@@ -17,7 +17,7 @@
 use serde::Deserialize;
 
 use super::proj::Proj;
-use super::unpadded::embedding_rows;
+use super::unpadded::{add, embedding_rows, pool_each};
 use super::weights::{Weight, WeightFile};
 use super::{EncoderInput, Model, ModelError, Pooling};
 use crate::kernels::rope::{rms_norm, rms_norm_in_place, swiglu, Rope, RopeParams, RopeStyle};
@@ -387,12 +387,6 @@ impl Qwen3Encoder {
     }
 }
 
-fn add(x: &mut [f32], y: &[f32]) {
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += b;
-    }
-}
-
 impl Model for Qwen3Encoder {
     fn forward(
         &self,
@@ -401,22 +395,7 @@ impl Model for Qwen3Encoder {
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let h = self.config.hidden_size;
         let hidden = self.hidden_states(inputs, threads)?;
-        let mut row0 = 0;
-        inputs
-            .iter()
-            .map(|s| {
-                let rows = &hidden[row0 * h..(row0 + s.ids.len()) * h];
-                row0 += s.ids.len();
-                let mut out = Vec::with_capacity(h);
-                self.pooling.pool(rows, h, &mut out);
-                if !out.iter().all(|v| v.is_finite()) {
-                    return Err(ModelError::Forward(
-                        "the model produced a non-finite value".into(),
-                    ));
-                }
-                Ok(out)
-            })
-            .collect()
+        pool_each(&hidden, inputs, h, self.pooling)
     }
 }
 

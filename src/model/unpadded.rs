@@ -1,8 +1,9 @@
 //! The input side of the unpadded encoders (the Qwen3 embedder, ModernBERT): every sequence
 //! runs as its own rows at positions `0..len`, nothing padded, so a text's vector is the same
-//! alone as in any batch. Both check their batch and gather embedding rows the same way.
+//! alone as in any batch. Both check their batch, gather embedding rows, add residuals and pool
+//! each sequence's rows the same way.
 
-use super::{EncoderInput, ModelError};
+use super::{EncoderInput, ModelError, Pooling};
 
 /// The rows of a batch of single texts: each token's embedding row (`Σ len × d`) and its
 /// position within its own sequence.
@@ -50,4 +51,41 @@ pub(crate) fn embedding_rows(
         }
     }
     Ok((x, positions))
+}
+
+/// `x += y`, element by element (a residual connection).
+pub(crate) fn add(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// One vector per sequence: its rows of `hidden` (`Σ len × h`, in the order of `inputs`)
+/// pooled.
+///
+/// # Errors
+///
+/// [`ModelError::Forward`] when a vector holds a non-finite value.
+pub(crate) fn pool_each(
+    hidden: &[f32],
+    inputs: &[EncoderInput<'_>],
+    h: usize,
+    pooling: Pooling,
+) -> Result<Vec<Vec<f32>>, ModelError> {
+    let mut row0 = 0;
+    inputs
+        .iter()
+        .map(|s| {
+            let rows = &hidden[row0 * h..(row0 + s.ids.len()) * h];
+            row0 += s.ids.len();
+            let mut out = Vec::with_capacity(h);
+            pooling.pool(rows, h, &mut out);
+            if !out.iter().all(|v| v.is_finite()) {
+                return Err(ModelError::Forward(
+                    "the model produced a non-finite value".into(),
+                ));
+            }
+            Ok(out)
+        })
+        .collect()
 }
