@@ -19,7 +19,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use super::bert_ops::{AddLayerNorm, Attention, Linear, LinearWeights, ProjectAddNorm};
-use super::weights::{Weight, WeightFile};
+use super::weights::{Names, Weight, WeightFile};
 use super::{EncoderInput, ModelError};
 use crate::kernels::{AttentionShape, Dtype, KernelLevel, LinearPart, PackedLinear, Products};
 
@@ -102,46 +102,12 @@ pub struct Bert {
     layers: Vec<Layer>,
 }
 
-/// A weight file's tensors under the checkpoint's prefix (`bert.` or `roberta.` for models
-/// saved with a head), with shapes checked against the config.
-pub(super) struct Names<'a> {
-    file: &'a WeightFile,
-    prefix: &'static str,
-}
-
+/// BERT's and XLM-RoBERTa's tensors ([`Names`]: under `bert.` or `roberta.` for models saved
+/// with a head).
 impl<'a> Names<'a> {
     /// The encoder's tensors in `file`, a checkpoint of `family`.
     pub(super) fn of(file: &'a WeightFile, family: Family) -> Self {
-        let prefixed = family.prefix();
-        let prefix = if file.contains(&format!("{prefixed}embeddings.word_embeddings.weight")) {
-            prefixed
-        } else {
-            ""
-        };
-        Names { file, prefix }
-    }
-
-    /// The tensors of a head, stored without the encoder's prefix (`classifier.weight`).
-    pub(super) fn unprefixed(file: &'a WeightFile) -> Self {
-        Names { file, prefix: "" }
-    }
-
-    /// The prefix of the encoder's tensors.
-    pub(super) fn prefix(&self) -> &'static str {
-        self.prefix
-    }
-
-    pub(super) fn get(&self, name: &str, dims: &[usize]) -> Result<Weight, ModelError> {
-        let full = format!("{}{name}", self.prefix);
-        let w = self.file.get(&full)?;
-        if w.shape() != dims {
-            return Err(ModelError::Weights(format!(
-                "{}: {full} has shape {:?}, config.json implies {dims:?}",
-                self.file.path().display(),
-                w.shape()
-            )));
-        }
-        Ok(w)
+        Names::prefixed_if_present(file, family.prefix(), "embeddings.word_embeddings.weight")
     }
 
     pub(super) fn dense(&self, name: &str, n: usize, k: usize) -> Result<Dense, ModelError> {

@@ -6,8 +6,8 @@
 
 use candle_core::Tensor;
 
-use super::bert::{Bert, Dense, Family, Names};
-use super::weights::WeightFile;
+use super::bert::{Bert, Dense, Family};
+use super::weights::{Names, WeightFile};
 use super::{EncoderInput, Model, ModelError, Pooling};
 use crate::kernels::linear;
 

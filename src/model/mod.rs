@@ -412,7 +412,7 @@ pub fn load_files(
 fn load_qwen3(
     files: &files::ModelFiles,
     options: LoadOptions,
-    mut phase: impl FnMut(&'static str, Duration),
+    phase: impl FnMut(&'static str, Duration),
 ) -> Result<LoadedModel, ModelError> {
     let t = Instant::now();
     let config = qwen3::Qwen3Config::from_json(&read(&files.config)?)?;
@@ -424,11 +424,51 @@ fn load_qwen3(
     };
     let normalized_by_model = embedder_modules(modules_path)?;
     let pooling = Pooling::from_config_json(&read(pooling_path)?)?;
+    let max_positions = config.max_position_embeddings;
+    let dimensions = config.hidden_size;
+    let setup = EmbedderSetup {
+        model_type: "qwen3",
+        dimensions,
+        pooling,
+        normalized_by_model,
+    };
+    unpadded_embedder(
+        files,
+        options,
+        setup,
+        max_positions,
+        t,
+        phase,
+        |file, dtype, kernel| qwen3::Qwen3Encoder::load(config, file, dtype, kernel, pooling),
+    )
+}
+
+/// What an unpadded embedder's loader has read before the shared part: its name, width,
+/// pooling and whether the model normalizes.
+struct EmbedderSetup {
+    model_type: &'static str,
+    dimensions: usize,
+    pooling: Pooling,
+    normalized_by_model: bool,
+}
+
+/// The part the Qwen3 embedder's and ModernBERT's loaders share, after their config and
+/// pooling: `prompts`, the input limit and the tokenizer (the "tokenizer" phase, timed from
+/// `t`), then the weights in the embedding models' dtype through `load` (the "weights" phase).
+fn unpadded_embedder<M: Model + 'static>(
+    files: &files::ModelFiles,
+    options: LoadOptions,
+    setup: EmbedderSetup,
+    max_positions: usize,
+    t: Instant,
+    mut phase: impl FnMut(&'static str, Duration),
+    load: impl FnOnce(&weights::WeightFile, Dtype, KernelLevel) -> Result<M, ModelError>,
+) -> Result<LoadedModel, ModelError> {
     let prompts = match &files.sentence_transformers {
         Some(path) => Prompts::from_config_json(&read(path)?)?,
         None => Prompts::default(),
     };
-    let max_input_length = max_input_length(files, config.max_position_embeddings)?;
+    let max_input_length = max_input_length(files, max_positions)?;
     let tokenizer_json = files.tokenizer.as_ref().ok_or_else(|| {
         ModelError::Files(format!(
             "{}: no tokenizer.json beside config.json",
@@ -443,12 +483,12 @@ fn load_qwen3(
     let dtype = options.dtype.resolve(kernel);
     let info = ModelInfo {
         id: files.source.clone(),
-        model_type: "qwen3".into(),
+        model_type: setup.model_type.into(),
         task: Task::Embedding,
-        dimensions: config.hidden_size,
+        dimensions: setup.dimensions,
         max_input_length,
-        pooling,
-        normalized_by_model,
+        pooling: setup.pooling,
+        normalized_by_model: setup.normalized_by_model,
         dtype,
         weight_formats: [("linear", dtype.name().to_string())].into(),
         kernel,
@@ -456,7 +496,7 @@ fn load_qwen3(
         prompts,
     };
     let file = weights::WeightFile::open(&files.weights)?;
-    let model = qwen3::Qwen3Encoder::load(config, &file, dtype, kernel, pooling)?;
+    let model = load(&file, dtype, kernel)?;
     phase("weights", t.elapsed());
     Ok(LoadedModel {
         info,
@@ -493,7 +533,7 @@ fn embedder_modules(path: &std::path::Path) -> Result<bool, ModelError> {
 fn load_modernbert(
     files: &files::ModelFiles,
     options: LoadOptions,
-    mut phase: impl FnMut(&'static str, Duration),
+    phase: impl FnMut(&'static str, Duration),
 ) -> Result<LoadedModel, ModelError> {
     let t = Instant::now();
     let config = modernbert_config::ModernBertConfig::from_json(&read(&files.config)?)?;
@@ -505,45 +545,25 @@ fn load_modernbert(
         Some(path) => Pooling::from_config_json(&read(path)?)?,
         None => Pooling::Mean,
     };
-    let prompts = match &files.sentence_transformers {
-        Some(path) => Prompts::from_config_json(&read(path)?)?,
-        None => Prompts::default(),
-    };
-    let max_input_length = max_input_length(files, config.max_position_embeddings)?;
-    let tokenizer_json = files.tokenizer.as_ref().ok_or_else(|| {
-        ModelError::Files(format!(
-            "{}: no tokenizer.json beside config.json",
-            files.source
-        ))
-    })?;
-    let tokenizer = TextTokenizer::load(tokenizer_json, max_input_length)?;
-    phase("tokenizer", t.elapsed());
-
-    let t = Instant::now();
-    let kernel = KernelLevel::capped(options.kernel_cap);
-    let dtype = options.dtype.resolve(kernel);
-    let info = ModelInfo {
-        id: files.source.clone(),
-        model_type: "modernbert".into(),
-        task: Task::Embedding,
-        dimensions: config.hidden_size,
-        max_input_length,
+    let max_positions = config.max_position_embeddings;
+    let dimensions = config.hidden_size;
+    let setup = EmbedderSetup {
+        model_type: "modernbert",
+        dimensions,
         pooling,
         normalized_by_model,
-        dtype,
-        weight_formats: [("linear", dtype.name().to_string())].into(),
-        kernel,
-        classifier: None,
-        prompts,
     };
-    let file = weights::WeightFile::open(&files.weights)?;
-    let model = modernbert::ModernBertEncoder::load(config, &file, dtype, kernel, pooling)?;
-    phase("weights", t.elapsed());
-    Ok(LoadedModel {
-        info,
-        tokenizer: Arc::new(tokenizer),
-        model: Arc::new(model),
-    })
+    unpadded_embedder(
+        files,
+        options,
+        setup,
+        max_positions,
+        t,
+        phase,
+        |file, dtype, kernel| {
+            modernbert::ModernBertEncoder::load(config, file, dtype, kernel, pooling)
+        },
+    )
 }
 
 /// Most tokens per input, as sentence-transformers decides it: `max_seq_length` of

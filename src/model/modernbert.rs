@@ -23,7 +23,7 @@
 use super::modernbert_config::{Activation, LayerKind, ModernBertConfig};
 use super::proj::Proj;
 use super::unpadded::{add, embedding_rows, pool_each};
-use super::weights::{Weight, WeightFile};
+use super::weights::{Names, Weight, WeightFile};
 use super::{EncoderInput, Model, ModelError, Pooling};
 use crate::kernels::rope::{Rope, RopeParams, RopeStyle};
 use crate::kernels::team::parallel_for_each;
@@ -79,23 +79,8 @@ impl ModernBertEncoder {
         level: KernelLevel,
         pooling: Pooling,
     ) -> Result<Self, ModelError> {
-        let prefix = if file.contains("model.embeddings.tok_embeddings.weight") {
-            "model."
-        } else {
-            ""
-        };
-        let get = |name: &str, dims: &[usize]| -> Result<Weight, ModelError> {
-            let full = format!("{prefix}{name}");
-            let w = file.get(&full)?;
-            if w.shape() != dims {
-                return Err(ModelError::Weights(format!(
-                    "{}: {full} has shape {:?}, config.json implies {dims:?}",
-                    file.path().display(),
-                    w.shape()
-                )));
-            }
-            Ok(w)
-        };
+        let names = Names::prefixed_if_present(file, "model.", "embeddings.tok_embeddings.weight");
+        let get = |name: &str, dims: &[usize]| names.get(name, dims);
         let c = &config;
         let (d, ff) = (c.hidden_size, c.intermediate_size);
         let norm = |name: &str| -> Result<Norm, ModelError> {

@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use super::proj::Proj;
 use super::unpadded::{add, embedding_rows, pool_each};
-use super::weights::{Weight, WeightFile};
+use super::weights::{Names, Weight, WeightFile};
 use super::{EncoderInput, Model, ModelError, Pooling};
 use crate::kernels::rope::{rms_norm, rms_norm_in_place, swiglu, Rope, RopeParams, RopeStyle};
 use crate::kernels::team::parallel_for_each;
@@ -195,23 +195,8 @@ impl Qwen3Encoder {
         level: KernelLevel,
         pooling: Pooling,
     ) -> Result<Self, ModelError> {
-        let prefix = if file.contains("model.embed_tokens.weight") {
-            "model."
-        } else {
-            ""
-        };
-        let get = |name: &str, dims: &[usize]| -> Result<Weight, ModelError> {
-            let full = format!("{prefix}{name}");
-            let w = file.get(&full)?;
-            if w.shape() != dims {
-                return Err(ModelError::Weights(format!(
-                    "{}: {full} has shape {:?}, config.json implies {dims:?}",
-                    file.path().display(),
-                    w.shape()
-                )));
-            }
-            Ok(w)
-        };
+        let names = Names::prefixed_if_present(file, "model.", "embed_tokens.weight");
+        let get = |name: &str, dims: &[usize]| names.get(name, dims);
         let c = &config;
         let (d, ff, hd) = (c.hidden_size, c.intermediate_size, c.head_dim());
         let (qw, kvw) = (c.q_width(), c.kv_width());

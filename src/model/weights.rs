@@ -201,6 +201,53 @@ impl WeightFile {
     }
 }
 
+/// A weight file's tensors under a checkpoint's prefix (`bert.`, `roberta.`, `model.` for
+/// models saved with a head or as a causal LM), with shapes checked against the config.
+pub(super) struct Names<'a> {
+    file: &'a WeightFile,
+    prefix: &'static str,
+}
+
+impl<'a> Names<'a> {
+    /// The tensors under `prefix` when `file` holds `{prefix}{probe}`, else unprefixed.
+    pub(super) fn prefixed_if_present(
+        file: &'a WeightFile,
+        prefix: &'static str,
+        probe: &str,
+    ) -> Self {
+        let prefix = if file.contains(&format!("{prefix}{probe}")) {
+            prefix
+        } else {
+            ""
+        };
+        Names { file, prefix }
+    }
+
+    /// The tensors of a head, stored without the encoder's prefix (`classifier.weight`).
+    pub(super) fn unprefixed(file: &'a WeightFile) -> Self {
+        Names { file, prefix: "" }
+    }
+
+    /// The prefix of the encoder's tensors.
+    pub(super) fn prefix(&self) -> &'static str {
+        self.prefix
+    }
+
+    /// Tensor `name` (under the prefix), checked to have shape `dims`.
+    pub(super) fn get(&self, name: &str, dims: &[usize]) -> Result<Weight, ModelError> {
+        let full = format!("{}{name}", self.prefix);
+        let w = self.file.get(&full)?;
+        if w.shape() != dims {
+            return Err(ModelError::Weights(format!(
+                "{}: {full} has shape {:?}, config.json implies {dims:?}",
+                self.file.path().display(),
+                w.shape()
+            )));
+        }
+        Ok(w)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
