@@ -469,7 +469,9 @@ pub fn attention_with(
         run(0..units);
         return;
     }
-    let chunk = units.div_ceil(threads);
+    // Several tasks per thread, taken from a counter: on a VM the cores may differ in speed
+    // (one vCPU measured at half the other's tile rate), so equal shares would wait.
+    let chunk = units.div_ceil(threads * 8);
     parallel_for(units.div_ceil(chunk), threads, &|t| {
         run(t * chunk..((t + 1) * chunk).min(units))
     });

@@ -19,6 +19,7 @@
 //!   softmax of its rows over the real keys, rounded to bf16 into `p` (zero past `len`), then
 //!   `p` against `v`, 16 dimensions per accumulator.
 
+use super::aligned::AlignedVec;
 use super::amx::{load, store, Tiles, ROW_BYTES, TILE_ROWS};
 use super::math::exp_neg_avx512;
 use std::arch::asm;
@@ -197,12 +198,12 @@ pub(super) unsafe fn attention_amx(
     let dq = dt * ROW_VALUES;
     // Room for the longest sequence, padded to whole pairs of 16-row tiles.
     let most = s.seq_len.div_ceil(32) * 32;
-    let mut q = vec![0u16; most * dq];
-    let mut k = vec![0u16; most / TILE_ROWS * dt * TILE_VALUES];
-    let mut v = vec![0u16; dv * most / 32 * TILE_VALUES];
-    let mut scores = vec![0.0f32; TILE_ROWS * most];
-    let mut p = vec![0u16; TILE_ROWS * most];
-    let mut o = vec![0.0f32; 2 * TILE_ROWS * 16];
+    let mut q = AlignedVec::<u16>::zeroed(most * dq);
+    let mut k = AlignedVec::<u16>::zeroed(most / TILE_ROWS * dt * TILE_VALUES);
+    let mut v = AlignedVec::<u16>::zeroed(dv * most / 32 * TILE_VALUES);
+    let mut scores = AlignedVec::<f32>::zeroed(TILE_ROWS * most);
+    let mut p = AlignedVec::<u16>::zeroed(TILE_ROWS * most);
+    let mut o = AlignedVec::<f32>::zeroed(2 * TILE_ROWS * 16);
     // Row `r` of a value tile: keys 2r, 2r + 1 interleaved value by value.
     let interleave = {
         let idx: [i16; 32] = std::array::from_fn(|i| ((i % 2) * 16 + i / 2) as i16);

@@ -17,6 +17,7 @@
 //! (16 rows of 64 bytes, one row per pair), so a panel holds whole tiles: its pairs are padded
 //! with zeros to a multiple of 16 (the other paths read only the first `pairs`).
 
+use super::aligned::AlignedVec;
 #[cfg(target_arch = "x86_64")]
 use super::amx;
 use super::cpu::KernelLevel;
@@ -32,6 +33,13 @@ const PAIR: usize = 2;
 const PAIR_VALUES: usize = PANEL * PAIR;
 /// Pairs per AMX tile: 16 rows of a weight tile, 32 bf16 of an activation tile's row.
 const TILE_PAIRS: usize = 16;
+
+/// Rows the AMX path multiplies per pass over the weights (a task of its split): the tiles'
+/// products outrun the caches, and a layer's weights come from L3 (MiniLM's bf16 layers are
+/// 21 MB). Measured with a throwaway probe on the AMX Xeon (one core, the 2 × 2 block over
+/// 1536 × 384 weights, twelve layers' worth cycled): 96 rows ~1,000 GFLOP/s, 192 ~1,300, 384
+/// ~1,500. 384 rows of a 1,536-wide input in bf16 are 1.2 MB: still in L2.
+pub const AMX_CHUNK_ROWS: usize = 384;
 
 /// f32 → bf16, rounding to nearest even (NaN stays NaN).
 #[inline]
@@ -49,6 +57,15 @@ pub fn from_bf16(v: u16) -> f32 {
     f32::from_bits((v as u32) << 16)
 }
 
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// The AMX path's bf16 copy of a block of activations, kept for the calling thread's
+    /// next product: a fresh one per call was a 0.6–2.4 MB allocation zeroed and faulted in
+    /// again for every layer (5% of MiniLM's pass at 64 × 107 tokens, perf). At most
+    /// `BLOCK_ROWS` × the widest reduction of the models this thread runs.
+    static AMX_STAGING: std::cell::Cell<AlignedVec<u16>> = Default::default();
+}
+
 /// A linear layer `y = x · Wᵀ + b` with bf16 weights.
 pub struct Bf16Linear {
     n: usize,
@@ -57,8 +74,8 @@ pub struct Bf16Linear {
     /// Pairs a panel holds: `pairs` rounded up to whole AMX tiles, the extra ones zero.
     pair_stride: usize,
     panels: usize,
-    /// `panels × pair_stride × 16 × 2` values.
-    weights: Vec<u16>,
+    /// `panels × pair_stride × 16 × 2` values, on a cache line (whole AMX tile rows).
+    weights: AlignedVec<u16>,
     /// Padded to whole panels with 0.
     bias: Vec<f32>,
 }
@@ -80,7 +97,7 @@ impl Bf16Linear {
         let pairs = k.div_ceil(PAIR);
         let pair_stride = pairs.next_multiple_of(TILE_PAIRS);
         let panels = n.div_ceil(PANEL);
-        let mut weights = vec![0u16; panels * pair_stride * PAIR_VALUES];
+        let mut weights = AlignedVec::zeroed(panels * pair_stride * PAIR_VALUES);
         for (c, row) in w.chunks_exact(k).enumerate() {
             let (panel, lane) = (c / PANEL, c % PANEL);
             for (i, &v) in row.iter().enumerate() {
@@ -290,27 +307,37 @@ impl Bf16Linear {
         let k = self.k;
         let kstride = self.pair_stride * PAIR;
         let mpad = m.next_multiple_of(amx::TILE_ROWS);
-        let mut xb = vec![0u16; mpad * kstride];
+        let mut staging = AMX_STAGING.take();
+        if staging.len() < mpad * kstride {
+            staging = AlignedVec::zeroed(mpad * kstride);
+        }
+        let xb = &mut staging[..mpad * kstride];
+        // Rows past m (up to a whole tile) are read by the tiles: zero, not a stale value.
+        xb[m * kstride..].fill(0);
         // Rounded on every thread, a chunk of rows at a time: at the tiles' speed a serial
         // conversion would be a large part of a big batch's time.
-        let mut chunks: Vec<&mut [u16]> = xb.chunks_mut(CHUNK_ROWS * kstride).collect();
+        let mut chunks: Vec<&mut [u16]> =
+            xb[..m * kstride].chunks_mut(CHUNK_ROWS * kstride).collect();
         parallel_for_each(&mut chunks, threads, &|c, chunk| {
             let rows = x[c * CHUNK_ROWS * k..].chunks_exact(k);
             for (row, b) in rows.zip(chunk.chunks_exact_mut(kstride)) {
                 // SAFETY: the AMX level implies AVX-512 BF16 (level ≤ detected); `b` is
                 // at least as long as `row`.
                 unsafe { avx512::round_row(row, b) };
+                // The reduction's padding to whole tiles: zero.
+                b[k..].fill(0);
             }
         });
         let ktiles = self.pair_stride / TILE_PAIRS;
         let panel_values = self.pair_stride * PAIR_VALUES;
-        let (xb, weights) = (&xb[..], &self.weights[..]);
-        // Whole row chunks × all panels per call: one call is one task of the split.
+        let (xb, weights) = (&*xb, &self.weights[..]);
+        // Whole row chunks × all panels per call: one call is one task of the split; within
+        // it, each pair of panels (in L1) meets every row of the chunk (in L2).
         let np = self.panels.max(1);
         for_each_tile(
             m,
             self.panels,
-            CHUNK_ROWS,
+            AMX_CHUNK_ROWS,
             np,
             threads,
             &|r0, rows, p0, ps| {
@@ -357,6 +384,7 @@ impl Bf16Linear {
                 }
             },
         );
+        AMX_STAGING.set(staging);
     }
 }
 
@@ -669,6 +697,38 @@ mod tests {
         // No rows: nothing to do, nothing written.
         let layer = Bf16Linear::pack(&values(1, 17 * 33), &values(2, 17), 33).unwrap();
         layer.forward(&[], 0, &mut [], KernelLevel::Amx, 2, Epilogue::Bias);
+    }
+
+    /// The AMX path's staging buffer is kept per thread from one product to the next: a
+    /// narrower reduction after a wider one, and fewer rows after more, must read zeros where
+    /// the padding is, not the last product's values. Rows past one chunk (384) and one block
+    /// (768) of rows too.
+    #[test]
+    fn the_amx_path_reuses_its_staging_without_stale_values() {
+        if KernelLevel::detected() < KernelLevel::Amx {
+            eprintln!(
+                "skipped: no AMX here (detected {}), the AMX path is not tested",
+                KernelLevel::detected()
+            );
+            return;
+        }
+        let n = 17;
+        for (k, m) in [(384, 800), (33, 17), (384, 385), (1, 3), (31, 770)] {
+            let w = values(51 + k as u64, n * k);
+            let b = values(53, n);
+            let layer = Bf16Linear::pack(&w, &b, k).unwrap();
+            let x = values(57 + (m * k) as u64, m * k);
+            let want = naive(&x, m, &w, &b, k, true);
+            let mut got = vec![f32::NAN; m * n];
+            layer.forward(&x, m, &mut got, KernelLevel::Amx, 1, Epilogue::Bias);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let tol = 1e-5 * (k as f64).sqrt() + 1e-6 * w.abs();
+                assert!(
+                    (*g as f64 - w).abs() <= tol,
+                    "{m}×{n}×{k} at {i}: {g} vs {w}"
+                );
+            }
+        }
     }
 
     #[test]

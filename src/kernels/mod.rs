@@ -23,6 +23,7 @@
 //! in a packed format.
 
 pub mod activations;
+mod aligned;
 #[cfg(target_arch = "x86_64")]
 mod amx;
 pub mod attention;
@@ -153,6 +154,19 @@ impl PackedLinear {
             PackedLinear::Bf16(l) => l.k(),
             PackedLinear::Int8(l) => l.k(),
             PackedLinear::Q4(l) => l.k(),
+        }
+    }
+
+    /// Rows a caller running a large batch in blocks should pass to one [`Self::forward`] at
+    /// a time: each call reads the weights once per chunk of its rows. On AMX tiles the
+    /// products outrun the caches, so a chunk of [`bf16::AMX_CHUNK_ROWS`] rows reads them a
+    /// quarter as often as the other paths' [`tiles::CHUNK_ROWS`].
+    pub fn block_rows(&self, level: KernelLevel) -> usize {
+        match self {
+            PackedLinear::Bf16(_) if level.min(KernelLevel::detected()) >= KernelLevel::Amx => {
+                bf16::AMX_CHUNK_ROWS
+            }
+            _ => tiles::CHUNK_ROWS,
         }
     }
 

@@ -132,8 +132,17 @@ fn linear_width(weights: LinearWeights<'_>, k: usize) -> Option<usize> {
 
 /// Rows of one block of [`ProjectAddNorm`]: a feed-forward block's `rows × intermediate`
 /// activations (f32, and their bf16 copy for the second product) fit in a core's L2 beside
-/// the block's input.
+/// the block's input. Weights that ask for more rows per call ([`PackedLinear::block_rows`]:
+/// bf16 on AMX tiles) get blocks of their height.
 pub const BLOCK_ROWS: usize = 96;
+
+/// The rows of a block for `weights` on `level` (see [`BLOCK_ROWS`]).
+fn block_rows(weights: LinearWeights<'_>, level: KernelLevel) -> usize {
+    match weights {
+        LinearWeights::F32(_) => BLOCK_ROWS,
+        LinearWeights::Packed(p) => p.block_rows(level).max(BLOCK_ROWS),
+    }
+}
 
 /// `(x, residual) → LayerNorm(second(first(x)) + residual)`, one block of [`BLOCK_ROWS`] rows
 /// at a time: a layer's attention output (`first` the output projection, no `second`,
@@ -157,10 +166,23 @@ pub struct ProjectAddNorm<'a> {
     pub level: KernelLevel,
 }
 
-/// One thread's run of whole blocks: (input rows, residual rows), output rows.
+thread_local! {
+    /// The feed-forward half's activations between its two products, one block of them, kept
+    /// for this thread's next block (a fresh zeroed buffer per call was a memset and page
+    /// faults per layer): at most a block's rows × the widest intermediate size this thread ran.
+    static BETWEEN: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// A run of rows: (input rows, residual rows), output rows.
 type BlockRun<'a> = ((&'a [f32], &'a [f32]), &'a mut [f32]);
 
 impl ProjectAddNorm<'_> {
+    /// Rows per block: the most either product asks for.
+    fn block_rows(&self) -> usize {
+        let second = self.second.map_or(0, |w| block_rows(w, self.level));
+        block_rows(self.first, self.level).max(second)
+    }
+
     /// Runs the blocks of `x` (`k` values a row) and `residual` into `out` (`h` a row), with
     /// `threads` threads per product; `inner` is the first product's width when a second
     /// follows.
@@ -176,14 +198,15 @@ impl ProjectAddNorm<'_> {
         threads: usize,
     ) {
         let rows = out.len() / h;
-        let mut between = match self.second {
-            Some(_) => vec![0.0f32; BLOCK_ROWS.min(rows) * inner],
-            None => Vec::new(),
-        };
+        let block = self.block_rows();
+        let mut between = BETWEEN.take();
+        if self.second.is_some() && between.len() < block.min(rows) * inner {
+            between = vec![0.0f32; block.min(rows) * inner];
+        }
         let blocks = x
-            .chunks(BLOCK_ROWS * k)
-            .zip(residual.chunks(BLOCK_ROWS * h))
-            .zip(out.chunks_mut(BLOCK_ROWS * h));
+            .chunks(block * k)
+            .zip(residual.chunks(block * h))
+            .zip(out.chunks_mut(block * h));
         for ((x, residual), out) in blocks {
             let m = out.len() / h;
             match self.second {
@@ -202,6 +225,7 @@ impl ProjectAddNorm<'_> {
                 self.norm.eps,
             );
         }
+        BETWEEN.set(between);
     }
 }
 
@@ -250,14 +274,16 @@ impl CustomOp2 for ProjectAddNorm<'_> {
             );
         }
         let mut out = vec![0.0f32; residual.len()];
-        let blocks = m.div_ceil(BLOCK_ROWS);
+        let block = self.block_rows();
+        let blocks = m.div_ceil(block);
         if self.threads > 1 && blocks >= 2 * self.threads {
-            // Each thread takes a run of whole blocks and runs them alone.
-            let per = blocks.div_ceil(self.threads) * BLOCK_ROWS;
+            // Each block is a task the threads take from a counter, run alone: on a VM one
+            // core may run at half the other's speed (measured: AMX tiles at 1.1 against 2.7
+            // TFLOP/s on the two vCPUs), so equal shares would wait for the slower one.
             let mut parts: Vec<BlockRun<'_>> = x
-                .chunks(per * k)
-                .zip(residual.chunks(per * h))
-                .zip(out.chunks_mut(per * h))
+                .chunks(block * k)
+                .zip(residual.chunks(block * h))
+                .zip(out.chunks_mut(block * h))
                 .collect();
             kernels::team::parallel_for_each(&mut parts, self.threads, &|_, ((x, r), out)| {
                 self.blocks(x, r, out, k, h, inner, 1)
@@ -484,7 +510,8 @@ mod project_add_norm_tests {
                     LinearWeights::F32(&down_parts[..]),
                 ),
             };
-            for m in [1, 95, 96, 97, 300, 1000] {
+            // Block edges at 96 rows, and at 384 where bf16 runs on AMX tiles.
+            for m in [1, 95, 96, 97, 300, 383, 384, 385, 1000, 1600] {
                 let apply = |x: &Tensor, weights, gelu: bool| {
                     let (rows, k) = x.dims2().unwrap();
                     let mut out = vec![0.0f32; rows * linear_width(weights, k).unwrap()];
