@@ -6,7 +6,8 @@
 //! with `"stream": true` (tests/clients/check_generation_clients.py); and, on the tiny models of
 //! tests/data/tiny_reranker_reference.json, `text_classification` against `/predict` and
 //! `feature_extraction(prompt_name=...)`, checked against sentence-transformers' answers
-//! (tests/clients/check_scoring_clients.py); and, on the tiny XLM-R cross-encoder of
+//! (tests/clients/check_scoring_clients.py), the same embedding checks on the tiny ModernBERT
+//! and Qwen3-Embedding models; and, on the tiny XLM-R cross-encoder of
 //! tests/data/tiny_xlmr_reference.json, LlamaIndex's TEI reranker
 //! (`llama-index-postprocessor-tei-rerank`, which posts to `/rerank`) without and with an API
 //! key (tests/clients/check_rerank_clients.py). The
@@ -172,6 +173,38 @@ fn huggingface_hub_text_classification_and_prompt_names_against_sentence_transfo
             &server,
             None,
             &[reference, which],
+        );
+    }
+}
+
+/// The newer embedders through the same client: ModernBERT (mean pooling with prompts, and
+/// CLS pooling) and the Qwen3 embedder (last-token pooling, an instruction prompt), each in
+/// its default dtype, their overlong texts truncated as asked.
+#[test]
+fn huggingface_hub_feature_extraction_on_modernbert_and_the_qwen3_embedder() {
+    let Some(python) = python() else { return };
+    let modernbert = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/tiny_modernbert_reference.json"
+    );
+    let qwen3 = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/tiny_qwen3_embedding_reference.json"
+    );
+    let (mean, cls) = common::modernbert_model::model_dirs();
+    let qwen3_dir = common::qwen3_embedding_model::model_dir();
+    for (dir, reference, section) in [
+        (mean, modernbert, "mean"),
+        (cls, modernbert, "cls"),
+        (qwen3_dir, qwen3, "embedder"),
+    ] {
+        let server = Server::spawn_model(dir.to_str().expect("a UTF-8 path"), &[]);
+        run_checks(
+            &python,
+            "check_scoring_clients.py",
+            &server,
+            None,
+            &[reference, section],
         );
     }
 }
