@@ -165,14 +165,26 @@ fn huggingface_hub_text_classification_and_prompt_names_against_sentence_transfo
         env!("CARGO_MANIFEST_DIR"),
         "/tests/data/tiny_reranker_reference.json"
     );
-    for (dir, which) in [(classifier, "classifier"), (embedder, "embedder")] {
+    check_scoring(
+        &python,
+        &[
+            (classifier, reference, "classifier"),
+            (embedder, reference, "embedder"),
+        ],
+    );
+}
+
+/// Runs tests/clients/check_scoring_clients.py on each (model directory, reference file,
+/// section of it), one server per model.
+fn check_scoring(python: &Path, models: &[(&PathBuf, &str, &str)]) {
+    for (dir, reference, section) in models {
         let server = Server::spawn_model(dir.to_str().expect("a UTF-8 path"), &[]);
         run_checks(
-            &python,
+            python,
             "check_scoring_clients.py",
             &server,
             None,
-            &[reference, which],
+            &[*reference, *section],
         );
     }
 }
@@ -193,20 +205,14 @@ fn huggingface_hub_feature_extraction_on_modernbert_and_the_qwen3_embedder() {
     );
     let (mean, cls) = common::modernbert_model::model_dirs();
     let qwen3_dir = common::qwen3_embedding_model::model_dir();
-    for (dir, reference, section) in [
-        (mean, modernbert, "mean"),
-        (cls, modernbert, "cls"),
-        (qwen3_dir, qwen3, "embedder"),
-    ] {
-        let server = Server::spawn_model(dir.to_str().expect("a UTF-8 path"), &[]);
-        run_checks(
-            &python,
-            "check_scoring_clients.py",
-            &server,
-            None,
-            &[reference, section],
-        );
-    }
+    check_scoring(
+        &python,
+        &[
+            (mean, modernbert, "mean"),
+            (cls, modernbert, "cls"),
+            (qwen3_dir, qwen3, "embedder"),
+        ],
+    );
 }
 
 #[test]

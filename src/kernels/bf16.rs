@@ -640,17 +640,23 @@ mod tests {
         }
     }
 
+    /// Whether this CPU runs the AMX path (with the tile data granted); says the test is
+    /// skipped when not.
+    fn amx_here() -> bool {
+        let detected = KernelLevel::detected();
+        if detected < KernelLevel::Amx {
+            eprintln!("skipped: no AMX here (detected {detected}), the AMX path is not tested");
+        }
+        detected >= KernelLevel::Amx
+    }
+
     /// The AMX path against the naive reference (activations rounded to bf16, as it does) on
     /// the shapes around its tiles: rows around 16 and 32, columns around a panel, reductions
     /// around a 32-value tile, MiniLM's widths; every epilogue, one and two threads. Skipped
     /// (and said so) where the CPU has no AMX or Linux refused the tile data.
     #[test]
     fn the_amx_path_matches_the_naive_reference_on_edge_shapes() {
-        if KernelLevel::detected() < KernelLevel::Amx {
-            eprintln!(
-                "skipped: no AMX here (detected {}), the AMX path is not tested",
-                KernelLevel::detected()
-            );
+        if !amx_here() {
             return;
         }
         for k in [1, 31, 32, 33, 384] {
@@ -705,11 +711,7 @@ mod tests {
     /// (768) of rows too.
     #[test]
     fn the_amx_path_reuses_its_staging_without_stale_values() {
-        if KernelLevel::detected() < KernelLevel::Amx {
-            eprintln!(
-                "skipped: no AMX here (detected {}), the AMX path is not tested",
-                KernelLevel::detected()
-            );
+        if !amx_here() {
             return;
         }
         let n = 17;
