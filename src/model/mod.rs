@@ -424,30 +424,24 @@ fn load_qwen3(
     };
     let normalized_by_model = embedder_modules(modules_path)?;
     let pooling = Pooling::from_config_json(&read(pooling_path)?)?;
-    let max_positions = config.max_position_embeddings;
-    let dimensions = config.hidden_size;
     let setup = EmbedderSetup {
         model_type: "qwen3",
-        dimensions,
+        dimensions: config.hidden_size,
+        max_positions: config.max_position_embeddings,
         pooling,
         normalized_by_model,
     };
-    unpadded_embedder(
-        files,
-        options,
-        setup,
-        max_positions,
-        t,
-        phase,
-        |file, dtype, kernel| qwen3::Qwen3Encoder::load(config, file, dtype, kernel, pooling),
-    )
+    unpadded_embedder(files, options, setup, t, phase, |file, dtype, kernel| {
+        qwen3::Qwen3Encoder::load(config, file, dtype, kernel, pooling)
+    })
 }
 
 /// What an unpadded embedder's loader has read before the shared part: its name, width,
-/// pooling and whether the model normalizes.
+/// positions (the input limit's ceiling), pooling and whether the model normalizes.
 struct EmbedderSetup {
     model_type: &'static str,
     dimensions: usize,
+    max_positions: usize,
     pooling: Pooling,
     normalized_by_model: bool,
 }
@@ -459,7 +453,6 @@ fn unpadded_embedder<M: Model + 'static>(
     files: &files::ModelFiles,
     options: LoadOptions,
     setup: EmbedderSetup,
-    max_positions: usize,
     t: Instant,
     mut phase: impl FnMut(&'static str, Duration),
     load: impl FnOnce(&weights::WeightFile, Dtype, KernelLevel) -> Result<M, ModelError>,
@@ -468,7 +461,7 @@ fn unpadded_embedder<M: Model + 'static>(
         Some(path) => Prompts::from_config_json(&read(path)?)?,
         None => Prompts::default(),
     };
-    let max_input_length = max_input_length(files, max_positions)?;
+    let max_input_length = max_input_length(files, setup.max_positions)?;
     let tokenizer_json = files.tokenizer.as_ref().ok_or_else(|| {
         ModelError::Files(format!(
             "{}: no tokenizer.json beside config.json",
@@ -545,25 +538,16 @@ fn load_modernbert(
         Some(path) => Pooling::from_config_json(&read(path)?)?,
         None => Pooling::Mean,
     };
-    let max_positions = config.max_position_embeddings;
-    let dimensions = config.hidden_size;
     let setup = EmbedderSetup {
         model_type: "modernbert",
-        dimensions,
+        dimensions: config.hidden_size,
+        max_positions: config.max_position_embeddings,
         pooling,
         normalized_by_model,
     };
-    unpadded_embedder(
-        files,
-        options,
-        setup,
-        max_positions,
-        t,
-        phase,
-        |file, dtype, kernel| {
-            modernbert::ModernBertEncoder::load(config, file, dtype, kernel, pooling)
-        },
-    )
+    unpadded_embedder(files, options, setup, t, phase, |file, dtype, kernel| {
+        modernbert::ModernBertEncoder::load(config, file, dtype, kernel, pooling)
+    })
 }
 
 /// Most tokens per input, as sentence-transformers decides it: `max_seq_length` of
