@@ -170,16 +170,27 @@ fn past_the_connection_limit_only_probes_are_served_then_connections_close_and_t
     connect_until_up(p.addr);
     wait_ready(p.addr);
 
-    // Four keep-alive connections that each made a request: the limit is reached.
+    // Four keep-alive connections that each made a request: the limit is reached. A
+    // connection the client has just closed (the readiness polls above) still counts until
+    // the server sees it end; one opened meanwhile is served past the limit (probes only, no
+    // keep-alive) and closed after its answer, which would leave room for the request that
+    // must be refused below. So only connections the server keeps alive are held.
     let mut held = Vec::new();
-    for _ in 0..4 {
-        let mut s = TcpStream::connect(p.addr).unwrap();
-        assert_eq!(
-            exchange(&mut s, "GET", "/healthz", &[], None)
-                .unwrap()
-                .status,
-            200
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held.len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "no room for 4 kept-alive connections"
         );
+        let mut s = TcpStream::connect(p.addr).unwrap();
+        let r = exchange(&mut s, "GET", "/healthz", &[], None).unwrap();
+        assert_eq!(r.status, 200);
+        if r.header("Connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+        {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
         held.push(s);
     }
     // Past the limit: the probes answer, the model routes say 503 with Retry-After.
