@@ -9,6 +9,7 @@ use super::tools::CallStream;
 use super::{openai, tgi, upstream};
 use crate::generate::engine::{Event, FinishReason, TokenEvent};
 use crate::generate::reasoning::ReasoningSplit;
+use crate::generate::tool_syntax::json as json_format;
 use crate::generate::tool_syntax::{CallText, Parsed, ToolSyntax};
 
 /// The whole answer of a finished sequence.
@@ -48,6 +49,8 @@ pub struct StreamWriter {
     calls: Option<(CallText, CallStream)>,
     /// Bytes of `text` sent as content (an answer that may call).
     sent: usize,
+    /// Bytes of the generic JSON format's `response` sent as content.
+    response_sent: usize,
     /// A reasoning model's chat answer: its thinking is sent as `reasoning_content`, the
     /// rest goes on as the content the other paths send.
     reasoning: Option<ReasoningSplit>,
@@ -85,6 +88,7 @@ impl StreamWriter {
             opened: false,
             calls,
             sent: 0,
+            response_sent: 0,
             reasoning,
             raw: String::new(),
             raw_stopped: false,
@@ -320,7 +324,9 @@ impl StreamWriter {
     /// An answer that may make calls (forced, or under `tool_choice: "auto"`): text is sent
     /// as content until a call may begin ([`ToolSyntax::hold_from`]; a forced call's answer
     /// holds all of it) or a stop sequence may; from there calls are sent as they are written
-    /// ([`CallStream`]), then `finish_reason: "tool_calls"`.
+    /// ([`CallStream`]), then `finish_reason: "tool_calls"`. The generic JSON format's answer
+    /// is JSON from its first byte: its `response` string is sent as content as it is written
+    /// ([`json_format::partial_response`]).
     ///
     /// Whether the answer made calls is decided at the end, by the parser of the whole answer
     /// ([`CallText::parse`]), so a stream ends as the same request answered whole does. When
@@ -390,6 +396,27 @@ impl StreamWriter {
                     )));
                 }
                 if self.text.is_char_boundary(safe) {
+                    // The generic JSON format's answer in words is sent as it is written.
+                    let response = match text {
+                        CallText::Auto(ToolSyntax::Json) => {
+                            json_format::partial_response(&self.text[..safe])
+                        }
+                        _ => None,
+                    };
+                    if let Some(piece) = response
+                        .as_deref()
+                        .and_then(|r| r.get(self.response_sent..))
+                    {
+                        if !piece.is_empty() {
+                            self.response_sent += piece.len();
+                            out.push(Payload::Json(openai::chunk(
+                                &self.answer,
+                                Some(piece),
+                                None,
+                                false,
+                            )));
+                        }
+                    }
                     for d in calls.update(&self.text[..safe]) {
                         out.push(Payload::Json(tool_delta(&self.answer, d)));
                     }
@@ -409,7 +436,10 @@ impl StreamWriter {
                     let rest = match (text, &content) {
                         (CallText::Forced, _) => &self.text[self.sent..],
                         (_, None) => "",
-                        (CallText::Auto(ToolSyntax::Json), Some(c)) => c.as_str(),
+                        // What was streamed is a prefix of the response.
+                        (CallText::Auto(ToolSyntax::Json), Some(c)) => {
+                            c.get(self.response_sent..).unwrap_or_default()
+                        }
                         (_, Some(_)) => &self.text[self.sent..],
                     };
                     if !rest.is_empty() {

@@ -204,6 +204,59 @@ fn streamed_auto_calls_hold_text_from_the_opener_and_send_calls_as_written() {
 }
 
 #[test]
+fn the_generic_json_format_streams_its_response_as_it_is_written() {
+    let answer = || {
+        chat_context(
+            false,
+            Some(ToolParsing {
+                syntax: ToolSyntax::Json,
+                parallel: false,
+            }),
+        )
+    };
+    let pieces = ["{\"response\": \"Caf", "\\u00", "e9 \\\"o", "k\\\"", "!\"}"];
+    let mut deltas = Vec::new();
+    for p in stream_of(answer(), &pieces) {
+        let Payload::Json(v) = p else { continue };
+        if let Some(c) = v["choices"][0]["delta"]["content"].as_str() {
+            if !c.is_empty() {
+                deltas.push(c.to_string());
+            }
+        }
+    }
+    // Sent piece by piece, an escape only once it is whole, nothing again at the end.
+    assert_eq!(deltas, ["Caf", "é \"o", "k\"", "!"]);
+    let whole = openai::whole_chat(&answer(), &collected(&pieces));
+    assert_eq!(whole["choices"][0]["message"]["content"], deltas.concat());
+    // Cut by max_tokens: the stream and the whole answer both say what was written so far.
+    let cut = ["{\"response\": \"Hello", " wor"];
+    let (content, calls, finish) = calls_stream(answer(), &cut, FinishReason::Length);
+    assert_eq!(
+        (content.as_str(), calls.len(), finish.as_str()),
+        ("Hello wor", 0, "length")
+    );
+    let c = Collected {
+        reason: FinishReason::Length,
+        ..collected(&cut)
+    };
+    let whole = openai::whole_chat(&answer(), &c);
+    assert_eq!(whole["choices"][0]["message"]["content"], "Hello wor");
+    // A call is still sent as a call.
+    let (content, calls, finish) = auto_stream(
+        ToolSyntax::Json,
+        false,
+        &[
+            "{\"tool_calls\": [{\"name\": \"weather\", ",
+            "\"arguments\": {\"city\": \"Oslo\"}}]}",
+        ],
+    );
+    assert_eq!(
+        (content.as_str(), calls.len(), finish.as_str()),
+        ("", 1, "tool_calls")
+    );
+}
+
+#[test]
 fn streamed_mistral_args_calls_hold_text_from_the_opener_and_keep_the_model_s_ids() {
     // The markers arrive as pieces of their own (control tokens kept as text).
     let pieces = [

@@ -14,7 +14,8 @@ Checked with the real clients, every call validated by `jsonschema`, never by th
   name, arguments that validate), and at least one of each happens;
 - `parallel_tool_calls: false`: at most one call;
 - streaming auto with the SDK: the content and calls streamed equal the whole answer's, a
-  call's arguments arriving in several deltas;
+  call's arguments and an answer in words (the generic format's `response`) arriving in
+  several deltas, as they are written;
 - `huggingface_hub`'s `InferenceClient.chat_completion(tools=..., tool_choice=...)`;
 - malformed tool messages are 400s naming the message.
 
@@ -157,14 +158,16 @@ def not_parallel(base):
 
 def streamed(base):
     c = client(base)
-    for prompt in PROMPTS[:3]:
+    texts = 0
+    for prompt in PROMPTS[:4]:
         kw = dict(model="zerobatch", messages=[{"role": "user", "content": prompt}], tools=TOOLS, temperature=0,
                   max_tokens=200)
         whole = c.chat.completions.create(**kw).choices[0]
-        content, calls, finish = "", {}, None
+        content, calls, finish, content_deltas = "", {}, None, 0
         for chunk in c.chat.completions.create(stream=True, **kw):
             delta = chunk.choices[0].delta
             content += delta.content or ""
+            content_deltas += 1 if delta.content else 0
             for tc in delta.tool_calls or []:
                 got = calls.setdefault(tc.index, {"id": tc.id, "name": "", "arguments": "", "deltas": 0})
                 got["name"] += tc.function.name or ""
@@ -176,8 +179,13 @@ def streamed(base):
         want = [(t.function.name, t.function.arguments) for t in whole.message.tool_calls or []]
         assert [(calls[i]["name"], calls[i]["arguments"]) for i in sorted(calls)] == want, (calls, want)
         assert all(calls[i]["id"].startswith("call_") for i in calls), calls
-        # Arguments of several tokens arrive in several pieces, as they are written.
+        # Arguments of several tokens arrive in several pieces, as they are written; so does
+        # an answer in words (the `response` string of the generic format).
         assert all(calls[i]["deltas"] > 1 for i in calls if len(calls[i]["arguments"]) > 8), calls
+        if len(content) > 8:
+            texts += 1
+            assert content_deltas > 1, (content_deltas, content)
+    assert texts >= 1, "no prompt was answered in words"
 
 
 def hf_client(base):

@@ -27,10 +27,19 @@ pub fn grammar(tools: &AutoTools) -> Grammar {
     ]}))
 }
 
-/// The calls, or the response, in `text`; anything else is text.
+/// The calls, or the response, in `text`: a response cut short (by `max_tokens` or a stop
+/// sequence) is what it said so far ([`partial_response`]), as a streamed answer sends it;
+/// anything else is text.
 pub fn parse(text: &str) -> Parsed {
     let Ok(v) = serde_json::from_str::<HashMap<String, &RawValue>>(text.trim()) else {
-        return Parsed::text(text);
+        return match partial_response(text) {
+            Some(response) => Parsed {
+                content: super::non_empty(&response),
+                content_end: 0,
+                calls: Vec::new(),
+            },
+            None => Parsed::text(text),
+        };
     };
     if let Some(Ok(response)) = v
         .get("response")
@@ -62,6 +71,60 @@ pub fn parse(text: &str) -> Parsed {
         },
         None => Parsed::text(text),
     }
+}
+
+/// The `response` string of an answer that has begun one (`{"response": "Hello wor`): the
+/// characters written so far, decoded, up to the closing quote; an escape still being written
+/// (`\u00`, or the first half of a surrogate pair) waits for the rest. `None` when `text` does
+/// not begin a response. A streamed answer sends this as it grows: decoding more of the same
+/// text only appends, so what was sent stays a prefix of the final response.
+pub fn partial_response(text: &str) -> Option<String> {
+    let rest = text.trim_start().strip_prefix('{')?.trim_start();
+    let rest = rest.strip_prefix("\"response\"")?.trim_start();
+    let rest = rest.strip_prefix(':')?.trim_start().strip_prefix('"')?;
+    let mut out = String::new();
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => break,
+            '\\' => match chars.next() {
+                None => break,
+                Some('u') => {
+                    let Some(unit) = hex4(&mut chars) else { break };
+                    let decoded = if (0xD800..0xDC00).contains(&unit) {
+                        // A high surrogate: its low half follows as another \uXXXX.
+                        let low = (chars.next(), chars.next(), hex4(&mut chars));
+                        let (Some('\\'), Some('u'), Some(low)) = low else {
+                            break;
+                        };
+                        char::decode_utf16([unit, low]).next().and_then(Result::ok)
+                    } else {
+                        char::from_u32(u32::from(unit))
+                    };
+                    out.push(decoded.unwrap_or(char::REPLACEMENT_CHARACTER));
+                }
+                Some(e) => out.push(match e {
+                    'n' => '\n',
+                    't' => '\t',
+                    'r' => '\r',
+                    'b' => '\u{8}',
+                    'f' => '\u{c}',
+                    other => other,
+                }),
+            },
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
+/// Four hex digits of a `\u` escape as a UTF-16 unit; `None` when fewer are written yet.
+fn hex4(chars: &mut std::str::Chars<'_>) -> Option<u16> {
+    let digits: String = chars.take(4).collect();
+    if digits.len() < 4 {
+        return None;
+    }
+    u16::from_str_radix(&digits, 16).ok()
 }
 
 /// The system message that teaches the format.
@@ -132,6 +195,56 @@ mod tests {
             let p = parse(text);
             assert!(p.calls.is_empty());
             assert_eq!(p.content.as_deref(), Some(text));
+        }
+    }
+
+    #[test]
+    fn a_response_is_decoded_as_far_as_it_is_written() {
+        let full = "{ \"response\" : \"Caf\\u00e9 \\\"ok\\\"\\n\\ud83c\\udf89 /\\/ done\"}";
+        let want = "Café \"ok\"\n🎉 // done";
+        assert_eq!(parse(full).content.as_deref(), Some(want));
+        assert_eq!(partial_response(full).as_deref(), Some(want));
+        // Every prefix decodes to a prefix of the whole response: a stream only appends.
+        let mut last = String::new();
+        for (i, _) in full.char_indices().chain([(full.len(), ' ')]) {
+            if let Some(r) = partial_response(&full[..i]) {
+                assert!(
+                    r.starts_with(&last),
+                    "{:?}: {r:?} after {last:?}",
+                    &full[..i]
+                );
+                assert!(want.starts_with(&r), "{:?}: {r:?}", &full[..i]);
+                last = r;
+            }
+        }
+        assert_eq!(last, want);
+        // Escapes still being written wait.
+        assert_eq!(
+            partial_response("{\"response\": \"a\\u00").as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            partial_response("{\"response\": \"a\\ud83c\\u").as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            partial_response("{\"response\": \"a\\").as_deref(),
+            Some("a")
+        );
+        // Cut by max_tokens: the whole answer's content is what was said so far.
+        assert_eq!(
+            parse("{\"response\": \"Hello wor").content.as_deref(),
+            Some("Hello wor")
+        );
+        for not_yet in [
+            "",
+            "{",
+            "{\"resp",
+            "{\"response\": ",
+            "{\"tool_calls\": [",
+            "Hi",
+        ] {
+            assert_eq!(partial_response(not_yet), None, "{not_yet:?}");
         }
     }
 
