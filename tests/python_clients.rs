@@ -7,10 +7,11 @@
 //! tests/data/tiny_reranker_reference.json, `text_classification` against `/predict` and
 //! `feature_extraction(prompt_name=...)`, checked against sentence-transformers' answers
 //! (tests/clients/check_scoring_clients.py), the same embedding checks on the tiny ModernBERT
-//! and Qwen3-Embedding models; and, on the tiny XLM-R cross-encoder of
-//! tests/data/tiny_xlmr_reference.json, LlamaIndex's TEI reranker
-//! (`llama-index-postprocessor-tei-rerank`, which posts to `/rerank`) without and with an API
-//! key (tests/clients/check_rerank_clients.py). The
+//! and Qwen3-Embedding models and the classifier checks on the tiny ModernBERT classifier;
+//! and, on the tiny XLM-R cross-encoder of tests/data/tiny_xlmr_reference.json (without and
+//! with an API key) and the tiny ModernBERT one, LlamaIndex's TEI reranker
+//! (`llama-index-postprocessor-tei-rerank`, which posts to `/rerank`;
+//! tests/clients/check_rerank_clients.py). The
 //! interpreter comes from `ZEROBATCH_TEST_PYTHON`, which scripts/test.sh sets to the pinned venv
 //! that scripts/test-venv.sh builds. Without it the test says SKIPPED and returns, except under
 //! CI (`CI` set), where a skip would hide a client regression: there it fails unless
@@ -165,11 +166,17 @@ fn huggingface_hub_text_classification_and_prompt_names_against_sentence_transfo
         env!("CARGO_MANIFEST_DIR"),
         "/tests/data/tiny_reranker_reference.json"
     );
+    let (_, modernbert_classifier) = common::modernbert_model::classifier_dirs();
+    let modernbert = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/tiny_modernbert_classifier_reference.json"
+    );
     check_scoring(
         &python,
         &[
             (classifier, reference, "classifier"),
             (embedder, reference, "embedder"),
+            (modernbert_classifier, modernbert, "classifier"),
         ],
     );
 }
@@ -215,6 +222,8 @@ fn huggingface_hub_feature_extraction_on_modernbert_and_the_qwen3_embedder() {
     );
 }
 
+/// LlamaIndex's TEI reranker on the tiny XLM-R cross-encoder (without and with an API key)
+/// and on the tiny ModernBERT one.
 #[test]
 fn llama_index_tei_reranker_against_sentence_transformers() {
     let Some(python) = test_python("python_clients", "llama_index.postprocessor.tei_rerank") else {
@@ -225,22 +234,27 @@ fn llama_index_tei_reranker_against_sentence_transformers() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/data/tiny_xlmr_reference.json"
     );
-    let model = reranker.to_str().expect("a UTF-8 path");
-    let server = Server::spawn_model(model, &[]);
-    run_checks(
-        &python,
-        "check_rerank_clients.py",
-        &server,
-        None,
-        &[reference],
+    let (modernbert_reranker, _) = common::modernbert_model::classifier_dirs();
+    let modernbert = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/tiny_modernbert_classifier_reference.json"
     );
-    drop(server);
-    let server = Server::spawn_model(model, &["--api-key", "zb-rerank-key"]);
-    run_checks(
-        &python,
-        "check_rerank_clients.py",
-        &server,
-        Some("zb-rerank-key"),
-        &[reference],
-    );
+    for (dir, reference, key) in [
+        (reranker, reference, None),
+        (reranker, reference, Some("zb-rerank-key")),
+        (modernbert_reranker, modernbert, None),
+    ] {
+        let model = dir.to_str().expect("a UTF-8 path");
+        let server = match key {
+            Some(key) => Server::spawn_model(model, &["--api-key", key]),
+            None => Server::spawn_model(model, &[]),
+        };
+        run_checks(
+            &python,
+            "check_rerank_clients.py",
+            &server,
+            key,
+            &[reference],
+        );
+    }
 }

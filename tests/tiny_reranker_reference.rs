@@ -16,11 +16,14 @@
 
 mod common;
 
-use common::reranker_models::{model_dirs, reference, PairFeatures};
+use common::reranker_models::{model_dirs, reference};
+use common::scoring_checks::{
+    check_classifier, check_predict_routes, check_rerank_routes, check_reranker,
+};
 use common::*;
 use serde_json::{json, Value};
 use zerobatch::kernels::Dtype;
-use zerobatch::model::{DtypeChoice, EncoderInput, LoadOptions, LoadedModel, Task};
+use zerobatch::model::{DtypeChoice, LoadOptions, LoadedModel, Task};
 
 /// Largest |difference| of a score (sigmoid, softmax) in the default dtype, f32 (the issue's
 /// bar is 1e-3).
@@ -47,28 +50,6 @@ fn bf16_dtype() -> DtypeChoice {
     DtypeChoice::Fixed(Dtype::Bf16)
 }
 
-/// Checks that `ids`, split at `second_from`, are the reference's ids and token types.
-fn assert_pair(name: &str, ids: &[u32], second_from: usize, want: &PairFeatures) {
-    assert_eq!(ids, want.token_ids, "{name}: token ids");
-    let types: Vec<u32> = (0..ids.len()).map(|i| (i >= second_from) as u32).collect();
-    assert_eq!(types, want.type_ids, "{name}: token types");
-}
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    max_abs_diff(a, b)
-}
-
-/// Passage indices by decreasing score.
-fn order(scores: &[f32]) -> Vec<usize> {
-    let mut o: Vec<usize> = (0..scores.len()).collect();
-    o.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    o
-}
-
 #[test]
 fn cross_encoder_scores_and_rank_order_match_sentence_transformers() {
     let r = reference();
@@ -85,51 +66,8 @@ fn cross_encoder_scores_and_rank_order_match_sentence_transformers() {
         assert_eq!(m.info.max_input_length, r.reranker.max_input_length);
         let classifier = m.info.classifier.as_ref().unwrap();
         assert_eq!(classifier.labels, vec!["LABEL_0"]);
-        let mut truncated = 0;
-        let mut worst = 0f32;
-        for c in &r.reranker.cases {
-            let pairs = m
-                .tokenizer
-                .encode_pairs(&c.query, &c.passages, true)
-                .unwrap();
-            for (i, (p, want)) in pairs.iter().zip(&c.pairs).enumerate() {
-                assert_pair(&format!("{} pair {i}", c.name), &p.ids, p.second_from, want);
-                truncated += (want.untruncated_token_count > p.ids.len()) as usize;
-            }
-            let inputs: Vec<EncoderInput> = pairs
-                .iter()
-                .map(|p| EncoderInput {
-                    ids: &p.ids,
-                    second_from: p.second_from,
-                })
-                .collect();
-            // Batched, and each pair alone: the same scores.
-            let batched: Vec<f32> = m.model.forward(&inputs, 2).unwrap().concat();
-            for (i, input) in inputs.iter().enumerate() {
-                let alone = m.model.forward(&[*input], 1).unwrap()[0][0];
-                assert!(
-                    (alone - batched[i]).abs() <= 1e-5,
-                    "{} pair {i}: alone {alone}, batched {}",
-                    c.name,
-                    batched[i]
-                );
-            }
-            let scores: Vec<f32> = batched.iter().map(|&l| sigmoid(l)).collect();
-            let d = max_diff(&scores, &c.scores);
-            worst = worst.max(d);
-            assert!(
-                d <= tolerance,
-                "{} ({dtype:?}): scores {scores:?}, want {:?} (max diff {d})",
-                c.name,
-                c.scores
-            );
-            // bf16 may swap near-ties; the default dtype keeps the order.
-            if dtype == DtypeChoice::Auto {
-                assert_eq!(order(&scores), c.order, "{}: rank order", c.name);
-                let d = max_diff(&batched, &c.logits);
-                assert!(d <= 1e-3, "{}: logits differ by {d}", c.name);
-            }
-        }
+        let (worst, truncated) =
+            check_reranker(&m, &r.reranker, tolerance, dtype == DtypeChoice::Auto);
         assert!(truncated >= 4, "the reference truncates long pairs");
         eprintln!("reranker {dtype:?}: largest score difference {worst:e}");
     }
@@ -145,57 +83,11 @@ fn classifier_logits_and_softmax_match_sentence_transformers() {
     ] {
         let m = load(dir, dtype);
         assert_eq!(m.info.task, Task::TextClassification);
-        let mut worst = 0f32;
-        let classifier = m.info.classifier.as_ref().unwrap();
-        assert_eq!(classifier.labels, r.classifier.labels);
         assert_eq!(
-            classifier.score_function,
+            m.info.classifier.as_ref().unwrap().score_function,
             zerobatch::model::ScoreFunction::Softmax
         );
-        for (i, c) in r.classifier.cases.iter().enumerate() {
-            let p = match &c.inputs {
-                Value::String(text) => {
-                    let ids = m.tokenizer.encode(i, text, true).unwrap();
-                    zerobatch::model::PairIds {
-                        second_from: ids.len(),
-                        ids,
-                    }
-                }
-                Value::Array(pair) => m
-                    .tokenizer
-                    .encode_pair(
-                        i,
-                        pair[0].as_str().unwrap(),
-                        pair[1].as_str().unwrap(),
-                        true,
-                    )
-                    .unwrap(),
-                other => panic!("{other}"),
-            };
-            assert_eq!(p.ids, c.token_ids, "case {i}: token ids");
-            let types: Vec<u32> = (0..p.ids.len())
-                .map(|t| (t >= p.second_from) as u32)
-                .collect();
-            assert_eq!(types, c.type_ids, "case {i}: token types");
-            let input = EncoderInput {
-                ids: &p.ids,
-                second_from: p.second_from,
-            };
-            let logits = m.model.forward(&[input], 1).unwrap().remove(0);
-            let mut softmax = logits.clone();
-            classifier.score_function.apply(&mut softmax);
-            let d = max_diff(&softmax, &c.softmax);
-            worst = worst.max(d);
-            assert!(
-                d <= tolerance,
-                "case {i} ({dtype:?}): softmax differs by {d}"
-            );
-            if dtype == DtypeChoice::Auto {
-                assert_eq!(order(&softmax), order(&c.softmax), "case {i}: label order");
-                let d = max_diff(&logits, &c.logits);
-                assert!(d <= 1e-3, "case {i}: logits differ by {d}");
-            }
-        }
+        let worst = check_classifier(&m, &r.classifier, tolerance, dtype == DtypeChoice::Auto);
         eprintln!("classifier {dtype:?}: largest softmax difference {worst:e}");
     }
 }
@@ -261,90 +153,12 @@ fn the_real_binary_reranks_and_classifies_over_http() {
     assert_eq!(info["score_function"], "sigmoid");
     assert_eq!(info["max_input_length"], r.reranker.max_input_length);
 
-    for c in &r.reranker.cases {
-        // TEI's /rerank: best first, the sigmoid of the logit, texts when asked.
-        let answer = post(
-            s.addr,
-            "/rerank",
-            json!({"query": c.query, "texts": c.passages, "return_text": true}),
-        );
-        assert_eq!(answer.status, 200, "{}", answer.text());
-        let ranks = answer.json();
-        let ranks = ranks.as_array().unwrap();
-        let got_order: Vec<usize> = ranks
-            .iter()
-            .map(|x| x["index"].as_u64().unwrap() as usize)
-            .collect();
-        assert_eq!(got_order, c.order, "{}: rank order over HTTP", c.name);
-        for x in ranks {
-            let i = x["index"].as_u64().unwrap() as usize;
-            let score = x["score"].as_f64().unwrap() as f32;
-            assert!(
-                (score - c.scores[i]).abs() <= SCORE_TOLERANCE,
-                "{}: {x}",
-                c.name
-            );
-            assert_eq!(x["text"], c.passages[i]);
-        }
-        // raw_scores: the logits.
-        let raw = post(
-            s.addr,
-            "/rerank",
-            json!({"query": c.query, "texts": c.passages, "raw_scores": true}),
-        )
-        .json();
-        for x in raw.as_array().unwrap() {
-            let i = x["index"].as_u64().unwrap() as usize;
-            let logit = x["score"].as_f64().unwrap() as f32;
-            assert!((logit - c.logits[i]).abs() <= 1e-3, "{}: {x}", c.name);
-            assert!(x.get("text").is_none());
-        }
-        // The Cohere/Jina shape, documents as strings and as objects, the best 3.
-        let documents: Vec<Value> = c
-            .passages
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                if i % 2 == 0 {
-                    json!(p)
-                } else {
-                    json!({"text": p})
-                }
-            })
-            .collect();
-        let v1 = post(
-            s.addr,
-            "/v1/rerank",
-            json!({"model": "my-reranker", "query": c.query, "documents": documents, "top_n": 3}),
-        );
-        assert_eq!(v1.status, 200, "{}", v1.text());
-        let v1 = v1.json();
-        assert_eq!(v1["model"], "my-reranker");
-        assert!(v1["usage"]["total_tokens"].as_u64().unwrap() > 0);
-        let results = v1["results"].as_array().unwrap();
-        assert_eq!(results.len(), 3);
-        for (x, &want) in results.iter().zip(&c.order) {
-            assert_eq!(x["index"], want, "{}: {v1}", c.name);
-            assert_eq!(x["document"]["text"], c.passages[want]);
-            let score = x["relevance_score"].as_f64().unwrap() as f32;
-            assert!((score - c.scores[want]).abs() <= SCORE_TOLERANCE);
-        }
-    }
+    check_rerank_routes(s.addr, &r.reranker, SCORE_TOLERANCE);
     // POST / is /rerank on a reranker (TEI routes it so).
     let c = &r.reranker.cases[0];
     let root = post(s.addr, "/", json!({"query": c.query, "texts": c.passages}));
     assert_eq!(root.status, 200, "{}", root.text());
     assert_eq!(root.json()[0]["index"], c.order[0]);
-    // /predict takes a reranker's pairs too, as TEI's does: one label.
-    let p = post(
-        s.addr,
-        "/predict",
-        json!({"inputs": [c.query, c.passages[0]]}),
-    )
-    .json();
-    assert_eq!(p[0]["label"], "LABEL_0");
-    assert!((p[0]["score"].as_f64().unwrap() as f32 - c.scores[0]).abs() <= SCORE_TOLERANCE);
-
     // Errors.
     assert_error(
         &post(s.addr, "/rerank", json!({"query": "q", "texts": []})),
@@ -424,69 +238,8 @@ fn the_real_binary_reranks_and_classifies_over_http() {
     let info = get(s.addr, "/info").json();
     assert_eq!(info["task"], "text-classification", "{info}");
     assert_eq!(info["labels"], json!(r.classifier.labels));
-    let inputs: Vec<Value> = r
-        .classifier
-        .cases
-        .iter()
-        .map(|c| match &c.inputs {
-            Value::String(t) => json!([t]),
-            pair => pair.clone(),
-        })
-        .collect();
-    let batch = post(s.addr, "/predict", json!({ "inputs": inputs }));
-    assert_eq!(batch.status, 200, "{}", batch.text());
-    let batch = batch.json();
-    for (i, c) in r.classifier.cases.iter().enumerate() {
-        let answer = batch[i].as_array().unwrap();
-        let labels: Vec<&str> = answer
-            .iter()
-            .map(|x| x["label"].as_str().unwrap())
-            .collect();
-        let want: Vec<&str> = order(&c.softmax)
-            .into_iter()
-            .map(|l| r.classifier.labels[l].as_str())
-            .collect();
-        assert_eq!(labels, want, "case {i}: labels by score");
-        for x in answer {
-            let l = r
-                .classifier
-                .labels
-                .iter()
-                .position(|n| n == x["label"].as_str().unwrap())
-                .unwrap();
-            let score = x["score"].as_f64().unwrap() as f32;
-            assert!(
-                (score - c.softmax[l]).abs() <= SCORE_TOLERANCE,
-                "case {i}: {x}"
-            );
-        }
-        // One input alone: a flat list, the same scores as in the batch.
-        let one = post(s.addr, "/predict", json!({ "inputs": c.inputs.clone() })).json();
-        assert_eq!(one.as_array().unwrap().len(), 3, "{one}");
-        assert_eq!(one[0]["label"], answer[0]["label"]);
-        let d = (one[0]["score"].as_f64().unwrap() - answer[0]["score"].as_f64().unwrap()).abs();
-        assert!(d <= 1e-5, "case {i}: alone and batched differ by {d}");
-    }
-    // raw_scores: the logits; top_k and POST / (predict on a classifier).
+    check_predict_routes(s.addr, &r.classifier, SCORE_TOLERANCE);
     let c = &r.classifier.cases[0];
-    let raw = post(
-        s.addr,
-        "/predict",
-        json!({"inputs": c.inputs, "raw_scores": true}),
-    )
-    .json();
-    for x in raw.as_array().unwrap() {
-        let l = r
-            .classifier
-            .labels
-            .iter()
-            .position(|n| n == x["label"].as_str().unwrap())
-            .unwrap();
-        assert!(
-            (x["score"].as_f64().unwrap() as f32 - c.logits[l]).abs() <= 1e-3,
-            "{x}"
-        );
-    }
     let top = post(
         s.addr,
         "/",

@@ -23,7 +23,7 @@ use super::weights::{Names, Weight, WeightFile};
 use super::{EncoderInput, ModelError};
 use crate::kernels::{AttentionShape, Dtype, KernelLevel, LinearPart, PackedLinear, Products};
 
-pub use super::bert_config::{BertConfig, Family, Head, SentenceTransformersConfig};
+pub use super::bert_config::{BertConfig, Family};
 
 /// A linear layer's weight (`n×k`) and bias (`n`).
 pub(super) struct Dense {

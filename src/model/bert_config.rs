@@ -8,10 +8,9 @@
 //! start after the padding id, every token is of type 0 (its tokenizer gives no token types),
 //! and the classification head is `RobertaClassificationHead`, stored under other names.
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
 
+use super::classifier_config::{ClassifierFields, Head};
 use super::ModelError;
 
 /// The fields of a Hugging Face `config.json` the encoder needs.
@@ -38,26 +37,9 @@ pub struct BertConfig {
     pub pad_token_id: Option<u32>,
     #[serde(default)]
     pub position_embedding_type: Option<String>,
-    /// A classifier's labels by index (`{"0": "LABEL_0"}` for a one-label cross-encoder).
-    #[serde(default)]
-    pub id2label: Option<BTreeMap<String, String>>,
-    /// The labels' count when `id2label` is absent (transformers' default is 2).
-    #[serde(default)]
-    pub num_labels: Option<usize>,
-    /// What sentence-transformers (4 and later) saved of a cross-encoder: its activation.
-    #[serde(default)]
-    pub sentence_transformers: Option<SentenceTransformersConfig>,
-    /// A cross-encoder's activation as sentence-transformers before 4 saved it.
-    #[serde(default)]
-    pub sbert_ce_default_activation_function: Option<String>,
-}
-
-/// The `sentence_transformers` object of a cross-encoder's `config.json`.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct SentenceTransformersConfig {
-    /// A dotted class path, e.g. `torch.nn.modules.activation.Sigmoid`.
-    #[serde(default)]
-    pub activation_fn: Option<String>,
+    /// A sequence classifier's labels and activation.
+    #[serde(flatten)]
+    pub classifier: ClassifierFields,
 }
 
 /// The encoder family of a checkpoint (from `model_type`): what differs between BERT and
@@ -91,17 +73,6 @@ impl Family {
             Family::Roberta => ("classifier.dense", false, "classifier.out_proj"),
         }
     }
-}
-
-/// What follows the encoder in a checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Head {
-    /// None that this server runs: the last hidden state is pooled (`BertModel`, or
-    /// `BertForMaskedLM` with its language-model head left out).
-    Encoder,
-    /// `BertForSequenceClassification`: pooler (dense + tanh on `[CLS]`) and a linear
-    /// classifier, one logit per label.
-    SequenceClassification,
 }
 
 fn default_act() -> String {
@@ -158,47 +129,6 @@ impl BertConfig {
         }
     }
 
-    /// A classifier's label names in index order: `id2label`, whose keys must be 0..n; without
-    /// it, `num_labels` (default 2, as transformers) labels named `LABEL_i`.
-    pub fn labels(&self) -> Result<Vec<String>, ModelError> {
-        let Some(map) = &self.id2label else {
-            let n = self.num_labels.unwrap_or(2);
-            if n > 1 << 16 {
-                return Err(ModelError::Config(format!(
-                    "config.json: num_labels {n} is too large"
-                )));
-            }
-            return Ok((0..n).map(|i| format!("LABEL_{i}")).collect());
-        };
-        let mut labels = vec![None; map.len()];
-        for (key, label) in map {
-            let slot = key
-                .parse::<usize>()
-                .ok()
-                .and_then(|i| labels.get_mut(i))
-                .ok_or_else(|| {
-                    ModelError::Config(format!(
-                        "config.json: id2label key {key:?} is not an index below {}",
-                        map.len()
-                    ))
-                })?;
-            *slot = Some(label.clone());
-        }
-        // n distinct keys, each below n: every index is there.
-        Ok(labels.into_iter().flatten().collect())
-    }
-
-    /// The activation sentence-transformers' `CrossEncoder` applies to the logits, when
-    /// `config.json` names one (`sentence_transformers.activation_fn`, or the older
-    /// `sbert_ce_default_activation_function`): the class's last name, e.g. `Sigmoid`.
-    pub fn activation_name(&self) -> Option<&str> {
-        self.sentence_transformers
-            .as_ref()
-            .and_then(|s| s.activation_fn.as_deref())
-            .or(self.sbert_ce_default_activation_function.as_deref())
-            .map(|path| path.rsplit('.').next().unwrap_or(path))
-    }
-
     /// Parses `config.json` and refuses what this encoder does not implement, with the reason.
     pub fn from_json(text: &str) -> Result<Self, ModelError> {
         let c: BertConfig = serde_json::from_str(text)
@@ -229,12 +159,7 @@ impl BertConfig {
             )));
         }
         if c.head() == Head::SequenceClassification {
-            let labels = c.labels()?;
-            if labels.is_empty() {
-                return Err(ModelError::Config(
-                    "config.json: a sequence classifier with no labels (id2label is empty)".into(),
-                ));
-            }
+            c.classifier.labels()?;
         }
         if c.hidden_act != "gelu" {
             return Err(ModelError::Unsupported(format!(
@@ -344,16 +269,16 @@ pub(super) mod tests {
         })))
         .unwrap();
         assert_eq!(c.head(), Head::SequenceClassification);
-        assert_eq!(c.labels().unwrap(), vec!["neg", "pos"]);
-        assert_eq!(c.activation_name(), Some("Identity"));
+        assert_eq!(c.classifier.labels().unwrap(), vec!["neg", "pos"]);
+        assert_eq!(c.classifier.activation_name(), Some("Identity"));
         // Without id2label, num_labels (default 2) labels named as transformers names them.
         let c = BertConfig::from_json(&config_with(serde_json::json!({
             "architectures": ["BertForSequenceClassification"], "num_labels": 1,
             "sbert_ce_default_activation_function": "torch.nn.modules.activation.Sigmoid"
         })))
         .unwrap();
-        assert_eq!(c.labels().unwrap(), vec!["LABEL_0"]);
-        assert_eq!(c.activation_name(), Some("Sigmoid"));
+        assert_eq!(c.classifier.labels().unwrap(), vec!["LABEL_0"]);
+        assert_eq!(c.classifier.activation_name(), Some("Sigmoid"));
         for bad in [
             serde_json::json!({ "architectures": ["BertForSequenceClassification"], "id2label": {"0": "a", "2": "b"} }),
             serde_json::json!({ "architectures": ["BertForSequenceClassification"], "id2label": {} }),

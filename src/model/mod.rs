@@ -8,12 +8,14 @@
 pub mod bert;
 pub mod bert_config;
 pub mod bert_ops;
+pub mod classifier_config;
 pub mod files;
 pub mod gguf_hub;
 pub mod heads;
 pub mod hub;
 pub mod modernbert;
 pub mod modernbert_config;
+pub mod modernbert_head;
 pub mod pooling;
 mod proj;
 pub mod prompts;
@@ -30,6 +32,7 @@ use serde::Serialize;
 
 use crate::kernels::{Dtype, KernelLevel};
 
+pub use classifier_config::Head;
 pub use heads::ScoreFunction;
 pub use pooling::Pooling;
 pub use prompts::Prompts;
@@ -78,6 +81,16 @@ impl Task {
             Task::Reranking => "reranking",
             Task::TextClassification => "text-classification",
             Task::TextGeneration => "text-generation",
+        }
+    }
+
+    /// The task of an encoder with `classifier` (`None`: an embedder): one label reranks,
+    /// several classify.
+    pub fn of(classifier: Option<&ClassifierInfo>) -> Task {
+        match classifier {
+            None => Task::Embedding,
+            Some(c) if c.labels.len() == 1 => Task::Reranking,
+            Some(_) => Task::TextClassification,
         }
     }
 }
@@ -174,6 +187,15 @@ impl DtypeChoice {
         match self {
             DtypeChoice::Auto => Dtype::F32,
             fixed => fixed.resolve(level),
+        }
+    }
+
+    /// [`DtypeChoice::resolve`] for an embedder, [`DtypeChoice::resolve_for_classifier`] for a
+    /// sequence classifier.
+    pub fn resolve_for(self, head: Head, level: KernelLevel) -> Dtype {
+        match head {
+            Head::Encoder => self.resolve(level),
+            Head::SequenceClassification => self.resolve_for_classifier(level),
         }
     }
 }
@@ -300,29 +322,12 @@ pub fn load_files(
     let t = Instant::now();
     let config = bert::BertConfig::from_json(&read(&files.config)?)?;
     let head = config.head();
-    let mut normalized_by_model = false;
-    if let Some(path) = &files.modules {
-        let modules: Vec<ModuleEntry> = serde_json::from_str(&read(path)?)
-            .map_err(|e| ModelError::Config(format!("modules.json: {e}")))?;
-        for m in &modules {
-            match (m.kind.rsplit('.').next().unwrap_or_default(), head) {
-                ("Transformer", _) | ("Pooling", bert::Head::Encoder) => {}
-                ("Normalize", bert::Head::Encoder) => normalized_by_model = true,
-                (other, bert::Head::Encoder) => {
-                    return Err(ModelError::Unsupported(format!(
-                        "modules.json has a {other} module; only Transformer, Pooling and Normalize are supported"
-                    )))
-                }
-                (other, bert::Head::SequenceClassification) => {
-                    return Err(ModelError::Unsupported(format!(
-                        "modules.json has a {other} module after a sequence classifier; only its Transformer is supported"
-                    )))
-                }
-            }
-        }
-    }
+    let normalized_by_model = match &files.modules {
+        Some(path) => sentence_transformers_modules(path, head)?,
+        None => false,
+    };
     let (pooling, prompts) = match head {
-        bert::Head::Encoder => (
+        Head::Encoder => (
             match &files.pooling {
                 Some(path) => Pooling::from_config_json(&read(path)?)?,
                 None => Pooling::Mean,
@@ -334,18 +339,11 @@ pub fn load_files(
         ),
         // A classifier's head reads [CLS] through its pooler; sentence-transformers' pooling
         // and prompts are an embedding model's.
-        bert::Head::SequenceClassification => (Pooling::Cls, Prompts::default()),
+        Head::SequenceClassification => (Pooling::Cls, Prompts::default()),
     };
     let classifier = match head {
-        bert::Head::Encoder => None,
-        bert::Head::SequenceClassification => {
-            let labels = config.labels()?;
-            let score_function = ScoreFunction::for_model(labels.len(), config.activation_name())?;
-            Some(ClassifierInfo {
-                labels,
-                score_function,
-            })
-        }
+        Head::Encoder => None,
+        Head::SequenceClassification => Some(config.classifier.info()?),
     };
     let max_input_length = max_input_length(files, config.max_positions())?;
     let tokenizer_json = files.tokenizer.as_ref().ok_or_else(|| {
@@ -362,15 +360,8 @@ pub fn load_files(
 
     let t = Instant::now();
     let kernel = KernelLevel::capped(options.kernel_cap);
-    let dtype = match head {
-        bert::Head::Encoder => options.dtype.resolve(kernel),
-        bert::Head::SequenceClassification => options.dtype.resolve_for_classifier(kernel),
-    };
-    let task = match &classifier {
-        None => Task::Embedding,
-        Some(c) if c.labels.len() == 1 => Task::Reranking,
-        Some(_) => Task::TextClassification,
-    };
+    let dtype = options.dtype.resolve_for(head, kernel);
+    let task = Task::of(classifier.as_ref());
     let info = ModelInfo {
         id: files.source.clone(),
         model_type: config.model_type.clone().unwrap_or_else(|| "bert".into()),
@@ -422,44 +413,54 @@ fn load_qwen3(
             files.source
         )));
     };
-    let normalized_by_model = embedder_modules(modules_path)?;
+    let normalized_by_model = sentence_transformers_modules(modules_path, Head::Encoder)?;
     let pooling = Pooling::from_config_json(&read(pooling_path)?)?;
-    let setup = EmbedderSetup {
+    let setup = UnpaddedSetup {
         model_type: "qwen3",
         dimensions: config.hidden_size,
         max_positions: config.max_position_embeddings,
         pooling,
         normalized_by_model,
+        classifier: None,
     };
-    unpadded_embedder(files, options, setup, t, phase, |file, dtype, kernel| {
-        qwen3::Qwen3Encoder::load(config, file, dtype, kernel, pooling)
+    unpadded_model(files, options, setup, t, phase, |file, dtype, kernel| {
+        let encoder = qwen3::Qwen3Encoder::load(config, file, dtype, kernel, pooling)?;
+        Ok(Arc::new(encoder) as Arc<dyn Model>)
     })
 }
 
-/// What an unpadded embedder's loader has read before the shared part: its name, width,
-/// positions (the input limit's ceiling), pooling and whether the model normalizes.
-struct EmbedderSetup {
+/// What an unpadded encoder's loader has read before the shared part: its name, width,
+/// positions (the input limit's ceiling), pooling, whether the model normalizes, and a
+/// sequence classifier's labels.
+struct UnpaddedSetup {
     model_type: &'static str,
     dimensions: usize,
     max_positions: usize,
     pooling: Pooling,
     normalized_by_model: bool,
+    /// `None` for an embedder.
+    classifier: Option<ClassifierInfo>,
 }
 
 /// The part the Qwen3 embedder's and ModernBERT's loaders share, after their config and
-/// pooling: `prompts`, the input limit and the tokenizer (the "tokenizer" phase, timed from
-/// `t`), then the weights in the embedding models' dtype through `load` (the "weights" phase).
-fn unpadded_embedder<M: Model + 'static>(
+/// pooling: an embedder's `prompts`, the input limit and the tokenizer (checked to fit pairs
+/// for a classifier; the "tokenizer" phase, timed from `t`), then the weights through `load`
+/// in the dtype of an embedder or a classifier (the "weights" phase).
+fn unpadded_model(
     files: &files::ModelFiles,
     options: LoadOptions,
-    setup: EmbedderSetup,
+    setup: UnpaddedSetup,
     t: Instant,
     mut phase: impl FnMut(&'static str, Duration),
-    load: impl FnOnce(&weights::WeightFile, Dtype, KernelLevel) -> Result<M, ModelError>,
+    load: impl FnOnce(&weights::WeightFile, Dtype, KernelLevel) -> Result<Arc<dyn Model>, ModelError>,
 ) -> Result<LoadedModel, ModelError> {
-    let prompts = match &files.sentence_transformers {
-        Some(path) => Prompts::from_config_json(&read(path)?)?,
-        None => Prompts::default(),
+    let head = match setup.classifier {
+        None => Head::Encoder,
+        Some(_) => Head::SequenceClassification,
+    };
+    let prompts = match (&files.sentence_transformers, head) {
+        (Some(path), Head::Encoder) => Prompts::from_config_json(&read(path)?)?,
+        _ => Prompts::default(),
     };
     let max_input_length = max_input_length(files, setup.max_positions)?;
     let tokenizer_json = files.tokenizer.as_ref().ok_or_else(|| {
@@ -469,15 +470,18 @@ fn unpadded_embedder<M: Model + 'static>(
         ))
     })?;
     let tokenizer = TextTokenizer::load(tokenizer_json, max_input_length)?;
+    if head == Head::SequenceClassification {
+        tokenizer.check_pairs_fit().map_err(ModelError::Tokenizer)?;
+    }
     phase("tokenizer", t.elapsed());
 
     let t = Instant::now();
     let kernel = KernelLevel::capped(options.kernel_cap);
-    let dtype = options.dtype.resolve(kernel);
+    let dtype = options.dtype.resolve_for(head, kernel);
     let info = ModelInfo {
         id: files.source.clone(),
         model_type: setup.model_type.into(),
-        task: Task::Embedding,
+        task: Task::of(setup.classifier.as_ref()),
         dimensions: setup.dimensions,
         max_input_length,
         pooling: setup.pooling,
@@ -485,7 +489,7 @@ fn unpadded_embedder<M: Model + 'static>(
         dtype,
         weight_formats: [("linear", dtype.name().to_string())].into(),
         kernel,
-        classifier: None,
+        classifier: setup.classifier,
         prompts,
     };
     let file = weights::WeightFile::open(&files.weights)?;
@@ -494,23 +498,29 @@ fn unpadded_embedder<M: Model + 'static>(
     Ok(LoadedModel {
         info,
         tokenizer: Arc::new(tokenizer),
-        model: Arc::new(model),
+        model,
     })
 }
 
-/// Whether an embedder's sentence-transformers `modules.json` ends in `Normalize`; any module
-/// but Transformer, Pooling and Normalize is refused.
-fn embedder_modules(path: &std::path::Path) -> Result<bool, ModelError> {
+/// Whether sentence-transformers' `modules.json` ends the pipeline in `Normalize`; a module
+/// this server does not run is refused: for an embedder any but Transformer, Pooling and
+/// Normalize, for a sequence classifier any but its Transformer.
+fn sentence_transformers_modules(path: &std::path::Path, head: Head) -> Result<bool, ModelError> {
     let modules: Vec<ModuleEntry> = serde_json::from_str(&read(path)?)
         .map_err(|e| ModelError::Config(format!("modules.json: {e}")))?;
     let mut normalized_by_model = false;
     for m in &modules {
-        match m.kind.rsplit('.').next().unwrap_or_default() {
-            "Transformer" | "Pooling" => {}
-            "Normalize" => normalized_by_model = true,
-            other => {
+        match (m.kind.rsplit('.').next().unwrap_or_default(), head) {
+            ("Transformer", _) | ("Pooling", Head::Encoder) => {}
+            ("Normalize", Head::Encoder) => normalized_by_model = true,
+            (other, Head::Encoder) => {
                 return Err(ModelError::Unsupported(format!(
                     "modules.json has a {other} module; only Transformer, Pooling and Normalize are supported"
+                )))
+            }
+            (other, Head::SequenceClassification) => {
+                return Err(ModelError::Unsupported(format!(
+                    "modules.json has a {other} module after a sequence classifier; only its Transformer is supported"
                 )))
             }
         }
@@ -518,11 +528,12 @@ fn embedder_modules(path: &std::path::Path) -> Result<bool, ModelError> {
     Ok(normalized_by_model)
 }
 
-/// Loads a ModernBERT checkpoint (`gte-modernbert`, `modernbert-embed`) as an embedding
-/// model, as BERT's are: sentence-transformers' `modules.json`, pooling mode
-/// (`1_Pooling/config.json`; mean without one) and `prompts` when the directory has them, the
-/// encoder ([`modernbert::ModernBertEncoder`]) in the embedding models' dtype (`auto`: bf16
-/// on a SIMD path).
+/// Loads a ModernBERT checkpoint: an embedding model (`gte-modernbert`, `modernbert-embed`)
+/// as BERT's are, with sentence-transformers' `modules.json`, pooling mode
+/// (`1_Pooling/config.json`; mean without one) and `prompts` when the directory has them, in
+/// the embedding models' dtype (`auto`: bf16 on a SIMD path); or a
+/// `ModernBertForSequenceClassification` (`gte-reranker-modernbert-base`): a reranker or
+/// classifier whose pooling is `classifier_pooling`'s, in the classifiers' dtype (`auto`: f32).
 fn load_modernbert(
     files: &files::ModelFiles,
     options: LoadOptions,
@@ -531,22 +542,33 @@ fn load_modernbert(
     let t = Instant::now();
     let config = modernbert_config::ModernBertConfig::from_json(&read(&files.config)?)?;
     let normalized_by_model = match &files.modules {
-        Some(path) => embedder_modules(path)?,
+        Some(path) => sentence_transformers_modules(path, config.head())?,
         None => false,
     };
-    let pooling = match &files.pooling {
-        Some(path) => Pooling::from_config_json(&read(path)?)?,
-        None => Pooling::Mean,
+    let (pooling, classifier) = match config.classifier_head() {
+        Some((pooling, _)) => (pooling, Some(config.classifier.info()?)),
+        None => match &files.pooling {
+            Some(path) => (Pooling::from_config_json(&read(path)?)?, None),
+            None => (Pooling::Mean, None),
+        },
     };
-    let setup = EmbedderSetup {
+    let labels = classifier.as_ref().map(|c| c.labels.len());
+    let setup = UnpaddedSetup {
         model_type: "modernbert",
         dimensions: config.hidden_size,
         max_positions: config.max_position_embeddings,
         pooling,
         normalized_by_model,
+        classifier,
     };
-    unpadded_embedder(files, options, setup, t, phase, |file, dtype, kernel| {
-        modernbert::ModernBertEncoder::load(config, file, dtype, kernel, pooling)
+    unpadded_model(files, options, setup, t, phase, |file, dtype, kernel| {
+        let encoder = modernbert::ModernBertEncoder::load(config, file, dtype, kernel, pooling)?;
+        Ok(match labels {
+            None => Arc::new(encoder) as Arc<dyn Model>,
+            Some(labels) => Arc::new(modernbert_head::ModernBertClassifier::load(
+                encoder, file, labels, kernel,
+            )?),
+        })
     })
 }
 

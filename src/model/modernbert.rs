@@ -22,7 +22,7 @@
 
 use super::modernbert_config::{Activation, LayerKind, ModernBertConfig};
 use super::proj::Proj;
-use super::unpadded::{add, embedding_rows, pool_each};
+use super::unpadded::{add, embedding_rows, pool_each, refuse_pairs};
 use super::weights::{Names, Weight, WeightFile};
 use super::{EncoderInput, Model, ModelError, Pooling};
 use crate::kernels::rope::{Rope, RopeParams, RopeStyle};
@@ -172,7 +172,6 @@ impl ModernBertEncoder {
             d,
             c.vocab_size,
             c.max_position_embeddings,
-            "ModernBERT",
         )?;
         let m = positions.len();
         let rope = |kind| {
@@ -217,6 +216,17 @@ impl ModernBertEncoder {
         }
         self.norm(&x, &self.final_norm, &mut xn);
         Ok(xn)
+    }
+
+    /// One vector per input (a single text or a pair's ids): its rows of the last hidden
+    /// state pooled as the model says.
+    pub fn pooled(
+        &self,
+        inputs: &[EncoderInput<'_>],
+        threads: usize,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let hidden = self.hidden_states(inputs, threads)?;
+        pool_each(&hidden, inputs, self.config.hidden_size, self.pooling)
     }
 
     /// `act = act(input) · gate` for every row of `wi` (`input` its first
@@ -304,8 +314,7 @@ impl Model for ModernBertEncoder {
         inputs: &[EncoderInput<'_>],
         threads: usize,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
-        let h = self.config.hidden_size;
-        let hidden = self.hidden_states(inputs, threads)?;
-        pool_each(&hidden, inputs, h, self.pooling)
+        refuse_pairs(inputs, "ModernBERT")?;
+        self.pooled(inputs, threads)
     }
 }

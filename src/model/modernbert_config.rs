@@ -5,7 +5,8 @@
 
 use serde::Deserialize;
 
-use super::ModelError;
+use super::classifier_config::{ClassifierFields, Head};
+use super::{ModelError, Pooling};
 
 /// How a layer attends: to the whole input, or to a window around each token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,8 +27,8 @@ pub enum Activation {
     GeluTanh,
 }
 
-/// The fields of a ModernBERT `config.json` this encoder reads (the classifier and decoder
-/// settings are a head's, not the embedder's).
+/// The fields of a ModernBERT `config.json` this encoder and its classification head read
+/// (the masked-language-model decoder's settings are a head this server does not run).
 #[derive(Debug, Clone, Deserialize)]
 pub struct ModernBertConfig {
     pub model_type: String,
@@ -60,6 +61,18 @@ pub struct ModernBertConfig {
     rope_parameters: Option<serde_json::Value>,
     #[serde(default)]
     rope_scaling: Option<serde_json::Value>,
+    /// A `ModernBertForSequenceClassification`'s head: `cls` or `mean`.
+    #[serde(default = "default_classifier_pooling")]
+    classifier_pooling: String,
+    /// The head's activation (transformers' default `gelu`).
+    #[serde(default = "default_act")]
+    classifier_activation: String,
+    /// Whether the head's dense layer has a bias.
+    #[serde(default)]
+    pub classifier_bias: bool,
+    /// A sequence classifier's labels and activation.
+    #[serde(flatten)]
+    pub classifier: ClassifierFields,
     /// Read from the fields above by [`ModernBertConfig::from_json`].
     #[serde(skip)]
     layers: Vec<LayerKind>,
@@ -67,6 +80,8 @@ pub struct ModernBertConfig {
     thetas: (f32, f32),
     #[serde(skip)]
     activation: Option<Activation>,
+    #[serde(skip)]
+    head: Option<(Pooling, Activation)>,
 }
 
 fn default_eps() -> f32 {
@@ -77,12 +92,27 @@ fn default_act() -> String {
     "gelu".into()
 }
 
+fn default_classifier_pooling() -> String {
+    "cls".into()
+}
+
 fn default_positions() -> usize {
     8192
 }
 
 fn default_local_attention() -> usize {
     128
+}
+
+/// An activation named in `config.json`'s `field`: the GELUs transformers' ModernBERT uses.
+fn activation(field: &str, name: &str) -> Result<Activation, ModelError> {
+    match name {
+        "gelu" => Ok(Activation::Gelu),
+        "gelu_pytorch_tanh" | "gelu_new" => Ok(Activation::GeluTanh),
+        other => Err(ModelError::Unsupported(format!(
+            "config.json: {field} {other:?}; this server runs gelu, gelu_pytorch_tanh and gelu_new"
+        ))),
+    }
 }
 
 /// transformers' defaults: `ModernBertConfig.default_theta`.
@@ -106,24 +136,34 @@ impl ModernBertConfig {
                 c.model_type
             ));
         }
-        if let Some(a) = c
-            .architectures
-            .iter()
-            .find(|a| !matches!(a.as_str(), "ModernBertModel" | "ModernBertForMaskedLM"))
-        {
+        if let Some(a) = c.architectures.iter().find(|a| {
+            !matches!(
+                a.as_str(),
+                "ModernBertModel" | "ModernBertForMaskedLM" | "ModernBertForSequenceClassification"
+            )
+        }) {
             return Err(ModelError::Unsupported(format!(
-                "architectures names {a:?}; a ModernBERT checkpoint is served as an embedding model (ModernBertModel, or ModernBertForMaskedLM without its head)"
+                "architectures names {a:?}; this server serves a ModernBERT checkpoint as an embedding model (ModernBertModel, or ModernBertForMaskedLM without its head) or as a reranker or classifier (ModernBertForSequenceClassification)"
             )));
         }
-        c.activation = Some(match c.hidden_activation.as_str() {
-            "gelu" => Activation::Gelu,
-            "gelu_pytorch_tanh" | "gelu_new" => Activation::GeluTanh,
-            other => {
-                return Err(ModelError::Unsupported(format!(
-                    "config.json: hidden_activation {other:?}; this server runs gelu, gelu_pytorch_tanh and gelu_new"
-                )))
-            }
-        });
+        c.activation = Some(activation("hidden_activation", &c.hidden_activation)?);
+        if c.architectures
+            .iter()
+            .any(|a| a == "ModernBertForSequenceClassification")
+        {
+            let pooling = match c.classifier_pooling.as_str() {
+                "cls" => Pooling::Cls,
+                "mean" => Pooling::Mean,
+                other => {
+                    return Err(ModelError::Unsupported(format!(
+                        "config.json: classifier_pooling {other:?}; this server runs \"cls\" and \"mean\""
+                    )))
+                }
+            };
+            let act = activation("classifier_activation", &c.classifier_activation)?;
+            c.classifier.labels()?;
+            c.head = Some((pooling, act));
+        }
         if c.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(ModelError::Unsupported(
                 "config.json sets rope_scaling, which this server does not implement for ModernBERT".into(),
@@ -276,6 +316,20 @@ impl ModernBertConfig {
     pub fn activation(&self) -> Activation {
         self.activation.unwrap_or(Activation::Gelu)
     }
+
+    /// What follows the encoder: a sequence classifier's head when `architectures` names
+    /// `ModernBertForSequenceClassification`, else none (an embedder).
+    pub fn head(&self) -> Head {
+        match self.head {
+            Some(_) => Head::SequenceClassification,
+            None => Head::Encoder,
+        }
+    }
+
+    /// A classifier's pooling and head activation (`None` for an embedder).
+    pub fn classifier_head(&self) -> Option<(Pooling, Activation)> {
+        self.head
+    }
 }
 
 #[cfg(test)]
@@ -330,12 +384,50 @@ mod tests {
     }
 
     #[test]
+    fn a_sequence_classifier_reads_its_head_with_transformers_defaults() {
+        let c = ModernBertConfig::from_json(&config(json!({}))).unwrap();
+        assert_eq!((c.head(), c.classifier_head()), (Head::Encoder, None));
+        let c = ModernBertConfig::from_json(&config(json!({
+            "architectures": ["ModernBertForSequenceClassification"], "num_labels": 1
+        })))
+        .unwrap();
+        assert_eq!(c.head(), Head::SequenceClassification);
+        assert_eq!(c.classifier_head(), Some((Pooling::Cls, Activation::Gelu)));
+        assert!(!c.classifier_bias);
+        assert_eq!(c.classifier.labels().unwrap(), ["LABEL_0"]);
+        let c = ModernBertConfig::from_json(&config(json!({
+            "architectures": ["ModernBertForSequenceClassification"],
+            "classifier_pooling": "mean", "classifier_activation": "gelu_new",
+            "classifier_bias": true, "id2label": {"0": "no", "1": "yes"}
+        })))
+        .unwrap();
+        assert_eq!(
+            c.classifier_head(),
+            Some((Pooling::Mean, Activation::GeluTanh))
+        );
+        assert!(c.classifier_bias);
+        assert_eq!(c.classifier.labels().unwrap(), ["no", "yes"]);
+    }
+
+    #[test]
     fn refuses_what_it_does_not_run() {
         for (extra, says) in [
             (json!({"model_type": "bert"}), "model_type"),
             (
-                json!({"architectures": ["ModernBertForSequenceClassification"]}),
-                "ModernBertForSequenceClassification",
+                json!({"architectures": ["ModernBertForTokenClassification"]}),
+                "ModernBertForTokenClassification",
+            ),
+            (
+                json!({"architectures": ["ModernBertForSequenceClassification"], "classifier_pooling": "max"}),
+                "classifier_pooling \"max\"",
+            ),
+            (
+                json!({"architectures": ["ModernBertForSequenceClassification"], "classifier_activation": "relu"}),
+                "classifier_activation",
+            ),
+            (
+                json!({"architectures": ["ModernBertForSequenceClassification"], "id2label": {}}),
+                "no labels",
             ),
             (json!({"hidden_activation": "silu"}), "hidden_activation"),
             (json!({"rope_scaling": {"type": "linear"}}), "rope_scaling"),

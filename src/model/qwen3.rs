@@ -17,7 +17,7 @@
 use serde::Deserialize;
 
 use super::proj::Proj;
-use super::unpadded::{add, embedding_rows, pool_each};
+use super::unpadded::{add, embedding_rows, pool_each, refuse_pairs};
 use super::weights::{Names, Weight, WeightFile};
 use super::{EncoderInput, Model, ModelError, Pooling};
 use crate::kernels::rope::{rms_norm, rms_norm_in_place, swiglu, Rope, RopeParams, RopeStyle};
@@ -276,7 +276,6 @@ impl Qwen3Encoder {
             d,
             c.vocab_size,
             c.max_position_embeddings,
-            "Qwen3",
         )?;
         let m = positions.len();
         let rope = RopeParams {
@@ -378,6 +377,7 @@ impl Model for Qwen3Encoder {
         inputs: &[EncoderInput<'_>],
         threads: usize,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
+        refuse_pairs(inputs, "Qwen3")?;
         let h = self.config.hidden_size;
         let hidden = self.hidden_states(inputs, threads)?;
         pool_each(&hidden, inputs, h, self.pooling)

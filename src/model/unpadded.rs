@@ -5,28 +5,33 @@
 
 use super::{EncoderInput, ModelError, Pooling};
 
-/// The rows of a batch of single texts: each token's embedding row (`Σ len × d`) and its
-/// position within its own sequence.
+/// Refuses pairs: an embedder (`model` names it) encodes single texts. A classifier reads a
+/// pair as one sequence of ids (these encoders have no token types), so it does not call this.
+pub(crate) fn refuse_pairs(inputs: &[EncoderInput<'_>], model: &str) -> Result<(), ModelError> {
+    if inputs.iter().any(|s| s.second_from < s.ids.len()) {
+        return Err(ModelError::Input(format!(
+            "a {model} embedder encodes single texts, not pairs"
+        )));
+    }
+    Ok(())
+}
+
+/// The rows of a batch: each token's embedding row (`Σ len × d`) and its position within its
+/// own sequence (a pair is one sequence).
 ///
 /// # Errors
 ///
-/// [`ModelError::Input`] for an empty batch or sequence, a pair (`model` encodes single
-/// texts), a sequence longer than `max_positions`, or a token outside the vocabulary.
+/// [`ModelError::Input`] for an empty batch or sequence, a sequence longer than
+/// `max_positions`, or a token outside the vocabulary.
 pub(crate) fn embedding_rows(
     inputs: &[EncoderInput<'_>],
     embed: &[f32],
     d: usize,
     vocab_size: usize,
     max_positions: usize,
-    model: &str,
 ) -> Result<(Vec<f32>, Vec<usize>), ModelError> {
     if inputs.is_empty() || inputs.iter().any(|s| s.ids.is_empty()) {
         return Err(ModelError::Input("empty batch or empty sequence".into()));
-    }
-    if inputs.iter().any(|s| s.second_from < s.ids.len()) {
-        return Err(ModelError::Input(format!(
-            "a {model} embedder encodes single texts, not pairs"
-        )));
     }
     if let Some(s) = inputs.iter().find(|s| s.ids.len() > max_positions) {
         return Err(ModelError::Input(format!(

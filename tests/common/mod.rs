@@ -15,6 +15,7 @@ pub mod modernbert_model;
 pub mod qwen3_embedding_model;
 pub mod redis_server;
 pub mod reranker_models;
+pub mod scoring_checks;
 pub mod xlmr_models;
 
 use std::io::{BufRead, BufReader, Read, Write};
