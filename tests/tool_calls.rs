@@ -256,46 +256,82 @@ fn a_hermes_call_under_tool_choice_auto_validates_through_the_binary() {
 }
 
 /// A tiny random Llama whose vocabulary is printable ASCII, space and newline (byte-level
-/// characters), Mistral's call markers as control tokens and `</s>`, with a template that
-/// writes tools, calls and results as Mistral Small 3.2's does; written once.
-fn tiny_mistral_v11() -> &'static Path {
+/// characters), `markers` as control tokens and `</s>` (its end of sequence), with the chat
+/// template `template`, written as `name` under the temporary directory.
+fn tiny_llama_with_markers(name: &str, template: &str, markers: &[&str]) -> PathBuf {
     use common::gguf::{quantize, write, TinyLlama};
+    let mut tokens: Vec<String> = (33u8..=126).map(|b| (b as char).to_string()).collect();
+    tokens.extend(["\u{120}", "\u{10A}"].map(String::from));
+    tokens.extend(markers.iter().map(|m| m.to_string()));
+    tokens.push("</s>".into());
+    let shape = TinyLlama {
+        context: 2048,
+        ..TinyLlama::DEFAULT
+    };
+    let mut metadata = shape.metadata(&tokens);
+    for (k, v) in &mut metadata {
+        if k == "tokenizer.ggml.token_type" {
+            let GgufValue::Array(types) = v else {
+                panic!("token types")
+            };
+            let n = types.len();
+            for t in &mut types[n - 1 - markers.len()..] {
+                *t = GgufValue::I32(3);
+            }
+        }
+    }
+    metadata.push((
+        "tokenizer.chat_template".into(),
+        GgufValue::String(template.into()),
+    ));
+    let tensors: Vec<(String, QTensor)> = shape
+        .weights(tokens.len())
+        .into_iter()
+        .map(|(name, dims, v)| {
+            (
+                name,
+                quantize(v, &dims, candle_core::quantized::GgmlDType::F32),
+            )
+        })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("zerobatch-tool-calls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    write(&path, &metadata, &tensors);
+    path
+}
+
+/// The tiny Llama with Mistral's call markers and a template that writes tools, calls and
+/// results as Mistral Small 3.2's does; written once.
+fn tiny_mistral_v11() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         const TEMPLATE: &str = r#"{{- bos_token }}{%- if tools %}{{- '[AVAILABLE_TOOLS]' + (tools | tojson) + '[/AVAILABLE_TOOLS]' }}{%- endif %}{%- for message in messages %}{%- if message['role'] == 'user' %}{{- '[INST]' + message['content'] + '[/INST]' }}{%- elif message['role'] == 'assistant' %}{{- message['content'] }}{%- for tool in message['tool_calls'] or [] %}{%- set arguments = tool['function']['arguments'] %}{%- if arguments is not string %}{%- set arguments = arguments|tojson %}{%- endif %}{{- '[TOOL_CALLS]' + tool['function']['name'] + '[ARGS]' + arguments }}{%- endfor %}{{- eos_token }}{%- elif message['role'] == 'tool' %}{{- '[TOOL_RESULTS]' + message['content']|string + '[/TOOL_RESULTS]' }}{%- endif %}{%- endfor %}"#;
-        let mut tokens: Vec<String> = (33u8..=126).map(|b| (b as char).to_string()).collect();
-        tokens.extend(["\u{120}", "\u{10A}"].map(String::from));
-        let markers = ["[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"];
-        tokens.extend(markers.map(String::from));
-        tokens.push("</s>".into());
-        let shape = TinyLlama {
-            context: 2048,
-            ..TinyLlama::DEFAULT
-        };
-        let mut metadata = shape.metadata(&tokens);
-        for (k, v) in &mut metadata {
-            if k == "tokenizer.ggml.token_type" {
-                let GgufValue::Array(types) = v else { panic!("token types") };
-                let n = types.len();
-                for t in &mut types[n - 4..] {
-                    *t = GgufValue::I32(3);
-                }
-            }
-        }
-        metadata.push((
-            "tokenizer.chat_template".into(),
-            GgufValue::String(TEMPLATE.into()),
-        ));
-        let tensors: Vec<(String, QTensor)> = shape
-            .weights(tokens.len())
-            .into_iter()
-            .map(|(name, dims, v)| (name, quantize(v, &dims, candle_core::quantized::GgmlDType::F32)))
-            .collect();
-        let dir = std::env::temp_dir().join(format!("zerobatch-tool-calls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("tiny-mistral-v11.gguf");
-        write(&path, &metadata, &tensors);
-        path
+        tiny_llama_with_markers(
+            "tiny-mistral-v11.gguf",
+            TEMPLATE,
+            &["[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"],
+        )
+    })
+}
+
+/// The tiny Llama with Llama 3.x's header, end-of-turn and `<|python_tag|>` control tokens
+/// and a template that writes tools, calls (`<|python_tag|>{"name", "parameters"}`) and
+/// results as Llama 3.1's does; written once.
+fn tiny_llama3() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        const TEMPLATE: &str = r#"{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}{%- if loop.first and tools %}{{- 'Call a function by answering {"name": function name, "parameters": its arguments}. Functions: ' + (tools | tojson) + '\n\n' }}{%- endif %}{%- if message['role'] == 'tool' %}{{- message['content'] | string }}{%- else %}{{- message['content'] or '' }}{%- endif %}{%- for tool in message['tool_calls'] or [] %}{%- set arguments = tool['function']['arguments'] %}{%- if arguments is string %}{%- set arguments = arguments | fromjson %}{%- endif %}{{- '<|python_tag|>{"name": "' + tool['function']['name'] + '", "parameters": ' + (arguments | tojson) + '}' }}{%- endfor %}{{- '<|eot_id|>' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}"#;
+        tiny_llama_with_markers(
+            "tiny-llama3.gguf",
+            TEMPLATE,
+            &[
+                "<|python_tag|>",
+                "<|start_header_id|>",
+                "<|end_header_id|>",
+                "<|eot_id|>",
+            ],
+        )
     })
 }
 
@@ -342,6 +378,54 @@ fn a_mistral_v11_call_keeps_its_control_tokens_and_validates_through_the_binary(
         streamed[0]["function"]["arguments"],
         calls[0]["function"]["arguments"]
     );
+}
+
+/// Llama 3.x's syntax end to end: a template with `<|python_tag|>` is read as Llama 3.x
+/// (`{"name", "parameters"}` calls), steered into `<|python_tag|>` (+100) the lazy grammar
+/// bounds the whitespace the random model prefers and makes the call's `parameters` validate; the answer is one call with no marker in its
+/// content, whole and streamed alike.
+#[test]
+fn a_llama3_call_after_the_python_tag_validates_through_the_binary() {
+    let path = tiny_llama3();
+    let tok = GenTokenizer::from_gguf(&GgufFile::open(path).unwrap()).unwrap();
+    let open = tok
+        .special_id("<|python_tag|>")
+        .expect("<|python_tag|> is a control token");
+    // No bias against whitespace: the random model prefers it after the tag, and the
+    // grammar's bound on it (20 characters) is what makes the call come.
+    let bias = json!({ open.to_string(): 100 });
+    let request = |stream: bool| {
+        let mut body = weather_request(Some(&bias), stream);
+        // One token per character here: up to 20 of whitespace, the call, 20 more.
+        body["max_tokens"] = json!(120);
+        body
+    };
+    let server = Proc::spawn(path.to_str().unwrap(), &[]);
+    connect_until_up(server.addr);
+    wait_ready(server.addr);
+
+    let resp = post_json(server.addr, "/v1/chat/completions", &request(false));
+    assert_eq!(resp.status, 200, "{}\n{}", resp.text(), server.log());
+    let v = resp.json();
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{v}");
+    let calls = choice["message"]["tool_calls"]
+        .as_array()
+        .expect("tool_calls");
+    assert_eq!(calls.len(), 1, "{v}");
+    assert_eq!(calls[0]["function"]["name"], "weather", "{v}");
+    assert_valid_weather_arguments(&calls[0]["function"]["arguments"]);
+    assert_eq!(choice["message"]["content"], Value::Null, "{v}");
+
+    let body = stream_http10(server.addr, &request(true));
+    let (streamed, finish) = streamed_tool_calls(&body);
+    assert_eq!(finish, "tool_calls", "{body}");
+    assert_eq!(streamed.len(), 1, "{body}");
+    assert_eq!(
+        streamed[0]["function"]["arguments"],
+        calls[0]["function"]["arguments"]
+    );
+    assert!(!body.contains("python_tag"), "{body}");
 }
 
 /// A streamed chat completion's calls, accumulated from their `tool_calls` deltas as a

@@ -360,3 +360,37 @@ fn hermes_markers_that_are_control_tokens_are_named_by_id() {
         "<tool_call>\n{\"name\": \"add\", \"arguments\": {}}\n</tool_call>"
     ));
 }
+
+/// Once a call has begun, whitespace is all a grammar leaves a model before the next piece of
+/// syntax: it is bounded (20 characters), so a model that prefers it cannot pad until
+/// `max_tokens` after the opener, between calls or after the last one.
+#[test]
+fn whitespace_around_calls_is_bounded() {
+    let tok = control_tokenizer();
+    let compiler = GrammarCompiler::new(tok.clone(), tok.vocab_size());
+    let special = |t: &str| tok.special_id(t);
+    let (ok, long) = (" ".repeat(20), " ".repeat(21));
+    let llama3 = ToolSyntax::Llama3.grammar(&tools(true), &special);
+    let mistral = ToolSyntax::Mistral.grammar(&tools(true), &special);
+    let hermes = ToolSyntax::Hermes.grammar(&tools(true), &special);
+    let a = "{\"name\": \"weather\", \"parameters\": {\"city\": \"Paris\"}}";
+    let m = "[{\"name\": \"weather\", \"arguments\": {\"city\": \"Paris\"}}]";
+    let h = "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 2}}\n</tool_call>";
+    for (g, text) in [
+        (&llama3, format!("<|python_tag|>{{ws}}{a}")),
+        (&llama3, format!("{a}{{ws}}")),
+        (&llama3, format!("{a};{{ws}}{a}")),
+        (&mistral, format!("[TOOL_CALLS]{{ws}}{m}")),
+        (&mistral, format!("[TOOL_CALLS]{m}{{ws}}")),
+        (&hermes, format!("{h}{{ws}}")),
+        (&hermes, format!("{h}{{ws}}{h}")),
+    ] {
+        let with = |ws: &str| text.replace("{ws}", ws);
+        assert!(accepts(&compiler, &tok, g, &with(&ok)), "{:?}", with(&ok));
+        assert!(
+            !accepts(&compiler, &tok, g, &with(&long)),
+            "{:?}",
+            with(&long)
+        );
+    }
+}

@@ -124,7 +124,7 @@ impl Grammar {
                     format!("think[lazy]: /[ \\t\\n]*{start}(?s:.*){end}/")
                 };
                 let first = if *open { "think WS?" } else { "(think WS?)?" };
-                let lark = format!("start: {first} @content\n{think}\nWS: /[ \\t\\n]+/\n");
+                let lark = format!("start: {first} @content\n{think}\n{}", super::LARK_WS);
                 let mut inner = then.top_level();
                 if let Some(g) = inner.grammars.first_mut() {
                     g.name = Some("content".into());

@@ -17,6 +17,13 @@ pub mod vocab;
 pub use compile::{lark_regex, Grammar, GrammarCompiler};
 pub use error::GrammarError;
 
+/// The Lark rule `WS` of the grammars this server writes (whitespace around a tool call's
+/// opener, between and after calls, after a reasoning block), bounded: once such a grammar
+/// leaves a model nothing but whitespace or the next piece of syntax, a small model that
+/// prefers whitespace would otherwise pad until `max_tokens` (llama.cpp bounds the `space`
+/// of its grammars the same way; JSON inside is compact, [`compile`]).
+pub const LARK_WS: &str = "WS: /[ \\t\\n]{1,20}/\n";
+
 /// The kinds of grammar a generation request may give (`/info` lists them).
 pub const KINDS: &[&str] = &["json_schema", "json_object", "regex", "lark"];
 pub use mask::Constraint;

@@ -5,7 +5,7 @@
 use super::{
     any_call_schema, as_templates_write, lazy_start, read_call, AutoTools, Marker, Parsed,
 };
-use crate::generate::grammar::Grammar;
+use crate::generate::grammar::{Grammar, LARK_WS};
 
 pub const OPENER: &str = "<tool_call>";
 pub const CLOSER: &str = "</tool_call>";
@@ -58,8 +58,7 @@ pub fn grammar(tools: &AutoTools, special: &dyn Fn(&str) -> Option<u32>) -> Gram
     Grammar::Lark(format!(
         r#"{start}call: "\n"? body "\n"? {closer}
 body: %json {schema}
-WS: /[ \t\n]+/
-"#
+{LARK_WS}"#
     ))
 }
 

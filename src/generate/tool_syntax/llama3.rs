@@ -11,7 +11,7 @@
 use serde_json::value::RawValue;
 
 use super::{any_call_schema_keyed, as_templates_write, read_call, AutoTools, Marker, Parsed};
-use crate::generate::grammar::Grammar;
+use crate::generate::grammar::{Grammar, LARK_WS};
 
 pub const PYTHON_TAG: &str = "<|python_tag|>";
 
@@ -71,8 +71,7 @@ pub fn grammar(tools: &AutoTools, special: &dyn Fn(&str) -> Option<u32>) -> Gram
         r#"start: TEXT? | WS? {tag} body {more} WS?
 body: %json {schema}
 TEXT: /[ \t\n]*[^{{ \t\n](?s:.*)/
-WS: /[ \t\n]+/
-"#
+{LARK_WS}"#
     ))
 }
 

@@ -15,7 +15,7 @@ use super::{
     any_call_schema, as_templates_write, lazy_start, read_call, AutoTools, Marker, Parsed,
     ParsedCall,
 };
-use crate::generate::grammar::Grammar;
+use crate::generate::grammar::{Grammar, LARK_WS};
 
 pub const OPENER: &str = "[TOOL_CALLS]";
 pub const ARGS: &str = "[ARGS]";
@@ -117,7 +117,7 @@ pub fn grammar(tools: &AutoTools, special: &dyn Fn(&str) -> Option<u32>) -> Gram
     }
     let start = lazy_start(Marker::of(OPENER, special), "WS? calls WS?");
     Grammar::Lark(format!(
-        "{start}calls: %json {}\nWS: /[ \\t\\n]+/\n",
+        "{start}calls: %json {}\n{LARK_WS}",
         as_templates_write(list)
     ))
 }
