@@ -9,6 +9,7 @@ pub mod bert;
 pub mod bert_config;
 pub mod bert_ops;
 pub mod classifier_config;
+mod embedding_table;
 pub mod files;
 pub mod gguf_hub;
 pub mod heads;

@@ -20,6 +20,7 @@
 //! an input no longer than its window) is the encoders' kernel (`crate::kernels::attention`);
 //! a local layer over a longer input is `crate::kernels::window_attention`.
 
+use super::embedding_table::EmbeddingTable;
 use super::modernbert_config::{Activation, LayerKind, ModernBertConfig};
 use super::proj::Proj;
 use super::unpadded::{add, embedding_rows, pool_each, refuse_pairs};
@@ -58,7 +59,7 @@ struct Layer {
 pub struct ModernBertEncoder {
     config: ModernBertConfig,
     level: KernelLevel,
-    embed: Weight,
+    embed: EmbeddingTable,
     embed_norm: Norm,
     layers: Vec<Layer>,
     final_norm: Norm,
@@ -109,7 +110,8 @@ impl ModernBertEncoder {
         } else {
             dtype
         };
-        let embed = get("embeddings.tok_embeddings.weight", &[c.vocab_size, d])?;
+        let embed =
+            EmbeddingTable::load(&names, "embeddings.tok_embeddings.weight", c.vocab_size, d)?;
         let embed_norm = norm("embeddings.norm")?;
         let mut layers = Vec::new();
         for (l, &kind) in c.layer_kinds().iter().enumerate() {
@@ -168,7 +170,7 @@ impl ModernBertEncoder {
         let (d, ff, hd) = (c.hidden_size, c.intermediate_size, c.head_dim());
         let (mut x, positions) = embedding_rows(
             inputs,
-            self.embed.as_slice(),
+            &self.embed,
             d,
             c.vocab_size,
             c.max_position_embeddings,

@@ -16,6 +16,7 @@
 
 use serde::Deserialize;
 
+use super::embedding_table::EmbeddingTable;
 use super::proj::Proj;
 use super::unpadded::{add, embedding_rows, pool_each, refuse_pairs};
 use super::weights::{Names, Weight, WeightFile};
@@ -178,7 +179,7 @@ struct Layer {
 pub struct Qwen3Encoder {
     config: Qwen3Config,
     level: KernelLevel,
-    embed: Weight,
+    embed: EmbeddingTable,
     layers: Vec<Layer>,
     norm: Weight,
     pooling: Pooling,
@@ -200,7 +201,7 @@ impl Qwen3Encoder {
         let c = &config;
         let (d, ff, hd) = (c.hidden_size, c.intermediate_size, c.head_dim());
         let (qw, kvw) = (c.q_width(), c.kv_width());
-        let embed = get("embed_tokens.weight", &[c.vocab_size, d])?;
+        let embed = EmbeddingTable::load(&names, "embed_tokens.weight", c.vocab_size, d)?;
         // int8 keeps Q, K and V in bf16, as the BERT encoders do (their error is amplified
         // by the attention logits).
         let qkv_dtype = if dtype == Dtype::Int8 {
@@ -272,7 +273,7 @@ impl Qwen3Encoder {
         let qkvw = qw + 2 * kvw;
         let (mut x, positions) = embedding_rows(
             inputs,
-            self.embed.as_slice(),
+            &self.embed,
             d,
             c.vocab_size,
             c.max_position_embeddings,

@@ -3,6 +3,7 @@
 //! alone as in any batch. Both check their batch, gather embedding rows, add residuals and pool
 //! each sequence's rows the same way.
 
+use super::embedding_table::EmbeddingTable;
 use super::{EncoderInput, ModelError, Pooling};
 
 /// Refuses pairs: an embedder (`model` names it) encodes single texts. A classifier reads a
@@ -25,7 +26,7 @@ pub(crate) fn refuse_pairs(inputs: &[EncoderInput<'_>], model: &str) -> Result<(
 /// `max_positions`, or a token outside the vocabulary.
 pub(crate) fn embedding_rows(
     inputs: &[EncoderInput<'_>],
-    embed: &[f32],
+    embed: &EmbeddingTable,
     d: usize,
     vocab_size: usize,
     max_positions: usize,
@@ -44,14 +45,11 @@ pub(crate) fn embedding_rows(
     let mut positions = Vec::with_capacity(m);
     for s in inputs {
         for (t, &id) in s.ids.iter().enumerate() {
-            let row = embed
-                .get(id as usize * d..(id as usize + 1) * d)
-                .ok_or_else(|| {
-                    ModelError::Input(format!(
-                        "token id {id} is outside the vocabulary of {vocab_size}"
-                    ))
-                })?;
-            x.extend_from_slice(row);
+            if !embed.push_row(id as usize, &mut x) {
+                return Err(ModelError::Input(format!(
+                    "token id {id} is outside the vocabulary of {vocab_size}"
+                )));
+            }
             positions.push(t);
         }
     }

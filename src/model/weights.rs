@@ -137,6 +137,60 @@ impl WeightFile {
         let bad = |what: String| {
             ModelError::Weights(format!("{}: tensor {name} {what}", self.path.display()))
         };
+        let RawTensor {
+            dtype,
+            shape,
+            start,
+            stop,
+            count,
+        } = self.raw(name)?;
+        let aligned =
+            (self.map.as_ptr() as usize + start).is_multiple_of(std::mem::align_of::<f32>());
+        if dtype == Dtype::F32 && aligned && cfg!(target_endian = "little") {
+            return Ok(Weight {
+                storage: Storage::Mapped {
+                    map: self.map.clone(),
+                    start,
+                    len: count,
+                },
+                shape,
+            });
+        }
+        // Converted once into memory of its own: straight from the mapped bytes for the
+        // dtypes checkpoints store (no intermediate tensor: a 151,669-row bf16 table went
+        // through 10 bytes per value that way), through candle for the others. The tensor's
+        // pages are then dropped from the resident set (the file stays mapped).
+        let bytes = &self.map[start..stop];
+        let values: Vec<f32> = match dtype {
+            Dtype::BF16 => bytes.chunks_exact(2).map(bf16_le).collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            _ => {
+                let tensors =
+                    SafeTensors::deserialize(&self.map).map_err(|e| bad(e.to_string()))?;
+                let view = tensors.tensor(name).map_err(|e| bad(e.to_string()))?;
+                view.load(&candle_core::Device::Cpu)
+                    .and_then(|t| t.to_dtype(candle_core::DType::F32))
+                    .and_then(|t| t.flatten_all())
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(|e| bad(format!("cannot be converted to f32: {e}")))?
+            }
+        };
+        release_pages(&self.map, start, stop - start);
+        Ok(Weight::owned(values, shape))
+    }
+
+    /// Tensor `name`'s dtype, shape and byte range in the mapping, every size checked.
+    pub(super) fn raw(&self, name: &str) -> Result<RawTensor, ModelError> {
+        let bad = |what: String| {
+            ModelError::Weights(format!("{}: tensor {name} {what}", self.path.display()))
+        };
         let info = self
             .metadata
             .info(name)
@@ -170,35 +224,65 @@ impl WeightFile {
                 self.map.len()
             )));
         }
-        let aligned =
-            (self.map.as_ptr() as usize + start).is_multiple_of(std::mem::align_of::<f32>());
-        if info.dtype == Dtype::F32 && aligned && cfg!(target_endian = "little") {
-            return Ok(Weight {
-                storage: Storage::Mapped {
-                    map: self.map.clone(),
-                    start,
-                    len: count,
-                },
-                shape: info.shape.clone(),
-            });
-        }
-        let tensors = SafeTensors::deserialize(&self.map).map_err(|e| bad(e.to_string()))?;
-        let view = tensors.tensor(name).map_err(|e| bad(e.to_string()))?;
-        let values = view
-            .load(&candle_core::Device::Cpu)
-            .and_then(|t| t.to_dtype(candle_core::DType::F32))
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(|e| bad(format!("cannot be converted to f32: {e}")))?;
-        if values.len() != count {
-            return Err(bad(format!(
-                "converted to {} values, its shape {:?} has {count}",
-                values.len(),
-                info.shape
-            )));
-        }
-        Ok(Weight::owned(values, info.shape.clone()))
+        Ok(RawTensor {
+            dtype: info.dtype,
+            shape: info.shape.clone(),
+            start,
+            stop,
+            count,
+        })
     }
+
+    /// The mapping, for a tensor read in place in its stored dtype.
+    pub(super) fn map(&self) -> &Arc<Mmap> {
+        &self.map
+    }
+}
+
+/// A tensor's place in the mapping, checked: `stop - start` bytes hold `count` values of
+/// `dtype` in `shape`.
+pub(super) struct RawTensor {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub start: usize,
+    pub stop: usize,
+    pub count: usize,
+}
+
+/// A little-endian bf16 as f32 (exact: bf16 is f32's top half).
+pub(super) fn bf16_le(b: &[u8]) -> f32 {
+    f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)
+}
+
+/// Drops the whole pages of `map[start..start + len]` from this process's resident set
+/// (`MADV_DONTNEED`), once a loader has copied or converted what they hold: without this, the
+/// peak of a load is the file mapped plus the model converted from it. A page read again (by
+/// another thread, or later) comes back from the page cache, unchanged.
+pub fn release_pages(map: &Mmap, start: usize, len: usize) {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+            p if p > 0 => p as usize,
+            _ => return,
+        };
+        let first = start.next_multiple_of(page);
+        let end = (start + len).min(map.len()) / page * page;
+        if end > first {
+            // SAFETY: a read-only shared file mapping: MADV_DONTNEED only unmaps its pages
+            // from this process, and the next access re-reads the same file contents (model
+            // files are replaced by rename, never rewritten in place: the module doc).
+            // `first..end` lies inside the map (clamped to its length above).
+            let advised = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, end - first)
+            };
+            if let Err(e) = advised {
+                tracing::debug!(error = %e, "madvise(DONTNEED) failed");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (map, start, len);
 }
 
 /// A weight file's tensors under a checkpoint's prefix (`bert.`, `roberta.`, `model.` for
@@ -231,6 +315,11 @@ impl<'a> Names<'a> {
     /// The prefix of the encoder's tensors.
     pub(super) fn prefix(&self) -> &'static str {
         self.prefix
+    }
+
+    /// The file and the full name of `name` under the prefix.
+    pub(super) fn full(&self, name: &str) -> (&'a WeightFile, String) {
+        (self.file, format!("{}{name}", self.prefix))
     }
 
     /// Tensor `name` (under the prefix), checked to have shape `dims`.

@@ -473,34 +473,8 @@ impl GgufFile {
         let Some((part, info)) = self.tensors.get(name) else {
             return;
         };
-        #[cfg(unix)]
-        {
-            // SAFETY: sysconf has no preconditions.
-            let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-                p if p > 0 => p as usize,
-                _ => return,
-            };
-            let start = info.start.next_multiple_of(page);
-            let end = (info.start + info.len) / page * page;
-            if end > start {
-                // SAFETY: a read-only shared file mapping: MADV_DONTNEED only unmaps its pages
-                // from this process, and the next access re-reads the same file contents (the
-                // file is not rewritten while it loads, see `open_part`). `start..end` lies
-                // inside the map (the tensor's range was checked when the file was opened).
-                let advised = unsafe {
-                    self.maps[*part].unchecked_advise_range(
-                        memmap2::UncheckedAdvice::DontNeed,
-                        start,
-                        end - start,
-                    )
-                };
-                if let Err(e) = advised {
-                    tracing::debug!(error = %e, tensor = name, "madvise(DONTNEED) failed");
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = (part, info);
+        // The tensor's range was checked against the file when it was opened.
+        crate::model::weights::release_pages(&self.maps[*part], info.start, info.len);
     }
 
     /// Tensor `name`, checked to have dims `want`, dequantized to f32 (row-major).
