@@ -21,6 +21,12 @@ fn probes_info_docs_and_metrics() {
         (r.status, r.json()["status"].as_str()),
         (200, Some("ready"))
     );
+    // TEI's and TGI's name for it.
+    let r = get(s.addr, "/health");
+    assert_eq!(
+        (r.status, r.json()["status"].as_str()),
+        (200, Some("ready"))
+    );
 
     let info = get(s.addr, "/info").json();
     assert_eq!(info["dimensions"], 32);

@@ -223,11 +223,13 @@ fn a_second_signal_skips_the_shutdown_delay() {
     wait_ready(p.addr);
     p.sigterm();
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        get(p.addr, "/readyz").status,
-        503,
-        "draining, still serving during the delay"
-    );
+    for probe in ["/readyz", "/health"] {
+        assert_eq!(
+            get(p.addr, probe).status,
+            503,
+            "{probe}: draining, still serving during the delay"
+        );
+    }
     p.sigterm();
     let (code, took) = p.wait_exit(Duration::from_secs(10));
     assert_eq!(code, Some(0));

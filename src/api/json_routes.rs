@@ -1,5 +1,6 @@
 //! The routes answered with one JSON body from one JSON body, without streaming: embeddings
-//! (TEI's `/embed` and `POST /` on an embedding model, OpenAI's `/v1/embeddings`), reranking
+//! (TEI's `/embed` and `POST /` on an embedding model, OpenAI's `/v1/embeddings`), TEI's
+//! `/similarity` (also `POST /` with its body), reranking
 //! (TEI's `/rerank`, the Cohere/Jina `/v1/rerank`), classification (TEI's `/predict`) and
 //! `/tokenize`. Both front ends run them the same way: HTTP handlers for their routes, the queue
 //! broker for jobs, which name one of these routes ([`JOB_ROUTES`]). So a job joins the same
@@ -10,7 +11,8 @@ use std::sync::Arc;
 use super::cohere;
 use super::openai::{self, EmbeddingsRequest};
 use super::tei::{
-    self, EmbedRequest, PredictInputs, PredictRequest, RerankRequest, TokenizeRequest,
+    self, EmbedRequest, PredictInputs, PredictRequest, RerankRequest, SimilarityRequest,
+    TokenizeRequest,
 };
 use crate::embed::queue::Arrival;
 use crate::embed::EmbedOptions;
@@ -25,6 +27,7 @@ const TOKEN_JSON_BYTES: usize = 64;
 pub const JOB_ROUTES: &[&str] = &[
     "/embed",
     "/",
+    "/similarity",
     "/v1/embeddings",
     "/rerank",
     "/v1/rerank",
@@ -37,6 +40,8 @@ pub const JOB_ROUTES: &[&str] = &[
 pub enum JsonRequest {
     /// `POST /embed` and `POST /` (TEI's shape).
     Embed(EmbedRequest),
+    /// `POST /similarity`, and `POST /` with its body.
+    Similarity(SimilarityRequest),
     /// `POST /v1/embeddings`.
     Embeddings(EmbeddingsRequest),
     /// `POST /rerank` (TEI's shape).
@@ -56,7 +61,18 @@ impl JsonRequest {
     /// fuzzing target's entry point.
     pub fn parse(route: &str, body: &[u8], max_client_batch: usize) -> Result<Self, ServiceError> {
         Ok(match route {
-            "/" | "/embed" => JsonRequest::Embed(EmbedRequest::parse(body, max_client_batch)?),
+            "/embed" => JsonRequest::Embed(EmbedRequest::parse(body, max_client_batch)?),
+            // TEI's shape of `/embed`, or `/similarity`'s (an object of sentences as `inputs`).
+            "/" => match EmbedRequest::parse(body, max_client_batch) {
+                Ok(r) => JsonRequest::Embed(r),
+                Err(e) => match SimilarityRequest::parse(body, max_client_batch) {
+                    Ok(r) => JsonRequest::Similarity(r),
+                    Err(_) => return Err(e),
+                },
+            },
+            "/similarity" => {
+                JsonRequest::Similarity(SimilarityRequest::parse(body, max_client_batch)?)
+            }
             "/v1/embeddings" => {
                 JsonRequest::Embeddings(EmbeddingsRequest::parse(body, max_client_batch)?)
             }
@@ -79,6 +95,7 @@ impl JsonRequest {
     pub fn inputs(&self) -> usize {
         match self {
             JsonRequest::Embed(r) => r.inputs.0.len(),
+            JsonRequest::Similarity(r) => 1 + r.inputs.sentences.len(),
             JsonRequest::Embeddings(r) => r.input.0.len(),
             JsonRequest::Rerank(r) => r.texts.len(),
             JsonRequest::CohereRerank(r) => r.documents.len(),
@@ -92,6 +109,7 @@ impl JsonRequest {
         let sum = |texts: &[String]| texts.iter().map(String::len).sum::<usize>();
         match self {
             JsonRequest::Embed(r) => sum(&r.inputs.0),
+            JsonRequest::Similarity(r) => r.inputs.source_sentence.len() + sum(&r.inputs.sentences),
             JsonRequest::Embeddings(r) => sum(&r.input.0),
             JsonRequest::Rerank(r) => r.query.len() + sum(&r.texts),
             JsonRequest::CohereRerank(r) => r.query.len() + r.texts().map(str::len).sum::<usize>(),
@@ -129,6 +147,18 @@ impl JsonRequest {
                 let service = super::embedding(serving)?;
                 let done = service.embed(arrival, r.inputs.0, options).await?;
                 Ok(to_json(&done.vectors))
+            }
+            JsonRequest::Similarity(r) => {
+                // Unit vectors: their dot products are the cosine similarities.
+                let options = EmbedOptions {
+                    truncate: r.truncate.unwrap_or(true),
+                    normalize: true,
+                    dimensions: None,
+                    prompt_name: r.prompt_name.clone(),
+                };
+                let service = super::embedding(serving)?;
+                let done = service.embed(arrival, r.into_texts(), options).await?;
+                Ok(to_json(&tei::similarity_answer(&done.vectors)))
             }
             JsonRequest::Embeddings(r) => {
                 // OpenAI's embeddings are unit vectors; so are these.
@@ -256,12 +286,26 @@ mod tests {
             ),
             ("/predict", r#"{"inputs": [["a"], ["a", "b"]]}"#, 2),
             ("/embed", r#"{"inputs": "a", "prompt_name": "query"}"#, 1),
+            (
+                "/similarity",
+                r#"{"inputs": {"source_sentence": "a", "sentences": ["b", "c"]}}"#,
+                3,
+            ),
+            (
+                "/",
+                r#"{"inputs": {"source_sentence": "a", "sentences": ["b"]}, "parameters": {}}"#,
+                2,
+            ),
+            ("/", r#"{"inputs": ["a", "b"]}"#, 2),
         ] {
             let r = JsonRequest::parse(route, body.as_bytes(), 4).unwrap();
             assert_eq!(r.inputs(), inputs, "{route}");
             assert!(r.text_bytes() >= inputs, "{route}");
         }
-        let e = JsonRequest::parse("/similarity", b"{}", 4).unwrap_err();
+        let e = JsonRequest::parse("/embed_all", b"{}", 4).unwrap_err();
         assert!(e.to_string().contains("/v1/rerank"), "{e}");
+        // On `POST /`, a body that is neither shape gets `/embed`'s message.
+        let e = JsonRequest::parse("/", br#"{"inputs": 3}"#, 4).unwrap_err();
+        assert!(e.to_string().contains("a string or an array"), "{e}");
     }
 }

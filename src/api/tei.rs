@@ -1,7 +1,7 @@
 //! Hugging Face TEI's bodies: `POST /embed` (and `POST /` on an embedding model, what
-//! `huggingface_hub`'s `feature_extraction` sends), `POST /rerank`, `POST /predict` (and
-//! `POST /` on a reranker or a classifier, as TEI routes it) and `POST /tokenize`, with their
-//! answers.
+//! `huggingface_hub`'s `feature_extraction` sends), `POST /similarity` (also `POST /` with its
+//! body, what `sentence_similarity` sends), `POST /rerank`, `POST /predict` (and `POST /` on a
+//! reranker or a classifier, as TEI routes it) and `POST /tokenize`, with their answers.
 
 use std::fmt;
 
@@ -366,9 +366,147 @@ impl TokenizeRequest {
     }
 }
 
+/// What `/similarity` expects.
+pub const SIMILARITY_EXPECTS: &str =
+    r#"e.g. {"inputs": {"source_sentence": "a text", "sentences": ["another", "a third"]}}"#;
+
+/// `POST /similarity` (and `POST /` on an embedding model with this body, what
+/// `huggingface_hub`'s `sentence_similarity` sends): the cosine similarity of the source
+/// sentence's embedding with each other sentence's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimilarityRequest {
+    pub inputs: SimilarityInputs,
+    #[serde(default)]
+    pub truncate: Option<bool>,
+    #[serde(default)]
+    pub truncation_direction: Option<String>,
+    #[serde(default)]
+    pub prompt_name: Option<String>,
+    /// The same options where `huggingface_hub` puts a task's parameters.
+    #[serde(default)]
+    pub parameters: Option<SimilarityParameters>,
+}
+
+/// The sentences of a `/similarity` request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimilarityInputs {
+    pub source_sentence: String,
+    pub sentences: Vec<String>,
+}
+
+/// A `/similarity` request's options under `parameters`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimilarityParameters {
+    #[serde(default)]
+    pub truncate: Option<bool>,
+    #[serde(default)]
+    pub truncation_direction: Option<String>,
+    #[serde(default)]
+    pub prompt_name: Option<String>,
+}
+
+impl SimilarityRequest {
+    /// Parses and checks a body: the schema, the options (at the top or under `parameters`,
+    /// not both), and the number of texts (the source sentence counts as one).
+    pub fn parse(body: &[u8], max_client_batch: usize) -> Result<Self, ServiceError> {
+        let mut r: Self = from_json(body, SIMILARITY_EXPECTS)?;
+        if let Some(p) = r.parameters.take() {
+            let twice = |a: bool, b: bool| a && b;
+            if twice(r.truncate.is_some(), p.truncate.is_some())
+                || twice(r.prompt_name.is_some(), p.prompt_name.is_some())
+                || twice(
+                    r.truncation_direction.is_some(),
+                    p.truncation_direction.is_some(),
+                )
+            {
+                return Err(ServiceError::Invalid(
+                    "an option is given both at the top and under parameters; give it once".into(),
+                ));
+            }
+            r.truncate = r.truncate.or(p.truncate);
+            r.prompt_name = r.prompt_name.or(p.prompt_name);
+            r.truncation_direction = r.truncation_direction.or(p.truncation_direction);
+        }
+        check_truncation_direction(r.truncation_direction.as_deref())?;
+        check_count_of(
+            r.inputs.sentences.len(),
+            max_client_batch.saturating_sub(1),
+            "sentences",
+        )?;
+        Ok(r)
+    }
+
+    /// The texts to embed: the source sentence first.
+    pub fn into_texts(self) -> Vec<String> {
+        let mut texts = Vec::with_capacity(1 + self.inputs.sentences.len());
+        texts.push(self.inputs.source_sentence);
+        texts.extend(self.inputs.sentences);
+        texts
+    }
+}
+
+/// `/similarity`'s answer from unit vectors, the source sentence's first: its cosine
+/// similarity with each of the others, in order.
+pub fn similarity_answer(vectors: &[Vec<f32>]) -> Vec<f32> {
+    let Some((source, others)) = vectors.split_first() else {
+        return Vec::new();
+    };
+    others
+        .iter()
+        .map(|v| source.iter().zip(v).map(|(a, b)| a * b).sum())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn similarity_bodies_take_options_at_the_top_or_under_parameters() {
+        let r = SimilarityRequest::parse(
+            br#"{"inputs": {"source_sentence": "a", "sentences": ["b", "c"]}, "parameters": {"truncate": false, "prompt_name": "query"}}"#,
+            4,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.truncate, r.prompt_name.as_deref()),
+            (Some(false), Some("query"))
+        );
+        assert_eq!(r.into_texts(), ["a", "b", "c"]);
+        for (body, kind) in [
+            (
+                r#"{"inputs": {"source_sentence": "a", "sentences": []}}"#,
+                "invalid_request",
+            ),
+            (
+                r#"{"inputs": {"source_sentence": "a", "sentences": ["b", "c", "d", "e"]}}"#,
+                "payload_too_large",
+            ),
+            (r#"{"inputs": {"source_sentence": "a"}}"#, "invalid_request"),
+            (r#"{"inputs": "a"}"#, "invalid_request"),
+            (
+                r#"{"inputs": {"source_sentence": "a", "sentences": ["b"]}, "truncate": true, "parameters": {"truncate": true}}"#,
+                "invalid_request",
+            ),
+            (
+                r#"{"inputs": {"source_sentence": "a", "sentences": ["b"]}, "truncation_direction": "left"}"#,
+                "invalid_request",
+            ),
+        ] {
+            let e = SimilarityRequest::parse(body.as_bytes(), 4).unwrap_err();
+            assert_eq!(e.kind(), kind, "{body}: {e}");
+        }
+        let v = [
+            vec![0.6, 0.8],
+            vec![0.6, 0.8],
+            vec![0.8, -0.6],
+            vec![-0.6, -0.8],
+        ];
+        assert_eq!(similarity_answer(&v), [1.0, 0.0, -1.0]);
+    }
 
     fn status(body: &str) -> Result<(), &'static str> {
         EmbedRequest::parse(body.as_bytes(), 2)

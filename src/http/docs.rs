@@ -73,6 +73,17 @@ pub fn openapi() -> &'static Value {
                         "truncate": { "type": "boolean", "default": true },
                         "truncation_direction": { "type": "string", "nullable": true, "description": "only \"right\" (any case) is supported" },
                         "prompt_name": { "type": "string", "nullable": true, "description": "one of the model's prompts (config_sentence_transformers.json, listed by /info), put before every input; an unknown name is 400" } } },
+                    "SimilarityRequest": { "type": "object", "required": ["inputs"], "additionalProperties": false, "properties": {
+                        "inputs": { "type": "object", "required": ["source_sentence", "sentences"], "additionalProperties": false, "properties": {
+                            "source_sentence": { "type": "string" },
+                            "sentences": { "type": "array", "items": { "type": "string" }, "minItems": 1, "description": "with the source sentence, at most --max-client-batch texts" } } },
+                        "truncate": { "type": "boolean", "nullable": true, "default": true },
+                        "truncation_direction": { "type": "string", "nullable": true, "description": "only \"right\" (any case) is supported" },
+                        "prompt_name": { "type": "string", "nullable": true, "description": "one of the model's prompts, put before every sentence" },
+                        "parameters": { "type": "object", "nullable": true, "additionalProperties": false, "description": "the same three options, where huggingface_hub puts them (each given once)", "properties": {
+                            "truncate": { "type": "boolean", "nullable": true },
+                            "truncation_direction": { "type": "string", "nullable": true },
+                            "prompt_name": { "type": "string", "nullable": true } } } } },
                     "OpenAiRequest": { "type": "object", "required": ["input"], "additionalProperties": false, "properties": {
                         "input": inputs,
                         "model": { "type": "string" },
@@ -97,7 +108,7 @@ pub fn openapi() -> &'static Value {
                     "Status": { "type": "object", "properties": { "status": { "type": "string" }, "reason": { "type": "string" },
                         "queue": { "type": "object", "description": "with --queue: the broker's status (up or down, with the reason)" } } },
                     "JobRequest": { "type": "object", "required": ["route", "body"], "additionalProperties": false, "properties": {
-                        "route": { "type": "string", "enum": ["/embed", "/", "/v1/embeddings", "/rerank", "/v1/rerank", "/predict", "/tokenize"] },
+                        "route": { "type": "string", "enum": ["/embed", "/", "/similarity", "/v1/embeddings", "/rerank", "/v1/rerank", "/predict", "/tokenize"] },
                         "body": { "type": "object", "description": "the body that route takes" } } },
                     "Job": { "type": "object", "required": ["id", "state"], "properties": {
                         "id": { "type": "string" },
@@ -114,6 +125,11 @@ pub fn openapi() -> &'static Value {
                     "requestBody": json_body("EmbedRequest"),
                     "responses": merge(json!({ "200": { "description": "One vector per input, in input order",
                         "content": { "application/json": { "schema": { "type": "array", "items": vector } } } } }), post_errors()) } },
+                "/similarity": { "post": {
+                    "summary": "Cosine similarity of a source sentence with each other sentence, from the model's embeddings (Hugging Face TEI API; POST / takes the same body on an embedding model, as huggingface_hub's sentence_similarity sends it)",
+                    "requestBody": json_body("SimilarityRequest"),
+                    "responses": merge(json!({ "200": { "description": "One similarity per sentence, in order",
+                        "content": { "application/json": { "schema": { "type": "array", "items": { "type": "number" } } } } } }), post_errors()) } },
                 "/v1/embeddings": { "post": {
                     "summary": "Embed one text or a list of texts (OpenAI API)",
                     "requestBody": json_body("OpenAiRequest"),
@@ -157,6 +173,10 @@ pub fn openapi() -> &'static Value {
                 "/healthz": { "get": { "summary": "Liveness: 200 from the first moment the process listens", "security": [],
                     "responses": { "200": { "description": "Alive", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Status" } } } } } } },
                 "/readyz": { "get": { "summary": "Readiness: 200 once the model is loaded and warm; 503 while loading, draining or after a failed load", "security": [],
+                    "responses": {
+                        "200": { "description": "Ready", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Status" } } } },
+                        "503": { "description": "loading, draining or failed (with reason)", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Status" } } } } } } },
+                "/health": { "get": { "summary": "/readyz under Hugging Face TEI's and TGI's name, for probes written for them", "security": [],
                     "responses": {
                         "200": { "description": "Ready", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Status" } } } },
                         "503": { "description": "loading, draining or failed (with reason)", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Status" } } } } } } },
@@ -392,6 +412,9 @@ fn example(path: &str, method: &hyper::Method, auth: &str) -> String {
         "/embed" | "/" if post_route => {
             post(r#"{"inputs": ["A man is eating food.", "A man is riding a horse."]}"#)
         }
+        "/similarity" => post(
+            r#"{"inputs": {"source_sentence": "A man is eating food.", "sentences": ["A man is eating a meal.", "A man is riding a horse."]}}"#,
+        ),
         "/v1/embeddings" => {
             post(r#"{"input": "A man is eating food.", "model": "all-MiniLM-L6-v2"}"#)
         }
@@ -414,7 +437,7 @@ fn example(path: &str, method: &hyper::Method, auth: &str) -> String {
         }
         "/v1/jobs" => post(r#"{"route": "/embed", "body": {"inputs": "A man is eating food."}}"#),
         "/v1/jobs/{id}" if delete => format!("curl -s -X DELETE localhost:PORT{path}{auth}"),
-        "/healthz" | "/readyz" => format!("curl -si localhost:PORT{path}"),
+        "/healthz" | "/readyz" | "/health" => format!("curl -si localhost:PORT{path}"),
         _ => format!("curl -s localhost:PORT{path}{auth}"),
     }
 }

@@ -22,6 +22,7 @@ enum Handler {
     /// answers it.
     RootTask,
     Embed,
+    Similarity,
     Embeddings,
     Rerank,
     CohereRerank,
@@ -76,6 +77,7 @@ pub const ROUTES: &[Route] = &[
     route(Method::GET, "/", Handler::IndexPage),
     route(Method::POST, "/", Handler::RootTask),
     route(Method::POST, "/embed", Handler::Embed),
+    route(Method::POST, "/similarity", Handler::Similarity),
     route(Method::POST, "/v1/embeddings", Handler::Embeddings),
     route(Method::POST, "/rerank", Handler::Rerank),
     route(Method::POST, "/v1/rerank", Handler::CohereRerank),
@@ -95,13 +97,15 @@ pub const ROUTES: &[Route] = &[
     route(Method::GET, "/info", Handler::Info),
     probe("/healthz", Handler::Health),
     probe("/readyz", Handler::Ready),
+    // TEI's and TGI's readiness route, for probes written for them.
+    probe("/health", Handler::Ready),
     route(Method::GET, "/metrics", Handler::Metrics),
     route(Method::GET, "/openapi.json", Handler::OpenApi),
 ];
 
 /// Routes that answer on a probe-only connection (past `--max-connections`).
 pub fn is_probe(label: &str) -> bool {
-    matches!(label, "/healthz" | "/readyz" | "/metrics")
+    matches!(label, "/healthz" | "/readyz" | "/health" | "/metrics")
 }
 
 /// Whether `pattern` (a route's path) matches `path`.
@@ -174,6 +178,7 @@ pub async fn handle(
         Handler::IndexPage => Ok(docs::index_page(&state, &list())),
         Handler::RootTask => root_task(state, req).await,
         Handler::Embed => tei::embed(&state, req).await,
+        Handler::Similarity => tei::similarity(&state, req).await,
         Handler::Embeddings => openai::embeddings(&state, req).await,
         Handler::Rerank => tei::rerank(&state, req).await,
         Handler::CohereRerank => cohere::rerank(&state, req).await,
@@ -208,7 +213,7 @@ async fn root_task(
     drop(serving);
     match task {
         Task::TextGeneration => tgi::root(state, req).await,
-        Task::Embedding => tei::embed(&state, req).await,
+        Task::Embedding => tei::embed_or_similarity(&state, req).await,
         Task::Reranking => tei::rerank(&state, req).await,
         Task::TextClassification => tei::predict(&state, req).await,
     }

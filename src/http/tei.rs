@@ -1,4 +1,5 @@
-//! Hugging Face TEI's routes: `POST /embed` (also `POST /` on an embedding model),
+//! Hugging Face TEI's routes: `POST /embed` and `POST /similarity` (both also `POST /` on an
+//! embedding model, told apart by the body),
 //! `POST /rerank` and `POST /predict` (also `POST /` on a reranker and on a classifier) and
 //! `POST /tokenize`. Their bodies and answers are [`crate::api::tei`]'s.
 
@@ -13,6 +14,22 @@ use super::state::AppState;
 /// `POST /embed` (and `POST /` on an embedding model): one vector per input.
 pub async fn embed(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     json_routes::answer(state, req, "/embed").await
+}
+
+/// `POST /` on an embedding model: `/embed`'s body, or `/similarity`'s (as TEI takes both).
+pub async fn embed_or_similarity(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    json_routes::answer(state, req, "/").await
+}
+
+/// `POST /similarity`: the cosine similarity of the source sentence with each other one.
+pub async fn similarity(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    json_routes::answer(state, req, "/similarity").await
 }
 
 /// `POST /rerank` (and `POST /` on a reranker): the texts by relevance to the query.

@@ -3,7 +3,9 @@
     python check_clients.py BASE_URL [--api-key KEY]
 
 - huggingface_hub: InferenceClient(model=BASE_URL).feature_extraction(...), which posts TEI's
-  body to BASE_URL itself (`POST /`), for one text and for a list, with TEI's options;
+  body to BASE_URL itself (`POST /`), for one text and for a list, with TEI's options; and
+  sentence_similarity(...), which posts TEI's `/similarity` body to `POST /` (checked against
+  the cosines of `POST /embed`'s vectors, as is `POST /similarity` itself);
 - openai: OpenAI(base_url=BASE_URL + "/v1").embeddings.create(...) with encoding_format
   "float" and with the client's default (base64);
 - with --api-key: the clients authenticate with it, and a wrong or missing key makes each
@@ -140,6 +142,20 @@ def main():
         assert raw.shape == (len(MANY), dims) and diff <= TOLERANCE, (
             f"normalize=False: shape {raw.shape}, differs from POST /embed by {diff:.3g}"
         )
+
+    @check("huggingface_hub sentence_similarity -> POST / (TEI's /similarity body)")
+    def _():
+        got = hf.sentence_similarity(ONE, other_sentences=MANY)
+        # The cosines of POST /embed's unit vectors, and /similarity's own answer.
+        v = np.asarray(want_one, dtype=np.float64)[0]
+        want = [float(np.dot(v, np.asarray(w, dtype=np.float64))) for w in want_many]
+        direct = http_json(base, "POST", "/similarity", key,
+                           {"inputs": {"source_sentence": ONE, "sentences": MANY}})
+        for name, answer in [("sentence_similarity", got), ("POST /similarity", direct)]:
+            assert len(answer) == len(MANY), f"{name}: {answer}"
+            diff = max(abs(a - b) for a, b in zip(answer, want))
+            assert diff <= TOLERANCE, f"{name} {answer} differs from the vectors' cosines {want} by {diff:.3g}"
+        assert len(set(round(x, 4) for x in want)) > 1, f"the sentences are all alike: {want}"
 
     oa = openai.OpenAI(base_url=base + "/v1", api_key=key or "none", max_retries=0, timeout=60)
 
