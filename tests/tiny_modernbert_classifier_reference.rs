@@ -16,8 +16,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::modernbert_model::{classifier_dirs, classifier_reference};
 use common::scoring_checks::{
     check_classifier, check_predict_routes, check_rerank_routes, check_reranker,
@@ -25,7 +23,7 @@ use common::scoring_checks::{
 use common::*;
 use serde_json::json;
 use zerobatch::kernels::Dtype;
-use zerobatch::model::{DtypeChoice, LoadOptions, LoadedModel, Pooling, ScoreFunction, Task};
+use zerobatch::model::{DtypeChoice, Pooling, ScoreFunction, Task};
 
 /// Largest |difference| of a score (sigmoid, softmax) in the default dtype, f32 (the issue's
 /// bar is 1e-3).
@@ -35,19 +33,6 @@ const SCORE_TOLERANCE: f32 = 1e-4;
 /// sigmoid scores and 3.1e-2 for the classifier's softmax, whose logits span ±7, on an Intel
 /// Xeon with AVX-512 VNNI and no BF16, 2026-12-06).
 const BF16_TOLERANCE: f32 = 5e-2;
-
-fn load(dir: &Path, dtype: DtypeChoice) -> LoadedModel {
-    zerobatch::model::load_with(
-        dir.to_str().unwrap(),
-        "main",
-        LoadOptions {
-            dtype,
-            kernel_cap: None,
-        },
-        |_, _| {},
-    )
-    .unwrap()
-}
 
 fn dtypes() -> [(DtypeChoice, f32); 2] {
     [
@@ -62,7 +47,7 @@ fn a_modernbert_reranker_matches_cross_encoder() {
     eprintln!("reference made with {}", r.generator_versions);
     let (dir, _) = classifier_dirs();
     for (dtype, tolerance) in dtypes() {
-        let m = load(dir, dtype);
+        let m = load_encoder(dir, dtype);
         if dtype == DtypeChoice::Auto {
             assert_eq!(m.info.dtype, Dtype::F32, "auto is f32 for a classifier");
         }
@@ -85,7 +70,7 @@ fn a_modernbert_classifier_with_every_bias_matches_cross_encoder() {
     let r = classifier_reference();
     let (_, dir) = classifier_dirs();
     for (dtype, tolerance) in dtypes() {
-        let m = load(dir, dtype);
+        let m = load_encoder(dir, dtype);
         assert_eq!(m.info.task, Task::TextClassification);
         assert_eq!(m.info.pooling, Pooling::Cls);
         assert_eq!(m.info.max_input_length, r.classifier.max_input_length);

@@ -26,7 +26,7 @@ use common::reranker_models::{EmbedCase, Section};
 use common::*;
 use serde_json::{json, Value};
 use zerobatch::kernels::Dtype;
-use zerobatch::model::{DtypeChoice, LoadOptions, LoadedModel, Pooling, Task};
+use zerobatch::model::{DtypeChoice, LoadedModel, Pooling, Task};
 
 /// Largest |difference| of an embedding's value in f32.
 const F32_TOLERANCE: f32 = 1e-5;
@@ -37,19 +37,6 @@ const DEFAULT_COSINE: f64 = 0.9999;
 const INT8_COSINE: f64 = 0.999;
 const CLS: u32 = 50258;
 const SEP: u32 = 50259;
-
-fn load(dir: &Path, dtype: DtypeChoice) -> LoadedModel {
-    zerobatch::model::load_with(
-        dir.to_str().unwrap(),
-        "main",
-        LoadOptions {
-            dtype,
-            kernel_cap: None,
-        },
-        |_, _| {},
-    )
-    .unwrap()
-}
 
 /// The two models: (directory, reference section, pooling, normalized by the model).
 fn models() -> [(&'static Path, &'static Section<EmbedCase>, Pooling, bool); 2] {
@@ -90,7 +77,7 @@ fn prompted_texts<'a>(
 #[test]
 fn the_tokenizer_gives_sentence_transformers_ids_between_cls_and_sep() {
     for (dir, s, pooling, normalized) in models() {
-        let m = load(dir, DtypeChoice::Auto);
+        let m = load_encoder(dir, DtypeChoice::Auto);
         assert_eq!(m.info.model_type, "modernbert");
         assert_eq!(m.info.task, Task::Embedding);
         assert_eq!(m.info.pooling, pooling);
@@ -125,7 +112,7 @@ fn embeddings_match_sentence_transformers_alone_and_batched() {
             (DtypeChoice::Auto, DEFAULT_COSINE),
             (DtypeChoice::Fixed(Dtype::Int8), INT8_COSINE),
         ] {
-            let m = load(dir, dtype);
+            let m = load_encoder(dir, dtype);
             let texts = prompted_texts(&m, s);
             let (mut worst_diff, mut worst_cos) = (0f32, 1f64);
             for (name, text, want) in &texts {
@@ -312,7 +299,7 @@ fn a_masked_lm_checkpoint_embeds_the_same_and_a_classifier_without_its_head_is_r
         ],
     );
     let f32 = DtypeChoice::Fixed(Dtype::F32);
-    let (plain, prefixed) = (load(&model_dirs().0, f32), load(&mlm, f32));
+    let (plain, prefixed) = (load_encoder(&model_dirs().0, f32), load_encoder(&mlm, f32));
     for c in &reference().mean.cases {
         assert_eq!(
             embed(&prefixed, &c.text),

@@ -23,7 +23,7 @@ use common::scoring_checks::{
 use common::*;
 use serde_json::{json, Value};
 use zerobatch::kernels::Dtype;
-use zerobatch::model::{DtypeChoice, LoadOptions, LoadedModel, Task};
+use zerobatch::model::{DtypeChoice, Task};
 
 /// Largest |difference| of a score (sigmoid, softmax) in the default dtype, f32 (the issue's
 /// bar is 1e-3).
@@ -32,19 +32,6 @@ const SCORE_TOLERANCE: f32 = 1e-4;
 /// difference measured on these models is printed (7.1e-3 for the reranker's sigmoid scores
 /// on avx512-bf16, docs/benchmarks.md); this bound only catches a broken bf16 path.
 const BF16_TOLERANCE: f32 = 2e-2;
-
-fn load(dir: &std::path::Path, dtype: DtypeChoice) -> LoadedModel {
-    zerobatch::model::load_with(
-        dir.to_str().unwrap(),
-        "main",
-        LoadOptions {
-            dtype,
-            kernel_cap: None,
-        },
-        |_, _| {},
-    )
-    .unwrap()
-}
 
 fn bf16_dtype() -> DtypeChoice {
     DtypeChoice::Fixed(Dtype::Bf16)
@@ -58,7 +45,7 @@ fn cross_encoder_scores_and_rank_order_match_sentence_transformers() {
         (DtypeChoice::Auto, SCORE_TOLERANCE),
         (bf16_dtype(), BF16_TOLERANCE),
     ] {
-        let m = load(dir, dtype);
+        let m = load_encoder(dir, dtype);
         if dtype == DtypeChoice::Auto {
             assert_eq!(m.info.dtype, Dtype::F32, "auto is f32 for a classifier");
         }
@@ -81,7 +68,7 @@ fn classifier_logits_and_softmax_match_sentence_transformers() {
         (DtypeChoice::Auto, SCORE_TOLERANCE),
         (bf16_dtype(), BF16_TOLERANCE),
     ] {
-        let m = load(dir, dtype);
+        let m = load_encoder(dir, dtype);
         assert_eq!(m.info.task, Task::TextClassification);
         assert_eq!(
             m.info.classifier.as_ref().unwrap().score_function,
@@ -96,7 +83,7 @@ fn classifier_logits_and_softmax_match_sentence_transformers() {
 fn cls_pooling_and_prompts_match_sentence_transformers() {
     let r = reference();
     let (_, _, dir) = model_dirs();
-    let m = load(dir, DtypeChoice::Auto);
+    let m = load_encoder(dir, DtypeChoice::Auto);
     assert_eq!(m.info.task, Task::Embedding);
     assert_eq!(m.info.pooling, zerobatch::model::Pooling::Cls);
     assert_eq!(m.info.max_input_length, r.embedder.max_input_length);

@@ -18,12 +18,12 @@
 mod common;
 
 use common::reranker_models::EmbedCase;
-use common::scoring_checks::{check_rerank_routes, order, sigmoid};
+use common::scoring_checks::{check_rerank_routes, check_reranker};
 use common::xlmr_models::{model_dirs, reference};
 use common::*;
 use serde_json::{json, Value};
 use zerobatch::kernels::Dtype;
-use zerobatch::model::{DtypeChoice, EncoderInput, LoadOptions, LoadedModel, Task};
+use zerobatch::model::{DtypeChoice, LoadedModel, Task};
 
 /// Largest |difference| of a score or an embedding's value in f32.
 const F32_TOLERANCE: f32 = 1e-4;
@@ -32,26 +32,13 @@ const F32_TOLERANCE: f32 = 1e-4;
 /// difference is printed).
 const BF16_TOLERANCE: f32 = 2e-2;
 
-fn load(dir: &std::path::Path, dtype: DtypeChoice) -> LoadedModel {
-    zerobatch::model::load_with(
-        dir.to_str().unwrap(),
-        "main",
-        LoadOptions {
-            dtype,
-            kernel_cap: None,
-        },
-        |_, _| {},
-    )
-    .unwrap()
-}
-
 const PAD: u32 = 1;
 
 #[test]
 fn the_unigram_tokenizer_gives_sentence_transformers_ids() {
     let r = reference();
     let (reranker, embedder, cls_embedder) = model_dirs();
-    let m = load(reranker, DtypeChoice::Auto);
+    let m = load_encoder(reranker, DtypeChoice::Auto);
     assert_eq!(m.info.max_input_length, r.reranker.max_input_length);
     let (mut truncated, mut pads) = (0, 0);
     for c in &r.reranker.cases {
@@ -70,7 +57,7 @@ fn the_unigram_tokenizer_gives_sentence_transformers_ids() {
     }
     assert!(truncated >= 3 && pads >= 1, "{truncated} truncated, {pads}");
     for (dir, section) in [(embedder, &r.embedder), (cls_embedder, &r.cls_embedder)] {
-        let m = load(dir, DtypeChoice::Auto);
+        let m = load_encoder(dir, DtypeChoice::Auto);
         assert_eq!(m.info.max_input_length, section.max_input_length);
         for c in &section.cases {
             let ids = m.tokenizer.encode(0, &c.text, true).unwrap();
@@ -94,49 +81,12 @@ fn cross_encoder_scores_and_rank_order_match_sentence_transformers() {
         (DtypeChoice::Auto, F32_TOLERANCE),
         (DtypeChoice::Fixed(Dtype::Bf16), BF16_TOLERANCE),
     ] {
-        let m = load(dir, dtype);
+        let m = load_encoder(dir, dtype);
         if dtype == DtypeChoice::Auto {
             assert_eq!(m.info.dtype, Dtype::F32, "auto is f32 for a classifier");
         }
         assert_eq!(m.info.task, Task::Reranking);
-        let mut worst = 0f32;
-        for c in &r.reranker.cases {
-            let pairs = m
-                .tokenizer
-                .encode_pairs(&c.query, &c.passages, true)
-                .unwrap();
-            let inputs: Vec<EncoderInput> = pairs
-                .iter()
-                .map(|p| EncoderInput {
-                    ids: &p.ids,
-                    second_from: p.second_from,
-                })
-                .collect();
-            let batched: Vec<f32> = m.model.forward(&inputs, 2).unwrap().concat();
-            for (i, input) in inputs.iter().enumerate() {
-                let alone = m.model.forward(&[*input], 1).unwrap()[0][0];
-                assert!(
-                    (alone - batched[i]).abs() <= 1e-5,
-                    "{} pair {i}: alone {alone}, batched {}",
-                    c.name,
-                    batched[i]
-                );
-            }
-            let scores: Vec<f32> = batched.iter().map(|&l| sigmoid(l)).collect();
-            let d = max_abs_diff(&scores, &c.scores);
-            worst = worst.max(d);
-            assert!(
-                d <= tolerance,
-                "{} ({dtype:?}): scores {scores:?}, want {:?} (max diff {d})",
-                c.name,
-                c.scores
-            );
-            if dtype == DtypeChoice::Auto {
-                assert_eq!(order(&scores), c.order, "{}: rank order", c.name);
-                let d = max_abs_diff(&batched, &c.logits);
-                assert!(d <= 1e-3, "{}: logits differ by {d}", c.name);
-            }
-        }
+        let (worst, _) = check_reranker(&m, &r.reranker, tolerance, dtype == DtypeChoice::Auto);
         eprintln!("xlm-r reranker {dtype:?}: largest score difference {worst:e}");
     }
 }
@@ -183,7 +133,7 @@ fn mean_and_cls_embedders_match_sentence_transformers() {
             (DtypeChoice::Auto, 0.9999),
             (DtypeChoice::Fixed(Dtype::Int8), 0.999),
         ] {
-            let m = load(dir, dtype);
+            let m = load_encoder(dir, dtype);
             assert_eq!(m.info.task, Task::Embedding);
             assert_eq!(m.info.pooling, pooling);
             assert!(m.info.normalized_by_model);

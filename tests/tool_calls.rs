@@ -335,69 +335,19 @@ fn tiny_llama3() -> &'static Path {
     })
 }
 
-#[test]
-fn a_mistral_v11_call_keeps_its_control_tokens_and_validates_through_the_binary() {
-    let path = tiny_mistral_v11();
+/// Serves the tiny model at `path`, steers it into its call opener `opener` (a control token,
+/// +100 in `logit_bias`) with at most `max_tokens`, and checks the answer whole and streamed:
+/// one call of `weather` whose arguments validate, no content (no control token's text leaked
+/// into it), the streamed arguments the same as the whole answer's. Returns the call.
+fn one_steered_call(path: &Path, opener: &str, max_tokens: u64) -> Value {
     let tok = GenTokenizer::from_gguf(&GgufFile::open(path).unwrap()).unwrap();
     let open = tok
-        .special_id("[TOOL_CALLS]")
-        .expect("[TOOL_CALLS] is a control token");
-    let bias = json!({ open.to_string(): 100 });
-    let server = Proc::spawn(path.to_str().unwrap(), &[]);
-    connect_until_up(server.addr);
-    wait_ready(server.addr);
-
-    let resp = post_json(
-        server.addr,
-        "/v1/chat/completions",
-        &weather_request(Some(&bias), false),
-    );
-    assert_eq!(resp.status, 200, "{}\n{}", resp.text(), server.log());
-    let v = resp.json();
-    let choice = &v["choices"][0];
-    assert_eq!(choice["finish_reason"], "tool_calls", "{v}");
-    let calls = choice["message"]["tool_calls"]
-        .as_array()
-        .expect("tool_calls");
-    assert_eq!(calls.len(), 1, "{v}");
-    assert_eq!(calls[0]["function"]["name"], "weather", "{v}");
-    assert_valid_weather_arguments(&calls[0]["function"]["arguments"]);
-    // The call was the whole answer: no control token's text leaked into the content.
-    assert_eq!(choice["message"]["content"], Value::Null, "{v}");
-    let id = calls[0]["id"].as_str().unwrap();
-    assert!(
-        id.len() == 9 && id.bytes().all(|b| b.is_ascii_alphanumeric()),
-        "a Mistral id: {id}"
-    );
-
-    let body = stream_http10(server.addr, &weather_request(Some(&bias), true));
-    let (streamed, finish) = streamed_tool_calls(&body);
-    assert_eq!(finish, "tool_calls", "{body}");
-    assert_eq!(streamed.len(), 1, "{body}");
-    assert_eq!(
-        streamed[0]["function"]["arguments"],
-        calls[0]["function"]["arguments"]
-    );
-}
-
-/// Llama 3.x's syntax end to end: a template with `<|python_tag|>` is read as Llama 3.x
-/// (`{"name", "parameters"}` calls), steered into `<|python_tag|>` (+100) the lazy grammar
-/// bounds the whitespace the random model prefers and makes the call's `parameters` validate; the answer is one call with no marker in its
-/// content, whole and streamed alike.
-#[test]
-fn a_llama3_call_after_the_python_tag_validates_through_the_binary() {
-    let path = tiny_llama3();
-    let tok = GenTokenizer::from_gguf(&GgufFile::open(path).unwrap()).unwrap();
-    let open = tok
-        .special_id("<|python_tag|>")
-        .expect("<|python_tag|> is a control token");
-    // No bias against whitespace: the random model prefers it after the tag, and the
-    // grammar's bound on it (20 characters) is what makes the call come.
+        .special_id(opener)
+        .unwrap_or_else(|| panic!("{opener} is a control token"));
     let bias = json!({ open.to_string(): 100 });
     let request = |stream: bool| {
         let mut body = weather_request(Some(&bias), stream);
-        // One token per character here: up to 20 of whitespace, the call, 20 more.
-        body["max_tokens"] = json!(120);
+        body["max_tokens"] = json!(max_tokens);
         body
     };
     let server = Proc::spawn(path.to_str().unwrap(), &[]);
@@ -425,7 +375,28 @@ fn a_llama3_call_after_the_python_tag_validates_through_the_binary() {
         streamed[0]["function"]["arguments"],
         calls[0]["function"]["arguments"]
     );
-    assert!(!body.contains("python_tag"), "{body}");
+    assert!(!body.contains(opener), "{body}");
+    calls[0].clone()
+}
+
+#[test]
+fn a_mistral_v11_call_keeps_its_control_tokens_and_validates_through_the_binary() {
+    let call = one_steered_call(tiny_mistral_v11(), "[TOOL_CALLS]", 60);
+    let id = call["id"].as_str().unwrap();
+    assert!(
+        id.len() == 9 && id.bytes().all(|b| b.is_ascii_alphanumeric()),
+        "a Mistral id: {id}"
+    );
+}
+
+/// Llama 3.x's syntax end to end: a template with `<|python_tag|>` is read as Llama 3.x
+/// (`{"name", "parameters"}` calls); steered into `<|python_tag|>`, the random model prefers
+/// whitespace next, and the grammar's bound on it (20 characters) is what makes the call come
+/// (no bias against whitespace here), its `parameters` valid. One token per character in this
+/// vocabulary: up to 20 of whitespace, the call, 20 more fit in 120.
+#[test]
+fn a_llama3_call_after_the_python_tag_validates_through_the_binary() {
+    one_steered_call(tiny_llama3(), "<|python_tag|>", 120);
 }
 
 /// A streamed chat completion's calls, accumulated from their `tool_calls` deltas as a

@@ -29,6 +29,23 @@ use zerobatch::config::ServeConfig;
 use zerobatch::model::tiny::{write_tiny_bert, TinySpec};
 use zerobatch::server::BackgroundServer;
 
+/// Loads the encoder model in `dir` in `dtype`, on the best kernels the CPU has.
+pub fn load_encoder(
+    dir: &std::path::Path,
+    dtype: zerobatch::model::DtypeChoice,
+) -> zerobatch::model::LoadedModel {
+    zerobatch::model::load_with(
+        dir.to_str().unwrap(),
+        "main",
+        zerobatch::model::LoadOptions {
+            dtype,
+            kernel_cap: None,
+        },
+        |_, _| {},
+    )
+    .unwrap()
+}
+
 /// The tiny model's directory, generated once per test binary.
 pub fn tiny_model() -> &'static str {
     static DIR: OnceLock<String> = OnceLock::new();
