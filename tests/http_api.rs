@@ -29,6 +29,11 @@ fn probes_info_docs_and_metrics() {
     );
 
     let info = get(s.addr, "/info").json();
+    // OpenAI's model list: the one model, named as /info names it.
+    let models = get(s.addr, "/v1/models").json();
+    assert_eq!(models["object"], "list", "{models}");
+    assert_eq!(models["data"][0]["id"], info["model_id"], "{models}");
+    assert_eq!(models["data"].as_array().unwrap().len(), 1, "{models}");
     assert_eq!(info["dimensions"], 32);
     assert_eq!(info["max_input_length"], 48);
     assert_eq!(info["task"], "embedding");

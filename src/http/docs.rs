@@ -194,7 +194,10 @@ pub fn openapi() -> &'static Value {
             }
         });
         let paths = doc["paths"].take();
-        doc["paths"] = merge(merge(paths, generation_paths()), scoring_paths());
+        doc["paths"] = merge(
+            merge(merge(paths, generation_paths()), scoring_paths()),
+            models_path(),
+        );
         let schemas = doc["components"]["schemas"].take();
         doc["components"]["schemas"] =
             merge(merge(schemas, generation_schemas()), scoring_schemas());
@@ -208,6 +211,25 @@ fn scoring_errors() -> Value {
         error_response("The loaded model has another task (the message names it and its routes)");
     errors["413"] = error_response("Body over --max-body-bytes, more texts (pairs) than --max-client-batch, or a pair over the model's maximum length with truncate false");
     errors
+}
+
+/// `GET /v1/models` in the OpenAPI document.
+fn models_path() -> Value {
+    let model = json!({ "type": "object", "required": ["id", "object", "created", "owned_by"], "properties": {
+        "id": { "type": "string", "description": "the name /info gives (model_id)" },
+        "object": { "type": "string", "enum": ["model"] },
+        "created": { "type": "integer" },
+        "owned_by": { "type": "string" } } });
+    json!({
+        "/v1/models": { "get": {
+            "summary": "The model this process serves, as OpenAI lists models (client.models.list())",
+            "responses": {
+                "200": { "description": "A list of one model", "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["object", "data"], "properties": {
+                        "object": { "type": "string", "enum": ["list"] },
+                        "data": { "type": "array", "items": model } } } } } },
+                "401": error_response("Missing or wrong API key") } } }
+    })
 }
 
 /// The reranking and classification routes' part of the OpenAPI document.
@@ -438,6 +460,7 @@ fn example(path: &str, method: &hyper::Method, auth: &str) -> String {
         "/v1/jobs" => post(r#"{"route": "/embed", "body": {"inputs": "A man is eating food."}}"#),
         "/v1/jobs/{id}" if delete => format!("curl -s -X DELETE localhost:PORT{path}{auth}"),
         "/healthz" | "/readyz" | "/health" => format!("curl -si localhost:PORT{path}"),
+        "/v1/models" => format!("curl -s localhost:PORT{path}{auth}"),
         _ => format!("curl -s localhost:PORT{path}{auth}"),
     }
 }

@@ -7,7 +7,8 @@
   sentence_similarity(...), which posts TEI's `/similarity` body to `POST /` (checked against
   the cosines of `POST /embed`'s vectors, as is `POST /similarity` itself);
 - openai: OpenAI(base_url=BASE_URL + "/v1").embeddings.create(...) with encoding_format
-  "float" and with the client's default (base64);
+  "float" and with the client's default (base64), and models.list() (the server's one model,
+  named as /info names it);
 - with --api-key: the clients authenticate with it, and a wrong or missing key makes each
   client raise its own 401 error.
 
@@ -158,6 +159,12 @@ def main():
         assert len(set(round(x, 4) for x in want)) > 1, f"the sentences are all alike: {want}"
 
     oa = openai.OpenAI(base_url=base + "/v1", api_key=key or "none", max_retries=0, timeout=60)
+
+    @check("openai models.list() -> GET /v1/models")
+    def _():
+        models = oa.models.list().data
+        assert [m.id for m in models] == [model_id], f"{models} is not [{model_id}]"
+        assert models[0].object == "model" and models[0].owned_by == "zerobatch", models[0]
 
     @check("openai embeddings.create(encoding_format='float')")
     def _():
