@@ -414,21 +414,13 @@ impl SimilarityRequest {
     pub fn parse(body: &[u8], max_client_batch: usize) -> Result<Self, ServiceError> {
         let mut r: Self = from_json(body, SIMILARITY_EXPECTS)?;
         if let Some(p) = r.parameters.take() {
-            let twice = |a: bool, b: bool| a && b;
-            if twice(r.truncate.is_some(), p.truncate.is_some())
-                || twice(r.prompt_name.is_some(), p.prompt_name.is_some())
-                || twice(
-                    r.truncation_direction.is_some(),
-                    p.truncation_direction.is_some(),
-                )
-            {
-                return Err(ServiceError::Invalid(
-                    "an option is given both at the top and under parameters; give it once".into(),
-                ));
-            }
-            r.truncate = r.truncate.or(p.truncate);
-            r.prompt_name = r.prompt_name.or(p.prompt_name);
-            r.truncation_direction = r.truncation_direction.or(p.truncation_direction);
+            r.truncate = once("truncate", r.truncate, p.truncate)?;
+            r.prompt_name = once("prompt_name", r.prompt_name, p.prompt_name)?;
+            r.truncation_direction = once(
+                "truncation_direction",
+                r.truncation_direction,
+                p.truncation_direction,
+            )?;
         }
         check_truncation_direction(r.truncation_direction.as_deref())?;
         check_count_of(
@@ -446,6 +438,16 @@ impl SimilarityRequest {
         texts.extend(self.inputs.sentences);
         texts
     }
+}
+
+/// An option given at the top of a body or under its `parameters`, not both.
+fn once<T>(name: &str, top: Option<T>, nested: Option<T>) -> Result<Option<T>, ServiceError> {
+    if top.is_some() && nested.is_some() {
+        return Err(ServiceError::Invalid(format!(
+            "{name} is given both at the top and under parameters; give it once"
+        )));
+    }
+    Ok(top.or(nested))
 }
 
 /// `/similarity`'s answer from unit vectors, the source sentence's first: its cosine

@@ -14,7 +14,10 @@ use super::ModelError;
 
 /// The rows of a `rows × cols` embedding table.
 pub enum EmbeddingTable {
-    F32(Weight),
+    F32 {
+        weight: Weight,
+        cols: usize,
+    },
     /// bf16 values at byte `start` of the mapping.
     Bf16 {
         map: Arc<Mmap>,
@@ -36,7 +39,8 @@ impl EmbeddingTable {
         let (file, full) = names.full(name);
         let raw = file.raw(&full)?;
         if raw.dtype != Dtype::BF16 {
-            return names.get(name, &[rows, cols]).map(EmbeddingTable::F32);
+            let weight = names.get(name, &[rows, cols])?;
+            return Ok(EmbeddingTable::F32 { weight, cols });
         }
         if raw.shape != [rows, cols] {
             return Err(ModelError::Weights(format!(
@@ -57,9 +61,8 @@ impl EmbeddingTable {
     /// Appends row `id` (as f32) to `out`; `false` when the table has no such row.
     pub fn push_row(&self, id: usize, out: &mut Vec<f32>) -> bool {
         match self {
-            EmbeddingTable::F32(w) => {
-                let cols = w.shape().get(1).copied().unwrap_or(0);
-                match w.as_slice().get(id * cols..(id + 1) * cols) {
+            EmbeddingTable::F32 { weight, cols } => {
+                match weight.as_slice().get(id * cols..(id + 1) * cols) {
                     Some(row) => {
                         out.extend_from_slice(row);
                         true
