@@ -139,8 +139,8 @@ fn bench_forward(c: &mut Criterion) {
 }
 
 /// One MiniLM-sized linear layer (384 → 1536) by rows, on one thread: f32 (the in-place dot
-/// kernel against gemm, the measurement behind `kernels::SMALL_M`), then bf16 and int8 on
-/// every kernel path this CPU has. 856 rows = 8 passages of 107 tokens. The f32 rows also
+/// kernel against gemm, the measurement behind `kernels::SMALL_M`, and the packed f32 layer
+/// the models run), then bf16 and int8 on every kernel path this CPU has. 856 rows = 8 passages of 107 tokens. The f32 rows also
 /// run on two threads of a team (`-threads2`), as a lone batch runs in the pool.
 fn bench_linear(c: &mut Criterion) {
     use zerobatch::kernels::{
@@ -154,7 +154,7 @@ fn bench_linear(c: &mut Criterion) {
     let parts = [LinearPart { w: &w, b: &b }];
     let packed: Vec<(Dtype, PackedLinear)> = [Dtype::Bf16, Dtype::Int8]
         .into_iter()
-        .map(|d| (d, PackedLinear::pack(d, &w, &b, k).unwrap().unwrap()))
+        .map(|d| (d, PackedLinear::pack(d, &w, &b, k).unwrap()))
         .collect();
     let levels: Vec<KernelLevel> = KernelLevel::ALL
         .into_iter()
@@ -166,7 +166,7 @@ fn bench_linear(c: &mut Criterion) {
         .sample_size(20)
         .warm_up_time(std::time::Duration::from_millis(300))
         .measurement_time(std::time::Duration::from_secs(1));
-    for m in [1usize, 8, 16, 32, 64, 128, 856] {
+    for m in [1usize, 8, 16, 32, 64, 96, 128, 856] {
         let x: Vec<f32> = (0..m * k)
             .map(|i| ((i * 17 % 89) as f32 - 44.0) / 89.0)
             .collect();
@@ -187,6 +187,12 @@ fn bench_linear(c: &mut Criterion) {
                 },
             );
         }
+        let f32_packed = PackedLinear::pack(Dtype::F32, &w, &b, k).unwrap();
+        group.bench_with_input(BenchmarkId::new("f32-packed", m), &m, |bch, &m| {
+            bch.iter(|| {
+                f32_packed.forward(&x, m, &mut out, KernelLevel::detected(), 1, Epilogue::Bias)
+            })
+        });
         for (dtype, layer) in &packed {
             for &level in &levels {
                 group.bench_with_input(
@@ -196,6 +202,57 @@ fn bench_linear(c: &mut Criterion) {
                 );
             }
         }
+    }
+    group.finish();
+}
+
+/// The f32 products of a MiniLM layer as the encoder runs them on a rerank batch (20 pairs of
+/// 102 tokens: 2,040 rows), one thread: the fused Q/K/V (384 → 1152) over all rows, and the
+/// feed-forward's up (384 → 1536) and down (1536 → 384) in blocks of 96 rows
+/// (`model::bert_ops::BLOCK_ROWS`); gemm (weights packed at every call) against the weights
+/// packed at load. `cargo bench --bench forward -- f32-shapes`.
+fn bench_f32_shapes(c: &mut Criterion) {
+    use zerobatch::kernels::{
+        linear_with, Dtype, Epilogue, KernelLevel, LinearPart, MatmulKernel, PackedLinear,
+    };
+    let rows = 2040;
+    let mut group = c.benchmark_group("f32-shapes");
+    group
+        .sample_size(10)
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2));
+    for (name, k, n, block) in [
+        ("qkv", 384, 1152, rows),
+        ("up", 384, 1536, 96),
+        ("down", 1536, 384, 96),
+    ] {
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 31 % 97) as f32 - 48.0) / 97.0)
+            .collect();
+        let b = vec![0.1f32; n];
+        let x: Vec<f32> = (0..rows * k)
+            .map(|i| ((i * 17 % 89) as f32 - 44.0) / 89.0)
+            .collect();
+        let mut out = vec![0.0f32; rows * n];
+        let parts = [LinearPart { w: &w, b: &b }];
+        let packed = PackedLinear::pack(Dtype::F32, &w, &b, k).unwrap();
+        group.throughput(Throughput::Elements((2 * rows * k * n) as u64));
+        group.bench_function(BenchmarkId::new("gemm", name), |bch| {
+            bch.iter(|| {
+                for (x, out) in x.chunks(block * k).zip(out.chunks_mut(block * n)) {
+                    let m = x.len() / k;
+                    linear_with(x, m, k, &parts, out, 1, MatmulKernel::Gemm)
+                }
+            })
+        });
+        group.bench_function(BenchmarkId::new("packed", name), |bch| {
+            bch.iter(|| {
+                for (x, out) in x.chunks(block * k).zip(out.chunks_mut(block * n)) {
+                    let m = x.len() / k;
+                    packed.forward(x, m, out, KernelLevel::detected(), 1, Epilogue::Bias)
+                }
+            })
+        });
     }
     group.finish();
 }
@@ -227,7 +284,7 @@ fn bench_bf16_levels(c: &mut Criterion) {
             .map(|i| ((i * 31 % 97) as f32 - 48.0) / 97.0)
             .collect();
         let b = vec![0.1f32; n];
-        let layer = PackedLinear::pack(Dtype::Bf16, &w, &b, k).unwrap().unwrap();
+        let layer = PackedLinear::pack(Dtype::Bf16, &w, &b, k).unwrap();
         for m in [512usize, 6848] {
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 17 % 89) as f32 - 44.0) / 89.0)
@@ -303,5 +360,11 @@ fn bench_bf16_levels(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_linear, bench_forward, bench_bf16_levels);
+criterion_group!(
+    benches,
+    bench_linear,
+    bench_f32_shapes,
+    bench_forward,
+    bench_bf16_levels
+);
 criterion_main!(benches);

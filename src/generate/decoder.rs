@@ -8,9 +8,7 @@
 use super::kv_cache::{CacheShape, KvCache, KvElem, KvLayer};
 use crate::kernels::team::parallel_for;
 use crate::kernels::tiles::SharedOut;
-use crate::kernels::{
-    self, CausalShape, Dtype, Epilogue, KernelLevel, KvRows, LinearPart, PackedLinear,
-};
+use crate::kernels::{self, CausalShape, Dtype, Epilogue, KernelLevel, KvRows, PackedLinear};
 
 /// The sizes the front end and the engine need to know.
 #[derive(Debug, Clone, Copy)]
@@ -64,75 +62,19 @@ pub(super) fn formats_of<'a>(layers: impl IntoIterator<Item = &'a Linear>) -> St
 }
 
 /// A linear layer (with its bias, zero for layers that have none) in the format chosen at
-/// load: f32 in place, or packed for the bf16, int8 or 4-bit kernels.
-pub(super) enum Linear {
-    F32 { w: Vec<f32>, b: Vec<f32> },
-    Packed(PackedLinear),
-}
+/// load: f32 in panels, or packed for the bf16, int8 or 4-bit kernels.
+pub(super) type Linear = PackedLinear;
 
-impl Linear {
-    /// `w` is `n×k` (PyTorch layout), `b` has `n` values; `w` is only copied for f32.
-    pub(super) fn new(dtype: Dtype, w: &[f32], b: Vec<f32>, k: usize) -> Result<Self, String> {
-        if k == 0 || w.len() != b.len() * k {
-            return Err(format!(
-                "{} weights do not make {} rows of {k}",
-                w.len(),
-                b.len()
-            ));
-        }
-        Ok(match PackedLinear::pack(dtype, w, &b, k)? {
-            Some(p) => Linear::Packed(p),
-            None => Linear::F32 { w: w.to_vec(), b },
-        })
+/// The layer of `w` (`n×k`, PyTorch layout) and `b` (`n` values), packed for `dtype`.
+pub(super) fn linear(dtype: Dtype, w: &[f32], b: Vec<f32>, k: usize) -> Result<Linear, String> {
+    if k == 0 || w.len() != b.len() * k {
+        return Err(format!(
+            "{} weights do not make {} rows of {k}",
+            w.len(),
+            b.len()
+        ));
     }
-
-    /// The number format the layer runs in (`f32`, `bf16`, `int8`, `q4_0`, `q4_1`).
-    pub(super) fn format_name(&self) -> &'static str {
-        match self {
-            Linear::F32 { .. } => "f32",
-            Linear::Packed(p) => p.format_name(),
-        }
-    }
-
-    /// Output columns.
-    pub(super) fn n(&self) -> usize {
-        match self {
-            Linear::F32 { b, .. } => b.len(),
-            Linear::Packed(p) => p.n(),
-        }
-    }
-
-    /// Bytes held.
-    pub(super) fn bytes(&self) -> usize {
-        match self {
-            Linear::F32 { w, b } => 4 * (w.len() + b.len()),
-            Linear::Packed(p) => p.bytes(),
-        }
-    }
-
-    /// `out[m×n] = epilogue(x[m×k] · Wᵀ + b)`.
-    pub(super) fn forward(
-        &self,
-        x: &[f32],
-        m: usize,
-        out: &mut [f32],
-        level: KernelLevel,
-        threads: usize,
-        epilogue: Epilogue,
-    ) {
-        match self {
-            Linear::F32 { w, b } => {
-                let k = x.len().checked_div(m).unwrap_or(0);
-                kernels::linear(x, m, k, &[LinearPart { w, b }], out, threads);
-                match epilogue {
-                    Epilogue::Bias => {}
-                    Epilogue::BiasGelu => kernels::gelu_at(out, level),
-                    Epilogue::BiasGeluTanh => kernels::gelu_tanh_at(out, level),
-                }
-            }
-            Linear::Packed(p) => p.forward(x, m, out, level, threads, epilogue),
-        }
-    }
+    PackedLinear::pack(dtype, w, &b, k)
 }
 
 /// One sequence's part of a step: the tokens to run (at positions `cache.len()..`), and

@@ -30,7 +30,7 @@ impl TokenEmbeddings {
     pub(super) fn row(&self, head: &Linear, id: usize) -> Option<Vec<f32>> {
         match (self, head) {
             (TokenEmbeddings::Stored(t), _) => t.row(id),
-            (TokenEmbeddings::TiedHead, Linear::Packed(PackedLinear::Int8(l))) => l.weight_row(id),
+            (TokenEmbeddings::TiedHead, PackedLinear::Int8(l)) => l.weight_row(id),
             // `load` makes `TiedHead` only beside an int8 head.
             (TokenEmbeddings::TiedHead, _) => None,
         }
@@ -85,7 +85,7 @@ pub(super) fn load_head_and_embeddings(
     )?;
     let from_head = tied
         && file.tensor_type(TABLE) == Some(GgmlDType::Q8_0)
-        && matches!(head, Linear::Packed(PackedLinear::Int8(_)));
+        && matches!(head, PackedLinear::Int8(_));
     let table = if from_head {
         TokenEmbeddings::TiedHead
     } else {
@@ -165,7 +165,7 @@ fn convert_linear(
                 stacked.push(file.bytes(name, &[*rows, k])?.0);
             }
             let layer = Q4Linear::from_parts(*format, &stacked, &bias, k).map_err(error)?;
-            return Ok(Linear::Packed(PackedLinear::Q4(layer)));
+            return Ok(PackedLinear::Q4(layer));
         }
     }
     if dtype == Dtype::Int8 && types.iter().all(|t| *t == Some(GgmlDType::Q8_0)) {
@@ -182,7 +182,7 @@ fn convert_linear(
             }
         };
         let layer = kernels::Int8Linear::from_q8_0(&bytes, &bias, k).map_err(error)?;
-        return Ok(Linear::Packed(PackedLinear::Int8(layer)));
+        return Ok(PackedLinear::Int8(layer));
     }
     if dtype == Dtype::Int8 {
         // Row by row: never the whole weight in f32 (the LM head of a 150k-token vocabulary
@@ -207,11 +207,11 @@ fn convert_linear(
         if let Some(why) = bad.into_inner().unwrap_or_else(|p| p.into_inner()) {
             return Err(error(why));
         }
-        return Ok(Linear::Packed(PackedLinear::Int8(layer)));
+        return Ok(PackedLinear::Int8(layer));
     }
     let mut w = Vec::with_capacity(n * k);
     for (name, rows) in parts {
         w.extend(file.f32(name, &[*rows, k])?);
     }
-    Linear::new(dtype, &w, bias, k).map_err(error)
+    super::decoder::linear(dtype, &w, bias, k).map_err(error)
 }

@@ -240,7 +240,7 @@ impl Tensors {
                 t[j * k + i] = v;
             }
         }
-        Linear::new(dtype, &t, b, k).map_err(|e| ModelError::Weights(format!("{name}: {e}")))
+        decoder::linear(dtype, &t, b, k).map_err(|e| ModelError::Weights(format!("{name}: {e}")))
     }
 }
 
@@ -297,7 +297,7 @@ impl Gpt2 {
                 None
             };
             let head = untied.as_ref().unwrap_or(&wte).as_slice();
-            Linear::new(dtype, head, vec![0.0; vocab], d)
+            decoder::linear(dtype, head, vec![0.0; vocab], d)
                 .map_err(|e| ModelError::Weights(format!("lm_head: {e}")))
         };
         let (lm_head, blocks) =

@@ -5,7 +5,9 @@
 //!
 //! - [`cpu`]: which instruction sets may run ([`KernelLevel`], detected once, optionally capped);
 //!   `dispatch.rs` compiles one loop body per instruction set and picks one at run time;
-//! - [`linear_f32`]: the f32 linear layer on weights used in place;
+//! - [`linear_f32`]: the f32 linear layer on weights used in place (small heads);
+//! - [`f32_packed`]: the f32 linear layer on weights packed at load (the encoders' and
+//!   decoders' layers);
 //! - [`activations`]: residual + LayerNorm, exact and tanh GELU (on the vectorisable math of
 //!   `math.rs`);
 //! - [`attention`]: multi-head attention over a fused QKV projection, padding skipped;
@@ -35,6 +37,7 @@ pub mod bf16;
 pub mod causal_attention;
 pub mod cpu;
 mod dispatch;
+pub mod f32_packed;
 pub mod int8;
 pub mod linear_f32;
 mod math;
@@ -56,6 +59,7 @@ pub use attention::{attention, attention_at, attention_with, AttentionShape, Pro
 pub use bf16::Bf16Linear;
 pub use causal_attention::{causal_attention, CausalShape, KvRows, KvValue};
 pub use cpu::KernelLevel;
+pub use f32_packed::F32Linear;
 pub use int8::Int8Linear;
 pub use linear_f32::{linear, linear_with, LinearPart, MatmulKernel, SMALL_M};
 pub use q4::{Q4Format, Q4Linear};
@@ -103,8 +107,10 @@ impl FromStr for Dtype {
     }
 }
 
-/// A linear layer whose weights were converted at load into a packed low-precision format.
+/// A linear layer whose weights were converted at load into a packed format: f32 in panels,
+/// bf16, int8, or GGUF's 4-bit blocks.
 pub enum PackedLinear {
+    F32(F32Linear),
     Bf16(Bf16Linear),
     Int8(Int8Linear),
     /// GGUF 4-bit weights kept as they are (generation models).
@@ -115,6 +121,7 @@ impl PackedLinear {
     /// The number format the layer runs in, as `/info` and the logs name it.
     pub fn format_name(&self) -> &'static str {
         match self {
+            PackedLinear::F32(_) => "f32",
             PackedLinear::Bf16(_) => "bf16",
             PackedLinear::Int8(_) => "int8",
             PackedLinear::Q4(q) => match q.format() {
@@ -125,23 +132,24 @@ impl PackedLinear {
         }
     }
 
-    /// Packs `w` (`n×k`, PyTorch layout, `n = bias.len()`) for `dtype`; `None` for f32, which
-    /// runs on the weights in place.
+    /// Packs `w` (`n×k`, PyTorch layout, `n = bias.len()`) for `dtype`.
     ///
     /// # Errors
     ///
-    /// When the sizes do not fit (see [`Bf16Linear::pack`], [`Int8Linear::quantize`]).
-    pub fn pack(dtype: Dtype, w: &[f32], bias: &[f32], k: usize) -> Result<Option<Self>, String> {
+    /// When the sizes do not fit (see [`F32Linear::pack`], [`Bf16Linear::pack`],
+    /// [`Int8Linear::quantize`]).
+    pub fn pack(dtype: Dtype, w: &[f32], bias: &[f32], k: usize) -> Result<Self, String> {
         Ok(match dtype {
-            Dtype::F32 => None,
-            Dtype::Bf16 => Some(PackedLinear::Bf16(Bf16Linear::pack(w, bias, k)?)),
-            Dtype::Int8 => Some(PackedLinear::Int8(Int8Linear::quantize(w, bias, k)?)),
+            Dtype::F32 => PackedLinear::F32(F32Linear::pack(w, bias, k)?),
+            Dtype::Bf16 => PackedLinear::Bf16(Bf16Linear::pack(w, bias, k)?),
+            Dtype::Int8 => PackedLinear::Int8(Int8Linear::quantize(w, bias, k)?),
         })
     }
 
     /// Output columns.
     pub fn n(&self) -> usize {
         match self {
+            PackedLinear::F32(l) => l.n(),
             PackedLinear::Bf16(l) => l.n(),
             PackedLinear::Int8(l) => l.n(),
             PackedLinear::Q4(l) => l.n(),
@@ -151,6 +159,7 @@ impl PackedLinear {
     /// Input columns.
     pub fn k(&self) -> usize {
         match self {
+            PackedLinear::F32(l) => l.k(),
             PackedLinear::Bf16(l) => l.k(),
             PackedLinear::Int8(l) => l.k(),
             PackedLinear::Q4(l) => l.k(),
@@ -173,14 +182,15 @@ impl PackedLinear {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         match self {
+            PackedLinear::F32(l) => l.bytes(),
             PackedLinear::Bf16(l) => l.bytes(),
             PackedLinear::Int8(l) => l.bytes(),
             PackedLinear::Q4(l) => l.bytes(),
         }
     }
 
-    /// `out[m×n] = x[m×k] · Wᵀ + b`, then the epilogue (see [`Bf16Linear::forward`],
-    /// [`Int8Linear::forward`]).
+    /// `out[m×n] = x[m×k] · Wᵀ + b`, then the epilogue (see [`F32Linear::forward`],
+    /// [`Bf16Linear::forward`], [`Int8Linear::forward`]).
     pub fn forward(
         &self,
         x: &[f32],
@@ -191,6 +201,7 @@ impl PackedLinear {
         epilogue: Epilogue,
     ) {
         match self {
+            PackedLinear::F32(l) => l.forward(x, m, out, level, threads, epilogue),
             PackedLinear::Bf16(l) => l.forward(x, m, out, level, threads, epilogue),
             PackedLinear::Int8(l) => l.forward(x, m, out, level, threads, epilogue),
             PackedLinear::Q4(l) => l.forward(x, m, out, level, threads, epilogue),
@@ -205,12 +216,12 @@ mod tests {
 
     #[test]
     fn the_gelu_epilogue_equals_gelu_after_the_bias() {
-        for dtype in [Dtype::Bf16, Dtype::Int8] {
+        for dtype in Dtype::ALL {
             for (m, n, k) in [(1, 16, 8), (5, 40, 33), (100, 48, 64)] {
                 let x = test_values(41, m * k);
                 let w = test_values(42, n * k);
                 let b = test_values(43, n);
-                let layer = PackedLinear::pack(dtype, &w, &b, k).unwrap().unwrap();
+                let layer = PackedLinear::pack(dtype, &w, &b, k).unwrap();
                 for level in KernelLevel::ALL {
                     if level > KernelLevel::detected() {
                         continue;

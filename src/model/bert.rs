@@ -2,10 +2,11 @@
 //! shape) as a candle forward pass on the CPU, built from the fused kernels of
 //! `crate::kernels`.
 //!
-//! Weights are used in place from the memory-mapped `model.safetensors` (see `weights.rs`),
-//! shared by every worker thread; activations are candle tensors that flow through the custom
-//! ops of `bert_ops.rs`. The Q, K and V projections run as one linear op with three parts (one
-//! pass over the input), and the position and token-type-0 embeddings are summed once at load;
+//! The linear layers are packed at load for the model's dtype (f32 too: panels that the
+//! kernels read without repacking at every call), the embeddings and norms read in place from
+//! the memory-mapped `model.safetensors` (see `weights.rs`); all shared by every worker
+//! thread. Activations are candle tensors that flow through the custom ops of `bert_ops.rs`.
+//! The Q, K and V projections run as one linear layer (one pass over the input), and the position and token-type-0 embeddings are summed once at load;
 //! the second text of a pair (token type 1) adds the difference of the two type embeddings.
 //!
 //! `BertForSequenceClassification` checkpoints (cross-encoder rerankers, classifiers) load the
@@ -18,7 +19,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::bert_ops::{AddLayerNorm, Attention, Linear, LinearWeights, ProjectAddNorm};
+use super::bert_ops::{AddLayerNorm, Attention, Linear, ProjectAddNorm};
 use super::weights::{Names, Weight, WeightFile};
 use super::{EncoderInput, ModelError};
 use crate::kernels::{AttentionShape, Dtype, KernelLevel, LinearPart, PackedLinear, Products};
@@ -56,23 +57,13 @@ impl Norm {
     }
 }
 
-/// A layer's four linear layers, in the model's dtype.
-enum Linears {
-    /// Used in place from the mapping. The Q, K and V projections run as one linear op with
-    /// three parts.
-    F32 {
-        qkv: [Dense; 3],
-        out: Dense,
-        up: Dense,
-        down: Dense,
-    },
-    /// Converted at load; Q, K and V concatenated into one layer.
-    Packed {
-        qkv: PackedLinear,
-        out: PackedLinear,
-        up: PackedLinear,
-        down: PackedLinear,
-    },
+/// A layer's four linear layers, packed at load for the model's dtype; Q, K and V
+/// concatenated into one layer.
+struct Linears {
+    qkv: PackedLinear,
+    out: PackedLinear,
+    up: PackedLinear,
+    down: PackedLinear,
 }
 
 struct Layer {
@@ -132,8 +123,7 @@ impl<'a> Names<'a> {
 
 impl Bert {
     /// Maps `model.safetensors`, checks every tensor's shape against the config, and packs the
-    /// linear layers for `dtype` (f32 runs on the mapping in place); packed layers run on the
-    /// kernel path `level`.
+    /// linear layers for `dtype`, to run on the kernel path `level`.
     pub fn load(
         config: BertConfig,
         weights: &Path,
@@ -201,38 +191,32 @@ impl Bert {
             let out = w.dense(&format!("{p}.attention.output.dense"), h, h)?;
             let up = w.dense(&format!("{p}.intermediate.dense"), i, h)?;
             let down = w.dense(&format!("{p}.output.dense"), h, i)?;
-            let linears = if dtype == Dtype::F32 {
-                Linears::F32 { qkv, out, up, down }
+            let pack = |dtype: Dtype, w: &[f32], b: &[f32], k: usize| {
+                PackedLinear::pack(dtype, w, b, k).map_err(ModelError::Weights)
+            };
+            let cat = |f: fn(&Dense) -> &[f32]| -> Vec<f32> {
+                qkv.iter().flat_map(|d| f(d).iter().copied()).collect()
+            };
+            // int8 keeps the Q, K and V projections in bf16: their error is amplified by
+            // the attention logits. Measured on MiniLM against sentence-transformers
+            // (lowest cosine over the reference set): all int8 0.99895; with Q/K/V in bf16
+            // 0.99949; with the up, down or output projection in bf16 instead 0.99932,
+            // 0.99915, 0.99882 (docs/benchmarks.md).
+            let qkv_dtype = if dtype == Dtype::Int8 {
+                Dtype::Bf16
             } else {
-                let pack = |w: &[f32], b: &[f32], k: usize| {
-                    PackedLinear::pack(dtype, w, b, k)
-                        .map_err(ModelError::Weights)?
-                        .ok_or_else(|| ModelError::Weights(format!("{dtype} packs nothing")))
-                };
-                let cat = |f: fn(&Dense) -> &[f32]| -> Vec<f32> {
-                    qkv.iter().flat_map(|d| f(d).iter().copied()).collect()
-                };
-                // int8 keeps the Q, K and V projections in bf16: their error is amplified by
-                // the attention logits. Measured on MiniLM against sentence-transformers
-                // (lowest cosine over the reference set): all int8 0.99895; with Q/K/V in bf16
-                // 0.99949; with the up, down or output projection in bf16 instead 0.99932,
-                // 0.99915, 0.99882 (docs/benchmarks.md).
-                let qkv_dtype = if dtype == Dtype::Int8 {
-                    Dtype::Bf16
-                } else {
-                    dtype
-                };
-                let pack_qkv = |w: &[f32], b: &[f32]| {
-                    PackedLinear::pack(qkv_dtype, w, b, h)
-                        .map_err(ModelError::Weights)?
-                        .ok_or_else(|| ModelError::Weights(format!("{qkv_dtype} packs nothing")))
-                };
-                Linears::Packed {
-                    qkv: pack_qkv(&cat(|d| d.w.as_slice()), &cat(|d| d.b.as_slice()))?,
-                    out: pack(out.w.as_slice(), out.b.as_slice(), h)?,
-                    up: pack(up.w.as_slice(), up.b.as_slice(), h)?,
-                    down: pack(down.w.as_slice(), down.b.as_slice(), i)?,
-                }
+                dtype
+            };
+            let linears = Linears {
+                qkv: pack(
+                    qkv_dtype,
+                    &cat(|d| d.w.as_slice()),
+                    &cat(|d| d.b.as_slice()),
+                    h,
+                )?,
+                out: pack(dtype, out.w.as_slice(), out.b.as_slice(), h)?,
+                up: pack(dtype, up.w.as_slice(), up.b.as_slice(), h)?,
+                down: pack(dtype, down.w.as_slice(), down.b.as_slice(), i)?,
             };
             layers.push(Layer {
                 linears,
@@ -240,12 +224,10 @@ impl Bert {
                 ffn_norm: w.norm(&format!("{p}.output.LayerNorm"), h)?,
             });
         }
-        if dtype != Dtype::F32 {
-            // The f32 linear weights were read once to pack them; let their pages go from this
-            // process's resident set (they are still the page cache's, and anything still
-            // used from the mapping faults back in).
-            file.release_resident_pages();
-        }
+        // The linear weights were read once to pack them; let their pages go from this
+        // process's resident set (they are still the page cache's, and anything still used
+        // from the mapping faults back in).
+        file.release_resident_pages();
         Ok(Self {
             config,
             dtype,
@@ -403,42 +385,19 @@ impl Bert {
             },
         };
         for layer in &self.layers {
-            // The f32 parts live here, so that the ops can borrow them.
-            let f32_parts;
-            let [qkv_w, out_w, up_w, down_w] = match &layer.linears {
-                Linears::F32 { qkv, out, up, down } => {
-                    f32_parts = (
-                        [qkv[0].part(), qkv[1].part(), qkv[2].part()],
-                        [out.part()],
-                        [up.part()],
-                        [down.part()],
-                    );
-                    [
-                        LinearWeights::F32(&f32_parts.0),
-                        LinearWeights::F32(&f32_parts.1),
-                        LinearWeights::F32(&f32_parts.2),
-                        LinearWeights::F32(&f32_parts.3),
-                    ]
-                }
-                Linears::Packed { qkv, out, up, down } => [
-                    LinearWeights::Packed(qkv),
-                    LinearWeights::Packed(out),
-                    LinearWeights::Packed(up),
-                    LinearWeights::Packed(down),
-                ],
-            };
+            let Linears { qkv, out, up, down } = &layer.linears;
             let linear = |weights| Linear {
                 weights,
                 threads,
                 level: self.level,
             };
             x = (|| {
-                let qkv = x.apply_op1_no_bwd(&linear(qkv_w))?;
+                let qkv = x.apply_op1_no_bwd(&linear(qkv))?;
                 let context = qkv.apply_op1_no_bwd(&attention)?;
                 let attended = context.apply_op2_no_bwd(
                     &x,
                     &ProjectAddNorm {
-                        first: out_w,
+                        first: out,
                         gelu: false,
                         second: None,
                         norm: layer.attn_norm.op(eps),
@@ -449,9 +408,9 @@ impl Bert {
                 attended.apply_op2_no_bwd(
                     &attended,
                     &ProjectAddNorm {
-                        first: up_w,
+                        first: up,
                         gelu: true,
-                        second: Some(down_w),
+                        second: Some(down),
                         norm: layer.ffn_norm.op(eps),
                         threads,
                         level: self.level,

@@ -20,8 +20,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
 
 use crate::kernels::{
-    self, add_layer_norm, attention_with, gelu_at, linear, AttentionShape, Epilogue, KernelLevel,
-    LinearPart, PackedLinear, Products,
+    self, add_layer_norm, attention_with, AttentionShape, Epilogue, KernelLevel, PackedLinear,
+    Products,
 };
 
 /// The f32 values of a contiguous tensor (`what` names it in errors).
@@ -36,18 +36,10 @@ fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]
     }
 }
 
-/// The weights of a [`Linear`] op: f32 parts read in place, or one packed layer (bf16 or
-/// int8) run on the given kernel path.
-#[derive(Clone, Copy)]
-pub enum LinearWeights<'a> {
-    F32(&'a [LinearPart<'a>]),
-    Packed(&'a PackedLinear),
-}
-
 /// A linear layer as a candle op: `x[m×k] → [m × Σn]`, see [`linear`] and
 /// [`PackedLinear::forward`].
 pub struct Linear<'a> {
-    pub weights: LinearWeights<'a>,
+    pub weights: &'a PackedLinear,
     /// Threads the matmul may use for this call (1: run on the calling thread only).
     pub threads: usize,
     /// The kernel path of packed layers, and the widest vectors of GELU.
@@ -76,7 +68,6 @@ impl CustomOp1 for Linear<'_> {
             self.weights,
             x,
             m,
-            k,
             &mut out,
             self.threads,
             false,
@@ -88,46 +79,26 @@ impl CustomOp1 for Linear<'_> {
 
 /// Runs `weights` on `m × k` values of `x` into `out` (`m × n`, sizes checked by the
 /// caller), GELU fused when `gelu`.
-#[allow(clippy::too_many_arguments)]
 fn run_linear(
-    weights: LinearWeights<'_>,
+    weights: &PackedLinear,
     x: &[f32],
     m: usize,
-    k: usize,
     out: &mut [f32],
     threads: usize,
     gelu: bool,
     level: KernelLevel,
 ) {
-    match weights {
-        LinearWeights::F32(parts) => {
-            linear(x, m, k, parts, out, threads);
-            if gelu {
-                gelu_at(out, level);
-            }
-        }
-        LinearWeights::Packed(p) => {
-            let epilogue = if gelu {
-                Epilogue::BiasGelu
-            } else {
-                Epilogue::Bias
-            };
-            p.forward(x, m, out, level, threads, epilogue)
-        }
-    }
+    let epilogue = if gelu {
+        Epilogue::BiasGelu
+    } else {
+        Epilogue::Bias
+    };
+    weights.forward(x, m, out, level, threads, epilogue)
 }
 
 /// The output width of `weights`, if `k` inputs fit them.
-fn linear_width(weights: LinearWeights<'_>, k: usize) -> Option<usize> {
-    match weights {
-        LinearWeights::F32(parts) => {
-            let fits = parts
-                .iter()
-                .all(|p| p.b.len().checked_mul(k) == Some(p.w.len()));
-            kernels::linear_f32::output_width(parts).filter(|_| fits)
-        }
-        LinearWeights::Packed(p) => (p.k() == k).then(|| p.n()),
-    }
+fn linear_width(weights: &PackedLinear, k: usize) -> Option<usize> {
+    (weights.k() == k).then(|| weights.n())
 }
 
 /// Rows of one block of [`ProjectAddNorm`]: a feed-forward block's `rows × intermediate`
@@ -137,11 +108,8 @@ fn linear_width(weights: LinearWeights<'_>, k: usize) -> Option<usize> {
 pub const BLOCK_ROWS: usize = 96;
 
 /// The rows of a block for `weights` on `level` (see [`BLOCK_ROWS`]).
-fn block_rows(weights: LinearWeights<'_>, level: KernelLevel) -> usize {
-    match weights {
-        LinearWeights::F32(_) => BLOCK_ROWS,
-        LinearWeights::Packed(p) => p.block_rows(level).max(BLOCK_ROWS),
-    }
+fn block_rows(weights: &PackedLinear, level: KernelLevel) -> usize {
+    weights.block_rows(level).max(BLOCK_ROWS)
 }
 
 /// `(x, residual) → LayerNorm(second(first(x)) + residual)`, one block of [`BLOCK_ROWS`] rows
@@ -156,10 +124,10 @@ fn block_rows(weights: LinearWeights<'_>, level: KernelLevel) -> usize {
 /// thread its own blocks (no synchronisation inside a block); a batch of one or two blocks
 /// splits each product over the threads instead.
 pub struct ProjectAddNorm<'a> {
-    pub first: LinearWeights<'a>,
+    pub first: &'a PackedLinear,
     /// Whether GELU follows the first product (fused into its store).
     pub gelu: bool,
-    pub second: Option<LinearWeights<'a>>,
+    pub second: Option<&'a PackedLinear>,
     pub norm: AddLayerNorm<'a>,
     pub threads: usize,
     /// The kernel path of packed layers, and the widest vectors of GELU.
@@ -212,10 +180,10 @@ impl ProjectAddNorm<'_> {
             match self.second {
                 Some(second) => {
                     let between = &mut between[..m * inner];
-                    run_linear(self.first, x, m, k, between, threads, self.gelu, self.level);
-                    run_linear(second, between, m, inner, out, threads, false, self.level);
+                    run_linear(self.first, x, m, between, threads, self.gelu, self.level);
+                    run_linear(second, between, m, out, threads, false, self.level);
                 }
-                None => run_linear(self.first, x, m, k, out, threads, self.gelu, self.level),
+                None => run_linear(self.first, x, m, out, threads, self.gelu, self.level),
             }
             add_layer_norm(
                 out,
@@ -398,30 +366,19 @@ mod tests {
             assert!(qkv.apply_op1_no_bwd(&op).is_err(), "{:?}", op.shape);
         }
         let x = Tensor::from_vec(vec![1.0f32; 6], (2, 3), &Device::Cpu).unwrap();
-        let (w, b) = (vec![0.5f32; 8], vec![0.0f32; 2]);
-        let parts = [LinearPart { w: &w, b: &b }];
-        let op = Linear {
-            weights: LinearWeights::F32(&parts),
-            threads: 1,
-            level: KernelLevel::detected(),
-        };
-        assert!(
-            x.apply_op1_no_bwd(&op).is_err(),
-            "weights for k = 4, input k = 3"
-        );
-        let w = vec![0.5f32; 6];
-        let parts = [LinearPart { w: &w, b: &b }];
-        let op = Linear {
-            weights: LinearWeights::F32(&parts),
-            threads: 1,
-            level: KernelLevel::detected(),
-        };
-        let y = x.apply_op1_no_bwd(&op).unwrap();
-        assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![1.5, 1.5]; 2]);
-        for dtype in [crate::kernels::Dtype::Bf16, crate::kernels::Dtype::Int8] {
-            let packed = PackedLinear::pack(dtype, &w, &b, 3).unwrap().unwrap();
+        let b = vec![0.0f32; 2];
+        for dtype in crate::kernels::Dtype::ALL {
+            // Weights for k = 4 against an input of k = 3.
+            let packed = PackedLinear::pack(dtype, &[0.5f32; 8], &b, 4).unwrap();
             let op = Linear {
-                weights: LinearWeights::Packed(&packed),
+                weights: &packed,
+                threads: 1,
+                level: KernelLevel::detected(),
+            };
+            assert!(x.apply_op1_no_bwd(&op).is_err(), "{dtype}: input k = 3");
+            let packed = PackedLinear::pack(dtype, &[0.5f32; 6], &b, 3).unwrap();
+            let op = Linear {
+                weights: &packed,
                 threads: 1,
                 level: KernelLevel::detected(),
             };
@@ -493,29 +450,18 @@ mod project_add_norm_tests {
             beta: &beta,
             eps: 1e-5,
         };
-        let up_parts = [LinearPart { w: &up_w, b: &up_b }];
-        let down_parts = [LinearPart {
-            w: &down_w,
-            b: &down_b,
-        }];
         let level = KernelLevel::detected();
         let team = Team::new(2).unwrap();
         for dtype in [Dtype::F32, Dtype::Bf16, Dtype::Int8] {
             let packed = |w: &[f32], b: &[f32], k| PackedLinear::pack(dtype, w, b, k).unwrap();
             let (up_p, down_p) = (packed(&up_w, &up_b, h), packed(&down_w, &down_b, inter));
-            let (up, down) = match (&up_p, &down_p) {
-                (Some(u), Some(d)) => (LinearWeights::Packed(u), LinearWeights::Packed(d)),
-                _ => (
-                    LinearWeights::F32(&up_parts[..]),
-                    LinearWeights::F32(&down_parts[..]),
-                ),
-            };
+            let (up, down) = (&up_p, &down_p);
             // Block edges at 96 rows, and at 384 where bf16 runs on AMX tiles.
             for m in [1, 95, 96, 97, 300, 383, 384, 385, 1000, 1600] {
                 let apply = |x: &Tensor, weights, gelu: bool| {
                     let (rows, k) = x.dims2().unwrap();
                     let mut out = vec![0.0f32; rows * linear_width(weights, k).unwrap()];
-                    run_linear(weights, &flat(x), rows, k, &mut out, 1, gelu, level);
+                    run_linear(weights, &flat(x), rows, &mut out, 1, gelu, level);
                     tensor(out, rows)
                 };
                 let x = tensor(values(m * h, m), m);

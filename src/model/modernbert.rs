@@ -71,8 +71,7 @@ pub struct ModernBertEncoder {
 impl ModernBertEncoder {
     /// Reads the weights of `file` (named as ModernBertModel saves them, `layers.N.…`, or with
     /// the `model.` prefix of a ModernBertForMaskedLM checkpoint, whose head is not read),
-    /// checks every shape against `config`, and packs the linear layers for `dtype` (f32 runs
-    /// on the mapping in place).
+    /// checks every shape against `config`, and packs the linear layers for `dtype`.
     pub fn load(
         config: ModernBertConfig,
         file: &WeightFile,
@@ -132,10 +131,8 @@ impl ModernBertEncoder {
             });
         }
         let final_norm = norm("final_norm")?;
-        if dtype != Dtype::F32 {
-            // As for BERT: the f32 weights were read once to pack them.
-            file.release_resident_pages();
-        }
+        // As for BERT: the linear weights were read once to pack them.
+        file.release_resident_pages();
         Ok(Self {
             zeros: vec![0.0; d],
             config,

@@ -5,8 +5,8 @@
 //!
 //! The per-row math (RoPE, RMSNorm, SwiGLU) and the causal attention are the generation
 //! side's, shared through `crate::kernels::rope` and `crate::kernels::causal_attention`; the
-//! linear layers are the embedding models' (f32 in place from the mapping, or packed bf16 /
-//! int8 for the kernels of `crate::kernels`, as [`super::bert`] does).
+//! linear layers are the embedding models' (packed at load for the dtype's kernels in
+//! `crate::kernels`, as [`super::bert`] does).
 //!
 //! A batch is never padded: the rows of every input are concatenated, the linear layers run
 //! over all of them at once, and attention runs per input over its own rows, at positions
@@ -188,7 +188,7 @@ pub struct Qwen3Encoder {
 impl Qwen3Encoder {
     /// Reads the weights of `file` (named as Qwen3Model saves them, `layers.N.…`, or with the
     /// `model.` prefix of a Qwen3ForCausalLM checkpoint), checks every shape against `config`,
-    /// and packs the linear layers for `dtype` (f32 runs on the mapping in place).
+    /// and packs the linear layers for `dtype`.
     pub fn load(
         config: Qwen3Config,
         file: &WeightFile,
@@ -242,10 +242,8 @@ impl Qwen3Encoder {
             });
         }
         let norm = get("norm.weight", &[d])?;
-        if dtype != Dtype::F32 {
-            // As for BERT: the f32 weights were read once to pack them.
-            file.release_resident_pages();
-        }
+        // As for BERT: the linear weights were read once to pack them.
+        file.release_resident_pages();
         Ok(Self {
             config,
             level,
