@@ -1109,6 +1109,42 @@ fn invalid_requests_and_limits_get_the_right_status_naming_the_field() {
         covered = stop;
     }
     assert_eq!(covered, input.len(), "{toks:?}");
+    // /decode gives the text back from /tokenize's ids (SmolLM2's byte-level BPE keeps every
+    // byte), and an end-of-turn token is left out unless asked for.
+    let ids: Vec<u64> = toks.iter().map(|t| t["id"].as_u64().unwrap()).collect();
+    let r = post_json(addr, "/decode", &json!({"ids": ids}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!([input]));
+    let im_end = post_json(
+        addr,
+        "/tokenize",
+        &json!({"inputs": "<|im_end|>", "add_special_tokens": false}),
+    )
+    .json()[0][0]["id"]
+        .as_u64()
+        .unwrap();
+    let r = post_json(
+        addr,
+        "/decode",
+        &json!({"ids": [[im_end], [im_end]], "skip_special_tokens": false}),
+    );
+    assert_eq!(
+        r.json(),
+        json!(["<|im_end|>", "<|im_end|>"]),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        post_json(addr, "/decode", &json!({"ids": [im_end]})).json(),
+        json!([""])
+    );
+    assert_refused(
+        addr,
+        "/decode",
+        json!({"ids": [49152]}),
+        400,
+        "outside the vocabulary of 49152",
+    );
 
     // Generation routes on an embedding model.
     drop(s);

@@ -47,6 +47,7 @@ fn probes_info_docs_and_metrics() {
         "/embed",
         "/v1/embeddings",
         "/tokenize",
+        "/decode",
         "/info",
         "/healthz",
         "/readyz",
@@ -228,6 +229,42 @@ fn embeddings_tei_openai_and_tokenize() {
         &json!({"inputs": ["hello"], "add_special_tokens": false}),
     );
     assert_eq!(r.json()[0].as_array().unwrap().len(), 1);
+
+    // /decode: /tokenize's ids back to text (WordPiece's decoder joins the pieces), special
+    // tokens left out by default, one list or several.
+    let ids: Vec<u64> = toks[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_u64().unwrap())
+        .collect();
+    let r = post_json(s.addr, "/decode", &json!({"ids": ids}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!(["hello, world!"]));
+    let (cls, sep) = (ids[0], ids[ids.len() - 1]);
+    let r = post_json(
+        s.addr,
+        "/decode",
+        &json!({"ids": [ids, [cls, sep]], "skip_special_tokens": false}),
+    );
+    assert_eq!(
+        r.json(),
+        json!(["[CLS] hello, world! [SEP]", "[CLS] [SEP]"])
+    );
+    for (body, status, says) in [
+        (
+            json!({"ids": [cls, 1_000_000]}),
+            400,
+            "token id 1000000 is outside the vocabulary of",
+        ),
+        (json!({"ids": []}), 400, "empty"),
+        (json!({"ids": [[1], 2]}), 400, "mixes"),
+        (json!({"ids": "101"}), 400, "list of token ids"),
+    ] {
+        let r = post_json(s.addr, "/decode", &body);
+        assert_eq!(r.status, status, "{body}: {}", r.text());
+        assert!(r.text().contains(says), "{body}: {}", r.text());
+    }
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! The routes answered with one JSON body from one JSON body, without streaming: embeddings
 //! (TEI's `/embed` and `POST /` on an embedding model, OpenAI's `/v1/embeddings`), TEI's
 //! `/similarity` (also `POST /` with its body), reranking
-//! (TEI's `/rerank`, the Cohere/Jina `/v1/rerank`), classification (TEI's `/predict`) and
-//! `/tokenize`. Both front ends run them the same way: HTTP handlers for their routes, the queue
+//! (TEI's `/rerank`, the Cohere/Jina `/v1/rerank`), classification (TEI's `/predict`),
+//! `/tokenize` and `/decode`. Both front ends run them the same way: HTTP handlers for their routes, the queue
 //! broker for jobs, which name one of these routes ([`JOB_ROUTES`]). So a job joins the same
 //! batches as HTTP traffic, and its result is byte for byte the HTTP answer.
 
@@ -11,8 +11,8 @@ use std::sync::Arc;
 use super::cohere;
 use super::openai::{self, EmbeddingsRequest};
 use super::tei::{
-    self, EmbedRequest, PredictInputs, PredictRequest, RerankRequest, SimilarityRequest,
-    TokenizeRequest,
+    self, DecodeRequest, EmbedRequest, PredictInputs, PredictRequest, RerankRequest,
+    SimilarityRequest, TokenizeRequest,
 };
 use crate::embed::queue::Arrival;
 use crate::embed::EmbedOptions;
@@ -33,6 +33,7 @@ pub const JOB_ROUTES: &[&str] = &[
     "/v1/rerank",
     "/predict",
     "/tokenize",
+    "/decode",
 ];
 
 /// A parsed and checked body of one of these routes.
@@ -52,6 +53,8 @@ pub enum JsonRequest {
     Predict(PredictRequest),
     /// `POST /tokenize`.
     Tokenize(TokenizeRequest),
+    /// `POST /decode`.
+    Decode(DecodeRequest),
 }
 
 impl JsonRequest {
@@ -82,6 +85,7 @@ impl JsonRequest {
             }
             "/predict" => JsonRequest::Predict(PredictRequest::parse(body, max_client_batch)?),
             "/tokenize" => JsonRequest::Tokenize(TokenizeRequest::parse(body, max_client_batch)?),
+            "/decode" => JsonRequest::Decode(DecodeRequest::parse(body, max_client_batch)?),
             _ => {
                 return Err(ServiceError::Invalid(format!(
                     "route {route:?} cannot run as a job; one of {}",
@@ -101,6 +105,7 @@ impl JsonRequest {
             JsonRequest::CohereRerank(r) => r.documents.len(),
             JsonRequest::Predict(r) => r.inputs.len(),
             JsonRequest::Tokenize(r) => r.inputs.0.len(),
+            JsonRequest::Decode(r) => r.ids.0.len(),
         }
     }
 
@@ -115,6 +120,8 @@ impl JsonRequest {
             JsonRequest::CohereRerank(r) => r.query.len() + r.texts().map(str::len).sum::<usize>(),
             JsonRequest::Predict(r) => r.inputs.text_bytes(),
             JsonRequest::Tokenize(r) => sum(&r.inputs.0),
+            // Its ids, 4 bytes each.
+            JsonRequest::Decode(r) => r.ids.0.iter().map(|ids| 4 * ids.len()).sum(),
         }
     }
 
@@ -254,6 +261,13 @@ impl JsonRequest {
                     .run(size, move || Ok(to_json(&tokens)))
                     .await
             }
+            JsonRequest::Decode(r) => {
+                let texts = match serving {
+                    Serving::Encoder(s) => s.decode(r.ids.0, r.skip_special_tokens).await?,
+                    Serving::Generation(g) => g.decode(r.ids.0, r.skip_special_tokens).await?,
+                };
+                Ok(to_json(&texts))
+            }
         }
     }
 }
@@ -297,6 +311,7 @@ mod tests {
                 2,
             ),
             ("/", r#"{"inputs": ["a", "b"]}"#, 2),
+            ("/decode", r#"{"ids": [[101, 102], [7592]]}"#, 2),
         ] {
             let r = JsonRequest::parse(route, body.as_bytes(), 4).unwrap();
             assert_eq!(r.inputs(), inputs, "{route}");

@@ -1,7 +1,8 @@
 //! Hugging Face TEI's bodies: `POST /embed` (and `POST /` on an embedding model, what
 //! `huggingface_hub`'s `feature_extraction` sends), `POST /similarity` (also `POST /` with its
 //! body, what `sentence_similarity` sends), `POST /rerank`, `POST /predict` (and `POST /` on a
-//! reranker or a classifier, as TEI routes it) and `POST /tokenize`, with their answers.
+//! reranker or a classifier, as TEI routes it), `POST /tokenize` and `POST /decode`, with their
+//! answers.
 
 use std::fmt;
 
@@ -17,6 +18,9 @@ use crate::model::ScoreFunction;
 pub const EMBED_EXPECTS: &str = r#"e.g. {"inputs": "a text"} or {"inputs": ["a text", "another"]}"#;
 /// What `/tokenize` expects.
 pub const TOKENIZE_EXPECTS: &str = r#"e.g. {"inputs": "a text"}"#;
+/// What `/decode` expects.
+pub const DECODE_EXPECTS: &str =
+    r#"e.g. {"ids": [101, 7592, 102]} or {"ids": [[101, 7592, 102], [101, 102]]}"#;
 /// What `/rerank` expects.
 pub const RERANK_EXPECTS: &str =
     r#"e.g. {"query": "a question", "texts": ["a passage", "another passage"]}"#;
@@ -366,6 +370,65 @@ impl TokenizeRequest {
     }
 }
 
+/// `POST /decode`: the text of token ids (one list, or several), as TEI's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeRequest {
+    pub ids: DecodeIds,
+    /// Leave special tokens (`[CLS]`, `<|im_end|>`) out of the text (default true).
+    #[serde(default = "yes")]
+    pub skip_special_tokens: bool,
+}
+
+impl DecodeRequest {
+    /// Parses and checks a body: the schema and the number of lists (400 when none, 413 past
+    /// `max_client_batch`).
+    pub fn parse(body: &[u8], max_client_batch: usize) -> Result<Self, ServiceError> {
+        let r: Self = from_json(body, DECODE_EXPECTS)?;
+        check_count_of(r.ids.0.len(), max_client_batch, "ids")?;
+        Ok(r)
+    }
+}
+
+/// The lists of ids of a `/decode` request: `[1, 2]` is one list, `[[1, 2], [3]]` two.
+#[derive(Debug)]
+pub struct DecodeIds(pub Vec<Vec<u32>>);
+
+impl<'de> Deserialize<'de> for DecodeIds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// One list of ids, or a list of them: told apart by the first item.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Item {
+            Id(u32),
+            List(Vec<u32>),
+        }
+        let items = Vec::<Item>::deserialize(d).map_err(|_| {
+            de::Error::custom(
+                "ids must be a list of token ids (integers from 0 to 4294967295) or a list of \
+                 such lists",
+            )
+        })?;
+        let mut ids = Vec::new();
+        let mut lists = Vec::new();
+        for item in items {
+            match item {
+                Item::Id(id) => ids.push(id),
+                Item::List(list) => lists.push(list),
+            }
+        }
+        match (ids.is_empty(), lists.is_empty()) {
+            // `[]`: no list at all (refused by the count check).
+            (true, true) => Ok(DecodeIds(Vec::new())),
+            (false, true) => Ok(DecodeIds(vec![ids])),
+            (true, false) => Ok(DecodeIds(lists)),
+            (false, false) => Err(de::Error::custom(
+                "ids mixes token ids and lists of them; send one list, or a list of lists",
+            )),
+        }
+    }
+}
+
 /// What `/similarity` expects.
 pub const SIMILARITY_EXPECTS: &str =
     r#"e.g. {"inputs": {"source_sentence": "a text", "sentences": ["another", "a third"]}}"#;
@@ -705,5 +768,44 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_slice(&predict_answer(&scores, &labels, true, Some(1))).unwrap();
         assert_eq!(v, serde_json::json!([[{"score": 0.625, "label": "pos"}]]));
+    }
+
+    #[test]
+    fn decode_takes_one_list_or_several() {
+        let parse = |b: &str| DecodeRequest::parse(b.as_bytes(), 2);
+        let r = parse(r#"{"ids": [101, 7592, 102]}"#).unwrap();
+        assert_eq!(r.ids.0, vec![vec![101, 7592, 102]]);
+        assert!(r.skip_special_tokens);
+        let r = parse(r#"{"ids": [[101, 102], []], "skip_special_tokens": false}"#).unwrap();
+        assert_eq!(r.ids.0, vec![vec![101, 102], vec![]]);
+        assert!(!r.skip_special_tokens);
+        // One empty list of ids is one (empty) text.
+        assert_eq!(
+            parse(r#"{"ids": [[]]}"#).unwrap().ids.0,
+            vec![Vec::<u32>::new()]
+        );
+        for (body, kind, says) in [
+            (r#"{"ids": []}"#, "invalid_request", "empty"),
+            (r#"{"ids": [1, [2]]}"#, "invalid_request", "mixes"),
+            (r#"{"ids": [-1]}"#, "invalid_request", "integers from 0"),
+            (
+                r#"{"ids": [4294967296]}"#,
+                "invalid_request",
+                "integers from 0",
+            ),
+            (r#"{"ids": [[1.5]]}"#, "invalid_request", "integers from 0"),
+            (r#"{"ids": "1 2"}"#, "invalid_request", "integers from 0"),
+            (
+                r#"{"ids": [1], "skip": true}"#,
+                "invalid_request",
+                "unknown field",
+            ),
+            (r#"{}"#, "invalid_request", "ids"),
+            (r#"{"ids": [[1], [2], [3]]}"#, "payload_too_large", "3 ids"),
+        ] {
+            let e = parse(body).unwrap_err();
+            assert_eq!(e.kind(), kind, "{body}");
+            assert!(e.to_string().contains(says), "{body}: {e}");
+        }
     }
 }

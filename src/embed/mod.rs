@@ -273,6 +273,29 @@ impl EmbedService {
         .await
     }
 
+    /// The text of each list of token ids (`/decode`), special tokens left out when
+    /// `skip_special_tokens`; off the async threads when the lists are long.
+    pub async fn decode(
+        &self,
+        ids: Vec<Vec<u32>>,
+        skip_special_tokens: bool,
+    ) -> Result<Vec<String>, ServiceError> {
+        let bytes = ids.iter().map(|list| 4 * list.len()).sum();
+        let tokenizer = self.tokenizer.clone();
+        self.offload
+            .run(bytes, move || {
+                ids.iter()
+                    .enumerate()
+                    .map(|(i, list)| {
+                        tokenizer
+                            .decode(i, list, skip_special_tokens)
+                            .map_err(ServiceError::from)
+                    })
+                    .collect()
+            })
+            .await
+    }
+
     /// Runs `each(tokenizer, index, text)` over `texts`, off the async threads when they are
     /// long. Takes the texts by value, so a large request's text is freed once tokenized.
     async fn each_text<T: Send + 'static>(

@@ -385,6 +385,33 @@ impl GenerateService {
             .await
     }
 
+    /// The text of each list of token ids (`/decode`), special tokens left out when
+    /// `skip_special_tokens`.
+    pub async fn decode(
+        &self,
+        ids: Vec<Vec<u32>>,
+        skip_special_tokens: bool,
+    ) -> Result<Vec<String>, ServiceError> {
+        let bytes = ids.iter().map(|list| 4 * list.len()).sum();
+        let tokenizer = self.tokenizer.clone();
+        self.offload
+            .run(bytes, move || {
+                ids.iter()
+                    .enumerate()
+                    .map(|(i, list)| {
+                        tokenizer
+                            .decode_ids(list, skip_special_tokens)
+                            .map_err(|e| {
+                                ServiceError::Invalid(format!(
+                                    "ids list {i} cannot be decoded: {e}"
+                                ))
+                            })
+                    })
+                    .collect()
+            })
+            .await
+    }
+
     /// The prompt's text as the model reads it, and its ids.
     async fn prompt_ids(&self, prompt: Prompt) -> Result<(String, Vec<u32>), ServiceError> {
         let tokenizer = self.tokenizer.clone();

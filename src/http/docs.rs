@@ -36,6 +36,17 @@ fn tokenize_errors() -> Value {
     })
 }
 
+fn decode_errors() -> Value {
+    json!({
+        "400": error_response("Malformed JSON, wrong schema, no list of ids, or an id outside the model's vocabulary"),
+        "401": error_response("Missing or wrong API key (when the server has one)"),
+        "408": error_response("The body did not arrive within --client-timeout-ms"),
+        "413": error_response("Body over --max-body-bytes, or more lists of ids than --max-client-batch"),
+        "415": error_response("Content-Type is not JSON"),
+        "503": error_response("Model still loading after the cold-start timeout, failed to load, or shutting down; see Retry-After"),
+    })
+}
+
 fn post_errors() -> Value {
     json!({
         "400": error_response("Malformed JSON, wrong schema, an empty input list, or an unknown prompt_name"),
@@ -102,13 +113,19 @@ pub fn openapi() -> &'static Value {
                     "TokenizeRequest": { "type": "object", "required": ["inputs"], "additionalProperties": false, "properties": {
                         "inputs": inputs, "add_special_tokens": { "type": "boolean", "default": true },
                         "truncate": { "type": "boolean", "default": true, "description": "cut at the model's maximum input length (the tokens the model sees); false: 413 for a longer input" } } },
+                    "DecodeRequest": { "type": "object", "required": ["ids"], "additionalProperties": false, "properties": {
+                        "ids": { "oneOf": [
+                            { "type": "array", "items": { "type": "integer", "minimum": 0 } },
+                            { "type": "array", "items": { "type": "array", "items": { "type": "integer", "minimum": 0 } } }
+                        ], "description": "one list of token ids, or a list of lists" },
+                        "skip_special_tokens": { "type": "boolean", "default": true } } },
                     "Token": { "type": "object", "properties": {
                         "id": { "type": "integer" }, "text": { "type": "string" }, "special": { "type": "boolean" },
                         "start": { "type": "integer" }, "stop": { "type": "integer" } } },
                     "Status": { "type": "object", "properties": { "status": { "type": "string" }, "reason": { "type": "string" },
                         "queue": { "type": "object", "description": "with --queue: the broker's status (up or down, with the reason)" } } },
                     "JobRequest": { "type": "object", "required": ["route", "body"], "additionalProperties": false, "properties": {
-                        "route": { "type": "string", "enum": ["/embed", "/", "/similarity", "/v1/embeddings", "/rerank", "/v1/rerank", "/predict", "/tokenize"] },
+                        "route": { "type": "string", "enum": ["/embed", "/", "/similarity", "/v1/embeddings", "/rerank", "/v1/rerank", "/predict", "/tokenize", "/decode"] },
                         "body": { "type": "object", "description": "the body that route takes" } } },
                     "Job": { "type": "object", "required": ["id", "state"], "properties": {
                         "id": { "type": "string" },
@@ -140,6 +157,11 @@ pub fn openapi() -> &'static Value {
                     "requestBody": json_body("TokenizeRequest"),
                     "responses": merge(json!({ "200": { "description": "One token list per input",
                         "content": { "application/json": { "schema": { "type": "array", "items": { "type": "array", "items": { "$ref": "#/components/schemas/Token" } } } } } } }), tokenize_errors()) } },
+                "/decode": { "post": {
+                    "summary": "The text of token ids, as the model's tokenizer writes it (Hugging Face TEI API)",
+                    "requestBody": json_body("DecodeRequest"),
+                    "responses": merge(json!({ "200": { "description": "One text per list of ids",
+                        "content": { "application/json": { "schema": { "type": "array", "items": { "type": "string" } } } } } }), decode_errors()) } },
                 "/v1/jobs": { "post": {
                     "summary": "Queue an asynchronous job ({route, body}) in the queue broker (needs --queue; 404 without it)",
                     "requestBody": json_body("JobRequest"),
@@ -448,6 +470,7 @@ fn example(path: &str, method: &hyper::Method, auth: &str) -> String {
         ),
         "/predict" => post(r#"{"inputs": "I loved this film."}"#),
         "/tokenize" => post(r#"{"inputs": "A man is eating food."}"#),
+        "/decode" => post(r#"{"ids": [101, 1037, 2158, 2003, 5983, 2833, 1012, 102]}"#),
         "/generate" => post(r#"{"text": "Once upon a time"}"#),
         "/generate_stream" => format!(
             "curl -sN localhost:PORT{path}{auth} -H 'Content-Type: application/json' -d '{}'",

@@ -1,7 +1,7 @@
 //! Hugging Face TEI's routes: `POST /embed` and `POST /similarity` (both also `POST /` on an
 //! embedding model, told apart by the body),
 //! `POST /rerank` and `POST /predict` (also `POST /` on a reranker and on a classifier) and
-//! `POST /tokenize`. Their bodies and answers are [`crate::api::tei`]'s.
+//! `POST /tokenize` and `POST /decode`. Their bodies and answers are [`crate::api::tei`]'s.
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -48,4 +48,9 @@ pub async fn tokenize(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     json_routes::answer(state, req, "/tokenize").await
+}
+
+/// `POST /decode`: the text of token ids, as the model's tokenizer writes it.
+pub async fn decode(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    json_routes::answer(state, req, "/decode").await
 }

@@ -235,7 +235,9 @@ fn write_tokenizer(vocab: &[String], path: &Path) -> anyhow::Result<()> {
         .with_post_processor(Some(BertProcessing::new(
             ("[SEP]".into(), 3),
             ("[CLS]".into(), 2),
-        )));
+        )))
+        // BERT's: joins `##` pieces, no space before punctuation (for `/decode`).
+        .with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
     let special: Vec<AddedToken> = SPECIAL.iter().map(|s| AddedToken::from(*s, true)).collect();
     tokenizer.add_special_tokens(&special);
     replace_file(path, |tmp| {

@@ -35,6 +35,9 @@ pub enum TokenizeError {
     },
     #[error("input {index} could not be tokenized: {reason}")]
     Failed { index: usize, reason: String },
+    /// A list of ids for `/decode` that does not make text.
+    #[error("ids list {index} cannot be decoded: {reason}")]
+    Undecodable { index: usize, reason: String },
 }
 
 /// The ids of a pair of texts, as the model reads them: `[CLS] first [SEP] second [SEP]` for
@@ -315,6 +318,27 @@ impl TextTokenizer {
     ) -> Result<Vec<u32>, TokenizeError> {
         let encoding = self.encode_within(index, text, truncate)?;
         ids_of(index, &encoding)
+    }
+
+    /// The text of the ids of list `index` (the index only labels errors), for `/decode`:
+    /// special tokens left out when `skip_special_tokens`. An id outside the vocabulary is an
+    /// error that names it, not silently dropped.
+    pub fn decode(
+        &self,
+        index: usize,
+        ids: &[u32],
+        skip_special_tokens: bool,
+    ) -> Result<String, TokenizeError> {
+        let undecodable = |reason: String| TokenizeError::Undecodable { index, reason };
+        let vocab = self.whole.get_vocab_size(true);
+        if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(undecodable(format!(
+                "token id {id} is outside the vocabulary of {vocab} tokens"
+            )));
+        }
+        self.whole
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| undecodable(e.to_string()))
     }
 
     /// Tokens of one input with their text and offsets, for `/tokenize`: the tokens the model
