@@ -221,6 +221,16 @@ fn bench_f32_shapes(c: &mut Criterion) {
         .sample_size(10)
         .warm_up_time(std::time::Duration::from_millis(500))
         .measurement_time(std::time::Duration::from_secs(2));
+    // The core's f32 ceiling in the same run: 24 independent chains of FMAs on registers.
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        const ITERS: usize = 100_000;
+        group.throughput(Throughput::Elements((ITERS * 24 * 32) as u64));
+        group.bench_function("fma-peak", |bch| {
+            // SAFETY: the CPU has AVX-512 F (checked above).
+            bch.iter(|| unsafe { fma_peak(ITERS) })
+        });
+    }
     for (name, k, n, block) in [
         ("qkv", 384, 1152, rows),
         ("up", 384, 1536, 96),
@@ -255,6 +265,26 @@ fn bench_f32_shapes(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// `iters` rounds of 24 independent AVX-512 FMAs (16 lanes, 2 FLOP each) on registers: the
+/// FMA units' rate, with no memory traffic.
+///
+/// # Safety
+///
+/// The CPU must support AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_peak(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); 24];
+    let (a, b) = (_mm512_set1_ps(0.999), _mm512_set1_ps(1e-4));
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm512_fmadd_ps(*v, a, b);
+        }
+    }
+    acc.iter().map(|v| _mm512_reduce_add_ps(*v)).sum()
 }
 
 /// The bf16 paths side by side on this CPU's two best levels (AMX against AVX-512 BF16, where
