@@ -126,6 +126,9 @@ pub struct Batcher<T> {
     limits: BatchLimits,
     delay: Duration,
     depth: Arc<AtomicUsize>,
+    /// Held by the producer while it sends one request's entries (see
+    /// [`Self::whole_requests`]).
+    sending: Option<Arc<Mutex<()>>>,
 }
 
 impl<T: Batchable> Batcher<T> {
@@ -143,7 +146,19 @@ impl<T: Batchable> Batcher<T> {
             limits,
             delay,
             depth,
+            sending: None,
         }
+    }
+
+    /// Makes every drain of the channel wait while the producer holds `sending`, which it
+    /// holds while it sends one request's entries: a batch then never takes the first few
+    /// inputs of a request that is still arriving. Without it a worker woken by a 20-pair
+    /// rerank's first pair could start on 3 of them with both cores while the other worker
+    /// took the other 17 (one core each once two run): c=1 reranking swung between 35 and
+    /// 50 pairs/s from run to run (docs/benchmarks.md).
+    pub fn whole_requests(mut self, sending: Arc<Mutex<()>>) -> Self {
+        self.sending = Some(sending);
+        self
     }
 
     /// Entries waiting (in the channel or held here).
@@ -213,6 +228,8 @@ impl<T: Batchable> Batcher<T> {
     }
 
     fn drain_channel(&self, pending: &mut VecDeque<T>) {
+        // Whole requests only: wait for a producer that is sending (a few µs at most).
+        let _sending = self.sending.as_ref().map(|s| s.lock());
         while let Ok(e) = self.rx.try_recv() {
             insert_in_order(pending, e);
         }
@@ -409,6 +426,38 @@ mod tests {
             best = best.min(cost(&groups));
         }
         assert_eq!(got, best);
+    }
+
+    /// With `whole_requests`, a worker woken by a request's first input waits for the rest
+    /// while the producer is still sending them (it holds the lock as `Queue::submit` does),
+    /// so the batch holds the whole request; without it, the batch is the first input alone.
+    #[test]
+    fn a_batch_waits_for_the_rest_of_a_request_being_sent() {
+        let limits = BatchLimits {
+            max_size: 64,
+            max_tokens: 1 << 20,
+        };
+        for whole in [true, false] {
+            let (tx, batcher, _) = batcher(limits, Duration::ZERO);
+            let sending = Arc::new(Mutex::new(()));
+            let batcher = if whole {
+                batcher.whole_requests(sending.clone())
+            } else {
+                batcher
+            };
+            let first_batch = std::thread::scope(|s| {
+                let worker = s.spawn(|| batcher.next_batch().unwrap().entries.len());
+                let request = sending.lock();
+                for i in 0..5 {
+                    tx.send(fake(i, 4)).unwrap();
+                    // A slow producer: the worker wakes on the first input.
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                drop(request);
+                worker.join().unwrap()
+            });
+            assert_eq!(first_batch, if whole { 5 } else { 1 }, "whole: {whole}");
+        }
     }
 
     /// A producer that counts depth as `Queue::submit` does.

@@ -10,12 +10,13 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
 
+use super::batcher::{BatchLimits, Batcher};
 use crate::metrics;
 
 /// What an entry asks the model to do.
@@ -118,20 +119,24 @@ impl Arrival {
 pub struct Queue {
     tx: RwLock<Option<Sender<Entry>>>,
     depth: Arc<AtomicUsize>,
+    /// Held while one request's entries are sent, so the batcher drains whole requests
+    /// ([`Batcher::whole_requests`]).
+    sending: Arc<Mutex<()>>,
     capacity: usize,
 }
 
 /// Consumer side, handed to the batcher.
 pub struct QueueReceiver {
-    pub(crate) rx: Receiver<Entry>,
-    pub(crate) depth: Arc<AtomicUsize>,
+    rx: Receiver<Entry>,
+    depth: Arc<AtomicUsize>,
+    sending: Arc<Mutex<()>>,
 }
 
 impl QueueReceiver {
-    /// The parts a [`super::batcher::Batcher`] is built from (for benchmarks and embedders
-    /// that assemble the pipeline themselves).
-    pub fn into_parts(self) -> (Receiver<Entry>, Arc<AtomicUsize>) {
-        (self.rx, self.depth)
+    /// The batcher of this queue: it forms batches of whole requests (see
+    /// [`Batcher::whole_requests`]) of at most `limits`, waiting up to `delay` for one to fill.
+    pub fn into_batcher(self, limits: BatchLimits, delay: Duration) -> Batcher<Entry> {
+        Batcher::new(self.rx, self.depth, limits, delay).whole_requests(self.sending)
     }
 }
 
@@ -140,12 +145,15 @@ impl Queue {
     pub fn new(capacity: usize) -> (Queue, QueueReceiver) {
         let (tx, rx) = crossbeam_channel::bounded(capacity);
         let depth = Arc::new(AtomicUsize::new(0));
+        let sending = Arc::new(Mutex::new(()));
         let queue = Queue {
             tx: RwLock::new(Some(tx)),
             depth: depth.clone(),
+            sending: sending.clone(),
             capacity,
         };
-        (queue, QueueReceiver { rx, depth })
+        let receiver = QueueReceiver { rx, depth, sending };
+        (queue, receiver)
     }
 
     /// Most inputs waiting at once.
@@ -176,6 +184,8 @@ impl Queue {
             self.depth.fetch_sub(n, Ordering::AcqRel);
             return Err(QueueError::Closed);
         };
+        // One request's entries reach the batcher together (see `Batcher::whole_requests`).
+        let _sending = self.sending.lock();
         for entry in entries {
             // Cannot fail for lack of room: the channel holds `capacity` and the depth counter
             // (which also counts what the batcher holds) has reserved a place. It fails only if
@@ -197,7 +207,6 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn entry(_q: &Queue) -> (Entry, oneshot::Receiver<Result<Output, InferError>>) {
         let (reply, rx) = oneshot::channel();
