@@ -6,14 +6,15 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tokio::sync::oneshot;
-use zerobatch::embed::batcher::{group_by_length, BatchLimits};
+use zerobatch::embed::batcher::{group_by_length, BatchLimits, Batcher};
 use zerobatch::embed::queue::{Arrival, Entry, Job, Output, Queue};
 
 fn bench_batcher(c: &mut Criterion) {
     let mut group = c.benchmark_group("batcher");
     for batch in [1usize, 8, 64] {
         let (queue, receiver) = Queue::new(4096);
-        let batcher = Arc::new(receiver.into_batcher(
+        let batcher = Arc::new(Batcher::for_queue(
+            receiver,
             BatchLimits {
                 max_size: batch,
                 max_tokens: 1 << 20,

@@ -243,6 +243,19 @@ impl<T: Batchable> Batcher<T> {
     }
 }
 
+impl Batcher<super::queue::Entry> {
+    /// The batcher of the embedding queue `receiver` comes from: batches of whole requests
+    /// ([`Self::whole_requests`]) of at most `limits`, waiting up to `delay` for one to fill.
+    pub fn for_queue(
+        receiver: super::queue::QueueReceiver,
+        limits: BatchLimits,
+        delay: Duration,
+    ) -> Self {
+        let (rx, depth, sending) = receiver.into_parts();
+        Batcher::new(rx, depth, limits, delay).whole_requests(sending)
+    }
+}
+
 /// Appends `e`, keeping `pending` sorted by arrival (entries held during a cold start may be
 /// queued slightly out of their arrival order).
 fn insert_in_order<T: Batchable>(pending: &mut VecDeque<T>, e: T) {

@@ -32,7 +32,7 @@ use crate::error::ServiceError;
 use crate::model::pooling::l2_normalize;
 use crate::model::{LoadedModel, ModelInfo, TextTokenizer, TokenInfo};
 use crate::offload::Offload;
-use batcher::BatchLimits;
+use batcher::{BatchLimits, Batcher};
 use queue::{Arrival, Entry, InferError, Job, Output, Queue, QueueError};
 use worker::WorkerPool;
 
@@ -93,7 +93,11 @@ impl EmbedService {
         on_warm: Arc<dyn Fn(Result<(), String>) + Send + Sync>,
     ) -> std::io::Result<(Arc<Self>, WorkerPool)> {
         let (queue, receiver) = Queue::new(settings.queue_capacity);
-        let batcher = Arc::new(receiver.into_batcher(settings.batch, settings.batch_delay));
+        let batcher = Arc::new(Batcher::for_queue(
+            receiver,
+            settings.batch,
+            settings.batch_delay,
+        ));
         let warmup = loaded
             .tokenizer
             .encode(0, "warm up", true)

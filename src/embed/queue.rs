@@ -10,13 +10,12 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
 
-use super::batcher::{BatchLimits, Batcher};
 use crate::metrics;
 
 /// What an entry asks the model to do.
@@ -120,7 +119,7 @@ pub struct Queue {
     tx: RwLock<Option<Sender<Entry>>>,
     depth: Arc<AtomicUsize>,
     /// Held while one request's entries are sent, so the batcher drains whole requests
-    /// ([`Batcher::whole_requests`]).
+    /// (the batcher's `whole_requests`).
     sending: Arc<Mutex<()>>,
     capacity: usize,
 }
@@ -133,10 +132,11 @@ pub struct QueueReceiver {
 }
 
 impl QueueReceiver {
-    /// The batcher of this queue: it forms batches of whole requests (see
-    /// [`Batcher::whole_requests`]) of at most `limits`, waiting up to `delay` for one to fill.
-    pub fn into_batcher(self, limits: BatchLimits, delay: Duration) -> Batcher<Entry> {
-        Batcher::new(self.rx, self.depth, limits, delay).whole_requests(self.sending)
+    /// What the batcher is built from: the channel, the depth counter (shared with the
+    /// producer, which increments it) and the lock the producer holds while it sends one
+    /// request's entries (the batcher's `for_queue`).
+    pub fn into_parts(self) -> (Receiver<Entry>, Arc<AtomicUsize>, Arc<Mutex<()>>) {
+        (self.rx, self.depth, self.sending)
     }
 }
 
@@ -207,6 +207,7 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn entry(_q: &Queue) -> (Entry, oneshot::Receiver<Result<Output, InferError>>) {
         let (reply, rx) = oneshot::channel();

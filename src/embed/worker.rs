@@ -260,7 +260,8 @@ mod tests {
     #[test]
     fn a_panicking_batch_fails_alone_and_the_worker_keeps_serving() {
         let (q, r) = Queue::new(64);
-        let batcher = Arc::new(r.into_batcher(
+        let batcher = Arc::new(Batcher::for_queue(
+            r,
             BatchLimits {
                 max_size: 1,
                 max_tokens: 1000,
@@ -285,7 +286,8 @@ mod tests {
     #[test]
     fn mixed_lengths_each_get_their_own_answer() {
         let (q, r) = Queue::new(64);
-        let batcher = Arc::new(r.into_batcher(
+        let batcher = Arc::new(Batcher::for_queue(
+            r,
             BatchLimits {
                 max_size: 64,
                 max_tokens: 100_000,
@@ -379,7 +381,8 @@ mod tests {
     fn stress_concurrent_producers_with_failures_expiries_and_abandons() {
         let (q, r) = Queue::new(32);
         let q = Arc::new(q);
-        let batcher = Arc::new(r.into_batcher(
+        let batcher = Arc::new(Batcher::for_queue(
+            r,
             BatchLimits {
                 max_size: 8,
                 max_tokens: 48,
