@@ -84,9 +84,7 @@ impl From<TokenizeError> for ServiceError {
     fn from(e: TokenizeError) -> Self {
         match e {
             TokenizeError::TooLong { .. } => ServiceError::TooLarge(e.to_string()),
-            TokenizeError::Failed { .. } | TokenizeError::Undecodable { .. } => {
-                ServiceError::Invalid(e.to_string())
-            }
+            TokenizeError::Failed { .. } => ServiceError::Invalid(e.to_string()),
         }
     }
 }

@@ -282,14 +282,9 @@ impl EmbedService {
         let tokenizer = self.tokenizer.clone();
         self.offload
             .run(bytes, move || {
-                ids.iter()
-                    .enumerate()
-                    .map(|(i, list)| {
-                        tokenizer
-                            .decode(i, list, skip_special_tokens)
-                            .map_err(ServiceError::from)
-                    })
-                    .collect()
+                tokenizer
+                    .decode_lists(&ids, skip_special_tokens)
+                    .map_err(ServiceError::Invalid)
             })
             .await
     }

@@ -65,18 +65,6 @@ pub(super) fn formats_of<'a>(layers: impl IntoIterator<Item = &'a Linear>) -> St
 /// load: f32 in panels, or packed for the bf16, int8 or 4-bit kernels.
 pub(super) type Linear = PackedLinear;
 
-/// The layer of `w` (`n×k`, PyTorch layout) and `b` (`n` values), packed for `dtype`.
-pub(super) fn linear(dtype: Dtype, w: &[f32], b: Vec<f32>, k: usize) -> Result<Linear, String> {
-    if k == 0 || w.len() != b.len() * k {
-        return Err(format!(
-            "{} weights do not make {} rows of {k}",
-            w.len(),
-            b.len()
-        ));
-    }
-    PackedLinear::pack(dtype, w, &b, k)
-}
-
 /// One sequence's part of a step: the tokens to run (at positions `cache.len()..`), and
 /// whether the logits after its last token are wanted.
 pub struct StepInput<'a> {

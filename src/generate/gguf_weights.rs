@@ -213,5 +213,5 @@ fn convert_linear(
     for (name, rows) in parts {
         w.extend(file.f32(name, &[*rows, k])?);
     }
-    super::decoder::linear(dtype, &w, bias, k).map_err(error)
+    PackedLinear::pack(dtype, &w, &bias, k).map_err(error)
 }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use super::decoder::{self, AttnShape, Decoder, DecoderShape, Linear, StepInput};
 use super::kv_cache::CacheShape;
-use crate::kernels::{Dtype, Epilogue, KernelLevel};
+use crate::kernels::{Dtype, Epilogue, KernelLevel, PackedLinear};
 use crate::model::weights::{Weight, WeightFile};
 use crate::model::ModelError;
 
@@ -240,7 +240,8 @@ impl Tensors {
                 t[j * k + i] = v;
             }
         }
-        decoder::linear(dtype, &t, b, k).map_err(|e| ModelError::Weights(format!("{name}: {e}")))
+        PackedLinear::pack(dtype, &t, &b, k)
+            .map_err(|e| ModelError::Weights(format!("{name}: {e}")))
     }
 }
 
@@ -297,7 +298,7 @@ impl Gpt2 {
                 None
             };
             let head = untied.as_ref().unwrap_or(&wte).as_slice();
-            decoder::linear(dtype, head, vec![0.0; vocab], d)
+            PackedLinear::pack(dtype, head, &vec![0.0; vocab], d)
                 .map_err(|e| ModelError::Weights(format!("lm_head: {e}")))
         };
         let (lm_head, blocks) =

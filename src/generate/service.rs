@@ -396,18 +396,9 @@ impl GenerateService {
         let tokenizer = self.tokenizer.clone();
         self.offload
             .run(bytes, move || {
-                ids.iter()
-                    .enumerate()
-                    .map(|(i, list)| {
-                        tokenizer
-                            .decode_ids(list, skip_special_tokens)
-                            .map_err(|e| {
-                                ServiceError::Invalid(format!(
-                                    "ids list {i} cannot be decoded: {e}"
-                                ))
-                            })
-                    })
-                    .collect()
+                tokenizer
+                    .decode_lists(&ids, skip_special_tokens)
+                    .map_err(ServiceError::Invalid)
             })
             .await
     }

@@ -534,18 +534,13 @@ impl GenTokenizer {
         self.inner.decode(ids, true).unwrap_or_default()
     }
 
-    /// The text of `ids` for `/decode`, special tokens left out when `skip_special_tokens`;
-    /// an id outside the vocabulary is an error that names it.
-    pub fn decode_ids(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, String> {
-        let vocab = self.tokens.len();
-        if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
-            return Err(format!(
-                "token id {id} is outside the vocabulary of {vocab} tokens"
-            ));
-        }
-        self.inner
-            .decode(ids, skip_special_tokens)
-            .map_err(|e| e.to_string())
+    /// The text of each list of ids, for `/decode` (see [`crate::model::decode_lists`]).
+    pub fn decode_lists(
+        &self,
+        lists: &[Vec<u32>],
+        skip_special_tokens: bool,
+    ) -> Result<Vec<String>, String> {
+        crate::model::decode_lists(&self.inner, lists, skip_special_tokens)
     }
 
     /// The decoder [`Self::decode`] runs.

@@ -6,8 +6,9 @@
 //! kernels read without repacking at every call), the embeddings and norms read in place from
 //! the memory-mapped `model.safetensors` (see `weights.rs`); all shared by every worker
 //! thread. Activations are candle tensors that flow through the custom ops of `bert_ops.rs`.
-//! The Q, K and V projections run as one linear layer (one pass over the input), and the position and token-type-0 embeddings are summed once at load;
-//! the second text of a pair (token type 1) adds the difference of the two type embeddings.
+//! The Q, K and V projections run as one linear layer (one pass over the input), and the
+//! position and token-type-0 embeddings are summed once at load; the second text of a pair
+//! (token type 1) adds the difference of the two type embeddings.
 //!
 //! `BertForSequenceClassification` checkpoints (cross-encoder rerankers, classifiers) load the
 //! same encoder; their pooler and classifier are `heads.rs`'s. XLM-RoBERTa checkpoints

@@ -37,7 +37,7 @@ pub use classifier_config::Head;
 pub use heads::ScoreFunction;
 pub use pooling::Pooling;
 pub use prompts::Prompts;
-pub use tokenizer::{PairIds, TextTokenizer, TokenInfo, TokenizeError};
+pub use tokenizer::{decode_lists, PairIds, TextTokenizer, TokenInfo, TokenizeError};
 
 /// Why a model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]

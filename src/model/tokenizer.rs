@@ -35,9 +35,33 @@ pub enum TokenizeError {
     },
     #[error("input {index} could not be tokenized: {reason}")]
     Failed { index: usize, reason: String },
-    /// A list of ids for `/decode` that does not make text.
-    #[error("ids list {index} cannot be decoded: {reason}")]
-    Undecodable { index: usize, reason: String },
+}
+
+/// The text of each list of ids with `tokenizer`, for `/decode` (the encoders' and the
+/// generation models' tokenizers alike): special tokens left out when `skip_special_tokens`.
+/// An id outside the vocabulary is an error that names it and its list, not silently dropped
+/// as the tokenizer's own decode drops it.
+pub fn decode_lists(
+    tokenizer: &Tokenizer,
+    lists: &[Vec<u32>],
+    skip_special_tokens: bool,
+) -> Result<Vec<String>, String> {
+    let vocab = tokenizer.get_vocab_size(true);
+    let decode = |ids: &[u32]| {
+        if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(format!(
+                "token id {id} is outside the vocabulary of {vocab} tokens"
+            ));
+        }
+        tokenizer
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| e.to_string())
+    };
+    lists
+        .iter()
+        .enumerate()
+        .map(|(i, ids)| decode(ids).map_err(|e| format!("ids list {i} cannot be decoded: {e}")))
+        .collect()
 }
 
 /// The ids of a pair of texts, as the model reads them: `[CLS] first [SEP] second [SEP]` for
@@ -320,25 +344,13 @@ impl TextTokenizer {
         ids_of(index, &encoding)
     }
 
-    /// The text of the ids of list `index` (the index only labels errors), for `/decode`:
-    /// special tokens left out when `skip_special_tokens`. An id outside the vocabulary is an
-    /// error that names it, not silently dropped.
-    pub fn decode(
+    /// The text of each list of ids, for `/decode` (see [`decode_lists`]).
+    pub fn decode_lists(
         &self,
-        index: usize,
-        ids: &[u32],
+        lists: &[Vec<u32>],
         skip_special_tokens: bool,
-    ) -> Result<String, TokenizeError> {
-        let undecodable = |reason: String| TokenizeError::Undecodable { index, reason };
-        let vocab = self.whole.get_vocab_size(true);
-        if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
-            return Err(undecodable(format!(
-                "token id {id} is outside the vocabulary of {vocab} tokens"
-            )));
-        }
-        self.whole
-            .decode(ids, skip_special_tokens)
-            .map_err(|e| undecodable(e.to_string()))
+    ) -> Result<Vec<String>, String> {
+        decode_lists(&self.whole, lists, skip_special_tokens)
     }
 
     /// Tokens of one input with their text and offsets, for `/tokenize`: the tokens the model
