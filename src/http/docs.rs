@@ -41,7 +41,7 @@ fn decode_errors() -> Value {
         "400": error_response("Malformed JSON, wrong schema, no list of ids, or an id outside the model's vocabulary"),
         "401": error_response("Missing or wrong API key (when the server has one)"),
         "408": error_response("The body did not arrive within --client-timeout-ms"),
-        "413": error_response("Body over --max-body-bytes, or more lists of ids than --max-client-batch"),
+        "413": error_response("Body over --max-body-bytes, more lists of ids than --max-client-batch, or an answer larger than --max-inflight-body-bytes"),
         "415": error_response("Content-Type is not JSON"),
         "503": error_response("Model still loading after the cold-start timeout, failed to load, or shutting down; see Retry-After"),
     })
