@@ -1051,6 +1051,7 @@ fn invalid_requests_and_limits_get_the_right_status_naming_the_field() {
     // Encoder routes on a generation model: 404, naming the model's task and its routes.
     for (path, body) in [
         ("/embed", json!({"inputs": "x"})),
+        ("/embed_all", json!({"inputs": "x"})),
         ("/v1/embeddings", json!({"input": "x"})),
         ("/rerank", json!({"query": "q", "texts": ["x"]})),
         ("/v1/rerank", json!({"query": "q", "documents": ["x"]})),

@@ -45,6 +45,7 @@ fn probes_info_docs_and_metrics() {
     assert_eq!(spec["openapi"], "3.0.3");
     for p in [
         "/embed",
+        "/embed_all",
         "/v1/embeddings",
         "/tokenize",
         "/decode",
@@ -265,6 +266,54 @@ fn embeddings_tei_openai_and_tokenize() {
         assert_eq!(r.status, status, "{body}: {}", r.text());
         assert!(r.text().contains(says), "{body}: {}", r.text());
     }
+
+    // /embed_all: every token's vector, special tokens included ([CLS] a man is eating food
+    // [SEP] = 7, [CLS] hello [SEP] = 3), unpooled and unnormalised: this mean-pooling
+    // model's /embed vector (normalize false) is their mean.
+    let r = post_json(
+        s.addr,
+        "/embed_all",
+        &json!({"inputs": ["a man is eating food", "hello"]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let all: Vec<Vec<Vec<f32>>> = serde_json::from_value(r.json()).unwrap();
+    assert_eq!(all.iter().map(Vec::len).collect::<Vec<_>>(), vec![7, 3]);
+    assert!(all.iter().flatten().all(|token| token.len() == 32));
+    let mean: Vec<f32> = (0..32)
+        .map(|d| all[0].iter().map(|token| token[d]).sum::<f32>() / 7.0)
+        .collect();
+    assert!(
+        max_abs_diff(&mean, &raw[0]) < 1e-5,
+        "{mean:?} against {:?}",
+        raw[0]
+    );
+    assert!(
+        all[0][0] != all[1][0] && all[0][1] != all[0][2],
+        "each token has its own vector"
+    );
+    let alone: Vec<Vec<Vec<f32>>> =
+        serde_json::from_value(post_json(s.addr, "/embed_all", &json!({"inputs": "hello"})).json())
+            .unwrap();
+    assert!(max_abs_diff(&alone[0].concat(), &all[1].concat()) < 1e-5);
+    for (body, status, says) in [
+        (json!({"inputs": "a", "normalize": true}), 400, "normalize"),
+        (json!({"inputs": []}), 400, "empty"),
+        (json!({"inputs": "a", "prompt_name": "nope"}), 400, "nope"),
+        (
+            json!({"inputs": "the ".repeat(60), "truncate": false}),
+            413,
+            "48",
+        ),
+    ] {
+        let r = post_json(s.addr, "/embed_all", &body);
+        assert_eq!(r.status, status, "{body}: {}", r.text());
+        assert!(r.text().contains(says), "{body}: {}", r.text());
+    }
+    let cut: Vec<Vec<Vec<f32>>> = serde_json::from_value(
+        post_json(s.addr, "/embed_all", &json!({"inputs": "the ".repeat(60)})).json(),
+    )
+    .unwrap();
+    assert_eq!(cut[0].len(), 48, "truncated at the model's maximum");
 }
 
 #[test]
@@ -306,6 +355,28 @@ fn truncation_and_length_limits() {
         &json!({ "inputs": LONG, "truncate": false }),
     );
     assert_eq!(r.status, 413, "{}", r.text());
+}
+
+#[test]
+fn an_embed_all_answer_larger_than_the_whole_body_budget_is_413() {
+    let s = start(|c| {
+        c.max_body_bytes = 1_000;
+        c.max_inflight_body_bytes = 4_000;
+    });
+    // [CLS] hello [SEP]: 3 × 32 numbers, about 1 KB of JSON.
+    let r = post_json(s.addr, "/embed_all", &json!({"inputs": "hello"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    // 48 tokens × 32 numbers: about 15 KB, over the 4 KB budget.
+    let r = post_json(s.addr, "/embed_all", &json!({"inputs": "the ".repeat(60)}));
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(r.text().contains("max-inflight-body-bytes"), "{}", r.text());
+    let r = post_json(s.addr, "/embed_all", &json!({"inputs": "hello"}));
+    assert_eq!(
+        r.status,
+        200,
+        "the refused answer gave its budget back: {}",
+        r.text()
+    );
 }
 
 #[test]

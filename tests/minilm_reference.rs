@@ -127,6 +127,23 @@ fn the_server_serves_the_reference_embeddings() {
     for (c, v) in r.cases.iter().zip(&got) {
         assert_close(&c.name, v, &c.embedding);
     }
+    // /embed_all: one 384-wide vector per token sentence-transformers feeds the model (cut at
+    // 256), and their mean is its unnormalised sentence vector (MiniLM pools by mean).
+    let r_all = post_json(s.addr, "/embed_all", &json!({ "inputs": texts }));
+    assert_eq!(r_all.status, 200, "{}", r_all.text());
+    let all: Vec<Vec<Vec<f32>>> = serde_json::from_value(r_all.json()).unwrap();
+    for (c, tokens) in r.cases.iter().zip(&all) {
+        assert_eq!(tokens.len(), c.token_ids.len(), "{}", c.name);
+        assert!(tokens.iter().all(|t| t.len() == 384), "{}", c.name);
+        let mean: Vec<f32> = (0..384)
+            .map(|d| tokens.iter().map(|t| t[d]).sum::<f32>() / tokens.len() as f32)
+            .collect();
+        assert_close(
+            &format!("{} (/embed_all)", c.name),
+            &mean,
+            &c.embedding_unnormalized,
+        );
+    }
     let info = get(s.addr, "/info").json();
     assert_eq!(info["dimensions"], 384);
     assert_eq!(info["max_input_length"], 256);

@@ -206,6 +206,7 @@ fn the_real_binary_reranks_and_classifies_over_http() {
     assert!(peak_mb < 512, "peak RSS {peak_mb} MB after one long pair");
     for (path, body) in [
         ("/embed", json!({"inputs": "x"})),
+        ("/embed_all", json!({"inputs": "x"})),
         (
             "/similarity",
             json!({"inputs": {"source_sentence": "x", "sentences": ["y"]}}),

@@ -1,5 +1,6 @@
 //! The routes answered with one JSON body from one JSON body, without streaming: embeddings
-//! (TEI's `/embed` and `POST /` on an embedding model, OpenAI's `/v1/embeddings`), TEI's
+//! (TEI's `/embed` and `POST /` on an embedding model, OpenAI's `/v1/embeddings`), every
+//! token's vector (TEI's `/embed_all`), TEI's
 //! `/similarity` (also `POST /` with its body), reranking
 //! (TEI's `/rerank`, the Cohere/Jina `/v1/rerank`), classification (TEI's `/predict`),
 //! `/tokenize` and `/decode`. Both front ends run them the same way: HTTP handlers for their routes, the queue
@@ -11,8 +12,8 @@ use std::sync::Arc;
 use super::cohere;
 use super::openai::{self, EmbeddingsRequest};
 use super::tei::{
-    self, DecodeRequest, EmbedRequest, PredictInputs, PredictRequest, RerankRequest,
-    SimilarityRequest, TokenizeRequest,
+    self, DecodeRequest, EmbedAllAnswer, EmbedAllRequest, EmbedRequest, PredictInputs,
+    PredictRequest, RerankRequest, SimilarityRequest, TokenizeRequest,
 };
 use crate::embed::queue::Arrival;
 use crate::embed::EmbedOptions;
@@ -22,11 +23,14 @@ use crate::model::ScoreFunction;
 
 /// About how many bytes of JSON one token of a `/tokenize` answer takes.
 const TOKEN_JSON_BYTES: usize = 64;
+/// About how many bytes of JSON one value of an `/embed_all` answer takes (`-0.012345678,`).
+const VALUE_JSON_BYTES: usize = 13;
 
 /// The routes a queue job may name (`/` is TEI's embedding shape, as `/embed`).
 pub const JOB_ROUTES: &[&str] = &[
     "/embed",
     "/",
+    "/embed_all",
     "/similarity",
     "/v1/embeddings",
     "/rerank",
@@ -41,6 +45,8 @@ pub const JOB_ROUTES: &[&str] = &[
 pub enum JsonRequest {
     /// `POST /embed` and `POST /` (TEI's shape).
     Embed(EmbedRequest),
+    /// `POST /embed_all`.
+    EmbedAll(EmbedAllRequest),
     /// `POST /similarity`, and `POST /` with its body.
     Similarity(SimilarityRequest),
     /// `POST /v1/embeddings`.
@@ -73,6 +79,7 @@ impl JsonRequest {
                     Err(_) => return Err(e),
                 },
             },
+            "/embed_all" => JsonRequest::EmbedAll(EmbedAllRequest::parse(body, max_client_batch)?),
             "/similarity" => {
                 JsonRequest::Similarity(SimilarityRequest::parse(body, max_client_batch)?)
             }
@@ -99,6 +106,7 @@ impl JsonRequest {
     pub fn inputs(&self) -> usize {
         match self {
             JsonRequest::Embed(r) => r.inputs.0.len(),
+            JsonRequest::EmbedAll(r) => r.inputs.0.len(),
             JsonRequest::Similarity(r) => 1 + r.inputs.sentences.len(),
             JsonRequest::Embeddings(r) => r.input.0.len(),
             JsonRequest::Rerank(r) => r.texts.len(),
@@ -114,6 +122,7 @@ impl JsonRequest {
         let sum = |texts: &[String]| texts.iter().map(String::len).sum::<usize>();
         match self {
             JsonRequest::Embed(r) => sum(&r.inputs.0),
+            JsonRequest::EmbedAll(r) => sum(&r.inputs.0),
             JsonRequest::Similarity(r) => r.inputs.source_sentence.len() + sum(&r.inputs.sentences),
             JsonRequest::Embeddings(r) => sum(&r.input.0),
             JsonRequest::Rerank(r) => r.query.len() + sum(&r.texts),
@@ -154,6 +163,23 @@ impl JsonRequest {
                 let service = super::embedding(serving)?;
                 let done = service.embed(arrival, r.inputs.0, options).await?;
                 Ok(to_json(&done.vectors))
+            }
+            JsonRequest::EmbedAll(r) => {
+                let service = super::embedding(serving)?;
+                let done = service
+                    .embed_tokens(arrival, r.inputs.0, r.truncate, r.prompt_name.as_deref())
+                    .await?;
+                // Megabytes of JSON for long inputs: written off the async threads.
+                let size = done.tokens * done.hidden * VALUE_JSON_BYTES;
+                serving
+                    .offload()
+                    .run(size, move || {
+                        Ok(to_json(&EmbedAllAnswer {
+                            rows: &done.rows,
+                            hidden: done.hidden,
+                        }))
+                    })
+                    .await
             }
             JsonRequest::Similarity(r) => {
                 // Unit vectors: their dot products are the cosine similarities.
@@ -301,6 +327,11 @@ mod tests {
             ("/predict", r#"{"inputs": [["a"], ["a", "b"]]}"#, 2),
             ("/embed", r#"{"inputs": "a", "prompt_name": "query"}"#, 1),
             (
+                "/embed_all",
+                r#"{"inputs": ["a", "bc"], "truncate": false}"#,
+                2,
+            ),
+            (
                 "/similarity",
                 r#"{"inputs": {"source_sentence": "a", "sentences": ["b", "c"]}}"#,
                 3,
@@ -317,7 +348,7 @@ mod tests {
             assert_eq!(r.inputs(), inputs, "{route}");
             assert!(r.text_bytes() >= inputs, "{route}");
         }
-        let e = JsonRequest::parse("/embed_all", b"{}", 4).unwrap_err();
+        let e = JsonRequest::parse("/generate", b"{}", 4).unwrap_err();
         assert!(e.to_string().contains("/v1/rerank"), "{e}");
         // On `POST /`, a body that is neither shape gets `/embed`'s message.
         let e = JsonRequest::parse("/", br#"{"inputs": 3}"#, 4).unwrap_err();

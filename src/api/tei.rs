@@ -59,6 +59,59 @@ impl EmbedRequest {
     }
 }
 
+/// `POST /embed_all`: every token's vector, as TEI's (no `normalize`: the vectors are the
+/// model's last hidden state).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedAllRequest {
+    pub inputs: Inputs,
+    /// Cut inputs longer than the model's maximum instead of refusing them with 413 (default
+    /// true).
+    #[serde(default = "yes")]
+    pub truncate: bool,
+    /// TEI's option; only `right` (the default) is implemented.
+    #[serde(default)]
+    pub truncation_direction: Option<String>,
+    /// One of the model's prompts, put before every text (its tokens are answered too).
+    #[serde(default)]
+    pub prompt_name: Option<String>,
+}
+
+impl EmbedAllRequest {
+    /// Parses and checks a body as [`EmbedRequest::parse`] does.
+    pub fn parse(body: &[u8], max_client_batch: usize) -> Result<Self, ServiceError> {
+        let r: Self = from_json(body, EMBED_EXPECTS)?;
+        check_truncation_direction(r.truncation_direction.as_deref())?;
+        check_count(r.inputs.0.len(), max_client_batch)?;
+        Ok(r)
+    }
+}
+
+/// `/embed_all`'s answer: per input, one array per token, written straight from each input's
+/// flat `len × hidden` values (no nested copy of a large answer).
+pub struct EmbedAllAnswer<'a> {
+    pub rows: &'a [Vec<f32>],
+    pub hidden: usize,
+}
+
+impl Serialize for EmbedAllAnswer<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        /// One input's token vectors.
+        struct Tokens<'a>(&'a [f32], usize);
+        impl Serialize for Tokens<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.chunks_exact(self.1))
+            }
+        }
+        let mut seq = s.serialize_seq(Some(self.rows.len()))?;
+        for rows in self.rows {
+            seq.serialize_element(&Tokens(rows, self.hidden.max(1)))?;
+        }
+        seq.end()
+    }
+}
+
 /// Only `right` (any case) is implemented.
 fn check_truncation_direction(direction: Option<&str>) -> Result<(), ServiceError> {
     match direction {

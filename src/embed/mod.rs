@@ -73,6 +73,17 @@ pub struct Embedded {
     pub tokens: usize,
 }
 
+/// Every token's vector of each text of a request, in input order.
+#[derive(Debug)]
+pub struct TokenEmbedded {
+    /// Per text, its tokens' vectors one after the other (`len × hidden` values).
+    pub rows: Vec<Vec<f32>>,
+    /// The vector size.
+    pub hidden: usize,
+    /// Tokens the model read, over all inputs.
+    pub tokens: usize,
+}
+
 /// The embedding model's service.
 pub struct EmbedService {
     info: ModelInfo,
@@ -161,25 +172,8 @@ impl EmbedService {
                 )));
             }
         }
-        let prompt = match &options.prompt_name {
-            Some(name) => self
-                .info
-                .prompts
-                .get(name)
-                .map_err(ServiceError::Invalid)?
-                .to_string(),
-            None => String::new(),
-        };
-        let truncate = options.truncate;
         let ids = self
-            .each_text(texts, move |tokenizer, i, text| {
-                if prompt.is_empty() {
-                    tokenizer.encode(i, text, truncate)
-                } else {
-                    // As sentence-transformers does: the prompt and the text are one text.
-                    tokenizer.encode(i, &format!("{prompt}{text}"), truncate)
-                }
-            })
+            .encode_texts(texts, options.truncate, options.prompt_name.as_deref())
             .await?;
         let tokens = ids.iter().map(Vec::len).sum();
         let outputs = self
@@ -200,6 +194,69 @@ impl EmbedService {
             })
             .collect::<Result<_, _>>()?;
         Ok(Embedded { vectors, tokens })
+    }
+
+    /// Every token's vector of each text (TEI's `/embed_all`): the model's last hidden state,
+    /// neither pooled nor normalised, special tokens included; `truncate` and `prompt_name`
+    /// as for [`EmbedService::embed`]. The texts batch with `/embed`'s (one entry each).
+    pub async fn embed_tokens(
+        &self,
+        arrival: Arrival,
+        texts: Vec<String>,
+        truncate: bool,
+        prompt_name: Option<&str>,
+    ) -> Result<TokenEmbedded, ServiceError> {
+        let ids = self.encode_texts(texts, truncate, prompt_name).await?;
+        let tokens = ids.iter().map(Vec::len).sum();
+        let outputs = self
+            .run(arrival, ids.into_iter().map(|ids| Job::EmbedTokens { ids }))
+            .await?;
+        let hidden = self.info.dimensions;
+        let rows = outputs
+            .into_iter()
+            .map(|output| match output {
+                Output::Embedding(v) if v.len() % hidden == 0 => Ok(v),
+                Output::Embedding(v) => Err(ServiceError::Failed(format!(
+                    "the model answered {} values for tokens of {hidden}",
+                    v.len()
+                ))),
+                Output::Logits(_) => Err(ServiceError::Failed(
+                    "the model answered token vectors with logits".into(),
+                )),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(TokenEmbedded {
+            rows,
+            hidden,
+            tokens,
+        })
+    }
+
+    /// The ids of each text with the model's prompt `prompt_name` before it (as
+    /// sentence-transformers does: the prompt and the text are one text).
+    async fn encode_texts(
+        &self,
+        texts: Vec<String>,
+        truncate: bool,
+        prompt_name: Option<&str>,
+    ) -> Result<Vec<Vec<u32>>, ServiceError> {
+        let prompt = match prompt_name {
+            Some(name) => self
+                .info
+                .prompts
+                .get(name)
+                .map_err(ServiceError::Invalid)?
+                .to_string(),
+            None => String::new(),
+        };
+        self.each_text(texts, move |tokenizer, i, text| {
+            if prompt.is_empty() {
+                tokenizer.encode(i, text, truncate)
+            } else {
+                tokenizer.encode(i, &format!("{prompt}{text}"), truncate)
+            }
+        })
+        .await
     }
 
     /// Queues one entry per job (all or none, in order from `arrival`) and awaits every

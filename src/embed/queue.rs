@@ -21,8 +21,11 @@ use crate::metrics;
 /// What an entry asks the model to do.
 #[derive(Debug)]
 pub enum Job {
-    /// Embed one token sequence.
+    /// Embed one token sequence (its pooled vector).
     Embed { ids: Vec<u32> },
+    /// Every token's vector of one sequence (TEI's `/embed_all`), in the same batches as
+    /// [`Job::Embed`]: the forward pass is the same, only the pooling is skipped.
+    EmbedTokens { ids: Vec<u32> },
     /// Score one text or one pair of texts with a classifier (a reranker's (query, passage)
     /// pair is one entry, batched with everything else); the tokens from `second_from` on
     /// are the second text's.
@@ -34,10 +37,11 @@ impl Job {
     pub fn input(&self) -> crate::model::EncoderInput<'_> {
         match self {
             Job::Embed { ids } => crate::model::EncoderInput::single(ids),
-            Job::Score { ids, second_from } => crate::model::EncoderInput {
-                ids,
-                second_from: *second_from,
+            Job::EmbedTokens { ids } => crate::model::EncoderInput {
+                every_token: true,
+                ..crate::model::EncoderInput::single(ids)
             },
+            Job::Score { ids, second_from } => crate::model::EncoderInput::pair(ids, *second_from),
         }
     }
 }
@@ -45,7 +49,8 @@ impl Job {
 /// What the model answers.
 #[derive(Debug)]
 pub enum Output {
-    /// The pooled, not yet normalised vector.
+    /// The pooled, not yet normalised vector; for [`Job::EmbedTokens`] every token's, one
+    /// after the other.
     Embedding(Vec<f32>),
     /// The classifier's logits, one per label.
     Logits(Vec<f32>),

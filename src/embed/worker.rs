@@ -148,7 +148,7 @@ impl Worker {
             Ok(Ok(vectors)) if vectors.len() == group.len() => {
                 for (entry, v) in group.into_iter().zip(vectors) {
                     let output = match entry.job {
-                        Job::Embed { .. } => Output::Embedding(v),
+                        Job::Embed { .. } | Job::EmbedTokens { .. } => Output::Embedding(v),
                         Job::Score { .. } => Output::Logits(v),
                     };
                     let _ = entry.reply.send(Ok(output));

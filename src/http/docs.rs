@@ -84,6 +84,11 @@ pub fn openapi() -> &'static Value {
                         "truncate": { "type": "boolean", "default": true },
                         "truncation_direction": { "type": "string", "nullable": true, "description": "only \"right\" (any case) is supported" },
                         "prompt_name": { "type": "string", "nullable": true, "description": "one of the model's prompts (config_sentence_transformers.json, listed by /info), put before every input; an unknown name is 400" } } },
+                    "EmbedAllRequest": { "type": "object", "required": ["inputs"], "additionalProperties": false, "properties": {
+                        "inputs": inputs,
+                        "truncate": { "type": "boolean", "default": true },
+                        "truncation_direction": { "type": "string", "nullable": true, "description": "only \"right\" (any case) is supported" },
+                        "prompt_name": { "type": "string", "nullable": true, "description": "one of the model's prompts, put before every input (its tokens are answered too); an unknown name is 400" } } },
                     "SimilarityRequest": { "type": "object", "required": ["inputs"], "additionalProperties": false, "properties": {
                         "inputs": { "type": "object", "required": ["source_sentence", "sentences"], "additionalProperties": false, "properties": {
                             "source_sentence": { "type": "string" },
@@ -125,7 +130,7 @@ pub fn openapi() -> &'static Value {
                     "Status": { "type": "object", "properties": { "status": { "type": "string" }, "reason": { "type": "string" },
                         "queue": { "type": "object", "description": "with --queue: the broker's status (up or down, with the reason)" } } },
                     "JobRequest": { "type": "object", "required": ["route", "body"], "additionalProperties": false, "properties": {
-                        "route": { "type": "string", "enum": ["/embed", "/", "/similarity", "/v1/embeddings", "/rerank", "/v1/rerank", "/predict", "/tokenize", "/decode"] },
+                        "route": { "type": "string", "enum": ["/embed", "/", "/embed_all", "/similarity", "/v1/embeddings", "/rerank", "/v1/rerank", "/predict", "/tokenize", "/decode"] },
                         "body": { "type": "object", "description": "the body that route takes" } } },
                     "Job": { "type": "object", "required": ["id", "state"], "properties": {
                         "id": { "type": "string" },
@@ -142,6 +147,12 @@ pub fn openapi() -> &'static Value {
                     "requestBody": json_body("EmbedRequest"),
                     "responses": merge(json!({ "200": { "description": "One vector per input, in input order",
                         "content": { "application/json": { "schema": { "type": "array", "items": vector } } } } }), post_errors()) } },
+                "/embed_all": { "post": {
+                    "summary": "Every token's vector of each input: the model's last hidden state, neither pooled nor normalised, special tokens included (Hugging Face TEI API); the answer counts against --max-inflight-body-bytes (413 when larger)",
+                    "requestBody": json_body("EmbedAllRequest"),
+                    "responses": merge(json!({ "200": { "description": "Per input, one vector per token, in order",
+                        "content": { "application/json": { "schema": { "type": "array", "items": { "type": "array", "items": vector } } } } } }), merge(post_errors(), json!({
+                            "413": error_response("Body over --max-body-bytes, more inputs than --max-client-batch, an input over the model's maximum length with truncate false, or an answer larger than --max-inflight-body-bytes") }))) } },
                 "/similarity": { "post": {
                     "summary": "Cosine similarity of a source sentence with each other sentence, from the model's embeddings (Hugging Face TEI API; POST / takes the same body on an embedding model, as huggingface_hub's sentence_similarity sends it)",
                     "requestBody": json_body("SimilarityRequest"),
@@ -456,6 +467,7 @@ fn example(path: &str, method: &hyper::Method, auth: &str) -> String {
         "/embed" | "/" if post_route => {
             post(r#"{"inputs": ["A man is eating food.", "A man is riding a horse."]}"#)
         }
+        "/embed_all" => post(r#"{"inputs": "A man is eating food."}"#),
         "/similarity" => post(
             r#"{"inputs": {"source_sentence": "A man is eating food.", "sentences": ["A man is eating a meal.", "A man is riding a horse."]}}"#,
         ),

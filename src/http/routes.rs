@@ -22,6 +22,7 @@ enum Handler {
     /// answers it.
     RootTask,
     Embed,
+    EmbedAll,
     Similarity,
     Embeddings,
     Rerank,
@@ -79,6 +80,7 @@ pub const ROUTES: &[Route] = &[
     route(Method::GET, "/", Handler::IndexPage),
     route(Method::POST, "/", Handler::RootTask),
     route(Method::POST, "/embed", Handler::Embed),
+    route(Method::POST, "/embed_all", Handler::EmbedAll),
     route(Method::POST, "/similarity", Handler::Similarity),
     route(Method::POST, "/v1/embeddings", Handler::Embeddings),
     route(Method::POST, "/rerank", Handler::Rerank),
@@ -182,6 +184,7 @@ pub async fn handle(
         Handler::IndexPage => Ok(docs::index_page(&state, &list())),
         Handler::RootTask => root_task(state, req).await,
         Handler::Embed => tei::embed(&state, req).await,
+        Handler::EmbedAll => tei::embed_all(&state, req).await,
         Handler::Similarity => tei::similarity(&state, req).await,
         Handler::Embeddings => openai::embeddings(&state, req).await,
         Handler::Rerank => tei::rerank(&state, req).await,

@@ -1,5 +1,5 @@
 //! Hugging Face TEI's routes: `POST /embed` and `POST /similarity` (both also `POST /` on an
-//! embedding model, told apart by the body),
+//! embedding model, told apart by the body), `POST /embed_all`,
 //! `POST /rerank` and `POST /predict` (also `POST /` on a reranker and on a classifier) and
 //! `POST /tokenize` and `POST /decode`. Their bodies and answers are [`crate::api::tei`]'s.
 
@@ -14,6 +14,14 @@ use super::state::AppState;
 /// `POST /embed` (and `POST /` on an embedding model): one vector per input.
 pub async fn embed(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     json_routes::answer(state, req, "/embed").await
+}
+
+/// `POST /embed_all`: every token's vector of each input.
+pub async fn embed_all(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    json_routes::answer(state, req, "/embed_all").await
 }
 
 /// `POST /` on an embedding model: `/embed`'s body, or `/similarity`'s (as TEI takes both).

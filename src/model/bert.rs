@@ -588,10 +588,7 @@ mod tests {
                         let _ = bert.forward(
                             &[
                                 EncoderInput::single(&[2, 7, 3]),
-                                EncoderInput {
-                                    ids: &[2, 3, 5],
-                                    second_from: 2,
-                                },
+                                EncoderInput::pair(&[2, 3, 5], 2),
                             ],
                             1,
                         );

@@ -31,8 +31,7 @@ impl Model for SentenceEncoder {
                 .enumerate()
                 .map(|(b, s)| {
                     let rows = &data[b * seq_len * h..][..s.ids.len() * h];
-                    let mut out = Vec::with_capacity(h);
-                    self.pooling.pool(rows, h, &mut out);
+                    let out = self.pooling.answer(rows, h, s.every_token);
                     // A mean can overflow where every token was finite.
                     if !out.iter().all(|v| v.is_finite()) {
                         return Err(non_finite());

@@ -105,20 +105,35 @@ pub struct ClassifierInfo {
     pub score_function: ScoreFunction,
 }
 
-/// One input of a forward pass: token ids, and where the second text of a pair starts.
+/// One input of a forward pass: token ids, where the second text of a pair starts, and
+/// whether an embedding model answers every token's vector instead of the pooled one.
 #[derive(Debug, Clone, Copy)]
 pub struct EncoderInput<'a> {
     pub ids: &'a [u32],
     /// The first token of the second text (token type 1); `ids.len()` for a single text.
     pub second_from: usize,
+    /// An embedding model answers the last hidden state of every token (`len × hidden`
+    /// values, token by token; TEI's `/embed_all`) instead of the pooled vector. A classifier
+    /// ignores it (the services never ask one).
+    pub every_token: bool,
 }
 
 impl<'a> EncoderInput<'a> {
-    /// A single text's ids (every token of type 0).
+    /// A single text's ids (every token of type 0), pooled.
     pub fn single(ids: &'a [u32]) -> Self {
         Self {
             ids,
             second_from: ids.len(),
+            every_token: false,
+        }
+    }
+
+    /// A pair of texts, the second from token `second_from` on.
+    pub fn pair(ids: &'a [u32], second_from: usize) -> Self {
+        Self {
+            ids,
+            second_from,
+            every_token: false,
         }
     }
 }

@@ -81,6 +81,17 @@ impl Pooling {
         }
     }
 
+    /// What an embedding model answers for the rows `[len × hidden]` of one sequence: the
+    /// pooled vector, or (`every_token`, TEI's `/embed_all`) every row as it is.
+    pub fn answer(self, rows: &[f32], hidden: usize, every_token: bool) -> Vec<f32> {
+        if every_token {
+            return rows.to_vec();
+        }
+        let mut out = Vec::with_capacity(hidden);
+        self.pool(rows, hidden, &mut out);
+        out
+    }
+
     /// Pools the rows `[len × hidden]` of one sequence (only its real tokens) into `out`.
     pub fn pool(self, rows: &[f32], hidden: usize, out: &mut Vec<f32>) {
         let len = rows.len() / hidden;
@@ -143,6 +154,14 @@ mod tests {
         assert_eq!(pooled(Pooling::Max), vec![5.0, 4.0]);
         let s = 3f32.sqrt();
         assert_eq!(pooled(Pooling::MeanSqrtLen), vec![9.0 / s, -4.0 / s]);
+    }
+
+    #[test]
+    fn an_answer_is_the_pooled_vector_or_every_row() {
+        for p in [Pooling::Mean, Pooling::Cls, Pooling::LastToken] {
+            assert_eq!(p.answer(&ROWS, 2, false), pooled(p));
+            assert_eq!(p.answer(&ROWS, 2, true), ROWS.to_vec());
+        }
     }
 
     #[test]

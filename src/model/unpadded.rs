@@ -64,7 +64,7 @@ pub(crate) fn add(x: &mut [f32], y: &[f32]) {
 }
 
 /// One vector per sequence: its rows of `hidden` (`Σ len × h`, in the order of `inputs`)
-/// pooled.
+/// pooled, or all of them for an input that asks for every token.
 ///
 /// # Errors
 ///
@@ -81,8 +81,7 @@ pub(crate) fn pool_each(
         .map(|s| {
             let rows = &hidden[row0 * h..(row0 + s.ids.len()) * h];
             row0 += s.ids.len();
-            let mut out = Vec::with_capacity(h);
-            pooling.pool(rows, h, &mut out);
+            let out = pooling.answer(rows, h, s.every_token);
             if !out.iter().all(|v| v.is_finite()) {
                 return Err(ModelError::Forward(
                     "the model produced a non-finite value".into(),

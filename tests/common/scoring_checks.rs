@@ -61,10 +61,7 @@ pub fn check_reranker(
         }
         let inputs: Vec<EncoderInput> = pairs
             .iter()
-            .map(|p| EncoderInput {
-                ids: &p.ids,
-                second_from: p.second_from,
-            })
+            .map(|p| EncoderInput::pair(&p.ids, p.second_from))
             .collect();
         let batched: Vec<f32> = m.model.forward(&inputs, 2).unwrap().concat();
         for (i, input) in inputs.iter().enumerate() {
@@ -137,10 +134,7 @@ pub fn check_classifier(
             .map(|t| (t >= p.second_from) as u32)
             .collect();
         assert_eq!(types, c.type_ids, "case {i}: token types");
-        let input = EncoderInput {
-            ids: &p.ids,
-            second_from: p.second_from,
-        };
+        let input = EncoderInput::pair(&p.ids, p.second_from);
         let logits = m.model.forward(&[input], 1).unwrap().remove(0);
         let mut softmax = logits.clone();
         classifier.score_function.apply(&mut softmax);
