@@ -391,9 +391,47 @@ fn bench_bf16_levels(c: &mut Criterion) {
     group.finish();
 }
 
+/// int8 layers as a decode step streams them: 24 layers of Qwen3-0.6B's gate projection
+/// (1024 → 3072, 3 MB each, 72 MB in all: more than this CPU's caches), each run once per
+/// step at 1 to 8 rows (the streams of a continuous batch), one thread; throughput in
+/// multiply-adds. `cargo bench --bench forward -- int8-decode`.
+fn bench_int8_decode(c: &mut Criterion) {
+    use zerobatch::kernels::{Dtype, Epilogue, KernelLevel, PackedLinear};
+    let (k, n, layers) = (1024, 3072, 24);
+    let packed: Vec<PackedLinear> = (0..layers)
+        .map(|l| {
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 31 + l * 7) % 97) as f32 / 97.0 - 0.5)
+                .collect();
+            PackedLinear::pack(Dtype::Int8, &w, &vec![0.0; n], k).unwrap()
+        })
+        .collect();
+    let mut group = c.benchmark_group("int8-decode");
+    group
+        .sample_size(20)
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2));
+    for m in [1usize, 2, 4, 8, 16, 32] {
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 17 % 89) as f32 - 44.0) / 89.0)
+            .collect();
+        let mut out = vec![0.0f32; m * n];
+        group.throughput(Throughput::Elements((m * k * n * layers) as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(m), &m, |bch, &m| {
+            bch.iter(|| {
+                for layer in &packed {
+                    layer.forward(&x, m, &mut out, KernelLevel::detected(), 1, Epilogue::Bias);
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     bench_linear,
+    bench_int8_decode,
     bench_f32_shapes,
     bench_forward,
     bench_bf16_levels

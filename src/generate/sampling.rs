@@ -6,6 +6,8 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::kernels::log_sum_exp;
+
 /// How one request's tokens are chosen (already validated).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -316,12 +318,6 @@ pub fn argmax(logits: &[f32]) -> u32 {
         }
     }
     best as u32
-}
-
-/// `log Σ exp(logits)`, so that `logit − lse` is a log-probability.
-fn log_sum_exp(logits: &[f32]) -> f32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln()
 }
 
 #[cfg(test)]

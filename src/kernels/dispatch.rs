@@ -14,6 +14,19 @@ use super::KernelLevel;
 /// for AVX2+FMA. The `unsafe` form is for bodies with a caller's contract (raw pointers): both
 /// functions are then `unsafe fn` and the contract is written at the invocation.
 macro_rules! dispatch {
+    ($generic:ident, $avx2:ident, ($($arg:ident : $ty:ty),*) -> $ret:ty $body:block) => {
+        #[inline(always)]
+        fn $generic($($arg: $ty),*) -> $ret $body
+
+        /// The same function compiled for AVX2 and FMA.
+        ///
+        /// # Safety
+        ///
+        /// The CPU must support AVX2 and FMA (see `dispatch::has_avx2_fma`).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx2($($arg: $ty),*) -> $ret { $generic($($arg),*) }
+    };
     ($generic:ident, $avx2:ident, ($($arg:ident : $ty:ty),*) $body:block) => {
         #[inline(always)]
         fn $generic($($arg: $ty),*) $body

@@ -54,7 +54,7 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-pub use activations::{add_layer_norm, gelu, gelu_at, gelu_tanh_at};
+pub use activations::{add_layer_norm, gelu, gelu_at, gelu_tanh_at, log_sum_exp};
 pub use attention::{attention, attention_at, attention_with, AttentionShape, Products};
 pub use bf16::Bf16Linear;
 pub use causal_attention::{causal_attention, CausalShape, KvRows, KvValue};
