@@ -393,7 +393,7 @@ fn bench_bf16_levels(c: &mut Criterion) {
 
 /// int8 layers as a decode step streams them: 24 layers of Qwen3-0.6B's gate projection
 /// (1024 → 3072, 3 MB each, 72 MB in all: more than this CPU's caches), each run once per
-/// step at 1 to 8 rows (the streams of a continuous batch), one thread; throughput in
+/// step at 1 to 32 rows (the streams of a continuous batch), one thread; throughput in
 /// multiply-adds. `cargo bench --bench forward -- int8-decode`.
 fn bench_int8_decode(c: &mut Criterion) {
     use zerobatch::kernels::{Dtype, Epilogue, KernelLevel, PackedLinear};
