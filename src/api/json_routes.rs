@@ -170,7 +170,7 @@ impl JsonRequest {
                     .embed_tokens(arrival, r.inputs.0, r.truncate, r.prompt_name.as_deref())
                     .await?;
                 // Megabytes of JSON for long inputs: written off the async threads.
-                let size = done.tokens * done.hidden * VALUE_JSON_BYTES;
+                let size = done.rows.iter().map(Vec::len).sum::<usize>() * VALUE_JSON_BYTES;
                 serving
                     .offload()
                     .run(size, move || {

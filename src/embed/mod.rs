@@ -80,8 +80,6 @@ pub struct TokenEmbedded {
     pub rows: Vec<Vec<f32>>,
     /// The vector size.
     pub hidden: usize,
-    /// Tokens the model read, over all inputs.
-    pub tokens: usize,
 }
 
 /// The embedding model's service.
@@ -207,7 +205,6 @@ impl EmbedService {
         prompt_name: Option<&str>,
     ) -> Result<TokenEmbedded, ServiceError> {
         let ids = self.encode_texts(texts, truncate, prompt_name).await?;
-        let tokens = ids.iter().map(Vec::len).sum();
         let outputs = self
             .run(arrival, ids.into_iter().map(|ids| Job::EmbedTokens { ids }))
             .await?;
@@ -225,11 +222,7 @@ impl EmbedService {
                 )),
             })
             .collect::<Result<_, _>>()?;
-        Ok(TokenEmbedded {
-            rows,
-            hidden,
-            tokens,
-        })
+        Ok(TokenEmbedded { rows, hidden })
     }
 
     /// The ids of each text with the model's prompt `prompt_name` before it (as
