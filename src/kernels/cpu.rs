@@ -101,7 +101,10 @@ fn detect() -> KernelLevel {
     if cfg!(miri) {
         return KernelLevel::Scalar;
     }
-    let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    // F16C (every AVX2 CPU has it) widens the generation's f16 KV cache in the AVX builds.
+    let avx2 = is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
     let avx512 = avx2
         && is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")

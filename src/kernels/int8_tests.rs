@@ -199,3 +199,34 @@ fn bad_shapes_are_errors() {
     assert!(Int8Linear::quantize(&[1.0; 6], &[0.0; 2], 4).is_err());
     assert!(Int8Linear::quantize(&[], &[], 0).is_err());
 }
+
+#[test]
+fn every_level_quantizes_activations_to_the_same_bytes_and_scales() {
+    // Widths around the block of 32 and its halves; rows holding a zero block, a NaN, an
+    // infinity, -0.0 and values that land on rounding ties (x · 127 / max = n + 0.5).
+    for k in [1usize, 5, 16, 17, 31, 32, 33, 48, 64, 100, 1024] {
+        let blocks = k.div_ceil(BLOCK);
+        let kpad = blocks * BLOCK;
+        let m = 4;
+        let mut x = values(k as u64, m * k);
+        x[..k.min(32)].fill(0.0);
+        x[k] = -0.0;
+        x[k + k / 2] = f32::NAN;
+        x[2 * k + k - 1] = f32::INFINITY;
+        for (i, v) in x[3 * k..].iter_mut().enumerate() {
+            *v = if i % 32 == 0 { 127.0 } else { (i % 7) as f32 + 0.5 };
+        }
+        for vnni in [false, true] {
+            let run = |level: KernelLevel| {
+                let mut xq = vec![0i8; m * kpad];
+                let mut scales = vec![0.0f32; m * blocks];
+                quantize_activations(&x, k, kpad, vnni, &mut xq, &mut scales, level);
+                (xq, scales.iter().map(|s| s.to_bits()).collect::<Vec<_>>())
+            };
+            let want = run(KernelLevel::Scalar);
+            for level in levels() {
+                assert_eq!(run(level), want, "k {k}, vnni {vnni}, {level}");
+            }
+        }
+    }
+}
