@@ -36,7 +36,7 @@ use super::grammar::Constraint;
 use super::incremental::IncrementalDecoder;
 use super::kv_cache::KvCache;
 use super::prefix_cache::PrefixCache;
-use super::sampling::{Sampler, SamplingParams};
+use super::sampling::{Choice, Sampler, SamplingParams};
 use super::tokenizer::GenTokenizer;
 use crate::metrics;
 
@@ -512,8 +512,10 @@ impl Engine {
                 return;
             }
         };
+        // Each sequence's token is chosen on the team: the rows are long (Qwen's vocabulary is
+        // 151,936 logits) and independent, and the other core would wait meanwhile.
+        let mut choices = self.choose_all(&plan, logits).into_iter();
         let now = Instant::now();
-        let mut logits = logits.into_iter();
         let mut finished = Vec::new();
         let mut produced = 0u64;
         for &(i, _, n, want) in &plan {
@@ -531,27 +533,16 @@ impl Engine {
             if !want {
                 continue;
             }
-            let mut l = logits
+            let choice = match choices
                 .next()
-                .expect("one row of logits per sequence that wants them");
-            for &(id, bias) in &r.req.logit_bias {
-                if let Some(v) = l.get_mut(id as usize) {
-                    *v += bias;
-                }
-            }
-            if let Some(c) = r.req.constraint.as_deref_mut() {
-                if let Masked::Nothing(why) = c.apply(&mut l) {
-                    tracing::debug!("a constrained sequence ends: {why}");
+                .expect("one choice per sequence that wants one")
+            {
+                Some(choice) => choice,
+                None => {
                     finished.push((i, FinishReason::GrammarError));
                     continue;
                 }
-            }
-            let history: Vec<u32> = if r.sampler.params().repetition_penalty != 1.0 {
-                r.req.prompt.iter().chain(&r.generated).copied().collect()
-            } else {
-                Vec::new()
             };
-            let choice = r.sampler.choose(&mut l, &history);
             produced += 1;
             match r.last_token_at {
                 None => metrics::record_time_to_first_token(now - r.req.queued_at),
@@ -631,6 +622,59 @@ impl Engine {
             });
         }
     }
+}
+
+impl Engine {
+    /// Chooses the next token of every planned sequence that wants one (in plan order), on
+    /// the team: its logit bias, its grammar's mask, then its sampler. `None`: the grammar
+    /// allows no token (the sequence ends).
+    fn choose_all(
+        &mut self,
+        plan: &[(usize, usize, usize, bool)],
+        logits: Vec<Vec<f32>>,
+    ) -> Vec<Option<Choice>> {
+        let wants: Vec<usize> = plan.iter().filter(|p| p.3).map(|p| p.0).collect();
+        let mut rows: Vec<(&mut Running, Vec<f32>, Option<Choice>)> = Vec::new();
+        let mut logits = logits.into_iter();
+        // Plan indices increase, so one pass hands out each sequence once.
+        let mut next = wants.iter().peekable();
+        for (i, r) in self.running.iter_mut().enumerate() {
+            if next.peek() == Some(&&i) {
+                next.next();
+                let l = logits
+                    .next()
+                    .expect("one row of logits per sequence that wants them");
+                rows.push((r, l, None));
+            }
+        }
+        let threads = crate::kernels::team::available_threads();
+        crate::kernels::team::parallel_for_each(&mut rows, threads, &|_, row| {
+            let (r, l, choice) = row;
+            *choice = choose(r, l);
+        });
+        rows.into_iter().map(|(_, _, c)| c).collect()
+    }
+}
+
+/// One sequence's next token from its row of logits (see [`Engine::choose_all`]).
+fn choose(r: &mut Running, l: &mut [f32]) -> Option<Choice> {
+    for &(id, bias) in &r.req.logit_bias {
+        if let Some(v) = l.get_mut(id as usize) {
+            *v += bias;
+        }
+    }
+    if let Some(c) = r.req.constraint.as_deref_mut() {
+        if let Masked::Nothing(why) = c.apply(l) {
+            tracing::debug!("a constrained sequence ends: {why}");
+            return None;
+        }
+    }
+    let history: Vec<u32> = if r.sampler.params().repetition_penalty != 1.0 {
+        r.req.prompt.iter().chain(&r.generated).copied().collect()
+    } else {
+        Vec::new()
+    };
+    Some(r.sampler.choose(l, &history))
 }
 
 impl Running {
