@@ -214,7 +214,11 @@ fn every_level_quantizes_activations_to_the_same_bytes_and_scales() {
         x[k + k / 2] = f32::NAN;
         x[2 * k + k - 1] = f32::INFINITY;
         for (i, v) in x[3 * k..].iter_mut().enumerate() {
-            *v = if i % 32 == 0 { 127.0 } else { (i % 7) as f32 + 0.5 };
+            *v = if i % 32 == 0 {
+                127.0
+            } else {
+                (i % 7) as f32 + 0.5
+            };
         }
         for vnni in [false, true] {
             let run = |level: KernelLevel| {

@@ -149,7 +149,11 @@ dispatch!(swiglu_generic, swiglu_avx2, (gate_up: &[f32], ff: usize, act: &mut [f
 #[inline(always)]
 fn silu(g: f32) -> f32 {
     let e = exp_neg(-g.abs());
-    let sigmoid = if g >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
+    let sigmoid = if g >= 0.0 {
+        1.0 / (1.0 + e)
+    } else {
+        e / (1.0 + e)
+    };
     if g < -64.0 {
         0.0
     } else {
@@ -182,7 +186,9 @@ mod tests {
     fn swiglu_and_rms_norm_match_the_f64_formulas() {
         let gates: Vec<f32> = (-1100..1100)
             .map(|i| i as f32 / 10.0)
-            .chain([0.0, -0.0, -64.0, -63.99, -64.01, 1e-30, -1e-30, 88.0, 200.0, -200.0])
+            .chain([
+                0.0, -0.0, -64.0, -63.99, -64.01, 1e-30, -1e-30, 88.0, 200.0, -200.0,
+            ])
             .collect();
         let ff = gates.len();
         let ups: Vec<f32> = (0..ff).map(|i| 0.5 + (i % 13) as f32 / 7.0).collect();
@@ -192,7 +198,10 @@ mod tests {
         for ((&a, &g), &u) in act.iter().zip(&gates).zip(&ups) {
             let want = g as f64 / (1.0 + (-g as f64).exp()) * u as f64;
             let tol = 1e-6 * want.abs() + if g < -64.0 { 1e-25 } else { 1e-30 };
-            assert!((a as f64 - want).abs() <= tol, "silu({g}) · {u}: {a} against {want}");
+            assert!(
+                (a as f64 - want).abs() <= tol,
+                "silu({g}) · {u}: {a} against {want}"
+            );
         }
         let mut nan = vec![0.0; 1];
         swiglu(&[f32::NAN, 1.0], 1, &mut nan);
@@ -209,7 +218,10 @@ mod tests {
                 let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / d as f64;
                 for ((&v, &w), &o) in row.iter().zip(&w).zip(o) {
                     let want = v as f64 / (ms + 1e-6).sqrt() * w as f64;
-                    assert!((o as f64 - want).abs() <= 1e-5 * want.abs().max(1e-3), "{d}");
+                    assert!(
+                        (o as f64 - want).abs() <= 1e-5 * want.abs().max(1e-3),
+                        "{d}"
+                    );
                 }
             }
         }
