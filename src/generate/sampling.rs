@@ -360,7 +360,8 @@ impl<'a> Ranked<'a> {
 
     /// Keeps only the `k` most likely candidates (top-k).
     fn keep_only(&mut self, k: usize) {
-        if k < self.all {
+        // 0 is "off", as transformers reads it (requests refuse it before this).
+        if k > 0 && k < self.all {
             self.rank_to(k);
             self.all = k;
             self.sum = self.ranked.iter().map(|&(_, l)| l.exp()).sum();
