@@ -339,13 +339,7 @@ struct Ranked<'a> {
 impl<'a> Ranked<'a> {
     fn new(scaled: &'a [f32], ranked: &'a mut Vec<(u32, f32)>) -> Self {
         ranked.clear();
-        let block_max = scaled
-            .chunks(BLOCK)
-            .map(|b| {
-                b.iter()
-                    .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
-            })
-            .collect();
+        let block_max = scaled.chunks(BLOCK).map(|b| largest(b, |_| true)).collect();
         let all = scaled.iter().filter(|&&x| x > f32::NEG_INFINITY).count();
         // The largest is 0: nothing overflows, and the −∞ count as nothing.
         let sum = log_sum_exp(scaled).exp();
