@@ -7,7 +7,7 @@
 //! (candle's dequantization). Loaded in f32, the two files must give the same logits: the
 //! loader reads each type's blocks, shapes and rows (the embedding table stays as stored and
 //! is dequantized row by row) as candle stores them. The default `auto` load of the quantized
-//! file (Q4_0, Q4_1 and Q4_K blocks kept, others in int8) must stay close (cosine ≥ 0.99),
+//! file (Q4_0, Q4_1, Q4_K, Q5_0, Q5_1 and Q5_K blocks kept, others in int8) must stay close (cosine ≥ 0.99),
 //! prefill and through the KV cache. Nothing is downloaded.
 
 mod common;
@@ -124,12 +124,12 @@ fn every_gguf_tensor_type_loads_as_stored_and_runs() {
                 .fold(0.0, f32::max);
             assert!(diff <= 1e-5, "{variant} in f32: logits differ by {diff}");
         }
-        // The serving default: Q4_0/Q4_1/Q4_K kept as stored, every other type in int8.
+        // The serving default: 4- and 5-bit blocks kept as stored, every other type in int8.
         let (served, _) = Llama::load(&quantized, Dtype::Int8, true, level, 2).unwrap();
         let formats: std::collections::BTreeMap<_, _> =
             served.weight_formats().into_iter().collect();
         let kept = match variant {
-            "q4_0" | "q4_1" | "q4_k" => variant,
+            "q4_0" | "q4_1" | "q4_k" | "q5_0" | "q5_1" | "q5_k" => variant,
             // Q6_K's attn_v and ffn_down make those layers int8; gate and up stay Q4_K.
             "q4_k_m" => "q4_k+int8",
             _ => "int8",

@@ -139,6 +139,9 @@ fn convert_linear(
         Some(GgmlDType::Q4_0) => Some(Q4Format::Q4_0),
         Some(GgmlDType::Q4_1) => Some(Q4Format::Q4_1),
         Some(GgmlDType::Q4K) => Some(Q4Format::Q4K),
+        Some(GgmlDType::Q5_0) => Some(Q4Format::Q5_0),
+        Some(GgmlDType::Q5_1) => Some(Q4Format::Q5_1),
+        Some(GgmlDType::Q5K) => Some(Q4Format::Q5K),
         _ => None,
     };
     let types: Vec<_> = parts

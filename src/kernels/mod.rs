@@ -108,12 +108,12 @@ impl FromStr for Dtype {
 }
 
 /// A linear layer whose weights were converted at load into a packed format: f32 in panels,
-/// bf16, int8, or GGUF's 4-bit blocks.
+/// bf16, int8, or GGUF's 4- and 5-bit blocks.
 pub enum PackedLinear {
     F32(F32Linear),
     Bf16(Bf16Linear),
     Int8(Int8Linear),
-    /// GGUF 4-bit weights kept as they are (generation models).
+    /// GGUF 4- and 5-bit weights kept as they are (generation models).
     Q4(Q4Linear),
 }
 
@@ -128,6 +128,9 @@ impl PackedLinear {
                 Q4Format::Q4_0 => "q4_0",
                 Q4Format::Q4_1 => "q4_1",
                 Q4Format::Q4K => "q4_k",
+                Q4Format::Q5_0 => "q5_0",
+                Q4Format::Q5_1 => "q5_1",
+                Q4Format::Q5K => "q5_k",
             },
         }
     }

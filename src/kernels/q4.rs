@@ -1,12 +1,18 @@
-//! Linear layers on 4-bit weights kept as GGUF stores them (Q4_0 and Q4_1: blocks of 32
-//! values, `w = d·q + m` with `q` in 0..=15; Q4_K: super-blocks of 256 whose eight
-//! sub-blocks of 32 are the same form, `d·sc_j · q − dmin·m_j`, with 6-bit `sc_j` and `m_j`),
-//! against activations quantized to int8 per block of 32 as in [`super::int8`].
+//! Linear layers on 4- and 5-bit weights kept as GGUF stores them (Q4_0 and Q4_1: blocks of
+//! 32 values, `w = d·q + m` with `q` in 0..=15; Q5_0 and Q5_1 the same with a fifth bit, `q` in
+//! 0..=31; Q4_K and Q5_K: super-blocks of 256 whose eight sub-blocks of 32 are the same form,
+//! `d·sc_j · q − dmin·m_j`, with 6-bit `sc_j` and `m_j`), against activations quantized to int8
+//! per block of 32 as in [`super::int8`].
 //!
-//! Q4_K is the bulk of the `Q4_K_M` files most people download. Each of its sub-blocks is
-//! unpacked at load into the Q4_1 form, `d = d·sc_j` and `m = −dmin·m_j` computed in f32 as
-//! ggml's dequantization computes them, so the weights keep their exact values and run on the
-//! same kernels.
+//! Q4_K is the bulk of the `Q4_K_M` files most people download; where 256 does not divide a
+//! row (Qwen2.5-0.5B's 896, Gemma 3 1B's 1,152) llama-quantize writes Q5_0 instead, so those
+//! files are mostly Q5_0. Each K-quant sub-block is unpacked at load into the Q4_1 / Q5_1
+//! form, `d = d·sc_j` and `m = −dmin·m_j` computed in f32 as ggml's dequantization computes
+//! them, so the weights keep their exact values and run on the same kernels.
+//!
+//! The fifth bit is held apart, one bit per weight (a 64-bit mask per 64-byte chunk of
+//! nibbles), and added to the nibbles in registers: a 5-bit layer is 0.875 bytes a weight
+//! with its f32 scales, against the 1.125 of int8, and loads without requantizing.
 //!
 //! Why: generation reads every weight once per step. At a batch of one the step is bound by
 //! memory traffic, and 4-bit weights are half the bytes of int8 ones (0.75 byte per weight with
@@ -18,13 +24,16 @@
 //! multiply-adds per block run in the same order everywhere, so every path gives the same
 //! bits:
 //! - **avx512-vnni** and up: `vpdpbusd` multiplies the unsigned nibbles by the signed
-//!   activations directly (no offset correction is needed);
-//! - **avx2**: `vpmaddubsw` (15 · 127 · 2 fits in i16, so it never saturates);
+//!   activations directly (no offset correction is needed); the fifth bit is a masked byte add;
+//! - **avx2**: `vpmaddubsw` (31 · 127 · 2 fits in i16, so it never saturates); the fifth bit is
+//!   expanded from its mask by a byte shuffle and compare;
 //! - **scalar**: plain i32 arithmetic.
 //!
 //! Layout: panels of 16 output columns; per panel and block, 4 chunks of 64 bytes; chunk `j`
 //! holds groups `2j` (low nibbles) and `2j + 1` (high nibbles), each group 16 columns × 4
-//! consecutive reduction indices, as `vpdpbusd` consumes them.
+//! consecutive reduction indices, as `vpdpbusd` consumes them. 5-bit formats add, per panel
+//! and block, 8 masks of 64 bits: mask `2j + h` holds the fifth bit of the 64 bytes of chunk
+//! `j`'s low (`h = 0`) or high (`h = 1`) nibbles, bit `4·lane + t` for byte `4·lane + t`.
 
 use super::cpu::KernelLevel;
 use super::int8::{quantize_activations, BLOCK};
@@ -35,8 +44,10 @@ use super::tiles::{for_each_tile, in_row_blocks, store_tile, Epilogue, SharedOut
 const CHUNK_BYTES: usize = PANEL * 4;
 /// Chunks per block of 32.
 const BLOCK_CHUNKS: usize = BLOCK / 8;
+/// Fifth-bit masks per panel and block (5-bit formats).
+const BLOCK_MASKS: usize = 2 * BLOCK_CHUNKS;
 
-/// A GGUF 4-bit block format.
+/// A GGUF 4- or 5-bit block format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Q4Format {
     /// `{d: f16, qs: [u8; 16]}`, `w = d·(q − 8)`.
@@ -46,6 +57,15 @@ pub enum Q4Format {
     /// `{d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]}` for 256 values: sub-block `j`
     /// is `w = d·sc_j · q − dmin·m_j` (ggml's `block_q4_K`).
     Q4K,
+    /// `{d: f16, qh: [u8; 4], qs: [u8; 16]}`, `w = d·(q − 16)`, bit `i` of `qh` the fifth bit
+    /// of value `i`.
+    Q5_0,
+    /// `{d: f16, m: f16, qh: [u8; 4], qs: [u8; 16]}`, `w = d·q + m`.
+    Q5_1,
+    /// `{d: f16, dmin: f16, scales: [u8; 12], qh: [u8; 32], qs: [u8; 128]}` for 256 values:
+    /// Q4_K's form with bit `j` of `qh[l]` the fifth bit of value `l` of sub-block `j`
+    /// (ggml's `block_q5_K`).
+    Q5K,
 }
 
 impl Q4Format {
@@ -55,46 +75,65 @@ impl Q4Format {
             Q4Format::Q4_0 => 18,
             Q4Format::Q4_1 => 20,
             Q4Format::Q4K => 144,
+            Q4Format::Q5_0 => 22,
+            Q4Format::Q5_1 => 24,
+            Q4Format::Q5K => 176,
         }
     }
 
     /// Values per block.
     pub fn block_values(self) -> usize {
         match self {
-            Q4Format::Q4_0 | Q4Format::Q4_1 => BLOCK,
-            Q4Format::Q4K => Q4K_VALUES,
+            Q4Format::Q4_0 | Q4Format::Q4_1 | Q4Format::Q5_0 | Q4Format::Q5_1 => BLOCK,
+            Q4Format::Q4K | Q4Format::Q5K => K_VALUES,
         }
     }
 
+    /// Whether values have a fifth bit.
+    pub fn five_bits(self) -> bool {
+        matches!(self, Q4Format::Q5_0 | Q4Format::Q5_1 | Q4Format::Q5K)
+    }
+
     /// Block `b` (of 32 values) of a row stored in this format: its scale `d`, its offset
-    /// `m` (`w = d·q + m`) and its nibbles as stored ([`Nibbles`]).
-    fn block(self, row: &[u8], b: usize) -> (f32, f32, Nibbles) {
+    /// `m` (`w = d·q + m`), its nibbles as stored ([`Nibbles`]) and its fifth bits (bit `i`
+    /// for value `i`; 0 in 4-bit formats).
+    fn block(self, row: &[u8], b: usize) -> (f32, f32, Nibbles, u32) {
         let word = |q: &[u8], i: usize| {
             u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]])
         };
         match self {
-            Q4Format::Q4_0 | Q4Format::Q4_1 => {
+            Q4Format::Q4_0 | Q4Format::Q4_1 | Q4Format::Q5_0 | Q4Format::Q5_1 => {
                 let block = &row[b * self.block_bytes()..][..self.block_bytes()];
                 let d = f16(block);
-                let (m, qs) = match self {
-                    Q4Format::Q4_0 => (-8.0 * d, &block[2..18]),
-                    _ => (f16(&block[2..]), &block[4..20]),
+                let (m, high, qs) = match self {
+                    Q4Format::Q4_0 => (-8.0 * d, 0, &block[2..18]),
+                    Q4Format::Q4_1 => (f16(&block[2..]), 0, &block[4..20]),
+                    Q4Format::Q5_0 => (-16.0 * d, word(&block[2..6], 0), &block[6..22]),
+                    _ => (f16(&block[2..]), word(&block[4..8], 0), &block[8..24]),
                 };
                 (
                     d,
                     m,
                     Nibbles::Split([word(qs, 0), word(qs, 1), word(qs, 2), word(qs, 3)]),
+                    high,
                 )
             }
-            Q4Format::Q4K => {
+            Q4Format::Q4K | Q4Format::Q5K => {
                 let (sb, j) = (b / 8, b % 8);
-                let block = &row[sb * 144..][..144];
+                let bytes = self.block_bytes();
+                let block = &row[sb * bytes..][..bytes];
                 let (d, dmin) = (f16(block), f16(&block[2..]));
                 let (sc, mn) = q4k_scale_min(j, &block[4..16]);
                 // Sub-blocks 2g and 2g + 1 share the 32 bytes of group g: the low nibbles
                 // and the high nibbles.
-                let qs = &block[16 + 32 * (j / 2)..][..32];
+                let qs = &block[bytes - 128 + 32 * (j / 2)..][..32];
                 let words = std::array::from_fn(|i| word(qs, i));
+                let high = if self == Q4Format::Q5K {
+                    let qh = &block[16..48];
+                    (0..BLOCK).fold(0, |h, l| h | (((qh[l] >> j) & 1) as u32) << l)
+                } else {
+                    0
+                };
                 (
                     d * sc as f32,
                     -(dmin * mn as f32),
@@ -102,16 +141,27 @@ impl Q4Format {
                         words,
                         high: j % 2 == 1,
                     },
+                    high,
                 )
             }
         }
     }
 }
 
-/// Values per Q4_K super-block.
-const Q4K_VALUES: usize = 256;
+/// Values per K-quant super-block.
+const K_VALUES: usize = 256;
 
-/// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` of a Q4_K block.
+/// The fifth-bit masks of one block for one column (`lane` of its panel), OR-ed into the
+/// panel's eight masks: value `8j + 4h + t` is byte `4·lane + t` of mask `2j + h`.
+fn spread_fifth_bits(high: u32, lane: usize, masks: &mut [u64]) {
+    for (i, mask) in masks.iter_mut().enumerate().take(BLOCK_MASKS) {
+        let nibble = (high >> (4 * i)) & 0xF;
+        *mask |= (nibble as u64) << (4 * lane);
+    }
+}
+
+/// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` of a Q4_K or Q5_K
+/// block.
 fn q4k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
@@ -156,7 +206,7 @@ impl Nibbles {
     }
 }
 
-/// A linear layer `y = x · Wᵀ + b` with 4-bit weights.
+/// A linear layer `y = x · Wᵀ + b` with 4- or 5-bit weights.
 pub struct Q4Linear {
     /// The GGUF format the weights came in (for `/info` and the logs).
     format: Q4Format,
@@ -170,6 +220,8 @@ pub struct Q4Linear {
     scales: Vec<f32>,
     /// Per panel, block and lane: `m`.
     mins: Vec<f32>,
+    /// 5-bit formats: per panel and block, [`BLOCK_MASKS`] fifth-bit masks; else empty.
+    fifth_bits: Vec<u64>,
     bias: Vec<f32>,
 }
 
@@ -230,25 +282,38 @@ impl Q4Linear {
         let mut weights = vec![0u8; panels * blocks * BLOCK_CHUNKS * CHUNK_BYTES];
         let mut scales = vec![0.0f32; panels * blocks * PANEL];
         let mut mins = vec![0.0f32; panels * blocks * PANEL];
+        let masks = if format.five_bits() { BLOCK_MASKS } else { 0 };
+        let mut fifth_bits = vec![0u64; panels * blocks * masks];
         let mut padded_bias = vec![0.0f32; panels * PANEL];
         padded_bias[..n].copy_from_slice(bias);
         let panel_bytes = blocks * BLOCK_CHUNKS * CHUNK_BYTES;
         // Panels convert in parallel: loading is on the cold-start path.
+        let mut panel_masks: Vec<&mut [u64]> = if masks > 0 {
+            fifth_bits.chunks_mut(blocks * masks).collect()
+        } else {
+            std::iter::repeat_with(|| -> &mut [u64] { &mut [] })
+                .take(panels)
+                .collect()
+        };
         let mut panel_parts: Vec<_> = weights
             .chunks_mut(panel_bytes)
             .zip(scales.chunks_mut(blocks * PANEL))
             .zip(mins.chunks_mut(blocks * PANEL))
+            .zip(panel_masks.iter_mut())
             .collect();
         parallel_for_each(
             &mut panel_parts,
             available_threads(),
-            &|panel, ((w, s), mn)| {
+            &|panel, (((w, s), mn), fifth)| {
                 for lane in 0..PANEL.min(n - panel * PANEL) {
                     let c = panel * PANEL + lane;
                     for b in 0..blocks {
-                        let (d, m, nibbles) = format.block(row_slices[c], b);
+                        let (d, m, nibbles, high) = format.block(row_slices[c], b);
                         s[b * PANEL + lane] = d;
                         mn[b * PANEL + lane] = m;
+                        if masks > 0 {
+                            spread_fifth_bits(high, lane, &mut fifth[b * masks..][..masks]);
+                        }
                         let chunks = nibbles.chunks();
                         let base = b * BLOCK_CHUNKS * CHUNK_BYTES + lane * 4;
                         for (j, chunk) in chunks.iter().enumerate() {
@@ -267,6 +332,7 @@ impl Q4Linear {
             weights,
             scales,
             mins,
+            fifth_bits,
             bias: padded_bias,
         })
     }
@@ -286,9 +352,11 @@ impl Q4Linear {
         self.k
     }
 
-    /// Bytes held (weights, scales, mins and bias).
+    /// Bytes held (weights, scales, mins, fifth bits and bias).
     pub fn bytes(&self) -> usize {
-        self.weights.len() + 4 * (self.scales.len() + self.mins.len() + self.bias.len())
+        self.weights.len()
+            + 4 * (self.scales.len() + self.mins.len() + self.bias.len())
+            + 8 * self.fifth_bits.len()
     }
 
     /// `out[m×n] = x[m×k] · Wᵀ + b`, then the `epilogue`, on the kernel path of `level`,
@@ -355,6 +423,10 @@ impl Q4Linear {
                 w: &self.weights[p0 * panel_bytes..][..ps * panel_bytes],
                 scales: &self.scales[p0 * blocks * PANEL..][..ps * blocks * PANEL],
                 mins: &self.mins[p0 * blocks * PANEL..][..ps * blocks * PANEL],
+                fifth_bits: match self.fifth_bits.is_empty() {
+                    true => &[],
+                    false => &self.fifth_bits[p0 * blocks * BLOCK_MASKS..][..ps * blocks * BLOCK_MASKS],
+                },
             };
             match level {
                 #[cfg(target_arch = "x86_64")]
@@ -402,6 +474,8 @@ struct Tile<'a> {
     w: &'a [u8],
     scales: &'a [f32],
     mins: &'a [f32],
+    /// `panels × blocks × 8` fifth-bit masks; empty for 4-bit formats.
+    fifth_bits: &'a [u64],
 }
 
 /// The portable kernel (same arithmetic, same order, as the SIMD ones).
@@ -418,11 +492,19 @@ fn scalar_tile(rows: usize, ps: usize, t: &Tile, acc: &mut [f32]) {
                     let chunk = &wp[(b * BLOCK_CHUNKS + j) * CHUNK_BYTES..][..CHUNK_BYTES];
                     let x_lo = &xr[b * BLOCK + 8 * j..][..4];
                     let x_hi = &xr[b * BLOCK + 8 * j + 4..][..4];
+                    let (fifth_lo, fifth_hi) = if t.fifth_bits.is_empty() {
+                        (0, 0)
+                    } else {
+                        let at = (p * t.blocks + b) * BLOCK_MASKS + 2 * j;
+                        (t.fifth_bits[at], t.fifth_bits[at + 1])
+                    };
                     for (lane, d) in dots.iter_mut().enumerate() {
                         for tt in 0..4 {
                             let byte = chunk[lane * 4 + tt];
-                            *d += (byte & 0x0F) as i32 * x_lo[tt] as i32
-                                + (byte >> 4) as i32 * x_hi[tt] as i32;
+                            let bit = lane * 4 + tt;
+                            let lo = (byte & 0x0F) as i32 | ((fifth_lo >> bit) as i32 & 1) << 4;
+                            let hi = (byte >> 4) as i32 | ((fifth_hi >> bit) as i32 & 1) << 4;
+                            *d += lo * x_lo[tt] as i32 + hi * x_hi[tt] as i32;
                         }
                     }
                 }
@@ -442,7 +524,7 @@ fn scalar_tile(rows: usize, ps: usize, t: &Tile, acc: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 mod vnni {
     use super::super::int8::tile_shapes;
-    use super::{Tile, BLOCK, BLOCK_CHUNKS, CHUNK_BYTES, PANEL};
+    use super::{Tile, BLOCK, BLOCK_CHUNKS, BLOCK_MASKS, CHUNK_BYTES, PANEL};
     use std::arch::x86_64::*;
 
     /// VNNI tile of `mr ≤ 4` rows × `np ≤ 3` panels (see [`kernel`]).
@@ -451,18 +533,45 @@ mod vnni {
     ///
     /// As [`kernel`].
     pub unsafe fn tile(mr: usize, np: usize, t: &Tile, acc: *mut f32) {
-        unsafe { tile_shapes!(kernel, mr, np, (t, acc)) }
+        unsafe {
+            if t.fifth_bits.is_empty() {
+                tile_shapes!(four_bits, mr, np, (t, acc))
+            } else {
+                tile_shapes!(five_bits, mr, np, (t, acc))
+            }
+        }
+    }
+
+    /// # Safety
+    ///
+    /// As [`kernel`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    unsafe fn four_bits<const MR: usize, const NP: usize>(t: &Tile, acc: *mut f32) {
+        unsafe { kernel::<MR, NP, false>(t, acc) }
+    }
+
+    /// # Safety
+    ///
+    /// As [`kernel`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    unsafe fn five_bits<const MR: usize, const NP: usize>(t: &Tile, acc: *mut f32) {
+        unsafe { kernel::<MR, NP, true>(t, acc) }
     }
 
     /// # Safety
     ///
     /// The CPU must support AVX-512 F/BW/VL/DQ/VNNI; `t` holds at least `MR` rows and `NP`
-    /// panels; `acc` is valid for writing `MR × NP × 16` values.
+    /// panels (and their fifth-bit masks when `FIVE`); `acc` is valid for writing
+    /// `MR × NP × 16` values.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    unsafe fn kernel<const MR: usize, const NP: usize>(t: &Tile, acc: *mut f32) {
+    unsafe fn kernel<const MR: usize, const NP: usize, const FIVE: bool>(
+        t: &Tile,
+        acc: *mut f32,
+    ) {
         let panel_bytes = t.blocks * BLOCK_CHUNKS * CHUNK_BYTES;
         let (x, w, k) = (t.x.as_ptr(), t.w.as_ptr(), t.k);
         let nibble = _mm512_set1_epi8(0x0F);
+        let sixteen = _mm512_set1_epi8(0x10);
         let mut sums = [[_mm512_setzero_ps(); NP]; MR];
         for b in 0..t.blocks {
             let mut dots = [[_mm512_setzero_si512(); NP]; MR];
@@ -476,6 +585,14 @@ mod vnni {
                     );
                     lo[p] = _mm512_and_si512(raw, nibble);
                     hi[p] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nibble);
+                    if FIVE {
+                        let masks = t
+                            .fifth_bits
+                            .as_ptr()
+                            .add((p * t.blocks + b) * BLOCK_MASKS + 2 * j);
+                        lo[p] = _mm512_mask_add_epi8(lo[p], *masks, lo[p], sixteen);
+                        hi[p] = _mm512_mask_add_epi8(hi[p], *masks.add(1), hi[p], sixteen);
+                    }
                 }
                 for (r, row) in dots.iter_mut().enumerate() {
                     let at = x.add(r * k + b * BLOCK + 8 * j);
@@ -517,7 +634,7 @@ mod vnni {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Tile, BLOCK, BLOCK_CHUNKS, CHUNK_BYTES, PANEL};
+    use super::{Tile, BLOCK, BLOCK_CHUNKS, BLOCK_MASKS, CHUNK_BYTES, PANEL};
     use std::arch::x86_64::*;
 
     /// AVX2 tile of `mr ≤ 2` rows × 1 panel.
@@ -527,20 +644,40 @@ mod avx2 {
     /// As [`kernel`].
     pub unsafe fn tile(mr: usize, t: &Tile, acc: *mut f32) {
         unsafe {
-            match mr {
-                1 => kernel::<1>(t, acc),
-                2 => kernel::<2>(t, acc),
+            match (mr, t.fifth_bits.is_empty()) {
+                (1, true) => kernel::<1, false>(t, acc),
+                (2, true) => kernel::<2, false>(t, acc),
+                (1, false) => kernel::<1, true>(t, acc),
+                (2, false) => kernel::<2, true>(t, acc),
                 _ => unreachable!("tile rows"),
             }
         }
     }
 
+    /// The fifth bits of 32 bytes: byte `i` is 16 where bit `i` of `bits` is set, else 0
+    /// (as ggml's `bytes_from_bits_32`).
+    #[target_feature(enable = "avx2")]
+    fn fifth_bytes(bits: u32) -> __m256i {
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(bits as i32),
+            _mm256_set_epi64x(
+                0x0303_0303_0303_0303,
+                0x0202_0202_0202_0202,
+                0x0101_0101_0101_0101,
+                0,
+            ),
+        );
+        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+        _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+    }
+
     /// # Safety
     ///
-    /// The CPU must support AVX2 and FMA; `t` holds at least `MR` rows and one panel; `acc`
-    /// is valid for writing `MR × 16` values.
+    /// The CPU must support AVX2 and FMA; `t` holds at least `MR` rows and one panel (and its
+    /// fifth-bit masks when `FIVE`); `acc` is valid for writing `MR × 16` values.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn kernel<const MR: usize>(t: &Tile, acc: *mut f32) {
+    unsafe fn kernel<const MR: usize, const FIVE: bool>(t: &Tile, acc: *mut f32) {
         let ones = _mm256_set1_epi16(1);
         let nibble = _mm256_set1_epi8(0x0F);
         let (x, w, k) = (t.x.as_ptr(), t.w.as_ptr(), t.k);
@@ -551,14 +688,23 @@ mod avx2 {
                 let base = w.add((b * BLOCK_CHUNKS + j) * CHUNK_BYTES);
                 let raw0 = _mm256_loadu_si256(base.cast());
                 let raw1 = _mm256_loadu_si256(base.add(32).cast());
-                let lo = [
+                let mut lo = [
                     _mm256_and_si256(raw0, nibble),
                     _mm256_and_si256(raw1, nibble),
                 ];
-                let hi = [
+                let mut hi = [
                     _mm256_and_si256(_mm256_srli_epi16(raw0, 4), nibble),
                     _mm256_and_si256(_mm256_srli_epi16(raw1, 4), nibble),
                 ];
+                if FIVE {
+                    let masks = t.fifth_bits.as_ptr().add(b * BLOCK_MASKS + 2 * j);
+                    let (m_lo, m_hi) = (*masks, *masks.add(1));
+                    for h in 0..2 {
+                        let (l, u) = ((m_lo >> (32 * h)) as u32, (m_hi >> (32 * h)) as u32);
+                        lo[h] = _mm256_or_si256(lo[h], fifth_bytes(l));
+                        hi[h] = _mm256_or_si256(hi[h], fifth_bytes(u));
+                    }
+                }
                 for (r, d) in dots.iter_mut().enumerate() {
                     let at = x.add(r * k + b * BLOCK + 8 * j);
                     let a_lo = _mm256_set1_epi32(at.cast::<i32>().read_unaligned());

@@ -1,18 +1,37 @@
-//! Tests of the 4-bit linear layers (`q4.rs`): the blocks of every format read as ggml
+//! Tests of the 4- and 5-bit linear layers (`q4.rs`): the blocks of every format read as ggml
 //! dequantizes them, every kernel path against the naive arithmetic, bad shapes refused.
 
 use super::*;
 use crate::kernels::test_util::test_values as values;
 
-const FORMATS: [Q4Format; 3] = [Q4Format::Q4_0, Q4Format::Q4_1, Q4Format::Q4K];
+const FORMATS: [Q4Format; 6] = [
+    Q4Format::Q4_0,
+    Q4Format::Q4_1,
+    Q4Format::Q4K,
+    Q4Format::Q5_0,
+    Q4Format::Q5_1,
+    Q4Format::Q5K,
+];
 
-/// GGUF blocks of `n` rows of `k` values with random nibbles and scales (Q4_K: random
-/// values quantized by candle, which uses every scale and min bit).
+/// The ggml type of each format.
+fn ggml_type(format: Q4Format) -> GgmlDType {
+    match format {
+        Q4Format::Q4_0 => GgmlDType::Q4_0,
+        Q4Format::Q4_1 => GgmlDType::Q4_1,
+        Q4Format::Q4K => GgmlDType::Q4K,
+        Q4Format::Q5_0 => GgmlDType::Q5_0,
+        Q4Format::Q5_1 => GgmlDType::Q5_1,
+        Q4Format::Q5K => GgmlDType::Q5K,
+    }
+}
+
+/// GGUF blocks of `n` rows of `k` values with random nibbles, fifth bits and scales (Q4_K and
+/// Q5_K: random values quantized by candle, which uses every scale and min bit).
 fn random_blocks(format: Q4Format, n: usize, k: usize, seed: u64) -> Vec<u8> {
-    if format == Q4Format::Q4K {
+    if matches!(format, Q4Format::Q4K | Q4Format::Q5K) {
         let v: Vec<f32> = values(seed, n * k).iter().map(|x| x * x * x).collect();
         let t = candle_core::Tensor::from_vec(v, (n, k), &candle_core::Device::Cpu).unwrap();
-        let q = candle_core::quantized::QTensor::quantize(&t, GgmlDType::Q4K).unwrap();
+        let q = candle_core::quantized::QTensor::quantize(&t, ggml_type(format)).unwrap();
         return q.data().unwrap().into_owned();
     }
     let v = values(seed, n * k / BLOCK * format.block_bytes());
@@ -20,10 +39,13 @@ fn random_blocks(format: Q4Format, n: usize, k: usize, seed: u64) -> Vec<u8> {
     for chunk in v.chunks(format.block_bytes()) {
         let d = half::f16::from_f32(0.01 + 0.02 * chunk[0].abs());
         out.extend_from_slice(&d.to_le_bytes());
-        if format == Q4Format::Q4_1 {
+        let mut header = 2;
+        if matches!(format, Q4Format::Q4_1 | Q4Format::Q5_1) {
             out.extend_from_slice(&half::f16::from_f32(-0.1 * chunk[1]).to_le_bytes());
+            header = 4;
         }
-        for &x in &chunk[chunk.len() - 16..] {
+        // The fifth bits (Q5_0, Q5_1) and the nibbles.
+        for &x in &chunk[header..] {
             out.push(((x + 1.0) * 127.9) as u8);
         }
     }
@@ -38,7 +60,7 @@ fn decode(format: Q4Format, bytes: &[u8], n: usize, k: usize) -> Vec<(f32, f32, 
     let mut out = Vec::new();
     for row in bytes.chunks(row_bytes).take(n) {
         for b in 0..k / BLOCK {
-            let (d, m, nibbles) = format.block(row, b);
+            let (d, m, nibbles, high) = format.block(row, b);
             // The kernels' chunk layout, read back: chunk j holds 8j..8j+4 low, 8j+4.. high.
             let mut q = [0u8; 32];
             for (j, chunk) in nibbles.chunks().iter().enumerate() {
@@ -46,6 +68,9 @@ fn decode(format: Q4Format, bytes: &[u8], n: usize, k: usize) -> Vec<(f32, f32, 
                     q[8 * j + t] = byte & 15;
                     q[8 * j + 4 + t] = byte >> 4;
                 }
+            }
+            for (i, v) in q.iter_mut().enumerate() {
+                *v |= (((high >> i) & 1) as u8) << 4;
             }
             out.push((d, m, q));
         }
@@ -64,11 +89,8 @@ fn dequantize(format: Q4Format, bytes: &[u8], n: usize, k: usize) -> Vec<f32> {
 /// The values as read are ggml's: candle's dequantization of the same bytes, bit for bit.
 #[test]
 fn blocks_are_read_as_ggml_dequantizes_them() {
-    for (format, dtype) in [
-        (Q4Format::Q4_0, GgmlDType::Q4_0),
-        (Q4Format::Q4_1, GgmlDType::Q4_1),
-        (Q4Format::Q4K, GgmlDType::Q4K),
-    ] {
+    for format in FORMATS {
+        let dtype = ggml_type(format);
         let (n, k) = (5, 512);
         let bytes = random_blocks(format, n, k, 11);
         let ours = dequantize(format, &bytes, n, k);
@@ -91,12 +113,14 @@ fn blocks_are_read_as_ggml_dequantizes_them() {
             .unwrap();
         let differ = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
         assert_eq!(differ, 0, "{format:?}: {differ} of {} values differ", n * k);
-        // Every nibble value and both halves of a group occur.
+        // Every value (every nibble, with and without the fifth bit) and both halves of a
+        // group occur.
         let qs: std::collections::BTreeSet<u8> = decode(format, &bytes, n, k)
             .iter()
             .flat_map(|b| b.2)
             .collect();
-        assert_eq!(qs.len(), 16, "{format:?}");
+        let levels = if format.five_bits() { 32 } else { 16 };
+        assert_eq!(qs.len(), levels, "{format:?}");
     }
 }
 
@@ -204,4 +228,9 @@ fn bad_shapes_are_errors() {
     assert!(Q4Linear::from_blocks(Q4Format::Q4K, &[0; 144], &[0.0], 32).is_err());
     assert!(Q4Linear::from_blocks(Q4Format::Q4K, &[0; 143], &[0.0], 256).is_err());
     assert!(Q4Linear::from_blocks(Q4Format::Q4K, &[0; 144], &[0.0], 256).is_ok());
+    assert!(Q4Linear::from_blocks(Q4Format::Q5_0, &[0; 22], &[0.0], 32).is_ok());
+    assert!(Q4Linear::from_blocks(Q4Format::Q5_0, &[0; 18], &[0.0], 32).is_err());
+    assert!(Q4Linear::from_blocks(Q4Format::Q5_1, &[0; 24], &[0.0], 32).is_ok());
+    assert!(Q4Linear::from_blocks(Q4Format::Q5K, &[0; 176], &[0.0], 256).is_ok());
+    assert!(Q4Linear::from_blocks(Q4Format::Q5K, &[0; 144], &[0.0], 256).is_err());
 }
