@@ -139,14 +139,14 @@ fn model_path(variant: &str) -> PathBuf {
     data("gguf").join(&reference().files[variant][0])
 }
 
-fn load_path(path: &Path, dtype: Dtype, keep_q4: bool) -> Gemma3 {
-    Gemma3::load(path, dtype, keep_q4, KernelLevel::detected(), 2)
+fn load_path(path: &Path, dtype: Dtype, keep_low_bit: bool) -> Gemma3 {
+    Gemma3::load(path, dtype, keep_low_bit, KernelLevel::detected(), 2)
         .unwrap()
         .0
 }
 
-fn load(variant: &str, dtype: Dtype, keep_q4: bool) -> Gemma3 {
-    load_path(&model_path(variant), dtype, keep_q4)
+fn load(variant: &str, dtype: Dtype, keep_low_bit: bool) -> Gemma3 {
+    load_path(&model_path(variant), dtype, keep_low_bit)
 }
 
 #[test]
@@ -476,6 +476,8 @@ fn greedy_decoding_matches_llama_cpp_up_to_a_near_tie() {
         &r.chat.greedy_ids,
         MIN_LLAMA_CPP_STEPS,
         MIN_LLAMA_CPP_TOTAL,
-        |variant, dtype, keep_q4| -> Box<dyn Decoder> { Box::new(load(variant, dtype, keep_q4)) },
+        |variant, dtype, keep_low_bit| -> Box<dyn Decoder> {
+            Box::new(load(variant, dtype, keep_low_bit))
+        },
     );
 }

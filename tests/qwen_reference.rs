@@ -154,17 +154,17 @@ impl<A: Arch> Loaded for Model<A> {
     }
 }
 
-fn load(arch: &str, variant: &str, dtype: Dtype, keep_q4: bool) -> Box<dyn Loaded> {
+fn load(arch: &str, variant: &str, dtype: Dtype, keep_low_bit: bool) -> Box<dyn Loaded> {
     let path = model_path(arch, variant);
     let level = KernelLevel::detected();
     match arch {
         "qwen2" => Box::new(
-            Model::<Qwen2Arch>::load(&path, dtype, keep_q4, level, 2)
+            Model::<Qwen2Arch>::load(&path, dtype, keep_low_bit, level, 2)
                 .unwrap()
                 .0,
         ),
         _ => Box::new(
-            Model::<Qwen3Arch>::load(&path, dtype, keep_q4, level, 2)
+            Model::<Qwen3Arch>::load(&path, dtype, keep_low_bit, level, 2)
                 .unwrap()
                 .0,
         ),
@@ -504,13 +504,13 @@ fn greedy_decoding_matches_llama_cpp_up_to_a_near_tie() {
             &r.chat.greedy_ids,
             MIN_LLAMA_CPP_STEPS,
             MIN_LLAMA_CPP_TOTAL,
-            |variant, dtype, keep_q4| {
+            |variant, dtype, keep_low_bit| {
                 let model: Box<dyn Decoder> = match arch {
                     "qwen2" => Box::new(
                         Model::<Qwen2Arch>::load(
                             &model_path(arch, variant),
                             dtype,
-                            keep_q4,
+                            keep_low_bit,
                             KernelLevel::detected(),
                             2,
                         )
@@ -521,7 +521,7 @@ fn greedy_decoding_matches_llama_cpp_up_to_a_near_tie() {
                         Model::<Qwen3Arch>::load(
                             &model_path(arch, variant),
                             dtype,
-                            keep_q4,
+                            keep_low_bit,
                             KernelLevel::detected(),
                             2,
                         )

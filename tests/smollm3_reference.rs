@@ -132,11 +132,11 @@ fn model_path(variant: &str) -> PathBuf {
     data("gguf").join(&reference().files[variant][0])
 }
 
-fn load(variant: &str, dtype: Dtype, keep_q4: bool) -> SmolLm3 {
+fn load(variant: &str, dtype: Dtype, keep_low_bit: bool) -> SmolLm3 {
     SmolLm3::load(
         &model_path(variant),
         dtype,
-        keep_q4,
+        keep_low_bit,
         KernelLevel::detected(),
         2,
     )
@@ -282,7 +282,9 @@ fn greedy_decoding_matches_llama_cpp_up_to_a_near_tie() {
         &r.chat.greedy_ids,
         MIN_LLAMA_CPP_STEPS,
         MIN_LLAMA_CPP_TOTAL,
-        |variant, dtype, keep_q4| -> Box<dyn Decoder> { Box::new(load(variant, dtype, keep_q4)) },
+        |variant, dtype, keep_low_bit| -> Box<dyn Decoder> {
+            Box::new(load(variant, dtype, keep_low_bit))
+        },
     );
 }
 

@@ -35,8 +35,8 @@ pub trait Decoder: Send + Sync {
     /// Bytes of weights held.
     fn weight_bytes(&self) -> usize;
 
-    /// The number format of the linear layers that are converted at load (4-bit GGUF weights
-    /// may stay as stored: see [`Self::weight_formats`]).
+    /// The number format of the linear layers that are converted at load (4- and 5-bit GGUF
+    /// weights may stay as stored: see [`Self::weight_formats`]).
     fn dtype(&self) -> Dtype;
 
     /// What each kind of weight runs in, by kind (`attention`, `feed_forward`, `lm_head`,
@@ -62,7 +62,7 @@ pub(super) fn formats_of<'a>(layers: impl IntoIterator<Item = &'a Linear>) -> St
 }
 
 /// A linear layer (with its bias, zero for layers that have none) in the format chosen at
-/// load: f32 in panels, or packed for the bf16, int8 or 4-bit kernels.
+/// load: f32 in panels, or packed for the bf16, int8 or 4-/5-bit kernels.
 pub(super) type Linear = PackedLinear;
 
 /// One sequence's part of a step: the tokens to run (at positions `cache.len()..`), and

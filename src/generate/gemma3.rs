@@ -138,16 +138,17 @@ impl Gemma3 {
     /// # Errors
     ///
     /// When the file is not a usable Gemma 3 model (each error names the key or tensor).
-    /// `keep_q4`: Q4_0, Q4_1 and Q4_K weights stay as stored instead of being converted to `dtype`.
+    /// `keep_low_bit`: 4- and 5-bit weights (Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K) stay as
+    /// stored instead of being converted to `dtype`.
     pub fn load(
         path: &Path,
         dtype: Dtype,
-        keep_q4: bool,
+        keep_low_bit: bool,
         level: KernelLevel,
         threads: usize,
     ) -> Result<(Self, GgufFile), GgufError> {
         let file = GgufFile::open(path)?;
-        let model = Self::from_file(&file, dtype, keep_q4, level, threads)?;
+        let model = Self::from_file(&file, dtype, keep_low_bit, level, threads)?;
         Ok((model, file))
     }
 
@@ -155,7 +156,7 @@ impl Gemma3 {
     pub fn from_file(
         file: &GgufFile,
         dtype: Dtype,
-        keep_q4: bool,
+        keep_low_bit: bool,
         level: KernelLevel,
         threads: usize,
     ) -> Result<Self, GgufError> {
@@ -229,7 +230,7 @@ impl Gemma3 {
         let layer = |i: usize| -> Result<Block, GgufError> {
             let t = |s: &str| format!("blk.{i}.{s}.weight");
             let linear = |parts: &[(String, usize)], k: usize| {
-                load_linear(file, parts, k, None, dtype, keep_q4)
+                load_linear(file, parts, k, None, dtype, keep_low_bit)
             };
             Ok(Block {
                 attn_norm: file.f32(&t("attn_norm"), &[d])?,
@@ -249,7 +250,7 @@ impl Gemma3 {
             })
         };
         let (head, blocks) = kernels::team::join_map(
-            || load_head_and_embeddings(file, vocab, d, dtype, keep_q4),
+            || load_head_and_embeddings(file, vocab, d, dtype, keep_low_bit),
             hp.n_layer,
             threads,
             &layer,

@@ -1,5 +1,5 @@
 //! A GGUF decoder's tensors converted for the kernels (`crate::kernels`): its linear layers
-//! ([`load_linear`]: 4-bit blocks kept as stored, Q8_0 taken as int8 exactly, the rest
+//! ([`load_linear`]: 4- and 5-bit blocks kept as stored, Q8_0 taken as int8 exactly, the rest
 //! dequantized a row at a time and packed), and its LM head with the token embedding table.
 //! Each tensor's pages in the file are dropped once converted (`GgufFile::release`).
 //!
@@ -15,7 +15,7 @@ use candle_core::quantized::GgmlDType;
 
 use super::decoder::Linear;
 use super::gguf::{GgufError, GgufFile, RawTensor};
-use crate::kernels::{self, Dtype, PackedLinear, Q4Format, Q4Linear};
+use crate::kernels::{self, Dtype, LowBitFormat, LowBitLinear, PackedLinear};
 
 /// Where a token's embedding row is read from.
 pub(super) enum TokenEmbeddings {
@@ -59,7 +59,7 @@ impl TokenEmbeddings {
 }
 
 /// The LM head (`output.weight`, or the embedding table when tied) converted for `dtype`
-/// and `keep_q4` as [`load_linear`] does, and the embedding table (`vocab × d`).
+/// and `keep_low_bit` as [`load_linear`] does, and the embedding table (`vocab × d`).
 ///
 /// # Errors
 ///
@@ -70,7 +70,7 @@ pub(super) fn load_head_and_embeddings(
     vocab: usize,
     d: usize,
     dtype: Dtype,
-    keep_q4: bool,
+    keep_low_bit: bool,
 ) -> Result<(Linear, TokenEmbeddings), GgufError> {
     const TABLE: &str = "token_embd.weight";
     let tied = !file.has_tensor("output.weight");
@@ -81,7 +81,7 @@ pub(super) fn load_head_and_embeddings(
         d,
         None,
         dtype,
-        keep_q4,
+        keep_low_bit,
     )?;
     let from_head = tied
         && file.tensor_type(TABLE) == Some(GgmlDType::Q8_0)
@@ -108,17 +108,17 @@ pub(super) fn load_head_and_embeddings(
 }
 
 /// Loads the linear layer made of `parts` (tensor name, rows) stacked, each `rows × k`, with
-/// `bias` (`None`: zeros): as stored when they are all Q4_0, all Q4_1 or all Q4_K and
-/// `keep_q4`, or all Q8_0 and `dtype` is int8; else dequantized and packed as `dtype`.
+/// `bias` (`None`: zeros): as stored when they are all of one 4- or 5-bit format (Q4_0, Q4_1,
+/// Q4_K, Q5_0, Q5_1, Q5_K) and `keep_low_bit`, or all Q8_0 and `dtype` is int8; else dequantized and packed as `dtype`.
 pub(super) fn load_linear(
     file: &GgufFile,
     parts: &[(String, usize)],
     k: usize,
     bias: Option<Vec<f32>>,
     dtype: Dtype,
-    keep_q4: bool,
+    keep_low_bit: bool,
 ) -> Result<Linear, GgufError> {
-    let layer = convert_linear(file, parts, k, bias, dtype, keep_q4);
+    let layer = convert_linear(file, parts, k, bias, dtype, keep_low_bit);
     // Converted (or failed): its bytes in the file are not read again.
     for (name, _) in parts {
         file.release(name);
@@ -133,22 +133,22 @@ fn convert_linear(
     k: usize,
     bias: Option<Vec<f32>>,
     dtype: Dtype,
-    keep_q4: bool,
+    keep_low_bit: bool,
 ) -> Result<Linear, GgufError> {
-    let q4 = |t| match t {
-        Some(GgmlDType::Q4_0) => Some(Q4Format::Q4_0),
-        Some(GgmlDType::Q4_1) => Some(Q4Format::Q4_1),
-        Some(GgmlDType::Q4K) => Some(Q4Format::Q4K),
-        Some(GgmlDType::Q5_0) => Some(Q4Format::Q5_0),
-        Some(GgmlDType::Q5_1) => Some(Q4Format::Q5_1),
-        Some(GgmlDType::Q5K) => Some(Q4Format::Q5K),
+    let low_bit = |t| match t {
+        Some(GgmlDType::Q4_0) => Some(LowBitFormat::Q4_0),
+        Some(GgmlDType::Q4_1) => Some(LowBitFormat::Q4_1),
+        Some(GgmlDType::Q4K) => Some(LowBitFormat::Q4K),
+        Some(GgmlDType::Q5_0) => Some(LowBitFormat::Q5_0),
+        Some(GgmlDType::Q5_1) => Some(LowBitFormat::Q5_1),
+        Some(GgmlDType::Q5K) => Some(LowBitFormat::Q5K),
         _ => None,
     };
     let types: Vec<_> = parts
         .iter()
         .map(|(name, _)| file.tensor_type(name))
         .collect();
-    let formats: Vec<_> = types.iter().map(|&t| q4(t)).collect();
+    let formats: Vec<_> = types.iter().map(|&t| low_bit(t)).collect();
     let n: usize = parts.iter().map(|p| p.1).sum();
     let bias = bias.unwrap_or_else(|| vec![0.0; n]);
     let name = parts
@@ -161,14 +161,14 @@ fn convert_linear(
         name: name.clone(),
         problem,
     };
-    if let (true, Some(Some(format))) = (keep_q4, formats.first()) {
+    if let (true, Some(Some(format))) = (keep_low_bit, formats.first()) {
         if formats.iter().all(|f| *f == Some(*format)) {
             let mut stacked = Vec::with_capacity(parts.len());
             for (name, rows) in parts {
                 stacked.push(file.bytes(name, &[*rows, k])?.0);
             }
-            let layer = Q4Linear::from_parts(*format, &stacked, &bias, k).map_err(error)?;
-            return Ok(PackedLinear::Q4(layer));
+            let layer = LowBitLinear::from_parts(*format, &stacked, &bias, k).map_err(error)?;
+            return Ok(PackedLinear::LowBit(layer));
         }
     }
     if dtype == Dtype::Int8 && types.iter().all(|t| *t == Some(GgmlDType::Q8_0)) {

@@ -141,17 +141,17 @@ impl<A: Arch> Model<A> {
     /// # Errors
     ///
     /// When the file is not a usable model of this architecture (each error names the key or
-    /// tensor). `keep_q4`: Q4_0, Q4_1 and Q4_K weights stay as stored (run by
-    /// [`kernels::Q4Linear`]) instead of being converted to `dtype`.
+    /// tensor). `keep_low_bit`: 4- and 5-bit weights stay as stored (run by
+    /// [`kernels::LowBitLinear`]) instead of being converted to `dtype`.
     pub fn load(
         path: &Path,
         dtype: Dtype,
-        keep_q4: bool,
+        keep_low_bit: bool,
         level: KernelLevel,
         threads: usize,
     ) -> Result<(Self, GgufFile), GgufError> {
         let file = GgufFile::open(path)?;
-        let model = Self::from_file(&file, dtype, keep_q4, level, threads)?;
+        let model = Self::from_file(&file, dtype, keep_low_bit, level, threads)?;
         Ok((model, file))
     }
 
@@ -159,7 +159,7 @@ impl<A: Arch> Model<A> {
     pub fn from_file(
         file: &GgufFile,
         dtype: Dtype,
-        keep_q4: bool,
+        keep_low_bit: bool,
         level: KernelLevel,
         threads: usize,
     ) -> Result<Self, GgufError> {
@@ -188,7 +188,7 @@ impl<A: Arch> Model<A> {
         let layer = |i: usize| -> Result<Block<A::Layer>, GgufError> {
             let t = |s: &str| format!("blk.{i}.{s}.weight");
             let linear = |parts: &[(String, usize)], k: usize, bias| {
-                load_linear(file, parts, k, bias, dtype, keep_q4)
+                load_linear(file, parts, k, bias, dtype, keep_low_bit)
             };
             let separate = [(t("attn_q"), qw), (t("attn_k"), kvw), (t("attn_v"), kvw)];
             // Q, K and V as one tensor (`--fuse-qkv`), with one bias or separate ones, as
@@ -223,7 +223,7 @@ impl<A: Arch> Model<A> {
         // Layers convert in parallel, beside the head (the largest single tensor: a fifth of
         // SmolLM2-135M's bytes, so it starts first): loading is on the cold-start path.
         let (head, blocks) = kernels::team::join_map(
-            || load_head_and_embeddings(file, vocab, d, dtype, keep_q4),
+            || load_head_and_embeddings(file, vocab, d, dtype, keep_low_bit),
             hp.n_layer,
             threads,
             &layer,

@@ -141,8 +141,8 @@ pub fn gguf_model_id(path: &Path) -> String {
     }
 }
 
-/// The dtype `auto` picks for generation, and whether Q4_0/Q4_1/Q4_K weights stay as stored:
-/// `auto` keeps 4-bit weights as they are and runs every other weight in int8 blocks of 32
+/// The dtype `auto` picks for generation, and whether 4- and 5-bit weights (Q4_0, Q4_1, Q4_K,
+/// Q5_0, Q5_1, Q5_K) stay as stored: `auto` keeps them as they are and runs every other weight in int8 blocks of 32
 /// (exact for Q8_0; for GPT-2's f32 weights, the precision of Q8_0 at a quarter of the
 /// bytes a step reads); a fixed dtype converts every weight to it (for comparisons and tests).
 pub fn resolve_dtype(choice: DtypeChoice) -> (Dtype, bool) {
@@ -365,17 +365,29 @@ pub const GGUF_ARCHITECTURES: &str =
 pub fn gguf_model(
     file: &gguf::GgufFile,
     dtype: crate::kernels::Dtype,
-    keep_q4: bool,
+    keep_low_bit: bool,
     level: KernelLevel,
     threads: usize,
 ) -> Result<Arc<dyn Decoder>, gguf::GgufError> {
     Ok(match file.string("general.architecture")? {
-        "llama" => Arc::new(Llama::from_file(file, dtype, keep_q4, level, threads)?),
-        "qwen2" => Arc::new(Qwen2::from_file(file, dtype, keep_q4, level, threads)?),
-        "qwen3" => Arc::new(Qwen3::from_file(file, dtype, keep_q4, level, threads)?),
-        "phi3" => Arc::new(Phi3::from_file(file, dtype, keep_q4, level, threads)?),
-        "smollm3" => Arc::new(SmolLm3::from_file(file, dtype, keep_q4, level, threads)?),
-        "gemma3" => Arc::new(Gemma3::from_file(file, dtype, keep_q4, level, threads)?),
+        "llama" => Arc::new(Llama::from_file(file, dtype, keep_low_bit, level, threads)?),
+        "qwen2" => Arc::new(Qwen2::from_file(file, dtype, keep_low_bit, level, threads)?),
+        "qwen3" => Arc::new(Qwen3::from_file(file, dtype, keep_low_bit, level, threads)?),
+        "phi3" => Arc::new(Phi3::from_file(file, dtype, keep_low_bit, level, threads)?),
+        "smollm3" => Arc::new(SmolLm3::from_file(
+            file,
+            dtype,
+            keep_low_bit,
+            level,
+            threads,
+        )?),
+        "gemma3" => Arc::new(Gemma3::from_file(
+            file,
+            dtype,
+            keep_low_bit,
+            level,
+            threads,
+        )?),
         other => {
             return Err(gguf::GgufError::Metadata {
                 path: file.path().to_path_buf(),
@@ -396,7 +408,7 @@ fn load_gguf(
 ) -> Result<LoadedGenerator, ModelError> {
     let t = Instant::now();
     let level = KernelLevel::capped(options.kernel_cap);
-    let (dtype, keep_q4) = resolve_dtype(options.dtype);
+    let (dtype, keep_low_bit) = resolve_dtype(options.dtype);
     let files_error = |e: &dyn std::fmt::Display| ModelError::Files(e.to_string());
     let file = gguf::GgufFile::open(path).map_err(|e| files_error(&e))?;
     phase("metadata", t.elapsed());
@@ -408,7 +420,7 @@ fn load_gguf(
             gguf_text(&file, path).map(|text| (text, t.elapsed()))
         });
         let t = Instant::now();
-        let model = gguf_model(&file, dtype, keep_q4, level, threads);
+        let model = gguf_model(&file, dtype, keep_low_bit, level, threads);
         let joined = text
             .join()
             .unwrap_or_else(|_| Err(ModelError::Files("building the tokenizer panicked".into())));

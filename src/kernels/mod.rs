@@ -1,5 +1,5 @@
 //! CPU kernels, in one place for every model: the f32 layers (linear, LayerNorm, GELU,
-//! attention), and the packed bf16, int8 and 4-bit matmuls, with run-time dispatch over
+//! attention), and the packed bf16, int8 and 4-/5-bit matmuls, with run-time dispatch over
 //! instruction sets. Plain functions on slices: no model format and no tensor library here
 //! (the candle ops that run them for the encoder are in `model/bert_ops.rs`).
 //!
@@ -17,7 +17,8 @@
 //!   local layers);
 //! - [`bf16`], [`int8`]: linear layers on packed low-precision weights, each with an AVX-512,
 //!   an AVX2 and a portable path that give the same results (tested against naive references);
-//! - [`q4`]: linear layers on GGUF's 4-bit blocks as stored, against int8 activations;
+//! - [`lowbit`]: linear layers on GGUF's 4- and 5-bit blocks as stored, against int8
+//!   activations;
 //! - [`tiles`]: the loop nest and threading the packed matmuls share;
 //! - [`team`]: the threads every parallel section runs on.
 //!
@@ -40,8 +41,8 @@ mod dispatch;
 pub mod f32_packed;
 pub mod int8;
 pub mod linear_f32;
+pub mod lowbit;
 mod math;
-pub mod q4;
 pub mod rope;
 pub mod team;
 #[cfg(test)]
@@ -62,7 +63,7 @@ pub use cpu::KernelLevel;
 pub use f32_packed::F32Linear;
 pub use int8::Int8Linear;
 pub use linear_f32::{linear, linear_with, LinearPart, MatmulKernel, SMALL_M};
-pub use q4::{Q4Format, Q4Linear};
+pub use lowbit::{LowBitFormat, LowBitLinear};
 pub use tiles::Epilogue;
 pub use window_attention::{window_attention, WindowShape};
 
@@ -114,7 +115,7 @@ pub enum PackedLinear {
     Bf16(Bf16Linear),
     Int8(Int8Linear),
     /// GGUF 4- and 5-bit weights kept as they are (generation models).
-    Q4(Q4Linear),
+    LowBit(LowBitLinear),
 }
 
 impl PackedLinear {
@@ -124,13 +125,13 @@ impl PackedLinear {
             PackedLinear::F32(_) => "f32",
             PackedLinear::Bf16(_) => "bf16",
             PackedLinear::Int8(_) => "int8",
-            PackedLinear::Q4(q) => match q.format() {
-                Q4Format::Q4_0 => "q4_0",
-                Q4Format::Q4_1 => "q4_1",
-                Q4Format::Q4K => "q4_k",
-                Q4Format::Q5_0 => "q5_0",
-                Q4Format::Q5_1 => "q5_1",
-                Q4Format::Q5K => "q5_k",
+            PackedLinear::LowBit(q) => match q.format() {
+                LowBitFormat::Q4_0 => "q4_0",
+                LowBitFormat::Q4_1 => "q4_1",
+                LowBitFormat::Q4K => "q4_k",
+                LowBitFormat::Q5_0 => "q5_0",
+                LowBitFormat::Q5_1 => "q5_1",
+                LowBitFormat::Q5K => "q5_k",
             },
         }
     }
@@ -155,7 +156,7 @@ impl PackedLinear {
             PackedLinear::F32(l) => l.n(),
             PackedLinear::Bf16(l) => l.n(),
             PackedLinear::Int8(l) => l.n(),
-            PackedLinear::Q4(l) => l.n(),
+            PackedLinear::LowBit(l) => l.n(),
         }
     }
 
@@ -165,7 +166,7 @@ impl PackedLinear {
             PackedLinear::F32(l) => l.k(),
             PackedLinear::Bf16(l) => l.k(),
             PackedLinear::Int8(l) => l.k(),
-            PackedLinear::Q4(l) => l.k(),
+            PackedLinear::LowBit(l) => l.k(),
         }
     }
 
@@ -188,7 +189,7 @@ impl PackedLinear {
             PackedLinear::F32(l) => l.bytes(),
             PackedLinear::Bf16(l) => l.bytes(),
             PackedLinear::Int8(l) => l.bytes(),
-            PackedLinear::Q4(l) => l.bytes(),
+            PackedLinear::LowBit(l) => l.bytes(),
         }
     }
 
@@ -207,7 +208,7 @@ impl PackedLinear {
             PackedLinear::F32(l) => l.forward(x, m, out, level, threads, epilogue),
             PackedLinear::Bf16(l) => l.forward(x, m, out, level, threads, epilogue),
             PackedLinear::Int8(l) => l.forward(x, m, out, level, threads, epilogue),
-            PackedLinear::Q4(l) => l.forward(x, m, out, level, threads, epilogue),
+            PackedLinear::LowBit(l) => l.forward(x, m, out, level, threads, epilogue),
         }
     }
 }

@@ -341,7 +341,7 @@ pub fn check_llama_cpp_greedy<M: Decoder + ?Sized>(
 }
 
 /// Every file llama.cpp ran (`lc.greedy`), loaded in f32 and the default way (int8, Q4
-/// weights kept as stored) by `load(variant, dtype, keep_q4)`, decoded greedily from `prompt`
+/// weights kept as stored) by `load(variant, dtype, keep_low_bit)`, decoded greedily from `prompt`
 /// against llama.cpp's run on it ([`check_llama_cpp_greedy`]); and llama.cpp's f32 run
 /// against transformers' greedy ids, up to its first near tie.
 ///
@@ -383,8 +383,8 @@ pub fn check_llama_cpp<L: Fn(&str, Dtype, bool) -> Box<dyn Decoder>>(
     );
     let mut total = 0;
     for (variant, run) in &lc.greedy {
-        for (dtype, keep_q4) in [(Dtype::F32, false), (Dtype::Int8, true)] {
-            let model = load(variant, dtype, keep_q4);
+        for (dtype, keep_low_bit) in [(Dtype::F32, false), (Dtype::Int8, true)] {
+            let model = load(variant, dtype, keep_low_bit);
             let what = format!("{label} {variant} loaded as {dtype:?}");
             let n = check_llama_cpp_greedy(&what, model.as_ref(), prompt, run, near_tie(variant));
             if variant == "f32" && dtype == Dtype::F32 {

@@ -49,7 +49,7 @@ const BLOCK_MASKS: usize = 2 * BLOCK_CHUNKS;
 
 /// A GGUF 4- or 5-bit block format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Q4Format {
+pub enum LowBitFormat {
     /// `{d: f16, qs: [u8; 16]}`, `w = d·(q − 8)`.
     Q4_0,
     /// `{d: f16, m: f16, qs: [u8; 16]}`, `w = d·q + m`.
@@ -68,30 +68,35 @@ pub enum Q4Format {
     Q5K,
 }
 
-impl Q4Format {
+impl LowBitFormat {
     /// Bytes per block.
     pub fn block_bytes(self) -> usize {
         match self {
-            Q4Format::Q4_0 => 18,
-            Q4Format::Q4_1 => 20,
-            Q4Format::Q4K => 144,
-            Q4Format::Q5_0 => 22,
-            Q4Format::Q5_1 => 24,
-            Q4Format::Q5K => 176,
+            LowBitFormat::Q4_0 => 18,
+            LowBitFormat::Q4_1 => 20,
+            LowBitFormat::Q4K => 144,
+            LowBitFormat::Q5_0 => 22,
+            LowBitFormat::Q5_1 => 24,
+            LowBitFormat::Q5K => 176,
         }
     }
 
     /// Values per block.
     pub fn block_values(self) -> usize {
         match self {
-            Q4Format::Q4_0 | Q4Format::Q4_1 | Q4Format::Q5_0 | Q4Format::Q5_1 => BLOCK,
-            Q4Format::Q4K | Q4Format::Q5K => K_VALUES,
+            LowBitFormat::Q4_0 | LowBitFormat::Q4_1 | LowBitFormat::Q5_0 | LowBitFormat::Q5_1 => {
+                BLOCK
+            }
+            LowBitFormat::Q4K | LowBitFormat::Q5K => K_VALUES,
         }
     }
 
     /// Whether values have a fifth bit.
     pub fn five_bits(self) -> bool {
-        matches!(self, Q4Format::Q5_0 | Q4Format::Q5_1 | Q4Format::Q5K)
+        matches!(
+            self,
+            LowBitFormat::Q5_0 | LowBitFormat::Q5_1 | LowBitFormat::Q5K
+        )
     }
 
     /// Block `b` (of 32 values) of a row stored in this format: its scale `d`, its offset
@@ -102,13 +107,13 @@ impl Q4Format {
             u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]])
         };
         match self {
-            Q4Format::Q4_0 | Q4Format::Q4_1 | Q4Format::Q5_0 | Q4Format::Q5_1 => {
+            LowBitFormat::Q4_0 | LowBitFormat::Q4_1 | LowBitFormat::Q5_0 | LowBitFormat::Q5_1 => {
                 let block = &row[b * self.block_bytes()..][..self.block_bytes()];
                 let d = f16(block);
                 let (m, high, qs) = match self {
-                    Q4Format::Q4_0 => (-8.0 * d, 0, &block[2..18]),
-                    Q4Format::Q4_1 => (f16(&block[2..]), 0, &block[4..20]),
-                    Q4Format::Q5_0 => (-16.0 * d, word(&block[2..6], 0), &block[6..22]),
+                    LowBitFormat::Q4_0 => (-8.0 * d, 0, &block[2..18]),
+                    LowBitFormat::Q4_1 => (f16(&block[2..]), 0, &block[4..20]),
+                    LowBitFormat::Q5_0 => (-16.0 * d, word(&block[2..6], 0), &block[6..22]),
                     _ => (f16(&block[2..]), word(&block[4..8], 0), &block[8..24]),
                 };
                 (
@@ -118,7 +123,7 @@ impl Q4Format {
                     high,
                 )
             }
-            Q4Format::Q4K | Q4Format::Q5K => {
+            LowBitFormat::Q4K | LowBitFormat::Q5K => {
                 let (sb, j) = (b / 8, b % 8);
                 let bytes = self.block_bytes();
                 let block = &row[sb * bytes..][..bytes];
@@ -128,7 +133,7 @@ impl Q4Format {
                 // and the high nibbles.
                 let qs = &block[bytes - 128 + 32 * (j / 2)..][..32];
                 let words = std::array::from_fn(|i| word(qs, i));
-                let high = if self == Q4Format::Q5K {
+                let high = if self == LowBitFormat::Q5K {
                     let qh = &block[16..48];
                     (0..BLOCK).fold(0, |h, l| h | (((qh[l] >> j) & 1) as u32) << l)
                 } else {
@@ -207,9 +212,9 @@ impl Nibbles {
 }
 
 /// A linear layer `y = x · Wᵀ + b` with 4- or 5-bit weights.
-pub struct Q4Linear {
+pub struct LowBitLinear {
     /// The GGUF format the weights came in (for `/info` and the logs).
-    format: Q4Format,
+    format: LowBitFormat,
     n: usize,
     k: usize,
     blocks: usize,
@@ -229,7 +234,7 @@ fn f16(bytes: &[u8]) -> f32 {
     half::f16::from_le_bytes([bytes[0], bytes[1]]).to_f32()
 }
 
-impl Q4Linear {
+impl LowBitLinear {
     /// Builds the layer from `n` rows of `k` values stored as GGUF `format` blocks (`rows`
     /// concatenated, row after row), with a bias.
     ///
@@ -237,7 +242,7 @@ impl Q4Linear {
     ///
     /// When `k` is not a positive multiple of 32 or the bytes are not `n` rows.
     pub fn from_blocks(
-        format: Q4Format,
+        format: LowBitFormat,
         rows: &[u8],
         bias: &[f32],
         k: usize,
@@ -252,7 +257,7 @@ impl Q4Linear {
     ///
     /// As [`Self::from_blocks`].
     pub fn from_parts(
-        format: Q4Format,
+        format: LowBitFormat,
         parts: &[&[u8]],
         bias: &[f32],
         k: usize,
@@ -301,28 +306,28 @@ impl Q4Linear {
             .zip(mins.chunks_mut(blocks * PANEL))
             .zip(panel_masks.iter_mut())
             .collect();
-        parallel_for_each(
-            &mut panel_parts,
-            available_threads(),
-            &|panel, (((w, s), mn), fifth)| {
-                for lane in 0..PANEL.min(n - panel * PANEL) {
-                    let c = panel * PANEL + lane;
-                    for b in 0..blocks {
-                        let (d, m, nibbles, high) = format.block(row_slices[c], b);
-                        s[b * PANEL + lane] = d;
-                        mn[b * PANEL + lane] = m;
-                        if masks > 0 {
-                            spread_fifth_bits(high, lane, &mut fifth[b * masks..][..masks]);
-                        }
-                        let chunks = nibbles.chunks();
-                        let base = b * BLOCK_CHUNKS * CHUNK_BYTES + lane * 4;
-                        for (j, chunk) in chunks.iter().enumerate() {
-                            w[base + j * CHUNK_BYTES..][..4].copy_from_slice(&chunk.to_le_bytes());
-                        }
+        parallel_for_each(&mut panel_parts, available_threads(), &|panel,
+                                                                   (
+            ((w, s), mn),
+            fifth,
+        )| {
+            for lane in 0..PANEL.min(n - panel * PANEL) {
+                let c = panel * PANEL + lane;
+                for b in 0..blocks {
+                    let (d, m, nibbles, high) = format.block(row_slices[c], b);
+                    s[b * PANEL + lane] = d;
+                    mn[b * PANEL + lane] = m;
+                    if masks > 0 {
+                        spread_fifth_bits(high, lane, &mut fifth[b * masks..][..masks]);
+                    }
+                    let chunks = nibbles.chunks();
+                    let base = b * BLOCK_CHUNKS * CHUNK_BYTES + lane * 4;
+                    for (j, chunk) in chunks.iter().enumerate() {
+                        w[base + j * CHUNK_BYTES..][..4].copy_from_slice(&chunk.to_le_bytes());
                     }
                 }
-            },
-        );
+            }
+        });
         Ok(Self {
             format,
             n,
@@ -338,7 +343,7 @@ impl Q4Linear {
     }
 
     /// The GGUF format the weights came in.
-    pub fn format(&self) -> Q4Format {
+    pub fn format(&self) -> LowBitFormat {
         self.format
     }
 
@@ -375,8 +380,16 @@ impl Q4Linear {
         epilogue: Epilogue,
     ) {
         let (n, k) = (self.n, self.k);
-        assert_eq!(Some(x.len()), m.checked_mul(k), "q4 linear: input size");
-        assert_eq!(Some(out.len()), m.checked_mul(n), "q4 linear: output size");
+        assert_eq!(
+            Some(x.len()),
+            m.checked_mul(k),
+            "low-bit linear: input size"
+        );
+        assert_eq!(
+            Some(out.len()),
+            m.checked_mul(n),
+            "low-bit linear: output size"
+        );
         in_row_blocks(x, k, out, n, |x, m, out| {
             self.forward_block(x, m, out, level, threads, epilogue)
         });
@@ -425,7 +438,9 @@ impl Q4Linear {
                 mins: &self.mins[p0 * blocks * PANEL..][..ps * blocks * PANEL],
                 fifth_bits: match self.fifth_bits.is_empty() {
                     true => &[],
-                    false => &self.fifth_bits[p0 * blocks * BLOCK_MASKS..][..ps * blocks * BLOCK_MASKS],
+                    false => {
+                        &self.fifth_bits[p0 * blocks * BLOCK_MASKS..][..ps * blocks * BLOCK_MASKS]
+                    }
                 },
             };
             match level {
@@ -564,10 +579,7 @@ mod vnni {
     /// panels (and their fifth-bit masks when `FIVE`); `acc` is valid for writing
     /// `MR × NP × 16` values.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    unsafe fn kernel<const MR: usize, const NP: usize, const FIVE: bool>(
-        t: &Tile,
-        acc: *mut f32,
-    ) {
+    unsafe fn kernel<const MR: usize, const NP: usize, const FIVE: bool>(t: &Tile, acc: *mut f32) {
         let panel_bytes = t.blocks * BLOCK_CHUNKS * CHUNK_BYTES;
         let (x, w, k) = (t.x.as_ptr(), t.w.as_ptr(), t.k);
         let nibble = _mm512_set1_epi8(0x0F);
@@ -738,5 +750,5 @@ mod avx2 {
 }
 
 #[cfg(test)]
-#[path = "q4_tests.rs"]
+#[path = "lowbit_tests.rs"]
 mod tests;

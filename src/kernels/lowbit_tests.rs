@@ -1,34 +1,34 @@
-//! Tests of the 4- and 5-bit linear layers (`q4.rs`): the blocks of every format read as ggml
+//! Tests of the 4- and 5-bit linear layers (`lowbit.rs`): the blocks of every format read as ggml
 //! dequantizes them, every kernel path against the naive arithmetic, bad shapes refused.
 
 use super::*;
 use crate::kernels::test_util::test_values as values;
 
-const FORMATS: [Q4Format; 6] = [
-    Q4Format::Q4_0,
-    Q4Format::Q4_1,
-    Q4Format::Q4K,
-    Q4Format::Q5_0,
-    Q4Format::Q5_1,
-    Q4Format::Q5K,
+const FORMATS: [LowBitFormat; 6] = [
+    LowBitFormat::Q4_0,
+    LowBitFormat::Q4_1,
+    LowBitFormat::Q4K,
+    LowBitFormat::Q5_0,
+    LowBitFormat::Q5_1,
+    LowBitFormat::Q5K,
 ];
 
 /// The ggml type of each format.
-fn ggml_type(format: Q4Format) -> GgmlDType {
+fn ggml_type(format: LowBitFormat) -> GgmlDType {
     match format {
-        Q4Format::Q4_0 => GgmlDType::Q4_0,
-        Q4Format::Q4_1 => GgmlDType::Q4_1,
-        Q4Format::Q4K => GgmlDType::Q4K,
-        Q4Format::Q5_0 => GgmlDType::Q5_0,
-        Q4Format::Q5_1 => GgmlDType::Q5_1,
-        Q4Format::Q5K => GgmlDType::Q5K,
+        LowBitFormat::Q4_0 => GgmlDType::Q4_0,
+        LowBitFormat::Q4_1 => GgmlDType::Q4_1,
+        LowBitFormat::Q4K => GgmlDType::Q4K,
+        LowBitFormat::Q5_0 => GgmlDType::Q5_0,
+        LowBitFormat::Q5_1 => GgmlDType::Q5_1,
+        LowBitFormat::Q5K => GgmlDType::Q5K,
     }
 }
 
 /// GGUF blocks of `n` rows of `k` values with random nibbles, fifth bits and scales (Q4_K and
 /// Q5_K: random values quantized by candle, which uses every scale and min bit).
-fn random_blocks(format: Q4Format, n: usize, k: usize, seed: u64) -> Vec<u8> {
-    if matches!(format, Q4Format::Q4K | Q4Format::Q5K) {
+fn random_blocks(format: LowBitFormat, n: usize, k: usize, seed: u64) -> Vec<u8> {
+    if matches!(format, LowBitFormat::Q4K | LowBitFormat::Q5K) {
         let v: Vec<f32> = values(seed, n * k).iter().map(|x| x * x * x).collect();
         let t = candle_core::Tensor::from_vec(v, (n, k), &candle_core::Device::Cpu).unwrap();
         let q = candle_core::quantized::QTensor::quantize(&t, ggml_type(format)).unwrap();
@@ -40,7 +40,7 @@ fn random_blocks(format: Q4Format, n: usize, k: usize, seed: u64) -> Vec<u8> {
         let d = half::f16::from_f32(0.01 + 0.02 * chunk[0].abs());
         out.extend_from_slice(&d.to_le_bytes());
         let mut header = 2;
-        if matches!(format, Q4Format::Q4_1 | Q4Format::Q5_1) {
+        if matches!(format, LowBitFormat::Q4_1 | LowBitFormat::Q5_1) {
             out.extend_from_slice(&half::f16::from_f32(-0.1 * chunk[1]).to_le_bytes());
             header = 4;
         }
@@ -54,8 +54,8 @@ fn random_blocks(format: Q4Format, n: usize, k: usize, seed: u64) -> Vec<u8> {
 
 use candle_core::quantized::GgmlDType;
 
-/// Every block of 32 of `n` rows of `k` values: `(d, m, q)`, as `Q4Format::block` reads it.
-fn decode(format: Q4Format, bytes: &[u8], n: usize, k: usize) -> Vec<(f32, f32, [u8; 32])> {
+/// Every block of 32 of `n` rows of `k` values: `(d, m, q)`, as `LowBitFormat::block` reads it.
+fn decode(format: LowBitFormat, bytes: &[u8], n: usize, k: usize) -> Vec<(f32, f32, [u8; 32])> {
     let row_bytes = k / format.block_values() * format.block_bytes();
     let mut out = Vec::new();
     for row in bytes.chunks(row_bytes).take(n) {
@@ -79,7 +79,7 @@ fn decode(format: Q4Format, bytes: &[u8], n: usize, k: usize) -> Vec<(f32, f32, 
 }
 
 /// The weights as f32: `d·q + m` per value.
-fn dequantize(format: Q4Format, bytes: &[u8], n: usize, k: usize) -> Vec<f32> {
+fn dequantize(format: LowBitFormat, bytes: &[u8], n: usize, k: usize) -> Vec<f32> {
     decode(format, bytes, n, k)
         .iter()
         .flat_map(|(d, m, q)| q.map(|q| d * q as f32 + m))
@@ -127,7 +127,7 @@ fn blocks_are_read_as_ggml_dequantizes_them() {
 /// The documented arithmetic, naively.
 fn naive(
     layer_w: &[u8],
-    format: Q4Format,
+    format: LowBitFormat,
     x: &[f32],
     m: usize,
     n: usize,
@@ -185,7 +185,7 @@ fn every_path_matches_the_naive_reference_exactly_and_the_f32_product_closely() 
             let bytes = random_blocks(format, n, k, 3 + n as u64);
             let b = values(9, n);
             let x = values(1 + m as u64, m * k);
-            let layer = Q4Linear::from_blocks(format, &bytes, &b, k).unwrap();
+            let layer = LowBitLinear::from_blocks(format, &bytes, &b, k).unwrap();
             let want = naive(&bytes, format, &x, m, n, k, &b);
             for level in KernelLevel::ALL {
                 if level > KernelLevel::detected() {
@@ -221,16 +221,16 @@ fn every_path_matches_the_naive_reference_exactly_and_the_f32_product_closely() 
 
 #[test]
 fn bad_shapes_are_errors() {
-    assert!(Q4Linear::from_blocks(Q4Format::Q4_1, &[0; 20], &[0.0], 16).is_err());
-    assert!(Q4Linear::from_blocks(Q4Format::Q4_1, &[0; 19], &[0.0], 32).is_err());
-    assert!(Q4Linear::from_blocks(Q4Format::Q4_0, &[0; 18], &[0.0], 32).is_ok());
+    assert!(LowBitLinear::from_blocks(LowBitFormat::Q4_1, &[0; 20], &[0.0], 16).is_err());
+    assert!(LowBitLinear::from_blocks(LowBitFormat::Q4_1, &[0; 19], &[0.0], 32).is_err());
+    assert!(LowBitLinear::from_blocks(LowBitFormat::Q4_0, &[0; 18], &[0.0], 32).is_ok());
     // Q4_K rows are whole super-blocks of 256.
-    assert!(Q4Linear::from_blocks(Q4Format::Q4K, &[0; 144], &[0.0], 32).is_err());
-    assert!(Q4Linear::from_blocks(Q4Format::Q4K, &[0; 143], &[0.0], 256).is_err());
-    assert!(Q4Linear::from_blocks(Q4Format::Q4K, &[0; 144], &[0.0], 256).is_ok());
-    assert!(Q4Linear::from_blocks(Q4Format::Q5_0, &[0; 22], &[0.0], 32).is_ok());
-    assert!(Q4Linear::from_blocks(Q4Format::Q5_0, &[0; 18], &[0.0], 32).is_err());
-    assert!(Q4Linear::from_blocks(Q4Format::Q5_1, &[0; 24], &[0.0], 32).is_ok());
-    assert!(Q4Linear::from_blocks(Q4Format::Q5K, &[0; 176], &[0.0], 256).is_ok());
-    assert!(Q4Linear::from_blocks(Q4Format::Q5K, &[0; 144], &[0.0], 256).is_err());
+    assert!(LowBitLinear::from_blocks(LowBitFormat::Q4K, &[0; 144], &[0.0], 32).is_err());
+    assert!(LowBitLinear::from_blocks(LowBitFormat::Q4K, &[0; 143], &[0.0], 256).is_err());
+    assert!(LowBitLinear::from_blocks(LowBitFormat::Q4K, &[0; 144], &[0.0], 256).is_ok());
+    assert!(LowBitLinear::from_blocks(LowBitFormat::Q5_0, &[0; 22], &[0.0], 32).is_ok());
+    assert!(LowBitLinear::from_blocks(LowBitFormat::Q5_0, &[0; 18], &[0.0], 32).is_err());
+    assert!(LowBitLinear::from_blocks(LowBitFormat::Q5_1, &[0; 24], &[0.0], 32).is_ok());
+    assert!(LowBitLinear::from_blocks(LowBitFormat::Q5K, &[0; 176], &[0.0], 256).is_ok());
+    assert!(LowBitLinear::from_blocks(LowBitFormat::Q5K, &[0; 144], &[0.0], 256).is_err());
 }
