@@ -77,9 +77,36 @@ pub struct StepInput<'a> {
 /// share it (its last rows see the most keys, and tasks are taken as cores come free).
 const ATTENTION_ROWS_PER_TASK: usize = 16;
 
+/// One attention task: query rows of one sequence over one layer of its cache, for the query
+/// heads of some of its KV heads.
+#[derive(Clone)]
+struct AttentionTask<'a> {
+    /// The rows of `qkv`.
+    q: &'a [f32],
+    kv: &'a KvLayer,
+    /// The position of the cache's first row (a sliding layer drops older ones).
+    first: usize,
+    /// The position of the first row.
+    start: usize,
+    /// The rows' place in the step's output (`rows × n_head·head_dim`).
+    out: SharedOut,
+    rows: usize,
+    kv_heads: std::ops::Range<usize>,
+}
+
+thread_local! {
+    /// A task's heads before they are copied into their columns of the output (a task of some
+    /// heads only), reused so that a decode step allocates nothing.
+    static HEADS_OUT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Appends every input's new keys and values (from its rows of `qkv`: each row is Q, then
 /// K, then V, `shape.qkvw` wide) to layer `l` of its cache, then attends, sequence by sequence
 /// in parallel, writing each row's heads into `attn` (`rows × n_head·head_dim`).
+///
+/// A long prompt's rows are split into tasks of [`ATTENTION_ROWS_PER_TASK`]. When a step has
+/// fewer tasks than threads (one stream decoding), each task's KV heads are split too, so that
+/// every core attends: heads are independent, so the output is the same bit for bit.
 pub(super) fn cached_attention(
     inputs: &mut [StepInput],
     l: usize,
@@ -94,7 +121,7 @@ pub(super) fn cached_attention(
     let kvw = h.n_head_kv * h.head_dim;
     let qkvw = shape.qkvw;
     let mut row0 = 0;
-    let mut jobs = Vec::with_capacity(inputs.len());
+    let mut tasks = Vec::with_capacity(inputs.len());
     let mut attn_rest: &mut [f32] = attn;
     for input in inputs.iter_mut() {
         let rows = input.tokens.len();
@@ -108,29 +135,60 @@ pub(super) fn cached_attention(
         // see any more).
         let layer = input.cache.layer(l);
         let (start, first) = (input.cache.len(), layer.first);
-        let layer = layer.kv;
-        // A long prompt's rows are split into tasks, so that both cores attend for it.
         for (c, out) in mine.chunks_mut(ATTENTION_ROWS_PER_TASK * qw).enumerate() {
             let r0 = c * ATTENTION_ROWS_PER_TASK;
             let n = out.len() / qw;
-            jobs.push((
-                &qkv[(row0 + r0) * qkvw..(row0 + r0 + n) * qkvw],
-                (layer, first),
-                start + r0,
-                (SharedOut(out.as_mut_ptr()), out.len()),
-            ));
+            tasks.push(AttentionTask {
+                q: &qkv[(row0 + r0) * qkvw..(row0 + r0 + n) * qkvw],
+                kv: layer.kv,
+                first,
+                start: start + r0,
+                out: SharedOut(out.as_mut_ptr()),
+                rows: n,
+                kv_heads: 0..h.n_head_kv,
+            });
         }
         row0 += rows;
     }
-    parallel_for(jobs.len(), threads, &|i| {
-        let (q, (layer, first), start, (out, len)) = jobs[i];
-        // SAFETY: each job's output is its own rows of `attn` (split above), which stays
-        // mutably borrowed until this call returns.
-        let out = unsafe { std::slice::from_raw_parts_mut(out.ptr(), len) };
-        match layer {
-            KvLayer::F16(k, v) => attend(shape, q, KvRows { k, v, first }, start, out, level),
-            KvLayer::F32(k, v) => attend(shape, q, KvRows { k, v, first }, start, out, level),
+    if !tasks.is_empty() && tasks.len() < threads {
+        let parts = threads.div_ceil(tasks.len()).min(h.n_head_kv);
+        tasks = tasks
+            .iter()
+            .flat_map(|t| {
+                (0..parts).map(move |p| AttentionTask {
+                    kv_heads: p * h.n_head_kv / parts..(p + 1) * h.n_head_kv / parts,
+                    ..t.clone()
+                })
+            })
+            .collect();
+    }
+    parallel_for(tasks.len(), threads, &|i| {
+        let t = &tasks[i];
+        let all = t.kv_heads.len() == h.n_head_kv;
+        if all {
+            // SAFETY: each task of every head writes its own rows of `attn` (split above),
+            // which stays mutably borrowed until this call returns.
+            let out = unsafe { std::slice::from_raw_parts_mut(t.out.ptr(), t.rows * qw) };
+            attend(shape, t, out, level);
+            return;
         }
+        HEADS_OUT.with(|cell| {
+            let heads = &mut *cell.borrow_mut();
+            let group = h.n_head / h.n_head_kv;
+            let w = t.kv_heads.len() * group * h.head_dim;
+            heads.clear();
+            heads.resize(t.rows * w, 0.0);
+            attend(shape, t, heads, level);
+            let col = t.kv_heads.start * group * h.head_dim;
+            for (r, row) in heads.chunks_exact(w).enumerate() {
+                // SAFETY: the task's heads are its own columns of its rows of `attn` (the
+                // tasks of one row split its KV heads without overlap), mutably borrowed
+                // until this call returns; no reference to them is formed.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(row.as_ptr(), t.out.ptr().add(r * qw + col), w)
+                };
+            }
+        });
     });
 }
 
@@ -215,19 +273,53 @@ impl AttnShape {
     }
 }
 
+/// A task's attention into `out` (`rows ×` its heads' width), on its cache's element type.
+fn attend(s: &AttnShape, t: &AttentionTask, out: &mut [f32], level: KernelLevel) {
+    let heads = t.kv_heads.clone();
+    match t.kv {
+        KvLayer::F16(k, v) => attend_rows(
+            s,
+            heads,
+            t.q,
+            KvRows {
+                k,
+                v,
+                first: t.first,
+            },
+            t.start,
+            out,
+            level,
+        ),
+        KvLayer::F32(k, v) => attend_rows(
+            s,
+            heads,
+            t.q,
+            KvRows {
+                k,
+                v,
+                first: t.first,
+            },
+            t.start,
+            out,
+            level,
+        ),
+    }
+}
+
 /// Causal attention of one sequence's new rows (queries in `qkv`, rows at positions
-/// `start..`) over its cache (`kv`: every position up to the last new row the rows see), into
-/// `out` (`rows × n_head·head_dim`): the blocked kernel of `kernels/causal_attention.rs`,
-/// which widens an f16 cache a key block at a time.
-fn attend<T: KvElem>(
+/// `start..`) over its cache (`kv`: every position up to the last new row the rows see), for
+/// the query heads of `kv_heads`, into `out` (`rows ×` those heads): the blocked kernel of
+/// `kernels/causal_attention.rs`, which widens an f16 cache a key block at a time.
+fn attend_rows<T: KvElem>(
     s: &AttnShape,
+    kv_heads: std::ops::Range<usize>,
     qkv: &[f32],
     kv: KvRows<T>,
     start: usize,
     out: &mut [f32],
     level: KernelLevel,
 ) {
-    kernels::causal_attention(&s.heads, qkv, s.qkvw, kv, start, out, level);
+    kernels::causal_attention_heads(&s.heads, kv_heads, qkv, s.qkvw, kv, start, out, level);
 }
 
 #[cfg(test)]
@@ -265,13 +357,22 @@ mod tests {
                 v: &v[..],
                 first: 0,
             };
-            attend(&shape(Some(4)), q, all, n - rows, &mut windowed, level);
+            attend_rows(
+                &shape(Some(4)),
+                0..n_head_kv,
+                q,
+                all,
+                n - rows,
+                &mut windowed,
+                level,
+            );
             for r in 0..rows {
                 let last = n - rows + r;
                 let first = last + 1 - 4;
                 let mut alone = vec![0.0f32; n_head * hd];
-                attend(
+                attend_rows(
                     &shape(None),
+                    0..n_head_kv,
                     &q[r * qkvw..(r + 1) * qkvw],
                     KvRows {
                         k: &k[first * kvw..(last + 1) * kvw],
@@ -288,9 +389,25 @@ mod tests {
                 );
             }
             let mut full = vec![0.0f32; rows * n_head * hd];
-            attend(&shape(None), q, all, n - rows, &mut full, level);
+            attend_rows(
+                &shape(None),
+                0..n_head_kv,
+                q,
+                all,
+                n - rows,
+                &mut full,
+                level,
+            );
             let mut wide = vec![0.0f32; rows * n_head * hd];
-            attend(&shape(Some(n)), q, all, n - rows, &mut wide, level);
+            attend_rows(
+                &shape(Some(n)),
+                0..n_head_kv,
+                q,
+                all,
+                n - rows,
+                &mut wide,
+                level,
+            );
             assert_eq!(full, wide);
             assert_ne!(full, windowed);
         }

@@ -170,15 +170,47 @@ pub fn causal_attention<T: KvValue>(
     out: &mut [f32],
     level: KernelLevel,
 ) {
+    causal_attention_heads(s, 0..s.n_head_kv, q, q_stride, kv, start, out, level);
+}
+
+/// [`causal_attention`] for the query heads of KV heads `kv_heads` only: output row `r` is
+/// `out[r·w..]` with `w = kv_heads.len()·(n_head / n_head_kv)·head_dim`, those heads side by
+/// side. Heads are independent, so each head's output is the same bit for bit as in a call
+/// with every head; a single sequence's attention can be split over threads this way.
+///
+/// # Panics
+///
+/// As [`causal_attention`], and when `kv_heads` is not within `0..n_head_kv`.
+#[allow(clippy::too_many_arguments)]
+pub fn causal_attention_heads<T: KvValue>(
+    s: &CausalShape,
+    kv_heads: std::ops::Range<usize>,
+    q: &[f32],
+    q_stride: usize,
+    kv: KvRows<T>,
+    start: usize,
+    out: &mut [f32],
+    level: KernelLevel,
+) {
     let qw = s.n_head * s.head_dim;
     let kvw = s.n_head_kv * s.head_dim;
-    if qw == 0 || out.is_empty() {
+    assert!(
+        s.n_head_kv > 0 && s.n_head.is_multiple_of(s.n_head_kv),
+        "causal_attention: heads do not fit the shape"
+    );
+    assert!(
+        kv_heads.start <= kv_heads.end && kv_heads.end <= s.n_head_kv,
+        "causal_attention: KV heads {kv_heads:?} out of 0..{}",
+        s.n_head_kv
+    );
+    let out_w = kv_heads.len() * (s.n_head / s.n_head_kv) * s.head_dim;
+    if out_w == 0 || out.is_empty() {
         return;
     }
-    let rows = out.len() / qw;
+    let rows = out.len() / out_w;
     assert!(
-        s.n_head_kv > 0 && s.n_head.is_multiple_of(s.n_head_kv) && out.len() == rows * qw,
-        "causal_attention: heads or output do not fit the shape"
+        out.len() == rows * out_w,
+        "causal_attention: output does not fit the shape"
     );
     assert!(
         q_stride >= qw && q.len() >= (rows - 1) * q_stride + qw,
@@ -200,6 +232,8 @@ pub fn causal_attention<T: KvValue>(
         start,
         rows,
         first: kv.first,
+        kv_heads,
+        out_w,
     };
     let (k, v) = (kv.k, kv.v);
     // The scratch is taken here, outside the compiled versions: a closure inside them would
@@ -234,6 +268,9 @@ struct Call<'a> {
     rows: usize,
     /// The position of the cache slices' first row.
     first: usize,
+    /// The KV heads attended; output row `r` holds their query heads at `r·out_w`.
+    kv_heads: std::ops::Range<usize>,
+    out_w: usize,
 }
 
 /// [`attend`] compiled for AVX-512.
@@ -380,7 +417,7 @@ fn attend<T: KvValue, const FMA: bool, const AVX: bool>(
     sc: &mut Scratch,
 ) {
     let group = c.s.n_head / c.s.n_head_kv;
-    for kvh in 0..c.s.n_head_kv {
+    for kvh in c.kv_heads.clone() {
         if c.rows * group >= WIDE_PAIRS {
             wide::<T, FMA, AVX>(c, k, v, kvh, out, sc);
         } else {
@@ -407,7 +444,7 @@ fn wide<T: KvValue, const FMA: bool, const AVX: bool>(
 ) {
     let s = c.s;
     let (hd, group) = (s.head_dim, s.n_head / s.n_head_kv);
-    let (kvw, qw) = (s.n_head_kv * hd, s.n_head * hd);
+    let kvw = s.n_head_kv * hd;
     let n = c.rows * group;
     let np = n.next_multiple_of(LANES);
     let Scratch {
@@ -509,7 +546,7 @@ fn wide<T: KvValue, const FMA: bool, const AVX: bool>(
         for g in 0..group {
             let i = r * group + g;
             let inv = if sum[i] > 0.0 { 1.0 / sum[i] } else { 0.0 };
-            let row = &mut out[r * qw + (kvh * group + g) * hd..][..hd];
+            let row = &mut out[r * c.out_w + ((kvh - c.kv_heads.start) * group + g) * hd..][..hd];
             for (d, o) in row.iter_mut().enumerate() {
                 *o = ot[d * np + i] * inv;
             }
@@ -642,7 +679,7 @@ fn narrow<T: KvValue, const FMA: bool, const AVX: bool>(
 ) {
     let s = c.s;
     let (hd, group) = (s.head_dim, s.n_head / s.n_head_kv);
-    let (kvw, qw) = (s.n_head_kv * hd, s.n_head * hd);
+    let kvw = s.n_head_kv * hd;
     let n = c.rows * group;
     let Scratch {
         q: qn,
@@ -746,7 +783,7 @@ fn narrow<T: KvValue, const FMA: bool, const AVX: bool>(
         for g in 0..group {
             let i = r * group + g;
             let inv = if sum[i] > 0.0 { 1.0 / sum[i] } else { 0.0 };
-            let row = &mut out[r * qw + (kvh * group + g) * hd..][..hd];
+            let row = &mut out[r * c.out_w + ((kvh - c.kv_heads.start) * group + g) * hd..][..hd];
             for (y, &x) in row.iter_mut().zip(&o[i * hd..][..hd]) {
                 *y = x * inv;
             }

@@ -305,6 +305,56 @@ fn rows_attend_alike_alone_and_in_a_task_bit_for_bit() {
     }
 }
 
+/// A call for some KV heads writes those heads exactly as a call for every head does (how a
+/// single sequence's attention is split over threads), on every path, in both layouts.
+#[test]
+fn some_kv_heads_attend_as_all_heads_do_bit_for_bit() {
+    let cases = [
+        case(1, 100, None, 64, 3, 3),
+        case(1, 40, Some(10), 128, 8, 2),
+        case(2, 5, None, 8, 2, 3),
+        case(16, 37, None, 80, 2, 1),
+        case(9, 12, Some(5), 16, 4, 2),
+    ];
+    for (n, c) in cases.iter().enumerate() {
+        let x = inputs(c, 7 + n as u64);
+        let s = shape(c);
+        let (qw, hw) = (s.n_head * c.head_dim, c.group * c.head_dim);
+        for level in levels() {
+            let mut all = vec![f32::NAN; c.rows * qw];
+            let kv = held_all(&x.k, &x.v);
+            causal_attention(&s, &x.q, x.q_stride, kv, c.start, &mut all, level);
+            for h0 in 0..c.n_head_kv {
+                for h1 in h0 + 1..=c.n_head_kv {
+                    let w = (h1 - h0) * hw;
+                    let mut part = vec![f32::NAN; c.rows * w];
+                    causal_attention_heads(
+                        &s,
+                        h0..h1,
+                        &x.q,
+                        x.q_stride,
+                        kv,
+                        c.start,
+                        &mut part,
+                        level,
+                    );
+                    for r in 0..c.rows {
+                        let whole = &all[r * qw + h0 * hw..][..w];
+                        let same = whole
+                            .iter()
+                            .zip(&part[r * w..][..w])
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(
+                            same,
+                            "{c:?} on {level}: KV heads {h0}..{h1}, row {r} differ"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A sliding layer's cache that has dropped the positions before `first` gives the very
 /// same result as one that kept them (blocks are cut at absolute positions).
 #[test]

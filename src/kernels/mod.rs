@@ -58,7 +58,9 @@ use serde::Serialize;
 pub use activations::{add_layer_norm, gelu, gelu_at, gelu_tanh_at, log_sum_exp};
 pub use attention::{attention, attention_at, attention_with, AttentionShape, Products};
 pub use bf16::Bf16Linear;
-pub use causal_attention::{causal_attention, CausalShape, KvRows, KvValue};
+pub use causal_attention::{
+    causal_attention, causal_attention_heads, CausalShape, KvRows, KvValue,
+};
 pub use cpu::KernelLevel;
 pub use f32_packed::F32Linear;
 pub use int8::Int8Linear;
