@@ -324,10 +324,11 @@ impl Int8Linear {
                     for (b, q) in q.chunks(BLOCK).enumerate() {
                         s[b * PANEL + lane] = scales[b];
                         o[b * PANEL + lane] = -128 * q.iter().map(|&v| v as i32).sum::<i32>();
-                        for (j, &v) in q.iter().enumerate() {
-                            let i = b * BLOCK + j;
-                            w[(i / GROUP) * GROUP_BYTES + lane * GROUP + i % GROUP] = v;
-                        }
+                    }
+                    // A group's values are consecutive in the column and in the panel: copied
+                    // a group at a time (loading is on the cold-start path).
+                    for (g, values) in q.chunks(GROUP).enumerate() {
+                        w[g * GROUP_BYTES + lane * GROUP..][..values.len()].copy_from_slice(values);
                     }
                 }
             },
