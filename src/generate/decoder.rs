@@ -275,34 +275,10 @@ impl AttnShape {
 
 /// A task's attention into `out` (`rows ×` its heads' width), on its cache's element type.
 fn attend(s: &AttnShape, t: &AttentionTask, out: &mut [f32], level: KernelLevel) {
-    let heads = t.kv_heads.clone();
+    let (h, q, first, start) = (t.kv_heads.clone(), t.q, t.first, t.start);
     match t.kv {
-        KvLayer::F16(k, v) => attend_rows(
-            s,
-            heads,
-            t.q,
-            KvRows {
-                k,
-                v,
-                first: t.first,
-            },
-            t.start,
-            out,
-            level,
-        ),
-        KvLayer::F32(k, v) => attend_rows(
-            s,
-            heads,
-            t.q,
-            KvRows {
-                k,
-                v,
-                first: t.first,
-            },
-            t.start,
-            out,
-            level,
-        ),
+        KvLayer::F16(k, v) => attend_rows(s, h, q, KvRows { k, v, first }, start, out, level),
+        KvLayer::F32(k, v) => attend_rows(s, h, q, KvRows { k, v, first }, start, out, level),
     }
 }
 

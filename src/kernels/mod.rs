@@ -40,6 +40,7 @@ pub mod cpu;
 mod dispatch;
 pub mod f32_packed;
 pub mod int8;
+mod kv_value;
 pub mod linear_f32;
 pub mod lowbit;
 mod math;
