@@ -135,6 +135,10 @@ fn every_gguf_tensor_type_loads_as_stored_and_runs() {
             _ => "int8",
         };
         assert_eq!(formats["feed_forward"], kept, "{variant}");
+        if variant == "q4_k_m" {
+            // Q and K stay Q4_K beside the Q6_K V (int8): the fused QKV is stacked.
+            assert_eq!(formats["attention"], "q4_k+int8");
+        }
         let got = run(&served, &ids, &more);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             let c = cosine(g, w);

@@ -52,8 +52,7 @@ pub trait Decoder: Send + Sync {
 /// The formats `layers` run in, each named once, in order of first use (`q4_1+int8`).
 pub(super) fn formats_of<'a>(layers: impl IntoIterator<Item = &'a Linear>) -> String {
     let mut names: Vec<&str> = Vec::new();
-    for layer in layers {
-        let name = layer.format_name();
+    for name in layers.into_iter().flat_map(|layer| layer.format_names()) {
         if !names.contains(&name) {
             names.push(name);
         }

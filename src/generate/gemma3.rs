@@ -451,7 +451,7 @@ impl Decoder for Gemma3 {
                 "feed_forward",
                 decoder::formats_of(self.blocks.iter().flat_map(|l| [&l.gate_up, &l.down])),
             ),
-            ("lm_head", self.lm_head.format_name().to_string()),
+            ("lm_head", decoder::formats_of([&self.lm_head])),
         ]
     }
 }

@@ -109,7 +109,9 @@ pub(super) fn load_head_and_embeddings(
 
 /// Loads the linear layer made of `parts` (tensor name, rows) stacked, each `rows × k`, with
 /// `bias` (`None`: zeros): as stored when they are all of one 4- or 5-bit format (Q4_0, Q4_1,
-/// Q4_K, Q5_0, Q5_1, Q5_K) and `keep_low_bit`, or all Q8_0 and `dtype` is int8; else dequantized and packed as `dtype`.
+/// Q4_K, Q5_0, Q5_1, Q5_K) and `keep_low_bit`, or all Q8_0 and `dtype` is int8; else
+/// dequantized and packed as `dtype`. Parts of different formats, some of them 4- or 5-bit,
+/// are converted a run of one format at a time and stacked ([`PackedLinear::Stacked`]).
 pub(super) fn load_linear(
     file: &GgufFile,
     parts: &[(String, usize)],
@@ -161,6 +163,33 @@ fn convert_linear(
         name: name.clone(),
         problem,
     };
+    if keep_low_bit
+        && formats.iter().any(Option::is_some)
+        && formats.windows(2).any(|w| w[0] != w[1])
+    {
+        // Parts in different formats (a `Q4_K_M` file's Q and K in Q4_K or Q5_0 beside a V in
+        // Q6_K or Q8_0): each run of parts of one low-bit format (or of none) is converted on
+        // its own, so the low-bit parts stay as stored, and the runs are stacked.
+        let mut runs = Vec::new();
+        let (mut i, mut row) = (0, 0);
+        while i < parts.len() {
+            let end = (i..parts.len())
+                .find(|&j| formats[j] != formats[i])
+                .unwrap_or(parts.len());
+            let rows: usize = parts[i..end].iter().map(|p| p.1).sum();
+            let run_bias = bias[row..row + rows].to_vec();
+            runs.push(convert_linear(
+                file,
+                &parts[i..end],
+                k,
+                Some(run_bias),
+                dtype,
+                keep_low_bit,
+            )?);
+            (i, row) = (end, row + rows);
+        }
+        return Ok(PackedLinear::Stacked(runs));
+    }
     if let (true, Some(Some(format))) = (keep_low_bit, formats.first()) {
         if formats.iter().all(|f| *f == Some(*format)) {
             let mut stacked = Vec::with_capacity(parts.len());

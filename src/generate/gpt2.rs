@@ -459,7 +459,7 @@ impl Decoder for Gpt2 {
                 "feed_forward",
                 decoder::formats_of(self.blocks.iter().flat_map(|b| [&b.c_fc, &b.mlp_proj])),
             ),
-            ("lm_head", self.lm_head.format_name().to_string()),
+            ("lm_head", decoder::formats_of([&self.lm_head])),
         ]
     }
 }

@@ -390,7 +390,7 @@ impl<A: Arch> Decoder for Model<A> {
                 "feed_forward",
                 decoder::formats_of(self.blocks.iter().flat_map(|l| [&l.gate_up, &l.down])),
             ),
-            ("lm_head", self.lm_head.format_name().to_string()),
+            ("lm_head", decoder::formats_of([&self.lm_head])),
         ]
     }
 }

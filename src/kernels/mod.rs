@@ -119,12 +119,21 @@ pub enum PackedLinear {
     Int8(Int8Linear),
     /// GGUF 4- and 5-bit weights kept as they are (generation models).
     LowBit(LowBitLinear),
+    /// Layers of one input stacked along the output, each in its own format: a fused
+    /// projection whose tensors a file stores in different types (a `Q4_K_M` file's Q and K
+    /// in Q4_K or Q5_0 beside a V in Q6_K or Q8_0), each part kept as its own kernel runs
+    /// it rather than all converted to the one format every part can take.
+    Stacked(Vec<PackedLinear>),
 }
 
 impl PackedLinear {
-    /// The number format the layer runs in, as `/info` and the logs name it.
-    pub fn format_name(&self) -> &'static str {
-        match self {
+    /// The number formats the layer runs in, as `/info` and the logs name them (one, or one
+    /// per part of a stacked layer).
+    pub fn format_names(&self) -> Vec<&'static str> {
+        let name = match self {
+            PackedLinear::Stacked(parts) => {
+                return parts.iter().flat_map(|p| p.format_names()).collect();
+            }
             PackedLinear::F32(_) => "f32",
             PackedLinear::Bf16(_) => "bf16",
             PackedLinear::Int8(_) => "int8",
@@ -136,7 +145,8 @@ impl PackedLinear {
                 LowBitFormat::Q5_1 => "q5_1",
                 LowBitFormat::Q5K => "q5_k",
             },
-        }
+        };
+        vec![name]
     }
 
     /// Packs `w` (`n×k`, PyTorch layout, `n = bias.len()`) for `dtype`.
@@ -160,6 +170,7 @@ impl PackedLinear {
             PackedLinear::Bf16(l) => l.n(),
             PackedLinear::Int8(l) => l.n(),
             PackedLinear::LowBit(l) => l.n(),
+            PackedLinear::Stacked(parts) => parts.iter().map(|p| p.n()).sum(),
         }
     }
 
@@ -170,6 +181,7 @@ impl PackedLinear {
             PackedLinear::Bf16(l) => l.k(),
             PackedLinear::Int8(l) => l.k(),
             PackedLinear::LowBit(l) => l.k(),
+            PackedLinear::Stacked(parts) => parts.first().map_or(0, |p| p.k()),
         }
     }
 
@@ -182,6 +194,11 @@ impl PackedLinear {
             PackedLinear::Bf16(_) if level.min(KernelLevel::detected()) >= KernelLevel::Amx => {
                 bf16::AMX_CHUNK_ROWS
             }
+            PackedLinear::Stacked(parts) => parts
+                .iter()
+                .map(|p| p.block_rows(level))
+                .max()
+                .unwrap_or(tiles::CHUNK_ROWS),
             _ => tiles::CHUNK_ROWS,
         }
     }
@@ -193,6 +210,7 @@ impl PackedLinear {
             PackedLinear::Bf16(l) => l.bytes(),
             PackedLinear::Int8(l) => l.bytes(),
             PackedLinear::LowBit(l) => l.bytes(),
+            PackedLinear::Stacked(parts) => parts.iter().map(|p| p.bytes()).sum(),
         }
     }
 
@@ -212,6 +230,26 @@ impl PackedLinear {
             PackedLinear::Bf16(l) => l.forward(x, m, out, level, threads, epilogue),
             PackedLinear::Int8(l) => l.forward(x, m, out, level, threads, epilogue),
             PackedLinear::LowBit(l) => l.forward(x, m, out, level, threads, epilogue),
+            PackedLinear::Stacked(parts) => {
+                let n = self.n();
+                assert_eq!(
+                    Some(out.len()),
+                    m.checked_mul(n),
+                    "stacked linear: output size"
+                );
+                let mut col = 0;
+                for part in parts {
+                    // Each part into its own rows, then into its columns of `out` (an epilogue
+                    // is per element, so it runs alike on the parts).
+                    let w = part.n();
+                    let mut own = vec![0.0f32; m * w];
+                    part.forward(x, m, &mut own, level, threads, epilogue);
+                    for (row, from) in out.chunks_exact_mut(n).zip(own.chunks_exact(w)) {
+                        row[col..col + w].copy_from_slice(from);
+                    }
+                    col += w;
+                }
+            }
         }
     }
 }
@@ -220,6 +258,68 @@ impl PackedLinear {
 mod tests {
     use super::test_util::test_values;
     use super::*;
+
+    /// A stacked layer's output is each part's output in its own columns, whatever the parts'
+    /// formats, epilogue, rows and threads.
+    #[test]
+    fn a_stacked_layer_puts_each_part_in_its_columns() {
+        let k = 64;
+        let q5 = |n: usize, seed: u64| {
+            // Q5_0 blocks: a scale, then 20 random bytes (fifth bits and nibbles).
+            let v = test_values(seed, n * k / 32 * 22);
+            let mut bytes = Vec::new();
+            for (i, x) in v.iter().enumerate() {
+                if i % 22 == 0 {
+                    bytes.extend_from_slice(
+                        &half::f16::from_f32(0.01 + 0.02 * x.abs()).to_le_bytes(),
+                    );
+                } else if i % 22 > 1 {
+                    bytes.push(((x + 1.0) * 127.9) as u8);
+                }
+            }
+            let b = test_values(seed + 1, n);
+            PackedLinear::LowBit(
+                LowBitLinear::from_blocks(LowBitFormat::Q5_0, &bytes, &b, k).unwrap(),
+            )
+        };
+        let packed = |dtype, n: usize, seed: u64| {
+            let (w, b) = (test_values(seed, n * k), test_values(seed + 1, n));
+            PackedLinear::pack(dtype, &w, &b, k).unwrap()
+        };
+        let parts = || {
+            vec![
+                q5(40, 1),
+                packed(Dtype::Int8, 17, 3),
+                packed(Dtype::F32, 16, 5),
+            ]
+        };
+        let stacked = PackedLinear::Stacked(parts());
+        assert_eq!((stacked.n(), stacked.k()), (73, k));
+        assert_eq!(stacked.format_names(), ["q5_0", "int8", "f32"]);
+        let bytes: usize = parts().iter().map(|p| p.bytes()).sum();
+        assert_eq!(stacked.bytes(), bytes);
+        for m in [1, 5, 70] {
+            let x = test_values(7, m * k);
+            for epilogue in [Epilogue::Bias, Epilogue::BiasGelu] {
+                let mut want = vec![0.0; m * 73];
+                let mut col = 0;
+                for part in parts() {
+                    let w = part.n();
+                    let mut own = vec![0.0; m * w];
+                    part.forward(&x, m, &mut own, KernelLevel::detected(), 1, epilogue);
+                    for r in 0..m {
+                        want[r * 73 + col..][..w].copy_from_slice(&own[r * w..][..w]);
+                    }
+                    col += w;
+                }
+                for threads in [1, 2] {
+                    let mut got = vec![f32::NAN; m * 73];
+                    stacked.forward(&x, m, &mut got, KernelLevel::detected(), threads, epilogue);
+                    assert_eq!(got, want, "{m} rows, {threads} threads");
+                }
+            }
+        }
+    }
 
     #[test]
     fn the_gelu_epilogue_equals_gelu_after_the_bias() {
