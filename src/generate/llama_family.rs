@@ -220,16 +220,12 @@ impl<A: Arch> Model<A> {
                 own: own.load_layer(file, &hp, i)?,
             })
         };
-        // Layers convert in parallel, beside the head (the largest single tensor: a fifth of
-        // SmolLM2-135M's bytes, so it starts first): loading is on the cold-start path.
-        let (head, blocks) = kernels::team::join_map(
-            || load_head_and_embeddings(file, vocab, d, dtype, keep_low_bit),
-            hp.n_layer,
-            threads,
-            &layer,
-        );
+        // The head first, on every thread (the largest tensor: its file pages and its
+        // conversion are released or kept before the layers add theirs, so the load's peak
+        // is the model plus one layer's pages), then the layers in parallel.
+        let (lm_head, token_embd) = load_head_and_embeddings(file, vocab, d, dtype, keep_low_bit)?;
+        let blocks = kernels::team::parallel_map(hp.n_layer, threads, &layer);
         let blocks = blocks.into_iter().collect::<Result<Vec<_>, _>>()?;
-        let (lm_head, token_embd) = head?;
         let output_norm = file.f32("output_norm.weight", &[d])?;
         Ok(Self {
             hp,
