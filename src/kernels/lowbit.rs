@@ -436,11 +436,11 @@ impl LowBitLinear {
                 w: &self.weights[p0 * panel_bytes..][..ps * panel_bytes],
                 scales: &self.scales[p0 * blocks * PANEL..][..ps * blocks * PANEL],
                 mins: &self.mins[p0 * blocks * PANEL..][..ps * blocks * PANEL],
-                fifth_bits: match self.fifth_bits.is_empty() {
-                    true => &[],
-                    false => {
-                        &self.fifth_bits[p0 * blocks * BLOCK_MASKS..][..ps * blocks * BLOCK_MASKS]
-                    }
+                fifth_bits: if self.fifth_bits.is_empty() {
+                    &[]
+                } else {
+                    let per_panel = blocks * BLOCK_MASKS;
+                    &self.fifth_bits[p0 * per_panel..][..ps * per_panel]
                 },
             };
             match level {
