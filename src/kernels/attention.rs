@@ -19,6 +19,10 @@ pub struct AttentionShape {
     pub head_dim: usize,
     /// Real (unpadded) length of each sequence of the batch.
     pub lengths: Vec<usize>,
+    /// How the sequences' rows lie: `false`, sequence `b` at rows `b·seq_len..` (padded to
+    /// `seq_len` each, the padding rows' output zero); `true`, back to back (`Σ lengths`
+    /// rows, no padding: an encoder whose linear layers skip the padding rows).
+    pub unpadded: bool,
 }
 
 /// Sizes an attention call works with, computed without overflow.
@@ -26,7 +30,7 @@ pub struct AttentionShape {
 pub struct AttentionSizes {
     /// `heads × head_dim`.
     pub hidden: usize,
-    /// `batch × seq_len`.
+    /// `batch × seq_len`, or `Σ lengths` unpadded.
     pub rows: usize,
     /// `rows × 3·hidden`, the length of the fused QKV input.
     pub qkv: usize,
@@ -41,7 +45,13 @@ impl AttentionShape {
     /// buffer of `head_dim × seq_len` transposed keys).
     pub fn sizes(&self) -> Option<AttentionSizes> {
         let hidden = self.heads.checked_mul(self.head_dim)?;
-        let rows = self.lengths.len().checked_mul(self.seq_len)?;
+        let rows = if self.unpadded {
+            self.lengths
+                .iter()
+                .try_fold(0usize, |sum, &len| sum.checked_add(len))?
+        } else {
+            self.lengths.len().checked_mul(self.seq_len)?
+        };
         let out = rows.checked_mul(hidden)?;
         let qkv = out.checked_mul(3)?;
         let units = self.lengths.len().checked_mul(self.heads)?;
@@ -58,6 +68,15 @@ impl AttentionShape {
     /// Whether every length is within `1..=seq_len`.
     pub fn lengths_fit(&self) -> bool {
         self.lengths.iter().all(|&l| l >= 1 && l <= self.seq_len)
+    }
+
+    /// The first row of sequence `b` (see [`Self::unpadded`]); in range when the sizes are.
+    pub fn first_row(&self, b: usize) -> usize {
+        if self.unpadded {
+            self.lengths[..b].iter().sum()
+        } else {
+            b * self.seq_len
+        }
     }
 }
 
@@ -82,7 +101,7 @@ impl AttentionUnit {
         Self {
             len,
             padded: len.div_ceil(tile) * tile,
-            base: b * s.seq_len,
+            base: s.first_row(b),
             off: head * s.head_dim,
         }
     }
@@ -132,7 +151,7 @@ dispatch!(
     ///
     /// `s.sizes()` is `Some`, `s.lengths` are within `1..=seq_len`, `qkv` holds `sizes.qkv`
     /// values, and `out` is valid for writes of `sizes.out` values. For each unit (sequence
-    /// `b`, head) in `units`, the elements of rows `b·seq_len..b·seq_len + lengths[b]`, columns
+    /// `b`, head) in `units`, the elements of rows `first_row(b)..first_row(b) + lengths[b]`, columns
     /// `head·head_dim..(head+1)·head_dim` are written and nothing else accesses them during
     /// the call.
     unsafe attention_generic, attention_avx2, (qkv: &[f32], out: *mut f32, s: &AttentionShape, units: std::ops::Range<usize>) {
@@ -373,6 +392,7 @@ unsafe fn attention_units(
                 heads: s.heads,
                 head_dim: s.head_dim,
                 lengths: &s.lengths,
+                unpadded: s.unpadded,
             };
             super::attention_amx::attention_amx(qkv, out, &shape, units)
         };
@@ -451,8 +471,10 @@ pub fn attention_with(
         return;
     }
     let h = sizes.hidden;
-    for (b, &len) in s.lengths.iter().enumerate() {
-        out[(b * s.seq_len + len) * h..(b + 1) * s.seq_len * h].fill(0.0);
+    if !s.unpadded {
+        for (b, &len) in s.lengths.iter().enumerate() {
+            out[(b * s.seq_len + len) * h..(b + 1) * s.seq_len * h].fill(0.0);
+        }
     }
     let units = sizes.units;
     let threads = threads.min(units).max(1);
@@ -482,6 +504,71 @@ mod tests {
     use super::*;
     use crate::kernels::test_util::{close, lcg};
 
+    /// Sequences back to back (`unpadded`) get, row for row, what the same sequences padded
+    /// to the longest get, bit for bit, on every path, in both precisions, on one and two
+    /// threads: the layout changes where rows are, never the arithmetic.
+    #[test]
+    fn unpadded_rows_attend_as_padded_rows_do() {
+        let (heads, d) = (3, 40);
+        let h = heads * d;
+        let lengths = vec![7, 1, 33, 16, 17];
+        let seq = *lengths.iter().max().unwrap();
+        let padded_qkv = lcg(11, lengths.len() * seq * 3 * h);
+        let mut packed_qkv = Vec::new();
+        for (b, &len) in lengths.iter().enumerate() {
+            packed_qkv.extend_from_slice(&padded_qkv[b * seq * 3 * h..][..len * 3 * h]);
+        }
+        let shape = |unpadded| AttentionShape {
+            seq_len: seq,
+            heads,
+            head_dim: d,
+            lengths: lengths.clone(),
+            unpadded,
+        };
+        let rows: usize = lengths.iter().sum();
+        assert_eq!(shape(true).sizes().unwrap().rows, rows);
+        assert_eq!(shape(true).first_row(3), 7 + 1 + 33);
+        for level in KernelLevel::ALL
+            .into_iter()
+            .filter(|&l| l <= KernelLevel::detected())
+        {
+            for products in [Products::F32, Products::Bf16] {
+                for threads in [1, 2] {
+                    let mut padded = vec![f32::NAN; lengths.len() * seq * h];
+                    attention_with(
+                        &padded_qkv,
+                        &mut padded,
+                        &shape(false),
+                        threads,
+                        level,
+                        products,
+                    );
+                    let mut packed = vec![f32::NAN; rows * h];
+                    attention_with(
+                        &packed_qkv,
+                        &mut packed,
+                        &shape(true),
+                        threads,
+                        level,
+                        products,
+                    );
+                    let mut row0 = 0;
+                    for (b, &len) in lengths.iter().enumerate() {
+                        let want = &padded[b * seq * h..][..len * h];
+                        let got = &packed[row0 * h..][..len * h];
+                        assert!(
+                            want.iter()
+                                .zip(got)
+                                .all(|(w, g)| w.to_bits() == g.to_bits()),
+                            "sequence {b} on {level} ({products:?}, {threads} threads)"
+                        );
+                        row0 += len;
+                    }
+                }
+            }
+        }
+    }
+
     /// Attention of a padded batch equals attention of each sequence alone, and matches a
     /// naive masked implementation.
     #[test]
@@ -495,6 +582,7 @@ mod tests {
             heads,
             head_dim: d,
             lengths: lengths.clone(),
+            unpadded: false,
         };
         let mut out = vec![f32::NAN; 2 * seq * h];
         attention(&qkv, &mut out, &shape, 1);
@@ -592,6 +680,7 @@ mod tests {
                         heads,
                         head_dim: d,
                         lengths,
+                        unpadded: false,
                     };
                     let h = heads * d;
                     let rows = 3 * seq;
@@ -640,6 +729,7 @@ mod tests {
             heads: 3,
             head_dim: 5,
             lengths: vec![6, 2, 4],
+            unpadded: false,
         };
         let qkv = lcg(99, 3 * 6 * 3 * 15);
         let mut first = vec![0.0; 3 * 6 * 15];
@@ -662,6 +752,7 @@ mod tests {
             heads,
             head_dim: d,
             lengths: vec![3, 3],
+            unpadded: false,
         };
         for bad in [f32::NAN, f32::INFINITY] {
             let mut qkv = lcg(5, 2 * seq * 3 * h);
@@ -699,6 +790,7 @@ mod tests {
             heads: (1 << 63) + 1,
             head_dim: 2,
             lengths: vec![1],
+            unpadded: false,
         };
         attention(&[0.0; 6], &mut [0.0; 2], &shape, 1);
     }

@@ -38,6 +38,8 @@ pub(super) struct Shape<'a> {
     pub head_dim: usize,
     /// Real (unpadded) length of each sequence of the batch.
     pub lengths: &'a [usize],
+    /// Sequences back to back rather than `seq_len` rows apart.
+    pub unpadded: bool,
 }
 
 /// The first `n` of 16 lanes.
@@ -219,7 +221,11 @@ pub(super) unsafe fn attention_amx(
     for unit in units {
         let (b, head) = (unit / s.heads, unit % s.heads);
         let len = s.lengths[b];
-        let base = b * s.seq_len;
+        let base = if s.unpadded {
+            s.lengths[..b].iter().sum()
+        } else {
+            b * s.seq_len
+        };
         let off = head * d;
         let row = |j: usize, part: usize| &qkv[(base + j) * 3 * h + part * h + off..][..d];
         let qtiles = len.div_ceil(TILE_ROWS);

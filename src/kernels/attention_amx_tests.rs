@@ -71,6 +71,7 @@ fn amx_attention_matches_the_rounded_reference_on_edge_shapes() {
                     heads,
                     head_dim: d,
                     lengths: vec![seq, 1, seq.div_ceil(2)],
+                    unpadded: false,
                 };
                 let h = heads * d;
                 let rows = 3 * seq;
@@ -120,6 +121,7 @@ fn amx_attention_is_close_to_f32_and_keeps_nan() {
         heads: 12,
         head_dim: 32,
         lengths: vec![107, 40, 1],
+        unpadded: false,
     };
     let rows = 3 * 107;
     let h = 12 * 32;

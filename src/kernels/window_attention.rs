@@ -218,6 +218,7 @@ mod tests {
             heads,
             head_dim,
             lengths: vec![len],
+            unpadded: false,
         };
         attention_at(&qkv, &mut full, &shape, 1, KernelLevel::detected());
         let mut windowed = vec![0.0f32; len * h];

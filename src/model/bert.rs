@@ -23,7 +23,9 @@ use candle_core::{Device, Tensor};
 use super::bert_ops::{AddLayerNorm, Attention, Linear, ProjectAddNorm};
 use super::weights::{Names, Weight, WeightFile};
 use super::{EncoderInput, ModelError};
-use crate::kernels::{AttentionShape, Dtype, KernelLevel, LinearPart, PackedLinear, Products};
+use crate::kernels::{
+    add_layer_norm, AttentionShape, Dtype, KernelLevel, LinearPart, PackedLinear, Products,
+};
 
 pub use super::bert_config::{BertConfig, Family};
 
@@ -81,7 +83,7 @@ pub struct Bert {
     level: KernelLevel,
     word: Weight,
     /// Position embeddings plus the token-type-0 embedding, `[max_position_embeddings, hidden]`.
-    position_and_type: Tensor,
+    position_and_type: Vec<f32>,
     /// The position of a sequence's first token ([`BertConfig::position_offset`]).
     position_offset: usize,
     /// RoBERTa's padding id: a token with this id sits at position `pad` and does not advance
@@ -165,9 +167,7 @@ impl Bert {
             .chunks_exact(h)
             .flat_map(|row| row.iter().zip(type0).map(|(p, t)| p + t))
             .collect();
-        let position_and_type =
-            Tensor::from_vec(summed, (config.max_position_embeddings, h), &Device::Cpu)
-                .map_err(|e| ModelError::Weights(e.to_string()))?;
+        let position_and_type = summed;
         let type1_delta = types
             .as_slice()
             .get(h..2 * h)
@@ -246,49 +246,6 @@ impl Bert {
     pub fn config(&self) -> &BertConfig {
         &self.config
     }
-
-    /// RoBERTa's positions where a sequence holds its padding id (a literal `<pad>` in the
-    /// text): transformers puts that token at position `pad` and does not count it, so the
-    /// tokens after it sit one position earlier per padding token than their index says. The
-    /// embedding layer adds the positions by index (`offset + t`); a token whose position
-    /// differs gets the difference added to its row here. Without a padding id in the
-    /// sequence (the usual case) nothing changes.
-    fn move_positions_after_pads(
-        &self,
-        ids: &[u32],
-        pad: u32,
-        rows: &mut [f32],
-    ) -> Result<(), ModelError> {
-        if !ids.contains(&pad) {
-            return Ok(());
-        }
-        let h = self.config.hidden_size;
-        let row = |p: usize| {
-            self.position_and_type
-                .get(p)
-                .and_then(|r| r.to_vec1::<f32>())
-                .map_err(|e| ModelError::Forward(e.to_string()))
-        };
-        let mut counted = 0;
-        for (t, &id) in ids.iter().enumerate() {
-            let position = if id == pad {
-                pad as usize
-            } else {
-                counted += 1;
-                pad as usize + counted
-            };
-            let by_index = self.position_offset + t;
-            if position != by_index {
-                let (want, added) = (row(position)?, row(by_index)?);
-                rows[t * h..][..h]
-                    .iter_mut()
-                    .zip(want.iter().zip(added))
-                    .for_each(|(x, (w, a))| *x += w - a);
-            }
-        }
-        Ok(())
-    }
-
     /// The dtype of the linear layers.
     pub fn dtype(&self) -> Dtype {
         self.dtype
@@ -301,14 +258,19 @@ impl Bert {
 
     /// Runs the encoder over `inputs` (token ids, unpadded, each at most
     /// [`BertConfig::max_positions`] long; the tokens from `second_from` on are token type 1
-    /// for a model that uses token types, type 0 like the rest for RoBERTa) and
-    /// returns the last hidden state, `[batch·seq_len, hidden]`, padded to the longest
-    /// sequence; `threads` is the intra-op parallelism of the matmuls.
+    /// for a model that uses token types, type 0 like the rest for RoBERTa) and returns the
+    /// last hidden state of every token, the sequences back to back (`[Σ len, hidden]`: token
+    /// `t` of input `b` is row `Σ len[..b] + t`); `threads` is the intra-op parallelism of
+    /// the matmuls.
+    ///
+    /// Nothing is padded: the linear layers, norms and GELU run over the real tokens only, so
+    /// a batch of a short query and a long passage costs what the two cost alone, and an
+    /// input's answer does not depend on the others in its batch.
     pub fn forward(
         &self,
         inputs: &[EncoderInput<'_>],
         threads: usize,
-    ) -> Result<(Tensor, usize), ModelError> {
+    ) -> Result<Tensor, ModelError> {
         let c = &self.config;
         let h = c.hidden_size;
         let seq_len = inputs.iter().map(|s| s.ids.len()).max().unwrap_or(0);
@@ -330,20 +292,23 @@ impl Bert {
                 c.max_positions()
             )));
         }
-        // Gather the word embeddings of every position (padding rows stay zero: they are
-        // never attended to nor pooled).
-        let word = self.word.as_slice();
+        // Each token's word embedding, plus its position's (and token type's) row.
         let too_large = || {
             ModelError::Input(format!(
-                "a batch of {} sequences of {seq_len} tokens is too large",
+                "a batch of {} sequences of up to {seq_len} tokens is too large",
                 inputs.len()
             ))
         };
-        let rows = inputs.len().checked_mul(seq_len).ok_or_else(too_large)?;
+        let rows = inputs
+            .iter()
+            .try_fold(0usize, |sum, s| sum.checked_add(s.ids.len()))
+            .ok_or_else(too_large)?;
         let size = rows.checked_mul(h).ok_or_else(too_large)?;
         let mut embedded = vec![0.0f32; size];
-        for (b, s) in inputs.iter().enumerate() {
-            for (t, &id) in s.ids.iter().enumerate() {
+        let word = self.word.as_slice();
+        for (s, rows) in inputs.iter().zip(split_rows(&mut embedded, inputs, h)) {
+            let mut counted = 0;
+            for (t, (&id, row)) in s.ids.iter().zip(rows.chunks_exact_mut(h)).enumerate() {
                 let id = id as usize;
                 if id >= c.vocab_size {
                     return Err(ModelError::Input(format!(
@@ -351,31 +316,48 @@ impl Bert {
                         c.vocab_size
                     )));
                 }
-                let row = &mut embedded[(b * seq_len + t) * h..][..h];
                 row.copy_from_slice(&word[id * h..][..h]);
                 if let (true, Some(delta)) = (t >= s.second_from, &self.type1_delta) {
                     row.iter_mut().zip(delta).for_each(|(x, d)| *x += d);
                 }
-            }
-            if let Some(pad) = self.position_pad {
-                self.move_positions_after_pads(s.ids, pad, &mut embedded[b * seq_len * h..])?;
+                let position = match self.position_pad {
+                    // RoBERTa: a padding token sits at position `pad` and does not count.
+                    Some(pad) if id == pad as usize => pad as usize,
+                    Some(pad) => {
+                        counted += 1;
+                        pad as usize + counted
+                    }
+                    None => self.position_offset + t,
+                };
+                // Within the table for every length up to max_positions (checked above).
+                let added = self
+                    .position_and_type
+                    .get(position * h..(position + 1) * h)
+                    .ok_or_else(|| {
+                        ModelError::Input(format!(
+                            "token {t} is at position {position}, outside the model's table"
+                        ))
+                    })?;
+                row.iter_mut().zip(added).for_each(|(x, p)| *x += p);
             }
         }
-        let err = |e: candle_core::Error| ModelError::Forward(e.to_string());
         let eps = c.layer_norm_eps as f32;
-        let positions = self
-            .position_and_type
-            .narrow(0, self.position_offset, seq_len)
-            .map_err(err)?;
-        let mut x = Tensor::from_vec(embedded, (rows, h), &Device::Cpu)
-            .and_then(|x| x.apply_op2_no_bwd(&positions, &self.embed_norm.op(eps)))
-            .map_err(err)?;
+        add_layer_norm(
+            &mut embedded,
+            &vec![0.0; h],
+            self.embed_norm.gamma.as_slice(),
+            self.embed_norm.beta.as_slice(),
+            eps,
+        );
+        let err = |e: candle_core::Error| ModelError::Forward(e.to_string());
+        let mut x = Tensor::from_vec(embedded, (rows, h), &Device::Cpu).map_err(err)?;
         let attention = Attention {
             shape: AttentionShape {
                 seq_len,
                 heads: c.num_attention_heads,
                 head_dim: h / c.num_attention_heads,
                 lengths: inputs.iter().map(|s| s.ids.len()).collect(),
+                unpadded: true,
             },
             threads,
             level: self.level,
@@ -420,8 +402,24 @@ impl Bert {
             })()
             .map_err(err)?;
         }
-        Ok((x, seq_len))
+        Ok(x)
     }
+}
+
+/// `rows` (`Σ len × h` values) cut into each input's own rows, in order.
+pub(super) fn split_rows<'a>(
+    mut rows: &'a mut [f32],
+    inputs: &[EncoderInput<'_>],
+    h: usize,
+) -> Vec<&'a mut [f32]> {
+    inputs
+        .iter()
+        .map(|s| {
+            let (mine, rest) = std::mem::take(&mut rows).split_at_mut(s.ids.len() * h);
+            rows = rest;
+            mine
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -358,6 +358,7 @@ mod tests {
                     heads,
                     head_dim,
                     lengths,
+                    unpadded: false,
                 },
                 threads: 1,
                 level: KernelLevel::detected(),

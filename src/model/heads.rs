@@ -23,14 +23,13 @@ impl Model for SentenceEncoder {
         inputs: &[EncoderInput<'_>],
         threads: usize,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
-        let (hidden_state, seq_len) = self.bert.forward(inputs, threads)?;
+        let hidden_state = self.bert.forward(inputs, threads)?;
         let h = self.bert.config().hidden_size;
-        with_hidden_state(&hidden_state, inputs, seq_len, h, |data| {
+        with_hidden_state(&hidden_state, inputs, h, |rows_of| {
             inputs
                 .iter()
-                .enumerate()
-                .map(|(b, s)| {
-                    let rows = &data[b * seq_len * h..][..s.ids.len() * h];
+                .zip(rows_of)
+                .map(|(s, rows)| {
                     let out = self.pooling.answer(rows, h, s.every_token);
                     // A mean can overflow where every token was finite.
                     if !out.iter().all(|v| v.is_finite()) {
@@ -99,12 +98,13 @@ impl Model for SequenceClassifier {
         inputs: &[EncoderInput<'_>],
         threads: usize,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
-        let (hidden_state, seq_len) = self.bert.forward(inputs, threads)?;
+        let hidden_state = self.bert.forward(inputs, threads)?;
         let h = self.bert.config().hidden_size;
         let m = inputs.len();
-        let cls: Vec<f32> = with_hidden_state(&hidden_state, inputs, seq_len, h, |data| {
-            Ok((0..m)
-                .flat_map(|b| data[b * seq_len * h..][..h].iter().copied())
+        let cls: Vec<f32> = with_hidden_state(&hidden_state, inputs, h, |rows_of| {
+            Ok(rows_of
+                .iter()
+                .flat_map(|rows| rows[..h].iter().copied())
                 .collect())
         })?;
         let mut pooled = vec![0.0f32; m * h];
@@ -129,16 +129,15 @@ impl Model for SequenceClassifier {
     }
 }
 
-/// Runs `read` on the hidden state's values, checked to hold `inputs.len() × seq_len × h` of
-/// them with every real token's row finite: NaN or infinity means corrupt weights (or an
-/// overflow), an error for this batch, not an answer that looks fine. (Every real row, not only
-/// those a head reads: max pooling would skip a NaN.)
+/// Runs `read` on each input's rows of the hidden state (`Σ len × h` values, the inputs back
+/// to back, as [`Bert::forward`] returns it), checked to hold them all, every one finite: NaN
+/// or infinity means corrupt weights (or an overflow), an error for this batch, not an answer
+/// that looks fine. (Every row, not only those a head reads: max pooling would skip a NaN.)
 fn with_hidden_state<T>(
     hidden_state: &Tensor,
     inputs: &[EncoderInput<'_>],
-    seq_len: usize,
     h: usize,
-    read: impl FnOnce(&[f32]) -> Result<T, ModelError>,
+    read: impl FnOnce(&[&[f32]]) -> Result<T, ModelError>,
 ) -> Result<T, ModelError> {
     let (storage, layout) = hidden_state.storage_and_layout();
     let data = match &*storage {
@@ -147,21 +146,24 @@ fn with_hidden_state<T>(
             .map_err(|e| ModelError::Forward(e.to_string()))?,
         _ => return Err(ModelError::Forward("hidden state is not on the CPU".into())),
     };
-    let data = data.get(layout.start_offset()..).unwrap_or_default();
-    if data.len() < inputs.len() * seq_len * h {
-        return Err(ModelError::Forward(format!(
-            "hidden state of {} values for {} sequences of {seq_len} × {h}",
-            data.len(),
-            inputs.len()
-        )));
-    }
-    for (b, s) in inputs.iter().enumerate() {
-        let rows = &data[b * seq_len * h..][..s.ids.len() * h];
+    let mut rest = data.get(layout.start_offset()..).unwrap_or_default();
+    let mut rows_of = Vec::with_capacity(inputs.len());
+    for s in inputs {
+        let Some((rows, after)) = rest.split_at_checked(s.ids.len() * h) else {
+            return Err(ModelError::Forward(format!(
+                "hidden state of {} values for {} sequences of {} tokens in all × {h}",
+                data.len(),
+                inputs.len(),
+                inputs.iter().map(|s| s.ids.len()).sum::<usize>()
+            )));
+        };
         if !rows.iter().all(|v| v.is_finite()) {
             return Err(non_finite());
         }
+        rows_of.push(rows);
+        rest = after;
     }
-    read(data)
+    read(&rows_of)
 }
 
 fn non_finite() -> ModelError {

@@ -297,6 +297,7 @@ impl ModernBertEncoder {
                     heads,
                     head_dim,
                     lengths: vec![len],
+                    unpadded: false,
                 };
                 // f32 products at every dtype: with bf16 ones (the BERT encoders' on AMX) the
                 // tiny reference's lowest cosine was 0.99986 in bf16, below the 0.9999 bar;
