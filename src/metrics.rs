@@ -200,7 +200,7 @@ fn describe() {
     );
     describe_gauge!(INFLIGHT, "HTTP requests being handled now");
     describe_histogram!(BATCH_SIZE, "Inputs per batch");
-    describe_histogram!(BATCH_TOKENS, "Padded tokens per forward pass");
+    describe_histogram!(BATCH_TOKENS, "Tokens per forward pass");
     describe_histogram!(
         QUEUE_WAIT,
         Unit::Seconds,
@@ -316,8 +316,8 @@ pub fn record_batch(size: usize, queue_waits: impl Iterator<Item = Duration>) {
     }
 }
 
-pub fn record_forward(padded_tokens: usize, elapsed: Duration) {
-    metrics::histogram!(BATCH_TOKENS).record(padded_tokens as f64);
+pub fn record_forward(tokens: usize, elapsed: Duration) {
+    metrics::histogram!(BATCH_TOKENS).record(tokens as f64);
     metrics::histogram!(INFERENCE).record(elapsed.as_secs_f64());
 }
 

@@ -9,7 +9,9 @@
 //! - with a delay window, a free worker waits until the oldest entry is `max_batch_delay` old
 //!   (or the batch is full) before it takes the batch: a little latency for fuller batches;
 //! - inside a batch, [`group_by_length`] splits the entries into forward passes of similar
-//!   length, choosing the split that minimises padded tokens plus a fixed cost per pass.
+//!   length, choosing the split that minimises padded tokens plus a fixed cost per pass. The
+//!   encoders run unpadded, so this no longer saves arithmetic; it keeps short inputs from
+//!   waiting for a long one's pass.
 //!
 //! Free workers share one `Batcher`: the one holding its lock is the one forming the next batch
 //! (blocking on the channel while nothing waits, so an idle server burns no CPU); the others

@@ -22,8 +22,11 @@ use crate::kernels::team::with_new_team;
 use crate::metrics;
 use crate::model::Model;
 
-/// Fixed cost of one forward pass, in tokens of work, used to decide when splitting a batch by
-/// length pays (see [`group_by_length`]).
+/// Fixed cost of one forward pass, in tokens, used to decide when splitting a batch by length
+/// pays (see [`group_by_length`]). The encoders run unpadded, so a split saves no arithmetic;
+/// what it buys is latency: short inputs answered by their own pass instead of waiting for the
+/// long ones' (measured: one pass for every batch cut the queries' rate of a mixed load by 60%
+/// at the same tokens/s; docs/benchmarks.md).
 pub const PASS_COST_TOKENS: usize = 16;
 
 /// Handles of the pool's threads.
@@ -139,11 +142,11 @@ impl Worker {
 
     fn run_pass(&self, group: Vec<Entry>, threads: usize) {
         let inputs: Vec<_> = group.iter().map(|e| e.job.input()).collect();
-        let padded = inputs.len() * inputs.iter().map(|s| s.ids.len()).max().unwrap_or(0);
+        let tokens = inputs.iter().map(|s| s.ids.len()).sum();
         let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| self.model.forward(&inputs, threads)));
         drop(inputs);
-        metrics::record_forward(padded, started.elapsed());
+        metrics::record_forward(tokens, started.elapsed());
         match result {
             Ok(Ok(vectors)) if vectors.len() == group.len() => {
                 for (entry, v) in group.into_iter().zip(vectors) {
