@@ -24,30 +24,13 @@ import threading
 import time
 import urllib.parse
 
+from load_stats import peak_rss_mb, percentile
+
 QUERY = "A man is eating food."
 PASSAGE = (
     "The quick brown fox jumps over the lazy dog while the committee debated the budget for "
     "next year's infrastructure projects, including bridges, tunnels and a new light-rail line. "
 ) * 3
-
-
-def percentile(values, q):
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    k = min(len(values) - 1, max(0, int(round(q / 100 * (len(values) - 1)))))
-    return values[k]
-
-
-def peak_rss_mb(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
 
 
 def main():

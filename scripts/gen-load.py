@@ -22,6 +22,8 @@ import threading
 import time
 import urllib.parse
 
+from load_stats import peak_rss_mb, percentile
+
 BODY = {
     "prompt": "Once upon a time",
     "max_tokens": 64,
@@ -30,14 +32,6 @@ BODY = {
     # Both servers take it: every request generates exactly max_tokens tokens.
     "ignore_eos": True,
 }
-
-
-def percentile(values, q):
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    k = min(len(values) - 1, max(0, int(round(q / 100 * (len(values) - 1)))))
-    return values[k]
 
 
 def one_request(host, port, path, payload, api_key, timeout):
@@ -157,12 +151,7 @@ def main():
     for t in threads:
         t.join()
 
-    rss_mb = None
-    if args.pid:
-        with open(f"/proc/{args.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    rss_mb = int(line.split()[1]) / 1024
+    rss_mb = peak_rss_mb(args.pid) if args.pid else None
     result = {
         "concurrency": args.concurrency,
         "tokens_per_s": tokens_in_window / args.duration,

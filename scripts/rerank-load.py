@@ -28,6 +28,8 @@ import threading
 import time
 import urllib.parse
 
+from load_stats import peak_rss_mb, percentile
+
 QUERY = "how does a cross-encoder rank the passages a vector search returned"
 WORDS = (
     "the model reads query and passage together so attention crosses both texts while a "
@@ -42,13 +44,6 @@ WORDS = (
 def passages(n, words, seed=0):
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(words)) + "." for _ in range(n)]
-
-
-def percentile(values, q):
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, max(0, int(round(q / 100 * (len(values) - 1)))))]
 
 
 def main():
@@ -114,12 +109,7 @@ def main():
     for t in threads:
         t.join()
 
-    rss_mb = None
-    if args.pid:
-        with open(f"/proc/{args.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    rss_mb = int(line.split()[1]) / 1024
+    rss_mb = peak_rss_mb(args.pid) if args.pid else None
     rps = done_in_window / args.duration
     result = {
         "concurrency": args.concurrency,
