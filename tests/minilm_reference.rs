@@ -102,7 +102,7 @@ fn tokens_and_embeddings_match_sentence_transformers() {
             assert_close(&c.name, &n, &c.embedding);
         }
     }
-    // All at once: one padded batch of mixed lengths (8 to 256 tokens).
+    // All at once: one batch of mixed lengths (8 to 256 tokens).
     let seqs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
     let batched = loaded.model.embed(&seqs, 2).unwrap();
     for (c, v) in r.cases.iter().zip(&batched) {
@@ -249,7 +249,7 @@ fn bounded_tokenization_matches_the_whole_text_on_the_real_tokenizer() {
     }
 }
 
-/// Embeds every reference case with `options` (alone, then all in one padded batch) and
+/// Embeds every reference case with `options` (alone, then all in one batch) and
 /// returns the lowest cosine against sentence-transformers, with its case.
 fn worst_cosine(options: zerobatch::model::LoadOptions) -> (f64, String) {
     let r = reference();

@@ -11,8 +11,9 @@
 //!   feed-forward half (two products with GELU fused into the first's store, residual, norm)
 //!   a block of rows at a time, so the activations stay in cache;
 //! - `AddLayerNorm` adds the residual and normalises in one pass over the row;
-//! - `Attention` reads heads straight out of the fused QKV projection and only visits the real
-//!   (unpadded) tokens of each sequence, which is exact masking at no cost.
+//! - `Attention` reads heads straight out of the fused QKV projection, the sequences' rows
+//!   back to back (`bert.rs` pads nothing), each attending over its own tokens only, which is
+//!   exact masking at no cost.
 //!
 //! Every op checks every size (without overflow) and returns a candle error rather than let a
 //! kernel assert.
