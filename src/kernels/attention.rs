@@ -392,7 +392,9 @@ unsafe fn attention_units(
                 heads: s.heads,
                 head_dim: s.head_dim,
                 lengths: &s.lengths,
-                unpadded: s.unpadded,
+                first_rows: &(0..s.lengths.len())
+                    .map(|b| s.first_row(b))
+                    .collect::<Vec<_>>(),
             };
             super::attention_amx::attention_amx(qkv, out, &shape, units)
         };

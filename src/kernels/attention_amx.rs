@@ -38,8 +38,8 @@ pub(super) struct Shape<'a> {
     pub head_dim: usize,
     /// Real (unpadded) length of each sequence of the batch.
     pub lengths: &'a [usize],
-    /// Sequences back to back rather than `seq_len` rows apart.
-    pub unpadded: bool,
+    /// The first row of each sequence (`AttentionShape::first_row`).
+    pub first_rows: &'a [usize],
 }
 
 /// The first `n` of 16 lanes.
@@ -221,11 +221,7 @@ pub(super) unsafe fn attention_amx(
     for unit in units {
         let (b, head) = (unit / s.heads, unit % s.heads);
         let len = s.lengths[b];
-        let base = if s.unpadded {
-            s.lengths[..b].iter().sum()
-        } else {
-            b * s.seq_len
-        };
+        let base = s.first_rows[b];
         let off = head * d;
         let row = |j: usize, part: usize| &qkv[(base + j) * 3 * h + part * h + off..][..d];
         let qtiles = len.div_ceil(TILE_ROWS);

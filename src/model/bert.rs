@@ -162,12 +162,11 @@ impl Bert {
                 "{prefix}embeddings.token_type_embeddings.weight has no row 0"
             ))
         })?;
-        let summed: Vec<f32> = positions
+        let position_and_type: Vec<f32> = positions
             .as_slice()
             .chunks_exact(h)
             .flat_map(|row| row.iter().zip(type0).map(|(p, t)| p + t))
             .collect();
-        let position_and_type = summed;
         let type1_delta = types
             .as_slice()
             .get(h..2 * h)
@@ -306,9 +305,11 @@ impl Bert {
         let size = rows.checked_mul(h).ok_or_else(too_large)?;
         let mut embedded = vec![0.0f32; size];
         let word = self.word.as_slice();
-        for (s, rows) in inputs.iter().zip(split_rows(&mut embedded, inputs, h)) {
+        // Exactly Σ len rows; each input takes its own (zip asks the ids first).
+        let mut token_rows = embedded.chunks_exact_mut(h);
+        for s in inputs {
             let mut counted = 0;
-            for (t, (&id, row)) in s.ids.iter().zip(rows.chunks_exact_mut(h)).enumerate() {
+            for (t, (&id, row)) in s.ids.iter().zip(token_rows.by_ref()).enumerate() {
                 let id = id as usize;
                 if id >= c.vocab_size {
                     return Err(ModelError::Input(format!(
@@ -404,22 +405,6 @@ impl Bert {
         }
         Ok(x)
     }
-}
-
-/// `rows` (`Σ len × h` values) cut into each input's own rows, in order.
-pub(super) fn split_rows<'a>(
-    mut rows: &'a mut [f32],
-    inputs: &[EncoderInput<'_>],
-    h: usize,
-) -> Vec<&'a mut [f32]> {
-    inputs
-        .iter()
-        .map(|s| {
-            let (mine, rest) = std::mem::take(&mut rows).split_at_mut(s.ids.len() * h);
-            rows = rest;
-            mine
-        })
-        .collect()
 }
 
 #[cfg(test)]

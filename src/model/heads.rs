@@ -7,6 +7,7 @@
 use candle_core::Tensor;
 
 use super::bert::{Bert, Dense, Family};
+use super::unpadded::pool_each;
 use super::weights::{Names, WeightFile};
 use super::{EncoderInput, Model, ModelError, Pooling};
 use crate::kernels::linear;
@@ -25,19 +26,8 @@ impl Model for SentenceEncoder {
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let hidden_state = self.bert.forward(inputs, threads)?;
         let h = self.bert.config().hidden_size;
-        with_hidden_state(&hidden_state, inputs, h, |rows_of| {
-            inputs
-                .iter()
-                .zip(rows_of)
-                .map(|(s, rows)| {
-                    let out = self.pooling.answer(rows, h, s.every_token);
-                    // A mean can overflow where every token was finite.
-                    if !out.iter().all(|v| v.is_finite()) {
-                        return Err(non_finite());
-                    }
-                    Ok(out)
-                })
-                .collect()
+        with_hidden_state(&hidden_state, inputs, h, |hidden| {
+            pool_each(hidden, inputs, h, self.pooling)
         })
     }
 }
@@ -101,11 +91,15 @@ impl Model for SequenceClassifier {
         let hidden_state = self.bert.forward(inputs, threads)?;
         let h = self.bert.config().hidden_size;
         let m = inputs.len();
-        let cls: Vec<f32> = with_hidden_state(&hidden_state, inputs, h, |rows_of| {
-            Ok(rows_of
-                .iter()
-                .flat_map(|rows| rows[..h].iter().copied())
-                .collect())
+        let cls: Vec<f32> = with_hidden_state(&hidden_state, inputs, h, |hidden| {
+            // Each input's first row, its inputs' rows back to back.
+            let mut row0 = 0;
+            let mut cls = Vec::with_capacity(m * h);
+            for s in inputs {
+                cls.extend_from_slice(&hidden[row0 * h..][..h]);
+                row0 += s.ids.len();
+            }
+            Ok(cls)
         })?;
         let mut pooled = vec![0.0f32; m * h];
         linear(&cls, m, h, &[self.pooler.part()], &mut pooled, threads);
@@ -129,15 +123,15 @@ impl Model for SequenceClassifier {
     }
 }
 
-/// Runs `read` on each input's rows of the hidden state (`Σ len × h` values, the inputs back
-/// to back, as [`Bert::forward`] returns it), checked to hold them all, every one finite: NaN
-/// or infinity means corrupt weights (or an overflow), an error for this batch, not an answer
-/// that looks fine. (Every row, not only those a head reads: max pooling would skip a NaN.)
+/// Runs `read` on the hidden state (`Σ len × h` values, the inputs' rows back to back, as
+/// [`Bert::forward`] returns it), checked to hold them all, every one finite: NaN or infinity
+/// means corrupt weights (or an overflow), an error for this batch, not an answer that looks
+/// fine. (Every row, not only those a head reads: max pooling would skip a NaN.)
 fn with_hidden_state<T>(
     hidden_state: &Tensor,
     inputs: &[EncoderInput<'_>],
     h: usize,
-    read: impl FnOnce(&[&[f32]]) -> Result<T, ModelError>,
+    read: impl FnOnce(&[f32]) -> Result<T, ModelError>,
 ) -> Result<T, ModelError> {
     let (storage, layout) = hidden_state.storage_and_layout();
     let data = match &*storage {
@@ -146,24 +140,21 @@ fn with_hidden_state<T>(
             .map_err(|e| ModelError::Forward(e.to_string()))?,
         _ => return Err(ModelError::Forward("hidden state is not on the CPU".into())),
     };
-    let mut rest = data.get(layout.start_offset()..).unwrap_or_default();
-    let mut rows_of = Vec::with_capacity(inputs.len());
-    for s in inputs {
-        let Some((rows, after)) = rest.split_at_checked(s.ids.len() * h) else {
-            return Err(ModelError::Forward(format!(
-                "hidden state of {} values for {} sequences of {} tokens in all × {h}",
-                data.len(),
-                inputs.len(),
-                inputs.iter().map(|s| s.ids.len()).sum::<usize>()
-            )));
-        };
-        if !rows.iter().all(|v| v.is_finite()) {
-            return Err(non_finite());
-        }
-        rows_of.push(rows);
-        rest = after;
+    let tokens: usize = inputs.iter().map(|s| s.ids.len()).sum();
+    let Some(hidden) = data
+        .get(layout.start_offset()..)
+        .and_then(|d| d.get(..tokens * h))
+    else {
+        return Err(ModelError::Forward(format!(
+            "hidden state of {} values for {} sequences of {tokens} tokens in all × {h}",
+            data.len(),
+            inputs.len()
+        )));
+    };
+    if !hidden.iter().all(|v| v.is_finite()) {
+        return Err(non_finite());
     }
-    read(&rows_of)
+    read(hidden)
 }
 
 fn non_finite() -> ModelError {
