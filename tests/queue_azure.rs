@@ -766,7 +766,10 @@ fn an_idle_replica_polling_an_empty_queue_uses_almost_no_cpu() {
     az.send_all("jobs", embed_jobs(&ids));
     az.wait_ended("jobs", &ids, Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(2000));
-    // About one read a second once the pause has grown.
+    // One read a second once the pause has grown (the schedule itself is held by
+    // `broker::idle_polling`'s tests): 6 reads and a length query, about 10 ms here when
+    // alone. Other tests share the two cores, and a contended CI machine measured 62 ms for
+    // the 13 reads the old schedule made, so the bound is under 1% of one core.
     let before = p.cpu_ns();
     std::thread::sleep(Duration::from_secs(6));
     let used = p.cpu_ns() - before;
@@ -775,7 +778,7 @@ fn an_idle_replica_polling_an_empty_queue_uses_almost_no_cpu() {
         used as f64 / 1e6
     );
     assert!(
-        used < 30_000_000,
+        used < 50_000_000,
         "an idle replica used {:.3} ms of CPU in 6 s",
         used as f64 / 1e6
     );

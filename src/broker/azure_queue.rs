@@ -27,7 +27,8 @@
 //! - the message is deleted only after the record holds the result.
 //!
 //! Azure queues have no blocking read: an idle replica asks again after a pause that doubles
-//! from 50 ms to 1 s, and returns to asking at once after a read that found work.
+//! from 50 ms to 1 s, and returns to asking at once after a read that found work
+//! ([`IdlePolling`]).
 
 use std::time::{Duration, SystemTime};
 
@@ -43,6 +44,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::azure_auth::Auth;
+use super::idle_polling::{IdlePolling, Next};
 use super::job::{Backlog, BrokerError, Cancel, Delivery, Health, JobRecord, Start};
 use crate::config::{AzureCredentials, AzureTarget};
 
@@ -50,9 +52,6 @@ use crate::config::{AzureCredentials, AzureTarget};
 const MAX_RECEIVE: usize = 32;
 /// The largest message the service takes, in bytes of message text.
 pub const MAX_MESSAGE: usize = 64 * 1024;
-/// Pause after an empty read: doubled from the first to the last while the queue stays empty.
-const POLL_FIRST: Duration = Duration::from_millis(50);
-const POLL_LAST: Duration = Duration::from_secs(1);
 /// Attempts at a conditional record write that keeps meeting a concurrent change.
 const RECORD_ATTEMPTS: usize = 5;
 
@@ -97,8 +96,8 @@ pub struct AzureQueue {
     health: Health,
     /// Whether the queues and the container are known to exist.
     created: tokio::sync::Mutex<bool>,
-    /// The pause before the next read while the queue is empty.
-    idle_pause: Mutex<Duration>,
+    /// When to read the queue next while it is empty.
+    polling: Mutex<IdlePolling>,
 }
 
 impl AzureQueue {
@@ -152,7 +151,7 @@ impl AzureQueue {
             records,
             health: Health::default(),
             created: tokio::sync::Mutex::new(false),
-            idle_pause: Mutex::new(POLL_FIRST),
+            polling: Mutex::new(IdlePolling::default()),
         })
     }
 
@@ -207,7 +206,8 @@ impl AzureQueue {
     }
 
     /// Takes up to `count` messages, each invisible to other replicas for `visibility`; when
-    /// the queue is empty, asks again after a growing pause until `wait` has passed.
+    /// the queue is empty, asks again after a growing pause until `wait` has passed (the
+    /// pause carries over to the next pull).
     pub async fn pull(
         &self,
         count: usize,
@@ -232,8 +232,16 @@ impl AzureQueue {
         visibility: Duration,
     ) -> Result<Vec<Delivery>, BrokerError> {
         self.ensure_created().await?;
-        let started = tokio::time::Instant::now();
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
+            let next = self.polling.lock().next(deadline);
+            match next {
+                Next::ReadAt(at) => tokio::time::sleep_until(at).await,
+                Next::GiveUpAt(at) => {
+                    tokio::time::sleep_until(at).await;
+                    return Ok(Vec::new());
+                }
+            }
             let options = QueueClientReceiveMessagesOptions {
                 number_of_messages: Some(count.clamp(1, MAX_RECEIVE) as i32),
                 visibility_timeout: Some(visibility_secs(visibility)),
@@ -242,7 +250,7 @@ impl AzureQueue {
             let response = self.note(self.jobs.receive_messages(Some(options)).await)?;
             let messages = self.note(response.into_model())?.items.unwrap_or_default();
             if !messages.is_empty() {
-                *self.idle_pause.lock() = POLL_FIRST;
+                self.polling.lock().found_work();
                 return Ok(messages
                     .into_iter()
                     .filter_map(|m| {
@@ -256,16 +264,9 @@ impl AzureQueue {
                     })
                     .collect());
             }
-            let pause = {
-                let mut p = self.idle_pause.lock();
-                let now = *p;
-                *p = (now * 2).min(POLL_LAST);
-                now
-            };
-            if started.elapsed() + pause > wait {
-                return Ok(Vec::new());
-            }
-            tokio::time::sleep(pause).await;
+            self.polling
+                .lock()
+                .found_nothing(tokio::time::Instant::now());
         }
     }
 

@@ -33,6 +33,7 @@
 
 mod azure_auth;
 pub mod azure_queue;
+mod idle_polling;
 pub mod job;
 pub mod redis_streams;
 pub mod shared_key;

@@ -400,14 +400,23 @@ impl Proc {
         (None, t.elapsed())
     }
 
-    /// CPU time of every thread of the process, from the scheduler (nanoseconds).
+    /// CPU time the process has used, every thread's including those that have exited
+    /// (the process's CPU-time clock, nanoseconds; summing `/proc/PID/task/*` would drop an
+    /// exited thread's time and could run backwards).
     pub fn cpu_ns(&self) -> u64 {
-        let dir = format!("/proc/{}/task", self.child.id());
-        std::fs::read_dir(dir)
-            .unwrap()
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
-            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-            .sum()
+        let pid = self.child.id() as libc::pid_t;
+        let mut clock: libc::clockid_t = 0;
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: both calls only write the values they are given pointers to.
+        let ok = unsafe {
+            libc::clock_getcpuclockid(pid, &mut clock) == 0
+                && libc::clock_gettime(clock, &mut t) == 0
+        };
+        assert!(ok, "cannot read the CPU clock of process {pid}");
+        t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
     }
 }
 
