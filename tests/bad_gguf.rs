@@ -65,8 +65,7 @@ fn peak_while<T>(f: impl FnOnce() -> T) -> (T, usize) {
 }
 
 fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("zb-bad-gguf-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("zb-bad-gguf");
     dir.join(name)
 }
 

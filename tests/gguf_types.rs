@@ -89,8 +89,7 @@ fn run(model: &Llama, ids: &[u32], more: &[u32]) -> Vec<Vec<f32>> {
 
 #[test]
 fn every_gguf_tensor_type_loads_as_stored_and_runs() {
-    let dir = std::env::temp_dir().join(format!("zb-gguf-types-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("zb-gguf-types");
     let ids = [3u32, 17, 40, 62, 5, 9, 33];
     let more = [12u32, 0, 50];
     let level = KernelLevel::detected();
@@ -152,8 +151,7 @@ fn every_gguf_tensor_type_loads_as_stored_and_runs() {
 /// a row at a time, f32 whole), rather than running and answering NaN.
 #[test]
 fn a_weight_with_a_nan_is_refused_at_load() {
-    let dir = std::env::temp_dir().join(format!("zb-gguf-nan-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("zb-gguf-nan");
     let tokens = vocabulary();
     let tensors: Vec<(String, QTensor)> = SPEC
         .weights(tokens.len())

@@ -646,8 +646,7 @@ fn keep_alive_connections_serve_many_requests() {
 
 #[test]
 fn a_model_that_fails_to_load_makes_requests_503_with_the_reason() {
-    let dir = std::env::temp_dir().join(format!("zerobatch-broken-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("zerobatch-broken");
     for f in [
         "config.json",
         "tokenizer.json",

@@ -241,8 +241,7 @@ fn a_second_signal_skips_the_shutdown_delay() {
 
 #[test]
 fn a_failed_load_exits_1_at_once_naming_the_file() {
-    let dir = std::env::temp_dir().join(format!("zerobatch-corrupt-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("zerobatch-corrupt");
     for f in ["config.json", "tokenizer.json"] {
         std::fs::copy(std::path::Path::new(tiny_model()).join(f), dir.join(f)).unwrap();
     }

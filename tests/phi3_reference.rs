@@ -367,8 +367,7 @@ fn rewritten(name: &str, metadata: &[(&str, Value)], drop: Option<&str>) -> Path
             (n.clone(), t)
         })
         .collect();
-    let dir = std::env::temp_dir().join(format!("zerobatch-phi3-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("zerobatch-phi3");
     let path = dir.join(name);
     let meta: Vec<(String, Value)> = meta.into_iter().collect();
     common::gguf::write(&path, &meta, &tensors);

@@ -380,8 +380,7 @@ fn vocab_only(pre: &str, dir: &Path) -> PathBuf {
 #[test]
 fn each_pre_tokenizer_splits_as_its_tokenizer_json_does() {
     let r = reference("qwen2");
-    let dir = std::env::temp_dir().join(format!("zerobatch-qwen-vocab-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("zerobatch-qwen-vocab");
     assert_eq!(
         r.tokenization.keys().collect::<Vec<_>>(),
         ["gpt-2", "gpt-4o", "llama-bpe", "qwen2", "smollm"]
@@ -411,8 +410,7 @@ fn each_pre_tokenizer_splits_as_its_tokenizer_json_does() {
 
 #[test]
 fn a_split_model_opens_from_its_first_part_only() {
-    let dir = std::env::temp_dir().join(format!("zerobatch-qwen-split-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("zerobatch-qwen-split");
     let parts = &reference("qwen3").files["q8_0"];
     for name in parts {
         std::fs::copy(data("gguf").join(name), dir.join(name)).unwrap();

@@ -75,8 +75,7 @@ fn thinking_model() -> &'static Path {
                 (n.clone(), t)
             })
             .collect();
-        let dir = std::env::temp_dir().join(format!("zerobatch-reasoning-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = common::scratch_dir("zerobatch-reasoning");
         let path = dir.join("tiny-qwen3-thinking.gguf");
         let meta: Vec<(&str, &GgufValue)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();

@@ -129,8 +129,7 @@ fn model_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let r = reference();
-        let dir = std::env::temp_dir().join(format!("zb-tiny-gpt2-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = common::scratch_dir("zb-tiny-gpt2");
         let mut tensors = HashMap::new();
         for spec in &r.tensors {
             let count = spec.shape.iter().product();

@@ -283,8 +283,7 @@ fn write_gguf(path: &Path, weights: &[Generated], q8_0: bool) {
 fn model_files() -> &'static [(&'static str, PathBuf); 2] {
     static FILES: OnceLock<[(&'static str, PathBuf); 2]> = OnceLock::new();
     FILES.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("zerobatch-tiny-llama-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = common::scratch_dir("zerobatch-tiny-llama");
         let weights = generate_weights();
         let files = [
             ("f32", dir.join("tiny-llama-f32.gguf")),

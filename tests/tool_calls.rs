@@ -105,8 +105,7 @@ fn long_context_qwen3() -> &'static Path {
                 )
             })
             .collect();
-        let dir = std::env::temp_dir().join(format!("zerobatch-tool-calls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = common::scratch_dir("zerobatch-tool-calls");
         let path = dir.join("tiny-qwen3-4k.gguf");
         let meta: Vec<(&str, &GgufValue)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -294,8 +293,7 @@ fn tiny_llama_with_markers(name: &str, template: &str, markers: &[&str]) -> Path
             )
         })
         .collect();
-    let dir = std::env::temp_dir().join(format!("zerobatch-tool-calls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("zerobatch-tool-calls");
     let path = dir.join(name);
     write(&path, &metadata, &tensors);
     path

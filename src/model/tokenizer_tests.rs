@@ -2,10 +2,16 @@
 //! tiny BERT tokenizer and on XLM-R's SentencePiece Unigram one.
 use super::*;
 
+/// The tiny BERT's tokenizer, written to a directory of its own (tests call this at once)
+/// that is removed once loaded.
 fn tiny() -> TextTokenizer {
-    let dir = std::env::temp_dir().join(format!("zb-tok-{}", std::process::id()));
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("zb-tok-{}-{call}", std::process::id()));
     crate::model::tiny::write_tiny_bert(&dir, &crate::model::tiny::TinySpec::default()).unwrap();
-    TextTokenizer::load(&dir.join("tokenizer.json"), 12).unwrap()
+    let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"), 12).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    tokenizer
 }
 
 fn lcg_text(seed: u64, words: usize) -> String {

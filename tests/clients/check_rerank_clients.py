@@ -19,8 +19,10 @@ Prints one line per check and exits 1 if any failed. Run by tests/python_clients
 venv from scripts/test-venv.sh (pinned versions in requirements.txt).
 """
 
+import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 import traceback
@@ -30,6 +32,7 @@ for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy
     os.environ[var] = "http://127.0.0.1:9"
 # LlamaIndex keeps its caches (NLTK data, tiktoken) here; a fresh empty one proves none is used.
 os.environ["LLAMA_INDEX_CACHE_DIR"] = tempfile.mkdtemp(prefix="zerobatch-llama-index-")
+atexit.register(shutil.rmtree, os.environ["LLAMA_INDEX_CACHE_DIR"], ignore_errors=True)
 
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode  # noqa: E402
 from llama_index.postprocessor.tei_rerank import TextEmbeddingInference  # noqa: E402

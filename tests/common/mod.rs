@@ -46,11 +46,39 @@ pub fn load_encoder(
     .unwrap()
 }
 
+/// A directory for this test process's files: `NAME-PID` in the system's temporary
+/// directory. The directories of earlier test processes of that name whose process has ended
+/// are removed first, so repeated runs leave one at most (they used to pile up: tens of MB per
+/// run of the suite).
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let root = std::env::temp_dir();
+    let prefix = format!("{name}-");
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(pid) = file_name
+                .to_str()
+                .and_then(|n| n.strip_prefix(&prefix))
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let ended = !PathBuf::from(format!("/proc/{pid}")).exists();
+            if ended && pid != std::process::id() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let dir = root.join(format!("{prefix}{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("creating a scratch directory");
+    dir
+}
+
 /// The tiny model's directory, generated once per test binary.
 pub fn tiny_model() -> &'static str {
     static DIR: OnceLock<String> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("zerobatch-tiny-{}", std::process::id()));
+        let dir = scratch_dir("zerobatch-tiny");
         write_tiny_bert(&dir, &TinySpec::default()).expect("writing the tiny model");
         dir.to_string_lossy().into_owned()
     })
