@@ -151,7 +151,7 @@ fn bench_forward(c: &mut Criterion) {
 
 /// One MiniLM-sized linear layer (384 → 1536) by rows, on one thread: f32 (the in-place dot
 /// kernel against gemm, the measurement behind `kernels::SMALL_M`, and the packed f32 layer
-/// the models run), then bf16 and int8 on every kernel path this CPU has. 856 rows = 8 passages of 107 tokens. The f32 rows also
+/// the models run), then bf16, int16 and int8 on every kernel path this CPU has. 856 rows = 8 passages of 107 tokens. The f32 rows also
 /// run on two threads of a team (`-threads2`), as a lone batch runs in the pool.
 fn bench_linear(c: &mut Criterion) {
     use zerobatch::kernels::{
@@ -163,7 +163,7 @@ fn bench_linear(c: &mut Criterion) {
         .collect();
     let b = vec![0.1f32; n];
     let parts = [LinearPart { w: &w, b: &b }];
-    let packed: Vec<(Dtype, PackedLinear)> = [Dtype::Bf16, Dtype::Int8]
+    let packed: Vec<(Dtype, PackedLinear)> = [Dtype::Bf16, Dtype::Int16, Dtype::Int8]
         .into_iter()
         .map(|d| (d, PackedLinear::pack(d, &w, &b, k).unwrap()))
         .collect();

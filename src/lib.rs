@@ -13,7 +13,7 @@
 //!                      │                                      │
 //! models        model (BERT encoder, tokenizer)       generate (Llama, GPT-2 decoders, KV cache)
 //!                        \                                   /
-//! kernels                 kernels (f32, bf16, int8, 4/5-bit; dispatch; thread team)
+//! kernels                 kernels (f32, bf16, int16, int8, 4/5-bit; dispatch; thread team)
 //! ```
 //!
 //! Beside the flow: `lifecycle` (bind-first cold start, readiness, drain; it holds the loaded

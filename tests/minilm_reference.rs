@@ -287,7 +287,11 @@ fn bf16_and_int8_keep_the_reference_accuracy() {
     use zerobatch::kernels::{Dtype, KernelLevel};
     use zerobatch::model::{DtypeChoice, LoadOptions};
     let best = KernelLevel::detected();
-    let mut runs = vec![(Dtype::Bf16, best, 0.9999), (Dtype::Int8, best, 0.999)];
+    let mut runs = vec![
+        (Dtype::Bf16, best, 0.9999),
+        (Dtype::Int16, best, 0.9999),
+        (Dtype::Int8, best, 0.999),
+    ];
     if best > KernelLevel::Avx2 {
         runs.push((Dtype::Bf16, KernelLevel::Avx2, 0.9999));
     }

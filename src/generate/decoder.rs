@@ -61,7 +61,7 @@ pub(super) fn formats_of<'a>(layers: impl IntoIterator<Item = &'a Linear>) -> St
 }
 
 /// A linear layer (with its bias, zero for layers that have none) in the format chosen at
-/// load: f32 in panels, or packed for the bf16, int8 or 4-/5-bit kernels.
+/// load: f32 in panels, or packed for the bf16, int16, int8 or 4-/5-bit kernels.
 pub(super) type Linear = PackedLinear;
 
 /// One sequence's part of a step: the tokens to run (at positions `cache.len()..`), and

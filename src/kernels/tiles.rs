@@ -25,7 +25,7 @@ pub enum Epilogue {
 /// Output columns per panel: one AVX-512 register of f32 or i32.
 pub const PANEL: usize = 16;
 
-/// Rows per chunk: a multiple of every micro-kernel's row count (6 and 4), small enough that
+/// Rows per chunk: a multiple of every micro-kernel's row count (8, 6 and 4), small enough that
 /// a chunk of quantized activations (96 × 1536 bytes) sits in L2. A caller whose tile is
 /// taller (AMX's chunk) gets chunks of its own height.
 pub const CHUNK_ROWS: usize = 96;
