@@ -96,9 +96,10 @@ pub struct ServeConfig {
     #[arg(long, env = "MODEL_REVISION", default_value = "main")]
     pub revision: String,
 
-    /// Number format of the linear layers: f32, bf16, int8, or auto (for embeddings bf16 where
-    /// the CPU has AVX2 or better, else f32; for rerankers and classifiers f32, whose scores
-    /// bf16 moves by more than 1e-3; measured in docs/benchmarks.md). LayerNorm, softmax,
+    /// Number format of the linear layers: f32, bf16, int16, int8, or auto (for embeddings bf16
+    /// where the CPU has AVX2 or better, else f32; for BERT and XLM-R rerankers and classifiers
+    /// int16 where the CPU has AVX-512 VNNI, else f32, since bf16 moves their scores by more
+    /// than 1e-3; ModernBERT's f32; measured in docs/benchmarks.md). LayerNorm, softmax,
     /// attention and the residual stream stay in f32.
     #[arg(long, env = "DTYPE", default_value = "auto", value_parser = parse_dtype)]
     pub dtype: crate::model::DtypeChoice,

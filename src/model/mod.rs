@@ -194,13 +194,17 @@ impl DtypeChoice {
     }
 
     /// The dtype of a sequence classifier (a reranker, a text classifier) on `level`: `auto`
-    /// is f32 there. bf16 misses the scores' bar (within 1e-3 of sentence-transformers): a
-    /// score reads one direction of the hidden state, scaled to logits of several units, where
-    /// bf16's ~0.3% relative error of the hidden state becomes 1e-2 of a logit and up to a few
-    /// 1e-3 of a sigmoid score (docs/benchmarks.md, "Rerankers: bf16 or f32"). `--dtype bf16`
-    /// still asks for it.
+    /// is int16 where AVX-512 VNNI runs (`vpdpwssd`: twice f32's multiply-adds, scores within
+    /// 3.4e-4 of sentence-transformers on the tiny reranker; docs/benchmarks.md, "int16 for
+    /// rerankers"), f32 below it (AVX2 has no faster 16-bit product than f32's FMA). bf16
+    /// misses the scores' bar (within 1e-3 of sentence-transformers): a score reads one
+    /// direction of the hidden state, scaled to logits of several units, where bf16's ~0.3%
+    /// relative error of the hidden state becomes 1e-2 of a logit and up to a few 1e-3 of a
+    /// sigmoid score (docs/benchmarks.md, "Rerankers: bf16 or f32"). `--dtype bf16` still
+    /// asks for it.
     pub fn resolve_for_classifier(self, level: KernelLevel) -> Dtype {
         match self {
+            DtypeChoice::Auto if level >= KernelLevel::Avx512Vnni => Dtype::Int16,
             DtypeChoice::Auto => Dtype::F32,
             fixed => fixed.resolve(level),
         }
@@ -493,7 +497,13 @@ fn unpadded_model(
 
     let t = Instant::now();
     let kernel = KernelLevel::capped(options.kernel_cap);
-    let dtype = options.dtype.resolve_for(head, kernel);
+    let dtype = match (head, options.dtype) {
+        // A ModernBERT classifier stays f32 under auto where BERT's and XLM-R's run int16:
+        // on the tiny ModernBERT reranker and classifier int16 missed the scores' bar (1.1e-3
+        // and 5.7e-3 against 1e-3; docs/benchmarks.md, "int16 for rerankers").
+        (Head::SequenceClassification, DtypeChoice::Auto) => Dtype::F32,
+        _ => options.dtype.resolve_for(head, kernel),
+    };
     let info = ModelInfo {
         id: files.source.clone(),
         model_type: setup.model_type.into(),
@@ -634,9 +644,14 @@ mod tests {
         }
         for level in KernelLevel::ALL {
             assert_eq!(DtypeChoice::Fixed(Dtype::Int8).resolve(level), Dtype::Int8);
+            let classifier = if level >= KernelLevel::Avx512Vnni {
+                Dtype::Int16
+            } else {
+                Dtype::F32
+            };
             assert_eq!(
                 DtypeChoice::Auto.resolve_for_classifier(level),
-                Dtype::F32,
+                classifier,
                 "{level}"
             );
             assert_eq!(

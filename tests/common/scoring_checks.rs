@@ -5,14 +5,55 @@
 use std::net::SocketAddr;
 
 use serde_json::{json, Value};
-use zerobatch::model::{EncoderInput, LoadedModel, PairIds};
+use zerobatch::kernels::{Dtype, KernelLevel};
+use zerobatch::model::{DtypeChoice, EncoderInput, LoadedModel, PairIds};
 
 use super::reranker_models::{ClassifyCase, PairFeatures, RerankCase, Section};
-use super::{max_abs_diff, post_json};
+use super::{get, max_abs_diff, post_json};
 
-/// The logits of a cross-encoder's default dtype are held to this (scores to the caller's
-/// tolerance).
+/// The logits of a cross-encoder's default dtype are held to this in f32 (scores to the
+/// caller's tolerance).
 const LOGIT_TOLERANCE: f32 = 1e-3;
+/// The same in int16, the default where AVX-512 VNNI runs: a sigmoid's slope is at most 1/4,
+/// so the scores' bar of 1e-3 allows logits ~4e-3 apart; held to 5e-3.
+const INT16_LOGIT_TOLERANCE: f32 = 5e-3;
+/// The bar for a score (sigmoid or softmax) against sentence-transformers.
+pub const SCORE_BAR: f32 = 1e-3;
+
+/// The score tolerance of a classifier that runs `dtype` (as `/info` names it) by default:
+/// `f32_tolerance` in f32, the bar in int16 (the default where AVX-512 VNNI runs:
+/// `DtypeChoice::resolve_for_classifier`; each test prints the largest difference it saw).
+pub fn default_score_tolerance(dtype: &str, f32_tolerance: f32) -> f32 {
+    if dtype == "f32" {
+        f32_tolerance
+    } else {
+        SCORE_BAR
+    }
+}
+
+/// The logits' tolerance of a default dtype (see [`LOGIT_TOLERANCE`]).
+fn logit_tolerance(dtype: &str) -> f32 {
+    if dtype == "f32" {
+        LOGIT_TOLERANCE
+    } else {
+        INT16_LOGIT_TOLERANCE
+    }
+}
+
+/// The dtype auto picks for a classifier on this CPU.
+pub fn auto_classifier_dtype() -> Dtype {
+    DtypeChoice::Auto.resolve_for_classifier(KernelLevel::detected())
+}
+
+/// The score and logit tolerances of the server at `addr`, from the dtype its `/info` names.
+fn server_tolerances(addr: SocketAddr, f32_tolerance: f32) -> (f32, f32) {
+    let info = get(addr, "/info").json();
+    let dtype = info["dtype"].as_str().unwrap().to_string();
+    (
+        default_score_tolerance(&dtype, f32_tolerance),
+        logit_tolerance(&dtype),
+    )
+}
 /// A score alone and in a batch.
 const BATCH_TOLERANCE: f32 = 1e-5;
 
@@ -40,8 +81,8 @@ pub fn assert_pair(name: &str, ids: &[u32], second_from: usize, want: &PairFeatu
 /// Reranks every case of `section` with `m`: each pair's ids and token types as
 /// `CrossEncoder` fed them, its logit the same alone as in the batch, the sigmoid scores within
 /// `tolerance`; with `exact` (the default dtype) also `CrossEncoder.rank`'s order and the
-/// logits within 1e-3. Returns the largest score difference and how many pairs were
-/// truncated.
+/// logits within 1e-3 (f32) or 5e-3 (int16). Returns the largest score difference and how
+/// many pairs were truncated.
 pub fn check_reranker(
     m: &LoadedModel,
     section: &Section<RerankCase>,
@@ -86,7 +127,11 @@ pub fn check_reranker(
         if exact {
             assert_eq!(order(&scores), c.order, "{}: rank order", c.name);
             let d = max_abs_diff(&batched, &c.logits);
-            assert!(d <= LOGIT_TOLERANCE, "{}: logits differ by {d}", c.name);
+            assert!(
+                d <= logit_tolerance(m.info.dtype.name()),
+                "{}: logits differ by {d}",
+                c.name
+            );
         }
     }
     (worst, truncated)
@@ -117,7 +162,7 @@ fn classifier_ids(m: &LoadedModel, i: usize, inputs: &Value) -> PairIds {
 
 /// Classifies every case of `section` with `m`: ids and token types as `CrossEncoder` fed
 /// them, the softmax of the logits within `tolerance`; with `exact` also the labels' order
-/// and the logits within 1e-3. Returns the largest softmax difference.
+/// and the logits within 1e-3 (f32) or 5e-3 (int16). Returns the largest softmax difference.
 pub fn check_classifier(
     m: &LoadedModel,
     section: &Section<ClassifyCase>,
@@ -144,7 +189,10 @@ pub fn check_classifier(
         if exact {
             assert_eq!(order(&softmax), order(&c.softmax), "case {i}: label order");
             let d = max_abs_diff(&logits, &c.logits);
-            assert!(d <= LOGIT_TOLERANCE, "case {i}: logits differ by {d}");
+            assert!(
+                d <= logit_tolerance(m.info.dtype.name()),
+                "case {i}: logits differ by {d}"
+            );
         }
     }
     worst
@@ -160,7 +208,8 @@ fn post(addr: SocketAddr, path: &str, body: Value) -> Value {
 /// `tolerance`, the texts when asked; `raw_scores` gives the logits), the Cohere/Jina
 /// `/v1/rerank` (documents as strings and as objects, the best `top_n`), and `/predict` of
 /// one pair (one label, as TEI answers on a reranker).
-pub fn check_rerank_routes(addr: SocketAddr, section: &Section<RerankCase>, tolerance: f32) {
+pub fn check_rerank_routes(addr: SocketAddr, section: &Section<RerankCase>, f32_tolerance: f32) {
+    let (tolerance, logit_tolerance) = server_tolerances(addr, f32_tolerance);
     for c in &section.cases {
         let ranks = post(
             addr,
@@ -188,7 +237,7 @@ pub fn check_rerank_routes(addr: SocketAddr, section: &Section<RerankCase>, tole
             let i = x["index"].as_u64().unwrap() as usize;
             let logit = x["score"].as_f64().unwrap() as f32;
             assert!(
-                (logit - c.logits[i]).abs() <= LOGIT_TOLERANCE,
+                (logit - c.logits[i]).abs() <= logit_tolerance,
                 "{}: {x}",
                 c.name
             );
@@ -236,7 +285,8 @@ pub fn check_rerank_routes(addr: SocketAddr, section: &Section<RerankCase>, tole
 /// Over HTTP: TEI's `/predict` of every input of `section` in one request (each answer's
 /// labels by score, softmax within `tolerance`), each input alone (the same as in the batch),
 /// and `raw_scores` (the logits).
-pub fn check_predict_routes(addr: SocketAddr, section: &Section<ClassifyCase>, tolerance: f32) {
+pub fn check_predict_routes(addr: SocketAddr, section: &Section<ClassifyCase>, f32_tolerance: f32) {
+    let (tolerance, logit_tolerance) = server_tolerances(addr, f32_tolerance);
     let labels = &section.labels;
     let label_index = |x: &Value| {
         labels
@@ -280,7 +330,7 @@ pub fn check_predict_routes(addr: SocketAddr, section: &Section<ClassifyCase>, t
         for x in raw.as_array().unwrap() {
             let logit = x["score"].as_f64().unwrap() as f32;
             assert!(
-                (logit - c.logits[label_index(x)]).abs() <= LOGIT_TOLERANCE,
+                (logit - c.logits[label_index(x)]).abs() <= logit_tolerance,
                 "case {i}: {x}"
             );
         }
