@@ -24,8 +24,8 @@
 #   MODEL_DIR        cross-encoder checkpoint (default models/cross-encoder-random; written
 #                    by scripts/make-random-cross-encoder.py when missing)
 #   BIN              zerobatch binary (default target/release/zerobatch; cargo build --release)
-#   ZB_ARGS          extra zerobatch flags, e.g. "--dtype bf16" (default: none; its auto dtype
-#                    is f32 for a cross-encoder)
+#   ZB_ARGS          extra zerobatch flags, e.g. "--dtype f32" (default: none; its auto dtype
+#                    for a BERT cross-encoder is int16 where AVX-512 VNNI runs, else f32)
 #   BASELINE_PYTHON  interpreter with torch, sentence-transformers, fastapi, uvicorn (default:
 #                    the venv scripts/baseline-venv.sh builds, built when missing)
 #   OUT              file for the raw Markdown rows (default: none)
@@ -90,6 +90,7 @@ wait_ready "http://127.0.0.1:$base_port/health" "$base_pid"
 info=$(curl -fsS "http://127.0.0.1:$zb_port/info")
 tokens=$(WORDS="$words" python3 - "http://127.0.0.1:$zb_port" <<'PY'
 import importlib.util, json, os, sys, urllib.request
+sys.path.insert(0, "scripts")  # rerank-load.py imports load_stats beside it
 spec = importlib.util.spec_from_file_location("load", "scripts/rerank-load.py")
 load = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(load)
