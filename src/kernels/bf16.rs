@@ -148,14 +148,7 @@ impl Bf16Linear {
         threads: usize,
         epilogue: Epilogue,
     ) {
-        let (n, k) = (self.n, self.k);
-        assert_eq!(Some(x.len()), m.checked_mul(k), "bf16 linear: input size");
-        assert_eq!(
-            Some(out.len()),
-            m.checked_mul(n),
-            "bf16 linear: output size"
-        );
-        in_row_blocks(x, k, out, n, |x, m, out| {
+        in_row_blocks("bf16", (x, m, self.k), (out, self.n), |x, m, out| {
             self.forward_block(x, m, out, level, threads, epilogue)
         });
     }

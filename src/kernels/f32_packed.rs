@@ -110,10 +110,7 @@ impl F32Linear {
         threads: usize,
         epilogue: Epilogue,
     ) {
-        let (n, k) = (self.n, self.k);
-        assert_eq!(Some(x.len()), m.checked_mul(k), "f32 linear: input size");
-        assert_eq!(Some(out.len()), m.checked_mul(n), "f32 linear: output size");
-        in_row_blocks(x, k, out, n, |x, m, out| {
+        in_row_blocks("f32", (x, m, self.k), (out, self.n), |x, m, out| {
             self.forward_block(x, m, out, level, threads, epilogue)
         });
     }

@@ -430,14 +430,7 @@ impl Int8Linear {
         threads: usize,
         epilogue: Epilogue,
     ) {
-        let (n, k) = (self.n, self.k);
-        assert_eq!(Some(x.len()), m.checked_mul(k), "int8 linear: input size");
-        assert_eq!(
-            Some(out.len()),
-            m.checked_mul(n),
-            "int8 linear: output size"
-        );
-        in_row_blocks(x, k, out, n, |x, m, out| {
+        in_row_blocks("int8", (x, m, self.k), (out, self.n), |x, m, out| {
             self.forward_block(x, m, out, level, threads, epilogue)
         });
     }

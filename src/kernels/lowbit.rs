@@ -379,18 +379,7 @@ impl LowBitLinear {
         threads: usize,
         epilogue: Epilogue,
     ) {
-        let (n, k) = (self.n, self.k);
-        assert_eq!(
-            Some(x.len()),
-            m.checked_mul(k),
-            "low-bit linear: input size"
-        );
-        assert_eq!(
-            Some(out.len()),
-            m.checked_mul(n),
-            "low-bit linear: output size"
-        );
-        in_row_blocks(x, k, out, n, |x, m, out| {
+        in_row_blocks("low-bit", (x, m, self.k), (out, self.n), |x, m, out| {
             self.forward_block(x, m, out, level, threads, epilogue)
         });
     }

@@ -37,18 +37,31 @@ pub const BLOCK_ROWS: usize = 8 * CHUNK_ROWS;
 pub(crate) use super::team::SharedOut;
 
 /// Runs `f(x_block, rows, out_block)` on consecutive blocks of at most [`BLOCK_ROWS`] rows
-/// of an `m×k` input and its `m×n` output.
+/// of an `m×k` input and its `m×n` output, after checking those sizes.
 ///
 /// Why: a packed matmul converts its activations (bf16 or int8) before multiplying; for a
 /// whole batch (16,384 rows × 1,536 for the FFN's down projection) that copy would be tens of
 /// MB of extra peak memory, for a block it is a few MB, still enough rows for every thread.
+///
+/// # Panics
+///
+/// When `x` is not `m×k` or `out` not `m×n` (a caller's bug), naming the `layer` kind.
 pub(crate) fn in_row_blocks(
-    x: &[f32],
-    k: usize,
-    out: &mut [f32],
-    n: usize,
+    layer: &str,
+    (x, m, k): (&[f32], usize, usize),
+    (out, n): (&mut [f32], usize),
     mut f: impl FnMut(&[f32], usize, &mut [f32]),
 ) {
+    assert_eq!(
+        Some(x.len()),
+        m.checked_mul(k),
+        "{layer} linear: input size"
+    );
+    assert_eq!(
+        Some(out.len()),
+        m.checked_mul(n),
+        "{layer} linear: output size"
+    );
     for (x, out) in x
         .chunks(BLOCK_ROWS * k.max(1))
         .zip(out.chunks_mut(BLOCK_ROWS * n.max(1)))

@@ -384,12 +384,10 @@ mod tests {
                 threads: 1,
                 level: KernelLevel::detected(),
             };
-            let y = x.apply_op1_no_bwd(&op).unwrap();
-            assert_eq!(
-                y.to_vec2::<f32>().unwrap(),
-                vec![vec![1.5, 1.5]; 2],
-                "{dtype}"
-            );
+            let y = x.apply_op1_no_bwd(&op).unwrap().to_vec2::<f32>().unwrap();
+            // int16's scales (1/5792 of a block's largest) round the product in its last bit.
+            let within = y.iter().flatten().all(|v| (v - 1.5).abs() <= 1e-6);
+            assert!(within && y.len() == 2 && y[0].len() == 2, "{dtype}: {y:?}");
             let wrong = Tensor::from_vec(vec![1.0f32; 8], (2, 4), &Device::Cpu).unwrap();
             assert!(wrong.apply_op1_no_bwd(&op).is_err(), "{dtype}: input k = 4");
         }
