@@ -36,20 +36,7 @@ atexit.register(shutil.rmtree, os.environ["LLAMA_INDEX_CACHE_DIR"], ignore_error
 
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode  # noqa: E402
 from llama_index.postprocessor.tei_rerank import TextEmbeddingInference  # noqa: E402
-
-def tolerances(base_url, api_key=None):
-    """The score and logit tolerances for the server's dtype (/info): 1e-4 and 1e-3 in f32;
-    the issue's bar of 1e-3 for scores and 5e-3 for logits in int16, a BERT or XLM-R
-    classifier's default where the CPU has AVX-512 VNNI (tests/common/scoring_checks.rs)."""
-    import urllib.request
-
-    request = urllib.request.Request(base_url + "/info")
-    if api_key is not None:
-        request.add_header("Authorization", f"Bearer {api_key}")
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        dtype = json.load(answer)["dtype"]
-    return (1e-4, 1e-3) if dtype == "f32" else (1e-3, 5e-3)
-
+from score_tolerances import tolerances  # noqa: E402
 
 failures = []
 
