@@ -19,8 +19,8 @@ mod common;
 
 use common::reranker_models::{model_dirs, reference};
 use common::scoring_checks::{
-    auto_classifier_dtype, check_classifier, check_predict_routes, check_rerank_routes,
-    check_reranker, default_score_tolerance, SCORE_BAR,
+    check_classifier, check_predict_routes, check_rerank_routes, check_reranker, tolerance_for,
+    SCORE_BAR,
 };
 use common::*;
 use serde_json::{json, Value};
@@ -49,12 +49,7 @@ fn cross_encoder_scores_and_rank_order_match_sentence_transformers() {
         (DtypeChoice::Fixed(Dtype::Int16), SCORE_BAR),
     ] {
         let m = load_encoder(dir, dtype);
-        let tolerance = if dtype == DtypeChoice::Auto {
-            assert_eq!(m.info.dtype, auto_classifier_dtype());
-            default_score_tolerance(m.info.dtype.name(), tolerance)
-        } else {
-            tolerance
-        };
+        let tolerance = tolerance_for(&m, dtype, tolerance);
         assert_eq!(m.info.task, Task::Reranking);
         assert_eq!(m.info.max_input_length, r.reranker.max_input_length);
         let classifier = m.info.classifier.as_ref().unwrap();
@@ -76,12 +71,7 @@ fn classifier_logits_and_softmax_match_sentence_transformers() {
         (DtypeChoice::Fixed(Dtype::Int16), SCORE_BAR),
     ] {
         let m = load_encoder(dir, dtype);
-        let tolerance = if dtype == DtypeChoice::Auto {
-            assert_eq!(m.info.dtype, auto_classifier_dtype());
-            default_score_tolerance(m.info.dtype.name(), tolerance)
-        } else {
-            tolerance
-        };
+        let tolerance = tolerance_for(&m, dtype, tolerance);
         assert_eq!(m.info.task, Task::TextClassification);
         assert_eq!(
             m.info.classifier.as_ref().unwrap().score_function,

@@ -18,9 +18,7 @@
 mod common;
 
 use common::reranker_models::EmbedCase;
-use common::scoring_checks::{
-    auto_classifier_dtype, check_rerank_routes, check_reranker, default_score_tolerance, SCORE_BAR,
-};
+use common::scoring_checks::{check_rerank_routes, check_reranker, tolerance_for, SCORE_BAR};
 use common::xlmr_models::{model_dirs, reference};
 use common::*;
 use serde_json::{json, Value};
@@ -85,12 +83,7 @@ fn cross_encoder_scores_and_rank_order_match_sentence_transformers() {
         (DtypeChoice::Fixed(Dtype::Int16), SCORE_BAR),
     ] {
         let m = load_encoder(dir, dtype);
-        let tolerance = if dtype == DtypeChoice::Auto {
-            assert_eq!(m.info.dtype, auto_classifier_dtype());
-            default_score_tolerance(m.info.dtype.name(), tolerance)
-        } else {
-            tolerance
-        };
+        let tolerance = tolerance_for(&m, dtype, tolerance);
         assert_eq!(m.info.task, Task::Reranking);
         let (worst, _) = check_reranker(&m, &r.reranker, tolerance, dtype == DtypeChoice::Auto);
         eprintln!("xlm-r reranker {dtype:?}: largest score difference {worst:e}");

@@ -557,14 +557,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::test_util::test_values as values;
-
-    fn levels() -> Vec<KernelLevel> {
-        KernelLevel::ALL
-            .into_iter()
-            .filter(|&l| l <= KernelLevel::detected())
-            .collect()
-    }
+    use crate::kernels::test_util::{levels, test_values as values};
 
     #[test]
     fn rounding_to_bf16() {

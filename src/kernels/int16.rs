@@ -21,8 +21,8 @@
 //! one contiguous run, not streams a multiple of 4 KiB apart in the same L1 sets): panels of
 //! 16 output columns in groups of 3; in a group, for each pair of reduction indices, each
 //! panel's 16 columns × 2 values (one AVX-512 register), the group's panels side by side.
-//! Blocks of 64 rather than int8's 32 halve the per-block rescaling, which took a fifth of
-//! the kernel's time at 32 (measured; docs/benchmarks.md).
+//! Blocks of 64 rather than int8's 32 halve the per-block rescaling, which took ~15% of a
+//! micro-kernel's time at 32 (measured; docs/benchmarks.md, "int16 for rerankers").
 
 use super::aligned::AlignedVec;
 use super::cpu::KernelLevel;

@@ -3,7 +3,7 @@
 //! inputs, bad shapes refused.
 
 use super::*;
-use crate::kernels::test_util::test_values as values;
+use crate::kernels::test_util::{levels, test_values as values};
 
 /// The naive reference: quantize both sides per block of 64 exactly as documented,
 /// multiply in i64, scale in the documented order.
@@ -38,13 +38,6 @@ fn naive(x: &[f32], m: usize, w: &[f32], b: &[f32], k: usize) -> Vec<f32> {
         }
     }
     out
-}
-
-fn levels() -> Vec<KernelLevel> {
-    KernelLevel::ALL
-        .into_iter()
-        .filter(|&l| l <= KernelLevel::detected())
-        .collect()
 }
 
 #[test]

@@ -1,5 +1,16 @@
 //! Inputs and comparisons the kernels' tests share.
 
+use super::KernelLevel;
+
+/// Every kernel level this CPU runs, from the portable one up: the paths a kernel's results
+/// must agree on.
+pub(crate) fn levels() -> Vec<KernelLevel> {
+    KernelLevel::ALL
+        .into_iter()
+        .filter(|&l| l <= KernelLevel::detected())
+        .collect()
+}
+
 /// A deterministic pseudo-random sequence in [-1, 1) (xorshift).
 pub(crate) fn test_values(seed: u64, len: usize) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

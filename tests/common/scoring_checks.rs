@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use serde_json::{json, Value};
-use zerobatch::kernels::{Dtype, KernelLevel};
+use zerobatch::kernels::KernelLevel;
 use zerobatch::model::{DtypeChoice, EncoderInput, LoadedModel, PairIds};
 
 use super::reranker_models::{ClassifyCase, PairFeatures, RerankCase, Section};
@@ -19,11 +19,13 @@ const LOGIT_TOLERANCE: f32 = 1e-3;
 const INT16_LOGIT_TOLERANCE: f32 = 5e-3;
 /// The bar for a score (sigmoid or softmax) against sentence-transformers.
 pub const SCORE_BAR: f32 = 1e-3;
+/// A score alone and in a batch.
+const BATCH_TOLERANCE: f32 = 1e-5;
 
 /// The score tolerance of a classifier that runs `dtype` (as `/info` names it) by default:
 /// `f32_tolerance` in f32, the bar in int16 (the default where AVX-512 VNNI runs:
 /// `DtypeChoice::resolve_for_classifier`; each test prints the largest difference it saw).
-pub fn default_score_tolerance(dtype: &str, f32_tolerance: f32) -> f32 {
+fn default_score_tolerance(dtype: &str, f32_tolerance: f32) -> f32 {
     if dtype == "f32" {
         f32_tolerance
     } else {
@@ -40,22 +42,27 @@ fn logit_tolerance(dtype: &str) -> f32 {
     }
 }
 
-/// The dtype auto picks for a classifier on this CPU.
-pub fn auto_classifier_dtype() -> Dtype {
-    DtypeChoice::Auto.resolve_for_classifier(KernelLevel::detected())
+/// The score tolerance for `m`, loaded as `choice` asked: the given `tolerance` for a fixed
+/// dtype; for `auto`, after checking that `m` runs the dtype auto picks for a classifier on
+/// this CPU, `f32_tolerance` in f32 and the bar in int16 ([`default_score_tolerance`]).
+pub fn tolerance_for(m: &LoadedModel, choice: DtypeChoice, tolerance: f32) -> f32 {
+    if choice != DtypeChoice::Auto {
+        return tolerance;
+    }
+    let auto = DtypeChoice::Auto.resolve_for_classifier(KernelLevel::detected());
+    assert_eq!(m.info.dtype, auto, "auto's dtype for a classifier");
+    default_score_tolerance(auto.name(), tolerance)
 }
 
 /// The score and logit tolerances of the server at `addr`, from the dtype its `/info` names.
 fn server_tolerances(addr: SocketAddr, f32_tolerance: f32) -> (f32, f32) {
     let info = get(addr, "/info").json();
-    let dtype = info["dtype"].as_str().unwrap().to_string();
+    let dtype = info["dtype"].as_str().unwrap();
     (
-        default_score_tolerance(&dtype, f32_tolerance),
-        logit_tolerance(&dtype),
+        default_score_tolerance(dtype, f32_tolerance),
+        logit_tolerance(dtype),
     )
 }
-/// A score alone and in a batch.
-const BATCH_TOLERANCE: f32 = 1e-5;
 
 pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
