@@ -43,8 +43,12 @@ const BLOCK_PAIRS: usize = BLOCK / PAIR;
 /// the 3 weight vectors and a broadcast, fit the 32 AVX-512 registers (the f32 sums live in
 /// the tile's buffer, touched once per block).
 const GROUP: usize = 3;
-/// Rows of a tile on every path (a divisor of the loop nest's chunk of 96 rows).
+/// Rows of a tile on the VNNI and scalar paths (a divisor of the loop nest's chunk of 96
+/// rows), and the most on any path: the size of a tile's f32 sums.
 const TILE_ROWS: usize = 8;
+/// Rows of a tile on the AVX2 path: 6 rows × 2 vectors of i32 sums, the two weight vectors
+/// and a broadcast take 15 of its 16 registers.
+const AVX2_ROWS: usize = 6;
 
 /// A linear layer `y = x · Wᵀ + b` with int16 weights.
 pub struct Int16Linear {
@@ -120,7 +124,11 @@ fn quantize_activations_generic(
     }
 }
 
-/// [`quantize_activations_generic`] compiled for AVX2.
+/// [`quantize_activations_generic`] with AVX2 intrinsics for whole blocks (eight vectors: a
+/// tree of `vmaxps`, where the portable loop's maximum is one serial chain, see the AVX-512
+/// version); a partial last block takes the portable path. Same values and scales: the same
+/// product `x · (5792 / max)`, rounded to nearest even (`vcvtps2dq` under the default MXCSR,
+/// as the float trick), clamped to ±5792.
 ///
 /// # Safety
 ///
@@ -134,7 +142,62 @@ unsafe fn quantize_activations_avx2(
     xq: &mut [i16],
     scales: &mut [f32],
 ) {
-    quantize_activations_generic(x, k, kpad, xq, scales)
+    use std::arch::x86_64::*;
+    const VECTORS: usize = BLOCK / 8;
+    let blocks = k.div_ceil(BLOCK);
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let inf = _mm256_set1_ps(f32::INFINITY);
+    let (lo, hi) = (_mm256_set1_epi32(-QMAX), _mm256_set1_epi32(QMAX));
+    for ((row, q), s) in x
+        .chunks_exact(k)
+        .zip(xq.chunks_exact_mut(kpad))
+        .zip(scales.chunks_exact_mut(blocks))
+    {
+        for ((v, q), scale) in row.chunks(BLOCK).zip(q.chunks_mut(BLOCK)).zip(s) {
+            if v.len() < BLOCK {
+                *scale = quantize_block(v, &mut q[..v.len()]);
+                continue;
+            }
+            let mut vs = [_mm256_setzero_ps(); VECTORS];
+            let mut amax = [_mm256_setzero_ps(); 2];
+            let mut finite = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+            for (i, vv) in vs.iter_mut().enumerate() {
+                // SAFETY: `v` holds a whole block of 64 values.
+                *vv = unsafe { _mm256_loadu_ps(v.as_ptr().add(8 * i)) };
+                let a = _mm256_and_ps(*vv, abs_mask);
+                // NaN compares false, as ±∞ does.
+                finite = _mm256_and_ps(finite, _mm256_cmp_ps::<_CMP_LT_OQ>(a, inf));
+                amax[i % 2] = _mm256_max_ps(amax[i % 2], a);
+            }
+            let m = _mm256_max_ps(amax[0], amax[1]);
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let m = _mm_max_ss(m, _mm_shuffle_ps::<1>(m, m));
+            let amax = _mm_cvtss_f32(m);
+            if _mm256_movemask_ps(finite) != 0xff || amax == 0.0 {
+                q.fill(0);
+                *scale = if amax == 0.0 && _mm256_movemask_ps(finite) == 0xff {
+                    0.0
+                } else {
+                    f32::NAN
+                };
+                continue;
+            }
+            *scale = amax / QMAX as f32;
+            let inv = _mm256_set1_ps(QMAX as f32 / amax);
+            for (i, pair) in vs.chunks_exact(2).enumerate() {
+                let [a, b] = [pair[0], pair[1]].map(|v| {
+                    let r = _mm256_cvtps_epi32(_mm256_mul_ps(v, inv));
+                    _mm256_min_epi32(_mm256_max_epi32(r, lo), hi)
+                });
+                // `packs` interleaves 128-bit halves: a0-3 b0-3 a4-7 b4-7; the permute puts
+                // them back in order.
+                let packed = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(a, b));
+                // SAFETY: `q` holds the block's 64 values.
+                unsafe { _mm256_storeu_si256(q.as_mut_ptr().add(16 * i).cast(), packed) };
+            }
+        }
+    }
 }
 
 /// [`quantize_activations_generic`] with AVX-512 intrinsics, a block of 64 in four vectors
@@ -353,7 +416,12 @@ impl Int16Linear {
         quantize_activations(x, self.k, kpad, &mut xq, &mut x_scales, level);
         let shared = SharedOut(out.as_mut_ptr());
         let groups = self.panels.div_ceil(GROUP);
-        for_each_tile(m, groups, TILE_ROWS, 1, threads, &|r0, rows, g, _| {
+        let tile_rows = if level == KernelLevel::Avx2 {
+            AVX2_ROWS
+        } else {
+            TILE_ROWS
+        };
+        for_each_tile(m, groups, tile_rows, 1, threads, &|r0, rows, g, _| {
             let (p0, ps) = group_of(g * GROUP, self.panels);
             let mut sums = TileSums([0.0; TILE_ROWS * GROUP * PANEL]);
             let acc = &mut sums.0;
@@ -377,7 +445,8 @@ impl Int16Linear {
                 }
                 #[cfg(target_arch = "x86_64")]
                 KernelLevel::Avx2 => {
-                    // SAFETY: AVX2 and FMA at this level; the tile and acc as above.
+                    // SAFETY: AVX2 and FMA at this level; the tile holds `rows ≤ 6` rows
+                    // (`tile_rows`) and its group's panels; acc as above.
                     unsafe { avx2::tile(rows, &tile, acc.as_mut_ptr()) }
                 }
                 _ => scalar_tile(rows, &tile, acc),
@@ -572,45 +641,49 @@ mod vnni {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Tile, BLOCK_PAIRS, PAIR, PAIR_VALUES, PANEL};
+    use super::{Tile, AVX2_ROWS, BLOCK_PAIRS, PAIR, PAIR_VALUES, PANEL};
     use std::arch::x86_64::*;
 
-    /// AVX2 tile of `rows ≤ 8` rows × the tile's panels: each panel, 4 rows at a time (see
-    /// [`kernel`]).
+    /// AVX2 tile of `rows ≤ 6` rows × the tile's panels, a panel at a time (see [`kernel`]).
     ///
     /// # Safety
     ///
-    /// As [`kernel`] for each panel and run of rows.
+    /// As [`kernel`] for each panel.
     pub unsafe fn tile(rows: usize, t: &Tile, acc: *mut f32) {
         for p in 0..t.panels {
-            for r0 in (0..rows).step_by(4) {
-                unsafe {
-                    match (rows - r0).min(4) {
-                        1 => kernel::<1>(t, r0, p, acc),
-                        2 => kernel::<2>(t, r0, p, acc),
-                        3 => kernel::<3>(t, r0, p, acc),
-                        4 => kernel::<4>(t, r0, p, acc),
-                        _ => unreachable!("tile rows"),
-                    }
+            unsafe {
+                match rows {
+                    1 => kernel::<1>(t, p, acc),
+                    2 => kernel::<2>(t, p, acc),
+                    3 => kernel::<3>(t, p, acc),
+                    4 => kernel::<4>(t, p, acc),
+                    5 => kernel::<5>(t, p, acc),
+                    AVX2_ROWS => kernel::<AVX2_ROWS>(t, p, acc),
+                    _ => unreachable!("tile rows"),
                 }
             }
         }
     }
 
-    /// `acc[((r0 + r)·ps + p)·16 + lane] = Σ_b sx · sw · Σ_{k∈b} qx·qw` for rows
-    /// `r0..r0 + MR` and panel `p`, with `vpmaddwd` (each lane's pair of products, exactly,
-    /// as `vpdpwssd` sums them).
+    /// `acc[(r·ps + p)·16 + lane] = Σ_b sx[r][b] · sw · Σ_{k∈b} qx·qw` for `MR` rows and panel
+    /// `p`, with `vpmaddwd` + `vpaddd` (each lane's pair of products, exactly, as
+    /// `vpdpwssd` sums them): a block's `MR × 2` i32 sums in registers (12 at 6 rows, with the
+    /// two weight vectors and a broadcast: 15 of the 16), added into the f32 sums in `acc` at
+    /// the block's end.
     ///
     /// # Safety
     ///
-    /// The CPU must support AVX2 and FMA; `t` holds rows `r0..r0 + MR` and panel `p`; `acc`
-    /// is valid for writing the tile's `rows × ps × 16` values.
+    /// The CPU must support AVX2 and FMA; `t` holds at least `MR` rows and panel `p`; `acc`
+    /// is valid for reading and writing `MR × ps × 16` values and 32-byte aligned.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn kernel<const MR: usize>(t: &Tile, r0: usize, p: usize, acc: *mut f32) {
-        let (w, kpad, ps) = (t.w.as_ptr(), t.kpad, t.panels);
-        let x = unsafe { t.x.as_ptr().add(r0 * kpad) };
-        let mut sums = [[_mm256_setzero_ps(); 2]; MR];
+    unsafe fn kernel<const MR: usize>(t: &Tile, p: usize, acc: *mut f32) {
+        let (x, w, kpad, ps) = (t.x.as_ptr(), t.w.as_ptr(), t.kpad, t.panels);
         unsafe {
+            for r in 0..MR {
+                let s = acc.add((r * ps + p) * PANEL);
+                _mm256_store_ps(s, _mm256_setzero_ps());
+                _mm256_store_ps(s.add(8), _mm256_setzero_ps());
+            }
             for b in 0..t.blocks {
                 let mut dots = [[_mm256_setzero_si256(); 2]; MR];
                 for pair in b * BLOCK_PAIRS..(b + 1) * BLOCK_PAIRS {
@@ -628,16 +701,24 @@ mod avx2 {
                 let at = (b * ps + p) * PANEL;
                 let sw0 = _mm256_loadu_ps(t.w_scales.as_ptr().add(at));
                 let sw1 = _mm256_loadu_ps(t.w_scales.as_ptr().add(at + 8));
-                for (r, (s, d)) in sums.iter_mut().zip(&dots).enumerate() {
-                    let sx = _mm256_set1_ps(*t.x_scales.get_unchecked((r0 + r) * t.blocks + b));
-                    s[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[0]), _mm256_mul_ps(sx, sw0), s[0]);
-                    s[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[1]), _mm256_mul_ps(sx, sw1), s[1]);
+                for (r, d) in dots.iter().enumerate() {
+                    let sx = _mm256_set1_ps(*t.x_scales.get_unchecked(r * t.blocks + b));
+                    // Volatile, as in the VNNI kernel: the f32 sums stay in `acc`, else LLVM
+                    // keeps them in registers beside the i32 sums and spills.
+                    let s = acc.add((r * ps + p) * PANEL).cast::<__m256>();
+                    let s0 = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(d[0]),
+                        _mm256_mul_ps(sx, sw0),
+                        s.read_volatile(),
+                    );
+                    s.write_volatile(s0);
+                    let s1 = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(d[1]),
+                        _mm256_mul_ps(sx, sw1),
+                        s.add(1).read_volatile(),
+                    );
+                    s.add(1).write_volatile(s1);
                 }
-            }
-            for (r, s) in sums.iter().enumerate() {
-                let out = acc.add(((r0 + r) * ps + p) * PANEL);
-                _mm256_storeu_ps(out, s[0]);
-                _mm256_storeu_ps(out.add(8), s[1]);
             }
         }
     }
