@@ -4,10 +4,11 @@
 //! computed for padding only to be thrown away).
 //!
 //! One (sequence, head) pair is a unit of work; units are split across threads. The portable
-//! and AVX2 versions are one body compiled twice (`dispatch.rs`) in register tiles LLVM keeps
-//! in vectors; the AVX-512 version is written with intrinsics (explicit FMAs).
+//! version is plain loops in register tiles; the AVX2 and AVX-512 versions are written with
+//! intrinsics (explicit FMAs: the portable body compiled for AVX2 kept its multiplies and
+//! adds apart and took a fifth of a reranker's time, four times its share of the arithmetic).
 
-use super::dispatch::{dispatch, variant, Variant};
+use super::dispatch::{variant, Variant};
 use super::math::{exp_neg, lane_sum, max_or_nan};
 use super::team::{parallel_for, SharedOut};
 use super::KernelLevel;
@@ -144,21 +145,25 @@ fn softmax_row(row: &mut [f32]) {
     }
 }
 
-dispatch!(
-    /// Attention of the (sequence, head) pairs `units`; see [`attention`].
-    ///
-    /// # Safety
-    ///
-    /// `s.sizes()` is `Some`, `s.lengths` are within `1..=seq_len`, `qkv` holds `sizes.qkv`
-    /// values, and `out` is valid for writes of `sizes.out` values. For each unit (sequence
-    /// `b`, head) in `units`, the elements of rows `first_row(b)..first_row(b) + lengths[b]`, columns
-    /// `head·head_dim..(head+1)·head_dim` are written and nothing else accesses them during
-    /// the call.
-    unsafe attention_generic, attention_avx2, (qkv: &[f32], out: *mut f32, s: &AttentionShape, units: std::ops::Range<usize>) {
+/// Attention of the (sequence, head) pairs `units`; see [`attention`].
+///
+/// # Safety
+///
+/// `s.sizes()` is `Some`, `s.lengths` are within `1..=seq_len`, `qkv` holds `sizes.qkv`
+/// values, and `out` is valid for writes of `sizes.out` values. For each unit (sequence
+/// `b`, head) in `units`, the elements of rows `first_row(b)..first_row(b) + lengths[b]`, columns
+/// `head·head_dim..(head+1)·head_dim` are written and nothing else accesses them during
+/// the call.
+unsafe fn attention_generic(
+    qkv: &[f32],
+    out: *mut f32,
+    s: &AttentionShape,
+    units: std::ops::Range<usize>,
+) {
     // Register tiles: QB queries at a time against KB keys (scores), and QB queries × DB
     // dimensions of the output (weighted values). The fixed-size loops below are what LLVM
-    // keeps in vector registers (8 accumulators of 8 lanes in the AVX2 build); a plain
-    // query-by-query loop instead streams the scores through memory once per dimension.
+    // keeps in vector registers; a plain query-by-query loop instead streams the scores
+    // through memory once per dimension.
     const QB: usize = 4;
     const KB: usize = 16;
     const DB: usize = 16;
@@ -229,7 +234,10 @@ dispatch!(
             for qi in 0..qn {
                 // SAFETY: as above, for columns off+whole..off+d.
                 let o = unsafe {
-                    std::slice::from_raw_parts_mut(out.add((base + i0 + qi) * h + off + whole), d - whole)
+                    std::slice::from_raw_parts_mut(
+                        out.add((base + i0 + qi) * h + off + whole),
+                        d - whole,
+                    )
                 };
                 o.fill(0.0);
                 for j in 0..len {
@@ -241,7 +249,7 @@ dispatch!(
             }
         }
     }
-});
+}
 
 /// [`attention_generic`] written with AVX-512 intrinsics. LLVM does not fuse the generic
 /// loops' multiply and add into FMAs (Rust does not allow it to), and spills their
@@ -370,7 +378,135 @@ unsafe fn attention_avx512(
     }
 }
 
-/// [`attention_generic`] or its AVX2+FMA version, as the CPU allows.
+/// [`attention_generic`] written with AVX2 intrinsics, as [`attention_avx512`] is with 16
+/// lanes: tiles of 6 queries × 16 lanes (12 registers of accumulators, two of keys or values
+/// and a broadcast: 15 of the 16), the scores against 16 keys, then the weighted values over
+/// 16 dimensions, each step one broadcast and two FMAs per query. The unit's values are
+/// gathered into rows padded with zeros to whole 16s, so every load is whole; the stores past
+/// `head_dim` are masked.
+///
+/// # Safety
+///
+/// As [`attention_generic`], and the CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attention_avx2(
+    qkv: &[f32],
+    out: *mut f32,
+    s: &AttentionShape,
+    units: std::ops::Range<usize>,
+) {
+    use std::arch::x86_64::*;
+    const QB: usize = 6;
+    const KB: usize = 16;
+    // The first `n` of 8 lanes, as `vmaskmovps` reads a mask.
+    let lanes = |n: usize| {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(n.min(8) as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    };
+    let h = s.heads * s.head_dim;
+    let d = s.head_dim;
+    // A value row's length, padded with zeros to whole tiles of dimensions.
+    let dp = d.div_ceil(KB) * KB;
+    let scale = 1.0 / (d as f32).sqrt();
+    let padded = s.seq_len.div_ceil(KB) * KB;
+    let mut keys_t = vec![0.0f32; d * padded];
+    let mut scores = vec![0.0f32; QB * padded];
+    // The unit's keys and values gathered into rows first (see `attention_avx512`); value
+    // rows padded to `dp` (the padding stays zero).
+    let mut keys = vec![0.0f32; d * s.seq_len];
+    let mut values = vec![0.0f32; dp * s.seq_len];
+    for unit in units {
+        let AttentionUnit {
+            len,
+            padded: lp,
+            base,
+            off,
+        } = AttentionUnit::new(s, unit, KB);
+        for j in 0..len {
+            let row = &qkv[(base + j) * 3 * h..][..3 * h];
+            keys[j * d..][..d].copy_from_slice(&row[h + off..][..d]);
+            values[j * dp..][..d].copy_from_slice(&row[2 * h + off..][..d]);
+        }
+        transpose_keys(
+            keys.chunks_exact(d).take(len),
+            d,
+            len,
+            lp,
+            scale,
+            &mut keys_t,
+        );
+        for i0 in (0..len).step_by(QB) {
+            let qn = QB.min(len - i0);
+            // Rows past the sequence repeat its last query; their results are not stored.
+            let q: [&[f32]; QB] =
+                std::array::from_fn(|qi| &qkv[(base + i0 + qi.min(qn - 1)) * 3 * h + off..][..d]);
+            for j0 in (0..lp).step_by(KB) {
+                let mut acc = [[_mm256_setzero_ps(); 2]; QB];
+                for c in 0..d {
+                    let k: &[f32] = &keys_t[c * lp + j0..][..KB];
+                    // SAFETY: `k` holds 16 values; unaligned loads.
+                    let (k0, k1) = unsafe {
+                        (
+                            _mm256_loadu_ps(k.as_ptr()),
+                            _mm256_loadu_ps(k.as_ptr().add(8)),
+                        )
+                    };
+                    for (a, qr) in acc.iter_mut().zip(&q) {
+                        let qc = _mm256_set1_ps(qr[c]);
+                        a[0] = _mm256_fmadd_ps(qc, k0, a[0]);
+                        a[1] = _mm256_fmadd_ps(qc, k1, a[1]);
+                    }
+                }
+                for (qi, a) in acc.iter().enumerate() {
+                    let row: &mut [f32] = &mut scores[qi * lp + j0..][..KB];
+                    // SAFETY: `row` holds 16 values.
+                    unsafe {
+                        _mm256_storeu_ps(row.as_mut_ptr(), a[0]);
+                        _mm256_storeu_ps(row.as_mut_ptr().add(8), a[1]);
+                    }
+                }
+            }
+            for qi in 0..qn {
+                softmax_row(&mut scores[qi * lp..][..len]);
+            }
+            for dc in (0..d).step_by(KB) {
+                let mut acc = [[_mm256_setzero_ps(); 2]; QB];
+                let weights: [&[f32]; QB] = std::array::from_fn(|qi| &scores[qi * lp..][..len]);
+                for j in 0..len {
+                    let v = &values[j * dp + dc..][..KB];
+                    // SAFETY: `v` holds 16 values (the row is padded to `dp`).
+                    let (v0, v1) = unsafe {
+                        (
+                            _mm256_loadu_ps(v.as_ptr()),
+                            _mm256_loadu_ps(v.as_ptr().add(8)),
+                        )
+                    };
+                    for (a, w) in acc.iter_mut().zip(&weights) {
+                        let p = _mm256_set1_ps(w[j]);
+                        a[0] = _mm256_fmadd_ps(p, v0, a[0]);
+                        a[1] = _mm256_fmadd_ps(p, v1, a[1]);
+                    }
+                }
+                let (m0, m1) = (lanes(d - dc), lanes((d - dc).saturating_sub(8)));
+                for (qi, a) in acc.iter().enumerate().take(qn) {
+                    // SAFETY: row base+i0+qi (< base+len), columns off+dc..off+d under the
+                    // masks, are inside `out` and belong to this unit alone (the contract);
+                    // masked-off lanes are neither written nor faulted on.
+                    unsafe {
+                        let o = out.add((base + i0 + qi) * h + off + dc);
+                        _mm256_maskstore_ps(o, m0, a[0]);
+                        _mm256_maskstore_ps(o.wrapping_add(8), m1, a[1]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`attention_generic`] or its AVX2 or AVX-512 version, as the CPU allows.
 ///
 /// # Safety
 ///
@@ -502,298 +638,5 @@ pub fn attention_with(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::kernels::test_util::{close, lcg};
-
-    /// Sequences back to back (`unpadded`) get, row for row, what the same sequences padded
-    /// to the longest get, bit for bit, on every path, in both precisions, on one and two
-    /// threads: the layout changes where rows are, never the arithmetic.
-    #[test]
-    fn unpadded_rows_attend_as_padded_rows_do() {
-        let (heads, d) = (3, 40);
-        let h = heads * d;
-        let lengths = vec![7, 1, 33, 16, 17];
-        let seq = *lengths.iter().max().unwrap();
-        let padded_qkv = lcg(11, lengths.len() * seq * 3 * h);
-        let mut packed_qkv = Vec::new();
-        for (b, &len) in lengths.iter().enumerate() {
-            packed_qkv.extend_from_slice(&padded_qkv[b * seq * 3 * h..][..len * 3 * h]);
-        }
-        let shape = |unpadded| AttentionShape {
-            seq_len: seq,
-            heads,
-            head_dim: d,
-            lengths: lengths.clone(),
-            unpadded,
-        };
-        let rows: usize = lengths.iter().sum();
-        assert_eq!(shape(true).sizes().unwrap().rows, rows);
-        assert_eq!(shape(true).first_row(3), 7 + 1 + 33);
-        for level in KernelLevel::ALL
-            .into_iter()
-            .filter(|&l| l <= KernelLevel::detected())
-        {
-            for products in [Products::F32, Products::Bf16] {
-                for threads in [1, 2] {
-                    let mut padded = vec![f32::NAN; lengths.len() * seq * h];
-                    attention_with(
-                        &padded_qkv,
-                        &mut padded,
-                        &shape(false),
-                        threads,
-                        level,
-                        products,
-                    );
-                    let mut packed = vec![f32::NAN; rows * h];
-                    attention_with(
-                        &packed_qkv,
-                        &mut packed,
-                        &shape(true),
-                        threads,
-                        level,
-                        products,
-                    );
-                    let mut row0 = 0;
-                    for (b, &len) in lengths.iter().enumerate() {
-                        let want = &padded[b * seq * h..][..len * h];
-                        let got = &packed[row0 * h..][..len * h];
-                        assert!(
-                            want.iter()
-                                .zip(got)
-                                .all(|(w, g)| w.to_bits() == g.to_bits()),
-                            "sequence {b} on {level} ({products:?}, {threads} threads)"
-                        );
-                        row0 += len;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Attention of a padded batch equals attention of each sequence alone, and matches a
-    /// naive masked implementation.
-    #[test]
-    fn attention_ignores_padding_and_matches_naive() {
-        let (heads, d, seq) = (2, 4, 5);
-        let h = heads * d;
-        let lengths = vec![5, 2];
-        let qkv = lcg(8, 2 * seq * 3 * h);
-        let shape = AttentionShape {
-            seq_len: seq,
-            heads,
-            head_dim: d,
-            lengths: lengths.clone(),
-            unpadded: false,
-        };
-        let mut out = vec![f32::NAN; 2 * seq * h];
-        attention(&qkv, &mut out, &shape, 1);
-        let mut parallel = vec![f32::NAN; 2 * seq * h];
-        attention(&qkv, &mut parallel, &shape, 2);
-        assert_eq!(
-            out, parallel,
-            "splitting units across threads changes nothing"
-        );
-        for (b, &len) in lengths.iter().enumerate() {
-            for head in 0..heads {
-                for i in 0..len {
-                    let at = |t: usize, part: usize, c: usize| {
-                        qkv[(b * seq + t) * 3 * h + part * h + head * d + c]
-                    };
-                    let s: Vec<f64> = (0..len)
-                        .map(|j| {
-                            (0..d)
-                                .map(|c| (at(i, 0, c) * at(j, 1, c)) as f64)
-                                .sum::<f64>()
-                                / (d as f64).sqrt()
-                        })
-                        .collect();
-                    let max = s.iter().cloned().fold(f64::MIN, f64::max);
-                    let e: Vec<f64> = s.iter().map(|v| (v - max).exp()).collect();
-                    let z: f64 = e.iter().sum();
-                    for c in 0..d {
-                        let want: f64 = (0..len).map(|j| e[j] / z * at(j, 2, c) as f64).sum();
-                        let got = out[(b * seq + i) * h + head * d + c] as f64;
-                        assert!(
-                            (got - want).abs() < 1e-5,
-                            "b{b} h{head} i{i} c{c}: {got} vs {want}"
-                        );
-                    }
-                }
-            }
-            for i in len..seq {
-                assert!(out[(b * seq + i) * h..(b * seq + i + 1) * h]
-                    .iter()
-                    .all(|v| *v == 0.0));
-            }
-        }
-    }
-
-    /// Masked multi-head attention in f64, padding rows zero.
-    fn naive_attention(qkv: &[f32], s: &AttentionShape) -> Vec<f64> {
-        let (heads, d, seq) = (s.heads, s.head_dim, s.seq_len);
-        let h = heads * d;
-        let mut out = vec![0.0f64; s.lengths.len() * seq * h];
-        for (b, &len) in s.lengths.iter().enumerate() {
-            for head in 0..heads {
-                let at = |t: usize, part: usize, c: usize| {
-                    qkv[(b * seq + t) * 3 * h + part * h + head * d + c] as f64
-                };
-                for i in 0..len {
-                    let scores: Vec<f64> = (0..len)
-                        .map(|j| {
-                            (0..d).map(|c| at(i, 0, c) * at(j, 1, c)).sum::<f64>()
-                                / (d as f64).sqrt()
-                        })
-                        .collect();
-                    let max = scores.iter().cloned().fold(f64::MIN, f64::max);
-                    let e: Vec<f64> = scores.iter().map(|v| (v - max).exp()).collect();
-                    let z: f64 = e.iter().sum();
-                    for c in 0..d {
-                        out[(b * seq + i) * h + head * d + c] =
-                            (0..len).map(|j| e[j] / z * at(j, 2, c)).sum();
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn attention_edge_shapes_match_naive() {
-        let (seqs, dims, heads_list): (Vec<usize>, Vec<usize>, Vec<usize>) = if cfg!(miri) {
-            (vec![1, 3], vec![1, 3], vec![1, 2])
-        } else {
-            (
-                vec![1, 2, 5, 7, 24, 25, 31, 33, 70],
-                vec![1, 3, 4, 5, 63, 64, 65, 129, 130],
-                vec![1, 3],
-            )
-        };
-        let mut case = 0u64;
-        for &seq in &seqs {
-            for &d in &dims {
-                for &heads in &heads_list {
-                    case += 1;
-                    // Full, length 1, and a middle length: padding at several places.
-                    let lengths = vec![seq, 1, seq.div_ceil(2)];
-                    let shape = AttentionShape {
-                        seq_len: seq,
-                        heads,
-                        head_dim: d,
-                        lengths,
-                        unpadded: false,
-                    };
-                    let h = heads * d;
-                    let rows = 3 * seq;
-                    let qkv: Vec<f32> = lcg(case, rows * 3 * h).iter().map(|v| v * 2.0).collect();
-                    let want = naive_attention(&qkv, &shape);
-                    let mut single = vec![f32::NAN; rows * h];
-                    attention(&qkv, &mut single, &shape, 1);
-                    let threads = 1 + (case % 5) as usize;
-                    let mut split = vec![f32::NAN; rows * h];
-                    attention(&qkv, &mut split, &shape, threads);
-                    assert_eq!(
-                        single, split,
-                        "seq {seq} d {d} heads {heads} threads {threads}"
-                    );
-                    let mut portable = vec![f32::NAN; rows * h];
-                    // SAFETY: the shape's sizes fit, its lengths are within 1..=seq, and the
-                    // buffers have exactly the sizes it implies; one call writes all units.
-                    unsafe { attention_generic(&qkv, portable.as_mut_ptr(), &shape, 0..3 * heads) };
-                    let mut avx2 = vec![f32::NAN; rows * h];
-                    attention_at(&qkv, &mut avx2, &shape, 1, KernelLevel::Avx2);
-                    for (path, got) in [
-                        ("dispatched", &single),
-                        ("portable", &portable),
-                        ("avx2", &avx2),
-                    ] {
-                        for (e, want) in want.iter().enumerate() {
-                            let ok = if e % (seq * h) / h >= shape.lengths[e / (seq * h)] {
-                                // Padding rows: zero from `attention`, untouched by the units.
-                                path == "portable" || got[e] == 0.0
-                            } else {
-                                close(got[e], *want, 1e-5)
-                            };
-                            assert!(
-                                ok,
-                                "{path} seq {seq} d {d} heads {heads}: [{e}] {} vs {want}",
-                                got[e]
-                            );
-                        }
-                    }
-                }
-            }
-        }
-        // Every thread count on one shape with more units than threads.
-        let shape = AttentionShape {
-            seq_len: 6,
-            heads: 3,
-            head_dim: 5,
-            lengths: vec![6, 2, 4],
-            unpadded: false,
-        };
-        let qkv = lcg(99, 3 * 6 * 3 * 15);
-        let mut first = vec![0.0; 3 * 6 * 15];
-        attention(&qkv, &mut first, &shape, 1);
-        for threads in 2..=5 {
-            let mut out = vec![f32::NAN; 3 * 6 * 15];
-            attention(&qkv, &mut out, &shape, threads);
-            assert_eq!(out, first, "threads {threads}");
-        }
-    }
-
-    /// A NaN (or infinite) score reaches the output as NaN instead of becoming a tiny weight;
-    /// other sequences of the batch are untouched.
-    #[test]
-    fn attention_propagates_nan_and_infinite_scores() {
-        let (heads, d, seq) = (2, 4, 3);
-        let h = heads * d;
-        let shape = AttentionShape {
-            seq_len: seq,
-            heads,
-            head_dim: d,
-            lengths: vec![3, 3],
-            unpadded: false,
-        };
-        for bad in [f32::NAN, f32::INFINITY] {
-            let mut qkv = lcg(5, 2 * seq * 3 * h);
-            // Key 1 of sequence 0, head 0, dimension 0 is bad and every query of that head
-            // has a positive dimension 0: each of their rows sees a NaN or +∞ score.
-            qkv[3 * h + h] = bad;
-            for i in 0..seq {
-                qkv[i * 3 * h] = 0.5;
-            }
-            for threads in [1, 2] {
-                let mut out = vec![0.0; 2 * seq * h];
-                attention(&qkv, &mut out, &shape, threads);
-                for i in 0..seq {
-                    let row = &out[i * h..(i + 1) * h];
-                    assert!(
-                        row[..d].iter().all(|v| v.is_nan()),
-                        "{bad}: row {i} {row:?}"
-                    );
-                    assert!(
-                        row[d..].iter().all(|v| v.is_finite()),
-                        "{bad}: row {i} {row:?}"
-                    );
-                }
-                assert!(out[seq * h..].iter().all(|v| v.is_finite()));
-            }
-        }
-    }
-
-    #[test]
-    #[should_panic(expected = "attention: sizes overflow")]
-    fn attention_refuses_sizes_that_overflow() {
-        // heads × head_dim = 2⁶⁴ + 2 wraps to 2 with unchecked arithmetic.
-        let shape = AttentionShape {
-            seq_len: 1,
-            heads: (1 << 63) + 1,
-            head_dim: 2,
-            lengths: vec![1],
-            unpadded: false,
-        };
-        attention(&[0.0; 6], &mut [0.0; 2], &shape, 1);
-    }
-}
+#[path = "attention_tests.rs"]
+mod tests;
