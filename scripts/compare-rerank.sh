@@ -25,7 +25,7 @@
 #                    by scripts/make-random-cross-encoder.py when missing)
 #   BIN              zerobatch binary (default target/release/zerobatch; cargo build --release)
 #   ZB_ARGS          extra zerobatch flags, e.g. "--dtype f32" (default: none; its auto dtype
-#                    for a BERT cross-encoder is int16 where AVX-512 VNNI runs, else f32)
+#                    for a BERT cross-encoder is int16 where AVX2 or better runs, else f32)
 #   BASELINE_PYTHON  interpreter with torch, sentence-transformers, fastapi, uvicorn (default:
 #                    the venv scripts/baseline-venv.sh builds, built when missing)
 #   OUT              file for the raw Markdown rows (default: none)

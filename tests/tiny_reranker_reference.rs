@@ -5,7 +5,7 @@
 //! - token ids and token types of every pair exactly as `CrossEncoder` feeds them, long pairs
 //!   truncated `longest_first` at the model's limit, non-ASCII text included;
 //! - `CrossEncoder.predict` scores in the default dtype within 1e-4 where it is f32, within
-//!   the 1e-3 where it is int16 (AVX-512 VNNI; `--dtype int16` is checked on every
+//!   the 1e-3 where it is int16 (AVX2 and up; `--dtype int16` is checked on every
 //!   CPU; bf16 misses the bar, by the bound measured here), the same rank order as
 //!   `CrossEncoder.rank`, and a pair's score the same alone as in a batch;
 //! - the three-label classifier's logits and softmax, texts and pairs;

@@ -98,7 +98,7 @@ pub struct ServeConfig {
 
     /// Number format of the linear layers: f32, bf16, int16, int8, or auto (for embeddings bf16
     /// where the CPU has AVX2 or better, else f32; for BERT and XLM-R rerankers and classifiers
-    /// int16 where the CPU has AVX-512 VNNI, else f32, since bf16 moves their scores by more
+    /// int16 where the CPU has AVX2 or better, else f32, since bf16 moves their scores by more
     /// than 1e-3; ModernBERT's f32; measured in docs/benchmarks.md). LayerNorm, softmax,
     /// attention and the residual stream stay in f32.
     #[arg(long, env = "DTYPE", default_value = "auto", value_parser = parse_dtype)]

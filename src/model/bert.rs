@@ -362,7 +362,7 @@ impl Bert {
             },
             threads,
             level: self.level,
-            // The f32 model stays exact, and int16 (a classifier's default where VNNI runs,
+            // The f32 model stays exact, and int16 (a classifier's default where AVX2 runs,
             // held to the scores' 1e-3 bar) keeps f32 products on every CPU; bf16 and int8
             // already round their linear layers more coarsely (bf16 products run on AMX
             // only).

@@ -194,17 +194,18 @@ impl DtypeChoice {
     }
 
     /// The dtype of a sequence classifier (a reranker, a text classifier) on `level`: `auto`
-    /// is int16 where AVX-512 VNNI runs (`vpdpwssd`: twice f32's multiply-adds, scores within
-    /// 3.4e-4 of sentence-transformers on the tiny reranker; docs/benchmarks.md, "int16 for
-    /// rerankers"), f32 below it (AVX2 has no faster 16-bit product than f32's FMA). bf16
-    /// misses the scores' bar (within 1e-3 of sentence-transformers): a score reads one
-    /// direction of the hidden state, scaled to logits of several units, where bf16's ~0.3%
-    /// relative error of the hidden state becomes 1e-2 of a logit and up to a few 1e-3 of a
-    /// sigmoid score (docs/benchmarks.md, "Rerankers: bf16 or f32"). `--dtype bf16` still
-    /// asks for it.
+    /// is int16 on every SIMD path, f32 on the portable one. With AVX-512 VNNI, `vpdpwssd`
+    /// does twice f32's multiply-adds; on AVX2, `vpmaddwd` + `vpaddd` reach f32's FMA rate at
+    /// half the bytes, and the layer ran 1.6× the f32 one on a Zen 3 (docs/benchmarks.md,
+    /// "int16 for rerankers" and "int16 on AVX2"). Both paths give the same values, scores
+    /// within 6e-4 of sentence-transformers on the tiny rerankers. bf16 misses the scores'
+    /// bar (within 1e-3 of sentence-transformers): a score reads one direction of the hidden
+    /// state, scaled to logits of several units, where bf16's ~0.3% relative error of the
+    /// hidden state becomes 1e-2 of a logit and up to a few 1e-3 of a sigmoid score
+    /// (docs/benchmarks.md, "Rerankers: bf16 or f32"). `--dtype bf16` still asks for it.
     pub fn resolve_for_classifier(self, level: KernelLevel) -> Dtype {
         match self {
-            DtypeChoice::Auto if level >= KernelLevel::Avx512Vnni => Dtype::Int16,
+            DtypeChoice::Auto if level >= KernelLevel::Avx2 => Dtype::Int16,
             DtypeChoice::Auto => Dtype::F32,
             fixed => fixed.resolve(level),
         }
@@ -644,7 +645,7 @@ mod tests {
         }
         for level in KernelLevel::ALL {
             assert_eq!(DtypeChoice::Fixed(Dtype::Int8).resolve(level), Dtype::Int8);
-            let classifier = if level >= KernelLevel::Avx512Vnni {
+            let classifier = if level >= KernelLevel::Avx2 {
                 Dtype::Int16
             } else {
                 Dtype::F32

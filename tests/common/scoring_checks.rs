@@ -14,7 +14,7 @@ use super::{get, max_abs_diff, post_json};
 /// The logits of a cross-encoder's default dtype are held to this in f32 (scores to the
 /// caller's tolerance).
 const LOGIT_TOLERANCE: f32 = 1e-3;
-/// The same in int16, the default where AVX-512 VNNI runs: a sigmoid's slope is at most 1/4,
+/// The same in int16, the default where AVX2 or better runs: a sigmoid's slope is at most 1/4,
 /// so the scores' bar of 1e-3 allows logits ~4e-3 apart; held to 5e-3.
 const INT16_LOGIT_TOLERANCE: f32 = 5e-3;
 /// The bar for a score (sigmoid or softmax) against sentence-transformers.
@@ -23,7 +23,7 @@ pub const SCORE_BAR: f32 = 1e-3;
 const BATCH_TOLERANCE: f32 = 1e-5;
 
 /// The score tolerance of a classifier that runs `dtype` (as `/info` names it) by default:
-/// `f32_tolerance` in f32, the bar in int16 (the default where AVX-512 VNNI runs:
+/// `f32_tolerance` in f32, the bar in int16 (the default where AVX2 or better runs:
 /// `DtypeChoice::resolve_for_classifier`; each test prints the largest difference it saw).
 fn default_score_tolerance(dtype: &str, f32_tolerance: f32) -> f32 {
     if dtype == "f32" {
