@@ -195,9 +195,10 @@ impl DtypeChoice {
 
     /// The dtype of a sequence classifier (a reranker, a text classifier) on `level`: `auto`
     /// is int16 on every SIMD path, f32 on the portable one. With AVX-512 VNNI, `vpdpwssd`
-    /// does twice f32's multiply-adds; on AVX2, `vpmaddwd` + `vpaddd` reach f32's FMA rate at
-    /// half the bytes, and the layer ran 1.6× the f32 one on a Zen 3 (docs/benchmarks.md,
-    /// "int16 for rerankers" and "int16 on AVX2"). Both paths give the same values, scores
+    /// does twice f32's multiply-adds; on AVX2, `vpmaddwd` does 16 multiply-adds to the
+    /// FMA's 8 on half the bytes, and the layer ran 1.4–1.6× the f32 one on a Zen 3
+    /// (docs/benchmarks.md, "int16 for rerankers" and "int16 and attention on AVX2"). Every
+    /// path gives the same values, scores
     /// within 6e-4 of sentence-transformers on the tiny rerankers. bf16 misses the scores'
     /// bar (within 1e-3 of sentence-transformers): a score reads one direction of the hidden
     /// state, scaled to logits of several units, where bf16's ~0.3% relative error of the
