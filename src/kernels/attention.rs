@@ -130,6 +130,48 @@ fn transpose_keys<'a>(
     }
 }
 
+/// A unit's keys and values gathered out of the fused QKV rows, for the intrinsic versions:
+/// the rows of the fused input are 3·hidden apart, and in a large batch not in cache; whole-
+/// row copies keep many loads in flight, and the scalar transpose then reads from L1.
+struct Gathered {
+    /// Key rows of `d` values.
+    keys: Vec<f32>,
+    /// Value rows of `stride ≥ d` values (zero past `d`).
+    values: Vec<f32>,
+    stride: usize,
+    /// The keys transposed (`d × padded`), pre-scaled, zero past the sequence.
+    keys_t: Vec<f32>,
+}
+
+impl Gathered {
+    /// Room for any unit of `s` with key tiles of `tile` and value rows of `stride`.
+    fn new(s: &AttentionShape, tile: usize, stride: usize) -> Self {
+        let d = s.head_dim;
+        Self {
+            keys: vec![0.0; d * s.seq_len],
+            values: vec![0.0; stride * s.seq_len],
+            stride,
+            keys_t: vec![0.0; d * s.seq_len.div_ceil(tile) * tile],
+        }
+    }
+
+    /// Gathers unit `unit` (see [`AttentionUnit::new`]) and returns it.
+    #[inline(always)]
+    fn unit(&mut self, qkv: &[f32], s: &AttentionShape, unit: usize, tile: usize) -> AttentionUnit {
+        let u = AttentionUnit::new(s, unit, tile);
+        let (h, d, stride) = (s.heads * s.head_dim, s.head_dim, self.stride);
+        for j in 0..u.len {
+            let row = &qkv[(u.base + j) * 3 * h..][..3 * h];
+            self.keys[j * d..][..d].copy_from_slice(&row[h + u.off..][..d]);
+            self.values[j * stride..][..d].copy_from_slice(&row[2 * h + u.off..][..d]);
+        }
+        let scale = 1.0 / (d as f32).sqrt();
+        let keys = self.keys.chunks_exact(d).take(u.len);
+        transpose_keys(keys, d, u.len, u.padded, scale, &mut self.keys_t);
+        u
+    }
+}
+
 /// Softmax of one row of attention scores, in place. NaN wins (f32::max would skip it and
 /// turn a corrupt score into a tiny weight): a NaN or infinite score makes the whole row NaN,
 /// which `embed` reports.
@@ -281,35 +323,17 @@ unsafe fn attention_avx512(
     }
     let h = s.heads * s.head_dim;
     let d = s.head_dim;
-    let scale = 1.0 / (d as f32).sqrt();
     let padded = s.seq_len.div_ceil(KB) * KB;
-    let mut keys_t = vec![0.0f32; d * padded];
     let mut scores = vec![0.0f32; QB * padded];
-    // This unit's keys and values, gathered into rows of `d` first: the rows of the fused
-    // QKV input are 3·hidden apart, and in a large batch not in cache. Whole-row copies keep
-    // many loads in flight; the scalar transpose below then reads from L1.
-    let mut keys = vec![0.0f32; d * s.seq_len];
-    let mut values = vec![0.0f32; d * s.seq_len];
+    let mut g = Gathered::new(s, KB, d);
     for unit in units {
         let AttentionUnit {
             len,
             padded: lp,
             base,
             off,
-        } = AttentionUnit::new(s, unit, KB);
-        for j in 0..len {
-            let row = &qkv[(base + j) * 3 * h..][..3 * h];
-            keys[j * d..][..d].copy_from_slice(&row[h + off..][..d]);
-            values[j * d..][..d].copy_from_slice(&row[2 * h + off..][..d]);
-        }
-        transpose_keys(
-            keys.chunks_exact(d).take(len),
-            d,
-            len,
-            lp,
-            scale,
-            &mut keys_t,
-        );
+        } = g.unit(qkv, s, unit, KB);
+        let (keys_t, values) = (&g.keys_t, &g.values);
         for i0 in (0..len).step_by(QB) {
             let qn = QB.min(len - i0);
             // Rows past the sequence repeat its last query; their results are not stored.
@@ -410,34 +434,17 @@ unsafe fn attention_avx2(
     let d = s.head_dim;
     // A value row's length, padded with zeros to whole tiles of dimensions.
     let dp = d.div_ceil(KB) * KB;
-    let scale = 1.0 / (d as f32).sqrt();
     let padded = s.seq_len.div_ceil(KB) * KB;
-    let mut keys_t = vec![0.0f32; d * padded];
     let mut scores = vec![0.0f32; QB * padded];
-    // The unit's keys and values gathered into rows first (see `attention_avx512`); value
-    // rows padded to `dp` (the padding stays zero).
-    let mut keys = vec![0.0f32; d * s.seq_len];
-    let mut values = vec![0.0f32; dp * s.seq_len];
+    let mut g = Gathered::new(s, KB, dp);
     for unit in units {
         let AttentionUnit {
             len,
             padded: lp,
             base,
             off,
-        } = AttentionUnit::new(s, unit, KB);
-        for j in 0..len {
-            let row = &qkv[(base + j) * 3 * h..][..3 * h];
-            keys[j * d..][..d].copy_from_slice(&row[h + off..][..d]);
-            values[j * dp..][..d].copy_from_slice(&row[2 * h + off..][..d]);
-        }
-        transpose_keys(
-            keys.chunks_exact(d).take(len),
-            d,
-            len,
-            lp,
-            scale,
-            &mut keys_t,
-        );
+        } = g.unit(qkv, s, unit, KB);
+        let (keys_t, values) = (&g.keys_t, &g.values);
         for i0 in (0..len).step_by(QB) {
             let qn = QB.min(len - i0);
             // Rows past the sequence repeat its last query; their results are not stored.
