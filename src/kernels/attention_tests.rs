@@ -1,5 +1,5 @@
 use super::*;
-use crate::kernels::test_util::{close, lcg};
+use crate::kernels::test_util::{close, lcg, levels};
 
 /// Sequences back to back (`unpadded`) get, row for row, what the same sequences padded
 /// to the longest get, bit for bit, on every path, in both precisions, on one and two
@@ -25,10 +25,7 @@ fn unpadded_rows_attend_as_padded_rows_do() {
     let rows: usize = lengths.iter().sum();
     assert_eq!(shape(true).sizes().unwrap().rows, rows);
     assert_eq!(shape(true).first_row(3), 7 + 1 + 33);
-    for level in KernelLevel::ALL
-        .into_iter()
-        .filter(|&l| l <= KernelLevel::detected())
-    {
+    for level in levels() {
         for products in [Products::F32, Products::Bf16] {
             for threads in [1, 2] {
                 let mut padded = vec![f32::NAN; lengths.len() * seq * h];

@@ -346,14 +346,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::test_util::test_values as values;
-
-    fn levels() -> Vec<KernelLevel> {
-        KernelLevel::ALL
-            .into_iter()
-            .filter(|&l| l <= KernelLevel::detected())
-            .collect()
-    }
+    use crate::kernels::test_util::{levels, test_values as values};
 
     /// The naive reference in f64.
     fn naive(x: &[f32], m: usize, w: &[f32], b: &[f32], k: usize) -> Vec<f64> {

@@ -174,13 +174,10 @@ unsafe fn quantize_activations_avx2(
             let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
             let m = _mm_max_ss(m, _mm_shuffle_ps::<1>(m, m));
             let amax = _mm_cvtss_f32(m);
-            if _mm256_movemask_ps(finite) != 0xff || amax == 0.0 {
+            let all_finite = _mm256_movemask_ps(finite) == 0xff;
+            if !all_finite || amax == 0.0 {
                 q.fill(0);
-                *scale = if amax == 0.0 && _mm256_movemask_ps(finite) == 0xff {
-                    0.0
-                } else {
-                    f32::NAN
-                };
+                *scale = if all_finite { 0.0 } else { f32::NAN };
                 continue;
             }
             *scale = amax / QMAX as f32;

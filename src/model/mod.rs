@@ -198,12 +198,12 @@ impl DtypeChoice {
     /// does twice f32's multiply-adds; on AVX2, `vpmaddwd` does 16 multiply-adds to the
     /// FMA's 8 on half the bytes, and the layer ran 1.4–1.6× the f32 one on a Zen 3
     /// (docs/benchmarks.md, "int16 for rerankers" and "int16 and attention on AVX2"). Every
-    /// path gives the same values, scores
-    /// within 6e-4 of sentence-transformers on the tiny rerankers. bf16 misses the scores'
-    /// bar (within 1e-3 of sentence-transformers): a score reads one direction of the hidden
-    /// state, scaled to logits of several units, where bf16's ~0.3% relative error of the
-    /// hidden state becomes 1e-2 of a logit and up to a few 1e-3 of a sigmoid score
-    /// (docs/benchmarks.md, "Rerankers: bf16 or f32"). `--dtype bf16` still asks for it.
+    /// path gives the same values, scores within 6e-4 of sentence-transformers on the tiny
+    /// rerankers. bf16 misses the scores' bar (within 1e-3 of sentence-transformers): a score
+    /// reads one direction of the hidden state, scaled to logits of several units, where
+    /// bf16's ~0.3% relative error of the hidden state becomes 1e-2 of a logit and up to a
+    /// few 1e-3 of a sigmoid score (docs/benchmarks.md, "Rerankers: bf16 or f32").
+    /// `--dtype bf16` still asks for it.
     pub fn resolve_for_classifier(self, level: KernelLevel) -> Dtype {
         match self {
             DtypeChoice::Auto if level >= KernelLevel::Avx2 => Dtype::Int16,
