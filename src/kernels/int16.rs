@@ -19,8 +19,12 @@
 //!
 //! Packed layout (as the f32 layer's, for the same reason: a tile's weights for one step are
 //! one contiguous run, not streams a multiple of 4 KiB apart in the same L1 sets): panels of
-//! 16 output columns in groups of 3; in a group, for each pair of reduction indices, each
-//! panel's 16 columns × 2 values (one AVX-512 register), the group's panels side by side.
+//! 16 output columns in groups; in a group, for each pair of reduction indices, each panel's
+//! 16 columns × 2 values (one AVX-512 register), the group's panels side by side. A group is
+//! the panels one tile reads at each step, so its width follows the CPU ([`layout_group`]):
+//! 3 where the VNNI kernel runs, 1 on AVX2, whose kernel reads a panel at a time and would
+//! otherwise read 64 bytes of every 192 (a lone short sentence ran 25% slower so). Every path
+//! runs on either layout, with the same results.
 //! Blocks of 64 rather than int8's 32 halve the per-block rescaling, which took ~15% of a
 //! micro-kernel's time at 32 (measured; docs/benchmarks.md, "int16 for rerankers").
 
@@ -39,10 +43,21 @@ const PAIR: usize = 2;
 const PAIR_VALUES: usize = PANEL * PAIR;
 /// Pairs per block.
 const BLOCK_PAIRS: usize = BLOCK / PAIR;
-/// Panels per group, the columns of a tile: 8 rows × 3 panels = 24 i32 accumulators, with
+/// The widest group, the VNNI tile's columns: 8 rows × 3 panels = 24 i32 accumulators, with
 /// the 3 weight vectors and a broadcast, fit the 32 AVX-512 registers (the f32 sums live in
 /// the tile's buffer, touched once per block).
 const GROUP: usize = 3;
+
+/// Panels per group of the packed layout for a CPU whose best path is `level`: [`GROUP`]
+/// where the VNNI kernel runs (its tile reads 3 panels at each step), else 1 (the AVX2 and
+/// scalar kernels read a panel at a time, so each panel's weights are one sequential run).
+fn layout_group(level: KernelLevel) -> usize {
+    if level >= KernelLevel::Avx512Vnni {
+        GROUP
+    } else {
+        1
+    }
+}
 /// Rows of a tile on the VNNI and scalar paths (a divisor of the loop nest's chunk of 96
 /// rows), and the most on any path: the size of a tile's f32 sums.
 const TILE_ROWS: usize = 8;
@@ -58,6 +73,8 @@ pub struct Int16Linear {
     kpad: usize,
     blocks: usize,
     panels: usize,
+    /// Panels per group of the layout (1 to [`GROUP`], see [`layout_group`]).
+    group: usize,
     /// `panels × kpad × 16` values in groups (see the module doc), on a cache line; columns
     /// past `n` and reduction indices past `k` are zero.
     weights: AlignedVec<i16>,
@@ -67,10 +84,11 @@ pub struct Int16Linear {
     bias: Vec<f32>,
 }
 
-/// The first panel and the width of the group that holds `panel`, of `panels` in all.
-fn group_of(panel: usize, panels: usize) -> (usize, usize) {
-    let first = panel / GROUP * GROUP;
-    (first, GROUP.min(panels - first))
+/// The first panel and the width of the group that holds `panel`, of `panels` in all, in
+/// groups of `group`.
+fn group_of(panel: usize, panels: usize, group: usize) -> (usize, usize) {
+    let first = panel / group * group;
+    (first, group.min(panels - first))
 }
 
 /// Quantizes `v` into `out` (same length) and returns the scale; NaN when `v` holds a
@@ -310,6 +328,15 @@ impl Int16Linear {
     ///
     /// When `w` is not `n×k` or `k` is 0.
     pub fn quantize(w: &[f32], bias: &[f32], k: usize) -> Result<Self, String> {
+        Self::quantize_in_groups(w, bias, k, layout_group(KernelLevel::detected()))
+    }
+
+    /// [`Self::quantize`] into groups of `group` panels (1 to [`GROUP`]).
+    fn quantize_in_groups(w: &[f32], bias: &[f32], k: usize, group: usize) -> Result<Self, String> {
+        assert!(
+            (1..=GROUP).contains(&group),
+            "int16: a group of {group} panels"
+        );
         let n = bias.len();
         if n.checked_mul(k) != Some(w.len()) || k == 0 {
             return Err(format!(
@@ -324,13 +351,13 @@ impl Int16Linear {
         let mut scales = vec![0.0f32; panels * blocks * PANEL];
         let mut padded_bias = vec![0.0f32; panels * PANEL];
         padded_bias[..n].copy_from_slice(bias);
-        // Whole groups of GROUP panels; the last may be narrower.
+        // Whole groups of `group` panels; the last may be narrower.
         let mut group_parts: Vec<_> = weights
-            .chunks_mut(GROUP * kpad * PANEL)
-            .zip(scales.chunks_mut(GROUP * blocks * PANEL))
+            .chunks_mut(group * kpad * PANEL)
+            .zip(scales.chunks_mut(group * blocks * PANEL))
             .collect();
         parallel_for_each(&mut group_parts, available_threads(), &|g, (wg, sg)| {
-            let (first, width) = group_of(g * GROUP, panels);
+            let (first, width) = group_of(g * group, panels, group);
             let mut q = vec![0i16; kpad];
             for c in first * PANEL..((first + width) * PANEL).min(n) {
                 let (p, lane) = (c / PANEL - first, c % PANEL);
@@ -350,6 +377,7 @@ impl Int16Linear {
             kpad,
             blocks,
             panels,
+            group,
             weights,
             scales,
             bias: padded_bias,
@@ -412,16 +440,19 @@ impl Int16Linear {
         let mut x_scales = vec![0.0f32; m * blocks];
         quantize_activations(x, self.k, kpad, &mut xq, &mut x_scales, level);
         let shared = SharedOut(out.as_mut_ptr());
-        let groups = self.panels.div_ceil(GROUP);
+        let groups = self.panels.div_ceil(self.group);
         let tile_rows = if level == KernelLevel::Avx2 {
             AVX2_ROWS
         } else {
             TILE_ROWS
         };
         for_each_tile(m, groups, tile_rows, 1, threads, &|r0, rows, g, _| {
-            let (p0, ps) = group_of(g * GROUP, self.panels);
-            let mut sums = TileSums([0.0; TILE_ROWS * GROUP * PANEL]);
-            let acc = &mut sums.0;
+            let (p0, ps) = group_of(g * self.group, self.panels, self.group);
+            // Left unwritten: every kernel writes the tile's `rows × ps × 16` sums before
+            // reading them (zeroing all 1.5 KB per tile was ~3% of a short sentence's pass).
+            let mut sums = std::mem::MaybeUninit::<TileSums>::uninit();
+            let acc = sums.as_mut_ptr().cast::<f32>();
+            let len = rows * ps * PANEL;
             let tile = Tile {
                 x: &xq[r0 * kpad..(r0 + rows) * kpad],
                 x_scales: &x_scales[r0 * blocks..(r0 + rows) * blocks],
@@ -438,16 +469,25 @@ impl Int16Linear {
                     // CPU has AVX-512 F/BW/VL/DQ/VNNI; the tile holds `rows ≤ 8` rows and
                     // `ps ≤ 3` panels (sliced above); acc holds 8 × 3 × 16 values on a 64-byte
                     // boundary.
-                    unsafe { vnni::tile(rows, &tile, acc.as_mut_ptr()) }
+                    unsafe { vnni::tile(rows, &tile, acc) }
                 }
                 #[cfg(target_arch = "x86_64")]
                 KernelLevel::Avx2 => {
                     // SAFETY: AVX2 and FMA at this level; the tile holds `rows ≤ 6` rows
                     // (`tile_rows`) and its group's panels; acc as above.
-                    unsafe { avx2::tile(rows, &tile, acc.as_mut_ptr()) }
+                    unsafe { avx2::tile(rows, &tile, acc) }
                 }
-                _ => scalar_tile(rows, &tile, acc),
+                _ => {
+                    // SAFETY: acc holds 8 × 3 × 16 ≥ len values; zeroed, they are initialized.
+                    let acc = unsafe {
+                        acc.write_bytes(0, len);
+                        std::slice::from_raw_parts_mut(acc, len)
+                    };
+                    scalar_tile(rows, &tile, acc)
+                }
             }
+            // SAFETY: every kernel above wrote the tile's first `len` sums.
+            let acc = unsafe { std::slice::from_raw_parts_mut(acc, len) };
             // SAFETY: `for_each_tile` gives disjoint tiles inside m rows and the layer's
             // groups; `out` (m×n) stays mutably borrowed for the call.
             unsafe {

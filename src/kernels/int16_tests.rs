@@ -63,13 +63,19 @@ fn every_path_matches_the_naive_reference_exactly() {
         let x = values(1 + m as u64, m * k);
         let w = values(7 + n as u64, n * k);
         let b = values(3, n);
-        let layer = Int16Linear::quantize(&w, &b, k).unwrap();
         let want = naive(&x, m, &w, &b, k);
-        for level in levels() {
-            for threads in [1, 2] {
-                let mut got = vec![f32::NAN; m * n];
-                layer.forward(&x, m, &mut got, level, threads, Epilogue::Bias);
-                assert_eq!(got, want, "{m}×{n}×{k} on {level} with {threads} threads");
+        // Every layout (a CPU's own, and each group width) on every path.
+        for group in 1..=GROUP {
+            let layer = Int16Linear::quantize_in_groups(&w, &b, k, group).unwrap();
+            for level in levels() {
+                for threads in [1, 2] {
+                    let mut got = vec![f32::NAN; m * n];
+                    layer.forward(&x, m, &mut got, level, threads, Epilogue::Bias);
+                    assert_eq!(
+                        got, want,
+                        "{m}×{n}×{k} in groups of {group} on {level} with {threads} threads"
+                    );
+                }
             }
         }
     }
