@@ -8,8 +8,8 @@
 //! - token ids exactly as sentence-transformers feeds them: non-ASCII text, long texts cut at
 //!   max_seq_length with `[SEP]` still last, an empty text;
 //! - `SentenceTransformer.encode` (and with `prompt_name` "query" for the mean model): within
-//!   1e-5 and cosine ≥ 0.99999 in f32, cosine ≥ 0.9999 in the default dtype (bf16 on a SIMD
-//!   path); every text the same alone as in one batch with texts of other lengths (the
+//!   1e-5 and cosine ≥ 0.99999 in f32, cosine ≥ 0.9999 in the default dtype (bf16 or int16
+//!   on a SIMD path); every text the same alone as in one batch with texts of other lengths (the
 //!   reference's batch was padded);
 //! - over HTTP against the real binary: `/info`, `/embed` (413 without truncation,
 //!   `prompt_name`, `truncate`), `/v1/embeddings`, one text per request = all in one request;

@@ -8,7 +8,7 @@
 //!   at max_seq_length with `<|endoftext|>` still last, an empty text;
 //! - `SentenceTransformer.encode`, plain and with `prompt_name` "query" (Qwen3-Embedding's
 //!   instruction form): within 1e-5 and cosine ≥ 0.999999 in f32, cosine ≥ 0.9999 in the
-//!   default dtype (bf16 on a SIMD path); every text the same alone as in one batch with texts
+//!   default dtype (bf16 or int16 on a SIMD path); every text the same alone as in one batch with texts
 //!   of other lengths (the reference's batch was left-padded);
 //! - over HTTP against the real binary: `/info` (model type, pooling, prompts), `/embed`
 //!   (with `prompt_name`, `truncate`), `/v1/embeddings`, `/tokenize`, one text per request

@@ -11,7 +11,7 @@
 //!   `CrossEncoder.rank`'s order, a pair the same alone as in a batch; bf16 printed and held
 //!   to the loose bound of the BERT reranker test;
 //! - `SentenceTransformer.encode` of the mean-pooling embedder with e5's prompts and of the CLS
-//!   embedder: within 1e-4 in f32, cosine ≥ 0.9999 in the default dtype (bf16), alone = batched;
+//!   embedder: within 1e-4 in f32, cosine ≥ 0.9999 in the default dtype (bf16 or int16), alone = batched;
 //! - over HTTP against the real binary: `/rerank`, `/v1/rerank`, `/predict`, `/embed` (with
 //!   `prompt_name`), `/v1/embeddings`, `/info`.
 

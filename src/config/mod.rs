@@ -97,7 +97,8 @@ pub struct ServeConfig {
     pub revision: String,
 
     /// Number format of the linear layers: f32, bf16, int16, int8, or auto (for embeddings bf16
-    /// where the CPU has AVX2 or better, else f32; for BERT and XLM-R rerankers and classifiers
+    /// where the CPU has AVX-512 BF16 or AMX, int16 on AVX2 and AVX-512 without BF16, else
+    /// f32; for BERT and XLM-R rerankers and classifiers
     /// int16 where the CPU has AVX2 or better, else f32, since bf16 moves their scores by more
     /// than 1e-3; ModernBERT's f32; measured in docs/benchmarks.md). LayerNorm, softmax,
     /// attention and the residual stream stay in f32.

@@ -180,15 +180,21 @@ pub enum DtypeChoice {
 impl DtypeChoice {
     /// The dtype to run on a CPU whose kernel path is `level`.
     ///
-    /// `auto` is bf16 on every SIMD path (AVX2 and up), f32 on the portable one. The
-    /// measurements behind it are in docs/benchmarks.md ("Choosing `auto`"): int8 misses the
-    /// cosine ≥ 0.9999 bar on the reference set, so it never qualifies; bf16 keeps it, is
-    /// 1.6–2.7× f32 with AVX-512 BF16, and 1.3–1.6× f32 at concurrency 1 (even at 64) on the
-    /// AVX2 path, where it halves the bytes read; the portable bf16 loop is slower than f32.
+    /// `auto` is bf16 where the CPU multiplies bf16 (AVX-512 BF16, AMX), int16 on the other
+    /// SIMD paths (AVX2, AVX-512 without BF16), f32 on the portable one. The measurements
+    /// behind it are in docs/benchmarks.md ("Choosing `auto`" and "int16 for embeddings on
+    /// AVX2"): int8 misses the cosine ≥ 0.9999 bar on the reference set, so it never
+    /// qualifies; bf16 keeps it and is 1.6–2.7× f32 with AVX-512 BF16; without those
+    /// instructions bf16 only halves the bytes read (widened to f32 in registers), where
+    /// int16 also doubles the multiply-adds per instruction (`vpmaddwd`, `vpdpwssd`): on a
+    /// Zen 3, 1.2–1.5× bf16 at 107 tokens and at concurrency 64, a tie for a lone short
+    /// sentence, at a lowest cosine of 0.9999996 on every embedder's reference (bf16:
+    /// 0.99997). The portable bf16 and int16 loops are slower than f32.
     pub fn resolve(self, level: KernelLevel) -> Dtype {
         match self {
             DtypeChoice::Fixed(d) => d,
-            DtypeChoice::Auto if level >= KernelLevel::Avx2 => Dtype::Bf16,
+            DtypeChoice::Auto if level >= KernelLevel::Avx512Bf16 => Dtype::Bf16,
+            DtypeChoice::Auto if level >= KernelLevel::Avx2 => Dtype::Int16,
             DtypeChoice::Auto => Dtype::F32,
         }
     }
@@ -637,11 +643,10 @@ mod tests {
         let err = "fp8".parse::<DtypeChoice>().unwrap_err();
         assert!(err.contains("fp8") && err.contains("auto"), "{err}");
         assert_eq!(DtypeChoice::Auto.resolve(KernelLevel::Scalar), Dtype::F32);
-        for level in [
-            KernelLevel::Avx2,
-            KernelLevel::Avx512Vnni,
-            KernelLevel::Avx512Bf16,
-        ] {
+        for level in [KernelLevel::Avx2, KernelLevel::Avx512Vnni] {
+            assert_eq!(DtypeChoice::Auto.resolve(level), Dtype::Int16, "{level}");
+        }
+        for level in [KernelLevel::Avx512Bf16, KernelLevel::Amx] {
             assert_eq!(DtypeChoice::Auto.resolve(level), Dtype::Bf16, "{level}");
         }
         for level in KernelLevel::ALL {
