@@ -157,8 +157,8 @@ pub struct ModelInfo {
     /// What each kind of weight runs in (embeddings: `linear`; generation: `attention`,
     /// `feed_forward`, `lm_head`, `token_embedding`, where 4-bit GGUF weights stay as stored).
     pub weight_formats: std::collections::BTreeMap<&'static str, String>,
-    /// The kernel path (instruction set) the bf16/int8 layers run on; f32 layers use the AVX2
-    /// kernels and gemm's own dispatch.
+    /// The kernel path (instruction set) the bf16, int16 and int8 layers run on; f32 layers use
+    /// the AVX2 kernels and gemm's own dispatch.
     pub kernel: KernelLevel,
     /// A sequence classifier's labels and score function (reranking and text-classification
     /// models only).
