@@ -240,7 +240,8 @@ impl LowBitLinear {
     ///
     /// # Errors
     ///
-    /// When `k` is not a positive multiple of 32 or the bytes are not `n` rows.
+    /// When `k` is not a positive multiple of 32, the bytes are not `n` rows, or a scale or
+    /// offset is NaN or infinite.
     pub fn from_blocks(
         format: LowBitFormat,
         rows: &[u8],
@@ -328,6 +329,9 @@ impl LowBitLinear {
                 }
             }
         });
+        if scales.iter().chain(&mins).any(|v| !v.is_finite()) {
+            return Err(format!("{format:?}: holds NaN or infinite values"));
+        }
         Ok(Self {
             format,
             n,

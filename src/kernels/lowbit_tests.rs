@@ -233,4 +233,17 @@ fn bad_shapes_are_errors() {
     assert!(LowBitLinear::from_blocks(LowBitFormat::Q5_1, &[0; 24], &[0.0], 32).is_ok());
     assert!(LowBitLinear::from_blocks(LowBitFormat::Q5K, &[0; 176], &[0.0], 256).is_ok());
     assert!(LowBitLinear::from_blocks(LowBitFormat::Q5K, &[0; 144], &[0.0], 256).is_err());
+    // A NaN or infinite scale (or Q4_1's offset) is refused, not run.
+    for bad in [f32::NAN, f32::INFINITY] {
+        let bad = half::f16::from_f32(bad).to_le_bytes();
+        let mut q4_0 = [0u8; 18];
+        q4_0[..2].copy_from_slice(&bad);
+        let err = LowBitLinear::from_blocks(LowBitFormat::Q4_0, &q4_0, &[0.0], 32)
+            .err()
+            .unwrap();
+        assert!(err.contains("NaN or infinite"), "{err}");
+        let mut q4_1 = [0u8; 20];
+        q4_1[2..4].copy_from_slice(&bad);
+        assert!(LowBitLinear::from_blocks(LowBitFormat::Q4_1, &q4_1, &[0.0], 32).is_err());
+    }
 }
