@@ -439,10 +439,69 @@ fn bench_int8_decode(c: &mut Criterion) {
     group.finish();
 }
 
+/// Q6_K layers as a decode step streams them, kept as stored (`kernels::sixbit`) against the
+/// same values requantized to int8 (what CPUs with VNNI load): 24 layers of Qwen3-0.6B's
+/// FFN-down shape (3072 → 1024; 62 MB as Q6_K, 85 MB as int8), each run once per step at 1
+/// to 32 rows, one thread; throughput in multiply-adds. `cargo bench --bench forward --
+/// q6k-decode`.
+fn bench_q6k_decode(c: &mut Criterion) {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use zerobatch::kernels::{Dtype, Epilogue, KernelLevel, PackedLinear, SixBitLinear};
+    let (k, n, layers) = (3072, 1024, 24);
+    let blocks: Vec<Vec<u8>> = (0..layers)
+        .map(|l| {
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 31 + l * 7) % 97) as f32 / 97.0 - 0.5)
+                .collect();
+            let t = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&t, GgmlDType::Q6K).unwrap();
+            q.data().unwrap().into_owned()
+        })
+        .collect();
+    let bias = vec![0.0; n];
+    let six: Vec<PackedLinear> = blocks
+        .iter()
+        .map(|b| PackedLinear::SixBit(SixBitLinear::from_parts(&[b], &bias, k).unwrap()))
+        .collect();
+    let int8: Vec<PackedLinear> = six
+        .iter()
+        .map(|l| {
+            let PackedLinear::SixBit(l) = l else {
+                unreachable!()
+            };
+            let w: Vec<f32> = (0..n).flat_map(|c| l.weight_row(c).unwrap()).collect();
+            PackedLinear::pack(Dtype::Int8, &w, &bias, k).unwrap()
+        })
+        .collect();
+    let mut group = c.benchmark_group("q6k-decode");
+    group
+        .sample_size(20)
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2));
+    for m in [1usize, 2, 4, 8, 16, 32] {
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 17 % 89) as f32 - 44.0) / 89.0)
+            .collect();
+        let mut out = vec![0.0f32; m * n];
+        group.throughput(Throughput::Elements((m * k * n * layers) as u64));
+        for (name, packed) in [("q6_k", &six), ("int8", &int8)] {
+            group.bench_with_input(BenchmarkId::new(name, m), &m, |bch, &m| {
+                bch.iter(|| {
+                    for layer in packed {
+                        layer.forward(&x, m, &mut out, KernelLevel::detected(), 1, Epilogue::Bias);
+                    }
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     bench_linear,
     bench_int8_decode,
+    bench_q6k_decode,
     bench_f32_shapes,
     bench_forward,
     bench_bf16_levels

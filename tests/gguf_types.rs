@@ -7,8 +7,9 @@
 //! (candle's dequantization). Loaded in f32, the two files must give the same logits: the
 //! loader reads each type's blocks, shapes and rows (the embedding table stays as stored and
 //! is dequantized row by row) as candle stores them. The default `auto` load of the quantized
-//! file (Q4_0, Q4_1, Q4_K, Q5_0, Q5_1 and Q5_K blocks kept, others in int8) must stay close (cosine ≥ 0.99),
-//! prefill and through the KV cache. Nothing is downloaded.
+//! file (Q4_0, Q4_1, Q4_K, Q5_0, Q5_1 and Q5_K blocks kept, Q6_K too on CPUs without VNNI,
+//! others in int8) must stay close (cosine ≥ 0.99), prefill and through the KV cache. Nothing
+//! is downloaded.
 
 mod common;
 
@@ -21,7 +22,7 @@ use common::gguf::{vocabulary, TinyLlama};
 use zerobatch::generate::decoder::{Decoder, StepInput};
 use zerobatch::generate::kv_cache::KvCache;
 use zerobatch::generate::llama::Llama;
-use zerobatch::kernels::{Dtype, KernelLevel};
+use zerobatch::kernels::{sixbit, Dtype, KernelLevel};
 
 /// The model's sizes: the default tiny Llama's, which k-quants' blocks of 256 divide.
 const SPEC: TinyLlama = TinyLlama::DEFAULT;
@@ -123,20 +124,23 @@ fn every_gguf_tensor_type_loads_as_stored_and_runs() {
                 .fold(0.0, f32::max);
             assert!(diff <= 1e-5, "{variant} in f32: logits differ by {diff}");
         }
-        // The serving default: 4- and 5-bit blocks kept as stored, every other type in int8.
+        // The serving default: 4- and 5-bit blocks kept as stored, Q6_K too where its kernel
+        // is preferred (CPUs without VNNI), every other type in int8.
         let (served, _) = Llama::load(&quantized, Dtype::Int8, true, level, 2).unwrap();
         let formats: std::collections::BTreeMap<_, _> =
             served.weight_formats().into_iter().collect();
+        let six = if sixbit::preferred() { "q6_k" } else { "int8" };
         let kept = match variant {
-            "q4_0" | "q4_1" | "q4_k" | "q5_0" | "q5_1" | "q5_k" => variant,
-            // Q6_K's attn_v and ffn_down make those layers int8; gate and up stay Q4_K.
-            "q4_k_m" => "q4_k+int8",
-            _ => "int8",
+            "q4_0" | "q4_1" | "q4_k" | "q5_0" | "q5_1" | "q5_k" => variant.to_string(),
+            "q6_k" => six.to_string(),
+            // Q6_K's attn_v and ffn_down are Q6_K (or int8); gate and up stay Q4_K.
+            "q4_k_m" => format!("q4_k+{six}"),
+            _ => "int8".to_string(),
         };
         assert_eq!(formats["feed_forward"], kept, "{variant}");
         if variant == "q4_k_m" {
-            // Q and K stay Q4_K beside the Q6_K V (int8): the fused QKV is stacked.
-            assert_eq!(formats["attention"], "q4_k+int8");
+            // Q and K stay Q4_K beside the Q6_K V: the fused QKV is stacked.
+            assert_eq!(formats["attention"], format!("q4_k+{six}"));
         }
         let got = run(&served, &ids, &more);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {

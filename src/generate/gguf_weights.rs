@@ -1,28 +1,30 @@
 //! A GGUF decoder's tensors converted for the kernels (`crate::kernels`): its linear layers
-//! ([`load_linear`]: 4- and 5-bit blocks kept as stored, Q8_0 taken as int8 exactly, the rest
-//! dequantized a row at a time and packed), and its LM head with the token embedding table.
-//! Each tensor's pages in the file are dropped once converted (`GgufFile::release`).
+//! ([`load_linear`]: 4- and 5-bit blocks kept as stored, Q6_K too where
+//! [`kernels::sixbit::preferred`], Q8_0 taken as int8 exactly, the rest dequantized a row at a
+//! time and packed), and its LM head with the token embedding table. Each tensor's pages in
+//! the file are dropped once converted (`GgufFile::release`).
 //!
 //! Why the head and the table together: most small models tie them (no `output.weight`: the
 //! head is the embedding table), and the table is the largest tensor (Gemma 3 1B's 262,144 ×
 //! 1,152). The head is converted for the kernels and the table kept as stored, a row
-//! dequantized per token, so a tied table would be held twice. When it is Q8_0 and the head
-//! int8, the head keeps the file's int8 values and scales exactly, and a token's row is read
-//! back from the head: the same f32 values bit for bit, one copy instead of two (Gemma 3 1B
-//! Q4_K_M: 321 MB less).
+//! dequantized per token, so a tied table would be held twice. When the head keeps the
+//! file's values exactly (a Q8_0 table as int8, a Q6_K table as stored), a token's row is
+//! read back from the head: the same f32 values bit for bit, one copy instead of two (Gemma 3
+//! 1B Q4_K_M: 321 MB less; Qwen3-0.6B Q4_K_M, whose table is Q6_K: 128 MB less).
 
 use candle_core::quantized::GgmlDType;
 
 use super::decoder::Linear;
 use super::gguf::{GgufError, GgufFile, RawTensor};
-use crate::kernels::{self, Dtype, LowBitFormat, LowBitLinear, PackedLinear};
+use crate::kernels::{self, Dtype, LowBitFormat, LowBitLinear, PackedLinear, SixBitLinear};
 
 /// Where a token's embedding row is read from.
 pub(super) enum TokenEmbeddings {
     /// The table as stored in the file, a row dequantized per token.
     Stored(RawTensor),
-    /// The rows of the tied int8 LM head, made from the file's Q8_0 table as stored.
-    TiedHead,
+    /// The rows of the tied LM head, which holds the file's table exactly (its Q8_0 as
+    /// int8, or its Q6_K as stored); the table's type, for `/info`.
+    TiedHead(GgmlDType),
 }
 
 impl TokenEmbeddings {
@@ -30,9 +32,10 @@ impl TokenEmbeddings {
     pub(super) fn row(&self, head: &Linear, id: usize) -> Option<Vec<f32>> {
         match (self, head) {
             (TokenEmbeddings::Stored(t), _) => t.row(id),
-            (TokenEmbeddings::TiedHead, PackedLinear::Int8(l)) => l.weight_row(id),
-            // `load` makes `TiedHead` only beside an int8 head.
-            (TokenEmbeddings::TiedHead, _) => None,
+            (TokenEmbeddings::TiedHead(_), PackedLinear::Int8(l)) => l.weight_row(id),
+            (TokenEmbeddings::TiedHead(_), PackedLinear::SixBit(l)) => l.weight_row(id),
+            // `load` makes `TiedHead` only beside an int8 or a Q6_K head.
+            (TokenEmbeddings::TiedHead(_), _) => None,
         }
     }
 
@@ -40,7 +43,7 @@ impl TokenEmbeddings {
     pub(super) fn bytes(&self) -> usize {
         match self {
             TokenEmbeddings::Stored(t) => t.bytes.len(),
-            TokenEmbeddings::TiedHead => 0,
+            TokenEmbeddings::TiedHead(_) => 0,
         }
     }
 
@@ -51,8 +54,12 @@ impl TokenEmbeddings {
                 "{} as stored, a row dequantized per token",
                 format!("{:?}", t.dtype).to_lowercase()
             ),
-            TokenEmbeddings::TiedHead => {
-                "q8_0, read from the tied int8 LM head's rows (the same values)".to_string()
+            TokenEmbeddings::TiedHead(dtype) => {
+                let (table, head) = match dtype {
+                    GgmlDType::Q8_0 => ("q8_0", "int8"),
+                    _ => ("q6_k", "q6_k"),
+                };
+                format!("{table}, read from the tied {head} LM head's rows (the same values)")
             }
         }
     }
@@ -83,11 +90,15 @@ pub(super) fn load_head_and_embeddings(
         dtype,
         keep_low_bit,
     )?;
+    let table_type = file.tensor_type(TABLE);
     let from_head = tied
-        && file.tensor_type(TABLE) == Some(GgmlDType::Q8_0)
-        && matches!(head, PackedLinear::Int8(_));
-    let table = if from_head {
-        TokenEmbeddings::TiedHead
+        && matches!(
+            (table_type, &head),
+            (Some(GgmlDType::Q8_0), PackedLinear::Int8(_))
+                | (Some(GgmlDType::Q6K), PackedLinear::SixBit(_))
+        );
+    let table = if let (true, Some(dtype)) = (from_head, table_type) {
+        TokenEmbeddings::TiedHead(dtype)
     } else {
         let raw = file.raw(TABLE, &[vocab, d])?;
         // Copied: the mapping's pages are not read again.
@@ -109,9 +120,10 @@ pub(super) fn load_head_and_embeddings(
 
 /// Loads the linear layer made of `parts` (tensor name, rows) stacked, each `rows × k`, with
 /// `bias` (`None`: zeros): as stored when they are all of one 4- or 5-bit format (Q4_0, Q4_1,
-/// Q4_K, Q5_0, Q5_1, Q5_K) and `keep_low_bit`, or all Q8_0 and `dtype` is int8; else
-/// dequantized and packed as `dtype`. Parts of different formats, some of them 4- or 5-bit,
-/// are converted a run of one format at a time and stacked ([`PackedLinear::Stacked`]).
+/// Q4_K, Q5_0, Q5_1, Q5_K), or Q6_K where [`kernels::sixbit::preferred`], and
+/// `keep_low_bit`; as int8 exactly when all Q8_0 and `dtype` is int8; else dequantized and
+/// packed as `dtype`. Parts of different formats, some of them kept as stored, are converted
+/// a run of one format at a time and stacked ([`PackedLinear::Stacked`]).
 pub(super) fn load_linear(
     file: &GgufFile,
     parts: &[(String, usize)],
@@ -128,6 +140,13 @@ pub(super) fn load_linear(
     layer
 }
 
+/// A GGUF type the kernels run as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    LowBit(LowBitFormat),
+    Q6K,
+}
+
 /// [`load_linear`] but for releasing the file's pages.
 fn convert_linear(
     file: &GgufFile,
@@ -137,20 +156,21 @@ fn convert_linear(
     dtype: Dtype,
     keep_low_bit: bool,
 ) -> Result<Linear, GgufError> {
-    let low_bit = |t| match t {
-        Some(GgmlDType::Q4_0) => Some(LowBitFormat::Q4_0),
-        Some(GgmlDType::Q4_1) => Some(LowBitFormat::Q4_1),
-        Some(GgmlDType::Q4K) => Some(LowBitFormat::Q4K),
-        Some(GgmlDType::Q5_0) => Some(LowBitFormat::Q5_0),
-        Some(GgmlDType::Q5_1) => Some(LowBitFormat::Q5_1),
-        Some(GgmlDType::Q5K) => Some(LowBitFormat::Q5K),
+    let kept = |t| match t {
+        Some(GgmlDType::Q4_0) => Some(Kept::LowBit(LowBitFormat::Q4_0)),
+        Some(GgmlDType::Q4_1) => Some(Kept::LowBit(LowBitFormat::Q4_1)),
+        Some(GgmlDType::Q4K) => Some(Kept::LowBit(LowBitFormat::Q4K)),
+        Some(GgmlDType::Q5_0) => Some(Kept::LowBit(LowBitFormat::Q5_0)),
+        Some(GgmlDType::Q5_1) => Some(Kept::LowBit(LowBitFormat::Q5_1)),
+        Some(GgmlDType::Q5K) => Some(Kept::LowBit(LowBitFormat::Q5K)),
+        Some(GgmlDType::Q6K) if kernels::sixbit::preferred() => Some(Kept::Q6K),
         _ => None,
     };
     let types: Vec<_> = parts
         .iter()
         .map(|(name, _)| file.tensor_type(name))
         .collect();
-    let formats: Vec<_> = types.iter().map(|&t| low_bit(t)).collect();
+    let formats: Vec<_> = types.iter().map(|&t| kept(t)).collect();
     let n: usize = parts.iter().map(|p| p.1).sum();
     let bias = bias.unwrap_or_else(|| vec![0.0; n]);
     let name = parts
@@ -168,8 +188,8 @@ fn convert_linear(
         && formats.windows(2).any(|w| w[0] != w[1])
     {
         // Parts in different formats (a `Q4_K_M` file's Q and K in Q4_K or Q5_0 beside a V in
-        // Q6_K or Q8_0): each run of parts of one low-bit format (or of none) is converted on
-        // its own, so the low-bit parts stay as stored, and the runs are stacked.
+        // Q6_K or Q8_0): each run of parts of one kept format (or of none) is converted on
+        // its own, so the kept parts stay as stored, and the runs are stacked.
         let mut runs = Vec::new();
         let (mut i, mut row) = (0, 0);
         while i < parts.len() {
@@ -196,8 +216,14 @@ fn convert_linear(
             for (name, rows) in parts {
                 stacked.push(file.bytes(name, &[*rows, k])?.0);
             }
-            let layer = LowBitLinear::from_parts(*format, &stacked, &bias, k).map_err(error)?;
-            return Ok(PackedLinear::LowBit(layer));
+            return Ok(match *format {
+                Kept::LowBit(format) => PackedLinear::LowBit(
+                    LowBitLinear::from_parts(format, &stacked, &bias, k).map_err(error)?,
+                ),
+                Kept::Q6K => PackedLinear::SixBit(
+                    SixBitLinear::from_parts(&stacked, &bias, k).map_err(error)?,
+                ),
+            });
         }
     }
     if dtype == Dtype::Int8 && types.iter().all(|t| *t == Some(GgmlDType::Q8_0)) {

@@ -1,5 +1,5 @@
 //! CPU kernels, in one place for every model: the f32 layers (linear, LayerNorm, GELU,
-//! attention), and the packed bf16, int16, int8 and 4-/5-bit matmuls, with run-time dispatch over
+//! attention), and the packed bf16, int16, int8 and 4-/5-/6-bit matmuls, with run-time dispatch over
 //! instruction sets. Plain functions on slices: no model format and no tensor library here
 //! (the candle ops that run them for the encoder are in `model/bert_ops.rs`).
 //!
@@ -19,6 +19,7 @@
 //!   an AVX2 and a portable path that give the same results (tested against naive references);
 //! - [`lowbit`]: linear layers on GGUF's 4- and 5-bit blocks as stored, against int8
 //!   activations;
+//! - [`sixbit`]: the same for GGUF's Q6_K (AVX2 and portable paths);
 //! - [`tiles`]: the loop nest and threading the packed matmuls share;
 //! - [`team`]: the threads every parallel section runs on.
 //!
@@ -46,6 +47,7 @@ pub mod linear_f32;
 pub mod lowbit;
 mod math;
 pub mod rope;
+pub mod sixbit;
 pub mod team;
 #[cfg(test)]
 pub(crate) mod test_util;
@@ -69,6 +71,7 @@ pub use int16::Int16Linear;
 pub use int8::Int8Linear;
 pub use linear_f32::{linear, linear_with, LinearPart, MatmulKernel, SMALL_M};
 pub use lowbit::{LowBitFormat, LowBitLinear};
+pub use sixbit::SixBitLinear;
 pub use tiles::Epilogue;
 pub use window_attention::{window_attention, WindowShape};
 
@@ -118,7 +121,7 @@ impl FromStr for Dtype {
 }
 
 /// A linear layer whose weights were converted at load into a packed format: f32 in panels,
-/// bf16, int16, int8, or GGUF's 4- and 5-bit blocks.
+/// bf16, int16, int8, or GGUF's 4-, 5- and 6-bit blocks.
 pub enum PackedLinear {
     F32(F32Linear),
     Bf16(Bf16Linear),
@@ -126,6 +129,9 @@ pub enum PackedLinear {
     Int8(Int8Linear),
     /// GGUF 4- and 5-bit weights kept as they are (generation models).
     LowBit(LowBitLinear),
+    /// GGUF Q6_K weights kept as they are (generation models, where
+    /// [`sixbit::preferred`]).
+    SixBit(SixBitLinear),
     /// Layers of one input stacked along the output, each in its own format: a fused
     /// projection whose tensors a file stores in different types (a `Q4_K_M` file's Q and K
     /// in Q4_K or Q5_0 beside a V in Q6_K or Q8_0), each part kept as its own kernel runs
@@ -153,6 +159,7 @@ impl PackedLinear {
                 LowBitFormat::Q5_1 => "q5_1",
                 LowBitFormat::Q5K => "q5_k",
             },
+            PackedLinear::SixBit(_) => "q6_k",
         };
         vec![name]
     }
@@ -180,6 +187,7 @@ impl PackedLinear {
             PackedLinear::Int16(l) => l.n(),
             PackedLinear::Int8(l) => l.n(),
             PackedLinear::LowBit(l) => l.n(),
+            PackedLinear::SixBit(l) => l.n(),
             PackedLinear::Stacked(parts) => parts.iter().map(|p| p.n()).sum(),
         }
     }
@@ -192,6 +200,7 @@ impl PackedLinear {
             PackedLinear::Int16(l) => l.k(),
             PackedLinear::Int8(l) => l.k(),
             PackedLinear::LowBit(l) => l.k(),
+            PackedLinear::SixBit(l) => l.k(),
             PackedLinear::Stacked(parts) => parts.first().map_or(0, |p| p.k()),
         }
     }
@@ -222,6 +231,7 @@ impl PackedLinear {
             PackedLinear::Int16(l) => l.bytes(),
             PackedLinear::Int8(l) => l.bytes(),
             PackedLinear::LowBit(l) => l.bytes(),
+            PackedLinear::SixBit(l) => l.bytes(),
             PackedLinear::Stacked(parts) => parts.iter().map(|p| p.bytes()).sum(),
         }
     }
@@ -243,6 +253,7 @@ impl PackedLinear {
             PackedLinear::Int16(l) => l.forward(x, m, out, level, threads, epilogue),
             PackedLinear::Int8(l) => l.forward(x, m, out, level, threads, epilogue),
             PackedLinear::LowBit(l) => l.forward(x, m, out, level, threads, epilogue),
+            PackedLinear::SixBit(l) => l.forward(x, m, out, level, threads, epilogue),
             PackedLinear::Stacked(parts) => {
                 let n = self.n();
                 assert_eq!(
