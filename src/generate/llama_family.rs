@@ -20,9 +20,10 @@
 //!
 //! Weights are dequantized at load and re-packed for our kernels (`crate::kernels`): int8 in
 //! blocks of 32 (the granularity of GGUF's Q8_0, so Q8_0 weights keep their exact values, and
-//! VNNI dot products run the batched steps), bf16, or f32 (exact, for reference tests); Q4_0
-//! and Q4_1 may stay as stored (`gguf_weights.rs`). The embedding table stays as stored and
-//! is dequantized one row per token, or, tied and Q8_0, is read from the int8 LM head.
+//! VNNI dot products run the batched steps), bf16, or f32 (exact, for reference tests); the
+//! 4- and 5-bit formats, and Q6_K on CPUs without VNNI, may stay as stored
+//! (`gguf_weights.rs`). The embedding table stays as stored and is dequantized one row per
+//! token, or, tied and Q8_0 (or Q6_K kept), is read from the LM head.
 
 mod hparams;
 

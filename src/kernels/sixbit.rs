@@ -19,7 +19,9 @@
 //!   CPUs with VNNI, whose int8 kernel was tuned there): `vpmaddubsw` of the unsigned 6-bit
 //!   `q` by the signed activations (63 · 127 · 2 per pair, two pairs summed: ≤ 32,004, no
 //!   saturation), then `vpmaddwd` by the sub-block's scales; the offset term by one more
-//!   `vpmaddwd` of the two scales by the two activation sums of the block;
+//!   `vpmaddwd` of the two scales by the two activation sums of the block. One or two rows
+//!   take a whole panel per pass; larger batches half a panel for four rows, so that each
+//!   unpacking of the six bits serves four rows;
 //! - **scalar**: plain i32 arithmetic.
 //!
 //! Layout: panels of 16 output columns. Per panel and block of 32, the low nibbles as the
@@ -395,8 +397,14 @@ mod avx2 {
             match mr {
                 1 => whole::<1>(t, acc),
                 2 => whole::<2>(t, acc),
-                3 => (half::<3, 0>(t, acc), half::<3, 1>(t, acc)).0,
-                4 => (half::<4, 0>(t, acc), half::<4, 1>(t, acc)).0,
+                3 => {
+                    half::<3, 0>(t, acc);
+                    half::<3, 1>(t, acc)
+                }
+                4 => {
+                    half::<4, 0>(t, acc);
+                    half::<4, 1>(t, acc)
+                }
                 _ => unreachable!("tile rows"),
             }
         }
