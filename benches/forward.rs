@@ -497,11 +497,70 @@ fn bench_q6k_decode(c: &mut Criterion) {
     group.finish();
 }
 
+/// Q5_0 layers as a decode step streams them, their fifth bits in each layout
+/// (`kernels::FifthBitLayout`): 24 layers of Qwen2.5-0.5B's gate projection (896 → 4,864,
+/// which a `Q4_K_M` file stores as Q5_0; 91 MB in all), each run once per step at 1 to 32
+/// rows, one thread; throughput in multiply-adds. `cargo bench --bench forward -- q5-decode`.
+fn bench_q5_decode(c: &mut Criterion) {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use zerobatch::kernels::{
+        Epilogue, FifthBitLayout, KernelLevel, LowBitFormat, LowBitLinear, PackedLinear,
+    };
+    let (k, n, layers) = (896, 4864, 24);
+    let blocks: Vec<Vec<u8>> = (0..layers)
+        .map(|l| {
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 31 + l * 7) % 97) as f32 / 97.0 - 0.5)
+                .collect();
+            let t = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&t, GgmlDType::Q5_0).unwrap();
+            q.data().unwrap().into_owned()
+        })
+        .collect();
+    let bias = vec![0.0; n];
+    let layout = |layout| -> Vec<PackedLinear> {
+        blocks
+            .iter()
+            .map(|b| {
+                let l = LowBitLinear::from_parts_in(LowBitFormat::Q5_0, &[b], &bias, k, layout);
+                PackedLinear::LowBit(l.unwrap())
+            })
+            .collect()
+    };
+    let (masks, planes) = (
+        layout(FifthBitLayout::Masks),
+        layout(FifthBitLayout::Planes),
+    );
+    let mut group = c.benchmark_group("q5-decode");
+    group
+        .sample_size(20)
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2));
+    for m in [1usize, 2, 4, 8, 16, 32] {
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 17 % 89) as f32 - 44.0) / 89.0)
+            .collect();
+        let mut out = vec![0.0f32; m * n];
+        group.throughput(Throughput::Elements((m * k * n * layers) as u64));
+        for (name, packed) in [("planes", &planes), ("masks", &masks)] {
+            group.bench_with_input(BenchmarkId::new(name, m), &m, |bch, &m| {
+                bch.iter(|| {
+                    for layer in packed {
+                        layer.forward(&x, m, &mut out, KernelLevel::detected(), 1, Epilogue::Bias);
+                    }
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     bench_linear,
     bench_int8_decode,
     bench_q6k_decode,
+    bench_q5_decode,
     bench_f32_shapes,
     bench_forward,
     bench_bf16_levels

@@ -10,9 +10,11 @@
 //! form, `d = d·sc_j` and `m = −dmin·m_j` computed in f32 as ggml's dequantization computes
 //! them, so the weights keep their exact values and run on the same kernels.
 //!
-//! The fifth bit is held apart, one bit per weight (a 64-bit mask per 64-byte chunk of
-//! nibbles), and added to the nibbles in registers: a 5-bit layer is 0.875 bytes a weight
-//! with its f32 scales, against the 1.125 of int8, and loads without requantizing.
+//! The fifth bit is held apart, one bit per weight, and added to the nibbles in registers: a
+//! 5-bit layer is 0.875 bytes a weight with its f32 scales, against the 1.125 of int8, and
+//! loads without requantizing. Its layout follows the CPU ([`FifthBitLayout`]): 64-bit masks
+//! where AVX-512 adds them under a mask register, bit planes elsewhere, which AVX2 turns into
+//! bytes with one shift and one mask per 32 values.
 //!
 //! Why: generation reads every weight once per step. At a batch of one the step is bound by
 //! memory traffic, and 4-bit weights are half the bytes of int8 ones (0.75 byte per weight with
@@ -26,14 +28,20 @@
 //! - **avx512-vnni** and up: `vpdpbusd` multiplies the unsigned nibbles by the signed
 //!   activations directly (no offset correction is needed); the fifth bit is a masked byte add;
 //! - **avx2**: `vpmaddubsw` (31 · 127 · 2 fits in i16, so it never saturates); the fifth bit is
-//!   expanded from its mask by a byte shuffle and compare;
+//!   shifted out of its plane (or, on the mask layout, expanded from its mask by a byte
+//!   shuffle and compare);
 //! - **scalar**: plain i32 arithmetic.
 //!
 //! Layout: panels of 16 output columns; per panel and block, 4 chunks of 64 bytes; chunk `j`
 //! holds groups `2j` (low nibbles) and `2j + 1` (high nibbles), each group 16 columns × 4
 //! consecutive reduction indices, as `vpdpbusd` consumes them. 5-bit formats add, per panel
-//! and block, 8 masks of 64 bits: mask `2j + h` holds the fifth bit of the 64 bytes of chunk
-//! `j`'s low (`h = 0`) or high (`h = 1`) nibbles, bit `4·lane + t` for byte `4·lane + t`.
+//! and block, 64 bytes of fifth bits, in one of two layouts:
+//! - masks (8 × 64 bits): mask `2j + h` holds the fifth bit of the 64 bytes of chunk `j`'s
+//!   low (`h = 0`) or high (`h = 1`) nibbles, bit `i` for byte `i`;
+//! - planes (2 × 32 bytes): the 16 vectors of 32 bytes AVX2 unpacks per block (chunk `j`'s
+//!   bytes `32s..32s + 32`, `s` = 0 or 1, low or high nibbles `h`) each take one bit of
+//!   every byte of a plane: plane `j / 2`, bit `4·(j mod 2) + 2h + s` of byte `i` for byte
+//!   `32s + i` of the chunk.
 
 use super::cpu::KernelLevel;
 use super::int8::{quantize_activations, BLOCK};
@@ -46,6 +54,56 @@ const CHUNK_BYTES: usize = PANEL * 4;
 const BLOCK_CHUNKS: usize = BLOCK / 8;
 /// Fifth-bit masks per panel and block (5-bit formats).
 const BLOCK_MASKS: usize = 2 * BLOCK_CHUNKS;
+
+/// Where the fifth bits of a 5-bit layer are kept (see the module's doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FifthBitLayout {
+    /// 64-bit masks, as AVX-512's masked byte add takes them.
+    Masks,
+    /// Bit planes, as AVX2 shifts them into place.
+    Planes,
+}
+
+impl FifthBitLayout {
+    /// The layout for this CPU's kernel: masks where the VNNI kernel runs, planes elsewhere
+    /// (every path reads both, with the same results).
+    pub fn preferred() -> Self {
+        if KernelLevel::detected() >= KernelLevel::Avx512Vnni {
+            FifthBitLayout::Masks
+        } else {
+            FifthBitLayout::Planes
+        }
+    }
+
+    /// Where the fifth bit of byte `byte` (0..64) of chunk `j`'s low (`h = 0`) or high
+    /// (`h = 1`) nibbles is, as a bit index into the 8 words of one panel's block.
+    fn position(self, j: usize, h: usize, byte: usize) -> usize {
+        match self {
+            FifthBitLayout::Masks => 64 * (2 * j + h) + byte,
+            FifthBitLayout::Planes => {
+                let (s, i) = (byte / 32, byte % 32);
+                8 * (32 * (j / 2) + i) + 4 * (j % 2) + 2 * h + s
+            }
+        }
+    }
+
+    /// The fifth bit (0 or 1) of byte `byte` of chunk `j`'s low or high nibbles (as
+    /// [`Self::position`]), from the 8 words of one panel's block.
+    fn bit(self, words: &[u64], j: usize, h: usize, byte: usize) -> i32 {
+        let at = self.position(j, h, byte);
+        ((words[at / 64] >> (at % 64)) & 1) as i32
+    }
+
+    /// Sets the fifth bits of one block of one column (`lane` of its panel; bit `v` of `high`
+    /// for value `v`) in the panel's 8 words of that block.
+    fn spread(self, high: u32, lane: usize, words: &mut [u64]) {
+        for v in (0..BLOCK).filter(|v| (high >> v) & 1 == 1) {
+            // Value 8j + 4h + t is byte 4·lane + t of chunk j's low (h = 0) or high nibbles.
+            let at = self.position(v / 8, (v % 8) / 4, 4 * lane + v % 4);
+            words[at / 64] |= 1 << (at % 64);
+        }
+    }
+}
 
 /// A GGUF 4- or 5-bit block format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,15 +214,6 @@ impl LowBitFormat {
 /// Values per K-quant super-block.
 const K_VALUES: usize = 256;
 
-/// The fifth-bit masks of one block for one column (`lane` of its panel), OR-ed into the
-/// panel's eight masks: value `8j + 4h + t` is byte `4·lane + t` of mask `2j + h`.
-fn spread_fifth_bits(high: u32, lane: usize, masks: &mut [u64]) {
-    for (i, mask) in masks.iter_mut().enumerate().take(BLOCK_MASKS) {
-        let nibble = (high >> (4 * i)) & 0xF;
-        *mask |= (nibble as u64) << (4 * lane);
-    }
-}
-
 /// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` of a Q4_K or Q5_K
 /// block.
 fn q4k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
@@ -225,8 +274,10 @@ pub struct LowBitLinear {
     scales: Vec<f32>,
     /// Per panel, block and lane: `m`.
     mins: Vec<f32>,
-    /// 5-bit formats: per panel and block, [`BLOCK_MASKS`] fifth-bit masks; else empty.
+    /// 5-bit formats: per panel and block, [`BLOCK_MASKS`] words of fifth bits; else empty.
     fifth_bits: Vec<u64>,
+    /// How `fifth_bits` are laid out.
+    fifth_layout: FifthBitLayout,
     bias: Vec<f32>,
 }
 
@@ -262,6 +313,22 @@ impl LowBitLinear {
         parts: &[&[u8]],
         bias: &[f32],
         k: usize,
+    ) -> Result<Self, String> {
+        Self::from_parts_in(format, parts, bias, k, FifthBitLayout::preferred())
+    }
+
+    /// [`Self::from_parts`] with the fifth bits in `fifth_layout` rather than this CPU's
+    /// (tests and benchmarks set the two side by side).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::from_blocks`].
+    pub fn from_parts_in(
+        format: LowBitFormat,
+        parts: &[&[u8]],
+        bias: &[f32],
+        k: usize,
+        fifth_layout: FifthBitLayout,
     ) -> Result<Self, String> {
         let n = bias.len();
         let per_block = format.block_values();
@@ -319,7 +386,7 @@ impl LowBitLinear {
                     s[b * PANEL + lane] = d;
                     mn[b * PANEL + lane] = m;
                     if masks > 0 {
-                        spread_fifth_bits(high, lane, &mut fifth[b * masks..][..masks]);
+                        fifth_layout.spread(high, lane, &mut fifth[b * masks..][..masks]);
                     }
                     let chunks = nibbles.chunks();
                     let base = b * BLOCK_CHUNKS * CHUNK_BYTES + lane * 4;
@@ -342,6 +409,7 @@ impl LowBitLinear {
             scales,
             mins,
             fifth_bits,
+            fifth_layout,
             bias: padded_bias,
         })
     }
@@ -412,10 +480,15 @@ impl LowBitLinear {
             .map(|(q, &s)| s * q.iter().map(|&v| v as i32).sum::<i32>() as f32)
             .collect();
         let shared = SharedOut(out.as_mut_ptr());
+        // Fifth bits in planes run on the AVX2 kernel at every level from AVX2 up (the VNNI
+        // kernel reads masks).
+        let planes = self.fifth_layout == FifthBitLayout::Planes && !self.fifth_bits.is_empty();
         let (mr, np) = match level {
-            KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 | KernelLevel::Amx => (4, 3),
-            KernelLevel::Avx2 => (2, 1),
+            KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 | KernelLevel::Amx if !planes => {
+                (4, 3)
+            }
             KernelLevel::Scalar => (4, 1),
+            _ => (2, 1),
         };
         let panel_bytes = blocks * BLOCK_CHUNKS * CHUNK_BYTES;
         for_each_tile(m, self.panels, mr, np, threads, &|r0, rows, p0, ps| {
@@ -435,17 +508,22 @@ impl LowBitLinear {
                     let per_panel = blocks * BLOCK_MASKS;
                     &self.fifth_bits[p0 * per_panel..][..ps * per_panel]
                 },
+                fifth_layout: self.fifth_layout,
             };
             match level {
                 #[cfg(target_arch = "x86_64")]
-                KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 | KernelLevel::Amx => {
+                KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 | KernelLevel::Amx if !planes => {
                     // SAFETY: the level is at most the detected one, so the CPU has AVX-512
                     // F/BW/VL/DQ/VNNI; the tile holds `rows` rows and `ps` panels.
                     unsafe { vnni::tile(rows, ps, &tile, acc.as_mut_ptr()) }
                 }
                 #[cfg(target_arch = "x86_64")]
-                KernelLevel::Avx2 => {
-                    // SAFETY: as above, for AVX2 (`ps` is 1, `rows` at most 2).
+                KernelLevel::Avx2
+                | KernelLevel::Avx512Vnni
+                | KernelLevel::Avx512Bf16
+                | KernelLevel::Amx => {
+                    // SAFETY: as above: every level from AVX2 up has AVX2 and FMA (`ps` is 1,
+                    // `rows` at most 2).
                     unsafe { avx2::tile(rows, &tile, acc.as_mut_ptr()) }
                 }
                 _ => scalar_tile(rows, ps, &tile, &mut acc),
@@ -482,8 +560,9 @@ struct Tile<'a> {
     w: &'a [u8],
     scales: &'a [f32],
     mins: &'a [f32],
-    /// `panels × blocks × 8` fifth-bit masks; empty for 4-bit formats.
+    /// `panels × blocks × 8` words of fifth bits; empty for 4-bit formats.
     fifth_bits: &'a [u64],
+    fifth_layout: FifthBitLayout,
 }
 
 /// The portable kernel (same arithmetic, same order, as the SIMD ones).
@@ -500,18 +579,19 @@ fn scalar_tile(rows: usize, ps: usize, t: &Tile, acc: &mut [f32]) {
                     let chunk = &wp[(b * BLOCK_CHUNKS + j) * CHUNK_BYTES..][..CHUNK_BYTES];
                     let x_lo = &xr[b * BLOCK + 8 * j..][..4];
                     let x_hi = &xr[b * BLOCK + 8 * j + 4..][..4];
-                    let (fifth_lo, fifth_hi) = if t.fifth_bits.is_empty() {
-                        (0, 0)
-                    } else {
-                        let at = (p * t.blocks + b) * BLOCK_MASKS + 2 * j;
-                        (t.fifth_bits[at], t.fifth_bits[at + 1])
+                    let fifth = |h: usize, byte: usize| {
+                        if t.fifth_bits.is_empty() {
+                            return 0;
+                        }
+                        let words = &t.fifth_bits[(p * t.blocks + b) * BLOCK_MASKS..];
+                        t.fifth_layout.bit(words, j, h, byte) << 4
                     };
                     for (lane, d) in dots.iter_mut().enumerate() {
                         for tt in 0..4 {
-                            let byte = chunk[lane * 4 + tt];
-                            let bit = lane * 4 + tt;
-                            let lo = (byte & 0x0F) as i32 | ((fifth_lo >> bit) as i32 & 1) << 4;
-                            let hi = (byte >> 4) as i32 | ((fifth_hi >> bit) as i32 & 1) << 4;
+                            let at = lane * 4 + tt;
+                            let byte = chunk[at];
+                            let lo = (byte & 0x0F) as i32 | fifth(0, at);
+                            let hi = (byte >> 4) as i32 | fifth(1, at);
                             *d += lo * x_lo[tt] as i32 + hi * x_hi[tt] as i32;
                         }
                     }
@@ -639,8 +719,13 @@ mod vnni {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Tile, BLOCK, BLOCK_CHUNKS, BLOCK_MASKS, CHUNK_BYTES, PANEL};
+    use super::{FifthBitLayout, Tile, BLOCK, BLOCK_CHUNKS, BLOCK_MASKS, CHUNK_BYTES, PANEL};
     use std::arch::x86_64::*;
+
+    /// The kernel's fifth bits: none (4-bit formats), masks, planes.
+    const NONE: u8 = 0;
+    const MASKS: u8 = 1;
+    const PLANES: u8 = 2;
 
     /// AVX2 tile of `mr ≤ 2` rows × 1 panel.
     ///
@@ -648,15 +733,40 @@ mod avx2 {
     ///
     /// As [`kernel`].
     pub unsafe fn tile(mr: usize, t: &Tile, acc: *mut f32) {
+        let fifth = match (t.fifth_bits.is_empty(), t.fifth_layout) {
+            (true, _) => NONE,
+            (false, FifthBitLayout::Masks) => MASKS,
+            (false, FifthBitLayout::Planes) => PLANES,
+        };
         unsafe {
-            match (mr, t.fifth_bits.is_empty()) {
-                (1, true) => kernel::<1, false>(t, acc),
-                (2, true) => kernel::<2, false>(t, acc),
-                (1, false) => kernel::<1, true>(t, acc),
-                (2, false) => kernel::<2, true>(t, acc),
+            match (mr, fifth) {
+                (1, NONE) => kernel::<1, NONE>(t, acc),
+                (2, NONE) => kernel::<2, NONE>(t, acc),
+                (1, MASKS) => kernel::<1, MASKS>(t, acc),
+                (2, MASKS) => kernel::<2, MASKS>(t, acc),
+                (1, _) => kernel::<1, PLANES>(t, acc),
+                (2, _) => kernel::<2, PLANES>(t, acc),
                 _ => unreachable!("tile rows"),
             }
         }
+    }
+
+    /// Bit `T` of every byte of `plane` as that byte's bit 4 (16 or 0): one shift, one mask.
+    #[target_feature(enable = "avx2")]
+    fn plane_bit<const T: usize>(plane: __m256i) -> __m256i {
+        // Bit 4 of a byte comes from bit 4 − s of the same byte after a 16-bit shift left by
+        // s ≤ 4, or from bit 4 + s after a shift right by s ≤ 3: never from its neighbour.
+        let moved = match T {
+            0 => _mm256_slli_epi16(plane, 4),
+            1 => _mm256_slli_epi16(plane, 3),
+            2 => _mm256_slli_epi16(plane, 2),
+            3 => _mm256_slli_epi16(plane, 1),
+            4 => plane,
+            5 => _mm256_srli_epi16(plane, 1),
+            6 => _mm256_srli_epi16(plane, 2),
+            _ => _mm256_srli_epi16(plane, 3),
+        };
+        _mm256_and_si256(moved, _mm256_set1_epi8(0x10))
     }
 
     /// The fifth bits of 32 bytes: byte `i` is 16 where bit `i` of `bits` is set, else 0
@@ -680,15 +790,22 @@ mod avx2 {
     /// # Safety
     ///
     /// The CPU must support AVX2 and FMA; `t` holds at least `MR` rows and one panel (and its
-    /// fifth-bit masks when `FIVE`); `acc` is valid for writing `MR × 16` values.
+    /// fifth bits, laid out as `FIFTH` says, unless `FIFTH` is `NONE`); `acc` is valid for
+    /// writing `MR × 16` values.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn kernel<const MR: usize, const FIVE: bool>(t: &Tile, acc: *mut f32) {
+    unsafe fn kernel<const MR: usize, const FIFTH: u8>(t: &Tile, acc: *mut f32) {
         let ones = _mm256_set1_epi16(1);
         let nibble = _mm256_set1_epi8(0x0F);
         let (x, w, k) = (t.x.as_ptr(), t.w.as_ptr(), t.k);
         let mut sums = [[_mm256_setzero_ps(); 2]; MR];
         for b in 0..t.blocks {
             let mut dots = [[_mm256_setzero_si256(); 2]; MR];
+            let planes = if FIFTH == PLANES {
+                let at = t.fifth_bits.as_ptr().add(b * BLOCK_MASKS).cast::<__m256i>();
+                [_mm256_loadu_si256(at), _mm256_loadu_si256(at.add(1))]
+            } else {
+                [_mm256_setzero_si256(); 2]
+            };
             for j in 0..BLOCK_CHUNKS {
                 let base = w.add((b * BLOCK_CHUNKS + j) * CHUNK_BYTES);
                 let raw0 = _mm256_loadu_si256(base.cast());
@@ -701,13 +818,35 @@ mod avx2 {
                     _mm256_and_si256(_mm256_srli_epi16(raw0, 4), nibble),
                     _mm256_and_si256(_mm256_srli_epi16(raw1, 4), nibble),
                 ];
-                if FIVE {
+                if FIFTH == MASKS {
                     let masks = t.fifth_bits.as_ptr().add(b * BLOCK_MASKS + 2 * j);
                     let (m_lo, m_hi) = (*masks, *masks.add(1));
                     for h in 0..2 {
                         let (l, u) = ((m_lo >> (32 * h)) as u32, (m_hi >> (32 * h)) as u32);
                         lo[h] = _mm256_or_si256(lo[h], fifth_bytes(l));
                         hi[h] = _mm256_or_si256(hi[h], fifth_bytes(u));
+                    }
+                } else if FIFTH == PLANES {
+                    // Chunk j's vectors are bits 4·(j mod 2) + 2h + s of plane j / 2.
+                    let plane = planes[j / 2];
+                    let bits = if j % 2 == 0 {
+                        [
+                            plane_bit::<0>(plane),
+                            plane_bit::<1>(plane),
+                            plane_bit::<2>(plane),
+                            plane_bit::<3>(plane),
+                        ]
+                    } else {
+                        [
+                            plane_bit::<4>(plane),
+                            plane_bit::<5>(plane),
+                            plane_bit::<6>(plane),
+                            plane_bit::<7>(plane),
+                        ]
+                    };
+                    for s in 0..2 {
+                        lo[s] = _mm256_or_si256(lo[s], bits[s]);
+                        hi[s] = _mm256_or_si256(hi[s], bits[2 + s]);
                     }
                 }
                 for (r, d) in dots.iter_mut().enumerate() {

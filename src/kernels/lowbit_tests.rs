@@ -185,16 +185,18 @@ fn every_path_matches_the_naive_reference_exactly_and_the_f32_product_closely() 
             let bytes = random_blocks(format, n, k, 3 + n as u64);
             let b = values(9, n);
             let x = values(1 + m as u64, m * k);
-            let layer = LowBitLinear::from_blocks(format, &bytes, &b, k).unwrap();
             let want = naive(&bytes, format, &x, m, n, k, &b);
-            for level in KernelLevel::ALL {
-                if level > KernelLevel::detected() {
-                    continue;
-                }
-                for threads in [1, 2] {
-                    let mut got = vec![f32::NAN; m * n];
-                    layer.forward(&x, m, &mut got, level, threads, Epilogue::Bias);
-                    assert_eq!(got, want, "{format:?} {m}×{n}×{k} on {level}");
+            for layout in [FifthBitLayout::Masks, FifthBitLayout::Planes] {
+                let layer = LowBitLinear::from_parts_in(format, &[&bytes], &b, k, layout).unwrap();
+                for level in KernelLevel::ALL {
+                    if level > KernelLevel::detected() {
+                        continue;
+                    }
+                    for threads in [1, 2] {
+                        let mut got = vec![f32::NAN; m * n];
+                        layer.forward(&x, m, &mut got, level, threads, Epilogue::Bias);
+                        assert_eq!(got, want, "{format:?} {m}×{n}×{k} on {level}, {layout:?}");
+                    }
                 }
             }
             // Only the activations are quantized: close to the exact product.
@@ -215,6 +217,32 @@ fn every_path_matches_the_naive_reference_exactly_and_the_f32_product_closely() 
                 "{format:?} {m}×{n}×{k}: {}",
                 (err / norm).sqrt()
             );
+        }
+    }
+}
+
+#[test]
+fn each_fifth_bit_layout_gives_every_value_its_own_bit() {
+    for layout in [FifthBitLayout::Masks, FifthBitLayout::Planes] {
+        let mut seen = [false; 64 * BLOCK_MASKS];
+        for j in 0..BLOCK_CHUNKS {
+            for h in 0..2 {
+                for byte in 0..CHUNK_BYTES {
+                    let at = layout.position(j, h, byte);
+                    assert!(!seen[at], "{layout:?}: bit {at} twice");
+                    seen[at] = true;
+                }
+            }
+        }
+        // And `spread` sets the bit `bit` reads back, for every value of every lane.
+        for lane in 0..PANEL {
+            for v in 0..BLOCK {
+                let mut words = [0u64; BLOCK_MASKS];
+                layout.spread(1 << v, lane, &mut words);
+                let (j, h, byte) = (v / 8, (v % 8) / 4, 4 * lane + v % 4);
+                assert_eq!(layout.bit(&words, j, h, byte), 1, "{layout:?} {lane} {v}");
+                assert_eq!(words.iter().map(|w| w.count_ones()).sum::<u32>(), 1);
+            }
         }
     }
 }
