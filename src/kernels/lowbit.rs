@@ -29,7 +29,8 @@
 //!   activations directly (no offset correction is needed); the fifth bit is a masked byte add;
 //! - **avx2**: `vpmaddubsw` (31 · 127 · 2 fits in i16, so it never saturates); the fifth bit is
 //!   shifted out of its plane (or, on the mask layout, expanded from its mask by a byte
-//!   shuffle and compare);
+//!   shuffle and compare). One or two rows take a whole panel per pass; larger batches half
+//!   a panel for four rows, so that each unpacking serves four rows;
 //! - **scalar**: plain i32 arithmetic.
 //!
 //! Layout: panels of 16 output columns; per panel and block, 4 chunks of 64 bytes; chunk `j`
@@ -488,7 +489,9 @@ impl LowBitLinear {
                 (4, 3)
             }
             KernelLevel::Scalar => (4, 1),
-            _ => (2, 1),
+            // AVX2: decode's lone rows take a whole panel per pass, batches four rows.
+            _ if m <= 2 => (2, 1),
+            _ => (4, 1),
         };
         let panel_bytes = blocks * BLOCK_CHUNKS * CHUNK_BYTES;
         for_each_tile(m, self.panels, mr, np, threads, &|r0, rows, p0, ps| {
@@ -523,7 +526,7 @@ impl LowBitLinear {
                 | KernelLevel::Avx512Bf16
                 | KernelLevel::Amx => {
                     // SAFETY: as above: every level from AVX2 up has AVX2 and FMA (`ps` is 1,
-                    // `rows` at most 2).
+                    // `rows` at most 4).
                     unsafe { avx2::tile(rows, &tile, acc.as_mut_ptr()) }
                 }
                 _ => scalar_tile(rows, ps, &tile, &mut acc),
@@ -727,7 +730,10 @@ mod avx2 {
     const MASKS: u8 = 1;
     const PLANES: u8 = 2;
 
-    /// AVX2 tile of `mr ≤ 2` rows × 1 panel.
+    /// AVX2 tile of `mr ≤ 4` rows × 1 panel. One or two rows take both halves of the panel
+    /// at once ([`kernel`]: one pass over the weights, as decode's lone rows need); more take
+    /// one half (8 columns) at a time ([`half`]), so that four rows share each unpacking of
+    /// the nibbles and fifth bits.
     ///
     /// # Safety
     ///
@@ -739,24 +745,44 @@ mod avx2 {
             (false, FifthBitLayout::Planes) => PLANES,
         };
         unsafe {
-            match (mr, fifth) {
-                (1, NONE) => kernel::<1, NONE>(t, acc),
-                (2, NONE) => kernel::<2, NONE>(t, acc),
-                (1, MASKS) => kernel::<1, MASKS>(t, acc),
-                (2, MASKS) => kernel::<2, MASKS>(t, acc),
-                (1, _) => kernel::<1, PLANES>(t, acc),
-                (2, _) => kernel::<2, PLANES>(t, acc),
+            match fifth {
+                NONE => rows::<NONE>(mr, t, acc),
+                MASKS => rows::<MASKS>(mr, t, acc),
+                _ => rows::<PLANES>(mr, t, acc),
+            }
+        }
+    }
+
+    /// [`tile`] for one layout of the fifth bits.
+    ///
+    /// # Safety
+    ///
+    /// As [`kernel`].
+    unsafe fn rows<const FIFTH: u8>(mr: usize, t: &Tile, acc: *mut f32) {
+        unsafe {
+            match mr {
+                1 => kernel::<1, FIFTH>(t, acc),
+                2 => kernel::<2, FIFTH>(t, acc),
+                3 => {
+                    half::<3, 0, FIFTH>(t, acc);
+                    half::<3, 1, FIFTH>(t, acc);
+                }
+                4 => {
+                    half::<4, 0, FIFTH>(t, acc);
+                    half::<4, 1, FIFTH>(t, acc);
+                }
                 _ => unreachable!("tile rows"),
             }
         }
     }
 
-    /// Bit `T` of every byte of `plane` as that byte's bit 4 (16 or 0): one shift, one mask.
+    /// Bit `t` (0..8) of every byte of `plane` as that byte's bit 4 (16 or 0): one shift, one
+    /// mask (`t` is a constant wherever this is inlined: the loops over chunks unroll).
     #[target_feature(enable = "avx2")]
-    fn plane_bit<const T: usize>(plane: __m256i) -> __m256i {
+    fn plane_bit(plane: __m256i, t: usize) -> __m256i {
         // Bit 4 of a byte comes from bit 4 − s of the same byte after a 16-bit shift left by
         // s ≤ 4, or from bit 4 + s after a shift right by s ≤ 3: never from its neighbour.
-        let moved = match T {
+        let moved = match t {
             0 => _mm256_slli_epi16(plane, 4),
             1 => _mm256_slli_epi16(plane, 3),
             2 => _mm256_slli_epi16(plane, 2),
@@ -829,24 +855,10 @@ mod avx2 {
                 } else if FIFTH == PLANES {
                     // Chunk j's vectors are bits 4·(j mod 2) + 2h + s of plane j / 2.
                     let plane = planes[j / 2];
-                    let bits = if j % 2 == 0 {
-                        [
-                            plane_bit::<0>(plane),
-                            plane_bit::<1>(plane),
-                            plane_bit::<2>(plane),
-                            plane_bit::<3>(plane),
-                        ]
-                    } else {
-                        [
-                            plane_bit::<4>(plane),
-                            plane_bit::<5>(plane),
-                            plane_bit::<6>(plane),
-                            plane_bit::<7>(plane),
-                        ]
-                    };
                     for s in 0..2 {
-                        lo[s] = _mm256_or_si256(lo[s], bits[s]);
-                        hi[s] = _mm256_or_si256(hi[s], bits[2 + s]);
+                        let t = 4 * (j % 2) + s;
+                        lo[s] = _mm256_or_si256(lo[s], plane_bit(plane, t));
+                        hi[s] = _mm256_or_si256(hi[s], plane_bit(plane, t + 2));
                     }
                 }
                 for (r, d) in dots.iter_mut().enumerate() {
@@ -877,6 +889,63 @@ mod avx2 {
         for (r, s) in sums.iter().enumerate() {
             _mm256_storeu_ps(acc.add(r * PANEL), s[0]);
             _mm256_storeu_ps(acc.add(r * PANEL + 8), s[1]);
+        }
+    }
+
+    /// Columns `8H..8H + 8` of the panel for `MR` rows, into `acc[r·16 + 8H..]`: bytes
+    /// `32H..32H + 32` of every chunk, the same arithmetic in the same order as [`kernel`].
+    ///
+    /// # Safety
+    ///
+    /// As [`kernel`] (with `MR ≤ 4`).
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn half<const MR: usize, const H: usize, const FIFTH: u8>(t: &Tile, acc: *mut f32) {
+        let ones = _mm256_set1_epi16(1);
+        let nibble = _mm256_set1_epi8(0x0F);
+        let (x, w, k) = (t.x.as_ptr(), t.w.as_ptr(), t.k);
+        let mut sums = [_mm256_setzero_ps(); MR];
+        for b in 0..t.blocks {
+            let mut dots = [_mm256_setzero_si256(); MR];
+            for j in 0..BLOCK_CHUNKS {
+                let raw =
+                    _mm256_loadu_si256(w.add((b * BLOCK_CHUNKS + j) * CHUNK_BYTES + 32 * H).cast());
+                let mut lo = _mm256_and_si256(raw, nibble);
+                let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), nibble);
+                if FIFTH == MASKS {
+                    let masks = t.fifth_bits.as_ptr().add(b * BLOCK_MASKS + 2 * j);
+                    let (m_lo, m_hi) = (*masks, *masks.add(1));
+                    lo = _mm256_or_si256(lo, fifth_bytes((m_lo >> (32 * H)) as u32));
+                    hi = _mm256_or_si256(hi, fifth_bytes((m_hi >> (32 * H)) as u32));
+                } else if FIFTH == PLANES {
+                    let at = t.fifth_bits.as_ptr().add(b * BLOCK_MASKS).cast::<__m256i>();
+                    let plane = _mm256_loadu_si256(at.add(j / 2));
+                    let bit = 4 * (j % 2) + H;
+                    lo = _mm256_or_si256(lo, plane_bit(plane, bit));
+                    hi = _mm256_or_si256(hi, plane_bit(plane, bit + 2));
+                }
+                for (r, dot) in dots.iter_mut().enumerate() {
+                    let at = x.add(r * k + b * BLOCK + 8 * j);
+                    let a_lo = _mm256_set1_epi32(at.cast::<i32>().read_unaligned());
+                    let a_hi = _mm256_set1_epi32(at.add(4).cast::<i32>().read_unaligned());
+                    let p = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(lo, a_lo),
+                        _mm256_maddubs_epi16(hi, a_hi),
+                    );
+                    *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(p, ones));
+                }
+            }
+            let at = b * PANEL + 8 * H;
+            let dw = _mm256_loadu_ps(t.scales.as_ptr().add(at));
+            let mw = _mm256_loadu_ps(t.mins.as_ptr().add(at));
+            for (r, (s, dot)) in sums.iter_mut().zip(&dots).enumerate() {
+                let sx = _mm256_set1_ps(*t.x_scales.get_unchecked(r * t.blocks + b));
+                let xs = _mm256_set1_ps(*t.x_sums.get_unchecked(r * t.blocks + b));
+                let v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*dot), _mm256_mul_ps(sx, dw), *s);
+                *s = _mm256_fmadd_ps(mw, xs, v);
+            }
+        }
+        for (r, s) in sums.iter().enumerate() {
+            _mm256_storeu_ps(acc.add(r * PANEL + 8 * H), *s);
         }
     }
 }
