@@ -498,13 +498,13 @@ fn bench_q6k_decode(c: &mut Criterion) {
 }
 
 /// Q5_0 layers as a decode step streams them, their fifth bits in each layout
-/// (`kernels::FifthBitLayout`): 24 layers of Qwen2.5-0.5B's gate projection (896 → 4,864,
+/// (`kernels::LowBitLayout`): 24 layers of Qwen2.5-0.5B's gate projection (896 → 4,864,
 /// which a `Q4_K_M` file stores as Q5_0; 91 MB in all), each run once per step at 1 to 32
 /// rows, one thread; throughput in multiply-adds. `cargo bench --bench forward -- q5-decode`.
 fn bench_q5_decode(c: &mut Criterion) {
     use candle_core::quantized::{GgmlDType, QTensor};
     use zerobatch::kernels::{
-        Epilogue, FifthBitLayout, KernelLevel, LowBitFormat, LowBitLinear, PackedLinear,
+        Epilogue, KernelLevel, LowBitFormat, LowBitLayout, LowBitLinear, PackedLinear,
     };
     let (k, n, layers) = (896, 4864, 24);
     let blocks: Vec<Vec<u8>> = (0..layers)
@@ -527,10 +527,7 @@ fn bench_q5_decode(c: &mut Criterion) {
             })
             .collect()
     };
-    let (masks, planes) = (
-        layout(FifthBitLayout::Masks),
-        layout(FifthBitLayout::Planes),
-    );
+    let (masks, planes) = (layout(LowBitLayout::Vnni), layout(LowBitLayout::Avx2));
     let mut group = c.benchmark_group("q5-decode");
     group
         .sample_size(20)
@@ -555,8 +552,76 @@ fn bench_q5_decode(c: &mut Criterion) {
     group.finish();
 }
 
+/// Q4_K layers as a decode step streams them, in each layout (`kernels::LowBitLayout`:
+/// f32 `d` and `m` per block of 32 for the VNNI kernel, the 6-bit scales and mins as bytes
+/// for AVX2): 24 layers of Qwen3-0.6B's gate projection (1,024 → 3,072; 57 MB as the VNNI
+/// layout holds it, 45 MB as AVX2's), each run once per step at 1 to 32 rows on one thread,
+/// and at 1 row on two (decode's lone stream shares the memory bus with the other core);
+/// throughput in multiply-adds. `cargo bench --bench forward -- q4k-decode`.
+fn bench_q4k_decode(c: &mut Criterion) {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use zerobatch::kernels::{
+        Epilogue, KernelLevel, LowBitFormat, LowBitLayout, LowBitLinear, PackedLinear,
+    };
+    let (k, n, layers) = (1024, 3072, 24);
+    let blocks: Vec<Vec<u8>> = (0..layers)
+        .map(|l| {
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 31 + l * 7) % 97) as f32 / 97.0 - 0.5)
+                .collect();
+            let t = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&t, GgmlDType::Q4K).unwrap();
+            q.data().unwrap().into_owned()
+        })
+        .collect();
+    let bias = vec![0.0; n];
+    let layout = |layout| -> Vec<PackedLinear> {
+        blocks
+            .iter()
+            .map(|b| {
+                let l = LowBitLinear::from_parts_in(LowBitFormat::Q4K, &[b], &bias, k, layout);
+                PackedLinear::LowBit(l.unwrap())
+            })
+            .collect()
+    };
+    let (vnni, avx2) = (layout(LowBitLayout::Vnni), layout(LowBitLayout::Avx2));
+    let mut group = c.benchmark_group("q4k-decode");
+    group
+        .sample_size(20)
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2));
+    for (m, threads) in [
+        (1usize, 1usize),
+        (1, 2),
+        (2, 1),
+        (4, 1),
+        (8, 1),
+        (16, 1),
+        (32, 1),
+    ] {
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 17 % 89) as f32 - 44.0) / 89.0)
+            .collect();
+        let mut out = vec![0.0f32; m * n];
+        group.throughput(Throughput::Elements((m * k * n * layers) as u64));
+        for (name, packed) in [("avx2-layout", &avx2), ("vnni-layout", &vnni)] {
+            let id = BenchmarkId::new(name, format!("{m}x{threads}t"));
+            group.bench_with_input(id, &m, |bch, &m| {
+                bch.iter(|| {
+                    for layer in packed {
+                        let level = KernelLevel::detected();
+                        layer.forward(&x, m, &mut out, level, threads, Epilogue::Bias);
+                    }
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    bench_q4k_decode,
     bench_linear,
     bench_int8_decode,
     bench_q6k_decode,

@@ -6,15 +6,19 @@
 //!
 //! Q4_K is the bulk of the `Q4_K_M` files most people download; where 256 does not divide a
 //! row (Qwen2.5-0.5B's 896, Gemma 3 1B's 1,152) llama-quantize writes Q5_0 instead, so those
-//! files are mostly Q5_0. Each K-quant sub-block is unpacked at load into the Q4_1 / Q5_1
-//! form, `d = d·sc_j` and `m = −dmin·m_j` computed in f32 as ggml's dequantization computes
-//! them, so the weights keep their exact values and run on the same kernels.
+//! files are mostly Q5_0. Each K-quant sub-block runs in the Q4_1 / Q5_1 form with `m =
+//! −dmin·m_j` computed in f32 as ggml's dequantization computes it, so the weights keep their
+//! exact values and run on the same kernels. Its scale is kept as the CPU's kernel wants it
+//! ([`LowBitLayout`]): for the VNNI kernel `d = d·sc_j` in f32 per block, as ggml computes
+//! it; for AVX2 the 6-bit `sc_j` and `m_j` as bytes and `d`, `−dmin` once per super-block
+//! (0.59 bytes a Q4_K weight against 0.75), `sc_j` multiplying the block's integer sum
+//! (exactly, by `vpmaddwd`) before `d` scales it.
 //!
 //! The fifth bit is held apart, one bit per weight, and added to the nibbles in registers: a
 //! 5-bit layer is 0.875 bytes a weight with its f32 scales, against the 1.125 of int8, and
-//! loads without requantizing. Its layout follows the CPU ([`FifthBitLayout`]): 64-bit masks
-//! where AVX-512 adds them under a mask register, bit planes elsewhere, which AVX2 turns into
-//! bytes with one shift and one mask per 32 values.
+//! loads without requantizing. Its layout follows the CPU too: 64-bit masks where AVX-512
+//! adds them under a mask register, bit planes for AVX2, which turns them into bytes with one
+//! shift and one mask per 32 values.
 //!
 //! Why: generation reads every weight once per step. At a batch of one the step is bound by
 //! memory traffic, and 4-bit weights are half the bytes of int8 ones (0.75 byte per weight with
@@ -22,9 +26,10 @@
 //! tile. The weights also keep their exact values, as llama.cpp computes them.
 //!
 //! Per block `b`, for a row of activations `x ≈ sx·qx`:
-//! `Σ w·x = sx · (d · Σ q·qx + m · Σ qx)`. The integer sums are exact on every path; the two
-//! multiply-adds per block run in the same order everywhere, so every path gives the same
-//! bits:
+//! `Σ w·x = sx · (d · Σ q·qx + m · Σ qx)` (a K-quant in the AVX2 layout: `(sc_j · Σ q·qx)`
+//! in place of `Σ q·qx` and its super-block's `d`). The integer sums are exact on every path;
+//! the two multiply-adds per block run in the same order everywhere, so every path gives the
+//! same bits for one layout:
 //! - **avx512-vnni** and up: `vpdpbusd` multiplies the unsigned nibbles by the signed
 //!   activations directly (no offset correction is needed); the fifth bit is a masked byte add;
 //! - **avx2**: `vpmaddubsw` (31 · 127 · 2 fits in i16, so it never saturates); the fifth bit is
@@ -43,6 +48,9 @@
 //!   bytes `32s..32s + 32`, `s` = 0 or 1, low or high nibbles `h`) each take one bit of
 //!   every byte of a plane: plane `j / 2`, bit `4·(j mod 2) + 2h + s` of byte `i` for byte
 //!   `32s + i` of the chunk.
+//!
+//! A K-quant in the AVX2 layout adds per panel and block the 16 columns' `sc_j` then their
+//! `m_j` (32 bytes), and holds `d` and `−dmin` per panel, super-block and column.
 
 use super::cpu::KernelLevel;
 use super::int8::{quantize_activations, BLOCK};
@@ -56,23 +64,26 @@ const BLOCK_CHUNKS: usize = BLOCK / 8;
 /// Fifth-bit masks per panel and block (5-bit formats).
 const BLOCK_MASKS: usize = 2 * BLOCK_CHUNKS;
 
-/// Where the fifth bits of a 5-bit layer are kept (see the module's doc).
+/// How a layer keeps what its kernel reads besides the nibbles (see the module's doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FifthBitLayout {
-    /// 64-bit masks, as AVX-512's masked byte add takes them.
-    Masks,
-    /// Bit planes, as AVX2 shifts them into place.
-    Planes,
+pub enum LowBitLayout {
+    /// For the VNNI kernel: fifth bits as 64-bit masks, which AVX-512's masked byte add
+    /// takes; every block's `d` and `m` as f32.
+    Vnni,
+    /// For the AVX2 kernel: fifth bits as bit planes, which AVX2 shifts into place; a
+    /// K-quant's 6-bit sub-block scales and mins kept as bytes beside one f32 `d` and `−dmin`
+    /// per super-block (0.59 bytes a Q4_K weight where f32 `d` and `m` per block make 0.75).
+    Avx2,
 }
 
-impl FifthBitLayout {
-    /// The layout for this CPU's kernel: masks where the VNNI kernel runs, planes elsewhere
-    /// (every path reads both, with the same results).
+impl LowBitLayout {
+    /// The layout for this CPU's kernel: the VNNI kernel's where it runs, else AVX2's (the
+    /// AVX2 and portable paths read both; the VNNI kernel only its own).
     pub fn preferred() -> Self {
         if KernelLevel::detected() >= KernelLevel::Avx512Vnni {
-            FifthBitLayout::Masks
+            LowBitLayout::Vnni
         } else {
-            FifthBitLayout::Planes
+            LowBitLayout::Avx2
         }
     }
 
@@ -80,8 +91,8 @@ impl FifthBitLayout {
     /// (`h = 1`) nibbles is, as a bit index into the 8 words of one panel's block.
     fn position(self, j: usize, h: usize, byte: usize) -> usize {
         match self {
-            FifthBitLayout::Masks => 64 * (2 * j + h) + byte,
-            FifthBitLayout::Planes => {
+            LowBitLayout::Vnni => 64 * (2 * j + h) + byte,
+            LowBitLayout::Avx2 => {
                 let (s, i) = (byte / 32, byte % 32);
                 8 * (32 * (j / 2) + i) + 4 * (j % 2) + 2 * h + s
             }
@@ -186,8 +197,7 @@ impl LowBitFormat {
                 let (sb, j) = (b / 8, b % 8);
                 let bytes = self.block_bytes();
                 let block = &row[sb * bytes..][..bytes];
-                let (d, dmin) = (f16(block), f16(&block[2..]));
-                let (sc, mn) = q4k_scale_min(j, &block[4..16]);
+                let (d, dmin, sc, mn) = self.k_parts(row, b);
                 // Sub-blocks 2g and 2g + 1 share the 32 bytes of group g: the low nibbles
                 // and the high nibbles.
                 let qs = &block[bytes - 128 + 32 * (j / 2)..][..32];
@@ -212,8 +222,26 @@ impl LowBitFormat {
     }
 }
 
+impl LowBitFormat {
+    /// Whether this is a K-quant (super-blocks of 256 with 6-bit sub-block scales and mins).
+    fn is_k(self) -> bool {
+        self.block_values() == K_VALUES
+    }
+
+    /// Sub-block `b` (of 32 values) of a K-quant row: its super-block's `d` and `dmin` and
+    /// its own 6-bit scale and min (`w = d·sc·q − dmin·mn`).
+    fn k_parts(self, row: &[u8], b: usize) -> (f32, f32, u8, u8) {
+        let bytes = self.block_bytes();
+        let block = &row[b / K_BLOCKS * bytes..][..bytes];
+        let (sc, mn) = q4k_scale_min(b % K_BLOCKS, &block[4..16]);
+        (f16(block), f16(&block[2..]), sc, mn)
+    }
+}
+
 /// Values per K-quant super-block.
 const K_VALUES: usize = 256;
+/// Blocks of 32 per K-quant super-block.
+const K_BLOCKS: usize = K_VALUES / BLOCK;
 
 /// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` of a Q4_K or Q5_K
 /// block.
@@ -271,14 +299,19 @@ pub struct LowBitLinear {
     panels: usize,
     /// `panels × blocks × 4 × 64` bytes.
     weights: Vec<u8>,
-    /// Per panel, block and lane: `d` (`panels × blocks × 16`, 0 in padding).
+    /// Per panel, block and lane: `d` (`panels × blocks × 16`, 0 in padding); with
+    /// `sub_scales`, per panel, super-block and lane: the super-block's `d`.
     scales: Vec<f32>,
-    /// Per panel, block and lane: `m`.
+    /// Per panel, block and lane: `m`; with `sub_scales`, per panel, super-block and lane:
+    /// `−dmin`.
     mins: Vec<f32>,
+    /// K-quants in the AVX2 layout: per panel and block, the 16 lanes' 6-bit scales, then
+    /// their 6-bit mins; else empty.
+    sub_scales: Vec<u8>,
     /// 5-bit formats: per panel and block, [`BLOCK_MASKS`] words of fifth bits; else empty.
     fifth_bits: Vec<u64>,
-    /// How `fifth_bits` are laid out.
-    fifth_layout: FifthBitLayout,
+    /// How `fifth_bits` and the scales are laid out.
+    layout: LowBitLayout,
     bias: Vec<f32>,
 }
 
@@ -315,11 +348,11 @@ impl LowBitLinear {
         bias: &[f32],
         k: usize,
     ) -> Result<Self, String> {
-        Self::from_parts_in(format, parts, bias, k, FifthBitLayout::preferred())
+        Self::from_parts_in(format, parts, bias, k, LowBitLayout::preferred())
     }
 
-    /// [`Self::from_parts`] with the fifth bits in `fifth_layout` rather than this CPU's
-    /// (tests and benchmarks set the two side by side).
+    /// [`Self::from_parts`] in `layout` rather than this CPU's (tests and benchmarks set the
+    /// two side by side).
     ///
     /// # Errors
     ///
@@ -329,7 +362,7 @@ impl LowBitLinear {
         parts: &[&[u8]],
         bias: &[f32],
         k: usize,
-        fifth_layout: FifthBitLayout,
+        layout: LowBitLayout,
     ) -> Result<Self, String> {
         let n = bias.len();
         let per_block = format.block_values();
@@ -354,8 +387,13 @@ impl LowBitLinear {
             .collect();
         let panels = n.div_ceil(PANEL);
         let mut weights = vec![0u8; panels * blocks * BLOCK_CHUNKS * CHUNK_BYTES];
-        let mut scales = vec![0.0f32; panels * blocks * PANEL];
-        let mut mins = vec![0.0f32; panels * blocks * PANEL];
+        let integer = layout == LowBitLayout::Avx2 && format.is_k();
+        // Scales per panel: one per block and lane, or one per super-block and lane.
+        let panel_scales = PANEL * if integer { blocks / K_BLOCKS } else { blocks };
+        let mut scales = vec![0.0f32; panels * panel_scales];
+        let mut mins = vec![0.0f32; panels * panel_scales];
+        let panel_subs = if integer { blocks * 2 * PANEL } else { 0 };
+        let mut sub_scales = vec![0u8; panels * panel_subs];
         let masks = if format.five_bits() { BLOCK_MASKS } else { 0 };
         let mut fifth_bits = vec![0u64; panels * blocks * masks];
         let mut padded_bias = vec![0.0f32; panels * PANEL];
@@ -369,25 +407,40 @@ impl LowBitLinear {
                 .take(panels)
                 .collect()
         };
+        let mut panel_subs: Vec<&mut [u8]> = if integer {
+            sub_scales.chunks_mut(panel_subs).collect()
+        } else {
+            std::iter::repeat_with(|| -> &mut [u8] { &mut [] })
+                .take(panels)
+                .collect()
+        };
         let mut panel_parts: Vec<_> = weights
             .chunks_mut(panel_bytes)
-            .zip(scales.chunks_mut(blocks * PANEL))
-            .zip(mins.chunks_mut(blocks * PANEL))
-            .zip(panel_masks.iter_mut())
+            .zip(scales.chunks_mut(panel_scales))
+            .zip(mins.chunks_mut(panel_scales))
+            .zip(panel_masks.iter_mut().zip(panel_subs.iter_mut()))
             .collect();
         parallel_for_each(&mut panel_parts, available_threads(), &|panel,
                                                                    (
             ((w, s), mn),
-            fifth,
+            (fifth, subs),
         )| {
             for lane in 0..PANEL.min(n - panel * PANEL) {
                 let c = panel * PANEL + lane;
                 for b in 0..blocks {
                     let (d, m, nibbles, high) = format.block(row_slices[c], b);
-                    s[b * PANEL + lane] = d;
-                    mn[b * PANEL + lane] = m;
+                    if integer {
+                        let (d, dmin, sc, min) = format.k_parts(row_slices[c], b);
+                        s[b / K_BLOCKS * PANEL + lane] = d;
+                        mn[b / K_BLOCKS * PANEL + lane] = -dmin;
+                        subs[b * 2 * PANEL + lane] = sc;
+                        subs[b * 2 * PANEL + PANEL + lane] = min;
+                    } else {
+                        s[b * PANEL + lane] = d;
+                        mn[b * PANEL + lane] = m;
+                    }
                     if masks > 0 {
-                        fifth_layout.spread(high, lane, &mut fifth[b * masks..][..masks]);
+                        layout.spread(high, lane, &mut fifth[b * masks..][..masks]);
                     }
                     let chunks = nibbles.chunks();
                     let base = b * BLOCK_CHUNKS * CHUNK_BYTES + lane * 4;
@@ -409,8 +462,9 @@ impl LowBitLinear {
             weights,
             scales,
             mins,
+            sub_scales,
             fifth_bits,
-            fifth_layout,
+            layout,
             bias: padded_bias,
         })
     }
@@ -433,6 +487,7 @@ impl LowBitLinear {
     /// Bytes held (weights, scales, mins, fifth bits and bias).
     pub fn bytes(&self) -> usize {
         self.weights.len()
+            + self.sub_scales.len()
             + 4 * (self.scales.len() + self.mins.len() + self.bias.len())
             + 8 * self.fifth_bits.len()
     }
@@ -481,19 +536,20 @@ impl LowBitLinear {
             .map(|(q, &s)| s * q.iter().map(|&v| v as i32).sum::<i32>() as f32)
             .collect();
         let shared = SharedOut(out.as_mut_ptr());
-        // Fifth bits in planes run on the AVX2 kernel at every level from AVX2 up (the VNNI
-        // kernel reads masks).
-        let planes = self.fifth_layout == FifthBitLayout::Planes && !self.fifth_bits.is_empty();
+        // The AVX2 layout runs on the AVX2 kernel at every level from AVX2 up (the VNNI
+        // kernel reads only its own).
+        let vnni = self.layout == LowBitLayout::Vnni;
         let (mr, np) = match level {
-            KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 | KernelLevel::Amx if !planes => {
-                (4, 3)
-            }
+            KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 | KernelLevel::Amx if vnni => (4, 3),
             KernelLevel::Scalar => (4, 1),
             // AVX2: decode's lone rows take a whole panel per pass, batches four rows.
             _ if m <= 2 => (2, 1),
             _ => (4, 1),
         };
         let panel_bytes = blocks * BLOCK_CHUNKS * CHUNK_BYTES;
+        let integer = !self.sub_scales.is_empty();
+        let panel_scales = PANEL * if integer { blocks / K_BLOCKS } else { blocks };
+        let panel_subs = if integer { blocks * 2 * PANEL } else { 0 };
         for_each_tile(m, self.panels, mr, np, threads, &|r0, rows, p0, ps| {
             let mut acc = [0.0f32; 4 * 3 * PANEL];
             let tile = Tile {
@@ -503,19 +559,20 @@ impl LowBitLinear {
                 k,
                 blocks,
                 w: &self.weights[p0 * panel_bytes..][..ps * panel_bytes],
-                scales: &self.scales[p0 * blocks * PANEL..][..ps * blocks * PANEL],
-                mins: &self.mins[p0 * blocks * PANEL..][..ps * blocks * PANEL],
+                scales: &self.scales[p0 * panel_scales..][..ps * panel_scales],
+                mins: &self.mins[p0 * panel_scales..][..ps * panel_scales],
+                sub_scales: &self.sub_scales[p0 * panel_subs..][..ps * panel_subs],
                 fifth_bits: if self.fifth_bits.is_empty() {
                     &[]
                 } else {
                     let per_panel = blocks * BLOCK_MASKS;
                     &self.fifth_bits[p0 * per_panel..][..ps * per_panel]
                 },
-                fifth_layout: self.fifth_layout,
+                layout: self.layout,
             };
             match level {
                 #[cfg(target_arch = "x86_64")]
-                KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 | KernelLevel::Amx if !planes => {
+                KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 | KernelLevel::Amx if vnni => {
                     // SAFETY: the level is at most the detected one, so the CPU has AVX-512
                     // F/BW/VL/DQ/VNNI; the tile holds `rows` rows and `ps` panels.
                     unsafe { vnni::tile(rows, ps, &tile, acc.as_mut_ptr()) }
@@ -561,11 +618,14 @@ struct Tile<'a> {
     blocks: usize,
     /// `panels × blocks × 256` bytes.
     w: &'a [u8],
+    /// Per panel, block (or super-block, with `sub_scales`) and lane.
     scales: &'a [f32],
     mins: &'a [f32],
+    /// `panels × blocks × 32`: K-quants' 6-bit scales and mins in the AVX2 layout; else empty.
+    sub_scales: &'a [u8],
     /// `panels × blocks × 8` words of fifth bits; empty for 4-bit formats.
     fifth_bits: &'a [u64],
-    fifth_layout: FifthBitLayout,
+    layout: LowBitLayout,
 }
 
 /// The portable kernel (same arithmetic, same order, as the SIMD ones).
@@ -587,7 +647,7 @@ fn scalar_tile(rows: usize, ps: usize, t: &Tile, acc: &mut [f32]) {
                             return 0;
                         }
                         let words = &t.fifth_bits[(p * t.blocks + b) * BLOCK_MASKS..];
-                        t.fifth_layout.bit(words, j, h, byte) << 4
+                        t.layout.bit(words, j, h, byte) << 4
                     };
                     for (lane, d) in dots.iter_mut().enumerate() {
                         for tt in 0..4 {
@@ -601,10 +661,23 @@ fn scalar_tile(rows: usize, ps: usize, t: &Tile, acc: &mut [f32]) {
                 }
                 let sx = t.x_scales[r * t.blocks + b];
                 let xs = t.x_sums[r * t.blocks + b];
-                let at = (p * t.blocks + b) * PANEL;
-                for (lane, s) in sums.iter_mut().enumerate() {
-                    *s = (dots[lane] as f32).mul_add(sx * t.scales[at + lane], *s);
-                    *s = t.mins[at + lane].mul_add(xs, *s);
+                if t.sub_scales.is_empty() {
+                    let at = (p * t.blocks + b) * PANEL;
+                    for (lane, s) in sums.iter_mut().enumerate() {
+                        *s = (dots[lane] as f32).mul_add(sx * t.scales[at + lane], *s);
+                        *s = t.mins[at + lane].mul_add(xs, *s);
+                    }
+                } else {
+                    // The 6-bit scale times the integer sum, exactly; `m = −dmin·mn` as ggml
+                    // computes it.
+                    let at = (p * t.blocks + b) / K_BLOCKS * PANEL;
+                    let subs = &t.sub_scales[(p * t.blocks + b) * 2 * PANEL..][..2 * PANEL];
+                    for (lane, s) in sums.iter_mut().enumerate() {
+                        let dot = dots[lane] * subs[lane] as i32;
+                        *s = (dot as f32).mul_add(sx * t.scales[at + lane], *s);
+                        let m = t.mins[at + lane] * subs[PANEL + lane] as f32;
+                        *s = m.mul_add(xs, *s);
+                    }
                 }
             }
             acc[(r * ps + p) * PANEL..][..PANEL].copy_from_slice(&sums);
@@ -722,7 +795,8 @@ mod vnni {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{FifthBitLayout, Tile, BLOCK, BLOCK_CHUNKS, BLOCK_MASKS, CHUNK_BYTES, PANEL};
+    use super::PANEL;
+    use super::{LowBitLayout, Tile, BLOCK, BLOCK_CHUNKS, BLOCK_MASKS, CHUNK_BYTES, K_BLOCKS};
     use std::arch::x86_64::*;
 
     /// The kernel's fifth bits: none (4-bit formats), masks, planes.
@@ -739,40 +813,65 @@ mod avx2 {
     ///
     /// As [`kernel`].
     pub unsafe fn tile(mr: usize, t: &Tile, acc: *mut f32) {
-        let fifth = match (t.fifth_bits.is_empty(), t.fifth_layout) {
+        let fifth = match (t.fifth_bits.is_empty(), t.layout) {
             (true, _) => NONE,
-            (false, FifthBitLayout::Masks) => MASKS,
-            (false, FifthBitLayout::Planes) => PLANES,
+            (false, LowBitLayout::Vnni) => MASKS,
+            (false, LowBitLayout::Avx2) => PLANES,
         };
+        // K-quants in the AVX2 layout (4-bit, or 5-bit with planes) keep integer scales.
         unsafe {
-            match fifth {
-                NONE => rows::<NONE>(mr, t, acc),
-                MASKS => rows::<MASKS>(mr, t, acc),
-                _ => rows::<PLANES>(mr, t, acc),
+            match (fifth, t.sub_scales.is_empty()) {
+                (NONE, true) => rows::<NONE, false>(mr, t, acc),
+                (MASKS, true) => rows::<MASKS, false>(mr, t, acc),
+                (_, true) => rows::<PLANES, false>(mr, t, acc),
+                (NONE, false) => rows::<NONE, true>(mr, t, acc),
+                (MASKS, false) => rows::<MASKS, true>(mr, t, acc),
+                (_, false) => rows::<PLANES, true>(mr, t, acc),
             }
         }
     }
 
-    /// [`tile`] for one layout of the fifth bits.
+    /// [`tile`] for one layout of the fifth bits and the scales (`INT`: a K-quant's 6-bit
+    /// scales and mins as integers).
     ///
     /// # Safety
     ///
     /// As [`kernel`].
-    unsafe fn rows<const FIFTH: u8>(mr: usize, t: &Tile, acc: *mut f32) {
+    unsafe fn rows<const FIFTH: u8, const INT: bool>(mr: usize, t: &Tile, acc: *mut f32) {
         unsafe {
             match mr {
-                1 => kernel::<1, FIFTH>(t, acc),
-                2 => kernel::<2, FIFTH>(t, acc),
+                1 => kernel::<1, FIFTH, INT>(t, acc),
+                2 => kernel::<2, FIFTH, INT>(t, acc),
                 3 => {
-                    half::<3, 0, FIFTH>(t, acc);
-                    half::<3, 1, FIFTH>(t, acc);
+                    half::<3, 0, FIFTH, INT>(t, acc);
+                    half::<3, 1, FIFTH, INT>(t, acc);
                 }
                 4 => {
-                    half::<4, 0, FIFTH>(t, acc);
-                    half::<4, 1, FIFTH>(t, acc);
+                    half::<4, 0, FIFTH, INT>(t, acc);
+                    half::<4, 1, FIFTH, INT>(t, acc);
                 }
                 _ => unreachable!("tile rows"),
             }
+        }
+    }
+
+    /// The 8 bytes at `at` as 16 i16, each twice (`vpmaddwd` pairs them with the pairs of
+    /// `vpmaddubsw`, both of one column).
+    #[target_feature(enable = "avx2")]
+    unsafe fn doubled(at: *const u8) -> __m256i {
+        unsafe {
+            let s = _mm_loadl_epi64(at.cast());
+            _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(s, s))
+        }
+    }
+
+    /// A block's `m = −dmin · mn` for the 8 columns whose 6-bit mins are at `at`, in f32 as
+    /// ggml computes it.
+    #[target_feature(enable = "avx2")]
+    unsafe fn mins(at: *const u8, neg_dmin: __m256) -> __m256 {
+        unsafe {
+            let mn = _mm256_cvtepu8_epi32(_mm_loadl_epi64(at.cast()));
+            _mm256_mul_ps(_mm256_cvtepi32_ps(mn), neg_dmin)
         }
     }
 
@@ -819,12 +918,25 @@ mod avx2 {
     /// fifth bits, laid out as `FIFTH` says, unless `FIFTH` is `NONE`); `acc` is valid for
     /// writing `MR × 16` values.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn kernel<const MR: usize, const FIFTH: u8>(t: &Tile, acc: *mut f32) {
+    unsafe fn kernel<const MR: usize, const FIFTH: u8, const INT: bool>(t: &Tile, acc: *mut f32) {
         let ones = _mm256_set1_epi16(1);
         let nibble = _mm256_set1_epi8(0x0F);
         let (x, w, k) = (t.x.as_ptr(), t.w.as_ptr(), t.k);
         let mut sums = [[_mm256_setzero_ps(); 2]; MR];
+        // INT: the super-block's `d` and `−dmin`, and the block's scales and mins.
+        let (mut d_super, mut neg_dmin) = ([_mm256_setzero_ps(); 2], [_mm256_setzero_ps(); 2]);
         for b in 0..t.blocks {
+            let subs = t.sub_scales.as_ptr().add(b * 2 * PANEL);
+            let weight = if INT {
+                if b % K_BLOCKS == 0 {
+                    let at = b / K_BLOCKS * PANEL;
+                    d_super = [0, 8].map(|h| _mm256_loadu_ps(t.scales.as_ptr().add(at + h)));
+                    neg_dmin = [0, 8].map(|h| _mm256_loadu_ps(t.mins.as_ptr().add(at + h)));
+                }
+                [doubled(subs), doubled(subs.add(8))]
+            } else {
+                [ones; 2]
+            };
             let mut dots = [[_mm256_setzero_si256(); 2]; MR];
             let planes = if FIFTH == PLANES {
                 let at = t.fifth_bits.as_ptr().add(b * BLOCK_MASKS).cast::<__m256i>();
@@ -870,19 +982,29 @@ mod avx2 {
                             _mm256_maddubs_epi16(lo[h], a_lo),
                             _mm256_maddubs_epi16(hi[h], a_hi),
                         );
-                        d[h] = _mm256_add_epi32(d[h], _mm256_madd_epi16(p, ones));
+                        d[h] = _mm256_add_epi32(d[h], _mm256_madd_epi16(p, weight[h]));
                     }
                 }
             }
             let at = b * PANEL;
+            let (dw, mw) = if INT {
+                (
+                    d_super,
+                    [0, 8].map(|h| mins(subs.add(PANEL + h), neg_dmin[h / 8])),
+                )
+            } else {
+                (
+                    [0, 8].map(|h| _mm256_loadu_ps(t.scales.as_ptr().add(at + h))),
+                    [0, 8].map(|h| _mm256_loadu_ps(t.mins.as_ptr().add(at + h))),
+                )
+            };
             for (r, (s, d)) in sums.iter_mut().zip(&dots).enumerate() {
                 let sx = _mm256_set1_ps(*t.x_scales.get_unchecked(r * t.blocks + b));
                 let xs = _mm256_set1_ps(*t.x_sums.get_unchecked(r * t.blocks + b));
                 for h in 0..2 {
-                    let dw = _mm256_loadu_ps(t.scales.as_ptr().add(at + 8 * h));
-                    let mw = _mm256_loadu_ps(t.mins.as_ptr().add(at + 8 * h));
-                    let v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[h]), _mm256_mul_ps(sx, dw), s[h]);
-                    s[h] = _mm256_fmadd_ps(mw, xs, v);
+                    let v =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[h]), _mm256_mul_ps(sx, dw[h]), s[h]);
+                    s[h] = _mm256_fmadd_ps(mw[h], xs, v);
                 }
             }
         }
@@ -899,12 +1021,27 @@ mod avx2 {
     ///
     /// As [`kernel`] (with `MR ≤ 4`).
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn half<const MR: usize, const H: usize, const FIFTH: u8>(t: &Tile, acc: *mut f32) {
+    unsafe fn half<const MR: usize, const H: usize, const FIFTH: u8, const INT: bool>(
+        t: &Tile,
+        acc: *mut f32,
+    ) {
         let ones = _mm256_set1_epi16(1);
         let nibble = _mm256_set1_epi8(0x0F);
         let (x, w, k) = (t.x.as_ptr(), t.w.as_ptr(), t.k);
         let mut sums = [_mm256_setzero_ps(); MR];
+        let (mut d_super, mut neg_dmin) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         for b in 0..t.blocks {
+            let subs = t.sub_scales.as_ptr().add(b * 2 * PANEL + 8 * H);
+            let weight = if INT {
+                if b % K_BLOCKS == 0 {
+                    let at = b / K_BLOCKS * PANEL + 8 * H;
+                    d_super = _mm256_loadu_ps(t.scales.as_ptr().add(at));
+                    neg_dmin = _mm256_loadu_ps(t.mins.as_ptr().add(at));
+                }
+                doubled(subs)
+            } else {
+                ones
+            };
             let mut dots = [_mm256_setzero_si256(); MR];
             for j in 0..BLOCK_CHUNKS {
                 let raw =
@@ -931,12 +1068,18 @@ mod avx2 {
                         _mm256_maddubs_epi16(lo, a_lo),
                         _mm256_maddubs_epi16(hi, a_hi),
                     );
-                    *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(p, ones));
+                    *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(p, weight));
                 }
             }
             let at = b * PANEL + 8 * H;
-            let dw = _mm256_loadu_ps(t.scales.as_ptr().add(at));
-            let mw = _mm256_loadu_ps(t.mins.as_ptr().add(at));
+            let (dw, mw) = if INT {
+                (d_super, mins(subs.add(PANEL), neg_dmin))
+            } else {
+                (
+                    _mm256_loadu_ps(t.scales.as_ptr().add(at)),
+                    _mm256_loadu_ps(t.mins.as_ptr().add(at)),
+                )
+            };
             for (r, (s, dot)) in sums.iter_mut().zip(&dots).enumerate() {
                 let sx = _mm256_set1_ps(*t.x_scales.get_unchecked(r * t.blocks + b));
                 let xs = _mm256_set1_ps(*t.x_sums.get_unchecked(r * t.blocks + b));

@@ -124,10 +124,12 @@ fn blocks_are_read_as_ggml_dequantizes_them() {
     }
 }
 
-/// The documented arithmetic, naively.
+/// The documented arithmetic, naively: per block `sx · (d · Σ q·qx + m · Σ qx)`, where the
+/// AVX2 layout of a K-quant multiplies the integer sum by the 6-bit scale first and then by
+/// the super-block's `d`, and takes `m = −dmin · mn` as ggml does.
 fn naive(
     layer_w: &[u8],
-    format: LowBitFormat,
+    (format, layout): (LowBitFormat, LowBitLayout),
     x: &[f32],
     m: usize,
     n: usize,
@@ -136,6 +138,7 @@ fn naive(
 ) -> Vec<f32> {
     let mut out = vec![0.0; m * n];
     let blocks = decode(format, layer_w, n, k);
+    let row_bytes = k / format.block_values() * format.block_bytes();
     for i in 0..m {
         let mut xq = vec![0i8; k];
         let mut sx = vec![0.0f32; k / BLOCK];
@@ -158,8 +161,15 @@ fn naive(
                     dot += q[j] as i32 * xq[blk * 32 + j] as i32;
                     sum += xq[blk * 32 + j] as i32;
                 }
-                s = (dot as f32).mul_add(sx[blk] * d, s);
-                s = mn.mul_add(sx[blk] * sum as f32, s);
+                if layout == LowBitLayout::Avx2 && format.is_k() {
+                    let row = &layer_w[c * row_bytes..][..row_bytes];
+                    let (d, dmin, sc, min) = format.k_parts(row, blk);
+                    s = ((dot * sc as i32) as f32).mul_add(sx[blk] * d, s);
+                    s = (-dmin * min as f32).mul_add(sx[blk] * sum as f32, s);
+                } else {
+                    s = (dot as f32).mul_add(sx[blk] * d, s);
+                    s = mn.mul_add(sx[blk] * sum as f32, s);
+                }
             }
             out[i * n + c] = s + b[c];
         }
@@ -178,6 +188,8 @@ fn every_path_matches_the_naive_reference_exactly_and_the_f32_product_closely() 
             (100, 40, 32),
             (2, 3, 256),
             (5, 33, 768),
+            (1, 20, 512),
+            (4, 16, 256),
         ] {
             if !k.is_multiple_of(format.block_values()) {
                 continue;
@@ -185,8 +197,9 @@ fn every_path_matches_the_naive_reference_exactly_and_the_f32_product_closely() 
             let bytes = random_blocks(format, n, k, 3 + n as u64);
             let b = values(9, n);
             let x = values(1 + m as u64, m * k);
-            let want = naive(&bytes, format, &x, m, n, k, &b);
-            for layout in [FifthBitLayout::Masks, FifthBitLayout::Planes] {
+            let w = dequantize(format, &bytes, n, k);
+            for layout in [LowBitLayout::Vnni, LowBitLayout::Avx2] {
+                let want = naive(&bytes, (format, layout), &x, m, n, k, &b);
                 let layer = LowBitLinear::from_parts_in(format, &[&bytes], &b, k, layout).unwrap();
                 for level in KernelLevel::ALL {
                     if level > KernelLevel::detected() {
@@ -198,32 +211,31 @@ fn every_path_matches_the_naive_reference_exactly_and_the_f32_product_closely() 
                         assert_eq!(got, want, "{format:?} {m}×{n}×{k} on {level}, {layout:?}");
                     }
                 }
-            }
-            // Only the activations are quantized: close to the exact product.
-            let w = dequantize(format, &bytes, n, k);
-            let (mut err, mut norm) = (0.0f64, 0.0f64);
-            for i in 0..m {
-                for c in 0..n {
-                    let exact: f64 = (0..k)
-                        .map(|t| x[i * k + t] as f64 * w[c * k + t] as f64)
-                        .sum::<f64>()
-                        + b[c] as f64;
-                    err += (want[i * n + c] as f64 - exact).powi(2);
-                    norm += exact.powi(2);
+                // Only the activations are quantized: close to the exact product.
+                let (mut err, mut norm) = (0.0f64, 0.0f64);
+                for i in 0..m {
+                    for c in 0..n {
+                        let exact: f64 = (0..k)
+                            .map(|t| x[i * k + t] as f64 * w[c * k + t] as f64)
+                            .sum::<f64>()
+                            + b[c] as f64;
+                        err += (want[i * n + c] as f64 - exact).powi(2);
+                        norm += exact.powi(2);
+                    }
                 }
+                assert!(
+                    (err / norm).sqrt() < 0.01,
+                    "{format:?} {m}×{n}×{k} {layout:?}: {}",
+                    (err / norm).sqrt()
+                );
             }
-            assert!(
-                (err / norm).sqrt() < 0.01,
-                "{format:?} {m}×{n}×{k}: {}",
-                (err / norm).sqrt()
-            );
         }
     }
 }
 
 #[test]
 fn each_fifth_bit_layout_gives_every_value_its_own_bit() {
-    for layout in [FifthBitLayout::Masks, FifthBitLayout::Planes] {
+    for layout in [LowBitLayout::Vnni, LowBitLayout::Avx2] {
         let mut seen = [false; 64 * BLOCK_MASKS];
         for j in 0..BLOCK_CHUNKS {
             for h in 0..2 {
@@ -242,6 +254,23 @@ fn each_fifth_bit_layout_gives_every_value_its_own_bit() {
                 let (j, h, byte) = (v / 8, (v % 8) / 4, 4 * lane + v % 4);
                 assert_eq!(layout.bit(&words, j, h, byte), 1, "{layout:?} {lane} {v}");
                 assert_eq!(words.iter().map(|w| w.count_ones()).sum::<u32>(), 1);
+            }
+        }
+    }
+}
+
+/// A layer of no output columns (no panels) runs and writes nothing, in every layout.
+#[test]
+fn a_layer_without_outputs_runs() {
+    for layout in [LowBitLayout::Vnni, LowBitLayout::Avx2] {
+        for (format, k) in [(LowBitFormat::Q4K, 256), (LowBitFormat::Q5_0, 32)] {
+            let layer = LowBitLinear::from_parts_in(format, &[&[]], &[], k, layout).unwrap();
+            let mut out = vec![];
+            for level in KernelLevel::ALL
+                .into_iter()
+                .filter(|l| *l <= KernelLevel::detected())
+            {
+                layer.forward(&vec![0.5; 3 * k], 3, &mut out, level, 2, Epilogue::Bias);
             }
         }
     }

@@ -70,7 +70,7 @@ pub use f32_packed::F32Linear;
 pub use int16::Int16Linear;
 pub use int8::Int8Linear;
 pub use linear_f32::{linear, linear_with, LinearPart, MatmulKernel, SMALL_M};
-pub use lowbit::{FifthBitLayout, LowBitFormat, LowBitLinear};
+pub use lowbit::{LowBitFormat, LowBitLayout, LowBitLinear};
 pub use sixbit::SixBitLinear;
 pub use tiles::Epilogue;
 pub use window_attention::{window_attention, WindowShape};
