@@ -407,9 +407,9 @@ fn bench_bf16_levels(c: &mut Criterion) {
 /// step at 1 to 32 rows (the streams of a continuous batch), one thread; throughput in
 /// multiply-adds. `cargo bench --bench forward -- int8-decode`.
 fn bench_int8_decode(c: &mut Criterion) {
-    use zerobatch::kernels::{Dtype, Epilogue, KernelLevel, PackedLinear};
-    let (k, n, layers) = (1024, 3072, 24);
-    let packed: Vec<PackedLinear> = (0..layers)
+    use zerobatch::kernels::{Dtype, PackedLinear};
+    let (k, n) = (1024, 3072);
+    let packed: Vec<PackedLinear> = (0..24)
         .map(|l| {
             let w: Vec<f32> = (0..n * k)
                 .map(|i| ((i * 31 + l * 7) % 97) as f32 / 97.0 - 0.5)
@@ -417,49 +417,83 @@ fn bench_int8_decode(c: &mut Criterion) {
             PackedLinear::pack(Dtype::Int8, &w, &vec![0.0; n], k).unwrap()
         })
         .collect();
-    let mut group = c.benchmark_group("int8-decode");
-    group
-        .sample_size(20)
-        .warm_up_time(std::time::Duration::from_millis(500))
-        .measurement_time(std::time::Duration::from_secs(2));
-    for m in [1usize, 2, 4, 8, 16, 32] {
-        let x: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 17 % 89) as f32 - 44.0) / 89.0)
-            .collect();
-        let mut out = vec![0.0f32; m * n];
-        group.throughput(Throughput::Elements((m * k * n * layers) as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(m), &m, |bch, &m| {
-            bch.iter(|| {
-                for layer in &packed {
-                    layer.forward(&x, m, &mut out, KernelLevel::detected(), 1, Epilogue::Bias);
-                }
-            })
-        });
-    }
-    group.finish();
+    let series: [(&str, &[PackedLinear]); 1] = [("int8", &packed)];
+    decode_group(c, "int8-decode", (k, n), &series, &DECODE_ROWS);
 }
 
-/// Q6_K layers as a decode step streams them, kept as stored (`kernels::sixbit`) against the
-/// same values requantized to int8 (what CPUs with VNNI load): 24 layers of Qwen3-0.6B's
-/// FFN-down shape (3072 → 1024; 62 MB as Q6_K, 85 MB as int8), each run once per step at 1
-/// to 32 rows, one thread; throughput in multiply-adds. `cargo bench --bench forward --
-/// q6k-decode`.
-fn bench_q6k_decode(c: &mut Criterion) {
-    use candle_core::quantized::{GgmlDType, QTensor};
-    use zerobatch::kernels::{Dtype, Epilogue, KernelLevel, PackedLinear, SixBitLinear};
-    let (k, n, layers) = (3072, 1024, 24);
-    let blocks: Vec<Vec<u8>> = (0..layers)
+/// `layers` distinct `n × k` weight matrices quantized by candle into `dtype`'s GGUF blocks.
+fn ggml_layers(
+    dtype: candle_core::quantized::GgmlDType,
+    (n, k): (usize, usize),
+    layers: usize,
+) -> Vec<Vec<u8>> {
+    (0..layers)
         .map(|l| {
             let w: Vec<f32> = (0..n * k)
                 .map(|i| ((i * 31 + l * 7) % 97) as f32 / 97.0 - 0.5)
                 .collect();
             let t = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
-            let q = QTensor::quantize(&t, GgmlDType::Q6K).unwrap();
+            let q = candle_core::quantized::QTensor::quantize(&t, dtype).unwrap();
             q.data().unwrap().into_owned()
         })
-        .collect();
+        .collect()
+}
+
+/// A decode step's layers side by side: every series runs each of its layers once per step
+/// (`k` inputs, `n` outputs) for each `(rows, threads)`; throughput in multiply-adds. Ids are
+/// `series/rows`, or `series/{rows}x{threads}t` on more than one thread.
+fn decode_group(
+    c: &mut Criterion,
+    name: &str,
+    (k, n): (usize, usize),
+    series: &[(&str, &[zerobatch::kernels::PackedLinear])],
+    shapes: &[(usize, usize)],
+) {
+    use zerobatch::kernels::{Epilogue, KernelLevel};
+    let mut group = c.benchmark_group(name);
+    group
+        .sample_size(20)
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2));
+    for &(m, threads) in shapes {
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 17 % 89) as f32 - 44.0) / 89.0)
+            .collect();
+        let mut out = vec![0.0f32; m * n];
+        let layers = series.first().map_or(0, |s| s.1.len());
+        group.throughput(Throughput::Elements((m * k * n * layers) as u64));
+        for (label, packed) in series {
+            let id = if threads == 1 {
+                BenchmarkId::new(*label, m)
+            } else {
+                BenchmarkId::new(*label, format!("{m}x{threads}t"))
+            };
+            group.bench_with_input(id, &m, |bch, &m| {
+                bch.iter(|| {
+                    for layer in packed.iter() {
+                        let level = KernelLevel::detected();
+                        layer.forward(&x, m, &mut out, level, threads, Epilogue::Bias);
+                    }
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+/// One to 32 rows on one thread: decode steps of 1 to 32 streams.
+const DECODE_ROWS: [(usize, usize); 6] = [(1, 1), (2, 1), (4, 1), (8, 1), (16, 1), (32, 1)];
+
+/// Q6_K layers as a decode step streams them, kept as stored (`kernels::sixbit`) against the
+/// same values requantized to int8 (what CPUs with VNNI load): 24 layers of Qwen3-0.6B's
+/// FFN-down shape (3072 → 1024; 62 MB as Q6_K, 85 MB as int8), each run once per step at 1
+/// to 32 rows, one thread. `cargo bench --bench forward -- q6k-decode`.
+fn bench_q6k_decode(c: &mut Criterion) {
+    use candle_core::quantized::GgmlDType;
+    use zerobatch::kernels::{Dtype, PackedLinear, SixBitLinear};
+    let (k, n) = (3072, 1024);
     let bias = vec![0.0; n];
-    let six: Vec<PackedLinear> = blocks
+    let six: Vec<PackedLinear> = ggml_layers(GgmlDType::Q6K, (n, k), 24)
         .iter()
         .map(|b| PackedLinear::SixBit(SixBitLinear::from_parts(&[b], &bias, k).unwrap()))
         .collect();
@@ -473,150 +507,59 @@ fn bench_q6k_decode(c: &mut Criterion) {
             PackedLinear::pack(Dtype::Int8, &w, &bias, k).unwrap()
         })
         .collect();
-    let mut group = c.benchmark_group("q6k-decode");
-    group
-        .sample_size(20)
-        .warm_up_time(std::time::Duration::from_millis(500))
-        .measurement_time(std::time::Duration::from_secs(2));
-    for m in [1usize, 2, 4, 8, 16, 32] {
-        let x: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 17 % 89) as f32 - 44.0) / 89.0)
-            .collect();
-        let mut out = vec![0.0f32; m * n];
-        group.throughput(Throughput::Elements((m * k * n * layers) as u64));
-        for (name, packed) in [("q6_k", &six), ("int8", &int8)] {
-            group.bench_with_input(BenchmarkId::new(name, m), &m, |bch, &m| {
-                bch.iter(|| {
-                    for layer in packed {
-                        layer.forward(&x, m, &mut out, KernelLevel::detected(), 1, Epilogue::Bias);
-                    }
-                })
-            });
-        }
-    }
-    group.finish();
+    let series: [(&str, &[PackedLinear]); 2] = [("q6_k", &six), ("int8", &int8)];
+    decode_group(c, "q6k-decode", (k, n), &series, &DECODE_ROWS);
 }
 
-/// Q5_0 layers as a decode step streams them, their fifth bits in each layout
-/// (`kernels::LowBitLayout`): 24 layers of Qwen2.5-0.5B's gate projection (896 → 4,864,
-/// which a `Q4_K_M` file stores as Q5_0; 91 MB in all), each run once per step at 1 to 32
-/// rows, one thread; throughput in multiply-adds. `cargo bench --bench forward -- q5-decode`.
-fn bench_q5_decode(c: &mut Criterion) {
-    use candle_core::quantized::{GgmlDType, QTensor};
-    use zerobatch::kernels::{
-        Epilogue, KernelLevel, LowBitFormat, LowBitLayout, LowBitLinear, PackedLinear,
-    };
-    let (k, n, layers) = (896, 4864, 24);
-    let blocks: Vec<Vec<u8>> = (0..layers)
-        .map(|l| {
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 31 + l * 7) % 97) as f32 / 97.0 - 0.5)
-                .collect();
-            let t = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
-            let q = QTensor::quantize(&t, GgmlDType::Q5_0).unwrap();
-            q.data().unwrap().into_owned()
-        })
-        .collect();
+/// `blocks` (one layer each) as `format` layers in the AVX2 layout, then in the VNNI one.
+fn lowbit_layouts(
+    format: zerobatch::kernels::LowBitFormat,
+    blocks: &[Vec<u8>],
+    (n, k): (usize, usize),
+) -> [Vec<zerobatch::kernels::PackedLinear>; 2] {
+    use zerobatch::kernels::{LowBitLayout, LowBitLinear, PackedLinear};
     let bias = vec![0.0; n];
-    let layout = |layout| -> Vec<PackedLinear> {
+    [LowBitLayout::Avx2, LowBitLayout::Vnni].map(|layout| {
         blocks
             .iter()
             .map(|b| {
-                let l = LowBitLinear::from_parts_in(LowBitFormat::Q5_0, &[b], &bias, k, layout);
+                let l = LowBitLinear::from_parts_in(format, &[b], &bias, k, layout);
                 PackedLinear::LowBit(l.unwrap())
             })
             .collect()
-    };
-    let (masks, planes) = (layout(LowBitLayout::Vnni), layout(LowBitLayout::Avx2));
-    let mut group = c.benchmark_group("q5-decode");
-    group
-        .sample_size(20)
-        .warm_up_time(std::time::Duration::from_millis(500))
-        .measurement_time(std::time::Duration::from_secs(2));
-    for m in [1usize, 2, 4, 8, 16, 32] {
-        let x: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 17 % 89) as f32 - 44.0) / 89.0)
-            .collect();
-        let mut out = vec![0.0f32; m * n];
-        group.throughput(Throughput::Elements((m * k * n * layers) as u64));
-        for (name, packed) in [("planes", &planes), ("masks", &masks)] {
-            group.bench_with_input(BenchmarkId::new(name, m), &m, |bch, &m| {
-                bch.iter(|| {
-                    for layer in packed {
-                        layer.forward(&x, m, &mut out, KernelLevel::detected(), 1, Epilogue::Bias);
-                    }
-                })
-            });
-        }
-    }
-    group.finish();
+    })
+}
+
+/// Q5_0 layers as a decode step streams them, their fifth bits in each layout
+/// (`kernels::LowBitLayout`: planes for AVX2, masks for VNNI): 24 layers of Qwen2.5-0.5B's
+/// gate projection (896 → 4,864, which a `Q4_K_M` file stores as Q5_0; 91 MB in all), each
+/// run once per step at 1 to 32 rows, one thread. `cargo bench --bench forward -- q5-decode`.
+fn bench_q5_decode(c: &mut Criterion) {
+    use candle_core::quantized::GgmlDType;
+    use zerobatch::kernels::{LowBitFormat, PackedLinear};
+    let (k, n) = (896, 4864);
+    let blocks = ggml_layers(GgmlDType::Q5_0, (n, k), 24);
+    let [planes, masks] = lowbit_layouts(LowBitFormat::Q5_0, &blocks, (n, k));
+    let series: [(&str, &[PackedLinear]); 2] = [("planes", &planes), ("masks", &masks)];
+    decode_group(c, "q5-decode", (k, n), &series, &DECODE_ROWS);
 }
 
 /// Q4_K layers as a decode step streams them, in each layout (`kernels::LowBitLayout`:
 /// f32 `d` and `m` per block of 32 for the VNNI kernel, the 6-bit scales and mins as bytes
 /// for AVX2): 24 layers of Qwen3-0.6B's gate projection (1,024 → 3,072; 57 MB as the VNNI
 /// layout holds it, 45 MB as AVX2's), each run once per step at 1 to 32 rows on one thread,
-/// and at 1 row on two (decode's lone stream shares the memory bus with the other core);
-/// throughput in multiply-adds. `cargo bench --bench forward -- q4k-decode`.
+/// and at 1 row on two (decode's lone stream shares the memory bus with the other core).
+/// `cargo bench --bench forward -- q4k-decode`.
 fn bench_q4k_decode(c: &mut Criterion) {
-    use candle_core::quantized::{GgmlDType, QTensor};
-    use zerobatch::kernels::{
-        Epilogue, KernelLevel, LowBitFormat, LowBitLayout, LowBitLinear, PackedLinear,
-    };
-    let (k, n, layers) = (1024, 3072, 24);
-    let blocks: Vec<Vec<u8>> = (0..layers)
-        .map(|l| {
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 31 + l * 7) % 97) as f32 / 97.0 - 0.5)
-                .collect();
-            let t = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
-            let q = QTensor::quantize(&t, GgmlDType::Q4K).unwrap();
-            q.data().unwrap().into_owned()
-        })
-        .collect();
-    let bias = vec![0.0; n];
-    let layout = |layout| -> Vec<PackedLinear> {
-        blocks
-            .iter()
-            .map(|b| {
-                let l = LowBitLinear::from_parts_in(LowBitFormat::Q4K, &[b], &bias, k, layout);
-                PackedLinear::LowBit(l.unwrap())
-            })
-            .collect()
-    };
-    let (vnni, avx2) = (layout(LowBitLayout::Vnni), layout(LowBitLayout::Avx2));
-    let mut group = c.benchmark_group("q4k-decode");
-    group
-        .sample_size(20)
-        .warm_up_time(std::time::Duration::from_millis(500))
-        .measurement_time(std::time::Duration::from_secs(2));
-    for (m, threads) in [
-        (1usize, 1usize),
-        (1, 2),
-        (2, 1),
-        (4, 1),
-        (8, 1),
-        (16, 1),
-        (32, 1),
-    ] {
-        let x: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 17 % 89) as f32 - 44.0) / 89.0)
-            .collect();
-        let mut out = vec![0.0f32; m * n];
-        group.throughput(Throughput::Elements((m * k * n * layers) as u64));
-        for (name, packed) in [("avx2-layout", &avx2), ("vnni-layout", &vnni)] {
-            let id = BenchmarkId::new(name, format!("{m}x{threads}t"));
-            group.bench_with_input(id, &m, |bch, &m| {
-                bch.iter(|| {
-                    for layer in packed {
-                        let level = KernelLevel::detected();
-                        layer.forward(&x, m, &mut out, level, threads, Epilogue::Bias);
-                    }
-                })
-            });
-        }
-    }
-    group.finish();
+    use candle_core::quantized::GgmlDType;
+    use zerobatch::kernels::{LowBitFormat, PackedLinear};
+    let (k, n) = (1024, 3072);
+    let blocks = ggml_layers(GgmlDType::Q4K, (n, k), 24);
+    let [avx2, vnni] = lowbit_layouts(LowBitFormat::Q4K, &blocks, (n, k));
+    let series: [(&str, &[PackedLinear]); 2] = [("avx2-layout", &avx2), ("vnni-layout", &vnni)];
+    let mut shapes = vec![(1, 2)];
+    shapes.extend(DECODE_ROWS);
+    decode_group(c, "q4k-decode", (k, n), &series, &shapes);
 }
 
 criterion_group!(

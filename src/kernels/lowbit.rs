@@ -794,7 +794,7 @@ mod vnni {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(super) mod avx2 {
     use super::PANEL;
     use super::{LowBitLayout, Tile, BLOCK, BLOCK_CHUNKS, BLOCK_MASKS, CHUNK_BYTES, K_BLOCKS};
     use std::arch::x86_64::*;
@@ -812,7 +812,7 @@ mod avx2 {
     /// # Safety
     ///
     /// As [`kernel`].
-    pub unsafe fn tile(mr: usize, t: &Tile, acc: *mut f32) {
+    pub(super) unsafe fn tile(mr: usize, t: &Tile, acc: *mut f32) {
         let fifth = match (t.fifth_bits.is_empty(), t.layout) {
             (true, _) => NONE,
             (false, LowBitLayout::Vnni) => MASKS,
@@ -855,13 +855,18 @@ mod avx2 {
         }
     }
 
-    /// The 8 bytes at `at` as 16 i16, each twice (`vpmaddwd` pairs them with the pairs of
-    /// `vpmaddubsw`, both of one column).
+    /// The 8 signed bytes at `at` as 16 i16, each twice (`vpmaddwd` pairs them with the
+    /// pairs of `vpmaddubsw`, both of one column): a K-quant's 6-bit scales (0..=63 read the
+    /// same signed), Q6_K's signed ones (`super::super::sixbit`).
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2; `at` must be valid for reading 8 bytes.
     #[target_feature(enable = "avx2")]
-    unsafe fn doubled(at: *const u8) -> __m256i {
+    pub(in crate::kernels) unsafe fn doubled(at: *const i8) -> __m256i {
         unsafe {
             let s = _mm_loadl_epi64(at.cast());
-            _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(s, s))
+            _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(s, s))
         }
     }
 
@@ -933,7 +938,7 @@ mod avx2 {
                     d_super = [0, 8].map(|h| _mm256_loadu_ps(t.scales.as_ptr().add(at + h)));
                     neg_dmin = [0, 8].map(|h| _mm256_loadu_ps(t.mins.as_ptr().add(at + h)));
                 }
-                [doubled(subs), doubled(subs.add(8))]
+                [doubled(subs.cast()), doubled(subs.add(8).cast())]
             } else {
                 [ones; 2]
             };
@@ -1038,7 +1043,7 @@ mod avx2 {
                     d_super = _mm256_loadu_ps(t.scales.as_ptr().add(at));
                     neg_dmin = _mm256_loadu_ps(t.mins.as_ptr().add(at));
                 }
-                doubled(subs)
+                doubled(subs.cast())
             } else {
                 ones
             };

@@ -2,7 +2,7 @@
 //! dequantizes them, every kernel path against the naive arithmetic, bad shapes refused.
 
 use super::*;
-use crate::kernels::test_util::test_values as values;
+use crate::kernels::test_util::{levels, relative_error, test_values as values};
 
 const FORMATS: [LowBitFormat; 6] = [
     LowBitFormat::Q4_0,
@@ -212,22 +212,8 @@ fn every_path_matches_the_naive_reference_exactly_and_the_f32_product_closely() 
                     }
                 }
                 // Only the activations are quantized: close to the exact product.
-                let (mut err, mut norm) = (0.0f64, 0.0f64);
-                for i in 0..m {
-                    for c in 0..n {
-                        let exact: f64 = (0..k)
-                            .map(|t| x[i * k + t] as f64 * w[c * k + t] as f64)
-                            .sum::<f64>()
-                            + b[c] as f64;
-                        err += (want[i * n + c] as f64 - exact).powi(2);
-                        norm += exact.powi(2);
-                    }
-                }
-                assert!(
-                    (err / norm).sqrt() < 0.01,
-                    "{format:?} {m}×{n}×{k} {layout:?}: {}",
-                    (err / norm).sqrt()
-                );
+                let rel = relative_error(&want, &x, &w, &b, k);
+                assert!(rel < 0.01, "{format:?} {m}×{n}×{k} {layout:?}: {rel}");
             }
         }
     }
@@ -266,10 +252,7 @@ fn a_layer_without_outputs_runs() {
         for (format, k) in [(LowBitFormat::Q4K, 256), (LowBitFormat::Q5_0, 32)] {
             let layer = LowBitLinear::from_parts_in(format, &[&[]], &[], k, layout).unwrap();
             let mut out = vec![];
-            for level in KernelLevel::ALL
-                .into_iter()
-                .filter(|l| *l <= KernelLevel::detected())
-            {
+            for level in levels() {
                 layer.forward(&vec![0.5; 3 * k], 3, &mut out, level, 2, Epilogue::Bias);
             }
         }

@@ -381,6 +381,7 @@ fn scalar_tile(rows: usize, t: &Tile, acc: &mut [f32]) {
 mod avx2 {
     use super::{Tile, BLOCK, BLOCK_CHUNKS, CHUNK_BYTES, NIBBLE_BYTES, PANEL, PANEL_BLOCK_BYTES};
     use super::{SCALES_AT, SUPER_BLOCKS};
+    use crate::kernels::lowbit::avx2::doubled;
     use std::arch::x86_64::*;
 
     /// AVX2 tile of `mr ≤ 4` rows × 1 panel. One or two rows take both halves of the panel
@@ -407,16 +408,6 @@ mod avx2 {
                 }
                 _ => unreachable!("tile rows"),
             }
-        }
-    }
-
-    /// The 8 scales at `at` as 16 i16, each twice (`vpmaddwd` pairs them with the pairs of
-    /// `vpmaddubsw`, both of one column).
-    #[target_feature(enable = "avx2")]
-    unsafe fn doubled(at: *const i8) -> __m256i {
-        unsafe {
-            let s = _mm_loadl_epi64(at.cast());
-            _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(s, s))
         }
     }
 

@@ -3,7 +3,7 @@
 //! saturating pair sum would show), bad shapes refused.
 
 use super::*;
-use crate::kernels::test_util::test_values as values;
+use crate::kernels::test_util::{relative_error, test_values as values};
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::Device;
 
@@ -128,18 +128,7 @@ fn every_path_matches_the_naive_reference_exactly_and_the_f32_product_closely() 
         let layer = SixBitLinear::from_parts(&[&bytes], &b, k).unwrap();
         let mut got = vec![0.0; m * n];
         layer.forward(&x, m, &mut got, KernelLevel::detected(), 1, Epilogue::Bias);
-        let (mut err, mut norm) = (0.0f64, 0.0f64);
-        for i in 0..m {
-            for c in 0..n {
-                let exact: f64 = (0..k)
-                    .map(|t| x[i * k + t] as f64 * w[c * k + t] as f64)
-                    .sum::<f64>()
-                    + b[c] as f64;
-                err += (got[i * n + c] as f64 - exact).powi(2);
-                norm += exact.powi(2);
-            }
-        }
-        let rel = (err / norm).sqrt();
+        let rel = relative_error(&got, &x, &w, &b, k);
         assert!(rel < 0.01, "{m}×{n}×{k}: {rel}");
     }
 }

@@ -61,3 +61,21 @@ pub(crate) fn edge_widths() -> Vec<usize> {
         vec![1, 3, 4, 5, 63, 64, 65, 129, 130]
     }
 }
+
+/// The relative error (root of summed squares over the exact result's) of `got` (`m×n`)
+/// against `x · wᵀ + b` computed in f64 (`x` `m×k`, `w` `n×k`).
+pub(crate) fn relative_error(got: &[f32], x: &[f32], w: &[f32], b: &[f32], k: usize) -> f64 {
+    let n = b.len();
+    let (mut err, mut norm) = (0.0f64, 0.0f64);
+    for (i, row) in got.chunks_exact(n).enumerate() {
+        for (c, &g) in row.iter().enumerate() {
+            let exact: f64 = (0..k)
+                .map(|t| x[i * k + t] as f64 * w[c * k + t] as f64)
+                .sum::<f64>()
+                + b[c] as f64;
+            err += (g as f64 - exact).powi(2);
+            norm += exact.powi(2);
+        }
+    }
+    (err / norm).sqrt()
+}
