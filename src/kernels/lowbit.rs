@@ -870,6 +870,33 @@ pub(super) mod avx2 {
         }
     }
 
+    /// One row's step over one chunk of 8 columns: `dot` plus the unsigned `lo` and `hi`
+    /// values times the row's 4 + 4 activations at `at` (broadcast to every column), their
+    /// `vpmaddubsw` pairs weighted by `vpmaddwd` with `weight` (ones, or per-column scales).
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2; `at` must be valid for reading 8 bytes.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(in crate::kernels) unsafe fn row_step(
+        dot: __m256i,
+        at: *const i8,
+        lo: __m256i,
+        hi: __m256i,
+        weight: __m256i,
+    ) -> __m256i {
+        unsafe {
+            let a_lo = _mm256_set1_epi32(at.cast::<i32>().read_unaligned());
+            let a_hi = _mm256_set1_epi32(at.add(4).cast::<i32>().read_unaligned());
+            let p = _mm256_add_epi16(
+                _mm256_maddubs_epi16(lo, a_lo),
+                _mm256_maddubs_epi16(hi, a_hi),
+            );
+            _mm256_add_epi32(dot, _mm256_madd_epi16(p, weight))
+        }
+    }
+
     /// A block's `m = −dmin · mn` for the 8 columns whose 6-bit mins are at `at`, in f32 as
     /// ggml computes it.
     #[target_feature(enable = "avx2")]
@@ -1066,14 +1093,7 @@ pub(super) mod avx2 {
                     hi = _mm256_or_si256(hi, plane_bit(plane, bit + 2));
                 }
                 for (r, dot) in dots.iter_mut().enumerate() {
-                    let at = x.add(r * k + b * BLOCK + 8 * j);
-                    let a_lo = _mm256_set1_epi32(at.cast::<i32>().read_unaligned());
-                    let a_hi = _mm256_set1_epi32(at.add(4).cast::<i32>().read_unaligned());
-                    let p = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(lo, a_lo),
-                        _mm256_maddubs_epi16(hi, a_hi),
-                    );
-                    *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(p, weight));
+                    *dot = row_step(*dot, x.add(r * k + b * BLOCK + 8 * j), lo, hi, weight);
                 }
             }
             let at = b * PANEL + 8 * H;

@@ -381,7 +381,7 @@ fn scalar_tile(rows: usize, t: &Tile, acc: &mut [f32]) {
 mod avx2 {
     use super::{Tile, BLOCK, BLOCK_CHUNKS, CHUNK_BYTES, NIBBLE_BYTES, PANEL, PANEL_BLOCK_BYTES};
     use super::{SCALES_AT, SUPER_BLOCKS};
-    use crate::kernels::lowbit::avx2::doubled;
+    use crate::kernels::lowbit::avx2::{doubled, row_step};
     use std::arch::x86_64::*;
 
     /// AVX2 tile of `mr ≤ 4` rows × 1 panel. One or two rows take both halves of the panel
@@ -542,13 +542,7 @@ mod avx2 {
                 );
                 for (r, dot) in dots.iter_mut().enumerate() {
                     let at = x.add(r * k + b * BLOCK + 8 * j);
-                    let a_lo = _mm256_set1_epi32(at.cast::<i32>().read_unaligned());
-                    let a_hi = _mm256_set1_epi32(at.add(4).cast::<i32>().read_unaligned());
-                    let p = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(lo, a_lo),
-                        _mm256_maddubs_epi16(hi, a_hi),
-                    );
-                    *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(p, scale[j / 2]));
+                    *dot = row_step(*dot, at, lo, hi, scale[j / 2]);
                 }
             }
             for (r, (s, dot)) in sums.iter_mut().zip(&dots).enumerate() {
