@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side generation benchmark: zerobatch against llama.cpp's llama-server, on the same
 # GGUF (SmolLM2-135M-Instruct Q4_1), measured by the same streaming client
-# (scripts/gen-load.py: prompt "Once upon a time", 64 new tokens, EOS ignored, greedy) in one
+# (scripts/gen-load.py: prompt "Once upon a time", 64 new tokens (MAX_TOKENS), EOS ignored, greedy) in one
 # run, the two servers taking turns at each concurrency so that machine drift hits both.
 #
 #   scripts/compare-generation.sh                  # writes docs/bench-data/generation.csv
@@ -12,7 +12,8 @@
 # MODEL: another GGUF (e.g. one of scripts/make-shaped-gguf.py's files of real shapes);
 # SYSTEMS: which servers take turns (default "zerobatch llama.cpp"); "zerobatch-before" runs
 # the binary BEFORE (another build, for a before/after in the same run); ZB_ARGS: extra flags
-# for zerobatch. On a CPU with AMX llama-server runs with --no-repack (its AMX path crashes in
+# for zerobatch; MAX_TOKENS: new tokens per request (default 64; longer outputs make each step
+# read a longer KV cache, as an agent's answers do). On a CPU with AMX llama-server runs with --no-repack (its AMX path crashes in
 # b11434 built with GGML_NATIVE).
 #
 # Each measurement starts a fresh server process (so its peak RSS belongs to that
@@ -26,6 +27,7 @@ cd "$(dirname "$0")/.."
 rounds="${ROUNDS:-3}"
 duration="${DURATION:-15}"
 concurrency="${CONCURRENCY:-1 8 16 32}"
+max_tokens="${MAX_TOKENS:-64}"
 out="${OUT:-docs/bench-data/generation.csv}"
 port=18700
 
@@ -77,7 +79,7 @@ for round in $(seq "$rounds"); do
   for c in $concurrency; do
     for system in $systems; do
       start_server "$system"
-      result=$(python3 scripts/gen-load.py "http://127.0.0.1:$port" --concurrency "$c" --duration "$duration" --pid "$pid" --json)
+      result=$(python3 scripts/gen-load.py "http://127.0.0.1:$port" --concurrency "$c" --duration "$duration" --max-tokens "$max_tokens" --pid "$pid" --json)
       stop_server
       echo "$result" | python3 -c '
 import json, sys
@@ -92,9 +94,9 @@ print(",".join([round_, system] + [str(round(r[c], 2)) if isinstance(r[c], float
 done
 
 # Medians over the rounds, one row per system and concurrency, in the plot script's columns.
-python3 - "$out.raw" "$out" "$machine" "$(basename "$model")" <<'EOF'
+python3 - "$out.raw" "$out" "$machine" "$(basename "$model")" "$max_tokens" <<'EOF'
 import csv, statistics, sys
-raw, out, machine, model = sys.argv[1:5]
+raw, out, machine, model, max_tokens = sys.argv[1:6]
 rows = list(csv.DictReader(open(raw)))
 keys = []
 for r in rows:
@@ -109,6 +111,6 @@ with open(out, "w", newline="") as f:
         sel = [r for r in rows if r["system"] == system and int(r["concurrency"]) == c]
         med = [round(statistics.median(float(r[m]) for r in sel), 2) for m in metrics]
         errors = sum(int(r["errors"]) for r in sel)
-        w.writerow([f"{model}: Once upon a time, 64 new tokens", system, c] + med + [len(sel), errors, machine])
+        w.writerow([f"{model}: Once upon a time, {max_tokens} new tokens", system, c] + med + [len(sel), errors, machine])
 print(open(out).read())
 EOF
