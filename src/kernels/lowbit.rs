@@ -173,22 +173,37 @@ impl LowBitFormat {
     /// `m` (`w = d·q + m`), its nibbles as stored ([`Nibbles`]) and its fifth bits (bit `i`
     /// for value `i`; 0 in 4-bit formats).
     fn block(self, row: &[u8], b: usize) -> (f32, f32, Nibbles, u32) {
+        let (nibbles, high) = self.quants(row, b);
+        if self.is_k() {
+            let (d, dmin, sc, mn) = self.k_parts(row, b);
+            return (d * sc as f32, -(dmin * mn as f32), nibbles, high);
+        }
+        let block = &row[b * self.block_bytes()..][..self.block_bytes()];
+        let d = f16(block);
+        let m = match self {
+            LowBitFormat::Q4_0 => -8.0 * d,
+            LowBitFormat::Q5_0 => -16.0 * d,
+            _ => f16(&block[2..]),
+        };
+        (d, m, nibbles, high)
+    }
+
+    /// Block `b`'s nibbles as stored and its fifth bits (bit `i` for value `i`; 0 in 4-bit
+    /// formats), without its scales (a K-quant in the AVX2 layout reads those apart).
+    fn quants(self, row: &[u8], b: usize) -> (Nibbles, u32) {
         let word = |q: &[u8], i: usize| {
             u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]])
         };
         match self {
             LowBitFormat::Q4_0 | LowBitFormat::Q4_1 | LowBitFormat::Q5_0 | LowBitFormat::Q5_1 => {
                 let block = &row[b * self.block_bytes()..][..self.block_bytes()];
-                let d = f16(block);
-                let (m, high, qs) = match self {
-                    LowBitFormat::Q4_0 => (-8.0 * d, 0, &block[2..18]),
-                    LowBitFormat::Q4_1 => (f16(&block[2..]), 0, &block[4..20]),
-                    LowBitFormat::Q5_0 => (-16.0 * d, word(&block[2..6], 0), &block[6..22]),
-                    _ => (f16(&block[2..]), word(&block[4..8], 0), &block[8..24]),
+                let (high, qs) = match self {
+                    LowBitFormat::Q4_0 => (0, &block[2..18]),
+                    LowBitFormat::Q4_1 => (0, &block[4..20]),
+                    LowBitFormat::Q5_0 => (word(&block[2..6], 0), &block[6..22]),
+                    _ => (word(&block[4..8], 0), &block[8..24]),
                 };
                 (
-                    d,
-                    m,
                     Nibbles::Split([word(qs, 0), word(qs, 1), word(qs, 2), word(qs, 3)]),
                     high,
                 )
@@ -197,7 +212,6 @@ impl LowBitFormat {
                 let (sb, j) = (b / 8, b % 8);
                 let bytes = self.block_bytes();
                 let block = &row[sb * bytes..][..bytes];
-                let (d, dmin, sc, mn) = self.k_parts(row, b);
                 // Sub-blocks 2g and 2g + 1 share the 32 bytes of group g: the low nibbles
                 // and the high nibbles.
                 let qs = &block[bytes - 128 + 32 * (j / 2)..][..32];
@@ -209,8 +223,6 @@ impl LowBitFormat {
                     0
                 };
                 (
-                    d * sc as f32,
-                    -(dmin * mn as f32),
                     Nibbles::Whole {
                         words,
                         high: j % 2 == 1,
@@ -428,17 +440,21 @@ impl LowBitLinear {
             for lane in 0..PANEL.min(n - panel * PANEL) {
                 let c = panel * PANEL + lane;
                 for b in 0..blocks {
-                    let (d, m, nibbles, high) = format.block(row_slices[c], b);
-                    if integer {
+                    // A K-quant in the AVX2 layout keeps its integer scales; every other
+                    // block its `d` and `m` in f32.
+                    let (nibbles, high) = if integer {
                         let (d, dmin, sc, min) = format.k_parts(row_slices[c], b);
                         s[b / K_BLOCKS * PANEL + lane] = d;
                         mn[b / K_BLOCKS * PANEL + lane] = -dmin;
                         subs[b * 2 * PANEL + lane] = sc;
                         subs[b * 2 * PANEL + PANEL + lane] = min;
+                        format.quants(row_slices[c], b)
                     } else {
+                        let (d, m, nibbles, high) = format.block(row_slices[c], b);
                         s[b * PANEL + lane] = d;
                         mn[b * PANEL + lane] = m;
-                    }
+                        (nibbles, high)
+                    };
                     if masks > 0 {
                         layout.spread(high, lane, &mut fifth[b * masks..][..masks]);
                     }

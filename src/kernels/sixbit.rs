@@ -66,16 +66,21 @@ pub fn preferred() -> bool {
     KernelLevel::detected() < KernelLevel::Avx512Vnni
 }
 
-/// Value `v` (0..256) of a Q6_K super-block as its six bits `q` (0..=63), as ggml's
-/// `dequantize_row_q6_K` reads it: in each half of 128, four runs of 32 take the low or
-/// high nibbles of 64 bytes of `ql` and a pair of bits of 32 bytes of `qh`.
-fn q6k_value(block: &[u8], v: usize) -> u8 {
-    let (half, l) = (v / 128, v % 128);
-    let (run, i) = (l / 32, l % 32);
-    let ql = block[64 * half + 32 * (run % 2) + i];
-    let nibble = if run < 2 { ql & 0x0F } else { ql >> 4 };
-    let high = (block[128 + 32 * half + i] >> (2 * run)) & 3;
-    nibble | (high << 4)
+/// Values `32·bb..32·bb + 32` (`bb` in 0..8) of a Q6_K super-block as their six bits `q`
+/// (0..=63), as ggml's `dequantize_row_q6_K` reads them: in each half of 128, four runs of
+/// 32 take the low or high nibbles of 64 bytes of `ql` and a pair of bits of 32 bytes of
+/// `qh`. A run at a time over fixed-size arrays (no per-value index checks): the LM head's
+/// conversion is most of a Q4_K_M file's load.
+fn q6k_run(block: &[u8; BLOCK_BYTES], bb: usize) -> [u8; BLOCK] {
+    let (half, run) = (bb / 4, bb % 4);
+    let ql: &[u8; BLOCK] = block[64 * half + 32 * (run % 2)..][..BLOCK]
+        .try_into()
+        .expect("32 bytes");
+    let qh: &[u8; BLOCK] = block[128 + 32 * half..][..BLOCK]
+        .try_into()
+        .expect("32 bytes");
+    let shift = if run < 2 { 0 } else { 4 };
+    std::array::from_fn(|i| ((ql[i] >> shift) & 0x0F) | (((qh[i] >> (2 * run)) & 3) << 4))
 }
 
 /// The scale of sub-block `j` (0..16) of a Q6_K super-block.
@@ -144,12 +149,16 @@ impl SixBitLinear {
             for lane in 0..PANEL.min(n - panel * PANEL) {
                 let row = rows[panel * PANEL + lane];
                 for sb in 0..supers {
-                    let block = &row[sb * BLOCK_BYTES..][..BLOCK_BYTES];
+                    let block: &[u8; BLOCK_BYTES] = row[sb * BLOCK_BYTES..][..BLOCK_BYTES]
+                        .try_into()
+                        .expect("a super-block");
                     d[sb * PANEL + lane] = q6k_d(block);
                     for bb in 0..SUPER_BLOCKS {
-                        let q: [u8; BLOCK] = std::array::from_fn(|i| q6k_value(block, 32 * bb + i));
-                        let out = &mut w[(sb * SUPER_BLOCKS + bb) * PANEL_BLOCK_BYTES..]
-                            [..PANEL_BLOCK_BYTES];
+                        let q = q6k_run(block, bb);
+                        let out: &mut [u8; PANEL_BLOCK_BYTES] = (&mut w
+                            [(sb * SUPER_BLOCKS + bb) * PANEL_BLOCK_BYTES..][..PANEL_BLOCK_BYTES])
+                            .try_into()
+                            .expect("a panel's block");
                         place_block(&q, lane, out);
                         for h in 0..2 {
                             out[SCALES_AT + h * PANEL + lane] = q6k_scale(block, 2 * bb + h) as u8;
@@ -304,7 +313,7 @@ impl SixBitLinear {
 
 /// Writes the 32 values `q` (0..=63) of one block of column `lane` into the panel's block
 /// layout `out` (see the module's doc).
-fn place_block(q: &[u8; BLOCK], lane: usize, out: &mut [u8]) {
+fn place_block(q: &[u8; BLOCK], lane: usize, out: &mut [u8; PANEL_BLOCK_BYTES]) {
     let (nibbles, high) = out.split_at_mut(NIBBLE_BYTES);
     for j in 0..BLOCK_CHUNKS {
         for t in 0..4 {

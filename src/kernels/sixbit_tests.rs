@@ -55,6 +55,30 @@ fn rows_read_back_as_ggml_dequantizes_them() {
     assert_eq!(bytes.len(), n * row_bytes);
 }
 
+/// Value `v` (0..256) of a Q6_K super-block as its six bits, one at a time, as ggml's
+/// `dequantize_row_q6_K` indexes them: the reference the loader's run-at-a-time reading and
+/// the naive product below are checked against.
+fn q6k_value(block: &[u8], v: usize) -> u8 {
+    let (half, l) = (v / 128, v % 128);
+    let (run, i) = (l / 32, l % 32);
+    let ql = block[64 * half + 32 * (run % 2) + i];
+    let nibble = if run < 2 { ql & 0x0F } else { ql >> 4 };
+    let high = (block[128 + 32 * half + i] >> (2 * run)) & 3;
+    nibble | (high << 4)
+}
+
+#[test]
+fn a_run_reads_the_values_one_at_a_time_reading_gives() {
+    let bytes = random_blocks(1, 4 * SUPER, 11);
+    for block in bytes.chunks_exact(BLOCK_BYTES) {
+        let arr: &[u8; BLOCK_BYTES] = block.try_into().unwrap();
+        for bb in 0..SUPER_BLOCKS {
+            let want: Vec<u8> = (0..BLOCK).map(|i| q6k_value(block, 32 * bb + i)).collect();
+            assert_eq!(q6k_run(arr, bb).to_vec(), want, "run {bb}");
+        }
+    }
+}
+
 /// The documented arithmetic, naively, from the GGUF bytes.
 fn naive(bytes: &[u8], x: &[f32], m: usize, n: usize, k: usize, b: &[f32]) -> Vec<f32> {
     let row_bytes = k / SUPER * BLOCK_BYTES;

@@ -40,7 +40,15 @@ pub(super) fn block<'a, T: KvValue, const AVX: bool>(
 /// follow: widening the f16 keys and values waited on memory for over half of decode
 /// attention's time (perf, Qwen3-0.6B, one stream, Zen 3). Rows past the slices are skipped.
 #[inline(always)]
-pub(super) fn prefetch_block<T>(k: &[T], v: &[T], kvw: usize, hd: usize, kvh: usize, r0: usize, n: usize) {
+pub(super) fn prefetch_block<T>(
+    k: &[T],
+    v: &[T],
+    kvw: usize,
+    hd: usize,
+    kvh: usize,
+    r0: usize,
+    n: usize,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
@@ -73,7 +81,13 @@ pub(super) fn prefetch_block<T>(k: &[T], v: &[T], kvw: usize, hd: usize, kvh: us
 /// `AVX` (the caller is compiled with AVX), 8×8 tiles go through registers: the scalar loop
 /// cost more than the scores it feeds in decode (one row, three heads per key block).
 #[inline(always)]
-pub(super) fn transpose_keys<const AVX: bool>(kb: &[f32], ks: usize, nb: usize, hd: usize, kt: &mut [f32]) {
+pub(super) fn transpose_keys<const AVX: bool>(
+    kb: &[f32],
+    ks: usize,
+    nb: usize,
+    hd: usize,
+    kt: &mut [f32],
+) {
     assert!(nb <= KEY_BLOCK && kt.len() >= hd * KEY_BLOCK);
     assert!(nb == 0 || kb.len() >= (nb - 1) * ks + hd);
     let (mut j0, mut d_tiles) = (0, 0);
