@@ -628,26 +628,13 @@ fn narrow<T: KvValue, const FMA: bool, const AVX: bool>(
         let nb = block_len(t0, hi);
         // The next block's keys and values (this head's, or the next head's first) are asked
         // for now, so they arrive while this one is worked on.
-        if t0 + nb < hi {
-            prefetch_block(
-                k,
-                v,
-                kvw,
-                hd,
-                kvh,
-                t0 + nb - c.first,
-                block_len(t0 + nb, hi),
-            );
-        } else if kvh + 1 < c.kv_heads.end {
-            prefetch_block(
-                k,
-                v,
-                kvw,
-                hd,
-                kvh + 1,
-                first - c.first,
-                block_len(first, hi),
-            );
+        let next = if t0 + nb < hi {
+            Some((kvh, t0 + nb))
+        } else {
+            (kvh + 1 < c.kv_heads.end).then_some((kvh + 1, first))
+        };
+        if let Some((h, t)) = next {
+            prefetch_block(k, v, kvw, hd, h, t - c.first, block_len(t, hi));
         }
         let (kb, ks) = block::<T, AVX>(k, kvw, hd, kvh, t0 - c.first, nb, keys);
         transpose_keys::<AVX>(kb, ks, nb, hd, kt);

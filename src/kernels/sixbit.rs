@@ -477,14 +477,8 @@ mod avx2 {
                 ];
                 for (r, dot) in dots.iter_mut().enumerate() {
                     let at = x.add(r * k + b * BLOCK + 8 * j);
-                    let a_lo = _mm256_set1_epi32(at.cast::<i32>().read_unaligned());
-                    let a_hi = _mm256_set1_epi32(at.add(4).cast::<i32>().read_unaligned());
                     for h in 0..2 {
-                        let p = _mm256_add_epi16(
-                            _mm256_maddubs_epi16(lo[h], a_lo),
-                            _mm256_maddubs_epi16(hi[h], a_hi),
-                        );
-                        dot[h] = _mm256_add_epi32(dot[h], _mm256_madd_epi16(p, scale[j / 2][h]));
+                        dot[h] = row_step(dot[h], at, lo[h], hi[h], scale[j / 2][h]);
                     }
                 }
             }
