@@ -404,8 +404,8 @@ fn bench_bf16_levels(c: &mut Criterion) {
 
 /// int8 layers as a decode step streams them: 24 layers of Qwen3-0.6B's gate projection
 /// (1024 → 3072, 3 MB each, 72 MB in all: more than this CPU's caches), each run once per
-/// step at 1 to 32 rows (the streams of a continuous batch), one thread; throughput in
-/// multiply-adds. `cargo bench --bench forward -- int8-decode`.
+/// step at 1 to 32 rows (the streams of a continuous batch), one thread, and at 8 rows on two;
+/// throughput in multiply-adds. `cargo bench --bench forward -- int8-decode`.
 fn bench_int8_decode(c: &mut Criterion) {
     use zerobatch::kernels::{Dtype, PackedLinear};
     let (k, n) = (1024, 3072);
@@ -418,7 +418,9 @@ fn bench_int8_decode(c: &mut Criterion) {
         })
         .collect();
     let series: [(&str, &[PackedLinear]); 1] = [("int8", &packed)];
-    decode_group(c, "int8-decode", (k, n), &series, &DECODE_ROWS);
+    let mut shapes = DECODE_ROWS.to_vec();
+    shapes.push((8, 2));
+    decode_group(c, "int8-decode", (k, n), &series, &shapes);
 }
 
 /// `layers` distinct `n × k` weight matrices quantized by candle into `dtype`'s GGUF blocks.

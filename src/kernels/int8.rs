@@ -25,7 +25,9 @@
 
 use super::cpu::KernelLevel;
 use super::team::{available_threads, parallel_for_each};
-use super::tiles::{for_each_tile, in_row_blocks, store_tile, Epilogue, SharedOut, PANEL};
+use super::tiles::{
+    for_each_tile, in_row_blocks, prefetch_share, store_tile, Epilogue, SharedOut, PANEL,
+};
 
 /// Reduction indices per group: the 4 bytes one i32 lane of `vpdpbusd` sums.
 const GROUP: usize = 4;
@@ -465,15 +467,21 @@ impl Int8Linear {
             KernelLevel::Avx2 => (2, 1),
             KernelLevel::Scalar => (4, 1),
         };
+        let panel_bytes = self.groups * GROUP_BYTES;
         for_each_tile(m, self.panels, mr, np, threads, &|r0, rows, p0, ps| {
             let mut acc = [0.0f32; 4 * 3 * PANEL];
+            // The next panel block's weights, this tile's share of them (see
+            // `prefetch_share`; empty past the last block and for decode's lone tile).
+            let len = self.weights.len();
+            let next = &self.weights
+                [((p0 + ps) * panel_bytes).min(len)..((p0 + 2 * ps) * panel_bytes).min(len)];
             let tile = Tile {
+                ahead: &next[prefetch_share(m, mr, r0, next.len())],
                 x: &xq[r0 * kpad..(r0 + rows) * kpad],
                 x_scales: &x_scales[r0 * blocks..(r0 + rows) * blocks],
                 kpad,
                 blocks,
-                w: &self.weights[p0 * self.groups * GROUP_BYTES..]
-                    [..ps * self.groups * GROUP_BYTES],
+                w: &self.weights[p0 * panel_bytes..][..ps * panel_bytes],
                 offsets: &self.offsets[p0 * blocks * PANEL..][..ps * blocks * PANEL],
                 w_scales: &self.scales[p0 * blocks * PANEL..][..ps * blocks * PANEL],
             };
@@ -524,6 +532,9 @@ struct Tile<'a> {
     offsets: &'a [i32],
     /// `panels × blocks × 16` weight scales.
     w_scales: &'a [f32],
+    /// Bytes of the next panels that the AVX2 kernel asks the cache for while it works, a
+    /// line per group (see `tiles::prefetch_share`).
+    ahead: &'a [i8],
 }
 
 /// The portable kernel: `acc[(r·ps + p)·16 + lane] = Σ_b sx[r][b] · Σ_{k∈b} qx·qw` for `rows`
@@ -656,6 +667,9 @@ mod avx2 {
     use super::{Tile, BLOCK_GROUPS, GROUP, GROUP_BYTES, PANEL};
     use std::arch::x86_64::*;
 
+    /// Bytes of one cache line.
+    const LINE: usize = 64;
+
     /// AVX2 tile of `mr ≤ 2` rows × 1 panel (see [`kernel`]).
     ///
     /// # Safety
@@ -672,7 +686,8 @@ mod avx2 {
     }
 
     /// `acc[r·16 + lane] = Σ_b sx[r][b] · Σ_{k∈b} qx·qw` for one panel, with the sign of `qx`
-    /// moved onto `qw` so that `vpmaddubsw` multiplies `|qx|` (unsigned) by `±qw`.
+    /// moved onto `qw` so that `vpmaddubsw` multiplies `|qx|` (unsigned) by `±qw`; a line of
+    /// `t.ahead` prefetched per group.
     ///
     /// # Safety
     ///
@@ -682,10 +697,15 @@ mod avx2 {
     unsafe fn kernel<const MR: usize>(t: &Tile, acc: *mut f32) {
         let ones = _mm256_set1_epi16(1);
         let (x, w, kpad) = (t.x.as_ptr(), t.w.as_ptr(), t.kpad);
+        let ahead_lines = t.ahead.len().div_ceil(LINE);
         let mut sums = [[_mm256_setzero_ps(); 2]; MR];
         for b in 0..t.blocks {
             let mut dots = [[_mm256_setzero_si256(); 2]; MR];
             for g in b * BLOCK_GROUPS..(b + 1) * BLOCK_GROUPS {
+                if g < ahead_lines {
+                    // `g · 64 < ahead.len()`: inside the slice. A prefetch reads nothing.
+                    _mm_prefetch::<_MM_HINT_T0>(t.ahead.as_ptr().add(g * LINE).cast());
+                }
                 let w0 = _mm256_loadu_si256(w.add(g * GROUP_BYTES).cast());
                 let w1 = _mm256_loadu_si256(w.add(g * GROUP_BYTES + 32).cast());
                 for (r, d) in dots.iter_mut().enumerate() {

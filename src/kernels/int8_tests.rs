@@ -54,6 +54,7 @@ fn every_path_matches_the_naive_reference_exactly() {
         (100, 40, 37),
         (200, 96, 24),
         (5, 48, 100),
+        (8, 33, 96),
         (1000, 20, 10),
     ] {
         let x = values(1 + m as u64, m * k);
