@@ -464,7 +464,9 @@ impl Int8Linear {
         let shared = SharedOut(out.as_mut_ptr());
         let (mr, np) = match level {
             KernelLevel::Avx512Vnni | KernelLevel::Avx512Bf16 | KernelLevel::Amx => (4, 3),
-            KernelLevel::Avx2 => (2, 1),
+            // AVX2: decode's lone rows two at a time, batches four (see `avx2::tile`).
+            KernelLevel::Avx2 if m <= 2 => (2, 1),
+            KernelLevel::Avx2 => (4, 1),
             KernelLevel::Scalar => (4, 1),
         };
         let panel_bytes = self.groups * GROUP_BYTES;
@@ -495,7 +497,7 @@ impl Int8Linear {
                 }
                 #[cfg(target_arch = "x86_64")]
                 KernelLevel::Avx2 => {
-                    // SAFETY: as above, for AVX2 (`ps` is 1, `rows` at most 2).
+                    // SAFETY: as above, for AVX2 (`ps` is 1, `rows` at most 4).
                     unsafe { avx2::tile(rows, &tile, acc.as_mut_ptr()) }
                 }
                 _ => scalar_tile(rows, ps, &tile, &mut acc),
@@ -670,7 +672,10 @@ mod avx2 {
     /// Bytes of one cache line.
     const LINE: usize = 64;
 
-    /// AVX2 tile of `mr ≤ 2` rows × 1 panel (see [`kernel`]).
+    /// AVX2 tile of `mr ≤ 4` rows × 1 panel: decode's one or two rows move each activation's
+    /// sign onto the weights ([`kernel`]), three or four rows share each weight's absolute
+    /// value and move its sign onto the activations instead ([`shared`]: two fewer
+    /// instructions per weight load and row than four rows of [`kernel`] would take).
     ///
     /// # Safety
     ///
@@ -680,7 +685,65 @@ mod avx2 {
             match mr {
                 1 => kernel::<1>(t, acc),
                 2 => kernel::<2>(t, acc),
+                3 => shared::<3>(t, acc),
+                4 => shared::<4>(t, acc),
                 _ => unreachable!("tile rows"),
+            }
+        }
+    }
+
+    /// As [`kernel`] for `MR` rows, with `vpmaddubsw` multiplying `|qw|` (unsigned, computed
+    /// once per weight load for all the rows) by `qx · sign(qw)`. The sums per block go to
+    /// `acc` (in memory: the rows' i32 sums take the registers).
+    ///
+    /// # Safety
+    ///
+    /// As [`kernel`].
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn shared<const MR: usize>(t: &Tile, acc: *mut f32) {
+        let ones = _mm256_set1_epi16(1);
+        let (x, w, kpad) = (t.x.as_ptr(), t.w.as_ptr(), t.kpad);
+        let ahead_lines = t.ahead.len().div_ceil(LINE);
+        for r in 0..MR {
+            _mm256_storeu_ps(acc.add(r * PANEL), _mm256_setzero_ps());
+            _mm256_storeu_ps(acc.add(r * PANEL + 8), _mm256_setzero_ps());
+        }
+        for b in 0..t.blocks {
+            let mut dots = [[_mm256_setzero_si256(); 2]; MR];
+            for g in b * BLOCK_GROUPS..(b + 1) * BLOCK_GROUPS {
+                if g < ahead_lines {
+                    // `g · 64 < ahead.len()`: inside the slice. A prefetch reads nothing.
+                    _mm_prefetch::<_MM_HINT_T0>(t.ahead.as_ptr().add(g * LINE).cast());
+                }
+                let w0 = _mm256_loadu_si256(w.add(g * GROUP_BYTES).cast());
+                let w1 = _mm256_loadu_si256(w.add(g * GROUP_BYTES + 32).cast());
+                let (u0, u1) = (_mm256_abs_epi8(w0), _mm256_abs_epi8(w1));
+                for (r, d) in dots.iter_mut().enumerate() {
+                    let a = _mm256_set1_epi32(
+                        x.add(r * kpad + g * GROUP).cast::<i32>().read_unaligned(),
+                    );
+                    let p0 = _mm256_maddubs_epi16(u0, _mm256_sign_epi8(a, w0));
+                    let p1 = _mm256_maddubs_epi16(u1, _mm256_sign_epi8(a, w1));
+                    d[0] = _mm256_add_epi32(d[0], _mm256_madd_epi16(p0, ones));
+                    d[1] = _mm256_add_epi32(d[1], _mm256_madd_epi16(p1, ones));
+                }
+            }
+            let at = b * PANEL;
+            let sw0 = _mm256_loadu_ps(t.w_scales.as_ptr().add(at));
+            let sw1 = _mm256_loadu_ps(t.w_scales.as_ptr().add(at + 8));
+            for (r, d) in dots.iter().enumerate() {
+                let sx = _mm256_set1_ps(*t.x_scales.get_unchecked(r * t.blocks + b));
+                let (s0, s1) = (acc.add(r * PANEL), acc.add(r * PANEL + 8));
+                let f0 = _mm256_mul_ps(sx, sw0);
+                let f1 = _mm256_mul_ps(sx, sw1);
+                _mm256_storeu_ps(
+                    s0,
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[0]), f0, _mm256_loadu_ps(s0)),
+                );
+                _mm256_storeu_ps(
+                    s1,
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[1]), f1, _mm256_loadu_ps(s1)),
+                );
             }
         }
     }
