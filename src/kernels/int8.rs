@@ -673,9 +673,9 @@ mod avx2 {
     const LINE: usize = 64;
 
     /// AVX2 tile of `mr ≤ 4` rows × 1 panel: decode's one or two rows move each activation's
-    /// sign onto the weights ([`kernel`]), three or four rows share each weight's absolute
-    /// value and move its sign onto the activations instead ([`shared`]: two fewer
-    /// instructions per weight load and row than four rows of [`kernel`] would take).
+    /// sign onto the weights, three or four rows share each weight's absolute value and move
+    /// its sign onto the activations instead (two fewer instructions per weight load and row
+    /// than four rows moving the activations' signs would take); see [`kernel`].
     ///
     /// # Safety
     ///
@@ -683,85 +683,37 @@ mod avx2 {
     pub unsafe fn tile(mr: usize, t: &Tile, acc: *mut f32) {
         unsafe {
             match mr {
-                1 => kernel::<1>(t, acc),
-                2 => kernel::<2>(t, acc),
-                3 => shared::<3>(t, acc),
-                4 => shared::<4>(t, acc),
+                1 => kernel::<1, false>(t, acc),
+                2 => kernel::<2, false>(t, acc),
+                3 => kernel::<3, true>(t, acc),
+                4 => kernel::<4, true>(t, acc),
                 _ => unreachable!("tile rows"),
             }
         }
     }
 
-    /// As [`kernel`] for `MR` rows, with `vpmaddubsw` multiplying `|qw|` (unsigned, computed
-    /// once per weight load for all the rows) by `qx · sign(qw)`. The sums per block go to
-    /// `acc` (in memory: the rows' i32 sums take the registers).
-    ///
-    /// # Safety
-    ///
-    /// As [`kernel`].
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn shared<const MR: usize>(t: &Tile, acc: *mut f32) {
-        let ones = _mm256_set1_epi16(1);
-        let (x, w, kpad) = (t.x.as_ptr(), t.w.as_ptr(), t.kpad);
-        let ahead_lines = t.ahead.len().div_ceil(LINE);
-        for r in 0..MR {
-            _mm256_storeu_ps(acc.add(r * PANEL), _mm256_setzero_ps());
-            _mm256_storeu_ps(acc.add(r * PANEL + 8), _mm256_setzero_ps());
-        }
-        for b in 0..t.blocks {
-            let mut dots = [[_mm256_setzero_si256(); 2]; MR];
-            for g in b * BLOCK_GROUPS..(b + 1) * BLOCK_GROUPS {
-                if g < ahead_lines {
-                    // `g · 64 < ahead.len()`: inside the slice. A prefetch reads nothing.
-                    _mm_prefetch::<_MM_HINT_T0>(t.ahead.as_ptr().add(g * LINE).cast());
-                }
-                let w0 = _mm256_loadu_si256(w.add(g * GROUP_BYTES).cast());
-                let w1 = _mm256_loadu_si256(w.add(g * GROUP_BYTES + 32).cast());
-                let (u0, u1) = (_mm256_abs_epi8(w0), _mm256_abs_epi8(w1));
-                for (r, d) in dots.iter_mut().enumerate() {
-                    let a = _mm256_set1_epi32(
-                        x.add(r * kpad + g * GROUP).cast::<i32>().read_unaligned(),
-                    );
-                    let p0 = _mm256_maddubs_epi16(u0, _mm256_sign_epi8(a, w0));
-                    let p1 = _mm256_maddubs_epi16(u1, _mm256_sign_epi8(a, w1));
-                    d[0] = _mm256_add_epi32(d[0], _mm256_madd_epi16(p0, ones));
-                    d[1] = _mm256_add_epi32(d[1], _mm256_madd_epi16(p1, ones));
-                }
-            }
-            let at = b * PANEL;
-            let sw0 = _mm256_loadu_ps(t.w_scales.as_ptr().add(at));
-            let sw1 = _mm256_loadu_ps(t.w_scales.as_ptr().add(at + 8));
-            for (r, d) in dots.iter().enumerate() {
-                let sx = _mm256_set1_ps(*t.x_scales.get_unchecked(r * t.blocks + b));
-                let (s0, s1) = (acc.add(r * PANEL), acc.add(r * PANEL + 8));
-                let f0 = _mm256_mul_ps(sx, sw0);
-                let f1 = _mm256_mul_ps(sx, sw1);
-                _mm256_storeu_ps(
-                    s0,
-                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[0]), f0, _mm256_loadu_ps(s0)),
-                );
-                _mm256_storeu_ps(
-                    s1,
-                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[1]), f1, _mm256_loadu_ps(s1)),
-                );
-            }
-        }
-    }
-
-    /// `acc[r·16 + lane] = Σ_b sx[r][b] · Σ_{k∈b} qx·qw` for one panel, with the sign of `qx`
-    /// moved onto `qw` so that `vpmaddubsw` multiplies `|qx|` (unsigned) by `±qw`; a line of
-    /// `t.ahead` prefetched per group.
+    /// `acc[r·16 + lane] = Σ_b sx[r][b] · Σ_{k∈b} qx·qw` for one panel, `vpmaddubsw`
+    /// multiplying an unsigned operand by a signed one: with `SHARED`, `|qw|` (computed once
+    /// per weight load for all the rows) by `qx · sign(qw)`, the sums per block kept in `acc`
+    /// (the rows' i32 sums take the registers); else `|qx|` by `qw · sign(qx)`, the sums in
+    /// registers. A line of `t.ahead` prefetched per group.
     ///
     /// # Safety
     ///
     /// The CPU must support AVX2 and FMA; `t` holds at least `MR` rows (signed form, `|qx| ≤
     /// 127`) and one panel (`|qw| ≤ 127`); `acc` is valid for writing `MR × 16` values.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn kernel<const MR: usize>(t: &Tile, acc: *mut f32) {
+    unsafe fn kernel<const MR: usize, const SHARED: bool>(t: &Tile, acc: *mut f32) {
         let ones = _mm256_set1_epi16(1);
         let (x, w, kpad) = (t.x.as_ptr(), t.w.as_ptr(), t.kpad);
         let ahead_lines = t.ahead.len().div_ceil(LINE);
         let mut sums = [[_mm256_setzero_ps(); 2]; MR];
+        if SHARED {
+            for r in 0..MR {
+                _mm256_storeu_ps(acc.add(r * PANEL), _mm256_setzero_ps());
+                _mm256_storeu_ps(acc.add(r * PANEL + 8), _mm256_setzero_ps());
+            }
+        }
         for b in 0..t.blocks {
             let mut dots = [[_mm256_setzero_si256(); 2]; MR];
             for g in b * BLOCK_GROUPS..(b + 1) * BLOCK_GROUPS {
@@ -771,13 +723,27 @@ mod avx2 {
                 }
                 let w0 = _mm256_loadu_si256(w.add(g * GROUP_BYTES).cast());
                 let w1 = _mm256_loadu_si256(w.add(g * GROUP_BYTES + 32).cast());
+                let (u0, u1) = if SHARED {
+                    (_mm256_abs_epi8(w0), _mm256_abs_epi8(w1))
+                } else {
+                    (w0, w1)
+                };
                 for (r, d) in dots.iter_mut().enumerate() {
                     let a = _mm256_set1_epi32(
                         x.add(r * kpad + g * GROUP).cast::<i32>().read_unaligned(),
                     );
-                    let a_abs = _mm256_sign_epi8(a, a);
-                    let p0 = _mm256_maddubs_epi16(a_abs, _mm256_sign_epi8(w0, a));
-                    let p1 = _mm256_maddubs_epi16(a_abs, _mm256_sign_epi8(w1, a));
+                    let (p0, p1) = if SHARED {
+                        (
+                            _mm256_maddubs_epi16(u0, _mm256_sign_epi8(a, w0)),
+                            _mm256_maddubs_epi16(u1, _mm256_sign_epi8(a, w1)),
+                        )
+                    } else {
+                        let a_abs = _mm256_sign_epi8(a, a);
+                        (
+                            _mm256_maddubs_epi16(a_abs, _mm256_sign_epi8(w0, a)),
+                            _mm256_maddubs_epi16(a_abs, _mm256_sign_epi8(w1, a)),
+                        )
+                    };
                     d[0] = _mm256_add_epi32(d[0], _mm256_madd_epi16(p0, ones));
                     d[1] = _mm256_add_epi32(d[1], _mm256_madd_epi16(p1, ones));
                 }
@@ -787,13 +753,24 @@ mod avx2 {
             let sw1 = _mm256_loadu_ps(t.w_scales.as_ptr().add(at + 8));
             for (r, (s, d)) in sums.iter_mut().zip(&dots).enumerate() {
                 let sx = _mm256_set1_ps(*t.x_scales.get_unchecked(r * t.blocks + b));
-                s[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[0]), _mm256_mul_ps(sx, sw0), s[0]);
-                s[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[1]), _mm256_mul_ps(sx, sw1), s[1]);
+                let (f0, f1) = (_mm256_mul_ps(sx, sw0), _mm256_mul_ps(sx, sw1));
+                if SHARED {
+                    let (s0, s1) = (acc.add(r * PANEL), acc.add(r * PANEL + 8));
+                    let v0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[0]), f0, _mm256_loadu_ps(s0));
+                    let v1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[1]), f1, _mm256_loadu_ps(s1));
+                    _mm256_storeu_ps(s0, v0);
+                    _mm256_storeu_ps(s1, v1);
+                } else {
+                    s[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[0]), f0, s[0]);
+                    s[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[1]), f1, s[1]);
+                }
             }
         }
-        for (r, s) in sums.iter().enumerate() {
-            _mm256_storeu_ps(acc.add(r * PANEL), s[0]);
-            _mm256_storeu_ps(acc.add(r * PANEL + 8), s[1]);
+        if !SHARED {
+            for (r, s) in sums.iter().enumerate() {
+                _mm256_storeu_ps(acc.add(r * PANEL), s[0]);
+                _mm256_storeu_ps(acc.add(r * PANEL + 8), s[1]);
+            }
         }
     }
 }
