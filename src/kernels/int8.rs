@@ -667,10 +667,8 @@ mod vnni {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{Tile, BLOCK_GROUPS, GROUP, GROUP_BYTES, PANEL};
+    use crate::kernels::tiles::LINE;
     use std::arch::x86_64::*;
-
-    /// Bytes of one cache line.
-    const LINE: usize = 64;
 
     /// AVX2 tile of `mr ≤ 4` rows × 1 panel: decode's one or two rows move each activation's
     /// sign onto the weights, three or four rows share each weight's absolute value and move

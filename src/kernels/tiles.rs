@@ -189,7 +189,13 @@ unsafe fn store_rows_avx512(
 }
 
 /// Bytes of one cache line: the unit a prefetch asks for.
-const LINE: usize = 64;
+pub(crate) const LINE: usize = 64;
+
+/// Rows of one chunk of [`for_each_tile`] for tiles of `mr` rows: [`CHUNK_ROWS`] rounded
+/// down to whole tiles (at least one).
+fn chunk_rows(mr: usize) -> usize {
+    (CHUNK_ROWS / mr).max(1) * mr
+}
 
 /// Which bytes of the next panel block the tile at `row0` asks the cache for while it
 /// computes, when [`for_each_tile`] sweeps each panel block with several row tiles (a batch
@@ -204,7 +210,7 @@ pub(crate) fn prefetch_share(
     row0: usize,
     bytes: usize,
 ) -> std::ops::Range<usize> {
-    let chunk_rows = (CHUNK_ROWS / mr).max(1) * mr;
+    let chunk_rows = chunk_rows(mr);
     let tiles = m.min(chunk_rows).div_ceil(mr);
     if tiles < 2 {
         return 0..0;
@@ -233,7 +239,7 @@ pub(crate) fn for_each_tile(
     if m == 0 || panels == 0 {
         return;
     }
-    let chunk_rows = (CHUNK_ROWS / mr).max(1) * mr;
+    let chunk_rows = chunk_rows(mr);
     let run = |rows: std::ops::Range<usize>, panel_range: std::ops::Range<usize>| {
         for r0 in (rows.start..rows.end).step_by(chunk_rows) {
             let r_end = (r0 + chunk_rows).min(rows.end);

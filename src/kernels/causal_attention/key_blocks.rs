@@ -51,8 +51,8 @@ pub(super) fn prefetch_block<T>(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
+        use crate::kernels::tiles::LINE;
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        const LINE: usize = 64;
         let bytes = hd * std::mem::size_of::<T>();
         for src in [k, v] {
             for r in r0..r0 + n {
