@@ -107,12 +107,32 @@ impl LowBitLayout {
     }
 
     /// Sets the fifth bits of one block of one column (`lane` of its panel; bit `v` of `high`
-    /// for value `v`) in the panel's 8 words of that block.
+    /// for value `v`) in the panel's 8 words of that block: the bits [`Self::position`]
+    /// names, computed a word or a byte at a time (loading converts every block of a 5-bit
+    /// file through here; a bit at a time it was a third of the load).
     fn spread(self, high: u32, lane: usize, words: &mut [u64]) {
-        for v in (0..BLOCK).filter(|v| (high >> v) & 1 == 1) {
-            // Value 8j + 4h + t is byte 4·lane + t of chunk j's low (h = 0) or high nibbles.
-            let at = self.position(v / 8, (v % 8) / 4, 4 * lane + v % 4);
-            words[at / 64] |= 1 << (at % 64);
+        match self {
+            // Mask `2j + h` holds values `8j + 4h + t` (`v / 4` = the mask) at bit
+            // `4·lane + t`: four bits of `high` a mask.
+            LowBitLayout::Vnni => {
+                for (mask, word) in words.iter_mut().enumerate() {
+                    *word |= u64::from((high >> (4 * mask)) & 0xF) << (4 * lane);
+                }
+            }
+            // Value `16p + 4g + t` (chunk `2p + g / 2`, nibbles `h = g mod 2`) is bit
+            // `2g + s` (`s = lane / 8`) of byte `4·(lane mod 8) + t` of plane `p`.
+            LowBitLayout::Avx2 => {
+                let s = lane / 8;
+                for p in 0..2 {
+                    for t in 0..4 {
+                        let byte = (0..4).fold(0u64, |byte, g| {
+                            byte | u64::from((high >> (16 * p + 4 * g + t)) & 1) << (2 * g + s)
+                        });
+                        let at = 32 * p + 4 * (lane % 8) + t;
+                        words[at / 8] |= byte << (8 * (at % 8));
+                    }
+                }
+            }
         }
     }
 }

@@ -242,6 +242,24 @@ fn each_fifth_bit_layout_gives_every_value_its_own_bit() {
                 assert_eq!(words.iter().map(|w| w.count_ones()).sum::<u32>(), 1);
             }
         }
+        // And a whole block's bits at once land where each bit alone does.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for lane in 0..PANEL {
+            for _ in 0..64 {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let high = (state >> 32) as u32;
+                let mut words = [0u64; BLOCK_MASKS];
+                layout.spread(high, lane, &mut words);
+                let mut one_by_one = [0u64; BLOCK_MASKS];
+                for v in (0..BLOCK).filter(|v| (high >> v) & 1 == 1) {
+                    let at = layout.position(v / 8, (v % 8) / 4, 4 * lane + v % 4);
+                    one_by_one[at / 64] |= 1 << (at % 64);
+                }
+                assert_eq!(words, one_by_one, "{layout:?} lane {lane} high {high:#x}");
+            }
+        }
     }
 }
 
