@@ -328,9 +328,18 @@ impl Int8Linear {
                         o[b * PANEL + lane] = -128 * q.iter().map(|&v| v as i32).sum::<i32>();
                     }
                     // A group's values are consecutive in the column and in the panel: copied
-                    // a group at a time (loading is on the cold-start path).
-                    for (g, values) in q.chunks(GROUP).enumerate() {
-                        w[g * GROUP_BYTES + lane * GROUP..][..values.len()].copy_from_slice(values);
+                    // a group at a time (loading is on the cold-start path), whole groups as
+                    // one fixed-size word (a copy of a length the compiler does not know is a
+                    // `memmove` call per four bytes).
+                    let whole = q.chunks_exact(GROUP);
+                    let tail = whole.remainder();
+                    for (g, values) in whole.enumerate() {
+                        let values: &[i8; GROUP] = values.try_into().expect("a whole group");
+                        w[g * GROUP_BYTES + lane * GROUP..][..GROUP].copy_from_slice(values);
+                    }
+                    if !tail.is_empty() {
+                        let g = k / GROUP;
+                        w[g * GROUP_BYTES + lane * GROUP..][..tail.len()].copy_from_slice(tail);
                     }
                 }
             },

@@ -192,6 +192,7 @@ impl LowBitFormat {
     /// Block `b` (of 32 values) of a row stored in this format: its scale `d`, its offset
     /// `m` (`w = d·q + m`), its nibbles as stored ([`Nibbles`]) and its fifth bits (bit `i`
     /// for value `i`; 0 in 4-bit formats).
+    #[inline(always)]
     fn block(self, row: &[u8], b: usize) -> (f32, f32, Nibbles, u32) {
         let (nibbles, high) = self.quants(row, b);
         if self.is_k() {
@@ -210,6 +211,9 @@ impl LowBitFormat {
 
     /// Block `b`'s nibbles as stored and its fifth bits (bit `i` for value `i`; 0 in 4-bit
     /// formats), without its scales (a K-quant in the AVX2 layout reads those apart).
+    /// Inlined, as [`Self::block`] and [`Self::k_parts`]: returned through memory, the
+    /// nibbles were read back before their stores had landed, a sixth of the load's samples.
+    #[inline(always)]
     fn quants(self, row: &[u8], b: usize) -> (Nibbles, u32) {
         let word = |q: &[u8], i: usize| {
             u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]])
@@ -262,6 +266,7 @@ impl LowBitFormat {
 
     /// Sub-block `b` (of 32 values) of a K-quant row: its super-block's `d` and `dmin` and
     /// its own 6-bit scale and min (`w = d·sc·q − dmin·mn`).
+    #[inline(always)]
     fn k_parts(self, row: &[u8], b: usize) -> (f32, f32, u8, u8) {
         let bytes = self.block_bytes();
         let block = &row[b / K_BLOCKS * bytes..][..bytes];

@@ -314,15 +314,21 @@ impl SixBitLinear {
 /// Writes the 32 values `q` (0..=63) of one block of column `lane` into the panel's block
 /// layout `out` (see the module's doc).
 fn place_block(q: &[u8; BLOCK], lane: usize, out: &mut [u8; PANEL_BLOCK_BYTES]) {
+    // Four values (bytes `4·lane..4·lane + 4` of a chunk) a word: loading converts every
+    // Q6_K block through here.
+    const LOW: u32 = 0x0F0F_0F0F;
+    const CRUMBS: u32 = 0x0303_0303;
+    let word = |i: usize| u32::from_le_bytes(q[i..i + 4].try_into().expect("four values"));
     let (nibbles, high) = out.split_at_mut(NIBBLE_BYTES);
+    let shift = 4 * (lane / 8);
     for j in 0..BLOCK_CHUNKS {
-        for t in 0..4 {
-            let (lo, hi) = (q[8 * j + t], q[8 * j + 4 + t]);
-            let byte = lane * 4 + t;
-            nibbles[j * CHUNK_BYTES + byte] = (lo & 0x0F) | ((hi & 0x0F) << 4);
-            let shift = 4 * (byte / 32);
-            high[j * 32 + byte % 32] |= ((lo >> 4) | ((hi >> 4) << 2)) << shift;
-        }
+        let (lo, hi) = (word(8 * j), word(8 * j + 4));
+        let at = j * CHUNK_BYTES + lane * 4;
+        nibbles[at..at + 4].copy_from_slice(&((lo & LOW) | ((hi & LOW) << 4)).to_le_bytes());
+        let crumbs = ((lo >> 4) & CRUMBS) | (((hi >> 4) & CRUMBS) << 2);
+        let at = j * 32 + (lane % 8) * 4;
+        let old = u32::from_le_bytes(high[at..at + 4].try_into().expect("four bytes"));
+        high[at..at + 4].copy_from_slice(&(old | (crumbs << shift)).to_le_bytes());
     }
 }
 
