@@ -69,18 +69,24 @@ pub fn preferred() -> bool {
 /// Values `32·bb..32·bb + 32` (`bb` in 0..8) of a Q6_K super-block as their six bits `q`
 /// (0..=63), as ggml's `dequantize_row_q6_K` reads them: in each half of 128, four runs of
 /// 32 take the low or high nibbles of 64 bytes of `ql` and a pair of bits of 32 bytes of
-/// `qh`. A run at a time over fixed-size arrays (no per-value index checks): the LM head's
+/// `qh`. Eight values a word (no per-value shifts or index checks): the LM head's
 /// conversion is most of a Q4_K_M file's load.
 fn q6k_run(block: &[u8; BLOCK_BYTES], bb: usize) -> [u8; BLOCK] {
+    const LOW: u64 = 0x0F0F_0F0F_0F0F_0F0F;
+    const CRUMBS: u64 = 0x0303_0303_0303_0303;
     let (half, run) = (bb / 4, bb % 4);
-    let ql: &[u8; BLOCK] = block[64 * half + 32 * (run % 2)..][..BLOCK]
-        .try_into()
-        .expect("32 bytes");
-    let qh: &[u8; BLOCK] = block[128 + 32 * half..][..BLOCK]
-        .try_into()
-        .expect("32 bytes");
+    let ql = &block[64 * half + 32 * (run % 2)..][..BLOCK];
+    let qh = &block[128 + 32 * half..][..BLOCK];
+    let word = |bytes: &[u8], i: usize| {
+        u64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().expect("eight bytes"))
+    };
     let shift = if run < 2 { 0 } else { 4 };
-    std::array::from_fn(|i| ((ql[i] >> shift) & 0x0F) | (((qh[i] >> (2 * run)) & 3) << 4))
+    let mut q = [0u8; BLOCK];
+    for (i, out) in q.chunks_exact_mut(8).enumerate() {
+        let v = ((word(ql, i) >> shift) & LOW) | (((word(qh, i) >> (2 * run)) & CRUMBS) << 4);
+        out.copy_from_slice(&v.to_le_bytes());
+    }
+    q
 }
 
 /// The scale of sub-block `j` (0..16) of a Q6_K super-block.
