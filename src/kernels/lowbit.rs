@@ -352,6 +352,7 @@ pub struct LowBitLinear {
     bias: Vec<f32>,
 }
 
+#[inline]
 fn f16(bytes: &[u8]) -> f32 {
     half::f16::from_le_bytes([bytes[0], bytes[1]]).to_f32()
 }
