@@ -20,6 +20,8 @@ Quantization mixes, as llama-quantize chooses them (llama.cpp's llama_tensor_get
   first and last eighth, and every third between) and the tied embedding table, which are
   Q6_K (where 256 does not divide a row, as Qwen2.5-0.5B's 896, llama-quantize's fallbacks:
   Q5_0 for Q4_K, Q8_0 for Q6_K); norms and biases F32;
+- q5_k_m: the same choice with Q5_K in place of Q4_K (fallback Q5_1 where 256 does not
+  divide a row);
 - q8_0: every 2-D tensor Q8_0.
 
 Gemma 3's 1152-wide rows are not a multiple of 256 either, so its Q/K/V, gate and up
@@ -69,7 +71,10 @@ def random_blocks(rng, qtype, rows, k):
 
     if qtype in (Q.Q8_0, Q.Q5_0):
         data[:, 0:2] = f16(rng.uniform(0.0005, 0.002, blocks))
-    elif qtype == Q.Q4_K:
+    elif qtype == Q.Q5_1:
+        data[:, 0:2] = f16(rng.uniform(0.0005, 0.002, blocks))  # d
+        data[:, 2:4] = f16(rng.uniform(-0.02, 0.0, blocks))  # m
+    elif qtype in (Q.Q4_K, Q.Q5_K):
         data[:, 0:2] = f16(rng.uniform(0.0005, 0.002, blocks))  # d
         data[:, 2:4] = f16(rng.uniform(0.0005, 0.002, blocks))  # dmin
     elif qtype == Q.Q6_K:
@@ -100,7 +105,7 @@ def vocabulary(gpt2_dir, size):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", choices=sorted(SHAPES), required=True)
-    ap.add_argument("--quant", choices=["q4_k_m", "q8_0"], required=True)
+    ap.add_argument("--quant", choices=["q4_k_m", "q5_k_m", "q8_0"], required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--gpt2-dir", type=Path,
                     default=Path(__file__).resolve().parent.parent / "models" / "gpt2-tokenizer")
@@ -118,7 +123,7 @@ def main():
             return Q.Q6_K
         if name in ("attn_v", "ffn_down") and use_more_bits(layer, n):
             return Q.Q6_K
-        return Q.Q4_K
+        return Q.Q5_K if a.quant == "q5_k_m" else Q.Q4_K
 
     w = gguf.GGUFWriter(str(a.out), arch)
     w.add_name(f"{a.shape} ({a.quant}, random values)")
@@ -136,8 +141,9 @@ def main():
         # llama.cpp's gemma3 graph: every sixth layer global, the others sliding at base 10,000
         # (both its defaults, as in the released files).
         w.add_sliding_window(s["sliding_window"])
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M if a.quant == "q4_k_m"
-                    else gguf.LlamaFileType.MOSTLY_Q8_0)
+    w.add_file_type({"q4_k_m": gguf.LlamaFileType.MOSTLY_Q4_K_M,
+                     "q5_k_m": gguf.LlamaFileType.MOSTLY_Q5_K_M,
+                     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[a.quant])
     tokens, types, merges = vocabulary(a.gpt2_dir, s["vocab"])
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("qwen2")
@@ -153,9 +159,9 @@ def main():
 
     def linear(name, kind, layer, rows, k):
         t = qtype(kind, layer)
-        if k % 256 and t in (Q.Q4_K, Q.Q6_K):
+        if k % 256 and t in (Q.Q4_K, Q.Q5_K, Q.Q6_K):
             # llama-quantize's fallback where k-quants' 256 does not divide a row.
-            t = Q.Q5_0 if t == Q.Q4_K else Q.Q8_0
+            t = {Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}[t]
         w.add_tensor(name, random_blocks(rng, t, rows, k), raw_dtype=t)
 
     linear("token_embd.weight", "token_embd", None, s["vocab"], d)

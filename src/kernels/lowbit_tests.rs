@@ -305,3 +305,25 @@ fn bad_shapes_are_errors() {
         assert!(LowBitLinear::from_blocks(LowBitFormat::Q4_1, &q4_1, &[0.0], 32).is_err());
     }
 }
+
+/// A Q5_K sub-block's fifth bits, gathered a word at a time, are bit `j` of `qh[l]` for value
+/// `l` of sub-block `j`, as ggml's `dequantize_row_q5_K` reads them one at a time.
+#[test]
+fn q5_k_fifth_bits_are_read_as_ggml_reads_them() {
+    let bytes = LowBitFormat::Q5K.block_bytes();
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let row: Vec<u8> = (0..2 * bytes)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    for b in 0..2 * 8 {
+        let (sb, j) = (b / 8, b % 8);
+        let qh = &row[sb * bytes + 16..][..32];
+        let want = (0..BLOCK).fold(0u32, |h, l| h | u32::from((qh[l] >> j) & 1) << l);
+        assert_eq!(LowBitFormat::Q5K.quants(&row, b).1, want, "sub-block {b}");
+    }
+}
